@@ -1,0 +1,513 @@
+//! What a trace says: the header and the records, format version 1.
+//!
+//! These types are the contract between the recorder (which writes them), the replayer, the
+//! TUI and the gdb server (which read them). They are plain data: `traces` depends on none of
+//! our crates, so MMU roles are stored as the raw integers KVM compares (`cpu_role.as_u64`,
+//! `root_role.word`) and policies by index into [`Header::policies`]; the `mmu` crate
+//! decodes them.
+//!
+//! Compatibility: bincode encodes enums by variant index, so variants and fields are only ever
+//! appended in a new format version, never reordered or removed.
+
+use crate::regs::Regs;
+use serde::{Deserialize, Serialize};
+
+/// Instruction count since the entry state. Step `n`'s record describes the `n`-th
+/// instruction executed (1-based); step 0 is the entry state itself.
+pub type Step = u64;
+/// Sequence number of an [`Event`], dense from 0 in file order.
+pub type EventId = u64;
+
+/// Everything a reader needs before the first record, and everything `verify` needs to run the
+/// guest again: the trace is self-contained.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Header {
+    /// `mmurr` version that wrote the trace.
+    pub tool_version: String,
+    /// Seconds since the Unix epoch when recording started.
+    pub created_unix: u64,
+    pub backend: BackendInfo,
+    pub guest: GuestSpec,
+    /// Policy names (kernel releases, e.g. `v5.1-rc3`) whose decisions the trace carries;
+    /// [`MmuDecision::policy`] indexes this list.
+    pub policies: Vec<String>,
+    /// `tdp` or `shadow`: which MMU flavour the policies were evaluated for.
+    pub mmu_flavour: String,
+    /// Built-in scenario name, if the guest is one.
+    pub scenario: Option<String>,
+    /// The command line that recorded this trace.
+    pub command_line: Vec<String>,
+    /// A keyframe is written at least every this many steps.
+    pub keyframe_interval: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum BackendKind {
+    #[default]
+    Kvm,
+    Emu,
+}
+
+impl BackendKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            BackendKind::Kvm => "kvm",
+            BackendKind::Emu => "emu",
+        }
+    }
+}
+
+/// The machine and engine that recorded the trace, so `verify` elsewhere can say what differs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BackendInfo {
+    pub kind: BackendKind,
+    /// Engine description, e.g. `KVM api 12 (PVM, shadow paging)` or `unicorn 2.1.3`.
+    pub engine: String,
+    /// `uname -r` of the recording host.
+    pub host_kernel: String,
+    pub cpu_vendor: String,
+    pub cpu_model_name: String,
+    pub cpu_family: u32,
+    pub cpu_model: u32,
+    pub cpu_stepping: u32,
+    /// KVM capabilities and module parameters that matter to the MMU (name, value).
+    pub kvm_facts: Vec<(String, String)>,
+}
+
+/// The guest: its memory at entry, its CPUID, its registers at entry.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestSpec {
+    /// Guest RAM size in bytes; RAM is guest-physical `0..ram_size` unless `regions` says more.
+    pub ram_size: u64,
+    pub regions: Vec<MemRegion>,
+    /// Distinct byte blobs (images, boot structures), deduplicated by content hash.
+    pub blobs: Vec<Blob>,
+    /// Where each blob is placed at entry; all other RAM is zero.
+    pub loads: Vec<Load>,
+    pub entry: Regs,
+    pub cpuid: Vec<CpuidEntry>,
+    /// How the guest was produced: `scenario NAME`, `multiboot FILE`, `raw FILE@ADDR`.
+    pub origin: String,
+    /// Kernel command line for multiboot guests.
+    pub cmdline: String,
+    /// MAXPHYADDR the guest sees (CPUID 0x80000008.EAX[7:0]).
+    pub maxphyaddr: u8,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemRegion {
+    pub gpa: u64,
+    pub size: u64,
+    pub kind: RegionKind,
+    pub name: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RegionKind {
+    Ram,
+    Rom,
+    Mmio,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Blob {
+    /// xxh3-64 of `data`.
+    pub hash: u64,
+    pub name: String,
+    pub data: Vec<u8>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Load {
+    /// Index into [`GuestSpec::blobs`].
+    pub blob: u32,
+    pub gpa: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CpuidEntry {
+    pub function: u32,
+    pub index: u32,
+    pub eax: u32,
+    pub ebx: u32,
+    pub ecx: u32,
+    pub edx: u32,
+}
+
+/// One record of the stream.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Record {
+    Step(StepRecord),
+    Event(Event),
+    Keyframe(Keyframe),
+    End(EndRecord),
+}
+
+impl Record {
+    /// The step this record belongs to.
+    pub fn step(&self) -> Step {
+        match self {
+            Record::Step(s) => s.step,
+            Record::Event(e) => e.step,
+            Record::Keyframe(k) => k.step,
+            Record::End(e) => e.step,
+        }
+    }
+}
+
+/// One executed instruction: where it was and what it changed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StepRecord {
+    pub step: Step,
+    /// RIP before the instruction executed.
+    pub rip: u64,
+    /// Registers whose value changed, with the value after the instruction.
+    pub regs: Vec<(crate::regs::RegId, u64)>,
+    /// Guest-physical memory the instruction wrote, with the bytes after the write.
+    pub mem: Vec<MemWrite>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemWrite {
+    pub gpa: u64,
+    pub data: Vec<u8>,
+}
+
+/// Full register state and, every so often, the memory pages changed since the previous
+/// memory keyframe: the starting points of a seek.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Keyframe {
+    /// State after step `step` executed (step 0: the entry state).
+    pub step: Step,
+    pub regs: Regs,
+    /// Pages (4 KiB, guest-physical, page-aligned) changed since the previous keyframe that
+    /// carried pages; empty for register-only keyframes.
+    pub pages: Vec<Page>,
+    /// True when `pages` holds every page changed since step 0, so memory at `step` can be
+    /// rebuilt from the header's loads and this keyframe's pages plus earlier page keyframes.
+    pub carries_pages: bool,
+    /// xxh3-64 over all of guest RAM at this step, in ascending address order: the recorder's
+    /// self-check and the replayer's proof of a correct reconstruction.
+    pub memory_hash: u64,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Page {
+    pub gpa: u64,
+    pub data: Vec<u8>,
+}
+
+/// Something worth stopping at: numbered densely from 0.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Event {
+    pub id: EventId,
+    /// The step whose instruction caused the event (0 for events at entry).
+    pub step: Step,
+    /// RIP of that instruction.
+    pub rip: u64,
+    pub kind: EventKind,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EventKind {
+    /// A control register, EFER or XCR0 write (including writes that leave the value as it was).
+    CrWrite(CrWrite),
+    /// The paging mode changed.
+    Transition { from: PagingMode, to: PagingMode },
+    /// What one modelled kernel version's MMU did about a `CrWrite`.
+    Mmu(MmuDecision),
+    /// A policy's MMU context disagrees with the architecture, or a reset was needless.
+    Finding(Finding),
+    /// Port I/O; reads carry the value the device returned (a recorded input for `verify`).
+    Io(IoAccess),
+    /// MMIO outside RAM; reads carry the value returned.
+    Mmio(MmioAccess),
+    /// An exception or interrupt delivered to the guest.
+    Exception(ExceptionInfo),
+    /// The engine's translation disagreed with the reference walker (emu backend).
+    EngineDivergence { gva: u64, engine: String, reference: String },
+}
+
+impl EventKind {
+    /// Short kind name used by filters, `info --json` and exports.
+    pub fn name(&self) -> &'static str {
+        match self {
+            EventKind::CrWrite(w) => w.reg.name(),
+            EventKind::Transition { .. } => "transition",
+            EventKind::Mmu(_) => "mmu",
+            EventKind::Finding(_) => "finding",
+            EventKind::Io(_) => "io",
+            EventKind::Mmio(_) => "mmio",
+            EventKind::Exception(_) => "exception",
+            EventKind::EngineDivergence { .. } => "engine-divergence",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum ControlReg {
+    Cr0,
+    Cr3,
+    Cr4,
+    Efer,
+    Xcr0,
+}
+
+impl ControlReg {
+    pub fn name(self) -> &'static str {
+        match self {
+            ControlReg::Cr0 => "cr0",
+            ControlReg::Cr3 => "cr3",
+            ControlReg::Cr4 => "cr4",
+            ControlReg::Efer => "efer",
+            ControlReg::Xcr0 => "xcr0",
+        }
+    }
+}
+
+/// The instruction (or host action) that wrote a control register.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum WriteVia {
+    MovCr,
+    Lmsw,
+    Clts,
+    Wrmsr,
+    Xsetbv,
+    Rsm,
+    TaskSwitch,
+    /// Set by the VMM (KVM_SET_SREGS / KVM_SET_MSRS), not by a guest instruction.
+    Host,
+    /// The value changed but no decoded instruction explains it.
+    Other,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CrWrite {
+    pub reg: ControlReg,
+    pub old: u64,
+    /// The value the register holds after the write (for EFER, LMA as the CPU set it).
+    pub new: u64,
+    pub via: WriteVia,
+    /// The write raised #GP instead of taking effect (then `new == old`).
+    pub faulted: bool,
+}
+
+/// The architectural paging mode (SDM Vol. 3A §4.1.1).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PagingMode {
+    /// CR0.PE = 0.
+    Real,
+    /// CR0.PE = 1, CR0.PG = 0.
+    Unpaged,
+    /// 32-bit paging (CR0.PG = 1, CR4.PAE = 0).
+    Bits32,
+    /// PAE paging (CR0.PG = 1, CR4.PAE = 1, EFER.LMA = 0).
+    Pae,
+    /// 4-level paging (IA-32e).
+    Level4,
+    /// 5-level paging (IA-32e with CR4.LA57).
+    Level5,
+}
+
+impl PagingMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            PagingMode::Real => "real",
+            PagingMode::Unpaged => "unpaged",
+            PagingMode::Bits32 => "32-bit",
+            PagingMode::Pae => "pae",
+            PagingMode::Level4 => "4-level",
+            PagingMode::Level5 => "5-level",
+        }
+    }
+}
+
+/// What a policy's KVM did with one control-register write.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmuDecision {
+    /// Index into [`Header::policies`].
+    pub policy: u16,
+    /// The `CrWrite` event this decision answers.
+    pub cause: EventId,
+    pub outcome: MmuOutcome,
+    /// Bits of the written register whose change triggered the reset (0 when none did).
+    pub trigger_bits: u64,
+    pub old_cpu_role: u64,
+    pub new_cpu_role: u64,
+    pub old_root_role: u32,
+    pub new_root_role: u32,
+    /// Names of the MMU-context attributes a real re-init changed (root level, walker, ...).
+    pub context_changes: Vec<String>,
+    /// For CR3 loads: the prev_roots lookup.
+    pub root_cache: Option<RootCacheLookup>,
+    pub tlb_flush: TlbFlush,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum MmuOutcome {
+    /// `kvm_mmu_reset_context` ran and the context was rebuilt.
+    Reinit,
+    /// A reset was triggered but the recompute short-circuited: the compare key was unchanged.
+    SkippedRoleUnchanged,
+    /// No role bit changed: no reset.
+    NoTrigger,
+    /// The model says KVM would inject #GP for this write.
+    Gp,
+    /// `kvm_init_mmu` without unloading roots (v6.4+ CR0.WP-only toggles under TDP).
+    InitOnly,
+    /// A CR3 load handled by `kvm_mmu_new_pgd` (no role recompute).
+    NewPgd,
+}
+
+impl MmuOutcome {
+    pub fn name(self) -> &'static str {
+        match self {
+            MmuOutcome::Reinit => "reinit",
+            MmuOutcome::SkippedRoleUnchanged => "skipped: role unchanged",
+            MmuOutcome::NoTrigger => "no trigger",
+            MmuOutcome::Gp => "#GP",
+            MmuOutcome::InitOnly => "init without unload",
+            MmuOutcome::NewPgd => "new pgd",
+        }
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RootCacheLookup {
+    pub hit: bool,
+    /// Which prev_roots slot hit (0 = MRU), or `None` for the current root / a miss.
+    pub slot: Option<u8>,
+    /// The `root_role.word` required for the match.
+    pub role: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum TlbFlush {
+    None,
+    /// KVM_REQ_TLB_FLUSH_CURRENT.
+    Current,
+    /// KVM_REQ_TLB_FLUSH_GUEST (all PCIDs).
+    Guest,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Finding {
+    /// Index into [`Header::policies`].
+    pub policy: u16,
+    /// The event (normally a `CrWrite`) the finding is about.
+    pub cause: EventId,
+    pub kind: FindingKind,
+    /// Context attributes that differ: (name, kept by the policy, required by the architecture).
+    pub attributes: Vec<(String, String, String)>,
+    /// Addresses the guest touched after the cause, translated both ways where they differ.
+    pub translations: Vec<TranslationDiff>,
+    /// One paragraph for humans.
+    pub detail: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum FindingKind {
+    StaleContext,
+    NeedlessReset,
+    GpMismatch,
+}
+
+impl FindingKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FindingKind::StaleContext => "stale-context",
+            FindingKind::NeedlessReset => "needless-reset",
+            FindingKind::GpMismatch => "gp-mismatch",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TranslationDiff {
+    pub gva: u64,
+    /// `r`, `w` or `x`.
+    pub access: char,
+    pub kept: Translation,
+    pub correct: Translation,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Translation {
+    Phys(u64),
+    /// #PF with this error code.
+    PageFault(u32),
+    /// #GP (non-canonical address).
+    GeneralProtection,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct IoAccess {
+    pub port: u16,
+    pub write: bool,
+    /// 1, 2 or 4 bytes.
+    pub size: u8,
+    pub data: u32,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MmioAccess {
+    pub gpa: u64,
+    pub write: bool,
+    pub size: u8,
+    pub data: u64,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExceptionInfo {
+    pub vector: u8,
+    pub error_code: Option<u32>,
+    /// CR2 for #PF.
+    pub cr2: Option<u64>,
+}
+
+/// The last record of a complete trace.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct EndRecord {
+    /// Steps executed.
+    pub step: Step,
+    pub reason: EndReason,
+    /// Human explanation (what happened and what to do about it).
+    pub message: String,
+    /// Keyframe memory-hash self-check failures (empty when every check passed).
+    pub self_check_failures: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum EndReason {
+    /// HLT with interrupts disabled (or no further work).
+    Halted,
+    /// The guest wrote `status` to the debug-exit port 0xf4.
+    DebugExit { status: u32 },
+    /// Triple fault / KVM_EXIT_SHUTDOWN.
+    Shutdown,
+    /// `--max-steps` reached.
+    StepBudget,
+    /// `--timeout` reached.
+    Timeout,
+    /// SIGINT / SIGTERM.
+    Interrupted,
+    /// The backend cannot run this guest on this host (e.g. PVM and 32-bit paging).
+    HostUnsupported,
+    /// Anything else: an unhandled exit, an emulation failure, an internal error.
+    Error,
+}
+
+impl EndReason {
+    pub fn name(&self) -> &'static str {
+        match self {
+            EndReason::Halted => "halted",
+            EndReason::DebugExit { .. } => "debug-exit",
+            EndReason::Shutdown => "shutdown",
+            EndReason::StepBudget => "step-budget",
+            EndReason::Timeout => "timeout",
+            EndReason::Interrupted => "interrupted",
+            EndReason::HostUnsupported => "host-unsupported",
+            EndReason::Error => "error",
+        }
+    }
+}

@@ -1,0 +1,196 @@
+//! The `mmurr` command line: subcommands in the style of rr, git and perf.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "mmurr", version, about = "Record-and-replay debugger for the x86 MMU behaviour of virtual machines")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run a guest and record every CR/EFER write, paging-mode transition and MMU decision.
+    Record(RecordArgs),
+    /// Run a guest under the live gdb server without recording.
+    Run(RecordArgs),
+    /// Browse a trace in the terminal UI.
+    Replay(TraceArg),
+    /// Serve a trace to gdb, with reverse execution.
+    Gdb(GdbArgs),
+    /// Re-evaluate MMU policies over a trace and report stale contexts (exit 1 if found).
+    Check(CheckArgs),
+    /// Re-execute a trace's guest on this machine and compare step by step.
+    Verify(VerifyArgs),
+    /// Report the first divergence between two traces.
+    Diff(DiffArgs),
+    /// Print a trace's header and counts.
+    Info(InfoArgs),
+    /// Export a trace's events as JSON lines or a Perfetto (Chrome trace-event) file.
+    Export(ExportArgs),
+    /// List the built-in guest scenarios and which backend can run them here.
+    Scenarios(JsonFlag),
+    /// List the modelled kernel-version policies.
+    Policies(JsonFlag),
+    /// Record the seed scenario (pae-toggle) and show what happened.
+    Demo(DemoArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    Kvm,
+    Emu,
+    Auto,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum FlavourChoice {
+    Tdp,
+    Shadow,
+}
+
+/// Which guest to run.
+#[derive(Args, Debug, Clone)]
+pub struct GuestArgs {
+    /// A built-in scenario (see `mmurr scenarios`).
+    #[arg(long, group = "guest")]
+    pub scenario: Option<String>,
+    /// A multiboot (v1) ELF kernel.
+    #[arg(long, group = "guest")]
+    pub kernel: Option<PathBuf>,
+    /// Kernel command line for --kernel.
+    #[arg(long, requires = "kernel", default_value = "")]
+    pub append: String,
+    /// Multiboot modules for --kernel (repeatable).
+    #[arg(long = "initrd", alias = "module", requires = "kernel")]
+    pub modules: Vec<PathBuf>,
+    /// A raw image loaded at a guest-physical address: FILE@ADDR.
+    #[arg(long, group = "guest")]
+    pub image: Option<String>,
+    /// Entry point for --image (defaults to the load address); real mode unless --entry-mode.
+    #[arg(long, requires = "image")]
+    pub entry: Option<String>,
+    /// CPU mode at entry for --image: real, protected, long.
+    #[arg(long, requires = "image", default_value = "real")]
+    pub entry_mode: String,
+    /// Guest RAM in MiB.
+    #[arg(long, default_value_t = 64)]
+    pub memory: u64,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct RecordArgs {
+    #[command(flatten)]
+    pub guest: GuestArgs,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    /// Policies to model (repeatable; default: all).
+    #[arg(long = "policy")]
+    pub policies: Vec<String>,
+    /// MMU flavour the policies are evaluated for.
+    #[arg(long, value_enum, default_value = "tdp")]
+    pub flavour: FlavourChoice,
+    /// Output trace file.
+    #[arg(short, long, default_value = "mmurr.mmurr")]
+    pub output: PathBuf,
+    /// Serve the live guest to gdb at this address.
+    #[arg(long)]
+    pub gdb: Option<String>,
+    /// Allow the gdb server to listen on a non-loopback address.
+    #[arg(long)]
+    pub allow_remote: bool,
+    /// Stop after this many instructions.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub max_steps: u64,
+    /// Stop after this many seconds of wall-clock time.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Write guest serial output here instead of the terminal.
+    #[arg(long)]
+    pub serial_log: Option<PathBuf>,
+    /// No progress line.
+    #[arg(short, long)]
+    pub quiet: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct TraceArg {
+    pub trace: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct JsonFlag {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct GdbArgs {
+    pub trace: PathBuf,
+    #[arg(long, default_value = "127.0.0.1:1234")]
+    pub listen: String,
+    /// Allow a non-loopback listen address.
+    #[arg(long)]
+    pub allow_remote: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct CheckArgs {
+    pub trace: PathBuf,
+    #[arg(long = "policy")]
+    pub policies: Vec<String>,
+    #[arg(long, value_enum)]
+    pub flavour: Option<FlavourChoice>,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct VerifyArgs {
+    pub trace: PathBuf,
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DiffArgs {
+    pub a: PathBuf,
+    pub b: PathBuf,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct InfoArgs {
+    pub trace: PathBuf,
+    #[arg(long)]
+    pub json: bool,
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ExportFormat {
+    Json,
+    Perfetto,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ExportArgs {
+    pub trace: PathBuf,
+    #[arg(long, value_enum, default_value = "json")]
+    pub format: ExportFormat,
+    /// Output file (default: standard output).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct DemoArgs {
+    #[arg(long, value_enum, default_value = "auto")]
+    pub backend: BackendChoice,
+    #[arg(short, long, default_value = "demo.mmurr")]
+    pub output: PathBuf,
+    /// Print the events and verdicts instead of opening the TUI.
+    #[arg(long)]
+    pub no_tui: bool,
+}

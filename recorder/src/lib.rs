@@ -1,1 +1,5 @@
-//! recorder
+//! The mmurr VMM core: the backend contract, the devices, and the tracer.
+
+pub mod backend;
+
+pub use backend::{Backend, BackendError, Exit, StepResult, Written};

@@ -1,0 +1,71 @@
+//! The execution-backend contract shared by the kvm backend (`recorder-kvm`) and the emu
+//! backend (`mmurr-emu`). One small core trait; what only some backends can do lives in
+//! extension traits, as in the `gdbstub` crate.
+
+use traces::{BackendInfo, GuestSpec, Regs};
+
+/// Why a backend could not go on. The message says what happened and what to do.
+#[derive(Debug, thiserror::Error)]
+pub enum BackendError {
+    /// The host cannot run this guest (e.g. a PVM KVM and 32-bit paging); suggest another backend.
+    #[error("{0}")]
+    HostUnsupported(String),
+    /// The engine failed on an instruction (e.g. KVM emulation failure); names RIP and the instruction.
+    #[error("{0}")]
+    Engine(String),
+    #[error("{0}")]
+    Other(String),
+}
+
+/// What one [`Backend::step`] did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Exit {
+    /// One instruction retired, nothing for the VMM to do.
+    Stepped,
+    /// `out`: the instruction retired; the VMM must handle the write.
+    IoOut { port: u16, size: u8, data: u32 },
+    /// `in`: the VMM must answer with [`Backend::complete_io_in`] before the next step, which
+    /// retires the instruction.
+    IoIn { port: u16, size: u8 },
+    /// An access to guest-physical memory outside RAM (reads answered with `complete_mmio_read`).
+    MmioWrite { gpa: u64, size: u8, data: u64 },
+    MmioRead { gpa: u64, size: u8 },
+    /// HLT retired with no interrupt able to wake the vCPU.
+    Halted,
+    /// Triple fault / shutdown.
+    Shutdown,
+}
+
+/// Guest-physical bytes an instruction wrote, as far as the backend knows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Written {
+    /// Exact ranges (gpa, len), e.g. from an emulator's memory-write hook.
+    Ranges(Vec<(u64, u64)>),
+    /// The backend cannot tell; the tracer decodes the instruction or diffs dirty pages.
+    Unknown,
+}
+
+/// One step's result.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepResult {
+    pub exit: Exit,
+    pub written: Written,
+}
+
+/// A vCPU with its guest memory that can execute one instruction at a time.
+pub trait Backend {
+    /// What engine and host this is, for the trace header.
+    fn info(&self) -> BackendInfo;
+    /// Lays out memory, loads the images and sets the entry registers.
+    fn load(&mut self, guest: &GuestSpec) -> Result<(), BackendError>;
+    fn regs(&mut self) -> Result<Regs, BackendError>;
+    fn set_regs(&mut self, regs: &Regs) -> Result<(), BackendError>;
+    /// Reads guest-physical memory; false if any byte is outside RAM.
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool;
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool;
+    fn ram_size(&self) -> u64;
+    /// Executes exactly one instruction (or delivers one exception/interrupt).
+    fn step(&mut self) -> Result<StepResult, BackendError>;
+    fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError>;
+    fn complete_mmio_read(&mut self, data: u64) -> Result<(), BackendError>;
+}

@@ -1,1 +1,3 @@
-//! recorder-kvm
+//! The kvm execution backend for mmurr: runs a guest on /dev/kvm one instruction at a time
+//! (KVM_SET_GUEST_DEBUG single-step, state read through KVM_CAP_SYNC_REGS), and probes what
+//! this host's KVM can run.

@@ -1,0 +1,10 @@
+//! The architectural reference: paging modes, the page walker, PDPTE loading, reserved-bit and
+//! permission rules, and the legality of control-register writes (Intel SDM Vol. 3A ch. 4).
+
+pub mod fault;
+pub mod mode;
+pub mod pdpte;
+pub mod perm;
+pub mod rsvd;
+pub mod transition;
+pub mod walk;

@@ -225,7 +225,11 @@ pub enum EventKind {
     /// An exception or interrupt delivered to the guest.
     Exception(ExceptionInfo),
     /// The engine's translation disagreed with the reference walker (emu backend).
-    EngineDivergence { gva: u64, engine: String, reference: String },
+    EngineDivergence {
+        gva: u64,
+        engine: String,
+        reference: String,
+    },
 }
 
 impl EventKind {

@@ -141,7 +141,9 @@ impl Regs {
             RegId::Rip => &mut self.rip,
             RegId::Rflags => &mut self.rflags,
             RegId::SegSelector(n) | RegId::SegLimit(n) | RegId::SegAttrs(n) => {
-                let Some(s) = self.segment_mut(n) else { return false };
+                let Some(s) = self.segment_mut(n) else {
+                    return false;
+                };
                 match id {
                     RegId::SegSelector(_) => s.selector = v as u16,
                     RegId::SegLimit(_) => s.limit = v as u32,
@@ -228,7 +230,9 @@ impl Regs {
 
     /// Applies a delta; `false` if any id was out of range (the rest are still applied).
     pub fn apply_delta(&mut self, delta: &[(RegId, u64)]) -> bool {
-        delta.iter().fold(true, |ok, &(id, v)| self.set(id, v) && ok)
+        delta
+            .iter()
+            .fold(true, |ok, &(id, v)| self.set(id, v) && ok)
     }
 }
 

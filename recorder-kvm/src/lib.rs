@@ -1,3 +1,11 @@
 //! The kvm execution backend for mmurr: runs a guest on /dev/kvm one instruction at a time
 //! (KVM_SET_GUEST_DEBUG single-step, state read through KVM_CAP_SYNC_REGS), and probes what
 //! this host's KVM can run.
+
+mod mapping;
+mod probe;
+mod regs;
+mod vcpu;
+
+pub use probe::{probe, HostReport, ModeSupport};
+pub use vcpu::KvmBackend;

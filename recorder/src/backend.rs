@@ -2,7 +2,7 @@
 //! backend (`mmurr-emu`). One small core trait; what only some backends can do lives in
 //! extension traits, as in the `gdbstub` crate.
 
-use traces::{BackendInfo, GuestSpec, Regs};
+use traces::{BackendInfo, CpuidEntry, GuestSpec, Regs};
 
 /// Why a backend could not go on. The message says what happened and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -23,13 +23,27 @@ pub enum Exit {
     /// One instruction retired, nothing for the VMM to do.
     Stepped,
     /// `out`: the instruction retired; the VMM must handle the write.
-    IoOut { port: u16, size: u8, data: u32 },
+    IoOut {
+        port: u16,
+        size: u8,
+        data: u32,
+    },
     /// `in`: the VMM must answer with [`Backend::complete_io_in`] before the next step, which
     /// retires the instruction.
-    IoIn { port: u16, size: u8 },
+    IoIn {
+        port: u16,
+        size: u8,
+    },
     /// An access to guest-physical memory outside RAM (reads answered with `complete_mmio_read`).
-    MmioWrite { gpa: u64, size: u8, data: u64 },
-    MmioRead { gpa: u64, size: u8 },
+    MmioWrite {
+        gpa: u64,
+        size: u8,
+        data: u64,
+    },
+    MmioRead {
+        gpa: u64,
+        size: u8,
+    },
     /// HLT retired with no interrupt able to wake the vCPU.
     Halted,
     /// Triple fault / shutdown.
@@ -58,12 +72,27 @@ pub trait Backend {
     fn info(&self) -> BackendInfo;
     /// Lays out memory, loads the images and sets the entry registers.
     fn load(&mut self, guest: &GuestSpec) -> Result<(), BackendError>;
+    /// Registers after the last step. A backend may serve the rarely-written ones (XCR0,
+    /// KERNEL_GS_BASE, PKRU, PDPTRs) from a cache; [`Backend::regs_full`] reads them all.
     fn regs(&mut self) -> Result<Regs, BackendError>;
+    /// Every register read afresh; the recorder calls it after instructions that may write the
+    /// cached ones (XSETBV, WRMSR, SWAPGS, WRPKRU, CR writes) and at keyframes.
+    fn regs_full(&mut self) -> Result<Regs, BackendError> {
+        self.regs()
+    }
     fn set_regs(&mut self, regs: &Regs) -> Result<(), BackendError>;
     /// Reads guest-physical memory; false if any byte is outside RAM.
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool;
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool;
     fn ram_size(&self) -> u64;
+    /// All of RAM at once, where the backend has it mapped (for hashing and page diffs).
+    fn ram(&self) -> Option<&[u8]> {
+        None
+    }
+    /// The CPUID the guest sees, for the trace header when the guest spec left it empty.
+    fn cpuid(&self) -> Vec<CpuidEntry> {
+        Vec::new()
+    }
     /// Executes exactly one instruction (or delivers one exception/interrupt).
     fn step(&mut self) -> Result<StepResult, BackendError>;
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError>;

@@ -1,0 +1,181 @@
+//! Every `unsafe` block of the kvm backend's memory mappings lives here: guest RAM (an
+//! anonymous mapping registered with KVM) and the data area of the vCPU's `kvm_run` page.
+
+use kvm_bindings::{kvm_run, kvm_userspace_memory_region};
+use kvm_ioctls::VmFd;
+
+/// Guest RAM: one anonymous private mapping, guest-physical `0..size`.
+pub struct GuestRam {
+    ptr: *mut u8,
+    size: usize,
+}
+
+impl GuestRam {
+    /// Maps `size` bytes of zeroed memory (rounded up to 4 KiB).
+    pub fn new(size: u64) -> Result<GuestRam, String> {
+        let size = usize::try_from(size.div_ceil(4096) * 4096)
+            .map_err(|_| format!("RAM size {size} does not fit this host"))?;
+        if size == 0 {
+            return Err("RAM size is zero".into());
+        }
+        // SAFETY: an anonymous private mapping with no address hint creates fresh memory that
+        // aliases nothing else in this process; the result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                size,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(format!(
+                "mmap of {size} bytes of guest RAM failed: {}",
+                std::io::Error::last_os_error()
+            ));
+        }
+        Ok(GuestRam {
+            ptr: ptr.cast(),
+            size,
+        })
+    }
+
+    pub fn size(&self) -> u64 {
+        self.size as u64
+    }
+
+    /// Registers the whole mapping as memory slot `slot` at guest-physical 0.
+    pub fn register(&self, vm: &VmFd, slot: u32) -> Result<(), String> {
+        let region = kvm_userspace_memory_region {
+            slot,
+            flags: 0,
+            guest_phys_addr: 0,
+            memory_size: self.size as u64,
+            userspace_addr: self.ptr as u64,
+        };
+        // SAFETY: the region describes exactly our live mapping, which outlives the VM: the
+        // backend drops the VmFd (and with it the slot) before the GuestRam (field order).
+        unsafe { vm.set_user_memory_region(region) }
+            .map_err(|e| format!("KVM_SET_USER_MEMORY_REGION: {e}"))
+    }
+
+    /// All of RAM. The vCPU writes to it only inside KVM_RUN, which runs on the thread that
+    /// owns the backend, so no write can race with this borrow.
+    pub fn as_slice(&self) -> &[u8] {
+        // SAFETY: `ptr` is a live mapping of `size` readable bytes for the life of `self`.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.size) }
+    }
+
+    pub fn as_mut_slice(&mut self) -> &mut [u8] {
+        // SAFETY: as in `as_slice`, and `&mut self` makes this the only borrow.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.size) }
+    }
+
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        match range(gpa, buf.len(), self.size) {
+            Some(r) => {
+                buf.copy_from_slice(&self.as_slice()[r]);
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
+        let size = self.size;
+        match range(gpa, data.len(), size) {
+            Some(r) => {
+                self.as_mut_slice()[r].copy_from_slice(data);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
+fn range(gpa: u64, len: usize, size: usize) -> Option<std::ops::Range<usize>> {
+    let start = usize::try_from(gpa).ok()?;
+    let end = start.checked_add(len)?;
+    (end <= size).then_some(start..end)
+}
+
+impl Drop for GuestRam {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `new` created; no borrow of it outlives `self`.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.size);
+        }
+    }
+}
+
+// SAFETY: GuestRam owns its mapping exclusively; moving it to another thread moves that
+// ownership (the raw pointer is what makes the compiler unsure).
+unsafe impl Send for GuestRam {}
+
+/// Writes the answer of a pending `in` into the `kvm_run` I/O data area, where KVM picks it up
+/// on the next KVM_RUN. `false` if the last exit was not an `in`.
+pub fn write_io_in_data(run: &mut kvm_run, data: u32) -> bool {
+    if run.exit_reason != kvm_bindings::KVM_EXIT_IO {
+        return false;
+    }
+    // SAFETY: exit_reason says the `io` member of the union is the live one.
+    let io = unsafe { run.__bindgen_anon_1.io };
+    if u32::from(io.direction) != kvm_bindings::KVM_EXIT_IO_IN {
+        return false;
+    }
+    let len = (io.size as usize * io.count as usize).min(4);
+    let bytes = data.to_le_bytes();
+    let base = run as *mut kvm_run as *mut u8;
+    // SAFETY: data_offset is set by KVM to an offset inside the kvm_run mapping (one page or
+    // more, mapped by kvm-ioctls for the vCPU's lifetime) with room for size*count bytes; we
+    // write at most that many.
+    unsafe {
+        std::ptr::copy_nonoverlapping(bytes.as_ptr(), base.add(io.data_offset as usize), len);
+    }
+    true
+}
+
+/// Writes the answer of a pending MMIO read into `kvm_run`. `false` if the last exit was not one.
+pub fn write_mmio_read_data(run: &mut kvm_run, data: u64) -> bool {
+    if run.exit_reason != kvm_bindings::KVM_EXIT_MMIO {
+        return false;
+    }
+    // SAFETY: exit_reason says the `mmio` member of the union is the live one.
+    let mmio = unsafe { &mut run.__bindgen_anon_1.mmio };
+    if mmio.is_write != 0 {
+        return false;
+    }
+    let len = (mmio.len as usize).min(8);
+    mmio.data[..len].copy_from_slice(&data.to_le_bytes()[..len]);
+    true
+}
+
+/// The internal-error suberror and data words of the last KVM_EXIT_INTERNAL_ERROR.
+pub fn internal_error(run: &kvm_run) -> Option<(u32, Vec<u64>)> {
+    if run.exit_reason != kvm_bindings::KVM_EXIT_INTERNAL_ERROR {
+        return None;
+    }
+    // SAFETY: exit_reason says the `internal` member of the union is the live one.
+    let internal = unsafe { run.__bindgen_anon_1.internal };
+    let n = (internal.ndata as usize).min(internal.data.len());
+    Some((internal.suberror, internal.data[..n].to_vec()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ram_reads_back_writes_and_refuses_out_of_range() {
+        let mut ram = GuestRam::new(8192).unwrap();
+        assert!(ram.write(4090, &[1, 2, 3, 4, 5, 6]));
+        let mut buf = [0u8; 6];
+        assert!(ram.read(4090, &mut buf));
+        assert_eq!(buf, [1, 2, 3, 4, 5, 6]);
+        assert!(!ram.read(8190, &mut buf));
+        assert!(!ram.write(u64::MAX, &[1]));
+        assert_eq!(ram.size(), 8192);
+    }
+}

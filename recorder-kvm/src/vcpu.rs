@@ -1,0 +1,523 @@
+//! The kvm backend proper: one VM with one vCPU and its RAM, stepped one instruction at a time
+//! with KVM_SET_GUEST_DEBUG (SINGLESTEP) and read through KVM_CAP_SYNC_REGS.
+
+use crate::mapping::{self, GuestRam};
+use crate::probe::HostReport;
+use crate::regs::{kvm_regs_of, kvm_sregs_of, regs_from_kvm};
+use kvm_bindings::{
+    kvm_guest_debug, kvm_msr_entry, kvm_pit_config, CpuId, Msrs, KVM_GUESTDBG_ENABLE,
+    KVM_GUESTDBG_SINGLESTEP, KVM_MAX_CPUID_ENTRIES,
+};
+use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
+use recorder::{Backend, BackendError, Exit, StepResult, Written};
+use traces::{BackendInfo, CpuidEntry, GuestSpec, Regs};
+
+const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
+const EFER_LME: u64 = 1 << 8;
+const EFER_LMA: u64 = 1 << 10;
+const CR0_PG: u64 = 1 << 31;
+const CR4_PAE: u64 = 1 << 5;
+/// KVM needs three pages for the VMX real-mode TSS; put them where RAM never reaches.
+const TSS_ADDRESS: usize = 0xfffb_d000;
+/// RAM stays below the TSS pages and the 32-bit MMIO hole.
+const MAX_RAM: u64 = 3 << 30;
+
+/// A guest on /dev/kvm. Field order matters: the vCPU and VM are closed before the RAM they
+/// map is unmapped.
+pub struct KvmBackend {
+    vcpu: Option<VcpuFd>,
+    vm: Option<VmFd>,
+    kvm: Kvm,
+    ram: Option<GuestRam>,
+    report: HostReport,
+    /// Registers after the last step (from sync regs, plus the rarely-changing ones).
+    regs: Regs,
+    cpuid: Vec<CpuidEntry>,
+    sync_regs: bool,
+    /// An `in` or MMIO read is waiting for its data.
+    pending_read: bool,
+}
+
+impl KvmBackend {
+    /// Opens /dev/kvm. The VM itself is created by [`Backend::load`].
+    pub fn new(report: HostReport) -> Result<KvmBackend, BackendError> {
+        if let Err(why) = &report.usable {
+            return Err(BackendError::HostUnsupported(format!(
+                "/dev/kvm is not usable: {why}; record with --backend emu"
+            )));
+        }
+        let kvm = Kvm::new().map_err(|e| BackendError::Other(format!("opening /dev/kvm: {e}")))?;
+        let sync_regs = report.has_cap("sync_regs");
+        if !report.has_cap("set_guest_debug") {
+            return Err(BackendError::HostUnsupported(
+                "this host's KVM has no KVM_CAP_SET_GUEST_DEBUG, so it cannot single-step; \
+                 record with --backend emu"
+                    .into(),
+            ));
+        }
+        Ok(KvmBackend {
+            vcpu: None,
+            vm: None,
+            kvm,
+            ram: None,
+            report,
+            regs: Regs::default(),
+            cpuid: Vec::new(),
+            sync_regs,
+            pending_read: false,
+        })
+    }
+
+    pub fn report(&self) -> &HostReport {
+        &self.report
+    }
+
+    fn vcpu(&mut self) -> Result<&mut VcpuFd, BackendError> {
+        self.vcpu
+            .as_mut()
+            .ok_or_else(|| BackendError::Other("no guest loaded".into()))
+    }
+
+    /// Reads regs + sregs after a run: from the sync-regs area, or with two ioctls.
+    fn refresh(&mut self) -> Result<(), BackendError> {
+        let sync = self.sync_regs;
+        let vcpu = self.vcpu()?;
+        let (r, s) = if sync {
+            let sr = vcpu.sync_regs();
+            (sr.regs, sr.sregs)
+        } else {
+            let r = vcpu.get_regs().map_err(ioctl_err("KVM_GET_REGS"))?;
+            let s = vcpu.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
+            (r, s)
+        };
+        regs_from_kvm(&r, &s, &mut self.regs);
+        Ok(())
+    }
+
+    /// Lets KVM finish a pending I/O or MMIO instruction without entering the guest again.
+    fn complete_pending(&mut self) -> Result<(), BackendError> {
+        let vcpu = self.vcpu()?;
+        vcpu.set_kvm_immediate_exit(1);
+        let result = vcpu.run().map(|exit| format!("{exit:?}"));
+        vcpu.set_kvm_immediate_exit(0);
+        match result {
+            // A debug exit here is the single-step trap of the completed instruction.
+            Ok(exit) if exit.starts_with("Debug") => {}
+            Ok(exit) => {
+                return Err(BackendError::Engine(format!(
+                    "KVM returned {exit} while completing an I/O instruction"
+                )))
+            }
+            Err(e) if e.errno() == libc::EINTR => {}
+            Err(e) => return Err(BackendError::Other(format!("KVM_RUN (completion): {e}"))),
+        }
+        self.refresh()
+    }
+
+    /// `"int3" (cc)` for the instruction at RIP, from RAM through KVM_TRANSLATE.
+    fn instruction_at_rip(&mut self) -> String {
+        let cs = self.regs.seg[traces::regs::CS];
+        let linear = if self.regs.efer & EFER_LMA != 0 && cs.attrs & (1 << 13) != 0 {
+            self.regs.rip
+        } else {
+            cs.base.wrapping_add(self.regs.rip) & 0xffff_ffff
+        };
+        let gpa = if self.regs.cr0 & CR0_PG != 0 {
+            match self.vcpu.as_ref().map(|v| v.translate_gva(linear)) {
+                Some(Ok(t)) if t.valid != 0 => t.physical_address,
+                _ => return "(instruction bytes not readable)".into(),
+            }
+        } else {
+            linear
+        };
+        let mut bytes = [0u8; 15];
+        let Some(ram) = &self.ram else {
+            return String::new();
+        };
+        let n = (0..=15)
+            .rev()
+            .find(|&n| ram.read(gpa, &mut bytes[..n]))
+            .unwrap_or(0);
+        recorder::insn::describe(
+            &bytes[..n],
+            recorder::insn::bitness(&self.regs),
+            self.regs.rip,
+        )
+    }
+
+    fn engine_failure(&mut self) -> BackendError {
+        let rip = self.regs.rip;
+        let insn = self.instruction_at_rip();
+        let detail = self
+            .vcpu
+            .as_mut()
+            .and_then(|v| mapping::internal_error(v.get_kvm_run()))
+            .map(|(sub, data)| format!(" (KVM_EXIT_INTERNAL_ERROR suberror {sub}, data {data:x?})"))
+            .unwrap_or_default();
+        let host = if self.report.pvm {
+            "this host's KVM (PVM)"
+        } else {
+            "this host's KVM"
+        };
+        BackendError::Engine(format!(
+            "instruction {insn} at RIP {rip:#x} cannot be emulated by {host}{detail}; \
+             use --backend emu"
+        ))
+    }
+
+    fn read_msr(&self, index: u32) -> Option<u64> {
+        let vcpu = self.vcpu.as_ref()?;
+        let mut msrs = Msrs::from_entries(&[kvm_msr_entry {
+            index,
+            ..Default::default()
+        }])
+        .ok()?;
+        (vcpu.get_msrs(&mut msrs).ok()? == 1).then(|| msrs.as_slice()[0].data)
+    }
+
+    fn write_rare_regs(&mut self, regs: &Regs) -> Result<(), BackendError> {
+        let vcpu = self
+            .vcpu
+            .as_ref()
+            .ok_or_else(|| BackendError::Other("no guest".into()))?;
+        if regs.kernel_gs_base != self.regs.kernel_gs_base {
+            let msrs = Msrs::from_entries(&[kvm_msr_entry {
+                index: MSR_KERNEL_GS_BASE,
+                data: regs.kernel_gs_base,
+                ..Default::default()
+            }])
+            .map_err(|e| BackendError::Other(format!("MSR list: {e:?}")))?;
+            vcpu.set_msrs(&msrs).map_err(ioctl_err("KVM_SET_MSRS"))?;
+        }
+        if regs.xcr0 != self.regs.xcr0 && regs.xcr0 != 0 {
+            let mut xcrs = vcpu.get_xcrs().map_err(ioctl_err("KVM_GET_XCRS"))?;
+            xcrs.nr_xcrs = 1;
+            xcrs.xcrs[0].xcr = 0;
+            xcrs.xcrs[0].value = regs.xcr0;
+            vcpu.set_xcrs(&xcrs).map_err(ioctl_err("KVM_SET_XCRS"))?;
+        }
+        Ok(())
+    }
+
+    /// Is the guest, as of the last step, in a mode this host's KVM shuts down on?
+    fn in_legacy_paging(&self) -> bool {
+        self.regs.cr0 & CR0_PG != 0 && self.regs.efer & EFER_LME == 0
+    }
+}
+
+fn ioctl_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> BackendError {
+    move |e| BackendError::Other(format!("{what}: {e}"))
+}
+
+fn cpuid_entries(cpuid: &CpuId) -> Vec<CpuidEntry> {
+    cpuid
+        .as_slice()
+        .iter()
+        .map(|e| CpuidEntry {
+            function: e.function,
+            index: e.index,
+            eax: e.eax,
+            ebx: e.ebx,
+            ecx: e.ecx,
+            edx: e.edx,
+        })
+        .collect()
+}
+
+impl Backend for KvmBackend {
+    fn info(&self) -> BackendInfo {
+        self.report.backend_info()
+    }
+
+    fn load(&mut self, guest: &GuestSpec) -> Result<(), BackendError> {
+        if guest.ram_size > MAX_RAM {
+            return Err(BackendError::Other(format!(
+                "{} MiB of RAM is more than the kvm backend maps (at most {} MiB)",
+                guest.ram_size >> 20,
+                MAX_RAM >> 20
+            )));
+        }
+        let vm = self.kvm.create_vm().map_err(ioctl_err("KVM_CREATE_VM"))?;
+        vm.set_tss_address(TSS_ADDRESS)
+            .map_err(ioctl_err("KVM_SET_TSS_ADDR"))?;
+        // Real kernels need the PIC, IOAPIC, LAPIC and PIT; KVM then handles HLT itself, which
+        // is why the recorder decodes HLT before stepping it.
+        vm.create_irq_chip()
+            .map_err(ioctl_err("KVM_CREATE_IRQCHIP"))?;
+        vm.create_pit2(kvm_pit_config::default())
+            .map_err(ioctl_err("KVM_CREATE_PIT2"))?;
+        let mut ram = GuestRam::new(guest.ram_size).map_err(BackendError::Other)?;
+        ram.register(&vm, 0).map_err(BackendError::Other)?;
+        for load in &guest.loads {
+            let blob = guest.blobs.get(load.blob as usize).ok_or_else(|| {
+                BackendError::Other(format!("load refers to missing blob {}", load.blob))
+            })?;
+            if !ram.write(load.gpa, &blob.data) {
+                return Err(BackendError::Other(format!(
+                    "blob {} ({} bytes) at {:#x} does not fit in {} MiB of RAM",
+                    blob.name,
+                    blob.data.len(),
+                    load.gpa,
+                    guest.ram_size >> 20
+                )));
+            }
+        }
+
+        let vcpu = vm.create_vcpu(0).map_err(ioctl_err("KVM_CREATE_VCPU"))?;
+        let mut cpuid = self
+            .kvm
+            .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
+            .map_err(ioctl_err("KVM_GET_SUPPORTED_CPUID"))?;
+        if !guest.cpuid.is_empty() {
+            // The trace's CPUID wins (verify re-runs a trace with the CPUID it recorded).
+            for e in cpuid.as_mut_slice() {
+                if let Some(g) = guest
+                    .cpuid
+                    .iter()
+                    .find(|g| g.function == e.function && g.index == e.index)
+                {
+                    (e.eax, e.ebx, e.ecx, e.edx) = (g.eax, g.ebx, g.ecx, g.edx);
+                }
+            }
+        }
+        vcpu.set_cpuid2(&cpuid)
+            .map_err(ioctl_err("KVM_SET_CPUID2"))?;
+        self.cpuid = cpuid_entries(&cpuid);
+
+        let sregs = vcpu.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
+        vcpu.set_sregs(&kvm_sregs_of(&guest.entry, &sregs))
+            .map_err(ioctl_err("KVM_SET_SREGS"))?;
+        vcpu.set_regs(&kvm_regs_of(&guest.entry))
+            .map_err(ioctl_err("KVM_SET_REGS"))?;
+        let debug = kvm_guest_debug {
+            control: KVM_GUESTDBG_ENABLE | KVM_GUESTDBG_SINGLESTEP,
+            ..Default::default()
+        };
+        vcpu.set_guest_debug(&debug)
+            .map_err(ioctl_err("KVM_SET_GUEST_DEBUG"))?;
+        self.vm = Some(vm);
+        self.vcpu = Some(vcpu);
+        self.ram = Some(ram);
+        self.regs = Regs::default();
+        self.write_rare_regs(&guest.entry)?;
+        self.regs.xcr0 = guest.entry.xcr0;
+        self.regs.kernel_gs_base = guest.entry.kernel_gs_base;
+        self.regs.pkru = guest.entry.pkru;
+        self.regs.pdptrs = guest.entry.pdptrs;
+        self.sync_regs = self.report.has_cap("sync_regs");
+        if self.sync_regs {
+            let vcpu = self.vcpu()?;
+            vcpu.set_sync_valid_reg(SyncReg::Register);
+            vcpu.set_sync_valid_reg(SyncReg::SystemRegister);
+            vcpu.set_sync_valid_reg(SyncReg::VcpuEvents);
+        }
+        // Until the first run fills the sync-regs area, read the state with ioctls.
+        let vcpu = self.vcpu()?;
+        let r = vcpu.get_regs().map_err(ioctl_err("KVM_GET_REGS"))?;
+        let s = vcpu.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
+        regs_from_kvm(&r, &s, &mut self.regs);
+        Ok(())
+    }
+
+    fn regs(&mut self) -> Result<Regs, BackendError> {
+        Ok(self.regs.clone())
+    }
+
+    fn regs_full(&mut self) -> Result<Regs, BackendError> {
+        if let Some(vcpu) = self.vcpu.as_ref() {
+            if self.report.has_cap("xcrs") {
+                if let Ok(x) = vcpu.get_xcrs() {
+                    let n = (x.nr_xcrs as usize).min(x.xcrs.len());
+                    if let Some(x0) = x.xcrs[..n].iter().find(|x| x.xcr == 0) {
+                        self.regs.xcr0 = x0.value;
+                    }
+                }
+            }
+        }
+        if let Some(v) = self.read_msr(MSR_KERNEL_GS_BASE) {
+            self.regs.kernel_gs_base = v;
+        }
+        // PAE paging: the PDPTE registers as loaded by the last CR write (this KVM API gives
+        // them only through KVM_GET_SREGS2; the memory they came from is the next best source,
+        // and the recorder asks right after the loading write).
+        let pae = self.regs.cr0 & CR0_PG != 0
+            && self.regs.cr4 & CR4_PAE != 0
+            && self.regs.efer & EFER_LMA == 0;
+        if pae {
+            if let Some(ram) = &self.ram {
+                let base = self.regs.cr3 & 0xffff_ffe0;
+                for (i, p) in self.regs.pdptrs.iter_mut().enumerate() {
+                    let mut b = [0u8; 8];
+                    if ram.read(base + 8 * i as u64, &mut b) {
+                        *p = u64::from_le_bytes(b);
+                    }
+                }
+            }
+        }
+        Ok(self.regs.clone())
+    }
+
+    fn set_regs(&mut self, regs: &Regs) -> Result<(), BackendError> {
+        self.write_rare_regs(regs)?;
+        let sync = self.sync_regs;
+        let vcpu = self.vcpu()?;
+        if sync {
+            let base = vcpu.sync_regs().sregs;
+            let area = vcpu.sync_regs_mut();
+            area.regs = kvm_regs_of(regs);
+            area.sregs = kvm_sregs_of(regs, &base);
+            vcpu.set_sync_dirty_reg(SyncReg::Register);
+            vcpu.set_sync_dirty_reg(SyncReg::SystemRegister);
+        } else {
+            let base = vcpu.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
+            vcpu.set_sregs(&kvm_sregs_of(regs, &base))
+                .map_err(ioctl_err("KVM_SET_SREGS"))?;
+            vcpu.set_regs(&kvm_regs_of(regs))
+                .map_err(ioctl_err("KVM_SET_REGS"))?;
+        }
+        self.regs = regs.clone();
+        Ok(())
+    }
+
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        self.ram.as_ref().is_some_and(|r| r.read(gpa, buf))
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool {
+        self.ram.as_mut().is_some_and(|r| r.write(gpa, data))
+    }
+
+    fn ram_size(&self) -> u64 {
+        self.ram.as_ref().map_or(0, GuestRam::size)
+    }
+
+    fn ram(&self) -> Option<&[u8]> {
+        self.ram.as_ref().map(GuestRam::as_slice)
+    }
+
+    fn cpuid(&self) -> Vec<CpuidEntry> {
+        self.cpuid.clone()
+    }
+
+    fn step(&mut self) -> Result<StepResult, BackendError> {
+        if self.pending_read {
+            return Err(BackendError::Other(
+                "step while an `in`/MMIO read still waits for its data".into(),
+            ));
+        }
+        let stepped = |exit| {
+            Ok(StepResult {
+                exit,
+                written: Written::Unknown,
+            })
+        };
+        loop {
+            let vcpu = self.vcpu()?;
+            let exit = match vcpu.run() {
+                Ok(VcpuExit::Debug(_)) => Exit::Stepped,
+                Ok(VcpuExit::IoOut(port, data)) => {
+                    let mut b = [0u8; 4];
+                    let n = data.len().min(4);
+                    b[..n].copy_from_slice(&data[..n]);
+                    let exit = Exit::IoOut {
+                        port,
+                        size: n as u8,
+                        data: u32::from_le_bytes(b),
+                    };
+                    self.complete_pending()?;
+                    return stepped(exit);
+                }
+                Ok(VcpuExit::IoIn(port, data)) => {
+                    let size = data.len().min(4) as u8;
+                    self.pending_read = true;
+                    self.refresh()?;
+                    return stepped(Exit::IoIn { port, size });
+                }
+                Ok(VcpuExit::MmioWrite(gpa, data)) => {
+                    let mut b = [0u8; 8];
+                    let n = data.len().min(8);
+                    b[..n].copy_from_slice(&data[..n]);
+                    let exit = Exit::MmioWrite {
+                        gpa,
+                        size: n as u8,
+                        data: u64::from_le_bytes(b),
+                    };
+                    self.complete_pending()?;
+                    return stepped(exit);
+                }
+                Ok(VcpuExit::MmioRead(gpa, data)) => {
+                    let size = data.len().min(8) as u8;
+                    self.pending_read = true;
+                    self.refresh()?;
+                    return stepped(Exit::MmioRead { gpa, size });
+                }
+                Ok(VcpuExit::Hlt) => Exit::Halted,
+                Ok(VcpuExit::Shutdown) => {
+                    let was_legacy = self.in_legacy_paging();
+                    self.refresh()?;
+                    if self.report.pvm && (was_legacy || self.in_legacy_paging()) {
+                        return Err(BackendError::HostUnsupported(format!(
+                            "KVM_EXIT_SHUTDOWN at RIP {:#x} right after the guest enabled {} \
+                             paging: this host's KVM (a PVM variant with shadow paging) cannot \
+                             run 32-bit or PAE paging guests; record with --backend emu",
+                            self.regs.rip,
+                            if self.regs.cr4 & CR4_PAE != 0 {
+                                "PAE"
+                            } else {
+                                "32-bit"
+                            }
+                        )));
+                    }
+                    return stepped(Exit::Shutdown);
+                }
+                Ok(VcpuExit::InternalError) => {
+                    self.refresh()?;
+                    return Err(self.engine_failure());
+                }
+                Ok(VcpuExit::FailEntry(reason, _)) => {
+                    self.refresh()?;
+                    return Err(BackendError::Engine(format!(
+                        "KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}) at RIP {:#x}: the \
+                         vCPU state is not enterable",
+                        self.regs.rip
+                    )));
+                }
+                Ok(VcpuExit::Intr) => continue,
+                Ok(other) => {
+                    let what = format!("{other:?}");
+                    self.refresh()?;
+                    return Err(BackendError::Engine(format!(
+                        "unexpected KVM exit {what} at RIP {:#x}",
+                        self.regs.rip
+                    )));
+                }
+                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) => return Err(BackendError::Other(format!("KVM_RUN: {e}"))),
+            };
+            self.refresh()?;
+            return stepped(exit);
+        }
+    }
+
+    fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError> {
+        let pending = self.pending_read;
+        let vcpu = self.vcpu()?;
+        if !pending || !mapping::write_io_in_data(vcpu.get_kvm_run(), data) {
+            return Err(BackendError::Other("no `in` is waiting for data".into()));
+        }
+        self.pending_read = false;
+        self.complete_pending()
+    }
+
+    fn complete_mmio_read(&mut self, data: u64) -> Result<(), BackendError> {
+        let pending = self.pending_read;
+        let vcpu = self.vcpu()?;
+        if !pending || !mapping::write_mmio_read_data(vcpu.get_kvm_run(), data) {
+            return Err(BackendError::Other(
+                "no MMIO read is waiting for data".into(),
+            ));
+        }
+        self.pending_read = false;
+        self.complete_pending()
+    }
+}

@@ -183,8 +183,10 @@ pub struct Keyframe {
     /// Pages (4 KiB, guest-physical, page-aligned) changed since the previous keyframe that
     /// carried pages; empty for register-only keyframes.
     pub pages: Vec<Page>,
-    /// True when `pages` holds every page changed since step 0, so memory at `step` can be
-    /// rebuilt from the header's loads and this keyframe's pages plus earlier page keyframes.
+    /// True for a page keyframe: `pages` holds every page changed since the previous page
+    /// keyframe (or since entry, for the first), possibly none. Memory at `step` is then the
+    /// entry image (the header's loads) with the pages of every page keyframe up to here
+    /// applied in order.
     pub carries_pages: bool,
     /// xxh3-64 over all of guest RAM at this step, in ascending address order: the recorder's
     /// self-check and the replayer's proof of a correct reconstruction.

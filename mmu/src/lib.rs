@@ -1,18 +1,74 @@
-//! The x86 paging architecture and a model of KVM's role-tracked MMU.
-//! (overview written below once modules exist)
+//! # mmu: the x86 paging architecture and KVM's role-tracked MMU
+//!
+//! Pure Rust, no I/O, no `unsafe`. Guest memory is reached through [`GuestMemory`] (and
+//! [`GuestMemoryMut`] for accessed/dirty updates). The KVM facts modelled here come from the
+//! project's reference sheet (`shared/reference/kvm-mmu-roles.md`); comments cite kernel
+//! commits; no kernel code is copied.
+//!
+//! ## Architecture (Intel SDM Vol. 3A ch. 4): [`paging`]
+//! - [`PagingMode::of`]`(cr0, cr4, efer)`; [`efer_after_cr0_write`] / [`lma_after_cr0_write`].
+//! - [`walk`]`(regs, cpu, mem, gva, &AccessRequest) -> Walk`: every mode (none, 32-bit with
+//!   PSE/PSE-36, PAE using the PDPTE registers in `regs.pdptrs`, 4- and 5-level); U/S, R/W with
+//!   CR0.WP, NX, SMEP, SMAP with RFLAGS.AC and implicit supervisor accesses, protection keys;
+//!   reserved bits by mode and MAXPHYADDR (AMD bit 8, GBPAGES); canonical checks; the exact
+//!   #PF error code. [`Walk::levels`] lists every entry visited. [`walk_mut`] also sets A/D.
+//! - [`load_pdptrs`]`(cr3, mem, maxphyaddr) -> Result<[u64; 4], Gp>`.
+//! - [`check_write`]`(CrReg, &before, value, cpu, mem) -> Result<(), Gp>` and [`apply_write`]
+//!   (the registers after a legal write: LMA, PDPTE reload, ET).
+//!
+//! ## KVM's MMU model
+//! - Roles: [`PageRole`], [`ExtRole`], [`CpuRole`] (`#[repr(transparent)]` words) printed and
+//!   diffed field by field through a per-version [`Layout`].
+//! - Policies: [`policies`]`()`, [`policy`]`("v5.1-rc3")`: one [`Policy`] value per modelled
+//!   kernel (v4.20 … v6.14), each with a summary and commits; role rules, compare key, reset
+//!   triggers, event rules, re-init rules and root-cache rule are all data.
+//! - [`Tracker`]`::new(policy, Flavour::Tdp | Flavour::Shadow, cpu, &initial)`, then
+//!   [`Tracker::apply`]`(&Input, &after, mem) -> Decision` for CR0/CR3/CR4/EFER writes, INIT,
+//!   SMM entry/exit and CPUID updates. A [`Decision`] gives the [`Outcome`], trigger bits,
+//!   old/new `cpu_role` and `root_role`, the context attributes a re-init changed, the
+//!   prev_roots lookup of a CR3 load, the TLB flush requested, and the findings: stale context
+//!   ([`StaleContext`]) and needless reset.
+//! - [`MmuContext`]: root level, walker kind, reserved-bit and permission inputs, PKRU.
+//!   [`architectural_context`] is what a correct re-init builds; [`translate_with_context`]
+//!   walks the way KVM's software walker would with a given context; [`compare_translations`]
+//!   lists the addresses whose translation differs between a kept and a correct context.
+//!
+//! Before v5.19 KVM had a single 64-bit `mmu_role`; the tracker reports it as `cpu_role` and
+//! its base half as `root_role`.
 
+pub mod context;
 pub mod paging;
+pub mod policy;
 pub mod regs;
+pub mod roles;
+pub mod root_cache;
+pub mod stale;
+pub mod tracker;
 
+pub use context::{
+    architectural_context, translate_with_context, walker_for_level, ContextDiff, MmuContext,
+    WalkerKind,
+};
 pub use paging::fault::{pfec, Fault, Gp};
 pub use paging::mode::{efer_after_cr0_write, lma_after_cr0_write, PagingMode};
-pub use paging::pdpte::load_pdptrs;
+pub use paging::pdpte::{load_pdptrs, pdpt_address};
 pub use paging::perm::{Access, AccessRequest, EffectiveRights, PermInputs};
 pub use paging::rsvd::{RsvdInputs, TableFormat};
 pub use paging::transition::{
     apply_write, apply_write_with, check_write, check_write_with, CrReg, WriteContext,
 };
 pub use paging::walk::{
-    walk, walk_mut, walk_with, AdUpdate, Translated, Walk, WalkConfig, WalkLevel,
+    apply_ad_updates, walk, walk_mut, walk_with, AdUpdate, Translated, Walk, WalkConfig, WalkLevel,
+};
+pub use policy::{
+    compare_key, derive_roles, policies, policy, tdp_level, CompareKey, CpuidRule, EventRules,
+    Flavour, GpteRule, Policy, ReinitRules, ResetTriggers, RoleRules, Roles, RootCacheRule,
 };
 pub use regs::{bits, ControlRegs, CpuModel, FlatMemory, GuestMemory, GuestMemoryMut};
+pub use roles::{CpuRole, ExtRole, Field, FieldDef, FieldDiff, GpteSense, Layout, PageRole, Word};
+pub use root_cache::{CachedRoot, RootCache, RootCacheLookup, RootSlot, NUM_PREV_ROOTS};
+pub use stale::{
+    compare_translations, compare_translations_as, stale_context, StaleContext, TranslationDiff,
+    TranslationResult,
+};
+pub use tracker::{Decision, Input, Outcome, TlbFlush, Tracker};

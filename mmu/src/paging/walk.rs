@@ -354,7 +354,7 @@ fn walk_core<M: GuestMemory + ?Sized>(
             TableFormat::Bits32 => (entry & 0xffff_f000) | (gva & 0xfff),
             _ => (entry & addr_mask_8 & !(page_size - 1)) | (gva & (page_size - 1)),
         };
-        let pkey = (cfg.pke && format == TableFormat::Long).then(|| ((entry >> 59) & 0xf) as u8);
+        let pkey = (cfg.pke && format == TableFormat::Long).then_some(((entry >> 59) & 0xf) as u8);
         lv.pk = pkey;
         lv.page_size = Some(page_size);
         levels.push(lv);

@@ -1,0 +1,226 @@
+//! Role derivation (sheet §3.2, §4.3, §4.4, §6.1) and the compare key (§5.9), driven by a
+//! [`Policy`]'s data.
+
+use super::{CompareKey, Flavour, GpteRule, Policy};
+use crate::regs::{ControlRegs, CpuModel};
+use crate::roles::{CpuRole, ExtRole, Field, GpteSense, Layout, PageRole, Word};
+
+/// The roles KVM computes for one register state.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
+pub struct Roles {
+    /// `cpu_role` (v5.19+) or `mmu_role` (≤ v5.18, whose base is the root's role).
+    pub cpu_role: CpuRole,
+    /// `root_role` (v5.19+) or `mmu_role.base` (≤ v5.18).
+    pub root_role: PageRole,
+}
+
+/// TDP root level, VMX rule (`kvm_mmu_get_tdp_level`, sheet §4.8): 5 only with 5-level EPT
+/// and guest MAXPHYADDR > 48. The CPU model's `la57` stands for host 5-level EPT support.
+pub fn tdp_level(cpu: &CpuModel) -> u8 {
+    if cpu.la57 && cpu.maxphyaddr > 48 {
+        5
+    } else {
+        4
+    }
+}
+
+struct B<'a> {
+    l: &'a Layout,
+    base: u32,
+    ext: u32,
+}
+
+impl B<'_> {
+    fn b(&mut self, f: Field, v: impl Into<u64>) {
+        self.base = self.l.set(Word::Base, self.base, f, v.into() as u32);
+    }
+    fn e(&mut self, f: Field, v: impl Into<u64>) {
+        self.ext = self.l.set(Word::Ext, self.ext, f, v.into() as u32);
+    }
+}
+
+fn gpte_bit(rule: GpteRule, regs: &ControlRegs) -> bool {
+    match rule {
+        GpteRule::Cr4Pae => regs.pae(),
+        GpteRule::PgAndPae => regs.pg() && regs.pae(),
+        GpteRule::PgAndNotPae => regs.pg() && !regs.pae(),
+    }
+}
+
+/// The stored value of bit 4 that means "8-byte guest PTEs" in this layout.
+fn eight_byte_value(layout: &Layout) -> bool {
+    !matches!(layout.gpte, GpteSense::Has4Byte)
+}
+
+fn guest_level(regs: &ControlRegs) -> u8 {
+    crate::PagingMode::of_regs(regs).level()
+}
+
+/// Compute the roles `policy` derives from `regs` for `flavour`.
+pub fn derive_roles(
+    policy: &Policy,
+    flavour: Flavour,
+    regs: &ControlRegs,
+    cpu: &CpuModel,
+) -> Roles {
+    if policy.roles.split_cpu_root_role {
+        derive_split(policy, flavour, regs, cpu)
+    } else {
+        derive_mmu_role(policy, flavour, regs, cpu)
+    }
+}
+
+/// ≤ v5.18: one `mmu_role` (kvm_calc_mmu_role_common + ext + per-flavour root fields).
+fn derive_mmu_role(policy: &Policy, flavour: Flavour, regs: &ControlRegs, cpu: &CpuModel) -> Roles {
+    let r = &policy.roles;
+    let mut b = B {
+        l: policy.layout,
+        base: 0,
+        ext: 0,
+    };
+    let pg = regs.pg();
+    let lma = regs.lma();
+    let record = pg || !r.pg0_records_nothing;
+    b.b(Field::Access, 7u8);
+    b.b(Field::Smm, u8::from(regs.smm));
+    b.b(Field::GuestMode, regs.guest_mode);
+    b.e(Field::Valid, true);
+    b.e(Field::Maxphyaddr, cpu.maxphyaddr & 0x3f);
+    let (mut smep, mut smap) = (false, false);
+    if record {
+        b.b(Field::EferNx, regs.nxe());
+        b.b(Field::Cr0Wp, regs.wp());
+        b.e(Field::Cr0Pg, pg);
+        b.e(Field::Cr4Pae, regs.pae());
+        b.e(Field::Cr4Pse, regs.pse());
+        b.e(Field::Cr4Smep, regs.smep());
+        b.e(Field::Cr4Smap, regs.smap());
+        let need = r.pke_la57_need_lma;
+        b.e(Field::Cr4Pke, regs.pke() && (lma || !need));
+        b.e(Field::Cr4La57, regs.la57() && (lma || !need));
+        b.e(Field::EferLma, lma);
+        smep = regs.smep();
+        smap = regs.smap();
+    }
+    match flavour {
+        Flavour::Tdp => {
+            b.b(Field::Level, tdp_level(cpu));
+            b.b(Field::Direct, true);
+            let g = if r.tdp_gpte_forced_8_bytes {
+                eight_byte_value(policy.layout)
+            } else {
+                gpte_bit(r.gpte, regs)
+            };
+            b.b(Field::Gpte, g);
+        }
+        Flavour::Shadow => {
+            let wp = record && regs.wp();
+            b.b(Field::SmepAndnotWp, smep && !wp);
+            b.b(Field::SmapAndnotWp, smap && !wp);
+            b.b(Field::Gpte, gpte_bit(r.gpte, regs));
+            b.b(Field::Direct, !pg);
+            let level = if !lma {
+                3
+            } else if regs.la57() {
+                5
+            } else {
+                4
+            };
+            b.b(Field::Level, level as u8);
+            if r.shadow_efer_nx_forced {
+                b.b(Field::EferNx, true);
+            }
+        }
+    }
+    Roles {
+        cpu_role: CpuRole::new(PageRole(b.base), ExtRole(b.ext)),
+        root_role: PageRole(b.base),
+    }
+}
+
+/// v5.19+: `kvm_calc_cpu_role` plus the TDP or shadow root role.
+fn derive_split(policy: &Policy, flavour: Flavour, regs: &ControlRegs, cpu: &CpuModel) -> Roles {
+    let l = policy.layout;
+    let mut b = B { l, base: 0, ext: 0 };
+    b.b(Field::Access, 7u8);
+    b.b(Field::Smm, u8::from(regs.smm));
+    b.b(Field::GuestMode, regs.guest_mode);
+    b.e(Field::Valid, true);
+    if !regs.pg() {
+        b.b(Field::Direct, true);
+    } else {
+        let lma = regs.lma();
+        let wp = regs.wp();
+        b.b(Field::EferNx, regs.nxe());
+        b.b(Field::Cr0Wp, wp);
+        b.b(Field::SmepAndnotWp, regs.smep() && !wp);
+        b.b(Field::SmapAndnotWp, regs.smap() && !wp);
+        b.b(Field::Gpte, gpte_bit(policy.roles.gpte, regs));
+        b.b(Field::Level, guest_level(regs));
+        b.e(Field::Cr4Pse, regs.pse());
+        b.e(Field::Cr4Smep, regs.smep());
+        b.e(Field::Cr4Smap, regs.smap());
+        b.e(Field::Cr4Pke, lma && regs.pke());
+        b.e(Field::Cr4La57, lma && regs.la57());
+        b.e(Field::EferLma, lma);
+    }
+    let cpu_role = CpuRole::new(PageRole(b.base), ExtRole(b.ext));
+    let root_role = match flavour {
+        Flavour::Tdp => {
+            let mut r = B { l, base: 0, ext: 0 };
+            r.b(Field::Access, 7u8);
+            r.b(Field::Cr0Wp, true);
+            r.b(Field::EferNx, true);
+            r.b(Field::Direct, true);
+            // has_4_byte_gpte = 0: TDP tables are 8-byte.
+            r.b(Field::Gpte, !matches!(l.gpte, GpteSense::Has4Byte));
+            r.b(Field::Smm, u8::from(regs.smm));
+            r.b(Field::GuestMode, regs.guest_mode);
+            r.b(Field::Level, tdp_level(cpu));
+            PageRole(r.base)
+        }
+        Flavour::Shadow => {
+            let base = cpu_role.base();
+            let mut r = base.with(l, Field::Level, u32::from(base.level().max(3)));
+            if policy.roles.shadow_efer_nx_forced {
+                r = r.with(l, Field::EferNx, 1);
+            }
+            r
+        }
+    };
+    Roles {
+        cpu_role,
+        root_role,
+    }
+}
+
+/// The value compared by the early return of `kvm_init_mmu`'s TDP/shadow paths.
+pub fn compare_key(policy: &Policy, roles: &Roles) -> (u64, u32) {
+    match policy.compare {
+        CompareKey::MaskedBase => {
+            let l = policy.layout;
+            let mut mask = 0u32;
+            for f in [
+                Field::Cr0Wp,
+                Field::Gpte,
+                Field::EferNx,
+                Field::SmepAndnotWp,
+                Field::SmapAndnotWp,
+                Field::Smm,
+                Field::GuestMode,
+                Field::AdDisabled,
+            ] {
+                if let Some(d) = l.def(Word::Base, f) {
+                    mask |= d.mask();
+                }
+            }
+            let base = roles.cpu_role.base().0 & mask;
+            (
+                u64::from(base) | (u64::from(roles.cpu_role.ext().0) << 32),
+                0,
+            )
+        }
+        CompareKey::Full => (roles.cpu_role.0, 0),
+        CompareKey::CpuRoleAndRootRole => (roles.cpu_role.0, roles.root_role.0),
+    }
+}

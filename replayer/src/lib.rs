@@ -1,1 +1,10 @@
-//! replayer
+//! The replayer: a trace turned into a machine you can stand anywhere in, with no KVM, no
+//! emulator and not the recording host. It is the engine under the TUI, the replay gdb server
+//! and `mmurr check`.
+
+pub mod flags;
+pub mod memory;
+pub mod timeline;
+
+pub use memory::MemoryImage;
+pub use timeline::{Snapshot, Timeline, TimelineError};

@@ -1,0 +1,251 @@
+//! Guest-physical memory as the replayer rebuilds it.
+//!
+//! A [`MemoryImage`] is a sparse map of 4 KiB pages over zero-filled RAM. Pages are shared
+//! (`Arc`) between images, so a snapshot at a keyframe costs one map clone, and writing to a
+//! page copies only that page: the replayer can keep many checkpoints cheaply.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use traces::GuestSpec;
+use xxhash_rust::xxh3::Xxh3;
+
+pub const PAGE_SIZE: u64 = 4096;
+type PageData = [u8; PAGE_SIZE as usize];
+const ZERO_PAGE: PageData = [0; PAGE_SIZE as usize];
+
+/// Guest RAM `0..ram_size`, copy-on-write per page.
+#[derive(Clone, Debug)]
+pub struct MemoryImage {
+    ram_size: u64,
+    pages: BTreeMap<u64, Arc<PageData>>,
+}
+
+/// Why a guest image could not be built from a trace header.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum ImageError {
+    #[error("load {index} names blob {blob}, but the trace has only {blobs} blobs")]
+    MissingBlob {
+        index: usize,
+        blob: u32,
+        blobs: usize,
+    },
+    #[error("load {index} ({len} bytes at {gpa:#x}) does not fit in {ram_size:#x} bytes of RAM")]
+    OutOfRam {
+        index: usize,
+        gpa: u64,
+        len: u64,
+        ram_size: u64,
+    },
+}
+
+impl MemoryImage {
+    /// Zero-filled RAM of `ram_size` bytes.
+    pub fn zeroed(ram_size: u64) -> MemoryImage {
+        MemoryImage {
+            ram_size,
+            pages: BTreeMap::new(),
+        }
+    }
+
+    /// RAM at entry: zero, with the header's blobs placed at their load addresses.
+    pub fn from_guest(guest: &GuestSpec) -> Result<MemoryImage, ImageError> {
+        let mut image = MemoryImage::zeroed(guest.ram_size);
+        for (index, load) in guest.loads.iter().enumerate() {
+            let blob = guest
+                .blobs
+                .get(load.blob as usize)
+                .ok_or(ImageError::MissingBlob {
+                    index,
+                    blob: load.blob,
+                    blobs: guest.blobs.len(),
+                })?;
+            if !image.write(load.gpa, &blob.data) {
+                return Err(ImageError::OutOfRam {
+                    index,
+                    gpa: load.gpa,
+                    len: blob.data.len() as u64,
+                    ram_size: guest.ram_size,
+                });
+            }
+        }
+        Ok(image)
+    }
+
+    pub fn ram_size(&self) -> u64 {
+        self.ram_size
+    }
+
+    fn in_ram(&self, gpa: u64, len: u64) -> bool {
+        gpa.checked_add(len).is_some_and(|end| end <= self.ram_size)
+    }
+
+    /// Reads `buf.len()` bytes at `gpa`; false (and `buf` untouched) if any byte is outside RAM.
+    pub fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        if !self.in_ram(gpa, buf.len() as u64) {
+            return false;
+        }
+        let mut done = 0usize;
+        while done < buf.len() {
+            let addr = gpa + done as u64;
+            let (page, offset) = (addr & !(PAGE_SIZE - 1), (addr % PAGE_SIZE) as usize);
+            let n = (PAGE_SIZE as usize - offset).min(buf.len() - done);
+            let src = self.pages.get(&page).map_or(&ZERO_PAGE, |p| p.as_ref());
+            buf[done..done + n].copy_from_slice(&src[offset..offset + n]);
+            done += n;
+        }
+        true
+    }
+
+    /// Writes `data` at `gpa`; false (and nothing written) if any byte is outside RAM.
+    pub fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
+        if !self.in_ram(gpa, data.len() as u64) {
+            return false;
+        }
+        let mut done = 0usize;
+        while done < data.len() {
+            let addr = gpa + done as u64;
+            let (page, offset) = (addr & !(PAGE_SIZE - 1), (addr % PAGE_SIZE) as usize);
+            let n = (PAGE_SIZE as usize - offset).min(data.len() - done);
+            let entry = self
+                .pages
+                .entry(page)
+                .or_insert_with(|| Arc::new(ZERO_PAGE));
+            Arc::make_mut(entry)[offset..offset + n].copy_from_slice(&data[done..done + n]);
+            done += n;
+        }
+        true
+    }
+
+    /// Replaces a whole page (from a keyframe); false if it is not a page-aligned page of RAM.
+    pub fn set_page(&mut self, gpa: u64, data: &[u8]) -> bool {
+        if gpa % PAGE_SIZE != 0 || data.len() as u64 != PAGE_SIZE || !self.in_ram(gpa, PAGE_SIZE) {
+            return false;
+        }
+        let mut page = ZERO_PAGE;
+        page.copy_from_slice(data);
+        self.pages.insert(gpa, Arc::new(page));
+        true
+    }
+
+    /// xxh3-64 over all of RAM in ascending address order: the same function the recorder
+    /// stores in every keyframe, so a reconstruction can be proven right.
+    pub fn hash(&self) -> u64 {
+        let mut hasher = Xxh3::new();
+        let mut next = 0u64;
+        for (&page, data) in self.pages.range(..self.ram_size) {
+            feed_zeros(&mut hasher, page - next);
+            let len = PAGE_SIZE.min(self.ram_size - page) as usize;
+            hasher.update(&data[..len]);
+            next = page + len as u64;
+        }
+        feed_zeros(&mut hasher, self.ram_size - next);
+        hasher.digest()
+    }
+
+    /// Number of pages that hold data (not zero-filled): the image's own memory cost.
+    pub fn resident_pages(&self) -> usize {
+        self.pages.len()
+    }
+}
+
+fn feed_zeros(hasher: &mut Xxh3, mut len: u64) {
+    while len > 0 {
+        let n = len.min(PAGE_SIZE);
+        hasher.update(&ZERO_PAGE[..n as usize]);
+        len -= n;
+    }
+}
+
+impl mmu::GuestMemory for MemoryImage {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        MemoryImage::read(self, gpa, buf)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use traces::{Blob, Load};
+
+    #[test]
+    fn reads_and_writes_across_page_boundaries() {
+        let mut m = MemoryImage::zeroed(3 * PAGE_SIZE);
+        let data: Vec<u8> = (0..100).collect();
+        assert!(m.write(PAGE_SIZE - 50, &data));
+        let mut back = vec![0; 100];
+        assert!(m.read(PAGE_SIZE - 50, &mut back));
+        assert_eq!(back, data);
+        assert_eq!(m.resident_pages(), 2);
+    }
+
+    #[test]
+    fn refuses_accesses_outside_ram() {
+        let mut m = MemoryImage::zeroed(PAGE_SIZE);
+        assert!(!m.write(PAGE_SIZE - 1, &[1, 2]));
+        assert!(!m.write(u64::MAX, &[1]));
+        let mut b = [7u8; 2];
+        assert!(!m.read(PAGE_SIZE - 1, &mut b));
+        assert_eq!(b, [7, 7]);
+        assert_eq!(m.resident_pages(), 0);
+    }
+
+    #[test]
+    fn hash_equals_hash_of_the_flat_bytes() {
+        let ram = 5 * PAGE_SIZE + 123;
+        let mut m = MemoryImage::zeroed(ram);
+        m.write(PAGE_SIZE + 7, b"hello");
+        m.write(ram - 3, b"end");
+        let mut flat = vec![0u8; ram as usize];
+        flat[PAGE_SIZE as usize + 7..][..5].copy_from_slice(b"hello");
+        flat[ram as usize - 3..].copy_from_slice(b"end");
+        assert_eq!(m.hash(), xxhash_rust::xxh3::xxh3_64(&flat));
+    }
+
+    #[test]
+    fn snapshots_share_pages_until_written() {
+        let mut a = MemoryImage::zeroed(2 * PAGE_SIZE);
+        a.write(0, b"one");
+        let snapshot = a.clone();
+        a.write(0, b"two");
+        let mut b = [0u8; 3];
+        snapshot.read(0, &mut b);
+        assert_eq!(&b, b"one");
+        a.read(0, &mut b);
+        assert_eq!(&b, b"two");
+    }
+
+    #[test]
+    fn guest_image_places_blobs_and_rejects_bad_loads() {
+        let mut guest = GuestSpec {
+            ram_size: 2 * PAGE_SIZE,
+            ..Default::default()
+        };
+        guest.blobs.push(Blob {
+            hash: 0,
+            name: "code".into(),
+            data: vec![0xf4; 16],
+        });
+        guest.loads.push(Load {
+            blob: 0,
+            gpa: 0x1000,
+        });
+        let m = MemoryImage::from_guest(&guest).unwrap();
+        let mut b = [0u8; 16];
+        assert!(m.read(0x1000, &mut b));
+        assert_eq!(b, [0xf4; 16]);
+
+        guest.loads.push(Load { blob: 1, gpa: 0 });
+        assert!(matches!(
+            MemoryImage::from_guest(&guest),
+            Err(ImageError::MissingBlob { .. })
+        ));
+        guest.loads[1] = Load {
+            blob: 0,
+            gpa: 2 * PAGE_SIZE - 8,
+        };
+        assert!(matches!(
+            MemoryImage::from_guest(&guest),
+            Err(ImageError::OutOfRam { .. })
+        ));
+    }
+}

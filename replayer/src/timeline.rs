@@ -1,0 +1,272 @@
+//! A trace as a machine you can stand anywhere in.
+//!
+//! State at step `s` = memory at the last page keyframe at or before `s` (the entry image with
+//! the pages of every page keyframe up to there applied) and that keyframe's registers, then
+//! the step records after it replayed forward. Memory at page keyframes is cached in a bounded
+//! map of copy-on-write images, so seeks near each other share work and memory use is bounded
+//! by the cache, not by the trace length.
+
+use crate::memory::{ImageError, MemoryImage};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufReader, Read, Seek};
+use std::path::Path;
+use traces::{Header, Keyframe, Reader, Record, Regs, Step};
+
+/// The machine at one step: registers and guest-physical memory after `step` instructions.
+#[derive(Clone, Debug)]
+pub struct Snapshot {
+    pub step: Step,
+    pub regs: Regs,
+    pub memory: MemoryImage,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum TimelineError {
+    #[error(transparent)]
+    Trace(#[from] traces::Error),
+    #[error("the trace's guest image is inconsistent: {0}")]
+    Image(#[from] ImageError),
+    #[error("step {step} is past the end of the trace (last step {last})")]
+    PastEnd { step: Step, last: Step },
+    #[error("the trace is inconsistent at step {step}: {detail}")]
+    Inconsistent { step: Step, detail: String },
+}
+
+pub type Result<T> = std::result::Result<T, TimelineError>;
+
+/// How many page-keyframe memory images to keep; each shares unchanged pages with the others.
+const CHECKPOINTS: usize = 64;
+
+pub struct Timeline<R = BufReader<File>> {
+    reader: Reader<R>,
+    entry: Snapshot,
+    last_step: Step,
+    /// Steps of the page keyframes and the chunk each is in, ascending; found by scanning
+    /// keyframe chunks up to `scanned_chunks`.
+    page_keyframes: Vec<(Step, usize)>,
+    scanned_chunks: usize,
+    /// Memory at some page keyframes (plus registers there), by step.
+    checkpoints: BTreeMap<Step, Snapshot>,
+    current: Snapshot,
+}
+
+impl Timeline {
+    pub fn open(path: impl AsRef<Path>) -> Result<Timeline> {
+        Timeline::new(Reader::open(path)?)
+    }
+}
+
+impl<R: Read + Seek> Timeline<R> {
+    pub fn new(reader: Reader<R>) -> Result<Timeline<R>> {
+        let header = reader.header();
+        let entry = Snapshot {
+            step: 0,
+            regs: header.guest.entry.clone(),
+            memory: MemoryImage::from_guest(&header.guest)?,
+        };
+        let last_step = reader.total_steps();
+        Ok(Timeline {
+            reader,
+            current: entry.clone(),
+            entry,
+            last_step,
+            page_keyframes: Vec::new(),
+            scanned_chunks: 0,
+            checkpoints: BTreeMap::new(),
+        })
+    }
+
+    pub fn header(&self) -> &Header {
+        self.reader.header()
+    }
+
+    pub fn reader(&mut self) -> &mut Reader<R> {
+        &mut self.reader
+    }
+
+    /// The last step of the trace (0 for a trace that ended before its first instruction).
+    pub fn last_step(&self) -> Step {
+        self.last_step
+    }
+
+    /// The state at the current position.
+    pub fn current(&self) -> &Snapshot {
+        &self.current
+    }
+
+    /// The entry state (step 0).
+    pub fn entry(&self) -> &Snapshot {
+        &self.entry
+    }
+
+    /// Moves to `step`, replaying from the nearest usable starting point.
+    pub fn seek(&mut self, step: Step) -> Result<&Snapshot> {
+        if step > self.last_step {
+            return Err(TimelineError::PastEnd {
+                step,
+                last: self.last_step,
+            });
+        }
+        let base = self.page_base(step)?;
+        let start = if self.current.step <= step && self.current.step >= base.step {
+            // Going forward from here is never more work than from the keyframe.
+            self.current.clone()
+        } else {
+            base
+        };
+        self.current = self.replay(start, step)?;
+        Ok(&self.current)
+    }
+
+    /// Moves by `delta` steps, clamped to the trace.
+    pub fn step_by(&mut self, delta: i64) -> Result<&Snapshot> {
+        let target = self
+            .current
+            .step
+            .saturating_add_signed(delta)
+            .min(self.last_step);
+        self.seek(target)
+    }
+
+    /// Memory and registers at the last page keyframe at or before `step`.
+    fn page_base(&mut self, step: Step) -> Result<Snapshot> {
+        self.scan_page_keyframes(step)?;
+        let upto = self.page_keyframes.partition_point(|&(s, _)| s <= step);
+        // Walk back to the nearest page keyframe we hold (or entry), then forward applying
+        // the page keyframes in between.
+        let mut i = upto;
+        let mut base = loop {
+            if i == 0 {
+                break self.entry.clone();
+            }
+            let (s, _) = self.page_keyframes[i - 1];
+            if let Some(cp) = self.checkpoints.get(&s) {
+                break cp.clone();
+            }
+            i -= 1;
+        };
+        for k in i..upto {
+            let (s, chunk) = self.page_keyframes[k];
+            let keyframe = self.keyframe_in_chunk(chunk, s)?;
+            for page in &keyframe.pages {
+                if !base.memory.set_page(page.gpa, &page.data) {
+                    return Err(TimelineError::Inconsistent {
+                        step: s,
+                        detail: format!("keyframe page at {:#x} is not a page of RAM", page.gpa),
+                    });
+                }
+            }
+            base.step = s;
+            base.regs = keyframe.regs;
+            self.remember(base.clone());
+        }
+        Ok(base)
+    }
+
+    /// Finds page keyframes in chunks not scanned yet, up to the chunks covering `step`.
+    fn scan_page_keyframes(&mut self, step: Step) -> Result<()> {
+        while self.scanned_chunks < self.reader.chunks().len() {
+            let c = self.scanned_chunks;
+            let header = self.reader.chunks()[c].header;
+            if header.first_step > step {
+                break;
+            }
+            if header.has_keyframe() {
+                let records = self.reader.chunk_records(c)?;
+                for r in records.iter() {
+                    if let Record::Keyframe(k) = r {
+                        if k.carries_pages {
+                            self.page_keyframes.push((k.step, c));
+                        }
+                    }
+                }
+            }
+            self.scanned_chunks += 1;
+        }
+        Ok(())
+    }
+
+    fn keyframe_in_chunk(&mut self, chunk: usize, step: Step) -> Result<Keyframe> {
+        let records = self.reader.chunk_records(chunk)?;
+        records
+            .iter()
+            .find_map(|r| match r {
+                Record::Keyframe(k) if k.step == step && k.carries_pages => Some(k.clone()),
+                _ => None,
+            })
+            .ok_or_else(|| TimelineError::Inconsistent {
+                step,
+                detail: format!("the page keyframe vanished from chunk {chunk}"),
+            })
+    }
+
+    fn remember(&mut self, snapshot: Snapshot) {
+        self.checkpoints.insert(snapshot.step, snapshot);
+        while self.checkpoints.len() > CHECKPOINTS {
+            // Keep the newest and thin out the rest evenly: drop every other old one.
+            let victim = self.checkpoints.keys().nth(1).copied();
+            match victim {
+                Some(v) => self.checkpoints.remove(&v),
+                None => break,
+            };
+        }
+    }
+
+    /// Applies the step records `from.step + 1 ..= to` to `from`.
+    fn replay(&mut self, mut state: Snapshot, to: Step) -> Result<Snapshot> {
+        if state.step == to {
+            return Ok(state);
+        }
+        let first = state.step + 1;
+        let chunks: Vec<usize> = self
+            .reader
+            .chunks()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.header.last_step >= first && c.header.first_step <= to)
+            .map(|(i, _)| i)
+            .collect();
+        for c in chunks {
+            let records = self.reader.chunk_records(c)?;
+            for r in records.iter() {
+                let Record::Step(s) = r else { continue };
+                if s.step <= state.step || s.step > to {
+                    continue;
+                }
+                if s.step != state.step + 1 {
+                    return Err(TimelineError::Inconsistent {
+                        step: s.step,
+                        detail: format!("step record follows step {}", state.step),
+                    });
+                }
+                if !state.regs.apply_delta(&s.regs) {
+                    return Err(TimelineError::Inconsistent {
+                        step: s.step,
+                        detail: "a register delta names a register that does not exist".into(),
+                    });
+                }
+                for w in &s.mem {
+                    if !state.memory.write(w.gpa, &w.data) {
+                        return Err(TimelineError::Inconsistent {
+                            step: s.step,
+                            detail: format!(
+                                "a memory write of {} bytes at {:#x} lies outside RAM",
+                                w.data.len(),
+                                w.gpa
+                            ),
+                        });
+                    }
+                }
+                state.step = s.step;
+            }
+        }
+        if state.step != to {
+            return Err(TimelineError::Inconsistent {
+                step: to,
+                detail: format!("no step records after step {}", state.step),
+            });
+        }
+        Ok(state)
+    }
+}

@@ -26,6 +26,7 @@ pub mod reader;
 pub mod record;
 mod recover;
 pub mod regs;
+pub mod synth;
 pub mod writer;
 
 pub use error::{Error, Result};

@@ -1,0 +1,62 @@
+//! The committed golden traces in `traces/corpus/` (format version 1) read back exactly.
+//! Every later version of the reader must keep passing this test unchanged.
+
+mod common;
+
+use common::*;
+use std::path::PathBuf;
+use traces::*;
+
+fn corpus(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus")
+        .join(format!("{name}.mmurr"))
+}
+
+/// (name, chunks, records, events, total steps, cr4 writes, transitions, resets, findings)
+const EXPECTED: [(&str, usize, u64, u64, u64, u64, u64, u64, u64); 3] = [
+    ("pae-toggle", 5, 694, 86, 600, 3, 5, 24, 2),
+    ("long-mode", 4, 377, 69, 300, 3, 4, 19, 2),
+    ("killed", 3, 360, 40, 316, 2, 2, 11, 1),
+];
+
+#[test]
+fn golden_traces_read_back_exactly() {
+    for g in synth::golden() {
+        let mut reader = Reader::open(corpus(g.name)).unwrap_or_else(|e| panic!("{}: {e}", g.name));
+        assert_eq!(reader.format_version(), 1, "{}", g.name);
+        assert_eq!(reader.header(), &g.header, "{}", g.name);
+        let got = read_all(&mut reader);
+        let c = reader.event_counts().clone();
+        let row = (
+            g.name,
+            reader.chunks().len(),
+            reader.record_count(),
+            reader.event_count(),
+            reader.total_steps(),
+            c.kind("cr4"),
+            c.kind("transition"),
+            c.resets(),
+            c.kind("finding"),
+        );
+        let expected = EXPECTED.iter().find(|e| e.0 == g.name).copied();
+        assert_eq!(Some(row), expected, "{}", g.name);
+        if g.killed {
+            assert!(!reader.is_complete());
+            let rec = reader.recovery().unwrap();
+            assert!(rec.lost_bytes > 0 && rec.stopped_at.is_some(), "{rec:?}");
+            assert_eq!(got, g.records[..got.len()]);
+            assert!(got.len() < g.records.len());
+            assert_eq!(reader.end(), None);
+        } else {
+            assert!(reader.is_complete(), "{}", g.name);
+            assert_eq!(got, g.records, "{}", g.name);
+            assert!(matches!(
+                reader.end().map(|e| &e.reason),
+                Some(EndReason::DebugExit { status: 0 })
+            ));
+        }
+        assert_eq!(&c, &counts_of(&got));
+        check_random_access(&mut reader, &got);
+    }
+}

@@ -1,0 +1,12 @@
+//! Guest instructions as mmurr sees them: decoded in the bitness of the current mode
+//! (iced-x86), fetched through the guest's page tables (the `mmu` walker), and the linear
+//! addresses they touch. Shared by the recorder (what an instruction is about to do) and the
+//! replayer (disassembly, and the addresses a stale MMU context would mistranslate).
+
+mod addresses;
+mod decode;
+mod fetch;
+
+pub use addresses::{memory_operands, register_value, Touch};
+pub use decode::{bitness, decode, describe, format};
+pub use fetch::{control_regs, cpl, fetch, linear_ip, translate, MAX_INSN_LEN};

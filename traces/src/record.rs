@@ -291,10 +291,11 @@ pub enum WriteVia {
 pub struct CrWrite {
     pub reg: ControlReg,
     pub old: u64,
-    /// The value the register holds after the write (for EFER, LMA as the CPU set it).
+    /// The value the register holds after the write (for EFER, LMA as the CPU set it); for a
+    /// faulted write, the value the instruction tried to write (the register kept `old`).
     pub new: u64,
     pub via: WriteVia,
-    /// The write raised #GP instead of taking effect (then `new == old`).
+    /// The write raised #GP instead of taking effect.
     pub faulted: bool,
 }
 

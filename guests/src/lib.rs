@@ -1,1 +1,108 @@
-//! guests
+//! Built-in guest scenarios and guest image loaders for mmurr.
+//!
+//! A [`Scenario`] is a small x86 program, assembled in Rust with iced-x86's code assembler,
+//! that starts in real mode, builds its own GDT and page tables, switches paging modes itself
+//! and ends by writing status 0 to the debug-exit port `0xf4` (a non-zero status on any
+//! unexpected path, e.g. a marker read back wrong). Interrupts stay disabled and no scenario
+//! has an IDT, so a fault would end the run with a triple fault.
+//!
+//! Each scenario carries the **exact** sequence of events a recorder must see, as
+//! [`ExpectedEvent`]s, and the MMU-context findings it must provoke, as [`ExpectedFinding`]s.
+//!
+//! # Event conventions
+//!
+//! * Every write to CR0, CR3, CR4, EFER (by `wrmsr`) and XCR0 is one `Cr` event, in program
+//!   order, **including writes that leave the value unchanged** (e.g. a CR3 reload).
+//! * `new` is the value the register holds after the instruction: CR0 with ET as the CPU
+//!   forces it (the scenarios always write ET=1, so this is the value written); CR3 without
+//!   bit 63 when CR4.PCIDE=1 (the no-flush hint is not stored); EFER with LMA as the CPU keeps
+//!   it (`wrmsr` cannot change LMA, so an EFER write before paging is on has LMA clear).
+//! * EFER.LMA changes as a consequence of a CR0.PG write with EFER.LME=1. A recorder reports
+//!   that as part of the CR0 event (whose `CrWrite` shows the new CR0), **not** as a separate
+//!   EFER event.
+//! * A `Transition { from, to }` directly follows the `Cr` event whose write changed the
+//!   paging mode ([`expect::paging_mode`]: CR0.PE, CR0.PG, CR4.PAE, EFER.LMA, CR4.LA57). The
+//!   far jumps that follow mode switches (into 32-bit code, into 64-bit code) change no paging
+//!   mode and produce no event.
+//!
+//! Optional CPU features (SMEP, SMAP, PKU, LA57, PCID) are tested by the guest with CPUID at
+//! run time, so a scenario's guest image is the same on every CPU; the expected sequence is a
+//! function of [`CpuFeatures`], which a recorder derives from the guest's CPUID
+//! ([`CpuFeatures::from_cpuid`]).
+
+mod asm;
+pub mod expect;
+pub mod image;
+mod scenarios;
+mod tables;
+
+pub use asm::BuildError;
+pub use expect::{CpuFeatures, ExpectedEvent, ExpectedFinding};
+pub use scenarios::RAM_SIZE as SCENARIO_RAM_SIZE;
+
+use traces::{GuestSpec, PagingMode};
+
+/// A built-in guest scenario with the events it must produce.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Scenario {
+    pub name: &'static str,
+    /// One line for `mmurr scenarios`.
+    pub description: &'static str,
+    /// Paging modes the scenario runs in (a backend must support all of them).
+    pub needs: Vec<PagingMode>,
+    pub guest: GuestSpec,
+    /// The exact event sequence (see the crate documentation for the conventions).
+    pub expected: Vec<ExpectedEvent>,
+    /// Findings under TDP, each naming a policy and the index of the event it is about.
+    pub expected_findings: Vec<ExpectedFinding>,
+}
+
+impl Scenario {
+    /// False when the scenario needs legacy 32-bit or PAE paging, which the PVM KVM of the
+    /// development hosts cannot run (KVM_EXIT_SHUTDOWN); such scenarios need `--backend emu`
+    /// there.
+    pub fn runs_on_pvm_kvm(&self) -> bool {
+        !self
+            .needs
+            .iter()
+            .any(|m| matches!(m, PagingMode::Bits32 | PagingMode::Pae))
+    }
+}
+
+/// Names of the built-in scenarios, in presentation order.
+pub fn scenario_names() -> Vec<&'static str> {
+    scenarios::ALL.iter().map(|(n, _)| *n).collect()
+}
+
+/// Every built-in scenario, with the expected sequences of the development hosts' CPU
+/// ([`CpuFeatures::default`]).
+pub fn scenarios() -> Vec<Scenario> {
+    let f = CpuFeatures::default();
+    scenario_names()
+        .into_iter()
+        .filter_map(|n| scenario(n, &f))
+        .collect()
+}
+
+/// The scenario `name` with the expected sequence for a CPU with `features`; `None` for an
+/// unknown name.
+///
+/// # Panics
+///
+/// Only if a built-in program fails to assemble or would fault, which the crate's tests rule
+/// out for every scenario and every feature combination ([`try_scenario`] reports it instead).
+pub fn scenario(name: &str, features: &CpuFeatures) -> Option<Scenario> {
+    let (_, build) = scenarios::ALL.iter().find(|(n, _)| *n == name)?;
+    match build(features) {
+        Ok(s) => Some(s),
+        Err(e) => panic!("built-in scenario {name} does not build: {e}"),
+    }
+}
+
+/// Like [`scenario`], but reports a build failure instead of panicking.
+pub fn try_scenario(name: &str, features: &CpuFeatures) -> Result<Option<Scenario>, BuildError> {
+    match scenarios::ALL.iter().find(|(n, _)| *n == name) {
+        Some((_, build)) => build(features).map(Some),
+        None => Ok(None),
+    }
+}

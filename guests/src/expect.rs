@@ -1,0 +1,281 @@
+//! What a scenario promises: the control-register writes and paging-mode transitions it
+//! performs, in order, and the MMU-context findings it provokes; plus the architectural model
+//! that derives the transitions from the writes, so code and expectations cannot drift apart.
+
+use traces::{ControlReg, FindingKind, PagingMode};
+
+/// One event of a scenario's exact, ordered event sequence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum ExpectedEvent {
+    /// A write to CR0, CR3, CR4, EFER or XCR0; `new` is the value the register holds after the
+    /// instruction (see the crate documentation for the conventions).
+    Cr { reg: ControlReg, new: u64 },
+    /// The paging mode changed; it directly follows the `Cr` event that caused it.
+    Transition { from: PagingMode, to: PagingMode },
+}
+
+/// A finding the recorder must report for one policy (under TDP).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ExpectedFinding {
+    /// Policy name as the `mmu` crate spells it, e.g. `v5.1-rc3`.
+    pub policy: &'static str,
+    pub kind: FindingKind,
+    /// Index into [`crate::Scenario::expected`] of the event the finding is about.
+    pub at_event: usize,
+}
+
+/// The CPUID features a scenario's run-time checks look at. The guest code is the same for
+/// every value; only the expected event sequence depends on it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct CpuFeatures {
+    /// CPUID.(7,0):ECX[3] — CR4.PKE.
+    pub pku: bool,
+    /// CPUID.(7,0):ECX[16] — CR4.LA57.
+    pub la57: bool,
+    /// CPUID.1:ECX[17] — CR4.PCIDE.
+    pub pcid: bool,
+    /// CPUID.(7,0):EBX[7] — CR4.SMEP.
+    pub smep: bool,
+    /// CPUID.(7,0):EBX[20] — CR4.SMAP.
+    pub smap: bool,
+}
+
+impl Default for CpuFeatures {
+    /// The development hosts (PVM KVM): SMEP and SMAP, no PKU, LA57 or PCID.
+    fn default() -> Self {
+        CpuFeatures {
+            pku: false,
+            la57: false,
+            pcid: false,
+            smep: true,
+            smap: true,
+        }
+    }
+}
+
+impl CpuFeatures {
+    /// Reads the features from a CPUID table as a backend exposes it to the guest (entries for
+    /// leaves the table lacks count as "feature absent", as they do for the guest's checks,
+    /// which also require the maximum basic leaf to reach 7).
+    pub fn from_cpuid(entries: &[traces::CpuidEntry]) -> Self {
+        let leaf = |function: u32, index: u32| {
+            entries
+                .iter()
+                .find(|e| e.function == function && e.index == index)
+        };
+        let max_basic = leaf(0, 0).map_or(0, |e| e.eax);
+        let l1 = leaf(1, 0);
+        let l7 = if max_basic >= 7 { leaf(7, 0) } else { None };
+        let bit = |v: Option<u32>, b: u32| v.is_some_and(|v| v & (1 << b) != 0);
+        CpuFeatures {
+            pku: bit(l7.map(|e| e.ecx), 3),
+            la57: bit(l7.map(|e| e.ecx), 16),
+            pcid: bit(l1.map(|e| e.ecx), 17),
+            smep: bit(l7.map(|e| e.ebx), 7),
+            smap: bit(l7.map(|e| e.ebx), 20),
+        }
+    }
+
+    /// Every optional feature present: the expected sequence of a fully featured CPU.
+    pub fn all() -> Self {
+        CpuFeatures {
+            pku: true,
+            la57: true,
+            pcid: true,
+            smep: true,
+            smap: true,
+        }
+    }
+
+    /// No optional feature.
+    pub fn none() -> Self {
+        CpuFeatures {
+            pku: false,
+            la57: false,
+            pcid: false,
+            smep: false,
+            smap: false,
+        }
+    }
+}
+
+// Architectural bits the model and the scenarios use.
+pub(crate) const CR0_PE: u64 = 1 << 0;
+pub(crate) const CR0_ET: u64 = 1 << 4;
+pub(crate) const CR0_WP: u64 = 1 << 16;
+pub(crate) const CR0_PG: u64 = 1 << 31;
+pub(crate) const CR4_PSE: u64 = 1 << 4;
+pub(crate) const CR4_PAE: u64 = 1 << 5;
+pub(crate) const CR4_PGE: u64 = 1 << 7;
+pub(crate) const CR4_LA57: u64 = 1 << 12;
+pub(crate) const CR4_PCIDE: u64 = 1 << 17;
+pub(crate) const CR4_SMEP: u64 = 1 << 20;
+pub(crate) const CR4_SMAP: u64 = 1 << 21;
+pub(crate) const CR4_PKE: u64 = 1 << 22;
+pub(crate) const EFER_LME: u64 = 1 << 8;
+pub(crate) const EFER_LMA: u64 = 1 << 10;
+pub(crate) const EFER_NXE: u64 = 1 << 11;
+/// CR3 bit 63 with CR4.PCIDE=1: do not invalidate the PCID's TLB entries; never stored.
+pub(crate) const CR3_NOFLUSH: u64 = 1 << 63;
+
+/// The paging mode selected by CR0/CR4/EFER (SDM Vol. 3A §4.1.1).
+pub fn paging_mode(cr0: u64, cr4: u64, efer: u64) -> PagingMode {
+    if cr0 & CR0_PE == 0 {
+        PagingMode::Real
+    } else if cr0 & CR0_PG == 0 {
+        PagingMode::Unpaged
+    } else if efer & EFER_LMA != 0 {
+        if cr4 & CR4_LA57 != 0 {
+            PagingMode::Level5
+        } else {
+            PagingMode::Level4
+        }
+    } else if cr4 & CR4_PAE != 0 {
+        PagingMode::Pae
+    } else {
+        PagingMode::Bits32
+    }
+}
+
+/// The control registers as the guest's writes leave them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct CpuState {
+    pub cr0: u64,
+    pub cr3: u64,
+    pub cr4: u64,
+    pub efer: u64,
+}
+
+impl CpuState {
+    /// The architectural reset state the scenarios start from (see [`crate::image::real_mode_entry`]).
+    pub fn reset() -> Self {
+        CpuState {
+            cr0: 0x6000_0010,
+            cr3: 0,
+            cr4: 0,
+            efer: 0,
+        }
+    }
+
+    pub fn mode(&self) -> PagingMode {
+        paging_mode(self.cr0, self.cr4, self.efer)
+    }
+}
+
+/// Records the events one guest write produces, rejecting writes the architecture (as KVM
+/// implements it) would answer with #GP: a scenario must never fault, as it has no IDT.
+#[derive(Clone, Debug)]
+pub(crate) struct Model {
+    pub state: CpuState,
+    pub events: Vec<ExpectedEvent>,
+    pub features: CpuFeatures,
+}
+
+impl Model {
+    pub fn new(features: CpuFeatures) -> Self {
+        Model {
+            state: CpuState::reset(),
+            events: Vec::new(),
+            features,
+        }
+    }
+
+    fn push(&mut self, reg: ControlReg, new: u64, before: PagingMode) {
+        self.events.push(ExpectedEvent::Cr { reg, new });
+        let after = self.state.mode();
+        if after != before {
+            self.events.push(ExpectedEvent::Transition {
+                from: before,
+                to: after,
+            });
+        }
+    }
+
+    /// `mov cr0, value`. The CPU forces ET to 1, so scenarios always write it set. Setting PG
+    /// with EFER.LME=1 sets EFER.LMA as part of this write (no separate EFER event).
+    pub fn cr0(&mut self, value: u64) -> Result<u64, String> {
+        let s = self.state;
+        if value >> 32 != 0 || value & CR0_ET == 0 {
+            return Err(format!("cr0 {value:#x}: bits 63:32 set or ET clear"));
+        }
+        if value & CR0_PG != 0 && value & CR0_PE == 0 {
+            return Err(format!("cr0 {value:#x}: PG without PE"));
+        }
+        let pg_on = s.cr0 & CR0_PG == 0 && value & CR0_PG != 0;
+        let pg_off = s.cr0 & CR0_PG != 0 && value & CR0_PG == 0;
+        if pg_on && s.efer & EFER_LME != 0 && s.cr4 & CR4_PAE == 0 {
+            return Err("cr0.PG with EFER.LME and CR4.PAE clear".into());
+        }
+        if pg_off && s.efer & EFER_LMA != 0 {
+            return Err("clearing CR0.PG in IA-32e mode (the scenarios never leave it)".into());
+        }
+        let before = s.mode();
+        self.state.cr0 = value;
+        if pg_on && s.efer & EFER_LME != 0 {
+            self.state.efer |= EFER_LMA;
+        }
+        if pg_off {
+            self.state.efer &= !EFER_LMA;
+        }
+        self.push(ControlReg::Cr0, value, before);
+        Ok(value)
+    }
+
+    /// `mov cr3, value`. With CR4.PCIDE=1 bit 63 is the no-flush hint and is not stored.
+    pub fn cr3(&mut self, value: u64) -> Result<u64, String> {
+        let pcide = self.state.cr4 & CR4_PCIDE != 0;
+        let stored = if pcide { value & !CR3_NOFLUSH } else { value };
+        if stored >> 52 != 0 || (!pcide && value & CR3_NOFLUSH != 0) {
+            return Err(format!("cr3 {value:#x}: reserved bits"));
+        }
+        let before = self.state.mode();
+        self.state.cr3 = stored;
+        self.push(ControlReg::Cr3, stored, before);
+        Ok(stored)
+    }
+
+    /// `mov cr4, value`.
+    pub fn cr4(&mut self, value: u64, live: bool) -> Result<u64, String> {
+        let s = self.state;
+        let f = self.features;
+        let needs = [
+            (CR4_SMEP, f.smep, "SMEP"),
+            (CR4_SMAP, f.smap, "SMAP"),
+            (CR4_PKE, f.pku, "PKE"),
+            (CR4_LA57, f.la57, "LA57"),
+            (CR4_PCIDE, f.pcid, "PCIDE"),
+        ];
+        for (bit, have, name) in needs {
+            if live && value & bit != 0 && !have {
+                return Err(format!("cr4.{name} set but the CPU lacks it"));
+            }
+        }
+        let lma = s.efer & EFER_LMA != 0;
+        if lma && value & CR4_PAE == 0 {
+            return Err("clearing CR4.PAE in IA-32e mode".into());
+        }
+        if lma && (value ^ s.cr4) & CR4_LA57 != 0 {
+            return Err("changing CR4.LA57 in IA-32e mode".into());
+        }
+        if s.cr4 & CR4_PCIDE == 0 && value & CR4_PCIDE != 0 && (!lma || s.cr3 & 0xfff != 0) {
+            return Err("setting CR4.PCIDE outside IA-32e mode or with CR3[11:0] != 0".into());
+        }
+        let before = s.mode();
+        self.state.cr4 = value;
+        self.push(ControlReg::Cr4, value, before);
+        Ok(value)
+    }
+
+    /// `wrmsr` to EFER. LMA is read-only: the recorded value keeps the current LMA.
+    pub fn efer(&mut self, value: u64) -> Result<u64, String> {
+        let s = self.state;
+        if (value ^ s.efer) & EFER_LME != 0 && s.cr0 & CR0_PG != 0 {
+            return Err("changing EFER.LME while paging is on".into());
+        }
+        let stored = (value & !EFER_LMA) | (s.efer & EFER_LMA);
+        let before = s.mode();
+        self.state.efer = stored;
+        self.push(ControlReg::Efer, stored, before);
+        Ok(stored)
+    }
+}

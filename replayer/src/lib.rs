@@ -2,9 +2,13 @@
 //! emulator and not the recording host. It is the engine under the TUI, the replay gdb server
 //! and `mmurr check`.
 
+pub mod check;
+pub mod cpu;
 pub mod flags;
 pub mod memory;
 pub mod timeline;
 
+pub use check::{check, CheckFinding, CheckReport, PolicySummary};
+pub use cpu::cpu_model;
 pub use memory::MemoryImage;
 pub use timeline::{Snapshot, Timeline, TimelineError};

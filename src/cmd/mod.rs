@@ -1,5 +1,10 @@
 //! One module per subcommand; each exposes `run(args) -> anyhow::Result<ExitCode>`.
 
+mod check;
+mod export;
+mod info;
+mod policies;
+
 use crate::cli::Command;
 use std::process::ExitCode;
 
@@ -10,13 +15,13 @@ pub fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Run(_) => not_built("run", 7),
         Command::Replay(_) => not_built("replay", 8),
         Command::Gdb(_) => not_built("gdb", 7),
-        Command::Check(_) => not_built("check", 6),
+        Command::Check(args) => check::run(args),
         Command::Verify(_) => not_built("verify", 6),
         Command::Diff(_) => not_built("diff", 5),
-        Command::Info(_) => not_built("info", 2),
-        Command::Export(_) => not_built("export", 2),
+        Command::Info(args) => info::run(args),
+        Command::Export(args) => export::run(args),
         Command::Scenarios(_) => not_built("scenarios", 4),
-        Command::Policies(_) => not_built("policies", 3),
+        Command::Policies(args) => policies::run(args),
         Command::Demo(_) => not_built("demo", 4),
     }
 }

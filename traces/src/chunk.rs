@@ -117,7 +117,7 @@ impl ChunkHeader {
         };
         let stored = f.u64();
         let computed = codec::hash(&bytes[..CHUNK_HEADER_LEN - 8]);
-        if stored != computed {
+        if !codec::checksum_ok(stored, computed) {
             return Err(Error::Checksum {
                 what,
                 offset,
@@ -268,7 +268,7 @@ impl ChunkBuilder {
 pub fn decode_payload(header: &ChunkHeader, payload: &[u8], offset: u64) -> Result<Vec<Record>> {
     let what = "chunk";
     let computed = codec::hash(payload);
-    if computed != header.payload_hash {
+    if !codec::checksum_ok(header.payload_hash, computed) {
         return Err(Error::Checksum {
             what,
             offset,

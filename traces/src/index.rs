@@ -229,7 +229,7 @@ impl Trailer {
         };
         let stored = f.u64();
         let computed = codec::hash(&bytes[..32]);
-        if stored != computed {
+        if !codec::checksum_ok(stored, computed) {
             return Err(Error::Checksum {
                 what,
                 offset,
@@ -276,7 +276,7 @@ pub fn encode_index(index: &Index, index_offset: u64) -> Result<Vec<u8>> {
 pub fn decode_index(trailer: &Trailer, compressed: &[u8]) -> Result<Index> {
     let offset = trailer.index_offset;
     let computed = codec::hash(compressed);
-    if computed != trailer.index_hash {
+    if !codec::checksum_ok(trailer.index_hash, computed) {
         return Err(Error::Checksum {
             what: "index",
             offset,

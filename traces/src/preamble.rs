@@ -87,7 +87,7 @@ impl Preamble {
         let _reserved = f.u64();
         let stored = f.u64();
         let computed = codec::hash(&bytes[..PREAMBLE_LEN - 8]);
-        if stored != computed {
+        if !codec::checksum_ok(stored, computed) {
             return Err(Error::Checksum {
                 what: "preamble",
                 offset: 0,
@@ -172,7 +172,7 @@ pub fn encode_header(header: &Header) -> Result<Vec<u8>> {
 pub fn decode_header(preamble: &Preamble, compressed: &[u8]) -> Result<Header> {
     let offset = PREAMBLE_LEN as u64;
     let computed = codec::hash(compressed);
-    if computed != preamble.header_hash {
+    if !codec::checksum_ok(preamble.header_hash, computed) {
         return Err(Error::Checksum {
             what: "header",
             offset,

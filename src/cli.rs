@@ -4,7 +4,11 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "mmurr", version, about = "Record-and-replay debugger for the x86 MMU behaviour of virtual machines")]
+#[command(
+    name = "mmurr",
+    version,
+    about = "Record-and-replay debugger for the x86 MMU behaviour of virtual machines"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,

@@ -482,7 +482,8 @@ impl Backend for KvmBackend {
                         self.regs.rip
                     )));
                 }
-                Ok(VcpuExit::Intr) => continue,
+                // A signal (SIGINT/SIGTERM) kicked the vCPU out before an instruction retired.
+                Ok(VcpuExit::Intr) => Exit::Interrupted,
                 Ok(other) => {
                     let what = format!("{other:?}");
                     self.refresh()?;
@@ -491,7 +492,8 @@ impl Backend for KvmBackend {
                         self.regs.rip
                     )));
                 }
-                Err(e) if e.errno() == libc::EINTR || e.errno() == libc::EAGAIN => continue,
+                Err(e) if e.errno() == libc::EINTR => Exit::Interrupted,
+                Err(e) if e.errno() == libc::EAGAIN => continue,
                 Err(e) => return Err(BackendError::Other(format!("KVM_RUN: {e}"))),
             };
             self.refresh()?;

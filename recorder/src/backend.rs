@@ -48,6 +48,9 @@ pub enum Exit {
     Halted,
     /// Triple fault / shutdown.
     Shutdown,
+    /// A host signal interrupted the engine before any instruction retired (the recorder
+    /// checks its stop conditions and steps again).
+    Interrupted,
 }
 
 /// Guest-physical bytes an instruction wrote, as far as the backend knows.

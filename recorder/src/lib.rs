@@ -1,6 +1,23 @@
-//! The mmurr VMM core: the backend contract, the devices, and the tracer.
+//! The mmurr VMM core: the backend contract, the devices, and the tracer that turns
+//! execution into trace records. Backend-neutral: the kvm backend (`recorder-kvm`) and the emu
+//! backend (`mmurr-emu`) both call [`record`] with their own [`Backend`].
 
+mod accesses;
 pub mod backend;
+mod cr_watch;
+pub mod devices;
+mod exceptions;
+pub mod guest_view;
 pub mod insn;
+mod mmu_watch;
+mod options;
+mod progress;
+mod record;
+mod shadow;
+mod sink;
+pub mod to_trace;
+mod tracer;
 
 pub use backend::{Backend, BackendError, Exit, StepResult, Written};
+pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};
+pub use record::{record, resolve_policies};

@@ -1,0 +1,175 @@
+//! Recording hand-made long-mode guests on /dev/kvm and reading the traces back.
+mod common;
+
+use iced_x86::code_asm::*;
+use recorder::{record, RecordOptions};
+use recorder_kvm::{probe, KvmBackend};
+use traces::{ControlReg, EndReason, EventKind, Reader, Record, WriteVia};
+
+fn record_code(
+    code: &[u8],
+    opts: RecordOptions,
+) -> (
+    recorder::RecordSummary,
+    Reader<std::io::BufReader<std::fs::File>>,
+) {
+    let mut backend = KvmBackend::new(probe()).unwrap();
+    let summary = record(&mut backend, &common::long_mode_guest(code), &opts).unwrap();
+    let reader = Reader::open(&opts.output).unwrap();
+    (summary, reader)
+}
+
+#[test]
+fn cr_writes_io_and_memory_are_recorded() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let code = common::asm64(|a| {
+        a.mov(rax, 0x1122_3344_5566_7788u64).unwrap();
+        a.mov(qword_ptr(0x8000), rax).unwrap();
+        a.push(rax).unwrap();
+        a.mov(dx, 0x3f8u32).unwrap();
+        a.mov(al, b'K' as u32).unwrap();
+        a.out(dx, al).unwrap();
+        a.mov(dx, 0x3fdu32).unwrap();
+        a.in_(al, dx).unwrap();
+        a.mov(rax, cr3).unwrap();
+        a.mov(cr3, rax).unwrap(); // same value: still a write
+        a.mov(rax, cr4).unwrap();
+        a.or(rax, 0x80).unwrap(); // PGE
+        a.mov(cr4, rax).unwrap();
+        a.mov(al, 0x10u32).unwrap();
+        a.out(0xf4u32, al).unwrap();
+    });
+    let mut opts = RecordOptions::new(dir.path().join("t.mmurr"));
+    opts.keyframe_interval = 4;
+    opts.page_keyframe_every = 2;
+    let (summary, mut reader) = record_code(&code, opts);
+    assert_eq!(
+        summary.end.reason,
+        EndReason::DebugExit { status: 0x10 },
+        "{}",
+        summary.end.message
+    );
+    assert_eq!(summary.exit_code, Some(0x21));
+    assert_eq!(summary.serial_output, b"K");
+    assert!(
+        summary.end.self_check_failures.is_empty(),
+        "{:?}",
+        summary.end.self_check_failures
+    );
+    assert_eq!(summary.steps, 15);
+    assert!(reader.is_complete());
+
+    let records: Vec<Record> = reader.records().collect::<Result<_, _>>().unwrap();
+    let writes: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) => match &e.kind {
+                EventKind::CrWrite(w) => Some(w.clone()),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(writes.len(), 2);
+    assert_eq!(
+        (writes[0].reg, writes[0].via, writes[0].old, writes[0].new),
+        (ControlReg::Cr3, WriteVia::MovCr, 0x1000, 0x1000)
+    );
+    assert_eq!(
+        (writes[1].reg, writes[1].old, writes[1].new),
+        (ControlReg::Cr4, 0x20, 0xa0)
+    );
+    // One MMU decision per policy for each write.
+    let decisions = records
+        .iter()
+        .filter(|r| matches!(r, Record::Event(e) if matches!(e.kind, EventKind::Mmu(_))))
+        .count();
+    assert_eq!(decisions, 2 * mmu::policies().len());
+    let io: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) => match e.kind {
+                EventKind::Io(io) => Some((io.port, io.write, io.data)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        io,
+        vec![
+            (0x3f8, true, b'K' as u32),
+            (0x3fd, false, 0x60),
+            (0xf4, true, 0x10)
+        ]
+    );
+    // The store and the push are in the step records.
+    let mem: Vec<_> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Step(s) => Some(s.mem.clone()),
+            _ => None,
+        })
+        .flatten()
+        .collect();
+    assert!(mem
+        .iter()
+        .any(|w| w.gpa == 0x8000 && w.data == 0x1122_3344_5566_7788u64.to_le_bytes()));
+    assert!(mem
+        .iter()
+        .any(|w| w.gpa == 0x7fff8 && w.data == 0x1122_3344_5566_7788u64.to_le_bytes()));
+    assert!(matches!(records.last(), Some(Record::End(_))));
+}
+
+#[test]
+fn emulation_failures_name_the_instruction_and_keep_the_trace() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let code = common::asm64(|a| {
+        a.nop().unwrap();
+        a.int3().unwrap();
+    });
+    let (summary, reader) = record_code(&code, RecordOptions::new(dir.path().join("t.mmurr")));
+    if probe().pvm {
+        assert_eq!(summary.end.reason, EndReason::Error);
+        assert!(
+            summary.end.message.contains("int3") && summary.end.message.contains("--backend emu"),
+            "{}",
+            summary.end.message
+        );
+        assert_eq!(summary.steps, 1);
+    }
+    assert!(reader.is_complete());
+}
+
+#[test]
+fn step_budget_and_halt_end_the_run() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let spin = common::asm64(|a| {
+        let mut top = a.create_label();
+        a.set_label(&mut top).unwrap();
+        a.inc(rcx).unwrap();
+        a.jmp(top).unwrap();
+    });
+    let mut opts = RecordOptions::new(dir.path().join("spin.mmurr"));
+    opts.max_steps = 1000;
+    let (summary, reader) = record_code(&spin, opts);
+    assert_eq!(summary.end.reason, EndReason::StepBudget);
+    assert_eq!(summary.steps, 1000);
+    assert_eq!(reader.total_steps(), 1000);
+
+    let halt = common::asm64(|a| {
+        a.cli().unwrap();
+        a.hlt().unwrap();
+    });
+    let (summary, _) = record_code(&halt, RecordOptions::new(dir.path().join("hlt.mmurr")));
+    assert_eq!(
+        summary.end.reason,
+        EndReason::Halted,
+        "{}",
+        summary.end.message
+    );
+    assert_eq!(summary.steps, 1);
+}

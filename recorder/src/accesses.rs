@@ -1,0 +1,256 @@
+//! The memory an instruction touches, from its decoded operands and the registers before it
+//! executes: the linear addresses, then the guest-physical ranges behind them.
+
+use crate::insn;
+use iced_x86::{Instruction, InstructionInfoFactory, OpAccess, Register};
+use traces::Regs;
+
+/// One operand access in linear address space.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct LinearAccess {
+    pub linear: u64,
+    pub len: u64,
+    pub access: mmu::Access,
+}
+
+/// The value of a register for iced's address computation; segment registers give their base
+/// (0 for ES/CS/SS/DS in 64-bit mode, where the CPU ignores those bases).
+pub(crate) fn register_value(r: &Regs, bits: u32, reg: Register) -> Option<u64> {
+    use traces::regs::{CS, DS, ES, FS, GS, SS};
+    let seg = |i: usize| {
+        Some(if bits == 64 && i < FS {
+            0
+        } else {
+            r.seg[i].base
+        })
+    };
+    match reg {
+        Register::ES => seg(ES),
+        Register::CS => seg(CS),
+        Register::SS => seg(SS),
+        Register::DS => seg(DS),
+        Register::FS => seg(FS),
+        Register::GS => seg(GS),
+        Register::RIP | Register::EIP => Some(r.rip),
+        _ => {
+            let full = reg.full_register();
+            let n = full.number();
+            let rax = Register::RAX.number();
+            if !(rax..rax + 16).contains(&n) {
+                return None;
+            }
+            let v = r.gpr[n - rax];
+            Some(match reg.size() {
+                1 if reg.is_gpr8()
+                    && matches!(
+                        reg,
+                        Register::AH | Register::CH | Register::DH | Register::BH
+                    ) =>
+                {
+                    (v >> 8) & 0xff
+                }
+                1 => v & 0xff,
+                2 => v & 0xffff,
+                4 => v & 0xffff_ffff,
+                _ => v,
+            })
+        }
+    }
+}
+
+/// Every memory operand access of `insn` (not the instruction fetch), with linear addresses.
+pub fn operand_accesses(
+    factory: &mut InstructionInfoFactory,
+    insn: &Instruction,
+    regs: &Regs,
+) -> Vec<LinearAccess> {
+    let bits = insn::bitness(regs);
+    let addr_mask = if bits == 64 { u64::MAX } else { 0xffff_ffff };
+    let info = factory.info(insn);
+    info.used_memory()
+        .iter()
+        .filter_map(|m| {
+            let access = match m.access() {
+                OpAccess::Read | OpAccess::CondRead => mmu::Access::Read,
+                OpAccess::Write
+                | OpAccess::CondWrite
+                | OpAccess::ReadWrite
+                | OpAccess::ReadCondWrite => mmu::Access::Write,
+                _ => return None,
+            };
+            let len = m.memory_size().size() as u64;
+            if len == 0 {
+                return None;
+            }
+            let linear = m.virtual_address(0, |reg, _, _| register_value(regs, bits, reg))?;
+            Some(LinearAccess {
+                linear: linear & addr_mask,
+                len,
+                access,
+            })
+        })
+        .collect()
+}
+
+/// The linear address of RIP.
+pub fn fetch_linear(regs: &Regs) -> u64 {
+    if insn::bitness(regs) == 64 {
+        regs.rip
+    } else {
+        regs.seg[traces::regs::CS].base.wrapping_add(regs.rip) & 0xffff_ffff
+    }
+}
+
+/// A linear range split at page boundaries and translated; `None` if any page does not
+/// translate (the instruction will fault, or touches memory the walker cannot read).
+pub fn translate_range(
+    regs: &Regs,
+    cpu: &mmu::CpuModel,
+    mem: &dyn mmu::GuestMemory,
+    linear: u64,
+    len: u64,
+    access: mmu::Access,
+    ad_entries: &mut Vec<(u64, u8)>,
+) -> Option<Vec<(u64, u64)>> {
+    let cr = crate::guest_view::control_regs(regs);
+    let paged = regs.cr0 & (1 << 31) != 0;
+    let mut out = Vec::new();
+    let mut at = linear;
+    let end = linear.checked_add(len)?;
+    while at < end {
+        let page_end = (at | 0xfff).saturating_add(1).min(end);
+        let gpa = if paged {
+            let req = mmu::AccessRequest {
+                access,
+                cpl: crate::guest_view::cpl(regs),
+                implicit_supervisor: false,
+                rflags_ac: regs.rflags & (1 << 18) != 0,
+            };
+            let walk = mmu::walk(&cr, cpu, mem, at, &req);
+            ad_entries.extend(walk.ad_updates.iter().map(|u| (u.gpa, u.bytes)));
+            walk.result.ok()?.gpa
+        } else {
+            at
+        };
+        out.push((gpa, page_end - at));
+        at = page_end;
+    }
+    Some(out)
+}
+
+/// Reads up to 15 instruction bytes at RIP, stopping at the first unreadable page.
+pub fn fetch_bytes(
+    regs: &Regs,
+    cpu: &mmu::CpuModel,
+    mem: &dyn mmu::GuestMemory,
+    buf: &mut [u8; 15],
+    ad_entries: &mut Vec<(u64, u8)>,
+) -> usize {
+    let linear = fetch_linear(regs);
+    let Some(ranges) = translate_range(regs, cpu, mem, linear, 15, mmu::Access::Fetch, ad_entries)
+        .or_else(|| {
+            // The tail may cross into an unmapped page; the instruction may still fit before it.
+            let first = 0x1000 - (linear & 0xfff);
+            translate_range(
+                regs,
+                cpu,
+                mem,
+                linear,
+                first.min(15),
+                mmu::Access::Fetch,
+                ad_entries,
+            )
+        })
+    else {
+        return 0;
+    };
+    let mut n = 0;
+    for (gpa, len) in ranges {
+        let len = len as usize;
+        if !mem.read(gpa, &mut buf[n..n + len]) {
+            break;
+        }
+        n += len;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn long_mode_regs() -> Regs {
+        let mut r = Regs {
+            cr0: 0x11,
+            efer: 0x500,
+            ..Regs::default()
+        };
+        r.seg[traces::regs::CS].attrs = 0xa09b;
+        r.seg[traces::regs::FS].base = 0x7000_0000;
+        r
+    }
+
+    #[test]
+    fn stack_and_operand_writes_are_found() {
+        let mut regs = long_mode_regs();
+        regs.gpr[4] = 0x8000; // rsp
+        regs.gpr[7] = 0x2000; // rdi
+        let mut f = InstructionInfoFactory::new();
+        // push rax
+        let push = insn::decode(&[0x50], 64, 0).unwrap();
+        let a = operand_accesses(&mut f, &push, &regs);
+        assert_eq!(
+            a,
+            vec![LinearAccess {
+                linear: 0x7ff8,
+                len: 8,
+                access: mmu::Access::Write
+            }]
+        );
+        // mov dword [rdi+0x10], eax
+        let mov = insn::decode(&[0x89, 0x47, 0x10], 64, 0).unwrap();
+        let a = operand_accesses(&mut f, &mov, &regs);
+        assert_eq!(
+            a,
+            vec![LinearAccess {
+                linear: 0x2010,
+                len: 4,
+                access: mmu::Access::Write
+            }]
+        );
+        // mov rax, fs:[8]
+        let fs = insn::decode(&[0x64, 0x48, 0x8b, 0x04, 0x25, 8, 0, 0, 0], 64, 0).unwrap();
+        let a = operand_accesses(&mut f, &fs, &regs);
+        assert_eq!(a[0].linear, 0x7000_0008);
+        assert_eq!(a[0].access, mmu::Access::Read);
+    }
+
+    #[test]
+    fn real_mode_adds_the_segment_base() {
+        let mut regs = Regs::default();
+        regs.seg[traces::regs::DS].base = 0x1230;
+        regs.gpr[3] = 0x4; // bx
+        let mut f = InstructionInfoFactory::new();
+        // mov [bx], al
+        let mov = insn::decode(&[0x88, 0x07], 16, 0).unwrap();
+        let a = operand_accesses(&mut f, &mov, &regs);
+        assert_eq!(a[0].linear, 0x1234);
+        let mut ad = Vec::new();
+        let mem = mmu::FlatMemory {
+            base: 0,
+            bytes: vec![0; 0x10000],
+        };
+        assert_eq!(
+            translate_range(
+                &regs,
+                &mmu::CpuModel::default(),
+                &mem,
+                0xffe,
+                4,
+                mmu::Access::Write,
+                &mut ad
+            ),
+            Some(vec![(0xffe, 2), (0x1000, 2)])
+        );
+    }
+}

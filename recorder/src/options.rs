@@ -1,0 +1,102 @@
+//! What a recording is asked to do, and what it reports back.
+
+use std::path::PathBuf;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use traces::EndRecord;
+
+/// Where guest console output (serial 0x3f8, debug console 0xe9) goes.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SerialSink {
+    /// The terminal (standard output).
+    Stdout,
+    /// Appended to this file.
+    File(PathBuf),
+    /// Kept only in [`RecordSummary::serial_output`].
+    Capture,
+}
+
+#[derive(Clone, Debug)]
+pub struct RecordOptions {
+    pub output: PathBuf,
+    /// Policy names (see `mmurr policies`); empty means all of them.
+    pub policies: Vec<String>,
+    pub flavour: mmu::Flavour,
+    pub max_steps: u64,
+    pub timeout: Option<Duration>,
+    pub scenario: Option<String>,
+    pub command_line: Vec<String>,
+    /// A register keyframe every this many steps.
+    pub keyframe_interval: u64,
+    /// Every this many register keyframes also carries memory pages (and is self-checked).
+    pub page_keyframe_every: u64,
+    pub serial: SerialSink,
+    /// A progress line on stderr.
+    pub progress: bool,
+    /// Set from a signal handler: stop at the next step and finish the trace.
+    pub interrupted: Arc<AtomicBool>,
+    /// The same absent port or MMIO address read this many times in a row ends the run.
+    pub poll_limit: u64,
+}
+
+impl RecordOptions {
+    pub fn new(output: impl Into<PathBuf>) -> RecordOptions {
+        RecordOptions {
+            output: output.into(),
+            policies: Vec::new(),
+            flavour: mmu::Flavour::Tdp,
+            max_steps: 10_000_000,
+            timeout: None,
+            scenario: None,
+            command_line: Vec::new(),
+            keyframe_interval: 10_000,
+            page_keyframe_every: 10,
+            serial: SerialSink::Capture,
+            progress: false,
+            interrupted: Arc::new(AtomicBool::new(false)),
+            poll_limit: 10_000,
+        }
+    }
+}
+
+/// What a finished recording did.
+#[derive(Clone, Debug)]
+pub struct RecordSummary {
+    pub output: PathBuf,
+    pub steps: u64,
+    pub events: u64,
+    pub end: EndRecord,
+    /// For a debug-exit: `(status << 1) | 1`, the code QEMU would exit with.
+    pub exit_code: Option<u8>,
+    /// Guest console output (at most 1 MiB).
+    pub serial_output: Vec<u8>,
+    /// Accesses no device answered: what, and how often.
+    pub unhandled: Vec<(String, u64)>,
+    pub elapsed: Duration,
+    pub file_bytes: u64,
+}
+
+impl RecordSummary {
+    pub fn steps_per_second(&self) -> f64 {
+        self.steps as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    #[error("unknown policy {0:?} (see `mmurr policies`)")]
+    UnknownPolicy(String),
+    #[error("cannot load the guest: {0}")]
+    Load(#[source] crate::BackendError),
+    #[error("cannot open the serial log {path}: {source}")]
+    SerialLog {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("trace {path}: {source}")]
+    Trace {
+        path: PathBuf,
+        source: traces::Error,
+    },
+}

@@ -1,0 +1,137 @@
+//! The memory the trace reconstructs: a copy of RAM at entry, updated only from the recorded
+//! `MemWrite`s. At page keyframes it is compared with the guest's real RAM; any difference is
+//! a write the recorder missed, reported as a self-check failure and never hidden.
+
+use crate::Backend;
+use std::borrow::Cow;
+use traces::{MemWrite, Page};
+
+pub const PAGE: usize = 4096;
+
+pub struct Shadow {
+    bytes: Vec<u8>,
+    /// Pages written since the previous page keyframe (one bit per page).
+    dirty: Vec<u64>,
+}
+
+/// All of the backend's RAM, borrowed where it is mapped.
+pub fn ram(backend: &dyn Backend) -> Cow<'_, [u8]> {
+    if let Some(r) = backend.ram() {
+        return Cow::Borrowed(r);
+    }
+    let mut v = vec![0u8; backend.ram_size() as usize];
+    for (i, chunk) in v.chunks_mut(1 << 20).enumerate() {
+        if !backend.read_phys((i << 20) as u64, chunk) {
+            chunk.fill(0xff);
+        }
+    }
+    Cow::Owned(v)
+}
+
+pub fn hash(ram: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(ram)
+}
+
+impl Shadow {
+    pub fn new(initial: &[u8]) -> Shadow {
+        let pages = initial.len().div_ceil(PAGE);
+        Shadow {
+            bytes: initial.to_vec(),
+            dirty: vec![0; pages.div_ceil(64)],
+        }
+    }
+
+    fn mark(&mut self, page: usize) {
+        if let Some(w) = self.dirty.get_mut(page / 64) {
+            *w |= 1 << (page % 64);
+        }
+    }
+
+    /// Applies a recorded write; `false` if it lies outside RAM.
+    pub fn apply(&mut self, w: &MemWrite) -> bool {
+        let Ok(start) = usize::try_from(w.gpa) else {
+            return false;
+        };
+        let Some(end) = start
+            .checked_add(w.data.len())
+            .filter(|&e| e <= self.bytes.len())
+        else {
+            return false;
+        };
+        self.bytes[start..end].copy_from_slice(&w.data);
+        for p in start / PAGE..end.div_ceil(PAGE) {
+            self.mark(p);
+        }
+        true
+    }
+
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The page keyframe: pages changed since the previous one, taken from `real`, and the
+    /// pages where the shadow disagreed with `real` (written without a recorded write). The
+    /// shadow is brought in line with `real` so each miss is reported once.
+    pub fn page_keyframe(&mut self, real: &[u8]) -> (Vec<Page>, Vec<u64>) {
+        let mut mismatched = Vec::new();
+        for (i, (s, r)) in self
+            .bytes
+            .chunks_mut(PAGE)
+            .zip(real.chunks(PAGE))
+            .enumerate()
+        {
+            if s != r {
+                mismatched.push((i * PAGE) as u64);
+                s.copy_from_slice(r);
+                if let Some(w) = self.dirty.get_mut(i / 64) {
+                    *w |= 1 << (i % 64);
+                }
+            }
+        }
+        let mut pages = Vec::new();
+        for (wi, word) in self.dirty.iter_mut().enumerate() {
+            let mut bits = std::mem::take(word);
+            while bits != 0 {
+                let p = wi * 64 + bits.trailing_zeros() as usize;
+                bits &= bits - 1;
+                let start = p * PAGE;
+                let end = (start + PAGE).min(self.bytes.len());
+                pages.push(Page {
+                    gpa: start as u64,
+                    data: self.bytes[start..end].to_vec(),
+                });
+            }
+        }
+        (pages, mismatched)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn keyframes_carry_written_pages_and_catch_missed_writes() {
+        let mut real = vec![0u8; 4 * PAGE];
+        let mut s = Shadow::new(&real);
+        real[PAGE + 5] = 7;
+        assert!(s.apply(&MemWrite {
+            gpa: PAGE as u64 + 5,
+            data: vec![7]
+        }));
+        real[3 * PAGE] = 1; // a write nobody recorded
+        let (pages, missed) = s.page_keyframe(&real);
+        assert_eq!(
+            pages.iter().map(|p| p.gpa).collect::<Vec<_>>(),
+            vec![PAGE as u64, 3 * PAGE as u64]
+        );
+        assert_eq!(missed, vec![3 * PAGE as u64]);
+        assert_eq!(hash(s.bytes()), hash(&real));
+        let (pages, missed) = s.page_keyframe(&real);
+        assert!(pages.is_empty() && missed.is_empty());
+        assert!(!s.apply(&MemWrite {
+            gpa: 4 * PAGE as u64 - 1,
+            data: vec![1, 2]
+        }));
+    }
+}

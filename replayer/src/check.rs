@@ -2,12 +2,12 @@
 //! policies (recorded or not), and report where a policy's MMU context went stale, where a
 //! reset was needless, and where the model and the recorded CPU disagree on #GP.
 
-use crate::cpu::cpu_model;
+use crate::analysis::Analysis;
 use crate::timeline::{Result, Timeline};
-use mmu::{Access, Flavour, Input, Outcome, Policy, Tracker};
+use mmu::{Access, Flavour, Outcome, Policy};
 use std::collections::BTreeSet;
 use std::io::{Read, Seek};
-use traces::{ControlReg, CrWrite, Event, EventId, EventKind, FindingKind, Record, Step};
+use traces::{CrWrite, Event, EventId, FindingKind, Step};
 
 /// How far after a stale-context write to look for addresses the guest touches.
 const LOOKAHEAD_STEPS: u64 = 64;
@@ -65,64 +65,23 @@ impl CheckReport {
     }
 }
 
-/// The trace's control-register writes, in order.
-fn cr_writes<R: Read + Seek>(timeline: &mut Timeline<R>) -> Result<Vec<(Event, CrWrite)>> {
-    let mut out = Vec::new();
-    for record in timeline.reader().records() {
-        if let Record::Event(e) = record? {
-            if let EventKind::CrWrite(w) = &e.kind {
-                let w = w.clone();
-                out.push((e, w));
-            }
-        }
-    }
-    Ok(out)
-}
-
-fn input_for(w: &CrWrite) -> Option<Input> {
-    let (old, new) = (w.old, w.new);
-    Some(match w.reg {
-        ControlReg::Cr0 => Input::Cr0 { old, new },
-        ControlReg::Cr3 => Input::Cr3 { old, new },
-        ControlReg::Cr4 => Input::Cr4 { old, new },
-        ControlReg::Efer if w.via == traces::WriteVia::Host => Input::EferHost { old, new },
-        ControlReg::Efer => Input::Efer { old, new },
-        // XCR0 is not an MMU input.
-        ControlReg::Xcr0 => return None,
-    })
-}
-
 /// Checks `policies` (all modelled ones when empty) over the trace.
 pub fn check<R: Read + Seek>(
     timeline: &mut Timeline<R>,
     policies: &[&'static Policy],
     flavour: Flavour,
 ) -> Result<CheckReport> {
-    let policies: Vec<&'static Policy> = if policies.is_empty() {
-        mmu::policies().iter().collect()
-    } else {
-        policies.to_vec()
-    };
-    let cpu = cpu_model(&timeline.header().guest);
-    let entry = insn::control_regs(&timeline.entry().regs);
-    let mut trackers: Vec<Tracker> = policies
-        .iter()
-        .map(|p| Tracker::new(p, flavour, cpu, &entry))
-        .collect();
-    let mut summaries = vec![PolicySummary::default(); policies.len()];
+    let analysis = Analysis::run(timeline, policies, flavour)?;
+    let mut summaries = vec![PolicySummary::default(); analysis.policies.len()];
     let mut findings = Vec::new();
-    let writes = cr_writes(timeline)?;
-
-    for (n, (event, write)) in writes.iter().enumerate() {
-        let Some(input) = input_for(write) else {
-            continue;
-        };
-        let after = timeline.seek(event.step)?.clone();
-        let after_regs = insn::control_regs(&after.regs);
-        let next_write = writes.get(n + 1).map_or(Step::MAX, |(e, _)| e.step);
+    for (n, w) in analysis.writes.iter().enumerate() {
+        let (event, write) = (&w.event, &w.write);
+        let next_write = analysis
+            .writes
+            .get(n + 1)
+            .map_or(Step::MAX, |x| x.event.step);
         let mut touched: Option<Vec<(u64, Access)>> = None;
-        for (i, tracker) in trackers.iter_mut().enumerate() {
-            let d = tracker.apply(&input, &after_regs, &after.memory);
+        for (i, d) in w.decisions.iter().enumerate() {
             let s = &mut summaries[i];
             s.writes += 1;
             match d.outcome {
@@ -130,9 +89,8 @@ pub fn check<R: Read + Seek>(
                 Outcome::SkippedRoleUnchanged => s.skipped += 1,
                 _ => {}
             }
-            let policy = policies[i].name;
-            let model_gp = d.outcome == Outcome::Gp;
-            if model_gp != write.faulted {
+            let policy = analysis.policies[i].name;
+            if (d.outcome == Outcome::Gp) != write.faulted {
                 s.gp_mismatches += 1;
                 findings.push(gp_mismatch(
                     policy,
@@ -145,41 +103,41 @@ pub fn check<R: Read + Seek>(
                 s.needless += 1;
                 findings.push(needless(policy, event, write));
             }
-            if let Some(stale) = &d.stale {
-                s.stale += 1;
-                let addrs = match &touched {
-                    Some(a) => a.clone(),
-                    None => {
-                        let a = addresses_touched_after(timeline, event.step, next_write)?;
-                        touched = Some(a.clone());
-                        a
-                    }
-                };
-                // The walks run over memory right after the write, as KVM's would.
-                let after = timeline.seek(event.step)?.clone();
-                let diffs = mmu::compare_translations(
-                    &stale.kept,
-                    &stale.correct,
-                    &after_regs,
-                    &cpu,
-                    &after.memory,
-                    &addrs,
-                );
-                findings.push(stale_finding(
-                    policy,
-                    event,
-                    write,
-                    &d,
-                    stale,
-                    &diffs,
-                    addrs.len(),
-                ));
+            let Some(stale) = &d.stale else { continue };
+            s.stale += 1;
+            if touched.is_none() {
+                touched = Some(addresses_touched_after(
+                    timeline,
+                    &analysis.cpu,
+                    event.step,
+                    next_write,
+                )?);
             }
+            let addrs = touched.as_deref().unwrap_or_default();
+            // The walks run over memory right after the write, as KVM's would.
+            let after = timeline.seek(event.step)?;
+            let diffs = mmu::compare_translations(
+                &stale.kept,
+                &stale.correct,
+                &insn::control_regs(&after.regs),
+                &analysis.cpu,
+                &after.memory,
+                addrs,
+            );
+            findings.push(stale_finding(
+                policy,
+                event,
+                write,
+                d,
+                stale,
+                &diffs,
+                addrs.len(),
+            ));
         }
     }
     Ok(CheckReport {
         flavour,
-        policies: policies.into_iter().zip(summaries).collect(),
+        policies: analysis.policies.into_iter().zip(summaries).collect(),
         findings,
     })
 }
@@ -188,10 +146,10 @@ pub fn check<R: Read + Seek>(
 /// `step`, up to the next control-register write.
 fn addresses_touched_after<R: Read + Seek>(
     timeline: &mut Timeline<R>,
+    cpu: &mmu::CpuModel,
     step: Step,
     next_write: Step,
 ) -> Result<Vec<(u64, Access)>> {
-    let cpu = cpu_model(&timeline.header().guest);
     let end = (step + LOOKAHEAD_STEPS)
         .min(next_write)
         .min(timeline.last_step());
@@ -200,7 +158,7 @@ fn addresses_touched_after<R: Read + Seek>(
     for s in step..end {
         let snap = timeline.seek(s)?;
         let regs = &snap.regs;
-        let bytes = insn::fetch(regs, &cpu, &snap.memory);
+        let bytes = insn::fetch(regs, cpu, &snap.memory);
         let ip = insn::linear_ip(regs);
         let mut touches = vec![(ip, Access::Fetch)];
         if let Some(i) = insn::decode(&bytes, insn::bitness(regs), regs.rip) {

@@ -2,12 +2,14 @@
 //! emulator and not the recording host. It is the engine under the TUI, the replay gdb server
 //! and `mmurr check`.
 
+pub mod analysis;
 pub mod check;
 pub mod cpu;
 pub mod flags;
 pub mod memory;
 pub mod timeline;
 
+pub use analysis::{Analysis, WriteAnalysis};
 pub use check::{check, CheckFinding, CheckReport, PolicySummary};
 pub use cpu::cpu_model;
 pub use memory::MemoryImage;

@@ -6,7 +6,11 @@ use mmu::bits::*;
 use mmu::roles::layout::*;
 use mmu::*;
 
-fn base(gpte: &'static str, nx: &'static str, extra: &[(&'static str, u8, u8)]) -> Vec<(&'static str, u8, u8)> {
+fn base(
+    gpte: &'static str,
+    nx: &'static str,
+    extra: &[(&'static str, u8, u8)],
+) -> Vec<(&'static str, u8, u8)> {
     let mut v = vec![
         ("level", 0, 4),
         (gpte, 4, 1),
@@ -27,7 +31,11 @@ fn base(gpte: &'static str, nx: &'static str, extra: &[(&'static str, u8, u8)]) 
 }
 
 fn ext(names: &[&'static str], maxphy: Option<u8>) -> Vec<(&'static str, u8, u8)> {
-    let mut v: Vec<_> = names.iter().enumerate().map(|(i, n)| (*n, i as u8, 1)).collect();
+    let mut v: Vec<_> = names
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (*n, i as u8, 1))
+        .collect();
     if let Some(at) = maxphy {
         v.push(("ext.maxphyaddr", at, 6));
     }
@@ -35,36 +43,97 @@ fn ext(names: &[&'static str], maxphy: Option<u8>) -> Vec<(&'static str, u8, u8)
 }
 
 /// The expected layouts, written from the sheet independently of the code.
-fn expected() -> Vec<(&'static str, Vec<(&'static str, u8, u8)>, Vec<(&'static str, u8, u8)>)> {
+fn expected() -> Vec<(
+    &'static str,
+    Vec<(&'static str, u8, u8)>,
+    Vec<(&'static str, u8, u8)>,
+)> {
     let e420 = [
-        "ext.valid", "ext.execonly", "ext.cr0_pg", "ext.cr4_pse", "ext.cr4_pke", "ext.cr4_smap",
-        "ext.cr4_smep", "ext.cr4_la57",
+        "ext.valid",
+        "ext.execonly",
+        "ext.cr0_pg",
+        "ext.cr4_pse",
+        "ext.cr4_pke",
+        "ext.cr4_smap",
+        "ext.cr4_smep",
+        "ext.cr4_la57",
     ];
     let e51 = [
-        "ext.valid", "ext.execonly", "ext.cr0_pg", "ext.cr4_pae", "ext.cr4_pse", "ext.cr4_pke",
-        "ext.cr4_smap", "ext.cr4_smep", "ext.cr4_la57",
+        "ext.valid",
+        "ext.execonly",
+        "ext.cr0_pg",
+        "ext.cr4_pae",
+        "ext.cr4_pse",
+        "ext.cr4_pke",
+        "ext.cr4_smap",
+        "ext.cr4_smep",
+        "ext.cr4_la57",
     ];
     let e57 = [
-        "ext.valid", "ext.execonly", "ext.cr0_pg", "ext.cr4_pae", "ext.cr4_pse", "ext.cr4_pke",
-        "ext.cr4_smap", "ext.cr4_smep",
+        "ext.valid",
+        "ext.execonly",
+        "ext.cr0_pg",
+        "ext.cr4_pae",
+        "ext.cr4_pse",
+        "ext.cr4_pke",
+        "ext.cr4_smap",
+        "ext.cr4_smep",
     ];
     let e516 = [
-        "ext.valid", "ext.execonly", "ext.cr0_pg", "ext.cr4_pae", "ext.cr4_pse", "ext.cr4_pke",
-        "ext.cr4_smap", "ext.cr4_smep", "ext.cr4_la57", "ext.efer_lma",
+        "ext.valid",
+        "ext.execonly",
+        "ext.cr0_pg",
+        "ext.cr4_pae",
+        "ext.cr4_pse",
+        "ext.cr4_pke",
+        "ext.cr4_smap",
+        "ext.cr4_smep",
+        "ext.cr4_la57",
+        "ext.efer_lma",
     ];
     let e519 = [
-        "ext.valid", "ext.execonly", "ext.cr4_pse", "ext.cr4_pke", "ext.cr4_smap", "ext.cr4_smep",
-        "ext.cr4_la57", "ext.efer_lma",
+        "ext.valid",
+        "ext.execonly",
+        "ext.cr4_pse",
+        "ext.cr4_pke",
+        "ext.cr4_smap",
+        "ext.cr4_smep",
+        "ext.cr4_la57",
+        "ext.efer_lma",
     ];
     vec![
         ("v4.20", base("cr4_pae", "nxe", &[]), ext(&e420, None)),
         ("v5.0", base("cr4_pae", "nxe", &[]), ext(&e420, Some(8))),
-        ("v5.1-rc3", base("gpte_is_8_bytes", "nxe", &[]), ext(&e420, Some(8))),
-        ("v5.1", base("gpte_is_8_bytes", "nxe", &[]), ext(&e51, Some(9))),
-        ("v5.7", base("gpte_is_8_bytes", "nxe", &[]), ext(&e57, Some(8))),
-        ("v5.14", base("gpte_is_8_bytes", "efer_nx", &[]), ext(&e51, None)),
-        ("v5.16", base("gpte_is_8_bytes", "efer_nx", &[]), ext(&e516, None)),
-        ("v5.17", base("has_4_byte_gpte", "efer_nx", &[]), ext(&e516, None)),
+        (
+            "v5.1-rc3",
+            base("gpte_is_8_bytes", "nxe", &[]),
+            ext(&e420, Some(8)),
+        ),
+        (
+            "v5.1",
+            base("gpte_is_8_bytes", "nxe", &[]),
+            ext(&e51, Some(9)),
+        ),
+        (
+            "v5.7",
+            base("gpte_is_8_bytes", "nxe", &[]),
+            ext(&e57, Some(8)),
+        ),
+        (
+            "v5.14",
+            base("gpte_is_8_bytes", "efer_nx", &[]),
+            ext(&e51, None),
+        ),
+        (
+            "v5.16",
+            base("gpte_is_8_bytes", "efer_nx", &[]),
+            ext(&e516, None),
+        ),
+        (
+            "v5.17",
+            base("has_4_byte_gpte", "efer_nx", &[]),
+            ext(&e516, None),
+        ),
         (
             "v5.19",
             base("has_4_byte_gpte", "efer_nx", &[("passthrough", 18, 1)]),
@@ -100,7 +169,11 @@ fn every_field_of_every_layout() {
                 assert_eq!(layout.get(word, w, d.field), Some(max));
                 let fields = layout.fields(word, w);
                 for (n, v) in fields {
-                    assert_eq!(v, if n == d.name { u64::from(max) } else { 0 }, "{name} {n}");
+                    assert_eq!(
+                        v,
+                        if n == d.name { u64::from(max) } else { 0 },
+                        "{name} {n}"
+                    );
                 }
                 // Setting does not disturb other fields.
                 let all = layout.set(word, !0, d.field, 0);
@@ -113,7 +186,13 @@ fn every_field_of_every_layout() {
 #[test]
 fn arbitrary_words_print_without_panicking() {
     for layout in LAYOUTS {
-        for w in [0u64, !0, 0xdead_beef_0bad_f00d, 1 << 63, 0x00ff_0000_00ff_0000] {
+        for w in [
+            0u64,
+            !0,
+            0xdead_beef_0bad_f00d,
+            1 << 63,
+            0x00ff_0000_00ff_0000,
+        ] {
             let r = CpuRole(w);
             let f = r.fields(layout);
             assert!(!f.is_empty());
@@ -146,7 +225,11 @@ fn diff_names_fields() {
     );
 }
 
-fn role_fields(p: &str, fl: Flavour, r: &ControlRegs) -> (Vec<(&'static str, u64)>, Vec<(&'static str, u64)>) {
+fn role_fields(
+    p: &str,
+    fl: Flavour,
+    r: &ControlRegs,
+) -> (Vec<(&'static str, u64)>, Vec<(&'static str, u64)>) {
     let pol = policy(p).unwrap();
     let roles = derive_roles(pol, fl, r, &CpuModel::default_x86_64());
     (
@@ -156,7 +239,10 @@ fn role_fields(p: &str, fl: Flavour, r: &ControlRegs) -> (Vec<(&'static str, u64
 }
 
 fn get(f: &[(&'static str, u64)], n: &str) -> u64 {
-    f.iter().find(|(x, _)| *x == n).unwrap_or_else(|| panic!("no field {n}")).1
+    f.iter()
+        .find(|(x, _)| *x == n)
+        .unwrap_or_else(|| panic!("no field {n}"))
+        .1
 }
 
 #[test]
@@ -189,12 +275,27 @@ fn cpu_role_derivation_current() {
         assert_eq!(get(&sroot, "has_4_byte_gpte"), h4);
     }
     // PG=0 records nothing else.
-    let (c, _) = role_fields("v6.14", Flavour::Tdp, &regs(CR0_PROT | CR0_WP, CR4_SMEP | CR4_SMAP, EFER_NXE, 0));
-    for n in ["efer_nx", "cr0_wp", "ext.cr4_smep", "ext.cr4_smap", "ext.cr4_pse"] {
+    let (c, _) = role_fields(
+        "v6.14",
+        Flavour::Tdp,
+        &regs(CR0_PROT | CR0_WP, CR4_SMEP | CR4_SMAP, EFER_NXE, 0),
+    );
+    for n in [
+        "efer_nx",
+        "cr0_wp",
+        "ext.cr4_smep",
+        "ext.cr4_smap",
+        "ext.cr4_pse",
+    ] {
         assert_eq!(get(&c, n), 0, "{n}");
     }
     // PG=1 fields.
-    let r = regs(CR0_PAGED & !CR0_WP, CR4_PAE | CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_PSE, EFER_LONG | EFER_NXE, 0);
+    let r = regs(
+        CR0_PAGED & !CR0_WP,
+        CR4_PAE | CR4_SMEP | CR4_SMAP | CR4_PKE | CR4_PSE,
+        EFER_LONG | EFER_NXE,
+        0,
+    );
     let (c, _) = role_fields("v6.14", Flavour::Tdp, &r);
     for (n, v) in [
         ("efer_nx", 1),
@@ -212,8 +313,14 @@ fn cpu_role_derivation_current() {
     }
     // PKE without LMA is not recorded (84c679f5f52c).
     let r = regs(CR0_PAGED, CR4_PAE | CR4_PKE, 0, 0);
-    assert_eq!(get(&role_fields("v6.14", Flavour::Tdp, &r).0, "ext.cr4_pke"), 0);
-    assert_eq!(get(&role_fields("v5.9", Flavour::Tdp, &r).0, "ext.cr4_pke"), 1);
+    assert_eq!(
+        get(&role_fields("v6.14", Flavour::Tdp, &r).0, "ext.cr4_pke"),
+        0
+    );
+    assert_eq!(
+        get(&role_fields("v5.9", Flavour::Tdp, &r).0, "ext.cr4_pke"),
+        1
+    );
     // SMM and guest mode.
     let mut r = regs(CR0_PAGED, 0, 0, 0);
     r.smm = true;
@@ -237,33 +344,86 @@ fn seed_bug_role_bits() {
         assert_ne!(ks(&p32), ks(&pae), "shadow {}", pol.name);
     }
     // v5.1-rc3 TDP: gpte_is_8_bytes forced to 1; v4.20: cr4_pae follows CR4.PAE.
-    assert_eq!(get(&role_fields("v5.1-rc3", Flavour::Tdp, &p32).0, "gpte_is_8_bytes"), 1);
-    assert_eq!(get(&role_fields("v4.20", Flavour::Tdp, &p32).0, "cr4_pae"), 0);
-    assert_eq!(get(&role_fields("v4.20", Flavour::Tdp, &pae).0, "cr4_pae"), 1);
-    assert_eq!(get(&role_fields("v5.1", Flavour::Tdp, &pae).0, "ext.cr4_pae"), 1);
+    assert_eq!(
+        get(
+            &role_fields("v5.1-rc3", Flavour::Tdp, &p32).0,
+            "gpte_is_8_bytes"
+        ),
+        1
+    );
+    assert_eq!(
+        get(&role_fields("v4.20", Flavour::Tdp, &p32).0, "cr4_pae"),
+        0
+    );
+    assert_eq!(
+        get(&role_fields("v4.20", Flavour::Tdp, &pae).0, "cr4_pae"),
+        1
+    );
+    assert_eq!(
+        get(&role_fields("v5.1", Flavour::Tdp, &pae).0, "ext.cr4_pae"),
+        1
+    );
     // Shadow keeps the PAE bit in the base role.
-    assert_eq!(get(&role_fields("v5.1-rc3", Flavour::Shadow, &p32).0, "gpte_is_8_bytes"), 0);
-    assert_eq!(get(&role_fields("v5.1-rc3", Flavour::Shadow, &pae).0, "gpte_is_8_bytes"), 1);
+    assert_eq!(
+        get(
+            &role_fields("v5.1-rc3", Flavour::Shadow, &p32).0,
+            "gpte_is_8_bytes"
+        ),
+        0
+    );
+    assert_eq!(
+        get(
+            &role_fields("v5.1-rc3", Flavour::Shadow, &pae).0,
+            "gpte_is_8_bytes"
+        ),
+        1
+    );
 }
 
 #[test]
 fn pre_514_records_bits_with_paging_off() {
     let r = regs(CR0_PROT | CR0_WP, CR4_PAE | CR4_PSE | CR4_SMEP, EFER_NXE, 0);
     let (c, _) = role_fields("v5.9", Flavour::Tdp, &r);
-    for (n, v) in [("nxe", 1), ("cr0_wp", 1), ("ext.cr4_pae", 1), ("ext.cr4_pse", 1), ("ext.cr4_smep", 1), ("ext.cr0_pg", 0), ("ext.maxphyaddr", 46)] {
+    for (n, v) in [
+        ("nxe", 1),
+        ("cr0_wp", 1),
+        ("ext.cr4_pae", 1),
+        ("ext.cr4_pse", 1),
+        ("ext.cr4_smep", 1),
+        ("ext.cr0_pg", 0),
+        ("ext.maxphyaddr", 46),
+    ] {
         assert_eq!(get(&c, n), v, "{n}");
     }
     let (c, _) = role_fields("v5.14", Flavour::Tdp, &r);
-    for n in ["efer_nx", "cr0_wp", "ext.cr4_pae", "ext.cr4_pse", "ext.cr4_smep"] {
+    for n in [
+        "efer_nx",
+        "cr0_wp",
+        "ext.cr4_pae",
+        "ext.cr4_pse",
+        "ext.cr4_smep",
+    ] {
         assert_eq!(get(&c, n), 0, "{n}");
     }
     // v5.16 adds efer_lma; v5.18 spells the bit has_4_byte_gpte (TDP: 0).
     let l = regs(CR0_PAGED, CR4_PAE, EFER_LONG, 0);
-    assert_eq!(get(&role_fields("v5.16", Flavour::Tdp, &l).0, "ext.efer_lma"), 1);
-    assert_eq!(get(&role_fields("v5.18", Flavour::Tdp, &l).0, "has_4_byte_gpte"), 0);
-    assert_eq!(get(&role_fields("v5.16", Flavour::Tdp, &l).0, "gpte_is_8_bytes"), 1);
+    assert_eq!(
+        get(&role_fields("v5.16", Flavour::Tdp, &l).0, "ext.efer_lma"),
+        1
+    );
+    assert_eq!(
+        get(&role_fields("v5.18", Flavour::Tdp, &l).0, "has_4_byte_gpte"),
+        0
+    );
+    assert_eq!(
+        get(&role_fields("v5.16", Flavour::Tdp, &l).0, "gpte_is_8_bytes"),
+        1
+    );
     // Pre-v5.19 shadow: level 3 for 32-bit/PAE, direct = !PG, nxe not forced.
     let (c, _) = role_fields("v5.18", Flavour::Shadow, &regs(CR0_PAGED, 0, 0, 0));
-    assert_eq!((get(&c, "level"), get(&c, "direct"), get(&c, "efer_nx")), (3, 0, 0));
+    assert_eq!(
+        (get(&c, "level"), get(&c, "direct"), get(&c, "efer_nx")),
+        (3, 0, 0)
+    );
     assert_eq!(get(&c, "has_4_byte_gpte"), 1);
 }

@@ -1,0 +1,983 @@
+//! The Unicorn backend: engine setup, hooks, and the [`Backend`] implementation.
+//!
+//! One step is one architectural instruction, or one iteration of a `rep` string instruction
+//! (as KVM single-step reports it: RIP stays on the instruction until the last iteration, whose
+//! step also retires it), or the delivery of one exception together with the faulting
+//! instruction. Unicorn itself needs one extra `emu_start` for the final, empty check of a
+//! `rep` loop; [`EmuBackend::step`] folds it into the last iteration's step.
+
+use crate::ctx::{self, Ctx, Layout, SegCache, HF_LMA_MASK, OFF_CR, OFF_EIP, OFF_HFLAGS, OFF_REGS};
+use crate::decode::{self, Decoded, Kind};
+use crate::exceptions;
+use crate::regs::{cache_from_segment, segment_from_cache};
+use crate::trampoline::{self, EntryMode, SCRATCH_SIZE};
+use recorder::{Backend, BackendError, Exit, StepResult, Written};
+use traces::{
+    BackendInfo, BackendKind, CpuidEntry, DescriptorTable, GuestSpec, RegionKind, Regs, Segment,
+};
+use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot};
+use unicorn_engine::{RegisterX86, Unicorn};
+
+pub const MSR_EFER: u32 = 0xC000_0080;
+const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
+const EFER_LMA: u64 = 1 << 10;
+
+/// What the hooks saw during one `emu_start`.
+#[derive(Default)]
+pub struct HookState {
+    /// Guest-physical ranges written (RAM only).
+    pub writes: Vec<(u64, u64)>,
+    /// A write whose linear address could not be translated.
+    pub untranslated_write: bool,
+    pub out: Option<(u16, u8, u32)>,
+    /// Value for the next `in`; consumed by the hook.
+    pub in_value: Option<u32>,
+    /// An `in` executed without a value (should not happen: `in` is intercepted by decoding).
+    pub in_unanswered: Option<(u16, u8)>,
+    /// First exception/interrupt vector raised.
+    pub intr: Option<u32>,
+    pub mmio_value: Option<u64>,
+    pub mmio_read: Option<(u64, u8)>,
+    pub mmio_write: Option<(u64, u8, u64)>,
+    pub unmapped: Option<(MemType, u64, usize)>,
+    pub ram: Vec<(u64, u64)>,
+}
+
+fn engine_err(what: &str, e: uc_error) -> BackendError {
+    BackendError::Engine(format!("mmurr-emu: Unicorn {what} failed: {e:?} ({e})"))
+}
+
+fn in_ram(ram: &[(u64, u64)], gpa: u64, len: u64) -> bool {
+    ram.iter()
+        .any(|&(b, s)| gpa >= b && gpa.saturating_add(len) <= b + s)
+}
+
+/// The emu backend.
+pub struct EmuBackend {
+    uc: Unicorn<'static, HookState>,
+    layout: Layout,
+    /// Scratch context used to read/write the CPU state.
+    ctx: Ctx,
+    /// The CPU as Unicorn opened it: the trampoline's starting point.
+    pristine: Ctx,
+    ram_size: u64,
+    ram: Vec<(u64, u64)>,
+    mmio: Vec<(u64, u64)>,
+    pdptrs: [u64; 4],
+    pending_in: Option<(u16, u8)>,
+    pending_mmio: bool,
+    loaded: bool,
+    /// Memory written while completing an `ins` (reported with the next step).
+    carried_writes: Vec<(u64, u64)>,
+    /// Vectors delivered so far (for the tracer and tests).
+    pub delivered: Vec<exceptions::Delivered>,
+    /// Whether the last load needed host fix-ups beyond the trampoline (field names).
+    pub entry_fixups: Vec<String>,
+}
+
+impl EmuBackend {
+    /// Opens Unicorn in 64-bit mode (so every 64-bit register reads correctly in all guest
+    /// modes) and verifies the context layout.
+    pub fn new() -> Result<EmuBackend, BackendError> {
+        // Unicorn warns on stderr for some register writes in modes where they are unusual;
+        // our writes are deliberate.
+        std::env::set_var("UC_IGNORE_REG_BREAK", "1");
+        let mut uc = Unicorn::new_with_data(Arch::X86, Mode::MODE_64, HookState::default())
+            .map_err(|e| engine_err("open", e))?;
+        let layout = Layout::probe(&mut uc).map_err(BackendError::Engine)?;
+        let ctx = Ctx::alloc(&uc).map_err(|e| engine_err("context alloc", e))?;
+        let mut pristine = Ctx::alloc(&uc).map_err(|e| engine_err("context alloc", e))?;
+        pristine
+            .save(&uc)
+            .map_err(|e| engine_err("context save", e))?;
+        let mut b = EmuBackend {
+            uc,
+            layout,
+            ctx,
+            pristine,
+            ram_size: 0,
+            ram: Vec::new(),
+            mmio: Vec::new(),
+            pdptrs: [0; 4],
+            pending_in: None,
+            pending_mmio: false,
+            loaded: false,
+            carried_writes: Vec::new(),
+            delivered: Vec::new(),
+            entry_fixups: Vec::new(),
+        };
+        b.add_hooks()?;
+        Ok(b)
+    }
+
+    fn add_hooks(&mut self) -> Result<(), BackendError> {
+        let uc = &mut self.uc;
+        uc.add_mem_hook(HookType::MEM_WRITE, 1, 0, |uc, _ty, addr, size, _val| {
+            record_write(uc, addr, size as u64);
+            true
+        })
+        .map_err(|e| engine_err("hook", e))?;
+        uc.add_insn_out_hook(|uc, port, size, value| {
+            let st = uc.get_data_mut();
+            if st.out.is_none() {
+                st.out = Some((port as u16, size as u8, value));
+            }
+        })
+        .map_err(|e| engine_err("hook", e))?;
+        uc.add_insn_in_hook(|uc, port, size| {
+            let st = uc.get_data_mut();
+            match st.in_value.take() {
+                Some(v) => v,
+                None => {
+                    st.in_unanswered = Some((port as u16, size as u8));
+                    let _ = uc.emu_stop();
+                    0xffff_ffff
+                }
+            }
+        })
+        .map_err(|e| engine_err("hook", e))?;
+        uc.add_intr_hook(|uc, vector| {
+            let st = uc.get_data_mut();
+            if st.intr.is_none() {
+                st.intr = Some(vector);
+            }
+            let _ = uc.emu_stop();
+        })
+        .map_err(|e| engine_err("hook", e))?;
+        // #UD goes to the invalid-instruction hook, not the interrupt hook.
+        uc.add_insn_invalid_hook(|uc| {
+            let st = uc.get_data_mut();
+            if st.intr.is_none() {
+                st.intr = Some(6);
+            }
+            let _ = uc.emu_stop();
+            true
+        })
+        .map_err(|e| engine_err("hook", e))?;
+        uc.add_mem_hook(HookType::MEM_UNMAPPED, 1, 0, |uc, ty, addr, size, _v| {
+            let st = uc.get_data_mut();
+            if st.unmapped.is_none() {
+                st.unmapped = Some((ty, addr, size));
+            }
+            false
+        })
+        .map_err(|e| engine_err("hook", e))?;
+        Ok(())
+    }
+
+    pub fn engine_version() -> String {
+        let v = unsafe_version();
+        format!(
+            "unicorn {}.{}.{}",
+            (v >> 24) & 0xff,
+            (v >> 16) & 0xff,
+            (v >> 8) & 0xff
+        )
+    }
+
+    fn save(&mut self) -> Result<(), BackendError> {
+        self.ctx
+            .save(&self.uc)
+            .map_err(|e| engine_err("context save", e))
+    }
+
+    fn read_regs_from_ctx(&mut self) -> Result<Regs, BackendError> {
+        self.save()?;
+        let c = &self.ctx;
+        let mut r = Regs::default();
+        for i in 0..16 {
+            r.gpr[i] = c.u64_at(OFF_REGS + 8 * i);
+        }
+        r.rip = c.u64_at(OFF_EIP);
+        for n in 0..6 {
+            r.seg[n] = segment_from_cache(c.seg(n));
+        }
+        r.ldtr = segment_from_cache(c.seg(6));
+        r.tr = segment_from_cache(c.seg(7));
+        let (gb, gl) = c.dtable(false);
+        let (ib, il) = c.dtable(true);
+        r.gdtr = DescriptorTable {
+            base: gb,
+            limit: gl,
+        };
+        r.idtr = DescriptorTable {
+            base: ib,
+            limit: il,
+        };
+        r.cr0 = c.cr(0);
+        r.cr2 = c.cr(2);
+        r.cr3 = c.cr(3);
+        r.cr4 = c.cr(4);
+        r.cr8 = c.cr(8);
+        r.efer = c.u64_at(self.layout.efer);
+        r.xcr0 = c.u64_at(self.layout.xcr0);
+        r.pkru = c.u32_at(self.layout.pkru);
+        r.rflags = self
+            .uc
+            .reg_read(RegisterX86::RFLAGS)
+            .map_err(|e| engine_err("reg read", e))?;
+        r.kernel_gs_base = ctx::msr_read(&self.uc, MSR_KERNEL_GS_BASE).unwrap_or(0);
+        r.pdptrs = self.pdptrs;
+        Ok(r)
+    }
+
+    /// The error code QEMU computed for the exception just raised.
+    fn pending_error_code(&mut self) -> Result<u32, BackendError> {
+        self.save()?;
+        Ok(self.ctx.u32_at(self.layout.error_code))
+    }
+
+    fn map_memory(&mut self, guest: &GuestSpec) -> Result<(), BackendError> {
+        let page = |x: u64| (x + 0xfff) & !0xfff;
+        let ram_size = page(guest.ram_size);
+        if ram_size == 0 {
+            return Err(BackendError::Other(
+                "mmurr-emu: the guest has no RAM (ram_size 0)".into(),
+            ));
+        }
+        self.uc
+            .mem_map(0, ram_size, Prot::ALL)
+            .map_err(|e| engine_err("mem_map RAM", e))?;
+        self.ram = vec![(0, ram_size)];
+        self.ram_size = ram_size;
+        for r in &guest.regions {
+            let (b, s) = (r.gpa & !0xfff, page(r.size + (r.gpa & 0xfff)));
+            if b < ram_size && r.kind != RegionKind::Mmio {
+                continue; // inside the RAM mapped above
+            }
+            match r.kind {
+                RegionKind::Ram | RegionKind::Rom => {
+                    let prot = if r.kind == RegionKind::Rom {
+                        Prot::READ | Prot::EXEC
+                    } else {
+                        Prot::ALL
+                    };
+                    self.uc
+                        .mem_map(b, s, prot)
+                        .map_err(|e| engine_err(&format!("mem_map region {}", r.name), e))?;
+                    self.ram.push((b, s));
+                }
+                RegionKind::Mmio => {
+                    self.map_mmio(b, s)?;
+                }
+            }
+        }
+        self.uc.get_data_mut().ram = self.ram.clone();
+        Ok(())
+    }
+
+    fn map_mmio(&mut self, base: u64, size: u64) -> Result<(), BackendError> {
+        self.uc
+            .mmio_map(
+                base,
+                size,
+                Some(
+                    move |uc: &mut Unicorn<'_, HookState>, off: u64, sz: usize| {
+                        let st = uc.get_data_mut();
+                        match st.mmio_value.take() {
+                            Some(v) => v,
+                            None => {
+                                if st.mmio_read.is_none() {
+                                    st.mmio_read = Some((base + off, sz as u8));
+                                }
+                                let _ = uc.emu_stop();
+                                0
+                            }
+                        }
+                    },
+                ),
+                Some(
+                    move |uc: &mut Unicorn<'_, HookState>, off: u64, sz: usize, v: u64| {
+                        let st = uc.get_data_mut();
+                        if st.mmio_write.is_none() {
+                            st.mmio_write = Some((base + off, sz as u8, v));
+                        }
+                    },
+                ),
+            )
+            .map_err(|e| engine_err("mmio_map", e))?;
+        self.mmio.push((base, size));
+        Ok(())
+    }
+
+    /// A free 128 KiB window below 4 GiB, outside RAM and every region, for the trampoline.
+    fn scratch_base(&self) -> Result<u64, BackendError> {
+        let taken: Vec<(u64, u64)> = self.ram.iter().chain(self.mmio.iter()).copied().collect();
+        let mut cand = 0xfff0_0000u64 - SCRATCH_SIZE;
+        while cand >= 0x10_0000 {
+            if taken
+                .iter()
+                .all(|&(b, s)| cand + SCRATCH_SIZE <= b || cand >= b + s)
+            {
+                return Ok(cand);
+            }
+            cand -= 0x10_0000;
+        }
+        Err(BackendError::Other(
+            "mmurr-emu: no free guest-physical window below 4 GiB for the entry trampoline".into(),
+        ))
+    }
+
+    /// Brings the CPU from its pristine state to `entry` with the trampoline, then applies
+    /// the rest of `entry` as the host would. Returns the fields the host had to fix up beyond
+    /// control registers, GPRs and flags.
+    pub fn enter(&mut self, entry: &Regs) -> Result<Vec<String>, BackendError> {
+        self.pristine
+            .restore(&self.uc)
+            .map_err(|e| engine_err("context restore", e))?;
+        let base = self.scratch_base()?;
+        let t = trampoline::build(entry, base).map_err(BackendError::Other)?;
+        self.uc
+            .mem_map(base, SCRATCH_SIZE, Prot::ALL)
+            .map_err(|e| engine_err("mem_map scratch", e))?;
+        let run = (|| -> Result<(), BackendError> {
+            for (off, bytes) in &t.writes {
+                self.uc
+                    .mem_write(base + off, bytes)
+                    .map_err(|e| engine_err("mem_write scratch", e))?;
+            }
+            if t.mode != EntryMode::Long {
+                // Leave Unicorn's initial 64-bit state the architectural way QEMU knows:
+                // enable then disable paging with long mode enabled (clears LMA), then clear
+                // EFER.LME. Nothing executes in between.
+                self.w(RegisterX86::CR4, 0x20)?;
+                self.w(RegisterX86::CR0, 0x8000_0011)?;
+                self.w(RegisterX86::CR0, 0x11)?;
+                ctx::msr_write(&self.uc, MSR_EFER, 0).map_err(|e| engine_err("EFER write", e))?;
+                self.w(RegisterX86::CR4, 0)?;
+            }
+            let mut rip = t.start;
+            let cs_sel = entry.seg[traces::regs::CS].selector;
+            for _ in 0..t.max_instructions {
+                self.uc.get_data_mut().intr = None;
+                self.uc
+                    .emu_start(rip, 0, 0, 1)
+                    .map_err(|e| engine_err("trampoline emu_start", e))?;
+                if let Some(v) = self.uc.get_data_mut().intr.take() {
+                    return Err(BackendError::Engine(format!(
+                        "mmurr-emu: the entry trampoline raised exception {v} at {rip:#x}; the entry state cannot be reached"
+                    )));
+                }
+                rip = self
+                    .uc
+                    .reg_read(RegisterX86::RIP)
+                    .map_err(|e| engine_err("reg read", e))?;
+                let cs = self
+                    .uc
+                    .reg_read(RegisterX86::CS)
+                    .map_err(|e| engine_err("reg read", e))? as u16;
+                if rip == entry.rip && cs == cs_sel {
+                    return Ok(());
+                }
+            }
+            Err(BackendError::Engine(
+                "mmurr-emu: the entry trampoline did not reach the entry CS:RIP".into(),
+            ))
+        })();
+        let unmap = self.uc.mem_unmap(base, SCRATCH_SIZE);
+        // Translated trampoline code must not survive the unmapping.
+        let _ = self.uc.ctl_flush_tb();
+        run?;
+        unmap.map_err(|e| engine_err("mem_unmap scratch", e))?;
+        self.uc.get_data_mut().writes.clear();
+
+        let reached = self.read_regs_from_ctx()?;
+        let mut fixups = Vec::new();
+        for n in 0..6 {
+            // FS/GS bases above 4 GiB (long mode) are host-set by design, not a fix-up.
+            let base_only = n >= 4
+                && t.mode == EntryMode::Long
+                && Segment {
+                    base: entry.seg[n].base,
+                    ..reached.seg[n]
+                } == entry.seg[n];
+            if reached.seg[n] != entry.seg[n] && !base_only {
+                fixups.push(["es", "cs", "ss", "ds", "fs", "gs"][n].to_string());
+            }
+        }
+        self.set_regs(entry)?;
+        Ok(fixups)
+    }
+
+    fn w(&mut self, r: RegisterX86, v: u64) -> Result<(), BackendError> {
+        self.uc
+            .reg_write(r, v)
+            .map_err(|e| engine_err("reg write", e))
+    }
+
+    /// Reads guest-linear memory the way the engine sees it (for decoding only).
+    fn read_linear(&mut self, la: u64, buf: &mut [u8]) -> usize {
+        let mut done = 0;
+        while done < buf.len() {
+            let a = la.wrapping_add(done as u64);
+            let chunk = ((0x1000 - (a & 0xfff)) as usize).min(buf.len() - done);
+            match self.uc.vmem_translate(a, Prot::EXEC) {
+                Ok(pa) => {
+                    if self.uc.mem_read(pa, &mut buf[done..done + chunk]).is_err() {
+                        break;
+                    }
+                }
+                Err(_) => break,
+            }
+            done += chunk;
+        }
+        done
+    }
+
+    fn bitness(&mut self) -> u32 {
+        let hf = self.ctx.hflags();
+        if hf & ctx::HF_CS64_MASK != 0 {
+            64
+        } else if hf & ctx::HF_CS32_MASK != 0 {
+            32
+        } else {
+            16
+        }
+    }
+
+    fn decode_at_rip(&mut self) -> Result<(u64, Option<Decoded>), BackendError> {
+        self.save()?;
+        let rip = self.ctx.u64_at(OFF_EIP);
+        let cs_base = self.ctx.seg(1).base;
+        let bits = self.bitness();
+        let la = if bits == 64 {
+            rip
+        } else {
+            (cs_base.wrapping_add(rip)) & 0xffff_ffff
+        };
+        let mut bytes = [0u8; 15];
+        let n = self.read_linear(la, &mut bytes);
+        let dx = self.ctx.u64_at(OFF_REGS + 8 * 2) as u16;
+        Ok((rip, decode::decode(&bytes[..n], bits, rip, dx)))
+    }
+
+    fn reset_hook_state(&mut self) {
+        let st = self.uc.get_data_mut();
+        st.writes.clear();
+        st.untranslated_write = false;
+        st.out = None;
+        st.in_unanswered = None;
+        st.intr = None;
+        st.mmio_read = None;
+        st.mmio_write = None;
+        st.unmapped = None;
+    }
+
+    /// One `emu_start` of one instruction from the current RIP.
+    fn run_one(&mut self) -> Result<(), BackendError> {
+        let rip = self
+            .uc
+            .reg_read(RegisterX86::RIP)
+            .map_err(|e| engine_err("reg read", e))?;
+        match self.uc.emu_start(rip, 0, 0, 1) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                if let Some((ty, addr, size)) = self.uc.get_data_mut().unmapped.take() {
+                    return Err(BackendError::Engine(format!(
+                        "mmurr-emu: the guest accessed unmapped address {addr:#x} ({size} bytes, {ty:?}) at RIP {rip:#x}; \
+                         only RAM and declared MMIO regions exist in the emu backend"
+                    )));
+                }
+                Err(BackendError::Engine(format!(
+                    "mmurr-emu: Unicorn stopped at RIP {rip:#x}: {e:?} ({e})"
+                )))
+            }
+        }
+    }
+
+    fn take_written(&mut self) -> Written {
+        let st = self.uc.get_data_mut();
+        if st.untranslated_write {
+            return Written::Unknown;
+        }
+        let mut w = std::mem::take(&mut st.writes);
+        w.extend(self.carried_writes.drain(..));
+        Written::Ranges(w)
+    }
+
+    /// Executes the instruction at RIP (an `in` must have its value in the hook state) and
+    /// handles what happened. `d` is its decoding (None if undecodable).
+    fn execute(&mut self, d: Option<Decoded>, before: &Regs) -> Result<Exit, BackendError> {
+        let snapshot = if self.mmio.is_empty() {
+            None
+        } else {
+            let mut s = Ctx::alloc(&self.uc).map_err(|e| engine_err("context alloc", e))?;
+            s.save(&self.uc)
+                .map_err(|e| engine_err("context save", e))?;
+            Some(s)
+        };
+        self.run_one()?;
+        // An MMIO read needs the VMM's answer: undo the attempt and ask.
+        if let Some((gpa, size)) = self.uc.get_data_mut().mmio_read.take() {
+            if let Some(s) = snapshot {
+                s.restore(&self.uc)
+                    .map_err(|e| engine_err("context restore", e))?;
+            }
+            self.uc.get_data_mut().writes.clear();
+            self.pending_mmio = true;
+            return Ok(Exit::MmioRead { gpa, size });
+        }
+        if let Some((port, size)) = self.uc.get_data_mut().in_unanswered.take() {
+            return Err(BackendError::Engine(format!(
+                "mmurr-emu: an `in` from port {port:#x} (size {size}) at RIP {:#x} ran without a value \
+                 (the instruction was not recognised before execution)",
+                before.rip
+            )));
+        }
+        if let Some(vector) = self.uc.get_data_mut().intr.take() {
+            return self.deliver(vector, d, before);
+        }
+        // KVM-consistent rep: finish the instruction in the same step when the count ran out.
+        if let Some(a) = d.and_then(|d| d.rep_addr_size) {
+            let rip = self
+                .uc
+                .reg_read(RegisterX86::RIP)
+                .map_err(|e| engine_err("reg read", e))?;
+            let rcx = self
+                .uc
+                .reg_read(RegisterX86::RCX)
+                .map_err(|e| engine_err("reg read", e))?;
+            let mask = match a {
+                16 => 0xffff,
+                32 => 0xffff_ffff,
+                _ => u64::MAX,
+            };
+            if rip == before.rip && rcx & mask == 0 {
+                let out = self.uc.get_data_mut().out.take();
+                self.run_one()?;
+                if let Some(o) = out {
+                    self.uc.get_data_mut().out = Some(o);
+                }
+            }
+        }
+        if let Some(d) = d {
+            if let Kind::MovCr(n) = d.kind {
+                self.after_mov_cr(n, before)?;
+            }
+        }
+        if let Some((gpa, size, data)) = self.uc.get_data_mut().mmio_write.take() {
+            return Ok(Exit::MmioWrite { gpa, size, data });
+        }
+        if let Some((port, size, data)) = self.uc.get_data_mut().out.take() {
+            return Ok(Exit::IoOut { port, size, data });
+        }
+        if matches!(d.map(|d| d.kind), Some(Kind::Hlt)) {
+            return Ok(Exit::Halted);
+        }
+        Ok(Exit::Stepped)
+    }
+
+    /// PDPTE registers are loaded by MOV to CR3 under PAE paging, and by MOV to CR0/CR4 that
+    /// changes PG, CD, NW, PAE, PGE, PSE or SMEP and leaves PAE paging active (SDM 4.4.1).
+    /// Unicorn re-reads the PDPT on every walk instead; we keep the architectural registers.
+    fn after_mov_cr(&mut self, n: u8, before: &Regs) -> Result<(), BackendError> {
+        self.save()?;
+        let (cr0, cr3, cr4) = (self.ctx.cr(0), self.ctx.cr(3), self.ctx.cr(4));
+        let efer = self.ctx.u64_at(self.layout.efer);
+        let pae_paging = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && efer & EFER_LMA == 0;
+        if !pae_paging {
+            return Ok(());
+        }
+        let load = match n {
+            3 => true,
+            0 => (cr0 ^ before.cr0) & ((1 << 31) | (1 << 30) | (1 << 29)) != 0,
+            4 => (cr4 ^ before.cr4) & ((1 << 5) | (1 << 7) | (1 << 4) | (1 << 20)) != 0,
+            _ => false,
+        };
+        if load {
+            let base = cr3 & 0xffff_ffe0;
+            let mut buf = [0u8; 32];
+            if self.uc.mem_read(base, &mut buf).is_ok() {
+                for i in 0..4 {
+                    self.pdptrs[i] =
+                        u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn deliver(
+        &mut self,
+        vector: u32,
+        d: Option<Decoded>,
+        before: &Regs,
+    ) -> Result<Exit, BackendError> {
+        let software = d.is_some_and(|d| {
+            matches!(
+                d.instr.mnemonic(),
+                iced_x86::Mnemonic::Int
+                    | iced_x86::Mnemonic::Int3
+                    | iced_x86::Mnemonic::Into
+                    | iced_x86::Mnemonic::Int1
+            )
+        }) && self.uc.reg_read(RegisterX86::RIP).ok() != Some(before.rip);
+        let error_code = if exceptions::has_error_code(vector) && !software {
+            Some(self.pending_error_code()?)
+        } else {
+            None
+        };
+        let regs = self.read_regs_from_ctx()?;
+        let mut mem = exceptions::Mem { uc: &mut self.uc };
+        match exceptions::deliver(&mut mem, &regs, vector as u8, error_code, software) {
+            exceptions::Outcome::Delivered(new, info) => {
+                self.apply_delivery(&new)?;
+                self.delivered.push(info);
+                Ok(Exit::Stepped)
+            }
+            exceptions::Outcome::Shutdown => Ok(Exit::Shutdown),
+            exceptions::Outcome::Unsupported(msg) => Err(BackendError::Engine(format!(
+                "mmurr-emu: exception {vector} (error code {error_code:?}) at RIP {:#x}: {msg} — Unicorn does not \
+                 deliver exceptions itself and mmurr-emu cannot deliver this one",
+                before.rip
+            ))),
+        }
+    }
+
+    /// Writes the registers an exception delivery changed.
+    fn apply_delivery(&mut self, r: &Regs) -> Result<(), BackendError> {
+        self.save()?;
+        for i in 0..16 {
+            self.ctx.set_u64(OFF_REGS + 8 * i, r.gpr[i]);
+        }
+        self.ctx.set_u64(OFF_EIP, r.rip);
+        let vm = r.rflags & (1 << 17) != 0;
+        self.ctx
+            .load_seg_cache(1, cache_from_segment(&r.seg[1]), vm);
+        self.ctx
+            .load_seg_cache(2, cache_from_segment(&r.seg[2]), vm);
+        self.ctx
+            .restore(&self.uc)
+            .map_err(|e| engine_err("context restore", e))?;
+        self.w(RegisterX86::RFLAGS, r.rflags)?;
+        Ok(())
+    }
+
+    /// CPUID as the guest sees it under Unicorn, for the main leaves.
+    pub fn probe_cpuid() -> Result<Vec<CpuidEntry>, BackendError> {
+        let mut uc = Unicorn::new(Arch::X86, Mode::MODE_64).map_err(|e| engine_err("open", e))?;
+        uc.mem_map(0x1000, 0x1000, Prot::ALL)
+            .map_err(|e| engine_err("mem_map", e))?;
+        uc.mem_write(0x1000, &[0x0f, 0xa2])
+            .map_err(|e| engine_err("mem_write", e))?;
+        let mut run = |leaf: u32, sub: u32| -> Result<CpuidEntry, BackendError> {
+            uc.reg_write(RegisterX86::RAX, leaf as u64)
+                .map_err(|e| engine_err("reg write", e))?;
+            uc.reg_write(RegisterX86::RCX, sub as u64)
+                .map_err(|e| engine_err("reg write", e))?;
+            uc.emu_start(0x1000, 0, 0, 1)
+                .map_err(|e| engine_err("cpuid", e))?;
+            let g = |r| uc.reg_read(r).unwrap_or(0) as u32;
+            Ok(CpuidEntry {
+                function: leaf,
+                index: sub,
+                eax: g(RegisterX86::RAX),
+                ebx: g(RegisterX86::RBX),
+                ecx: g(RegisterX86::RCX),
+                edx: g(RegisterX86::RDX),
+            })
+        };
+        let max = run(0, 0)?.eax.min(0x20);
+        let mut out = Vec::new();
+        for leaf in 0..=max {
+            out.push(run(leaf, 0)?);
+        }
+        let maxe = run(0x8000_0000, 0)?.eax.clamp(0x8000_0000, 0x8000_0020);
+        for leaf in 0x8000_0000..=maxe {
+            out.push(run(leaf, 0)?);
+        }
+        Ok(out)
+    }
+
+    fn cpu_identity() -> (String, String, u32, u32, u32) {
+        let Ok(c) = Self::probe_cpuid() else {
+            return (String::new(), String::new(), 0, 0, 0);
+        };
+        let leaf = |f: u32| c.iter().find(|e| e.function == f);
+        let mut vendor = String::new();
+        if let Some(l0) = leaf(0) {
+            for r in [l0.ebx, l0.edx, l0.ecx] {
+                vendor.extend(r.to_le_bytes().iter().map(|&b| b as char));
+            }
+        }
+        let mut name = Vec::new();
+        for f in 0x8000_0002..=0x8000_0004 {
+            if let Some(l) = leaf(f) {
+                for r in [l.eax, l.ebx, l.ecx, l.edx] {
+                    name.extend_from_slice(&r.to_le_bytes());
+                }
+            }
+        }
+        let name = String::from_utf8_lossy(&name)
+            .trim_matches(char::from(0))
+            .trim()
+            .to_string();
+        let (mut fam, mut model, mut step) = (0, 0, 0);
+        if let Some(l1) = leaf(1) {
+            let a = l1.eax;
+            fam = (a >> 8) & 0xf;
+            model = (a >> 4) & 0xf;
+            step = a & 0xf;
+            if fam == 0xf {
+                fam += (a >> 20) & 0xff;
+            }
+            if fam >= 6 {
+                model |= ((a >> 16) & 0xf) << 4;
+            }
+        }
+        (vendor, name, fam, model, step)
+    }
+}
+
+fn unsafe_version() -> u32 {
+    let (mut maj, mut min) = (0u32, 0u32);
+    // SAFETY: uc_version only writes the two out-parameters.
+    unsafe { unicorn_engine::unicorn_const::uc_version(&mut maj, &mut min) }
+}
+
+/// Records a guest write at linear `addr` as guest-physical ranges, splitting at page
+/// boundaries (each page translated on its own, while the write's TLB entry is live).
+fn record_write(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u64) {
+    let mut done = 0;
+    while done < size {
+        let a = addr.wrapping_add(done);
+        let chunk = (0x1000 - (a & 0xfff)).min(size - done);
+        match uc.vmem_translate(a, Prot::WRITE) {
+            Ok(pa) => {
+                let st = uc.get_data_mut();
+                if in_ram(&st.ram, pa, chunk) {
+                    st.writes.push((pa, chunk));
+                }
+            }
+            Err(_) => uc.get_data_mut().untranslated_write = true,
+        }
+        done += chunk;
+    }
+}
+
+impl Backend for EmuBackend {
+    fn info(&self) -> BackendInfo {
+        let (cpu_vendor, cpu_model_name, cpu_family, cpu_model, cpu_stepping) =
+            Self::cpu_identity();
+        let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        BackendInfo {
+            kind: BackendKind::Emu,
+            engine: Self::engine_version(),
+            host_kernel,
+            cpu_vendor,
+            cpu_model_name,
+            cpu_family,
+            cpu_model,
+            cpu_stepping,
+            kvm_facts: Vec::new(),
+        }
+    }
+
+    fn load(&mut self, guest: &GuestSpec) -> Result<(), BackendError> {
+        if self.loaded {
+            return Err(BackendError::Other(
+                "mmurr-emu: a backend loads one guest; open a new one".into(),
+            ));
+        }
+        self.map_memory(guest)?;
+        for l in &guest.loads {
+            let blob = guest.blobs.get(l.blob as usize).ok_or_else(|| {
+                BackendError::Other(format!(
+                    "mmurr-emu: load refers to blob {} which does not exist",
+                    l.blob
+                ))
+            })?;
+            if !self.write_phys(l.gpa, &blob.data) {
+                return Err(BackendError::Other(format!(
+                    "mmurr-emu: blob {} ({} bytes) at {:#x} does not fit guest RAM",
+                    blob.name,
+                    blob.data.len(),
+                    l.gpa
+                )));
+            }
+        }
+        self.entry_fixups = self.enter(&guest.entry)?;
+        self.loaded = true;
+        Ok(())
+    }
+
+    fn regs(&mut self) -> Result<Regs, BackendError> {
+        self.read_regs_from_ctx()
+    }
+
+    fn set_regs(&mut self, r: &Regs) -> Result<(), BackendError> {
+        let cur = self.read_regs_from_ctx()?;
+        // Control registers and EFER through QEMU's own update functions, in an order that
+        // lets CR0.PG switch long mode on or off the way the guest would.
+        if cur.cr4 != r.cr4 {
+            self.w(RegisterX86::CR4, r.cr4)?;
+        }
+        if cur.efer & !EFER_LMA != r.efer & !EFER_LMA {
+            ctx::msr_write(&self.uc, MSR_EFER, r.efer).map_err(|e| engine_err("EFER write", e))?;
+        }
+        if cur.cr3 != r.cr3 {
+            self.w(RegisterX86::CR3, r.cr3)?;
+        }
+        if cur.cr0 != r.cr0 {
+            self.w(RegisterX86::CR0, r.cr0)?;
+        }
+        self.save()?;
+        let c = &mut self.ctx;
+        // EFER.LMA cannot be written through WRMSR; set it (and QEMU's LMA hidden flag) directly
+        // when the requested state has it without a paging transition.
+        let efer_now = c.u64_at(self.layout.efer);
+        if efer_now != r.efer {
+            c.set_u64(self.layout.efer, r.efer);
+            let hf = c.hflags();
+            let hf = if r.efer & EFER_LMA != 0 {
+                hf | HF_LMA_MASK
+            } else {
+                hf & !(HF_LMA_MASK | ctx::HF_CS64_MASK)
+            };
+            c.set_u32(OFF_HFLAGS, hf);
+        }
+        for i in 0..16 {
+            c.set_u64(OFF_REGS + 8 * i, r.gpr[i]);
+        }
+        c.set_u64(OFF_EIP, r.rip);
+        c.set_u64(OFF_CR + 16, r.cr2);
+        c.set_u64(OFF_CR + 64, r.cr8);
+        c.set_u64(self.layout.xcr0, r.xcr0);
+        c.set_u32(self.layout.pkru, r.pkru);
+        let vm = r.rflags & (1 << 17) != 0;
+        // CS first (it decides the code size QEMU's other flags depend on), SS last (CPL).
+        for n in [1usize, 0, 3, 4, 5, 2] {
+            let want: SegCache = cache_from_segment(&r.seg[n]);
+            if c.seg(n) != want || n == 1 || n == 2 {
+                c.load_seg_cache(n, want, vm);
+            }
+        }
+        c.put_system_seg(6, cache_from_segment(&r.ldtr));
+        c.put_system_seg(7, cache_from_segment(&r.tr));
+        c.put_dtable(false, r.gdtr.base, r.gdtr.limit);
+        c.put_dtable(true, r.idtr.base, r.idtr.limit);
+        self.ctx
+            .restore(&self.uc)
+            .map_err(|e| engine_err("context restore", e))?;
+        self.w(RegisterX86::RFLAGS, r.rflags)?;
+        if cur.kernel_gs_base != r.kernel_gs_base {
+            ctx::msr_write(&self.uc, MSR_KERNEL_GS_BASE, r.kernel_gs_base)
+                .map_err(|e| engine_err("MSR write", e))?;
+        }
+        self.pdptrs = r.pdptrs;
+        let _ = self.uc.ctl_flush_tlb();
+        Ok(())
+    }
+
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        in_ram(&self.ram, gpa, buf.len() as u64) && self.uc.mem_read(gpa, buf).is_ok()
+    }
+
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool {
+        in_ram(&self.ram, gpa, data.len() as u64) && self.uc.mem_write(gpa, data).is_ok()
+    }
+
+    fn ram_size(&self) -> u64 {
+        self.ram_size
+    }
+
+    fn step(&mut self) -> Result<StepResult, BackendError> {
+        if !self.loaded {
+            return Err(BackendError::Other("mmurr-emu: step before load".into()));
+        }
+        if let Some((port, size)) = self.pending_in {
+            return Err(BackendError::Other(format!(
+                "mmurr-emu: step while an `in` from port {port:#x} (size {size}) awaits complete_io_in"
+            )));
+        }
+        if self.pending_mmio {
+            return Err(BackendError::Other(
+                "mmurr-emu: step while an MMIO read awaits complete_mmio_read".into(),
+            ));
+        }
+        self.reset_hook_state();
+        let before = self.read_regs_from_ctx()?;
+        let (_, d) = self.decode_at_rip()?;
+        if let Some(d) = d {
+            let count_zero = |a: u32| {
+                let mask = match a {
+                    16 => 0xffff,
+                    32 => 0xffff_ffff,
+                    _ => u64::MAX,
+                };
+                before.gpr[1] & mask == 0
+            };
+            match d.kind {
+                Kind::In { port, size } => {
+                    self.pending_in = Some((port, size));
+                    return Ok(StepResult {
+                        exit: Exit::IoIn { port, size },
+                        written: Written::Ranges(Vec::new()),
+                    });
+                }
+                Kind::Ins { port, size } if !d.rep_addr_size.is_some_and(count_zero) => {
+                    self.pending_in = Some((port, size));
+                    return Ok(StepResult {
+                        exit: Exit::IoIn { port, size },
+                        written: Written::Ranges(Vec::new()),
+                    });
+                }
+                _ => {}
+            }
+        }
+        let exit = self.execute(d, &before)?;
+        let written = self.take_written();
+        Ok(StepResult { exit, written })
+    }
+
+    fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError> {
+        if self.pending_in.take().is_none() {
+            return Err(BackendError::Other(
+                "mmurr-emu: complete_io_in without a pending `in`".into(),
+            ));
+        }
+        self.reset_hook_state();
+        let before = self.read_regs_from_ctx()?;
+        let (_, d) = self.decode_at_rip()?;
+        self.uc.get_data_mut().in_value = Some(data);
+        let exit = self.execute(d, &before)?;
+        self.uc.get_data_mut().in_value = None;
+        if let Written::Ranges(w) = self.take_written() {
+            self.carried_writes = w;
+        }
+        match exit {
+            Exit::Stepped => Ok(()),
+            other => Err(BackendError::Engine(format!(
+                "mmurr-emu: completing the `in` at RIP {:#x} ended with {other:?}",
+                before.rip
+            ))),
+        }
+    }
+
+    fn complete_mmio_read(&mut self, data: u64) -> Result<(), BackendError> {
+        if !self.pending_mmio {
+            return Err(BackendError::Other(
+                "mmurr-emu: complete_mmio_read without a pending MMIO read".into(),
+            ));
+        }
+        self.pending_mmio = false;
+        self.reset_hook_state();
+        let before = self.read_regs_from_ctx()?;
+        let (_, d) = self.decode_at_rip()?;
+        self.uc.get_data_mut().mmio_value = Some(data);
+        let exit = self.execute(d, &before)?;
+        self.uc.get_data_mut().mmio_value = None;
+        if let Written::Ranges(w) = self.take_written() {
+            self.carried_writes = w;
+        }
+        match exit {
+            Exit::Stepped => Ok(()),
+            other => Err(BackendError::Engine(format!(
+                "mmurr-emu: completing the MMIO read at RIP {:#x} ended with {other:?}",
+                before.rip
+            ))),
+        }
+    }
+}

@@ -1,0 +1,14 @@
+//! mmurr-emu: mmurr's reference emulator backend on Unicorn (QEMU's TCG core).
+//!
+//! This crate is GPL-2.0-only because it links Unicorn; it never links kvm-bindings (Apache-2.0
+//! only). The main `mmurr` binary runs the `mmurr-emu` executable as a child process for
+//! `--backend emu`.
+
+pub mod ctx;
+pub mod decode;
+pub mod engine;
+pub mod exceptions;
+pub mod regs;
+pub mod trampoline;
+
+pub use engine::EmuBackend;

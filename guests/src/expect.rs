@@ -15,6 +15,12 @@ pub enum ExpectedEvent {
 }
 
 /// A finding the recorder must report for one policy (under TDP).
+///
+/// The list of a scenario is what the scenario exists to provoke (stale contexts of the
+/// modelled regressions), not everything a policy may report: needless-reset findings, whose
+/// presence depends on the model's definition of "identical context", are not listed. A
+/// recorder test checks that every expected finding is reported, and that policies with none
+/// listed report no stale context.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ExpectedFinding {
     /// Policy name as the `mmu` crate spells it, e.g. `v5.1-rc3`.

@@ -525,3 +525,30 @@ fn cpu_features_from_cpuid() {
     let t = [e(0, 6, 0, 0, 0), e(7, 0, u32::MAX, u32::MAX, 0)];
     assert_eq!(CpuFeatures::from_cpuid(&t), CpuFeatures::none());
 }
+
+/// The v5.9-rc regression: a stale context at every write that sets CR4.SMAP or CR4.PKE.
+#[test]
+fn v59rc_findings_sit_on_smap_and_pke_sets() {
+    for f in all_feature_sets() {
+        for (name, smap_sets) in [("long-mode-toggles", 1), ("smap-pke-toggle", 2)] {
+            let s = scenario(name, &f).unwrap();
+            let want = if f.smap { smap_sets } else { 0 } + usize::from(f.pku);
+            assert_eq!(s.expected_findings.len(), want, "{name} {f:?}");
+            for fi in &s.expected_findings {
+                assert_eq!(fi.policy, "v5.9-rc");
+                assert_eq!(fi.kind, traces::FindingKind::StaleContext);
+                let ExpectedEvent::Cr {
+                    reg: ControlReg::Cr4,
+                    new,
+                } = s.expected[fi.at_event]
+                else {
+                    panic!("{name}: finding not at a CR4 write");
+                };
+                assert_ne!(new & (0x20_0000 | 0x40_0000), 0, "{name}: {new:#x}");
+            }
+        }
+        for name in ["long-mode-entry", "cr3-switch", "unpaged-cr4"] {
+            assert!(scenario(name, &f).unwrap().expected_findings.is_empty());
+        }
+    }
+}

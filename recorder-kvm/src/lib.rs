@@ -2,6 +2,7 @@
 //! (KVM_SET_GUEST_DEBUG single-step, state read through KVM_CAP_SYNC_REGS), and probes what
 //! this host's KVM can run.
 
+mod cpuid_probe;
 mod mapping;
 mod probe;
 mod regs;

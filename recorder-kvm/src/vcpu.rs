@@ -114,8 +114,8 @@ impl KvmBackend {
         self.refresh()
     }
 
-    /// `"int3" (cc)` for the instruction at RIP, from RAM through KVM_TRANSLATE.
-    fn instruction_at_rip(&mut self) -> String {
+    /// Up to 15 bytes at RIP, read from RAM through KVM_TRANSLATE when paging is on.
+    fn bytes_at_rip(&self) -> Vec<u8> {
         let cs = self.regs.seg[traces::regs::CS];
         let linear = if self.regs.efer & EFER_LMA != 0 && cs.attrs & (1 << 13) != 0 {
             self.regs.rip
@@ -125,24 +125,45 @@ impl KvmBackend {
         let gpa = if self.regs.cr0 & CR0_PG != 0 {
             match self.vcpu.as_ref().map(|v| v.translate_gva(linear)) {
                 Some(Ok(t)) if t.valid != 0 => t.physical_address,
-                _ => return "(instruction bytes not readable)".into(),
+                _ => return Vec::new(),
             }
         } else {
             linear
         };
         let mut bytes = [0u8; 15];
         let Some(ram) = &self.ram else {
-            return String::new();
+            return Vec::new();
         };
         let n = (0..=15)
             .rev()
             .find(|&n| ram.read(gpa, &mut bytes[..n]))
             .unwrap_or(0);
+        bytes[..n].to_vec()
+    }
+
+    /// `"int3" (cc)` for the instruction at RIP.
+    fn instruction_at_rip(&self) -> String {
         recorder::insn::describe(
-            &bytes[..n],
+            &self.bytes_at_rip(),
             recorder::insn::bitness(&self.regs),
             self.regs.rip,
         )
+    }
+
+    /// The paging mode the instruction at RIP tries to enter, if it is a CR0/CR4 write that
+    /// would turn on legacy (32-bit or PAE) paging.
+    fn entering_legacy_paging(&self) -> Option<&'static str> {
+        let bytes = self.bytes_at_rip();
+        let insn =
+            recorder::insn::decode(&bytes, recorder::insn::bitness(&self.regs), self.regs.rip)?;
+        let w = recorder::planned_write(&insn, &self.regs)?;
+        let (cr0, cr4) = match w.reg {
+            traces::ControlReg::Cr0 => (w.attempted, self.regs.cr4),
+            traces::ControlReg::Cr4 => (self.regs.cr0, w.attempted),
+            _ => return None,
+        };
+        let legacy = cr0 & CR0_PG != 0 && self.regs.efer & EFER_LME == 0;
+        legacy.then_some(if cr4 & CR4_PAE != 0 { "PAE" } else { "32-bit" })
     }
 
     fn engine_failure(&mut self) -> BackendError {
@@ -282,7 +303,10 @@ impl Backend for KvmBackend {
         }
         vcpu.set_cpuid2(&cpuid)
             .map_err(ioctl_err("KVM_SET_CPUID2"))?;
-        self.cpuid = cpuid_entries(&cpuid);
+        // What the guest's CPUID instruction returns can differ from the table (PVM): the
+        // trace records what the guest sees.
+        self.cpuid = crate::cpuid_probe::guest_visible(&self.kvm, &cpuid)
+            .unwrap_or_else(|_| cpuid_entries(&cpuid));
 
         let sregs = vcpu.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
         vcpu.set_sregs(&kvm_sregs_of(&guest.entry, &sregs))
@@ -455,18 +479,25 @@ impl Backend for KvmBackend {
                 Ok(VcpuExit::Shutdown) => {
                     let was_legacy = self.in_legacy_paging();
                     self.refresh()?;
-                    if self.report.pvm && (was_legacy || self.in_legacy_paging()) {
-                        return Err(BackendError::HostUnsupported(format!(
-                            "KVM_EXIT_SHUTDOWN at RIP {:#x} right after the guest enabled {} \
-                             paging: this host's KVM (a PVM variant with shadow paging) cannot \
-                             run 32-bit or PAE paging guests; record with --backend emu",
-                            self.regs.rip,
-                            if self.regs.cr4 & CR4_PAE != 0 {
-                                "PAE"
-                            } else {
-                                "32-bit"
-                            }
-                        )));
+                    if self.report.pvm {
+                        // Either the CR write entering legacy paging itself shut down, or the
+                        // first instruction after it did.
+                        let mode = self.entering_legacy_paging().or_else(|| {
+                            (was_legacy || self.in_legacy_paging()).then_some(
+                                if self.regs.cr4 & CR4_PAE != 0 {
+                                    "PAE"
+                                } else {
+                                    "32-bit"
+                                },
+                            )
+                        });
+                        if let Some(mode) = mode {
+                            return Err(BackendError::HostUnsupported(format!(
+                                "KVM_EXIT_SHUTDOWN at RIP {:#x} ({}) as the guest entered {mode} paging: this host's KVM (a PVM variant with shadow paging) cannot run 32-bit or PAE paging guests; record with --backend emu",
+                                self.regs.rip,
+                                self.instruction_at_rip()
+                            )));
+                        }
                     }
                     return stepped(Exit::Shutdown);
                 }

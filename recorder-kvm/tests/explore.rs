@@ -49,3 +49,60 @@ fn explore_exits() {
         }
     }
 }
+
+#[test]
+fn explore_cpuid() {
+    require_kvm!();
+    let mut b = KvmBackend::new(probe()).unwrap();
+    b.load(&common::long_mode_guest(&[0x90])).unwrap();
+    for e in b
+        .cpuid()
+        .iter()
+        .filter(|e| e.function == 0 || e.function == 7 || e.function == 1)
+    {
+        eprintln!("{e:x?}");
+    }
+    eprintln!("{:?}", guests::CpuFeatures::from_cpuid(&b.cpuid()));
+}
+
+#[test]
+fn explore_guest_cpuid() {
+    require_kvm!();
+    for (leaf, sub) in [
+        (0u32, 0u32),
+        (1, 0),
+        (7, 0),
+        (0x8000_0001, 0),
+        (0x8000_0008, 0),
+    ] {
+        let code = common::asm64(|a| {
+            a.mov(eax, leaf).unwrap();
+            a.mov(ecx, sub).unwrap();
+            a.cpuid().unwrap();
+            a.nop().unwrap();
+        });
+        let mut b = KvmBackend::new(probe()).unwrap();
+        b.load(&common::long_mode_guest(&code)).unwrap();
+        for _ in 0..3 {
+            b.step().unwrap();
+        }
+        let r = b.regs().unwrap();
+        let host = unsafe { std::arch::x86_64::__cpuid_count(leaf, sub) };
+        let kvm = b
+            .cpuid()
+            .into_iter()
+            .find(|e| e.function == leaf && e.index == sub);
+        eprintln!(
+            "leaf {leaf:#x}: guest {:x} {:x} {:x} {:x} | host {:x} {:x} {:x} {:x} | kvm {:x?}",
+            r.gpr[0],
+            r.gpr[3],
+            r.gpr[1],
+            r.gpr[2],
+            host.eax,
+            host.ebx,
+            host.ecx,
+            host.edx,
+            kvm.map(|e| (e.eax, e.ebx, e.ecx, e.edx))
+        );
+    }
+}

@@ -92,6 +92,61 @@ pub fn operand_accesses(
         .collect()
 }
 
+/// Descriptor-table reads a step made implicitly: the GDT/LDT descriptor of every segment
+/// register (and TR/LDTR) the instruction loaded. The CPU sets the descriptor's accessed bit,
+/// and walks (setting A bits in page tables) to reach it.
+pub fn descriptor_accesses(
+    factory: &mut InstructionInfoFactory,
+    insn: &Instruction,
+    before: &Regs,
+    after: &Regs,
+) -> Vec<LinearAccess> {
+    let info = factory.info(insn);
+    let written = |reg: Register| {
+        info.used_registers().iter().any(|u| {
+            u.register() == reg
+                && matches!(
+                    u.access(),
+                    OpAccess::Write | OpAccess::ReadWrite | OpAccess::CondWrite
+                )
+        })
+    };
+    let sregs = [
+        Register::ES,
+        Register::CS,
+        Register::SS,
+        Register::DS,
+        Register::FS,
+        Register::GS,
+    ];
+    let mut selectors: Vec<u16> = Vec::new();
+    for (i, reg) in sregs.into_iter().enumerate() {
+        if before.seg[i] != after.seg[i] || written(reg) {
+            selectors.push(after.seg[i].selector);
+        }
+    }
+    if before.tr != after.tr {
+        selectors.push(after.tr.selector);
+    }
+    if before.ldtr != after.ldtr {
+        selectors.push(after.ldtr.selector);
+    }
+    // Real mode and virtual-8086 segments have no descriptors.
+    if after.cr0 & 1 == 0 {
+        return Vec::new();
+    }
+    selectors
+        .into_iter()
+        .filter(|&s| s & !3 != 0 && s & 4 == 0)
+        .map(|s| LinearAccess {
+            linear: after.gdtr.base.wrapping_add((s & !7) as u64),
+            // 16 bytes covers the system descriptors (TSS, LDT) of IA-32e mode.
+            len: if after.efer & (1 << 10) != 0 { 16 } else { 8 },
+            access: mmu::Access::Write,
+        })
+        .collect()
+}
+
 /// The linear address of RIP.
 pub fn fetch_linear(regs: &Regs) -> u64 {
     if insn::bitness(regs) == 64 {

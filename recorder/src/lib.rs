@@ -19,5 +19,6 @@ pub mod to_trace;
 mod tracer;
 
 pub use backend::{Backend, BackendError, Exit, StepResult, Written};
+pub use cr_watch::{planned_write, PlannedWrite};
 pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};
 pub use record::{record, resolve_policies};

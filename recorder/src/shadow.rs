@@ -106,6 +106,24 @@ impl Shadow {
     }
 }
 
+impl mmu::GuestMemory for Shadow {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let Ok(start) = usize::try_from(gpa) else {
+            return false;
+        };
+        match start
+            .checked_add(buf.len())
+            .and_then(|end| self.bytes.get(start..end))
+        {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

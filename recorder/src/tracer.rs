@@ -402,6 +402,7 @@ impl<'a> Tracer<'a> {
                 r.extend(plan.ad_entries.iter().map(|&(gpa, len)| (gpa, len as u64)));
                 if let Some(i) = &plan.insn {
                     r.extend(self.string_writes(i, before, after));
+                    r.extend(self.implicit_writes(i, before, after));
                 }
                 r
             }
@@ -436,6 +437,46 @@ impl<'a> Tracer<'a> {
         for w in &out {
             self.shadow.apply(w);
         }
+        out
+    }
+
+    /// Writes the CPU makes on its own: descriptor accessed bits (and the page-table A bits on
+    /// the way to them) for segment loads, and the frame an exception or interrupt pushes.
+    fn implicit_writes(&mut self, i: &Instruction, before: &Regs, after: &Regs) -> Vec<(u64, u64)> {
+        let mut linear = accesses::descriptor_accesses(&mut self.factory, i, before, after);
+        let entered_handler = i.flow_control() == iced_x86::FlowControl::Next
+            && after.rip != i.next_ip()
+            && after.rip != before.rip;
+        if entered_handler || i.mnemonic() == Mnemonic::Int || i.mnemonic() == Mnemonic::Int3 {
+            // The pushed frame lies between the new RSP and (at most) 48 bytes above it.
+            linear.push(LinearAccess {
+                linear: after.gpr[4],
+                len: 48,
+                access: mmu::Access::Write,
+            });
+            let gate = if after.efer & (1 << 10) != 0 { 16 } else { 8 };
+            let idt = (after.idtr.limit as u64 + 1).min(256 * gate);
+            linear.push(LinearAccess {
+                linear: after.idtr.base,
+                len: idt,
+                access: mmu::Access::Read,
+            });
+        }
+        // Walk over the memory as the trace knows it so far: the A/D bits this step set are
+        // the ones still clear there.
+        let mem = &self.shadow;
+        let mut out = Vec::new();
+        let mut ad = Vec::new();
+        for a in linear {
+            if let Some(r) =
+                accesses::translate_range(after, &self.cpu, mem, a.linear, a.len, a.access, &mut ad)
+            {
+                if a.access == mmu::Access::Write {
+                    out.extend(r);
+                }
+            }
+        }
+        out.extend(ad.into_iter().map(|(gpa, len)| (gpa, len as u64)));
         out
     }
 

@@ -15,12 +15,15 @@ use recorder::{Backend, BackendError, Exit, StepResult, Written};
 use traces::{
     BackendInfo, BackendKind, CpuidEntry, DescriptorTable, GuestSpec, RegionKind, Regs, Segment,
 };
-use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot};
+use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot, X86CpuModel};
 use unicorn_engine::{RegisterX86, Unicorn};
 
 pub const MSR_EFER: u32 = 0xC000_0080;
 const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 const EFER_LMA: u64 = 1 << 10;
+/// The emulated CPU: Icelake-Server, filtered by what QEMU's TCG implements, offers every
+/// paging feature TCG has (SMEP, SMAP, PKU, LA57, NX, 1 GiB pages), so all scenarios run.
+const CPU_MODEL: X86CpuModel = X86CpuModel::ICELAKE_SERVER;
 
 /// What the hooks saw during one `emu_start`.
 #[derive(Default)]
@@ -41,6 +44,21 @@ pub struct HookState {
     pub mmio_write: Option<(u64, u8, u64)>,
     pub unmapped: Option<(MemType, u64, usize)>,
     pub ram: Vec<(u64, u64)>,
+    /// Linear pages the step read or wrote (for the accessed/dirty bits the engine's page
+    /// walks set, which no write hook reports).
+    pub touched: Vec<u64>,
+}
+
+impl HookState {
+    pub fn touch(&mut self, la: u64, len: u64) {
+        let first = la & !0xfff;
+        let last = la.wrapping_add(len.max(1) - 1) & !0xfff;
+        for p in [first, last] {
+            if !self.touched.contains(&p) {
+                self.touched.push(p);
+            }
+        }
+    }
 }
 
 fn engine_err(what: &str, e: uc_error) -> BackendError {
@@ -52,9 +70,63 @@ fn in_ram(ram: &[(u64, u64)], gpa: u64, len: u64) -> bool {
         .any(|&(b, s)| gpa >= b && gpa.saturating_add(len) <= b + s)
 }
 
+/// Guest RAM at guest-physical 0, owned by us and lent to Unicorn (`mem_map_ptr`), so the
+/// recorder can hash and diff it without copying.
+struct RamBuf {
+    ptr: *mut u8,
+    len: usize,
+}
+
+impl RamBuf {
+    fn new(len: usize) -> Option<RamBuf> {
+        let layout = std::alloc::Layout::from_size_align(len, 4096).ok()?;
+        // SAFETY: len > 0 (checked by the caller); zeroed memory is valid for u8.
+        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
+        (!ptr.is_null()).then_some(RamBuf { ptr, len })
+    }
+
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: ptr/len describe our live allocation; Unicorn writes to it only inside
+        // emu_start/mem_write, which take `&mut self` of the backend that owns this buffer.
+        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
+    }
+}
+
+impl Drop for RamBuf {
+    fn drop(&mut self) {
+        if let Ok(layout) = std::alloc::Layout::from_size_align(self.len, 4096) {
+            // SAFETY: allocated in new() with this layout; Unicorn (declared before this field
+            // in EmuBackend) has been dropped already, so nothing maps it any more.
+            unsafe { std::alloc::dealloc(self.ptr, layout) };
+        }
+    }
+}
+
+/// Guest RAM as the reference page walker reads it.
+struct RamView<'a>(&'a [u8]);
+
+impl mmu::GuestMemory for RamView<'_> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let Ok(start) = usize::try_from(gpa) else {
+            return false;
+        };
+        match self.0.get(start..start.saturating_add(buf.len())) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 /// The emu backend.
 pub struct EmuBackend {
     uc: Unicorn<'static, HookState>,
+    /// Declared after `uc` so that Unicorn is closed before the memory it maps is freed.
+    ram_buf: Option<RamBuf>,
+    cpuid: Vec<CpuidEntry>,
+    cpu: mmu::CpuModel,
     layout: Layout,
     /// Scratch context used to read/write the CPU state.
     ctx: Ctx,
@@ -69,6 +141,8 @@ pub struct EmuBackend {
     loaded: bool,
     /// Memory written while completing an `ins` (reported with the next step).
     carried_writes: Vec<(u64, u64)>,
+    /// CS was a 64-bit code segment when the current step started.
+    ctx_long_before: bool,
     /// Vectors delivered so far (for the tracer and tests).
     pub delivered: Vec<exceptions::Delivered>,
     /// Whether the last load needed host fix-ups beyond the trampoline (field names).
@@ -84,14 +158,21 @@ impl EmuBackend {
         std::env::set_var("UC_IGNORE_REG_BREAK", "1");
         let mut uc = Unicorn::new_with_data(Arch::X86, Mode::MODE_64, HookState::default())
             .map_err(|e| engine_err("open", e))?;
+        uc.ctl_set_cpu_model(CPU_MODEL as i32)
+            .map_err(|e| engine_err("set CPU model", e))?;
         let layout = Layout::probe(&mut uc).map_err(BackendError::Engine)?;
         let ctx = Ctx::alloc(&uc).map_err(|e| engine_err("context alloc", e))?;
         let mut pristine = Ctx::alloc(&uc).map_err(|e| engine_err("context alloc", e))?;
         pristine
             .save(&uc)
             .map_err(|e| engine_err("context save", e))?;
+        let cpuid = Self::probe_cpuid()?;
+        let cpu = recorder::guest_view::cpu_model(&cpuid);
         let mut b = EmuBackend {
             uc,
+            ram_buf: None,
+            cpuid,
+            cpu,
             layout,
             ctx,
             pristine,
@@ -103,6 +184,7 @@ impl EmuBackend {
             pending_mmio: false,
             loaded: false,
             carried_writes: Vec::new(),
+            ctx_long_before: false,
             delivered: Vec::new(),
             entry_fixups: Vec::new(),
         };
@@ -235,9 +317,19 @@ impl EmuBackend {
                 "mmurr-emu: the guest has no RAM (ram_size 0)".into(),
             ));
         }
-        self.uc
-            .mem_map(0, ram_size, Prot::ALL)
+        let buf = usize::try_from(ram_size)
+            .ok()
+            .and_then(RamBuf::new)
+            .ok_or_else(|| {
+                BackendError::Other(format!(
+                    "mmurr-emu: cannot allocate {ram_size} bytes of guest RAM"
+                ))
+            })?;
+        // SAFETY: the buffer is ram_size bytes, page-aligned, and outlives the mapping (it is
+        // freed only after Unicorn is closed, see RamBuf).
+        unsafe { self.uc.mem_map_ptr(0, ram_size, Prot::ALL, buf.ptr.cast()) }
             .map_err(|e| engine_err("mem_map RAM", e))?;
+        self.ram_buf = Some(buf);
         self.ram = vec![(0, ram_size)];
         self.ram_size = ram_size;
         for r in &guest.regions {
@@ -435,11 +527,13 @@ impl EmuBackend {
         }
     }
 
+    /// Decodes the instruction at RIP; returns its linear address too.
     fn decode_at_rip(&mut self) -> Result<(u64, Option<Decoded>), BackendError> {
         self.save()?;
         let rip = self.ctx.u64_at(OFF_EIP);
         let cs_base = self.ctx.seg(1).base;
         let bits = self.bitness();
+        self.ctx_long_before = bits == 64;
         let la = if bits == 64 {
             rip
         } else {
@@ -448,7 +542,7 @@ impl EmuBackend {
         let mut bytes = [0u8; 15];
         let n = self.read_linear(la, &mut bytes);
         let dx = self.ctx.u64_at(OFF_REGS + 8 * 2) as u16;
-        Ok((rip, decode::decode(&bytes[..n], bits, rip, dx)))
+        Ok((la, decode::decode(&bytes[..n], bits, rip, dx)))
     }
 
     fn reset_hook_state(&mut self) {
@@ -461,6 +555,91 @@ impl EmuBackend {
         st.mmio_read = None;
         st.mmio_write = None;
         st.unmapped = None;
+        st.touched.clear();
+    }
+
+    /// The paging-structure entries on the walks of `pages` under `regs`' paging registers.
+    fn walk_entries(&self, regs: &Regs, pages: &[u64], out: &mut Vec<(u64, u64)>) {
+        if regs.cr0 & (1 << 31) == 0 {
+            return;
+        }
+        let Some(ram) = self.ram_buf.as_ref() else {
+            return;
+        };
+        let cregs = recorder::guest_view::control_regs(regs);
+        let mem = RamView(ram.bytes());
+        let req = mmu::AccessRequest::supervisor(mmu::Access::Read);
+        for &la in pages {
+            let w = mmu::walk(&cregs, &self.cpu, &mem, la, &req);
+            for l in w.levels.iter().filter(|l| !l.from_register) {
+                let r = (l.entry_gpa, l.entry_bytes as u64);
+                if !out.contains(&r) {
+                    out.push(r);
+                }
+            }
+        }
+    }
+
+    /// The paging-structure entries the engine may have set accessed/dirty bits in during the
+    /// step (QEMU's walker sets them on a TLB fill; no write hook reports it): the walks of the
+    /// pages the step fetched, read or wrote under the paging registers it started with, and of
+    /// the next instruction's pages under the registers it ended with (Unicorn translates the
+    /// next block before its instruction counter stops it). The recorder keeps only bytes that
+    /// really changed.
+    fn ad_candidates(
+        &mut self,
+        before: &Regs,
+        fetch: (u64, u64),
+        d: Option<&Decoded>,
+    ) -> Vec<(u64, u64)> {
+        let mut pages = std::mem::take(&mut self.uc.get_data_mut().touched);
+        if let Some(d) = d {
+            let long = self.ctx_long_before;
+            for la in crate::decode::memory_linear(&d.instr, before, long) {
+                for p in [la.0 & !0xfff, la.0.wrapping_add(la.1.max(1) - 1) & !0xfff] {
+                    if !pages.contains(&p) {
+                        pages.push(p);
+                    }
+                }
+            }
+        }
+        for p in [
+            fetch.0 & !0xfff,
+            fetch.0.wrapping_add(fetch.1.max(1) - 1) & !0xfff,
+        ] {
+            if !pages.contains(&p) {
+                pages.push(p);
+            }
+        }
+        let mut out = Vec::new();
+        self.walk_entries(before, &pages, &mut out);
+        if let Ok(after) = self.read_regs_from_ctx() {
+            let la = self.fetch_linear(&after);
+            let mut next = vec![la & !0xfff, la.wrapping_add(14) & !0xfff];
+            // A segment load read its descriptor through paging.
+            for n in 0..6 {
+                let sel = after.seg[n].selector;
+                if sel != before.seg[n].selector && sel & 0xfffc != 0 && after.cr0 & 1 != 0 {
+                    let table = if sel & 4 != 0 {
+                        after.ldtr.base
+                    } else {
+                        after.gdtr.base
+                    };
+                    next.push(table.wrapping_add((sel & !7) as u64) & !0xfff);
+                }
+            }
+            self.walk_entries(&after, &next, &mut out);
+        }
+        out
+    }
+
+    /// The linear address of the instruction at `r`'s CS:RIP.
+    fn fetch_linear(&self, r: &Regs) -> u64 {
+        if self.ctx.hflags() & ctx::HF_CS64_MASK != 0 {
+            r.rip
+        } else {
+            r.seg[1].base.wrapping_add(r.rip) & 0xffff_ffff
+        }
     }
 
     /// One `emu_start` of one instruction from the current RIP.
@@ -485,13 +664,15 @@ impl EmuBackend {
         }
     }
 
-    fn take_written(&mut self) -> Written {
+    fn take_written(&mut self, before: &Regs, fetch: (u64, u64), d: Option<&Decoded>) -> Written {
+        let ad = self.ad_candidates(before, fetch, d);
         let st = self.uc.get_data_mut();
         if st.untranslated_write {
             return Written::Unknown;
         }
         let mut w = std::mem::take(&mut st.writes);
         w.extend(self.carried_writes.drain(..));
+        w.extend(ad);
         Written::Ranges(w)
     }
 
@@ -656,6 +837,8 @@ impl EmuBackend {
     /// CPUID as the guest sees it under Unicorn, for the main leaves.
     pub fn probe_cpuid() -> Result<Vec<CpuidEntry>, BackendError> {
         let mut uc = Unicorn::new(Arch::X86, Mode::MODE_64).map_err(|e| engine_err("open", e))?;
+        uc.ctl_set_cpu_model(CPU_MODEL as i32)
+            .map_err(|e| engine_err("set CPU model", e))?;
         uc.mem_map(0x1000, 0x1000, Prot::ALL)
             .map_err(|e| engine_err("mem_map", e))?;
         uc.mem_write(0x1000, &[0x0f, 0xa2])
@@ -735,23 +918,13 @@ fn unsafe_version() -> u32 {
     unsafe { unicorn_engine::unicorn_const::uc_version(&mut maj, &mut min) }
 }
 
-/// Records a guest write at linear `addr` as guest-physical ranges, splitting at page
-/// boundaries (each page translated on its own, while the write's TLB entry is live).
-fn record_write(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u64) {
-    let mut done = 0;
-    while done < size {
-        let a = addr.wrapping_add(done);
-        let chunk = (0x1000 - (a & 0xfff)).min(size - done);
-        match uc.vmem_translate(a, Prot::WRITE) {
-            Ok(pa) => {
-                let st = uc.get_data_mut();
-                if in_ram(&st.ram, pa, chunk) {
-                    st.writes.push((pa, chunk));
-                }
-            }
-            Err(_) => uc.get_data_mut().untranslated_write = true,
-        }
-        done += chunk;
+/// Records a guest write. Unicorn's write hook reports the guest-PHYSICAL address (it runs
+/// after the TLB lookup, with the entry's physical page; a store that crosses a page boundary
+/// is split into separate stores), so no translation is needed.
+fn record_write(uc: &mut Unicorn<'_, HookState>, paddr: u64, size: u64) {
+    let st = uc.get_data_mut();
+    if in_ram(&st.ram, paddr, size) {
+        st.writes.push((paddr, size));
     }
 }
 
@@ -883,6 +1056,14 @@ impl Backend for EmuBackend {
         self.ram_size
     }
 
+    fn ram(&self) -> Option<&[u8]> {
+        self.ram_buf.as_ref().map(RamBuf::bytes)
+    }
+
+    fn cpuid(&self) -> Vec<CpuidEntry> {
+        self.cpuid.clone()
+    }
+
     fn step(&mut self) -> Result<StepResult, BackendError> {
         if !self.loaded {
             return Err(BackendError::Other("mmurr-emu: step before load".into()));
@@ -899,7 +1080,8 @@ impl Backend for EmuBackend {
         }
         self.reset_hook_state();
         let before = self.read_regs_from_ctx()?;
-        let (_, d) = self.decode_at_rip()?;
+        let (la, d) = self.decode_at_rip()?;
+        let fetch = (la, d.map_or(1, |d| d.len as u64));
         if let Some(d) = d {
             let count_zero = |a: u32| {
                 let mask = match a {
@@ -928,7 +1110,7 @@ impl Backend for EmuBackend {
             }
         }
         let exit = self.execute(d, &before)?;
-        let written = self.take_written();
+        let written = self.take_written(&before, fetch, d.as_ref());
         Ok(StepResult { exit, written })
     }
 
@@ -940,11 +1122,12 @@ impl Backend for EmuBackend {
         }
         self.reset_hook_state();
         let before = self.read_regs_from_ctx()?;
-        let (_, d) = self.decode_at_rip()?;
+        let (la, d) = self.decode_at_rip()?;
+        let fetch = (la, d.map_or(1, |d| d.len as u64));
         self.uc.get_data_mut().in_value = Some(data);
         let exit = self.execute(d, &before)?;
         self.uc.get_data_mut().in_value = None;
-        if let Written::Ranges(w) = self.take_written() {
+        if let Written::Ranges(w) = self.take_written(&before, fetch, d.as_ref()) {
             self.carried_writes = w;
         }
         match exit {
@@ -965,11 +1148,12 @@ impl Backend for EmuBackend {
         self.pending_mmio = false;
         self.reset_hook_state();
         let before = self.read_regs_from_ctx()?;
-        let (_, d) = self.decode_at_rip()?;
+        let (la, d) = self.decode_at_rip()?;
+        let fetch = (la, d.map_or(1, |d| d.len as u64));
         self.uc.get_data_mut().mmio_value = Some(data);
         let exit = self.execute(d, &before)?;
         self.uc.get_data_mut().mmio_value = None;
-        if let Written::Ranges(w) = self.take_written() {
+        if let Written::Ranges(w) = self.take_written(&before, fetch, d.as_ref()) {
             self.carried_writes = w;
         }
         match exit {

@@ -45,6 +45,9 @@ pub struct Mem<'a, 'b> {
 
 impl Mem<'_, '_> {
     fn access(&mut self, la: u64, len: usize, prot: Prot) -> Option<Vec<(u64, usize)>> {
+        // The engine's translation sets accessed/dirty bits: report the page for the step's
+        // paging-structure candidates.
+        self.uc.get_data_mut().touch(la, len as u64);
         let mut parts = Vec::new();
         let mut done = 0usize;
         while done < len {

@@ -1,1 +1,131 @@
-fn main() {}
+//! `mmurr-emu`: the emu backend as its own executable (it links Unicorn, GPL-2.0, which the
+//! Apache-2.0-only KVM crates in `mmurr` cannot be combined with). `mmurr record --backend emu`
+//! runs `mmurr-emu record ...` with the same arguments.
+
+mod cli;
+mod guest;
+
+use clap::Parser;
+use cli::{Cli, Command, FlavourChoice, ProbeArgs, RecordArgs};
+use mmurr_emu::EmuBackend;
+use recorder::{Backend, RecordOptions, SerialSink};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use std::time::Duration;
+use traces::EndReason;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let r = match &cli.command {
+        Command::Record(a) => record(a),
+        Command::Probe(a) => probe(a),
+    };
+    match r {
+        Ok(code) => code,
+        Err(err) => {
+            eprintln!("mmurr-emu: error: {err:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
+    let cpuid = EmuBackend::probe_cpuid()?;
+    let (spec, scenario) = guest::build(&a.guest, &cpuid)?;
+    let interrupted = Arc::new(AtomicBool::new(false));
+    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(sig, Arc::clone(&interrupted))?;
+    }
+    let mut opts = RecordOptions::new(&a.output);
+    opts.policies = a.policies.clone();
+    opts.flavour = match a.flavour {
+        FlavourChoice::Tdp => mmu::Flavour::Tdp,
+        FlavourChoice::Shadow => mmu::Flavour::Shadow,
+    };
+    opts.max_steps = a.max_steps;
+    opts.timeout = match a.timeout {
+        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) => anyhow::bail!("--timeout {t}: give a positive number of seconds"),
+        None => None,
+    };
+    opts.scenario = scenario;
+    opts.command_line = std::env::args().collect();
+    opts.serial = match &a.serial_log {
+        Some(p) => SerialSink::File(p.clone()),
+        None => SerialSink::Stdout,
+    };
+    opts.progress = !a.quiet;
+    opts.interrupted = interrupted;
+    let mut backend = EmuBackend::new()?;
+    let summary = recorder::record(&mut backend, &spec, &opts)?;
+    if !backend.entry_fixups.is_empty() && !a.quiet {
+        eprintln!(
+            "mmurr-emu: note: the entry trampoline could not load {} from descriptors; set directly",
+            backend.entry_fixups.join(", ")
+        );
+    }
+    let e = &summary.end;
+    println!(
+        "mmurr-emu: recorded {} steps, {} events in {:.2} s ({:.0} steps/s) -> {} ({} bytes)",
+        summary.steps,
+        summary.events,
+        summary.elapsed.as_secs_f64(),
+        summary.steps_per_second(),
+        summary.output.display(),
+        summary.file_bytes
+    );
+    println!("mmurr-emu: end: {} — {}", e.reason.name(), e.message);
+    for f in &e.self_check_failures {
+        println!("mmurr-emu: self-check failure: {f}");
+    }
+    for (what, n) in &summary.unhandled {
+        println!("mmurr-emu: unhandled: {what} ({n}x)");
+    }
+    Ok(match e.reason {
+        EndReason::DebugExit { .. } => ExitCode::from(summary.exit_code.unwrap_or(1)),
+        EndReason::Halted | EndReason::StepBudget | EndReason::Timeout => ExitCode::SUCCESS,
+        EndReason::Interrupted => ExitCode::from(130),
+        EndReason::Shutdown | EndReason::HostUnsupported | EndReason::Error => ExitCode::from(2),
+    })
+}
+
+fn probe(a: &ProbeArgs) -> anyhow::Result<ExitCode> {
+    let backend = EmuBackend::new()?;
+    let info = backend.info();
+    let cpuid = backend.cpuid();
+    let f = guests::CpuFeatures::from_cpuid(&cpuid);
+    let modes = ["real", "unpaged", "32-bit", "pae", "4-level"]
+        .into_iter()
+        .chain(f.la57.then_some("5-level"))
+        .collect::<Vec<_>>();
+    let scenarios = guests::scenario_names();
+    if a.json {
+        println!(
+            "{{\"engine\":{:?},\"cpu\":{:?},\"vendor\":{:?},\"paging_modes\":{:?},\"features\":{{\"smep\":{},\"smap\":{},\"pku\":{},\"la57\":{},\"pcid\":{}}},\"scenarios\":{:?}}}",
+            info.engine, info.cpu_model_name, info.cpu_vendor, modes, f.smep, f.smap, f.pku, f.la57, f.pcid, scenarios
+        );
+    } else {
+        println!(
+            "engine:       {} (mmurr-emu {})",
+            info.engine,
+            env!("CARGO_PKG_VERSION")
+        );
+        println!(
+            "guest CPU:    {} {} (family {:#x} model {:#x} stepping {})",
+            info.cpu_vendor,
+            info.cpu_model_name,
+            info.cpu_family,
+            info.cpu_model,
+            info.cpu_stepping
+        );
+        println!("paging modes: {}", modes.join(", "));
+        println!(
+            "features:     smep={} smap={} pku={} la57={} pcid={}",
+            f.smep, f.smap, f.pku, f.la57, f.pcid
+        );
+        println!("scenarios:    {} (all runnable)", scenarios.join(", "));
+        println!("guests:       --scenario, --kernel (multiboot v1), --image FILE@ADDR");
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -125,7 +125,7 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<ExitCode> {
             f.smep, f.smap, f.pku, f.la57, f.pcid
         );
         println!("scenarios:    {} (all runnable)", scenarios.join(", "));
-        println!("guests:       --scenario, --kernel (multiboot v1), --image FILE@ADDR");
+        println!("guests:       --scenario NAME, --kernel ELF (multiboot v1), --image FILE@ADDR");
     }
     Ok(ExitCode::SUCCESS)
 }

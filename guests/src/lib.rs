@@ -33,8 +33,11 @@
 mod asm;
 pub mod expect;
 pub mod image;
+pub mod loader;
 mod scenarios;
 mod tables;
+#[doc(hidden)]
+pub mod test_kernels;
 
 pub use asm::BuildError;
 pub use expect::{CpuFeatures, ExpectedEvent, ExpectedFinding};

@@ -438,6 +438,8 @@ impl EmuBackend {
                 ctx::msr_write(&self.uc, MSR_EFER, 0).map_err(|e| engine_err("EFER write", e))?;
                 self.w(RegisterX86::CR4, 0)?;
             }
+            // The 64-bit path pushes the far-return frame: give it a stack in the scratch region.
+            self.w(RegisterX86::RSP, base + SCRATCH_SIZE - 0x10)?;
             let mut rip = t.start;
             let cs_sel = entry.seg[traces::regs::CS].selector;
             for _ in 0..t.max_instructions {

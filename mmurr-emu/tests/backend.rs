@@ -84,3 +84,388 @@ fn real_mode_steps_one_instruction() {
     assert!(b.read_phys(0x500, &mut m));
     assert_eq!(u16::from_le_bytes(m), 0x1235);
 }
+
+fn raw(code: Vec<u8>, at: u64, mode: guests::loader::EntryMode) -> (EmuBackend, GuestSpec) {
+    let g = guests::loader::load_raw(&code, at, at, mode, RAM).expect("load_raw");
+    (loaded(&g), g)
+}
+
+const CODE: u64 = 0x10000;
+
+#[test]
+fn protected_entry_is_exact() {
+    let code = asm(32, CODE, |a| a.hlt());
+    let (mut b, g) = raw(code, CODE, guests::loader::EntryMode::Protected);
+    assert_eq!(b.regs().unwrap(), g.entry);
+    assert!(b.entry_fixups.is_empty(), "{:?}", b.entry_fixups);
+}
+
+#[test]
+fn long_entry_is_exact() {
+    let code = asm(64, CODE, |a| a.hlt());
+    let (mut b, g) = raw(code, CODE, guests::loader::EntryMode::Long);
+    assert_eq!(b.regs().unwrap(), g.entry);
+    assert!(b.entry_fixups.is_empty(), "{:?}", b.entry_fixups);
+}
+
+#[test]
+fn entry_memory_is_the_guest_spec_exactly() {
+    // The trampoline runs outside RAM: nothing but the loads is non-zero at step 0.
+    let code = asm(64, CODE, |a| a.hlt());
+    let (b, g) = raw(code, CODE, guests::loader::EntryMode::Long);
+    let mut expect = vec![0u8; RAM as usize];
+    for l in &g.loads {
+        let d = &g.blobs[l.blob as usize].data;
+        expect[l.gpa as usize..l.gpa as usize + d.len()].copy_from_slice(d);
+    }
+    assert!(
+        b.ram().unwrap() == &expect[..],
+        "guest memory differs from the spec at entry"
+    );
+}
+
+/// Steps until HLT, checking that every step advanced RIP by exactly the decoded length.
+fn steps_are_single_instructions(bits: u32, mode: guests::loader::EntryMode) {
+    let code = asm(bits, CODE, |a| {
+        a.nop()?;
+        a.mov(eax, 0x1234_5678u32)?;
+        a.lea(ecx, ptr(eax + 8))?;
+        a.xor(edx, edx)?;
+        a.add(ecx, edx)?;
+        a.inc(ecx)?;
+        a.hlt()
+    });
+    let (mut b, g) = raw(code.clone(), CODE, mode);
+    let mut rip = g.entry.rip;
+    let mut dec = iced_x86::Decoder::with_ip(bits, &code, CODE, iced_x86::DecoderOptions::NONE);
+    loop {
+        let insn = dec.decode();
+        let r = b.step().unwrap();
+        let after = b.regs().unwrap();
+        assert_eq!(after.rip, rip + insn.len() as u64, "{bits}-bit: {insn}");
+        rip = after.rip;
+        if r.exit == Exit::Halted {
+            assert_eq!(insn.mnemonic(), iced_x86::Mnemonic::Hlt);
+            break;
+        }
+        assert_eq!(r.exit, Exit::Stepped);
+    }
+    assert_eq!(b.regs().unwrap().gpr[1] & 0xffff_ffff, 0x1234_5681);
+}
+
+#[test]
+fn one_step_is_one_instruction_in_protected_mode() {
+    steps_are_single_instructions(32, guests::loader::EntryMode::Protected);
+}
+
+#[test]
+fn one_step_is_one_instruction_in_long_mode() {
+    steps_are_single_instructions(64, guests::loader::EntryMode::Long);
+}
+
+#[test]
+fn port_io_exits() {
+    let code = asm(16, 0x7c00, |a| {
+        a.in_(al, 0x60)?;
+        a.mov(dx, 0x3f8u32)?;
+        a.in_(ax, dx)?;
+        a.out(dx, ax)?;
+        a.out(0xe9, al)?;
+        a.hlt()
+    });
+    let entry = guests::image::real_mode_entry(0x7c00);
+    let mut b = loaded(&guest(code, 0x7c00, vec![], entry));
+    assert_eq!(
+        b.step().unwrap().exit,
+        Exit::IoIn {
+            port: 0x60,
+            size: 1
+        }
+    );
+    assert_eq!(
+        b.regs().unwrap().rip,
+        0x7c00,
+        "an `in` has not executed before its value is known"
+    );
+    assert!(
+        b.step().is_err(),
+        "stepping with an unanswered `in` is refused"
+    );
+    b.complete_io_in(0x5a).unwrap();
+    let r = b.regs().unwrap();
+    assert_eq!((r.rip, r.gpr[0] & 0xff), (0x7c02, 0x5a));
+    assert_eq!(b.step().unwrap().exit, Exit::Stepped);
+    assert_eq!(
+        b.step().unwrap().exit,
+        Exit::IoIn {
+            port: 0x3f8,
+            size: 2
+        }
+    );
+    b.complete_io_in(0xbeef).unwrap();
+    assert_eq!(b.regs().unwrap().gpr[0] & 0xffff, 0xbeef);
+    assert_eq!(
+        b.step().unwrap().exit,
+        Exit::IoOut {
+            port: 0x3f8,
+            size: 2,
+            data: 0xbeef
+        }
+    );
+    assert_eq!(
+        b.step().unwrap().exit,
+        Exit::IoOut {
+            port: 0xe9,
+            size: 1,
+            data: 0xef
+        }
+    );
+    assert_eq!(b.step().unwrap().exit, Exit::Halted);
+    assert_eq!(b.regs().unwrap().rip, 0x7c0a, "HLT retired");
+}
+
+#[test]
+fn rep_movsb_steps_once_per_iteration_like_kvm() {
+    let code = asm(16, 0x7c00, |a| {
+        a.mov(si, 0x600u32)?;
+        a.mov(di, 0x700u32)?;
+        a.mov(cx, 3u32)?;
+        a.rep().movsb()?;
+        a.hlt()
+    });
+    let entry = guests::image::real_mode_entry(0x7c00);
+    let mut b = loaded(&guest(code, 0x7c00, vec![(0x600, vec![1, 2, 3])], entry));
+    for _ in 0..3 {
+        b.step().unwrap();
+    }
+    let rep = b.regs().unwrap().rip;
+    let mut rips = vec![];
+    let mut written = vec![];
+    for _ in 0..3 {
+        let r = b.step().unwrap();
+        rips.push(b.regs().unwrap().rip);
+        written.push(r.written);
+    }
+    assert_eq!(
+        rips,
+        vec![rep, rep, rep + 2],
+        "RIP stays on `rep movsb` until the last iteration"
+    );
+    assert_eq!(
+        written,
+        vec![
+            Written::Ranges(vec![(0x700, 1)]),
+            Written::Ranges(vec![(0x701, 1)]),
+            Written::Ranges(vec![(0x702, 1)])
+        ]
+    );
+    assert_eq!(b.regs().unwrap().gpr[1] & 0xffff, 0);
+    assert_eq!(b.step().unwrap().exit, Exit::Halted);
+}
+
+#[test]
+fn real_mode_int_goes_through_the_ivt() {
+    let code = asm(16, 0x7c00, |a| {
+        a.mov(sp, 0x7000u32)?;
+        a.int(0x21)?;
+        a.hlt()
+    });
+    // IVT[0x21] = 0x0800:0x0010 -> linear 0x8010: mov ax, 0x4242; iret
+    let ivt = (0x21 * 4, vec![0x10, 0x00, 0x00, 0x08]);
+    let handler = (0x8010, vec![0xb8, 0x42, 0x42, 0xcf]);
+    let mut entry = guests::image::real_mode_entry(0x7c00);
+    entry.rflags = 0x202;
+    let mut b = loaded(&guest(code, 0x7c00, vec![ivt, handler], entry));
+    b.step().unwrap();
+    let r = b.step().unwrap();
+    let regs = b.regs().unwrap();
+    assert_eq!(
+        (regs.seg[1].selector, regs.seg[1].base, regs.rip),
+        (0x800, 0x8000, 0x10)
+    );
+    assert_eq!(regs.gpr[4] & 0xffff, 0x7000 - 6);
+    assert_eq!(regs.rflags & 0x200, 0, "IF cleared");
+    assert_eq!(
+        r.written,
+        Written::Ranges(vec![(0x6ffe, 2), (0x6ffc, 2), (0x6ffa, 2)])
+    );
+    let mut frame = [0u8; 6];
+    assert!(b.read_phys(0x6ffa, &mut frame));
+    assert_eq!(
+        frame,
+        [0x05, 0x7c, 0, 0, 0x02, 0x02],
+        "IP after int, CS, FLAGS"
+    );
+    b.step().unwrap(); // mov ax
+    b.step().unwrap(); // iret
+    let regs = b.regs().unwrap();
+    assert_eq!(
+        (regs.seg[1].selector, regs.rip, regs.gpr[0] & 0xffff),
+        (0, 0x7c05, 0x4242)
+    );
+    assert_eq!(b.step().unwrap().exit, Exit::Halted);
+}
+
+/// A 64-bit IDT with one interrupt gate per vector, all pointing at `handler`.
+fn idt64(handler: u64, code_sel: u16) -> Vec<u8> {
+    let mut v = Vec::new();
+    for _ in 0..32 {
+        let lo = (handler & 0xffff)
+            | ((code_sel as u64) << 16)
+            | (0x8eu64 << 40)
+            | (((handler >> 16) & 0xffff) << 48);
+        v.extend_from_slice(&lo.to_le_bytes());
+        v.extend_from_slice(&(handler >> 32).to_le_bytes());
+    }
+    v
+}
+
+#[test]
+fn long_mode_page_fault_is_delivered_with_error_code_and_cr2() {
+    let handler = CODE + 0x100;
+    let code = asm(64, CODE, |a| {
+        a.mov(rsp, 0x9000u64)?;
+        a.mov(rax, 0x1_2345_6000u64 * 64)?; // far beyond the identity map: not present
+        a.mov(qword_ptr(rax), rcx)?;
+        a.hlt()
+    });
+    let mut code = code;
+    code.resize(0x100, 0x90);
+    code.extend([0xf4]); // handler: hlt
+    let (mut b, g) = raw(code, CODE, guests::loader::EntryMode::Long);
+    assert!(b.write_phys(0x20000, &idt64(handler, g.entry.seg[1].selector)));
+    let mut r = b.regs().unwrap();
+    r.idtr = traces::DescriptorTable {
+        base: 0x20000,
+        limit: 32 * 16 - 1,
+    };
+    b.set_regs(&r).unwrap();
+    b.step().unwrap();
+    b.step().unwrap();
+    let before = b.regs().unwrap();
+    b.step().unwrap();
+    let after = b.regs().unwrap();
+    assert_eq!(after.rip, handler);
+    assert_eq!(after.cr2, 0x1_2345_6000u64 * 64);
+    let mut frame = [0u8; 48];
+    assert!(b.read_phys(after.gpr[4], &mut frame));
+    let q = |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap());
+    assert_eq!(
+        q(0),
+        0b10,
+        "error code: write to a not-present page at CPL0"
+    );
+    assert_eq!(q(1), before.rip, "faulting RIP");
+    assert_eq!(q(2), before.seg[1].selector as u64);
+    assert_eq!(q(4), 0x9000, "old RSP");
+    assert_eq!(after.gpr[4], 0x9000 - 48);
+    assert_eq!(
+        b.delivered.last().map(|d| (d.vector, d.error_code)),
+        Some((14, Some(2)))
+    );
+}
+
+#[test]
+fn protected_mode_fault_without_idt_is_a_triple_fault() {
+    let code = asm(32, CODE, |a| a.ud2());
+    let (mut b, _) = raw(code, CODE, guests::loader::EntryMode::Protected);
+    let mut r = b.regs().unwrap();
+    r.idtr = traces::DescriptorTable { base: 0, limit: 0 };
+    b.set_regs(&r).unwrap();
+    assert_eq!(b.step().unwrap().exit, Exit::Shutdown);
+}
+
+#[test]
+fn protected_mode_ud_is_delivered_through_a_32_bit_gate() {
+    let handler = (CODE + 0x80) as u32;
+    let mut code = asm(32, CODE, |a| {
+        a.mov(esp, 0x9000u32)?;
+        a.ud2()
+    });
+    code.resize(0x80, 0x90);
+    code.push(0xf4);
+    let (mut b, g) = raw(code, CODE, guests::loader::EntryMode::Protected);
+    let code_sel = g.entry.seg[1].selector as u64;
+    let gate = (handler as u64 & 0xffff)
+        | (code_sel << 16)
+        | (0x8eu64 << 40)
+        | ((handler as u64 >> 16) << 48);
+    let idt: Vec<u8> = (0..32).flat_map(|_| gate.to_le_bytes()).collect();
+    assert!(b.write_phys(0x20000, &idt));
+    let mut r = b.regs().unwrap();
+    r.idtr = traces::DescriptorTable {
+        base: 0x20000,
+        limit: 32 * 8 - 1,
+    };
+    b.set_regs(&r).unwrap();
+    b.step().unwrap();
+    let before = b.regs().unwrap();
+    assert_eq!(b.step().unwrap().exit, Exit::Stepped);
+    let after = b.regs().unwrap();
+    assert_eq!(after.rip, handler as u64);
+    assert_eq!(
+        after.gpr[4],
+        0x9000 - 12,
+        "EFLAGS, CS, EIP; #UD has no error code"
+    );
+    let mut frame = [0u8; 4];
+    assert!(b.read_phys(0x9000 - 12, &mut frame));
+    assert_eq!(u32::from_le_bytes(frame) as u64, before.rip);
+    assert_eq!(b.step().unwrap().exit, Exit::Halted);
+}
+
+#[test]
+fn mmio_reads_and_writes_exit() {
+    let code = asm(32, CODE, |a| {
+        a.mov(eax, dword_ptr(0xfed0_0010u32))?;
+        a.mov(dword_ptr(0xfed0_0020u32), eax)?;
+        a.hlt()
+    });
+    let mut g =
+        guests::loader::load_raw(&code, CODE, CODE, guests::loader::EntryMode::Protected, RAM)
+            .unwrap();
+    g.regions.push(traces::MemRegion {
+        gpa: 0xfed0_0000,
+        size: 0x1000,
+        kind: traces::RegionKind::Mmio,
+        name: "dev".into(),
+    });
+    let mut b = loaded(&g);
+    assert_eq!(
+        b.step().unwrap().exit,
+        Exit::MmioRead {
+            gpa: 0xfed0_0010,
+            size: 4
+        }
+    );
+    assert_eq!(b.regs().unwrap().rip, CODE, "the read has not retired");
+    b.complete_mmio_read(0xcafe_f00d).unwrap();
+    assert_eq!(b.regs().unwrap().gpr[0], 0xcafe_f00d);
+    assert_eq!(
+        b.step().unwrap().exit,
+        Exit::MmioWrite {
+            gpa: 0xfed0_0020,
+            size: 4,
+            data: 0xcafe_f00d
+        }
+    );
+    assert_eq!(b.step().unwrap().exit, Exit::Halted);
+}
+
+#[test]
+fn set_regs_round_trips() {
+    let code = asm(64, CODE, |a| a.hlt());
+    let (mut b, _) = raw(code, CODE, guests::loader::EntryMode::Long);
+    let mut r = b.regs().unwrap();
+    for (i, g) in r.gpr.iter_mut().enumerate() {
+        *g = 0x1111_0000_0000_0000 * (i as u64 % 7) + i as u64;
+    }
+    r.seg[4].base = 0xffff_8000_1234_0000;
+    r.seg[5].base = 0x7fff_0000_0000;
+    r.kernel_gs_base = 0xffff_9000_0000_0000;
+    r.cr2 = 0xdead_b000;
+    r.rflags = 0x246;
+    r.xcr0 = 3;
+    b.set_regs(&r).unwrap();
+    assert_eq!(b.regs().unwrap(), r);
+}

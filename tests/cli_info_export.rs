@@ -210,10 +210,12 @@ fn export_perfetto_to_a_file() {
         let end = pair[0]["ts"].as_u64().unwrap() + pair[0]["dur"].as_u64().unwrap();
         assert_eq!(end, pair[1]["ts"].as_u64().unwrap());
     }
+    // The last transition happens at the final step 600: its slice is drawn one step wide.
     let last = slices[5];
+    assert_eq!(last["ts"], 600);
     assert_eq!(
         last["ts"].as_u64().unwrap() + last["dur"].as_u64().unwrap(),
-        600
+        601
     );
     let instants: Vec<&Value> = events.iter().filter(|e| e["ph"] == "i").collect();
     assert!(instants

@@ -106,6 +106,9 @@ impl MmuContext {
 
     /// Every attribute that differs (what a re-init changed).
     pub fn diff_all(&self, other: &MmuContext) -> Vec<ContextDiff> {
+        if self == other {
+            return Vec::new();
+        }
         self.attributes()
             .into_iter()
             .zip(other.attributes())

@@ -44,6 +44,9 @@ pub enum Input {
     SmmExit,
     /// Guest CPUID set to the same CPU model (see [`Tracker::set_cpuid`] to change it).
     SetCpuid,
+    /// KVM_SET_SREGS / SREGS2 from the VMM: `after` holds the new registers. No legality
+    /// checks (host-initiated); the vendor setters bypass the post-write hooks.
+    SetSregs,
 }
 
 impl Input {
@@ -58,6 +61,7 @@ impl Input {
             Input::SmmEnter => "SMM entry",
             Input::SmmExit => "SMM exit",
             Input::SetCpuid => "CPUID",
+            Input::SetSregs => "SET_SREGS",
         }
     }
 }
@@ -385,6 +389,17 @@ impl Tracker {
             Input::SetCpuid => {
                 let cpu = self.cpu;
                 return self.set_cpuid(cpu, after, mem);
+            }
+            Input::SetSregs => {
+                // __set_sregs_common: reset if CR0/CR3/CR4/EFER differ, or in PAE paging
+                // (the PDPTEs were reloaded).
+                let differs = before.cr0 != after.cr0
+                    || before.cr3 != after.cr3
+                    || before.cr4 != after.cr4
+                    || before.efer != after.efer;
+                if differs || after.is_pae_paging() {
+                    self.reset(after, &mut d);
+                }
             }
         }
         self.finish(d, after)

@@ -672,3 +672,27 @@ fn policy_catalogue() {
     assert!(policy("v9.9").is_none());
     assert!(p("v5.1-rc3").commits.contains(&"47c42e6b4192"));
 }
+
+#[test]
+fn set_sregs() {
+    let mut m = mem();
+    m.write_u64(0x1000, 0x2001);
+    let prot = regs(CR0_PROT, 0, 0, 0);
+    let long = regs(CR0_PAGED, CR4_PAE, EFER_LONG, 0x1000);
+    // The VMM loads long-mode state directly: a reset that re-initialises.
+    let mut t = Tracker::new(p("v6.14"), Flavour::Tdp, cpu(), &prot);
+    let d = t.apply(&Input::SetSregs, &long, &m);
+    assert_eq!(d.outcome, Outcome::Reinit);
+    assert_eq!(t.context().root_level, 4);
+    // Same registers again: nothing.
+    let d = t.apply(&Input::SetSregs, &long, &m);
+    assert_eq!(d.outcome, Outcome::NoTrigger);
+    // In PAE paging the PDPTEs are reloaded, which always resets.
+    let mut pae = regs(CR0_PAGED, CR4_PAE, 0, 0x1000);
+    pae.pdptrs = load_pdptrs(0x1000, &m, 46).unwrap();
+    let d = t.apply(&Input::SetSregs, &pae, &m);
+    assert_eq!(d.outcome, Outcome::Reinit);
+    let d = t.apply(&Input::SetSregs, &pae, &m);
+    assert_eq!(d.outcome, Outcome::SkippedRoleUnchanged);
+    assert!(d.roots_unloaded);
+}

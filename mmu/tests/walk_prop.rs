@@ -451,7 +451,7 @@ proptest! {
                     Input::Efer { old: efer, new: efer ^ (words >> 7) },
                     Input::EferHost { old: efer, new: efer ^ words },
                     Input::Cr3 { old: cr3, new: words },
-                    Input::Init, Input::SmmEnter, Input::SmmExit, Input::SetCpuid,
+                    Input::Init, Input::SmmEnter, Input::SmmExit, Input::SetCpuid, Input::SetSregs,
                 ] {
                     let d = t.apply(&input, &after, &mem);
                     let _ = d.describe();

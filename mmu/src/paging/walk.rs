@@ -184,7 +184,7 @@ fn walk_core<M: GuestMemory + ?Sized>(
     req: &AccessRequest,
 ) -> Walk {
     let mode = cfg.mode;
-    let mut levels = Vec::with_capacity(5);
+    let mut levels = Vec::new();
     let fail = |levels: Vec<WalkLevel>, f: Fault| Walk {
         gva: gva_in,
         mode,
@@ -224,6 +224,7 @@ fn walk_core<M: GuestMemory + ?Sized>(
         }
     };
 
+    levels.reserve_exact(usize::from(top));
     let user_access = req.is_user();
     let fetch = req.access == Access::Fetch;
     let base_code = (if req.access == Access::Write {

@@ -163,7 +163,7 @@ fn seed_sequence_fixed_and_shadow() {
             let buggy = pol.name == "v5.1-rc3" && fl == Flavour::Tdp;
             assert_eq!(d.stale.is_some(), buggy, "{} {fl:?}", pol.name);
             let d = write(&mut t, CrReg::Cr4, CR4_PSE, &m);
-            assert_eq!(d.stale.is_some(), false, "{} back to 32-bit", pol.name);
+            assert!(d.stale.is_none(), "{} back to 32-bit", pol.name);
         }
     }
 }

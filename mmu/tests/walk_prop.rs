@@ -198,6 +198,7 @@ fn bits(lo: u32, hi: u32) -> u64 {
     (lo..=hi).fold(0, |m, b| m | (1u64 << b))
 }
 
+#[derive(Clone, Copy)]
 struct Ref<'a> {
     r: &'a ControlRegs,
     cpu: &'a CpuModel,
@@ -312,7 +313,7 @@ impl Ref<'_> {
         let fault = match self.req.access {
             Access::Fetch => xd || (user && !u) || (!user && u && self.r.cr4 & CR4_SMEP != 0),
             Access::Read => (user && !u) || smap_hit,
-            Access::Write => (user && !u) || smap_hit || (user && !w) || (!user && wp && !w),
+            Access::Write => smap_hit || (user && !u) || (user && !w) || (!w && wp),
         };
         let pk = long
             && eight
@@ -364,19 +365,6 @@ impl Ref<'_> {
         sub.descend(2, r.cr3 & 0xffff_f000, false, true, true, false)
     }
 }
-
-impl<'a> Clone for Ref<'a> {
-    fn clone(&self) -> Self {
-        Ref {
-            r: self.r,
-            cpu: self.cpu,
-            mem: self.mem,
-            req: self.req,
-            gva: self.gva,
-        }
-    }
-}
-impl<'a> Copy for Ref<'a> {}
 
 fn out_of(w: &Walk) -> Out {
     match &w.result {

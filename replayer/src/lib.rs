@@ -5,12 +5,15 @@
 pub mod analysis;
 pub mod check;
 pub mod cpu;
+pub mod diff;
 pub mod flags;
 pub mod memory;
 pub mod timeline;
+pub mod views;
 
 pub use analysis::{Analysis, WriteAnalysis};
 pub use check::{check, CheckFinding, CheckReport, PolicySummary};
 pub use cpu::cpu_model;
+pub use diff::{diff, DiffReport, Divergence};
 pub use memory::MemoryImage;
 pub use timeline::{Snapshot, Timeline, TimelineError};

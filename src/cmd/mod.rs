@@ -1,9 +1,13 @@
 //! One module per subcommand; each exposes `run(args) -> anyhow::Result<ExitCode>`.
 
 mod check;
+mod demo;
+mod diff;
 mod export;
 mod info;
 mod policies;
+mod record;
+mod scenarios;
 
 use crate::cli::Command;
 use std::process::ExitCode;
@@ -11,18 +15,18 @@ use std::process::ExitCode;
 /// Runs one subcommand. Errors print as `mmurr: error: ...` and exit 2.
 pub fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
     match command {
-        Command::Record(_) => not_built("record", 4),
+        Command::Record(args) => record::run(args),
         Command::Run(_) => not_built("run", 7),
         Command::Replay(_) => not_built("replay", 8),
         Command::Gdb(_) => not_built("gdb", 7),
         Command::Check(args) => check::run(args),
         Command::Verify(_) => not_built("verify", 6),
-        Command::Diff(_) => not_built("diff", 5),
+        Command::Diff(args) => diff::run(args),
         Command::Info(args) => info::run(args),
         Command::Export(args) => export::run(args),
-        Command::Scenarios(_) => not_built("scenarios", 4),
+        Command::Scenarios(args) => scenarios::run(args),
         Command::Policies(args) => policies::run(args),
-        Command::Demo(_) => not_built("demo", 4),
+        Command::Demo(args) => demo::run(args),
     }
 }
 

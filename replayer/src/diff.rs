@@ -1,0 +1,318 @@
+//! `mmurr diff` and the comparison under `mmurr verify`: walk two traces of the same guest in
+//! lockstep and report the first place they diverge — registers, memory written, a control
+//! register event, or an MMU decision.
+//!
+//! Engines disagree on what one "step" of a `rep` string instruction is (KVM single-step stops
+//! after every iteration, an emulator may not), so consecutive steps at the same RIP are
+//! folded into one instruction before comparing.
+
+use std::collections::BTreeMap;
+use std::io::{Read, Seek};
+use traces::{EventKind, Reader, Record, Regs, Step};
+
+/// Architectural state compared at every instruction boundary. Hidden segment attributes and
+/// descriptor-cache details are left out: engines legitimately differ there (e.g. the accessed
+/// bit), and they are not what a reproduction is about.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Visible {
+    gpr: [u64; 16],
+    rip: u64,
+    /// RFLAGS without RF (bit 16), which engines set differently around single-steps.
+    rflags: u64,
+    selectors: [u16; 6],
+    cr0: u64,
+    cr2: u64,
+    cr3: u64,
+    cr4: u64,
+    efer: u64,
+}
+
+impl Visible {
+    fn of(r: &Regs) -> Visible {
+        Visible {
+            gpr: r.gpr,
+            rip: r.rip,
+            rflags: r.rflags & !(1 << 16),
+            selectors: r.seg.map(|s| s.selector),
+            cr0: r.cr0,
+            cr2: r.cr2,
+            cr3: r.cr3,
+            cr4: r.cr4,
+            efer: r.efer,
+        }
+    }
+
+    fn differences(&self, other: &Visible) -> Vec<String> {
+        const GPR: [&str; 16] = [
+            "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11",
+            "r12", "r13", "r14", "r15",
+        ];
+        const SEG: [&str; 6] = ["es", "cs", "ss", "ds", "fs", "gs"];
+        let mut out = Vec::new();
+        let mut cmp = |name: &str, a: u64, b: u64| {
+            if a != b {
+                out.push(format!("{name}: {a:#x} vs {b:#x}"));
+            }
+        };
+        for i in 0..16 {
+            cmp(GPR[i], self.gpr[i], other.gpr[i]);
+        }
+        cmp("rip", self.rip, other.rip);
+        cmp("rflags", self.rflags, other.rflags);
+        for i in 0..6 {
+            cmp(SEG[i], self.selectors[i] as u64, other.selectors[i] as u64);
+        }
+        cmp("cr0", self.cr0, other.cr0);
+        cmp("cr2", self.cr2, other.cr2);
+        cmp("cr3", self.cr3, other.cr3);
+        cmp("cr4", self.cr4, other.cr4);
+        cmp("efer", self.efer, other.efer);
+        out
+    }
+}
+
+/// One architectural instruction of a trace: where it was, the state after it, the memory it
+/// wrote (final bytes per address) and the events it caused, in a comparable form.
+#[derive(Clone, Debug, Default)]
+struct Instruction {
+    first_step: Step,
+    last_step: Step,
+    rip: u64,
+    after: Option<Visible>,
+    writes: BTreeMap<u64, u8>,
+    events: Vec<String>,
+}
+
+/// Yields instructions (folded `rep` iterations) from a trace. Events are attached by step
+/// number: every event of a step precedes the next step's record, so an instruction is complete
+/// once the next one starts. Events at step 0 (entry) go with the first instruction.
+struct Instructions<'a, R> {
+    records: traces::Records<'a, R>,
+    policies: Vec<String>,
+    regs: Regs,
+    pending: Option<Instruction>,
+    events: BTreeMap<Step, Vec<String>>,
+    done: bool,
+}
+
+impl<'a, R: Read + Seek> Instructions<'a, R> {
+    fn new(reader: &'a mut Reader<R>) -> Instructions<'a, R> {
+        let policies = reader.header().policies.clone();
+        let regs = reader.header().guest.entry.clone();
+        Instructions {
+            records: reader.records(),
+            policies,
+            regs,
+            pending: None,
+            events: BTreeMap::new(),
+            done: false,
+        }
+    }
+
+    fn describe_event(&self, kind: &EventKind) -> Option<String> {
+        Some(match kind {
+            EventKind::CrWrite(w) => format!(
+                "{} write {:#x} -> {:#x}{}",
+                w.reg.name(),
+                w.old,
+                w.new,
+                if w.faulted { " (#GP)" } else { "" }
+            ),
+            EventKind::Transition { from, to } => {
+                format!("transition {} -> {}", from.name(), to.name())
+            }
+            EventKind::Mmu(d) => format!(
+                "{}: {} cpu_role {:#x} -> {:#x}, root_role {:#x} -> {:#x}",
+                self.policies
+                    .get(d.policy as usize)
+                    .map_or("?", |s| s.as_str()),
+                d.outcome.name(),
+                d.old_cpu_role,
+                d.new_cpu_role,
+                d.old_root_role,
+                d.new_root_role
+            ),
+            EventKind::Io(io) => format!(
+                "{} port {:#x} size {} data {:#x}",
+                if io.write { "out" } else { "in" },
+                io.port,
+                io.size,
+                io.data
+            ),
+            EventKind::Exception(e) => format!("exception {} error {:?}", e.vector, e.error_code),
+            // Findings, MMIO and engine notes are derived or engine-specific: not compared.
+            _ => return None,
+        })
+    }
+
+    /// Completes an instruction with the events of its steps (and any earlier ones).
+    fn finish(&mut self, mut i: Instruction, everything: bool) -> Instruction {
+        let rest = if everything {
+            BTreeMap::new()
+        } else {
+            self.events.split_off(&(i.last_step + 1))
+        };
+        for (_, mut e) in std::mem::replace(&mut self.events, rest) {
+            i.events.append(&mut e);
+        }
+        i
+    }
+
+    fn next_instruction(&mut self) -> Option<traces::Result<Instruction>> {
+        while !self.done {
+            let record = match self.records.next() {
+                None => {
+                    self.done = true;
+                    break;
+                }
+                Some(Err(e)) => return Some(Err(e)),
+                Some(Ok(r)) => r,
+            };
+            match record {
+                Record::Step(s) => {
+                    self.regs.apply_delta(&s.regs);
+                    let fold = self
+                        .pending
+                        .as_ref()
+                        .is_some_and(|p| p.rip == s.rip && p.last_step + 1 == s.step);
+                    let finished = if fold { None } else { self.pending.take() };
+                    let p = self.pending.get_or_insert_with(|| Instruction {
+                        first_step: s.step,
+                        rip: s.rip,
+                        ..Default::default()
+                    });
+                    p.last_step = s.step;
+                    p.after = Some(Visible::of(&self.regs));
+                    for w in &s.mem {
+                        for (i, b) in w.data.iter().enumerate() {
+                            p.writes.insert(w.gpa.wrapping_add(i as u64), *b);
+                        }
+                    }
+                    if let Some(f) = finished {
+                        return Some(Ok(self.finish(f, false)));
+                    }
+                }
+                Record::Event(e) => {
+                    if let Some(text) = self.describe_event(&e.kind) {
+                        self.events.entry(e.step).or_default().push(text);
+                    }
+                }
+                Record::Keyframe(_) | Record::End(_) => {}
+            }
+        }
+        let last = self.pending.take()?;
+        Some(Ok(self.finish(last, true)))
+    }
+}
+
+/// Where two traces first differ.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Divergence {
+    /// Instruction number (folded) and the steps in each trace.
+    pub instruction: u64,
+    pub step_a: Option<Step>,
+    pub step_b: Option<Step>,
+    pub rip: Option<u64>,
+    /// What differs, one line each.
+    pub differences: Vec<String>,
+    /// The instructions before the divergence (RIP and events), oldest first.
+    pub context: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DiffReport {
+    /// Instructions compared (folded).
+    pub instructions: u64,
+    pub divergence: Option<Divergence>,
+}
+
+const CONTEXT: usize = 5;
+
+/// Compares two traces of the same guest.
+pub fn diff<RA: Read + Seek, RB: Read + Seek>(
+    a: &mut Reader<RA>,
+    b: &mut Reader<RB>,
+) -> traces::Result<DiffReport> {
+    let mut ia = Instructions::new(a);
+    let mut ib = Instructions::new(b);
+    let mut context: Vec<String> = Vec::new();
+    let mut n = 0u64;
+    loop {
+        let (x, y) = (
+            ia.next_instruction().transpose()?,
+            ib.next_instruction().transpose()?,
+        );
+        let mut differences = Vec::new();
+        match (&x, &y) {
+            (None, None) => {
+                return Ok(DiffReport {
+                    instructions: n,
+                    divergence: None,
+                })
+            }
+            (Some(_), None) => differences.push("trace B ends here; trace A goes on".into()),
+            (None, Some(_)) => differences.push("trace A ends here; trace B goes on".into()),
+            (Some(x), Some(y)) => {
+                if x.rip != y.rip {
+                    differences.push(format!("instruction address: {:#x} vs {:#x}", x.rip, y.rip));
+                }
+                match (&x.after, &y.after) {
+                    (Some(va), Some(vb)) => differences.extend(va.differences(vb)),
+                    _ => {}
+                }
+                if x.writes != y.writes {
+                    differences.push(describe_write_difference(&x.writes, &y.writes));
+                }
+                if x.events != y.events {
+                    differences.push(format!(
+                        "events: [{}] vs [{}]",
+                        x.events.join("; "),
+                        y.events.join("; ")
+                    ));
+                }
+            }
+        }
+        if !differences.is_empty() {
+            return Ok(DiffReport {
+                instructions: n,
+                divergence: Some(Divergence {
+                    instruction: n,
+                    step_a: x.as_ref().map(|i| i.first_step),
+                    step_b: y.as_ref().map(|i| i.first_step),
+                    rip: x.as_ref().or(y.as_ref()).map(|i| i.rip),
+                    differences,
+                    context,
+                }),
+            });
+        }
+        if let Some(x) = x {
+            let mut line = format!("step {} rip {:#x}", x.first_step, x.rip);
+            if !x.events.is_empty() {
+                line += &format!(" [{}]", x.events.join("; "));
+            }
+            context.push(line);
+            if context.len() > CONTEXT {
+                context.remove(0);
+            }
+        }
+        n += 1;
+    }
+}
+
+fn describe_write_difference(a: &BTreeMap<u64, u8>, b: &BTreeMap<u64, u8>) -> String {
+    let first = a
+        .iter()
+        .find(|(addr, v)| b.get(addr) != Some(v))
+        .map(|(addr, _)| *addr)
+        .or_else(|| b.keys().find(|addr| !a.contains_key(addr)).copied());
+    match first {
+        Some(addr) => format!(
+            "memory written at {addr:#x}: {} vs {}",
+            a.get(&addr)
+                .map_or("nothing".into(), |v| format!("{v:#04x}")),
+            b.get(&addr)
+                .map_or("nothing".into(), |v| format!("{v:#04x}"))
+        ),
+        None => "memory written differs".into(),
+    }
+}

@@ -1,0 +1,6 @@
+//! Presentation shared by the front ends (gdb server, TUI): text renderings of replayer and
+//! MMU state. Each front end formats; none re-derives.
+
+pub mod cpu_mode;
+pub mod mmu_role;
+pub mod page_walk;

@@ -1,0 +1,73 @@
+//! `mmurr diff A B`: the first divergence between two traces of the same guest.
+//! Exit 0 when they agree, 1 when they diverge, 2 on error.
+
+use crate::cli::DiffArgs;
+use anyhow::Context;
+use replayer::DiffReport;
+use std::process::ExitCode;
+use traces::Reader;
+
+pub fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
+    let open = |p: &std::path::Path| {
+        Reader::open(p).with_context(|| format!("cannot read trace {}", p.display()))
+    };
+    let (mut a, mut b) = (open(&args.a)?, open(&args.b)?);
+    for (name, r) in [("A", &a), ("B", &b)] {
+        let h = r.header();
+        println!(
+            "{name}: {} — {} backend ({}), {} steps{}",
+            if name == "A" {
+                args.a.display()
+            } else {
+                args.b.display()
+            },
+            h.backend.kind.name(),
+            h.backend.engine,
+            r.total_steps(),
+            if r.is_complete() {
+                ""
+            } else {
+                ", incomplete (index rebuilt)"
+            }
+        );
+    }
+    if a.header().guest.blobs != b.header().guest.blobs
+        || a.header().guest.entry != b.header().guest.entry
+    {
+        println!("warning: the traces embed different guests (images or entry state differ)");
+    }
+    let report = replayer::diff(&mut a, &mut b).context("comparing the traces")?;
+    print_report(&report);
+    Ok(if report.divergence.is_some() {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+pub fn print_report(report: &DiffReport) {
+    let Some(d) = &report.divergence else {
+        println!(
+            "equal: {} instructions agree (rep iterations folded)",
+            report.instructions
+        );
+        return;
+    };
+    let at = |s: Option<u64>| s.map_or("end".to_string(), |s| s.to_string());
+    println!(
+        "diverged at instruction {} (step {} in A, step {} in B){}:",
+        d.instruction,
+        at(d.step_a),
+        at(d.step_b),
+        d.rip.map_or(String::new(), |r| format!(", rip {r:#x}"))
+    );
+    for line in &d.differences {
+        println!("  {line}");
+    }
+    if !d.context.is_empty() {
+        println!("before it:");
+        for line in &d.context {
+            println!("  {line}");
+        }
+    }
+}

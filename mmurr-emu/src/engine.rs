@@ -30,8 +30,8 @@ const CPU_MODEL: X86CpuModel = X86CpuModel::ICELAKE_SERVER;
 pub struct HookState {
     /// Guest-physical ranges written (RAM only).
     pub writes: Vec<(u64, u64)>,
-    /// A write whose linear address could not be translated.
-    pub untranslated_write: bool,
+    /// The step's writes cannot be listed (the instruction completes later).
+    pub writes_unknown: bool,
     pub out: Option<(u16, u8, u32)>,
     /// Value for the next `in`; consumed by the hook.
     pub in_value: Option<u32>,
@@ -139,8 +139,8 @@ pub struct EmuBackend {
     pending_in: Option<(u16, u8)>,
     pending_mmio: bool,
     loaded: bool,
-    /// Memory written while completing an `ins` (reported with the next step).
-    carried_writes: Vec<(u64, u64)>,
+    /// The registers as last read, valid until the CPU state changes.
+    regs_cache: Option<Regs>,
     /// CS was a 64-bit code segment when the current step started.
     ctx_long_before: bool,
     /// Vectors delivered so far (for the tracer and tests).
@@ -183,8 +183,8 @@ impl EmuBackend {
             pending_in: None,
             pending_mmio: false,
             loaded: false,
-            carried_writes: Vec::new(),
             ctx_long_before: false,
+            regs_cache: None,
             delivered: Vec::new(),
             entry_fixups: Vec::new(),
         };
@@ -264,6 +264,9 @@ impl EmuBackend {
     }
 
     fn read_regs_from_ctx(&mut self) -> Result<Regs, BackendError> {
+        if let Some(r) = &self.regs_cache {
+            return Ok(r.clone());
+        }
         self.save()?;
         let c = &self.ctx;
         let mut r = Regs::default();
@@ -300,6 +303,7 @@ impl EmuBackend {
             .map_err(|e| engine_err("reg read", e))?;
         r.kernel_gs_base = ctx::msr_read(&self.uc, MSR_KERNEL_GS_BASE).unwrap_or(0);
         r.pdptrs = self.pdptrs;
+        self.regs_cache = Some(r.clone());
         Ok(r)
     }
 
@@ -414,6 +418,7 @@ impl EmuBackend {
     /// the rest of `entry` as the host would. Returns the fields the host had to fix up beyond
     /// control registers, GPRs and flags.
     pub fn enter(&mut self, entry: &Regs) -> Result<Vec<String>, BackendError> {
+        self.regs_cache = None;
         self.pristine
             .restore(&self.uc)
             .map_err(|e| engine_err("context restore", e))?;
@@ -550,7 +555,7 @@ impl EmuBackend {
     fn reset_hook_state(&mut self) {
         let st = self.uc.get_data_mut();
         st.writes.clear();
-        st.untranslated_write = false;
+        st.writes_unknown = false;
         st.out = None;
         st.in_unanswered = None;
         st.intr = None;
@@ -637,7 +642,8 @@ impl EmuBackend {
 
     /// The linear address of the instruction at `r`'s CS:RIP.
     fn fetch_linear(&self, r: &Regs) -> u64 {
-        if self.ctx.hflags() & ctx::HF_CS64_MASK != 0 {
+        let long = r.efer & EFER_LMA != 0 && r.seg[1].attrs & (1 << 13) != 0;
+        if long {
             r.rip
         } else {
             r.seg[1].base.wrapping_add(r.rip) & 0xffff_ffff
@@ -646,6 +652,7 @@ impl EmuBackend {
 
     /// One `emu_start` of one instruction from the current RIP.
     fn run_one(&mut self) -> Result<(), BackendError> {
+        self.regs_cache = None;
         let rip = self
             .uc
             .reg_read(RegisterX86::RIP)
@@ -669,11 +676,10 @@ impl EmuBackend {
     fn take_written(&mut self, before: &Regs, fetch: (u64, u64), d: Option<&Decoded>) -> Written {
         let ad = self.ad_candidates(before, fetch, d);
         let st = self.uc.get_data_mut();
-        if st.untranslated_write {
+        if st.writes_unknown {
             return Written::Unknown;
         }
         let mut w = std::mem::take(&mut st.writes);
-        w.extend(self.carried_writes.drain(..));
         w.extend(ad);
         Written::Ranges(w)
     }
@@ -698,6 +704,7 @@ impl EmuBackend {
             }
             self.uc.get_data_mut().writes.clear();
             self.pending_mmio = true;
+            self.uc.get_data_mut().writes_unknown = true;
             return Ok(Exit::MmioRead { gpa, size });
         }
         if let Some((port, size)) = self.uc.get_data_mut().in_unanswered.take() {
@@ -768,6 +775,7 @@ impl EmuBackend {
             _ => false,
         };
         if load {
+            self.regs_cache = None;
             let base = cr3 & 0xffff_ffe0;
             let mut buf = [0u8; 32];
             if self.uc.mem_read(base, &mut buf).is_ok() {
@@ -819,6 +827,7 @@ impl EmuBackend {
 
     /// Writes the registers an exception delivery changed.
     fn apply_delivery(&mut self, r: &Regs) -> Result<(), BackendError> {
+        self.regs_cache = None;
         self.save()?;
         for i in 0..16 {
             self.ctx.set_u64(OFF_REGS + 8 * i, r.gpr[i]);
@@ -984,6 +993,7 @@ impl Backend for EmuBackend {
 
     fn set_regs(&mut self, r: &Regs) -> Result<(), BackendError> {
         let cur = self.read_regs_from_ctx()?;
+        self.regs_cache = None;
         // Control registers and EFER through QEMU's own update functions, in an order that
         // lets CR0.PG switch long mode on or off the way the guest would.
         if cur.cr4 != r.cr4 {
@@ -1042,6 +1052,7 @@ impl Backend for EmuBackend {
                 .map_err(|e| engine_err("MSR write", e))?;
         }
         self.pdptrs = r.pdptrs;
+        self.regs_cache = None;
         let _ = self.uc.ctl_flush_tlb();
         Ok(())
     }
@@ -1098,14 +1109,20 @@ impl Backend for EmuBackend {
                     self.pending_in = Some((port, size));
                     return Ok(StepResult {
                         exit: Exit::IoIn { port, size },
-                        written: Written::Ranges(Vec::new()),
+                        // The instruction runs in complete_io_in, after this result is
+                        // returned: the recorder derives its writes from the decoded `ins`
+                        // destination and the walks' accessed bits.
+                        written: Written::Unknown,
                     });
                 }
                 Kind::Ins { port, size } if !d.rep_addr_size.is_some_and(count_zero) => {
                     self.pending_in = Some((port, size));
                     return Ok(StepResult {
                         exit: Exit::IoIn { port, size },
-                        written: Written::Ranges(Vec::new()),
+                        // The instruction runs in complete_io_in, after this result is
+                        // returned: the recorder derives its writes from the decoded `ins`
+                        // destination and the walks' accessed bits.
+                        written: Written::Unknown,
                     });
                 }
                 _ => {}
@@ -1129,9 +1146,8 @@ impl Backend for EmuBackend {
         self.uc.get_data_mut().in_value = Some(data);
         let exit = self.execute(d, &before)?;
         self.uc.get_data_mut().in_value = None;
-        if let Written::Ranges(w) = self.take_written(&before, fetch, d.as_ref()) {
-            self.carried_writes = w;
-        }
+        // The exit that asked for this value reported its writes as Unknown.
+        let _ = self.take_written(&before, fetch, d.as_ref());
         match exit {
             Exit::Stepped => Ok(()),
             other => Err(BackendError::Engine(format!(
@@ -1155,9 +1171,8 @@ impl Backend for EmuBackend {
         self.uc.get_data_mut().mmio_value = Some(data);
         let exit = self.execute(d, &before)?;
         self.uc.get_data_mut().mmio_value = None;
-        if let Written::Ranges(w) = self.take_written(&before, fetch, d.as_ref()) {
-            self.carried_writes = w;
-        }
+        // The exit that asked for this value reported its writes as Unknown.
+        let _ = self.take_written(&before, fetch, d.as_ref());
         match exit {
             Exit::Stepped => Ok(()),
             other => Err(BackendError::Engine(format!(

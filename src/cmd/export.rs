@@ -56,14 +56,20 @@ fn translation(t: &Translation) -> Value {
     }
 }
 
+/// One exported event: its identity first, then the fields of its kind.
+#[derive(serde::Serialize)]
+struct Line {
+    id: u64,
+    step: Step,
+    rip: Value,
+    kind: &'static str,
+    #[serde(flatten)]
+    fields: Map<String, Value>,
+}
+
 /// The fields of one event, with policy names resolved and roles, addresses and register
 /// values in hex.
-fn event_fields(h: &Header, e: &Event) -> Map<String, Value> {
-    let mut m = Map::new();
-    m.insert("id".into(), json!(e.id));
-    m.insert("step".into(), json!(e.step));
-    m.insert("rip".into(), hex(e.rip));
-    m.insert("kind".into(), json!(e.kind.name()));
+fn event_fields(h: &Header, e: &Event) -> Line {
     let fields = match &e.kind {
         EventKind::CrWrite(w) => json!({
             "reg": w.reg.name(), "old": hex(w.old), "new": hex(w.new),
@@ -106,10 +112,16 @@ fn event_fields(h: &Header, e: &Event) -> Map<String, Value> {
             "gva": hex(*gva), "engine": engine, "reference": reference,
         }),
     };
-    if let Value::Object(f) = fields {
-        m.extend(f);
+    Line {
+        id: e.id,
+        step: e.step,
+        rip: hex(e.rip),
+        kind: e.kind.name(),
+        fields: match fields {
+            Value::Object(f) => f,
+            _ => Map::new(),
+        },
     }
-    m
 }
 
 fn json_lines<R: io::Read + io::Seek>(
@@ -177,13 +189,7 @@ impl<W: Write> TraceEvents<'_, W> {
         self.push(json!({"ph": "M", "pid": 1, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": order}}))
     }
 
-    fn instant(
-        &mut self,
-        tid: u64,
-        step: Step,
-        name: String,
-        args: Map<String, Value>,
-    ) -> anyhow::Result<()> {
+    fn instant(&mut self, tid: u64, step: Step, name: String, args: Line) -> anyhow::Result<()> {
         self.push(json!({"ph": "i", "s": "t", "pid": 1, "tid": tid, "ts": step, "name": name, "args": args}))
     }
 

@@ -219,7 +219,7 @@ fn summary_text<R: std::io::Read + std::io::Seek>(r: &Reader<R>, path: &std::pat
     line(
         "resets",
         format!(
-            "{} ({} reinit, {} init without unload, {} skipped: role unchanged)",
+            "{} ({} reinit, {} init without unload); {} skipped with the role unchanged",
             c.resets(),
             c.outcome(MmuOutcome::Reinit),
             c.outcome(MmuOutcome::InitOnly),

@@ -125,8 +125,15 @@ impl RootCache {
 
     /// ≤ v5.18 `fast_cr3_switch` + `cached_root_available`: only when `attempt` (64-bit guest
     /// and root); the current root is rotated into prev_roots[0] without being tested; the PGD
-    /// is always compared. On a miss the current root (the LRU one) is freed.
-    pub fn lookup_legacy(&mut self, pgd: u64, role: PageRole, attempt: bool) -> RootCacheLookup {
+    /// is compared unless `direct_ignores_pgd` and the role is direct. On a miss the current
+    /// root (the LRU one) is freed.
+    pub fn lookup_legacy(
+        &mut self,
+        pgd: u64,
+        role: PageRole,
+        attempt: bool,
+        direct_ignores_pgd: bool,
+    ) -> RootCacheLookup {
         let mut res = RootCacheLookup {
             hit: false,
             slot: None,
@@ -142,7 +149,7 @@ impl RootCache {
         let mut root = self.current;
         for i in 0..NUM_PREV_ROOTS {
             std::mem::swap(&mut root, &mut self.prev_roots[i]);
-            if Self::usable(&root, pgd, role, true) {
+            if Self::usable(&root, pgd, role, !direct_ignores_pgd) {
                 self.current = root;
                 res.hit = true;
                 res.slot = Some(RootSlot::Prev(i as u8));

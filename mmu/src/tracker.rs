@@ -508,11 +508,12 @@ impl Tracker {
     fn new_pgd(&mut self, pgd: u64, after: &ControlRegs) -> RootCacheLookup {
         match self.policy.root_cache {
             RootCacheRule::KeepCurrent => self.roots.lookup_keep_current(pgd, self.roles.root_role),
-            RootCacheRule::Legacy64BitOnly => {
+            RootCacheRule::Legacy64BitOnly { direct_ignores_pgd } => {
                 // kvm_mmu_calc_root_page_role: recomputed from the vCPU registers.
                 let role = derive_roles(self.policy, self.flavour, after, &self.cpu).root_role;
                 let attempt = self.context.shadow_root_level >= 4 && self.context.root_level >= 4;
-                self.roots.lookup_legacy(pgd, role, attempt)
+                self.roots
+                    .lookup_legacy(pgd, role, attempt, direct_ignores_pgd)
             }
         }
     }

@@ -696,3 +696,39 @@ fn set_sregs() {
     assert_eq!(d.outcome, Outcome::SkippedRoleUnchanged);
     assert!(d.roots_unloaded);
 }
+
+#[test]
+fn seed_bug_clearing_pae_keeps_3_level_walker() {
+    let m = seed_memory();
+    let c = cpu();
+    let pae = apply_write(CrReg::Cr4, &seed_start(), CR4_PSE | CR4_PAE, &c, &m).unwrap();
+    let mut t = Tracker::new(p("v5.1-rc3"), Flavour::Tdp, c, &pae);
+    assert_eq!(t.context().walker, WalkerKind::Paging64Pae);
+    let d = write(&mut t, CrReg::Cr4, CR4_PSE, &m);
+    assert_eq!(d.outcome, Outcome::SkippedRoleUnchanged);
+    let st = d.stale.unwrap();
+    assert_eq!((st.kept.root_level, st.correct.root_level), (3, 2));
+    let diffs = compare_translations(
+        &st.kept,
+        &st.correct,
+        t.regs(),
+        &c,
+        &m,
+        &[(0x5000, Access::Read)],
+    );
+    assert_eq!(diffs[0].kept, TranslationResult::Phys { gpa: 0x7000 });
+    assert_eq!(diffs[0].correct, TranslationResult::Phys { gpa: 0x9000 });
+}
+
+#[test]
+fn legacy_direct_roots_ignore_cr3_from_v5_7() {
+    let m = mem();
+    let long = regs(CR0_PAGED, CR4_PAE, EFER_LONG, 0x1000);
+    for (name, third_hit) in [("v5.1", false), ("v5.7", true)] {
+        let mut t = Tracker::new(p(name), Flavour::Tdp, cpu(), &long);
+        write(&mut t, CrReg::Cr3, 0x5000, &m);
+        // A new CR3: only a direct root that ignores the PGD can be reused.
+        let d = write(&mut t, CrReg::Cr3, 0x9000, &m);
+        assert_eq!(d.root_cache.unwrap().hit, third_hit, "{name}");
+    }
+}

@@ -40,7 +40,9 @@ const V4_20: Policy = Policy {
     reinit: ReinitRules {
         metadata_skipped_when_pg0: false,
     },
-    root_cache: RootCacheRule::Legacy64BitOnly,
+    root_cache: RootCacheRule::Legacy64BitOnly {
+        direct_ignores_pgd: false,
+    },
 };
 
 const V5_0: Policy = Policy {
@@ -87,6 +89,9 @@ const V5_7: Policy = Policy {
     ],
     layout: &LAYOUT_V5_7,
     compare: CompareKey::Full,
+    root_cache: RootCacheRule::Legacy64BitOnly {
+        direct_ignores_pgd: true,
+    },
     ..V5_1
 };
 

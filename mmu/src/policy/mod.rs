@@ -136,10 +136,16 @@ pub struct ReinitRules {
 /// The prev_roots lookup of `kvm_mmu_new_pgd` (sheet §5.7).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum RootCacheRule {
-    /// ≤ v5.18 `fast_cr3_switch`: only with a 64-bit guest and a ≥4-level root; the current
-    /// root is rotated through prev_roots without being tested first; the PGD is always
-    /// compared; the required role is recomputed from the registers ([I]/[U] for details).
-    Legacy64BitOnly,
+    /// ≤ v5.18 `fast_cr3_switch` + `cached_root_available` (verified against a v5.1-era
+    /// mmu.c): only when the guest root level and KVM's root level are both ≥ 4, otherwise the
+    /// current root is freed; the current root is rotated into prev_roots[0] without being
+    /// tested first; a root matches on CR3 and `role.word`; the required role is recomputed
+    /// from the registers (`kvm_mmu_calc_root_page_role`).
+    Legacy64BitOnly {
+        /// A later patch ("root_cr3 is ignored for direct MMUs") stopped comparing CR3 for
+        /// direct roots. First release [U]; modelled from v5.7.
+        direct_ignores_pgd: bool,
+    },
     /// v5.19+ `fast_pgd_switch` (5499ea73e7db): roots without a shadow page (PAE roots) are
     /// freed first, the current root is tested first, the PGD is ignored for direct roots, and
     /// the required role is the current `root_role`.

@@ -34,15 +34,15 @@ pub struct ExpectedFinding {
 /// every value; only the expected event sequence depends on it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CpuFeatures {
-    /// CPUID.(7,0):ECX[3] — CR4.PKE.
+    /// CPUID.(7,0):ECX bit 3: CR4.PKE.
     pub pku: bool,
-    /// CPUID.(7,0):ECX[16] — CR4.LA57.
+    /// CPUID.(7,0):ECX bit 16: CR4.LA57.
     pub la57: bool,
-    /// CPUID.1:ECX[17] — CR4.PCIDE.
+    /// CPUID.1:ECX bit 17: CR4.PCIDE.
     pub pcid: bool,
-    /// CPUID.(7,0):EBX[7] — CR4.SMEP.
+    /// CPUID.(7,0):EBX bit 7: CR4.SMEP.
     pub smep: bool,
-    /// CPUID.(7,0):EBX[20] — CR4.SMAP.
+    /// CPUID.(7,0):EBX bit 20: CR4.SMAP.
     pub smap: bool,
 }
 

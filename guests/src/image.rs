@@ -153,7 +153,7 @@ pub fn real_mode_entry(ip: u16) -> Regs {
     r
 }
 
-/// 32-bit protected mode, paging off, flat 4 GiB segments from [`crate::asm::flat_gdt`]
+/// 32-bit protected mode, paging off, flat 4 GiB segments from the flat GDT
 /// loaded at `gdt_base`.
 pub fn protected_entry(eip: u32, gdt_base: u64) -> Regs {
     use crate::asm::{SEL_CODE32, SEL_DATA};

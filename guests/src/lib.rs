@@ -29,12 +29,24 @@
 //! run time, so a scenario's guest image is the same on every CPU; the expected sequence is a
 //! function of [`CpuFeatures`], which a recorder derives from the guest's CPUID
 //! ([`CpuFeatures::from_cpuid`]).
+//!
+//! The scenarios, their memory layouts and their event lists are described in the modules of
+//! [`mod@scenarios`]; the shared building blocks (mode switches, recorded control-register writes,
+//! CPUID gates, checked memory touches) are in the private `asm` module.
+//!
+//! # Loaders
+//!
+//! [`loader::load_raw`] places a raw binary and enters it in real, protected or long mode;
+//! [`loader::load_multiboot`] loads a multiboot (v1) kernel (ELF, or the a.out kludge) with a
+//! command line and modules, builds the multiboot information (memory map included) and the
+//! entry state the specification defines. [`test_kernels::build_hello`] assembles the
+//! committed multiboot test kernel with the system's binutils for tests.
 
 mod asm;
 pub mod expect;
 pub mod image;
 pub mod loader;
-mod scenarios;
+pub mod scenarios;
 mod tables;
 #[doc(hidden)]
 pub mod test_kernels;
@@ -51,7 +63,8 @@ pub struct Scenario {
     pub name: &'static str,
     /// One line for `mmurr scenarios`.
     pub description: &'static str,
-    /// Paging modes the scenario runs in (a backend must support all of them).
+    /// Paging modes the scenario runs in (a backend must support all of them). Real mode and
+    /// unpaged protected mode, which every scenario passes through, are not listed.
     pub needs: Vec<PagingMode>,
     pub guest: GuestSpec,
     /// The exact event sequence (see the crate documentation for the conventions).

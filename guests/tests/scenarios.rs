@@ -43,7 +43,7 @@ fn walk32(m: &[u8], cr3: u64, la: u64) -> Option<u64> {
     (pde & 1 == 1).then_some(())?;
     assert_eq!(pde & 0x80, 0, "no PSE pages in scenarios");
     let pte = rd32(m, (pde as u64 & 0xffff_f000) + 4 * ((la >> 12) & 0x3ff));
-    (pte & 1 == 1).then(|| (pte as u64 & 0xffff_f000) | (la & 0xfff))
+    (pte & 1 == 1).then_some((pte as u64 & 0xffff_f000) | (la & 0xfff))
 }
 
 fn walk_pae(m: &[u8], cr3: u64, la: u64) -> Option<u64> {

@@ -78,6 +78,8 @@ pub enum LoadError {
     Build(#[from] BuildError),
 }
 
+// `%` rather than `is_multiple_of`, which needs Rust 1.87 (the workspace supports 1.85).
+#[allow(clippy::manual_is_multiple_of)]
 fn check_ram(ram_size: u64, min: u64) -> Result<(), LoadError> {
     if ram_size < min {
         return Err(LoadError::RamSize {

@@ -1,7 +1,7 @@
 //! `long-mode-entry`: real mode → protected mode → CR4.PAE → EFER.LME → CR0.PG (EFER.LMA
 //! becomes 1 as part of the CR0 write) → far jump to 64-bit code → touch memory → exit 0.
 //!
-//! Page tables: the common 4-level identity map ([`super::long_identity`]): PML4 `0x4000`,
+//! Page tables: the common 4-level identity map (`long_identity`): PML4 `0x4000`,
 //! PDPT `0x5000`, PD `0x6000`, PT `0x7000` (all RAM, 4 KiB pages, supervisor, writable).
 //!
 //! Events: Cr0 0x11, Real→Unpaged, Cr3 0x4000, Cr4 0x20, Efer 0x100 (LMA still 0: paging is

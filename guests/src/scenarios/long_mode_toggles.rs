@@ -6,7 +6,7 @@
 //! All mapped pages are supervisor, writable and executable, so none of the toggles changes
 //! whether an access faults: they change the MMU context, not the outcome.
 //!
-//! Page tables: the common 4-level identity map ([`super::long_identity`]).
+//! Page tables: the common 4-level identity map (`long_identity`).
 //!
 //! Events after the long-mode entry (see `long-mode-entry`): Cr0 0x80010011, Cr0 0x80000011;
 //! [SMEP: Cr4 0x100020, Cr4 0x20]; [SMAP: Cr4 0x200020, Cr4 0x20]; Efer 0xd00 (LMA kept),

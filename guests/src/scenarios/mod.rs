@@ -21,12 +21,12 @@ use crate::{CpuFeatures, Scenario};
 use iced_x86::code_asm::CodeAssembler;
 use traces::PagingMode;
 
-mod cr3_switch;
-mod long_mode_entry;
-mod long_mode_toggles;
-mod pae_toggle;
-mod smap_pke_toggle;
-mod unpaged_cr4;
+pub mod cr3_switch;
+pub mod long_mode_entry;
+pub mod long_mode_toggles;
+pub mod pae_toggle;
+pub mod smap_pke_toggle;
+pub mod unpaged_cr4;
 
 pub const RAM_SIZE: u64 = 2 << 20;
 pub const CODE16: u64 = 0x1000;

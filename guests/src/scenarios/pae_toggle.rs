@@ -13,8 +13,8 @@
 //! | `0x8000` | PAE page table: identity map of 0..2 MiB (8-byte PTEs) |
 //! | `0x9000` | PAE page table: PTE 0 → `0x11000` (page B) |
 //!
-//! CR3 = `0x4800` throughout. With 32-bit paging CR3[11:5] are ignored and the page directory
-//! is `0x4000`; with PAE paging the PDPT is at CR3[31:5] = `0x4800`. So the page CR3 points at
+//! CR3 = `0x4800` throughout. With 32-bit paging `CR3[11:5]` are ignored and the page directory
+//! is `0x4000`; with PAE paging the PDPT is at `CR3[31:5]` = `0x4800`. So the page CR3 points at
 //! is valid both as a page directory and (at offset 0x800) as a PDPT.
 //!
 //! Why not the PDPT in the first 32 bytes of the page directory (CR3 = `0x4000`)? PDPTE 0 would

@@ -12,7 +12,7 @@
 //! it, SMEP, SMAP, PKE and LA57 set and cleared again; then PSE cleared, PAE cleared; CR3 ←
 //! 0x4000, CR4 ← PGE|PAE, EFER.LME, CR0.PG, far jump to 64-bit code, touch, exit 0.
 //!
-//! Page tables: the common 4-level identity map ([`super::long_identity`]).
+//! Page tables: the common 4-level identity map (`long_identity`).
 //!
 //! Events: Cr0 0x11, Real→Unpaged, Cr4 0x10, Cr4 0x30, Cr4 0xb0, [SMEP: Cr4 0x1000b0, Cr4
 //! 0xb0], [SMAP: Cr4 0x2000b0, Cr4 0xb0], [PKU: Cr4 0x4000b0, Cr4 0xb0], [LA57: Cr4 0x10b0,

@@ -14,6 +14,7 @@ mod options;
 mod progress;
 mod record;
 mod shadow;
+pub mod signals;
 mod sink;
 pub mod to_trace;
 mod tracer;
@@ -22,3 +23,8 @@ pub use backend::{Backend, BackendError, Exit, StepResult, Written};
 pub use cr_watch::{planned_write, PlannedWrite};
 pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};
 pub use record::{record, resolve_policies};
+
+/// The content hash of a [`traces::Blob`]: xxh3-64, as the trace format specifies.
+pub fn blob_hash(data: &[u8]) -> u64 {
+    xxhash_rust::xxh3::xxh3_64(data)
+}

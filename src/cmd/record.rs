@@ -1,0 +1,503 @@
+//! `mmurr record`: build the guest, pick the backend (kvm in-process, or the `mmurr-emu`
+//! executable as a child), record, and report how the run ended.
+
+use crate::cli::{BackendChoice, FlavourChoice, GuestArgs, RecordArgs};
+use anyhow::{bail, Context};
+use recorder::{RecordOptions, RecordSummary, SerialSink};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use traces::{Blob, EndReason, GuestSpec, Load, PagingMode, Regs, Segment};
+
+/// Exit code after a clean finish that a signal asked for (as shells report SIGINT).
+const EXIT_INTERRUPTED: u8 = 130;
+
+pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
+    if args.gdb.is_some() {
+        bail!(
+            "a live gdb server during `record` is not built yet; record first, then debug the \
+             trace with `mmurr gdb TRACE`"
+        );
+    }
+    let guest = build_guest(&args.guest)?;
+    let backend = choose_backend(args.backend, guest.needs.as_deref(), &guest.label)?;
+    eprintln!("mmurr: backend {}: {}", backend.name(), backend.reason);
+    match backend.kind {
+        Chosen::Kvm => {
+            let summary = record_on_kvm(args, &guest)?;
+            print_summary(&summary);
+            Ok(exit_code(&summary))
+        }
+        Chosen::Emu => run_emu_child(args),
+    }
+}
+
+/// A guest ready to record, with the paging modes it needs when they are known.
+pub struct BuiltGuest {
+    pub spec: GuestSpec,
+    pub scenario: Option<String>,
+    pub needs: Option<Vec<PagingMode>>,
+    pub label: String,
+}
+
+pub fn build_guest(args: &GuestArgs) -> anyhow::Result<BuiltGuest> {
+    if let Some(name) = &args.scenario {
+        let s = guests::scenario(name, &guests::CpuFeatures::default()).with_context(|| {
+            format!(
+                "no built-in scenario {name:?}; `mmurr scenarios` lists them ({})",
+                guests::scenario_names().join(", ")
+            )
+        })?;
+        return Ok(BuiltGuest {
+            spec: s.guest,
+            scenario: Some(s.name.to_string()),
+            needs: Some(s.needs),
+            label: format!("scenario {}", s.name),
+        });
+    }
+    if let Some(image) = &args.image {
+        let spec = raw_image_guest(image, args)?;
+        return Ok(BuiltGuest {
+            label: spec.origin.clone(),
+            spec,
+            scenario: None,
+            needs: None,
+        });
+    }
+    if let Some(kernel) = &args.kernel {
+        bail!(
+            "multiboot kernels (--kernel {}) need the guests crate's multiboot loader, which \
+             is not in this build yet; use --image FILE@ADDR with --entry-mode",
+            kernel.display()
+        );
+    }
+    bail!("say which guest to run: --scenario NAME, --kernel ELF or --image FILE@ADDR")
+}
+
+fn parse_u64(s: &str) -> anyhow::Result<u64> {
+    let s = s.trim();
+    let v = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16),
+        None => s.parse(),
+    };
+    v.with_context(|| format!("{s:?} is not a number (decimal or 0x-hex)"))
+}
+
+/// `FILE@ADDR` in RAM, entered in real, protected (flat, unpaged) or long mode (identity-mapped
+/// first GiB); the GDT and page tables the entry mode needs sit in the top 16 KiB of RAM.
+fn raw_image_guest(image: &str, args: &GuestArgs) -> anyhow::Result<GuestSpec> {
+    let (file, addr) = image
+        .rsplit_once('@')
+        .with_context(|| format!("--image wants FILE@ADDR, got {image:?}"))?;
+    let addr = parse_u64(addr)?;
+    let data = std::fs::read(file).with_context(|| format!("cannot read the image {file}"))?;
+    let ram_size = args
+        .memory
+        .checked_mul(1 << 20)
+        .context("--memory is too large")?;
+    if ram_size < 1 << 20 {
+        bail!("--memory must be at least 1 MiB");
+    }
+    let top = ram_size - 0x4000;
+    if addr
+        .checked_add(data.len() as u64)
+        .is_none_or(|end| end > top)
+    {
+        bail!(
+            "the image ({} bytes at {addr:#x}) does not fit below {top:#x} in {} MiB of RAM",
+            data.len(),
+            args.memory
+        );
+    }
+    let entry = match &args.entry {
+        Some(e) => parse_u64(e)?,
+        None => addr,
+    };
+    let mut blobs = vec![blob(file, data)];
+    let mut loads = vec![Load { blob: 0, gpa: addr }];
+    let regs = match args.entry_mode.as_str() {
+        "real" => real_mode_regs(entry)?,
+        "protected" | "long" => {
+            let gdt = top + 0x3000;
+            blobs.push(blob("gdt", flat_gdt()));
+            loads.push(Load { blob: 1, gpa: gdt });
+            if args.entry_mode == "long" {
+                blobs.push(blob("page tables", identity_tables(top)));
+                loads.push(Load { blob: 2, gpa: top });
+                long_regs(entry, gdt, top)
+            } else {
+                protected_regs(entry, gdt)?
+            }
+        }
+        other => bail!("--entry-mode must be real, protected or long, not {other:?}"),
+    };
+    Ok(GuestSpec {
+        ram_size,
+        regions: Vec::new(),
+        blobs,
+        loads,
+        entry: regs,
+        cpuid: Vec::new(),
+        origin: format!("raw {file}@{addr:#x}"),
+        cmdline: String::new(),
+        maxphyaddr: 0,
+    })
+}
+
+fn blob(name: &str, data: Vec<u8>) -> Blob {
+    Blob {
+        hash: xxh3(&data),
+        name: name.to_string(),
+        data,
+    }
+}
+
+fn xxh3(data: &[u8]) -> u64 {
+    recorder::blob_hash(data)
+}
+
+const SEL_CODE32: u16 = 0x08;
+const SEL_DATA: u16 = 0x10;
+const SEL_CODE64: u16 = 0x18;
+
+/// null, flat 32-bit code, flat data, 64-bit code.
+fn flat_gdt() -> Vec<u8> {
+    [
+        0u64,
+        0x00cf_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00af_9b00_0000_ffff,
+    ]
+    .iter()
+    .flat_map(|d| d.to_le_bytes())
+    .collect()
+}
+
+/// PML4, PDPT, PD at `base`: the first GiB identity-mapped with 2 MiB pages.
+fn identity_tables(base: u64) -> Vec<u8> {
+    let mut t = vec![0u8; 0x3000];
+    let mut put = |off: usize, v: u64| t[off..off + 8].copy_from_slice(&v.to_le_bytes());
+    put(0, (base + 0x1000) | 3);
+    put(0x1000, (base + 0x2000) | 3);
+    for i in 0..512u64 {
+        put(0x2000 + 8 * i as usize, (i << 21) | 0x83);
+    }
+    t
+}
+
+fn base_regs() -> Regs {
+    Regs {
+        rflags: 2,
+        ldtr: Segment {
+            selector: 0,
+            base: 0,
+            limit: 0xffff,
+            attrs: 0x82,
+        },
+        tr: Segment {
+            selector: 0,
+            base: 0,
+            limit: 0xffff,
+            attrs: 0x8b,
+        },
+        idtr: traces::DescriptorTable {
+            base: 0,
+            limit: 0xffff,
+        },
+        gdtr: traces::DescriptorTable {
+            base: 0,
+            limit: 0xffff,
+        },
+        xcr0: 1,
+        ..Regs::default()
+    }
+}
+
+fn real_mode_regs(entry: u64) -> anyhow::Result<Regs> {
+    if entry >= 0x10_0000 {
+        bail!("a real-mode entry must lie below 1 MiB, not {entry:#x}");
+    }
+    let cs = ((entry >> 4) & 0xf000) as u16;
+    let data = Segment {
+        selector: 0,
+        base: 0,
+        limit: 0xffff,
+        attrs: 0x93,
+    };
+    let mut r = base_regs();
+    r.seg = [data; 6];
+    r.seg[traces::regs::CS] = Segment {
+        selector: cs,
+        base: (cs as u64) << 4,
+        limit: 0xffff,
+        attrs: 0x9b,
+    };
+    r.rip = entry - ((cs as u64) << 4);
+    r.cr0 = 0x6000_0010;
+    Ok(r)
+}
+
+fn protected_regs(entry: u64, gdt: u64) -> anyhow::Result<Regs> {
+    if entry > u32::MAX as u64 {
+        bail!("a protected-mode entry must lie below 4 GiB, not {entry:#x}");
+    }
+    let data = Segment {
+        selector: SEL_DATA,
+        base: 0,
+        limit: 0xffff_ffff,
+        attrs: 0xc093,
+    };
+    let mut r = base_regs();
+    r.seg = [data; 6];
+    r.seg[traces::regs::CS] = Segment {
+        selector: SEL_CODE32,
+        attrs: 0xc09b,
+        ..data
+    };
+    r.gdtr = traces::DescriptorTable {
+        base: gdt,
+        limit: 31,
+    };
+    r.rip = entry;
+    r.cr0 = 0x11;
+    Ok(r)
+}
+
+fn long_regs(entry: u64, gdt: u64, pml4: u64) -> Regs {
+    let data = Segment {
+        selector: SEL_DATA,
+        base: 0,
+        limit: 0xffff_ffff,
+        attrs: 0xc093,
+    };
+    let mut r = base_regs();
+    r.seg = [data; 6];
+    r.seg[traces::regs::CS] = Segment {
+        selector: SEL_CODE64,
+        base: 0,
+        limit: 0xffff_ffff,
+        attrs: 0xa09b,
+    };
+    r.gdtr = traces::DescriptorTable {
+        base: gdt,
+        limit: 31,
+    };
+    r.rip = entry;
+    r.cr0 = 0x8000_0011;
+    r.cr3 = pml4;
+    r.cr4 = 0x20;
+    r.efer = 0x500;
+    r
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Chosen {
+    Kvm,
+    Emu,
+}
+
+pub struct BackendChoiceMade {
+    pub kind: Chosen,
+    pub reason: String,
+}
+
+impl BackendChoiceMade {
+    pub fn name(&self) -> &'static str {
+        match self.kind {
+            Chosen::Kvm => "kvm",
+            Chosen::Emu => "emu",
+        }
+    }
+}
+
+/// `auto`: kvm when the probe says this host runs every paging mode the guest needs (unknown
+/// needs, as for --image and --kernel, count as runnable), else emu.
+pub fn choose_backend(
+    choice: BackendChoice,
+    needs: Option<&[PagingMode]>,
+    label: &str,
+) -> anyhow::Result<BackendChoiceMade> {
+    match choice {
+        BackendChoice::Kvm => Ok(BackendChoiceMade {
+            kind: Chosen::Kvm,
+            reason: "chosen with --backend kvm".into(),
+        }),
+        BackendChoice::Emu => Ok(BackendChoiceMade {
+            kind: Chosen::Emu,
+            reason: "chosen with --backend emu".into(),
+        }),
+        BackendChoice::Auto => {
+            let host = recorder_kvm::probe();
+            if let Err(why) = &host.usable {
+                return Ok(BackendChoiceMade {
+                    kind: Chosen::Emu,
+                    reason: format!("/dev/kvm is not usable: {why}"),
+                });
+            }
+            let blocked = needs
+                .unwrap_or(&[])
+                .iter()
+                .find_map(|&m| host.cannot_run(m));
+            Ok(match blocked {
+                Some(why) => BackendChoiceMade {
+                    kind: Chosen::Emu,
+                    reason: format!("{label} needs a mode KVM cannot run here: {why}"),
+                },
+                None => BackendChoiceMade {
+                    kind: Chosen::Kvm,
+                    reason: format!("{} runs {} here", host.engine(), host.runs_summary()),
+                },
+            })
+        }
+    }
+}
+
+pub fn record_options(
+    args: &RecordArgs,
+    scenario: Option<String>,
+) -> anyhow::Result<RecordOptions> {
+    let mut opts = RecordOptions::new(&args.output);
+    opts.policies = args.policies.clone();
+    opts.flavour = match args.flavour {
+        FlavourChoice::Tdp => mmu::Flavour::Tdp,
+        FlavourChoice::Shadow => mmu::Flavour::Shadow,
+    };
+    opts.max_steps = args.max_steps;
+    opts.timeout = match args.timeout {
+        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+        Some(t) => bail!("--timeout must be a positive number of seconds, not {t}"),
+        None => None,
+    };
+    opts.scenario = scenario;
+    opts.command_line = std::env::args().collect();
+    opts.serial = match &args.serial_log {
+        Some(p) => SerialSink::File(p.clone()),
+        None => SerialSink::Stdout,
+    };
+    opts.progress = !args.quiet;
+    opts.interrupted =
+        recorder::signals::interrupt_flag().context("installing the SIGINT/SIGTERM handler")?;
+    Ok(opts)
+}
+
+pub fn record_on_kvm(args: &RecordArgs, guest: &BuiltGuest) -> anyhow::Result<RecordSummary> {
+    let opts = record_options(args, guest.scenario.clone())?;
+    let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
+    Ok(recorder::record(&mut backend, &guest.spec, &opts)?)
+}
+
+pub fn print_summary(s: &RecordSummary) {
+    eprintln!(
+        "mmurr: recorded {} steps ({:.0} steps/s) and {} events into {} ({} bytes)",
+        s.steps,
+        s.steps_per_second(),
+        s.events,
+        s.output.display(),
+        s.file_bytes
+    );
+    eprintln!(
+        "mmurr: run ended ({}): {}",
+        s.end.reason.name(),
+        s.end.message
+    );
+    for (what, n) in &s.unhandled {
+        eprintln!("mmurr: unhandled {what}: {n} times (reads returned all-ones)");
+    }
+    for f in &s.end.self_check_failures {
+        eprintln!("mmurr: SELF-CHECK FAILED: {f}");
+    }
+}
+
+pub fn exit_code(s: &RecordSummary) -> ExitCode {
+    ExitCode::from(match s.end.reason {
+        EndReason::DebugExit { .. } => s.exit_code.unwrap_or(1),
+        EndReason::Interrupted => EXIT_INTERRUPTED,
+        EndReason::Halted | EndReason::StepBudget | EndReason::Timeout => 0,
+        EndReason::Shutdown | EndReason::HostUnsupported | EndReason::Error => 1,
+    })
+}
+
+/// `mmurr-emu` next to this executable.
+pub fn emu_executable() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe().context("cannot find this executable's path")?;
+    let emu = me.with_file_name(format!("mmurr-emu{}", std::env::consts::EXE_SUFFIX));
+    if !emu.exists() {
+        bail!(
+            "the emu backend is the separate executable {} (GPL-2.0, built with `cargo build \
+             -p mmurr-emu`), and it is not there",
+            emu.display()
+        );
+    }
+    Ok(emu)
+}
+
+/// The `mmurr record` flags for `mmurr-emu record`, which takes the same ones minus
+/// --backend and --gdb.
+pub fn emu_args(args: &RecordArgs) -> Vec<String> {
+    let g = &args.guest;
+    let mut v: Vec<String> = vec!["record".into()];
+    let mut push = |flag: &str, value: String| {
+        v.push(flag.into());
+        v.push(value);
+    };
+    if let Some(s) = &g.scenario {
+        push("--scenario", s.clone());
+    }
+    if let Some(k) = &g.kernel {
+        push("--kernel", k.display().to_string());
+        push("--append", g.append.clone());
+        for m in &g.modules {
+            push("--initrd", m.display().to_string());
+        }
+    }
+    if let Some(i) = &g.image {
+        push("--image", i.clone());
+        if let Some(e) = &g.entry {
+            push("--entry", e.clone());
+        }
+        push("--entry-mode", g.entry_mode.clone());
+    }
+    push("--memory", g.memory.to_string());
+    for p in &args.policies {
+        push("--policy", p.clone());
+    }
+    push(
+        "--flavour",
+        match args.flavour {
+            FlavourChoice::Tdp => "tdp".into(),
+            FlavourChoice::Shadow => "shadow".into(),
+        },
+    );
+    push("--output", args.output.display().to_string());
+    push("--max-steps", args.max_steps.to_string());
+    if let Some(t) = args.timeout {
+        push("--timeout", t.to_string());
+    }
+    if let Some(p) = &args.serial_log {
+        push("--serial-log", p.display().to_string());
+    }
+    if args.quiet {
+        v.push("--quiet".into());
+    }
+    v
+}
+
+/// Runs `mmurr-emu record` and passes its exit code through. The child shares the terminal,
+/// so Ctrl-C reaches it directly; this process only waits (its own flag just absorbs the
+/// signal so it outlives the child).
+pub fn run_emu_child(args: &RecordArgs) -> anyhow::Result<ExitCode> {
+    let status = spawn_emu(&emu_args(args))?;
+    Ok(match status.code() {
+        Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
+        None => ExitCode::from(EXIT_INTERRUPTED),
+    })
+}
+
+pub fn spawn_emu(argv: &[String]) -> anyhow::Result<std::process::ExitStatus> {
+    let emu = emu_executable()?;
+    let _absorb = recorder::signals::interrupt_flag().context("installing the signal handler")?;
+    std::process::Command::new(&emu)
+        .args(argv)
+        .status()
+        .with_context(|| format!("cannot run {}", emu.display()))
+}

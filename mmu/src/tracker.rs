@@ -136,6 +136,17 @@ pub struct Decision {
 }
 
 impl Decision {
+    /// `cpu_role` fields that differ between the old and the newly computed role, named by
+    /// the policy's layout.
+    pub fn cpu_role_diff(&self, layout: &crate::roles::Layout) -> Vec<crate::roles::FieldDiff> {
+        self.old_cpu_role.diff(self.new_cpu_role, layout)
+    }
+
+    /// `root_role` fields that differ.
+    pub fn root_role_diff(&self, layout: &crate::roles::Layout) -> Vec<crate::roles::FieldDiff> {
+        self.old_root_role.diff(self.new_root_role, layout)
+    }
+
     /// One line for logs and the TUI.
     pub fn describe(&self) -> String {
         let mut s = self.outcome.name().to_string();

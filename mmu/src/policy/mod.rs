@@ -129,7 +129,8 @@ pub struct EventRules {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct ReinitRules {
     /// `reset_guest_paging_metadata` is skipped with CR0.PG=0: the reserved-bit table, the
-    /// permission bitmask and the PKRU mask keep their previous values (v5.19+ [I]).
+    /// permission bitmask and the PKRU mask keep their previous values (v5.19+:
+    /// `reset_guest_paging_metadata` tests `is_cr0_pg(mmu)`, read from the CPU role).
     pub metadata_skipped_when_pg0: bool,
 }
 

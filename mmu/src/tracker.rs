@@ -413,6 +413,10 @@ impl Tracker {
                 }
             }
         }
+        // "Needless" judges resets caused by register writes; SET_SREGS reloads by design.
+        if matches!(input, Input::SetSregs) {
+            d.needless_reset = false;
+        }
         self.finish(d, after)
     }
 
@@ -441,6 +445,8 @@ impl Tracker {
             }
         }
         self.reset(after, &mut d);
+        // A CPUID update re-initialises on purpose (v5.14+); never "needless".
+        d.needless_reset = false;
         self.finish(d, after)
     }
 

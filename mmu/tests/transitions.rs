@@ -45,7 +45,10 @@ fn cr0_rules() {
         cs_l: Some(true),
         host_initiated: false,
     };
-    assert!(check_write_with(CrReg::Cr0, &lme_pae, CR0_PAGED, &c, &m, &wc).is_err());
+    assert_eq!(
+        check_write_with(CrReg::Cr0, &lme_pae, CR0_PAGED, &c, &m, &wc),
+        Err(Gp::Cr0LongModeWithCsL)
+    );
     // Clearing PG: LMA cleared; #GP in 64-bit mode or with PCIDE.
     let long = regs(CR0_PAGED, CR4_PAE, EFER_LONG, 0x1000);
     let after = apply_write(CrReg::Cr0, &long, CR0_PROT, &c, &m).unwrap();
@@ -189,4 +192,30 @@ fn efer_rules() {
     // Writing LMA does not set it.
     let a = apply_write(CrReg::Efer, &prot, EFER_LMA, &c, &m).unwrap();
     assert!(!a.lma());
+}
+
+#[test]
+fn efer_host_writes_still_reject_unknown_bits() {
+    let m = mem();
+    let c = CpuModel { nx: false, ..cpu() };
+    let host = WriteContext {
+        cs_l: None,
+        host_initiated: true,
+    };
+    let prot = regs(CR0_PROT, 0, 0, 0);
+    // CPUID-dependent bits pass for the host, unknown bits never do.
+    assert!(check_write_with(CrReg::Efer, &prot, EFER_NXE, &c, &m, &host).is_ok());
+    assert_eq!(
+        check_write_with(CrReg::Efer, &prot, 1 << 40, &c, &m, &host),
+        Err(Gp::EferReserved { bits: 1 << 40 })
+    );
+    let lme_pae = regs(CR0_PROT, CR4_PAE, EFER_LME, 0x1000);
+    let csl = WriteContext {
+        cs_l: Some(true),
+        host_initiated: false,
+    };
+    assert_eq!(
+        check_write_with(CrReg::Cr0, &lme_pae, CR0_PAGED, &cpu(), &m, &csl),
+        Err(Gp::Cr0LongModeWithCsL)
+    );
 }

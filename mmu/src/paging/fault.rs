@@ -23,6 +23,8 @@ pub enum Gp {
     Cr0PgWithoutPe,
     /// Setting CR0.PG with EFER.LME=1 and CR4.PAE=0.
     Cr0LongModeWithoutPae,
+    /// Setting CR0.PG with EFER.LME=1 while CS.L=1 (KVM).
+    Cr0LongModeWithCsL,
     /// Clearing CR0.PG in 64-bit mode (CS.L=1 with LMA=1).
     Cr0ClearPgIn64BitMode,
     /// Clearing CR0.PG while CR4.PCIDE=1 (KVM).
@@ -60,6 +62,7 @@ impl fmt::Display for Gp {
             Gp::Cr0LongModeWithoutPae => {
                 write!(f, "#GP: setting CR0.PG with EFER.LME=1 and CR4.PAE=0")
             }
+            Gp::Cr0LongModeWithCsL => write!(f, "#GP: setting CR0.PG with EFER.LME=1 and CS.L=1"),
             Gp::Cr0ClearPgIn64BitMode => write!(f, "#GP: clearing CR0.PG in 64-bit mode"),
             Gp::Cr0ClearPgWithPcide => write!(f, "#GP: clearing CR0.PG with CR4.PCIDE=1"),
             Gp::Cr4Reserved { bits } => write!(f, "#GP: reserved/unsupported CR4 bits {bits:#x}"),

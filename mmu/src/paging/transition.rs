@@ -78,6 +78,17 @@ pub fn efer_allowed(cpu: &CpuModel) -> u64 {
     a
 }
 
+/// Every EFER bit the model knows: SCE, LME, LMA, NXE, SVME, LMSLE, FFXSR, TCE, AUTOIBRS.
+const EFER_KNOWN: u64 = EFER_SCE
+    | EFER_LME
+    | EFER_LMA
+    | EFER_NXE
+    | EFER_SVME
+    | (1 << 13)
+    | EFER_FFXSR
+    | (1 << 15)
+    | (1 << 21);
+
 /// Does writing `value` to `reg` raise #GP? Guest-initiated write, CS.L unknown.
 pub fn check_write(
     reg: CrReg,
@@ -143,9 +154,8 @@ pub fn apply_write_with(
                     return Err(Gp::Cr0LongModeWithoutPae);
                 }
                 if ctx.cs_l == Some(true) {
-                    // KVM refuses to enter long mode with CS.L=1 (sheet §7.2); reported as
-                    // the closest reason.
-                    return Err(Gp::Cr0ClearPgIn64BitMode);
+                    // KVM refuses to enter long mode with CS.L=1 (sheet §7.2).
+                    return Err(Gp::Cr0LongModeWithCsL);
                 }
             }
             if !pg_on && b.pg() {
@@ -205,6 +215,12 @@ pub fn apply_write_with(
             a.cr3 = v;
         }
         CrReg::Efer => {
+            // Bits no CPU defines fail even for host-initiated writes (efer_reserved_bits);
+            // the CPUID-dependent ones only for the guest.
+            let unknown = value & !EFER_KNOWN;
+            if unknown != 0 {
+                return Err(Gp::EferReserved { bits: unknown });
+            }
             if !ctx.host_initiated {
                 let bad = value & !efer_allowed(cpu);
                 if bad != 0 {

@@ -1,0 +1,178 @@
+//! `mmurr record`, `mmurr scenarios` and `mmurr demo` as a user runs them.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn mmurr(args: &[&str], dir: &Path) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_mmurr"))
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("run mmurr")
+}
+
+/// `None` when /dev/kvm can be opened here; the reason otherwise.
+fn kvm_unusable() -> Option<String> {
+    match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+    {
+        Ok(_) => None,
+        Err(e) => Some(e.to_string()),
+    }
+}
+
+macro_rules! require_kvm {
+    () => {
+        if let Some(why) = kvm_unusable() {
+            eprintln!("SKIP: /dev/kvm not usable: {why}");
+            return;
+        }
+    };
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+#[test]
+fn scenarios_json_lists_every_scenario_with_its_needs() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mmurr(&["scenarios", "--json"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let list = list.as_array().unwrap();
+    let names: Vec<&str> = list.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    assert_eq!(names, guests::scenario_names());
+    let pae = list.iter().find(|s| s["name"] == "pae-toggle").unwrap();
+    assert!(pae["needs"].as_array().unwrap().iter().any(|m| m == "pae"));
+    if !pae["kvm_here"].as_bool().unwrap() {
+        assert_eq!(pae["backend_auto"], "emu");
+        assert!(pae["kvm_reason"].as_str().unwrap().contains("paging"));
+    }
+}
+
+#[test]
+fn record_a_scenario_exits_with_the_debug_exit_code() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let out = mmurr(
+        &[
+            "record",
+            "--scenario",
+            "cr3-switch",
+            "--backend",
+            "kvm",
+            "-q",
+            "-o",
+            "t.mmurr",
+        ],
+        dir.path(),
+    );
+    // Status 0 through port 0xf4 is exit code (0 << 1) | 1.
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
+    let err = text(&out.stderr);
+    assert!(err.contains("debug-exit"), "{err}");
+    let info = mmurr(&["info", "--json", "t.mmurr"], dir.path());
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["scenario"], "cr3-switch", "{v}");
+}
+
+#[test]
+fn a_raw_long_mode_image_prints_and_exits() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    // mov dx,0x3f8; mov al,'h'; out dx,al; mov al,'i'; out dx,al; mov al,0x10; out 0xf4,al
+    let code = [
+        0x66, 0xba, 0xf8, 0x03, 0xb0, b'h', 0xee, 0xb0, b'i', 0xee, 0xb0, 0x10, 0xe6, 0xf4,
+    ];
+    std::fs::write(dir.path().join("hi.bin"), code).unwrap();
+    let out = mmurr(
+        &[
+            "record",
+            "--image",
+            "hi.bin@0x100000",
+            "--entry-mode",
+            "long",
+            "--memory",
+            "8",
+            "--backend",
+            "auto",
+            "-q",
+            "-o",
+            "hi.mmurr",
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some((0x10 << 1) | 1),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), "hi");
+    assert!(
+        text(&out.stderr).contains("backend kvm"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
+fn pae_on_a_pvm_host_says_what_to_do_and_keeps_the_trace() {
+    require_kvm!();
+    if !Path::new("/sys/module/kvm_pvm").exists() {
+        eprintln!("SKIP: not a PVM host");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let out = mmurr(
+        &[
+            "record",
+            "--scenario",
+            "pae-toggle",
+            "--backend",
+            "kvm",
+            "-q",
+            "-o",
+            "p.mmurr",
+        ],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = text(&out.stderr);
+    assert!(
+        err.contains("host-unsupported") && err.contains("--backend emu"),
+        "{err}"
+    );
+    let info = mmurr(&["info", "p.mmurr"], dir.path());
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    assert!(text(&info.stdout).contains("host-unsupported"));
+}
+
+#[test]
+fn bad_guest_arguments_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mmurr(
+        &["record", "--scenario", "no-such", "-o", "x.mmurr"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("no built-in scenario"),
+        "{}",
+        text(&out.stderr)
+    );
+    let out = mmurr(
+        &["record", "--image", "missing.bin", "-o", "x.mmurr"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("FILE@ADDR"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -124,6 +124,15 @@ fn reg_value(r: &Regs, reg: Register, long: bool) -> Option<u64> {
     None
 }
 
+/// The value of a general register in `r` (None for other registers).
+pub fn register_value(r: &Regs, reg: Register, long: bool) -> Option<u64> {
+    if reg.is_gpr() {
+        reg_value(r, reg, long)
+    } else {
+        None
+    }
+}
+
 /// Linear addresses (and sizes) of the memory operands of `instr`, explicit and implicit
 /// (stack, string operands), evaluated with the registers before it executes. For a `rep`
 /// string instruction, the current iteration's.

@@ -740,9 +740,14 @@ impl EmuBackend {
                 }
             }
         }
-        if let Some(d) = d {
-            if let Kind::MovCr(n) = d.kind {
-                self.after_mov_cr(n, before)?;
+        if let Some((reg, value)) = d.as_ref().and_then(|d| self.cr_write(d, before)) {
+            // PDPTE registers as the architecture loads them (Unicorn re-reads the PDPT on
+            // every walk instead and keeps no registers).
+            if let Some(Ok(after)) = self.cr_verdict(reg, value, before) {
+                if after.pdptrs != self.pdptrs {
+                    self.pdptrs = after.pdptrs;
+                    self.regs_cache = None;
+                }
             }
         }
         if let Some((gpa, size, data)) = self.uc.get_data_mut().mmio_write.take() {
@@ -755,37 +760,6 @@ impl EmuBackend {
             return Ok(Exit::Halted);
         }
         Ok(Exit::Stepped)
-    }
-
-    /// PDPTE registers are loaded by MOV to CR3 under PAE paging, and by MOV to CR0/CR4 that
-    /// changes PG, CD, NW, PAE, PGE, PSE or SMEP and leaves PAE paging active (SDM 4.4.1).
-    /// Unicorn re-reads the PDPT on every walk instead; we keep the architectural registers.
-    fn after_mov_cr(&mut self, n: u8, before: &Regs) -> Result<(), BackendError> {
-        self.save()?;
-        let (cr0, cr3, cr4) = (self.ctx.cr(0), self.ctx.cr(3), self.ctx.cr(4));
-        let efer = self.ctx.u64_at(self.layout.efer);
-        let pae_paging = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && efer & EFER_LMA == 0;
-        if !pae_paging {
-            return Ok(());
-        }
-        let load = match n {
-            3 => true,
-            0 => (cr0 ^ before.cr0) & ((1 << 31) | (1 << 30) | (1 << 29)) != 0,
-            4 => (cr4 ^ before.cr4) & ((1 << 5) | (1 << 7) | (1 << 4) | (1 << 20)) != 0,
-            _ => false,
-        };
-        if load {
-            self.regs_cache = None;
-            let base = cr3 & 0xffff_ffe0;
-            let mut buf = [0u8; 32];
-            if self.uc.mem_read(base, &mut buf).is_ok() {
-                for i in 0..4 {
-                    self.pdptrs[i] =
-                        u64::from_le_bytes(buf[i * 8..i * 8 + 8].try_into().unwrap_or([0; 8]));
-                }
-            }
-        }
-        Ok(())
     }
 
     fn deliver(
@@ -808,9 +782,21 @@ impl EmuBackend {
         } else {
             None
         };
+        self.deliver_vector(vector as u8, error_code, software, before.rip)
+    }
+
+    /// Delivers `vector` from the current state (RIP at the faulting instruction, or after it
+    /// for a software interrupt).
+    fn deliver_vector(
+        &mut self,
+        vector: u8,
+        error_code: Option<u32>,
+        software: bool,
+        at: u64,
+    ) -> Result<Exit, BackendError> {
         let regs = self.read_regs_from_ctx()?;
         let mut mem = exceptions::Mem { uc: &mut self.uc };
-        match exceptions::deliver(&mut mem, &regs, vector as u8, error_code, software) {
+        match exceptions::deliver(&mut mem, &regs, vector, error_code, software) {
             exceptions::Outcome::Delivered(new, info) => {
                 self.apply_delivery(&new)?;
                 self.delivered.push(info);
@@ -818,11 +804,56 @@ impl EmuBackend {
             }
             exceptions::Outcome::Shutdown => Ok(Exit::Shutdown),
             exceptions::Outcome::Unsupported(msg) => Err(BackendError::Engine(format!(
-                "mmurr-emu: exception {vector} (error code {error_code:?}) at RIP {:#x}: {msg} — Unicorn does not \
-                 deliver exceptions itself and mmurr-emu cannot deliver this one",
-                before.rip
+                "mmurr-emu: exception {vector} (error code {error_code:?}) at RIP {at:#x}: {msg} — Unicorn does not \
+                 deliver exceptions itself and mmurr-emu cannot deliver this one"
             ))),
         }
+    }
+
+    /// The control-register write `d` performs, if it is one mmurr checks: MOV to CR0/CR3/CR4
+    /// and WRMSR to EFER, with the value written.
+    fn cr_write(&self, d: &Decoded, r: &Regs) -> Option<(mmu::CrReg, u64)> {
+        match d.kind {
+            Kind::MovCr(n) => {
+                let reg = match n {
+                    0 => mmu::CrReg::Cr0,
+                    3 => mmu::CrReg::Cr3,
+                    4 => mmu::CrReg::Cr4,
+                    _ => return None,
+                };
+                let value =
+                    crate::decode::register_value(r, d.instr.op1_register(), self.ctx_long_before)?;
+                Some((reg, value))
+            }
+            Kind::Other if d.instr.mnemonic() == iced_x86::Mnemonic::Wrmsr => (r.gpr[1] as u32
+                == MSR_EFER)
+                .then(|| ((r.gpr[2] & 0xffff_ffff) << 32) | (r.gpr[0] & 0xffff_ffff))
+                .map(|v| (mmu::CrReg::Efer, v)),
+            _ => None,
+        }
+    }
+
+    /// The architecture's verdict on a control-register write, from the reference model
+    /// (`mmu::apply_write_with`): the registers after it, or #GP. QEMU checks few of these
+    /// (reserved CR4/EFER bits, PDPTE reserved bits, CR0.PG without PE, ...) and raises no #GP
+    /// for the rest, so mmurr-emu applies the architectural rule itself.
+    fn cr_verdict(
+        &self,
+        reg: mmu::CrReg,
+        value: u64,
+        r: &Regs,
+    ) -> Option<Result<mmu::ControlRegs, mmu::Gp>> {
+        let ram = self.ram_buf.as_ref()?;
+        let mem = RamView(ram.bytes());
+        let before = recorder::guest_view::control_regs(r);
+        let cs_l = r.efer & EFER_LMA != 0 && r.seg[1].attrs & (1 << 13) != 0;
+        let wctx = mmu::WriteContext {
+            cs_l: Some(cs_l),
+            host_initiated: false,
+        };
+        Some(mmu::apply_write_with(
+            reg, &before, value, &self.cpu, &mem, &wctx,
+        ))
     }
 
     /// Writes the registers an exception delivery changed.
@@ -843,6 +874,20 @@ impl EmuBackend {
             .map_err(|e| engine_err("context restore", e))?;
         self.w(RegisterX86::RFLAGS, r.rflags)?;
         Ok(())
+    }
+
+    /// The engine's own translation of a guest-linear address for a CPL0 access, with an empty
+    /// TLB (so the engine walks the page tables now), as the differential tests compare it
+    /// with `mmu::walk`. `None` when the engine would fault. Note that the engine sets
+    /// accessed/dirty bits on success, as a real access would.
+    pub fn engine_translate(&mut self, la: u64, access: mmu::Access) -> Option<u64> {
+        let prot = match access {
+            mmu::Access::Read => Prot::READ,
+            mmu::Access::Write => Prot::WRITE,
+            mmu::Access::Fetch => Prot::EXEC,
+        };
+        let _ = self.uc.ctl_flush_tlb();
+        self.uc.vmem_translate(la, prot).ok()
     }
 
     /// CPUID as the guest sees it under Unicorn, for the main leaves.
@@ -1126,6 +1171,14 @@ impl Backend for EmuBackend {
                     });
                 }
                 _ => {}
+            }
+        }
+        if let Some((reg, value)) = d.as_ref().and_then(|d| self.cr_write(d, &before)) {
+            if let Some(Err(_gp)) = self.cr_verdict(reg, value, &before) {
+                // The write faults architecturally: #GP(0) instead of executing it.
+                let exit = self.deliver_vector(13, Some(0), false, before.rip)?;
+                let written = self.take_written(&before, fetch, d.as_ref());
+                return Ok(StepResult { exit, written });
             }
         }
         let exit = self.execute(d, &before)?;

@@ -469,3 +469,154 @@ fn set_regs_round_trips() {
     b.set_regs(&r).unwrap();
     assert_eq!(b.regs().unwrap(), r);
 }
+
+/// A protected-mode guest under PAE paging: PDPT at 0x30000 whose entry 0 points at a page
+/// directory at 0x31000 mapping the first 2 MiB with one large page. Returns the backend after
+/// the host has switched paging on. `code` runs at CODE.
+fn pae_guest(code: Vec<u8>) -> EmuBackend {
+    let (mut b, _) = raw(code, CODE, guests::loader::EntryMode::Protected);
+    let mut pdpt = vec![0u8; 32];
+    pdpt[..8].copy_from_slice(&(0x31000u64 | 1).to_le_bytes());
+    assert!(b.write_phys(0x30000, &pdpt));
+    assert!(b.write_phys(0x31000, &(0x83u64).to_le_bytes())); // 2 MiB page at 0, P|RW|PS
+                                                              // A second page directory mapping linear 0 to 2 MiB.
+    assert!(b.write_phys(0x32000, &(0x20_0083u64).to_le_bytes()));
+    // IDT: every vector -> CODE + 0x80 (hlt), 32-bit interrupt gates.
+    let handler = CODE + 0x80;
+    let gate = (handler & 0xffff) | (0x08u64 << 16) | (0x8eu64 << 40) | ((handler >> 16) << 48);
+    let idt: Vec<u8> = (0..32).flat_map(|_| gate.to_le_bytes()).collect();
+    assert!(b.write_phys(0x20000, &idt));
+    let mut r = b.regs().unwrap();
+    assert_eq!(
+        r.seg[1].selector, 0x08,
+        "the raw loader's flat code selector"
+    );
+    r.idtr = traces::DescriptorTable {
+        base: 0x20000,
+        limit: 32 * 8 - 1,
+    };
+    r.cr4 = 0x20;
+    r.cr3 = 0x30000;
+    r.cr0 |= 0x8000_0000;
+    r.pdptrs = [0x31001, 0, 0, 0];
+    r.gpr[4] = 0x9000;
+    b.set_regs(&r).unwrap();
+    b
+}
+
+#[test]
+fn pdpte_registers_are_architectural_while_unicorn_rereads_the_pdpt() {
+    let mut code = asm(32, CODE, |a| {
+        a.mov(eax, 0x30000u32)?;
+        a.mov(cr3, eax)?;
+        a.nop()?;
+        a.hlt()
+    });
+    code.resize(0x80, 0x90);
+    code.push(0xf4);
+    let mut b = pae_guest(code);
+    b.step().unwrap();
+    b.step().unwrap();
+    assert_eq!(
+        b.regs().unwrap().pdptrs,
+        [0x31001, 0, 0, 0],
+        "loaded by MOV to CR3"
+    );
+    // Repoint PDPTE 0 in memory without reloading CR3.
+    assert!(b.write_phys(0x30000, &(0x32001u64).to_le_bytes()));
+    let r = b.regs().unwrap();
+    assert_eq!(
+        r.pdptrs[0], 0x31001,
+        "the PDPTE registers keep the loaded value"
+    );
+    let cpu = recorder::guest_view::cpu_model(&b.cpuid());
+    let ctl = recorder::guest_view::control_regs(&r);
+    struct M<'a>(&'a [u8]);
+    impl mmu::GuestMemory for M<'_> {
+        fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+            let s = gpa as usize;
+            self.0
+                .get(s..s + buf.len())
+                .map(|src| buf.copy_from_slice(src))
+                .is_some()
+        }
+    }
+    let w = mmu::walk(
+        &ctl,
+        &cpu,
+        &M(b.ram().unwrap()),
+        0x1000,
+        &mmu::AccessRequest::supervisor(mmu::Access::Read),
+    );
+    assert_eq!(
+        w.result.unwrap().gpa,
+        0x1000,
+        "architecture: through the PDPTE register"
+    );
+    // Documented Unicorn deviation: its walker re-reads the PDPT from memory.
+    assert_eq!(
+        b.engine_translate(0x1000, mmu::Access::Read),
+        Some(0x20_1000)
+    );
+}
+
+#[test]
+fn pae_cr3_load_with_reserved_pdpte_bits_raises_gp() {
+    let mut code = asm(32, CODE, |a| {
+        a.mov(eax, 0x30000u32)?;
+        a.mov(cr3, eax)?;
+        a.hlt()
+    });
+    code.resize(0x80, 0x90);
+    code.push(0xf4);
+    let mut b = pae_guest(code);
+    // R/W is reserved in a PAE PDPTE.
+    assert!(b.write_phys(0x30000, &(0x31003u64).to_le_bytes()));
+    b.step().unwrap();
+    let before = b.regs().unwrap();
+    assert_eq!(b.step().unwrap().exit, Exit::Stepped);
+    let after = b.regs().unwrap();
+    assert_eq!(after.rip, CODE + 0x80, "#GP delivered");
+    assert_eq!(
+        after.cr3, before.cr3,
+        "the faulting write did not take effect"
+    );
+    assert_eq!(
+        b.delivered.last().map(|d| (d.vector, d.error_code)),
+        Some((13, Some(0)))
+    );
+    let mut frame = [0u8; 8];
+    assert!(b.read_phys(after.gpr[4], &mut frame));
+    assert_eq!(
+        u32::from_le_bytes(frame[..4].try_into().unwrap()),
+        0,
+        "error code 0"
+    );
+    assert_eq!(
+        u32::from_le_bytes(frame[4..].try_into().unwrap()) as u64,
+        before.rip,
+        "faulting EIP"
+    );
+}
+
+#[test]
+fn reserved_cr4_bit_raises_gp_instead_of_being_ignored() {
+    let mut code = asm(32, CODE, |a| {
+        a.mov(esp, 0x9000u32)?;
+        a.mov(eax, 1u32 << 31)?;
+        a.mov(cr4, eax)?;
+        a.hlt()
+    });
+    code.resize(0x80, 0x90);
+    code.push(0xf4);
+    let mut b = pae_guest(code);
+    let mut r = b.regs().unwrap();
+    r.cr0 &= !0x8000_0000;
+    r.cr4 = 0;
+    b.set_regs(&r).unwrap();
+    for _ in 0..3 {
+        b.step().unwrap();
+    }
+    let after = b.regs().unwrap();
+    assert_eq!((after.rip, after.cr4), (CODE + 0x80, 0));
+}

@@ -620,3 +620,39 @@ fn reserved_cr4_bit_raises_gp_instead_of_being_ignored() {
     let after = b.regs().unwrap();
     assert_eq!((after.rip, after.cr4), (CODE + 0x80, 0));
 }
+
+#[test]
+fn interrupt_shadow_instructions_are_single_steps() {
+    // mov ss and sti inhibit interrupts for one instruction; QEMU ends its block there, and a
+    // step must still be exactly one instruction.
+    let code = asm(16, 0x7c00, |a| {
+        a.mov(ax, 0x50u32)?;
+        a.mov(ss, ax)?;
+        a.mov(sp, 0x100u32)?;
+        a.sti()?;
+        a.nop()?;
+        a.push(ax)?;
+        a.pop(ss)?;
+        a.nop()?;
+        a.hlt()
+    });
+    let entry = guests::image::real_mode_entry(0x7c00);
+    let mut b = loaded(&guest(code.clone(), 0x7c00, vec![], entry));
+    let mut dec = iced_x86::Decoder::with_ip(16, &code, 0x7c00, iced_x86::DecoderOptions::NONE);
+    let mut rip = 0x7c00;
+    loop {
+        let insn = dec.decode();
+        let r = b.step().unwrap();
+        let regs = b.regs().unwrap();
+        assert_eq!(regs.rip, rip + insn.len() as u64, "{insn}");
+        rip = regs.rip;
+        if insn.mnemonic() == iced_x86::Mnemonic::Mov
+            && insn.op0_register() == iced_x86::Register::SS
+        {
+            assert_eq!((regs.seg[2].selector, regs.seg[2].base), (0x50, 0x500));
+        }
+        if r.exit == Exit::Halted {
+            break;
+        }
+    }
+}

@@ -56,6 +56,8 @@ struct Case {
     pke: bool,
     nxe: bool,
     pkru: u32,
+    /// Run the accesses at CPL3 (user accesses: U/S, SMEP/SMAP and protection keys apply).
+    user: bool,
     cr3_page: u64,
     /// Raw 8-byte words for the pool (4-byte entries use the low/high halves).
     entries: Vec<u64>,
@@ -67,7 +69,7 @@ fn entry() -> impl Strategy<Value = u64> {
     (
         0u64..POOL_PAGES,
         any::<u16>(),
-        prop_oneof![8 => Just(0u64), 1 => Just(1u64 << 63), 1 => (12u32..52).prop_map(|b| 1u64 << b)],
+        prop_oneof![18 => Just(0u64), 1 => Just(1u64 << 63), 1 => (12u32..52).prop_map(|b| 1u64 << b)],
         0u8..16,
     )
         .prop_map(|(page, flags, extra, pk)| {
@@ -94,7 +96,7 @@ fn case() -> impl Strategy<Value = Case> {
             Just(Mode::Level4),
             Just(Mode::Level5)
         ],
-        any::<[bool; 6]>(),
+        any::<[bool; 7]>(),
         any::<u32>(),
         0u64..POOL_PAGES,
         prop::collection::vec(entry(), (POOL_PAGES * 512) as usize),
@@ -122,6 +124,7 @@ fn case() -> impl Strategy<Value = Case> {
                 pke: f[4],
                 nxe: f[5],
                 pkru,
+                user: f[6],
                 cr3_page,
                 entries,
                 addrs,
@@ -169,6 +172,7 @@ fn regs_for(c: &Case) -> (u64, u64, u64) {
 struct Tally {
     compared: u64,
     translated: u64,
+    user: u64,
     faulted: u64,
     large_pages: u64,
     per_mode: [u64; 4],
@@ -208,6 +212,12 @@ fn run_case(
     r.cr3 = cr3;
     r.cr0 = cr0;
     r.pkru = c.pkru;
+    // CPL comes from SS.DPL (and CS.RPL); the segments are otherwise unchanged.
+    let cpl = if c.user { 3u16 } else { 0 };
+    for n in [1usize, 2] {
+        r.seg[n].selector = (r.seg[n].selector & !3) | cpl;
+        r.seg[n].attrs = (r.seg[n].attrs & !0x60) | ((cpl as u32) << 5);
+    }
     let mut ctl = ControlRegs {
         cr0,
         cr3,
@@ -238,7 +248,11 @@ fn run_case(
     );
     for &la in &c.addrs {
         for access in Access::ALL {
-            let req = AccessRequest::supervisor(access);
+            let req = if c.user {
+                AccessRequest::user(access)
+            } else {
+                AccessRequest::supervisor(access)
+            };
             // The reference first: the engine's successful walk sets A/D bits (the reference
             // does not depend on them, but keep the order anyway).
             let w = {
@@ -249,6 +263,7 @@ fn run_case(
             let reference = w.result.as_ref().ok().map(|t| t.gpa);
             tally.compared += 1;
             tally.per_mode[c.mode as usize] += 1;
+            tally.user += c.user as u64;
             match &w.result {
                 Ok(t) => {
                     tally.translated += 1;
@@ -274,7 +289,7 @@ fn walker_agrees_with_unicorn() {
     let cases: u32 = std::env::var("MMURR_DIFF_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(400);
+        .unwrap_or(1000);
     let code = vec![0xf4];
     let g = guests::loader::load_raw(
         &code,

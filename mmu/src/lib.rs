@@ -35,6 +35,29 @@
 //!
 //! Before v5.19 KVM had a single 64-bit `mmu_role`; the tracker reports it as `cpu_role` and
 //! its base half as `root_role`.
+//!
+//! ## Example: the seed bug (47c42e6b4192)
+//!
+//! ```
+//! use mmu::{bits::*, *};
+//! // CR3 = 0x1000 is both a 32-bit page directory and a valid PDPT.
+//! let mut mem = FlatMemory::new(0, 0x10_0000);
+//! mem.write_u64(0x1000, 0x2001); // PDE0 / PDPTE0 -> 0x2000
+//! mem.write_u64(0x2000, 0x3003); // 32-bit PTE0 -> 0x3000 / PAE PDE0 -> PT at 0x3000
+//! let cpu = CpuModel::default_x86_64();
+//! let before = ControlRegs { cr0: CR0_PE | CR0_PG, cr3: 0x1000, ..Default::default() };
+//! let mut t = Tracker::new(policy("v5.1-rc3").unwrap(), Flavour::Tdp, cpu, &before);
+//! // The guest sets CR4.PAE with paging on; the architecture reloads the PDPTEs.
+//! let after = apply_write(CrReg::Cr4, &before, CR4_PAE, &cpu, &mem).unwrap();
+//! let d = t.apply(&Input::Cr4 { old: 0, new: CR4_PAE }, &after, &mem);
+//! assert_eq!(d.outcome, Outcome::SkippedRoleUnchanged);
+//! let stale = d.stale.expect("KVM kept the 2-level walker");
+//! assert_eq!((stale.kept.root_level, stale.correct.root_level), (2, 3));
+//! let diffs = compare_translations(&stale.kept, &stale.correct, &after, &cpu, &mem,
+//!                                  &[(0x0, Access::Read)]);
+//! assert_eq!(diffs[0].kept, TranslationResult::Phys { gpa: 0x3000 });
+//! assert_eq!(diffs[0].correct, TranslationResult::PageFault { error_code: 0 });
+//! ```
 
 pub mod context;
 pub mod paging;

@@ -1107,7 +1107,13 @@ impl Backend for EmuBackend {
     }
 
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool {
-        in_ram(&self.ram, gpa, data.len() as u64) && self.uc.mem_write(gpa, data).is_ok()
+        let ok = in_ram(&self.ram, gpa, data.len() as u64) && self.uc.mem_write(gpa, data).is_ok();
+        if ok && self.loaded {
+            // uc_mem_write does not invalidate translated code: a host write over guest code
+            // (a debugger's breakpoint, a patched instruction) must not run stale blocks.
+            let _ = self.uc.ctl_flush_tb();
+        }
+        ok
     }
 
     fn ram_size(&self) -> u64 {

@@ -656,3 +656,18 @@ fn interrupt_shadow_instructions_are_single_steps() {
         }
     }
 }
+
+#[test]
+fn host_writes_over_code_take_effect() {
+    let code = asm(16, 0x7c00, |a| {
+        a.nop()?;
+        a.mov(ax, 1u32)?;
+        a.hlt()
+    });
+    let entry = guests::image::real_mode_entry(0x7c00);
+    let mut b = loaded(&guest(code, 0x7c00, vec![], entry));
+    b.step().unwrap(); // translates the block that holds the next instructions too
+    assert!(b.write_phys(0x7c02, &[2, 0])); // mov ax, 2
+    b.step().unwrap();
+    assert_eq!(b.regs().unwrap().gpr[0] & 0xffff, 2);
+}

@@ -19,7 +19,7 @@
 //! ## KVM's MMU model
 //! - Roles: [`PageRole`], [`ExtRole`], [`CpuRole`] (`#[repr(transparent)]` words) printed and
 //!   diffed field by field through a per-version [`Layout`].
-//! - Policies: [`policies`]`()`, [`policy`]`("v5.1-rc3")`: one [`Policy`] value per modelled
+//! - Policies: [`policies`]`()`, [`policy()`]`("v5.1-rc3")`: one [`Policy`] value per modelled
 //!   kernel (v4.20 … v6.14), each with a summary and commits; role rules, compare key, reset
 //!   triggers, event rules, re-init rules and root-cache rule are all data.
 //! - [`Tracker`]`::new(policy, Flavour::Tdp | Flavour::Shadow, cpu, &initial)`, then

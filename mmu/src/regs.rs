@@ -130,11 +130,11 @@ impl ControlRegs {
 /// What the guest CPU offers (guest CPUID): the inputs of reserved-bit and CR4 checks.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct CpuModel {
-    /// CPUID 0x80000008.EAX[7:0]; clamped to 32..=52 where used.
+    /// CPUID 0x80000008.EAX\[7:0\]; clamped to 32..=52 where used.
     pub maxphyaddr: u8,
     /// Guest CPUID vendor is AMD (bit 8 of non-leaf PML5E/PML4E is reserved).
     pub amd: bool,
-    /// 1 GiB pages (CPUID 0x80000001.EDX[26]).
+    /// 1 GiB pages (CPUID 0x80000001.EDX\[26\]).
     pub gbpages: bool,
     pub la57: bool,
     pub pku: bool,

@@ -124,7 +124,7 @@ impl RootCache {
     }
 
     /// ≤ v5.18 `fast_cr3_switch` + `cached_root_available`: only when `attempt` (64-bit guest
-    /// and root); the current root is rotated into prev_roots[0] without being tested; the PGD
+    /// and root); the current root is rotated into prev_roots\[0\] without being tested; the PGD
     /// is compared unless `direct_ignores_pgd` and the role is direct. On a miss the current
     /// root (the LRU one) is freed.
     pub fn lookup_legacy(

@@ -37,7 +37,7 @@ pub enum Gp {
     Cr4La57ChangeInLongMode,
     /// Setting CR4.PCIDE outside IA-32e mode.
     Cr4PcideOutsideLongMode,
-    /// Setting CR4.PCIDE while CR3[11:0] != 0.
+    /// Setting CR4.PCIDE while CR3\[11:0\] != 0.
     Cr4PcideWithNonZeroPcid,
     /// CR3 with bits at or above MAXPHYADDR.
     Cr3AboveMaxPhyAddr { bits: u64 },

@@ -4,7 +4,7 @@ use super::fault::Gp;
 use super::rsvd::pdpte_reserved;
 use crate::regs::{read_u64, GuestMemory};
 
-/// Guest-physical address of the PDPT: CR3[31:5]; CR3[4:0] and CR3[63:32] are ignored.
+/// Guest-physical address of the PDPT: CR3\[31:5\]; CR3\[4:0\] and CR3\[63:32\] are ignored.
 pub fn pdpt_address(cr3: u64) -> u64 {
     cr3 & 0xffff_ffe0
 }

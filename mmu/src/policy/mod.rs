@@ -100,7 +100,7 @@ pub struct ResetTriggers {
 /// How a guest CPUID update reaches the MMU (sheet §5.5, §6.2 #17, #29).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum CpuidRule {
-    /// `kvm_mmu_reset_context` only; the compare key decides ([U] for the exact call site).
+    /// `kvm_mmu_reset_context` only; the compare key decides (\[U\] for the exact call site).
     ResetOnly,
     /// 49c6f8756cdf (v5.14): clear ext.valid of the stored role and zero the root role word,
     /// then reset, so re-init always happens.
@@ -113,7 +113,7 @@ pub enum CpuidRule {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct EventRules {
     /// INIT resets the MMU when CR0.PG was 1 (0aa1837533e5, v5.14). Before, the generic
-    /// code did not ([U]: vendor reset paths papered over it on some hosts).
+    /// code did not (\[U\]: vendor reset paths papered over it on some hosts).
     pub init_resets_when_paging: bool,
     pub cpuid: CpuidRule,
     /// x86.c requests explicit TLB flushes for PG 1→0, PGE / PCIDE 1→0 (guest) and PAE /
@@ -139,12 +139,12 @@ pub struct ReinitRules {
 pub enum RootCacheRule {
     /// ≤ v5.18 `fast_cr3_switch` + `cached_root_available` (verified against a v5.1-era
     /// mmu.c): only when the guest root level and KVM's root level are both ≥ 4, otherwise the
-    /// current root is freed; the current root is rotated into prev_roots[0] without being
+    /// current root is freed; the current root is rotated into prev_roots\[0\] without being
     /// tested first; a root matches on CR3 and `role.word`; the required role is recomputed
     /// from the registers (`kvm_mmu_calc_root_page_role`).
     Legacy64BitOnly {
         /// A later patch ("root_cr3 is ignored for direct MMUs") stopped comparing CR3 for
-        /// direct roots. First release [U]; modelled from v5.7.
+        /// direct roots. First release \[U\]; modelled from v5.7.
         direct_ignores_pgd: bool,
     },
     /// v5.19+ `fast_pgd_switch` (5499ea73e7db): roots without a shadow page (PAE roots) are

@@ -246,7 +246,7 @@ pub static BASE_V6_14: [FieldDef; 15] = concat_base(
 
 // ---- kvm_mmu_extended_role ---------------------------------------------------------------
 
-/// v4.20 (7dcd57552008). [I] field order per sheet §2.1.
+/// v4.20 (7dcd57552008). \[I\] field order per sheet §2.1.
 pub static EXT_V4_20: [FieldDef; 8] = [
     fd(Valid, "ext.valid", 0, 1),
     fd(Execonly, "ext.execonly", 1, 1),

@@ -708,3 +708,19 @@ fn unreadable_tables() {
         })
     );
 }
+
+#[test]
+fn pae_accessed_dirty_skips_pdpte_register() {
+    let mut m = mem();
+    m.write_u64(0x1000, 0x2000 | P);
+    m.write_u64(0x2000, 0x3000 | P | W);
+    m.write_u64(0x3000 + 8 * 5, 0x9000 | P | W);
+    let mut r = regs(CR0_PAGED, CR4_PAE, 0, 0x1000);
+    r.pdptrs = load_pdptrs(0x1000, &m, 46).unwrap();
+    let w = walk_mut(&r, &cpu(), &mut m, 0x5000, &sup(Access::Write));
+    assert_eq!(res(&w), Ok(0x9000));
+    assert_eq!(w.ad_updates.len(), 2);
+    assert_eq!(m.read_u64(0x1000).unwrap(), 0x2000 | P, "PDPT untouched");
+    assert_eq!(m.read_u64(0x2000).unwrap(), 0x3000 | P | W | A);
+    assert_eq!(m.read_u64(0x3028).unwrap(), 0x9000 | P | W | A | D);
+}

@@ -1,0 +1,630 @@
+//! The browser's state and the updates that change it. Key handling only changes state here;
+//! the `ui` modules draw from it without changing anything, so every screen can be rendered
+//! on ratatui's test backend after any sequence of keys.
+
+use crate::events::{summary, EventIndex};
+use crate::filter::Filter;
+use crate::history::MmuHistory;
+use crate::keys::{self, Action};
+use crate::load::{self, LoadMsg, Progress};
+use crate::position::PositionView;
+use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
+use mmu::{CpuModel, Flavour};
+use replayer::Timeline;
+use std::path::Path;
+use std::sync::mpsc::Receiver;
+use traces::{EndRecord, EventKind, FindingKind, Header, MmuOutcome, Step};
+
+/// What a line of typed text is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Prompt {
+    Search,
+    Filter,
+    Walk,
+    Goto,
+}
+
+impl Prompt {
+    pub fn label(self) -> &'static str {
+        match self {
+            Prompt::Search => "/",
+            Prompt::Filter => "filter: ",
+            Prompt::Walk => "walk address: ",
+            Prompt::Goto => ":",
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Mode {
+    Normal,
+    Prompt(Prompt, String),
+    Help,
+}
+
+/// Rows a page key moves (the timeline's height is the view's business).
+pub const PAGE: usize = 20;
+/// Rows one mouse-wheel notch moves.
+pub const WHEEL: usize = 3;
+
+pub struct App {
+    /// The trace's file name, for the title.
+    pub title: String,
+    pub header: Header,
+    pub total_steps: Step,
+    pub complete: bool,
+    pub end: Option<EndRecord>,
+    pub cpu: CpuModel,
+    pub flavour: Flavour,
+    timeline: Timeline,
+    loader: Option<Receiver<LoadMsg>>,
+    pub progress: Option<Progress>,
+    pub events: EventIndex,
+    pub events_loaded: bool,
+    pub history: Option<MmuHistory>,
+    pub history_error: Option<String>,
+    pub filter: Filter,
+    pub filter_text: String,
+    /// Indices into `events.events` that pass the filter.
+    pub visible: Vec<usize>,
+    /// Index into `visible` of the selected row.
+    pub cursor: usize,
+    /// The current position: instructions executed.
+    pub step: Step,
+    pub view: PositionView,
+    /// Index into the analysis' policies.
+    pub policy: usize,
+    policy_chosen: bool,
+    pub side_by_side: bool,
+    pub walk_address: Option<u64>,
+    pub mode: Mode,
+    pub search: Option<String>,
+    /// Status-line message and whether it reports a problem.
+    pub message: Option<(String, bool)>,
+    pub quit: bool,
+}
+
+impl App {
+    /// Opens `path`: reads the header and index (fast) and starts the background loader.
+    pub fn open(path: &Path) -> anyhow::Result<App> {
+        let timeline = Timeline::open(path)
+            .map_err(|e| anyhow::anyhow!("cannot open {}: {e}", path.display()))?;
+        let header = timeline.header().clone();
+        let flavour = Flavour::parse(&header.mmu_flavour).unwrap_or(Flavour::Tdp);
+        let loader = load::spawn(path.to_path_buf(), flavour);
+        let mut timeline = timeline;
+        let reader = timeline.reader();
+        let complete = reader.is_complete();
+        let end = reader.end().cloned();
+        let total_steps = timeline.last_step();
+        let mut app = App {
+            title: path
+                .file_name()
+                .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into()),
+            cpu: replayer::cpu_model(&header.guest),
+            events: EventIndex::new(&header.guest.entry),
+            header,
+            total_steps,
+            complete,
+            end,
+            flavour,
+            timeline,
+            loader: Some(loader),
+            progress: None,
+            events_loaded: false,
+            history: None,
+            history_error: None,
+            filter: Filter::default(),
+            filter_text: String::new(),
+            visible: Vec::new(),
+            cursor: 0,
+            step: 0,
+            view: PositionView::default(),
+            policy: 0,
+            policy_chosen: false,
+            side_by_side: false,
+            walk_address: None,
+            mode: Mode::Normal,
+            search: None,
+            message: None,
+            quit: false,
+        };
+        if !app.complete {
+            app.message = Some((
+                "the trace is incomplete (its writer did not finish): the index was rebuilt"
+                    .into(),
+                true,
+            ));
+        }
+        app.refresh();
+        Ok(app)
+    }
+
+    /// Takes whatever the loader has sent so far; true when something changed.
+    pub fn poll_loader(&mut self) -> bool {
+        let mut changed = false;
+        while let Some(msg) = self.loader.as_ref().and_then(|rx| rx.try_recv().ok()) {
+            self.receive(msg);
+            changed = true;
+        }
+        if self.loader.is_some() && self.history.is_some() || self.history_error.is_some() {
+            self.loader = None;
+        }
+        changed
+    }
+
+    /// Blocks until loading is over (tests, benchmarks, and `--no-tui` front ends).
+    pub fn finish_loading(&mut self) {
+        while let Some(rx) = self.loader.as_ref() {
+            match rx.recv() {
+                Ok(msg) => self.receive(msg),
+                Err(_) => self.loader = None,
+            }
+            if self.history.is_some() || self.history_error.is_some() {
+                self.loader = None;
+            }
+        }
+    }
+
+    pub fn loading(&self) -> bool {
+        self.loader.is_some()
+    }
+
+    fn receive(&mut self, msg: LoadMsg) {
+        match msg {
+            LoadMsg::Progress(p) => self.progress = Some(p),
+            LoadMsg::Events(index) => {
+                if let Some(e) = index.errors.first() {
+                    self.message = Some((format!("damaged trace: {e}"), true));
+                }
+                self.events = index;
+                self.events_loaded = true;
+                self.apply_filter();
+                self.follow_step();
+            }
+            LoadMsg::Mmu(h) => {
+                if !self.policy_chosen {
+                    self.policy = h.default_policy();
+                }
+                self.history = Some(h);
+                self.progress = None;
+                self.refresh();
+            }
+            LoadMsg::Failed(e) => {
+                self.progress = None;
+                self.message = Some((e.clone(), true));
+                self.history_error = Some(e);
+            }
+        }
+    }
+
+    // ---- input ------------------------------------------------------------------------
+
+    pub fn on_key(&mut self, key: KeyEvent) {
+        if key.kind == KeyEventKind::Release {
+            return;
+        }
+        match self.mode.clone() {
+            Mode::Help => {
+                if matches!(
+                    key.code,
+                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter
+                ) {
+                    self.mode = Mode::Normal;
+                }
+            }
+            Mode::Prompt(kind, mut text) => match key.code {
+                KeyCode::Esc => self.mode = Mode::Normal,
+                KeyCode::Enter => {
+                    self.mode = Mode::Normal;
+                    self.submit(kind, text.trim());
+                }
+                KeyCode::Backspace => {
+                    if text.pop().is_none() {
+                        self.mode = Mode::Normal;
+                    } else {
+                        self.mode = Mode::Prompt(kind, text);
+                    }
+                }
+                KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    self.mode = Mode::Normal
+                }
+                KeyCode::Char(c) => {
+                    text.push(c);
+                    self.mode = Mode::Prompt(kind, text);
+                }
+                _ => {}
+            },
+            Mode::Normal => {
+                if let Some(a) = keys::action(&key) {
+                    self.message = None;
+                    self.act(a);
+                }
+            }
+        }
+    }
+
+    pub fn on_mouse(&mut self, m: MouseEvent) {
+        if self.mode != Mode::Normal {
+            return;
+        }
+        match m.kind {
+            MouseEventKind::ScrollDown => self.move_cursor(WHEEL as i64),
+            MouseEventKind::ScrollUp => self.move_cursor(-(WHEEL as i64)),
+            _ => {}
+        }
+    }
+
+    pub fn act(&mut self, a: Action) {
+        match a {
+            Action::Down => self.move_cursor(1),
+            Action::Up => self.move_cursor(-1),
+            Action::PageDown => self.move_cursor(PAGE as i64),
+            Action::PageUp => self.move_cursor(-(PAGE as i64)),
+            Action::NextTransition => self.jump_transition(true),
+            Action::PrevTransition => self.jump_transition(false),
+            Action::NextReset => self.jump_reset(true),
+            Action::PrevReset => self.jump_reset(false),
+            Action::NextFinding => self.jump_finding(true),
+            Action::PrevFinding => self.jump_finding(false),
+            Action::StepForward => self.set_step(self.step.saturating_add(1), true),
+            Action::StepBack => self.set_step(self.step.saturating_sub(1), true),
+            Action::Start => {
+                self.cursor = 0;
+                self.set_step(0, false);
+            }
+            Action::End => {
+                self.cursor = self.visible.len().saturating_sub(1);
+                self.set_step(self.total_steps, false);
+            }
+            Action::Search => self.mode = Mode::Prompt(Prompt::Search, String::new()),
+            Action::SearchNext => self.search_again(true),
+            Action::SearchPrev => self.search_again(false),
+            Action::Filter => self.mode = Mode::Prompt(Prompt::Filter, self.filter_text.clone()),
+            Action::CyclePolicy => self.cycle_policy(),
+            Action::SideBySide => self.side_by_side = !self.side_by_side,
+            Action::Walk => self.mode = Mode::Prompt(Prompt::Walk, String::new()),
+            Action::Goto => self.mode = Mode::Prompt(Prompt::Goto, String::new()),
+            Action::Help => self.mode = Mode::Help,
+            Action::Quit => self.quit = true,
+        }
+    }
+
+    fn submit(&mut self, kind: Prompt, text: &str) {
+        match kind {
+            Prompt::Search => {
+                if text.is_empty() {
+                    self.search = None;
+                } else {
+                    self.search = Some(text.to_string());
+                    self.search_again(true);
+                }
+            }
+            Prompt::Filter => match Filter::parse(text) {
+                Ok(f) => {
+                    self.filter = f;
+                    self.filter_text = text.to_string();
+                    self.apply_filter();
+                    self.follow_step();
+                    self.message = Some((
+                        format!("{} of {} events shown", self.visible.len(), self.events.len()),
+                        false,
+                    ));
+                }
+                Err(e) => self.message = Some((e, true)),
+            },
+            Prompt::Walk => {
+                if text.is_empty() {
+                    self.walk_address = None;
+                    self.refresh();
+                } else {
+                    match parse_number(text, true) {
+                        Some(a) => {
+                            self.walk_address = Some(a);
+                            self.refresh();
+                        }
+                        None => self.message = Some((format!("not an address: {text:?}"), true)),
+                    }
+                }
+            }
+            Prompt::Goto => self.goto(text),
+        }
+    }
+
+    // ---- navigation -------------------------------------------------------------------
+
+    /// The selected event (index into `events.events`).
+    pub fn selected(&self) -> Option<usize> {
+        self.visible.get(self.cursor).copied()
+    }
+
+    fn move_cursor(&mut self, delta: i64) {
+        if self.visible.is_empty() {
+            if !self.events_loaded {
+                self.message = Some(("events are still loading; s/S and : step".into(), false));
+            }
+            return;
+        }
+        let last = self.visible.len() - 1;
+        let to = (self.cursor as i64 + delta).clamp(0, last as i64) as usize;
+        self.select(to);
+    }
+
+    /// Selects visible row `row` and moves to its step.
+    fn select(&mut self, row: usize) {
+        self.cursor = row;
+        if let Some(e) = self.selected().and_then(|i| self.events.events.get(i)) {
+            let step = e.step;
+            self.set_step(step, false);
+        }
+    }
+
+    /// Moves to `step`; with `follow`, the cursor goes to the last row at or before it.
+    fn set_step(&mut self, step: Step, follow: bool) {
+        let step = step.min(self.total_steps);
+        if step != self.step || self.view.step != Some(step) {
+            self.step = step;
+            self.refresh();
+        }
+        if follow {
+            self.follow_step();
+        }
+    }
+
+    /// Puts the cursor on the last visible event at or before the current step.
+    fn follow_step(&mut self) {
+        let step = self.step;
+        let n = self
+            .visible
+            .partition_point(|&i| self.events.events.get(i).is_some_and(|e| e.step <= step));
+        self.cursor = n.saturating_sub(1);
+    }
+
+    fn apply_filter(&mut self) {
+        let policies = &self.header.policies;
+        self.visible = if self.filter.is_empty() {
+            (0..self.events.len()).collect()
+        } else {
+            (0..self.events.len())
+                .filter(|&i| self.filter.matches(&self.events, i, policies))
+                .collect()
+        };
+        self.cursor = self.cursor.min(self.visible.len().saturating_sub(1));
+    }
+
+    /// Moves to the next (or previous) visible row satisfying `pred`.
+    fn jump(
+        &mut self,
+        forward: bool,
+        what: &str,
+        pred: impl Fn(&App, &traces::Event, usize) -> bool,
+    ) -> bool {
+        let rows: Box<dyn Iterator<Item = usize>> = if forward {
+            Box::new(self.cursor + 1..self.visible.len())
+        } else {
+            Box::new((0..self.cursor.min(self.visible.len())).rev())
+        };
+        for row in rows {
+            let i = self.visible[row];
+            if let Some(e) = self.events.events.get(i) {
+                if pred(self, e, i) {
+                    self.select(row);
+                    return true;
+                }
+            }
+        }
+        let dir = if forward { "next" } else { "previous" };
+        let hint = if self.filter.is_empty() {
+            ""
+        } else {
+            " among the filtered events"
+        };
+        self.message = Some((format!("no {dir} {what}{hint}"), false));
+        false
+    }
+
+    fn jump_transition(&mut self, forward: bool) {
+        self.jump(forward, "transition", |_, e, _| {
+            matches!(e.kind, EventKind::Transition { .. })
+        });
+    }
+
+    fn jump_reset(&mut self, forward: bool) {
+        let what = match &self.history {
+            Some(h) => format!("reset under {}", h.analysis.policies[self.policy].name),
+            None => "reset (recorded decisions; the model is still loading)".to_string(),
+        };
+        self.jump(forward, &what, |app, e, _| match (&app.history, &e.kind) {
+            (Some(h), EventKind::CrWrite(_)) => h
+                .write_of_event(e.id)
+                .is_some_and(|w| h.is_reset(w, app.policy)),
+            (None, EventKind::Mmu(d)) => {
+                matches!(d.outcome, MmuOutcome::Reinit | MmuOutcome::InitOnly)
+            }
+            _ => false,
+        });
+    }
+
+    fn jump_finding(&mut self, forward: bool) {
+        let found = self.jump(forward, "finding", |app, e, _| match &e.kind {
+            EventKind::Finding(_) => true,
+            EventKind::CrWrite(_) => app.history.as_ref().is_some_and(|h| {
+                h.write_of_event(e.id)
+                    .is_some_and(|w| h.findings_at(w).next().is_some())
+            }),
+            _ => false,
+        });
+        if found {
+            self.select_finding_policy();
+        }
+    }
+
+    /// After landing on a finding, show the policy it is about.
+    fn select_finding_policy(&mut self) {
+        let (Some(h), Some(i)) = (&self.history, self.selected()) else {
+            return;
+        };
+        let Some(e) = self.events.events.get(i) else {
+            return;
+        };
+        let policy = match &e.kind {
+            EventKind::Finding(f) => self
+                .header
+                .policies
+                .get(usize::from(f.policy))
+                .and_then(|name| {
+                    let short = name.split_whitespace().next().unwrap_or(name);
+                    h.analysis.policy_index(short)
+                }),
+            EventKind::CrWrite(_) => h.write_of_event(e.id).and_then(|w| {
+                let mut at = h.findings_at(w);
+                let first = at.next()?;
+                let stale = std::iter::once(first)
+                    .chain(at)
+                    .find(|f| f.kind == FindingKind::StaleContext);
+                Some(stale.unwrap_or(first).policy)
+            }),
+            _ => None,
+        };
+        if let Some(p) = policy {
+            self.policy = p;
+            self.policy_chosen = true;
+        }
+    }
+
+    fn cycle_policy(&mut self) {
+        match &self.history {
+            Some(h) => {
+                let n = h.analysis.policies.len().max(1);
+                self.policy = (self.policy + 1) % n;
+                self.policy_chosen = true;
+                self.refresh();
+            }
+            None => {
+                self.message = Some(("the MMU model is still loading".into(), false));
+            }
+        }
+    }
+
+    /// The text search matches against.
+    pub fn row_text(&self, i: usize) -> String {
+        match self.events.events.get(i) {
+            Some(e) => {
+                let (kind, text) = summary(e, &self.header.policies);
+                format!("#{} step {} {kind} {text}", e.id, e.step)
+            }
+            None => String::new(),
+        }
+    }
+
+    fn search_again(&mut self, forward: bool) {
+        let Some(needle) = self.search.clone() else {
+            self.message = Some(("no search yet: press / first".into(), false));
+            return;
+        };
+        let needle = needle.to_ascii_lowercase();
+        let n = self.visible.len();
+        for k in 1..=n {
+            let row = if forward {
+                (self.cursor + k) % n
+            } else {
+                (self.cursor + n - k % n) % n
+            };
+            let i = self.visible[row];
+            if self.row_text(i).to_ascii_lowercase().contains(&needle) {
+                self.select(row);
+                return;
+            }
+        }
+        self.message = Some((format!("not found: {needle}"), true));
+    }
+
+    fn goto(&mut self, text: &str) {
+        let event = text
+            .strip_prefix('#')
+            .or_else(|| text.strip_prefix('e'))
+            .map(|t| t.trim());
+        if let Some(t) = event {
+            let Some(id) = parse_number(t, false) else {
+                self.message = Some((format!("not an event number: {t:?}"), true));
+                return;
+            };
+            match self.events.position_of(id) {
+                Some(i) => {
+                    match self.visible.binary_search(&i) {
+                        Ok(row) => self.select(row),
+                        Err(_) => {
+                            let step = self.events.events[i].step;
+                            self.set_step(step, true);
+                            self.message =
+                                Some((format!("event #{id} is hidden by the filter"), false));
+                        }
+                    }
+                }
+                None => self.message = Some((format!("no event #{id}"), true)),
+            }
+            return;
+        }
+        match parse_number(text, false) {
+            Some(s) if s <= self.total_steps => self.set_step(s, true),
+            Some(s) => {
+                self.message = Some((
+                    format!("step {s} is past the end (last step {})", self.total_steps),
+                    true,
+                ))
+            }
+            None => self.message = Some((format!("not a step: {text:?} (event: #N)"), true)),
+        }
+    }
+
+    /// Recomputes the panels for the current position.
+    fn refresh(&mut self) {
+        let kept = self.history.as_ref().and_then(|h| {
+            h.analysis
+                .tracker_at(self.policy, self.step)
+                .map(|t| (t.policy().name, *t.context()))
+        });
+        let view = PositionView::compute(
+            &mut self.timeline,
+            &self.cpu,
+            self.step,
+            self.walk_address,
+            kept,
+        );
+        if let Some(e) = &view.error {
+            self.message = Some((e.clone(), true));
+        }
+        self.view = view;
+    }
+}
+
+/// Decimal, or hex with `0x` (addresses: hex without `0x` too).
+pub fn parse_number(text: &str, hex_default: bool) -> Option<u64> {
+    let t = text.trim().replace('_', "");
+    if let Some(h) = t.strip_prefix("0x").or_else(|| t.strip_prefix("0X")) {
+        u64::from_str_radix(h, 16).ok()
+    } else if hex_default {
+        u64::from_str_radix(&t, 16).ok()
+    } else {
+        t.parse().ok()
+    }
+}
+
+impl App {
+    /// The control-register write the role panel describes: the selected event's (a write,
+    /// or the write a decision or finding is about) when it is at the current step, else the
+    /// last write at or before the current step. An index into the analysis' writes.
+    pub fn current_write(&self) -> Option<usize> {
+        let h = self.history.as_ref()?;
+        let selected = self
+            .selected()
+            .filter(|&i| self.events.events.get(i).is_some_and(|e| e.step == self.step))
+            .and_then(|i| self.events.cause_of(i))
+            .and_then(|c| self.events.events.get(c))
+            .and_then(|e| h.write_of_event(e.id));
+        selected.or_else(|| {
+            let w = h.analysis.last_write_at(self.step)?;
+            h.write_of_event(w.event.id)
+        })
+    }
+}

@@ -1,0 +1,239 @@
+//! The trace's events as the timeline lists them: every event in file order, the paging mode
+//! in effect at each, the paging-mode spans over the whole trace (the coloured band), and the
+//! guest's serial output. Built from the chunks flagged as holding events only, so a trace of
+//! millions of steps with few events loads in the time it takes to read those chunks.
+
+use replayer::flags::changed_flags;
+use std::io::{Read, Seek};
+use traces::{
+    chunk::FLAG_EVENTS, ControlReg, Event, EventId, EventKind, PagingMode, Reader, Record, Regs,
+    Step,
+};
+
+/// COM1's data port and the Bochs/QEMU debug console: writes there are the guest's output.
+pub const SERIAL_PORTS: [u16; 2] = [0x3f8, 0xe9];
+
+/// The paging mode the registers select (the trace's own names, as `Transition` uses them).
+pub fn paging_mode(regs: &Regs) -> PagingMode {
+    match mmu::PagingMode::of(regs.cr0, regs.cr4, regs.efer) {
+        mmu::PagingMode::Real => PagingMode::Real,
+        mmu::PagingMode::Unpaged => PagingMode::Unpaged,
+        mmu::PagingMode::Bits32 => PagingMode::Bits32,
+        mmu::PagingMode::Pae => PagingMode::Pae,
+        mmu::PagingMode::Level4 => PagingMode::Level4,
+        mmu::PagingMode::Level5 => PagingMode::Level5,
+    }
+}
+
+/// Every event of a trace, with what the timeline needs to list, filter and colour them.
+#[derive(Clone, Debug, Default)]
+pub struct EventIndex {
+    pub events: Vec<Event>,
+    /// The paging mode in effect right after each event (parallel to `events`).
+    pub modes: Vec<PagingMode>,
+    /// `(first step, mode)`: the mode from that step on, ascending.
+    pub spans: Vec<(Step, PagingMode)>,
+    /// Bytes the guest wrote to a serial port, with the step that wrote each.
+    pub serial: Vec<(Step, u8)>,
+    /// Chunks that could not be read (a damaged trace): listed, not fatal.
+    pub errors: Vec<String>,
+}
+
+impl EventIndex {
+    /// Starts an index for a trace whose entry registers are `entry`.
+    pub fn new(entry: &Regs) -> EventIndex {
+        EventIndex {
+            spans: vec![(0, paging_mode(entry))],
+            ..Default::default()
+        }
+    }
+
+    /// Appends one event (in file order).
+    pub fn push(&mut self, e: Event) {
+        let mut mode = self.mode_at_end();
+        if let EventKind::Transition { to, .. } = e.kind {
+            mode = to;
+            match self.spans.last_mut() {
+                Some(last) if last.0 == e.step => last.1 = to,
+                _ => self.spans.push((e.step, to)),
+            }
+        }
+        if let EventKind::Io(io) = e.kind {
+            if io.write && SERIAL_PORTS.contains(&io.port) {
+                let bytes = io.data.to_le_bytes();
+                let n = usize::from(io.size.clamp(1, 4));
+                self.serial.extend(bytes[..n].iter().map(|b| (e.step, *b)));
+            }
+        }
+        self.modes.push(mode);
+        self.events.push(e);
+    }
+
+    fn mode_at_end(&self) -> PagingMode {
+        self.spans.last().map_or(PagingMode::Real, |s| s.1)
+    }
+
+    /// Reads every event-holding chunk of `reader`, calling `progress(done, total)` after each.
+    pub fn load<R: Read + Seek>(
+        reader: &mut Reader<R>,
+        entry: &Regs,
+        mut progress: impl FnMut(usize, usize),
+    ) -> EventIndex {
+        let mut index = EventIndex::new(entry);
+        let wanted: Vec<usize> = reader
+            .chunks()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.header.flags & FLAG_EVENTS != 0 || c.header.event_count > 0)
+            .map(|(i, _)| i)
+            .collect();
+        let total = wanted.len();
+        for (done, c) in wanted.into_iter().enumerate() {
+            match reader.chunk_records(c) {
+                Ok(records) => {
+                    for r in records.iter() {
+                        if let Record::Event(e) = r {
+                            index.push(e.clone());
+                        }
+                    }
+                }
+                Err(e) => index.errors.push(format!("chunk {c}: {e}")),
+            }
+            progress(done + 1, total);
+        }
+        index
+    }
+
+    pub fn len(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.events.is_empty()
+    }
+
+    /// Position of event `id` in the list.
+    pub fn position_of(&self, id: EventId) -> Option<usize> {
+        // Ids are dense and ascending in a sound trace; search rather than index so a
+        // damaged one (a chunk missing) still answers.
+        self.events.binary_search_by_key(&id, |e| e.id).ok()
+    }
+
+    /// The last event at or before `step`.
+    pub fn last_at_or_before(&self, step: Step) -> Option<usize> {
+        self.events
+            .partition_point(|e| e.step <= step)
+            .checked_sub(1)
+    }
+
+    /// The paging mode in effect at `step`.
+    pub fn mode_at(&self, step: Step) -> PagingMode {
+        let i = self.spans.partition_point(|s| s.0 <= step);
+        self.spans
+            .get(i.saturating_sub(1))
+            .map_or(PagingMode::Real, |s| s.1)
+    }
+
+    /// Serial output written up to and including `step`.
+    pub fn serial_upto(&self, step: Step) -> &[(Step, u8)] {
+        let n = self.serial.partition_point(|s| s.0 <= step);
+        &self.serial[..n]
+    }
+
+    /// The control-register write an event is about: itself, or the cause of a decision or
+    /// finding.
+    pub fn cause_of(&self, i: usize) -> Option<usize> {
+        let e = self.events.get(i)?;
+        match &e.kind {
+            EventKind::CrWrite(_) => Some(i),
+            EventKind::Mmu(d) => self.position_of(d.cause),
+            EventKind::Finding(f) => self.position_of(f.cause),
+            _ => None,
+        }
+    }
+}
+
+/// The timeline's text for an event: kind column and what happened.
+pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
+    let policy = |i: u16| {
+        policies
+            .get(usize::from(i))
+            .cloned()
+            .unwrap_or_else(|| format!("policy#{i}"))
+    };
+    match &e.kind {
+        EventKind::CrWrite(w) => {
+            let changed = changed_flags(w.reg, w.old, w.new);
+            let changed = if changed.is_empty() {
+                "(no change)".to_string()
+            } else {
+                changed
+            };
+            let fault = if w.faulted { " #GP" } else { "" };
+            let width = if w.reg == ControlReg::Cr3 { 0 } else { 10 };
+            (
+                w.reg.name().to_string(),
+                format!(
+                    "{:#0width$x} → {:#0width$x} {changed}{fault}",
+                    w.old, w.new
+                ),
+            )
+        }
+        EventKind::Transition { from, to } => (
+            "mode".into(),
+            format!("{} → {}", from.name(), to.name()),
+        ),
+        EventKind::Mmu(d) => (
+            "mmu".into(),
+            format!("{}: {}", policy(d.policy), d.outcome.name()),
+        ),
+        EventKind::Finding(f) => (
+            "FIND".into(),
+            format!("{}: {}", policy(f.policy), f.kind.name()),
+        ),
+        EventKind::Io(io) => {
+            let dir = if io.write { "out" } else { "in" };
+            let ch = if io.write && SERIAL_PORTS.contains(&io.port) {
+                printable(io.data as u8)
+            } else {
+                String::new()
+            };
+            (
+                "io".into(),
+                format!("{dir} {:#x} = {:#x}{ch}", io.port, io.data),
+            )
+        }
+        EventKind::Mmio(m) => (
+            "mmio".into(),
+            format!(
+                "{} {:#x} = {:#x}",
+                if m.write { "write" } else { "read" },
+                m.gpa,
+                m.data
+            ),
+        ),
+        EventKind::Exception(x) => {
+            let mut s = format!("vector {}", x.vector);
+            if let Some(ec) = x.error_code {
+                s += &format!(" err {ec:#x}");
+            }
+            if let Some(cr2) = x.cr2 {
+                s += &format!(" cr2 {cr2:#x}");
+            }
+            ("exc".into(), s)
+        }
+        EventKind::EngineDivergence { gva, .. } => {
+            ("DIVG".into(), format!("engine vs reference at {gva:#x}"))
+        }
+    }
+}
+
+/// ` 'A'` for a printable byte, ` '\n'` for the usual controls.
+fn printable(b: u8) -> String {
+    match b {
+        b'\n' => " '\\n'".into(),
+        b'\r' => " '\\r'".into(),
+        0x20..=0x7e => format!(" '{}'", b as char),
+        _ => String::new(),
+    }
+}

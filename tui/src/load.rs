@@ -1,0 +1,108 @@
+//! Loading in the background: the event index first (only event-holding chunks are read),
+//! then the MMU history (every policy over every control-register write). The UI is up and
+//! navigable by step before either finishes; it shows the progress these messages carry.
+
+use crate::events::EventIndex;
+use crate::history::MmuHistory;
+use mmu::Flavour;
+use replayer::Timeline;
+use std::path::PathBuf;
+use std::sync::mpsc::{self, Receiver, Sender};
+use std::thread;
+use traces::Reader;
+
+/// What is being loaded, and how far it got.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Progress {
+    pub stage: Stage,
+    pub done: usize,
+    pub total: usize,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stage {
+    Events,
+    Mmu,
+}
+
+impl Stage {
+    pub fn name(self) -> &'static str {
+        match self {
+            Stage::Events => "reading events",
+            Stage::Mmu => "modelling MMU policies",
+        }
+    }
+}
+
+impl Progress {
+    pub fn percent(&self) -> u16 {
+        if self.total == 0 {
+            100
+        } else {
+            (self.done.saturating_mul(100) / self.total).min(100) as u16
+        }
+    }
+}
+
+pub enum LoadMsg {
+    Progress(Progress),
+    Events(EventIndex),
+    Mmu(MmuHistory),
+    /// The MMU history could not be built (the events stay usable).
+    Failed(String),
+}
+
+/// Starts loading `path` on a thread of its own (with its own reader).
+pub fn spawn(path: PathBuf, flavour: Flavour) -> Receiver<LoadMsg> {
+    let (tx, rx) = mpsc::channel();
+    let spawned = thread::Builder::new()
+        .name("mmurr-load".into())
+        .spawn({
+            let tx = tx.clone();
+            move || load(&path, flavour, &tx)
+        });
+    if let Err(e) = spawned {
+        let _ = tx.send(LoadMsg::Failed(format!("cannot start the loader thread: {e}")));
+    }
+    rx
+}
+
+/// Sends are allowed to fail: the UI may have quit before loading finished.
+fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
+    let mut reader = match Reader::open(path) {
+        Ok(r) => r,
+        Err(e) => {
+            let _ = tx.send(LoadMsg::Failed(e.to_string()));
+            return;
+        }
+    };
+    let entry = reader.header().guest.entry.clone();
+    let events = EventIndex::load(&mut reader, &entry, |done, total| {
+        let _ = tx.send(LoadMsg::Progress(Progress {
+            stage: Stage::Events,
+            done,
+            total,
+        }));
+    });
+    if tx.send(LoadMsg::Events(events.clone())).is_err() {
+        return;
+    }
+    let mut timeline = match Timeline::new(reader) {
+        Ok(t) => t,
+        Err(e) => {
+            let _ = tx.send(LoadMsg::Failed(e.to_string()));
+            return;
+        }
+    };
+    let history = MmuHistory::build(&mut timeline, &events, flavour, |done, total| {
+        let _ = tx.send(LoadMsg::Progress(Progress {
+            stage: Stage::Mmu,
+            done,
+            total,
+        }));
+    });
+    let _ = tx.send(match history {
+        Ok(h) => LoadMsg::Mmu(h),
+        Err(e) => LoadMsg::Failed(format!("MMU model: {e}")),
+    });
+}

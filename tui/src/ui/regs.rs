@@ -1,0 +1,75 @@
+//! The registers panel (general registers at the code's width, control registers decoded)
+//! and the disassembly panel (the last instructions executed, RIP, what follows).
+
+use super::{bold, dim, panel};
+use crate::app::App;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+
+pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
+    let v = &app.view;
+    let mut lines: Vec<Line> = Vec::new();
+    // General registers two to a line: they matter less than the control registers here.
+    for pair in v.general.chunks(2) {
+        let spans: Vec<Span> = pair
+            .iter()
+            .flat_map(|r| {
+                [
+                    Span::styled(format!("{:>4} ", r.name), dim()),
+                    Span::raw(format!("{:<18}", r.value)),
+                ]
+            })
+            .collect();
+        lines.push(Line::from(spans));
+    }
+    for r in &v.control {
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:>6} ", r.name), bold()),
+            Span::raw(format!("{} ", r.value)),
+            Span::styled(r.detail.clone(), Style::new().fg(Color::Cyan)),
+        ]));
+    }
+    if v.step.is_none() {
+        lines.push(Line::styled(
+            v.error.clone().unwrap_or_else(|| "no state".into()),
+            super::alert(),
+        ));
+    }
+    frame.render_widget(Paragraph::new(lines).block(panel("registers")), area);
+}
+
+pub fn draw_disasm(frame: &mut Frame, area: Rect, app: &App) {
+    let v = &app.view;
+    let bits = v
+        .snapshot
+        .as_ref()
+        .map_or(0, |s| insn::bitness(&s.regs));
+    let lines: Vec<Line> = v
+        .disasm
+        .iter()
+        .map(|l| {
+            let (marker, style) = if l.current {
+                (
+                    "▶",
+                    Style::new()
+                        .fg(Color::Yellow)
+                        .add_modifier(Modifier::BOLD),
+                )
+            } else {
+                (" ", Style::new())
+            };
+            Line::from(vec![
+                Span::styled(format!("{marker}{:>10x} ", l.rip), dim()),
+                Span::styled(format!("{:<24} ", l.bytes), dim()),
+                Span::styled(l.text.clone(), style),
+            ])
+        })
+        .collect();
+    frame.render_widget(
+        Paragraph::new(lines).block(panel(format!("disassembly ({bits}-bit)"))),
+        area,
+    );
+}

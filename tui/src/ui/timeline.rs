@@ -1,0 +1,157 @@
+//! The event list, with the paging mode as a coloured column, and the band above it: the
+//! paging mode over the whole trace with the current position marked.
+
+use super::{alert, dim, mode_color, panel};
+use crate::app::App;
+use crate::events::summary;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Modifier, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+use traces::{EventKind, FindingKind};
+
+/// The first row drawn so that the cursor stays in view (kept a third from the top once the
+/// list scrolls): a pure function of the state, so drawing needs no memory of its own.
+pub fn window_start(cursor: usize, len: usize, height: usize) -> usize {
+    if len <= height {
+        return 0;
+    }
+    cursor.saturating_sub(height / 3).min(len - height)
+}
+
+pub fn draw_band(frame: &mut Frame, area: Rect, app: &App) {
+    let label = " mode ";
+    let width = area.width.saturating_sub(label.len() as u16) as u64;
+    let total = app.total_steps.max(1);
+    let here = if width == 0 {
+        0
+    } else {
+        (u128::from(app.step) * u128::from(width - 1) / u128::from(total)) as u64
+    };
+    let mut spans = vec![Span::styled(label, dim())];
+    let mut run: Option<(Color, String)> = None;
+    for x in 0..width {
+        let step = (u128::from(x) * u128::from(total) / u128::from(width.max(1))) as u64;
+        let colour = mode_color(app.events.mode_at(step));
+        let ch = if x == here { '▼' } else { ' ' };
+        if x == here {
+            if let Some((c, s)) = run.take() {
+                spans.push(Span::styled(s, Style::new().bg(c)));
+            }
+            spans.push(Span::styled(
+                ch.to_string(),
+                Style::new()
+                    .bg(colour)
+                    .fg(Color::White)
+                    .add_modifier(Modifier::BOLD),
+            ));
+            continue;
+        }
+        match &mut run {
+            Some((c, s)) if *c == colour => s.push(ch),
+            _ => {
+                if let Some((c, s)) = run.take() {
+                    spans.push(Span::styled(s, Style::new().bg(c)));
+                }
+                run = Some((colour, ch.to_string()));
+            }
+        }
+    }
+    if let Some((c, s)) = run {
+        spans.push(Span::styled(s, Style::new().bg(c)));
+    }
+    frame.render_widget(Paragraph::new(Line::from(spans)), area);
+}
+
+/// What the MMU model says about a CR-write row: `⚠ v5.1-rc3 stale`.
+fn model_note(app: &App, e: &traces::Event) -> Option<(String, bool)> {
+    let h = app.history.as_ref()?;
+    if !matches!(e.kind, EventKind::CrWrite(_)) {
+        return None;
+    }
+    let w = h.write_of_event(e.id)?;
+    let mut stale = Vec::new();
+    let mut other = 0;
+    for f in h.findings_at(w) {
+        if f.kind == FindingKind::StaleContext {
+            stale.push(h.analysis.policies[f.policy].name);
+        } else {
+            other += 1;
+        }
+    }
+    if !stale.is_empty() {
+        let mut s = format!("⚠ stale: {}", stale[..stale.len().min(2)].join(" "));
+        if stale.len() > 2 {
+            s += &format!(" +{}", stale.len() - 2);
+        }
+        Some((s, true))
+    } else if other > 0 {
+        Some((format!("· {other} finding(s)"), false))
+    } else {
+        None
+    }
+}
+
+pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
+    let title = if app.events_loaded {
+        format!("timeline · {} of {} events", app.visible.len(), app.events.len())
+    } else {
+        match &app.progress {
+            Some(p) => format!("timeline · {} {}%", p.stage.name(), p.percent()),
+            None => "timeline · loading events".to_string(),
+        }
+    };
+    let height = area.height.saturating_sub(2) as usize;
+    let start = window_start(app.cursor, app.visible.len(), height);
+    let policies = &app.header.policies;
+    let mut lines = Vec::with_capacity(height);
+    for row in start..(start + height).min(app.visible.len()) {
+        let i = app.visible[row];
+        let Some(e) = app.events.events.get(i) else {
+            continue;
+        };
+        let mode = app.events.modes.get(i).copied().unwrap_or(traces::PagingMode::Real);
+        let (kind, text) = summary(e, policies);
+        let selected = row == app.cursor;
+        let marker = if selected { "▶" } else { " " };
+        let kind_style = match &e.kind {
+            EventKind::Finding(_) | EventKind::EngineDivergence { .. } => alert(),
+            EventKind::Transition { .. } => Style::new().fg(Color::Cyan),
+            EventKind::Mmu(_) | EventKind::Io(_) | EventKind::Mmio(_) => dim(),
+            _ => Style::new().fg(Color::White),
+        };
+        let mut spans = vec![
+            Span::raw(marker),
+            Span::styled(format!("{:>8} ", e.step), dim()),
+            Span::styled(
+                format!("{:<7}", mode.name()),
+                Style::new().bg(mode_color(mode)).fg(Color::Black),
+            ),
+            Span::styled(format!(" {kind:<5} "), kind_style),
+            Span::raw(text),
+        ];
+        if let Some((note, bad)) = model_note(app, e) {
+            spans.push(Span::styled(
+                format!("  {note}"),
+                if bad { alert() } else { dim() },
+            ));
+        }
+        let mut line = Line::from(spans);
+        if selected {
+            line = line.style(Style::new().add_modifier(Modifier::REVERSED));
+        }
+        lines.push(line);
+    }
+    if lines.is_empty() {
+        let text = if !app.events_loaded {
+            "reading the event index… (s/S step, : goes to a step meanwhile)"
+        } else if app.events.is_empty() {
+            "this trace has no events"
+        } else {
+            "no event passes the filter (f, then an empty line, clears it)"
+        };
+        lines.push(Line::styled(text, dim()));
+    }
+    frame.render_widget(Paragraph::new(lines).block(panel(title)), area);
+}

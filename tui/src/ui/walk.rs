@@ -1,0 +1,52 @@
+//! The page-walk panel: one address walked level by level by the architecture and by the
+//! selected policy's kept MMU context, and whether they agree.
+
+use super::{alert, bold, dim, panel};
+use crate::app::App;
+use ratatui::layout::Rect;
+use ratatui::style::{Color, Style};
+use ratatui::text::{Line, Span};
+use ratatui::widgets::Paragraph;
+use ratatui::Frame;
+
+pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
+    let Some(w) = &app.view.walk else {
+        frame.render_widget(
+            Paragraph::new(Line::styled(
+                "no address: the code here is not mapped (w enters one)",
+                dim(),
+            ))
+            .block(panel("page walk")),
+            area,
+        );
+        return;
+    };
+    let mut lines = vec![Line::styled(w.source.clone(), dim())];
+    lines.push(Line::styled(
+        format!("architecture ({} paging):", w.mode),
+        bold(),
+    ));
+    lines.extend(w.architecture.iter().map(|l| Line::raw(l.clone())));
+    if let Some((policy, ctx, walk)) = &w.kept {
+        lines.push(Line::styled(format!("{policy}'s kept context ({ctx}):"), bold()));
+        lines.extend(walk.iter().map(|l| Line::raw(l.clone())));
+    }
+    match w.agree {
+        Some(true) => lines.push(Line::styled(
+            "translations agree",
+            Style::new().fg(Color::Green),
+        )),
+        Some(false) => lines.push(Line::from(vec![
+            Span::styled("translations DIFFER: ", alert()),
+            Span::raw(format!(
+                "architecture {}, kept context {}",
+                w.arch_result, w.kept_result
+            )),
+        ])),
+        None => {}
+    }
+    frame.render_widget(
+        Paragraph::new(lines).block(panel(format!("page walk {:#x}", w.gva))),
+        area,
+    );
+}

@@ -68,6 +68,18 @@ impl KvmBackend {
         })
     }
 
+    /// One single step with nothing else: KVM_RUN and RIP from the sync-regs area, no exit
+    /// handling and no register conversion. The floor the recorder's step rate is measured
+    /// against (the step_rate bench); any exit but a debug exit is an error.
+    pub fn step_bare(&mut self) -> Result<u64, BackendError> {
+        let vcpu = self.vcpu()?;
+        match vcpu.run() {
+            Ok(VcpuExit::Debug(_)) => Ok(vcpu.sync_regs().regs.rip),
+            Ok(other) => Err(BackendError::Other(format!("unexpected exit {other:?}"))),
+            Err(e) => Err(BackendError::Other(format!("KVM_RUN: {e}"))),
+        }
+    }
+
     pub fn report(&self) -> &HostReport {
         &self.report
     }

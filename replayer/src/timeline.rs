@@ -35,7 +35,7 @@ pub enum TimelineError {
 
 pub type Result<T> = std::result::Result<T, TimelineError>;
 
-/// How many page-keyframe memory images to keep; each shares unchanged pages with the others.
+/// How many page-keyframe memory images to keep at most; they share unchanged pages.
 const CHECKPOINTS: usize = 64;
 
 pub struct Timeline<R = BufReader<File>> {
@@ -46,8 +46,14 @@ pub struct Timeline<R = BufReader<File>> {
     /// keyframe chunks up to `scanned_chunks`.
     page_keyframes: Vec<(Step, usize)>,
     scanned_chunks: usize,
-    /// Memory at some page keyframes (plus registers there), by step.
+    /// Memory at some page keyframes (plus registers there), by step: one every
+    /// `checkpoint_every` page keyframes, thinned out as the trace grows so their number stays
+    /// bounded and a seek never applies more than `checkpoint_every` keyframes.
     checkpoints: BTreeMap<Step, Snapshot>,
+    checkpoint_every: usize,
+    /// State at the last page keyframe scanned, and how many keyframes since the last checkpoint.
+    frontier: Snapshot,
+    since_checkpoint: usize,
     current: Snapshot,
 }
 
@@ -66,6 +72,7 @@ impl<R: Read + Seek> Timeline<R> {
             memory: MemoryImage::from_guest(&header.guest)?,
         };
         let last_step = reader.total_steps();
+        let entry_clone = entry.clone();
         Ok(Timeline {
             reader,
             current: entry.clone(),
@@ -74,6 +81,9 @@ impl<R: Read + Seek> Timeline<R> {
             page_keyframes: Vec::new(),
             scanned_chunks: 0,
             checkpoints: BTreeMap::new(),
+            checkpoint_every: 1,
+            frontier: entry_clone,
+            since_checkpoint: 0,
         })
     }
 
@@ -159,7 +169,6 @@ impl<R: Read + Seek> Timeline<R> {
             }
             base.step = s;
             base.regs = keyframe.regs;
-            self.remember(base.clone());
         }
         Ok(base)
     }
@@ -178,11 +187,46 @@ impl<R: Read + Seek> Timeline<R> {
                     if let Record::Keyframe(k) = r {
                         if k.carries_pages {
                             self.page_keyframes.push((k.step, c));
+                            self.advance_frontier(k)?;
                         }
                     }
                 }
             }
             self.scanned_chunks += 1;
+        }
+        Ok(())
+    }
+
+    /// Applies a newly scanned page keyframe to the frontier and checkpoints it when due.
+    fn advance_frontier(&mut self, k: &Keyframe) -> Result<()> {
+        for page in &k.pages {
+            if !self.frontier.memory.set_page(page.gpa, &page.data) {
+                return Err(TimelineError::Inconsistent {
+                    step: k.step,
+                    detail: format!("keyframe page at {:#x} is not a page of RAM", page.gpa),
+                });
+            }
+        }
+        self.frontier.step = k.step;
+        self.frontier.regs = k.regs.clone();
+        self.since_checkpoint += 1;
+        if self.since_checkpoint >= self.checkpoint_every {
+            self.since_checkpoint = 0;
+            self.checkpoints.insert(k.step, self.frontier.clone());
+            if self.checkpoints.len() > CHECKPOINTS {
+                // Keep every other checkpoint and space future ones twice as far apart.
+                let drop: Vec<Step> = self
+                    .checkpoints
+                    .keys()
+                    .copied()
+                    .skip(1)
+                    .step_by(2)
+                    .collect();
+                for s in drop {
+                    self.checkpoints.remove(&s);
+                }
+                self.checkpoint_every *= 2;
+            }
         }
         Ok(())
     }
@@ -199,18 +243,6 @@ impl<R: Read + Seek> Timeline<R> {
                 step,
                 detail: format!("the page keyframe vanished from chunk {chunk}"),
             })
-    }
-
-    fn remember(&mut self, snapshot: Snapshot) {
-        self.checkpoints.insert(snapshot.step, snapshot);
-        while self.checkpoints.len() > CHECKPOINTS {
-            // Keep the newest and thin out the rest evenly: drop every other old one.
-            let victim = self.checkpoints.keys().nth(1).copied();
-            match victim {
-                Some(v) => self.checkpoints.remove(&v),
-                None => break,
-            };
-        }
     }
 
     /// Applies the step records `from.step + 1 ..= to` to `from`.

@@ -26,10 +26,22 @@ pub fn describe(regs: &Regs) -> String {
             cs.base,
             insn::linear_ip(regs)
         ),
-        format!("CR0  {:#010x} {}", regs.cr0, flags(ControlReg::Cr0, regs.cr0)),
+        format!(
+            "CR0  {:#010x} {}",
+            regs.cr0,
+            flags(ControlReg::Cr0, regs.cr0)
+        ),
         format!("CR3  {:#x}", regs.cr3),
-        format!("CR4  {:#010x} {}", regs.cr4, flags(ControlReg::Cr4, regs.cr4)),
-        format!("EFER {:#x} {}", regs.efer, flags(ControlReg::Efer, regs.efer)),
+        format!(
+            "CR4  {:#010x} {}",
+            regs.cr4,
+            flags(ControlReg::Cr4, regs.cr4)
+        ),
+        format!(
+            "EFER {:#x} {}",
+            regs.efer,
+            flags(ControlReg::Efer, regs.efer)
+        ),
     ]
     .join("\n")
 }
@@ -45,7 +57,7 @@ mod tests {
         r.cr4 = 0x20;
         r.seg[CS].attrs = 0xc09b;
         let text = describe(&r);
-        assert!(text.contains("paging mode pae"), "{text}");
+        assert!(text.contains("paging mode PAE"), "{text}");
         assert!(text.contains("[ PE ET PG ]"), "{text}");
         assert!(text.contains("[ PAE ]"), "{text}");
         assert!(text.contains("32-bit code"), "{text}");

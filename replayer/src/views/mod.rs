@@ -4,6 +4,7 @@
 pub mod accesses;
 pub mod cpu_mode;
 pub mod disasm;
+pub mod event_line;
 pub mod mmu_role;
 pub mod page_walk;
 pub mod registers;

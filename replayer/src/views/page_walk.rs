@@ -4,8 +4,8 @@
 //! `monitor walk` and anything else that prints walks.
 
 use mmu::{
-    translate_with_context, walk, Access, AccessRequest, ControlRegs, CpuModel, Fault,
-    GuestMemory, MmuContext, PagingMode, Walk, WalkLevel,
+    translate_with_context, walk, Access, AccessRequest, ControlRegs, CpuModel, Fault, GuestMemory,
+    MmuContext, PagingMode, Walk, WalkLevel,
 };
 
 /// Name of the paging-structure entry a walk reads at `level` in `mode`.
@@ -104,7 +104,11 @@ fn fault_text(f: &Fault) -> String {
 
 /// Every level of a walk, then its outcome.
 pub fn describe(w: &Walk) -> Vec<String> {
-    let mut out: Vec<String> = w.levels.iter().map(|l| level_line(w.mode, w.gva, l)).collect();
+    let mut out: Vec<String> = w
+        .levels
+        .iter()
+        .map(|l| level_line(w.mode, w.gva, l))
+        .collect();
     if w.levels.is_empty() && w.result.is_ok() {
         out.push("  (no paging: linear = physical)".into());
     }

@@ -23,8 +23,8 @@ fn line(name: impl Into<String>, value: String, detail: String) -> RegisterLine 
 }
 
 const GPR64: [&str; 16] = [
-    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12",
-    "r13", "r14", "r15",
+    "rax", "rcx", "rdx", "rbx", "rsp", "rbp", "rsi", "rdi", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15",
 ];
 const GPR32: [&str; 8] = ["eax", "ecx", "edx", "ebx", "esp", "ebp", "esi", "edi"];
 const GPR16: [&str; 8] = ["ax", "cx", "dx", "bx", "sp", "bp", "si", "di"];
@@ -84,7 +84,11 @@ pub fn control(regs: &Regs) -> Vec<RegisterLine> {
             flags(ControlReg::Cr0, regs.cr0),
         ),
         line("cr2", format!("{:#x}", regs.cr2), String::new()),
-        line("cr3", format!("{:#x}", regs.cr3), cr3_detail(mode, regs.cr3)),
+        line(
+            "cr3",
+            format!("{:#x}", regs.cr3),
+            cr3_detail(mode, regs.cr3),
+        ),
         line(
             "cr4",
             format!("{:#010x}", regs.cr4),
@@ -118,7 +122,10 @@ pub fn control(regs: &Regs) -> Vec<RegisterLine> {
         out.push(line(
             name,
             format!("{:#06x}", s.selector),
-            format!("base {:#x} limit {:#x} attrs {:#x}", s.base, s.limit, s.attrs),
+            format!(
+                "base {:#x} limit {:#x} attrs {:#x}",
+                s.base, s.limit, s.attrs
+            ),
         ));
     }
     out
@@ -157,7 +164,10 @@ mod tests {
         assert_eq!(find("pdpte1").detail, "not present");
         assert!(find("rip").detail.starts_with("32-bit code"));
         let g = general(&r);
-        assert_eq!((g[0].name.as_str(), g[0].value.as_str()), ("eax", "23456789"));
+        assert_eq!(
+            (g[0].name.as_str(), g[0].value.as_str()),
+            ("eax", "23456789")
+        );
         assert_eq!(g.len(), 8);
     }
 

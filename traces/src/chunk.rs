@@ -9,7 +9,7 @@ use serde::{Deserialize, Serialize};
 pub const CHUNK_MAGIC: [u8; 4] = *b"MRCK";
 pub const CHUNK_HEADER_LEN: usize = 80;
 /// A chunk is closed once its encoded records reach this size...
-pub const CHUNK_TARGET_RAW: usize = 1 << 20;
+pub const CHUNK_TARGET_RAW: usize = 256 << 10;
 /// ...or this many records.
 pub const MAX_CHUNK_RECORDS: u32 = 1 << 16;
 /// Hard limit on one chunk's decompressed size: a single keyframe carrying many memory pages

@@ -185,14 +185,25 @@ impl<W: Write> Writer<W> {
             .and_then(|_| out.flush())
             .map_err(|e| Error::io("writing the trace index", e))?;
         self.pos += tail.len() as u64;
-        let mut summary = self.summary;
+        let mut summary = std::mem::take(&mut self.summary);
         summary.events = self.next_event;
         summary.file_bytes = self.pos;
         Ok((out, summary))
     }
 
-    /// Event counts so far (the recorder's progress line uses them).
+    /// Event counts so far (a progress line can show them).
     pub fn counts(&self) -> &EventCounts {
         &self.index.counts
+    }
+}
+
+/// A writer dropped without `finish` (an early return, a panic) still writes the chunk it was
+/// filling, so the file keeps every appended record; readers rebuild its index.
+impl<W: Write> Drop for Writer<W> {
+    fn drop(&mut self) {
+        if self.out.is_some() {
+            // Errors cannot be reported from drop; the reader will see a torn tail instead.
+            let _ = self.flush_chunk();
+        }
     }
 }

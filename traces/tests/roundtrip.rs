@@ -164,3 +164,26 @@ fn writes_to_a_file_and_reads_it_back() {
     assert_eq!(read_all(&mut reader), records);
     assert_eq!(reader.total_steps(), 2_000);
 }
+
+#[test]
+fn a_dropped_writer_keeps_every_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("dropped.mmurr");
+    let header = synth::header("drop", 5);
+    let records: Vec<Record> = synth::Synth::new(5, 500, 100, 50).take(300).collect();
+    {
+        let mut w = Writer::create(&path, &header).unwrap();
+        for (i, r) in records.iter().enumerate() {
+            w.append(r).unwrap();
+            if i == 100 {
+                w.flush_chunk().unwrap();
+            }
+        }
+    }
+    let mut reader = Reader::open(&path).unwrap();
+    assert!(!reader.is_complete());
+    assert_eq!(reader.recovery().unwrap().lost_bytes, 0);
+    assert_eq!(reader.chunks().len(), 2);
+    assert_eq!(read_all(&mut reader), records);
+    assert_eq!(reader.end(), None);
+}

@@ -176,3 +176,31 @@ fn bad_guest_arguments_are_clear_errors() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_multiboot_hello_kernel_prints_and_exits_0x21() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let elf = guests::test_kernels::build_hello().expect("build the hello kernel (needs binutils)");
+    std::fs::write(dir.path().join("hello.elf"), elf).unwrap();
+    let out = mmurr(
+        &[
+            "record",
+            "--kernel",
+            "hello.elf",
+            "--backend",
+            "kvm",
+            "-q",
+            "-o",
+            "h.mmurr",
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        out.status.code(),
+        Some((0x10 << 1) | 1),
+        "{}",
+        text(&out.stderr)
+    );
+    assert_eq!(text(&out.stdout), guests::test_kernels::HELLO_OUTPUT);
+}

@@ -23,8 +23,3 @@ pub use backend::{Backend, BackendError, Exit, StepResult, Written};
 pub use cr_watch::{planned_write, PlannedWrite};
 pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};
 pub use record::{record, resolve_policies};
-
-/// The content hash of a [`traces::Blob`]: xxh3-64, as the trace format specifies.
-pub fn blob_hash(data: &[u8]) -> u64 {
-    xxhash_rust::xxh3::xxh3_64(data)
-}

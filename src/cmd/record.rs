@@ -3,11 +3,12 @@
 
 use crate::cli::{BackendChoice, FlavourChoice, GuestArgs, RecordArgs};
 use anyhow::{bail, Context};
+use guests::loader::EntryMode;
 use recorder::{RecordOptions, RecordSummary, SerialSink};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use traces::{Blob, EndReason, GuestSpec, Load, PagingMode, Regs, Segment};
+use traces::{EndReason, GuestSpec, PagingMode};
 
 /// Exit code after a clean finish that a signal asked for (as shells report SIGINT).
 const EXIT_INTERRUPTED: u8 = 130;
@@ -55,8 +56,28 @@ pub fn build_guest(args: &GuestArgs) -> anyhow::Result<BuiltGuest> {
             label: format!("scenario {}", s.name),
         });
     }
+    let ram_size = args
+        .memory
+        .checked_mul(1 << 20)
+        .context("--memory is too large")?;
     if let Some(image) = &args.image {
-        let spec = raw_image_guest(image, args)?;
+        let (file, addr) = image
+            .rsplit_once('@')
+            .with_context(|| format!("--image wants FILE@ADDR, got {image:?}"))?;
+        let addr = parse_u64(addr)?;
+        let entry = match &args.entry {
+            Some(e) => parse_u64(e)?,
+            None => addr,
+        };
+        let mode = match args.entry_mode.as_str() {
+            "real" => EntryMode::Real,
+            "protected" => EntryMode::Protected,
+            "long" => EntryMode::Long,
+            other => bail!("--entry-mode must be real, protected or long, not {other:?}"),
+        };
+        let bytes = std::fs::read(file).with_context(|| format!("cannot read the image {file}"))?;
+        let spec = guests::loader::load_raw(&bytes, addr, entry, mode, ram_size)
+            .with_context(|| format!("cannot load {file} at {addr:#x}"))?;
         return Ok(BuiltGuest {
             label: spec.origin.clone(),
             spec,
@@ -65,11 +86,22 @@ pub fn build_guest(args: &GuestArgs) -> anyhow::Result<BuiltGuest> {
         });
     }
     if let Some(kernel) = &args.kernel {
-        bail!(
-            "multiboot kernels (--kernel {}) need the guests crate's multiboot loader, which \
-             is not in this build yet; use --image FILE@ADDR with --entry-mode",
-            kernel.display()
-        );
+        let elf = std::fs::read(kernel)
+            .with_context(|| format!("cannot read the kernel {}", kernel.display()))?;
+        let mut modules = Vec::new();
+        for m in &args.modules {
+            let bytes = std::fs::read(m)
+                .with_context(|| format!("cannot read the module {}", m.display()))?;
+            modules.push((m.display().to_string(), bytes));
+        }
+        let spec = guests::loader::load_multiboot(&elf, &args.append, &modules, ram_size)
+            .with_context(|| format!("cannot load the multiboot kernel {}", kernel.display()))?;
+        return Ok(BuiltGuest {
+            label: format!("kernel {}", kernel.display()),
+            spec,
+            scenario: None,
+            needs: None,
+        });
     }
     bail!("say which guest to run: --scenario NAME, --kernel ELF or --image FILE@ADDR")
 }
@@ -81,213 +113,6 @@ fn parse_u64(s: &str) -> anyhow::Result<u64> {
         None => s.parse(),
     };
     v.with_context(|| format!("{s:?} is not a number (decimal or 0x-hex)"))
-}
-
-/// `FILE@ADDR` in RAM, entered in real, protected (flat, unpaged) or long mode (identity-mapped
-/// first GiB); the GDT and page tables the entry mode needs sit in the top 16 KiB of RAM.
-fn raw_image_guest(image: &str, args: &GuestArgs) -> anyhow::Result<GuestSpec> {
-    let (file, addr) = image
-        .rsplit_once('@')
-        .with_context(|| format!("--image wants FILE@ADDR, got {image:?}"))?;
-    let addr = parse_u64(addr)?;
-    let data = std::fs::read(file).with_context(|| format!("cannot read the image {file}"))?;
-    let ram_size = args
-        .memory
-        .checked_mul(1 << 20)
-        .context("--memory is too large")?;
-    if ram_size < 1 << 20 {
-        bail!("--memory must be at least 1 MiB");
-    }
-    let top = ram_size - 0x4000;
-    if addr
-        .checked_add(data.len() as u64)
-        .is_none_or(|end| end > top)
-    {
-        bail!(
-            "the image ({} bytes at {addr:#x}) does not fit below {top:#x} in {} MiB of RAM",
-            data.len(),
-            args.memory
-        );
-    }
-    let entry = match &args.entry {
-        Some(e) => parse_u64(e)?,
-        None => addr,
-    };
-    let mut blobs = vec![blob(file, data)];
-    let mut loads = vec![Load { blob: 0, gpa: addr }];
-    let regs = match args.entry_mode.as_str() {
-        "real" => real_mode_regs(entry)?,
-        "protected" | "long" => {
-            let gdt = top + 0x3000;
-            blobs.push(blob("gdt", flat_gdt()));
-            loads.push(Load { blob: 1, gpa: gdt });
-            if args.entry_mode == "long" {
-                blobs.push(blob("page tables", identity_tables(top)));
-                loads.push(Load { blob: 2, gpa: top });
-                long_regs(entry, gdt, top)
-            } else {
-                protected_regs(entry, gdt)?
-            }
-        }
-        other => bail!("--entry-mode must be real, protected or long, not {other:?}"),
-    };
-    Ok(GuestSpec {
-        ram_size,
-        regions: Vec::new(),
-        blobs,
-        loads,
-        entry: regs,
-        cpuid: Vec::new(),
-        origin: format!("raw {file}@{addr:#x}"),
-        cmdline: String::new(),
-        maxphyaddr: 0,
-    })
-}
-
-fn blob(name: &str, data: Vec<u8>) -> Blob {
-    Blob {
-        hash: xxh3(&data),
-        name: name.to_string(),
-        data,
-    }
-}
-
-fn xxh3(data: &[u8]) -> u64 {
-    recorder::blob_hash(data)
-}
-
-const SEL_CODE32: u16 = 0x08;
-const SEL_DATA: u16 = 0x10;
-const SEL_CODE64: u16 = 0x18;
-
-/// null, flat 32-bit code, flat data, 64-bit code.
-fn flat_gdt() -> Vec<u8> {
-    [
-        0u64,
-        0x00cf_9b00_0000_ffff,
-        0x00cf_9300_0000_ffff,
-        0x00af_9b00_0000_ffff,
-    ]
-    .iter()
-    .flat_map(|d| d.to_le_bytes())
-    .collect()
-}
-
-/// PML4, PDPT, PD at `base`: the first GiB identity-mapped with 2 MiB pages.
-fn identity_tables(base: u64) -> Vec<u8> {
-    let mut t = vec![0u8; 0x3000];
-    let mut put = |off: usize, v: u64| t[off..off + 8].copy_from_slice(&v.to_le_bytes());
-    put(0, (base + 0x1000) | 3);
-    put(0x1000, (base + 0x2000) | 3);
-    for i in 0..512u64 {
-        put(0x2000 + 8 * i as usize, (i << 21) | 0x83);
-    }
-    t
-}
-
-fn base_regs() -> Regs {
-    Regs {
-        rflags: 2,
-        ldtr: Segment {
-            selector: 0,
-            base: 0,
-            limit: 0xffff,
-            attrs: 0x82,
-        },
-        tr: Segment {
-            selector: 0,
-            base: 0,
-            limit: 0xffff,
-            attrs: 0x8b,
-        },
-        idtr: traces::DescriptorTable {
-            base: 0,
-            limit: 0xffff,
-        },
-        gdtr: traces::DescriptorTable {
-            base: 0,
-            limit: 0xffff,
-        },
-        xcr0: 1,
-        ..Regs::default()
-    }
-}
-
-fn real_mode_regs(entry: u64) -> anyhow::Result<Regs> {
-    if entry >= 0x10_0000 {
-        bail!("a real-mode entry must lie below 1 MiB, not {entry:#x}");
-    }
-    let cs = ((entry >> 4) & 0xf000) as u16;
-    let data = Segment {
-        selector: 0,
-        base: 0,
-        limit: 0xffff,
-        attrs: 0x93,
-    };
-    let mut r = base_regs();
-    r.seg = [data; 6];
-    r.seg[traces::regs::CS] = Segment {
-        selector: cs,
-        base: (cs as u64) << 4,
-        limit: 0xffff,
-        attrs: 0x9b,
-    };
-    r.rip = entry - ((cs as u64) << 4);
-    r.cr0 = 0x6000_0010;
-    Ok(r)
-}
-
-fn protected_regs(entry: u64, gdt: u64) -> anyhow::Result<Regs> {
-    if entry > u32::MAX as u64 {
-        bail!("a protected-mode entry must lie below 4 GiB, not {entry:#x}");
-    }
-    let data = Segment {
-        selector: SEL_DATA,
-        base: 0,
-        limit: 0xffff_ffff,
-        attrs: 0xc093,
-    };
-    let mut r = base_regs();
-    r.seg = [data; 6];
-    r.seg[traces::regs::CS] = Segment {
-        selector: SEL_CODE32,
-        attrs: 0xc09b,
-        ..data
-    };
-    r.gdtr = traces::DescriptorTable {
-        base: gdt,
-        limit: 31,
-    };
-    r.rip = entry;
-    r.cr0 = 0x11;
-    Ok(r)
-}
-
-fn long_regs(entry: u64, gdt: u64, pml4: u64) -> Regs {
-    let data = Segment {
-        selector: SEL_DATA,
-        base: 0,
-        limit: 0xffff_ffff,
-        attrs: 0xc093,
-    };
-    let mut r = base_regs();
-    r.seg = [data; 6];
-    r.seg[traces::regs::CS] = Segment {
-        selector: SEL_CODE64,
-        base: 0,
-        limit: 0xffff_ffff,
-        attrs: 0xa09b,
-    };
-    r.gdtr = traces::DescriptorTable {
-        base: gdt,
-        limit: 31,
-    };
-    r.rip = entry;
-    r.cr0 = 0x8000_0011;
-    r.cr3 = pml4;
-    r.cr4 = 0x20;
-    r.efer = 0x500;
-    r
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

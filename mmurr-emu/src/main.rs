@@ -15,6 +15,14 @@ use std::sync::Arc;
 use std::time::Duration;
 use traces::EndReason;
 
+/// `println!` that ignores a closed standard output (`mmurr-emu ... | head` must not panic).
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout().lock(), $($arg)*);
+    }};
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let r = match &cli.command {
@@ -66,7 +74,7 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let e = &summary.end;
-    println!(
+    out!(
         "mmurr-emu: recorded {} steps, {} events in {:.2} s ({:.0} steps/s) -> {} ({} bytes)",
         summary.steps,
         summary.events,
@@ -75,12 +83,12 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
         summary.output.display(),
         summary.file_bytes
     );
-    println!("mmurr-emu: end: {} — {}", e.reason.name(), e.message);
+    out!("mmurr-emu: end: {} — {}", e.reason.name(), e.message);
     for f in &e.self_check_failures {
-        println!("mmurr-emu: self-check failure: {f}");
+        out!("mmurr-emu: self-check failure: {f}");
     }
     for (what, n) in &summary.unhandled {
-        println!("mmurr-emu: unhandled: {what} ({n}x)");
+        out!("mmurr-emu: unhandled: {what} ({n}x)");
     }
     Ok(match e.reason {
         EndReason::DebugExit { .. } => ExitCode::from(summary.exit_code.unwrap_or(1)),
@@ -101,17 +109,17 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<ExitCode> {
         .collect::<Vec<_>>();
     let scenarios = guests::scenario_names();
     if a.json {
-        println!(
+        out!(
             "{{\"engine\":{:?},\"cpu\":{:?},\"vendor\":{:?},\"paging_modes\":{:?},\"features\":{{\"smep\":{},\"smap\":{},\"pku\":{},\"la57\":{},\"pcid\":{}}},\"scenarios\":{:?}}}",
             info.engine, info.cpu_model_name, info.cpu_vendor, modes, f.smep, f.smap, f.pku, f.la57, f.pcid, scenarios
         );
     } else {
-        println!(
+        out!(
             "engine:       {} (mmurr-emu {})",
             info.engine,
             env!("CARGO_PKG_VERSION")
         );
-        println!(
+        out!(
             "guest CPU:    {} {} (family {:#x} model {:#x} stepping {})",
             info.cpu_vendor,
             info.cpu_model_name,
@@ -119,13 +127,17 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<ExitCode> {
             info.cpu_model,
             info.cpu_stepping
         );
-        println!("paging modes: {}", modes.join(", "));
-        println!(
+        out!("paging modes: {}", modes.join(", "));
+        out!(
             "features:     smep={} smap={} pku={} la57={} pcid={}",
-            f.smep, f.smap, f.pku, f.la57, f.pcid
+            f.smep,
+            f.smap,
+            f.pku,
+            f.la57,
+            f.pcid
         );
-        println!("scenarios:    {} (all runnable)", scenarios.join(", "));
-        println!("guests:       --scenario NAME, --kernel ELF (multiboot v1), --image FILE@ADDR");
+        out!("scenarios:    {} (all runnable)", scenarios.join(", "));
+        out!("guests:       --scenario NAME, --kernel ELF (multiboot v1), --image FILE@ADDR");
     }
     Ok(ExitCode::SUCCESS)
 }

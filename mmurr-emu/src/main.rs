@@ -74,7 +74,7 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let e = &summary.end;
-    out!(
+    eprintln!(
         "mmurr-emu: recorded {} steps, {} events in {:.2} s ({:.0} steps/s) -> {} ({} bytes)",
         summary.steps,
         summary.events,
@@ -83,18 +83,19 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
         summary.output.display(),
         summary.file_bytes
     );
-    out!("mmurr-emu: end: {} — {}", e.reason.name(), e.message);
+    eprintln!("mmurr-emu: end: {} — {}", e.reason.name(), e.message);
     for f in &e.self_check_failures {
-        out!("mmurr-emu: self-check failure: {f}");
+        eprintln!("mmurr-emu: self-check failure: {f}");
     }
     for (what, n) in &summary.unhandled {
-        out!("mmurr-emu: unhandled: {what} ({n}x)");
+        eprintln!("mmurr-emu: unhandled: {what} ({n}x)");
     }
     Ok(match e.reason {
         EndReason::DebugExit { .. } => ExitCode::from(summary.exit_code.unwrap_or(1)),
         EndReason::Halted | EndReason::StepBudget | EndReason::Timeout => ExitCode::SUCCESS,
         EndReason::Interrupted => ExitCode::from(130),
-        EndReason::Shutdown | EndReason::HostUnsupported | EndReason::Error => ExitCode::from(2),
+        // A trace was written; the run ended badly. Same code as `mmurr record` on kvm.
+        EndReason::Shutdown | EndReason::HostUnsupported | EndReason::Error => ExitCode::from(1),
     })
 }
 

@@ -23,7 +23,7 @@ fn multiboot_hello_prints_and_exits_with_its_status() {
         .arg(&out)
         .output()
         .unwrap();
-    let stdout = String::from_utf8_lossy(&o.stdout);
+    let stdout = String::from_utf8_lossy(&o.stderr);
     assert_eq!(
         o.status.code(),
         Some(((guests::test_kernels::HELLO_EXIT_STATUS << 1) | 1) as i32),
@@ -82,4 +82,46 @@ fn version_and_probe() {
     assert!(o.status.success());
     let s = String::from_utf8_lossy(&o.stdout);
     assert!(s.contains("\"pae\"") && s.contains("\"32-bit\""), "{s}");
+}
+
+#[test]
+fn sigint_finishes_the_trace_and_exits_130() {
+    let dir = tempfile::tempdir().unwrap();
+    // jmp $ : an endless loop
+    let img = dir.path().join("loop.bin");
+    std::fs::write(&img, [0xeb, 0xfe]).unwrap();
+    let out = dir.path().join("loop.mmurr");
+    let child = emu()
+        .args([
+            "record",
+            "--quiet",
+            "--memory",
+            "2",
+            "--max-steps",
+            "1000000000",
+            "--image",
+        ])
+        .arg(format!("{}@0x7c00", img.display()))
+        .arg("-o")
+        .arg(&out)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(1500));
+    // SAFETY: kill(2) on the child we spawned.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let o = child.wait_with_output().unwrap();
+    assert_eq!(
+        o.status.code(),
+        Some(130),
+        "{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    let r = traces::Reader::open(&out).unwrap();
+    assert!(r.is_complete());
+    assert_eq!(
+        r.end().map(|e| e.reason.clone()),
+        Some(traces::EndReason::Interrupted)
+    );
 }

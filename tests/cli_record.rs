@@ -204,3 +204,50 @@ fn the_multiboot_hello_kernel_prints_and_exits_0x21() {
     );
     assert_eq!(text(&out.stdout), guests::test_kernels::HELLO_OUTPUT);
 }
+
+#[test]
+fn sigint_finishes_the_trace_and_exits_130() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    // spin: inc rcx; jmp spin
+    std::fs::write(dir.path().join("spin.bin"), [0x48, 0xff, 0xc1, 0xeb, 0xfb]).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_mmurr"))
+        .args([
+            "record",
+            "--image",
+            "spin.bin@0x100000",
+            "--entry-mode",
+            "long",
+            "--memory",
+            "8",
+            "--backend",
+            "kvm",
+            "-q",
+            "-o",
+            "spin.mmurr",
+        ])
+        .current_dir(dir.path())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(700));
+    // SAFETY: kill(2) on our own child's pid with SIGINT has no memory-safety preconditions.
+    let rc = unsafe { libc_kill(child.id() as i32, 2) };
+    assert_eq!(rc, 0);
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(130), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("interrupted"),
+        "{}",
+        text(&out.stderr)
+    );
+    let info = mmurr(&["info", "--json", "spin.mmurr"], dir.path());
+    assert!(info.status.success(), "{}", text(&info.stderr));
+    let v: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(v["complete"], true, "{v}");
+}
+
+extern "C" {
+    #[link_name = "kill"]
+    fn libc_kill(pid: i32, sig: i32) -> i32;
+}

@@ -173,3 +173,75 @@ fn step_budget_and_halt_end_the_run() {
     );
     assert_eq!(summary.steps, 1);
 }
+
+#[test]
+fn a_page_fault_is_an_exception_event_with_cr2() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    // IDT at 0x9000 with a #PF gate (vector 14) to `handler`, which exits with status 0x0e.
+    let code = common::asm64(|a| {
+        let mut handler = a.create_label();
+        let mut idt_ptr = a.create_label();
+        a.lidt(qword_ptr(idt_ptr)).unwrap();
+        a.mov(rax, qword_ptr(0x40_0000_0000u64)).unwrap(); // unmapped: #PF
+        a.hlt().unwrap();
+        a.set_label(&mut handler).unwrap();
+        a.mov(al, 0x0eu32).unwrap();
+        a.out(0xf4u32, al).unwrap();
+        a.set_label(&mut idt_ptr).unwrap();
+        a.dw(&[0xfff]).unwrap();
+        a.dq(&[0x9000]).unwrap();
+    });
+    // The handler sits right after `hlt`: find it by decoding the assembled bytes.
+    let mut handler = 0;
+    let mut d = iced_x86::Decoder::with_ip(64, &code, common::CODE, 0);
+    while d.can_decode() {
+        let i = d.decode();
+        if i.mnemonic() == iced_x86::Mnemonic::Hlt {
+            handler = i.next_ip();
+            break;
+        }
+    }
+    let mut gate = [0u8; 16];
+    gate[0..2].copy_from_slice(&(handler as u16).to_le_bytes());
+    gate[2..4].copy_from_slice(&8u16.to_le_bytes());
+    gate[5] = 0x8e; // present, DPL0, 64-bit interrupt gate
+    gate[6..8].copy_from_slice(&((handler >> 16) as u16).to_le_bytes());
+    let mut guest = common::long_mode_guest(&code);
+    guest.blobs.push(traces::Blob {
+        hash: 0,
+        name: "idt".into(),
+        data: gate.to_vec(),
+    });
+    guest.loads.push(traces::Load {
+        blob: 3,
+        gpa: 0x9000 + 14 * 16,
+    });
+    let opts = RecordOptions::new(dir.path().join("pf.mmurr"));
+    let mut backend = KvmBackend::new(probe()).unwrap();
+    let s = record(&mut backend, &guest, &opts).unwrap();
+    assert_eq!(
+        s.end.reason,
+        EndReason::DebugExit { status: 0x0e },
+        "{}",
+        s.end.message
+    );
+    assert!(
+        s.end.self_check_failures.is_empty(),
+        "{:?}",
+        s.end.self_check_failures
+    );
+    let mut reader = Reader::open(&opts.output).unwrap();
+    let exc: Vec<_> = reader
+        .records()
+        .filter_map(|r| match r.unwrap() {
+            Record::Event(e) => match e.kind {
+                EventKind::Exception(x) => Some(x),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(exc.len(), 1, "{exc:?}");
+    assert_eq!((exc[0].vector, exc[0].cr2), (14, Some(0x40_0000_0000)));
+}

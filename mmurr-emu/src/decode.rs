@@ -23,6 +23,11 @@ pub enum Kind {
         port: u16,
         size: u8,
     },
+    /// `out` / `outs` (for the I/O permission check).
+    Out {
+        port: u16,
+        size: u8,
+    },
     Hlt,
     /// MOV to CRn.
     MovCr(u8),
@@ -63,6 +68,20 @@ pub fn decode(bytes: &[u8], bitness: u32, rip: u64, dx: u16) -> Option<Decoded> 
         Mnemonic::Insb => Kind::Ins { port: dx, size: 1 },
         Mnemonic::Insw => Kind::Ins { port: dx, size: 2 },
         Mnemonic::Insd => Kind::Ins { port: dx, size: 4 },
+        Mnemonic::Out => {
+            let port = if instr.op0_kind() == OpKind::Immediate8 {
+                instr.immediate8() as u16
+            } else {
+                dx
+            };
+            Kind::Out {
+                port,
+                size: reg_size(instr.op1_register()),
+            }
+        }
+        Mnemonic::Outsb => Kind::Out { port: dx, size: 1 },
+        Mnemonic::Outsw => Kind::Out { port: dx, size: 2 },
+        Mnemonic::Outsd => Kind::Out { port: dx, size: 4 },
         Mnemonic::Hlt => Kind::Hlt,
         Mnemonic::Mov if instr.op0_kind() == OpKind::Register && instr.op0_register().is_cr() => {
             Kind::MovCr(instr.op0_register().number() as u8)

@@ -523,6 +523,70 @@ impl EmuBackend {
         done
     }
 
+    /// Reads guest-linear memory through the reference walker (no side effects on the guest's
+    /// accessed bits), as an implicit supervisor access.
+    fn read_linear_pure(&self, regs: &Regs, la: u64, buf: &mut [u8]) -> bool {
+        let Some(ram) = self.ram_buf.as_ref() else {
+            return false;
+        };
+        let mem = RamView(ram.bytes());
+        let cregs = recorder::guest_view::control_regs(regs);
+        let req = mmu::AccessRequest::supervisor(mmu::Access::Read);
+        for (i, b) in buf.iter_mut().enumerate() {
+            let a = la.wrapping_add(i as u64);
+            let gpa = if regs.cr0 & (1 << 31) != 0 {
+                match mmu::walk(&cregs, &self.cpu, &mem, a, &req).result {
+                    Ok(t) => t.gpa,
+                    Err(_) => return false,
+                }
+            } else {
+                a & 0xffff_ffff
+            };
+            let mut one = [0u8];
+            if !mmu::GuestMemory::read(&mem, gpa, &mut one) {
+                return false;
+            }
+            *b = one[0];
+        }
+        true
+    }
+
+    /// Whether port I/O to `port..port+size` is allowed without #GP: always in real mode or
+    /// when CPL <= IOPL; otherwise by the TSS I/O permission bitmap (SDM 19.5.2). When it is
+    /// not, the instruction is executed and faults, instead of being reported as I/O.
+    fn io_permitted(&self, r: &Regs, port: u16, size: u8) -> bool {
+        if r.cr0 & 1 == 0 {
+            return true;
+        }
+        let cpl = (r.seg[2].attrs >> 5) & 3;
+        let iopl = ((r.rflags >> 12) & 3) as u32;
+        if r.rflags & (1 << 17) == 0 && cpl <= iopl {
+            return true;
+        }
+        // Only a 32/64-bit TSS (type 9 or 11) has an I/O bitmap.
+        if !matches!(r.tr.attrs & 0xf, 0x9 | 0xb) || r.tr.limit < 0x67 {
+            return false;
+        }
+        let mut b = [0u8; 2];
+        if !self.read_linear_pure(r, r.tr.base + 0x66, &mut b) {
+            return false;
+        }
+        let map = u16::from_le_bytes(b) as u64;
+        let first = map + port as u64 / 8;
+        let last = map + (port as u64 + size as u64 - 1) / 8;
+        if last > r.tr.limit as u64 {
+            return false;
+        }
+        let mut bits = [0u8; 2];
+        let n = (last - first + 1) as usize;
+        if !self.read_linear_pure(r, r.tr.base + first, &mut bits[..n]) {
+            return false;
+        }
+        let word = u16::from_le_bytes(bits) as u32;
+        let mask = ((1u32 << size) - 1) << (port % 8);
+        word & mask == 0
+    }
+
     fn bitness(&mut self) -> u32 {
         let hf = self.ctx.hflags();
         if hf & ctx::HF_CS64_MASK != 0 {
@@ -1156,6 +1220,14 @@ impl Backend for EmuBackend {
                 before.gpr[1] & mask == 0
             };
             match d.kind {
+                Kind::In { port, size } | Kind::Ins { port, size } | Kind::Out { port, size }
+                    if !self.io_permitted(&before, port, size) =>
+                {
+                    // Unicorn does not check IOPL or the TSS I/O bitmap: #GP(0) as the CPU would.
+                    let exit = self.deliver_vector(13, Some(0), false, before.rip)?;
+                    let written = self.take_written(&before, fetch, Some(&d));
+                    return Ok(StepResult { exit, written });
+                }
                 Kind::In { port, size } => {
                     self.pending_in = Some((port, size));
                     return Ok(StepResult {

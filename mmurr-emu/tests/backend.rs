@@ -671,3 +671,127 @@ fn host_writes_over_code_take_effect() {
     b.step().unwrap();
     assert_eq!(b.regs().unwrap().gpr[0] & 0xffff, 2);
 }
+
+/// A long-mode guest running at CPL3: own GDT (kernel code 0x08, kernel data 0x10, user code
+/// 0x1b, user data 0x23, 64-bit TSS 0x28 with RSP0 = 0x8000), user-accessible identity map,
+/// IDT whose gates (DPL3) all point at CODE + 0x100 (hlt) in the kernel code segment.
+fn user_mode_guest(user_code: Vec<u8>) -> EmuBackend {
+    let mut code = user_code;
+    code.resize(0x100, 0x90);
+    code.push(0xf4);
+    let (mut b, g) = raw(code, CODE, guests::loader::EntryMode::Long);
+    let tss_base: u64 = 0x40000;
+    let gdt: [u64; 7] = [
+        0,
+        0x00af_9b00_0000_ffff, // kernel code64
+        0x00cf_9300_0000_ffff, // kernel data
+        0x00af_fb00_0000_ffff, // user code64, DPL3
+        0x00cf_f300_0000_ffff, // user data, DPL3
+        0x0000_8b00_0000_0067 | ((tss_base & 0xff_ffff) << 16) | (((tss_base >> 24) & 0xff) << 56),
+        tss_base >> 32,
+    ];
+    let gdt_bytes: Vec<u8> = gdt.iter().flat_map(|d| d.to_le_bytes()).collect();
+    assert!(b.write_phys(0x41000, &gdt_bytes));
+    let mut tss = vec![0u8; 0x68];
+    tss[4..12].copy_from_slice(&0x8000u64.to_le_bytes());
+    tss[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes()); // no I/O bitmap
+    assert!(b.write_phys(tss_base, &tss));
+    let handler = CODE + 0x100;
+    let mut idt = Vec::new();
+    for _ in 0..256 {
+        let lo = (handler & 0xffff)
+            | (0x08u64 << 16)
+            | (0xeeu64 << 40)
+            | (((handler >> 16) & 0xffff) << 48);
+        idt.extend_from_slice(&lo.to_le_bytes());
+        idt.extend_from_slice(&(handler >> 32).to_le_bytes());
+    }
+    assert!(b.write_phys(0x42000, &idt));
+    // Make the identity map user-accessible: PML4E 0, PDPTE 0 and the first PDEs get U/S.
+    let set_user = |b: &mut EmuBackend, gpa: u64| {
+        let mut e = [0u8; 8];
+        assert!(b.read_phys(gpa, &mut e));
+        let v = u64::from_le_bytes(e) | 4;
+        assert!(b.write_phys(gpa, &v.to_le_bytes()));
+        v & 0x000f_ffff_ffff_f000
+    };
+    let pdpt = set_user(&mut b, g.entry.cr3);
+    let pd = set_user(&mut b, pdpt);
+    for i in 0..4 {
+        set_user(&mut b, pd + 8 * i);
+    }
+    let mut r = b.regs().unwrap();
+    r.gdtr = traces::DescriptorTable {
+        base: 0x41000,
+        limit: 7 * 8 - 1,
+    };
+    r.idtr = traces::DescriptorTable {
+        base: 0x42000,
+        limit: 256 * 16 - 1,
+    };
+    r.tr = traces::Segment {
+        selector: 0x28,
+        base: tss_base,
+        limit: 0x67,
+        attrs: 0x8b,
+    };
+    r.seg[1] = traces::Segment {
+        selector: 0x1b,
+        base: 0,
+        limit: 0xffff_ffff,
+        attrs: 0xa0fb,
+    };
+    for n in [0usize, 2, 3, 4, 5] {
+        r.seg[n] = traces::Segment {
+            selector: 0x23,
+            base: 0,
+            limit: 0xffff_ffff,
+            attrs: 0xc0f3,
+        };
+    }
+    r.gpr[4] = 0x7_0000;
+    r.rflags = 0x202;
+    b.set_regs(&r).unwrap();
+    b
+}
+
+#[test]
+fn user_mode_int_switches_to_the_kernel_stack() {
+    let mut b = user_mode_guest(asm(64, CODE, |a| a.int(0x80)));
+    let before = b.regs().unwrap();
+    assert_eq!(before.seg[2].attrs >> 5 & 3, 3, "CPL3");
+    assert_eq!(b.step().unwrap().exit, Exit::Stepped);
+    let r = b.regs().unwrap();
+    assert_eq!(r.rip, CODE + 0x100);
+    assert_eq!(
+        (r.seg[1].selector, r.seg[2].selector),
+        (0x08, 0),
+        "kernel CS, null SS with RPL 0"
+    );
+    assert_eq!(r.gpr[4], 0x8000 - 40, "RSP0 from the TSS, five pushes");
+    assert_eq!(r.rflags & 0x200, 0, "interrupt gate cleared IF");
+    let mut frame = [0u8; 40];
+    assert!(b.read_phys(0x8000 - 40, &mut frame));
+    let q = |i: usize| u64::from_le_bytes(frame[i * 8..i * 8 + 8].try_into().unwrap());
+    assert_eq!(
+        [q(0), q(1), q(2), q(3), q(4)],
+        [CODE + 2, 0x1b, 0x202, 0x7_0000, 0x23]
+    );
+    assert_eq!(b.step().unwrap().exit, Exit::Halted);
+}
+
+#[test]
+fn user_mode_port_io_without_permission_raises_gp() {
+    let mut b = user_mode_guest(asm(64, CODE, |a| a.in_(al, 0x60)));
+    assert_eq!(
+        b.step().unwrap().exit,
+        Exit::Stepped,
+        "not an I/O exit: the `in` faults"
+    );
+    let r = b.regs().unwrap();
+    assert_eq!(r.rip, CODE + 0x100);
+    assert_eq!(
+        b.delivered.last().map(|d| (d.vector, d.error_code)),
+        Some((13, Some(0)))
+    );
+}

@@ -78,15 +78,28 @@ struct RamBuf {
 }
 
 impl RamBuf {
+    /// An anonymous private mapping: page-aligned, zero-filled lazily by the kernel, so a
+    /// guest with gigabytes of RAM costs only the pages it touches.
     fn new(len: usize) -> Option<RamBuf> {
-        let layout = std::alloc::Layout::from_size_align(len, 4096).ok()?;
-        // SAFETY: len > 0 (checked by the caller); zeroed memory is valid for u8.
-        let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-        (!ptr.is_null()).then_some(RamBuf { ptr, len })
+        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+        };
+        (ptr != libc::MAP_FAILED).then_some(RamBuf {
+            ptr: ptr.cast(),
+            len,
+        })
     }
 
     fn bytes(&self) -> &[u8] {
-        // SAFETY: ptr/len describe our live allocation; Unicorn writes to it only inside
+        // SAFETY: ptr/len describe our live mapping; Unicorn writes to it only inside
         // emu_start/mem_write, which take `&mut self` of the backend that owns this buffer.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
@@ -94,10 +107,10 @@ impl RamBuf {
 
 impl Drop for RamBuf {
     fn drop(&mut self) {
-        if let Ok(layout) = std::alloc::Layout::from_size_align(self.len, 4096) {
-            // SAFETY: allocated in new() with this layout; Unicorn (declared before this field
-            // in EmuBackend) has been dropped already, so nothing maps it any more.
-            unsafe { std::alloc::dealloc(self.ptr, layout) };
+        // SAFETY: mapped in new() with this length; Unicorn (declared before this field in
+        // EmuBackend) has been dropped already, so nothing uses it any more.
+        unsafe {
+            libc::munmap(self.ptr.cast(), self.len);
         }
     }
 }
@@ -397,7 +410,10 @@ impl EmuBackend {
     }
 
     /// A free 128 KiB window below 4 GiB, outside RAM and every region, for the trampoline.
-    fn scratch_base(&self) -> Result<u64, BackendError> {
+    /// Where the trampoline runs: a free 128 KiB window below 4 GiB outside RAM and every region
+    /// (mapped for the run), or — when RAM and regions fill the low 4 GiB — a window of RAM
+    /// whose bytes are saved and restored afterwards. `true` means the window is RAM.
+    fn scratch_base(&self) -> (u64, bool) {
         let taken: Vec<(u64, u64)> = self.ram.iter().chain(self.mmio.iter()).copied().collect();
         let mut cand = 0xfff0_0000u64 - SCRATCH_SIZE;
         while cand >= 0x10_0000 {
@@ -405,13 +421,11 @@ impl EmuBackend {
                 .iter()
                 .all(|&(b, s)| cand + SCRATCH_SIZE <= b || cand >= b + s)
             {
-                return Ok(cand);
+                return (cand, false);
             }
             cand -= 0x10_0000;
         }
-        Err(BackendError::Other(
-            "mmurr-emu: no free guest-physical window below 4 GiB for the entry trampoline".into(),
-        ))
+        (0x10_0000, true)
     }
 
     /// Brings the CPU from its pristine state to `entry` with the trampoline, then applies
@@ -422,11 +436,23 @@ impl EmuBackend {
         self.pristine
             .restore(&self.uc)
             .map_err(|e| engine_err("context restore", e))?;
-        let base = self.scratch_base()?;
+        let (base, in_ram) = self.scratch_base();
         let t = trampoline::build(entry, base).map_err(BackendError::Other)?;
-        self.uc
-            .mem_map(base, SCRATCH_SIZE, Prot::ALL)
-            .map_err(|e| engine_err("mem_map scratch", e))?;
+        let saved = if in_ram {
+            let mut saved = vec![0u8; SCRATCH_SIZE as usize];
+            if !self.read_phys(base, &mut saved) {
+                return Err(BackendError::Other(
+                    "mmurr-emu: no guest-physical window below 4 GiB for the entry trampoline"
+                        .into(),
+                ));
+            }
+            Some(saved)
+        } else {
+            self.uc
+                .mem_map(base, SCRATCH_SIZE, Prot::ALL)
+                .map_err(|e| engine_err("mem_map scratch", e))?;
+            None
+        };
         let run = (|| -> Result<(), BackendError> {
             for (off, bytes) in &t.writes {
                 self.uc
@@ -473,11 +499,15 @@ impl EmuBackend {
                 "mmurr-emu: the entry trampoline did not reach the entry CS:RIP".into(),
             ))
         })();
-        let unmap = self.uc.mem_unmap(base, SCRATCH_SIZE);
+        let unmap = match &saved {
+            // Guest memory at step 0 must be the spec's exactly.
+            Some(bytes) => self.uc.mem_write(base, bytes),
+            None => self.uc.mem_unmap(base, SCRATCH_SIZE),
+        };
         // Translated trampoline code must not survive the unmapping.
         let _ = self.uc.ctl_flush_tb();
         run?;
-        unmap.map_err(|e| engine_err("mem_unmap scratch", e))?;
+        unmap.map_err(|e| engine_err("unmapping the trampoline", e))?;
         self.uc.get_data_mut().writes.clear();
 
         let reached = self.read_regs_from_ctx()?;

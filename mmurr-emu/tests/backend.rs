@@ -795,3 +795,26 @@ fn user_mode_port_io_without_permission_raises_gp() {
         Some((13, Some(0)))
     );
 }
+
+#[test]
+fn four_gib_of_ram_leaves_no_hole_and_still_enters_exactly() {
+    // RAM fills the low 4 GiB: the trampoline borrows RAM and restores it.
+    let code = asm(32, CODE, |a| a.hlt());
+    let g = guests::loader::load_raw(
+        &code,
+        CODE,
+        CODE,
+        guests::loader::EntryMode::Protected,
+        4 << 30,
+    )
+    .unwrap();
+    let mut b = loaded(&g);
+    assert_eq!(b.regs().unwrap(), g.entry);
+    let mut window = vec![0u8; 0x2_0000];
+    assert!(b.read_phys(0x10_0000, &mut window));
+    assert!(
+        window.iter().all(|&x| x == 0),
+        "the borrowed window is restored"
+    );
+    assert_eq!(b.step().unwrap().exit, Exit::Halted);
+}

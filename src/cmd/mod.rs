@@ -4,6 +4,7 @@ mod check;
 mod demo;
 mod diff;
 mod export;
+mod gdb;
 mod info;
 mod policies;
 mod record;
@@ -18,7 +19,7 @@ pub fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Record(args) => record::run(args),
         Command::Run(_) => not_built("run", 7),
         Command::Replay(_) => not_built("replay", 8),
-        Command::Gdb(_) => not_built("gdb", 7),
+        Command::Gdb(args) => gdb::run(args),
         Command::Check(args) => check::run(args),
         Command::Verify(_) => not_built("verify", 6),
         Command::Diff(args) => diff::run(args),

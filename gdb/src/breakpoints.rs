@@ -1,0 +1,187 @@
+//! Breakpoints and catchpoints.
+//!
+//! A breakpoint is a linear address: execution stops at the state whose linear pc equals it
+//! (before the instruction there runs). gdb's software and hardware breakpoints are the same
+//! thing here: in a replay they are a predicate on the recorded RIP, and the live server
+//! single-steps anyway, so a RIP comparison is exact and needs neither `int3` (which this
+//! host's KVM cannot emulate at CPL0) nor debug registers.
+//!
+//! A catchpoint (`monitor break-on KIND [POLICY]`) stops at MMU events: the state right after
+//! the instruction that caused the event, so `reverse-stepi` from there steps back across it.
+
+use std::collections::BTreeSet;
+
+/// What a catchpoint stops at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum CatchKind {
+    /// A paging-mode transition.
+    Transition,
+    /// A policy's `kvm_mmu_reset_context` (roots unloaded, re-init or not).
+    Reset,
+    Cr0,
+    Cr3,
+    Cr4,
+    Efer,
+    /// A policy's MMU context stops matching the architecture (or the trace records a finding
+    /// or an engine divergence).
+    Divergence,
+}
+
+impl CatchKind {
+    pub const ALL: [CatchKind; 7] = [
+        CatchKind::Transition,
+        CatchKind::Reset,
+        CatchKind::Cr0,
+        CatchKind::Cr3,
+        CatchKind::Cr4,
+        CatchKind::Efer,
+        CatchKind::Divergence,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            CatchKind::Transition => "transition",
+            CatchKind::Reset => "reset",
+            CatchKind::Cr0 => "cr0",
+            CatchKind::Cr3 => "cr3",
+            CatchKind::Cr4 => "cr4",
+            CatchKind::Efer => "efer",
+            CatchKind::Divergence => "divergence",
+        }
+    }
+
+    pub fn parse(s: &str) -> Option<CatchKind> {
+        CatchKind::ALL
+            .into_iter()
+            .find(|k| k.name().eq_ignore_ascii_case(s))
+    }
+
+    /// Kinds that depend on a policy's decisions (and so accept a POLICY argument).
+    pub fn per_policy(self) -> bool {
+        matches!(self, CatchKind::Reset | CatchKind::Divergence)
+    }
+}
+
+/// One `break-on`: a kind, and for policy-dependent kinds an optional policy name (none = any
+/// policy).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Catchpoint {
+    pub kind: CatchKind,
+    pub policy: Option<String>,
+}
+
+impl std::fmt::Display for Catchpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match &self.policy {
+            Some(p) => write!(f, "{} {p}", self.kind.name()),
+            None => write!(f, "{}", self.kind.name()),
+        }
+    }
+}
+
+/// Breakpoints and catchpoints of one session.
+#[derive(Clone, Debug, Default)]
+pub struct Breakpoints {
+    addrs: BTreeSet<u64>,
+    catches: Vec<Catchpoint>,
+}
+
+impl Breakpoints {
+    pub fn add_addr(&mut self, addr: u64) -> bool {
+        self.addrs.insert(addr);
+        true
+    }
+
+    /// gdb removes what it inserted; removing an unknown address is not an error to gdb.
+    pub fn remove_addr(&mut self, addr: u64) -> bool {
+        self.addrs.remove(&addr);
+        true
+    }
+
+    pub fn has_addr(&self, addr: u64) -> bool {
+        self.addrs.contains(&addr)
+    }
+
+    pub fn any_addr(&self) -> bool {
+        !self.addrs.is_empty()
+    }
+
+    pub fn add_catch(&mut self, c: Catchpoint) {
+        if !self.catches.contains(&c) {
+            self.catches.push(c);
+        }
+    }
+
+    pub fn clear_catches(&mut self) {
+        self.catches.clear();
+    }
+
+    pub fn catches(&self) -> &[Catchpoint] {
+        &self.catches
+    }
+}
+
+/// Where catchpoints stop in a replay: (step, what happened there), ascending by step; several
+/// entries may share a step.
+#[derive(Clone, Debug, Default)]
+pub struct Sites(Vec<(u64, String)>);
+
+impl Sites {
+    pub fn new(mut sites: Vec<(u64, String)>) -> Sites {
+        sites.sort_by_key(|s| s.0);
+        Sites(sites)
+    }
+
+    /// The first site strictly after `step`.
+    pub fn next_after(&self, step: u64) -> Option<u64> {
+        let i = self.0.partition_point(|s| s.0 <= step);
+        self.0.get(i).map(|s| s.0)
+    }
+
+    /// The last site strictly before `step`.
+    pub fn prev_before(&self, step: u64) -> Option<u64> {
+        let i = self.0.partition_point(|s| s.0 < step);
+        i.checked_sub(1).map(|i| self.0[i].0)
+    }
+
+    /// Every description at `step`, one per line.
+    pub fn at(&self, step: u64) -> Vec<&str> {
+        let i = self.0.partition_point(|s| s.0 < step);
+        self.0[i..]
+            .iter()
+            .take_while(|s| s.0 == step)
+            .map(|s| s.1.as_str())
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sites_search_both_ways() {
+        let s = Sites::new(vec![(10, "b".into()), (5, "a".into()), (10, "c".into())]);
+        assert_eq!(s.next_after(0), Some(5));
+        assert_eq!(s.next_after(5), Some(10));
+        assert_eq!(s.next_after(10), None);
+        assert_eq!(s.prev_before(10), Some(5));
+        assert_eq!(s.prev_before(5), None);
+        assert_eq!(s.prev_before(11), Some(10));
+        assert_eq!(s.at(10), vec!["b", "c"]);
+    }
+
+    #[test]
+    fn kinds_parse_and_dedupe() {
+        assert_eq!(CatchKind::parse("CR4"), Some(CatchKind::Cr4));
+        assert_eq!(CatchKind::parse("nope"), None);
+        let mut b = Breakpoints::default();
+        let c = Catchpoint {
+            kind: CatchKind::Transition,
+            policy: None,
+        };
+        b.add_catch(c.clone());
+        b.add_catch(c);
+        assert_eq!(b.catches().len(), 1);
+    }
+}

@@ -1,0 +1,183 @@
+//! `monitor` commands: parsing and help, shared by the replay and live servers (each answers
+//! the commands it can; the live server says which ones need a trace).
+
+use crate::breakpoints::{CatchKind, Catchpoint};
+
+pub const HELP: &str = "\
+mmurr monitor commands:
+  help                      this text
+  mode                      paging mode, code size, CS:RIP and CR0/CR4/EFER flags
+  phys | virt               gdb memory accesses use guest-physical / virtual addresses
+  role [POLICY]             cpu_role and root_role field by field, and the kept MMU context
+  walk ADDR [POLICY]        page walk level by level: architecture vs POLICY's kept context
+                            (without POLICY: every policy whose context is stale)
+  policies                  the policies analysed, with their summaries
+  check                     MMU-context findings at this point
+  events [N]                N events (default 20) from the current point
+  when                      current step and the events around it
+  seek STEP                 move to a step (replay)
+  goto-event N              move to the step of event N (replay)
+  break-on KIND [POLICY]    continue / reverse-continue stop at the next / previous KIND:
+                            transition reset cr0 cr3 cr4 efer divergence
+  break-on clear            remove every break-on
+  break-on                  list them
+After seek / goto-event, gdb still shows its cached registers: run
+`maintenance flush register-cache` (or `flushregs`).";
+
+/// One parsed command.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Command {
+    Help,
+    Mode,
+    Phys,
+    Virt,
+    Role(Option<String>),
+    Walk(u64, Option<String>),
+    Policies,
+    Check,
+    Events(usize),
+    When,
+    Seek(u64),
+    GotoEvent(u64),
+    BreakOn(Catchpoint),
+    BreakOnClear,
+    BreakOnList,
+}
+
+/// Numbers as gdb users type them: decimal, or hex with `0x`.
+pub fn parse_number(s: &str) -> Option<u64> {
+    let s = s.trim().replace('_', "");
+    match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
+        Some(hex) => u64::from_str_radix(hex, 16).ok(),
+        None => s.parse().ok(),
+    }
+}
+
+/// Parses a command line; the error is the message to show.
+pub fn parse(bytes: &[u8]) -> Result<Command, String> {
+    let line = String::from_utf8_lossy(bytes);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    let arg = |i: usize| words.get(i).map(|s| s.to_string());
+    let need_number = |i: usize, what: &str| -> Result<u64, String> {
+        let w = words
+            .get(i)
+            .ok_or_else(|| format!("{} needs {what}", words[0]))?;
+        parse_number(w).ok_or_else(|| format!("not a number: {w}"))
+    };
+    let Some(&cmd) = words.first() else {
+        return Ok(Command::Help);
+    };
+    let max_args = |n: usize| -> Result<(), String> {
+        if words.len() > n + 1 {
+            Err(format!("too many arguments for {cmd}"))
+        } else {
+            Ok(())
+        }
+    };
+    let c = match cmd {
+        "help" => Command::Help,
+        "mode" => Command::Mode,
+        "phys" => Command::Phys,
+        "virt" => Command::Virt,
+        "role" => {
+            max_args(1)?;
+            Command::Role(arg(1))
+        }
+        "walk" => {
+            max_args(2)?;
+            Command::Walk(need_number(1, "an address")?, arg(2))
+        }
+        "policies" => Command::Policies,
+        "check" => Command::Check,
+        "events" => {
+            max_args(1)?;
+            let n = if words.len() > 1 {
+                need_number(1, "a count")?
+            } else {
+                20
+            };
+            Command::Events(n.min(10_000) as usize)
+        }
+        "when" => Command::When,
+        "seek" => {
+            max_args(1)?;
+            Command::Seek(need_number(1, "a step")?)
+        }
+        "goto-event" => {
+            max_args(1)?;
+            Command::GotoEvent(need_number(1, "an event number")?)
+        }
+        "break-on" => match words.get(1) {
+            None => Command::BreakOnList,
+            Some(&"clear") => {
+                max_args(1)?;
+                Command::BreakOnClear
+            }
+            Some(kind) => {
+                max_args(2)?;
+                let kind = CatchKind::parse(kind).ok_or_else(|| {
+                    let all: Vec<&str> = CatchKind::ALL.iter().map(|k| k.name()).collect();
+                    format!("unknown break-on kind {kind:?}; one of: {}", all.join(" "))
+                })?;
+                let policy = arg(2);
+                if policy.is_some() && !kind.per_policy() {
+                    return Err(format!(
+                        "break-on {} takes no policy (only reset and divergence do)",
+                        kind.name()
+                    ));
+                }
+                Command::BreakOn(Catchpoint { kind, policy })
+            }
+        },
+        other => return Err(format!("unknown command {other:?}; try `monitor help`")),
+    };
+    if matches!(
+        c,
+        Command::Help
+            | Command::Mode
+            | Command::Phys
+            | Command::Virt
+            | Command::Policies
+            | Command::Check
+            | Command::When
+    ) {
+        max_args(0)?;
+    }
+    Ok(c)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_commands() {
+        assert_eq!(
+            parse(b"walk 0x7000 v5.1-rc3").unwrap(),
+            Command::Walk(0x7000, Some("v5.1-rc3".into()))
+        );
+        assert_eq!(parse(b"  events  ").unwrap(), Command::Events(20));
+        assert_eq!(parse(b"seek 12").unwrap(), Command::Seek(12));
+        assert_eq!(parse(b"break-on clear").unwrap(), Command::BreakOnClear);
+        assert_eq!(
+            parse(b"break-on divergence v5.1-rc3").unwrap(),
+            Command::BreakOn(Catchpoint {
+                kind: CatchKind::Divergence,
+                policy: Some("v5.1-rc3".into())
+            })
+        );
+        assert!(parse(b"break-on cr4 v5.0").is_err());
+        assert!(parse(b"walk").is_err());
+        assert!(parse(b"walk zz").is_err());
+        assert!(parse(b"mode extra").is_err());
+        assert!(parse(b"frobnicate").is_err());
+        assert!(parse(&[0xff, 0xfe, b' ', 0]).is_err());
+    }
+
+    #[test]
+    fn numbers() {
+        assert_eq!(parse_number("0x1_000"), Some(0x1000));
+        assert_eq!(parse_number("42"), Some(42));
+        assert_eq!(parse_number("0xzz"), None);
+    }
+}

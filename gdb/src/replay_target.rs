@@ -1,0 +1,924 @@
+//! The replay target: a trace as a gdb target with reverse execution.
+//!
+//! Position = a step of the trace (the state after that many instructions). Forward and
+//! backward motion are seeks on a [`Timeline`], so every stop is instruction-exact, memory
+//! included. Breakpoints are searched for with a register-only scan of the step records
+//! (cheap: no memory is rebuilt until the stop is known); backward searches go window by
+//! window between register keyframes, so their cost is bounded by the distance travelled,
+//! not by the trace length.
+
+use crate::arch::{SystemRegId, SystemRegs, X86_64System};
+use crate::breakpoints::{Breakpoints, CatchKind, Catchpoint, Sites};
+use crate::guest_memory;
+use crate::monitor::{self, Command};
+use gdbstub::common::Signal;
+use gdbstub::stub::SingleThreadStopReason;
+use gdbstub::target::ext::base::reverse_exec::ReplayLogPosition;
+use gdbstub::target::TargetError;
+use mmu::{CpuModel, Flavour};
+use replayer::views::{cpu_mode, event_line, mmu_role, page_walk};
+use replayer::{Analysis, Timeline};
+use std::path::Path;
+use traces::{Event, EventKind, Record, Regs, Step};
+
+/// How often (in steps) a long search looks for a Ctrl-C from gdb.
+const POLL_EVERY: u64 = 4096;
+
+/// What gdb asked for last; carried out in the event loop so a long search can be
+/// interrupted.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Resume {
+    Continue,
+    ReverseContinue,
+    Step,
+    ReverseStep,
+}
+
+/// How a resume ended.
+#[derive(Debug)]
+pub enum RunOutcome {
+    /// Stopped; with a line for gdb's console when a catchpoint did it.
+    Stop(SingleThreadStopReason<u64>, Option<String>),
+    /// gdb sent something (normally Ctrl-C) before the search finished; the position is where
+    /// the search had got to, and the search goes on if gdb lets it.
+    Interrupted,
+}
+
+enum Scan {
+    Found(Step),
+    Interrupted(Step),
+    NotFound,
+}
+
+pub struct ReplayTarget {
+    timeline: Timeline,
+    analysis: Analysis,
+    cpu: CpuModel,
+    events: Vec<Event>,
+    bps: Breakpoints,
+    sites: Sites,
+    phys: bool,
+    pending: Option<Resume>,
+    last_note: Option<String>,
+}
+
+pub type Error = String;
+
+fn err(e: impl std::fmt::Display) -> String {
+    e.to_string()
+}
+
+impl ReplayTarget {
+    /// Opens a trace and runs every modelled policy over it (what `role`, `walk`, `check` and
+    /// the policy catchpoints read).
+    pub fn open(path: &Path) -> anyhow::Result<ReplayTarget> {
+        let mut timeline = Timeline::open(path)?;
+        let flavour = Flavour::parse(&timeline.header().mmu_flavour).unwrap_or(Flavour::Tdp);
+        let analysis = Analysis::run(&mut timeline, &[], flavour)?;
+        let cpu = replayer::cpu_model(&timeline.header().guest);
+        let mut events = Vec::new();
+        for r in timeline.reader().records() {
+            if let Record::Event(e) = r? {
+                events.push(e);
+            }
+        }
+        timeline.seek(0)?;
+        Ok(ReplayTarget {
+            timeline,
+            analysis,
+            cpu,
+            events,
+            bps: Breakpoints::default(),
+            sites: Sites::default(),
+            phys: false,
+            pending: None,
+            last_note: None,
+        })
+    }
+
+    /// A new gdb connection starts at step 0 with nothing set.
+    pub fn reset_session(&mut self) -> Result<(), Error> {
+        self.timeline.seek(0).map_err(err)?;
+        self.bps = Breakpoints::default();
+        self.sites = Sites::default();
+        self.phys = false;
+        self.pending = None;
+        self.last_note = None;
+        Ok(())
+    }
+
+    pub fn position(&self) -> Step {
+        self.timeline.current().step
+    }
+
+    pub fn last_step(&self) -> Step {
+        self.timeline.last_step()
+    }
+
+    pub fn event_count(&self) -> usize {
+        self.events.len()
+    }
+
+    pub fn regs(&self) -> &Regs {
+        &self.timeline.current().regs
+    }
+
+    pub fn set_pending(&mut self, r: Resume) {
+        self.pending = Some(r);
+    }
+
+    pub fn cancel_pending(&mut self) {
+        self.pending = None;
+    }
+
+    fn seek(&mut self, step: Step) -> Result<(), Error> {
+        self.timeline.seek(step).map_err(err)?;
+        Ok(())
+    }
+
+    fn policy_names(&self) -> Vec<String> {
+        self.timeline.header().policies.clone()
+    }
+
+    /// Carries out the pending resume. `poll` says whether gdb sent something.
+    pub fn run(&mut self, mut poll: impl FnMut() -> bool) -> Result<RunOutcome, Error> {
+        let Some(action) = self.pending else {
+            // Nothing asked: report where we are (gdb never waits without resuming).
+            return Ok(RunOutcome::Stop(SingleThreadStopReason::DoneStep, None));
+        };
+        let cur = self.position();
+        let last = self.last_step();
+        let outcome = match action {
+            Resume::Step if cur >= last => end_of_log(ReplayLogPosition::End),
+            Resume::Step => {
+                self.seek(cur + 1)?;
+                RunOutcome::Stop(SingleThreadStopReason::DoneStep, None)
+            }
+            Resume::ReverseStep if cur == 0 => end_of_log(ReplayLogPosition::Begin),
+            Resume::ReverseStep => {
+                self.seek(cur - 1)?;
+                RunOutcome::Stop(SingleThreadStopReason::DoneStep, None)
+            }
+            Resume::Continue => {
+                let site = self.sites.next_after(cur);
+                let limit = site.unwrap_or(last);
+                match self.scan_forward(cur, limit, &mut poll)? {
+                    Scan::Found(s) => {
+                        self.seek(s)?;
+                        RunOutcome::Stop(SingleThreadStopReason::SwBreak(()), None)
+                    }
+                    Scan::Interrupted(s) => {
+                        self.seek(s)?;
+                        return Ok(RunOutcome::Interrupted);
+                    }
+                    Scan::NotFound => match site {
+                        Some(s) => self.stop_at_site(s)?,
+                        None => {
+                            self.seek(last)?;
+                            end_of_log(ReplayLogPosition::End)
+                        }
+                    },
+                }
+            }
+            Resume::ReverseContinue => {
+                let site = self.sites.prev_before(cur);
+                let floor = site.unwrap_or(0);
+                match self.scan_backward(cur, floor, &mut poll)? {
+                    Scan::Found(s) => {
+                        self.seek(s)?;
+                        RunOutcome::Stop(SingleThreadStopReason::SwBreak(()), None)
+                    }
+                    Scan::Interrupted(s) => {
+                        self.seek(s)?;
+                        return Ok(RunOutcome::Interrupted);
+                    }
+                    Scan::NotFound => match site {
+                        Some(s) => self.stop_at_site(s)?,
+                        None => {
+                            self.seek(0)?;
+                            end_of_log(ReplayLogPosition::Begin)
+                        }
+                    },
+                }
+            }
+        };
+        self.pending = None;
+        Ok(outcome)
+    }
+
+    fn stop_at_site(&mut self, s: Step) -> Result<RunOutcome, Error> {
+        self.seek(s)?;
+        let what = self.sites.at(s).join("\n  ");
+        let note = format!("mmurr: break-on stop at step {s}:\n  {what}\n");
+        self.last_note = Some(note.clone());
+        Ok(RunOutcome::Stop(
+            SingleThreadStopReason::Signal(Signal::SIGTRAP),
+            Some(note),
+        ))
+    }
+
+    /// Calls `visit(step, regs)` for every state after `from` up to `to`, starting from
+    /// `regs` (the state at `from`), using only the step records' register deltas.
+    /// `visit` returns true to stop the walk.
+    fn replay_regs(
+        &mut self,
+        from: Step,
+        mut regs: Regs,
+        to: Step,
+        visit: &mut dyn FnMut(Step, &Regs) -> bool,
+    ) -> Result<(), Error> {
+        if to <= from {
+            return Ok(());
+        }
+        let chunks: Vec<usize> = self
+            .timeline
+            .reader()
+            .chunks()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.header.last_step > from && c.header.first_step <= to)
+            .map(|(i, _)| i)
+            .collect();
+        let mut at = from;
+        for c in chunks {
+            let records = self.timeline.reader().chunk_records(c).map_err(err)?;
+            for r in records.iter() {
+                let Record::Step(s) = r else { continue };
+                if s.step <= at || s.step > to {
+                    continue;
+                }
+                if s.step != at + 1 {
+                    return Err(format!(
+                        "the trace is inconsistent: step record {} follows step {at}",
+                        s.step
+                    ));
+                }
+                regs.apply_delta(&s.regs);
+                at = s.step;
+                if visit(at, &regs) {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The first state in `(cur, limit]` whose linear pc is a breakpoint.
+    fn scan_forward(
+        &mut self,
+        cur: Step,
+        limit: Step,
+        poll: &mut dyn FnMut() -> bool,
+    ) -> Result<Scan, Error> {
+        if !self.bps.any_addr() {
+            return Ok(Scan::NotFound);
+        }
+        let bps = self.bps.clone();
+        let mut result = Scan::NotFound;
+        let regs = self.regs().clone();
+        self.replay_regs(cur, regs, limit, &mut |s, r| {
+            if bps.has_addr(insn::linear_ip(r)) {
+                result = Scan::Found(s);
+                return true;
+            }
+            if s % POLL_EVERY == 0 && poll() {
+                result = Scan::Interrupted(s);
+                return true;
+            }
+            false
+        })?;
+        Ok(result)
+    }
+
+    /// The last state in `(floor, cur)` whose linear pc is a breakpoint, searched window by
+    /// window between keyframes going back from `cur`.
+    fn scan_backward(
+        &mut self,
+        cur: Step,
+        floor: Step,
+        poll: &mut dyn FnMut() -> bool,
+    ) -> Result<Scan, Error> {
+        if !self.bps.any_addr() {
+            return Ok(Scan::NotFound);
+        }
+        let bps = self.bps.clone();
+        let mut end = cur; // states strictly before `end` are still to search
+        while end > floor + 1 {
+            let (kstep, kregs) = match self
+                .timeline
+                .reader()
+                .keyframe_at_or_before(end - 1)
+                .map_err(err)?
+            {
+                Some(k) => (k.step, k.regs),
+                None => (0, self.timeline.entry().regs.clone()),
+            };
+            let mut last_hit = None;
+            let lo = floor + 1;
+            if kstep >= lo && bps.has_addr(insn::linear_ip(&kregs)) {
+                last_hit = Some(kstep);
+            }
+            self.replay_regs(kstep, kregs, end - 1, &mut |s, r| {
+                if s >= lo && bps.has_addr(insn::linear_ip(r)) {
+                    last_hit = Some(s);
+                }
+                false
+            })?;
+            if let Some(s) = last_hit {
+                return Ok(Scan::Found(s));
+            }
+            if kstep >= end {
+                return Err(format!(
+                    "the trace's keyframe at step {kstep} is out of order"
+                ));
+            }
+            end = kstep;
+            if poll() {
+                return Ok(Scan::Interrupted(end.max(floor)));
+            }
+        }
+        Ok(Scan::NotFound)
+    }
+
+    // ---- gdb's view of the state ----
+
+    pub fn gdb_regs(&self) -> SystemRegs {
+        SystemRegs::from_trace(self.regs())
+    }
+
+    pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> usize {
+        let snap = self.timeline.current();
+        guest_memory::read(&snap.regs, &self.cpu, &snap.memory, self.phys, addr, buf)
+    }
+
+    pub fn add_breakpoint(&mut self, addr: u64) -> bool {
+        self.bps.add_addr(addr)
+    }
+
+    pub fn remove_breakpoint(&mut self, addr: u64) -> bool {
+        self.bps.remove_addr(addr)
+    }
+
+    // ---- catchpoints ----
+
+    fn policy_index(&self, name: &str) -> Result<usize, String> {
+        self.analysis
+            .policy_index(name)
+            .ok_or_else(|| format!("unknown policy {name:?}; `monitor policies` lists them"))
+    }
+
+    /// Where each catchpoint stops, recomputed whenever the set changes.
+    fn compute_sites(&self) -> Result<Sites, String> {
+        let names = self.policy_names();
+        let mut sites = Vec::new();
+        for c in self.bps.catches() {
+            let wanted: Vec<usize> = match &c.policy {
+                Some(p) => vec![self.policy_index(p)?],
+                None => (0..self.analysis.policies.len()).collect(),
+            };
+            match c.kind {
+                CatchKind::Transition
+                | CatchKind::Cr0
+                | CatchKind::Cr3
+                | CatchKind::Cr4
+                | CatchKind::Efer => {
+                    for e in &self.events {
+                        let hit = match (&e.kind, c.kind) {
+                            (EventKind::Transition { .. }, CatchKind::Transition) => true,
+                            (EventKind::CrWrite(w), k) => w.reg.name() == k.name(),
+                            _ => false,
+                        };
+                        if hit {
+                            sites.push((e.step, event_line::line(e, &names)));
+                        }
+                    }
+                }
+                CatchKind::Reset | CatchKind::Divergence => {
+                    for (i, w) in self.analysis.writes.iter().enumerate() {
+                        for &p in &wanted {
+                            let d = &w.decisions[p];
+                            let name = self.analysis.policies[p].name;
+                            let cause = event_line::line(&w.event, &names);
+                            if c.kind == CatchKind::Reset
+                                && (d.roots_unloaded
+                                    || matches!(
+                                        d.outcome,
+                                        mmu::Outcome::Reinit | mmu::Outcome::SkippedRoleUnchanged
+                                    ))
+                            {
+                                sites.push((
+                                    w.event.step,
+                                    format!("{name}: reset, {} -- {cause}", d.outcome.name()),
+                                ));
+                            }
+                            let before = match i {
+                                0 => &self.analysis.initial[p],
+                                _ => &self.analysis.writes[i - 1].after[p],
+                            };
+                            if c.kind == CatchKind::Divergence && before.stale().is_none() {
+                                if let Some(st) = &d.stale {
+                                    let what: Vec<String> = st
+                                        .attributes
+                                        .iter()
+                                        .map(|a| {
+                                            format!(
+                                                "{} kept {} required {}",
+                                                a.attribute, a.kept, a.correct
+                                            )
+                                        })
+                                        .collect();
+                                    sites.push((
+                                        w.event.step,
+                                        format!(
+                                            "{name}: MMU context diverges from the architecture ({}) -- {cause}",
+                                            what.join(", ")
+                                        ),
+                                    ));
+                                }
+                            }
+                        }
+                    }
+                    if c.kind == CatchKind::Divergence && c.policy.is_none() {
+                        for e in &self.events {
+                            if matches!(
+                                e.kind,
+                                EventKind::Finding(_) | EventKind::EngineDivergence { .. }
+                            ) {
+                                sites.push((
+                                    e.step,
+                                    format!("recorded {}", event_line::line(e, &names)),
+                                ));
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Ok(Sites::new(sites))
+    }
+
+    // ---- monitor ----
+
+    /// The policy `role` and friends use when none is named: the first one the trace was
+    /// recorded with, else the newest modelled.
+    fn default_policy(&self) -> usize {
+        self.timeline
+            .header()
+            .policies
+            .iter()
+            .find_map(|n| self.analysis.policy_index(n))
+            .unwrap_or(self.analysis.policies.len().saturating_sub(1))
+    }
+
+    fn event_index_at_or_before(&self, step: Step) -> Option<usize> {
+        self.events
+            .partition_point(|e| e.step <= step)
+            .checked_sub(1)
+    }
+
+    /// Runs one monitor command; the text to print, or the error to print.
+    pub fn monitor(&mut self, line: &[u8]) -> Result<String, String> {
+        let cmd = monitor::parse(line)?;
+        let step = self.position();
+        let names = self.policy_names();
+        Ok(match cmd {
+            Command::Help => monitor::HELP.to_string(),
+            Command::Mode => format!(
+                "step {step} of {}\n{}\nmemory: {} addresses",
+                self.last_step(),
+                cpu_mode::describe(self.regs()),
+                if self.phys { "physical" } else { "virtual" }
+            ),
+            Command::Phys => {
+                self.phys = true;
+                "gdb memory accesses now use guest-physical addresses".into()
+            }
+            Command::Virt => {
+                self.phys = false;
+                "gdb memory accesses now use virtual addresses (through the guest's page tables)"
+                    .into()
+            }
+            Command::Role(p) => {
+                let p = match p {
+                    Some(name) => self.policy_index(&name)?,
+                    None => self.default_policy(),
+                };
+                let t = self
+                    .analysis
+                    .tracker_at(p, step)
+                    .ok_or("no MMU state for this policy")?;
+                let mut out = format!("at step {step}: {}", mmu_role::describe(t));
+                if let Some(w) = self.analysis.last_write_at(step) {
+                    out += &format!(
+                        "\nlast write: {}\n  {} decided: {}",
+                        event_line::line(&w.event, &names),
+                        self.analysis.policies[p].name,
+                        w.decisions[p].describe()
+                    );
+                }
+                out
+            }
+            Command::Walk(addr, p) => {
+                let snap = self.timeline.current();
+                let cr = insn::control_regs(&snap.regs);
+                let chosen: Vec<usize> = match p {
+                    Some(name) => vec![self.policy_index(&name)?],
+                    None => (0..self.analysis.policies.len())
+                        .filter(|&i| {
+                            self.analysis
+                                .tracker_at(i, step)
+                                .is_some_and(|t| t.stale().is_some())
+                        })
+                        .collect(),
+                };
+                if chosen.is_empty() {
+                    let mut out = page_walk::compare(&cr, &self.cpu, &snap.memory, addr, None);
+                    out += "\nevery policy's kept context matches the architecture here";
+                    out
+                } else {
+                    let mut parts = Vec::new();
+                    for (n, i) in chosen.iter().enumerate() {
+                        let t = self
+                            .analysis
+                            .tracker_at(*i, step)
+                            .ok_or("no MMU state for this policy")?;
+                        let text = page_walk::compare(
+                            &cr,
+                            &self.cpu,
+                            &snap.memory,
+                            addr,
+                            Some((t.policy().name, t.context())),
+                        );
+                        // The architecture's walk is the same each time: print it once.
+                        parts.push(if n == 0 {
+                            text
+                        } else {
+                            text.lines()
+                                .skip_while(|l| !l.contains("kept context"))
+                                .collect::<Vec<_>>()
+                                .join("\n")
+                        });
+                    }
+                    parts.join("\n")
+                }
+            }
+            Command::Policies => {
+                let default = self.default_policy();
+                let mut out = vec![format!(
+                    "policies analysed ({} MMU); recorded with: {}",
+                    self.analysis.flavour.name(),
+                    if names.is_empty() {
+                        "-".to_string()
+                    } else {
+                        names.join(", ")
+                    }
+                )];
+                for (i, p) in self.analysis.policies.iter().enumerate() {
+                    out.push(format!(
+                        "{} {:<10} {}",
+                        if i == default { "*" } else { " " },
+                        p.name,
+                        p.summary
+                    ));
+                }
+                out.join("\n")
+            }
+            Command::Check => {
+                let mut out = vec![format!("at step {step}:")];
+                let mut any = false;
+                for (i, p) in self.analysis.policies.iter().enumerate() {
+                    let Some(t) = self.analysis.tracker_at(i, step) else {
+                        continue;
+                    };
+                    if let Some(st) = t.stale() {
+                        any = true;
+                        let what: Vec<String> = st
+                            .attributes
+                            .iter()
+                            .map(|a| {
+                                format!("{} kept {} required {}", a.attribute, a.kept, a.correct)
+                            })
+                            .collect();
+                        out.push(format!("  {}: STALE context: {}", p.name, what.join(", ")));
+                    }
+                }
+                if !any {
+                    out.push("  every policy's MMU context matches the architecture".into());
+                }
+                if let Some(w) = self.analysis.last_write_at(step) {
+                    for (i, d) in w.decisions.iter().enumerate() {
+                        if d.needless_reset {
+                            out.push(format!(
+                                "  {}: the last write (event #{}) caused a needless reset",
+                                self.analysis.policies[i].name, w.event.id
+                            ));
+                        }
+                    }
+                }
+                out.join("\n")
+            }
+            Command::Events(n) => {
+                // Start at the first event of the latest step with events at or before here,
+                // and mark that step's events: they are what brought us here.
+                let here = self
+                    .event_index_at_or_before(step)
+                    .map(|i| self.events[i].step);
+                let start = here.map_or(0, |s| self.events.partition_point(|e| e.step < s));
+                let mut out: Vec<String> = self
+                    .events
+                    .iter()
+                    .skip(start)
+                    .take(n)
+                    .map(|e| {
+                        let mark = if Some(e.step) == here { ">" } else { " " };
+                        format!("{mark} {}", event_line::line(e, &names))
+                    })
+                    .collect();
+                if out.is_empty() {
+                    out.push("no events".into());
+                }
+                out.join("\n")
+            }
+            Command::When => {
+                let mut out = vec![format!("step {step} of {}", self.last_step())];
+                match self.event_index_at_or_before(step) {
+                    Some(i) => out.push(format!(
+                        "last event: {}",
+                        event_line::line(&self.events[i], &names)
+                    )),
+                    None => out.push("no event yet".into()),
+                }
+                let next = self.events.partition_point(|e| e.step <= step);
+                if let Some(e) = self.events.get(next) {
+                    out.push(format!("next event: {}", event_line::line(e, &names)));
+                }
+                if let Some(note) = &self.last_note {
+                    out.push(note.trim_end().to_string());
+                }
+                out.join("\n")
+            }
+            Command::Seek(s) => {
+                if s > self.last_step() {
+                    return Err(format!(
+                        "step {s} is past the end (last step {})",
+                        self.last_step()
+                    ));
+                }
+                self.seek(s)?;
+                format!("at step {s}; run `maintenance flush register-cache` so gdb rereads the registers")
+            }
+            Command::GotoEvent(id) => {
+                let e = self
+                    .events
+                    .iter()
+                    .find(|e| e.id == id)
+                    .ok_or_else(|| format!("no event #{id}"))?
+                    .clone();
+                self.seek(e.step)?;
+                format!(
+                    "at step {} after {}; run `maintenance flush register-cache` so gdb rereads the registers",
+                    e.step,
+                    event_line::line(&e, &names)
+                )
+            }
+            Command::BreakOn(c) => {
+                let mut next = self.bps.clone();
+                next.add_catch(c.clone());
+                let before = std::mem::replace(&mut self.bps, next);
+                match self.compute_sites() {
+                    Ok(s) => self.sites = s,
+                    Err(e) => {
+                        self.bps = before;
+                        return Err(e);
+                    }
+                }
+                format!("continue and reverse-continue stop at every {c}")
+            }
+            Command::BreakOnClear => {
+                self.bps.clear_catches();
+                self.sites = Sites::default();
+                "break-on cleared".into()
+            }
+            Command::BreakOnList => {
+                let list: Vec<String> = self
+                    .bps
+                    .catches()
+                    .iter()
+                    .map(Catchpoint::to_string)
+                    .collect();
+                if list.is_empty() {
+                    "no break-on set".into()
+                } else {
+                    format!("break-on: {}", list.join(", "))
+                }
+            }
+        })
+    }
+}
+
+fn end_of_log(pos: ReplayLogPosition) -> RunOutcome {
+    RunOutcome::Stop(SingleThreadStopReason::ReplayLog { tid: None, pos }, None)
+}
+
+// ---- gdbstub plumbing ----
+
+use gdbstub::target::ext::base::reverse_exec::{
+    ReverseCont, ReverseContOps, ReverseStep, ReverseStepOps,
+};
+use gdbstub::target::ext::base::single_register_access::{
+    SingleRegisterAccess, SingleRegisterAccessOps,
+};
+use gdbstub::target::ext::base::singlethread::{
+    SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
+    SingleThreadSingleStepOps,
+};
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints as GdbBreakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint,
+    SwBreakpointOps,
+};
+use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
+use gdbstub::target::ext::target_description_xml_override::{
+    TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
+};
+use gdbstub::target::{Target, TargetResult};
+
+impl Target for ReplayTarget {
+    type Arch = X86_64System;
+    type Error = Error;
+
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        BaseOps::SingleThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_target_description_xml_override(
+        &mut self,
+    ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadBase for ReplayTarget {
+    fn read_registers(&mut self, regs: &mut SystemRegs) -> TargetResult<(), Self> {
+        *regs = self.gdb_regs();
+        Ok(())
+    }
+
+    /// A trace is history: its registers cannot be changed.
+    fn write_registers(&mut self, _regs: &SystemRegs) -> TargetResult<(), Self> {
+        Err(TargetError::NonFatal)
+    }
+
+    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, (), Self>> {
+        Some(self)
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+        match self.read_memory(start, data) {
+            0 if !data.is_empty() => Err(TargetError::NonFatal),
+            n => Ok(n),
+        }
+    }
+
+    /// A trace is history: its memory cannot be changed.
+    fn write_addrs(&mut self, _start: u64, _data: &[u8]) -> TargetResult<(), Self> {
+        Err(TargetError::NonFatal)
+    }
+
+    fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleRegisterAccess<()> for ReplayTarget {
+    fn read_register(
+        &mut self,
+        _tid: (),
+        id: SystemRegId,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        match self.gdb_regs().get(id.0) {
+            Some(bytes) if bytes.len() <= buf.len() => {
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+            // Unavailable (x87/SSE): zero bytes tells gdbstub to answer "xx..".
+            _ => Ok(0),
+        }
+    }
+
+    fn write_register(
+        &mut self,
+        _tid: (),
+        _id: SystemRegId,
+        _val: &[u8],
+    ) -> TargetResult<(), Self> {
+        Err(TargetError::NonFatal)
+    }
+}
+
+impl SingleThreadResume for ReplayTarget {
+    fn resume(&mut self, signal: Option<Signal>) -> Result<(), Self::Error> {
+        // A replay cannot deliver signals; gdb passes back the one we stopped with, ignore it.
+        let _ = signal;
+        self.set_pending(Resume::Continue);
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_reverse_step(&mut self) -> Option<ReverseStepOps<'_, (), Self>> {
+        Some(self)
+    }
+
+    fn support_reverse_cont(&mut self) -> Option<ReverseContOps<'_, (), Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadSingleStep for ReplayTarget {
+    fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        self.set_pending(Resume::Step);
+        Ok(())
+    }
+}
+
+impl ReverseStep<()> for ReplayTarget {
+    fn reverse_step(&mut self, _tid: ()) -> Result<(), Self::Error> {
+        self.set_pending(Resume::ReverseStep);
+        Ok(())
+    }
+}
+
+impl ReverseCont<()> for ReplayTarget {
+    fn reverse_cont(&mut self) -> Result<(), Self::Error> {
+        self.set_pending(Resume::ReverseContinue);
+        Ok(())
+    }
+}
+
+impl GdbBreakpoints for ReplayTarget {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SwBreakpoint for ReplayTarget {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.add_breakpoint(addr))
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.remove_breakpoint(addr))
+    }
+}
+
+impl HwBreakpoint for ReplayTarget {
+    fn add_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.add_breakpoint(addr))
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        Ok(self.remove_breakpoint(addr))
+    }
+}
+
+impl MonitorCmd for ReplayTarget {
+    fn handle_monitor_cmd(
+        &mut self,
+        cmd: &[u8],
+        mut out: ConsoleOutput<'_>,
+    ) -> Result<(), Self::Error> {
+        match self.monitor(cmd) {
+            Ok(text) => gdbstub::outputln!(out, "{text}"),
+            Err(e) => gdbstub::outputln!(out, "error: {e}"),
+        }
+        Ok(())
+    }
+}
+
+impl TargetDescriptionXmlOverride for ReplayTarget {
+    fn target_description_xml(
+        &self,
+        annex: &[u8],
+        offset: u64,
+        _length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        crate::target_xml::read_annex(annex, offset, buf).ok_or(TargetError::NonFatal)
+    }
+}

@@ -1,0 +1,94 @@
+//! Running the real gdb against an in-process server.
+
+#![allow(dead_code)]
+
+use std::io::Write;
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+/// The gdb binary; tests that need it fail loudly when it is missing (CI installs it).
+pub fn gdb_binary() -> PathBuf {
+    let gdb = std::env::var_os("GDB")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "gdb".into());
+    match Command::new(&gdb).arg("--version").output() {
+        Ok(o) if o.status.success() => gdb,
+        _ => panic!(
+            "gdb is required for these tests and was not found ({}); install it (apt-get install gdb)",
+            gdb.display()
+        ),
+    }
+}
+
+/// Starts the replay server on an ephemeral loopback port in a thread; returns the port.
+pub fn start_replay_server(trace: &Path) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let trace = trace.to_path_buf();
+    std::thread::spawn(move || {
+        mmurr_gdb::serve_trace(&trace, listener).unwrap();
+    });
+    port
+}
+
+/// Runs `gdb -batch -x script` with `target remote` prepended; returns stdout + stderr.
+pub fn run_gdb(port: u16, script: &str) -> String {
+    let gdb = gdb_binary();
+    let mut file = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "set pagination off").unwrap();
+    writeln!(file, "set confirm off").unwrap();
+    writeln!(file, "set width 0").unwrap();
+    writeln!(file, "target remote 127.0.0.1:{port}").unwrap();
+    file.write_all(script.as_bytes()).unwrap();
+    writeln!(file).unwrap();
+    writeln!(file, "detach").unwrap();
+    file.flush().unwrap();
+    // One file for stdout and stderr so the transcript keeps gdb's order (monitor and
+    // console output go to stderr in batch mode, the rest to stdout).
+    // (One open file description, duplicated, so both streams share the write offset.)
+    let log = tempfile::NamedTempFile::new().unwrap();
+    let out = log.reopen().unwrap();
+    let err = out.try_clone().unwrap();
+    let status = Command::new(gdb)
+        .args(["-nx", "-batch", "-x"])
+        .arg(file.path())
+        .stdout(out)
+        .stderr(err)
+        .status()
+        .unwrap();
+    assert!(status.code().is_some(), "gdb died from a signal");
+    let text = std::fs::read_to_string(log.path()).unwrap();
+    eprintln!("---- gdb transcript ----\n{text}\n------------------------");
+    text
+}
+
+/// The recorded seed trace (pae-toggle on the emu backend).
+pub fn seed_trace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../traces/corpus/recorded/pae-toggle.emu.mmurr")
+}
+
+/// The line of `text` that starts with `prefix` (after trimming), for register listings.
+pub fn line_starting<'a>(text: &'a str, prefix: &str) -> &'a str {
+    text.lines()
+        .find(|l| l.trim_start().starts_with(prefix))
+        .unwrap_or_else(|| panic!("no line starting with {prefix:?} in:\n{text}"))
+}
+
+/// Asserts `needle` occurs in `text`, showing the transcript when it does not.
+#[track_caller]
+pub fn expect(text: &str, needle: &str) {
+    assert!(
+        text.contains(needle),
+        "expected {needle:?} in gdb's output:\n{text}"
+    );
+}
+
+/// `text` after the first occurrence of `marker` (to assert on order).
+#[track_caller]
+pub fn after<'a>(text: &'a str, marker: &str) -> &'a str {
+    let i = text
+        .find(marker)
+        .unwrap_or_else(|| panic!("expected {marker:?} in gdb's output:\n{text}"));
+    &text[i + marker.len()..]
+}

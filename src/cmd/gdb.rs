@@ -1,0 +1,12 @@
+//! `mmurr gdb TRACE [--listen ADDR] [--allow-remote]`: serve a trace to gdb with reverse
+//! execution. Needs neither KVM nor the emulator.
+
+use crate::cli::GdbArgs;
+use std::process::ExitCode;
+
+pub fn run(args: &GdbArgs) -> anyhow::Result<ExitCode> {
+    let addr = mmurr_gdb::listen_addr(&args.listen, args.allow_remote)?;
+    let listener = mmurr_gdb::bind(addr, &format!("trace {}", args.trace.display()))?;
+    mmurr_gdb::serve_trace(&args.trace, listener)?;
+    Ok(ExitCode::SUCCESS)
+}

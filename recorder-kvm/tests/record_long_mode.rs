@@ -245,3 +245,22 @@ fn a_page_fault_is_an_exception_event_with_cr2() {
     assert_eq!(exc.len(), 1, "{exc:?}");
     assert_eq!((exc[0].vector, exc[0].cr2), (14, Some(0x40_0000_0000)));
 }
+
+#[test]
+fn a_triple_fault_ends_the_run_as_shutdown() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    // No IDT (limit 0): #UD cannot be delivered, nor the #GP and #DF after it.
+    let code = common::asm64(|a| {
+        a.ud2().unwrap();
+    });
+    let opts = RecordOptions::new(dir.path().join("tf.mmurr"));
+    let (summary, reader) = record_code(&code, opts);
+    assert_eq!(
+        summary.end.reason,
+        EndReason::Shutdown,
+        "{}",
+        summary.end.message
+    );
+    assert!(reader.is_complete());
+}

@@ -8,6 +8,7 @@ mod gdb;
 mod info;
 mod policies;
 mod record;
+mod replay;
 mod scenarios;
 
 use crate::cli::Command;
@@ -18,7 +19,7 @@ pub fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
     match command {
         Command::Record(args) => record::run(args),
         Command::Run(_) => not_built("run", 7),
-        Command::Replay(_) => not_built("replay", 8),
+        Command::Replay(args) => replay::run(args),
         Command::Gdb(args) => gdb::run(args),
         Command::Check(args) => check::run(args),
         Command::Verify(_) => not_built("verify", 6),

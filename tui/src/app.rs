@@ -98,9 +98,10 @@ impl App {
         let end = reader.end().cloned();
         let total_steps = timeline.last_step();
         let mut app = App {
-            title: path
-                .file_name()
-                .map_or_else(|| path.display().to_string(), |n| n.to_string_lossy().into()),
+            title: path.file_name().map_or_else(
+                || path.display().to_string(),
+                |n| n.to_string_lossy().into(),
+            ),
             cpu: replayer::cpu_model(&header.guest),
             events: EventIndex::new(&header.guest.entry),
             header,
@@ -131,8 +132,7 @@ impl App {
         };
         if !app.complete {
             app.message = Some((
-                "the trace is incomplete (its writer did not finish): the index was rebuilt"
-                    .into(),
+                "the trace is incomplete (its writer did not finish): the index was rebuilt".into(),
                 true,
             ));
         }
@@ -229,6 +229,10 @@ impl App {
                 KeyCode::Char('c') if key.modifiers.contains(KeyModifiers::CONTROL) => {
                     self.mode = Mode::Normal
                 }
+                // readline's kill-line: start the line over.
+                KeyCode::Char('u') if key.modifiers.contains(KeyModifiers::CONTROL) => {
+                    self.mode = Mode::Prompt(kind, String::new())
+                }
                 KeyCode::Char(c) => {
                     text.push(c);
                     self.mode = Mode::Prompt(kind, text);
@@ -307,7 +311,11 @@ impl App {
                     self.apply_filter();
                     self.follow_step();
                     self.message = Some((
-                        format!("{} of {} events shown", self.visible.len(), self.events.len()),
+                        format!(
+                            "{} of {} events shown",
+                            self.visible.len(),
+                            self.events.len()
+                        ),
                         false,
                     ));
                 }
@@ -468,14 +476,15 @@ impl App {
             return;
         };
         let policy = match &e.kind {
-            EventKind::Finding(f) => self
-                .header
-                .policies
-                .get(usize::from(f.policy))
-                .and_then(|name| {
-                    let short = name.split_whitespace().next().unwrap_or(name);
-                    h.analysis.policy_index(short)
-                }),
+            EventKind::Finding(f) => {
+                self.header
+                    .policies
+                    .get(usize::from(f.policy))
+                    .and_then(|name| {
+                        let short = name.split_whitespace().next().unwrap_or(name);
+                        h.analysis.policy_index(short)
+                    })
+            }
             EventKind::CrWrite(_) => h.write_of_event(e.id).and_then(|w| {
                 let mut at = h.findings_at(w);
                 let first = at.next()?;
@@ -550,17 +559,15 @@ impl App {
                 return;
             };
             match self.events.position_of(id) {
-                Some(i) => {
-                    match self.visible.binary_search(&i) {
-                        Ok(row) => self.select(row),
-                        Err(_) => {
-                            let step = self.events.events[i].step;
-                            self.set_step(step, true);
-                            self.message =
-                                Some((format!("event #{id} is hidden by the filter"), false));
-                        }
+                Some(i) => match self.visible.binary_search(&i) {
+                    Ok(row) => self.select(row),
+                    Err(_) => {
+                        let step = self.events.events[i].step;
+                        self.set_step(step, true);
+                        self.message =
+                            Some((format!("event #{id} is hidden by the filter"), false));
                     }
-                }
+                },
                 None => self.message = Some((format!("no event #{id}"), true)),
             }
             return;
@@ -618,7 +625,12 @@ impl App {
         let h = self.history.as_ref()?;
         let selected = self
             .selected()
-            .filter(|&i| self.events.events.get(i).is_some_and(|e| e.step == self.step))
+            .filter(|&i| {
+                self.events
+                    .events
+                    .get(i)
+                    .is_some_and(|e| e.step == self.step)
+            })
             .and_then(|i| self.events.cause_of(i))
             .and_then(|c| self.events.events.get(c))
             .and_then(|e| h.write_of_event(e.id));

@@ -15,7 +15,12 @@ pub const SERIAL_PORTS: [u16; 2] = [0x3f8, 0xe9];
 
 /// The paging mode the registers select (the trace's own names, as `Transition` uses them).
 pub fn paging_mode(regs: &Regs) -> PagingMode {
-    match mmu::PagingMode::of(regs.cr0, regs.cr4, regs.efer) {
+    trace_mode(mmu::PagingMode::of(regs.cr0, regs.cr4, regs.efer))
+}
+
+/// The `mmu` crate's paging mode under the trace's name for it.
+pub fn trace_mode(m: mmu::PagingMode) -> PagingMode {
+    match m {
         mmu::PagingMode::Real => PagingMode::Real,
         mmu::PagingMode::Unpaged => PagingMode::Unpaged,
         mmu::PagingMode::Bits32 => PagingMode::Bits32,
@@ -173,16 +178,12 @@ pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
             let width = if w.reg == ControlReg::Cr3 { 0 } else { 10 };
             (
                 w.reg.name().to_string(),
-                format!(
-                    "{:#0width$x} → {:#0width$x} {changed}{fault}",
-                    w.old, w.new
-                ),
+                format!("{:#0width$x} → {:#0width$x} {changed}{fault}", w.old, w.new),
             )
         }
-        EventKind::Transition { from, to } => (
-            "mode".into(),
-            format!("{} → {}", from.name(), to.name()),
-        ),
+        EventKind::Transition { from, to } => {
+            ("mode".into(), format!("{} → {}", from.name(), to.name()))
+        }
         EventKind::Mmu(d) => (
             "mmu".into(),
             format!("{}: {}", policy(d.policy), d.outcome.name()),

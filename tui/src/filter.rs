@@ -126,7 +126,9 @@ impl Filter {
                 _ => None,
             };
             if let Some(of) = of {
-                let name = policies.get(usize::from(of)).map(|s| s.to_ascii_lowercase());
+                let name = policies
+                    .get(usize::from(of))
+                    .map(|s| s.to_ascii_lowercase());
                 if !name.is_some_and(|n| n == *p || n.starts_with(&format!("{p} "))) {
                     return false;
                 }

@@ -99,7 +99,10 @@ impl MmuHistory {
         };
         let findings = findings(&analysis);
         let mut translations = Vec::new();
-        for f in findings.iter().filter(|f| f.kind == FindingKind::StaleContext) {
+        for f in findings
+            .iter()
+            .filter(|f| f.kind == FindingKind::StaleContext)
+        {
             let (looked, diffs) = mistranslations(timeline, &analysis, f.write, f.policy)?;
             translations.push((f.write, f.policy, looked, diffs));
         }

@@ -55,14 +55,14 @@ pub enum LoadMsg {
 /// Starts loading `path` on a thread of its own (with its own reader).
 pub fn spawn(path: PathBuf, flavour: Flavour) -> Receiver<LoadMsg> {
     let (tx, rx) = mpsc::channel();
-    let spawned = thread::Builder::new()
-        .name("mmurr-load".into())
-        .spawn({
-            let tx = tx.clone();
-            move || load(&path, flavour, &tx)
-        });
+    let spawned = thread::Builder::new().name("mmurr-load".into()).spawn({
+        let tx = tx.clone();
+        move || load(&path, flavour, &tx)
+    });
     if let Err(e) = spawned {
-        let _ = tx.send(LoadMsg::Failed(format!("cannot start the loader thread: {e}")));
+        let _ = tx.send(LoadMsg::Failed(format!(
+            "cannot start the loader thread: {e}"
+        )));
     }
     rx
 }

@@ -9,11 +9,13 @@ use replayer::views::page_walk;
 use replayer::views::registers::{self, RegisterLine};
 use replayer::{Snapshot, Timeline};
 use std::io::{Read, Seek};
-use traces::{Record, Step};
+use traces::Step;
 
 /// Instructions shown before RIP (from the step records) and after it.
 pub const DISASM_BEFORE: u64 = 4;
 pub const DISASM_AFTER: usize = 8;
+/// How far back the page-walk panel looks for the last data access.
+pub const LOOKBACK: u64 = 16;
 
 #[derive(Clone, Debug, Default)]
 pub struct WalkView {
@@ -51,20 +53,23 @@ impl PositionView {
         walk_address: Option<u64>,
         kept: Option<(&'static str, MmuContext)>,
     ) -> PositionView {
-        let before = match step.checked_sub(1) {
-            Some(s) => match timeline.seek(s) {
-                Ok(snap) => Some(snap.clone()),
-                Err(e) => return PositionView::failed(e.to_string()),
-            },
-            None => None,
+        let recent = match recent_instructions(timeline, cpu, step) {
+            Ok(r) => r,
+            Err(e) => return PositionView::failed(e),
         };
         let snap = match timeline.seek(step) {
             Ok(s) => s.clone(),
             Err(e) => return PositionView::failed(e.to_string()),
         };
-        let history = executed_rips(timeline, step);
+        let history: Vec<u64> = recent
+            .iter()
+            .rev()
+            .take(DISASM_BEFORE as usize)
+            .rev()
+            .map(|r| r.rip)
+            .collect();
         let disasm = disasm::around(&snap.regs, cpu, &snap.memory, &history, DISASM_AFTER);
-        let walk = walk_view(&snap, before.as_ref(), cpu, walk_address, kept);
+        let walk = walk_view(&snap, &recent, cpu, walk_address, kept);
         PositionView {
             step: Some(step),
             general: registers::general(&snap.regs),
@@ -84,25 +89,37 @@ impl PositionView {
     }
 }
 
-/// RIPs of the last few instructions executed up to `step`, oldest first.
-fn executed_rips<R: Read + Seek>(timeline: &mut Timeline<R>, step: Step) -> Vec<u64> {
-    let first = step.saturating_sub(DISASM_BEFORE - 1).max(1);
+/// An instruction executed shortly before the current position.
+#[derive(Clone, Debug)]
+struct Executed {
+    /// The step it was (its record's number).
+    step: Step,
+    rip: u64,
+    touches: Vec<insn::Touch>,
+}
+
+/// The last [`LOOKBACK`] instructions up to `step`, oldest first, each with the accesses it
+/// made (computed from the state before it ran). One seek, then single steps forward.
+fn recent_instructions<R: Read + Seek>(
+    timeline: &mut Timeline<R>,
+    cpu: &CpuModel,
+    step: Step,
+) -> Result<Vec<Executed>, String> {
     let mut out = Vec::new();
-    for s in first..=step {
-        let Ok(records) = timeline.reader().records_at_step(s) else {
-            continue;
-        };
-        out.extend(records.iter().find_map(|r| match r {
-            Record::Step(st) => Some(st.rip),
-            _ => None,
-        }));
+    for s in step.saturating_sub(LOOKBACK)..step {
+        let snap = timeline.seek(s).map_err(|e| e.to_string())?;
+        out.push(Executed {
+            step: s + 1,
+            rip: snap.regs.rip,
+            touches: accesses::of_instruction(&snap.regs, cpu, &snap.memory),
+        });
     }
-    out
+    Ok(out)
 }
 
 fn walk_view(
     snap: &Snapshot,
-    before: Option<&Snapshot>,
+    recent: &[Executed],
     cpu: &CpuModel,
     address: Option<u64>,
     kept: Option<(&'static str, MmuContext)>,
@@ -110,18 +127,35 @@ fn walk_view(
     let (gva, access, source) = match address {
         Some(a) => (a, None, "entered with w".to_string()),
         None => {
-            let (touch, source) = match before {
-                Some(b) => (
-                    accesses::last_touched(&b.regs, cpu, &b.memory),
-                    format!("last touched, by the instruction of step {}", snap.step),
-                ),
-                None => (
-                    accesses::last_touched(&snap.regs, cpu, &snap.memory),
-                    "touched by the first instruction".to_string(),
-                ),
+            // The last data access of the recent instructions, else the last fetch, else
+            // what the next instruction touches.
+            let data = recent.iter().rev().find_map(|e| {
+                e.touches
+                    .iter()
+                    .rev()
+                    .find(|t| t.access != Access::Fetch)
+                    .map(|t| (*t, e.step))
+            });
+            let fetch = || {
+                recent
+                    .last()
+                    .and_then(|e| e.touches.first().map(|t| (*t, e.step)))
             };
-            let t = touch?;
-            (t.linear, Some(t.access), source)
+            match data.or_else(fetch) {
+                Some((t, s)) => (
+                    t.linear,
+                    Some(t.access),
+                    format!("last touched, by the instruction of step {s}"),
+                ),
+                None => {
+                    let t = accesses::last_touched(&snap.regs, cpu, &snap.memory)?;
+                    (
+                        t.linear,
+                        Some(t.access),
+                        "touched by the next instruction".to_string(),
+                    )
+                }
+            }
         }
     };
     let source = match access {

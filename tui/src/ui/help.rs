@@ -36,10 +36,7 @@ pub fn draw(frame: &mut Frame, area: Rect) {
         "  mouse wheel scrolls the timeline; in prompts Enter applies, Esc cancels",
         dim(),
     )));
-    lines.push(Line::from(Span::styled(
-        "  press ? or Esc to close",
-        dim(),
-    )));
+    lines.push(Line::from(Span::styled("  press ? or Esc to close", dim())));
     frame.render_widget(Clear, rect);
     frame.render_widget(Paragraph::new(lines).block(panel("keys")), rect);
 }

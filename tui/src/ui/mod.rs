@@ -68,12 +68,12 @@ pub fn draw(frame: &mut Frame, app: &App) {
     frame.render_widget(Paragraph::new(title_line(app)), title);
     timeline::draw_band(frame, band, app);
     let [left, right] =
-        Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(body);
+        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(body);
     timeline::draw(frame, left, app);
     let [role_area, middle, bottom] = Layout::vertical([
-        Constraint::Percentage(45),
+        Constraint::Percentage(50),
         Constraint::Percentage(30),
-        Constraint::Percentage(25),
+        Constraint::Percentage(20),
     ])
     .areas(right);
     roles::draw(frame, role_area, app);
@@ -106,7 +106,10 @@ fn too_small(frame: &mut Frame, area: Rect) {
 fn title_line(app: &App) -> Line<'static> {
     let mode = app.events.mode_at(app.step);
     let mut spans = vec![
-        Span::styled(" mmurr replay ", Style::new().bg(Color::Blue).fg(Color::White)),
+        Span::styled(
+            " mmurr replay ",
+            Style::new().bg(Color::Blue).fg(Color::White),
+        ),
         Span::raw(format!(" {} ", app.title)),
     ];
     if let Some(s) = &app.header.scenario {

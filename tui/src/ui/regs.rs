@@ -43,10 +43,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
 
 pub fn draw_disasm(frame: &mut Frame, area: Rect, app: &App) {
     let v = &app.view;
-    let bits = v
-        .snapshot
-        .as_ref()
-        .map_or(0, |s| insn::bitness(&s.regs));
+    let bits = v.snapshot.as_ref().map_or(0, |s| insn::bitness(&s.regs));
     let lines: Vec<Line> = v
         .disasm
         .iter()
@@ -54,16 +51,14 @@ pub fn draw_disasm(frame: &mut Frame, area: Rect, app: &App) {
             let (marker, style) = if l.current {
                 (
                     "▶",
-                    Style::new()
-                        .fg(Color::Yellow)
-                        .add_modifier(Modifier::BOLD),
+                    Style::new().fg(Color::Yellow).add_modifier(Modifier::BOLD),
                 )
             } else {
                 (" ", Style::new())
             };
             Line::from(vec![
-                Span::styled(format!("{marker}{:>10x} ", l.rip), dim()),
-                Span::styled(format!("{:<24} ", l.bytes), dim()),
+                Span::styled(format!("{marker}{:>8x} ", l.rip), dim()),
+                Span::styled(format!("{:<15} ", l.bytes), dim()),
                 Span::styled(l.text.clone(), style),
             ])
         })

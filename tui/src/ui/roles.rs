@@ -5,6 +5,7 @@
 
 use super::{alert, bold, changed, dim, panel};
 use crate::app::App;
+use crate::events::trace_mode;
 use crate::history::MmuHistory;
 use mmu::{Outcome, Tracker};
 use ratatui::layout::Rect;
@@ -40,7 +41,13 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             let text = match (&app.history_error, &app.progress) {
                 (Some(e), _) => Line::styled(format!("no MMU model: {e}"), alert()),
                 (None, Some(p)) => Line::styled(
-                    format!("{} {}% ({} of {})", p.stage.name(), p.percent(), p.done, p.total),
+                    format!(
+                        "{} {}% ({} of {})",
+                        p.stage.name(),
+                        p.percent(),
+                        p.done,
+                        p.total
+                    ),
                     dim(),
                 ),
                 (None, None) => Line::styled("loading the MMU model…", dim()),
@@ -54,7 +61,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 dim(),
             )],
         ),
-        (Some(h), Some(w)) if app.side_by_side => ("MMU roles · all policies".into(), side_by_side(h, w, app.policy)),
+        (Some(h), Some(w)) if app.side_by_side => (
+            "MMU roles · all policies".into(),
+            side_by_side(h, w, app.policy),
+        ),
         (Some(h), Some(w)) => {
             let name = h.analysis.policies.get(app.policy).map_or("?", |p| p.name);
             (
@@ -64,7 +74,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                     h.analysis.policies.len(),
                     h.analysis.flavour.name()
                 ),
-                one_policy(h, w, app.policy),
+                one_policy(h, w, app.policy, area.width.saturating_sub(2)),
             )
         }
     };
@@ -86,8 +96,8 @@ fn write_line(h: &MmuHistory, w: usize, p: usize) -> Vec<Line<'static>> {
     let modes = match (tracker_before(h, w, p), wa.after.get(p)) {
         (Some(b), Some(a)) => format!(
             " · paging {} → {}",
-            mmu::PagingMode::of_regs(b.regs()).name(),
-            mmu::PagingMode::of_regs(a.regs()).name()
+            trace_mode(mmu::PagingMode::of_regs(b.regs())).name(),
+            trace_mode(mmu::PagingMode::of_regs(a.regs())).name()
         ),
         _ => String::new(),
     };
@@ -102,8 +112,16 @@ fn write_line(h: &MmuHistory, w: usize, p: usize) -> Vec<Line<'static>> {
     ])]
 }
 
+/// Width of one cell of the role-field grid.
+const CELL: usize = 22;
+
 /// Role fields in a grid: `name old→new` highlighted where they differ.
-fn field_grid(label: &str, before: &[(&str, u64)], after: &[(&str, u64)]) -> Vec<Line<'static>> {
+fn field_grid(
+    label: &str,
+    before: &[(&str, u64)],
+    after: &[(&str, u64)],
+    width: u16,
+) -> Vec<Line<'static>> {
     let mut cells: Vec<Span<'static>> = Vec::new();
     for (name, old) in before {
         let new = after.iter().find(|(n, _)| n == name).map_or(0, |x| x.1);
@@ -119,19 +137,20 @@ fn field_grid(label: &str, before: &[(&str, u64)], after: &[(&str, u64)]) -> Vec
         }
     }
     let mut lines = vec![Line::styled(label.to_string(), bold())];
-    for chunk in cells.chunks(4) {
+    let columns = (usize::from(width.saturating_sub(2)) / CELL).max(1);
+    for chunk in cells.chunks(columns) {
         let mut spans = vec![Span::raw("  ")];
         for c in chunk {
-            let width = c.content.chars().count();
+            let used = c.content.chars().count();
             spans.push(c.clone());
-            spans.push(Span::raw(" ".repeat(24usize.saturating_sub(width).max(1))));
+            spans.push(Span::raw(" ".repeat(CELL.saturating_sub(used).max(1))));
         }
         lines.push(Line::from(spans));
     }
     lines
 }
 
-fn one_policy(h: &MmuHistory, w: usize, p: usize) -> Vec<Line<'static>> {
+fn one_policy(h: &MmuHistory, w: usize, p: usize, width: u16) -> Vec<Line<'static>> {
     let wa = &h.analysis.writes[w];
     let (Some(d), Some(policy), Some(after)) = (
         wa.decisions.get(p),
@@ -157,26 +176,15 @@ fn one_policy(h: &MmuHistory, w: usize, p: usize) -> Vec<Line<'static>> {
         ));
     }
     if d.needless_reset {
-        decision.push(Span::styled(" · needless: the rebuilt context is the old one", changed()));
+        decision.push(Span::styled(
+            " · needless: the rebuilt context is the old one",
+            changed(),
+        ));
     }
     if let Some(gp) = &d.gp {
         decision.push(Span::styled(format!(" · {gp}"), alert()));
     }
     lines.push(Line::from(decision));
-    lines.extend(field_grid(
-        &format!(
-            "cpu_role {:#x} → {:#x}",
-            d.old_cpu_role.as_u64(),
-            d.new_cpu_role.as_u64()
-        ),
-        &d.old_cpu_role.fields(layout),
-        &d.new_cpu_role.fields(layout),
-    ));
-    lines.extend(field_grid(
-        &format!("root_role {:#x} → {:#x}", d.old_root_role.0, d.new_root_role.0),
-        &d.old_root_role.fields(layout),
-        &d.new_root_role.fields(layout),
-    ));
     let ctx = after.context();
     lines.push(Line::from(vec![
         Span::styled("context kept: ", bold()),
@@ -231,7 +239,29 @@ fn one_policy(h: &MmuHistory, w: usize, p: usize) -> Vec<Line<'static>> {
             Style::new().fg(Color::Green),
         )),
     }
-    lines.push(Line::styled(format!("{}: {}", policy.name, policy.summary), dim()));
+    lines.extend(field_grid(
+        &format!(
+            "cpu_role {:#x} → {:#x}",
+            d.old_cpu_role.as_u64(),
+            d.new_cpu_role.as_u64()
+        ),
+        &d.old_cpu_role.fields(layout),
+        &d.new_cpu_role.fields(layout),
+        width,
+    ));
+    lines.extend(field_grid(
+        &format!(
+            "root_role {:#x} → {:#x}",
+            d.old_root_role.0, d.new_root_role.0
+        ),
+        &d.old_root_role.fields(layout),
+        &d.new_root_role.fields(layout),
+        width,
+    ));
+    lines.push(Line::styled(
+        format!("{}: {}", policy.name, policy.summary),
+        dim(),
+    ));
     lines
 }
 

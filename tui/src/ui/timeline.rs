@@ -95,7 +95,11 @@ fn model_note(app: &App, e: &traces::Event) -> Option<(String, bool)> {
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let title = if app.events_loaded {
-        format!("timeline · {} of {} events", app.visible.len(), app.events.len())
+        format!(
+            "timeline · {} of {} events",
+            app.visible.len(),
+            app.events.len()
+        )
     } else {
         match &app.progress {
             Some(p) => format!("timeline · {} {}%", p.stage.name(), p.percent()),
@@ -111,7 +115,12 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         let Some(e) = app.events.events.get(i) else {
             continue;
         };
-        let mode = app.events.modes.get(i).copied().unwrap_or(traces::PagingMode::Real);
+        let mode = app
+            .events
+            .modes
+            .get(i)
+            .copied()
+            .unwrap_or(traces::PagingMode::Real);
         let (kind, text) = summary(e, policies);
         let selected = row == app.cursor;
         let marker = if selected { "▶" } else { " " };

@@ -6,7 +6,7 @@ use crate::app::App;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
-use ratatui::widgets::Paragraph;
+use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
@@ -28,7 +28,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     ));
     lines.extend(w.architecture.iter().map(|l| Line::raw(l.clone())));
     if let Some((policy, ctx, walk)) = &w.kept {
-        lines.push(Line::styled(format!("{policy}'s kept context ({ctx}):"), bold()));
+        lines.push(Line::styled(
+            format!("{policy}'s kept context ({ctx}):"),
+            bold(),
+        ));
         lines.extend(walk.iter().map(|l| Line::raw(l.clone())));
     }
     match w.agree {
@@ -46,7 +49,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         None => {}
     }
     frame.render_widget(
-        Paragraph::new(lines).block(panel(format!("page walk {:#x}", w.gva))),
+        Paragraph::new(lines)
+            .block(panel(format!("page walk {:#x}", w.gva)))
+            .wrap(Wrap { trim: false }),
         area,
     );
 }

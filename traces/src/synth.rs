@@ -39,15 +39,19 @@ pub const POLICIES: [&str; 4] = [
 pub fn header(scenario: &str, seed: u64) -> Header {
     let mut rng = Rng::new(seed);
     let image: Vec<u8> = (0..512).map(|_| rng.next_u64() as u8).collect();
-    let mut entry = Regs::default();
-    entry.rip = 0x7c00;
-    entry.rflags = 0x2;
-    entry.cr0 = 0x10;
-    entry.seg[crate::regs::CS] = Segment {
+    let mut seg = [Segment::default(); 6];
+    seg[crate::regs::CS] = Segment {
         selector: 0,
         base: 0,
         limit: 0xffff,
         attrs: 0x9b,
+    };
+    let entry = Regs {
+        rip: 0x7c00,
+        rflags: 0x2,
+        cr0: 0x10,
+        seg,
+        ..Regs::default()
     };
     Header {
         tool_version: "0.1.0".into(),

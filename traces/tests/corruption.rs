@@ -72,13 +72,14 @@ fn truncation_at_every_offset_keeps_every_complete_chunk() {
     assert_eq!(read_all(&mut reader), records);
 }
 
+/// Every bit of every byte, flipped one at a time.
 #[test]
 fn bit_flips_anywhere_are_detected() {
     let (header, records, bytes) = sample();
     let mut detected = 0usize;
-    for pos in 0..bytes.len() {
+    for (pos, bit) in (0..bytes.len()).flat_map(|p| (0..8).map(move |b| (p, b))) {
         let mut damaged = bytes.clone();
-        damaged[pos] ^= 1 << (pos % 8);
+        damaged[pos] ^= 1 << bit;
         let mut reader = match Reader::from_bytes(damaged) {
             Ok(r) => r,
             Err(e) => {
@@ -120,6 +121,9 @@ fn bit_flips_anywhere_are_detected() {
         }
         detected += 1;
         // Random access on a damaged file errs or answers correctly; it never panics.
+        if bit != pos % 8 {
+            continue; // (for one bit per byte: keeps the test quick)
+        }
         for step in [0u64, 5, 60, 119, 1_000] {
             if let Ok(at) = reader.records_at_step(step) {
                 let expected: Vec<Record> = records
@@ -140,7 +144,7 @@ fn bit_flips_anywhere_are_detected() {
             }
         }
     }
-    assert_eq!(detected, bytes.len());
+    assert_eq!(detected, bytes.len() * 8);
 }
 
 #[test]

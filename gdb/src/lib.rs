@@ -12,6 +12,7 @@
 pub mod arch;
 pub mod breakpoints;
 pub mod guest_memory;
+pub mod live_target;
 pub mod monitor;
 pub mod replay_target;
 pub mod server;

@@ -34,6 +34,16 @@ pub fn start_replay_server(trace: &Path) -> u16 {
 
 /// Runs `gdb -batch -x script` with `target remote` prepended; returns stdout + stderr.
 pub fn run_gdb(port: u16, script: &str) -> String {
+    run_gdb_interrupting(port, script, None)
+}
+
+/// Like [`run_gdb`]; with `interrupt_after`, sends gdb a SIGINT (what Ctrl-C in its terminal
+/// does) that long after starting it, which gdb forwards to the target as a `\x03`.
+pub fn run_gdb_interrupting(
+    port: u16,
+    script: &str,
+    interrupt_after: Option<std::time::Duration>,
+) -> String {
     let gdb = gdb_binary();
     let mut file = tempfile::NamedTempFile::new().unwrap();
     writeln!(file, "set pagination off").unwrap();
@@ -50,13 +60,22 @@ pub fn run_gdb(port: u16, script: &str) -> String {
     let log = tempfile::NamedTempFile::new().unwrap();
     let out = log.reopen().unwrap();
     let err = out.try_clone().unwrap();
-    let status = Command::new(gdb)
+    let mut child = Command::new(gdb)
         .args(["-nx", "-batch", "-x"])
         .arg(file.path())
         .stdout(out)
         .stderr(err)
-        .status()
+        .spawn()
         .unwrap();
+    if let Some(delay) = interrupt_after {
+        std::thread::sleep(delay);
+        let status = Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap();
+        assert!(status.success(), "could not signal gdb");
+    }
+    let status = child.wait().unwrap();
     assert!(status.code().is_some(), "gdb died from a signal");
     let text = std::fs::read_to_string(log.path()).unwrap();
     eprintln!("---- gdb transcript ----\n{text}\n------------------------");

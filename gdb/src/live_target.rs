@@ -1,0 +1,944 @@
+//! The live server: gdb drives a running guest through the recorder's stepping loop.
+//!
+//! Two threads. The VM thread is the recorder's own: before every instruction it calls
+//! [`LiveControl::before_step`], which returns at once while the guest runs (a channel poll,
+//! a RIP comparison, a control-register comparison) and blocks while gdb has it stopped,
+//! answering gdb's requests with the backend it was handed. The backend never leaves its
+//! thread (a KVM vCPU fd is best kept on one thread). The gdb thread owns the socket and runs
+//! gdbstub with [`LiveTarget`], whose every operation is a request over a channel; while the
+//! guest runs it waits for a stop event and watches the socket for Ctrl-C.
+//!
+//! Breakpoints are RIP comparisons, software and hardware alike: the loop single-steps anyway,
+//! so nothing is patched into guest memory (`int3` at CPL0 fails on this host's PVM KVM, and
+//! a patched HLT only exits without an in-kernel irqchip) and no debug register is armed.
+
+use crate::arch::{SystemRegId, SystemRegs, X86_64System};
+use crate::breakpoints::{Breakpoints, CatchKind};
+use crate::guest_memory;
+use crate::monitor::{self, Command};
+use crate::server::console_packet;
+use gdbstub::common::Signal;
+use gdbstub::conn::{Connection, ConnectionExt};
+use gdbstub::stub::run_blocking::{self, BlockingEventLoop};
+use gdbstub::stub::{DisconnectReason, GdbStub, SingleThreadStopReason};
+use gdbstub::target::ext::base::single_register_access::{
+    SingleRegisterAccess, SingleRegisterAccessOps,
+};
+use gdbstub::target::ext::base::singlethread::{
+    SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
+    SingleThreadSingleStepOps,
+};
+use gdbstub::target::ext::base::BaseOps;
+use gdbstub::target::ext::breakpoints::{
+    Breakpoints as GdbBreakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint,
+    SwBreakpointOps,
+};
+use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
+use gdbstub::target::ext::target_description_xml_override::{
+    TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
+};
+use gdbstub::target::{Target, TargetError, TargetResult};
+use mmu::{CpuModel, Flavour, Input, Tracker};
+use recorder::guest_view::BackendMemory;
+use recorder::Backend;
+use replayer::flags::changed_flags;
+use replayer::views::{cpu_mode, mmu_role, page_walk};
+use std::io::Write;
+use std::net::{TcpListener, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
+use std::sync::Arc;
+use std::time::Duration;
+use traces::{ControlReg, PagingMode, Regs};
+
+/// How the VM thread should go on after [`LiveControl::before_step`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Verdict {
+    /// Execute the next instruction.
+    Run,
+    /// Execute it, but gdb changed registers or memory first: re-read the machine state.
+    RunModified,
+    /// End the run (gdb sent `kill`, or the user interrupted a wait for gdb).
+    Stop(String),
+}
+
+/// gdb thread -> VM thread.
+#[derive(Debug)]
+enum Request {
+    ReadRegs,
+    WriteRegs(SystemRegs),
+    WriteReg(usize, Vec<u8>),
+    ReadMem(u64, usize),
+    WriteMem(u64, Vec<u8>),
+    AddBreakpoint(u64),
+    RemoveBreakpoint(u64),
+    Monitor(String),
+    Continue,
+    Step,
+    /// Ctrl-C while running.
+    Interrupt,
+    /// gdb detached: run on without it.
+    Detach,
+    Kill,
+}
+
+/// Why the guest stopped.
+#[derive(Clone, Debug)]
+enum Why {
+    Step,
+    Breakpoint,
+    Interrupt,
+    Catch(String),
+}
+
+/// VM thread -> gdb thread.
+#[derive(Debug)]
+enum Reply {
+    Regs(Box<Regs>),
+    Bytes(Vec<u8>),
+    Done(bool),
+    Text(String),
+    Stopped(Why),
+    /// The run ended (guest exit, halt, error, budget): with an exit code for gdb when the
+    /// guest exited through the debug-exit port.
+    Ended {
+        message: String,
+        code: Option<u8>,
+    },
+}
+
+/// What the VM side is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RunState {
+    /// Waiting for gdb (at entry, or after a stop).
+    Stopped,
+    /// Running until a breakpoint, catchpoint or Ctrl-C; `from` is the step it resumed at
+    /// (a breakpoint there is the one gdb is stepping off, not a new hit).
+    Running { from: u64, single: bool },
+    /// gdb detached or went away.
+    Free,
+}
+
+/// The VM-thread half: call [`LiveControl::before_step`] before every instruction and
+/// [`LiveControl::finished`] when the run ends.
+pub struct LiveControl {
+    requests: Receiver<Request>,
+    replies: Sender<Reply>,
+    state: RunState,
+    bps: Breakpoints,
+    phys: bool,
+    modified: bool,
+    cpu: CpuModel,
+    /// Registers before the previous instruction, to see control-register writes.
+    prev: Option<Regs>,
+    /// One tracker per modelled policy, fed the control-register changes seen between
+    /// instructions, so `monitor role`, `check` and the policy catchpoints work live too.
+    trackers: Vec<Tracker>,
+    interrupted: Arc<AtomicBool>,
+    last_note: Option<String>,
+}
+
+/// The gdb-thread half.
+pub struct LiveTarget {
+    requests: Sender<Request>,
+    replies: Receiver<Reply>,
+    /// A stop the VM reported while gdb thought it was already stopping (Ctrl-C race).
+    ended: Option<(String, Option<u8>)>,
+}
+
+/// A connected pair.
+pub fn pair(cpu: CpuModel, interrupted: Arc<AtomicBool>) -> (LiveControl, LiveTarget) {
+    let (req_tx, req_rx) = channel();
+    let (rep_tx, rep_rx) = channel();
+    (
+        LiveControl {
+            requests: req_rx,
+            replies: rep_tx,
+            state: RunState::Stopped,
+            bps: Breakpoints::default(),
+            phys: false,
+            modified: false,
+            cpu,
+            prev: None,
+            trackers: Vec::new(),
+            interrupted,
+            last_note: None,
+        },
+        LiveTarget {
+            requests: req_tx,
+            replies: rep_rx,
+            ended: None,
+        },
+    )
+}
+
+/// Control-register writes between two register files, as the MMU model's inputs.
+fn cr_inputs(before: &Regs, after: &Regs) -> Vec<(ControlReg, u64, u64, Input)> {
+    let mut out = Vec::new();
+    if before.cr0 != after.cr0 {
+        out.push((
+            ControlReg::Cr0,
+            before.cr0,
+            after.cr0,
+            Input::Cr0 {
+                old: before.cr0,
+                new: after.cr0,
+            },
+        ));
+    }
+    if before.cr3 != after.cr3 {
+        out.push((
+            ControlReg::Cr3,
+            before.cr3,
+            after.cr3,
+            Input::Cr3 {
+                old: before.cr3,
+                new: after.cr3,
+            },
+        ));
+    }
+    if before.cr4 != after.cr4 {
+        out.push((
+            ControlReg::Cr4,
+            before.cr4,
+            after.cr4,
+            Input::Cr4 {
+                old: before.cr4,
+                new: after.cr4,
+            },
+        ));
+    }
+    if before.efer != after.efer {
+        out.push((
+            ControlReg::Efer,
+            before.efer,
+            after.efer,
+            Input::Efer {
+                old: before.efer,
+                new: after.efer,
+            },
+        ));
+    }
+    out
+}
+
+fn paging_mode(r: &Regs) -> PagingMode {
+    use mmu::PagingMode as M;
+    match M::of(r.cr0, r.cr4, r.efer) {
+        M::Real => PagingMode::Real,
+        M::Unpaged => PagingMode::Unpaged,
+        M::Bits32 => PagingMode::Bits32,
+        M::Pae => PagingMode::Pae,
+        M::Level4 => PagingMode::Level4,
+        M::Level5 => PagingMode::Level5,
+    }
+}
+
+impl LiveControl {
+    /// Sets up the MMU model from the entry registers (the recorder's flavour and policies).
+    pub fn init_mmu(&mut self, entry: &Regs, policies: &[&'static mmu::Policy], flavour: Flavour) {
+        let cr = insn::control_regs(entry);
+        self.trackers = policies
+            .iter()
+            .map(|p| Tracker::new(p, flavour, self.cpu, &cr))
+            .collect();
+    }
+
+    fn send(&self, r: Reply) {
+        // The gdb thread gone means gdb went away; the next request poll notices.
+        let _ = self.replies.send(r);
+    }
+
+    /// Called before instruction `step + 1` with the registers before it.
+    pub fn before_step(&mut self, step: u64, regs: &Regs, backend: &mut dyn Backend) -> Verdict {
+        let mut catch: Option<String> = None;
+        if let Some(prev) = self.prev.take() {
+            catch = self.observe(&prev, regs, backend);
+        }
+        self.prev = Some(regs.clone());
+        match self.state {
+            RunState::Free => return Verdict::Run,
+            RunState::Stopped => {}
+            RunState::Running { from, single } => {
+                let why = match self.requests.try_recv() {
+                    Ok(Request::Interrupt) => Some(Why::Interrupt),
+                    Ok(Request::Detach) => {
+                        self.state = RunState::Free;
+                        return Verdict::Run;
+                    }
+                    Ok(Request::Kill) => return Verdict::Stop("killed from gdb".into()),
+                    // Nothing else is sent while running; ignore a confused client.
+                    Ok(_) => None,
+                    Err(std::sync::mpsc::TryRecvError::Empty) => None,
+                    Err(std::sync::mpsc::TryRecvError::Disconnected) => {
+                        self.state = RunState::Free;
+                        return Verdict::Run;
+                    }
+                };
+                let why = why.or_else(|| {
+                    if single && step > from {
+                        Some(Why::Step)
+                    } else if step > from && self.bps.has_addr(insn::linear_ip(regs)) {
+                        Some(Why::Breakpoint)
+                    } else {
+                        catch.map(Why::Catch)
+                    }
+                });
+                match why {
+                    None => return Verdict::Run,
+                    Some(w) => {
+                        self.state = RunState::Stopped;
+                        self.send(Reply::Stopped(w));
+                    }
+                }
+            }
+        }
+        self.serve_stopped(step, regs, backend)
+    }
+
+    /// Feeds control-register changes to the MMU model; returns what a catchpoint should
+    /// say if one is set for them.
+    fn observe(&mut self, prev: &Regs, regs: &Regs, backend: &dyn Backend) -> Option<String> {
+        let inputs = cr_inputs(prev, regs);
+        if inputs.is_empty() {
+            return None;
+        }
+        let mut notes = Vec::new();
+        let cr = insn::control_regs(regs);
+        let mem = BackendMemory(backend);
+        for (reg, old, new, input) in &inputs {
+            let write = format!(
+                "{} {old:#x} -> {new:#x} ({})",
+                reg.name(),
+                changed_flags(*reg, *old, *new)
+            );
+            if self.catching(reg.name(), None) {
+                notes.push(write.clone());
+            }
+            for t in &mut self.trackers {
+                let was_stale = t.stale().is_some();
+                let d = t.apply(input, &cr, &mem);
+                let name = t.policy().name;
+                if d.roots_unloaded
+                    || matches!(
+                        d.outcome,
+                        mmu::Outcome::Reinit | mmu::Outcome::SkippedRoleUnchanged
+                    )
+                {
+                    if self.bps.catches().iter().any(|c| {
+                        c.kind == CatchKind::Reset
+                            && c.policy
+                                .as_deref()
+                                .is_none_or(|p| mmu::policy(p).is_some_and(|q| q.name == name))
+                    }) {
+                        notes.push(format!("{name}: reset, {} -- {write}", d.outcome.name()));
+                    }
+                }
+                if !was_stale {
+                    if let Some(st) = &d.stale {
+                        if self.bps.catches().iter().any(|c| {
+                            c.kind == CatchKind::Divergence
+                                && c.policy
+                                    .as_deref()
+                                    .is_none_or(|p| mmu::policy(p).is_some_and(|q| q.name == name))
+                        }) {
+                            notes.push(format!("{name}: MMU context diverges from the architecture ({}) -- {write}", st.names().join(", ")));
+                        }
+                    }
+                }
+            }
+        }
+        let (from, to) = (paging_mode(prev), paging_mode(regs));
+        if from != to && self.catching("transition", None) {
+            notes.push(format!("transition {} -> {}", from.name(), to.name()));
+        }
+        if notes.is_empty() {
+            return None;
+        }
+        let note = format!("mmurr: break-on stop:\n  {}\n", notes.join("\n  "));
+        self.last_note = Some(note.clone());
+        Some(note)
+    }
+
+    fn catching(&self, kind: &str, _policy: Option<&str>) -> bool {
+        self.bps.catches().iter().any(|c| c.kind.name() == kind)
+    }
+
+    /// Serves gdb while the guest is stopped; returns when gdb resumes it.
+    fn serve_stopped(&mut self, step: u64, regs: &Regs, backend: &mut dyn Backend) -> Verdict {
+        let mut regs = regs.clone();
+        loop {
+            let req = match self.requests.recv_timeout(Duration::from_millis(100)) {
+                Ok(r) => r,
+                Err(RecvTimeoutError::Timeout) => {
+                    if self.interrupted.load(Ordering::Relaxed) {
+                        return Verdict::Stop("interrupted while gdb had the guest stopped".into());
+                    }
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.state = RunState::Free;
+                    return self.resume_verdict();
+                }
+            };
+            match req {
+                Request::ReadRegs => self.send(Reply::Regs(Box::new(regs.clone()))),
+                Request::WriteRegs(g) => {
+                    let mut next = regs.clone();
+                    g.apply_to(&mut next);
+                    let ok = backend.set_regs(&next).is_ok();
+                    if ok {
+                        regs = next;
+                        self.modified = true;
+                    }
+                    self.send(Reply::Done(ok));
+                }
+                Request::WriteReg(n, bytes) => {
+                    let mut g = SystemRegs::from_trace(&regs);
+                    let mut ok = g.set(n, &bytes);
+                    if ok {
+                        let mut next = regs.clone();
+                        g.apply_to(&mut next);
+                        ok = backend.set_regs(&next).is_ok();
+                        if ok {
+                            regs = next;
+                            self.modified = true;
+                        }
+                    }
+                    self.send(Reply::Done(ok));
+                }
+                Request::ReadMem(addr, len) => {
+                    let mut buf = vec![0u8; len.min(1 << 20)];
+                    let mem = BackendMemory(&*backend);
+                    let n = guest_memory::read(&regs, &self.cpu, &mem, self.phys, addr, &mut buf);
+                    buf.truncate(n);
+                    self.send(Reply::Bytes(buf));
+                }
+                Request::WriteMem(addr, data) => {
+                    let pieces = {
+                        let mem = BackendMemory(&*backend);
+                        guest_memory::pieces(&regs, &self.cpu, &mem, self.phys, addr, data.len())
+                    };
+                    let covered: usize = pieces.iter().map(|p| p.1).sum();
+                    let mut ok = covered == data.len();
+                    let mut at = 0;
+                    for (gpa, n) in pieces {
+                        ok &= backend.write_phys(gpa, &data[at..at + n]);
+                        at += n;
+                    }
+                    self.modified |= at > 0;
+                    self.send(Reply::Done(ok));
+                }
+                Request::AddBreakpoint(a) => {
+                    let ok = self.bps.add_addr(a);
+                    self.send(Reply::Done(ok));
+                }
+                Request::RemoveBreakpoint(a) => {
+                    let ok = self.bps.remove_addr(a);
+                    self.send(Reply::Done(ok));
+                }
+                Request::Monitor(line) => {
+                    let text = self.monitor(step, &regs, backend, &line);
+                    self.send(Reply::Text(text));
+                }
+                Request::Continue => {
+                    self.state = RunState::Running {
+                        from: step,
+                        single: false,
+                    };
+                    return self.resume_verdict();
+                }
+                Request::Step => {
+                    self.state = RunState::Running {
+                        from: step,
+                        single: true,
+                    };
+                    return self.resume_verdict();
+                }
+                // Already stopped: the stop gdb is waiting for was sent when we stopped.
+                Request::Interrupt => {}
+                Request::Detach => {
+                    self.state = RunState::Free;
+                    return self.resume_verdict();
+                }
+                Request::Kill => return Verdict::Stop("killed from gdb".into()),
+            }
+        }
+    }
+
+    fn resume_verdict(&mut self) -> Verdict {
+        if std::mem::take(&mut self.modified) {
+            Verdict::RunModified
+        } else {
+            Verdict::Run
+        }
+    }
+
+    /// The run ended; tell gdb (if it is waiting for a stop).
+    pub fn finished(&mut self, message: &str, code: Option<u8>) {
+        if matches!(self.state, RunState::Running { .. } | RunState::Stopped) {
+            self.send(Reply::Ended {
+                message: message.to_string(),
+                code,
+            });
+        }
+        self.state = RunState::Free;
+    }
+
+    fn policy(&self, name: Option<&str>) -> Result<&Tracker, String> {
+        match name {
+            None => self
+                .trackers
+                .last()
+                .ok_or_else(|| "no MMU model in this session".to_string()),
+            Some(n) => {
+                let p = mmu::policy(n).ok_or_else(|| {
+                    format!("unknown policy {n:?}; `monitor policies` lists them")
+                })?;
+                self.trackers
+                    .iter()
+                    .find(|t| t.policy().name == p.name)
+                    .ok_or_else(|| format!("policy {n} is not modelled in this session"))
+            }
+        }
+    }
+
+    fn monitor(&mut self, step: u64, regs: &Regs, backend: &dyn Backend, line: &str) -> String {
+        let result: Result<String, String> = (|| {
+            Ok(match monitor::parse(line.as_bytes())? {
+                Command::Help => monitor::HELP.to_string(),
+                Command::Mode => format!(
+                    "live, before instruction {} \n{}\nmemory: {} addresses",
+                    step + 1,
+                    cpu_mode::describe(regs),
+                    if self.phys { "physical" } else { "virtual" }
+                ),
+                Command::Phys => {
+                    self.phys = true;
+                    "gdb memory accesses now use guest-physical addresses".into()
+                }
+                Command::Virt => {
+                    self.phys = false;
+                    "gdb memory accesses now use virtual addresses (through the guest's page tables)".into()
+                }
+                Command::Role(p) => mmu_role::describe(self.policy(p.as_deref())?),
+                Command::Walk(addr, p) => {
+                    let cr = insn::control_regs(regs);
+                    let mem = BackendMemory(backend);
+                    let kept = match p {
+                        Some(name) => Some(self.policy(Some(&name))?),
+                        None => self.trackers.iter().find(|t| t.stale().is_some()),
+                    };
+                    page_walk::compare(&cr, &self.cpu, &mem, addr, kept.map(|t| (t.policy().name, t.context())))
+                }
+                Command::Policies => self
+                    .trackers
+                    .iter()
+                    .map(|t| format!("  {:<10} {}", t.policy().name, t.policy().summary))
+                    .collect::<Vec<_>>()
+                    .join("\n"),
+                Command::Check => {
+                    let stale: Vec<String> = self
+                        .trackers
+                        .iter()
+                        .filter_map(|t| t.stale().map(|st| format!("  {}: STALE context: {}", t.policy().name, st.names().join(", "))))
+                        .collect();
+                    if stale.is_empty() {
+                        "every policy's MMU context matches the architecture".into()
+                    } else {
+                        stale.join("\n")
+                    }
+                }
+                Command::When => {
+                    let mut s = format!("live, {step} instructions executed");
+                    if let Some(n) = &self.last_note {
+                        s += &format!("\n{}", n.trim_end());
+                    }
+                    s
+                }
+                Command::Events(_) | Command::Seek(_) | Command::GotoEvent(_) => {
+                    return Err("this needs a trace: record with `mmurr record`, then `mmurr gdb TRACE` (events, seek and goto-event move through history)".into())
+                }
+                Command::BreakOn(c) => {
+                    if let Some(p) = &c.policy {
+                        self.policy(Some(p))?;
+                    }
+                    let text = format!("continue stops at every {c}");
+                    self.bps.add_catch(c);
+                    text
+                }
+                Command::BreakOnClear => {
+                    self.bps.clear_catches();
+                    "break-on cleared".into()
+                }
+                Command::BreakOnList => {
+                    let list: Vec<String> = self.bps.catches().iter().map(|c| c.to_string()).collect();
+                    if list.is_empty() { "no break-on set".into() } else { format!("break-on: {}", list.join(", ")) }
+                }
+            })
+        })();
+        match result {
+            Ok(t) => t,
+            Err(e) => format!("error: {e}"),
+        }
+    }
+}
+
+// ---- the gdb thread ----
+
+type Error = String;
+
+impl LiveTarget {
+    fn ask(&mut self, r: Request) -> Result<Reply, Error> {
+        self.requests
+            .send(r)
+            .map_err(|_| "the guest's run has ended".to_string())?;
+        loop {
+            match self.replies.recv() {
+                Ok(Reply::Ended { message, code }) => {
+                    self.ended = Some((message, code));
+                    return Err("the guest's run has ended".into());
+                }
+                // A stop from before this request (Ctrl-C race): it was already reported.
+                Ok(Reply::Stopped(_)) => continue,
+                Ok(r) => return Ok(r),
+                Err(_) => return Err("the guest's run has ended".into()),
+            }
+        }
+    }
+
+    fn tell(&mut self, r: Request) -> Result<(), Error> {
+        self.requests
+            .send(r)
+            .map_err(|_| "the guest's run has ended".to_string())
+    }
+}
+
+fn stop_reason(why: &Why) -> SingleThreadStopReason<u64> {
+    match why {
+        Why::Step => SingleThreadStopReason::DoneStep,
+        Why::Breakpoint => SingleThreadStopReason::SwBreak(()),
+        Why::Interrupt => SingleThreadStopReason::Signal(Signal::SIGINT),
+        Why::Catch(_) => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+    }
+}
+
+impl Target for LiveTarget {
+    type Arch = X86_64System;
+    type Error = Error;
+
+    fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
+        BaseOps::SingleThread(self)
+    }
+
+    fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_monitor_cmd(&mut self) -> Option<MonitorCmdOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_target_description_xml_override(
+        &mut self,
+    ) -> Option<TargetDescriptionXmlOverrideOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadBase for LiveTarget {
+    fn read_registers(&mut self, regs: &mut SystemRegs) -> TargetResult<(), Self> {
+        match self.ask(Request::ReadRegs).map_err(TargetError::Fatal)? {
+            Reply::Regs(r) => {
+                *regs = SystemRegs::from_trace(&r);
+                Ok(())
+            }
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn write_registers(&mut self, regs: &SystemRegs) -> TargetResult<(), Self> {
+        match self
+            .ask(Request::WriteRegs(regs.clone()))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Done(true) => Ok(()),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, (), Self>> {
+        Some(self)
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
+        match self
+            .ask(Request::ReadMem(start, data.len()))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Bytes(b) if !b.is_empty() || data.is_empty() => {
+                let n = b.len().min(data.len());
+                data[..n].copy_from_slice(&b[..n]);
+                Ok(n)
+            }
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
+        match self
+            .ask(Request::WriteMem(start, data.to_vec()))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Done(true) => Ok(()),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleRegisterAccess<()> for LiveTarget {
+    fn read_register(
+        &mut self,
+        _tid: (),
+        id: SystemRegId,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        let mut regs = SystemRegs::default();
+        self.read_registers(&mut regs)?;
+        match regs.get(id.0) {
+            Some(bytes) if bytes.len() <= buf.len() => {
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+            _ => Ok(0),
+        }
+    }
+
+    fn write_register(&mut self, _tid: (), id: SystemRegId, val: &[u8]) -> TargetResult<(), Self> {
+        match self
+            .ask(Request::WriteReg(id.0, val.to_vec()))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Done(true) => Ok(()),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+}
+
+impl SingleThreadResume for LiveTarget {
+    fn resume(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        self.tell(Request::Continue)
+    }
+
+    fn support_single_step(&mut self) -> Option<SingleThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleThreadSingleStep for LiveTarget {
+    fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
+        self.tell(Request::Step)
+    }
+}
+
+impl GdbBreakpoints for LiveTarget {
+    fn support_sw_breakpoint(&mut self) -> Option<SwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SwBreakpoint for LiveTarget {
+    fn add_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        match self
+            .ask(Request::AddBreakpoint(addr))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Done(ok) => Ok(ok),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn remove_sw_breakpoint(&mut self, addr: u64, _kind: usize) -> TargetResult<bool, Self> {
+        match self
+            .ask(Request::RemoveBreakpoint(addr))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Done(ok) => Ok(ok),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+}
+
+impl HwBreakpoint for LiveTarget {
+    fn add_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
+        self.add_sw_breakpoint(addr, kind)
+    }
+
+    fn remove_hw_breakpoint(&mut self, addr: u64, kind: usize) -> TargetResult<bool, Self> {
+        self.remove_sw_breakpoint(addr, kind)
+    }
+}
+
+impl MonitorCmd for LiveTarget {
+    fn handle_monitor_cmd(
+        &mut self,
+        cmd: &[u8],
+        mut out: ConsoleOutput<'_>,
+    ) -> Result<(), Self::Error> {
+        let line = String::from_utf8_lossy(cmd).into_owned();
+        match self.ask(Request::Monitor(line)) {
+            Ok(Reply::Text(t)) => gdbstub::outputln!(out, "{t}"),
+            Ok(_) => gdbstub::outputln!(out, "error: no answer from the guest"),
+            Err(e) => gdbstub::outputln!(out, "error: {e}"),
+        }
+        Ok(())
+    }
+}
+
+impl TargetDescriptionXmlOverride for LiveTarget {
+    fn target_description_xml(
+        &self,
+        annex: &[u8],
+        offset: u64,
+        _length: usize,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        crate::target_xml::read_annex(annex, offset, buf).ok_or(TargetError::NonFatal)
+    }
+}
+
+enum LiveLoop {}
+
+impl BlockingEventLoop for LiveLoop {
+    type Target = LiveTarget;
+    type Connection = TcpStream;
+    type StopReason = SingleThreadStopReason<u64>;
+
+    fn wait_for_stop_reason(
+        target: &mut LiveTarget,
+        conn: &mut TcpStream,
+    ) -> Result<
+        run_blocking::Event<Self::StopReason>,
+        run_blocking::WaitForStopReasonError<Error, <TcpStream as Connection>::Error>,
+    > {
+        loop {
+            match target.replies.recv_timeout(Duration::from_millis(10)) {
+                Ok(Reply::Stopped(why)) => {
+                    if let Why::Catch(note) = &why {
+                        Write::write_all(conn, &console_packet(note))
+                            .map_err(run_blocking::WaitForStopReasonError::Connection)?;
+                    }
+                    return Ok(run_blocking::Event::TargetStopped(stop_reason(&why)));
+                }
+                Ok(Reply::Ended { message, code }) => {
+                    return Ok(run_blocking::Event::TargetStopped(ended(
+                        conn, &message, code,
+                    )?));
+                }
+                Ok(_) => continue,
+                Err(RecvTimeoutError::Disconnected) => {
+                    let (message, code) = target
+                        .ended
+                        .take()
+                        .unwrap_or_else(|| ("the guest's run has ended".into(), None));
+                    return Ok(run_blocking::Event::TargetStopped(ended(
+                        conn, &message, code,
+                    )?));
+                }
+                Err(RecvTimeoutError::Timeout) => {}
+            }
+            if conn
+                .peek()
+                .map_err(run_blocking::WaitForStopReasonError::Connection)?
+                .is_some()
+            {
+                let byte = ConnectionExt::read(conn)
+                    .map_err(run_blocking::WaitForStopReasonError::Connection)?;
+                return Ok(run_blocking::Event::IncomingData(byte));
+            }
+        }
+    }
+
+    fn on_interrupt(target: &mut LiveTarget) -> Result<Option<Self::StopReason>, Error> {
+        target.tell(Request::Interrupt)?;
+        loop {
+            match target.replies.recv() {
+                Ok(Reply::Stopped(why)) => return Ok(Some(stop_reason(&why))),
+                Ok(Reply::Ended { message, code }) => {
+                    target.ended = Some((message, code));
+                    return Ok(Some(match code {
+                        Some(c) => SingleThreadStopReason::Exited(c),
+                        None => SingleThreadStopReason::Terminated(Signal::SIGKILL),
+                    }));
+                }
+                Ok(_) => continue,
+                Err(_) => return Err("the guest's run has ended".into()),
+            }
+        }
+    }
+}
+
+/// The run ended while gdb waited: say why on gdb's console, then report an exit (with the
+/// debug-exit code when there is one) so gdb prints `[Inferior 1 (process 1) exited ...]`.
+fn ended(
+    conn: &mut TcpStream,
+    message: &str,
+    code: Option<u8>,
+) -> Result<SingleThreadStopReason<u64>, run_blocking::WaitForStopReasonError<Error, std::io::Error>>
+{
+    Write::write_all(
+        conn,
+        &console_packet(&format!("mmurr: the guest's run ended: {message}\n")),
+    )
+    .map_err(run_blocking::WaitForStopReasonError::Connection)?;
+    Ok(SingleThreadStopReason::Exited(code.unwrap_or(0)))
+}
+
+/// Runs the gdb thread: accepts one gdb, serves it, and on detach lets the guest run free.
+/// Returns the thread's handle; the VM thread keeps calling the [`LiveControl`].
+pub fn spawn_server(listener: TcpListener, mut target: LiveTarget) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        let stream = match listener.accept() {
+            Ok((s, peer)) => {
+                eprintln!("mmurr: gdb connected from {peer}");
+                s
+            }
+            Err(e) => {
+                eprintln!("mmurr: gdb server: accept failed: {e}; the guest runs on");
+                let _ = target.tell(Request::Detach);
+                return;
+            }
+        };
+        let _ = stream.set_nodelay(true);
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            GdbStub::new(stream).run_blocking::<LiveLoop>(&mut target)
+        }));
+        match result {
+            Ok(Ok(DisconnectReason::Kill)) => {
+                eprintln!("mmurr: gdb sent kill; ending the run");
+                let _ = target.tell(Request::Kill);
+            }
+            Ok(Ok(DisconnectReason::TargetExited(_) | DisconnectReason::TargetTerminated(_))) => {}
+            Ok(Ok(DisconnectReason::Disconnect)) => {
+                eprintln!("mmurr: gdb detached; the guest runs on");
+                let _ = target.tell(Request::Detach);
+            }
+            Ok(Err(e)) => {
+                eprintln!("mmurr: gdb session ended: {e}; the guest runs on");
+                let _ = target.tell(Request::Detach);
+            }
+            Err(_) => {
+                eprintln!("mmurr: gdb session failed; the guest runs on");
+                let _ = target.tell(Request::Detach);
+            }
+        }
+    })
+}

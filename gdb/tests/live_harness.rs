@@ -1,0 +1,192 @@
+//! The live server's protocol side driven by the real gdb, on a stand-in backend whose every
+//! instruction is a `nop` (RAM is all 0x90): stepping, breakpoints, register and memory
+//! writes, a control-register catchpoint, Ctrl-C of a running continue, and the guest's exit
+//! reported to gdb. The same server on the real backends is tested through `mmurr record
+//! --gdb` in `live_kvm.rs`.
+
+mod common;
+
+use mmurr_gdb::live_target::{self, Verdict};
+use recorder::{Backend, BackendError, Exit, StepResult, Written};
+use std::net::TcpListener;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use traces::{BackendInfo, GuestSpec, Regs, Segment};
+
+/// Every byte is `nop`; RIP advances by one per step. At step 100 "something" sets CR4.PGE,
+/// as a `mov cr4` would, so the catchpoint has a write to see.
+struct NopMachine {
+    regs: Regs,
+    ram: Vec<u8>,
+    steps: u64,
+}
+
+impl NopMachine {
+    fn new() -> NopMachine {
+        let mut regs = Regs::default();
+        regs.rip = 0x1000;
+        regs.rflags = 2;
+        regs.cr0 = 0x11;
+        regs.seg[traces::regs::CS] = Segment {
+            selector: 8,
+            base: 0,
+            limit: 0xffff_ffff,
+            attrs: 0xc09b,
+        };
+        NopMachine {
+            regs,
+            ram: vec![0x90; 1 << 20],
+            steps: 0,
+        }
+    }
+}
+
+impl Backend for NopMachine {
+    fn info(&self) -> BackendInfo {
+        BackendInfo::default()
+    }
+    fn load(&mut self, _guest: &GuestSpec) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn regs(&mut self) -> Result<Regs, BackendError> {
+        Ok(self.regs.clone())
+    }
+    fn set_regs(&mut self, regs: &Regs) -> Result<(), BackendError> {
+        self.regs = regs.clone();
+        Ok(())
+    }
+    fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let Some(end) = (gpa as usize).checked_add(buf.len()) else {
+            return false;
+        };
+        match self.ram.get(gpa as usize..end) {
+            Some(src) => {
+                buf.copy_from_slice(src);
+                true
+            }
+            None => false,
+        }
+    }
+    fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool {
+        let Some(end) = (gpa as usize).checked_add(data.len()) else {
+            return false;
+        };
+        match self.ram.get_mut(gpa as usize..end) {
+            Some(dst) => {
+                dst.copy_from_slice(data);
+                true
+            }
+            None => false,
+        }
+    }
+    fn ram_size(&self) -> u64 {
+        self.ram.len() as u64
+    }
+    fn step(&mut self) -> Result<StepResult, BackendError> {
+        self.regs.rip += 1;
+        self.steps += 1;
+        if self.steps == 100 {
+            self.regs.cr4 |= 0x80;
+        }
+        Ok(StepResult {
+            exit: Exit::Stepped,
+            written: Written::Ranges(Vec::new()),
+        })
+    }
+    fn complete_io_in(&mut self, _data: u32) -> Result<(), BackendError> {
+        Ok(())
+    }
+    fn complete_mmio_read(&mut self, _data: u64) -> Result<(), BackendError> {
+        Ok(())
+    }
+}
+
+/// Runs `steps` nops under the live server (in a thread); returns the port.
+fn start(steps: u64) -> u16 {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut m = NopMachine::new();
+        let (mut ctl, target) = live_target::pair(
+            mmu::CpuModel::default_x86_64(),
+            Arc::new(AtomicBool::new(false)),
+        );
+        ctl.init_mmu(
+            &m.regs,
+            &mmu::policies().iter().collect::<Vec<_>>(),
+            mmu::Flavour::Tdp,
+        );
+        let _server = live_target::spawn_server(listener, target);
+        let mut regs = m.regs.clone();
+        for step in 0..steps {
+            match ctl.before_step(step, &regs, &mut m) {
+                Verdict::Stop(_) => return,
+                Verdict::Run | Verdict::RunModified => {}
+            }
+            m.step().unwrap();
+            regs = m.regs().unwrap();
+        }
+        ctl.finished("the stand-in guest ran its course", Some(3));
+    });
+    port
+}
+
+#[test]
+fn step_break_write_catch_and_exit() {
+    let port = start(1000);
+    let out = common::run_gdb(
+        port,
+        "p $pc
+x/2i $pc
+stepi
+stepi
+p $pc
+break *0x1010
+continue
+p $pc
+set $rax = 0x1234
+p/x $rax
+set {unsigned char}0x2000 = 0xcc
+x/bx 0x2000
+monitor break-on cr4
+continue
+p $cr4
+monitor role v5.1-rc3
+monitor events
+delete
+monitor break-on clear
+continue",
+    );
+    common::expect(&out, "$1 = (void (*)()) 0x1000");
+    common::expect(&out, "=> 0x1000:\tnop");
+    common::expect(&out, "$2 = (void (*)()) 0x1002");
+    common::expect(&out, "Breakpoint 1, 0x0000000000001010 in ?? ()");
+    common::expect(&out, "$3 = (void (*)()) 0x1010");
+    common::expect(&out, "$4 = 0x1234");
+    common::expect(&out, "0x2000:\t0xcc");
+    let catch = common::after(&out, "continue stops at every cr4");
+    common::expect(catch, "cr4 0x0 -> 0x80 (+PGE)");
+    common::expect(catch, "Program received signal SIGTRAP");
+    common::expect(catch, "$5 = [ PGE ]");
+    common::expect(catch, "policy v5.1-rc3 (tdp MMU");
+    common::expect(catch, "error: this needs a trace");
+    common::expect(
+        catch,
+        "mmurr: the guest's run ended: the stand-in guest ran its course",
+    );
+    common::expect(catch, "exited with code 03");
+}
+
+#[test]
+fn ctrl_c_interrupts_a_running_continue() {
+    let port = start(u64::MAX);
+    let out = common::run_gdb_interrupting(
+        port,
+        "continue
+p $pc > 0x1000
+kill",
+        Some(std::time::Duration::from_millis(1500)),
+    );
+    common::expect(&out, "Program received signal SIGINT");
+    common::expect(&out, "$1 = 1");
+}

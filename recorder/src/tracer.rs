@@ -145,7 +145,7 @@ impl<'a> Tracer<'a> {
                     ),
                 };
             }
-            if self.step % 256 == 0 {
+            if self.step & 255 == 0 {
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
                     return Stop {
@@ -340,7 +340,7 @@ impl<'a> Tracer<'a> {
             }
         }
         self.regs = after;
-        if self.step % self.opts.keyframe_interval.max(1) == 0 {
+        if self.step.checked_rem(self.opts.keyframe_interval) == Some(0) {
             self.keyframe(false);
         }
         stop

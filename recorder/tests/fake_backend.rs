@@ -7,11 +7,14 @@ use traces::{
     BackendInfo, BackendKind, EndReason, EventKind, GuestSpec, Reader, Record, Regs, Segment,
 };
 
+/// What the scripted backend does at step `n` (1-based) to RAM, and the exit it reports.
+type Script = Box<dyn FnMut(u64, &mut Vec<u8>) -> StepResult>;
+
 /// Real mode, NOPs everywhere: each step advances IP by one and does what `script` says.
 struct Scripted {
     ram: Vec<u8>,
     regs: Regs,
-    script: Box<dyn FnMut(u64, &mut Vec<u8>) -> StepResult>,
+    script: Script,
     steps: u64,
 }
 

@@ -261,7 +261,7 @@ fn summary_text<R: std::io::Read + std::io::Seek>(r: &Reader<R>, path: &std::pat
 }
 
 fn mib(bytes: u64) -> String {
-    if bytes % (1 << 20) == 0 {
+    if bytes & ((1 << 20) - 1) == 0 {
         format!("{} MiB", bytes >> 20)
     } else {
         format!("{bytes} bytes")

@@ -55,6 +55,8 @@ pub struct Layout {
     pub xcr0: usize,
     pub pkru: usize,
     pub error_code: usize,
+    /// `int old_exception`: QEMU's "exception in flight" for double-fault detection.
+    pub old_exception: usize,
 }
 
 /// One QEMU segment cache.
@@ -487,11 +489,17 @@ impl Layout {
         pristine
             .restore(uc)
             .map_err(|e| fail(&format!("restore {e:?}")))?;
+        // `dr[8]`, then a union of four pointers, then `int old_exception` (-1 at reset).
+        let old_exception = dr_off + 64 + 32;
+        if c.u32_at(old_exception) != u32::MAX {
+            return Err(fail("old_exception"));
+        }
         Ok(Layout {
             efer: efer_off,
             xcr0,
             pkru,
             error_code,
+            old_exception,
         })
     }
 }

@@ -320,6 +320,30 @@ impl EmuBackend {
         Ok(r)
     }
 
+    /// QEMU remembers a contributory exception or #PF "in flight" to turn the next one into #DF
+    /// (and then into a triple fault that silently halts the engine). Its own delivery code
+    /// clears that memory, but Unicorn never runs it: mmurr-emu delivers (or discards) the
+    /// exception, so it clears it. The field is checked to hold the vector QEMU just raised.
+    fn clear_exception_in_flight(&mut self, vector: u32) -> Result<(), BackendError> {
+        self.save()?;
+        let off = self.layout.old_exception;
+        let held = self.ctx.u32_at(off);
+        let tracked = matches!(vector, 0 | 8 | 10..=14);
+        if tracked && held != vector {
+            return Err(BackendError::Engine(format!(
+                "mmurr-emu: after exception {vector} QEMU's in-flight exception field holds {held:#x}: \
+                 this Unicorn build's CPU context layout is not the one mmurr-emu knows"
+            )));
+        }
+        if held != u32::MAX {
+            self.ctx.set_u32(off, u32::MAX);
+            self.ctx
+                .restore(&self.uc)
+                .map_err(|e| engine_err("context restore", e))?;
+        }
+        Ok(())
+    }
+
     /// The error code QEMU computed for the exception just raised.
     fn pending_error_code(&mut self) -> Result<u32, BackendError> {
         self.save()?;
@@ -809,7 +833,21 @@ impl EmuBackend {
             )));
         }
         if let Some(vector) = self.uc.get_data_mut().intr.take() {
-            return self.deliver(vector, d, before);
+            self.clear_exception_in_flight(vector)?;
+            let rip = self
+                .uc
+                .reg_read(RegisterX86::RIP)
+                .map_err(|e| engine_err("reg read", e))?;
+            if vector == 14 && rip != before.rip && !is_software_int(d.as_ref()) {
+                // The instruction retired (a branch moved RIP) and Unicorn, looking up the next
+                // block before its instruction counter stopped it, faulted fetching the target.
+                // That #PF belongs to the next instruction: undo its early CR2 write; the next
+                // step faults again and delivers it, as on hardware single-step.
+                self.w(RegisterX86::CR2, before.cr2)?;
+                self.regs_cache = None;
+            } else {
+                return self.deliver(vector, d, before);
+            }
         }
         // KVM-consistent rep: finish the instruction in the same step when the count ran out.
         if let Some(a) = d.and_then(|d| d.rep_addr_size) {
@@ -862,15 +900,8 @@ impl EmuBackend {
         d: Option<Decoded>,
         before: &Regs,
     ) -> Result<Exit, BackendError> {
-        let software = d.is_some_and(|d| {
-            matches!(
-                d.instr.mnemonic(),
-                iced_x86::Mnemonic::Int
-                    | iced_x86::Mnemonic::Int3
-                    | iced_x86::Mnemonic::Into
-                    | iced_x86::Mnemonic::Int1
-            )
-        }) && self.uc.reg_read(RegisterX86::RIP).ok() != Some(before.rip);
+        let software = is_software_int(d.as_ref())
+            && self.uc.reg_read(RegisterX86::RIP).ok() != Some(before.rip);
         let error_code = if exceptions::has_error_code(vector) && !software {
             Some(self.pending_error_code()?)
         } else {
@@ -1060,6 +1091,19 @@ impl EmuBackend {
         }
         (vendor, name, fam, model, step)
     }
+}
+
+/// `int n`, `int3`, `into`, `int1`: interrupts raised by the instruction itself.
+fn is_software_int(d: Option<&Decoded>) -> bool {
+    d.is_some_and(|d| {
+        matches!(
+            d.instr.mnemonic(),
+            iced_x86::Mnemonic::Int
+                | iced_x86::Mnemonic::Int3
+                | iced_x86::Mnemonic::Into
+                | iced_x86::Mnemonic::Int1
+        )
+    })
 }
 
 fn unsafe_version() -> u32 {

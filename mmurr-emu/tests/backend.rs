@@ -818,3 +818,87 @@ fn four_gib_of_ram_leaves_no_hole_and_still_enters_exactly() {
     );
     assert_eq!(b.step().unwrap().exit, Exit::Halted);
 }
+
+#[test]
+fn bits32_page_fault_on_a_data_read_is_delivered() {
+    let mut code = asm(32, CODE, |a| {
+        a.mov(esp, 0x9000u32)?;
+        a.mov(eax, 0x7d27_e2a0u32)?;
+        a.mov(al, byte_ptr(eax))?;
+        a.hlt()
+    });
+    code.resize(0x80, 0x90);
+    code.push(0xf4);
+    let (mut b, _) = raw(code, CODE, guests::loader::EntryMode::Protected);
+    // Page directory at 0x30000: PDE 0 = 4 MiB page at 0 (PSE); everything else not present.
+    assert!(b.write_phys(0x30000, &(0x83u32).to_le_bytes()));
+    let handler = CODE + 0x80;
+    let gate = (handler & 0xffff) | (0x08u64 << 16) | (0x8eu64 << 40) | ((handler >> 16) << 48);
+    let idt: Vec<u8> = (0..32).flat_map(|_| gate.to_le_bytes()).collect();
+    assert!(b.write_phys(0x20000, &idt));
+    let mut r = b.regs().unwrap();
+    r.idtr = traces::DescriptorTable {
+        base: 0x20000,
+        limit: 32 * 8 - 1,
+    };
+    r.cr4 = 0x10;
+    r.cr3 = 0x30000;
+    r.cr0 |= 0x8000_0000;
+    b.set_regs(&r).unwrap();
+    b.step().unwrap();
+    b.step().unwrap();
+    assert_eq!(b.step().unwrap().exit, Exit::Stepped);
+    let after = b.regs().unwrap();
+    assert_eq!((after.rip, after.cr2), (handler, 0x7d27_e2a0));
+    assert_eq!(
+        b.delivered.last().map(|d| (d.vector, d.error_code)),
+        Some((14, Some(0)))
+    );
+}
+
+#[test]
+fn a_branch_to_an_unmapped_page_faults_on_the_next_step() {
+    // Hardware single-step: the jmp retires (RIP = target), then the fetch at the target
+    // faults. Unicorn faults while looking up the target block in the same run; the backend
+    // must still report two steps and leave CR2 alone until the fault is delivered.
+    let mut code = asm(32, CODE, |a| {
+        a.mov(esp, 0x9000u32)?;
+        a.mov(eax, 0x7d27_e000u32)?;
+        a.jmp(eax)
+    });
+    code.resize(0x80, 0x90);
+    code.push(0xf4);
+    let (mut b, _) = raw(code, CODE, guests::loader::EntryMode::Protected);
+    assert!(b.write_phys(0x30000, &(0x83u32).to_le_bytes()));
+    let handler = CODE + 0x80;
+    let gate = (handler & 0xffff) | (0x08u64 << 16) | (0x8eu64 << 40) | ((handler >> 16) << 48);
+    let idt: Vec<u8> = (0..32).flat_map(|_| gate.to_le_bytes()).collect();
+    assert!(b.write_phys(0x20000, &idt));
+    let mut r = b.regs().unwrap();
+    r.idtr = traces::DescriptorTable {
+        base: 0x20000,
+        limit: 32 * 8 - 1,
+    };
+    r.cr4 = 0x10;
+    r.cr3 = 0x30000;
+    r.cr0 |= 0x8000_0000;
+    r.cr2 = 0x1234;
+    b.set_regs(&r).unwrap();
+    b.step().unwrap();
+    b.step().unwrap();
+    b.step().unwrap(); // jmp eax
+    let mid = b.regs().unwrap();
+    assert_eq!(
+        (mid.rip, mid.cr2),
+        (0x7d27_e000, 0x1234),
+        "the jmp retired; no fault yet"
+    );
+    assert!(b.delivered.is_empty());
+    b.step().unwrap(); // the fetch fault
+    let after = b.regs().unwrap();
+    assert_eq!((after.rip, after.cr2), (handler, 0x7d27_e000));
+    assert_eq!(
+        b.delivered.last().map(|d| (d.vector, d.error_code)),
+        Some((14, Some(0x10 & 0)))
+    );
+}

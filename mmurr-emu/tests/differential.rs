@@ -316,3 +316,275 @@ fn walker_agrees_with_unicorn() {
         panic!("{e}");
     }
 }
+
+/// Guest-physical home of the fixed mapping the execution test runs from: code, IDT, GDT,
+/// stack, and the tables that map them at the top of the linear address space.
+const FIX: u64 = 0x40_0000;
+
+fn fixed_la(mode: Mode) -> u64 {
+    match mode {
+        Mode::Bits32 => 0xffc0_0000,
+        Mode::Pae => 0xffe0_0000,
+        Mode::Level4 | Mode::Level5 => 0xffff_ffff_ffe0_0000,
+    }
+}
+
+fn in_fixed_slot(mode: Mode, la: u64) -> bool {
+    match mode {
+        Mode::Bits32 => la >> 22 == 1023,
+        Mode::Pae => la >> 30 == 3,
+        Mode::Level4 => (la >> 39) & 511 == 511,
+        Mode::Level5 => (la >> 48) & 511 == 511,
+    }
+}
+
+/// Installs the fixed mapping (top slot of the CR3 page) and the code/IDT/GDT pages.
+fn install_fixed(b: &mut EmuBackend, mode: Mode, cr3: u64) {
+    let put = |b: &mut EmuBackend, gpa: u64, v: u64, bytes: usize| {
+        assert!(b.write_phys(gpa, &v.to_le_bytes()[..bytes]))
+    };
+    // Leaf tables: 4-byte (32-bit paging) and 8-byte; pages 0..3 = code, IDT, GDT, stack.
+    for i in 0..4u64 {
+        put(b, FIX + 0x4000 + 4 * i, FIX + i * 0x1000 | 3, 4);
+        put(b, FIX + 0x6000 + 8 * i, FIX + i * 0x1000 | 3, 8);
+    }
+    match mode {
+        Mode::Bits32 => put(b, cr3 + 4 * 1023, FIX + 0x4000 | 3, 4),
+        Mode::Pae => {
+            put(b, cr3 + 24, FIX + 0x5000 | 1, 8);
+            put(b, FIX + 0x5000 + 8 * 511, FIX + 0x6000 | 3, 8);
+        }
+        Mode::Level4 | Mode::Level5 => {
+            put(b, FIX + 0x5000 + 8 * 511, FIX + 0x6000 | 3, 8); // PD
+            put(b, FIX + 0x7000 + 8 * 511, FIX + 0x5000 | 3, 8); // PDPT
+            if mode == Mode::Level5 {
+                put(b, FIX + 0x8000 + 8 * 511, FIX + 0x7000 | 3, 8); // PML4
+                put(b, cr3 + 8 * 511, FIX + 0x8000 | 3, 8);
+            } else {
+                put(b, cr3 + 8 * 511, FIX + 0x7000 | 3, 8);
+            }
+        }
+    }
+    let la = fixed_la(mode);
+    let long = matches!(mode, Mode::Level4 | Mode::Level5);
+    // GDT: null, code32 0x08, data 0x10, code64 0x18.
+    let gdt: [u64; 4] = [
+        0,
+        0x00cf_9b00_0000_ffff,
+        0x00cf_9300_0000_ffff,
+        0x00af_9b00_0000_ffff,
+    ];
+    assert!(b.write_phys(
+        FIX + 0x2000,
+        &gdt.iter()
+            .flat_map(|d| d.to_le_bytes())
+            .collect::<Vec<u8>>()
+    ));
+    let handler = la + 0x100;
+    let mut idt = Vec::new();
+    for _ in 0..32 {
+        if long {
+            let lo = (handler & 0xffff)
+                | (0x18u64 << 16)
+                | (0x8eu64 << 40)
+                | (((handler >> 16) & 0xffff) << 48);
+            idt.extend_from_slice(&lo.to_le_bytes());
+            idt.extend_from_slice(&(handler >> 32).to_le_bytes());
+        } else {
+            let g = (handler & 0xffff)
+                | (0x08u64 << 16)
+                | (0x8eu64 << 40)
+                | (((handler >> 16) & 0xffff) << 48);
+            idt.extend_from_slice(&g.to_le_bytes());
+        }
+    }
+    assert!(b.write_phys(FIX + 0x1000, &idt));
+    assert!(b.write_phys(FIX + 0x100, &[0xf4]));
+}
+
+#[derive(Default, Debug)]
+struct ExecTally {
+    executed: u64,
+    page_faults_compared: u64,
+}
+
+fn exec_case(
+    b: &mut EmuBackend,
+    cpu: &mmu::CpuModel,
+    c: &Case,
+    tally: &mut ExecTally,
+) -> Result<(), TestCaseError> {
+    let mut c = c.clone();
+    c.user = false;
+    let mut entries = c.entries.clone();
+    if c.mode == Mode::Pae {
+        let first = (c.cr3_page * 512) as usize;
+        for e in &mut entries[first..first + 4] {
+            *e &= !((1 << 63) | 0x1e6) & ((1u64 << cpu.maxphyaddr) - 1);
+        }
+    }
+    let pool: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
+    assert!(b.write_phys(POOL, &pool));
+    let (cr0, cr4, efer) = regs_for(&c);
+    let cr3 = POOL + c.cr3_page * 0x1000;
+    install_fixed(b, c.mode, cr3);
+    let long = matches!(c.mode, Mode::Level4 | Mode::Level5);
+    let mut ctl = ControlRegs {
+        cr0,
+        cr3,
+        cr4,
+        efer,
+        smm: false,
+        guest_mode: false,
+        pdptrs: [0; 4],
+        pkru: c.pkru,
+    };
+    if c.mode == Mode::Pae {
+        let ram = Ram(b.ram().unwrap());
+        ctl.pdptrs = mmu::load_pdptrs(cr3, &ram, cpu.maxphyaddr).expect("sanitised PDPT");
+    }
+    let base = fixed_la(c.mode);
+    let mut r = b.regs().unwrap();
+    r.cr0 = 0x11;
+    r.efer = 0;
+    r.cr4 = 0;
+    b.set_regs(&r).unwrap();
+    let code_seg = if long {
+        traces::Segment {
+            selector: 0x18,
+            base: 0,
+            limit: 0xffff_ffff,
+            attrs: 0xa09b,
+        }
+    } else {
+        traces::Segment {
+            selector: 0x08,
+            base: 0,
+            limit: 0xffff_ffff,
+            attrs: 0xc09b,
+        }
+    };
+    let data_seg = traces::Segment {
+        selector: 0x10,
+        base: 0,
+        limit: 0xffff_ffff,
+        attrs: 0xc093,
+    };
+    r.seg = [data_seg; 6];
+    r.seg[1] = code_seg;
+    r.gdtr = traces::DescriptorTable {
+        base: base + 0x2000,
+        limit: 31,
+    };
+    r.idtr = traces::DescriptorTable {
+        base: base + 0x1000,
+        limit: if long { 32 * 16 - 1 } else { 32 * 8 - 1 },
+    };
+    r.cr0 = cr0;
+    r.cr3 = cr3;
+    r.cr4 = cr4;
+    r.efer = efer;
+    r.pkru = c.pkru;
+    r.pdptrs = ctl.pdptrs;
+    r.rflags = 0x2;
+    for &la in c.addrs.iter().filter(|&&la| !in_fixed_slot(c.mode, la)) {
+        for access in Access::ALL {
+            let w = {
+                let ram = Ram(b.ram().unwrap());
+                mmu::walk(&ctl, cpu, &ram, la, &AccessRequest::supervisor(access))
+            };
+            let code: &[u8] = match access {
+                Access::Read => &[0x8a, 0x00, 0xf4],  // mov al, [eax/rax]; hlt
+                Access::Write => &[0x88, 0x00, 0xf4], // mov [eax/rax], al; hlt
+                Access::Fetch => &[0xff, 0xe0],       // jmp eax/rax
+            };
+            assert!(b.write_phys(FIX, code));
+            let mut rr = r.clone();
+            rr.rip = base;
+            rr.gpr[0] = la;
+            rr.gpr[4] = base + 0x3ff0;
+            match &w.result {
+                Ok(t) => {
+                    let mut byte = [0u8];
+                    if access == Access::Fetch || !b.read_phys(t.gpa, &mut byte) {
+                        continue; // the translation was compared above; nothing to execute
+                    }
+                    if access == Access::Write {
+                        // Store the byte already there (BL): no page table changes.
+                        rr.gpr[3] = byte[0] as u64;
+                        assert!(b.write_phys(FIX, &[0x88, 0x18, 0xf4])); // mov [eax/rax], bl; hlt
+                    }
+                    b.set_regs(&rr).unwrap();
+                    let n = b.delivered.len();
+                    b.step().map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                    tally.executed += 1;
+                    prop_assert_eq!(
+                        b.delivered.len(),
+                        n,
+                        "engine faulted where the reference translates {:#x} ({:?})",
+                        la,
+                        access
+                    );
+                }
+                Err(mmu::Fault::PageFault { error_code, .. }) => {
+                    b.set_regs(&rr).unwrap();
+                    let n = b.delivered.len();
+                    b.step().map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                    if access == Access::Fetch {
+                        b.step().map_err(|e| TestCaseError::fail(format!("{e}")))?;
+                    }
+                    tally.executed += 1;
+                    let d = b.delivered.get(n).copied();
+                    let after = b.regs().unwrap();
+                    prop_assert_eq!(
+                        d.map(|d| (d.vector, d.error_code)),
+                        Some((14, Some(*error_code))),
+                        "mode {:?} cr0 {:#x} cr4 {:#x} efer {:#x} la {:#x} {:?}: #PF error code\nwalk {:#x?}",
+                        c.mode, cr0, cr4, efer, la, access, w.levels
+                    );
+                    prop_assert_eq!(after.cr2, la, "CR2");
+                    tally.page_faults_compared += 1;
+                }
+                Err(_) => {}
+            }
+        }
+    }
+    Ok(())
+}
+
+#[test]
+fn page_fault_error_codes_agree_with_the_walker() {
+    let cases: u32 = std::env::var("MMURR_DIFF_CASES")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000)
+        / 4;
+    let code = vec![0xf4];
+    let g = guests::loader::load_raw(
+        &code,
+        0x10000,
+        0x10000,
+        guests::loader::EntryMode::Protected,
+        RAM,
+    )
+    .unwrap();
+    let b = RefCell::new(EmuBackend::new().unwrap());
+    b.borrow_mut().load(&g).unwrap();
+    let cpu = recorder::guest_view::cpu_model(&b.borrow().cpuid());
+    let tally = RefCell::new(ExecTally::default());
+    let mut runner = TestRunner::new(Config {
+        cases,
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let result = runner.run(&case(), |c| {
+        exec_case(&mut b.borrow_mut(), &cpu, &c, &mut tally.borrow_mut())
+    });
+    eprintln!(
+        "execution differential: {cases} cases, {:?}",
+        tally.borrow()
+    );
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

@@ -251,3 +251,37 @@ extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
 }
+
+#[test]
+fn demo_shows_the_seed_bug_at_the_cr4_pae_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let emu = Path::new(env!("CARGO_BIN_EXE_mmurr")).with_file_name("mmurr-emu");
+    let pvm = Path::new("/sys/module/kvm_pvm").exists() || kvm_unusable().is_some();
+    if pvm && !emu.exists() {
+        eprintln!(
+            "SKIP: pae-toggle needs the emu backend here and {} is not built",
+            emu.display()
+        );
+        return;
+    }
+    let out = mmurr(&["demo", "--no-tui", "-o", "demo.mmurr"], dir.path());
+    let stdout = text(&out.stdout);
+    assert!(out.status.success(), "{}\n{stdout}", text(&out.stderr));
+    assert!(stdout.contains("verdicts at the CR4.PAE write"), "{stdout}");
+    let line = |policy: &str| {
+        stdout
+            .lines()
+            .find(|l| l.trim_start().starts_with(policy) && !l.contains("FINDING"))
+            .unwrap_or_default()
+            .to_string()
+    };
+    assert!(
+        line("v5.1-rc3").contains("skipped: role unchanged"),
+        "{stdout}"
+    );
+    assert!(line("v5.1 ").contains("reinit"), "{stdout}");
+    assert!(
+        stdout.contains("v5.1-rc3       FINDING stale-context"),
+        "{stdout}"
+    );
+}

@@ -187,3 +187,75 @@ fn a_dropped_writer_keeps_every_record() {
     assert_eq!(read_all(&mut reader), records);
     assert_eq!(reader.end(), None);
 }
+
+/// A sink that accepts `room` bytes and then fails, like a full disk.
+struct FullDisk {
+    bytes: Vec<u8>,
+    room: usize,
+}
+
+impl std::io::Write for FullDisk {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        let n = buf.len().min(self.room - self.bytes.len());
+        if n == 0 && !buf.is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::StorageFull,
+                "disk full",
+            ));
+        }
+        self.bytes.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_failing_sink_is_a_typed_error_and_what_was_written_is_recoverable() {
+    let header = synth::header("full", 6);
+    let records: Vec<Record> = synth::Synth::new(6, 400, 100, 50).collect();
+    let mut sink = FullDisk {
+        bytes: Vec::new(),
+        room: usize::MAX,
+    };
+    let mut w = Writer::new(&mut sink, &header).unwrap();
+    let mut boundary = 0;
+    for (i, r) in records.iter().enumerate() {
+        w.append(r).unwrap();
+        if i == 150 {
+            w.flush_chunk().unwrap();
+            boundary = i + 1;
+        }
+    }
+    drop(w);
+    // Replay into a disk that fills up in the middle of the second chunk.
+    let full = sink.bytes.clone();
+    let first_chunk_end = {
+        let r = Reader::from_bytes(full.clone()).unwrap();
+        let c = r.chunks()[0];
+        (c.offset + c.header.file_len()) as usize
+    };
+    let mut sink = FullDisk {
+        bytes: Vec::new(),
+        room: first_chunk_end + 100,
+    };
+    let mut w = Writer::new(&mut sink, &header).unwrap();
+    for r in &records[..boundary] {
+        w.append(r).unwrap();
+    }
+    w.flush_chunk().unwrap();
+    for r in &records[boundary..] {
+        w.append(r).unwrap();
+    }
+    let err = w.flush_chunk().err().unwrap();
+    assert!(matches!(err, Error::Io { .. }), "{err}");
+    assert!(err.to_string().contains("disk full"), "{err}");
+    assert!(matches!(w.append(&records[0]), Err(Error::WriterClosed)));
+    assert!(matches!(w.finish(), Err(Error::WriterClosed)));
+    let mut reader = Reader::from_bytes(sink.bytes.clone()).unwrap();
+    let rec = reader.recovery().unwrap().clone();
+    assert_eq!(rec.chunks, 1);
+    assert_eq!(rec.lost_bytes, 100);
+    assert_eq!(read_all(&mut reader), records[..boundary]);
+}

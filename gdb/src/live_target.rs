@@ -134,6 +134,11 @@ pub struct LiveControl {
     /// One tracker per modelled policy, fed the control-register changes seen between
     /// instructions, so `monitor role`, `check` and the policy catchpoints work live too.
     trackers: Vec<Tracker>,
+    policies: Vec<&'static mmu::Policy>,
+    flavour: Flavour,
+    /// gdb may change registers and memory. Not while recording: the trace would no longer
+    /// replay (its step records describe the guest's own changes only).
+    allow_writes: bool,
     interrupted: Arc<AtomicBool>,
     last_note: Option<String>,
 }
@@ -147,7 +152,13 @@ pub struct LiveTarget {
 }
 
 /// A connected pair.
-pub fn pair(cpu: CpuModel, interrupted: Arc<AtomicBool>) -> (LiveControl, LiveTarget) {
+pub fn pair(
+    cpu: CpuModel,
+    policies: Vec<&'static mmu::Policy>,
+    flavour: Flavour,
+    allow_writes: bool,
+    interrupted: Arc<AtomicBool>,
+) -> (LiveControl, LiveTarget) {
     let (req_tx, req_rx) = channel();
     let (rep_tx, rep_rx) = channel();
     (
@@ -161,6 +172,9 @@ pub fn pair(cpu: CpuModel, interrupted: Arc<AtomicBool>) -> (LiveControl, LiveTa
             cpu,
             prev: None,
             trackers: Vec::new(),
+            policies,
+            flavour,
+            allow_writes,
             interrupted,
             last_note: None,
         },
@@ -235,15 +249,6 @@ fn paging_mode(r: &Regs) -> PagingMode {
 }
 
 impl LiveControl {
-    /// Sets up the MMU model from the entry registers (the recorder's flavour and policies).
-    pub fn init_mmu(&mut self, entry: &Regs, policies: &[&'static mmu::Policy], flavour: Flavour) {
-        let cr = insn::control_regs(entry);
-        self.trackers = policies
-            .iter()
-            .map(|p| Tracker::new(p, flavour, self.cpu, &cr))
-            .collect();
-    }
-
     fn send(&self, r: Reply) {
         // The gdb thread gone means gdb went away; the next request poll notices.
         let _ = self.replies.send(r);
@@ -252,6 +257,15 @@ impl LiveControl {
     /// Called before instruction `step + 1` with the registers before it.
     pub fn before_step(&mut self, step: u64, regs: &Regs, backend: &mut dyn Backend) -> Verdict {
         let mut catch: Option<String> = None;
+        if self.trackers.is_empty() && !self.policies.is_empty() {
+            // The MMU model starts from the registers of the first instruction (the entry).
+            let cr = insn::control_regs(regs);
+            self.trackers = self
+                .policies
+                .iter()
+                .map(|p| Tracker::new(p, self.flavour, self.cpu, &cr))
+                .collect();
+        }
         if let Some(prev) = self.prev.take() {
             catch = self.observe(&prev, regs, backend);
         }
@@ -383,6 +397,15 @@ impl LiveControl {
             };
             match req {
                 Request::ReadRegs => self.send(Reply::Regs(Box::new(regs.clone()))),
+                Request::WriteRegs(_) | Request::WriteReg(..) | Request::WriteMem(..)
+                    if !self.allow_writes =>
+                {
+                    eprintln!(
+                        "mmurr: refused gdb's change to registers or memory while recording (the \
+                         trace could not replay it); `mmurr run --gdb` allows changes"
+                    );
+                    self.send(Reply::Done(false));
+                }
                 Request::WriteRegs(g) => {
                     let mut next = regs.clone();
                     g.apply_to(&mut next);

@@ -922,3 +922,83 @@ impl TargetDescriptionXmlOverride for ReplayTarget {
         crate::target_xml::read_annex(annex, offset, buf).ok_or(TargetError::NonFatal)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tempfile::NamedTempFile;
+
+    fn synth_trace(steps: u64) -> NamedTempFile {
+        let file = NamedTempFile::new().unwrap();
+        let header = traces::synth::header("synth", 7);
+        let mut w = traces::Writer::create(file.path(), &header).unwrap();
+        for r in traces::synth::Synth::new(7, steps, 1000, 500) {
+            w.append(&r).unwrap();
+        }
+        w.finish().unwrap();
+        file
+    }
+
+    #[test]
+    fn long_searches_stop_when_gdb_speaks_and_resume_after() {
+        let trace = synth_trace(20_000);
+        let mut t = ReplayTarget::open(trace.path()).unwrap();
+        let last = t.last_step();
+        assert_eq!(last, 20_000);
+        t.add_breakpoint(0xdead_0000); // never reached: the whole trace is searched
+        t.set_pending(Resume::Continue);
+        assert!(matches!(t.run(|| true).unwrap(), RunOutcome::Interrupted));
+        assert_eq!(t.position(), POLL_EVERY);
+        // A byte that was not Ctrl-C: gdbstub waits again and the search goes on.
+        match t.run(|| false).unwrap() {
+            RunOutcome::Stop(SingleThreadStopReason::ReplayLog { pos, .. }, None) => {
+                assert_eq!(pos, ReplayLogPosition::End)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.position(), last);
+        t.set_pending(Resume::ReverseContinue);
+        assert!(matches!(t.run(|| true).unwrap(), RunOutcome::Interrupted));
+        assert!(t.position() < last);
+        match t.run(|| false).unwrap() {
+            RunOutcome::Stop(SingleThreadStopReason::ReplayLog { pos, .. }, None) => {
+                assert_eq!(pos, ReplayLogPosition::Begin)
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(t.position(), 0);
+    }
+
+    #[test]
+    fn breakpoints_are_found_forward_and_backward_across_keyframe_windows() {
+        let trace = synth_trace(5_000);
+        let mut t = ReplayTarget::open(trace.path()).unwrap();
+        let pc_at = |t: &mut ReplayTarget, s: Step| {
+            t.seek(s).unwrap();
+            insn::linear_ip(t.regs())
+        };
+        let (a, b) = (pc_at(&mut t, 1_234), pc_at(&mut t, 3_999));
+        t.seek(0).unwrap();
+        t.add_breakpoint(a);
+        t.add_breakpoint(b);
+        t.set_pending(Resume::Continue);
+        assert!(matches!(
+            t.run(|| false).unwrap(),
+            RunOutcome::Stop(SingleThreadStopReason::SwBreak(()), None)
+        ));
+        assert_eq!(t.position(), 1_234);
+        t.set_pending(Resume::Continue);
+        t.run(|| false).unwrap();
+        assert_eq!(t.position(), 3_999);
+        // Backward from the end: the later one first, across several keyframe windows.
+        t.seek(5_000).unwrap();
+        t.set_pending(Resume::ReverseContinue);
+        t.run(|| false).unwrap();
+        assert_eq!(t.position(), 3_999);
+        t.set_pending(Resume::ReverseContinue);
+        t.run(|| false).unwrap();
+        assert_eq!(t.position(), 1_234);
+        // The registers there are the timeline's, memory included.
+        assert_eq!(insn::linear_ip(t.regs()), a);
+    }
+}

@@ -179,3 +179,27 @@ pub fn serve_trace(trace: &Path, listener: TcpListener) -> anyhow::Result<()> {
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn loopback_only_unless_allowed() {
+        assert!(listen_addr("127.0.0.1:1234", false).is_ok());
+        assert!(listen_addr("[::1]:0", false).is_ok());
+        let e = listen_addr("0.0.0.0:1234", false).unwrap_err().to_string();
+        assert!(e.contains("--allow-remote"), "{e}");
+        assert!(listen_addr("0.0.0.0:1234", true).is_ok());
+        assert!(listen_addr("nonsense", false).is_err());
+    }
+
+    #[test]
+    fn console_packets_are_framed_with_a_checksum() {
+        // "O" + hex("hi\n") = "O68690a"; checksum = sum of body bytes mod 256.
+        let p = String::from_utf8(console_packet("hi\n")).unwrap();
+        let body = "O68690a";
+        let sum = body.bytes().fold(0u8, |a, b| a.wrapping_add(b));
+        assert_eq!(p, format!("${body}#{sum:02x}"));
+    }
+}

@@ -109,12 +109,10 @@ fn start(steps: u64) -> u16 {
         let mut m = NopMachine::new();
         let (mut ctl, target) = live_target::pair(
             mmu::CpuModel::default_x86_64(),
-            Arc::new(AtomicBool::new(false)),
-        );
-        ctl.init_mmu(
-            &m.regs,
-            &mmu::policies().iter().collect::<Vec<_>>(),
+            mmu::policies().iter().collect(),
             mmu::Flavour::Tdp,
+            true,
+            Arc::new(AtomicBool::new(false)),
         );
         let _server = live_target::spawn_server(listener, target);
         let mut regs = m.regs.clone();

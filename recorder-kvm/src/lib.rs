@@ -6,6 +6,7 @@ mod cpuid_probe;
 mod mapping;
 mod probe;
 mod regs;
+mod sregs2;
 mod vcpu;
 
 pub use probe::{probe, HostReport, ModeSupport};

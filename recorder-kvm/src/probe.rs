@@ -125,10 +125,12 @@ impl HostReport {
 pub fn probe() -> HostReport {
     let (usable, api_version, caps) = match Kvm::new() {
         Ok(kvm) => {
-            let caps = CAPS
+            let mut caps: Vec<(&str, bool)> = CAPS
                 .iter()
                 .map(|&(name, cap)| (name, kvm.check_extension(cap)))
                 .collect();
+            // KVM_CAP_SREGS2 (200) has no kvm-ioctls `Cap` variant.
+            caps.push(("sregs2", kvm.check_extension_raw(200) > 0));
             (Ok(()), kvm.get_api_version(), caps)
         }
         Err(e) => (Err(open_error(e)), 0, Vec::new()),

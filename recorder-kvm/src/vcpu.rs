@@ -373,19 +373,29 @@ impl Backend for KvmBackend {
         if let Some(v) = self.read_msr(MSR_KERNEL_GS_BASE) {
             self.regs.kernel_gs_base = v;
         }
-        // PAE paging: the PDPTE registers as loaded by the last CR write (this KVM API gives
-        // them only through KVM_GET_SREGS2; the memory they came from is the next best source,
-        // and the recorder asks right after the loading write).
+        // PAE paging: the PDPTE registers KVM loaded at the last CR write (KVM_GET_SREGS2);
+        // without that ioctl, the PDPT in memory, which the recorder asks for right after the
+        // loading write.
         let pae = self.regs.cr0 & CR0_PG != 0
             && self.regs.cr4 & CR4_PAE != 0
             && self.regs.efer & EFER_LMA == 0;
         if pae {
-            if let Some(ram) = &self.ram {
-                let base = self.regs.cr3 & 0xffff_ffe0;
-                for (i, p) in self.regs.pdptrs.iter_mut().enumerate() {
-                    let mut b = [0u8; 8];
-                    if ram.read(base + 8 * i as u64, &mut b) {
-                        *p = u64::from_le_bytes(b);
+            let from_kvm = if self.report.has_cap("sregs2") {
+                self.vcpu.as_ref().and_then(crate::sregs2::pdptrs)
+            } else {
+                None
+            };
+            match from_kvm {
+                Some(p) => self.regs.pdptrs = p,
+                None => {
+                    if let Some(ram) = &self.ram {
+                        let base = self.regs.cr3 & 0xffff_ffe0;
+                        for (i, p) in self.regs.pdptrs.iter_mut().enumerate() {
+                            let mut b = [0u8; 8];
+                            if ram.read(base + 8 * i as u64, &mut b) {
+                                *p = u64::from_le_bytes(b);
+                            }
+                        }
                     }
                 }
             }

@@ -264,3 +264,62 @@ fn a_triple_fault_ends_the_run_as_shutdown() {
     );
     assert!(reader.is_complete());
 }
+
+#[test]
+fn string_stores_forward_and_backward_are_recorded_exactly() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let code = common::asm64(|a| {
+        a.mov(rdi, 0x9000u64).unwrap();
+        a.mov(rcx, 300u64).unwrap();
+        a.mov(al, 0xabu32).unwrap();
+        a.rep().stosb().unwrap();
+        a.std().unwrap();
+        a.mov(rdi, 0xa000u64).unwrap();
+        a.mov(rcx, 40u64).unwrap();
+        a.mov(rax, 0x0102_0304_0506_0708u64).unwrap();
+        a.rep().stosq().unwrap();
+        a.cld().unwrap();
+        a.mov(rsi, 0x9000u64).unwrap();
+        a.mov(rdi, 0xb000u64).unwrap();
+        a.mov(rcx, 16u64).unwrap();
+        a.rep().movsd().unwrap();
+        a.mov(al, 0u32).unwrap();
+        a.out(0xf4u32, al).unwrap();
+    });
+    let mut opts = RecordOptions::new(dir.path().join("rep.mmurr"));
+    opts.keyframe_interval = 50;
+    opts.page_keyframe_every = 1;
+    let (summary, mut reader) = record_code(&code, opts);
+    assert_eq!(
+        summary.end.reason,
+        EndReason::DebugExit { status: 0 },
+        "{}",
+        summary.end.message
+    );
+    assert!(
+        summary.end.self_check_failures.is_empty(),
+        "{:?}",
+        summary.end.self_check_failures
+    );
+    // Rebuild memory from the step records alone and compare with what the guest wrote.
+    let mut mem = vec![0u8; 0x10000];
+    for r in reader.records() {
+        if let Record::Step(s) = r.unwrap() {
+            for w in s.mem {
+                if (w.gpa as usize) < mem.len() {
+                    mem[w.gpa as usize..w.gpa as usize + w.data.len()].copy_from_slice(&w.data);
+                }
+            }
+        }
+    }
+    assert!(mem[0x9000..0x9000 + 300].iter().all(|&b| b == 0xab));
+    assert_eq!(mem[0x9000 + 300], 0);
+    let q = 0x0102_0304_0506_0708u64.to_le_bytes();
+    for k in 0..40 {
+        let at = 0xa000 - 8 * k;
+        assert_eq!(mem[at..at + 8], q, "qword {k}");
+    }
+    assert_eq!(mem[0xa000 - 8 * 40..0xa000 - 8 * 40 + 8], [0; 8]);
+    assert!(mem[0xb000..0xb000 + 64].iter().all(|&b| b == 0xab));
+}

@@ -78,10 +78,13 @@ pub fn operand_accesses(
                 | OpAccess::ReadCondWrite => mmu::Access::Write,
                 _ => return None,
             };
-            let len = m.memory_size().size() as u64;
-            if len == 0 {
-                return None;
-            }
+            // XSAVE-family areas have no fixed size in the decoder: take a page (only the bytes
+            // that changed are kept in the trace anyway).
+            let len = match m.memory_size().size() as u64 {
+                0 if access == mmu::Access::Write => 4096,
+                0 => return None,
+                n => n,
+            };
             let linear = m.virtual_address(0, |reg, _, _| register_value(regs, bits, reg))?;
             Some(LinearAccess {
                 linear: linear & addr_mask,

@@ -483,33 +483,35 @@ impl<'a> Tracer<'a> {
     /// STOS/MOVS/INS write at RDI: the range between RDI before and after, in the direction
     /// DF says (a REP form may do several iterations in one step on some engines).
     fn string_writes(&self, i: &Instruction, before: &Regs, after: &Regs) -> Vec<(u64, u64)> {
-        if !matches!(
-            i.mnemonic(),
-            Mnemonic::Stosb
-                | Mnemonic::Stosw
-                | Mnemonic::Stosd
-                | Mnemonic::Stosq
-                | Mnemonic::Movsb
-                | Mnemonic::Movsw
-                | Mnemonic::Movsd
-                | Mnemonic::Movsq
-                | Mnemonic::Insb
-                | Mnemonic::Insw
-                | Mnemonic::Insd
-        ) {
+        let elem: u64 = match i.mnemonic() {
+            Mnemonic::Stosb | Mnemonic::Movsb | Mnemonic::Insb => 1,
+            Mnemonic::Stosw | Mnemonic::Movsw | Mnemonic::Insw => 2,
+            Mnemonic::Stosd | Mnemonic::Movsd | Mnemonic::Insd => 4,
+            Mnemonic::Stosq | Mnemonic::Movsq => 8,
+            _ => return Vec::new(),
+        };
+        // MOVSD is also the SSE move; only the string form (no register operand) writes at RDI.
+        if i.mnemonic() == Mnemonic::Movsd
+            && i.op_count() > 0
+            && i.op0_kind() == iced_x86::OpKind::Register
+        {
             return Vec::new();
         }
         let (rdi0, rdi1) = (before.gpr[7], after.gpr[7]);
         if rdi0 == rdi1 {
             return Vec::new();
         }
+        // DF=0: [RDI before, RDI after); DF=1: the elements from RDI after (exclusive) up to
+        // RDI before (inclusive).
         let (lo, hi) = if before.rflags & RFLAGS_DF == 0 {
             (rdi0, rdi1)
         } else {
-            let elem = rdi0.wrapping_sub(rdi1).min(8);
             (rdi1.wrapping_add(elem), rdi0.wrapping_add(elem))
         };
         let len = hi.wrapping_sub(lo);
+        if len > 1 << 20 {
+            return Vec::new(); // not a plausible single step; the self-check will say so
+        }
         let bits = insn::bitness(before);
         let seg_base = if bits == 64 {
             0

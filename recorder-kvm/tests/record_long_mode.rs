@@ -323,3 +323,52 @@ fn string_stores_forward_and_backward_are_recorded_exactly() {
     assert_eq!(mem[0xa000 - 8 * 40..0xa000 - 8 * 40 + 8], [0; 8]);
     assert!(mem[0xb000..0xb000 + 64].iter().all(|&b| b == 0xab));
 }
+
+#[test]
+fn mmio_outside_ram_reads_all_ones_and_is_summarised() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let code = common::asm64(|a| {
+        a.mov(eax, dword_ptr(0x300_0000)).unwrap(); // 48 MiB: mapped, but RAM ends at 32 MiB
+        a.mov(ebx, eax).unwrap();
+        a.mov(dword_ptr(0x300_0010), ebx).unwrap();
+        a.mov(al, 0u32).unwrap();
+        a.out(0xf4u32, al).unwrap();
+    });
+    let mut guest = common::long_mode_guest(&code);
+    guest.ram_size = 32 << 20;
+    let opts = RecordOptions::new(dir.path().join("mmio.mmurr"));
+    let mut backend = KvmBackend::new(probe()).unwrap();
+    let s = record(&mut backend, &guest, &opts).unwrap();
+    assert_eq!(
+        s.end.reason,
+        EndReason::DebugExit { status: 0 },
+        "{}",
+        s.end.message
+    );
+    assert_eq!(
+        s.unhandled,
+        vec![
+            ("MMIO read at 0x3000000".to_string(), 1),
+            ("MMIO write at 0x3000010".to_string(), 1)
+        ]
+    );
+    let mut reader = Reader::open(&opts.output).unwrap();
+    let mmio: Vec<_> = reader
+        .records()
+        .filter_map(|r| match r.unwrap() {
+            Record::Event(e) => match e.kind {
+                EventKind::Mmio(m) => Some((m.gpa, m.write, m.size, m.data)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    assert_eq!(
+        mmio,
+        vec![
+            (0x300_0000, false, 4, 0xffff_ffff),
+            (0x300_0010, true, 4, 0xffff_ffff)
+        ]
+    );
+}

@@ -264,11 +264,7 @@ pub fn diff<RA: Read + Seek, RB: Read + Seek>(
                     differences.push(describe_write_difference(&x.writes, &y.writes));
                 }
                 if x.events != y.events {
-                    differences.push(format!(
-                        "events: [{}] vs [{}]",
-                        x.events.join("; "),
-                        y.events.join("; ")
-                    ));
+                    differences.push(describe_event_difference(&x.events, &y.events));
                 }
             }
         }
@@ -315,4 +311,20 @@ fn describe_write_difference(a: &BTreeMap<u64, u8>, b: &BTreeMap<u64, u8>) -> St
         ),
         None => "memory written differs".into(),
     }
+}
+
+/// The first event that differs, e.g. `event 3 of this instruction: "v5.0: reinit ..." vs "..."`.
+fn describe_event_difference(a: &[String], b: &[String]) -> String {
+    let i = a.iter().zip(b).take_while(|(x, y)| x == y).count();
+    let show = |e: Option<&String>| e.map_or("no event".to_string(), |e| format!("\"{e}\""));
+    let mut line = format!(
+        "event {} of this instruction: {} vs {}",
+        i + 1,
+        show(a.get(i)),
+        show(b.get(i))
+    );
+    if a.len() != b.len() {
+        line += &format!(" ({} events vs {})", a.len(), b.len());
+    }
+    line
 }

@@ -175,8 +175,10 @@ fn memory_and_events_are_compared() {
         d.differences
     );
     assert!(
-        d.differences
-            .contains(&"events: [cr4 write 0x0 -> 0x20] vs [cr4 write 0x0 -> 0x30]".to_string()),
+        d.differences.contains(
+            &"event 1 of this instruction: \"cr4 write 0x0 -> 0x20\" vs \"cr4 write 0x0 -> 0x30\""
+                .to_string()
+        ),
         "{:?}",
         d.differences
     );

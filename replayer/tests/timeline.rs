@@ -192,6 +192,10 @@ fn many_page_keyframes_thin_the_checkpoints_but_seeks_stay_exact() {
     for s in [2999, 5, 1500, 1499, 2001, 0, 3000, 777, 10, 11, 2990] {
         let snap = t.seek(s).unwrap();
         assert_eq!(snap.regs, truth[s as usize].0, "registers at step {s}");
-        assert_eq!(snap.memory.hash(), truth[s as usize].1.hash(), "memory at step {s}");
+        assert_eq!(
+            snap.memory.hash(),
+            truth[s as usize].1.hash(),
+            "memory at step {s}"
+        );
     }
 }

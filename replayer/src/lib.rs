@@ -7,6 +7,7 @@ pub mod check;
 pub mod cpu;
 pub mod diff;
 pub mod flags;
+pub mod hosts;
 pub mod memory;
 pub mod timeline;
 pub mod views;

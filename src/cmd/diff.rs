@@ -36,6 +36,13 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     {
         println!("warning: the traces embed different guests (images or entry state differ)");
     }
+    let machines = replayer::hosts::differences(a.header(), b.header());
+    if !machines.is_empty() {
+        println!("the machines differ in what the guest and the MMU model see:");
+        for line in &machines {
+            println!("  {line}");
+        }
+    }
     let report = replayer::diff(&mut a, &mut b).context("comparing the traces")?;
     print_report(&report);
     Ok(if report.divergence.is_some() {

@@ -6,7 +6,7 @@ use crate::to_trace;
 use mmu::{Access, ControlRegs, CpuModel, Flavour, GuestMemory, Input, Policy, Tracker};
 use traces::{ControlReg, CrWrite, EventId, EventKind, WriteVia};
 
-/// How many distinct addresses a stale-context finding translates both ways.
+/// How many addresses, on distinct pages, a stale-context finding translates both ways.
 pub const STALE_SAMPLE: usize = 8;
 /// A pending finding is settled after this many steps even with fewer addresses.
 const STALE_STEP_LIMIT: u64 = 10_000;
@@ -109,7 +109,10 @@ impl MmuWatch {
         for p in &mut self.pending {
             p.steps += 1;
             for &(gva, access) in touched {
-                if p.addrs.len() < STALE_SAMPLE && !p.addrs.iter().any(|&(g, _)| g == gva) {
+                // One address per page: a page translates the same for every offset in it.
+                if p.addrs.len() < STALE_SAMPLE
+                    && !p.addrs.iter().any(|&(g, _)| g >> 12 == gva >> 12)
+                {
                     p.addrs.push((gva, access));
                 }
             }

@@ -329,7 +329,7 @@ impl<'a> Tracer<'a> {
             .insn
             .as_ref()
             .is_some_and(|i| retired(i, &before, &after));
-        self.control_register_events(planned, retired, &before, &after);
+        // Addresses touched by this step count for findings caused by earlier writes only.
         if self.mmu.has_pending() {
             let mut touched = vec![(accesses::fetch_linear(&before), mmu::Access::Fetch)];
             touched.extend(plan.accesses.iter().map(|a| (a.linear, a.access)));
@@ -339,6 +339,7 @@ impl<'a> Tracer<'a> {
                 self.event(before.rip, f);
             }
         }
+        self.control_register_events(planned, retired, &before, &after);
         self.regs = after;
         if self.step.checked_rem(self.opts.keyframe_interval) == Some(0) {
             self.keyframe(false);

@@ -110,17 +110,22 @@ impl KvmBackend {
     fn complete_pending(&mut self) -> Result<(), BackendError> {
         let vcpu = self.vcpu()?;
         vcpu.set_kvm_immediate_exit(1);
-        let result = vcpu.run().map(|exit| format!("{exit:?}"));
+        // Ok(None): completed (a debug exit is the single-step trap of the completed
+        // instruction; EINTR is the immediate exit itself).
+        let result = match vcpu.run() {
+            Ok(VcpuExit::Debug(_)) => Ok(None),
+            Ok(other) => Ok(Some(format!("{other:?}"))),
+            Err(e) if e.errno() == libc::EINTR => Ok(None),
+            Err(e) => Err(e),
+        };
         vcpu.set_kvm_immediate_exit(0);
         match result {
-            // A debug exit here is the single-step trap of the completed instruction.
-            Ok(exit) if exit.starts_with("Debug") => {}
-            Ok(exit) => {
+            Ok(None) => {}
+            Ok(Some(exit)) => {
                 return Err(BackendError::Engine(format!(
                     "KVM returned {exit} while completing an I/O instruction"
                 )))
             }
-            Err(e) if e.errno() == libc::EINTR => {}
             Err(e) => return Err(BackendError::Other(format!("KVM_RUN (completion): {e}"))),
         }
         self.refresh()

@@ -173,7 +173,8 @@ impl Ctx {
         }
     }
 
-    pub fn len(&self) -> usize {
+    /// Bytes of CPU state in the context.
+    pub fn state_size(&self) -> usize {
         self.data_len
     }
 
@@ -237,9 +238,13 @@ impl Ctx {
         if hflags & HF_CS64_MASK != 0 {
             // Zero base assumed for DS, ES and SS in long mode: QEMU leaves ADDSEG alone.
             new |= hflags & HF_ADDSEG_MASK;
-        } else if self.cr(0) & 1 == 0 || eflags_vm || hflags & HF_CS32_MASK == 0 {
-            new |= HF_ADDSEG_MASK;
-        } else if (self.seg(3).base | self.seg(0).base | self.seg(2).base) != 0 {
+        } else if self.cr(0) & 1 == 0
+            || eflags_vm
+            || hflags & HF_CS32_MASK == 0
+            || (self.seg(3).base | self.seg(0).base | self.seg(2).base) != 0
+        {
+            // Real/VM86/16-bit code always add segment bases; 32-bit code when any of
+            // DS/ES/SS has a non-zero base.
             new |= HF_ADDSEG_MASK;
         }
         hflags = (hflags & !(HF_SS32_MASK | HF_ADDSEG_MASK)) | new;
@@ -343,7 +348,7 @@ pub fn mmr_read<D>(uc: &Unicorn<'_, D>, reg: RegisterX86) -> Result<uc_x86_mmr, 
 }
 
 fn find_u64(ctx: &Ctx, v: u64) -> Vec<usize> {
-    (0..ctx.len().saturating_sub(8))
+    (0..ctx.state_size().saturating_sub(8))
         .step_by(4)
         .filter(|&o| ctx.u64_at(o) == v)
         .collect()

@@ -27,7 +27,8 @@ pub struct Delivered {
 }
 
 pub enum Outcome {
-    Delivered(Regs, Delivered),
+    /// The registers after delivery (boxed: a `Regs` is large).
+    Delivered(Box<Regs>, Delivered),
     Shutdown,
     Unsupported(String),
 }
@@ -137,7 +138,7 @@ pub fn deliver(
         match deliver_once(mem, regs, v, e, soft) {
             Ok(r) => {
                 return Outcome::Delivered(
-                    r,
+                    Box::new(r),
                     Delivered {
                         vector: v,
                         error_code: e,

@@ -106,13 +106,10 @@ fn case() -> impl Strategy<Value = Case> {
             // Addresses whose table indices hit the first entries of each table more often.
             let addrs = raw_addrs
                 .into_iter()
-                .map(|a| {
-                    let a = a & !0x0000_0000_0000_0000;
-                    match mode {
-                        Mode::Bits32 | Mode::Pae => a & 0xffff_ffff,
-                        Mode::Level4 => ((a << 16) as i64 >> 16) as u64,
-                        Mode::Level5 => ((a << 7) as i64 >> 7) as u64,
-                    }
+                .map(|a| match mode {
+                    Mode::Bits32 | Mode::Pae => a & 0xffff_ffff,
+                    Mode::Level4 => ((a << 16) as i64 >> 16) as u64,
+                    Mode::Level5 => ((a << 7) as i64 >> 7) as u64,
                 })
                 .collect();
             Case {
@@ -345,23 +342,23 @@ fn install_fixed(b: &mut EmuBackend, mode: Mode, cr3: u64) {
     };
     // Leaf tables: 4-byte (32-bit paging) and 8-byte; pages 0..3 = code, IDT, GDT, stack.
     for i in 0..4u64 {
-        put(b, FIX + 0x4000 + 4 * i, FIX + i * 0x1000 | 3, 4);
-        put(b, FIX + 0x6000 + 8 * i, FIX + i * 0x1000 | 3, 8);
+        put(b, FIX + 0x4000 + 4 * i, (FIX + i * 0x1000) | 3, 4);
+        put(b, FIX + 0x6000 + 8 * i, (FIX + i * 0x1000) | 3, 8);
     }
     match mode {
-        Mode::Bits32 => put(b, cr3 + 4 * 1023, FIX + 0x4000 | 3, 4),
+        Mode::Bits32 => put(b, cr3 + 4 * 1023, (FIX + 0x4000) | 3, 4),
         Mode::Pae => {
-            put(b, cr3 + 24, FIX + 0x5000 | 1, 8);
-            put(b, FIX + 0x5000 + 8 * 511, FIX + 0x6000 | 3, 8);
+            put(b, cr3 + 24, (FIX + 0x5000) | 1, 8);
+            put(b, FIX + 0x5000 + 8 * 511, (FIX + 0x6000) | 3, 8);
         }
         Mode::Level4 | Mode::Level5 => {
-            put(b, FIX + 0x5000 + 8 * 511, FIX + 0x6000 | 3, 8); // PD
-            put(b, FIX + 0x7000 + 8 * 511, FIX + 0x5000 | 3, 8); // PDPT
+            put(b, FIX + 0x5000 + 8 * 511, (FIX + 0x6000) | 3, 8); // PD
+            put(b, FIX + 0x7000 + 8 * 511, (FIX + 0x5000) | 3, 8); // PDPT
             if mode == Mode::Level5 {
-                put(b, FIX + 0x8000 + 8 * 511, FIX + 0x7000 | 3, 8); // PML4
-                put(b, cr3 + 8 * 511, FIX + 0x8000 | 3, 8);
+                put(b, FIX + 0x8000 + 8 * 511, (FIX + 0x7000) | 3, 8); // PML4
+                put(b, cr3 + 8 * 511, (FIX + 0x8000) | 3, 8);
             } else {
-                put(b, cr3 + 8 * 511, FIX + 0x7000 | 3, 8);
+                put(b, cr3 + 8 * 511, (FIX + 0x7000) | 3, 8);
             }
         }
     }

@@ -6,14 +6,18 @@ use mmurr_emu::EmuBackend;
 use recorder::{Backend, RecordOptions};
 use traces::{EndReason, EventKind, Reader, Record};
 
-fn record_scenario(
-    name: &str,
-) -> (
-    Vec<ExpectedEvent>,
-    Vec<ExpectedEvent>,
-    traces::EndRecord,
-    u64,
-) {
+struct Recorded {
+    got: Vec<ExpectedEvent>,
+    /// Trace event ids of `got`'s events.
+    ids: Vec<u64>,
+    /// (policy name, kind, cause event id) of every finding.
+    findings: Vec<(String, traces::FindingKind, u64)>,
+    scenario: guests::Scenario,
+    end: traces::EndRecord,
+    steps: u64,
+}
+
+fn record_scenario(name: &str) -> Recorded {
     let mut backend = EmuBackend::new().expect("open unicorn");
     let features = CpuFeatures::from_cpuid(&backend.cpuid());
     let scenario = guests::scenario(name, &features).expect("scenario");
@@ -25,26 +29,43 @@ fn record_scenario(
     let summary = recorder::record(&mut backend, &scenario.guest, &opts).expect("record");
     let mut reader = Reader::open(&out).expect("open trace");
     assert_eq!(reader.header().backend.kind, traces::BackendKind::Emu);
-    let mut got = Vec::new();
+    let policies = reader.header().policies.clone();
+    let (mut got, mut ids, mut findings) = (Vec::new(), Vec::new(), Vec::new());
     for r in reader.records() {
         if let Record::Event(e) = r.expect("record") {
             match e.kind {
-                EventKind::CrWrite(w) => got.push(ExpectedEvent::Cr {
-                    reg: w.reg,
-                    new: w.new,
-                }),
+                EventKind::CrWrite(w) => {
+                    got.push(ExpectedEvent::Cr {
+                        reg: w.reg,
+                        new: w.new,
+                    });
+                    ids.push(e.id);
+                }
                 EventKind::Transition { from, to } => {
-                    got.push(ExpectedEvent::Transition { from, to })
+                    got.push(ExpectedEvent::Transition { from, to });
+                    ids.push(e.id);
+                }
+                EventKind::Finding(f) => {
+                    let policy = policies.get(f.policy as usize).cloned().unwrap_or_default();
+                    findings.push((policy, f.kind, f.cause));
                 }
                 _ => {}
             }
         }
     }
-    (got, scenario.expected, summary.end, summary.steps)
+    Recorded {
+        got,
+        ids,
+        findings,
+        scenario,
+        end: summary.end,
+        steps: summary.steps,
+    }
 }
 
 fn check(name: &str) {
-    let (got, expected, end, steps) = record_scenario(name);
+    let r = record_scenario(name);
+    let end = &r.end;
     assert_eq!(
         end.reason,
         EndReason::DebugExit { status: 0 },
@@ -56,11 +77,34 @@ fn check(name: &str) {
         "{name}: {:?}",
         end.self_check_failures
     );
-    assert!(steps > 0);
+    assert!(r.steps > 0);
     assert_eq!(
-        got, expected,
+        r.got, r.scenario.expected,
         "{name}: CR/transition events differ from the scenario's expected sequence"
     );
+    // The MMU-context findings the scenario exists to provoke (under TDP, the default).
+    for f in &r.scenario.expected_findings {
+        let cause = r.ids[f.at_event];
+        assert!(
+            r.findings
+                .iter()
+                .any(|(p, k, c)| p == f.policy && *k == f.kind && *c == cause),
+            "{name}: expected finding {f:?} (event id {cause}) not reported; findings: {:?}",
+            r.findings
+        );
+    }
+    // Policies with no expected stale context report none.
+    for (p, k, c) in &r.findings {
+        if *k == traces::FindingKind::StaleContext {
+            assert!(
+                r.scenario
+                    .expected_findings
+                    .iter()
+                    .any(|f| f.policy == p && f.kind == *k),
+                "{name}: unexpected stale-context finding for {p} at event {c}"
+            );
+        }
+    }
 }
 
 #[test]

@@ -1053,10 +1053,7 @@ impl EmuBackend {
         Ok(out)
     }
 
-    fn cpu_identity() -> (String, String, u32, u32, u32) {
-        let Ok(c) = Self::probe_cpuid() else {
-            return (String::new(), String::new(), 0, 0, 0);
-        };
+    fn cpu_identity(c: &[CpuidEntry]) -> (String, String, u32, u32, u32) {
         let leaf = |f: u32| c.iter().find(|e| e.function == f);
         let mut vendor = String::new();
         if let Some(l0) = leaf(0) {
@@ -1125,7 +1122,7 @@ fn record_write(uc: &mut Unicorn<'_, HookState>, paddr: u64, size: u64) {
 impl Backend for EmuBackend {
     fn info(&self) -> BackendInfo {
         let (cpu_vendor, cpu_model_name, cpu_family, cpu_model, cpu_stepping) =
-            Self::cpu_identity();
+            Self::cpu_identity(&self.cpuid);
         let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_default();

@@ -902,3 +902,63 @@ fn a_branch_to_an_unmapped_page_faults_on_the_next_step() {
         Some((14, Some(0)))
     );
 }
+
+#[test]
+fn rep_string_port_io_exits_once_per_iteration() {
+    let code = asm(16, 0x7c00, |a| {
+        a.mov(si, 0x600u32)?;
+        a.mov(di, 0x700u32)?;
+        a.mov(dx, 0xe9u32)?;
+        a.mov(cx, 2u32)?;
+        a.rep().outsb()?;
+        a.mov(cx, 2u32)?;
+        a.rep().insb()?;
+        a.hlt()
+    });
+    let entry = guests::image::real_mode_entry(0x7c00);
+    let mut b = loaded(&guest(code, 0x7c00, vec![(0x600, b"hi".to_vec())], entry));
+    for _ in 0..4 {
+        b.step().unwrap();
+    }
+    let outs = b.regs().unwrap().rip;
+    assert_eq!(
+        b.step().unwrap().exit,
+        Exit::IoOut {
+            port: 0xe9,
+            size: 1,
+            data: b'h' as u32
+        }
+    );
+    assert_eq!(b.regs().unwrap().rip, outs);
+    assert_eq!(
+        b.step().unwrap().exit,
+        Exit::IoOut {
+            port: 0xe9,
+            size: 1,
+            data: b'i' as u32
+        }
+    );
+    assert_eq!(
+        b.regs().unwrap().rip,
+        outs + 2,
+        "the last iteration retires the instruction"
+    );
+    b.step().unwrap(); // mov cx, 2
+    let ins = b.regs().unwrap().rip;
+    for (i, v) in [0x41u32, 0x42].into_iter().enumerate() {
+        assert_eq!(
+            b.step().unwrap().exit,
+            Exit::IoIn {
+                port: 0xe9,
+                size: 1
+            }
+        );
+        b.complete_io_in(v).unwrap();
+        let rip = b.regs().unwrap().rip;
+        assert_eq!(rip, if i == 0 { ins } else { ins + 2 });
+    }
+    let mut m = [0u8; 2];
+    assert!(b.read_phys(0x700, &mut m));
+    assert_eq!(&m, b"AB");
+    assert_eq!(b.step().unwrap().exit, Exit::Halted);
+}

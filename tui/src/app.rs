@@ -597,6 +597,7 @@ impl App {
             self.step,
             self.walk_address,
             kept,
+            &self.view,
         );
         if let Some(e) = &view.error {
             self.message = Some((e.clone(), true));

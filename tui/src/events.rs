@@ -78,12 +78,13 @@ impl EventIndex {
         self.spans.last().map_or(PagingMode::Real, |s| s.1)
     }
 
-    /// Reads every event-holding chunk of `reader`, calling `progress(done, total)` after each.
+    /// Reads every event-holding chunk of `reader`, calling `progress(done, total)` after each;
+    /// `None` when `progress` returns false (nobody wants the result any more).
     pub fn load<R: Read + Seek>(
         reader: &mut Reader<R>,
         entry: &Regs,
-        mut progress: impl FnMut(usize, usize),
-    ) -> EventIndex {
+        mut progress: impl FnMut(usize, usize) -> bool,
+    ) -> Option<EventIndex> {
         let mut index = EventIndex::new(entry);
         let wanted: Vec<usize> = reader
             .chunks()
@@ -104,9 +105,11 @@ impl EventIndex {
                 }
                 Err(e) => index.errors.push(format!("chunk {c}: {e}")),
             }
-            progress(done + 1, total);
+            if !progress(done + 1, total) {
+                return None;
+            }
         }
-        index
+        Some(index)
     }
 
     pub fn len(&self) -> usize {

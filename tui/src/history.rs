@@ -50,13 +50,13 @@ pub struct MmuHistory {
 
 impl MmuHistory {
     /// Runs every modelled policy over the writes in `events`, calling `progress(done, total)`
-    /// after each write.
+    /// after each write; `Ok(None)` when `progress` returns false (nobody wants the result).
     pub fn build<R: Read + Seek>(
         timeline: &mut Timeline<R>,
         events: &EventIndex,
         flavour: Flavour,
-        mut progress: impl FnMut(usize, usize),
-    ) -> Result<MmuHistory, TimelineError> {
+        mut progress: impl FnMut(usize, usize) -> bool,
+    ) -> Result<Option<MmuHistory>, TimelineError> {
         let policies: Vec<&'static mmu::Policy> = mmu::policies().iter().collect();
         let cpu = replayer::cpu_model(&timeline.header().guest);
         let entry = insn::control_regs(&timeline.entry().regs);
@@ -88,7 +88,9 @@ impl MmuHistory {
                 decisions,
                 after: trackers.clone(),
             });
-            progress(n + 1, total);
+            if !progress(n + 1, total) {
+                return Ok(None);
+            }
         }
         let analysis = Analysis {
             flavour,
@@ -106,11 +108,11 @@ impl MmuHistory {
             let (looked, diffs) = mistranslations(timeline, &analysis, f.write, f.policy)?;
             translations.push((f.write, f.policy, looked, diffs));
         }
-        Ok(MmuHistory {
+        Ok(Some(MmuHistory {
             analysis,
             findings,
             translations,
-        })
+        }))
     }
 
     /// The write an event is about (a CR write's own event id).
@@ -201,7 +203,7 @@ fn mistranslations<R: Read + Seek>(
         .writes
         .get(n + 1)
         .map_or(Step::MAX, |x| x.event.step);
-    let end = (w.event.step + LOOKAHEAD_STEPS)
+    let end = (w.event.step.saturating_add(LOOKAHEAD_STEPS))
         .min(next_write)
         .min(timeline.last_step());
     let mut seen = BTreeSet::new();

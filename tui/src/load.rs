@@ -67,7 +67,7 @@ pub fn spawn(path: PathBuf, flavour: Flavour) -> Receiver<LoadMsg> {
     rx
 }
 
-/// Sends are allowed to fail: the UI may have quit before loading finished.
+/// A failed send means the UI has gone (quit, or a benchmark dropped it): stop working.
 fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
     let mut reader = match Reader::open(path) {
         Ok(r) => r,
@@ -78,12 +78,14 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
     };
     let entry = reader.header().guest.entry.clone();
     let events = EventIndex::load(&mut reader, &entry, |done, total| {
-        let _ = tx.send(LoadMsg::Progress(Progress {
+        tx.send(LoadMsg::Progress(Progress {
             stage: Stage::Events,
             done,
             total,
-        }));
+        }))
+        .is_ok()
     });
+    let Some(events) = events else { return };
     if tx.send(LoadMsg::Events(events.clone())).is_err() {
         return;
     }
@@ -95,14 +97,16 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
         }
     };
     let history = MmuHistory::build(&mut timeline, &events, flavour, |done, total| {
-        let _ = tx.send(LoadMsg::Progress(Progress {
+        tx.send(LoadMsg::Progress(Progress {
             stage: Stage::Mmu,
             done,
             total,
-        }));
+        }))
+        .is_ok()
     });
-    let _ = tx.send(match history {
-        Ok(h) => LoadMsg::Mmu(h),
-        Err(e) => LoadMsg::Failed(format!("MMU model: {e}")),
-    });
+    let _ = match history {
+        Ok(Some(h)) => tx.send(LoadMsg::Mmu(h)),
+        Ok(None) => Ok(()),
+        Err(e) => tx.send(LoadMsg::Failed(format!("MMU model: {e}"))),
+    };
 }

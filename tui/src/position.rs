@@ -43,19 +43,40 @@ pub struct PositionView {
     pub disasm: Vec<DisasmLine>,
     pub walk: Option<WalkView>,
     pub error: Option<String>,
+    /// The instructions executed just before `step`, kept so one step forward costs one
+    /// step of replay rather than a seek back.
+    recent: Vec<Executed>,
 }
 
 impl PositionView {
+    /// The panels at `step`; `previous` is the view being replaced (its work is reused when
+    /// moving one step forward).
     pub fn compute<R: Read + Seek>(
         timeline: &mut Timeline<R>,
         cpu: &CpuModel,
         step: Step,
         walk_address: Option<u64>,
         kept: Option<(&'static str, MmuContext)>,
+        previous: &PositionView,
     ) -> PositionView {
-        let recent = match recent_instructions(timeline, cpu, step) {
-            Ok(r) => r,
-            Err(e) => return PositionView::failed(e),
+        let recent = match (&previous.snapshot, previous.step) {
+            (Some(before), Some(p)) if p + 1 == step => {
+                let mut recent = previous.recent.clone();
+                if recent.len() as u64 >= LOOKBACK {
+                    recent.remove(0);
+                }
+                recent.push(Executed {
+                    step,
+                    rip: before.regs.rip,
+                    touches: accesses::of_instruction(&before.regs, cpu, &before.memory),
+                });
+                recent
+            }
+            (_, Some(p)) if p == step => previous.recent.clone(),
+            _ => match recent_instructions(timeline, cpu, step) {
+                Ok(r) => r,
+                Err(e) => return PositionView::failed(e),
+            },
         };
         let snap = match timeline.seek(step) {
             Ok(s) => s.clone(),
@@ -78,6 +99,7 @@ impl PositionView {
             walk,
             snapshot: Some(snap),
             error: None,
+            recent,
         }
     }
 

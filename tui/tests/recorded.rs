@@ -38,6 +38,61 @@ fn press(app: &mut App, keys: &str) {
 }
 
 #[test]
+fn the_recorded_seed_bug_is_one_key_away() {
+    let mut app = open();
+    assert!(app.complete && app.events_loaded && app.history.is_some());
+    assert_eq!(app.header.scenario.as_deref(), Some("pae-toggle"));
+    press(&mut app, "d");
+    let row = app.row_text(app.selected().unwrap());
+    assert!(row.contains("cr4") && row.contains("+PAE"), "{row}");
+    let s = screen(&app, 160, 48);
+    for text in [
+        "MMU roles · v5.1-rc3",
+        "decision: skipped: role unchanged",
+        "STALE CONTEXT",
+        "root_level 3 (kept 2)",
+        "why: CR4 +PAE triggered kvm_mmu_reset_context",
+        "effect:",
+        "w 0x400000 → GPA 0x10000 with",
+        "⚠ stale",
+        "32-bit → pae",
+    ] {
+        assert!(s.contains(text), "{text:?} missing:\n{s}");
+    }
+    // The guest's checks then write and read the marker: walk it.
+    press(&mut app, "w");
+    press(&mut app, "400000");
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let s = screen(&app, 160, 48);
+    assert!(s.contains("translations DIFFER"), "{s}");
+}
+
+#[test]
+fn the_recorded_trace_ends_with_serial_output_and_every_policy_decided() {
+    let mut app = open();
+    press(&mut app, "G");
+    assert_eq!(app.step, app.total_steps);
+    let h = app.history.as_ref().unwrap();
+    assert_eq!(h.analysis.policies.len(), mmu::policies().len());
+    assert!(h
+        .findings
+        .iter()
+        .any(|f| h.analysis.policies[f.policy].name == "v5.1-rc3"));
+    press(&mut app, "f");
+    press(&mut app, "transition");
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let modes: Vec<String> = app.visible.iter().map(|&i| app.row_text(i)).collect();
+    assert!(
+        modes.iter().any(|m| m.contains("32-bit → pae")),
+        "{modes:?}"
+    );
+    assert!(
+        modes.iter().any(|m| m.contains("pae → 32-bit")),
+        "{modes:?}"
+    );
+}
+
+#[test]
 #[ignore = "prints the recorded seed screen for a human to look at"]
 fn show_recorded() {
     let mut app = open();

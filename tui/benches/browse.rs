@@ -1,0 +1,154 @@
+//! How fluid the browser is: opening a 10 M-step trace (header, index, entry state and the
+//! first frame; events and the MMU model keep loading in the background), and one keypress
+//! (update + render on ratatui's test backend at 160x48) on the seed trace and on the big one.
+//! The big trace is synthetic (`traces::synth`): keyframes every 10 000 steps as the recorder
+//! writes them, a control-register write with decisions every 10 000 steps.
+
+#[path = "../tests/common/mod.rs"]
+mod common;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+use ratatui::backend::TestBackend;
+use ratatui::Terminal;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+use tui::app::App;
+
+const BIG_STEPS: u64 = 10_000_000;
+
+/// The 10 M-step trace, written once and kept next to the build.
+fn big_trace() -> PathBuf {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tui-bench");
+    let dir = std::env::var_os("CARGO_TARGET_DIR")
+        .map(|d| PathBuf::from(d).join("tui-bench"))
+        .unwrap_or(dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("synth-10m.mmurr");
+    if !path.exists() {
+        let started = Instant::now();
+        let tmp = dir.join("synth-10m.mmurr.partial");
+        let header = traces::synth::header("synth", 1);
+        let mut w = traces::Writer::create(&tmp, &header).unwrap();
+        for r in traces::synth::Synth::new(1, BIG_STEPS, 10_000, 10_000) {
+            w.append(&r).unwrap();
+        }
+        let (_, summary) = w.finish().unwrap();
+        std::fs::rename(&tmp, &path).unwrap();
+        eprintln!(
+            "wrote {} ({} records, {} events, {} MiB) in {:.1?}",
+            path.display(),
+            summary.records,
+            summary.events,
+            summary.file_bytes >> 20,
+            started.elapsed()
+        );
+    }
+    path
+}
+
+fn terminal() -> Terminal<TestBackend> {
+    Terminal::new(TestBackend::new(160, 48)).unwrap()
+}
+
+fn draw(t: &mut Terminal<TestBackend>, app: &App) {
+    t.draw(|f| tui::ui::draw(f, app)).unwrap();
+}
+
+fn key(c: char) -> KeyEvent {
+    KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE)
+}
+
+/// Opens and waits for the background loader, reporting how long each stage took.
+fn loaded(path: &Path) -> App {
+    let started = Instant::now();
+    let mut app = App::open(path).unwrap();
+    let opened = started.elapsed();
+    while !app.events_loaded {
+        app.poll_loader();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    let events = started.elapsed();
+    app.finish_loading();
+    eprintln!(
+        "{}: open {opened:.1?}, events listed after {events:.1?} ({} events), MMU model after {:.1?}",
+        path.display(),
+        app.events.len(),
+        started.elapsed()
+    );
+    app
+}
+
+fn keypress(c: &mut Criterion) {
+    let dir = tempfile::tempdir().unwrap();
+    let seed = common::seed_file(dir.path());
+    let mut app = loaded(&seed);
+    let mut t = terminal();
+    c.bench_function("keypress/seed/j (next event) + render", |b| {
+        b.iter(|| {
+            if app.cursor + 1 >= app.visible.len() {
+                app.on_key(key('g'));
+            }
+            app.on_key(key('j'));
+            draw(&mut t, &app);
+        })
+    });
+
+    let big = big_trace();
+    let mut app = loaded(&big);
+    let mut t = terminal();
+    // Start in the middle, away from the entry snapshot.
+    app.on_key(key(':'));
+    for ch in (BIG_STEPS / 2).to_string().chars() {
+        app.on_key(key(ch));
+    }
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    c.bench_function("keypress/10M/s (step) + render", |b| {
+        b.iter(|| {
+            app.on_key(key('s'));
+            draw(&mut t, &app);
+        })
+    });
+    c.bench_function("keypress/10M/S (step back) + render", |b| {
+        b.iter(|| {
+            app.on_key(key('S'));
+            draw(&mut t, &app);
+        })
+    });
+    c.bench_function("keypress/10M/j (next event, seek) + render", |b| {
+        b.iter(|| {
+            if app.cursor + 1 >= app.visible.len() {
+                app.on_key(key('g'));
+            }
+            app.on_key(key('j'));
+            draw(&mut t, &app);
+        })
+    });
+    c.bench_function("keypress/10M/J (next transition) + render", |b| {
+        b.iter(|| {
+            app.on_key(key('J'));
+            if app.message.is_some() {
+                app.on_key(key('g'));
+            }
+            draw(&mut t, &app);
+        })
+    });
+}
+
+fn open(c: &mut Criterion) {
+    let big = big_trace();
+    let mut group = c.benchmark_group("open");
+    group.sample_size(10);
+    group.bench_function("10M-step trace: index + entry state + first frame", |b| {
+        b.iter(|| {
+            let app = App::open(&big).unwrap();
+            let mut t = terminal();
+            draw(&mut t, &app);
+            app
+        })
+    });
+    group.finish();
+}
+
+criterion_group!(benches, open, keypress);
+criterion_main!(benches);

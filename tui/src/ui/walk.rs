@@ -21,19 +21,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         );
         return;
     };
+    // The verdict first: a short panel still shows whether the kept context agrees.
     let mut lines = vec![Line::styled(w.source.clone(), dim())];
-    lines.push(Line::styled(
-        format!("architecture ({} paging):", w.mode),
-        bold(),
-    ));
-    lines.extend(w.architecture.iter().map(|l| Line::raw(l.clone())));
-    if let Some((policy, ctx, walk)) = &w.kept {
-        lines.push(Line::styled(
-            format!("{policy}'s kept context ({ctx}):"),
-            bold(),
-        ));
-        lines.extend(walk.iter().map(|l| Line::raw(l.clone())));
-    }
     match w.agree {
         Some(true) => lines.push(Line::styled(
             "translations agree",
@@ -47,6 +36,18 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             )),
         ])),
         None => {}
+    }
+    lines.push(Line::styled(
+        format!("architecture ({} paging):", w.mode),
+        bold(),
+    ));
+    lines.extend(w.architecture.iter().map(|l| Line::raw(l.clone())));
+    if let Some((policy, ctx, walk)) = &w.kept {
+        lines.push(Line::styled(
+            format!("{policy}'s kept context ({ctx}):"),
+            bold(),
+        ));
+        lines.extend(walk.iter().map(|l| Line::raw(l.clone())));
     }
     frame.render_widget(
         Paragraph::new(lines)

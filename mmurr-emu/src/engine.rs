@@ -920,7 +920,12 @@ impl EmuBackend {
         at: u64,
     ) -> Result<Exit, BackendError> {
         let regs = self.read_regs_from_ctx()?;
-        let mut mem = exceptions::Mem { uc: &mut self.uc };
+        let mut mem = exceptions::Mem {
+            uc: &mut self.uc,
+            regs: recorder::guest_view::control_regs(&regs),
+            cpu: self.cpu,
+            stack_cpl: 0,
+        };
         match exceptions::deliver(&mut mem, &regs, vector, error_code, software) {
             exceptions::Outcome::Delivered(new, info) => {
                 self.apply_delivery(&new)?;

@@ -14,7 +14,6 @@
 
 use crate::engine::HookState;
 use traces::{Regs, Segment};
-use unicorn_engine::unicorn_const::Prot;
 use unicorn_engine::Unicorn;
 
 /// One delivered exception or interrupt.
@@ -38,36 +37,83 @@ pub fn has_error_code(v: u32) -> bool {
     matches!(v, 8 | 10 | 11 | 12 | 13 | 14 | 17 | 21 | 29 | 30)
 }
 
-/// Guest-linear memory through the engine's own translation; writes are recorded as the
+/// Guest-linear memory for the delivery's own accesses (IVT/IDT, GDT/LDT, TSS, the new
+/// stack), translated by the reference walker as the CPU does for them: descriptor tables and
+/// the TSS as implicit supervisor accesses whatever the CPL, the stack at the handler's CPL.
+/// The walk sets accessed/dirty bits like the CPU; every byte written is recorded as the
 /// step's written ranges.
 pub struct Mem<'a, 'b> {
     pub uc: &'a mut Unicorn<'b, HookState>,
+    pub regs: mmu::ControlRegs,
+    pub cpu: mmu::CpuModel,
+    /// CPL for stack accesses (the handler's), set by the delivery code.
+    pub stack_cpl: u8,
+}
+
+/// Physical memory through Unicorn, writes recorded.
+struct Phys<'a, 'b>(&'a mut Unicorn<'b, HookState>);
+
+impl mmu::GuestMemory for Phys<'_, '_> {
+    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
+        let st = self.0.get_data();
+        st.ram
+            .iter()
+            .any(|&(b, s)| gpa >= b && gpa + buf.len() as u64 <= b + s)
+            && self.0.mem_read(gpa, buf).is_ok()
+    }
+}
+
+impl mmu::GuestMemoryMut for Phys<'_, '_> {
+    fn write(&mut self, gpa: u64, data: &[u8]) -> bool {
+        let ok = {
+            let st = self.0.get_data();
+            st.ram
+                .iter()
+                .any(|&(b, s)| gpa >= b && gpa + data.len() as u64 <= b + s)
+        };
+        if !ok || self.0.mem_write(gpa, data).is_err() {
+            return false;
+        }
+        self.0.get_data_mut().writes.push((gpa, data.len() as u64));
+        true
+    }
 }
 
 impl Mem<'_, '_> {
-    fn access(&mut self, la: u64, len: usize, prot: Prot) -> Option<Vec<(u64, usize)>> {
-        // The engine's translation sets accessed/dirty bits: report the page for the step's
-        // paging-structure candidates.
-        self.uc.get_data_mut().touch(la, len as u64);
+    fn translate(
+        &mut self,
+        la: u64,
+        len: usize,
+        access: mmu::Access,
+        cpl: u8,
+        implicit: bool,
+    ) -> Option<Vec<(u64, usize)>> {
+        let req = mmu::AccessRequest {
+            access,
+            cpl,
+            implicit_supervisor: implicit,
+            rflags_ac: false,
+        };
         let mut parts = Vec::new();
         let mut done = 0usize;
         while done < len {
             let a = la.wrapping_add(done as u64);
             let chunk = ((0x1000 - (a & 0xfff)) as usize).min(len - done);
-            let pa = self.uc.vmem_translate(a, prot).ok()?;
-            parts.push((pa, chunk));
+            let w = mmu::walk_mut(&self.regs, &self.cpu, &mut Phys(self.uc), a, &req);
+            parts.push((w.result.ok()?.gpa, chunk));
             done += chunk;
         }
         Some(parts)
     }
 
+    /// A descriptor-table or TSS read (implicit supervisor access).
     pub fn read(&mut self, la: u64, buf: &mut [u8]) -> bool {
-        let Some(parts) = self.access(la, buf.len(), Prot::READ) else {
+        let Some(parts) = self.translate(la, buf.len(), mmu::Access::Read, 0, true) else {
             return false;
         };
         let mut off = 0;
         for (pa, n) in parts {
-            if self.uc.mem_read(pa, &mut buf[off..off + n]).is_err() {
+            if !mmu::GuestMemory::read(&Phys(self.uc), pa, &mut buf[off..off + n]) {
                 return false;
             }
             off += n;
@@ -75,22 +121,17 @@ impl Mem<'_, '_> {
         true
     }
 
+    /// A push onto the handler's stack.
     pub fn write(&mut self, la: u64, data: &[u8]) -> bool {
-        let Some(parts) = self.access(la, data.len(), Prot::WRITE) else {
+        let cpl = self.stack_cpl;
+        let Some(parts) = self.translate(la, data.len(), mmu::Access::Write, cpl, false) else {
             return false;
         };
         let mut off = 0;
         for (pa, n) in parts {
-            let ok = {
-                let st = self.uc.get_data();
-                st.ram
-                    .iter()
-                    .any(|&(b, s)| pa >= b && pa + n as u64 <= b + s)
-            };
-            if !ok || self.uc.mem_write(pa, &data[off..off + n]).is_err() {
+            if !mmu::GuestMemoryMut::write(&mut Phys(self.uc), pa, &data[off..off + n]) {
                 return false;
             }
-            self.uc.get_data_mut().writes.push((pa, n as u64));
             off += n;
         }
         true
@@ -191,6 +232,7 @@ fn real_mode(mem: &mut Mem, r: &Regs, v: u8) -> Result<Regs, Fail> {
     let mut n = r.clone();
     let ss = r.seg[traces::regs::SS];
     let mut sp = r.gpr[4] as u16;
+    mem.stack_cpl = 0;
     for val in [r.rflags as u16, r.seg[1].selector, r.rip as u16] {
         sp = sp.wrapping_sub(2);
         if !mem.write(
@@ -329,6 +371,7 @@ fn protected_mode(
     if let Some(e) = err {
         frame.push(e as u64);
     }
+    mem.stack_cpl = new_cpl;
     let big = ss.attrs & (1 << 14) != 0;
     let mask = if big { 0xffff_ffffu64 } else { 0xffff };
     for val in frame {
@@ -415,6 +458,7 @@ fn long_mode(
             .ok_or(Fail::Fault)?;
     }
     rsp &= !0xf;
+    mem.stack_cpl = new_cpl;
     let mut frame = vec![
         r.seg[traces::regs::SS].selector as u64,
         r.gpr[4],

@@ -314,9 +314,16 @@ fn walker_agrees_with_unicorn() {
     }
 }
 
-/// Guest-physical home of the fixed mapping the execution test runs from: code, IDT, GDT,
-/// stack, and the tables that map them at the top of the linear address space.
+/// Guest-physical home of the fixed mapping the execution test runs from. Pages (physical
+/// FIX + n * 4 KiB, linear fixed_la + n * 4 KiB): 0 user code (U/S=1), 1 IDT, 2 GDT, 3 kernel
+/// stack, 4 kernel code and the fault handler, 5 TSS. The tables that map them at the top of
+/// the linear address space sit at FIX + 0x10000 and above.
 const FIX: u64 = 0x40_0000;
+const FPT32: u64 = FIX + 0x1_0000;
+const FPD: u64 = FIX + 0x1_1000;
+const FPT64: u64 = FIX + 0x1_2000;
+const FPDPT: u64 = FIX + 0x1_3000;
+const FPML4: u64 = FIX + 0x1_4000;
 
 fn fixed_la(mode: Mode) -> u64 {
     match mode {
@@ -335,41 +342,49 @@ fn in_fixed_slot(mode: Mode, la: u64) -> bool {
     }
 }
 
-/// Installs the fixed mapping (top slot of the CR3 page) and the code/IDT/GDT pages.
+/// Installs the fixed mapping (top slot of the CR3 page), GDT, IDT and TSS.
 fn install_fixed(b: &mut EmuBackend, mode: Mode, cr3: u64) {
     let put = |b: &mut EmuBackend, gpa: u64, v: u64, bytes: usize| {
         assert!(b.write_phys(gpa, &v.to_le_bytes()[..bytes]))
     };
-    // Leaf tables: 4-byte (32-bit paging) and 8-byte; pages 0..3 = code, IDT, GDT, stack.
-    for i in 0..4u64 {
-        put(b, FIX + 0x4000 + 4 * i, (FIX + i * 0x1000) | 3, 4);
-        put(b, FIX + 0x6000 + 8 * i, (FIX + i * 0x1000) | 3, 8);
+    // Non-leaf entries are user-accessible (U/S is ANDed along the walk); only page 0 is.
+    for i in 0..6u64 {
+        let rights = if i == 0 { 7 } else { 3 };
+        put(b, FPT32 + 4 * i, (FIX + i * 0x1000) | rights, 4);
+        put(b, FPT64 + 8 * i, (FIX + i * 0x1000) | rights, 8);
     }
     match mode {
-        Mode::Bits32 => put(b, cr3 + 4 * 1023, (FIX + 0x4000) | 3, 4),
+        Mode::Bits32 => put(b, cr3 + 4 * 1023, FPT32 | 7, 4),
         Mode::Pae => {
-            put(b, cr3 + 24, (FIX + 0x5000) | 1, 8);
-            put(b, FIX + 0x5000 + 8 * 511, (FIX + 0x6000) | 3, 8);
+            put(b, cr3 + 24, FPD | 1, 8);
+            put(b, FPD + 8 * 511, FPT64 | 7, 8);
         }
         Mode::Level4 | Mode::Level5 => {
-            put(b, FIX + 0x5000 + 8 * 511, (FIX + 0x6000) | 3, 8); // PD
-            put(b, FIX + 0x7000 + 8 * 511, (FIX + 0x5000) | 3, 8); // PDPT
+            put(b, FPD + 8 * 511, FPT64 | 7, 8);
+            put(b, FPDPT + 8 * 511, FPD | 7, 8);
             if mode == Mode::Level5 {
-                put(b, FIX + 0x8000 + 8 * 511, (FIX + 0x7000) | 3, 8); // PML4
-                put(b, cr3 + 8 * 511, (FIX + 0x8000) | 3, 8);
+                put(b, FPML4 + 8 * 511, FPDPT | 7, 8);
+                put(b, cr3 + 8 * 511, FPML4 | 7, 8);
             } else {
-                put(b, cr3 + 8 * 511, (FIX + 0x7000) | 3, 8);
+                put(b, cr3 + 8 * 511, FPDPT | 7, 8);
             }
         }
     }
     let la = fixed_la(mode);
     let long = matches!(mode, Mode::Level4 | Mode::Level5);
-    // GDT: null, code32 0x08, data 0x10, code64 0x18.
-    let gdt: [u64; 4] = [
+    let tss = la + 0x5000;
+    // GDT: null, kernel code32 0x08, kernel data 0x10, kernel code64 0x18, user code32 0x23,
+    // user data 0x2b, user code64 0x33, TSS 0x38 (16 bytes in long mode).
+    let gdt: [u64; 9] = [
         0,
         0x00cf_9b00_0000_ffff,
         0x00cf_9300_0000_ffff,
         0x00af_9b00_0000_ffff,
+        0x00cf_fb00_0000_ffff,
+        0x00cf_f300_0000_ffff,
+        0x00af_fb00_0000_ffff,
+        0x0000_8900_0000_0067 | ((tss & 0xff_ffff) << 16) | (((tss >> 24) & 0xff) << 56),
+        tss >> 32,
     ];
     assert!(b.write_phys(
         FIX + 0x2000,
@@ -377,32 +392,35 @@ fn install_fixed(b: &mut EmuBackend, mode: Mode, cr3: u64) {
             .flat_map(|d| d.to_le_bytes())
             .collect::<Vec<u8>>()
     ));
-    let handler = la + 0x100;
+    let mut t = vec![0u8; 0x68];
+    let kstack = la + 0x3ff0;
+    t[4..12].copy_from_slice(&kstack.to_le_bytes()); // RSP0 (64-bit TSS)
+    if !long {
+        t[4..8].copy_from_slice(&(kstack as u32).to_le_bytes()); // ESP0
+        t[8..10].copy_from_slice(&0x10u16.to_le_bytes()); // SS0
+    }
+    t[0x66..0x68].copy_from_slice(&0x68u16.to_le_bytes());
+    assert!(b.write_phys(FIX + 0x5000, &t));
+    let handler = la + 0x4100;
+    let kcs: u64 = if long { 0x18 } else { 0x08 };
     let mut idt = Vec::new();
     for _ in 0..32 {
+        let g =
+            (handler & 0xffff) | (kcs << 16) | (0x8eu64 << 40) | (((handler >> 16) & 0xffff) << 48);
+        idt.extend_from_slice(&g.to_le_bytes());
         if long {
-            let lo = (handler & 0xffff)
-                | (0x18u64 << 16)
-                | (0x8eu64 << 40)
-                | (((handler >> 16) & 0xffff) << 48);
-            idt.extend_from_slice(&lo.to_le_bytes());
             idt.extend_from_slice(&(handler >> 32).to_le_bytes());
-        } else {
-            let g = (handler & 0xffff)
-                | (0x08u64 << 16)
-                | (0x8eu64 << 40)
-                | (((handler >> 16) & 0xffff) << 48);
-            idt.extend_from_slice(&g.to_le_bytes());
         }
     }
     assert!(b.write_phys(FIX + 0x1000, &idt));
-    assert!(b.write_phys(FIX + 0x100, &[0xf4]));
+    assert!(b.write_phys(FIX + 0x4100, &[0xf4]));
 }
 
 #[derive(Default, Debug)]
 struct ExecTally {
     executed: u64,
     page_faults_compared: u64,
+    user_page_faults: u64,
 }
 
 fn exec_case(
@@ -411,8 +429,6 @@ fn exec_case(
     c: &Case,
     tally: &mut ExecTally,
 ) -> Result<(), TestCaseError> {
-    let mut c = c.clone();
-    c.user = false;
     let mut entries = c.entries.clone();
     if c.mode == Mode::Pae {
         let first = (c.cr3_page * 512) as usize;
@@ -422,7 +438,7 @@ fn exec_case(
     }
     let pool: Vec<u8> = entries.iter().flat_map(|e| e.to_le_bytes()).collect();
     assert!(b.write_phys(POOL, &pool));
-    let (cr0, cr4, efer) = regs_for(&c);
+    let (cr0, cr4, efer) = regs_for(c);
     let cr3 = POOL + c.cr3_page * 0x1000;
     install_fixed(b, c.mode, cr3);
     let long = matches!(c.mode, Mode::Level4 | Mode::Level5);
@@ -446,36 +462,34 @@ fn exec_case(
     r.efer = 0;
     r.cr4 = 0;
     b.set_regs(&r).unwrap();
-    let code_seg = if long {
-        traces::Segment {
-            selector: 0x18,
-            base: 0,
-            limit: 0xffff_ffff,
-            attrs: 0xa09b,
-        }
-    } else {
-        traces::Segment {
-            selector: 0x08,
-            base: 0,
-            limit: 0xffff_ffff,
-            attrs: 0xc09b,
-        }
-    };
-    let data_seg = traces::Segment {
-        selector: 0x10,
+    let flat = |selector: u16, attrs: u32| traces::Segment {
+        selector,
         base: 0,
         limit: 0xffff_ffff,
-        attrs: 0xc093,
+        attrs,
     };
+    let (code_seg, data_seg, code_page) = match (c.user, long) {
+        (false, false) => (flat(0x08, 0xc09b), flat(0x10, 0xc093), base + 0x4000),
+        (false, true) => (flat(0x18, 0xa09b), flat(0x10, 0xc093), base + 0x4000),
+        (true, false) => (flat(0x23, 0xc0fb), flat(0x2b, 0xc0f3), base),
+        (true, true) => (flat(0x33, 0xa0fb), flat(0x2b, 0xc0f3), base),
+    };
+    let code_gpa = if c.user { FIX } else { FIX + 0x4000 };
     r.seg = [data_seg; 6];
     r.seg[1] = code_seg;
     r.gdtr = traces::DescriptorTable {
         base: base + 0x2000,
-        limit: 31,
+        limit: 9 * 8 - 1,
     };
     r.idtr = traces::DescriptorTable {
         base: base + 0x1000,
         limit: if long { 32 * 16 - 1 } else { 32 * 8 - 1 },
+    };
+    r.tr = traces::Segment {
+        selector: 0x38,
+        base: base + 0x5000,
+        limit: 0x67,
+        attrs: if long { 0x8b } else { 0x8b },
     };
     r.cr0 = cr0;
     r.cr3 = cr3;
@@ -486,31 +500,33 @@ fn exec_case(
     r.rflags = 0x2;
     for &la in c.addrs.iter().filter(|&&la| !in_fixed_slot(c.mode, la)) {
         for access in Access::ALL {
+            let req = if c.user {
+                AccessRequest::user(access)
+            } else {
+                AccessRequest::supervisor(access)
+            };
             let w = {
                 let ram = Ram(b.ram().unwrap());
-                mmu::walk(&ctl, cpu, &ram, la, &AccessRequest::supervisor(access))
+                mmu::walk(&ctl, cpu, &ram, la, &req)
             };
             let code: &[u8] = match access {
                 Access::Read => &[0x8a, 0x00, 0xf4],  // mov al, [eax/rax]; hlt
-                Access::Write => &[0x88, 0x00, 0xf4], // mov [eax/rax], al; hlt
+                Access::Write => &[0x88, 0x18, 0xf4], // mov [eax/rax], bl; hlt
                 Access::Fetch => &[0xff, 0xe0],       // jmp eax/rax
             };
-            assert!(b.write_phys(FIX, code));
+            assert!(b.write_phys(code_gpa, code));
             let mut rr = r.clone();
-            rr.rip = base;
+            rr.rip = code_page;
             rr.gpr[0] = la;
-            rr.gpr[4] = base + 0x3ff0;
+            rr.gpr[4] = if c.user { 0 } else { base + 0x3ff0 };
             match &w.result {
                 Ok(t) => {
                     let mut byte = [0u8];
                     if access == Access::Fetch || !b.read_phys(t.gpa, &mut byte) {
                         continue; // the translation was compared above; nothing to execute
                     }
-                    if access == Access::Write {
-                        // Store the byte already there (BL): no page table changes.
-                        rr.gpr[3] = byte[0] as u64;
-                        assert!(b.write_phys(FIX, &[0x88, 0x18, 0xf4])); // mov [eax/rax], bl; hlt
-                    }
+                    // A write stores the byte already there (BL): no page table changes.
+                    rr.gpr[3] = byte[0] as u64;
                     b.set_regs(&rr).unwrap();
                     let n = b.delivered.len();
                     b.step().map_err(|e| TestCaseError::fail(format!("{e}")))?;
@@ -536,11 +552,13 @@ fn exec_case(
                     prop_assert_eq!(
                         d.map(|d| (d.vector, d.error_code)),
                         Some((14, Some(*error_code))),
-                        "mode {:?} cr0 {:#x} cr4 {:#x} efer {:#x} la {:#x} {:?}: #PF error code\nwalk {:#x?}",
-                        c.mode, cr0, cr4, efer, la, access, w.levels
+                        "mode {:?} user {} cr0 {:#x} cr4 {:#x} efer {:#x} pkru {:#x} la {:#x} {:?}: #PF error code\nwalk {:#x?}",
+                        c.mode, c.user, cr0, cr4, efer, c.pkru, la, access, w.levels
                     );
                     prop_assert_eq!(after.cr2, la, "CR2");
+                    prop_assert_eq!(after.rip, base + 0x4100, "at the handler");
                     tally.page_faults_compared += 1;
+                    tally.user_page_faults += c.user as u64;
                 }
                 Err(_) => {}
             }

@@ -536,6 +536,9 @@ impl LiveControl {
                     cpu_mode::describe(regs),
                     if self.phys { "physical" } else { "virtual" }
                 ),
+                Command::Disas(n) => {
+                    monitor::disassembly(regs, &self.cpu, &BackendMemory(backend), n)
+                }
                 Command::Phys => {
                     self.phys = true;
                     "gdb memory accesses now use guest-physical addresses".into()

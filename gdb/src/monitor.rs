@@ -7,6 +7,8 @@ pub const HELP: &str = "\
 mmurr monitor commands:
   help                      this text
   mode                      paging mode, code size, CS:RIP and CR0/CR4/EFER flags
+  disas [N]                 N instructions (default 8) from pc, decoded in the current
+                            mode's code size (gdb's x/i always decodes as 64-bit code)
   phys | virt               gdb memory accesses use guest-physical / virtual addresses
   role [POLICY]             cpu_role and root_role field by field, and the kept MMU context
   walk ADDR [POLICY]        page walk level by level: architecture vs POLICY's kept context
@@ -29,6 +31,7 @@ After seek / goto-event, gdb still shows its cached registers: run
 pub enum Command {
     Help,
     Mode,
+    Disas(usize),
     Phys,
     Virt,
     Role(Option<String>),
@@ -51,6 +54,28 @@ pub fn parse_number(s: &str) -> Option<u64> {
         Some(hex) => u64::from_str_radix(hex, 16).ok(),
         None => s.parse().ok(),
     }
+}
+
+/// `disas`'s text: `=>` marks the instruction at pc; addresses are CS:RIP offsets as the CPU
+/// decodes them, followed by the bytes.
+pub fn disassembly(
+    regs: &traces::Regs,
+    cpu: &mmu::CpuModel,
+    mem: &dyn mmu::GuestMemory,
+    n: usize,
+) -> String {
+    let lines = replayer::views::disasm::around(regs, cpu, mem, &[], n.saturating_sub(1));
+    let mut out = vec![format!("{}-bit code:", insn::bitness(regs))];
+    for l in lines {
+        out.push(format!(
+            "{} {:#x}:  {:<24} {}",
+            if l.current { "=>" } else { "  " },
+            l.rip,
+            l.bytes,
+            l.text
+        ));
+    }
+    out.join("\n")
 }
 
 /// Parses a command line; the error is the message to show.
@@ -77,6 +102,15 @@ pub fn parse(bytes: &[u8]) -> Result<Command, String> {
     let c = match cmd {
         "help" => Command::Help,
         "mode" => Command::Mode,
+        "disas" => {
+            max_args(1)?;
+            let n = if words.len() > 1 {
+                need_number(1, "a count")?
+            } else {
+                8
+            };
+            Command::Disas(n.clamp(1, 1000) as usize)
+        }
         "phys" => Command::Phys,
         "virt" => Command::Virt,
         "role" => {

@@ -489,6 +489,10 @@ impl ReplayTarget {
                 cpu_mode::describe(self.regs()),
                 if self.phys { "physical" } else { "virtual" }
             ),
+            Command::Disas(n) => {
+                let snap = self.timeline.current();
+                monitor::disassembly(&snap.regs, &self.cpu, &snap.memory, n)
+            }
             Command::Phys => {
                 self.phys = true;
                 "gdb memory accesses now use guest-physical addresses".into()

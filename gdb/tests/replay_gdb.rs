@@ -12,6 +12,7 @@ fn registers_disassembly_stepping_and_breakpoints() {
     let out = run_gdb(
         port,
         "info registers
+monitor disas 3
 p $cr0
 p $cr4
 p/x $efer
@@ -50,6 +51,10 @@ continue",
     ] {
         line_starting(&out, reg);
     }
+    // The real-mode code decoded as the CPU sees it (16-bit), which gdb's x/i cannot do.
+    expect(&out, "16-bit code:");
+    expect(&out, "=> 0x1000:  fa                       cli");
+    expect(&out, "0x1001:  31 c0                    xor ax,ax");
     expect(&out, "$1 = [ ET NW CD ]");
     expect(&out, "$2 = [ ]");
     expect(&out, "$3 = 0x0");

@@ -10,6 +10,7 @@ mod policies;
 mod record;
 mod replay;
 mod scenarios;
+mod verify;
 
 use crate::cli::Command;
 use std::process::ExitCode;
@@ -22,7 +23,7 @@ pub fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Replay(args) => replay::run(args),
         Command::Gdb(args) => gdb::run(args),
         Command::Check(args) => check::run(args),
-        Command::Verify(_) => not_built("verify", 6),
+        Command::Verify(args) => verify::run(args),
         Command::Diff(args) => diff::run(args),
         Command::Info(args) => info::run(args),
         Command::Export(args) => export::run(args),

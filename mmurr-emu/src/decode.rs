@@ -31,6 +31,8 @@ pub enum Kind {
     Hlt,
     /// MOV to CRn.
     MovCr(u8),
+    /// MOV from CRn into the general register with this number.
+    MovFromCr(u8, u8),
     Other,
 }
 
@@ -83,6 +85,12 @@ pub fn decode(bytes: &[u8], bitness: u32, rip: u64, dx: u16) -> Option<Decoded> 
         Mnemonic::Outsw => Kind::Out { port: dx, size: 2 },
         Mnemonic::Outsd => Kind::Out { port: dx, size: 4 },
         Mnemonic::Hlt => Kind::Hlt,
+        Mnemonic::Mov if instr.op1_kind() == OpKind::Register && instr.op1_register().is_cr() => {
+            Kind::MovFromCr(
+                instr.op1_register().number() as u8,
+                instr.op0_register().full_register().number() as u8,
+            )
+        }
         Mnemonic::Mov if instr.op0_kind() == OpKind::Register && instr.op0_register().is_cr() => {
             Kind::MovCr(instr.op0_register().number() as u8)
         }

@@ -872,6 +872,7 @@ impl EmuBackend {
                 }
             }
         }
+        self.emulate_cr8(d.as_ref(), before)?;
         if let Some((reg, value)) = d.as_ref().and_then(|d| self.cr_write(d, before)) {
             // PDPTE registers as the architecture loads them (Unicorn re-reads the PDPT on
             // every walk instead and keeps no registers).
@@ -938,6 +939,31 @@ impl EmuBackend {
                  deliver exceptions itself and mmurr-emu cannot deliver this one"
             ))),
         }
+    }
+
+    /// CR8 (the task-priority register) lives in the local APIC in QEMU, and Unicorn has none:
+    /// a MOV to CR8 is dropped and a MOV from CR8 reads 0. mmurr-emu keeps CR8 itself, as
+    /// KVM does: the written value (bits 3:0) is stored and read back.
+    fn emulate_cr8(&mut self, d: Option<&Decoded>, before: &Regs) -> Result<(), BackendError> {
+        let Some(d) = d else { return Ok(()) };
+        match d.kind {
+            Kind::MovCr(8) => {
+                let v = crate::decode::register_value(before, d.instr.op1_register(), true)
+                    .unwrap_or(0)
+                    & 0xf;
+                self.w(RegisterX86::CR8, v)?;
+            }
+            Kind::MovFromCr(8, gpr) => {
+                self.save()?;
+                self.ctx.set_u64(OFF_REGS + 8 * gpr as usize, before.cr8);
+                self.ctx
+                    .restore(&self.uc)
+                    .map_err(|e| engine_err("context restore", e))?;
+            }
+            _ => return Ok(()),
+        }
+        self.regs_cache = None;
+        Ok(())
     }
 
     /// The control-register write `d` performs, if it is one mmurr checks: MOV to CR0/CR3/CR4

@@ -962,3 +962,19 @@ fn rep_string_port_io_exits_once_per_iteration() {
     assert_eq!(&m, b"AB");
     assert_eq!(b.step().unwrap().exit, Exit::Halted);
 }
+
+#[test]
+fn cr8_is_a_register_the_guest_can_read_back() {
+    let code = asm(64, CODE, |a| {
+        a.mov(rax, 9u64)?;
+        a.mov(cr8, rax)?;
+        a.mov(rbx, cr8)?;
+        a.hlt()
+    });
+    let (mut b, _) = raw(code, CODE, guests::loader::EntryMode::Long);
+    for _ in 0..3 {
+        b.step().unwrap();
+    }
+    let r = b.regs().unwrap();
+    assert_eq!((r.cr8, r.gpr[3]), (9, 9));
+}

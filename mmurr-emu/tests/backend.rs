@@ -978,3 +978,46 @@ fn cr8_is_a_register_the_guest_can_read_back() {
     let r = b.regs().unwrap();
     assert_eq!((r.cr8, r.gpr[3]), (9, 9));
 }
+
+#[test]
+fn rarely_written_registers_are_read_back() {
+    let code = asm(64, CODE, |a| {
+        // XCR0 = x87 | SSE (needs CR4.OSXSAVE, set by the host below)
+        a.xor(ecx, ecx)?;
+        a.mov(eax, 3u32)?;
+        a.xor(edx, edx)?;
+        a.xsetbv()?;
+        // KERNEL_GS_BASE, then swapgs
+        a.mov(ecx, 0xc000_0102u32)?;
+        a.mov(eax, 0x5000u32)?;
+        a.mov(edx, 0xffffu32)?;
+        a.wrmsr()?;
+        a.swapgs()?;
+        // PKRU (needs CR4.PKE)
+        a.xor(ecx, ecx)?;
+        a.xor(edx, edx)?;
+        a.mov(eax, 0xc0u32)?;
+        a.wrpkru()?;
+        a.hlt()
+    });
+    let (mut b, _) = raw(code, CODE, guests::loader::EntryMode::Long);
+    let mut r = b.regs().unwrap();
+    r.cr4 |= (1 << 18) | (1 << 22);
+    b.set_regs(&r).unwrap();
+    loop {
+        if b.step().unwrap().exit == Exit::Halted {
+            break;
+        }
+    }
+    let r = b.regs().unwrap();
+    assert_eq!(r.xcr0, 3);
+    assert_eq!(
+        r.seg[5].base, 0xffff_0000_5000,
+        "swapgs moved KERNEL_GS_BASE into GS.base"
+    );
+    assert_eq!(
+        r.kernel_gs_base, 0,
+        "and the old GS.base into KERNEL_GS_BASE"
+    );
+    assert_eq!(r.pkru, 0xc0);
+}

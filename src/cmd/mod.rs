@@ -17,6 +17,9 @@ use std::process::ExitCode;
 
 /// Runs one subcommand. Errors print as `mmurr: error: ...` and exit 2.
 pub fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
+    if prints_only(command) {
+        restore_default_sigpipe();
+    }
     match command {
         Command::Record(args) => record::run(args),
         Command::Run(_) => not_built("run", 7),
@@ -36,4 +39,28 @@ pub fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
 /// Subcommands that are designed but not built yet say so and fail, never pretend.
 fn not_built(name: &str, issue: u32) -> anyhow::Result<ExitCode> {
     anyhow::bail!("`mmurr {name}` is not built yet (tracked in issue {issue})")
+}
+
+/// Commands whose only output is text for a reader or a pipe.
+fn prints_only(command: &Command) -> bool {
+    matches!(
+        command,
+        Command::Info(_)
+            | Command::Export(_)
+            | Command::Check(_)
+            | Command::Diff(_)
+            | Command::Scenarios(_)
+            | Command::Policies(_)
+    )
+}
+
+/// Rust starts with SIGPIPE ignored, so `mmurr export T | head` would panic in `println!`
+/// once `head` exits. Printing commands take the default action instead and end quietly, as
+/// Unix tools do. Recording commands keep ignoring it: a closed pipe must not cut a recording.
+fn restore_default_sigpipe() {
+    // SAFETY: setting a signal's disposition to SIG_DFL has no memory-safety preconditions; no
+    // handler runs Rust code.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
 }

@@ -36,11 +36,10 @@ impl Stage {
 
 impl Progress {
     pub fn percent(&self) -> u16 {
-        if self.total == 0 {
-            100
-        } else {
-            (self.done.saturating_mul(100) / self.total).min(100) as u16
-        }
+        self.done
+            .saturating_mul(100)
+            .checked_div(self.total)
+            .map_or(100, |p| p.min(100) as u16)
     }
 }
 

@@ -28,7 +28,7 @@ pub fn outcome_text(o: Outcome) -> &'static str {
     }
 }
 
-fn tracker_before<'a>(h: &'a MmuHistory, write: usize, p: usize) -> Option<&'a Tracker> {
+fn tracker_before(h: &MmuHistory, write: usize, p: usize) -> Option<&Tracker> {
     match write.checked_sub(1) {
         Some(prev) => h.analysis.writes.get(prev)?.after.get(p),
         None => h.analysis.initial.get(p),

@@ -118,10 +118,12 @@ fn page_tables(image: &mut [u8], base: u64) {
 }
 
 fn header(image: Vec<u8>) -> Header {
-    let mut entry = Regs::default();
-    entry.rip = CODE;
-    entry.rflags = 0x2;
-    entry.cr0 = 0x11;
+    let mut entry = Regs {
+        rip: CODE,
+        rflags: 0x2,
+        cr0: 0x11,
+        ..Default::default()
+    };
     entry.gpr[4] = 0x9_f000;
     let flat = |attrs| Segment {
         selector: 0x10,

@@ -531,7 +531,7 @@ impl LiveControl {
             Ok(match monitor::parse(line.as_bytes())? {
                 Command::Help => monitor::HELP.to_string(),
                 Command::Mode => format!(
-                    "live, before instruction {} \n{}\nmemory: {} addresses",
+                    "live, before instruction {}\n{}\nmemory: {} addresses",
                     step + 1,
                     cpu_mode::describe(regs),
                     if self.phys { "physical" } else { "virtual" }

@@ -66,7 +66,7 @@ pub enum Verdict {
 #[derive(Debug)]
 enum Request {
     ReadRegs,
-    WriteRegs(SystemRegs),
+    WriteRegs(Box<SystemRegs>),
     WriteReg(usize, Vec<u8>),
     ReadMem(u64, usize),
     WriteMem(u64, Vec<u8>),
@@ -326,44 +326,43 @@ impl LiveControl {
                 reg.name(),
                 changed_flags(*reg, *old, *new)
             );
-            if self.catching(reg.name(), None) {
+            if self.catching(reg.name()) {
                 notes.push(write.clone());
             }
+            let bps = &self.bps;
+            // Is a `break-on KIND [POLICY]` set that covers policy `name`?
+            let wants = |kind: CatchKind, name: &str| {
+                bps.catches().iter().any(|c| {
+                    c.kind == kind
+                        && c.policy
+                            .as_deref()
+                            .is_none_or(|p| mmu::policy(p).is_some_and(|q| q.name == name))
+                })
+            };
             for t in &mut self.trackers {
                 let was_stale = t.stale().is_some();
                 let d = t.apply(input, &cr, &mem);
                 let name = t.policy().name;
-                if d.roots_unloaded
+                let reset = d.roots_unloaded
                     || matches!(
                         d.outcome,
                         mmu::Outcome::Reinit | mmu::Outcome::SkippedRoleUnchanged
-                    )
-                {
-                    if self.bps.catches().iter().any(|c| {
-                        c.kind == CatchKind::Reset
-                            && c.policy
-                                .as_deref()
-                                .is_none_or(|p| mmu::policy(p).is_some_and(|q| q.name == name))
-                    }) {
-                        notes.push(format!("{name}: reset, {} -- {write}", d.outcome.name()));
-                    }
+                    );
+                if reset && wants(CatchKind::Reset, name) {
+                    notes.push(format!("{name}: reset, {} -- {write}", d.outcome.name()));
                 }
-                if !was_stale {
-                    if let Some(st) = &d.stale {
-                        if self.bps.catches().iter().any(|c| {
-                            c.kind == CatchKind::Divergence
-                                && c.policy
-                                    .as_deref()
-                                    .is_none_or(|p| mmu::policy(p).is_some_and(|q| q.name == name))
-                        }) {
-                            notes.push(format!("{name}: MMU context diverges from the architecture ({}) -- {write}", st.names().join(", ")));
-                        }
+                if let (false, Some(st)) = (was_stale, &d.stale) {
+                    if wants(CatchKind::Divergence, name) {
+                        notes.push(format!(
+                            "{name}: MMU context diverges from the architecture ({}) -- {write}",
+                            st.names().join(", ")
+                        ));
                     }
                 }
             }
         }
         let (from, to) = (paging_mode(prev), paging_mode(regs));
-        if from != to && self.catching("transition", None) {
+        if from != to && self.catching("transition") {
             notes.push(format!("transition {} -> {}", from.name(), to.name()));
         }
         if notes.is_empty() {
@@ -374,7 +373,7 @@ impl LiveControl {
         Some(note)
     }
 
-    fn catching(&self, kind: &str, _policy: Option<&str>) -> bool {
+    fn catching(&self, kind: &str) -> bool {
         self.bps.catches().iter().any(|c| c.kind.name() == kind)
     }
 
@@ -685,7 +684,7 @@ impl SingleThreadBase for LiveTarget {
 
     fn write_registers(&mut self, regs: &SystemRegs) -> TargetResult<(), Self> {
         match self
-            .ask(Request::WriteRegs(regs.clone()))
+            .ask(Request::WriteRegs(Box::new(regs.clone())))
             .map_err(TargetError::Fatal)?
         {
             Reply::Done(true) => Ok(()),

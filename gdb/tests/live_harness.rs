@@ -23,10 +23,12 @@ struct NopMachine {
 
 impl NopMachine {
     fn new() -> NopMachine {
-        let mut regs = Regs::default();
-        regs.rip = 0x1000;
-        regs.rflags = 2;
-        regs.cr0 = 0x11;
+        let mut regs = Regs {
+            rip: 0x1000,
+            rflags: 2,
+            cr0: 0x11,
+            ..Default::default()
+        };
         regs.seg[traces::regs::CS] = Segment {
             selector: 8,
             base: 0,

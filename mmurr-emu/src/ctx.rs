@@ -9,7 +9,7 @@
 //! ([`Layout::probe`]). If the probe fails — a different Unicorn build — the backend refuses
 //! to start rather than record wrong state.
 //!
-//! All `unsafe` of the crate that touches Unicorn's raw handle is in this module.
+//! The `unsafe` that reaches into Unicorn's raw handle and contexts is in this module.
 
 use unicorn_engine::unicorn_const::{
     uc_context, uc_context_alloc, uc_context_free, uc_context_restore, uc_context_save,

@@ -4,7 +4,11 @@
 //! (as KVM single-step reports it: RIP stays on the instruction until the last iteration, whose
 //! step also retires it), or the delivery of one exception together with the faulting
 //! instruction. Unicorn itself needs one extra `emu_start` for the final, empty check of a
-//! `rep` loop; [`EmuBackend::step`] folds it into the last iteration's step.
+//! `rep` loop; [`EmuBackend::step`] folds it into the last iteration's step. A #PF that Unicorn
+//! raises while looking up a branch target belongs to the next step, not the branch's.
+//!
+//! The only `unsafe` here is the guest-RAM mapping lent to Unicorn and `uc_version`; the rest
+//! of the raw-handle work is in [`crate::ctx`].
 
 use crate::ctx::{self, Ctx, Layout, SegCache, HF_LMA_MASK, OFF_CR, OFF_EIP, OFF_HFLAGS, OFF_REGS};
 use crate::decode::{self, Decoded, Kind};
@@ -44,21 +48,6 @@ pub struct HookState {
     pub mmio_write: Option<(u64, u8, u64)>,
     pub unmapped: Option<(MemType, u64, usize)>,
     pub ram: Vec<(u64, u64)>,
-    /// Linear pages the step read or wrote (for the accessed/dirty bits the engine's page
-    /// walks set, which no write hook reports).
-    pub touched: Vec<u64>,
-}
-
-impl HookState {
-    pub fn touch(&mut self, la: u64, len: u64) {
-        let first = la & !0xfff;
-        let last = la.wrapping_add(len.max(1) - 1) & !0xfff;
-        for p in [first, last] {
-            if !self.touched.contains(&p) {
-                self.touched.push(p);
-            }
-        }
-    }
 }
 
 fn engine_err(what: &str, e: uc_error) -> BackendError {
@@ -680,7 +669,6 @@ impl EmuBackend {
         st.mmio_read = None;
         st.mmio_write = None;
         st.unmapped = None;
-        st.touched.clear();
     }
 
     /// The paging-structure entries on the walks of `pages` under `regs`' paging registers.
@@ -717,7 +705,7 @@ impl EmuBackend {
         fetch: (u64, u64),
         d: Option<&Decoded>,
     ) -> Vec<(u64, u64)> {
-        let mut pages = std::mem::take(&mut self.uc.get_data_mut().touched);
+        let mut pages = Vec::new();
         if let Some(d) = d {
             let long = self.ctx_long_before;
             for la in crate::decode::memory_linear(&d.instr, before, long) {

@@ -1275,6 +1275,10 @@ impl Backend for EmuBackend {
     }
 
     fn ram(&self) -> Option<&[u8]> {
+        // Only when the buffer is all of the guest's RAM (no extra RAM/ROM regions beyond it).
+        if self.ram.len() != 1 {
+            return None;
+        }
         self.ram_buf.as_ref().map(RamBuf::bytes)
     }
 

@@ -124,6 +124,17 @@ fn keypress(c: &mut Criterion) {
             draw(&mut t, &app);
         })
     });
+    // Where a far move's time goes: the update (seek, panels) or the render.
+    let (mut update, mut render) = (Duration::ZERO, Duration::ZERO);
+    for _ in 0..20 {
+        let t0 = Instant::now();
+        app.on_key(key('J'));
+        let t1 = Instant::now();
+        draw(&mut t, &app);
+        update += t1 - t0;
+        render += t1.elapsed();
+    }
+    eprintln!("20 x J on the 10M trace: update {update:.1?}, render {render:.1?}");
     c.bench_function("keypress/10M/J (next transition) + render", |b| {
         b.iter(|| {
             app.on_key(key('J'));
@@ -150,5 +161,44 @@ fn open(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group!(benches, open, keypress);
+/// The replayer alone, for comparison with `J`: a seek 30 000 steps forward.
+fn seek(c: &mut Criterion) {
+    let big = big_trace();
+    let mut timeline = replayer::Timeline::open(&big).unwrap();
+    let mut at = BIG_STEPS / 2;
+    c.bench_function(
+        "timeline/10M/seek 30000 steps forward (replayer only)",
+        |b| {
+            b.iter(|| {
+                at += 30_000;
+                if at > BIG_STEPS {
+                    at = BIG_STEPS / 2;
+                }
+                timeline.seek(at).unwrap().step
+            })
+        },
+    );
+}
+
+/// What a far move costs the panels: the seek, the 16 instructions before it one at a time
+/// (for the page-walk default and the disassembly), and the state at the step.
+fn position(c: &mut Criterion) {
+    let big = big_trace();
+    let mut timeline = replayer::Timeline::open(&big).unwrap();
+    let cpu = mmu::CpuModel::default_x86_64();
+    let mut at = BIG_STEPS / 2;
+    let mut view = tui::position::PositionView::default();
+    c.bench_function("position/10M/panels 30000 steps forward", |b| {
+        b.iter(|| {
+            at += 30_000;
+            if at > BIG_STEPS {
+                at = BIG_STEPS / 2;
+            }
+            view = tui::position::PositionView::compute(&mut timeline, &cpu, at, None, None, &view);
+            view.step
+        })
+    });
+}
+
+criterion_group!(benches, open, keypress, seek, position);
 criterion_main!(benches);

@@ -12,7 +12,7 @@ use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent
 use mmu::{CpuModel, Flavour};
 use replayer::Timeline;
 use std::path::Path;
-use std::sync::mpsc::Receiver;
+use std::sync::mpsc::{Receiver, TryRecvError};
 use traces::{EndRecord, EventKind, FindingKind, Header, MmuOutcome, Step};
 
 /// What a line of typed text is for.
@@ -143,8 +143,14 @@ impl App {
     /// Takes whatever the loader has sent so far; true when something changed.
     pub fn poll_loader(&mut self) -> bool {
         let mut changed = false;
-        while let Some(msg) = self.loader.as_ref().and_then(|rx| rx.try_recv().ok()) {
-            self.receive(msg);
+        while let Some(rx) = self.loader.as_ref() {
+            match rx.try_recv() {
+                Ok(msg) => self.receive(msg),
+                Err(TryRecvError::Empty) => break,
+                Err(TryRecvError::Disconnected) => {
+                    self.loader_gone();
+                }
+            }
             changed = true;
         }
         if self.loader.is_some() && self.history.is_some() || self.history_error.is_some() {
@@ -158,11 +164,22 @@ impl App {
         while let Some(rx) = self.loader.as_ref() {
             match rx.recv() {
                 Ok(msg) => self.receive(msg),
-                Err(_) => self.loader = None,
+                Err(_) => self.loader_gone(),
             }
             if self.history.is_some() || self.history_error.is_some() {
                 self.loader = None;
             }
+        }
+    }
+
+    /// The loader thread ended without a result (it panicked): say so, keep what arrived.
+    fn loader_gone(&mut self) {
+        self.loader = None;
+        self.progress = None;
+        if self.history.is_none() && self.history_error.is_none() {
+            let e = "the background loader stopped unexpectedly".to_string();
+            self.message = Some((e.clone(), true));
+            self.history_error = Some(e);
         }
     }
 

@@ -32,9 +32,14 @@ impl Session {
     fn start() -> anyhow::Result<Session> {
         // A panic message printed on the alternate screen in raw mode would be lost: restore
         // first, then let the default hook print it.
+        // Only a panic of this (the drawing) thread ends the UI; the loader's panics end the
+        // loader, which the UI reports.
+        let ui_thread = std::thread::current().id();
         let previous = std::panic::take_hook();
         std::panic::set_hook(Box::new(move |info| {
-            restore();
+            if std::thread::current().id() == ui_thread {
+                restore();
+            }
             previous(info);
         }));
         enable_raw_mode()?;

@@ -42,7 +42,7 @@ fn cr_writes_io_and_memory_are_recorded() {
     });
     let mut opts = RecordOptions::new(dir.path().join("t.mmurr"));
     opts.keyframe_interval = 4;
-    opts.page_keyframe_every = 2;
+    opts.self_check_every = 2;
     let (summary, mut reader) = record_code(&code, opts);
     assert_eq!(
         summary.end.reason,
@@ -289,7 +289,7 @@ fn string_stores_forward_and_backward_are_recorded_exactly() {
     });
     let mut opts = RecordOptions::new(dir.path().join("rep.mmurr"));
     opts.keyframe_interval = 50;
-    opts.page_keyframe_every = 1;
+    opts.self_check_every = 1;
     let (summary, mut reader) = record_code(&code, opts);
     assert_eq!(
         summary.end.reason,

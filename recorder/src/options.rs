@@ -29,8 +29,10 @@ pub struct RecordOptions {
     pub command_line: Vec<String>,
     /// A register keyframe every this many steps.
     pub keyframe_interval: u64,
-    /// Every this many register keyframes also carries memory pages (and is self-checked).
-    pub page_keyframe_every: u64,
+    /// Every this many keyframes the memory the trace reconstructs is compared with the
+    /// guest's real RAM (the self-check). Every keyframe carries the pages written since the
+    /// previous one, so a seek never replays more than one keyframe interval.
+    pub self_check_every: u64,
     pub serial: SerialSink,
     /// A progress line on stderr.
     pub progress: bool,
@@ -51,7 +53,7 @@ impl RecordOptions {
             scenario: None,
             command_line: Vec::new(),
             keyframe_interval: 10_000,
-            page_keyframe_every: 10,
+            self_check_every: 10,
             serial: SerialSink::Capture,
             progress: false,
             interrupted: Arc::new(AtomicBool::new(false)),

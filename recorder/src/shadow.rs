@@ -69,7 +69,7 @@ impl Shadow {
         &self.bytes
     }
 
-    /// The page keyframe: pages changed since the previous one, taken from `real`, and the
+    /// The self-checked keyframe: pages changed since the previous one, taken from `real`, and the
     /// pages where the shadow disagreed with `real` (written without a recorded write). The
     /// shadow is brought in line with `real` so each miss is reported once.
     pub fn page_keyframe(&mut self, real: &[u8]) -> (Vec<Page>, Vec<u64>) {
@@ -88,6 +88,11 @@ impl Shadow {
                 }
             }
         }
+        (self.take_dirty_pages(), mismatched)
+    }
+
+    /// Pages written since the previous keyframe, as the trace reconstructs them.
+    pub fn take_dirty_pages(&mut self) -> Vec<Page> {
         let mut pages = Vec::new();
         for (wi, word) in self.dirty.iter_mut().enumerate() {
             let mut bits = std::mem::take(word);
@@ -102,7 +107,7 @@ impl Shadow {
                 });
             }
         }
-        (pages, mismatched)
+        pages
     }
 }
 

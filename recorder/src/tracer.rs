@@ -42,7 +42,7 @@ pub struct Tracer<'a> {
     pub step: u64,
     pub next_event: u64,
     factory: InstructionInfoFactory,
-    keyframes_since_pages: u64,
+    keyframes_since_check: u64,
     pub self_check_failures: Vec<String>,
     /// A trace write failed: the run stops and the error is reported.
     pub sink_error: Option<traces::Error>,
@@ -81,7 +81,7 @@ impl<'a> Tracer<'a> {
             step: 0,
             next_event: 0,
             factory: InstructionInfoFactory::new(),
-            keyframes_since_pages: 0,
+            keyframes_since_check: 0,
             self_check_failures: Vec::new(),
             sink_error: None,
         })
@@ -534,41 +534,43 @@ impl<'a> Tracer<'a> {
         .unwrap_or_default()
     }
 
-    /// A register keyframe; every `page_keyframe_every`-th (and the last) also carries the
-    /// pages written since the previous one and runs the self-check.
+    /// A keyframe: registers and the pages written since the previous keyframe. Every
+    /// `self_check_every`-th (and the last) first compares the reconstructed memory with the
+    /// guest's real RAM.
     pub fn keyframe(&mut self, last: bool) {
-        self.keyframes_since_pages += 1;
-        let with_pages = last || self.keyframes_since_pages >= self.opts.page_keyframe_every.max(1);
+        self.keyframes_since_check += 1;
+        let check = last || self.keyframes_since_check >= self.opts.self_check_every.max(1);
         let regs = match self.backend.regs_full() {
             Ok(r) => r,
             Err(_) => self.regs.clone(),
         };
         let ram = shadow::ram(&*self.backend);
         let memory_hash = shadow::hash(&ram);
-        let mut pages = Vec::new();
-        if with_pages {
-            self.keyframes_since_pages = 0;
-            let (p, missed) = self.shadow.page_keyframe(&ram);
-            pages = p;
+        let pages = if check {
+            self.keyframes_since_check = 0;
+            let (pages, missed) = self.shadow.page_keyframe(&ram);
             if !missed.is_empty() {
                 let list: Vec<String> = missed.iter().take(8).map(|g| format!("{g:#x}")).collect();
                 self.self_check_failures.push(format!(
                     "step {}: {} page(s) of guest memory changed without a recorded write \
-                     (first: {}); memory reconstructed between the previous page keyframe \
+                     (first: {}); memory reconstructed between the previous self-check \
                      and this one is wrong there",
                     self.step,
                     missed.len(),
                     list.join(", ")
                 ));
             }
-        }
+            pages
+        } else {
+            self.shadow.take_dirty_pages()
+        };
         drop(ram);
         self.regs = regs.clone();
         self.append(Record::Keyframe(Keyframe {
             step: self.step,
             regs,
             pages,
-            carries_pages: with_pages,
+            carries_pages: true,
             memory_hash,
         }));
     }

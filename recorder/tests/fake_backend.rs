@@ -115,7 +115,7 @@ fn guest() -> GuestSpec {
 fn opts(dir: &tempfile::TempDir) -> RecordOptions {
     let mut o = RecordOptions::new(dir.path().join("t.mmurr"));
     o.keyframe_interval = 16;
-    o.page_keyframe_every = 2;
+    o.self_check_every = 2;
     o
 }
 

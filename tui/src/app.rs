@@ -190,14 +190,28 @@ impl App {
     fn receive(&mut self, msg: LoadMsg) {
         match msg {
             LoadMsg::Progress(p) => self.progress = Some(p),
-            LoadMsg::Events(index) => {
-                if let Some(e) = index.errors.first() {
+            LoadMsg::EventBatch(events) => {
+                let first = self.events.is_empty();
+                let start = self.events.len();
+                for e in events {
+                    self.events.push(e);
+                }
+                let policies = &self.header.policies;
+                for i in start..self.events.len() {
+                    if self.filter.matches(&self.events, i, policies) {
+                        self.visible.push(i);
+                    }
+                }
+                if first {
+                    self.follow_step();
+                }
+            }
+            LoadMsg::EventsDone(errors) => {
+                if let Some(e) = errors.first() {
                     self.message = Some((format!("damaged trace: {e}"), true));
                 }
-                self.events = index;
+                self.events.errors = errors;
                 self.events_loaded = true;
-                self.apply_filter();
-                self.follow_step();
             }
             LoadMsg::Mmu(h) => {
                 if !self.policy_chosen {

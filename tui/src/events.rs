@@ -78,12 +78,13 @@ impl EventIndex {
         self.spans.last().map_or(PagingMode::Real, |s| s.1)
     }
 
-    /// Reads every event-holding chunk of `reader`, calling `progress(done, total)` after each;
-    /// `None` when `progress` returns false (nobody wants the result any more).
+    /// Reads every event-holding chunk of `reader`, calling `chunk(events, done, total)`
+    /// with each chunk's events; `None` when `chunk` returns false (nobody wants the result
+    /// any more).
     pub fn load<R: Read + Seek>(
         reader: &mut Reader<R>,
         entry: &Regs,
-        mut progress: impl FnMut(usize, usize) -> bool,
+        mut chunk: impl FnMut(&[Event], usize, usize) -> bool,
     ) -> Option<EventIndex> {
         let mut index = EventIndex::new(entry);
         let wanted: Vec<usize> = reader
@@ -95,6 +96,7 @@ impl EventIndex {
             .collect();
         let total = wanted.len();
         for (done, c) in wanted.into_iter().enumerate() {
+            let start = index.events.len();
             match reader.chunk_records(c) {
                 Ok(records) => {
                     for r in records.iter() {
@@ -105,7 +107,7 @@ impl EventIndex {
                 }
                 Err(e) => index.errors.push(format!("chunk {c}: {e}")),
             }
-            if !progress(done + 1, total) {
+            if !chunk(&index.events[start..], done + 1, total) {
                 return None;
             }
         }

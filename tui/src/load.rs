@@ -9,6 +9,8 @@ use replayer::Timeline;
 use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
+use std::time::{Duration, Instant};
+use traces::Event;
 use traces::Reader;
 
 /// What is being loaded, and how far it got.
@@ -45,7 +47,10 @@ impl Progress {
 
 pub enum LoadMsg {
     Progress(Progress),
-    Events(EventIndex),
+    /// Events in file order, sent as they are read so the list grows while loading.
+    EventBatch(Vec<Event>),
+    /// Every event has been sent; damaged chunks that were skipped.
+    EventsDone(Vec<String>),
     Mmu(MmuHistory),
     /// The MMU history could not be built (the events stay usable).
     Failed(String),
@@ -66,6 +71,9 @@ pub fn spawn(path: PathBuf, flavour: Flavour) -> Receiver<LoadMsg> {
     rx
 }
 
+/// How often the event list is sent on while it loads.
+const BATCH_EVERY: Duration = Duration::from_millis(100);
+
 /// A failed send means the UI has gone (quit, or a benchmark dropped it): stop working.
 fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
     let mut reader = match Reader::open(path) {
@@ -76,16 +84,29 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
         }
     };
     let entry = reader.header().guest.entry.clone();
-    let events = EventIndex::load(&mut reader, &entry, |done, total| {
-        tx.send(LoadMsg::Progress(Progress {
+    let mut batch: Vec<Event> = Vec::new();
+    let mut sent = Instant::now();
+    let events = EventIndex::load(&mut reader, &entry, |new, done, total| {
+        batch.extend_from_slice(new);
+        // Batches a few times a second: the list grows visibly without flooding the UI.
+        if sent.elapsed() < BATCH_EVERY && done < total {
+            return true;
+        }
+        sent = Instant::now();
+        let progress = LoadMsg::Progress(Progress {
             stage: Stage::Events,
             done,
             total,
-        }))
-        .is_ok()
+        });
+        tx.send(LoadMsg::EventBatch(std::mem::take(&mut batch)))
+            .is_ok()
+            && tx.send(progress).is_ok()
     });
     let Some(events) = events else { return };
-    if tx.send(LoadMsg::Events(events.clone())).is_err() {
+    if !batch.is_empty() && tx.send(LoadMsg::EventBatch(batch)).is_err() {
+        return;
+    }
+    if tx.send(LoadMsg::EventsDone(events.errors.clone())).is_err() {
         return;
     }
     let mut timeline = match Timeline::new(reader) {

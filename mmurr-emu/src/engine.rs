@@ -141,6 +141,10 @@ pub struct EmuBackend {
     pending_in: Option<(u16, u8)>,
     pending_mmio: bool,
     loaded: bool,
+    /// A guest-physical page outside RAM holding the PAE PDPTE *registers*, and the guest's
+    /// CR3 while Unicorn's CR3 points there (PAE paging active). See [`EmuBackend::sync_pae`].
+    pdpt_shadow: Option<u64>,
+    guest_cr3: Option<u64>,
     /// The registers as last read, valid until the CPU state changes.
     regs_cache: Option<Regs>,
     /// CS was a 64-bit code segment when the current step started.
@@ -187,6 +191,8 @@ impl EmuBackend {
             loaded: false,
             ctx_long_before: false,
             regs_cache: None,
+            pdpt_shadow: None,
+            guest_cr3: None,
             delivered: Vec::new(),
             entry_fixups: Vec::new(),
         };
@@ -293,7 +299,7 @@ impl EmuBackend {
         };
         r.cr0 = c.cr(0);
         r.cr2 = c.cr(2);
-        r.cr3 = c.cr(3);
+        r.cr3 = self.guest_cr3.unwrap_or(c.cr(3));
         r.cr4 = c.cr(4);
         r.cr8 = c.cr(8);
         r.efer = c.u64_at(self.layout.efer);
@@ -427,18 +433,67 @@ impl EmuBackend {
     /// (mapped for the run), or — when RAM and regions fill the low 4 GiB — a window of RAM
     /// whose bytes are saved and restored afterwards. `true` means the window is RAM.
     fn scratch_base(&self) -> (u64, bool) {
-        let taken: Vec<(u64, u64)> = self.ram.iter().chain(self.mmio.iter()).copied().collect();
-        let mut cand = 0xfff0_0000u64 - SCRATCH_SIZE;
+        match self.free_window(SCRATCH_SIZE) {
+            Some(b) => (b, false),
+            None => (0x10_0000, true),
+        }
+    }
+
+    /// A free, `size`-aligned window of guest-physical space below 4 GiB (from the top, in
+    /// 1 MiB strides), outside RAM, every region and the PDPTE shadow page.
+    fn free_window(&self, size: u64) -> Option<u64> {
+        let mut taken: Vec<(u64, u64)> = self.ram.iter().chain(self.mmio.iter()).copied().collect();
+        if let Some(p) = self.pdpt_shadow {
+            taken.push((p, 0x1000));
+        }
+        let mut cand = 0xfff0_0000u64 - size;
         while cand >= 0x10_0000 {
             if taken
                 .iter()
-                .all(|&(b, s)| cand + SCRATCH_SIZE <= b || cand >= b + s)
+                .all(|&(b, s)| cand + size <= b || cand >= b + s)
             {
-                return (cand, false);
+                return Some(cand);
             }
             cand -= 0x10_0000;
         }
-        (0x10_0000, true)
+        None
+    }
+
+    /// Makes Unicorn honour the architectural PDPTE registers. QEMU keeps none: in PAE paging
+    /// it re-reads the four PDPTEs at CR3 on every walk, so a guest that rewrites its PDPT
+    /// without reloading CR3 would translate differently from a CPU. While PAE paging is
+    /// active, Unicorn's CR3 therefore points at a shadow page outside guest RAM that holds
+    /// the registers (loaded at the architectural moments by the `mmu` model), and the guest's
+    /// own CR3 is kept here and reported in `regs()` and to MOV from CR3. Called after every
+    /// control-register write; `wrote_cr3` says the guest wrote CR3 (Unicorn holds its value).
+    fn sync_pae(&mut self, wrote_cr3: bool) -> Result<(), BackendError> {
+        let Some(shadow) = self.pdpt_shadow else {
+            return Ok(());
+        };
+        self.save()?;
+        let (cr0, cr4, ucr3) = (self.ctx.cr(0), self.ctx.cr(4), self.ctx.cr(3));
+        let efer = self.ctx.u64_at(self.layout.efer);
+        let guest = match self.guest_cr3 {
+            Some(g) if !wrote_cr3 => g,
+            _ => ucr3,
+        };
+        let pae = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && efer & EFER_LMA == 0;
+        self.regs_cache = None;
+        if pae {
+            let mut bytes = [0u8; 32];
+            for (i, p) in self.pdptrs.iter().enumerate() {
+                bytes[i * 8..i * 8 + 8].copy_from_slice(&p.to_le_bytes());
+            }
+            self.uc
+                .mem_write(shadow, &bytes)
+                .map_err(|e| engine_err("PDPTE shadow write", e))?;
+            self.guest_cr3 = Some(guest);
+            // Keep the guest's PWT/PCD bits.
+            self.w(RegisterX86::CR3, shadow | (guest & 0x18))?;
+        } else if self.guest_cr3.take().is_some() {
+            self.w(RegisterX86::CR3, guest)?;
+        }
+        Ok(())
     }
 
     /// Brings the CPU from its pristine state to `entry` with the trampoline, then applies
@@ -446,6 +501,7 @@ impl EmuBackend {
     /// control registers, GPRs and flags.
     pub fn enter(&mut self, entry: &Regs) -> Result<Vec<String>, BackendError> {
         self.regs_cache = None;
+        self.guest_cr3 = None;
         self.pristine
             .restore(&self.uc)
             .map_err(|e| engine_err("context restore", e))?;
@@ -870,6 +926,7 @@ impl EmuBackend {
                     self.regs_cache = None;
                 }
             }
+            self.sync_pae(reg == mmu::CrReg::Cr3)?;
         }
         if let Some((gpa, size, data)) = self.uc.get_data_mut().mmio_write.take() {
             return Ok(Exit::MmioWrite { gpa, size, data });
@@ -940,6 +997,13 @@ impl EmuBackend {
                     .unwrap_or(0)
                     & 0xf;
                 self.w(RegisterX86::CR8, v)?;
+            }
+            Kind::MovFromCr(3, gpr) if self.guest_cr3.is_some() => {
+                self.save()?;
+                self.ctx.set_u64(OFF_REGS + 8 * gpr as usize, before.cr3);
+                self.ctx
+                    .restore(&self.uc)
+                    .map_err(|e| engine_err("context restore", e))?;
             }
             Kind::MovFromCr(8, gpr) => {
                 self.save()?;
@@ -1181,6 +1245,11 @@ impl Backend for EmuBackend {
                 )));
             }
         }
+        if let Some(p) = self.free_window(0x1000) {
+            if self.uc.mem_map(p, 0x1000, Prot::READ | Prot::WRITE).is_ok() {
+                self.pdpt_shadow = Some(p);
+            }
+        }
         self.entry_fixups = self.enter(&guest.entry)?;
         self.loaded = true;
         Ok(())
@@ -1193,6 +1262,10 @@ impl Backend for EmuBackend {
     fn set_regs(&mut self, r: &Regs) -> Result<(), BackendError> {
         let cur = self.read_regs_from_ctx()?;
         self.regs_cache = None;
+        // Back to the guest's own CR3 in the engine; sync_pae re-establishes the shadow.
+        if let Some(g) = self.guest_cr3.take() {
+            self.w(RegisterX86::CR3, g)?;
+        }
         // Control registers and EFER through QEMU's own update functions, in an order that
         // lets CR0.PG switch long mode on or off the way the guest would.
         if cur.cr4 != r.cr4 {
@@ -1252,6 +1325,7 @@ impl Backend for EmuBackend {
         }
         self.pdptrs = r.pdptrs;
         self.regs_cache = None;
+        self.sync_pae(false)?;
         let _ = self.uc.ctl_flush_tlb();
         Ok(())
     }

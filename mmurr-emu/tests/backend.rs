@@ -505,16 +505,28 @@ fn pae_guest(code: Vec<u8>) -> EmuBackend {
 }
 
 #[test]
-fn pdpte_registers_are_architectural_while_unicorn_rereads_the_pdpt() {
+fn pdpte_registers_are_architectural_even_though_unicorn_rereads_the_pdpt() {
     let mut code = asm(32, CODE, |a| {
         a.mov(eax, 0x30000u32)?;
         a.mov(cr3, eax)?;
-        a.nop()?;
+        a.mov(ebx, cr3)?;
+        a.mov(ecx, dword_ptr(0x20_1000u32))?;
+        a.mov(eax, 0x30000u32)?;
+        a.mov(cr3, eax)?;
+        a.mov(edx, dword_ptr(0x20_1000u32))?;
         a.hlt()
     });
     code.resize(0x80, 0x90);
     code.push(0xf4);
     let mut b = pae_guest(code);
+    // Old directory (0x31000): linear 2 MiB -> physical 2 MiB. New one (0x32000): the code's
+    // first 2 MiB identity-mapped as before, linear 2 MiB + 4 KiB -> physical 0x5000.
+    assert!(b.write_phys(0x31008, &0x20_0083u64.to_le_bytes()));
+    assert!(b.write_phys(0x32000, &0x83u64.to_le_bytes()));
+    assert!(b.write_phys(0x32008, &0x33003u64.to_le_bytes()));
+    assert!(b.write_phys(0x33008, &0x5003u64.to_le_bytes()));
+    assert!(b.write_phys(0x20_1000, &0x1111u32.to_le_bytes()));
+    assert!(b.write_phys(0x5000, &0x2222u32.to_le_bytes()));
     b.step().unwrap();
     b.step().unwrap();
     assert_eq!(
@@ -522,11 +534,18 @@ fn pdpte_registers_are_architectural_while_unicorn_rereads_the_pdpt() {
         [0x31001, 0, 0, 0],
         "loaded by MOV to CR3"
     );
-    // Repoint PDPTE 0 in memory without reloading CR3.
+    b.step().unwrap();
+    assert_eq!(
+        b.regs().unwrap().gpr[3],
+        0x30000,
+        "MOV from CR3 reads the guest's CR3"
+    );
+    // Repoint PDPTE 0 in memory to the new directory without reloading CR3.
     assert!(b.write_phys(0x30000, &(0x32001u64).to_le_bytes()));
     let r = b.regs().unwrap();
     assert_eq!(
-        r.pdptrs[0], 0x31001,
+        (r.pdptrs[0], r.cr3),
+        (0x31001, 0x30000),
         "the PDPTE registers keep the loaded value"
     );
     let cpu = recorder::guest_view::cpu_model(&b.cpuid());
@@ -545,19 +564,35 @@ fn pdpte_registers_are_architectural_while_unicorn_rereads_the_pdpt() {
         &ctl,
         &cpu,
         &M(b.ram().unwrap()),
-        0x1000,
+        0x20_1000,
         &mmu::AccessRequest::supervisor(mmu::Access::Read),
     );
     assert_eq!(
         w.result.unwrap().gpa,
-        0x1000,
+        0x20_1000,
         "architecture: through the PDPTE register"
     );
-    // Documented Unicorn deviation: its walker re-reads the PDPT from memory.
     assert_eq!(
-        b.engine_translate(0x1000, mmu::Access::Read),
-        Some(0x20_1000)
+        b.engine_translate(0x20_1000, mmu::Access::Read),
+        Some(0x20_1000),
+        "the engine agrees"
     );
+    b.step().unwrap();
+    assert_eq!(
+        b.regs().unwrap().gpr[1],
+        0x1111,
+        "the guest reads through the registers"
+    );
+    b.step().unwrap();
+    b.step().unwrap(); // CR3 reload: the new PDPTE is loaded
+    assert_eq!(b.regs().unwrap().pdptrs[0], 0x32001);
+    b.step().unwrap();
+    assert_eq!(
+        b.regs().unwrap().gpr[2],
+        0x2222,
+        "and after the reload through the new one"
+    );
+    assert_eq!(b.step().unwrap().exit, Exit::Halted);
 }
 
 #[test]

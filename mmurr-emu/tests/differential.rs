@@ -6,11 +6,11 @@
 //! Every disagreement is either a bug or one of the known Unicorn deviations below, which the
 //! test classifies and counts (and prints); an unexplained disagreement fails the test.
 //!
-//! Known deviations (QEMU 5 TCG inside Unicorn 2.1):
-//! - PAE paging: the PDPTE registers are not loaded at MOV to CR3/CR0/CR4; the PDPT is re-read
-//!   on every walk and its reserved bits are not checked (no #GP). Cases whose PDPT has a
-//!   present entry with reserved bits are skipped (the architecture would have refused the
-//!   CR3 load), and the walker is given the PDPT as it is in memory.
+//! Known deviations (QEMU 5 TCG inside Unicorn 2.1), handled by mmurr-emu:
+//! - PAE paging: QEMU keeps no PDPTE registers and checks no PDPTE reserved bits; mmurr-emu
+//!   makes the engine walk through the architectural registers (a shadow PDPT) and raises the
+//!   #GP itself. Cases whose PDPT has a present entry with reserved bits are skipped here (the
+//!   architecture refuses that CR3 load); the walker gets the registers as loaded.
 
 use mmu::{Access, AccessRequest, ControlRegs, GuestMemory};
 use mmurr_emu::EmuBackend;

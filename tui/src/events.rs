@@ -163,12 +163,20 @@ impl EventIndex {
     }
 }
 
+/// Text from a trace made safe to draw: a stranger's trace must not reach the terminal with
+/// escape sequences, so control characters become `·`.
+pub fn clean(text: &str) -> String {
+    text.chars()
+        .map(|c| if c.is_control() { '·' } else { c })
+        .collect()
+}
+
 /// The timeline's text for an event: kind column and what happened.
 pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
     let policy = |i: u16| {
         policies
             .get(usize::from(i))
-            .cloned()
+            .map(|p| clean(p))
             .unwrap_or_else(|| format!("policy#{i}"))
     };
     match &e.kind {

@@ -60,7 +60,7 @@ impl PositionView {
         previous: &PositionView,
     ) -> PositionView {
         let recent = match (&previous.snapshot, previous.step) {
-            (Some(before), Some(p)) if p + 1 == step => {
+            (Some(before), Some(p)) if p.checked_add(1) == Some(step) => {
                 let mut recent = previous.recent.clone();
                 if recent.len() as u64 >= LOOKBACK {
                     recent.remove(0);

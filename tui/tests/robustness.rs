@@ -177,3 +177,132 @@ proptest! {
         prop_assert!(app.visible.is_empty() || app.cursor < app.visible.len());
     }
 }
+
+#[test]
+fn hostile_event_contents_are_shown_not_trusted() {
+    use traces::*;
+    let dir = tempfile::tempdir().unwrap();
+    let (mut header, records) = common::seed();
+    header.policies = vec!["evil\u{1b}]0;owned\u{7}".into()];
+    header.scenario = Some("\u{1b}[31mred".into());
+    header.mmu_flavour = "no such flavour".into();
+    let mut out: Vec<Record> = records
+        .into_iter()
+        .filter(|r| !matches!(r, Record::Event(_) | Record::End(_)))
+        .collect();
+    let kinds = vec![
+        EventKind::Mmu(MmuDecision {
+            policy: 0,
+            cause: 0,
+            outcome: MmuOutcome::Reinit,
+            trigger_bits: 0,
+            old_cpu_role: 0,
+            new_cpu_role: 0,
+            old_root_role: 0,
+            new_root_role: 0,
+            context_changes: vec![],
+            root_cache: None,
+            tlb_flush: TlbFlush::None,
+        }),
+        EventKind::Mmu(MmuDecision {
+            policy: 999,
+            cause: 12_345,
+            outcome: MmuOutcome::Gp,
+            trigger_bits: u64::MAX,
+            old_cpu_role: u64::MAX,
+            new_cpu_role: 0,
+            old_root_role: u32::MAX,
+            new_root_role: 0,
+            context_changes: vec!["x".repeat(500)],
+            root_cache: None,
+            tlb_flush: TlbFlush::Guest,
+        }),
+        EventKind::Finding(Finding {
+            policy: 77,
+            cause: 0,
+            kind: FindingKind::GpMismatch,
+            attributes: vec![],
+            translations: vec![],
+            detail: "\u{1b}[2J not a terminal escape".into(),
+        }),
+        EventKind::Transition {
+            from: PagingMode::Real,
+            to: PagingMode::Level5,
+        },
+        EventKind::CrWrite(CrWrite {
+            reg: ControlReg::Xcr0,
+            old: 0,
+            new: u64::MAX,
+            via: WriteVia::Xsetbv,
+            faulted: true,
+        }),
+        EventKind::CrWrite(CrWrite {
+            reg: ControlReg::Efer,
+            old: u64::MAX,
+            new: 0,
+            via: WriteVia::Host,
+            faulted: false,
+        }),
+        EventKind::Io(IoAccess {
+            port: 0x3f8,
+            write: true,
+            size: 200,
+            data: u32::MAX,
+        }),
+        EventKind::Io(IoAccess {
+            port: 0xe9,
+            write: true,
+            size: 0,
+            data: 0x1b,
+        }),
+        EventKind::Mmio(MmioAccess {
+            gpa: u64::MAX,
+            write: false,
+            size: 8,
+            data: 1,
+        }),
+        EventKind::Exception(ExceptionInfo {
+            vector: 255,
+            error_code: Some(u32::MAX),
+            cr2: Some(u64::MAX),
+        }),
+        EventKind::EngineDivergence {
+            gva: u64::MAX,
+            engine: "e".into(),
+            reference: "r".into(),
+        },
+    ];
+    for (id, kind) in kinds.into_iter().enumerate() {
+        let step = [0, 1, 3, u64::MAX / 2, 5, 7, 9, 11, 13, u64::MAX, 2][id];
+        out.push(Record::Event(Event {
+            id: id as u64,
+            step,
+            rip: u64::MAX,
+            kind,
+        }));
+    }
+    out.push(Record::End(EndRecord {
+        step: 25,
+        reason: EndReason::Error,
+        message: "hostile".into(),
+        self_check_failures: vec!["all of them".into()],
+    }));
+    let path = dir.path().join("hostile.mmurr");
+    common::write(&path, &header, &out);
+    let mut app = App::open(&path).unwrap();
+    app.finish_loading();
+    assert_eq!(app.events.len(), 11);
+    let s = render(&app, 160, 48);
+    assert!(s.contains("policy#999"), "{s}");
+    assert!(
+        !s.contains('\u{1b}'),
+        "escape sequences from the trace reach the screen:\n{s}"
+    );
+    exercise(&mut app);
+    for c in "gjjjjjjjjjjGdDrRJK".chars() {
+        app.on_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+        render(&app, 160, 48);
+        render(&app, 80, 20);
+    }
+    assert!(app.step <= app.total_steps);
+}

@@ -8,6 +8,7 @@ mod timeline;
 mod walk;
 
 use crate::app::{App, Mode};
+use crate::events::clean;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -110,10 +111,10 @@ fn title_line(app: &App) -> Line<'static> {
             " mmurr replay ",
             Style::new().bg(Color::Blue).fg(Color::White),
         ),
-        Span::raw(format!(" {} ", app.title)),
+        Span::raw(format!(" {} ", clean(&app.title))),
     ];
     if let Some(s) = &app.header.scenario {
-        spans.push(Span::styled(format!("· {s} "), dim()));
+        spans.push(Span::styled(format!("· {} ", clean(s)), dim()));
     }
     spans.push(Span::styled(
         format!("· {} ", app.header.backend.kind.name()),

@@ -13,21 +13,19 @@
 use crate::ctx::{self, Ctx, Layout, SegCache, HF_LMA_MASK, OFF_CR, OFF_EIP, OFF_HFLAGS, OFF_REGS};
 use crate::decode::{self, Decoded, Kind};
 use crate::exceptions;
+use crate::ram::{in_ram, RamBuf, RamView};
 use crate::regs::{cache_from_segment, segment_from_cache};
 use crate::trampoline::{self, EntryMode, SCRATCH_SIZE};
 use recorder::{Backend, BackendError, Exit, StepResult, Written};
 use traces::{
     BackendInfo, BackendKind, CpuidEntry, DescriptorTable, GuestSpec, RegionKind, Regs, Segment,
 };
-use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot, X86CpuModel};
+use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot};
 use unicorn_engine::{RegisterX86, Unicorn};
 
 pub const MSR_EFER: u32 = 0xC000_0080;
 const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 const EFER_LMA: u64 = 1 << 10;
-/// The emulated CPU: Icelake-Server, filtered by what QEMU's TCG implements, offers every
-/// paging feature TCG has (SMEP, SMAP, PKU, LA57, NX, 1 GiB pages), so all scenarios run.
-const CPU_MODEL: X86CpuModel = X86CpuModel::ICELAKE_SERVER;
 
 /// What the hooks saw during one `emu_start`.
 #[derive(Default)]
@@ -50,76 +48,8 @@ pub struct HookState {
     pub ram: Vec<(u64, u64)>,
 }
 
-fn engine_err(what: &str, e: uc_error) -> BackendError {
+pub(crate) fn engine_err(what: &str, e: uc_error) -> BackendError {
     BackendError::Engine(format!("mmurr-emu: Unicorn {what} failed: {e:?} ({e})"))
-}
-
-fn in_ram(ram: &[(u64, u64)], gpa: u64, len: u64) -> bool {
-    ram.iter()
-        .any(|&(b, s)| gpa >= b && gpa.saturating_add(len) <= b + s)
-}
-
-/// Guest RAM at guest-physical 0, owned by us and lent to Unicorn (`mem_map_ptr`), so the
-/// recorder can hash and diff it without copying.
-struct RamBuf {
-    ptr: *mut u8,
-    len: usize,
-}
-
-impl RamBuf {
-    /// An anonymous private mapping: page-aligned, zero-filled lazily by the kernel, so a
-    /// guest with gigabytes of RAM costs only the pages it touches.
-    fn new(len: usize) -> Option<RamBuf> {
-        // SAFETY: a fresh anonymous mapping; no existing memory is affected.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        (ptr != libc::MAP_FAILED).then_some(RamBuf {
-            ptr: ptr.cast(),
-            len,
-        })
-    }
-
-    fn bytes(&self) -> &[u8] {
-        // SAFETY: ptr/len describe our live mapping; Unicorn writes to it only inside
-        // emu_start/mem_write, which take `&mut self` of the backend that owns this buffer.
-        unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
-    }
-}
-
-impl Drop for RamBuf {
-    fn drop(&mut self) {
-        // SAFETY: mapped in new() with this length; Unicorn (declared before this field in
-        // EmuBackend) has been dropped already, so nothing uses it any more.
-        unsafe {
-            libc::munmap(self.ptr.cast(), self.len);
-        }
-    }
-}
-
-/// Guest RAM as the reference page walker reads it.
-struct RamView<'a>(&'a [u8]);
-
-impl mmu::GuestMemory for RamView<'_> {
-    fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
-        let Ok(start) = usize::try_from(gpa) else {
-            return false;
-        };
-        match self.0.get(start..start.saturating_add(buf.len())) {
-            Some(src) => {
-                buf.copy_from_slice(src);
-                true
-            }
-            None => false,
-        }
-    }
 }
 
 /// The emu backend.
@@ -164,7 +94,7 @@ impl EmuBackend {
         std::env::set_var("UC_IGNORE_REG_BREAK", "1");
         let mut uc = Unicorn::new_with_data(Arch::X86, Mode::MODE_64, HookState::default())
             .map_err(|e| engine_err("open", e))?;
-        uc.ctl_set_cpu_model(CPU_MODEL as i32)
+        uc.ctl_set_cpu_model(crate::cpuid::CPU_MODEL as i32)
             .map_err(|e| engine_err("set CPU model", e))?;
         let layout = Layout::probe(&mut uc).map_err(BackendError::Engine)?;
         let ctx = Ctx::alloc(&uc).map_err(|e| engine_err("context alloc", e))?;
@@ -622,70 +552,6 @@ impl EmuBackend {
         done
     }
 
-    /// Reads guest-linear memory through the reference walker (no side effects on the guest's
-    /// accessed bits), as an implicit supervisor access.
-    fn read_linear_pure(&self, regs: &Regs, la: u64, buf: &mut [u8]) -> bool {
-        let Some(ram) = self.ram_buf.as_ref() else {
-            return false;
-        };
-        let mem = RamView(ram.bytes());
-        let cregs = recorder::guest_view::control_regs(regs);
-        let req = mmu::AccessRequest::supervisor(mmu::Access::Read);
-        for (i, b) in buf.iter_mut().enumerate() {
-            let a = la.wrapping_add(i as u64);
-            let gpa = if regs.cr0 & (1 << 31) != 0 {
-                match mmu::walk(&cregs, &self.cpu, &mem, a, &req).result {
-                    Ok(t) => t.gpa,
-                    Err(_) => return false,
-                }
-            } else {
-                a & 0xffff_ffff
-            };
-            let mut one = [0u8];
-            if !mmu::GuestMemory::read(&mem, gpa, &mut one) {
-                return false;
-            }
-            *b = one[0];
-        }
-        true
-    }
-
-    /// Whether port I/O to `port..port+size` is allowed without #GP: always in real mode or
-    /// when CPL <= IOPL; otherwise by the TSS I/O permission bitmap (SDM 19.5.2). When it is
-    /// not, the instruction is executed and faults, instead of being reported as I/O.
-    fn io_permitted(&self, r: &Regs, port: u16, size: u8) -> bool {
-        if r.cr0 & 1 == 0 {
-            return true;
-        }
-        let cpl = (r.seg[2].attrs >> 5) & 3;
-        let iopl = ((r.rflags >> 12) & 3) as u32;
-        if r.rflags & (1 << 17) == 0 && cpl <= iopl {
-            return true;
-        }
-        // Only a 32/64-bit TSS (type 9 or 11) has an I/O bitmap.
-        if !matches!(r.tr.attrs & 0xf, 0x9 | 0xb) || r.tr.limit < 0x67 {
-            return false;
-        }
-        let mut b = [0u8; 2];
-        if !self.read_linear_pure(r, r.tr.base + 0x66, &mut b) {
-            return false;
-        }
-        let map = u16::from_le_bytes(b) as u64;
-        let first = map + port as u64 / 8;
-        let last = map + (port as u64 + size as u64 - 1) / 8;
-        if last > r.tr.limit as u64 {
-            return false;
-        }
-        let mut bits = [0u8; 2];
-        let n = (last - first + 1) as usize;
-        if !self.read_linear_pure(r, r.tr.base + first, &mut bits[..n]) {
-            return false;
-        }
-        let word = u16::from_le_bytes(bits) as u32;
-        let mask = ((1u32 << size) - 1) << (port % 8);
-        word & mask == 0
-    }
-
     fn bitness(&mut self) -> u32 {
         let hf = self.ctx.hflags();
         if hf & ctx::HF_CS64_MASK != 0 {
@@ -1100,76 +966,7 @@ impl EmuBackend {
 
     /// CPUID as the guest sees it under Unicorn, for the main leaves.
     pub fn probe_cpuid() -> Result<Vec<CpuidEntry>, BackendError> {
-        let mut uc = Unicorn::new(Arch::X86, Mode::MODE_64).map_err(|e| engine_err("open", e))?;
-        uc.ctl_set_cpu_model(CPU_MODEL as i32)
-            .map_err(|e| engine_err("set CPU model", e))?;
-        uc.mem_map(0x1000, 0x1000, Prot::ALL)
-            .map_err(|e| engine_err("mem_map", e))?;
-        uc.mem_write(0x1000, &[0x0f, 0xa2])
-            .map_err(|e| engine_err("mem_write", e))?;
-        let mut run = |leaf: u32, sub: u32| -> Result<CpuidEntry, BackendError> {
-            uc.reg_write(RegisterX86::RAX, leaf as u64)
-                .map_err(|e| engine_err("reg write", e))?;
-            uc.reg_write(RegisterX86::RCX, sub as u64)
-                .map_err(|e| engine_err("reg write", e))?;
-            uc.emu_start(0x1000, 0, 0, 1)
-                .map_err(|e| engine_err("cpuid", e))?;
-            let g = |r| uc.reg_read(r).unwrap_or(0) as u32;
-            Ok(CpuidEntry {
-                function: leaf,
-                index: sub,
-                eax: g(RegisterX86::RAX),
-                ebx: g(RegisterX86::RBX),
-                ecx: g(RegisterX86::RCX),
-                edx: g(RegisterX86::RDX),
-            })
-        };
-        let max = run(0, 0)?.eax.min(0x20);
-        let mut out = Vec::new();
-        for leaf in 0..=max {
-            out.push(run(leaf, 0)?);
-        }
-        let maxe = run(0x8000_0000, 0)?.eax.clamp(0x8000_0000, 0x8000_0020);
-        for leaf in 0x8000_0000..=maxe {
-            out.push(run(leaf, 0)?);
-        }
-        Ok(out)
-    }
-
-    fn cpu_identity(c: &[CpuidEntry]) -> (String, String, u32, u32, u32) {
-        let leaf = |f: u32| c.iter().find(|e| e.function == f);
-        let mut vendor = String::new();
-        if let Some(l0) = leaf(0) {
-            for r in [l0.ebx, l0.edx, l0.ecx] {
-                vendor.extend(r.to_le_bytes().iter().map(|&b| b as char));
-            }
-        }
-        let mut name = Vec::new();
-        for f in 0x8000_0002..=0x8000_0004 {
-            if let Some(l) = leaf(f) {
-                for r in [l.eax, l.ebx, l.ecx, l.edx] {
-                    name.extend_from_slice(&r.to_le_bytes());
-                }
-            }
-        }
-        let name = String::from_utf8_lossy(&name)
-            .trim_matches(char::from(0))
-            .trim()
-            .to_string();
-        let (mut fam, mut model, mut step) = (0, 0, 0);
-        if let Some(l1) = leaf(1) {
-            let a = l1.eax;
-            fam = (a >> 8) & 0xf;
-            model = (a >> 4) & 0xf;
-            step = a & 0xf;
-            if fam == 0xf {
-                fam += (a >> 20) & 0xff;
-            }
-            if fam >= 6 {
-                model |= ((a >> 16) & 0xf) << 4;
-            }
-        }
-        (vendor, name, fam, model, step)
+        crate::cpuid::probe()
     }
 }
 
@@ -1205,7 +1002,7 @@ fn record_write(uc: &mut Unicorn<'_, HookState>, paddr: u64, size: u64) {
 impl Backend for EmuBackend {
     fn info(&self) -> BackendInfo {
         let (cpu_vendor, cpu_model_name, cpu_family, cpu_model, cpu_stepping) =
-            Self::cpu_identity(&self.cpuid);
+            crate::cpuid::identity(&self.cpuid);
         let host_kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease")
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
@@ -1389,7 +1186,9 @@ impl Backend for EmuBackend {
             };
             match d.kind {
                 Kind::In { port, size } | Kind::Ins { port, size } | Kind::Out { port, size }
-                    if !self.io_permitted(&before, port, size) =>
+                    if !self.ram_buf.as_ref().is_some_and(|m| {
+                        crate::io::io_permitted(m.bytes(), &self.cpu, &before, port, size)
+                    }) =>
                 {
                     // Unicorn does not check IOPL or the TSS I/O bitmap: #GP(0) as the CPU would.
                     let exit = self.deliver_vector(13, Some(0), false, before.rip)?;

@@ -4,10 +4,13 @@
 //! only). The main `mmurr` binary runs the `mmurr-emu` executable as a child process for
 //! `--backend emu`.
 
+pub mod cpuid;
 pub mod ctx;
 pub mod decode;
 pub mod engine;
 pub mod exceptions;
+pub mod io;
+pub mod ram;
 pub mod regs;
 pub mod trampoline;
 

@@ -489,7 +489,7 @@ fn exec_case(
         selector: 0x38,
         base: base + 0x5000,
         limit: 0x67,
-        attrs: if long { 0x8b } else { 0x8b },
+        attrs: 0x8b,
     };
     r.cr0 = cr0;
     r.cr3 = cr3;

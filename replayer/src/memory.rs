@@ -1,8 +1,9 @@
 //! Guest-physical memory as the replayer rebuilds it.
 //!
-//! A [`MemoryImage`] is a sparse map of 4 KiB pages over zero-filled RAM. Pages are shared
-//! (`Arc`) between images, so a snapshot at a keyframe costs one map clone, and writing to a
-//! page copies only that page: the replayer can keep many checkpoints cheaply.
+//! A [`MemoryImage`] is a two-level sparse table of 4 KiB pages over zero-filled RAM:
+//! directories of 512 pages (2 MiB), each shared (`Arc`) between images, and pages shared
+//! likewise. A snapshot costs one pointer per directory in use; writing copies one directory
+//! and one page. So the replayer can keep a checkpoint at every keyframe cheaply.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -12,12 +13,17 @@ use xxhash_rust::xxh3::Xxh3;
 pub const PAGE_SIZE: u64 = 4096;
 type PageData = [u8; PAGE_SIZE as usize];
 const ZERO_PAGE: PageData = [0; PAGE_SIZE as usize];
+/// Pages per directory: 2 MiB of guest memory.
+const DIR_PAGES: usize = 512;
+const DIR_SPAN: u64 = PAGE_SIZE * DIR_PAGES as u64;
+type Dir = [Option<Arc<PageData>>; DIR_PAGES];
 
-/// Guest RAM `0..ram_size`, copy-on-write per page.
+/// Guest RAM `0..ram_size`, copy-on-write per directory and per page.
 #[derive(Clone, Debug)]
 pub struct MemoryImage {
     ram_size: u64,
-    pages: BTreeMap<u64, Arc<PageData>>,
+    /// Directory index (gpa / 2 MiB) → its pages.
+    dirs: BTreeMap<u64, Arc<Dir>>,
 }
 
 /// Why a guest image could not be built from a trace header.
@@ -43,7 +49,7 @@ impl MemoryImage {
     pub fn zeroed(ram_size: u64) -> MemoryImage {
         MemoryImage {
             ram_size,
-            pages: BTreeMap::new(),
+            dirs: BTreeMap::new(),
         }
     }
 
@@ -89,7 +95,7 @@ impl MemoryImage {
             let addr = gpa + done as u64;
             let (page, offset) = (addr & !(PAGE_SIZE - 1), (addr % PAGE_SIZE) as usize);
             let n = (PAGE_SIZE as usize - offset).min(buf.len() - done);
-            let src = self.pages.get(&page).map_or(&ZERO_PAGE, |p| p.as_ref());
+            let src = self.page(page).unwrap_or(&ZERO_PAGE);
             buf[done..done + n].copy_from_slice(&src[offset..offset + n]);
             done += n;
         }
@@ -106,11 +112,7 @@ impl MemoryImage {
             let addr = gpa + done as u64;
             let (page, offset) = (addr & !(PAGE_SIZE - 1), (addr % PAGE_SIZE) as usize);
             let n = (PAGE_SIZE as usize - offset).min(data.len() - done);
-            let entry = self
-                .pages
-                .entry(page)
-                .or_insert_with(|| Arc::new(ZERO_PAGE));
-            Arc::make_mut(entry)[offset..offset + n].copy_from_slice(&data[done..done + n]);
+            self.page_mut(page)[offset..offset + n].copy_from_slice(&data[done..done + n]);
             done += n;
         }
         true
@@ -121,10 +123,33 @@ impl MemoryImage {
         if gpa % PAGE_SIZE != 0 || data.len() as u64 != PAGE_SIZE || !self.in_ram(gpa, PAGE_SIZE) {
             return false;
         }
-        let mut page = ZERO_PAGE;
-        page.copy_from_slice(data);
-        self.pages.insert(gpa, Arc::new(page));
+        self.page_mut(gpa).copy_from_slice(data);
         true
+    }
+
+    fn page(&self, gpa: u64) -> Option<&PageData> {
+        let dir = self.dirs.get(&(gpa / DIR_SPAN))?;
+        dir[((gpa % DIR_SPAN) / PAGE_SIZE) as usize].as_deref()
+    }
+
+    /// The page at `gpa` (page-aligned, in RAM), made private to this image.
+    fn page_mut(&mut self, gpa: u64) -> &mut PageData {
+        let dir = self
+            .dirs
+            .entry(gpa / DIR_SPAN)
+            .or_insert_with(|| Arc::new(std::array::from_fn(|_| None)));
+        let slot = &mut Arc::make_mut(dir)[((gpa % DIR_SPAN) / PAGE_SIZE) as usize];
+        Arc::make_mut(slot.get_or_insert_with(|| Arc::new(ZERO_PAGE)))
+    }
+
+    /// Pages that hold data, in ascending address order.
+    fn pages(&self) -> impl Iterator<Item = (u64, &PageData)> {
+        self.dirs.iter().flat_map(|(&d, dir)| {
+            dir.iter().enumerate().filter_map(move |(i, p)| {
+                p.as_deref()
+                    .map(|p| (d * DIR_SPAN + i as u64 * PAGE_SIZE, p))
+            })
+        })
     }
 
     /// xxh3-64 over all of RAM in ascending address order: the same function the recorder
@@ -132,7 +157,7 @@ impl MemoryImage {
     pub fn hash(&self) -> u64 {
         let mut hasher = Xxh3::new();
         let mut next = 0u64;
-        for (&page, data) in self.pages.range(..self.ram_size) {
+        for (page, data) in self.pages().take_while(|(p, _)| *p < self.ram_size) {
             feed_zeros(&mut hasher, page - next);
             let len = PAGE_SIZE.min(self.ram_size - page) as usize;
             hasher.update(&data[..len]);
@@ -144,7 +169,7 @@ impl MemoryImage {
 
     /// Number of pages that hold data (not zero-filled): the image's own memory cost.
     pub fn resident_pages(&self) -> usize {
-        self.pages.len()
+        self.pages().count()
     }
 }
 

@@ -35,8 +35,9 @@ pub enum TimelineError {
 
 pub type Result<T> = std::result::Result<T, TimelineError>;
 
-/// How many page-keyframe memory images to keep at most; they share unchanged pages.
-const CHECKPOINTS: usize = 64;
+/// How many page-keyframe memory images to keep at most (one per page keyframe up to this);
+/// they share unchanged directories and pages, so each costs little more than what changed.
+const CHECKPOINTS: usize = 4096;
 
 pub struct Timeline<R = BufReader<File>> {
     reader: Reader<R>,
@@ -51,6 +52,7 @@ pub struct Timeline<R = BufReader<File>> {
     /// bounded and a seek never applies more than `checkpoint_every` keyframes.
     checkpoints: BTreeMap<Step, Snapshot>,
     checkpoint_every: usize,
+    checkpoint_limit: usize,
     /// State at the last page keyframe scanned, and how many keyframes since the last checkpoint.
     frontier: Snapshot,
     since_checkpoint: usize,
@@ -82,9 +84,15 @@ impl<R: Read + Seek> Timeline<R> {
             scanned_chunks: 0,
             checkpoints: BTreeMap::new(),
             checkpoint_every: 1,
+            checkpoint_limit: CHECKPOINTS,
             frontier: entry_clone,
             since_checkpoint: 0,
         })
+    }
+
+    /// Keep at most `limit` memory checkpoints (at least 2); for tests and memory-tight callers.
+    pub fn set_checkpoint_limit(&mut self, limit: usize) {
+        self.checkpoint_limit = limit.max(2);
     }
 
     pub fn header(&self) -> &Header {
@@ -213,7 +221,7 @@ impl<R: Read + Seek> Timeline<R> {
         if self.since_checkpoint >= self.checkpoint_every {
             self.since_checkpoint = 0;
             self.checkpoints.insert(k.step, self.frontier.clone());
-            if self.checkpoints.len() > CHECKPOINTS {
+            if self.checkpoints.len() > self.checkpoint_limit {
                 // Keep every other checkpoint and space future ones twice as far apart.
                 let drop: Vec<Step> = self
                     .checkpoints

@@ -189,6 +189,7 @@ fn many_page_keyframes_thin_the_checkpoints_but_seeks_stay_exact() {
     // 300 page keyframes: the checkpoint set is thinned several times.
     let (bytes, truth) = synthetic(3000, 10, 10);
     let mut t = timeline(bytes);
+    t.set_checkpoint_limit(16);
     for s in [2999, 5, 1500, 1499, 2001, 0, 3000, 777, 10, 11, 2990] {
         let snap = t.seek(s).unwrap();
         assert_eq!(snap.regs, truth[s as usize].0, "registers at step {s}");

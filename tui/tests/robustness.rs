@@ -306,3 +306,23 @@ fn hostile_event_contents_are_shown_not_trusted() {
     }
     assert!(app.step <= app.total_steps);
 }
+
+#[test]
+fn every_corpus_trace_opens_and_browses() {
+    let corpus = Path::new(env!("CARGO_MANIFEST_DIR")).join("../traces/corpus");
+    let mut paths = vec![];
+    for dir in [corpus.clone(), corpus.join("recorded")] {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let p = entry.unwrap().path();
+            if p.extension().is_some_and(|e| e == "mmurr") {
+                paths.push(p);
+            }
+        }
+    }
+    assert!(paths.len() >= 4, "{paths:?}");
+    for p in paths {
+        let app = open_and_drive(&p).unwrap_or_else(|| panic!("{} did not open", p.display()));
+        let s = render(&app, 160, 48);
+        assert!(s.contains("timeline"), "{}:\n{s}", p.display());
+    }
+}

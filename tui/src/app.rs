@@ -8,8 +8,12 @@ use crate::history::MmuHistory;
 use crate::keys::{self, Action};
 use crate::load::{self, LoadMsg, Progress};
 use crate::position::PositionView;
-use crossterm::event::{KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseEvent, MouseEventKind};
+use crate::ui;
+use crossterm::event::{
+    KeyCode, KeyEvent, KeyEventKind, KeyModifiers, MouseButton, MouseEvent, MouseEventKind,
+};
 use mmu::{CpuModel, Flavour};
+use ratatui::layout::Rect;
 use replayer::Timeline;
 use std::path::Path;
 use std::sync::mpsc::{Receiver, TryRecvError};
@@ -82,6 +86,8 @@ pub struct App {
     /// Status-line message and whether it reports a problem.
     pub message: Option<(String, bool)>,
     pub quit: bool,
+    /// The terminal's size as last reported.
+    screen: Rect,
 }
 
 impl App {
@@ -129,6 +135,7 @@ impl App {
             search: None,
             message: None,
             quit: false,
+            screen: Rect::new(0, 0, 160, 48),
         };
         if !app.complete {
             app.message = Some((
@@ -279,6 +286,11 @@ impl App {
         }
     }
 
+    /// The terminal's size, for mouse clicks (the layout is a function of it).
+    pub fn resize(&mut self, width: u16, height: u16) {
+        self.screen = Rect::new(0, 0, width, height);
+    }
+
     pub fn on_mouse(&mut self, m: MouseEvent) {
         if self.mode != Mode::Normal {
             return;
@@ -286,7 +298,30 @@ impl App {
         match m.kind {
             MouseEventKind::ScrollDown => self.move_cursor(WHEEL as i64),
             MouseEventKind::ScrollUp => self.move_cursor(-(WHEEL as i64)),
+            MouseEventKind::Down(MouseButton::Left) => self.click(m.column, m.row),
             _ => {}
+        }
+    }
+
+    /// A click on a timeline row selects it.
+    fn click(&mut self, column: u16, row: u16) {
+        if !ui::fits(self.screen) {
+            return;
+        }
+        let list = ui::areas(self.screen).timeline;
+        let height = list.height.saturating_sub(2);
+        let inside = column > list.x
+            && column < list.right().saturating_sub(1)
+            && row > list.y
+            && row <= list.y + height;
+        if !inside {
+            return;
+        }
+        let start = ui::timeline::window_start(self.cursor, self.visible.len(), height.into());
+        let target = start + usize::from(row - list.y - 1);
+        if target < self.visible.len() {
+            self.message = None;
+            self.select(target);
         }
     }
 

@@ -75,6 +75,8 @@ fn event_loop(
     app: &mut App,
 ) -> anyhow::Result<()> {
     let mut dirty = true;
+    let size = terminal.size()?;
+    app.resize(size.width, size.height);
     loop {
         if dirty {
             terminal.draw(|f| crate::ui::draw(f, app))?;
@@ -87,7 +89,10 @@ fn event_loop(
             match event::read()? {
                 Event::Key(k) => app.on_key(k),
                 Event::Mouse(m) => app.on_mouse(m),
-                Event::Resize(_, _) => terminal.autoresize()?,
+                Event::Resize(w, h) => {
+                    app.resize(w, h);
+                    terminal.autoresize()?
+                }
                 _ => {}
             }
             dirty = true;

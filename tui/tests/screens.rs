@@ -202,6 +202,40 @@ fn page_keys_and_mouse_wheel_scroll() {
     assert_eq!(app.cursor, 0);
 }
 
+#[test]
+fn a_click_selects_a_timeline_row() {
+    let mut f = seed_app();
+    let app = &mut f.app;
+    app.resize(160, 48);
+    let s = screen(app, 160, 48);
+    // The row showing the CR4.PAE write: click it.
+    let (y, line) = s
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains("+PAE"))
+        .unwrap();
+    assert!(!line.contains('▶'));
+    let click = |column, row| MouseEvent {
+        kind: MouseEventKind::Down(crossterm::event::MouseButton::Left),
+        column,
+        row,
+        modifiers: KeyModifiers::NONE,
+    };
+    app.on_mouse(click(10, y as u16));
+    assert!(
+        selected_text(app).contains("+PAE"),
+        "{}",
+        selected_text(app)
+    );
+    assert_eq!(app.step, 9);
+    let before = app.cursor;
+    // Clicks on a border or another panel do nothing.
+    app.on_mouse(click(0, y as u16));
+    app.on_mouse(click(120, y as u16));
+    app.on_mouse(click(10, 2));
+    assert_eq!(app.cursor, before);
+}
+
 fn is_transition(app: &App) -> bool {
     selected_text(app).contains(" mode ")
 }

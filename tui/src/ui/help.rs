@@ -33,7 +33,7 @@ pub fn draw(frame: &mut Frame, area: Rect) {
         .collect();
     lines.push(Line::from(""));
     lines.push(Line::from(Span::styled(
-        "  mouse wheel scrolls the timeline; in prompts Enter applies, Esc cancels",
+        "  mouse: the wheel scrolls the timeline, a click selects a row; prompts: Enter, Esc, ^u",
         dim(),
     )));
     lines.push(Line::from(Span::styled("  press ? or Esc to close", dim())));

@@ -4,7 +4,7 @@ mod help;
 mod regs;
 mod roles;
 mod serial;
-mod timeline;
+pub mod timeline;
 mod walk;
 
 use crate::app::{App, Mode};
@@ -52,13 +52,23 @@ pub fn panel(title: impl Into<String>) -> Block<'static> {
     Block::bordered().title(Span::styled(format!(" {} ", title.into()), bold()))
 }
 
-/// Draws the whole screen.
-pub fn draw(frame: &mut Frame, app: &App) {
-    let area = frame.area();
-    if area.width < MIN_WIDTH || area.height < MIN_HEIGHT {
-        too_small(frame, area);
-        return;
-    }
+/// Where each panel goes on a screen of `area` (large enough: see [`MIN_WIDTH`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Areas {
+    pub title: Rect,
+    pub band: Rect,
+    pub timeline: Rect,
+    pub roles: Rect,
+    pub regs: Rect,
+    pub walk: Rect,
+    pub disasm: Rect,
+    pub serial: Rect,
+    pub status: Rect,
+}
+
+/// The screen layout: a pure function of the size, so key and mouse handling can find a
+/// panel without asking the renderer.
+pub fn areas(area: Rect) -> Areas {
     let [title, band, body, status] = Layout::vertical([
         Constraint::Length(1),
         Constraint::Length(1),
@@ -66,27 +76,53 @@ pub fn draw(frame: &mut Frame, app: &App) {
         Constraint::Length(1),
     ])
     .areas(area);
-    frame.render_widget(Paragraph::new(title_line(app)), title);
-    timeline::draw_band(frame, band, app);
-    let [left, right] =
+    let [timeline, right] =
         Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(body);
-    timeline::draw(frame, left, app);
-    let [role_area, middle, bottom] = Layout::vertical([
+    let [roles, middle, bottom] = Layout::vertical([
         Constraint::Percentage(50),
         Constraint::Percentage(30),
         Constraint::Percentage(20),
     ])
     .areas(right);
-    roles::draw(frame, role_area, app);
-    let [regs_area, walk_area] =
+    let [regs, walk] =
         Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(middle);
-    regs::draw(frame, regs_area, app);
-    walk::draw(frame, walk_area, app);
-    let [disasm_area, serial_area] =
+    let [disasm, serial] =
         Layout::horizontal([Constraint::Percentage(55), Constraint::Percentage(45)]).areas(bottom);
-    regs::draw_disasm(frame, disasm_area, app);
-    serial::draw(frame, serial_area, app);
-    frame.render_widget(Paragraph::new(status_line(app)), status);
+    Areas {
+        title,
+        band,
+        timeline,
+        roles,
+        regs,
+        walk,
+        disasm,
+        serial,
+        status,
+    }
+}
+
+/// Whether a screen of this size gets the panels (else the "too small" notice).
+pub fn fits(area: Rect) -> bool {
+    area.width >= MIN_WIDTH && area.height >= MIN_HEIGHT
+}
+
+/// Draws the whole screen.
+pub fn draw(frame: &mut Frame, app: &App) {
+    let area = frame.area();
+    if !fits(area) {
+        too_small(frame, area);
+        return;
+    }
+    let a = areas(area);
+    frame.render_widget(Paragraph::new(title_line(app)), a.title);
+    timeline::draw_band(frame, a.band, app);
+    timeline::draw(frame, a.timeline, app);
+    roles::draw(frame, a.roles, app);
+    regs::draw(frame, a.regs, app);
+    walk::draw(frame, a.walk, app);
+    regs::draw_disasm(frame, a.disasm, app);
+    serial::draw(frame, a.serial, app);
+    frame.render_widget(Paragraph::new(status_line(app)), a.status);
     if app.mode == Mode::Help {
         help::draw(frame, area);
     }

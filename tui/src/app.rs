@@ -707,3 +707,18 @@ impl App {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::parse_number;
+
+    #[test]
+    fn numbers_and_addresses() {
+        assert_eq!(parse_number("1_000", false), Some(1000));
+        assert_eq!(parse_number("0x10", false), Some(16));
+        assert_eq!(parse_number("10", true), Some(16));
+        assert_eq!(parse_number("0X400000", true), Some(0x40_0000));
+        assert_eq!(parse_number("zz", true), None);
+        assert_eq!(parse_number("", false), None);
+    }
+}

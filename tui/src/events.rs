@@ -251,3 +251,55 @@ fn printable(b: u8) -> String {
         _ => String::new(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use traces::IoAccess;
+
+    fn event(id: u64, step: Step, kind: EventKind) -> Event {
+        Event {
+            id,
+            step,
+            rip: 0,
+            kind,
+        }
+    }
+
+    #[test]
+    fn modes_spans_and_serial_follow_the_events() {
+        let mut entry = Regs::default();
+        entry.cr0 = 1;
+        let mut index = EventIndex::new(&entry);
+        assert_eq!(index.mode_at(0), PagingMode::Unpaged);
+        let t = |from, to| EventKind::Transition { from, to };
+        index.push(event(0, 10, t(PagingMode::Unpaged, PagingMode::Bits32)));
+        let out = |data, port| {
+            EventKind::Io(IoAccess {
+                port,
+                write: true,
+                size: 1,
+                data,
+            })
+        };
+        index.push(event(1, 12, out(u32::from(b'h'), 0x3f8)));
+        index.push(event(2, 13, out(u32::from(b'x'), 0x80)));
+        index.push(event(3, 14, out(u32::from(b'i'), 0xe9)));
+        index.push(event(4, 20, t(PagingMode::Bits32, PagingMode::Pae)));
+        assert_eq!(index.mode_at(9), PagingMode::Unpaged);
+        assert_eq!(index.mode_at(10), PagingMode::Bits32);
+        assert_eq!(index.mode_at(u64::MAX), PagingMode::Pae);
+        assert_eq!(index.modes[1], PagingMode::Bits32);
+        assert_eq!(index.serial_upto(13), &[(12, b'h')]);
+        assert_eq!(index.serial_upto(100).len(), 2);
+        assert_eq!(index.last_at_or_before(13), Some(2));
+        assert_eq!(index.last_at_or_before(5), None);
+        assert_eq!(index.position_of(3), Some(3));
+        assert_eq!(index.position_of(9), None);
+    }
+
+    #[test]
+    fn clean_removes_control_characters() {
+        assert_eq!(clean("a\u{1b}[2Jb\n"), "a·[2Jb·");
+    }
+}

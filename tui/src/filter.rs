@@ -144,3 +144,51 @@ impl Filter {
         true
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use traces::{CrWrite, Event, Regs, WriteVia};
+
+    fn write(id: u64, reg: ControlReg, old: u64, new: u64) -> Event {
+        Event {
+            id,
+            step: id,
+            rip: 0,
+            kind: EventKind::CrWrite(CrWrite {
+                reg,
+                old,
+                new,
+                via: WriteVia::MovCr,
+                faulted: false,
+            }),
+        }
+    }
+
+    #[test]
+    fn parses_kinds_bits_policies_and_exclusions() {
+        let f = Filter::parse("cr4 CR0.PG policy=v5.1 -io").unwrap();
+        assert_eq!(f.kinds, ["cr4"]);
+        assert_eq!(f.bits, [(ControlReg::Cr0, 31, "cr0.pg".to_string())]);
+        assert_eq!(f.policy.as_deref(), Some("v5.1"));
+        assert_eq!(f.exclude, ["io"]);
+        assert_eq!(Filter::parse("efer.lme").unwrap().bits[0].1, 8);
+        assert!(Filter::parse("cr4.nosuchbit").is_err());
+        assert!(Filter::parse("banana").is_err());
+        assert!(Filter::parse("  ").unwrap().is_empty());
+    }
+
+    #[test]
+    fn a_bit_filter_keeps_the_writes_that_changed_it() {
+        let mut index = EventIndex::new(&Regs::default());
+        index.push(write(0, ControlReg::Cr4, 0, 0x20));
+        index.push(write(1, ControlReg::Cr4, 0x20, 0xa0));
+        index.push(write(2, ControlReg::Cr0, 0, 0x20));
+        let f = Filter::parse("cr4.pae").unwrap();
+        let kept: Vec<usize> = (0..3).filter(|&i| f.matches(&index, i, &[])).collect();
+        assert_eq!(kept, [0]);
+        let f = Filter::parse("cr4 cr0").unwrap();
+        assert_eq!((0..3).filter(|&i| f.matches(&index, i, &[])).count(), 3);
+        assert!(!f.matches(&index, 99, &[]));
+    }
+}

@@ -164,3 +164,20 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     }
     frame.render_widget(Paragraph::new(lines).block(panel(title)), area);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::window_start;
+
+    #[test]
+    fn the_cursor_stays_in_the_window() {
+        assert_eq!(window_start(5, 10, 20), 0);
+        assert_eq!(window_start(0, 100, 30), 0);
+        assert_eq!(window_start(50, 100, 30), 40);
+        assert_eq!(window_start(99, 100, 30), 70);
+        for cursor in 0..100 {
+            let s = window_start(cursor, 100, 30);
+            assert!(s <= cursor && cursor < s + 30);
+        }
+    }
+}

@@ -268,8 +268,10 @@ mod tests {
 
     #[test]
     fn modes_spans_and_serial_follow_the_events() {
-        let mut entry = Regs::default();
-        entry.cr0 = 1;
+        let entry = Regs {
+            cr0: 1,
+            ..Default::default()
+        };
         let mut index = EventIndex::new(&entry);
         assert_eq!(index.mode_at(0), PagingMode::Unpaged);
         let t = |from, to| EventKind::Transition { from, to };

@@ -99,4 +99,5 @@ fn show_recorded() {
     println!("{}", screen(&app, 160, 48));
     press(&mut app, "d");
     println!("{}", screen(&app, 160, 48));
+    println!("{}", screen(&app, 80, 24));
 }

@@ -109,6 +109,8 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let height = area.height.saturating_sub(2) as usize;
     let start = window_start(app.cursor, app.visible.len(), height);
     let policies = &app.header.policies;
+    // As wide as the trace's largest step needs, so narrow terminals keep the text.
+    let step_width = app.total_steps.max(1).ilog10() as usize + 1;
     let mut lines = Vec::with_capacity(height);
     for row in start..(start + height).min(app.visible.len()) {
         let i = app.visible[row];
@@ -132,7 +134,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         };
         let mut spans = vec![
             Span::raw(marker),
-            Span::styled(format!("{:>8} ", e.step), dim()),
+            Span::styled(format!("{:>step_width$} ", e.step), dim()),
             Span::styled(
                 format!("{:<7}", mode.name()),
                 Style::new().bg(mode_color(mode)).fg(Color::Black),

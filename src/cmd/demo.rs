@@ -2,9 +2,10 @@
 //! paging on, which KVM 47c42e6b4192 missed) on a backend that can run it, then print the
 //! events and each policy's verdict at the CR4.PAE write.
 
-use crate::cli::{BackendChoice, DemoArgs, FlavourChoice, GuestArgs, RecordArgs};
+use crate::cli::{DemoArgs, FlavourChoice, GuestArgs, RecordArgs};
 use crate::cmd::record::{self, Chosen};
 use anyhow::Context;
+use std::io::IsTerminal;
 use std::process::ExitCode;
 use traces::{ControlReg, Event, EventKind, Reader, Record};
 
@@ -54,8 +55,16 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             }
         }
     }
-    if args.backend == BackendChoice::Auto && !args.no_tui {
-        eprintln!("mmurr demo: the trace browser is not built yet; printing the events instead");
+    if !args.no_tui && std::io::stdout().is_terminal() {
+        tui::terminal::run(&args.output)?;
+        eprintln!(
+            "mmurr demo: the trace is {}; `mmurr check {}` explains the finding, `mmurr gdb {}` \
+             steps back to it",
+            args.output.display(),
+            args.output.display(),
+            args.output.display()
+        );
+        return Ok(ExitCode::SUCCESS);
     }
     show(&args.output)?;
     Ok(ExitCode::SUCCESS)

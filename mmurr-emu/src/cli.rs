@@ -55,6 +55,10 @@ pub struct GuestArgs {
     /// CPU mode at entry for --image: real, protected, long.
     #[arg(long, requires = "image", default_value = "real")]
     pub entry_mode: String,
+    /// The guest of an existing trace (images, loads, entry registers, CPUID, RAM size), and
+    /// its scenario name: what `mmurr verify --backend emu` re-executes.
+    #[arg(long, group = "guest", value_name = "TRACE")]
+    pub guest_from: Option<PathBuf>,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 64)]
     pub memory: u64,

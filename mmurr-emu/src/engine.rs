@@ -57,6 +57,10 @@ pub struct EmuBackend {
     uc: Unicorn<'static, HookState>,
     /// Declared after `uc` so that Unicorn is closed before the memory it maps is freed.
     ram_buf: Option<RamBuf>,
+    /// The guest's own CPUID table when it is not the engine's (a trace recorded on KVM):
+    /// Unicorn's CPUID hook answers from it. Declared after `uc`, which holds a pointer to it.
+    guest_cpuid: Option<Box<crate::cpuid::GuestCpuid>>,
+    /// The CPUID the guest sees: the engine's own, or the guest spec's.
     cpuid: Vec<CpuidEntry>,
     cpu: mmu::CpuModel,
     layout: Layout,
@@ -83,6 +87,8 @@ pub struct EmuBackend {
     pub delivered: Vec<exceptions::Delivered>,
     /// Whether the last load needed host fix-ups beyond the trampoline (field names).
     pub entry_fixups: Vec<String>,
+    /// What the guest's CPUID table offers that the engine does not emulate (set by `load`).
+    pub warnings: Vec<String>,
 }
 
 impl EmuBackend {
@@ -107,6 +113,7 @@ impl EmuBackend {
         let mut b = EmuBackend {
             uc,
             ram_buf: None,
+            guest_cpuid: None,
             cpuid,
             cpu,
             layout,
@@ -125,6 +132,7 @@ impl EmuBackend {
             guest_cr3: None,
             delivered: Vec::new(),
             entry_fixups: Vec::new(),
+            warnings: Vec::new(),
         };
         b.add_hooks()?;
         Ok(b)
@@ -964,6 +972,31 @@ impl EmuBackend {
         self.uc.vmem_translate(la, prot).ok()
     }
 
+    /// Presents the guest spec's CPUID (when it carries one other than the engine's own) to
+    /// the guest's `cpuid` instruction, and makes mmurr's own architectural checks (CR writes,
+    /// PDPTEs, I/O permission, page walks) follow it and `guest.maxphyaddr`. What the table
+    /// offers but Unicorn cannot emulate goes to `warnings`.
+    fn adopt_cpuid(&mut self, guest: &GuestSpec) -> Result<(), BackendError> {
+        let engine = self.cpu;
+        let mut cpu = if guest.cpuid.is_empty() {
+            engine
+        } else {
+            recorder::guest_view::cpu_model(&guest.cpuid)
+        };
+        if guest.maxphyaddr != 0 {
+            cpu.maxphyaddr = guest.maxphyaddr;
+        }
+        if !guest.cpuid.is_empty() && guest.cpuid != self.cpuid {
+            let table = Box::new(crate::cpuid::GuestCpuid::new(guest.cpuid.clone()));
+            crate::cpuid::install_hook(&mut self.uc, &table)?;
+            self.guest_cpuid = Some(table);
+            self.cpuid = guest.cpuid.clone();
+        }
+        self.warnings = crate::cpuid::unemulated(&cpu, &engine);
+        self.cpu = cpu;
+        Ok(())
+    }
+
     /// CPUID as the guest sees it under Unicorn, for the main leaves.
     pub fn probe_cpuid() -> Result<Vec<CpuidEntry>, BackendError> {
         crate::cpuid::probe()
@@ -1025,6 +1058,7 @@ impl Backend for EmuBackend {
                 "mmurr-emu: a backend loads one guest; open a new one".into(),
             ));
         }
+        self.adopt_cpuid(guest)?;
         self.map_memory(guest)?;
         for l in &guest.loads {
             let blob = guest.blobs.get(l.blob as usize).ok_or_else(|| {
@@ -1173,6 +1207,11 @@ impl Backend for EmuBackend {
         }
         self.reset_hook_state();
         let before = self.read_regs_from_ctx()?;
+        if let Some(t) = &self.guest_cpuid {
+            // KVM's run-time CPUID bits follow CR4 and XCR0 as they are when `cpuid` runs.
+            t.cr4.set(before.cr4);
+            t.xcr0.set(before.xcr0);
+        }
         let (la, d) = self.decode_at_rip()?;
         let fetch = (la, d.map_or(1, |d| d.len as u64));
         if let Some(d) = d {

@@ -6,6 +6,9 @@ use traces::{CpuidEntry, GuestSpec};
 
 /// The guest and, for a built-in scenario, its name.
 pub fn build(a: &GuestArgs, cpuid: &[CpuidEntry]) -> anyhow::Result<(GuestSpec, Option<String>)> {
+    if let Some(path) = &a.guest_from {
+        return from_trace(path);
+    }
     if let Some(name) = &a.scenario {
         let features = guests::CpuFeatures::from_cpuid(cpuid);
         let s = guests::try_scenario(name, &features)
@@ -68,6 +71,15 @@ pub fn build(a: &GuestArgs, cpuid: &[CpuidEntry]) -> anyhow::Result<(GuestSpec, 
         return Ok((g, None));
     }
     bail!("say which guest to run: --scenario NAME, --kernel ELF or --image FILE@ADDR")
+}
+
+/// The guest spec and scenario name in a trace's header, unchanged: its CPUID table (if any)
+/// is what the guest sees here too, whichever engine recorded it.
+fn from_trace(path: &std::path::Path) -> anyhow::Result<(GuestSpec, Option<String>)> {
+    let reader = traces::Reader::open(path)
+        .with_context(|| format!("--guest-from: cannot read the trace {}", path.display()))?;
+    let h = reader.header();
+    Ok((h.guest.clone(), h.scenario.clone()))
 }
 
 /// `0x7c00`, `7c00h` or `31744`.

@@ -67,6 +67,9 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     opts.interrupted = interrupted;
     let mut backend = EmuBackend::new()?;
     let summary = recorder::record(&mut backend, &spec, &opts)?;
+    for w in &backend.warnings {
+        eprintln!("mmurr-emu: warning: {w}");
+    }
     if !backend.entry_fixups.is_empty() && !a.quiet {
         eprintln!(
             "mmurr-emu: note: the entry trampoline could not load {} from descriptors; set directly",

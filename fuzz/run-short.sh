@@ -10,7 +10,7 @@ if ! cargo fuzz --version >/dev/null 2>&1; then
     cargo install cargo-fuzz --locked
 fi
 mkdir -p corpus/trace_reader
-cp ../traces/corpus/*.mmurr corpus/trace_reader/
+cp ../traces/corpus/*.mmurr ../traces/corpus/recorded/*.mmurr corpus/trace_reader/
 # cargo-fuzz needs nightly flags; RUSTC_BOOTSTRAP lets the stable toolchain accept them. The
 # address sanitizer needs nightly's instrumented std, so run without it.
 RUSTC_BOOTSTRAP=1 cargo fuzz run trace_reader --sanitizer none -- \

@@ -54,13 +54,13 @@ impl Visible {
                 out.push(format!("{name}: {a:#x} vs {b:#x}"));
             }
         };
-        for i in 0..16 {
-            cmp(GPR[i], self.gpr[i], other.gpr[i]);
+        for (name, (a, b)) in GPR.iter().zip(self.gpr.iter().zip(&other.gpr)) {
+            cmp(name, *a, *b);
         }
         cmp("rip", self.rip, other.rip);
         cmp("rflags", self.rflags, other.rflags);
-        for i in 0..6 {
-            cmp(SEG[i], self.selectors[i] as u64, other.selectors[i] as u64);
+        for (name, (a, b)) in SEG.iter().zip(self.selectors.iter().zip(&other.selectors)) {
+            cmp(name, *a as u64, *b as u64);
         }
         cmp("cr0", self.cr0, other.cr0);
         cmp("cr2", self.cr2, other.cr2);
@@ -256,9 +256,8 @@ pub fn diff<RA: Read + Seek, RB: Read + Seek>(
                 if x.rip != y.rip {
                     differences.push(format!("instruction address: {:#x} vs {:#x}", x.rip, y.rip));
                 }
-                match (&x.after, &y.after) {
-                    (Some(va), Some(vb)) => differences.extend(va.differences(vb)),
-                    _ => {}
+                if let (Some(va), Some(vb)) = (&x.after, &y.after) {
+                    differences.extend(va.differences(vb));
                 }
                 if x.writes != y.writes {
                     differences.push(describe_write_difference(&x.writes, &y.writes));

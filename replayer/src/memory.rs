@@ -120,7 +120,10 @@ impl MemoryImage {
 
     /// Replaces a whole page (from a keyframe); false if it is not a page-aligned page of RAM.
     pub fn set_page(&mut self, gpa: u64, data: &[u8]) -> bool {
-        if gpa % PAGE_SIZE != 0 || data.len() as u64 != PAGE_SIZE || !self.in_ram(gpa, PAGE_SIZE) {
+        if !gpa.is_multiple_of(PAGE_SIZE)
+            || data.len() as u64 != PAGE_SIZE
+            || !self.in_ram(gpa, PAGE_SIZE)
+        {
             return false;
         }
         self.page_mut(gpa).copy_from_slice(data);

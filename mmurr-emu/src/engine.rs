@@ -57,6 +57,10 @@ pub struct EmuBackend {
     uc: Unicorn<'static, HookState>,
     /// Declared after `uc` so that Unicorn is closed before the memory it maps is freed.
     ram_buf: Option<RamBuf>,
+    /// Guest RAM as the steps so far reported it (loads, host writes, every step's written
+    /// ranges): what RAM held before the current step wherever the step reported nothing.
+    /// Lazily committed like RAM itself. See [`EmuBackend::defer_lookahead`].
+    mirror: Option<RamBuf>,
     /// The guest's own CPUID table when it is not the engine's (a trace recorded on KVM):
     /// Unicorn's CPUID hook answers from it. Declared after `uc`, which holds a pointer to it.
     guest_cpuid: Option<Box<crate::cpuid::GuestCpuid>>,
@@ -113,6 +117,7 @@ impl EmuBackend {
         let mut b = EmuBackend {
             uc,
             ram_buf: None,
+            mirror: None,
             guest_cpuid: None,
             cpuid,
             cpu,
@@ -304,6 +309,7 @@ impl EmuBackend {
         unsafe { self.uc.mem_map_ptr(0, ram_size, Prot::ALL, buf.ptr.cast()) }
             .map_err(|e| engine_err("mem_map RAM", e))?;
         self.ram_buf = Some(buf);
+        self.mirror = usize::try_from(ram_size).ok().and_then(RamBuf::new);
         self.ram = vec![(0, ram_size)];
         self.ram_size = ram_size;
         for r in &guest.regions {
@@ -625,15 +631,21 @@ impl EmuBackend {
 
     /// The paging-structure entries the engine may have set accessed/dirty bits in during the
     /// step (QEMU's walker sets them on a TLB fill; no write hook reports it): the walks of the
-    /// pages the step fetched, read or wrote under the paging registers it started with, and of
-    /// the next instruction's pages under the registers it ended with (Unicorn translates the
-    /// next block before its instruction counter stops it). The recorder keeps only bytes that
-    /// really changed.
+    /// pages the step fetched, read or wrote under the paging registers it started with, and
+    /// of the descriptors a segment load read under the registers it ended with. The recorder
+    /// keeps only bytes that really changed.
+    ///
+    /// Unicorn also translates the *next* instruction's block before its instruction counter
+    /// stops it, setting accessed bits a CPU sets only when it fetches that instruction (e.g.
+    /// the first fetch after MOV to CR0 enables paging or MOV to CR3 switches tables, or a
+    /// branch to a fresh page): KVM single-step shows them in the next step. Those bytes are
+    /// put back as they were before the step (see [`EmuBackend::defer_lookahead`]).
     fn ad_candidates(
         &mut self,
         before: &Regs,
         fetch: (u64, u64),
         d: Option<&Decoded>,
+        written: &[(u64, u64)],
     ) -> Vec<(u64, u64)> {
         let mut pages = Vec::new();
         if let Some(d) = d {
@@ -657,9 +669,8 @@ impl EmuBackend {
         let mut out = Vec::new();
         self.walk_entries(before, &pages, &mut out);
         if let Ok(after) = self.read_regs_from_ctx() {
-            let la = self.fetch_linear(&after);
-            let mut next = vec![la & !0xfff, la.wrapping_add(14) & !0xfff];
             // A segment load read its descriptor through paging.
+            let mut tables = Vec::new();
             for n in 0..6 {
                 let sel = after.seg[n].selector;
                 if sel != before.seg[n].selector && sel & 0xfffc != 0 && after.cr0 & 1 != 0 {
@@ -668,12 +679,69 @@ impl EmuBackend {
                     } else {
                         after.gdtr.base
                     };
-                    next.push(table.wrapping_add((sel & !7) as u64) & !0xfff);
+                    tables.push(table.wrapping_add((sel & !7) as u64) & !0xfff);
                 }
             }
-            self.walk_entries(&after, &next, &mut out);
+            self.walk_entries(&after, &tables, &mut out);
+            let la = self.fetch_linear(&after);
+            let mut lookahead = Vec::new();
+            self.walk_entries(
+                &after,
+                &[la & !0xfff, la.wrapping_add(14) & !0xfff],
+                &mut lookahead,
+            );
+            lookahead.retain(|e| !out.contains(e) && !overlaps(written, *e));
+            self.defer_lookahead(&lookahead);
         }
         out
+    }
+
+    /// Puts back the bytes of `entries` (next-instruction walk entries that the step itself
+    /// neither walked nor wrote) that changed during the step: only Unicorn's look-ahead
+    /// translation can have changed them. The TLB is flushed so that the next step's fetch
+    /// walks again and sets them, in the step a CPU sets them.
+    fn defer_lookahead(&mut self, entries: &[(u64, u64)]) {
+        let (Some(ram), Some(mirror)) = (self.ram_buf.as_ref(), self.mirror.as_ref()) else {
+            return;
+        };
+        let mut restored = false;
+        for &(gpa, len) in entries {
+            let (Ok(a), Ok(n)) = (usize::try_from(gpa), usize::try_from(len)) else {
+                continue;
+            };
+            let (Some(now), Some(was)) = (
+                ram.bytes().get(a..a.saturating_add(n)),
+                mirror.bytes().get(a..a.saturating_add(n)),
+            ) else {
+                continue;
+            };
+            if now != was {
+                let was = was.to_vec();
+                if self.uc.mem_write(gpa, &was).is_ok() {
+                    restored = true;
+                }
+            }
+        }
+        if restored {
+            let _ = self.uc.ctl_flush_tlb();
+        }
+    }
+
+    /// Brings the mirror up to date with RAM over `ranges` (what a step reported written).
+    fn sync_mirror(&mut self, ranges: &[(u64, u64)]) {
+        let (Some(ram), Some(mirror)) = (self.ram_buf.as_ref(), self.mirror.as_mut()) else {
+            return;
+        };
+        for &(gpa, len) in ranges {
+            let (Ok(a), Ok(n)) = (usize::try_from(gpa), usize::try_from(len)) else {
+                continue;
+            };
+            if let Some(src) = ram.bytes().get(a..a.saturating_add(n)) {
+                if let Some(dst) = mirror.bytes_mut().get_mut(a..a + n) {
+                    dst.copy_from_slice(src);
+                }
+            }
+        }
     }
 
     /// The linear address of the instruction at `r`'s CS:RIP.
@@ -710,13 +778,13 @@ impl EmuBackend {
     }
 
     fn take_written(&mut self, before: &Regs, fetch: (u64, u64), d: Option<&Decoded>) -> Written {
-        let ad = self.ad_candidates(before, fetch, d);
-        let st = self.uc.get_data_mut();
-        if st.writes_unknown {
+        let mut w = std::mem::take(&mut self.uc.get_data_mut().writes);
+        let ad = self.ad_candidates(before, fetch, d, &w);
+        w.extend(ad);
+        self.sync_mirror(&w);
+        if self.uc.get_data_mut().writes_unknown {
             return Written::Unknown;
         }
-        let mut w = std::mem::take(&mut st.writes);
-        w.extend(ad);
         Written::Ranges(w)
     }
 
@@ -1003,6 +1071,13 @@ impl EmuBackend {
     }
 }
 
+/// Whether `e` (gpa, len) overlaps any of `ranges`.
+fn overlaps(ranges: &[(u64, u64)], e: (u64, u64)) -> bool {
+    ranges
+        .iter()
+        .any(|&(g, l)| g < e.0.saturating_add(e.1) && e.0 < g.saturating_add(l))
+}
+
 /// `int n`, `int3`, `into`, `int1`: interrupts raised by the instruction itself.
 fn is_software_int(d: Option<&Decoded>) -> bool {
     d.is_some_and(|d| {
@@ -1167,6 +1242,9 @@ impl Backend for EmuBackend {
 
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool {
         let ok = in_ram(&self.ram, gpa, data.len() as u64) && self.uc.mem_write(gpa, data).is_ok();
+        if ok {
+            self.sync_mirror(&[(gpa, data.len() as u64)]);
+        }
         if ok && self.loaded {
             // uc_mem_write does not invalidate translated code: a host write over guest code
             // (a debugger's breakpoint, a patched instruction) must not run stale blocks.

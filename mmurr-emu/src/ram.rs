@@ -38,6 +38,12 @@ impl RamBuf {
         // emu_start/mem_write, which take `&mut self` of the backend that owns this buffer.
         unsafe { std::slice::from_raw_parts(self.ptr, self.len) }
     }
+
+    /// For a buffer not lent to Unicorn (the backend's mirror of RAM).
+    pub(crate) fn bytes_mut(&mut self) -> &mut [u8] {
+        // SAFETY: ptr/len describe our live mapping, and `&mut self` makes this the only view.
+        unsafe { std::slice::from_raw_parts_mut(self.ptr, self.len) }
+    }
 }
 
 impl Drop for RamBuf {

@@ -1,0 +1,157 @@
+//! KVM against the reference emulator: every built-in scenario this host's KVM runs is
+//! recorded on kvm, then `mmurr verify --backend emu` re-executes it on Unicorn and must find
+//! the two recordings equal instruction by instruction (registers, memory written, CR writes,
+//! transitions, every policy's MMU decision). The emu run presents the KVM guest's CPUID.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use traces::Reader;
+
+fn kvm_unusable() -> Option<String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .err()
+        .map(|e| e.to_string())
+}
+
+/// `mmurr-emu`, which `mmurr` runs from its own directory.
+fn emu_executable() -> PathBuf {
+    let emu = Path::new(env!("CARGO_BIN_EXE_mmurr"))
+        .with_file_name(format!("mmurr-emu{}", std::env::consts::EXE_SUFFIX));
+    assert!(
+        emu.exists(),
+        "{} is missing: build it next to mmurr with `cargo build -p mmurr-emu` \
+         (`cargo test --workspace` builds both)",
+        emu.display()
+    );
+    emu
+}
+
+fn run(program: &Path, args: &[&str], dir: &Path) -> Output {
+    Command::new(program)
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()))
+}
+
+fn text(b: &[u8]) -> String {
+    String::from_utf8_lossy(b).into_owned()
+}
+
+/// The scenarios `mmurr scenarios` says this host's KVM runs.
+fn kvm_scenarios(mmurr: &Path, dir: &Path) -> Vec<String> {
+    let out = run(mmurr, &["scenarios"], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let listing = text(&out.stdout);
+    let mut names = Vec::new();
+    let mut current = None;
+    for line in listing.lines() {
+        if !line.starts_with(' ') && !line.is_empty() {
+            current = line.split_whitespace().next().map(str::to_string);
+        } else if line.contains("kvm here: yes") {
+            names.extend(current.take());
+        }
+    }
+    names
+}
+
+#[test]
+fn every_scenario_kvm_runs_reproduces_on_emu() {
+    // `mmurr verify --backend emu` runs it: missing, this test fails rather than skips.
+    emu_executable();
+    if let Some(why) = kvm_unusable() {
+        eprintln!("SKIP: /dev/kvm not usable: {why}");
+        return;
+    }
+    let mmurr = PathBuf::from(env!("CARGO_BIN_EXE_mmurr"));
+    let dir = tempfile::tempdir().unwrap();
+    let scenarios = kvm_scenarios(&mmurr, dir.path());
+    assert!(
+        !scenarios.is_empty(),
+        "`mmurr scenarios` lists none that KVM runs here although /dev/kvm is usable"
+    );
+    let mut failures = Vec::new();
+    for s in &scenarios {
+        let trace = format!("{s}.kvm.mmurr");
+        let rec = run(
+            &mmurr,
+            &[
+                "record",
+                "--scenario",
+                s,
+                "--backend",
+                "kvm",
+                "-q",
+                "-o",
+                &trace,
+            ],
+            dir.path(),
+        );
+        assert!(
+            dir.path().join(&trace).exists(),
+            "{s}: recording on kvm failed: {}",
+            text(&rec.stderr)
+        );
+        let out = run(&mmurr, &["verify", &trace, "--backend", "emu"], dir.path());
+        let stdout = text(&out.stdout);
+        if out.status.code() != Some(0) || !stdout.contains("reproduced: all") {
+            failures.push(format!(
+                "{s}: exit {:?}\n{stdout}\n{}",
+                out.status.code(),
+                text(&out.stderr)
+            ));
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn the_emu_rerun_presents_the_kvm_guests_cpuid() {
+    let emu = emu_executable();
+    if let Some(why) = kvm_unusable() {
+        eprintln!("SKIP: /dev/kvm not usable: {why}");
+        return;
+    }
+    let mmurr = PathBuf::from(env!("CARGO_BIN_EXE_mmurr"));
+    let dir = tempfile::tempdir().unwrap();
+    let rec = run(
+        &mmurr,
+        &[
+            "record",
+            "--scenario",
+            "long-mode-toggles",
+            "--backend",
+            "kvm",
+            "-q",
+            "-o",
+            "k.mmurr",
+        ],
+        dir.path(),
+    );
+    assert!(dir.path().join("k.mmurr").exists(), "{}", text(&rec.stderr));
+    let out = run(
+        &emu,
+        &[
+            "record",
+            "--guest-from",
+            "k.mmurr",
+            "--output",
+            "e.mmurr",
+            "--quiet",
+        ],
+        dir.path(),
+    );
+    assert!(dir.path().join("e.mmurr").exists(), "{}", text(&out.stderr));
+    let k = Reader::open(dir.path().join("k.mmurr")).unwrap();
+    let e = Reader::open(dir.path().join("e.mmurr")).unwrap();
+    let (k, e) = (k.header(), e.header());
+    assert!(!k.guest.cpuid.is_empty());
+    assert_eq!(e.guest.cpuid, k.guest.cpuid);
+    assert_eq!(e.guest.maxphyaddr, k.guest.maxphyaddr);
+    assert_eq!(e.scenario.as_deref(), Some("long-mode-toggles"));
+    assert_eq!(e.guest.entry, k.guest.entry);
+    assert_eq!(e.guest.ram_size, k.guest.ram_size);
+}

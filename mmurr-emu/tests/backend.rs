@@ -1056,3 +1056,161 @@ fn rarely_written_registers_are_read_back() {
     );
     assert_eq!(r.pkru, 0xc0);
 }
+
+/// A CPUID table unlike Unicorn's own (another vendor string, MAXPHYADDR 36, no SMEP).
+fn foreign_cpuid() -> Vec<traces::CpuidEntry> {
+    let v = *b"ForeignCPUid";
+    let r = |i: usize| u32::from_le_bytes([v[i], v[i + 1], v[i + 2], v[i + 3]]);
+    let e = |function, index, a: u32, b: u32, c: u32, d: u32| traces::CpuidEntry {
+        function,
+        index,
+        eax: a,
+        ebx: b,
+        ecx: c,
+        edx: d,
+    };
+    vec![
+        e(0, 0, 7, r(0), r(8), r(4)),
+        e(1, 0, 0x906ea, 0x0800, 1 << 26, 0x0781_abfd),
+        e(7, 0, 0, 1 << 20, 1 << 3, 0),
+        e(7, 1, 0x1234, 0, 0, 0),
+        e(0x8000_0000, 0, 0x8000_0008, 0, 0, 0),
+        e(0x8000_0008, 0, 0x3024, 0, 0, 0),
+    ]
+}
+
+#[test]
+fn the_guests_cpuid_table_is_what_cpuid_returns() {
+    let code = asm(64, CODE, |a| {
+        for (leaf, sub) in [
+            (0u32, 0u32),
+            (7, 1),
+            (7, 0),
+            (0x8000_0008, 0),
+            (0x20, 0),
+            (5, 0),
+        ] {
+            a.mov(eax, leaf)?;
+            a.mov(ecx, sub)?;
+            a.cpuid()?;
+        }
+        a.hlt()
+    });
+    let mut g = guests::loader::load_raw(&code, CODE, CODE, guests::loader::EntryMode::Long, RAM)
+        .expect("load_raw");
+    g.cpuid = foreign_cpuid();
+    let mut b = loaded(&g);
+    let mut results = Vec::new();
+    for _ in 0..6 {
+        for _ in 0..3 {
+            b.step().unwrap();
+        }
+        let r = b.regs().unwrap();
+        results.push([r.gpr[0], r.gpr[3], r.gpr[1], r.gpr[2]].map(|v| v as u32));
+    }
+    let t = foreign_cpuid();
+    let regs = |i: usize| [t[i].eax, t[i].ebx, t[i].ecx, t[i].edx];
+    assert_eq!(results[0], regs(0), "leaf 0: the table's vendor");
+    assert_eq!(results[1], regs(3), "leaf 7 sub-leaf 1");
+    // CR4.PKE is clear at entry: OSPKE (leaf 7 ECX bit 4) stays clear.
+    assert_eq!(results[2], regs(2), "leaf 7 sub-leaf 0");
+    assert_eq!(results[3], regs(5), "MAXPHYADDR 36");
+    // Above every class maximum on an Intel-style vendor: the highest basic leaf (7).
+    assert_eq!(results[4], regs(2), "out of range: leaf 7, sub-leaf 0");
+    assert_eq!(results[5], [0, 0, 0, 0], "an absent leaf within range");
+    assert_eq!(b.cpuid(), t, "the trace header gets the table");
+    assert!(
+        b.warnings.iter().any(|w| w.contains("MAXPHYADDR is 36")),
+        "{:?}",
+        b.warnings
+    );
+}
+
+#[test]
+fn the_guests_cpuid_table_governs_the_architectural_checks() {
+    // The table offers no SMEP: setting CR4.SMEP raises #GP although Unicorn's CPU has it.
+    let handler = CODE + 0x100;
+    let mut code = asm(64, CODE, |a| {
+        a.mov(rax, cr4)?;
+        a.or(rax, 1 << 20)?;
+        a.mov(cr4, rax)?;
+        a.hlt()
+    });
+    code.resize(0x100, 0x90);
+    code.push(0xf4);
+    let mut g = guests::loader::load_raw(&code, CODE, CODE, guests::loader::EntryMode::Long, RAM)
+        .expect("load_raw");
+    g.cpuid = foreign_cpuid();
+    let mut b = loaded(&g);
+    assert!(b.write_phys(0x20000, &idt64(handler, g.entry.seg[1].selector)));
+    let mut r = b.regs().unwrap();
+    r.idtr = traces::DescriptorTable {
+        base: 0x20000,
+        limit: 32 * 16 - 1,
+    };
+    r.gpr[4] = 0x9000;
+    b.set_regs(&r).unwrap();
+    let cr4_before = r.cr4;
+    for _ in 0..3 {
+        b.step().unwrap();
+    }
+    assert_eq!(b.regs().unwrap().cr4, cr4_before);
+    assert_eq!(b.regs().unwrap().rip, handler);
+    assert_eq!(
+        b.delivered.first().map(|d| (d.vector, d.error_code)),
+        Some((13, Some(0)))
+    );
+}
+
+#[test]
+fn accessed_bits_of_the_next_fetch_belong_to_the_next_step() {
+    // Long mode is entered with paging on; a jump to a page whose PTE has A clear must show
+    // that A bit being set by the step that fetches from the page, as on a CPU, not by the
+    // jump (Unicorn translates the target block before it stops).
+    // In the second 2 MiB page of the identity map, whose PDE has A clear.
+    let target = 0x20_1000u64;
+    let code = asm(64, CODE, |a| {
+        a.mov(rax, target)?;
+        a.jmp(rax)
+    });
+    let (mut b, g) = raw(code, CODE, guests::loader::EntryMode::Long);
+    assert!(b.write_phys(target, &[0x90, 0xf4]));
+    // Find the PTE of `target` and clear its A bit.
+    let root = g.entry.cr3 & !0xfff;
+    let read = |b: &EmuBackend, gpa: u64| {
+        let mut x = [0u8; 8];
+        assert!(b.read_phys(gpa, &mut x));
+        u64::from_le_bytes(x)
+    };
+    let mut table = root;
+    let mut pte_gpa = 0;
+    for (level, shift) in [(4, 39), (3, 30), (2, 21), (1, 12)] {
+        let gpa = table + ((target >> shift) & 0x1ff) * 8;
+        let e = read(&b, gpa);
+        if level == 1 || e & 0x80 != 0 {
+            pte_gpa = gpa;
+            break;
+        }
+        table = e & 0x000f_ffff_ffff_f000;
+    }
+    let pte = read(&b, pte_gpa);
+    assert!(b.write_phys(pte_gpa, &(pte & !0x20).to_le_bytes()));
+    let now = b.regs().unwrap();
+    b.set_regs(&now).unwrap(); // flushes the TLB
+    let covers = |w: &Written| match w {
+        Written::Ranges(r) => r.iter().any(|&(g, l)| g <= pte_gpa && pte_gpa < g + l),
+        Written::Unknown => false,
+    };
+    b.step().unwrap(); // mov rax
+    let jmp = b.step().unwrap();
+    assert_eq!(b.regs().unwrap().rip, target);
+    assert_eq!(
+        read(&b, pte_gpa) & 0x20,
+        0,
+        "A is still clear after the jump"
+    );
+    assert!(!covers(&jmp.written));
+    let nop = b.step().unwrap();
+    assert_ne!(read(&b, pte_gpa) & 0x20, 0, "the fetch at the target set A");
+    assert!(covers(&nop.written), "{:?}", nop.written);
+}

@@ -20,6 +20,11 @@ use recorder::Backend;
 use std::cell::RefCell;
 
 const RAM: u64 = 8 << 20;
+
+/// Cases per run unless `MMURR_DIFF_CASES` says otherwise (the execution test runs a quarter).
+/// 100 000, as issue 5 asks of CI: 149 s in a release test build with one test thread on the
+/// 2-core development machine (3.49 million translations, 731 507 executed page faults).
+const DEFAULT_CASES: u32 = 100_000;
 /// Paging-structure pool: 12 pages; every table pointer points into it.
 const POOL: u64 = 0x20_0000;
 const POOL_PAGES: u64 = 12;
@@ -286,7 +291,7 @@ fn walker_agrees_with_unicorn() {
     let cases: u32 = std::env::var("MMURR_DIFF_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000);
+        .unwrap_or(DEFAULT_CASES);
     let code = vec![0xf4];
     let g = guests::loader::load_raw(
         &code,
@@ -572,7 +577,7 @@ fn page_fault_error_codes_agree_with_the_walker() {
     let cases: u32 = std::env::var("MMURR_DIFF_CASES")
         .ok()
         .and_then(|v| v.parse().ok())
-        .unwrap_or(1000)
+        .unwrap_or(DEFAULT_CASES)
         / 4;
     let code = vec![0xf4];
     let g = guests::loader::load_raw(

@@ -1026,7 +1026,8 @@ impl EmuBackend {
         Ok(())
     }
 
-    /// The engine's own translation of a guest-linear address for a CPL0 access, with an empty
+    /// The engine's own translation of a guest-linear address for an access at the current
+    /// CPL, with an empty
     /// TLB (so the engine walks the page tables now), as the differential tests compare it
     /// with `mmu::walk`. `None` when the engine would fault. Note that the engine sets
     /// accessed/dirty bits on success, as a real access would.
@@ -1267,6 +1268,10 @@ impl Backend for EmuBackend {
 
     fn cpuid(&self) -> Vec<CpuidEntry> {
         self.cpuid.clone()
+    }
+
+    fn engine_translation(&mut self, gva: u64, access: mmu::Access) -> Option<Option<u64>> {
+        Some(self.engine_translate(gva, access))
     }
 
     fn step(&mut self) -> Result<StepResult, BackendError> {

@@ -96,6 +96,15 @@ pub trait Backend {
     fn cpuid(&self) -> Vec<CpuidEntry> {
         Vec::new()
     }
+    /// Extension for emulators (the emu backend): the engine's *own* translation of a
+    /// guest-linear address for `access` at the current CPL under the current registers, so
+    /// the recorder can compare it with the reference walker after CR events
+    /// ([`traces::EventKind::EngineDivergence`]). `None`: the backend cannot tell (the
+    /// default; KVM). `Some(None)`: the engine would fault. The recorder asks only about
+    /// accesses the instruction just made, so any accessed/dirty update is the instruction's own.
+    fn engine_translation(&mut self, _gva: u64, _access: mmu::Access) -> Option<Option<u64>> {
+        None
+    }
     /// Executes exactly one instruction (or delivers one exception/interrupt).
     fn step(&mut self) -> Result<StepResult, BackendError>;
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError>;

@@ -6,6 +6,7 @@ mod accesses;
 pub mod backend;
 mod cr_watch;
 pub mod devices;
+mod engine_check;
 mod exceptions;
 pub mod guest_view;
 pub mod insn;

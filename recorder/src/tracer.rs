@@ -4,6 +4,7 @@
 use crate::accesses::{self, LinearAccess};
 use crate::cr_watch;
 use crate::devices::{DebugExit, Devices, IoEffect};
+use crate::engine_check;
 use crate::exceptions;
 use crate::guest_view::{self, BackendMemory};
 use crate::insn;
@@ -46,6 +47,10 @@ pub struct Tracer<'a> {
     pub self_check_failures: Vec<String>,
     /// A trace write failed: the run stops and the error is reported.
     pub sink_error: Option<traces::Error>,
+    /// A CR event happened in the previous step: compare the engine's translations with the
+    /// walker's for this one (cleared for good when the backend cannot translate itself).
+    engine_check_pending: bool,
+    engine_check_supported: bool,
 }
 
 /// What the instruction about to run will do, decoded with the registers before it.
@@ -84,6 +89,8 @@ impl<'a> Tracer<'a> {
             keyframes_since_check: 0,
             self_check_failures: Vec::new(),
             sink_error: None,
+            engine_check_pending: false,
+            engine_check_supported: true,
         })
     }
 
@@ -319,9 +326,11 @@ impl<'a> Tracer<'a> {
         for kind in io_events {
             self.event(before.rip, kind);
         }
+        let mut excepted = false;
         if let Some(i) = &plan.insn {
             let mem = BackendMemory(&*self.backend);
             if let Some(x) = exceptions::delivered(i, &before, &after, &self.cpu, &mem) {
+                excepted = true;
                 self.event(before.rip, EventKind::Exception(x));
             }
         }
@@ -337,6 +346,26 @@ impl<'a> Tracer<'a> {
             let findings = self.mmu.on_touch(&touched, &mem);
             for f in findings {
                 self.event(before.rip, f);
+            }
+        }
+        if std::mem::take(&mut self.engine_check_pending)
+            && retired
+            && !excepted
+            && engine_check::same_regime(&before, &after)
+        {
+            match engine_check::compare(
+                &mut *self.backend,
+                &self.cpu,
+                &before,
+                &after,
+                &plan.accesses,
+            ) {
+                Some(divergences) => {
+                    for kind in divergences {
+                        self.event(before.rip, kind);
+                    }
+                }
+                None => self.engine_check_supported = false,
             }
         }
         self.control_register_events(planned, retired, &before, &after);
@@ -370,6 +399,7 @@ impl<'a> Tracer<'a> {
         if writes.is_empty() {
             return;
         }
+        self.engine_check_pending = self.engine_check_supported;
         let from = guest_view::paging_mode(before);
         let to = guest_view::paging_mode(after);
         let after_cr = guest_view::control_regs(after);

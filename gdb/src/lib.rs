@@ -14,8 +14,10 @@ pub mod breakpoints;
 pub mod guest_memory;
 pub mod live_target;
 pub mod monitor;
+pub mod recorder_hook;
 pub mod replay_target;
 pub mod server;
 pub mod target_xml;
 
+pub use recorder_hook::{start_live, LiveOptions};
 pub use server::{bind, listen_addr, serve_trace, DEFAULT_LISTEN};

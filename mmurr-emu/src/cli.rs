@@ -89,6 +89,16 @@ pub struct RecordArgs {
     /// No progress line.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Serve the live guest to gdb at this address (it waits for gdb before its first
+    /// instruction).
+    #[arg(long)]
+    pub gdb: Option<String>,
+    /// Allow the gdb server to listen on a non-loopback address.
+    #[arg(long, requires = "gdb")]
+    pub allow_remote: bool,
+    /// Let gdb change registers and memory (`mmurr run`; a recording refuses changes).
+    #[arg(long, requires = "gdb", hide = true)]
+    pub gdb_writable: bool,
 }
 
 #[derive(Args, Debug, Clone)]

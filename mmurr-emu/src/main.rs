@@ -66,7 +66,23 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     opts.progress = !a.quiet;
     opts.interrupted = interrupted;
     let mut backend = EmuBackend::new()?;
-    let summary = recorder::record(&mut backend, &spec, &opts)?;
+    let summary = match &a.gdb {
+        None => recorder::record(&mut backend, &spec, &opts)?,
+        Some(listen) => {
+            // The live gdb server runs here, in the process that owns the Unicorn backend.
+            let mut live = mmurr_gdb::start_live(mmurr_gdb::LiveOptions {
+                listen,
+                allow_remote: a.allow_remote,
+                what: "emu guest",
+                cpu: recorder::guest_view::cpu_model(&cpuid),
+                policies: &a.policies,
+                flavour: opts.flavour,
+                allow_writes: a.gdb_writable,
+                interrupted: opts.interrupted.clone(),
+            })?;
+            recorder::record_with(&mut backend, &spec, &opts, Some(&mut live))?
+        }
+    };
     for w in &backend.warnings {
         eprintln!("mmurr-emu: warning: {w}");
     }

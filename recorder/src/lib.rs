@@ -4,6 +4,7 @@
 
 mod accesses;
 pub mod backend;
+pub mod control;
 mod cr_watch;
 pub mod devices;
 mod engine_check;
@@ -23,4 +24,5 @@ mod tracer;
 pub use backend::{Backend, BackendError, Exit, StepResult, Written};
 pub use cr_watch::{planned_write, PlannedWrite};
 pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};
-pub use record::{record, resolve_policies};
+pub use control::{StepControl, StepVerdict};
+pub use record::{record, record_with, resolve_policies};

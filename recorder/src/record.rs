@@ -6,6 +6,7 @@ use crate::mmu_watch::MmuWatch;
 use crate::options::{RecordError, RecordOptions, RecordSummary, SerialSink};
 use crate::progress::Progress;
 use crate::tracer::Tracer;
+use crate::control::StepControl;
 use crate::Backend;
 use traces::{EndReason, GuestSpec, Header, Record};
 
@@ -45,6 +46,17 @@ pub fn record(
     guest: &GuestSpec,
     opts: &RecordOptions,
 ) -> Result<RecordSummary, RecordError> {
+    record_with(backend, guest, opts, None)
+}
+
+/// [`record`] with a debugger driving the stepping loop (`mmurr record --gdb`): `control` is
+/// called before every instruction and told when the run has ended.
+pub fn record_with(
+    backend: &mut dyn Backend,
+    guest: &GuestSpec,
+    opts: &RecordOptions,
+    mut control: Option<&mut (dyn StepControl + '_)>,
+) -> Result<RecordSummary, RecordError> {
     let policies = resolve_policies(&opts.policies)?;
     let console = console(&opts.serial)?;
     backend.load(guest).map_err(RecordError::Load)?;
@@ -83,7 +95,7 @@ pub fn record(
         let mut tracer = Tracer::new(backend, &mut writer, opts, devices, cpu, watch)
             .map_err(RecordError::Load)?;
         tracer.entry_keyframe();
-        let stop = tracer.run(&mut progress);
+        let stop = tracer.run(&mut progress, control.as_deref_mut());
         progress.finish();
         tracer.settle_findings();
         tracer.keyframe(true);
@@ -118,6 +130,9 @@ pub fn record(
         EndReason::DebugExit { status } => Some(DebugExit::exit_code(status)),
         _ => None,
     };
+    if let Some(c) = control {
+        c.finished(&end, exit_code);
+    }
     Ok(RecordSummary {
         output: opts.output.clone(),
         steps,

@@ -2,6 +2,7 @@
 //! trace records (register delta, memory writes, events, keyframes).
 
 use crate::accesses::{self, LinearAccess};
+use crate::control::{StepControl, StepVerdict};
 use crate::cr_watch;
 use crate::devices::{DebugExit, Devices, IoEffect};
 use crate::engine_check;
@@ -127,8 +128,13 @@ impl<'a> Tracer<'a> {
         self.append(Record::Keyframe(kf));
     }
 
-    /// Runs until something ends the recording.
-    pub fn run(&mut self, progress: &mut Progress) -> Stop {
+    /// Runs until something ends the recording. `control`, a debugger (the live gdb server),
+    /// is called before every instruction.
+    pub fn run(
+        &mut self,
+        progress: &mut Progress,
+        mut control: Option<&mut (dyn StepControl + '_)>,
+    ) -> Stop {
         let deadline = self.opts.timeout.map(|t| Instant::now() + t);
         loop {
             if self.sink_error.is_some() {
@@ -165,6 +171,27 @@ impl<'a> Tracer<'a> {
                     };
                 }
                 progress.tick(now, self.step, self.next_event);
+            }
+            if let Some(c) = control.as_deref_mut() {
+                match c.before_step(self.step, &self.regs, &mut *self.backend) {
+                    StepVerdict::Run => {}
+                    // The debugger changed the machine: continue from what it holds now.
+                    StepVerdict::RunModified => match self.backend.regs_full() {
+                        Ok(r) => self.regs = r,
+                        Err(e) => {
+                            return Stop {
+                                reason: EndReason::Error,
+                                message: format!("reading registers after gdb changed them: {e}"),
+                            }
+                        }
+                    },
+                    StepVerdict::Stop(message) => {
+                        return Stop {
+                            reason: EndReason::Interrupted,
+                            message,
+                        }
+                    }
+                }
             }
             if let Some(stop) = self.step_once() {
                 return stop;

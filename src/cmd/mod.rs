@@ -9,6 +9,7 @@ mod info;
 mod policies;
 mod record;
 mod replay;
+mod run;
 mod scenarios;
 mod verify;
 
@@ -22,7 +23,7 @@ pub fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
     }
     match command {
         Command::Record(args) => record::run(args),
-        Command::Run(_) => not_built("run", 7),
+        Command::Run(args) => run::run(args),
         Command::Replay(args) => replay::run(args),
         Command::Gdb(args) => gdb::run(args),
         Command::Check(args) => check::run(args),
@@ -34,11 +35,6 @@ pub fn dispatch(command: &Command) -> anyhow::Result<ExitCode> {
         Command::Policies(args) => policies::run(args),
         Command::Demo(args) => demo::run(args),
     }
-}
-
-/// Subcommands that are designed but not built yet say so and fail, never pretend.
-fn not_built(name: &str, issue: u32) -> anyhow::Result<ExitCode> {
-    anyhow::bail!("`mmurr {name}` is not built yet (tracked in issue {issue})")
 }
 
 /// Commands whose only output is text for a reader or a pipe.

@@ -14,12 +14,6 @@ use traces::{EndReason, GuestSpec, PagingMode};
 const EXIT_INTERRUPTED: u8 = 130;
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
-    if args.gdb.is_some() {
-        bail!(
-            "a live gdb server during `record` is not built yet; record first, then debug the \
-             trace with `mmurr gdb TRACE`"
-        );
-    }
     let guest = build_guest(&args.guest)?;
     let backend = choose_backend(args.backend, guest.needs.as_deref(), &guest.label)?;
     eprintln!("mmurr: backend {}: {}", backend.name(), backend.reason);
@@ -206,6 +200,9 @@ pub fn record_options(
 }
 
 pub fn record_on_kvm(args: &RecordArgs, guest: &BuiltGuest) -> anyhow::Result<RecordSummary> {
+    if args.gdb.is_some() {
+        return super::run::live_on_kvm(args, guest, false);
+    }
     let opts = record_options(args, guest.scenario.clone())?;
     let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
     Ok(recorder::record(&mut backend, &guest.spec, &opts)?)
@@ -257,7 +254,7 @@ pub fn emu_executable() -> anyhow::Result<PathBuf> {
 }
 
 /// The `mmurr record` flags for `mmurr-emu record`, which takes the same ones minus
-/// --backend and --gdb.
+/// --backend (the live gdb server runs inside `mmurr-emu`, so --gdb goes along).
 pub fn emu_args(args: &RecordArgs) -> Vec<String> {
     let g = &args.guest;
     let mut v: Vec<String> = vec!["record".into()];
@@ -301,8 +298,14 @@ pub fn emu_args(args: &RecordArgs) -> Vec<String> {
     if let Some(p) = &args.serial_log {
         push("--serial-log", p.display().to_string());
     }
+    if let Some(addr) = &args.gdb {
+        push("--gdb", addr.clone());
+    }
     if args.quiet {
         v.push("--quiet".into());
+    }
+    if args.gdb.is_some() && args.allow_remote {
+        v.push("--allow-remote".into());
     }
     v
 }

@@ -1,0 +1,67 @@
+//! The live server in the recorder's stepping loop: [`LiveControl`] as a
+//! `recorder::StepControl`, and [`start_live`], which binds the socket and starts the gdb
+//! thread for `mmurr record --gdb`, `mmurr run --gdb` and `mmurr-emu`.
+
+use crate::live_target::{self, LiveControl, Verdict};
+use recorder::{Backend, StepControl, StepVerdict};
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+use traces::{EndRecord, Regs};
+
+impl StepControl for LiveControl {
+    fn before_step(&mut self, step: u64, regs: &Regs, backend: &mut dyn Backend) -> StepVerdict {
+        match LiveControl::before_step(self, step, regs, backend) {
+            Verdict::Run => StepVerdict::Run,
+            Verdict::RunModified => StepVerdict::RunModified,
+            Verdict::Stop(why) => StepVerdict::Stop(why),
+        }
+    }
+
+    fn finished(&mut self, end: &EndRecord, exit_code: Option<u8>) {
+        LiveControl::finished(
+            self,
+            &format!("{}: {}", end.reason.name(), end.message),
+            exit_code,
+        );
+    }
+}
+
+/// What a live session needs to know.
+pub struct LiveOptions<'a> {
+    /// `HOST:PORT` to listen on.
+    pub listen: &'a str,
+    pub allow_remote: bool,
+    /// What is being served, for the "listening" line.
+    pub what: &'a str,
+    pub cpu: mmu::CpuModel,
+    /// Policy names (empty: all modelled).
+    pub policies: &'a [String],
+    pub flavour: mmu::Flavour,
+    /// gdb may change registers and memory (`run`), or not (`record`).
+    pub allow_writes: bool,
+    /// Set by SIGINT/SIGTERM: ends a wait for gdb.
+    pub interrupted: Arc<AtomicBool>,
+}
+
+/// Binds, starts the gdb thread, and returns the hook for the stepping loop. The guest waits
+/// for gdb before its first instruction.
+pub fn start_live(o: LiveOptions<'_>) -> anyhow::Result<LiveControl> {
+    let policies = if o.policies.is_empty() {
+        mmu::policies().iter().collect()
+    } else {
+        o.policies
+            .iter()
+            .map(|n| {
+                mmu::policy(n)
+                    .ok_or_else(|| anyhow::anyhow!("unknown policy {n:?} (see `mmurr policies`)"))
+            })
+            .collect::<anyhow::Result<Vec<_>>>()?
+    };
+    let addr = crate::listen_addr(o.listen, o.allow_remote)?;
+    let listener = crate::bind(addr, o.what)?;
+    eprintln!("mmurr: the guest waits for gdb before its first instruction");
+    let (control, target) =
+        live_target::pair(o.cpu, policies, o.flavour, o.allow_writes, o.interrupted);
+    live_target::spawn_server(listener, target);
+    Ok(control)
+}

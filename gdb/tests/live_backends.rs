@@ -1,0 +1,224 @@
+//! The live server on the real backends, through the `mmurr` command line: `mmurr record
+//! --gdb` on kvm (a long-mode scenario, which this host's PVM KVM runs) and on emu (the seed
+//! scenario, whose 32-bit PAE paging KVM cannot run here), and `mmurr run --gdb`.
+//! Tests needing /dev/kvm print `SKIP: ...` where it is not usable.
+
+mod common;
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::channel;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+/// Builds (once) and returns a workspace binary in this target directory.
+fn binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "mmurr", "-p", "mmurr-emu"])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .status()
+            .expect("cannot run cargo");
+        assert!(status.success(), "building mmurr and mmurr-emu failed");
+    });
+    let _ = package;
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin
+}
+
+fn kvm_usable() -> Result<(), String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .map(|_| ())
+        .map_err(|e| format!("/dev/kvm: {e}"))
+}
+
+/// Starts `mmurr ARGS` with `--gdb 127.0.0.1:0`; returns the child and the port it printed.
+/// Its stderr keeps being drained (and echoed) in a thread.
+fn start_live(args: &[&str]) -> (Child, u16) {
+    let mut child = Command::new(binary("mmurr", "mmurr"))
+        .args(args)
+        .args(["--gdb", "127.0.0.1:0", "--quiet"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            eprintln!("[mmurr] {line}");
+            if let Some(rest) = line.split("gdb server listening on 127.0.0.1:").nth(1) {
+                let _ = tx.send(rest.trim().parse::<u16>().unwrap());
+            }
+        }
+    });
+    let port = rx
+        .recv_timeout(Duration::from_secs(60))
+        .expect("mmurr did not start its gdb server");
+    (child, port)
+}
+
+fn finish(mut child: Child) -> i32 {
+    for _ in 0..600 {
+        if let Some(s) = child.try_wait().unwrap() {
+            return s.code().unwrap_or(-1);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    child.kill().unwrap();
+    panic!("mmurr did not exit after gdb was done");
+}
+
+/// Records a scenario without gdb and returns (linear pc, CR4) at the first instruction that
+/// runs with EFER.LMA set: an address the live run will reach in long mode.
+fn first_long_mode_pc(backend: &str, scenario: &str) -> (u64, u64) {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.mmurr");
+    let status = Command::new(binary("mmurr", "mmurr"))
+        .args([
+            "record",
+            "--scenario",
+            scenario,
+            "--backend",
+            backend,
+            "--quiet",
+            "-o",
+        ])
+        .arg(&trace)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.code().is_some());
+    let mut t = replayer::Timeline::open(&trace).unwrap();
+    for s in 0..=t.last_step() {
+        let r = &t.seek(s).unwrap().regs;
+        if r.efer & (1 << 10) != 0 && insn::bitness(r) == 64 {
+            return (insn::linear_ip(r), r.cr4);
+        }
+    }
+    panic!("{scenario} never ran 64-bit code");
+}
+
+#[test]
+fn record_gdb_on_kvm_long_mode() {
+    if let Err(why) = kvm_usable() {
+        println!("SKIP: kvm live server test: {why}");
+        return;
+    }
+    let (pc, cr4) = first_long_mode_pc("kvm", "long-mode-toggles");
+    assert!(cr4 & 0x20 != 0);
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("live.mmurr");
+    let (child, port) = start_live(&[
+        "record",
+        "--scenario",
+        "long-mode-toggles",
+        "--backend",
+        "kvm",
+        "-o",
+        trace.to_str().unwrap(),
+    ]);
+    let out = common::run_gdb(
+        port,
+        &format!(
+            "p $cr0
+stepi
+p $pc
+break *{pc:#x}
+continue
+p $pc
+p $cr4
+p $efer
+x/i $pc
+monitor mode
+python
+try:
+    gdb.execute(\"set $rax = 1\")
+except gdb.error as e:
+    print(\"write refused:\", e)
+end
+delete
+continue"
+        ),
+    );
+    common::expect(&out, "$1 = [ ");
+    common::expect(&out, &format!("Breakpoint 1, {pc:#018x} in ?? ()"));
+    common::expect(&out, &format!("$3 = (void (*)()) {pc:#x}"));
+    common::expect(&out, "PAE");
+    common::expect(&out, "LMA");
+    common::expect(&out, "paging mode 4-level, 64-bit code");
+    // Recording: gdb may look but not change the guest.
+    common::expect(&out, "write refused: Could not write register \"rax\"");
+    common::expect(&out, "mmurr: the guest's run ended");
+    common::expect(&out, "exited with code");
+    finish(child);
+    // The trace recorded under gdb is complete and replays.
+    let t = replayer::Timeline::open(&trace).unwrap();
+    assert!(t.last_step() > 0);
+}
+
+#[test]
+fn run_gdb_on_emu_seed_scenario() {
+    let (child, port) = start_live(&["run", "--scenario", "pae-toggle", "--backend", "emu"]);
+    let out = common::run_gdb(
+        port,
+        "monitor break-on transition
+continue
+continue
+continue
+p $cr4
+monitor role v5.1-rc3
+monitor walk 0x400000 v5.1-rc3
+monitor disas 2
+stepi
+hbreak *0x1000
+set $rbx = 0x400000
+p/x $rbx
+monitor break-on clear
+continue",
+    );
+    common::expect(&out, "transition 32-bit -> pae");
+    common::expect(&out, "$1 = [ PAE ]");
+    common::expect(&out, "STALE: the architecture requires");
+    common::expect(&out, "translations DIFFER");
+    common::expect(&out, "32-bit code:");
+    common::expect(&out, "Hardware assisted breakpoint 1 at 0x1000");
+    common::expect(&out, "$2 = 0x400000");
+    common::expect(&out, "exited with code");
+    finish(child);
+}
+
+#[test]
+fn run_gdb_on_kvm_ctrl_c_stops_a_spinning_guest() {
+    if let Err(why) = kvm_usable() {
+        println!("SKIP: kvm live server test: {why}");
+        return;
+    }
+    // A real-mode guest that spins forever: `jmp $`.
+    let dir = tempfile::tempdir().unwrap();
+    let image = dir.path().join("spin.bin");
+    std::fs::write(&image, [0xeb, 0xfe]).unwrap();
+    let spec = format!("{}@0x7c00", image.display());
+    let (child, port) = start_live(&["run", "--image", &spec, "--backend", "kvm"]);
+    let out = common::run_gdb_interrupting(
+        port,
+        "continue
+p $pc
+monitor disas 1
+kill",
+        Some(Duration::from_millis(1500)),
+    );
+    common::expect(&out, "Program received signal SIGINT");
+    common::expect(&out, "$1 = (void (*)()) 0x7c00");
+    common::expect(&out, "16-bit code:");
+    common::expect(&out, "=> 0x7c00:  eb fe");
+    finish(child);
+}

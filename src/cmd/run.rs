@@ -1,0 +1,80 @@
+//! `mmurr run --gdb ADDR [guest options]`: the guest under the live gdb server, without keeping
+//! a trace. The recorder's stepping loop still runs (it is what gdb drives) and writes its
+//! trace to a temporary file, deleted at the end. Unlike `record --gdb`, gdb may change
+//! registers and memory here.
+
+use super::record::{
+    build_guest, choose_backend, emu_args, exit_code, record_options, spawn_emu, BuiltGuest, Chosen,
+};
+use crate::cli::RecordArgs;
+use anyhow::{bail, Context};
+use recorder::{Backend, RecordSummary};
+use std::process::ExitCode;
+
+pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
+    if args.gdb.is_none() {
+        bail!(
+            "`mmurr run` runs the guest under gdb: give --gdb ADDR (e.g. --gdb 127.0.0.1:1234); \
+             to run and keep a trace, use `mmurr record`"
+        );
+    }
+    let guest = build_guest(&args.guest)?;
+    let backend = choose_backend(args.backend, guest.needs.as_deref(), &guest.label)?;
+    eprintln!("mmurr: backend {}: {}", backend.name(), backend.reason);
+    let scratch = std::env::temp_dir().join(format!("mmurr-run-{}.mmurr", std::process::id()));
+    let mut args = args.clone();
+    args.output = scratch.clone();
+    let result = match backend.kind {
+        Chosen::Kvm => live_on_kvm(&args, &guest, true).map(|s| {
+            eprintln!(
+                "mmurr: run ended after {} steps ({}): {}",
+                s.steps,
+                s.end.reason.name(),
+                s.end.message
+            );
+            exit_code(&s)
+        }),
+        Chosen::Emu => {
+            let mut argv = emu_args(&args);
+            argv.push("--gdb-writable".into());
+            spawn_emu(&argv).map(|status| match status.code() {
+                Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
+                None => ExitCode::from(130),
+            })
+        }
+    };
+    let _ = std::fs::remove_file(&scratch);
+    result
+}
+
+/// Records (or, for `run`, traces to scratch) on kvm with gdb driving the loop.
+pub fn live_on_kvm(
+    args: &RecordArgs,
+    guest: &BuiltGuest,
+    allow_writes: bool,
+) -> anyhow::Result<RecordSummary> {
+    let listen = args.gdb.as_deref().context("no --gdb address")?;
+    let opts = record_options(args, guest.scenario.clone())?;
+    let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
+    let cpuid = if guest.spec.cpuid.is_empty() {
+        backend.cpuid()
+    } else {
+        guest.spec.cpuid.clone()
+    };
+    let mut live = mmurr_gdb::start_live(mmurr_gdb::LiveOptions {
+        listen,
+        allow_remote: args.allow_remote,
+        what: &format!("{} on kvm", guest.label),
+        cpu: recorder::guest_view::cpu_model(&cpuid),
+        policies: &args.policies,
+        flavour: opts.flavour,
+        allow_writes,
+        interrupted: opts.interrupted.clone(),
+    })?;
+    Ok(recorder::record_with(
+        &mut backend,
+        &guest.spec,
+        &opts,
+        Some(&mut live),
+    )?)
+}

@@ -1,0 +1,63 @@
+//! The emu backend's cost: recording a guest with mmurr-emu (every instruction single-stepped,
+//! decoded, traced and fed to all 13 MMU policies) against Unicorn running the same guest code
+//! with no hooks at all, in the same run.
+
+use criterion::{criterion_group, criterion_main, Criterion, Throughput};
+use mmurr_emu::EmuBackend;
+use recorder::{record, RecordOptions, SerialSink};
+use unicorn_engine::unicorn_const::{Arch, Mode, Prot};
+use unicorn_engine::{RegisterX86, Unicorn};
+
+const ITERATIONS: u32 = 20_000;
+/// mov rsp, imm32; mov ecx, imm32; then the loop body runs 3 instructions per iteration.
+const INSTRUCTIONS: u64 = 2 + 3 * ITERATIONS as u64;
+const CODE: u64 = 0x10_0000;
+
+/// `mov rsp, 0x9000; mov ecx, N; l: mov [rsp-8], rcx; dec ecx; jnz l; hlt`
+fn code() -> Vec<u8> {
+    let mut code = vec![0x48, 0xc7, 0xc4, 0x00, 0x90, 0x00, 0x00, 0xb9];
+    code.extend_from_slice(&ITERATIONS.to_le_bytes());
+    code.extend_from_slice(&[0x48, 0x89, 0x4c, 0x24, 0xf8, 0xff, 0xc9, 0x75, 0xf7, 0xf4]);
+    code
+}
+
+fn unicorn_without_hooks(code: &[u8]) {
+    let mut uc = Unicorn::new(Arch::X86, Mode::MODE_64).expect("unicorn");
+    uc.mem_map(0, 2 << 20, Prot::ALL).expect("map");
+    uc.mem_write(CODE, code).expect("write");
+    uc.reg_write(RegisterX86::RSP, 0x9000).expect("rsp");
+    let hlt = CODE + code.len() as u64 - 1;
+    uc.emu_start(CODE, hlt, 0, 0).expect("run");
+    assert_eq!(uc.reg_read(RegisterX86::RIP).expect("rip"), hlt);
+}
+
+fn mmurr_emu_recording(code: &[u8], dir: &std::path::Path) {
+    let guest =
+        guests::loader::load_raw(code, CODE, CODE, guests::loader::EntryMode::Long, 64 << 20)
+            .expect("guest");
+    let mut opts = RecordOptions::new(dir.join("bench.mmurr"));
+    opts.progress = false;
+    opts.serial = SerialSink::Capture;
+    let mut backend = EmuBackend::new().expect("emu backend");
+    let summary = record(&mut backend, &guest, &opts).expect("record");
+    // Every instruction of the loop; the final HLT ends the run.
+    assert_eq!(summary.steps, INSTRUCTIONS, "{}", summary.end.message);
+}
+
+fn benches(c: &mut Criterion) {
+    let code = code();
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut g = c.benchmark_group("emu");
+    g.sample_size(10);
+    g.throughput(Throughput::Elements(INSTRUCTIONS));
+    g.bench_function("unicorn, no hooks", |b| {
+        b.iter(|| unicorn_without_hooks(&code))
+    });
+    g.bench_function("mmurr-emu recording, 13 policies", |b| {
+        b.iter(|| mmurr_emu_recording(&code, dir.path()))
+    });
+    g.finish();
+}
+
+criterion_group!(emu, benches);
+criterion_main!(emu);

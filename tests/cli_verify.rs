@@ -97,3 +97,33 @@ fn verify_refuses_what_is_not_a_trace() {
         text(&out.stderr)
     );
 }
+
+#[test]
+fn the_committed_seed_reproduction_verifies_on_the_emu_backend() {
+    // The bug report a colleague receives: re-executed from its embedded guest on this machine.
+    let emu = Path::new(env!("CARGO_BIN_EXE_mmurr")).with_file_name("mmurr-emu");
+    assert!(
+        emu.exists(),
+        "{} is missing: build it with `cargo build -p mmurr-emu`",
+        emu.display()
+    );
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/traces/corpus/recorded/pae-toggle.emu.mmurr"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let out = mmurr(&["verify", seed], dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("reproduced: all"), "{stdout}");
+    assert!(
+        text(&out.stderr).contains("re-executing on the emu backend"),
+        "{}",
+        text(&out.stderr)
+    );
+}

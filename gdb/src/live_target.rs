@@ -141,6 +141,9 @@ pub struct LiveControl {
     allow_writes: bool,
     interrupted: Arc<AtomicBool>,
     last_note: Option<String>,
+    /// The gdb thread: waited for when the run ends, so the exit reaches gdb before the
+    /// process does.
+    server: Option<std::thread::JoinHandle<()>>,
 }
 
 /// The gdb-thread half.
@@ -177,6 +180,7 @@ pub fn pair(
             allow_writes,
             interrupted,
             last_note: None,
+            server: None,
         },
         LiveTarget {
             requests: req_tx,
@@ -496,15 +500,32 @@ impl LiveControl {
         }
     }
 
-    /// The run ended; tell gdb (if it is waiting for a stop).
+    /// The gdb thread serving this session.
+    pub fn set_server(&mut self, server: std::thread::JoinHandle<()>) {
+        self.server = Some(server);
+    }
+
+    /// The run ended; tell gdb (if it is waiting for a stop), and give the gdb thread a few
+    /// seconds to deliver it: the process may exit right after this returns, and gdb would
+    /// then see "Remote connection closed" instead of the guest's exit.
     pub fn finished(&mut self, message: &str, code: Option<u8>) {
-        if matches!(self.state, RunState::Running { .. } | RunState::Stopped) {
+        let told = matches!(self.state, RunState::Running { .. } | RunState::Stopped);
+        if told {
             self.send(Reply::Ended {
                 message: message.to_string(),
                 code,
             });
         }
         self.state = RunState::Free;
+        if let (true, Some(server)) = (told, self.server.take()) {
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+            while !server.is_finished() && std::time::Instant::now() < deadline {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            if server.is_finished() {
+                let _ = server.join();
+            }
+        }
     }
 
     fn policy(&self, name: Option<&str>) -> Result<&Tracker, String> {

@@ -60,8 +60,8 @@ pub fn start_live(o: LiveOptions<'_>) -> anyhow::Result<LiveControl> {
     let addr = crate::listen_addr(o.listen, o.allow_remote)?;
     let listener = crate::bind(addr, o.what)?;
     eprintln!("mmurr: the guest waits for gdb before its first instruction");
-    let (control, target) =
+    let (mut control, target) =
         live_target::pair(o.cpu, policies, o.flavour, o.allow_writes, o.interrupted);
-    live_target::spawn_server(listener, target);
+    control.set_server(live_target::spawn_server(listener, target));
     Ok(control)
 }

@@ -35,7 +35,11 @@ fn every_keyframe_is_rebuilt_exactly() {
         opts.serial = recorder::SerialSink::Capture;
         let mut backend = KvmBackend::new(host.clone()).unwrap();
         let summary = record(&mut backend, &s.guest, &opts).unwrap();
-        assert!(summary.end.self_check_failures.is_empty(), "{name}: {:?}", summary.end.self_check_failures);
+        assert!(
+            summary.end.self_check_failures.is_empty(),
+            "{name}: {:?}",
+            summary.end.self_check_failures
+        );
 
         let kfs = keyframes(&opts.output);
         assert!(kfs.len() > 10, "{name}: only {} keyframes", kfs.len());
@@ -47,7 +51,12 @@ fn every_keyframe_is_rebuilt_exactly() {
         for i in order {
             let k = &kfs[i];
             let snap = timeline.seek(k.step).unwrap();
-            assert_eq!(snap.memory.hash(), k.memory_hash, "{name}: memory at step {}", k.step);
+            assert_eq!(
+                snap.memory.hash(),
+                k.memory_hash,
+                "{name}: memory at step {}",
+                k.step
+            );
             assert_eq!(snap.regs, k.regs, "{name}: registers at step {}", k.step);
         }
     }

@@ -22,7 +22,7 @@ pub mod to_trace;
 mod tracer;
 
 pub use backend::{Backend, BackendError, Exit, StepResult, Written};
+pub use control::{StepControl, StepVerdict};
 pub use cr_watch::{planned_write, PlannedWrite};
 pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};
-pub use control::{StepControl, StepVerdict};
 pub use record::{record, record_with, resolve_policies};

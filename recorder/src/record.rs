@@ -1,12 +1,12 @@
 //! `record`: load a guest on a backend, write the header, trace every step, finish the trace.
 
+use crate::control::StepControl;
 use crate::devices::{Console, DebugExit, Devices, OutputSink};
 use crate::guest_view;
 use crate::mmu_watch::MmuWatch;
 use crate::options::{RecordError, RecordOptions, RecordSummary, SerialSink};
 use crate::progress::Progress;
 use crate::tracer::Tracer;
-use crate::control::StepControl;
 use crate::Backend;
 use traces::{EndReason, GuestSpec, Header, Record};
 

@@ -26,7 +26,11 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     describe_origin(&header, steps);
     let needs = paging_modes_used(&mut original)?;
     let chosen = choose(args.backend, header.backend.kind, &needs)?;
-    let name = if chosen.0 == Chosen::Kvm { "kvm" } else { "emu" };
+    let name = if chosen.0 == Chosen::Kvm {
+        "kvm"
+    } else {
+        "emu"
+    };
     eprintln!("mmurr: re-executing on the {name} backend: {}", chosen.1);
 
     let dir = tempfile::tempdir().context("creating a temporary directory")?;

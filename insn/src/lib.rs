@@ -4,9 +4,11 @@
 //! replayer (disassembly, and the addresses a stale MMU context would mistranslate).
 
 mod addresses;
+mod cpu;
 mod decode;
 mod fetch;
 
 pub use addresses::{memory_operands, register_value, Touch};
+pub use cpu::cpu_model;
 pub use decode::{bitness, decode, describe, format};
 pub use fetch::{control_regs, cpl, fetch, linear_ip, translate, MAX_INSN_LEN};

@@ -130,7 +130,9 @@ pub fn detect(
     if let Some(p) = planned {
         let old = value(before, p.reg);
         let faulted = !retired && value(after, p.reg) == old;
-        let new = if faulted { old } else { value(after, p.reg) };
+        // A faulted write records what the instruction tried to write: that is what KVM's
+        // checks (and the model) judge; the register itself kept `old`.
+        let new = if faulted { p.attempted } else { value(after, p.reg) };
         out.push((
             CrWrite {
                 reg: p.reg,
@@ -251,7 +253,7 @@ mod tests {
         let w = detect(Some(p), true, &before, &after);
         assert_eq!(w.len(), 1);
         let w = detect(Some(p), false, &before, &before);
-        assert!(w[0].0.faulted && w[0].0.new == w[0].0.old);
+        assert!(w[0].0.faulted && w[0].0.new == 0x8000_0011 && w[0].0.old == 0x11);
         let mut other = before.clone();
         other.cr3 = 0x5000;
         let w = detect(None, true, &before, &other);

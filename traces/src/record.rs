@@ -1,4 +1,6 @@
-//! What a trace says: the header and the records, format version 1.
+//! What a trace says: the header and the records, format version 2 (version 1 plus appended
+//! variants: `EventKind::ExternalInterrupt`, `EventKind::Retired`, `EndReason::Stuck`; a
+//! faulted `CrWrite` carries the attempted value in `new`).
 //!
 //! These types are the contract between the recorder (which writes them), the replayer, the
 //! TUI and the gdb server (which read them). They are plain data: `traces` depends on none of
@@ -232,6 +234,12 @@ pub enum EventKind {
         engine: String,
         reference: String,
     },
+    /// An external interrupt (or NMI) delivered at the boundary before the instruction at
+    /// `Event::rip` (format 2). Exceptions, including `int n`, are [`EventKind::Exception`].
+    ExternalInterrupt(InterruptInfo),
+    /// The step retired `count` (> 1) instructions at once: on some hosts one KVM single step
+    /// runs past an instruction (seen: `endbr64` and the following `push`). Format 2.
+    Retired { count: u32 },
 }
 
 impl EventKind {
@@ -246,6 +254,8 @@ impl EventKind {
             EventKind::Mmio(_) => "mmio",
             EventKind::Exception(_) => "exception",
             EventKind::EngineDivergence { .. } => "engine-divergence",
+            EventKind::ExternalInterrupt(_) => "interrupt",
+            EventKind::Retired { .. } => "retired",
         }
     }
 }
@@ -464,12 +474,24 @@ pub struct MmioAccess {
     pub data: u64,
 }
 
+/// An exception delivered to the guest; the event's `rip` is the instruction that raised it
+/// (for a trap such as `int n` or #DB, the instruction that just executed).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ExceptionInfo {
     pub vector: u8,
+    /// The error code the CPU pushed, for the vectors that push one (#DF, #TS, #NP, #SS, #GP,
+    /// #PF, #AC, #CP); `None` for the others. Format 1 traces never carry it.
     pub error_code: Option<u32>,
     /// CR2 for #PF.
     pub cr2: Option<u64>,
+}
+
+/// An external interrupt delivered to the guest.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InterruptInfo {
+    pub vector: u8,
+    /// A non-maskable interrupt (vector 2).
+    pub nmi: bool,
 }
 
 /// The last record of a complete trace.
@@ -502,6 +524,9 @@ pub enum EndReason {
     HostUnsupported,
     /// Anything else: an unhandled exit, an emulation failure, an internal error.
     Error,
+    /// The guest made no progress: the same instruction with the same registers and no I/O
+    /// for many steps (format 2).
+    Stuck,
 }
 
 impl EndReason {
@@ -515,6 +540,7 @@ impl EndReason {
             EndReason::Interrupted => "interrupted",
             EndReason::HostUnsupported => "host-unsupported",
             EndReason::Error => "error",
+            EndReason::Stuck => "stuck",
         }
     }
 }

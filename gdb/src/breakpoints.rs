@@ -70,6 +70,61 @@ pub struct Catchpoint {
     pub policy: Option<String>,
 }
 
+impl Catchpoint {
+    /// The catchpoint applies to policy `name` (it names none, or names this one).
+    pub fn covers(&self, name: &str) -> bool {
+        self.policy
+            .as_deref()
+            .is_none_or(|p| mmu::policy(p).is_some_and(|q| q.name == name))
+    }
+}
+
+/// What the `break-on` catchpoints say about one control-register write (`cause`, its event
+/// line), given every policy's decision (`names[i]` decided `decisions[i]`, its context
+/// already stale before the write when `stale_before[i]`). One definition for both servers:
+/// the live one asks as the write happens, the replay one ahead of time over the analysis.
+pub fn write_notes(
+    catches: &[Catchpoint],
+    cause: &str,
+    reg: traces::ControlReg,
+    names: &[&'static str],
+    decisions: &[mmu::Decision],
+    stale_before: &[bool],
+) -> Vec<String> {
+    let mut notes = Vec::new();
+    for c in catches {
+        if !c.kind.per_policy() {
+            if c.kind.name() == reg.name() {
+                notes.push(cause.to_string());
+            }
+            continue;
+        }
+        for (p, d) in decisions.iter().enumerate() {
+            let Some(&name) = names.get(p) else { continue };
+            if !c.covers(name) {
+                continue;
+            }
+            if c.kind == CatchKind::Reset && d.is_reset() {
+                notes.push(format!("{name}: reset, {} -- {cause}", d.outcome.name()));
+            }
+            if c.kind == CatchKind::Divergence && !stale_before.get(p).copied().unwrap_or(false) {
+                if let Some(st) = &d.stale {
+                    let what: Vec<String> = st
+                        .attributes
+                        .iter()
+                        .map(|a| format!("{} kept {} required {}", a.attribute, a.kept, a.correct))
+                        .collect();
+                    notes.push(format!(
+                        "{name}: MMU context diverges from the architecture ({}) -- {cause}",
+                        what.join(", ")
+                    ));
+                }
+            }
+        }
+    }
+    notes
+}
+
 impl std::fmt::Display for Catchpoint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.policy {

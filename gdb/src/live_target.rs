@@ -13,7 +13,7 @@
 //! a patched HLT only exits without an in-kernel irqchip) and no debug register is armed.
 
 use crate::arch::{SystemRegId, SystemRegs, X86_64System};
-use crate::breakpoints::{Breakpoints, CatchKind};
+use crate::breakpoints::{write_notes, Breakpoints};
 use crate::guest_memory;
 use crate::monitor::{self, Command};
 use crate::server::console_packet;
@@ -38,18 +38,17 @@ use gdbstub::target::ext::target_description_xml_override::{
     TargetDescriptionXmlOverride, TargetDescriptionXmlOverrideOps,
 };
 use gdbstub::target::{Target, TargetError, TargetResult};
-use mmu::{CpuModel, Flavour, Input, Tracker};
+use mmu::Tracker;
 use recorder::guest_view::BackendMemory;
-use recorder::Backend;
-use replayer::flags::changed_flags;
-use replayer::views::{cpu_mode, mmu_role, page_walk};
+use recorder::{Backend, StepView};
+use replayer::views::{cpu_mode, event_line};
 use std::io::Write;
 use std::net::{TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{channel, Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::Duration;
-use traces::{ControlReg, PagingMode, Regs};
+use traces::{EventKind, Regs};
 
 /// How the VM thread should go on after [`LiveControl::before_step`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -128,14 +127,9 @@ pub struct LiveControl {
     bps: Breakpoints,
     phys: bool,
     modified: bool,
-    cpu: CpuModel,
-    /// Registers before the previous instruction, to see control-register writes.
-    prev: Option<Regs>,
-    /// One tracker per modelled policy, fed the control-register changes seen between
-    /// instructions, so `monitor role`, `check` and the policy catchpoints work live too.
-    trackers: Vec<Tracker>,
-    policies: Vec<&'static mmu::Policy>,
-    flavour: Flavour,
+    /// The last control-register write seen (event line, id, every policy's decision), for
+    /// `monitor role` and `check`.
+    last_write: Option<(String, u64, Vec<mmu::Decision>)>,
     /// gdb may change registers and memory. Not while recording: the trace would no longer
     /// replay (its step records describe the guest's own changes only).
     allow_writes: bool,
@@ -155,13 +149,7 @@ pub struct LiveTarget {
 }
 
 /// A connected pair.
-pub fn pair(
-    cpu: CpuModel,
-    policies: Vec<&'static mmu::Policy>,
-    flavour: Flavour,
-    allow_writes: bool,
-    interrupted: Arc<AtomicBool>,
-) -> (LiveControl, LiveTarget) {
+pub fn pair(allow_writes: bool, interrupted: Arc<AtomicBool>) -> (LiveControl, LiveTarget) {
     let (req_tx, req_rx) = channel();
     let (rep_tx, rep_rx) = channel();
     (
@@ -172,11 +160,7 @@ pub fn pair(
             bps: Breakpoints::default(),
             phys: false,
             modified: false,
-            cpu,
-            prev: None,
-            trackers: Vec::new(),
-            policies,
-            flavour,
+            last_write: None,
             allow_writes,
             interrupted,
             last_note: None,
@@ -190,90 +174,16 @@ pub fn pair(
     )
 }
 
-/// Control-register writes between two register files, as the MMU model's inputs.
-fn cr_inputs(before: &Regs, after: &Regs) -> Vec<(ControlReg, u64, u64, Input)> {
-    let mut out = Vec::new();
-    if before.cr0 != after.cr0 {
-        out.push((
-            ControlReg::Cr0,
-            before.cr0,
-            after.cr0,
-            Input::Cr0 {
-                old: before.cr0,
-                new: after.cr0,
-            },
-        ));
-    }
-    if before.cr3 != after.cr3 {
-        out.push((
-            ControlReg::Cr3,
-            before.cr3,
-            after.cr3,
-            Input::Cr3 {
-                old: before.cr3,
-                new: after.cr3,
-            },
-        ));
-    }
-    if before.cr4 != after.cr4 {
-        out.push((
-            ControlReg::Cr4,
-            before.cr4,
-            after.cr4,
-            Input::Cr4 {
-                old: before.cr4,
-                new: after.cr4,
-            },
-        ));
-    }
-    if before.efer != after.efer {
-        out.push((
-            ControlReg::Efer,
-            before.efer,
-            after.efer,
-            Input::Efer {
-                old: before.efer,
-                new: after.efer,
-            },
-        ));
-    }
-    out
-}
-
-fn paging_mode(r: &Regs) -> PagingMode {
-    use mmu::PagingMode as M;
-    match M::of(r.cr0, r.cr4, r.efer) {
-        M::Real => PagingMode::Real,
-        M::Unpaged => PagingMode::Unpaged,
-        M::Bits32 => PagingMode::Bits32,
-        M::Pae => PagingMode::Pae,
-        M::Level4 => PagingMode::Level4,
-        M::Level5 => PagingMode::Level5,
-    }
-}
-
 impl LiveControl {
     fn send(&self, r: Reply) {
         // The gdb thread gone means gdb went away; the next request poll notices.
         let _ = self.replies.send(r);
     }
 
-    /// Called before instruction `step + 1` with the registers before it.
-    pub fn before_step(&mut self, step: u64, regs: &Regs, backend: &mut dyn Backend) -> Verdict {
-        let mut catch: Option<String> = None;
-        if self.trackers.is_empty() && !self.policies.is_empty() {
-            // The MMU model starts from the registers of the first instruction (the entry).
-            let cr = insn::control_regs(regs);
-            self.trackers = self
-                .policies
-                .iter()
-                .map(|p| Tracker::new(p, self.flavour, self.cpu, &cr))
-                .collect();
-        }
-        if let Some(prev) = self.prev.take() {
-            catch = self.observe(&prev, regs, backend);
-        }
-        self.prev = Some(regs.clone());
+    /// Called before instruction `view.step + 1`, with what the recorder knows then.
+    pub fn before_step(&mut self, view: &StepView<'_>, backend: &mut dyn Backend) -> Verdict {
+        let (step, regs) = (view.step, view.regs);
+        let catch = self.observe(view);
         match self.state {
             RunState::Free => return Verdict::Run,
             RunState::Stopped => {}
@@ -311,63 +221,39 @@ impl LiveControl {
                 }
             }
         }
-        self.serve_stopped(step, regs, backend)
+        self.serve_stopped(view, backend)
     }
 
-    /// Feeds control-register changes to the MMU model; returns what a catchpoint should
-    /// say if one is set for them.
-    fn observe(&mut self, prev: &Regs, regs: &Regs, backend: &dyn Backend) -> Option<String> {
-        let inputs = cr_inputs(prev, regs);
-        if inputs.is_empty() {
-            return None;
-        }
+    /// What the catchpoints say about the instruction just executed: its control-register
+    /// writes as the recorder's own MMU model decided them, and its paging-mode transition.
+    fn observe(&mut self, view: &StepView<'_>) -> Option<String> {
+        let names: Vec<&'static str> = view
+            .mmu
+            .trackers()
+            .iter()
+            .map(|t| t.policy().name)
+            .collect();
+        let recorded: Vec<String> = names.iter().map(|n| n.to_string()).collect();
         let mut notes = Vec::new();
-        let cr = insn::control_regs(regs);
-        let mem = BackendMemory(backend);
-        for (reg, old, new, input) in &inputs {
-            let write = format!(
-                "{} {old:#x} -> {new:#x} ({})",
-                reg.name(),
-                changed_flags(*reg, *old, *new)
-            );
-            if self.catching(reg.name()) {
-                notes.push(write.clone());
-            }
-            let bps = &self.bps;
-            // Is a `break-on KIND [POLICY]` set that covers policy `name`?
-            let wants = |kind: CatchKind, name: &str| {
-                bps.catches().iter().any(|c| {
-                    c.kind == kind
-                        && c.policy
-                            .as_deref()
-                            .is_none_or(|p| mmu::policy(p).is_some_and(|q| q.name == name))
-                })
+        for (event, outcome) in view.writes {
+            let EventKind::CrWrite(w) = &event.kind else {
+                continue;
             };
-            for t in &mut self.trackers {
-                let was_stale = t.stale().is_some();
-                let d = t.apply(input, &cr, &mem);
-                let name = t.policy().name;
-                let reset = d.roots_unloaded
-                    || matches!(
-                        d.outcome,
-                        mmu::Outcome::Reinit | mmu::Outcome::SkippedRoleUnchanged
-                    );
-                if reset && wants(CatchKind::Reset, name) {
-                    notes.push(format!("{name}: reset, {} -- {write}", d.outcome.name()));
-                }
-                if let (false, Some(st)) = (was_stale, &d.stale) {
-                    if wants(CatchKind::Divergence, name) {
-                        notes.push(format!(
-                            "{name}: MMU context diverges from the architecture ({}) -- {write}",
-                            st.names().join(", ")
-                        ));
-                    }
-                }
-            }
+            let line = event_line::line(event, &recorded);
+            notes.extend(write_notes(
+                self.bps.catches(),
+                &line,
+                w.reg,
+                &names,
+                &outcome.decisions,
+                &outcome.stale_before,
+            ));
+            self.last_write = Some((line, event.id, outcome.decisions.clone()));
         }
-        let (from, to) = (paging_mode(prev), paging_mode(regs));
-        if from != to && self.catching("transition") {
-            notes.push(format!("transition {} -> {}", from.name(), to.name()));
+        if let Some((from, to)) = view.transition {
+            if self.catching("transition") {
+                notes.push(format!("transition {} -> {}", from.name(), to.name()));
+            }
         }
         if notes.is_empty() {
             return None;
@@ -377,13 +263,25 @@ impl LiveControl {
         Some(note)
     }
 
+    fn last_write(&self) -> Option<monitor::LastWrite<'_>> {
+        self.last_write
+            .as_ref()
+            .map(|(line, id, decisions)| monitor::LastWrite {
+                line: line.clone(),
+                id: *id,
+                decisions,
+            })
+    }
+
     fn catching(&self, kind: &str) -> bool {
         self.bps.catches().iter().any(|c| c.kind.name() == kind)
     }
 
     /// Serves gdb while the guest is stopped; returns when gdb resumes it.
-    fn serve_stopped(&mut self, step: u64, regs: &Regs, backend: &mut dyn Backend) -> Verdict {
-        let mut regs = regs.clone();
+    fn serve_stopped(&mut self, view: &StepView<'_>, backend: &mut dyn Backend) -> Verdict {
+        let step = view.step;
+        let cpu = *view.mmu.cpu();
+        let mut regs = view.regs.clone();
         loop {
             let req = match self.requests.recv_timeout(Duration::from_millis(100)) {
                 Ok(r) => r,
@@ -436,14 +334,14 @@ impl LiveControl {
                 Request::ReadMem(addr, len) => {
                     let mut buf = vec![0u8; len.min(1 << 20)];
                     let mem = BackendMemory(&*backend);
-                    let n = guest_memory::read(&regs, &self.cpu, &mem, self.phys, addr, &mut buf);
+                    let n = guest_memory::read(&regs, &cpu, &mem, self.phys, addr, &mut buf);
                     buf.truncate(n);
                     self.send(Reply::Bytes(buf));
                 }
                 Request::WriteMem(addr, data) => {
                     let pieces = {
                         let mem = BackendMemory(&*backend);
-                        guest_memory::pieces(&regs, &self.cpu, &mem, self.phys, addr, data.len())
+                        guest_memory::pieces(&regs, &cpu, &mem, self.phys, addr, data.len())
                     };
                     let covered: usize = pieces.iter().map(|p| p.1).sum();
                     let mut ok = covered == data.len();
@@ -464,7 +362,7 @@ impl LiveControl {
                     self.send(Reply::Done(ok));
                 }
                 Request::Monitor(line) => {
-                    let text = self.monitor(step, &regs, backend, &line);
+                    let text = self.monitor(view.mmu, step, &regs, backend, &line);
                     self.send(Reply::Text(text));
                 }
                 Request::Continue => {
@@ -528,25 +426,40 @@ impl LiveControl {
         }
     }
 
-    fn policy(&self, name: Option<&str>) -> Result<&Tracker, String> {
+    /// A policy of the session by name (its index and tracker); none named: the first one
+    /// recorded, as the replay server defaults.
+    fn policy<'w>(
+        mmu: &'w history::Watch,
+        name: Option<&str>,
+    ) -> Result<(usize, &'w Tracker), String> {
         match name {
-            None => self
-                .trackers
-                .last()
+            None => mmu
+                .trackers()
+                .first()
+                .map(|t| (0, t))
                 .ok_or_else(|| "no MMU model in this session".to_string()),
             Some(n) => {
                 let p = mmu::policy(n).ok_or_else(|| {
                     format!("unknown policy {n:?}; `monitor policies` lists them")
                 })?;
-                self.trackers
+                mmu.trackers()
                     .iter()
-                    .find(|t| t.policy().name == p.name)
+                    .enumerate()
+                    .find(|(_, t)| t.policy().name == p.name)
                     .ok_or_else(|| format!("policy {n} is not modelled in this session"))
             }
         }
     }
 
-    fn monitor(&mut self, step: u64, regs: &Regs, backend: &dyn Backend, line: &str) -> String {
+    fn monitor(
+        &mut self,
+        mmu: &history::Watch,
+        step: u64,
+        regs: &Regs,
+        backend: &dyn Backend,
+        line: &str,
+    ) -> String {
+        let cpu = *mmu.cpu();
         let result: Result<String, String> = (|| {
             Ok(match monitor::parse(line.as_bytes())? {
                 Command::Help => monitor::HELP.to_string(),
@@ -557,7 +470,7 @@ impl LiveControl {
                     if self.phys { "physical" } else { "virtual" }
                 ),
                 Command::Disas(n) => {
-                    monitor::disassembly(regs, &self.cpu, &BackendMemory(backend), n)
+                    monitor::disassembly(regs, &cpu, &BackendMemory(backend), n)
                 }
                 Command::Phys => {
                     self.phys = true;
@@ -567,33 +480,28 @@ impl LiveControl {
                     self.phys = false;
                     "gdb memory accesses now use virtual addresses (through the guest's page tables)".into()
                 }
-                Command::Role(p) => mmu_role::describe(self.policy(p.as_deref())?),
+                Command::Role(p) => {
+                    let (i, t) = Self::policy(mmu, p.as_deref())?;
+                    monitor::role_text(step, t, i, self.last_write().as_ref())
+                }
                 Command::Walk(addr, p) => {
                     let cr = insn::control_regs(regs);
                     let mem = BackendMemory(backend);
-                    let kept = match p {
-                        Some(name) => Some(self.policy(Some(&name))?),
-                        None => self.trackers.iter().find(|t| t.stale().is_some()),
+                    let kept: Vec<&Tracker> = match p {
+                        Some(name) => vec![Self::policy(mmu, Some(&name))?.1],
+                        None => mmu.trackers().iter().filter(|t| t.stale().is_some()).collect(),
                     };
-                    page_walk::compare(&cr, &self.cpu, &mem, addr, kept.map(|t| (t.policy().name, t.context())))
+                    monitor::walk_text(&cr, &cpu, &mem, addr, &kept)
                 }
-                Command::Policies => self
-                    .trackers
+                Command::Policies => mmu
+                    .trackers()
                     .iter()
                     .map(|t| format!("  {:<10} {}", t.policy().name, t.policy().summary))
                     .collect::<Vec<_>>()
                     .join("\n"),
                 Command::Check => {
-                    let stale: Vec<String> = self
-                        .trackers
-                        .iter()
-                        .filter_map(|t| t.stale().map(|st| format!("  {}: STALE context: {}", t.policy().name, st.names().join(", "))))
-                        .collect();
-                    if stale.is_empty() {
-                        "every policy's MMU context matches the architecture".into()
-                    } else {
-                        stale.join("\n")
-                    }
+                    let trackers: Vec<&Tracker> = mmu.trackers().iter().collect();
+                    monitor::check_text(step, &trackers, self.last_write().as_ref())
                 }
                 Command::When => {
                     let mut s = format!("live, {step} instructions executed");
@@ -607,7 +515,7 @@ impl LiveControl {
                 }
                 Command::BreakOn(c) => {
                     if let Some(p) = &c.policy {
-                        self.policy(Some(p))?;
+                        Self::policy(mmu, Some(p))?;
                     }
                     let text = format!("continue stops at every {c}");
                     self.bps.add_catch(c);

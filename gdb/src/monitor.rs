@@ -78,6 +78,99 @@ pub fn disassembly(
     out.join("\n")
 }
 
+/// The last control-register write at or before the current point: its event line, its
+/// event id and every policy's decision, in the session's policy order.
+pub struct LastWrite<'a> {
+    pub line: String,
+    pub id: u64,
+    pub decisions: &'a [mmu::Decision],
+}
+
+/// `monitor role`'s text: policy `p`'s tracker, and what it decided at the last write. Both
+/// servers answer with it (the live one from the recorder's model as the guest runs, the
+/// replay one from the trace's analysis), so the same point gives the same text.
+pub fn role_text(step: u64, t: &mmu::Tracker, p: usize, last: Option<&LastWrite<'_>>) -> String {
+    let mut out = format!("at step {step}: {}", replayer::views::mmu_role::describe(t));
+    if let Some(w) = last {
+        if let Some(d) = w.decisions.get(p) {
+            out += &format!(
+                "\nlast write: {}\n  {} decided: {}",
+                w.line,
+                t.policy().name,
+                d.describe()
+            );
+        }
+    }
+    out
+}
+
+/// `monitor check`'s text: every stale context at this point, and needless resets of the
+/// last write.
+pub fn check_text(step: u64, trackers: &[&mmu::Tracker], last: Option<&LastWrite<'_>>) -> String {
+    let mut out = vec![format!("at step {step}:")];
+    let mut any = false;
+    for t in trackers {
+        if let Some(st) = t.stale() {
+            any = true;
+            let what: Vec<String> = st
+                .attributes
+                .iter()
+                .map(|a| format!("{} kept {} required {}", a.attribute, a.kept, a.correct))
+                .collect();
+            out.push(format!(
+                "  {}: STALE context: {}",
+                t.policy().name,
+                what.join(", ")
+            ));
+        }
+    }
+    if !any {
+        out.push("  every policy's MMU context matches the architecture".into());
+    }
+    if let Some(w) = last {
+        for (t, d) in trackers.iter().zip(w.decisions) {
+            if d.needless_reset {
+                out.push(format!(
+                    "  {}: the last write (event #{}) caused a needless reset",
+                    t.policy().name,
+                    w.id
+                ));
+            }
+        }
+    }
+    out.join("\n")
+}
+
+/// `monitor walk`'s text: the architecture's walk of `addr`, and each `kept` context's walk
+/// where it differs (the architecture's printed once).
+pub fn walk_text(
+    cr: &mmu::ControlRegs,
+    cpu: &mmu::CpuModel,
+    mem: &dyn mmu::GuestMemory,
+    addr: u64,
+    kept: &[&mmu::Tracker],
+) -> String {
+    use replayer::views::page_walk;
+    if kept.is_empty() {
+        let mut out = page_walk::compare(cr, cpu, mem, addr, None);
+        out += "\nevery policy's kept context matches the architecture here";
+        return out;
+    }
+    let mut parts = Vec::new();
+    for (n, t) in kept.iter().enumerate() {
+        let text = page_walk::compare(cr, cpu, mem, addr, Some((t.policy().name, t.context())));
+        parts.push(if n == 0 {
+            text
+        } else {
+            text.lines()
+                .skip_while(|l| !l.contains("kept context"))
+                .collect::<Vec<_>>()
+                .join("\n")
+        });
+    }
+    parts.join("\n")
+}
+
 /// Parses a command line; the error is the message to show.
 pub fn parse(bytes: &[u8]) -> Result<Command, String> {
     let line = String::from_utf8_lossy(bytes);

@@ -3,14 +3,14 @@
 //! thread for `mmurr record --gdb`, `mmurr run --gdb` and `mmurr-emu`.
 
 use crate::live_target::{self, LiveControl, Verdict};
-use recorder::{Backend, StepControl, StepVerdict};
+use recorder::{Backend, StepControl, StepVerdict, StepView};
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
-use traces::{EndRecord, Regs};
+use traces::EndRecord;
 
 impl StepControl for LiveControl {
-    fn before_step(&mut self, step: u64, regs: &Regs, backend: &mut dyn Backend) -> StepVerdict {
-        match LiveControl::before_step(self, step, regs, backend) {
+    fn before_step(&mut self, view: &StepView<'_>, backend: &mut dyn Backend) -> StepVerdict {
+        match LiveControl::before_step(self, view, backend) {
             Verdict::Run => StepVerdict::Run,
             Verdict::RunModified => StepVerdict::RunModified,
             Verdict::Stop(why) => StepVerdict::Stop(why),
@@ -33,10 +33,6 @@ pub struct LiveOptions<'a> {
     pub allow_remote: bool,
     /// What is being served, for the "listening" line.
     pub what: &'a str,
-    pub cpu: mmu::CpuModel,
-    /// Policy names (empty: all modelled).
-    pub policies: &'a [String],
-    pub flavour: mmu::Flavour,
     /// gdb may change registers and memory (`run`), or not (`record`).
     pub allow_writes: bool,
     /// Set by SIGINT/SIGTERM: ends a wait for gdb.
@@ -44,24 +40,13 @@ pub struct LiveOptions<'a> {
 }
 
 /// Binds, starts the gdb thread, and returns the hook for the stepping loop. The guest waits
-/// for gdb before its first instruction.
+/// for gdb before its first instruction. The session answers from the recorder's own MMU
+/// model (its policies, flavour and CPU model), handed over before every instruction.
 pub fn start_live(o: LiveOptions<'_>) -> anyhow::Result<LiveControl> {
-    let policies = if o.policies.is_empty() {
-        mmu::policies().iter().collect()
-    } else {
-        o.policies
-            .iter()
-            .map(|n| {
-                mmu::policy(n)
-                    .ok_or_else(|| anyhow::anyhow!("unknown policy {n:?} (see `mmurr policies`)"))
-            })
-            .collect::<anyhow::Result<Vec<_>>>()?
-    };
     let addr = crate::listen_addr(o.listen, o.allow_remote)?;
     let listener = crate::bind(addr, o.what)?;
     eprintln!("mmurr: the guest waits for gdb before its first instruction");
-    let (mut control, target) =
-        live_target::pair(o.cpu, policies, o.flavour, o.allow_writes, o.interrupted);
+    let (mut control, target) = live_target::pair(o.allow_writes, o.interrupted);
     control.set_server(live_target::spawn_server(listener, target));
     Ok(control)
 }

@@ -8,7 +8,7 @@
 //! not by the trace length.
 
 use crate::arch::{SystemRegId, SystemRegs, X86_64System};
-use crate::breakpoints::{Breakpoints, CatchKind, Catchpoint, Sites};
+use crate::breakpoints::{write_notes, Breakpoints, CatchKind, Catchpoint, Sites};
 use crate::guest_memory;
 use crate::monitor::{self, Command};
 use gdbstub::common::Signal;
@@ -16,7 +16,7 @@ use gdbstub::stub::SingleThreadStopReason;
 use gdbstub::target::ext::base::reverse_exec::ReplayLogPosition;
 use gdbstub::target::TargetError;
 use mmu::{CpuModel, Flavour};
-use replayer::views::{cpu_mode, event_line, mmu_role, page_walk};
+use replayer::views::{cpu_mode, event_line};
 use replayer::{Analysis, Timeline};
 use std::path::Path;
 use traces::{Event, EventKind, Record, Regs, Step};
@@ -372,92 +372,71 @@ impl ReplayTarget {
         let names = self.policy_names();
         let mut sites = Vec::new();
         for c in self.bps.catches() {
-            let wanted: Vec<usize> = match &c.policy {
-                Some(p) => vec![self.policy_index(p)?],
-                None => (0..self.analysis.policies.len()).collect(),
-            };
+            if let Some(p) = &c.policy {
+                self.policy_index(p)?;
+            }
             match c.kind {
-                CatchKind::Transition
-                | CatchKind::Cr0
-                | CatchKind::Cr3
-                | CatchKind::Cr4
-                | CatchKind::Efer => {
+                CatchKind::Transition => {
                     for e in &self.events {
-                        let hit = match (&e.kind, c.kind) {
-                            (EventKind::Transition { .. }, CatchKind::Transition) => true,
-                            (EventKind::CrWrite(w), k) => w.reg.name() == k.name(),
-                            _ => false,
-                        };
-                        if hit {
+                        if matches!(e.kind, EventKind::Transition { .. }) {
                             sites.push((e.step, event_line::line(e, &names)));
                         }
                     }
                 }
-                CatchKind::Reset | CatchKind::Divergence => {
-                    for (i, w) in self.analysis.writes.iter().enumerate() {
-                        for &p in &wanted {
-                            let d = &w.decisions[p];
-                            let name = self.analysis.policies[p].name;
-                            let cause = event_line::line(&w.event, &names);
-                            if c.kind == CatchKind::Reset
-                                && (d.roots_unloaded
-                                    || matches!(
-                                        d.outcome,
-                                        mmu::Outcome::Reinit | mmu::Outcome::SkippedRoleUnchanged
-                                    ))
-                            {
-                                sites.push((
-                                    w.event.step,
-                                    format!("{name}: reset, {} -- {cause}", d.outcome.name()),
-                                ));
-                            }
-                            let before = match i {
-                                0 => &self.analysis.initial[p],
-                                _ => &self.analysis.writes[i - 1].after[p],
-                            };
-                            if c.kind == CatchKind::Divergence && before.stale().is_none() {
-                                if let Some(st) = &d.stale {
-                                    let what: Vec<String> = st
-                                        .attributes
-                                        .iter()
-                                        .map(|a| {
-                                            format!(
-                                                "{} kept {} required {}",
-                                                a.attribute, a.kept, a.correct
-                                            )
-                                        })
-                                        .collect();
-                                    sites.push((
-                                        w.event.step,
-                                        format!(
-                                            "{name}: MMU context diverges from the architecture ({}) -- {cause}",
-                                            what.join(", ")
-                                        ),
-                                    ));
-                                }
-                            }
-                        }
-                    }
-                    if c.kind == CatchKind::Divergence && c.policy.is_none() {
-                        for e in &self.events {
-                            if matches!(
-                                e.kind,
-                                EventKind::Finding(_) | EventKind::EngineDivergence { .. }
-                            ) {
-                                sites.push((
-                                    e.step,
-                                    format!("recorded {}", event_line::line(e, &names)),
-                                ));
-                            }
+                CatchKind::Divergence if c.policy.is_none() => {
+                    for e in &self.events {
+                        if matches!(
+                            e.kind,
+                            EventKind::Finding(_) | EventKind::EngineDivergence { .. }
+                        ) {
+                            sites.push((
+                                e.step,
+                                format!("recorded {}", event_line::line(e, &names)),
+                            ));
                         }
                     }
                 }
+                _ => {}
+            }
+        }
+        let policy_names: Vec<&'static str> =
+            self.analysis.policies.iter().map(|p| p.name).collect();
+        for w in &self.analysis.writes {
+            let cause = event_line::line(&w.event, &names);
+            for note in write_notes(
+                self.bps.catches(),
+                &cause,
+                w.write.reg,
+                &policy_names,
+                &w.decisions,
+                &w.stale_before,
+            ) {
+                sites.push((w.event.step, note));
             }
         }
         Ok(Sites::new(sites))
     }
 
     // ---- monitor ----
+
+    /// Every policy's tracker as it stood after `step`.
+    fn trackers_at(&self, step: u64) -> Vec<&mmu::Tracker> {
+        match self.analysis.last_write_at(step) {
+            Some(w) => w.after.iter().collect(),
+            None => self.analysis.initial.iter().collect(),
+        }
+    }
+
+    /// The last control-register write at or before `step`.
+    fn last_write(&self, step: u64, names: &[String]) -> Option<monitor::LastWrite<'_>> {
+        self.analysis
+            .last_write_at(step)
+            .map(|w| monitor::LastWrite {
+                line: event_line::line(&w.event, names),
+                id: w.event.id,
+                decisions: &w.decisions,
+            })
+    }
 
     /// The policy `role` and friends use when none is named: the first one the trace was
     /// recorded with, else the newest modelled.
@@ -511,60 +490,20 @@ impl ReplayTarget {
                     .analysis
                     .tracker_at(p, step)
                     .ok_or("no MMU state for this policy")?;
-                let mut out = format!("at step {step}: {}", mmu_role::describe(t));
-                if let Some(w) = self.analysis.last_write_at(step) {
-                    out += &format!(
-                        "\nlast write: {}\n  {} decided: {}",
-                        event_line::line(&w.event, &names),
-                        self.analysis.policies[p].name,
-                        w.decisions[p].describe()
-                    );
-                }
-                out
+                monitor::role_text(step, t, p, self.last_write(step, &names).as_ref())
             }
             Command::Walk(addr, p) => {
-                let snap = self.timeline.current();
-                let cr = insn::control_regs(&snap.regs);
-                let chosen: Vec<usize> = match p {
-                    Some(name) => vec![self.policy_index(&name)?],
-                    None => (0..self.analysis.policies.len())
-                        .filter(|&i| {
-                            self.analysis
-                                .tracker_at(i, step)
-                                .is_some_and(|t| t.stale().is_some())
-                        })
+                let trackers = self.trackers_at(step);
+                let kept: Vec<&mmu::Tracker> = match p {
+                    Some(name) => vec![trackers[self.policy_index(&name)?]],
+                    None => trackers
+                        .into_iter()
+                        .filter(|t| t.stale().is_some())
                         .collect(),
                 };
-                if chosen.is_empty() {
-                    let mut out = page_walk::compare(&cr, &self.cpu, &snap.memory, addr, None);
-                    out += "\nevery policy's kept context matches the architecture here";
-                    out
-                } else {
-                    let mut parts = Vec::new();
-                    for (n, i) in chosen.iter().enumerate() {
-                        let t = self
-                            .analysis
-                            .tracker_at(*i, step)
-                            .ok_or("no MMU state for this policy")?;
-                        let text = page_walk::compare(
-                            &cr,
-                            &self.cpu,
-                            &snap.memory,
-                            addr,
-                            Some((t.policy().name, t.context())),
-                        );
-                        // The architecture's walk is the same each time: print it once.
-                        parts.push(if n == 0 {
-                            text
-                        } else {
-                            text.lines()
-                                .skip_while(|l| !l.contains("kept context"))
-                                .collect::<Vec<_>>()
-                                .join("\n")
-                        });
-                    }
-                    parts.join("\n")
-                }
+                let snap = self.timeline.current();
+                let cr = insn::control_regs(&snap.regs);
+                monitor::walk_text(&cr, &self.cpu, &snap.memory, addr, &kept)
             }
             Command::Policies => {
                 let default = self.default_policy();
@@ -587,40 +526,11 @@ impl ReplayTarget {
                 }
                 out.join("\n")
             }
-            Command::Check => {
-                let mut out = vec![format!("at step {step}:")];
-                let mut any = false;
-                for (i, p) in self.analysis.policies.iter().enumerate() {
-                    let Some(t) = self.analysis.tracker_at(i, step) else {
-                        continue;
-                    };
-                    if let Some(st) = t.stale() {
-                        any = true;
-                        let what: Vec<String> = st
-                            .attributes
-                            .iter()
-                            .map(|a| {
-                                format!("{} kept {} required {}", a.attribute, a.kept, a.correct)
-                            })
-                            .collect();
-                        out.push(format!("  {}: STALE context: {}", p.name, what.join(", ")));
-                    }
-                }
-                if !any {
-                    out.push("  every policy's MMU context matches the architecture".into());
-                }
-                if let Some(w) = self.analysis.last_write_at(step) {
-                    for (i, d) in w.decisions.iter().enumerate() {
-                        if d.needless_reset {
-                            out.push(format!(
-                                "  {}: the last write (event #{}) caused a needless reset",
-                                self.analysis.policies[i].name, w.event.id
-                            ));
-                        }
-                    }
-                }
-                out.join("\n")
-            }
+            Command::Check => monitor::check_text(
+                step,
+                &self.trackers_at(step),
+                self.last_write(step, &names).as_ref(),
+            ),
             Command::Events(n) => {
                 // Start at the first event of the latest step with events at or before here,
                 // and mark that step's events: they are what brought us here.

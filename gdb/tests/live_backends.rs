@@ -222,3 +222,83 @@ kill",
     common::expect(&out, "=> 0x7c00:  eb fe");
     finish(child);
 }
+
+/// The CR4 writes of a plain recording of `scenario` on `backend`.
+fn cr4_writes(backend: &str, scenario: &str) -> usize {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("t.mmurr");
+    let status = Command::new(binary("mmurr", "mmurr"))
+        .args(["record", "--scenario", scenario, "--backend", backend])
+        .args(["--quiet", "-o"])
+        .arg(&trace)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.code().is_some());
+    let mut r = traces::Reader::open(&trace).unwrap();
+    r.records()
+        .filter(|rec| {
+            matches!(rec, Ok(traces::Record::Event(e))
+                if matches!(&e.kind, traces::EventKind::CrWrite(w) if w.reg == traces::ControlReg::Cr4))
+        })
+        .count()
+}
+
+/// What gdb printed between the `echo <<<` and `echo >>>` markers of the script.
+fn marked(out: &str) -> Vec<String> {
+    out.split("<<<")
+        .skip(1)
+        .map(|s| s.split(">>>").next().unwrap_or("").trim().to_string())
+        .collect()
+}
+
+/// A live session (`mmurr record --gdb`) and a replay of the trace it recorded stop at the
+/// same CR4 writes and answer `monitor role`, `check` and `walk` there with the same text:
+/// the live server answers from the recorder's own MMU model, not a model of its own.
+fn live_and_replay_agree(backend: &str, scenario: &str, walk: u64) {
+    let stops = cr4_writes(backend, scenario).min(4);
+    assert!(stops > 0, "{scenario} writes CR4");
+    let mut script = String::from("monitor break-on cr4\n");
+    for _ in 0..stops {
+        script += &format!(
+            "continue\necho <<<\\n\nmonitor role\nmonitor role v5.1-rc3\nmonitor check\nmonitor walk {walk:#x}\necho >>>\\n\n"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let trace = dir.path().join("live.mmurr");
+    let args = [
+        "record",
+        "--scenario",
+        scenario,
+        "--backend",
+        backend,
+        "-o",
+        trace.to_str().unwrap(),
+    ];
+    let (child, port) = start_live(&args);
+    let live = common::run_gdb(port, &format!("{script}monitor break-on clear\ncontinue"));
+    finish(child);
+    let port = common::start_replay_server(&trace);
+    let replay = common::run_gdb(port, &script);
+    let (live, replay) = (marked(&live), marked(&replay));
+    assert_eq!(live.len(), stops, "live stops: {live:#?}");
+    for (l, r) in live.iter().zip(&replay) {
+        assert!(l.contains("at step "), "{l}");
+        assert_eq!(l, r, "live and replay answer differently");
+    }
+    assert_eq!(live.len(), replay.len());
+}
+
+#[test]
+fn live_and_replay_agree_on_kvm() {
+    if let Err(why) = kvm_usable() {
+        println!("SKIP: kvm live server test: {why}");
+        return;
+    }
+    live_and_replay_agree("kvm", "long-mode-toggles", 0x1000);
+}
+
+#[test]
+fn live_and_replay_agree_on_emu() {
+    live_and_replay_agree("emu", "pae-toggle", 0x400000);
+}

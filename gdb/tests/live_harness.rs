@@ -1,28 +1,31 @@
 //! The live server's protocol side driven by the real gdb, on a stand-in backend whose every
-//! instruction is a `nop` (RAM is all 0x90): stepping, breakpoints, register and memory
-//! writes, a control-register catchpoint, Ctrl-C of a running continue, and the guest's exit
-//! reported to gdb. The same server on the real backends is tested through `mmurr record
-//! --gdb` in `live_kvm.rs`.
+//! instruction is a `nop` (RAM is all 0x90), run by the recorder's own stepping loop:
+//! stepping, breakpoints, register and memory writes, a control-register catchpoint answered
+//! from the recorder's MMU model, Ctrl-C of a running continue, and the guest's exit reported
+//! to gdb. The same server on the real backends is tested through `mmurr record --gdb` in
+//! `live_backends.rs`.
 
 mod common;
 
-use mmurr_gdb::live_target::{self, Verdict};
-use recorder::{Backend, BackendError, Exit, StepResult, Written};
+use mmurr_gdb::live_target;
+use recorder::{Backend, BackendError, Exit, RecordOptions, StepResult, Written};
 use std::net::TcpListener;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use traces::{BackendInfo, GuestSpec, Regs, Segment};
 
 /// Every byte is `nop`; RIP advances by one per step. At step 100 "something" sets CR4.PGE,
-/// as a `mov cr4` would, so the catchpoint has a write to see.
+/// as a `mov cr4` would, so the catchpoint has a write to see; at step `last` the guest
+/// writes 1 to the debug-exit port.
 struct NopMachine {
     regs: Regs,
     ram: Vec<u8>,
     steps: u64,
+    last: u64,
 }
 
 impl NopMachine {
-    fn new() -> NopMachine {
+    fn new(last: u64) -> NopMachine {
         let mut regs = Regs {
             rip: 0x1000,
             rflags: 2,
@@ -39,6 +42,7 @@ impl NopMachine {
             regs,
             ram: vec![0x90; 1 << 20],
             steps: 0,
+            last,
         }
     }
 }
@@ -90,8 +94,17 @@ impl Backend for NopMachine {
         if self.steps == 100 {
             self.regs.cr4 |= 0x80;
         }
+        let exit = if self.steps == self.last {
+            Exit::IoOut {
+                port: 0xf4,
+                size: 1,
+                data: 1,
+            }
+        } else {
+            Exit::Stepped
+        };
         Ok(StepResult {
-            exit: Exit::Stepped,
+            exit,
             written: Written::Ranges(Vec::new()),
         })
     }
@@ -103,30 +116,24 @@ impl Backend for NopMachine {
     }
 }
 
-/// Runs `steps` nops under the live server (in a thread); returns the port.
-fn start(steps: u64) -> u16 {
+/// Records nops under the live server (in a thread) until the guest exits after `last`
+/// instructions; returns the port.
+fn start(last: u64) -> u16 {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
     std::thread::spawn(move || {
-        let mut m = NopMachine::new();
-        let (mut ctl, target) = live_target::pair(
-            mmu::CpuModel::default_x86_64(),
-            mmu::policies().iter().collect(),
-            mmu::Flavour::Tdp,
-            true,
-            Arc::new(AtomicBool::new(false)),
-        );
-        let _server = live_target::spawn_server(listener, target);
-        let mut regs = m.regs.clone();
-        for step in 0..steps {
-            match ctl.before_step(step, &regs, &mut m) {
-                Verdict::Stop(_) => return,
-                Verdict::Run | Verdict::RunModified => {}
-            }
-            m.step().unwrap();
-            regs = m.regs().unwrap();
-        }
-        ctl.finished("the stand-in guest ran its course", Some(3));
+        let dir = tempfile::tempdir().unwrap();
+        let mut m = NopMachine::new(last);
+        let (mut ctl, target) = live_target::pair(true, Arc::new(AtomicBool::new(false)));
+        let server = live_target::spawn_server(listener, target);
+        ctl.set_server(server);
+        let mut opts = RecordOptions::new(dir.path().join("t.mmurr"));
+        opts.max_steps = u64::MAX;
+        let guest = GuestSpec {
+            ram_size: 1 << 20,
+            ..GuestSpec::default()
+        };
+        recorder::record_with(&mut m, &guest, &opts, Some(&mut ctl)).unwrap();
     });
     port
 }
@@ -170,10 +177,7 @@ continue",
     common::expect(catch, "$5 = [ PGE ]");
     common::expect(catch, "policy v5.1-rc3 (tdp MMU");
     common::expect(catch, "error: this needs a trace");
-    common::expect(
-        catch,
-        "mmurr: the guest's run ended: the stand-in guest ran its course",
-    );
+    common::expect(catch, "mmurr: the guest's run ended: debug-exit");
     common::expect(catch, "exited with code 03");
 }
 

@@ -35,6 +35,9 @@ pub struct Found {
 pub struct WriteOutcome {
     /// Per policy, in the watch's policy order.
     pub decisions: Vec<Decision>,
+    /// Per policy: its context was already stale before this write (so a stale decision is
+    /// not a new divergence).
+    pub stale_before: Vec<bool>,
     /// Findings complete now: stale contexts of earlier writes (settled because this write
     /// changes the contexts), then this write's #GP disagreements and needless resets.
     pub findings: Vec<Found>,
@@ -114,8 +117,10 @@ impl Watch {
             write: write.clone(),
         };
         let mut decisions = Vec::with_capacity(self.trackers.len());
+        let mut stale_before = Vec::with_capacity(self.trackers.len());
         for (i, t) in self.trackers.iter_mut().enumerate() {
             let policy = i as u16;
+            stale_before.push(t.stale().is_some());
             let d = t.apply(&input, after, mem);
             let found = |finding| Found {
                 step,
@@ -153,6 +158,7 @@ impl Watch {
         }
         Some(WriteOutcome {
             decisions,
+            stale_before,
             findings,
         })
     }

@@ -147,6 +147,17 @@ impl Decision {
         self.old_root_role.diff(self.new_root_role, layout)
     }
 
+    /// `kvm_mmu_reset_context` ran: the roots were unloaded, whether or not the recompute then
+    /// short-circuited on an unchanged role. `kvm_init_mmu` alone (v6.4+ CR0.WP under TDP)
+    /// and a CR3 load are not resets.
+    pub fn is_reset(&self) -> bool {
+        self.roots_unloaded
+            || matches!(
+                self.outcome,
+                Outcome::Reinit | Outcome::SkippedRoleUnchanged
+            )
+    }
+
     /// One line for logs and the TUI.
     pub fn describe(&self) -> String {
         let mut s = self.outcome.name().to_string();

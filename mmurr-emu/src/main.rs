@@ -69,14 +69,13 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     let summary = match &a.gdb {
         None => recorder::record(&mut backend, &spec, &opts)?,
         Some(listen) => {
-            // The live gdb server runs here, in the process that owns the Unicorn backend.
+            // The live gdb server runs here, in the process that owns the Unicorn backend. An
+            // unknown policy is refused before gdb is told to connect.
+            recorder::resolve_policies(&opts.policies)?;
             let mut live = mmurr_gdb::start_live(mmurr_gdb::LiveOptions {
                 listen,
                 allow_remote: a.allow_remote,
                 what: "emu guest",
-                cpu: recorder::guest_view::cpu_model(&cpuid),
-                policies: &a.policies,
-                flavour: opts.flavour,
                 allow_writes: a.gdb_writable,
                 interrupted: opts.interrupted.clone(),
             })?;

@@ -2,7 +2,7 @@
 //! through this hook, which the loop calls between instructions with the backend in hand.
 
 use crate::Backend;
-use traces::{EndRecord, Regs};
+use traces::{EndRecord, Event, PagingMode, Regs};
 
 /// What the loop does after [`StepControl::before_step`].
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -16,10 +16,27 @@ pub enum StepVerdict {
     Stop(String),
 }
 
+/// What the recorder knows before instruction `step + 1`: a debugger answers from this, so a
+/// live session and a replay of its trace say the same things.
+pub struct StepView<'a> {
+    /// Instructions executed so far.
+    pub step: u64,
+    /// Registers before the next instruction.
+    pub regs: &'a Regs,
+    /// The recorder's own MMU model: every recorded policy's tracker as it stands now, and
+    /// the CPU model the walks use.
+    pub mmu: &'a history::Watch,
+    /// The control-register writes the previous instruction made (their `CrWrite` events),
+    /// with what every policy made of each.
+    pub writes: &'a [(Event, history::WriteOutcome)],
+    /// The paging-mode transition the previous instruction made.
+    pub transition: Option<(PagingMode, PagingMode)>,
+}
+
 pub trait StepControl {
-    /// Called before instruction `step + 1`, with the registers before it. May block (gdb has
-    /// the guest stopped) and read or write state through `backend`.
-    fn before_step(&mut self, step: u64, regs: &Regs, backend: &mut dyn Backend) -> StepVerdict;
+    /// Called before instruction `view.step + 1`. May block (gdb has the guest stopped) and
+    /// read or write state through `backend`.
+    fn before_step(&mut self, view: &StepView<'_>, backend: &mut dyn Backend) -> StepVerdict;
 
     /// Called once when the run has ended.
     fn finished(&mut self, end: &EndRecord, exit_code: Option<u8>) {

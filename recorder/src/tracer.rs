@@ -51,6 +51,10 @@ pub struct Tracer<'a> {
     /// walker's for this one (cleared for good when the backend cannot translate itself).
     engine_check_pending: bool,
     engine_check_supported: bool,
+    /// The control-register writes of the last step, with the model's decisions, and its
+    /// paging-mode transition: what a debugger in the loop is shown.
+    step_writes: Vec<(Event, history::WriteOutcome)>,
+    step_transition: Option<(traces::PagingMode, traces::PagingMode)>,
 }
 
 /// What the instruction about to run will do, decoded with the registers before it.
@@ -91,6 +95,8 @@ impl<'a> Tracer<'a> {
             sink_error: None,
             engine_check_pending: false,
             engine_check_supported: true,
+            step_writes: Vec::new(),
+            step_transition: None,
         })
     }
 
@@ -177,7 +183,14 @@ impl<'a> Tracer<'a> {
                 progress.tick(now, self.step, self.next_event);
             }
             if let Some(c) = control.as_deref_mut() {
-                match c.before_step(self.step, &self.regs, &mut *self.backend) {
+                let view = crate::StepView {
+                    step: self.step,
+                    regs: &self.regs,
+                    mmu: &self.mmu,
+                    writes: &self.step_writes,
+                    transition: self.step_transition,
+                };
+                match c.before_step(&view, &mut *self.backend) {
                     StepVerdict::Run => {}
                     // The debugger changed the machine: continue from what it holds now.
                     StepVerdict::RunModified => match self.backend.regs_full() {
@@ -239,6 +252,8 @@ impl<'a> Tracer<'a> {
 
     /// One instruction; `Some` when the run ends.
     fn step_once(&mut self) -> Option<Stop> {
+        self.step_writes.clear();
+        self.step_transition = None;
         let plan = self.plan();
         let before = self.regs.clone();
         if let Some(i) = &plan.insn {
@@ -435,7 +450,8 @@ impl<'a> Tracer<'a> {
         let mut found = Vec::new();
         for w in writes {
             let cause = self.next_event;
-            self.event(before.rip, EventKind::CrWrite(w.clone()));
+            let kind = EventKind::CrWrite(w.clone());
+            self.event(before.rip, kind.clone());
             let mem = BackendMemory(&*self.backend);
             if let Some(out) = self
                 .mmu
@@ -446,11 +462,19 @@ impl<'a> Tracer<'a> {
                         EventKind::Mmu(history::to_trace::decision(p as u16, cause, d))
                     }),
                 );
-                found.extend(out.findings);
+                found.extend(out.findings.iter().cloned());
+                let event = Event {
+                    id: cause,
+                    step: self.step,
+                    rip: before.rip,
+                    kind,
+                };
+                self.step_writes.push((event, out));
             }
         }
         if from != to {
             self.event(before.rip, EventKind::Transition { from, to });
+            self.step_transition = Some((from, to));
         }
         for kind in decisions {
             self.event(before.rip, kind);

@@ -18,6 +18,8 @@ pub struct WriteAnalysis {
     pub write: CrWrite,
     /// Per policy, in [`Analysis::policies`] order.
     pub decisions: Vec<Decision>,
+    /// Per policy: its context was already stale before this write.
+    pub stale_before: Vec<bool>,
     /// Per policy, the tracker right after the write.
     pub after: Vec<Tracker>,
 }
@@ -93,6 +95,7 @@ impl Analysis {
                     event,
                     write,
                     decisions: o.decisions,
+                    stale_before: o.stale_before,
                     after: watch.trackers().to_vec(),
                 });
             }

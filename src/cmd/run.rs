@@ -8,7 +8,7 @@ use super::record::{
 };
 use crate::cli::RecordArgs;
 use anyhow::{bail, Context};
-use recorder::{Backend, RecordSummary};
+use recorder::RecordSummary;
 use std::process::ExitCode;
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
@@ -55,19 +55,13 @@ pub fn live_on_kvm(
 ) -> anyhow::Result<RecordSummary> {
     let listen = args.gdb.as_deref().context("no --gdb address")?;
     let opts = record_options(args, guest.scenario.clone())?;
+    // An unknown policy is refused before gdb is told to connect.
+    recorder::resolve_policies(&opts.policies)?;
     let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
-    let cpuid = if guest.spec.cpuid.is_empty() {
-        backend.cpuid()
-    } else {
-        guest.spec.cpuid.clone()
-    };
     let mut live = mmurr_gdb::start_live(mmurr_gdb::LiveOptions {
         listen,
         allow_remote: args.allow_remote,
         what: &format!("{} on kvm", guest.label),
-        cpu: recorder::guest_view::cpu_model(&cpuid),
-        policies: &args.policies,
-        flavour: opts.flavour,
         allow_writes,
         interrupted: opts.interrupted.clone(),
     })?;

@@ -3,7 +3,7 @@
 //! record), with its findings indexed by write, as `mmurr check` reports them.
 
 use crate::events::EventIndex;
-use mmu::{Flavour, Outcome};
+use mmu::Flavour;
 use replayer::{Analysis, Timeline, TimelineError};
 use std::io::{Read, Seek};
 use traces::{EventId, EventKind, FindingKind, Step};
@@ -113,12 +113,12 @@ impl MmuHistory {
             .map_or(self.analysis.policies.len().saturating_sub(1), |f| f.policy)
     }
 
-    /// The policy decided a re-init at this write.
+    /// The policy reset its MMU at this write (`mmu::Decision::is_reset`).
     pub fn is_reset(&self, write: usize, policy: usize) -> bool {
         self.analysis
             .writes
             .get(write)
             .and_then(|w| w.decisions.get(policy))
-            .is_some_and(|d| matches!(d.outcome, Outcome::Reinit | Outcome::InitOnly))
+            .is_some_and(|d| d.is_reset())
     }
 }

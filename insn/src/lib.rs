@@ -7,8 +7,12 @@ mod addresses;
 mod cpu;
 mod decode;
 mod fetch;
+mod flow;
+mod nondeterministic;
 
 pub use addresses::{memory_operands, register_value, Touch};
 pub use cpu::cpu_model;
 pub use decode::{bitness, decode, describe, format};
 pub use fetch::{control_regs, cpl, fetch, linear_ip, translate, MAX_INSN_LEN};
+pub use flow::retired_beyond;
+pub use nondeterministic::{nondeterministic, Outputs};

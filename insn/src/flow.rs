@@ -19,6 +19,12 @@ fn ip_mask(bits: u32) -> u64 {
     }
 }
 
+/// RIP after `i` completes without branching, in the code size of `before` (IP wraps at 16
+/// bits, EIP at 32).
+pub fn fall_through(i: &Instruction, before: &Regs) -> u64 {
+    i.next_ip() & ip_mask(bitness(before))
+}
+
 /// Where `i` leaves RIP when it completes without an exception, as far as the instruction
 /// alone says: its fall-through and, for a direct branch, its target.
 fn ends(i: &Instruction, mask: u64) -> [Option<u64>; 2] {

@@ -14,5 +14,5 @@ pub use addresses::{memory_operands, register_value, Touch};
 pub use cpu::cpu_model;
 pub use decode::{bitness, decode, describe, format};
 pub use fetch::{control_regs, cpl, fetch, linear_ip, translate, MAX_INSN_LEN};
-pub use flow::retired_beyond;
+pub use flow::{fall_through, retired_beyond};
 pub use nondeterministic::{nondeterministic, Outputs};

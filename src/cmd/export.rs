@@ -111,6 +111,8 @@ fn event_fields(h: &Header, e: &Event) -> Line {
         } => json!({
             "gva": hex(*gva), "engine": engine, "reference": reference,
         }),
+        EventKind::ExternalInterrupt(i) => json!({ "vector": i.vector, "nmi": i.nmi }),
+        EventKind::Retired { count } => json!({ "count": count }),
     };
     Line {
         id: e.id,

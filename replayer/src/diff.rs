@@ -24,7 +24,9 @@ use traces::{EventKind, Reader, Record, Regs, Step};
 struct Visible {
     gpr: [u64; 16],
     rip: u64,
-    /// RFLAGS without RF (bit 16), which engines set differently around single-steps.
+    /// RFLAGS without RF (bit 16), which engines set differently around single-steps, and
+    /// without AF (bit 4), which the SDM leaves undefined after logic instructions and shifts
+    /// (hardware and Unicorn differ there) and which nothing in 64-bit code branches on.
     rflags: u64,
     selectors: [u16; 6],
     cr0: u64,
@@ -39,7 +41,7 @@ impl Visible {
         Visible {
             gpr: r.gpr,
             rip: r.rip,
-            rflags: r.rflags & !(1 << 16),
+            rflags: r.rflags & !(1 << 16 | 1 << 4),
             selectors: r.seg.map(|s| s.selector),
             cr0: r.cr0,
             cr2: r.cr2,

@@ -113,13 +113,20 @@ mod tests {
         let names = |v: Vec<Instruction>| v.iter().map(crate::format).collect::<Vec<_>>();
         // Ended at its own fall-through: nothing beyond.
         assert!(retired_beyond(&first, &r, &cpu, &m, 0x1004).is_empty());
-        assert_eq!(names(retired_beyond(&first, &r, &cpu, &m, 0x1005)), ["push ebp"]);
+        assert_eq!(
+            names(retired_beyond(&first, &r, &cpu, &m, 0x1005)),
+            ["push ebp"]
+        );
         assert_eq!(
             names(retired_beyond(&first, &r, &cpu, &m, 0x1007)),
             ["push ebp", "mov ebp,esp"]
         );
         // Through the jump to its target.
-        assert_eq!(retired_beyond(&first, &r, &cpu, &m, 0x1000).len(), 0, "RIP unchanged");
+        assert_eq!(
+            retired_beyond(&first, &r, &cpu, &m, 0x1000).len(),
+            0,
+            "RIP unchanged"
+        );
         // Somewhere unexplained (a handler): nothing.
         assert!(retired_beyond(&first, &r, &cpu, &m, 0x2000).is_empty());
     }

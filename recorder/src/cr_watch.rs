@@ -132,7 +132,11 @@ pub fn detect(
         let faulted = !retired && value(after, p.reg) == old;
         // A faulted write records what the instruction tried to write: that is what KVM's
         // checks (and the model) judge; the register itself kept `old`.
-        let new = if faulted { p.attempted } else { value(after, p.reg) };
+        let new = if faulted {
+            p.attempted
+        } else {
+            value(after, p.reg)
+        };
         out.push((
             CrWrite {
                 reg: p.reg,

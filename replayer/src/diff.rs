@@ -348,7 +348,11 @@ pub fn diff_with<RA: Read + Seek, RB: Read + Seek>(
                 if x.retired != y.retired {
                     // One trace ended inside the other's multi-instruction step.
                     let side = if x.retired < y.retired { "A" } else { "B" };
-                    ended = Some(if x.retired < y.retired { Side::A } else { Side::B });
+                    ended = Some(if x.retired < y.retired {
+                        Side::A
+                    } else {
+                        Side::B
+                    });
                     differences.push(format!(
                         "trace {side} ends here; retired instructions {} vs {}",
                         x.retired, y.retired

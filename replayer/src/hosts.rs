@@ -21,19 +21,22 @@ fn facts(a: &Header, b: &Header) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     let (ba, bb) = (&a.backend, &b.backend);
     if ba.kind != bb.kind || ba.engine != bb.engine {
-        out.push((format!(
-            "engine: {} ({}) vs {} ({})",
-            ba.kind.name(),
-            ba.engine,
-            bb.kind.name(),
-            bb.engine
-        ), false));
+        out.push((
+            format!(
+                "engine: {} ({}) vs {} ({})",
+                ba.kind.name(),
+                ba.engine,
+                bb.kind.name(),
+                bb.engine
+            ),
+            false,
+        ));
     }
     if ba.cpu_vendor != bb.cpu_vendor {
-        out.push((format!(
-            "CPU vendor: {} vs {}",
-            ba.cpu_vendor, bb.cpu_vendor
-        ), false));
+        out.push((
+            format!("CPU vendor: {} vs {}", ba.cpu_vendor, bb.cpu_vendor),
+            false,
+        ));
     }
     let (ca, cb) = (cpu_model(&a.guest), cpu_model(&b.guest));
     if ca.maxphyaddr != cb.maxphyaddr {
@@ -55,14 +58,20 @@ fn facts(a: &Header, b: &Header) -> Vec<(String, bool)> {
     for (name, x, y) in features {
         if x != y {
             let yes = |v: bool| if v { "yes" } else { "no" };
-            out.push((format!("guest CPUID {name}: {} vs {}", yes(x), yes(y)), true));
+            out.push((
+                format!("guest CPUID {name}: {} vs {}", yes(x), yes(y)),
+                true,
+            ));
         }
     }
     if a.mmu_flavour != b.mmu_flavour {
-        out.push((format!(
-            "MMU flavour modelled: {} vs {}",
-            a.mmu_flavour, b.mmu_flavour
-        ), true));
+        out.push((
+            format!(
+                "MMU flavour modelled: {} vs {}",
+                a.mmu_flavour, b.mmu_flavour
+            ),
+            true,
+        ));
     }
     out
 }
@@ -79,7 +88,10 @@ mod tests {
         assert!(differences(&a, &b).is_empty());
         b.backend.kind = BackendKind::Emu;
         b.backend.engine = "unicorn 2.1.4".into();
-        assert!(!model_differs(&a, &b), "another engine alone feeds the model the same");
+        assert!(
+            !model_differs(&a, &b),
+            "another engine alone feeds the model the same"
+        );
         a.guest.maxphyaddr = 48;
         b.guest.maxphyaddr = 40;
         b.guest.cpuid = vec![CpuidEntry {

@@ -90,7 +90,16 @@ pub fn recorded_inputs<R: Read + Seek>(
     let mut out = RecordedInputs::default();
     let mut pending: Option<Pending> = None;
     let finish = |p: Pending, regs: &Regs, memory: &MemoryImage, out: &mut RecordedInputs| {
-        results(p.first.as_ref(), p.retired, &p.before, regs, &cpu, memory, p.step, out);
+        results(
+            p.first.as_ref(),
+            p.retired,
+            &p.before,
+            regs,
+            &cpu,
+            memory,
+            p.step,
+            out,
+        );
         out.inputs.extend(p.reads);
     };
     for record in reader.records() {
@@ -185,10 +194,7 @@ fn results(
                 step,
                 rip,
                 mnemonic: insn::format(i),
-                gprs: o
-                    .gpr_indices()
-                    .map(|n| (n as u8, after.gpr[n]))
-                    .collect(),
+                gprs: o.gpr_indices().map(|n| (n as u8, after.gpr[n])).collect(),
                 rflags_mask: o.rflags,
                 rflags: after.rflags & o.rflags,
             });

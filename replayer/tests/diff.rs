@@ -286,7 +286,10 @@ fn a_difference_inside_a_double_step_is_reported_there() {
         .divergence
         .unwrap();
     assert_eq!(d.ended, Some(Side::B), "{d:?}");
-    assert_eq!(d.differences[0], "trace B ends here; retired instructions 2 vs 1");
+    assert_eq!(
+        d.differences[0],
+        "trace B ends here; retired instructions 2 vs 1"
+    );
 }
 
 #[test]
@@ -303,10 +306,13 @@ fn guest_only_leaves_out_the_mmu_model_but_not_the_guest() {
             step(0x1002, 3),
         ]
     };
-    let d = diff(&mut trace(&steps(0x1_0000, 0x20)), &mut trace(&steps(0x2_0000, 0x20)))
-        .unwrap()
-        .divergence
-        .unwrap();
+    let d = diff(
+        &mut trace(&steps(0x1_0000, 0x20)),
+        &mut trace(&steps(0x2_0000, 0x20)),
+    )
+    .unwrap()
+    .divergence
+    .unwrap();
     assert!(
         d.differences[0].contains("cpu_role 0x0 -> 0x10000"),
         "{:?}",

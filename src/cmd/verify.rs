@@ -77,18 +77,25 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     if !agree {
         print_report(&report);
         if let Some(e) = new_end.as_ref().filter(|e| e.reason == EndReason::Error) {
-            println!("the re-execution ended ({}): {}", e.reason.name(), e.message);
+            println!(
+                "the re-execution ended ({}): {}",
+                e.reason.name(),
+                e.message
+            );
         }
         return Ok(ExitCode::from(1));
     }
-    let failures: Vec<String> = [("the original", &original_end), ("the re-execution", &new_end)]
-        .into_iter()
-        .flat_map(|(which, end)| {
-            end.iter()
-                .flat_map(|e| e.self_check_failures.iter())
-                .map(move |f| format!("{which}: {f}"))
-        })
-        .collect();
+    let failures: Vec<String> = [
+        ("the original", &original_end),
+        ("the re-execution", &new_end),
+    ]
+    .into_iter()
+    .flat_map(|(which, end)| {
+        end.iter()
+            .flat_map(|e| e.self_check_failures.iter())
+            .map(move |f| format!("{which}: {f}"))
+    })
+    .collect();
     if !failures.is_empty() {
         println!(
             "not reproduced: {} instructions agree, but a recording failed its memory \

@@ -102,7 +102,11 @@ struct Replay {
 
 impl Replay {
     /// The next input if `wanted` accepts it; otherwise the replay has diverged (said once).
-    fn take(&mut self, asked: impl FnOnce() -> String, wanted: impl Fn(&Input) -> bool) -> Option<&Input> {
+    fn take(
+        &mut self,
+        asked: impl FnOnce() -> String,
+        wanted: impl Fn(&Input) -> bool,
+    ) -> Option<&Input> {
         if self.diverged.is_some() {
             return None;
         }
@@ -161,7 +165,10 @@ impl Devices {
     pub fn replayed_results(&mut self, rip: u64, what: &str) -> Option<ReplayedResults> {
         let replay = self.replay.as_mut()?;
         let asked = || format!("{what} at rip {rip:#x}");
-        match replay.take(asked, |i| matches!(i, Input::Results { rip: r, .. } if *r == rip))? {
+        match replay.take(
+            asked,
+            |i| matches!(i, Input::Results { rip: r, .. } if *r == rip),
+        )? {
             Input::Results {
                 gprs,
                 rflags_mask,

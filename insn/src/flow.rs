@@ -94,10 +94,12 @@ mod tests {
 
     /// Unpaged 32-bit protected mode over a flat memory holding `code` at 0x1000.
     fn machine(code: &[u8]) -> (Regs, FlatMemory) {
-        let mut r = Regs::default();
-        r.cr0 = 1;
+        let mut r = Regs {
+            cr0: 1,
+            rip: 0x1000,
+            ..Regs::default()
+        };
         r.seg[traces::regs::CS].attrs = 0xc09b;
-        r.rip = 0x1000;
         let mut m = FlatMemory::new(0, 0x4000);
         m.bytes[0x1000..0x1000 + code.len()].copy_from_slice(code);
         (r, m)

@@ -150,12 +150,8 @@ const TSC_GUEST: [u8; 88] = [
     0x04, 0x25, 0x08, 0x10, 0x20, 0x00, 0x5d, 0xc3,
 ];
 
-#[test]
-fn a_guest_reading_the_tsc_reproduces_on_kvm_and_on_emu() {
-    if let Some(why) = kvm_unusable() {
-        eprintln!("SKIP: /dev/kvm not usable: {why}");
-        return;
-    }
+/// [`TSC_GUEST`] recorded on kvm into `k.mmurr` in a new directory.
+fn record_tsc_guest() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("tsc.bin"), TSC_GUEST).unwrap();
     let rec = mmurr(
@@ -174,6 +170,16 @@ fn a_guest_reading_the_tsc_reproduces_on_kvm_and_on_emu() {
         dir.path(),
     );
     assert_eq!(rec.status.code(), Some(1), "{}", text(&rec.stderr)); // debug-exit status 0
+    dir
+}
+
+#[test]
+fn a_guest_reading_the_tsc_reproduces_on_kvm_and_on_emu() {
+    if let Some(why) = kvm_unusable() {
+        eprintln!("SKIP: /dev/kvm not usable: {why}");
+        return;
+    }
+    let dir = record_tsc_guest();
     let mut reader = Reader::open(dir.path().join("k.mmurr")).unwrap();
     let mut rdtsc_steps = 0;
     let mut double_steps = 0;
@@ -211,32 +217,16 @@ fn a_guest_reading_the_tsc_reproduces_on_kvm_and_on_emu() {
     }
 }
 
-/// The inputs really are fed back: a trace whose recorded `rdtsc` results were changed (and
-/// everything after them left as recorded) makes the re-execution take the other branch where
-/// the changed low bit says so, and verify reports that instruction, not the `rdtsc`.
+/// The inputs really are fed back: in a trace whose first recorded `rdtsc` result was changed
+/// (and everything after it left as recorded), the re-execution gets the changed value, so
+/// the `rdtsc` step agrees and the first difference is the instruction that combines it.
 #[test]
 fn verify_follows_the_recorded_tsc_values() {
     if let Some(why) = kvm_unusable() {
         eprintln!("SKIP: /dev/kvm not usable: {why}");
         return;
     }
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("tsc.bin"), TSC_GUEST).unwrap();
-    mmurr(
-        &[
-            "record",
-            "--image",
-            "tsc.bin@0x10000",
-            "--entry-mode",
-            "long",
-            "--backend",
-            "kvm",
-            "-q",
-            "-o",
-            "k.mmurr",
-        ],
-        dir.path(),
-    );
+    let dir = record_tsc_guest();
     // Flip the low bit of RAX after the first rdtsc only.
     let mut reader = Reader::open(dir.path().join("k.mmurr")).unwrap();
     let header = reader.header().clone();

@@ -41,6 +41,29 @@ fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
+/// Records `scenario` on `backend` into `out`; the trace must exist afterwards.
+fn record(mmurr: &Path, scenario: &str, backend: &str, out: &str, dir: &Path) {
+    let rec = run(
+        mmurr,
+        &[
+            "record",
+            "--scenario",
+            scenario,
+            "--backend",
+            backend,
+            "-q",
+            "-o",
+            out,
+        ],
+        dir,
+    );
+    assert!(
+        dir.join(out).exists(),
+        "{scenario}: recording on {backend} failed: {}",
+        text(&rec.stderr)
+    );
+}
+
 /// The scenarios `mmurr scenarios` says this host's KVM runs.
 fn kvm_scenarios(mmurr: &Path, dir: &Path) -> Vec<String> {
     let out = run(mmurr, &["scenarios"], dir);
@@ -76,25 +99,7 @@ fn every_scenario_kvm_runs_reproduces_on_emu() {
     let mut failures = Vec::new();
     for s in &scenarios {
         let trace = format!("{s}.kvm.mmurr");
-        let rec = run(
-            &mmurr,
-            &[
-                "record",
-                "--scenario",
-                s,
-                "--backend",
-                "kvm",
-                "-q",
-                "-o",
-                &trace,
-            ],
-            dir.path(),
-        );
-        assert!(
-            dir.path().join(&trace).exists(),
-            "{s}: recording on kvm failed: {}",
-            text(&rec.stderr)
-        );
+        record(&mmurr, s, "kvm", &trace, dir.path());
         let out = run(&mmurr, &["verify", &trace, "--backend", "emu"], dir.path());
         let stdout = text(&out.stdout);
         if out.status.code() != Some(0) || !stdout.contains("reproduced: all") {
@@ -171,22 +176,13 @@ fn guest_only_diff_of_kvm_and_emu_recordings_agrees() {
     let mmurr = PathBuf::from(env!("CARGO_BIN_EXE_mmurr"));
     let dir = tempfile::tempdir().unwrap();
     for backend in ["kvm", "emu"] {
-        let out = format!("{backend}.mmurr");
-        let rec = run(
+        record(
             &mmurr,
-            &[
-                "record",
-                "--scenario",
-                "long-mode-entry",
-                "--backend",
-                backend,
-                "-q",
-                "-o",
-                &out,
-            ],
+            "long-mode-entry",
+            backend,
+            &format!("{backend}.mmurr"),
             dir.path(),
         );
-        assert!(dir.path().join(&out).exists(), "{}", text(&rec.stderr));
     }
     let full = run(&mmurr, &["diff", "kvm.mmurr", "emu.mmurr"], dir.path());
     let full_out = text(&full.stdout);

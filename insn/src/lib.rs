@@ -10,7 +10,7 @@ mod fetch;
 mod flow;
 mod nondeterministic;
 
-pub use addresses::{memory_operands, register_value, Touch};
+pub use addresses::{memory_operands, memory_operands_with, register_value, touched, Touch};
 pub use cpu::cpu_model;
 pub use decode::{bitness, decode, describe, format};
 pub use fetch::{control_regs, cpl, fetch, linear_ip, translate, MAX_INSN_LEN};

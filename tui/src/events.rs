@@ -239,9 +239,9 @@ pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
         EventKind::EngineDivergence { gva, .. } => {
             ("DIVG".into(), format!("engine vs reference at {gva:#x}"))
         }
-        EventKind::ExternalInterrupt(i) if i.nmi => ("intr".into(), "NMI".into()),
-        EventKind::ExternalInterrupt(i) => ("intr".into(), format!("vector {}", i.vector)),
-        EventKind::Retired { count } => ("step".into(), format!("retired {count} instructions")),
+        EventKind::ExternalInterrupt(i) if i.nmi => ("irq".into(), "NMI".into()),
+        EventKind::ExternalInterrupt(i) => ("irq".into(), format!("vector {}", i.vector)),
+        EventKind::Retired { count } => ("step".into(), format!("{count} instructions")),
     }
 }
 

@@ -1,6 +1,6 @@
 //! One event in one line: `#7 step 10 rip 0x1021: cr4 0x10 -> 0x30 (+PAE) via MovCr`.
 
-use crate::flags::changed_flags;
+use history::flags::changed_flags;
 use traces::{Event, EventKind, Translation};
 
 fn translation(t: &Translation) -> String {
@@ -89,8 +89,8 @@ pub fn kind_text(kind: &EventKind, policies: &[String]) -> String {
             engine,
             reference,
         } => format!("engine divergence at {gva:#x}: engine {engine}, reference {reference}"),
-        EventKind::ExternalInterrupt(i) if i.nmi => "interrupt NMI".into(),
-        EventKind::ExternalInterrupt(i) => format!("interrupt vector {}", i.vector),
+        EventKind::ExternalInterrupt(i) if i.nmi => "NMI".to_string(),
+        EventKind::ExternalInterrupt(i) => format!("external interrupt vector {}", i.vector),
         EventKind::Retired { count } => format!("this step retired {count} instructions"),
     }
 }

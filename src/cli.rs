@@ -163,6 +163,11 @@ pub struct VerifyArgs {
 pub struct DiffArgs {
     pub a: PathBuf,
     pub b: PathBuf,
+    /// Compare only what the guest did (registers, memory written, CR writes, transitions,
+    /// exceptions, port I/O), not the MMU model's decisions: for traces of machines whose
+    /// CPUID or MAXPHYADDR differ (kvm and emu).
+    #[arg(long)]
+    pub guest_only: bool,
 }
 
 #[derive(Args, Debug, Clone)]

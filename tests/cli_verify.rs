@@ -127,3 +127,177 @@ fn the_committed_seed_reproduction_verifies_on_the_emu_backend() {
         text(&out.stderr)
     );
 }
+
+/// A long-mode guest whose path depends on what it reads from outside its machine state:
+/// CPUID leaf 1 stored to memory, 64 calls of a function that starts `endbr64; push rbp` and
+/// branches on the low bit of `rdtsc`, a read of absent port 0x61 after each, then debug-exit
+/// status 0. Loaded at 0x10000 (tests/data would need a build step; the bytes are small).
+///
+/// ```text
+///   mov rsp, 0x300000; mov eax, 1; cpuid; mov [0x201000], ebx; mov [0x201004], ecx
+///   mov ecx, 64
+/// 1: call f; in al, 0x61; dec ecx; jnz 1b; xor eax, eax; out 0xf4, al; hlt
+/// f: endbr64; push rbp; mov rbp, rsp; rdtsc; shl rdx, 32; or rax, rdx
+///   mov [rcx*8+0x200000], rax; test al, 1; jz 2f; inc qword [0x201008]
+/// 2: pop rbp; ret
+/// ```
+const TSC_GUEST: [u8; 88] = [
+    0x48, 0xc7, 0xc4, 0x00, 0x00, 0x30, 0x00, 0xb8, 0x01, 0x00, 0x00, 0x00, 0x0f, 0xa2, 0x89, 0x1c,
+    0x25, 0x00, 0x10, 0x20, 0x00, 0x89, 0x0c, 0x25, 0x04, 0x10, 0x20, 0x00, 0xb9, 0x40, 0x00, 0x00,
+    0x00, 0xe8, 0x0b, 0x00, 0x00, 0x00, 0xe4, 0x61, 0xff, 0xc9, 0x75, 0xf5, 0x31, 0xc0, 0xe6, 0xf4,
+    0xf4, 0xf3, 0x0f, 0x1e, 0xfa, 0x55, 0x48, 0x89, 0xe5, 0x0f, 0x31, 0x48, 0xc1, 0xe2, 0x20, 0x48,
+    0x09, 0xd0, 0x48, 0x89, 0x04, 0xcd, 0x00, 0x00, 0x20, 0x00, 0xa8, 0x01, 0x74, 0x08, 0x48, 0xff,
+    0x04, 0x25, 0x08, 0x10, 0x20, 0x00, 0x5d, 0xc3,
+];
+
+/// [`TSC_GUEST`] recorded on kvm into `k.mmurr` in a new directory.
+fn record_tsc_guest() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("tsc.bin"), TSC_GUEST).unwrap();
+    let rec = mmurr(
+        &[
+            "record",
+            "--image",
+            "tsc.bin@0x10000",
+            "--entry-mode",
+            "long",
+            "--backend",
+            "kvm",
+            "-q",
+            "-o",
+            "k.mmurr",
+        ],
+        dir.path(),
+    );
+    assert_eq!(rec.status.code(), Some(1), "{}", text(&rec.stderr)); // debug-exit status 0
+    dir
+}
+
+#[test]
+fn a_guest_reading_the_tsc_reproduces_on_kvm_and_on_emu() {
+    if let Some(why) = kvm_unusable() {
+        eprintln!("SKIP: /dev/kvm not usable: {why}");
+        return;
+    }
+    let dir = record_tsc_guest();
+    let mut reader = Reader::open(dir.path().join("k.mmurr")).unwrap();
+    let mut rdtsc_steps = 0;
+    let mut double_steps = 0;
+    let mut steps = 0;
+    for r in reader.records() {
+        match r.unwrap() {
+            Record::Step(s) if s.rip == 0x10039 => rdtsc_steps += 1,
+            Record::Step(_) => {}
+            Record::Event(e) => {
+                if let traces::EventKind::Retired { count } = e.kind {
+                    assert_eq!((e.rip, count), (0x10031, 2), "endbr64 and push");
+                    double_steps += 1;
+                }
+            }
+            _ => {}
+        }
+        steps += 1;
+    }
+    assert_eq!(rdtsc_steps, 64);
+    eprintln!(
+        "note: {double_steps} of 64 `endbr64` steps on this host retired `push` too \
+         ({steps} records)"
+    );
+
+    for backend in ["kvm", "emu"] {
+        let out = mmurr(&["verify", "k.mmurr", "--backend", backend], dir.path());
+        let stdout = text(&out.stdout);
+        assert_eq!(
+            out.status.code(),
+            Some(0),
+            "verify on {backend}:\n{stdout}\n{}",
+            text(&out.stderr)
+        );
+        assert!(stdout.contains("reproduced: all"), "{stdout}");
+    }
+}
+
+/// The inputs really are fed back: in a trace whose first recorded `rdtsc` result was changed
+/// (and everything after it left as recorded), the re-execution gets the changed value, so
+/// the `rdtsc` step agrees and the first difference is the instruction that combines it.
+#[test]
+fn verify_follows_the_recorded_tsc_values() {
+    if let Some(why) = kvm_unusable() {
+        eprintln!("SKIP: /dev/kvm not usable: {why}");
+        return;
+    }
+    let dir = record_tsc_guest();
+    // Flip the low bit of RAX after the first rdtsc only.
+    let mut reader = Reader::open(dir.path().join("k.mmurr")).unwrap();
+    let header = reader.header().clone();
+    let mut w = Writer::create(dir.path().join("flipped.mmurr"), &header).unwrap();
+    let mut flipped = None;
+    for r in reader.records() {
+        let mut r = r.unwrap();
+        if let Record::Step(s) = &mut r {
+            if s.rip == 0x10039 && flipped.is_none() {
+                for (id, v) in &mut s.regs {
+                    if *id == traces::RegId::Gpr(0) {
+                        *v ^= 1;
+                        flipped = Some(s.step);
+                    }
+                }
+            }
+        }
+        w.append(&r).unwrap();
+    }
+    w.finish().unwrap();
+    let step = flipped.expect("the first rdtsc wrote RAX");
+    let out = mmurr(&["verify", "flipped.mmurr", "--backend", "emu"], dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    // The rdtsc step agrees (the re-execution got the flipped value, not its own TSC), and
+    // so does `shl rdx, 32`; `or rax, rdx` is the first instruction whose recorded result
+    // (computed from the unflipped value) differs from the re-execution's.
+    assert!(
+        stdout.contains(&format!("(step {} in A", step + 2)),
+        "the first difference must be at `or rax, rdx`, two steps after the rdtsc: {stdout}"
+    );
+    assert!(stdout.contains("rax: "), "{stdout}");
+}
+
+#[test]
+fn verify_says_when_this_host_cannot_run_the_guest() {
+    if let Some(why) = kvm_unusable() {
+        eprintln!("SKIP: /dev/kvm not usable: {why}");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // The seed reproduction uses 32-bit PAE paging, which a PVM KVM host refuses.
+    let listing = text(&mmurr(&["scenarios"], dir.path()).stdout);
+    let pae_on_kvm = listing
+        .lines()
+        .skip_while(|l| !l.starts_with("pae-toggle"))
+        .skip(1)
+        .take_while(|l| l.starts_with(' '))
+        .any(|l| l.contains("kvm here: yes"));
+    let seed = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/traces/corpus/recorded/pae-toggle.emu.mmurr"
+    );
+    let out = mmurr(&["verify", seed, "--backend", "kvm"], dir.path());
+    let stdout = text(&out.stdout);
+    if pae_on_kvm {
+        eprintln!("note: this host's KVM runs 32-bit PAE paging; checking it reproduces instead");
+        assert_eq!(out.status.code(), Some(0), "{stdout}");
+        return;
+    }
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("cannot run here"), "{stdout}");
+    assert!(!stdout.contains("diverged"), "{stdout}");
+}

@@ -7,8 +7,12 @@ mod addresses;
 mod cpu;
 mod decode;
 mod fetch;
+mod flow;
+mod nondeterministic;
 
 pub use addresses::{memory_operands, memory_operands_with, register_value, touched, Touch};
 pub use cpu::cpu_model;
 pub use decode::{bitness, decode, describe, format};
 pub use fetch::{control_regs, cpl, fetch, linear_ip, translate, MAX_INSN_LEN};
+pub use flow::{fall_through, retired_beyond};
+pub use nondeterministic::{nondeterministic, Outputs};

@@ -99,6 +99,11 @@ pub struct RecordArgs {
     /// Let gdb change registers and memory (`mmurr run`; a recording refuses changes).
     #[arg(long, requires = "gdb", hide = true)]
     pub gdb_writable: bool,
+    /// Feed the guest the inputs recorded in TRACE (rdtsc/rdrand/cpuid/... results, port and
+    /// MMIO reads) instead of this machine's: what `mmurr verify` re-executes with. The run
+    /// ends where the guest asks for an input TRACE does not have there (it diverged).
+    #[arg(long, value_name = "TRACE", hide = true)]
+    pub replay_inputs: Option<PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -40,6 +40,10 @@ pub struct RecordOptions {
     pub interrupted: Arc<AtomicBool>,
     /// The same absent port or MMIO address read this many times in a row ends the run.
     pub poll_limit: u64,
+    /// Re-execution (`mmurr verify`): the original trace's inputs, fed back in order instead
+    /// of what this machine's devices, time-stamp counter or RNG would give. Reaching an input
+    /// the original does not have (or a different one) ends the run: it has diverged.
+    pub replay_inputs: Option<Arc<replayer::inputs::RecordedInputs>>,
 }
 
 impl RecordOptions {
@@ -58,6 +62,7 @@ impl RecordOptions {
             progress: false,
             interrupted: Arc::new(AtomicBool::new(false)),
             poll_limit: 10_000,
+            replay_inputs: None,
         }
     }
 }
@@ -101,4 +106,23 @@ pub enum RecordError {
         path: PathBuf,
         source: traces::Error,
     },
+    #[error("cannot read the recorded inputs of {path}: {source}")]
+    Inputs {
+        path: PathBuf,
+        source: replayer::inputs::InputsError,
+    },
+}
+
+/// The inputs recorded in the trace at `path`, for [`RecordOptions::replay_inputs`].
+pub fn recorded_inputs(
+    path: &std::path::Path,
+) -> Result<Arc<replayer::inputs::RecordedInputs>, RecordError> {
+    let err = |source| RecordError::Inputs {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut reader = traces::Reader::open(path).map_err(|e| err(e.into()))?;
+    Ok(Arc::new(
+        replayer::inputs::recorded_inputs(&mut reader).map_err(err)?,
+    ))
 }

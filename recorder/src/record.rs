@@ -88,7 +88,10 @@ pub fn record_with(
 
     let initial = guest_view::control_regs(&guest.entry);
     let watch = history::Watch::new(&policies, opts.flavour, cpu, &initial);
-    let devices = Devices::new(console, guest.ram_size);
+    let mut devices = Devices::new(console, guest.ram_size);
+    if let Some(inputs) = &opts.replay_inputs {
+        devices.replay(inputs.clone());
+    }
     let mut progress = Progress::new(opts.progress);
     let (end, steps, events, serial_output, unhandled, sink_error) = {
         let mut tracer = Tracer::new(backend, &mut writer, opts, devices, cpu, watch)

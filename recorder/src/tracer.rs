@@ -254,7 +254,7 @@ impl<'a> Tracer<'a> {
     fn step_once(&mut self) -> Option<Stop> {
         self.step_writes.clear();
         self.step_transition = None;
-        let plan = self.plan();
+        let mut plan = self.plan();
         let before = self.regs.clone();
         if let Some(i) = &plan.insn {
             // With an in-kernel irqchip KVM would wait in HLT forever when nothing can wake it.
@@ -353,7 +353,7 @@ impl<'a> Tracer<'a> {
             .insn
             .as_ref()
             .is_some_and(cr_watch::writes_rare_registers);
-        let after = match if full {
+        let mut after = match if full {
             self.backend.regs_full()
         } else {
             self.backend.regs()
@@ -361,6 +361,10 @@ impl<'a> Tracer<'a> {
             Ok(r) => r,
             Err(e) => return Some(self.backend_failure(e, &plan)),
         };
+        let beyond = self.retired_beyond(&mut plan, &result.exit, &before, &after);
+        if let Err(e) = self.replay_results(&plan, &beyond, &result.exit, &before, &mut after) {
+            return Some(self.backend_failure(e, &plan));
+        }
         let mem_writes = self.memory_writes(&plan, &result.written, &before, &after);
         let regs = delta(&before, &after);
         self.append(Record::Step(StepRecord {
@@ -369,6 +373,10 @@ impl<'a> Tracer<'a> {
             regs,
             mem: mem_writes,
         }));
+        if !beyond.is_empty() {
+            let count = 1 + beyond.len() as u32;
+            self.event(before.rip, EventKind::Retired { count });
+        }
         for kind in io_events {
             self.event(before.rip, kind);
         }
@@ -416,7 +424,95 @@ impl<'a> Tracer<'a> {
         if self.step.checked_rem(self.opts.keyframe_interval) == Some(0) {
             self.keyframe(false);
         }
-        stop
+        stop.or_else(|| {
+            let message = self.devices.replay_divergence()?;
+            Some(Stop {
+                reason: EndReason::Error,
+                message,
+            })
+        })
+    }
+
+    /// The instructions after the planned one that this step also retired (a KVM single step
+    /// on some hosts runs `endbr64` and the next `push` together), added to the plan so their
+    /// memory writes and accesses are traced. They are decoded with the registers before the
+    /// step, exact for what such a step retires: `endbr64` changes none of them.
+    fn retired_beyond(
+        &mut self,
+        plan: &mut Plan,
+        exit: &Exit,
+        before: &Regs,
+        after: &Regs,
+    ) -> Vec<Instruction> {
+        let Some(first) = plan.insn.as_ref().filter(|_| *exit == Exit::Stepped) else {
+            return Vec::new();
+        };
+        let mem = BackendMemory(&*self.backend);
+        let beyond = ::insn::retired_beyond(first, before, &self.cpu, &mem, after.rip);
+        let mut regs = before.clone();
+        for i in &beyond {
+            regs.rip = i.ip();
+            for a in accesses::operand_accesses(&mut self.factory, i, &regs) {
+                if let Some(r) = accesses::translate_range(
+                    &regs,
+                    &self.cpu,
+                    &mem,
+                    a.linear,
+                    a.len,
+                    a.access,
+                    &mut plan.ad_entries,
+                ) {
+                    if a.access == mmu::Access::Write {
+                        plan.writes.extend(r);
+                    }
+                }
+                plan.accesses.push(a);
+            }
+        }
+        beyond
+    }
+
+    /// Input replay (`mmurr verify`): the nondeterministic instructions this step retired
+    /// (`insn::nondeterministic`) get the results the recording has for them, written into
+    /// the guest's registers.
+    fn replay_results(
+        &mut self,
+        plan: &Plan,
+        beyond: &[Instruction],
+        exit: &Exit,
+        before: &Regs,
+        after: &mut Regs,
+    ) -> Result<(), BackendError> {
+        if self.opts.replay_inputs.is_none() || *exit != Exit::Stepped {
+            return Ok(());
+        }
+        let Some(first) = &plan.insn else {
+            return Ok(());
+        };
+        if beyond.is_empty() && after.rip != ::insn::fall_through(first, before) {
+            return Ok(()); // faulted or a rep iteration: nothing retired with results
+        }
+        let mut changed = false;
+        let mut rip = before.rip;
+        for i in std::iter::once(first).chain(beyond) {
+            if ::insn::nondeterministic(i).is_some() {
+                let Some(r) = self.devices.replayed_results(rip, &insn::format(i)) else {
+                    break; // diverged: the step loop ends the run after this step
+                };
+                for (n, v) in r.gprs {
+                    if let Some(g) = after.gpr.get_mut(n as usize) {
+                        *g = v;
+                    }
+                }
+                after.rflags = (after.rflags & !r.rflags_mask) | (r.rflags & r.rflags_mask);
+                changed = true;
+            }
+            rip = ::insn::fall_through(i, before);
+        }
+        if changed {
+            self.backend.set_regs(after)?;
+        }
+        Ok(())
     }
 
     fn polling_stop(&self) -> Option<Stop> {
@@ -720,12 +816,7 @@ impl<'a> Tracer<'a> {
 
 /// The instruction completed: RIP is at its end (in the code size it ran in).
 fn retired(i: &Instruction, before: &Regs, after: &Regs) -> bool {
-    let mask = match insn::bitness(before) {
-        16 => 0xffff,
-        32 => 0xffff_ffff,
-        _ => u64::MAX,
-    };
-    after.rip == i.next_ip() & mask
+    after.rip == ::insn::fall_through(i, before)
 }
 
 /// The registers that changed: GPRs, RIP and RFLAGS compared directly (the common case), the

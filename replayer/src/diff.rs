@@ -4,7 +4,14 @@
 //!
 //! Engines disagree on what one "step" of a `rep` string instruction is (KVM single-step stops
 //! after every iteration, an emulator may not), so consecutive steps at the same RIP are
-//! folded into one instruction before comparing.
+//! folded into one instruction before comparing. They also disagree on how many instructions
+//! one step retires (a KVM single step on some hosts runs `endbr64` and the next `push`
+//! together, recorded as [`EventKind::Retired`]): the two traces are aligned by retired
+//! instructions, so such a step is compared with the two steps the other trace took.
+//!
+//! [`Compare::GuestOnly`] compares what the guest did (registers, memory written, control
+//! register writes and transitions, exceptions, port I/O) and leaves out what the machine
+//! model decided (MMU decisions), for traces of machines whose CPUID or MAXPHYADDR differ.
 
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};
@@ -17,7 +24,9 @@ use traces::{EventKind, Reader, Record, Regs, Step};
 struct Visible {
     gpr: [u64; 16],
     rip: u64,
-    /// RFLAGS without RF (bit 16), which engines set differently around single-steps.
+    /// RFLAGS without RF (bit 16), which engines set differently around single-steps, and
+    /// without AF (bit 4), which the SDM leaves undefined after logic instructions and shifts
+    /// (hardware and Unicorn differ there) and which nothing in 64-bit code branches on.
     rflags: u64,
     selectors: [u16; 6],
     cr0: u64,
@@ -32,7 +41,7 @@ impl Visible {
         Visible {
             gpr: r.gpr,
             rip: r.rip,
-            rflags: r.rflags & !(1 << 16),
+            rflags: r.rflags & !(1 << 16 | 1 << 4),
             selectors: r.seg.map(|s| s.selector),
             cr0: r.cr0,
             cr2: r.cr2,
@@ -81,6 +90,38 @@ struct Instruction {
     after: Option<Visible>,
     writes: BTreeMap<u64, u8>,
     events: Vec<String>,
+    /// Architectural instructions this stands for: 1, or more for a step that retired several
+    /// (and for instructions merged to align with such a step).
+    retired: u64,
+}
+
+impl Instruction {
+    /// Takes in the instruction that followed: together they are one unit of comparison.
+    fn absorb(&mut self, next: Instruction) {
+        self.last_step = next.last_step;
+        self.after = next.after;
+        self.writes.extend(next.writes);
+        self.events.extend(next.events);
+        self.retired += next.retired;
+    }
+}
+
+/// What [`diff_with`] compares.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compare {
+    /// Everything the traces record about the guest and every policy's MMU decision.
+    #[default]
+    Everything,
+    /// What the guest did only: MMU decisions are left out (findings, MMIO and engine notes
+    /// never take part).
+    GuestOnly,
+}
+
+/// Which trace ended first at a divergence.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
 }
 
 /// Yields instructions (folded `rep` iterations) from a trace. Events are attached by step
@@ -89,22 +130,27 @@ struct Instruction {
 struct Instructions<'a, R> {
     records: traces::Records<'a, R>,
     policies: Vec<String>,
+    compare: Compare,
     regs: Regs,
     pending: Option<Instruction>,
     events: BTreeMap<Step, Vec<String>>,
+    /// Steps that retired more than one instruction, and how many.
+    retired: BTreeMap<Step, u64>,
     done: bool,
 }
 
 impl<'a, R: Read + Seek> Instructions<'a, R> {
-    fn new(reader: &'a mut Reader<R>) -> Instructions<'a, R> {
+    fn new(reader: &'a mut Reader<R>, compare: Compare) -> Instructions<'a, R> {
         let policies = reader.header().policies.clone();
         let regs = reader.header().guest.entry.clone();
         Instructions {
             records: reader.records(),
             policies,
+            compare,
             regs,
             pending: None,
             events: BTreeMap::new(),
+            retired: BTreeMap::new(),
             done: false,
         }
     }
@@ -121,7 +167,7 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
             EventKind::Transition { from, to } => {
                 format!("transition {} -> {}", from.name(), to.name())
             }
-            EventKind::Mmu(d) => format!(
+            EventKind::Mmu(d) if self.compare == Compare::Everything => format!(
                 "{}: {} cpu_role {:#x} -> {:#x}, root_role {:#x} -> {:#x}",
                 self.policies
                     .get(d.policy as usize)
@@ -140,7 +186,8 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                 io.data
             ),
             EventKind::Exception(e) => format!("exception {} error {:?}", e.vector, e.error_code),
-            // Findings, MMIO and engine notes are derived or engine-specific: not compared.
+            // Findings, MMIO and engine notes are derived or engine-specific: not compared
+            // (nor MMU decisions with `GuestOnly`). `Retired` is counted, not compared.
             _ => return None,
         })
     }
@@ -155,6 +202,16 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
         for (_, mut e) in std::mem::replace(&mut self.events, rest) {
             i.events.append(&mut e);
         }
+        let rest = if everything {
+            BTreeMap::new()
+        } else {
+            self.retired.split_off(&(i.last_step + 1))
+        };
+        // A folded rep instruction is one instruction; a step that retired n adds n - 1.
+        i.retired = 1 + std::mem::replace(&mut self.retired, rest)
+            .values()
+            .map(|n| n.saturating_sub(1))
+            .sum::<u64>();
         i
     }
 
@@ -193,6 +250,9 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                     }
                 }
                 Record::Event(e) => {
+                    if let EventKind::Retired { count } = e.kind {
+                        self.retired.insert(e.step, u64::from(count));
+                    }
                     if let Some(text) = self.describe_event(&e.kind) {
                         self.events.entry(e.step).or_default().push(text);
                     }
@@ -208,7 +268,8 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
 /// Where two traces first differ.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Divergence {
-    /// Instruction number (folded) and the steps in each trace.
+    /// Instruction number (retired instructions before it, `rep` folded) and the steps in
+    /// each trace.
     pub instruction: u64,
     pub step_a: Option<Step>,
     pub step_b: Option<Step>,
@@ -217,32 +278,57 @@ pub struct Divergence {
     pub differences: Vec<String>,
     /// The instructions before the divergence (RIP and events), oldest first.
     pub context: Vec<String>,
+    /// The trace that ended here while the other went on (`None`: both went on and differ).
+    pub ended: Option<Side>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct DiffReport {
-    /// Instructions compared (folded).
+    /// Retired instructions compared (`rep` folded).
     pub instructions: u64,
     pub divergence: Option<Divergence>,
 }
 
 const CONTEXT: usize = 5;
 
-/// Compares two traces of the same guest.
+/// Compares two traces of the same guest, everything they record.
 pub fn diff<RA: Read + Seek, RB: Read + Seek>(
     a: &mut Reader<RA>,
     b: &mut Reader<RB>,
 ) -> traces::Result<DiffReport> {
-    let mut ia = Instructions::new(a);
-    let mut ib = Instructions::new(b);
+    diff_with(a, b, Compare::Everything)
+}
+
+/// Compares two traces of the same guest, aligned by retired instructions.
+pub fn diff_with<RA: Read + Seek, RB: Read + Seek>(
+    a: &mut Reader<RA>,
+    b: &mut Reader<RB>,
+    compare: Compare,
+) -> traces::Result<DiffReport> {
+    let mut ia = Instructions::new(a, compare);
+    let mut ib = Instructions::new(b, compare);
     let mut context: Vec<String> = Vec::new();
     let mut n = 0u64;
     loop {
-        let (x, y) = (
+        let (mut x, mut y) = (
             ia.next_instruction().transpose()?,
             ib.next_instruction().transpose()?,
         );
+        // A step that retired several instructions meets as many of the other trace's.
+        while let (Some(p), Some(q)) = (x.as_mut(), y.as_mut()) {
+            let next = match p.retired.cmp(&q.retired) {
+                std::cmp::Ordering::Equal => break,
+                std::cmp::Ordering::Less => ia.next_instruction().transpose()?.map(|i| p.absorb(i)),
+                std::cmp::Ordering::Greater => {
+                    ib.next_instruction().transpose()?.map(|i| q.absorb(i))
+                }
+            };
+            if next.is_none() {
+                break; // a trace ended inside the other's step: reported below
+            }
+        }
         let mut differences = Vec::new();
+        let mut ended = None;
         match (&x, &y) {
             (None, None) => {
                 return Ok(DiffReport {
@@ -250,9 +336,28 @@ pub fn diff<RA: Read + Seek, RB: Read + Seek>(
                     divergence: None,
                 })
             }
-            (Some(_), None) => differences.push("trace B ends here; trace A goes on".into()),
-            (None, Some(_)) => differences.push("trace A ends here; trace B goes on".into()),
+            (Some(_), None) => {
+                ended = Some(Side::B);
+                differences.push("trace B ends here; trace A goes on".into());
+            }
+            (None, Some(_)) => {
+                ended = Some(Side::A);
+                differences.push("trace A ends here; trace B goes on".into());
+            }
             (Some(x), Some(y)) => {
+                if x.retired != y.retired {
+                    // One trace ended inside the other's multi-instruction step.
+                    let side = if x.retired < y.retired { "A" } else { "B" };
+                    ended = Some(if x.retired < y.retired {
+                        Side::A
+                    } else {
+                        Side::B
+                    });
+                    differences.push(format!(
+                        "trace {side} ends here; retired instructions {} vs {}",
+                        x.retired, y.retired
+                    ));
+                }
                 if x.rip != y.rip {
                     differences.push(format!("instruction address: {:#x} vs {:#x}", x.rip, y.rip));
                 }
@@ -277,11 +382,15 @@ pub fn diff<RA: Read + Seek, RB: Read + Seek>(
                     rip: x.as_ref().or(y.as_ref()).map(|i| i.rip),
                     differences,
                     context,
+                    ended,
                 }),
             });
         }
         if let Some(x) = x {
             let mut line = format!("step {} rip {:#x}", x.first_step, x.rip);
+            if x.retired > 1 {
+                line += &format!(" ({} instructions)", x.retired);
+            }
             if !x.events.is_empty() {
                 line += &format!(" [{}]", x.events.join("; "));
             }
@@ -289,8 +398,8 @@ pub fn diff<RA: Read + Seek, RB: Read + Seek>(
             if context.len() > CONTEXT {
                 context.remove(0);
             }
+            n += x.retired;
         }
-        n += 1;
     }
 }
 

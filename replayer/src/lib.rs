@@ -9,6 +9,7 @@ pub mod diff;
 /// Control registers decoded into their flags (owned by the `history` crate).
 pub use history::flags;
 pub mod hosts;
+pub mod inputs;
 pub mod memory;
 pub mod timeline;
 pub mod views;
@@ -16,6 +17,6 @@ pub mod views;
 pub use analysis::{Analysis, WriteAnalysis};
 pub use check::{check, report, CheckFinding, CheckReport, PolicySummary};
 pub use cpu::cpu_model;
-pub use diff::{diff, DiffReport, Divergence};
+pub use diff::{diff, diff_with, Compare, DiffReport, Divergence, Side};
 pub use memory::MemoryImage;
 pub use timeline::{Snapshot, Timeline, TimelineError};

@@ -1,9 +1,10 @@
 //! `mmurr diff A B`: the first divergence between two traces of the same guest.
-//! Exit 0 when they agree, 1 when they diverge, 2 on error.
+//! Exit 0 when they agree, 1 when they diverge, 2 on error. `--guest-only` leaves out the MMU
+//! model's decisions, which differ between machines whose CPUID or MAXPHYADDR differ.
 
 use crate::cli::DiffArgs;
 use anyhow::Context;
-use replayer::DiffReport;
+use replayer::{Compare, DiffReport};
 use std::process::ExitCode;
 use traces::Reader;
 
@@ -36,20 +37,42 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     {
         println!("warning: the traces embed different guests (images or entry state differ)");
     }
-    let machines = replayer::hosts::differences(a.header(), b.header());
-    if !machines.is_empty() {
-        println!("the machines differ in what the guest and the MMU model see:");
-        for line in &machines {
-            println!("  {line}");
-        }
-    }
-    let report = replayer::diff(&mut a, &mut b).context("comparing the traces")?;
+    let compare = if args.guest_only {
+        Compare::GuestOnly
+    } else {
+        Compare::Everything
+    };
+    print_machine_differences(a.header(), b.header(), compare);
+    let report = replayer::diff_with(&mut a, &mut b, compare).context("comparing the traces")?;
     print_report(&report);
     Ok(if report.divergence.is_some() {
         ExitCode::from(1)
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// What differs between the two machines, first, so a divergence that follows has its
+/// explanation; and what is compared.
+pub fn print_machine_differences(a: &traces::Header, b: &traces::Header, compare: Compare) {
+    let machines = replayer::hosts::differences(a, b);
+    if !machines.is_empty() {
+        println!("the machines differ in what the guest and the MMU model see:");
+        for line in &machines {
+            println!("  {line}");
+        }
+    }
+    match compare {
+        Compare::GuestOnly => println!(
+            "comparing what the guest did (registers, memory, CR writes, transitions, \
+             exceptions, I/O); MMU decisions left out"
+        ),
+        Compare::Everything if replayer::hosts::model_differs(a, b) => println!(
+            "note: the MMU model's inputs differ, so its decisions will; --guest-only compares \
+             only what the guest did"
+        ),
+        Compare::Everything => {}
+    }
 }
 
 pub fn print_report(report: &DiffReport) {

@@ -1,16 +1,20 @@
 //! `mmurr verify T`: the "share a bug reproduction" path. Re-execute the guest embedded in
-//! the trace from its entry state on this machine, record it again, and compare the two
-//! recordings instruction by instruction. Exit 0 "reproduced", 1 at the first difference,
-//! 2 on error.
+//! the trace from its entry state on this machine, feeding it the inputs the trace recorded
+//! (time-stamp counter, RNG, CPUID and MSR results, port and MMIO reads), record it again, and
+//! compare the two recordings instruction by instruction (aligned by retired instructions;
+//! only what the guest did when the two machines feed the MMU model different CPUs).
+//! Exit 0 "reproduced"; 1 at the first difference, or when either recording failed its memory
+//! self-check; 2 when this host cannot run the guest, or on error.
 
 use crate::cli::{BackendChoice, VerifyArgs};
-use crate::cmd::diff::print_report;
+use crate::cmd::diff::{print_machine_differences, print_report};
 use crate::cmd::record::{emu_executable, print_summary, Chosen};
 use anyhow::{bail, Context};
 use recorder::{RecordOptions, SerialSink};
+use replayer::{Compare, Side};
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use traces::{BackendKind, EventKind, Header, PagingMode, Reader, Record};
+use traces::{BackendKind, EndReason, EndRecord, EventKind, Header, PagingMode, Reader, Record};
 
 pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let mut original = Reader::open(&args.trace)
@@ -23,6 +27,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     }
     let header = original.header().clone();
     let steps = original.total_steps();
+    let original_end = original.end().cloned();
     describe_origin(&header, steps);
     let needs = paging_modes_used(&mut original)?;
     let chosen = choose(args.backend, header.backend.kind, &needs)?;
@@ -36,31 +41,95 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let again = dir.path().join("verify.mmurr");
     match chosen.0 {
-        Chosen::Kvm => record_on_kvm(&header, &again, steps)?,
+        Chosen::Kvm => record_on_kvm(&args.trace, &header, &again, steps)?,
         Chosen::Emu => record_on_emu(&args.trace, &header, &again, steps)?,
     }
     let mut replayed = Reader::open(&again).context("reading the new recording")?;
-    let machines = replayer::hosts::differences(&header, replayed.header());
-    if !machines.is_empty() {
-        println!(
-            "this machine differs from the recording one in what the guest and the MMU model see:"
-        );
-        for line in &machines {
-            println!("  {line}");
+    let new_end = replayed.end().cloned();
+    let refused = |e: &Option<EndRecord>| {
+        e.as_ref()
+            .is_some_and(|e| e.reason == EndReason::HostUnsupported)
+    };
+    if refused(&new_end) && !refused(&original_end) {
+        let why = new_end.as_ref().map_or("", |e| e.message.as_str());
+        println!("cannot run here: this host's {name} backend refuses the guest: {why}");
+        if chosen.0 == Chosen::Kvm {
+            println!("  (`mmurr verify --backend emu` re-executes it on the reference emulator)");
         }
+        // exit table: host-unsupported
+        return Ok(ExitCode::from(2));
     }
-    let report =
-        replayer::diff(&mut original, &mut replayed).context("comparing the recordings")?;
-    if report.divergence.is_none() {
+    // Machines that feed the MMU model different CPUs legitimately decide differently.
+    let compare = if replayer::hosts::model_differs(&header, replayed.header()) {
+        Compare::GuestOnly
+    } else {
+        Compare::Everything
+    };
+    print_machine_differences(&header, replayed.header(), compare);
+    let report = replayer::diff_with(&mut original, &mut replayed, compare)
+        .context("comparing the recordings")?;
+    let stopped_from_outside = stopped_from_outside(original_end.as_ref());
+    let agree = match &report.divergence {
+        None => true,
+        // The original stopped at a budget, a timeout or a signal, not where the guest did.
+        Some(d) => d.ended == Some(Side::A) && stopped_from_outside.is_some(),
+    };
+    if !agree {
+        print_report(&report);
+        if let Some(e) = new_end.as_ref().filter(|e| e.reason == EndReason::Error) {
+            println!(
+                "the re-execution ended ({}): {}",
+                e.reason.name(),
+                e.message
+            );
+        }
+        return Ok(ExitCode::from(1));
+    }
+    let failures: Vec<String> = [
+        ("the original", &original_end),
+        ("the re-execution", &new_end),
+    ]
+    .into_iter()
+    .flat_map(|(which, end)| {
+        end.iter()
+            .flat_map(|e| e.self_check_failures.iter())
+            .map(move |f| format!("{which}: {f}"))
+    })
+    .collect();
+    if !failures.is_empty() {
         println!(
-            "reproduced: all {} instructions agree with {} (rep iterations folded)",
-            report.instructions,
-            args.trace.display()
+            "not reproduced: {} instructions agree, but a recording failed its memory \
+             self-check, so the memory compared is not all the guest wrote:",
+            report.instructions
         );
-        return Ok(ExitCode::SUCCESS);
+        for f in &failures {
+            println!("  {f}");
+        }
+        // exit table: self-check failure
+        return Ok(ExitCode::from(1));
     }
-    print_report(&report);
-    Ok(ExitCode::from(1))
+    println!(
+        "reproduced: all {} instructions agree with {} (rep iterations folded){}",
+        report.instructions,
+        args.trace.display(),
+        match (&report.divergence, stopped_from_outside) {
+            (Some(_), Some(why)) => format!("; the original stopped there ({why})"),
+            _ => String::new(),
+        }
+    );
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Why the original recording stopped where the guest did not: a step budget, a timeout, a
+/// signal, or a recording that was never finished. `None`: the guest (or its engine) ended it.
+fn stopped_from_outside(end: Option<&EndRecord>) -> Option<&'static str> {
+    match end.map(|e| &e.reason) {
+        None => Some("the recording was not finished"),
+        Some(EndReason::StepBudget) => Some("its step budget"),
+        Some(EndReason::Timeout) => Some("its timeout"),
+        Some(EndReason::Interrupted) => Some("interrupted"),
+        Some(_) => None,
+    }
 }
 
 fn describe_origin(h: &Header, steps: u64) {
@@ -143,8 +212,9 @@ fn options(header: &Header, out: &Path, steps: u64) -> anyhow::Result<RecordOpti
     Ok(opts)
 }
 
-fn record_on_kvm(header: &Header, out: &Path, steps: u64) -> anyhow::Result<()> {
-    let opts = options(header, out, steps)?;
+fn record_on_kvm(trace: &Path, header: &Header, out: &Path, steps: u64) -> anyhow::Result<()> {
+    let mut opts = options(header, out, steps)?;
+    opts.replay_inputs = Some(recorder::recorded_inputs(trace)?);
     let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
     let summary = recorder::record(&mut backend, &header.guest, &opts)?;
     print_summary(&summary);
@@ -158,7 +228,9 @@ fn record_on_emu(trace: &Path, header: &Header, out: &Path, steps: u64) -> anyho
         .arg("--guest-from")
         .arg(trace)
         .arg("--output")
-        .arg(out);
+        .arg(out)
+        .arg("--replay-inputs")
+        .arg(trace);
     cmd.arg("--max-steps").arg(opts.max_steps.to_string());
     cmd.arg("--flavour").arg(opts.flavour.name());
     for p in &opts.policies {

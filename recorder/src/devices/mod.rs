@@ -12,7 +12,9 @@ pub use fw_cfg::FwCfg;
 pub use serial::Serial;
 pub use unhandled::{Unhandled, UnhandledAccess};
 
+use replayer::inputs::{Input, RecordedInputs};
 use std::io::Write;
+use std::sync::Arc;
 
 /// Where the guest's serial and debug-console bytes go.
 pub enum OutputSink {
@@ -85,6 +87,55 @@ pub struct Devices {
     debug_exit: DebugExit,
     fw_cfg: FwCfg,
     pub unhandled: Unhandled,
+    replay: Option<Replay>,
+}
+
+/// Input replay (`mmurr verify`): a recording's inputs, consumed in the order the guest took
+/// them. The devices still run (their state follows the guest), but the guest reads what the
+/// recording says it read.
+struct Replay {
+    inputs: Arc<RecordedInputs>,
+    next: usize,
+    /// The re-execution asked for an input the recording does not have there.
+    diverged: Option<String>,
+}
+
+impl Replay {
+    /// The next input if `wanted` accepts it; otherwise the replay has diverged (said once).
+    fn take(
+        &mut self,
+        asked: impl FnOnce() -> String,
+        wanted: impl Fn(&Input) -> bool,
+    ) -> Option<&Input> {
+        if self.diverged.is_some() {
+            return None;
+        }
+        match self.inputs.inputs.get(self.next) {
+            Some(i) if wanted(i) => {
+                self.next += 1;
+                self.inputs.inputs.get(self.next - 1)
+            }
+            other => {
+                let recorded = other.map_or("none: the recording has no more inputs".into(), |i| {
+                    i.describe()
+                });
+                self.diverged = Some(format!(
+                    "the re-execution left the recording: it reached {}, but the recording's next \
+                     input is {recorded}",
+                    asked()
+                ));
+                None
+            }
+        }
+    }
+}
+
+/// What a nondeterministic instruction returned in the recording.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReplayedResults {
+    pub gprs: Vec<(u8, u64)>,
+    pub rflags_mask: u64,
+    pub rflags: u64,
 }
 
 impl Devices {
@@ -95,6 +146,71 @@ impl Devices {
             debug_exit: DebugExit,
             fw_cfg: FwCfg::new(ram_size),
             unhandled: Unhandled::default(),
+            replay: None,
+        }
+    }
+
+    /// From now on, reads return `inputs` in order (see [`Devices::replayed_results`]).
+    pub fn replay(&mut self, inputs: Arc<RecordedInputs>) {
+        self.replay = Some(Replay {
+            inputs,
+            next: 0,
+            diverged: None,
+        });
+    }
+
+    /// Replaying: the recorded results for the nondeterministic instruction `what` that just
+    /// retired at `rip`. `None` when not replaying, or when the recording has no such input
+    /// next ([`Devices::replay_divergence`] then says why).
+    pub fn replayed_results(&mut self, rip: u64, what: &str) -> Option<ReplayedResults> {
+        let replay = self.replay.as_mut()?;
+        let asked = || format!("{what} at rip {rip:#x}");
+        match replay.take(
+            asked,
+            |i| matches!(i, Input::Results { rip: r, .. } if *r == rip),
+        )? {
+            Input::Results {
+                gprs,
+                rflags_mask,
+                rflags,
+                ..
+            } => Some(ReplayedResults {
+                gprs: gprs.clone(),
+                rflags_mask: *rflags_mask,
+                rflags: *rflags,
+            }),
+            _ => None,
+        }
+    }
+
+    /// Replaying and the re-execution asked for an input the recording does not have: what
+    /// happened (once).
+    pub fn replay_divergence(&mut self) -> Option<String> {
+        self.replay.as_mut()?.diverged.take()
+    }
+
+    /// A port read's value: the recorded one when replaying.
+    fn replayed_port_read(&mut self, port: u16, size: u8, live: u32) -> u32 {
+        let Some(replay) = self.replay.as_mut() else {
+            return live;
+        };
+        let asked = || format!("a {size}-byte read of port {port:#x}");
+        let wanted = |i: &Input| matches!(i, Input::PortRead { port: p, size: n, .. } if *p == port && *n == size);
+        match replay.take(asked, wanted) {
+            Some(Input::PortRead { data, .. }) => *data,
+            _ => live,
+        }
+    }
+
+    fn replayed_mmio_read(&mut self, gpa: u64, size: u8, live: u64) -> u64 {
+        let Some(replay) = self.replay.as_mut() else {
+            return live;
+        };
+        let asked = || format!("a {size}-byte MMIO read at {gpa:#x}");
+        let wanted = |i: &Input| matches!(i, Input::MmioRead { gpa: g, size: n, .. } if *g == gpa && *n == size);
+        match replay.take(asked, wanted) {
+            Some(Input::MmioRead { data, .. }) => *data,
+            _ => live,
         }
     }
 
@@ -119,8 +235,14 @@ impl Devices {
         IoEffect::None
     }
 
-    /// A port read of `size` bytes; absent devices read as all-ones.
+    /// A port read of `size` bytes; absent devices read as all-ones. Replaying, the value the
+    /// recording read.
     pub fn io_in(&mut self, port: u16, size: u8) -> u32 {
+        let live = self.device_io_in(port, size);
+        self.replayed_port_read(port, size, live)
+    }
+
+    fn device_io_in(&mut self, port: u16, size: u8) -> u32 {
         let value = if Serial::claims(port) {
             self.serial.read(port) as u32
         } else if port == DebugCon::PORT {
@@ -135,10 +257,11 @@ impl Devices {
         value & mask(size) as u32
     }
 
-    /// MMIO outside RAM: nothing is mapped there; reads are all-ones.
+    /// MMIO outside RAM: nothing is mapped there; reads are all-ones (replaying, the value
+    /// the recording read).
     pub fn mmio_read(&mut self, gpa: u64, size: u8) -> u64 {
         self.unhandled.record(UnhandledAccess::MmioRead(gpa));
-        mask(size)
+        self.replayed_mmio_read(gpa, size, mask(size))
     }
 
     pub fn mmio_write(&mut self, gpa: u64) {
@@ -192,5 +315,67 @@ mod tests {
         assert_eq!(summary.len(), 2);
         assert_eq!(summary[0], (UnhandledAccess::PortRead(0x60), 2));
         assert_eq!(d.mmio_read(0xfee0_0000, 4), 0xffff_ffff);
+    }
+
+    #[test]
+    fn replay_returns_the_recorded_reads_in_order_and_says_where_it_left_them() {
+        let mut d = bus();
+        d.replay(Arc::new(RecordedInputs {
+            inputs: vec![
+                Input::PortRead {
+                    step: 3,
+                    port: 0x3fd,
+                    size: 1,
+                    data: 0x21,
+                },
+                Input::Results {
+                    step: 5,
+                    rip: 0x1000,
+                    mnemonic: "rdtsc".into(),
+                    gprs: vec![(0, 0x1234), (2, 0x5)],
+                    rflags_mask: 0,
+                    rflags: 0,
+                },
+                Input::MmioRead {
+                    step: 7,
+                    gpa: 0xfee0_0030,
+                    size: 4,
+                    data: 0x50014,
+                },
+            ],
+        }));
+        // The serial device would say 0x60; the recording says 0x21.
+        assert_eq!(d.io_in(0x3fd, 1), 0x21);
+        let r = d.replayed_results(0x1000, "rdtsc").unwrap();
+        assert_eq!(r.gprs, [(0, 0x1234), (2, 0x5)]);
+        assert_eq!(d.mmio_read(0xfee0_0030, 4), 0x50014);
+        assert_eq!(d.replay_divergence(), None);
+        // Past the end: the live value, and the divergence named.
+        assert_eq!(d.io_in(0x3fd, 1), 0x60);
+        let why = d.replay_divergence().unwrap();
+        assert!(why.contains("a 1-byte read of port 0x3fd"), "{why}");
+        assert!(why.contains("the recording has no more inputs"), "{why}");
+    }
+
+    #[test]
+    fn replay_refuses_an_input_of_another_kind_or_place() {
+        let mut d = bus();
+        d.replay(Arc::new(RecordedInputs {
+            inputs: vec![Input::Results {
+                step: 9,
+                rip: 0x2000,
+                mnemonic: "rdtsc".into(),
+                gprs: vec![(0, 1)],
+                rflags_mask: 0,
+                rflags: 0,
+            }],
+        }));
+        assert_eq!(d.replayed_results(0x2004, "rdtsc"), None);
+        let why = d.replay_divergence().unwrap();
+        assert_eq!(
+            why,
+            "the re-execution left the recording: it reached rdtsc at rip 0x2004, but the \
+             recording's next input is rdtsc at rip 0x2000 (step 9)"
+        );
     }
 }

@@ -1,0 +1,204 @@
+//! The inputs a recorded guest took from outside its machine state, in the order it took them:
+//! the results of nondeterministic instructions (which ones is `insn::nondeterministic`'s
+//! call) and the values of port and MMIO reads. `mmurr verify` feeds them to the re-execution
+//! (recorder's input replay), so a guest that reads the time-stamp counter runs the same path
+//! again on the same host and on the emulator.
+
+use crate::memory::{ImageError, MemoryImage};
+use std::io::{Read, Seek};
+use traces::{EventKind, Reader, Record, Regs, Step};
+
+/// One input, consumed in order by the re-execution.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Input {
+    /// What a nondeterministic instruction at `rip` produced: general registers (index into
+    /// `Regs::gpr`, value) and the RFLAGS bits in `rflags_mask`.
+    Results {
+        step: Step,
+        rip: u64,
+        mnemonic: String,
+        gprs: Vec<(u8, u64)>,
+        rflags_mask: u64,
+        rflags: u64,
+    },
+    PortRead {
+        step: Step,
+        port: u16,
+        size: u8,
+        data: u32,
+    },
+    MmioRead {
+        step: Step,
+        gpa: u64,
+        size: u8,
+        data: u64,
+    },
+}
+
+impl Input {
+    /// E.g. `rdtsc at rip 0x1000 (step 12)`, for divergence messages.
+    pub fn describe(&self) -> String {
+        match self {
+            Input::Results {
+                step,
+                rip,
+                mnemonic,
+                ..
+            } => format!("{mnemonic} at rip {rip:#x} (step {step})"),
+            Input::PortRead {
+                step, port, size, ..
+            } => format!("a {size}-byte read of port {port:#x} (step {step})"),
+            Input::MmioRead {
+                step, gpa, size, ..
+            } => format!("a {size}-byte MMIO read at {gpa:#x} (step {step})"),
+        }
+    }
+}
+
+/// A trace's inputs, oldest first.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecordedInputs {
+    pub inputs: Vec<Input>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InputsError {
+    #[error(transparent)]
+    Trace(#[from] traces::Error),
+    #[error("the trace's guest image is inconsistent: {0}")]
+    Image(#[from] ImageError),
+}
+
+/// The step being read: registers and memory before it, the instruction it ran.
+struct Pending {
+    step: Step,
+    before: Regs,
+    first: Option<iced_x86::Instruction>,
+    retired: u32,
+    reads: Vec<Input>,
+}
+
+/// Reads the whole trace once, rebuilding registers and memory as it goes so every step's
+/// instruction can be decoded where and when it ran.
+pub fn recorded_inputs<R: Read + Seek>(
+    reader: &mut Reader<R>,
+) -> Result<RecordedInputs, InputsError> {
+    let guest = reader.header().guest.clone();
+    let cpu = crate::cpu_model(&guest);
+    let mut memory = MemoryImage::from_guest(&guest)?;
+    let mut regs = guest.entry.clone();
+    let mut out = RecordedInputs::default();
+    let mut pending: Option<Pending> = None;
+    let finish = |p: Pending, regs: &Regs, memory: &MemoryImage, out: &mut RecordedInputs| {
+        results(
+            p.first.as_ref(),
+            p.retired,
+            &p.before,
+            regs,
+            &cpu,
+            memory,
+            p.step,
+            out,
+        );
+        out.inputs.extend(p.reads);
+    };
+    for record in reader.records() {
+        match record? {
+            Record::Step(s) => {
+                if let Some(p) = pending.take() {
+                    finish(p, &regs, &memory, &mut out);
+                }
+                regs.rip = s.rip;
+                let first = insn::decode(
+                    &insn::fetch(&regs, &cpu, &memory),
+                    insn::bitness(&regs),
+                    s.rip,
+                );
+                let before = regs.clone();
+                regs.apply_delta(&s.regs);
+                for w in &s.mem {
+                    memory.write(w.gpa, &w.data);
+                }
+                pending = Some(Pending {
+                    step: s.step,
+                    before,
+                    first,
+                    retired: 1,
+                    reads: Vec::new(),
+                });
+            }
+            Record::Event(e) => {
+                let Some(p) = pending.as_mut().filter(|p| p.step == e.step) else {
+                    continue; // events at entry carry no input
+                };
+                match e.kind {
+                    EventKind::Io(io) if !io.write => p.reads.push(Input::PortRead {
+                        step: e.step,
+                        port: io.port,
+                        size: io.size,
+                        data: io.data,
+                    }),
+                    EventKind::Mmio(m) if !m.write => p.reads.push(Input::MmioRead {
+                        step: e.step,
+                        gpa: m.gpa,
+                        size: m.size,
+                        data: m.data,
+                    }),
+                    EventKind::Retired { count } => p.retired = count.max(1),
+                    _ => {}
+                }
+            }
+            Record::Keyframe(k) => {
+                // State after step k, read from the machine: correct whatever the deltas missed.
+                regs = k.regs;
+                for page in &k.pages {
+                    memory.set_page(page.gpa, &page.data);
+                }
+            }
+            Record::End(_) => {}
+        }
+    }
+    if let Some(p) = pending.take() {
+        finish(p, &regs, &memory, &mut out);
+    }
+    Ok(out)
+}
+
+/// The results of the nondeterministic instructions a step retired (the step's own one and,
+/// when it retired several, those after it), taken from the registers after the step.
+#[allow(clippy::too_many_arguments)]
+fn results(
+    first: Option<&iced_x86::Instruction>,
+    retired: u32,
+    before: &Regs,
+    after: &Regs,
+    cpu: &mmu::CpuModel,
+    memory: &MemoryImage,
+    step: Step,
+    out: &mut RecordedInputs,
+) {
+    let Some(first) = first else { return };
+    let beyond = if retired > 1 {
+        insn::retired_beyond(first, before, cpu, memory, after.rip)
+    } else {
+        Vec::new()
+    };
+    let single_retired = after.rip == insn::fall_through(first, before);
+    if beyond.is_empty() && !single_retired {
+        return; // faulted (or a rep iteration): no results
+    }
+    let mut rip = before.rip;
+    for i in std::iter::once(first).chain(beyond.iter()) {
+        if let Some(o) = insn::nondeterministic(i) {
+            out.inputs.push(Input::Results {
+                step,
+                rip,
+                mnemonic: insn::format(i),
+                gprs: o.gpr_indices().map(|n| (n as u8, after.gpr[n])).collect(),
+                rflags_mask: o.rflags,
+                rflags: after.rflags & o.rflags,
+            });
+        }
+        rip = insn::fall_through(i, before);
+    }
+}

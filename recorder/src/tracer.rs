@@ -13,7 +13,7 @@ use crate::options::RecordOptions;
 use crate::progress::Progress;
 use crate::shadow::{self, Shadow};
 use crate::sink::RecordSink;
-use crate::{Backend, BackendError, Exit, Written};
+use crate::{Backend, BackendError, Exit, StepResult, Written};
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -254,17 +254,17 @@ impl<'a> Tracer<'a> {
             .insn
             .as_ref()
             .and_then(|i| cr_watch::planned_write(i, &before));
-        let result = match self.backend.step() {
+        let StepResult { exit, mut written } = match self.backend.step() {
             Ok(r) => r,
             Err(e) => return Some(self.backend_failure(e, &plan)),
         };
-        if result.exit == Exit::Interrupted {
+        if exit == Exit::Interrupted {
             return None; // no instruction retired; the loop re-checks its stop conditions
         }
         self.step += 1;
         let mut io_events = Vec::new();
         let mut stop = None;
-        match result.exit {
+        match exit {
             Exit::Stepped | Exit::Interrupted => {}
             Exit::IoOut { port, size, data } => {
                 io_events.push(EventKind::Io(IoAccess {
@@ -294,30 +294,22 @@ impl<'a> Tracer<'a> {
                 if let Err(e) = self.backend.complete_io_in(data) {
                     return Some(self.backend_failure(e, &plan));
                 }
-                stop = self.polling_stop();
-            }
-            Exit::MmioRead { gpa, size } => {
-                let data = self.devices.mmio_read(gpa, size);
-                io_events.push(EventKind::Mmio(MmioAccess {
-                    gpa,
-                    write: false,
-                    size,
-                    data,
-                }));
-                if let Err(e) = self.backend.complete_mmio_read(data) {
+                if let Err(e) = self.finish_read(&mut written, &mut io_events) {
                     return Some(self.backend_failure(e, &plan));
                 }
                 stop = self.polling_stop();
             }
-            Exit::MmioWrite { gpa, size, data } => {
-                self.devices.mmio_write(gpa);
-                io_events.push(EventKind::Mmio(MmioAccess {
-                    gpa,
-                    write: true,
-                    size,
-                    data,
-                }));
+            Exit::MmioRead { gpa, size } => {
+                let read = self.mmio_read(gpa, size);
+                if let Err(e) = read.and_then(|e| {
+                    io_events.push(e);
+                    self.finish_read(&mut written, &mut io_events)
+                }) {
+                    return Some(self.backend_failure(e, &plan));
+                }
+                stop = self.polling_stop();
             }
+            Exit::MmioWrite { gpa, size, data } => io_events.push(self.mmio_write(gpa, size, data)),
             Exit::Halted => {
                 stop = Some(Stop {
                     reason: EndReason::Halted,
@@ -346,7 +338,7 @@ impl<'a> Tracer<'a> {
             Ok(r) => r,
             Err(e) => return Some(self.backend_failure(e, &plan)),
         };
-        let mem_writes = self.memory_writes(&plan, &result.written, &before, &after);
+        let mem_writes = self.memory_writes(&plan, &written, &before, &after);
         let regs = delta(&before, &after);
         self.append(Record::Step(StepRecord {
             step: self.step,
@@ -402,6 +394,54 @@ impl<'a> Tracer<'a> {
             self.keyframe(false);
         }
         stop
+    }
+
+    /// Answers an MMIO read from the devices and hands the value to the backend.
+    fn mmio_read(&mut self, gpa: u64, size: u8) -> Result<EventKind, BackendError> {
+        let data = self.devices.mmio_read(gpa, size);
+        self.backend.complete_mmio_read(data)?;
+        Ok(EventKind::Mmio(MmioAccess {
+            gpa,
+            write: false,
+            size,
+            data,
+        }))
+    }
+
+    fn mmio_write(&mut self, gpa: u64, size: u8, data: u64) -> EventKind {
+        self.devices.mmio_write(gpa);
+        EventKind::Mmio(MmioAccess {
+            gpa,
+            write: true,
+            size,
+            data,
+        })
+    }
+
+    /// The rest of an instruction that waited for an `in`/MMIO value: what the completion
+    /// wrote, and the further MMIO accesses of the same instruction (the write of a
+    /// read-modify-write such as `or [mmio], 1`), which belong to this step.
+    fn finish_read(
+        &mut self,
+        written: &mut Written,
+        io_events: &mut Vec<EventKind>,
+    ) -> Result<(), BackendError> {
+        loop {
+            let rest = self.backend.take_completion();
+            *written = std::mem::replace(written, Written::Unknown).merge(rest.written);
+            match rest.exit {
+                Exit::Stepped => return Ok(()),
+                Exit::MmioWrite { gpa, size, data } => {
+                    io_events.push(self.mmio_write(gpa, size, data))
+                }
+                Exit::MmioRead { gpa, size } => io_events.push(self.mmio_read(gpa, size)?),
+                other => {
+                    return Err(BackendError::Engine(format!(
+                        "the backend reported {other:?} while completing an I/O instruction"
+                    )))
+                }
+            }
+        }
     }
 
     fn polling_stop(&self) -> Option<Stop> {
@@ -474,6 +514,7 @@ impl<'a> Tracer<'a> {
         after: &Regs,
     ) -> Vec<MemWrite> {
         let mut ranges: Vec<(u64, u64)> = match written {
+            Written::DirtyPages(pages) => return self.dirty_page_writes(pages),
             Written::Ranges(r) => r.clone(),
             Written::Unknown => {
                 let mut r = plan.writes.clone();
@@ -511,6 +552,33 @@ impl<'a> Tracer<'a> {
                 }
                 _ => out.push(MemWrite { gpa, data }),
             }
+        }
+        for w in &out {
+            self.shadow.apply(w);
+        }
+        out
+    }
+
+    /// Exact memory: the bytes of the possibly-dirty pages that differ from the shadow (which
+    /// they then update). No inference: accessed/dirty bits, exception frames and writes the
+    /// decoder cannot see are all there.
+    fn dirty_page_writes(&mut self, pages: &[u64]) -> Vec<MemWrite> {
+        let mut pages = pages.to_vec();
+        pages.sort_unstable();
+        pages.dedup();
+        let mut out = Vec::new();
+        let mut buf = [0u8; shadow::PAGE];
+        for gpa in pages {
+            let mapped = usize::try_from(gpa).ok().and_then(|start| {
+                let ram = self.backend.ram()?;
+                ram.get(start..start.checked_add(shadow::PAGE)?)
+            });
+            let real = match mapped {
+                Some(r) => r,
+                None if self.backend.read_phys(gpa, &mut buf) => &buf[..],
+                None => continue, // not RAM
+            };
+            out.extend(self.shadow.changed_runs(gpa, real));
         }
         for w in &out {
             self.shadow.apply(w);

@@ -514,9 +514,8 @@ impl<'a> Tracer<'a> {
         after: &Regs,
     ) -> Vec<MemWrite> {
         let mut ranges: Vec<(u64, u64)> = match written {
-            Written::DirtyPages(pages) => return self.dirty_page_writes(pages),
             Written::Ranges(r) => r.clone(),
-            Written::Unknown => {
+            Written::Unknown | Written::DirtyPages(_) => {
                 let mut r = plan.writes.clone();
                 r.extend(plan.ad_entries.iter().map(|&(gpa, len)| (gpa, len as u64)));
                 if let Some(i) = &plan.insn {
@@ -526,6 +525,12 @@ impl<'a> Tracer<'a> {
                 r
             }
         };
+        if let Written::DirtyPages(pages) = written {
+            // Exact: every byte that changed. The decoded ranges above only widen a change to
+            // the whole operand or paging-structure entry it belongs to, as the emu backend
+            // records writes, so traces of the two backends compare equal.
+            ranges.extend(self.changed_bytes(pages));
+        }
         ranges.sort_unstable();
         let mut out: Vec<MemWrite> = Vec::new();
         for (gpa, len) in ranges {
@@ -559,10 +564,10 @@ impl<'a> Tracer<'a> {
         out
     }
 
-    /// Exact memory: the bytes of the possibly-dirty pages that differ from the shadow (which
-    /// they then update). No inference: accessed/dirty bits, exception frames and writes the
-    /// decoder cannot see are all there.
-    fn dirty_page_writes(&mut self, pages: &[u64]) -> Vec<MemWrite> {
+    /// Exact memory: the runs of bytes of the possibly-dirty pages that differ from the shadow.
+    /// No inference: accessed/dirty bits, exception frames and writes the decoder cannot see
+    /// are all there.
+    fn changed_bytes(&self, pages: &[u64]) -> Vec<(u64, u64)> {
         let mut pages = pages.to_vec();
         pages.sort_unstable();
         pages.dedup();
@@ -578,10 +583,12 @@ impl<'a> Tracer<'a> {
                 None if self.backend.read_phys(gpa, &mut buf) => &buf[..],
                 None => continue, // not RAM
             };
-            out.extend(self.shadow.changed_runs(gpa, real));
-        }
-        for w in &out {
-            self.shadow.apply(w);
+            out.extend(
+                self.shadow
+                    .changed_runs(gpa, real)
+                    .into_iter()
+                    .map(|w| (w.gpa, w.data.len() as u64)),
+            );
         }
         out
     }

@@ -55,7 +55,7 @@ fn mmio_read_modify_write_is_one_step_with_a_read_and_a_write() {
     let write = MmioAccess {
         data: 0x1234_5678,
         write: true,
-        ..read.clone()
+        ..read
     };
     assert_eq!(mmio, vec![(1, read), (1, write)]);
     assert_eq!(summary.steps, 3, "and, mov, out");

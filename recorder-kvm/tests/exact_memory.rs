@@ -19,7 +19,7 @@ struct Sampler {
 
 impl StepControl for Sampler {
     fn before_step(&mut self, step: u64, regs: &Regs, backend: &mut dyn Backend) -> StepVerdict {
-        if step % self.every == 0 {
+        if step.is_multiple_of(self.every) {
             let ram = backend.ram().expect("the kvm backend maps its RAM");
             self.samples
                 .insert(step, (xxhash_rust::xxh3::xxh3_64(ram), regs.clone()));
@@ -81,7 +81,7 @@ fn accessed_and_dirty_bits_are_recorded_exactly() {
             for w in &st.mem {
                 let ad = w.data.iter().enumerate().any(|(i, b)| {
                     let at = w.gpa + i as u64;
-                    ptes.contains(&at) && at % 8 == 0 && b & 0x60 != 0
+                    ptes.contains(&at) && at.is_multiple_of(8) && b & 0x60 != 0
                 });
                 set_by_walks += usize::from(ad);
             }
@@ -165,7 +165,7 @@ fn mmio_read_modify_write_is_one_step_with_a_read_and_a_write() {
     let write = MmioAccess {
         data: 0x1234_5678,
         write: true,
-        ..read.clone()
+        ..read
     };
     assert_eq!(mmio, vec![(1, read), (1, write)]);
     assert_eq!(summary.steps, 3, "and, mov, out");

@@ -80,10 +80,17 @@ fn multiboot_info_and_entry_state() {
         ("second arg=1", vec![0xab; 5000]),
     ];
     let ram = 16 * MIB;
-    let g = load_multiboot(hello(), "console=ttyS0 mmurr", &modules, ram).unwrap();
+    let g = load_multiboot(
+        hello(),
+        "/boot/hello.elf",
+        "console=ttyS0 mmurr",
+        &modules,
+        ram,
+    )
+    .unwrap();
     no_overlapping_loads(&g);
     assert_eq!(g.ram_size, ram);
-    assert_eq!(g.cmdline, "console=ttyS0 mmurr");
+    assert_eq!(g.cmdline, "/boot/hello.elf console=ttyS0 mmurr");
     assert_eq!(g.origin, "multiboot kernel");
     let r = &g.entry;
     let e = elf::parse(hello()).unwrap();
@@ -132,7 +139,11 @@ fn multiboot_info_and_entry_state() {
     );
     assert_eq!(m.u32(info + 4), 640);
     assert_eq!(m.u32(info + 8), ((ram - MIB) / 1024) as u32);
-    assert_eq!(m.cstr(m.u32(info + 16) as u64), "console=ttyS0 mmurr");
+    // As QEMU and GRUB pass it: argv[0] is the kernel's path, the --append words follow.
+    let cmdline = m.cstr(m.u32(info + 16) as u64);
+    assert_eq!(cmdline, "/boot/hello.elf console=ttyS0 mmurr");
+    let argv: Vec<&str> = cmdline.split(' ').collect();
+    assert_eq!(argv, ["/boot/hello.elf", "console=ttyS0", "mmurr"]);
     assert_eq!(m.cstr(m.u32(info + 64) as u64), "mmurr");
 
     // Modules: page-aligned, above the kernel (and its bss), contents and names as given.
@@ -173,11 +184,12 @@ fn multiboot_info_and_entry_state() {
 #[test]
 fn multiboot_without_modules_or_cmdline() {
     let none: &[(&str, &[u8])] = &[];
-    let g = load_multiboot(hello(), "", none, 2 * MIB).unwrap();
+    let g = load_multiboot(hello(), "/boot/hello.elf", "", none, 2 * MIB).unwrap();
     let m = Mem(&g);
     let info = g.entry.gpr[3];
     assert_eq!(m.u32(info + 20), 0);
-    assert_eq!(m.cstr(m.u32(info + 16) as u64), "");
+    // QEMU's "%s %s" with nothing to append: the path and a space.
+    assert_eq!(m.cstr(m.u32(info + 16) as u64), "/boot/hello.elf ");
     assert_eq!(m.u32(info + 8), 1024);
 }
 
@@ -189,7 +201,7 @@ fn patched(at: usize, v: u32) -> Vec<u8> {
 }
 
 fn load(k: &[u8]) -> Result<GuestSpec, LoadError> {
-    load_multiboot(k, "", &[] as &[(&str, &[u8])], 16 * MIB)
+    load_multiboot(k, "k", "", &[] as &[(&str, &[u8])], 16 * MIB)
 }
 
 // ELF32 field offsets.
@@ -342,17 +354,17 @@ fn multiboot_header_problems_are_errors() {
     assert!(matches!(load(&far), Err(LoadError::NoMultibootHeader)));
     // RAM too small, command line with a NUL.
     assert!(matches!(
-        load_multiboot(k, "", &[] as &[(&str, &[u8])], MIB),
+        load_multiboot(k, "k", "", &[] as &[(&str, &[u8])], MIB),
         Err(LoadError::RamSize { .. })
     ));
     assert!(matches!(
-        load_multiboot(k, "a\0b", &[] as &[(&str, &[u8])], 4 * MIB),
+        load_multiboot(k, "k", "a\0b", &[] as &[(&str, &[u8])], 4 * MIB),
         Err(LoadError::Invalid(_))
     ));
     // A module that does not fit.
     let big = vec![0u8; 3 * MIB as usize];
     assert!(matches!(
-        load_multiboot(k, "", &[("big", &big[..])], 4 * MIB),
+        load_multiboot(k, "k", "", &[("big", &big[..])], 4 * MIB),
         Err(LoadError::NoRoom { .. })
     ));
 }

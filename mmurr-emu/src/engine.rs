@@ -78,6 +78,8 @@ pub struct EmuBackend {
     pdptrs: [u64; 4],
     pending_in: Option<(u16, u8)>,
     pending_mmio: bool,
+    /// The write of an MMIO read-modify-write, made when `complete_mmio_read` finished it.
+    completion_write: Option<Exit>,
     loaded: bool,
     /// A guest-physical page outside RAM holding the PAE PDPTE *registers*, and the guest's
     /// CR3 while Unicorn's CR3 points there (PAE paging active). See [`EmuBackend::sync_pae`].
@@ -130,6 +132,7 @@ impl EmuBackend {
             pdptrs: [0; 4],
             pending_in: None,
             pending_mmio: false,
+            completion_write: None,
             loaded: false,
             ctx_long_before: false,
             regs_cache: None,
@@ -1395,10 +1398,23 @@ impl Backend for EmuBackend {
         let _ = self.take_written(&before, fetch, d.as_ref());
         match exit {
             Exit::Stepped => Ok(()),
+            // `or dword [mmio], 1`: the read answered, the instruction wrote the device too.
+            Exit::MmioWrite { .. } => {
+                self.completion_write = Some(exit);
+                Ok(())
+            }
             other => Err(BackendError::Engine(format!(
                 "mmurr-emu: completing the MMIO read at RIP {:#x} ended with {other:?}",
                 before.rip
             ))),
+        }
+    }
+
+    fn take_completion(&mut self) -> StepResult {
+        StepResult {
+            exit: self.completion_write.take().unwrap_or(Exit::Stepped),
+            // The exit that asked for the value reported its writes as Unknown.
+            written: Written::Ranges(Vec::new()),
         }
     }
 }

@@ -38,8 +38,14 @@ pub fn build(a: &GuestArgs, cpuid: &[CpuidEntry]) -> anyhow::Result<(GuestSpec, 
                 std::fs::read(m).with_context(|| format!("reading the module {}", m.display()))?;
             modules.push((m.display().to_string(), bytes));
         }
-        let mut g = guests::loader::load_multiboot(&elf, &a.append, &modules, ram)
-            .with_context(|| format!("loading the multiboot kernel {}", k.display()))?;
+        let mut g = guests::loader::load_multiboot(
+            &elf,
+            &k.display().to_string(),
+            &a.append,
+            &modules,
+            ram,
+        )
+        .with_context(|| format!("loading the multiboot kernel {}", k.display()))?;
         g.origin = format!("multiboot {}", k.display());
         if g.cpuid.is_empty() {
             g.cpuid = cpuid.to_vec();

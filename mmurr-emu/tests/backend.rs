@@ -1199,7 +1199,7 @@ fn accessed_bits_of_the_next_fetch_belong_to_the_next_step() {
     b.set_regs(&now).unwrap(); // flushes the TLB
     let covers = |w: &Written| match w {
         Written::Ranges(r) => r.iter().any(|&(g, l)| g <= pte_gpa && pte_gpa < g + l),
-        Written::Unknown => false,
+        Written::Unknown | Written::DirtyPages(_) => false,
     };
     b.step().unwrap(); // mov rax
     let jmp = b.step().unwrap();

@@ -118,9 +118,15 @@ fn every_scenario_has_a_test() {
         "cr3-switch",
         "unpaged-cr4",
         "smap-pke-toggle",
+        "accessed-dirty",
     ];
     tested.sort();
     assert_eq!(names, tested, "a scenario was added: give it a test here");
+}
+
+#[test]
+fn accessed_dirty() {
+    check("accessed-dirty");
 }
 
 #[test]

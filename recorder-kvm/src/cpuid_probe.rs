@@ -19,7 +19,7 @@ pub fn guest_visible(kvm: &Kvm, table: &CpuId) -> Result<Vec<CpuidEntry>, String
         .map_err(|e| format!("KVM_SET_TSS_ADDR: {e}"))?;
     let mut ram = GuestRam::new(0x2000)?;
     ram.write(CODE, &[0x0f, 0xa2, 0xf4]); // cpuid; hlt
-    ram.register(&vm, 0)?;
+    ram.register(&vm, 0, false)?;
     let mut vcpu = vm
         .create_vcpu(0)
         .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;

@@ -46,11 +46,16 @@ impl GuestRam {
         self.size as u64
     }
 
-    /// Registers the whole mapping as memory slot `slot` at guest-physical 0.
-    pub fn register(&self, vm: &VmFd, slot: u32) -> Result<(), String> {
+    /// Registers the whole mapping as memory slot `slot` at guest-physical 0, with KVM logging
+    /// the pages the guest dirties when `log_dirty` (KVM_MEM_LOG_DIRTY_PAGES).
+    pub fn register(&self, vm: &VmFd, slot: u32, log_dirty: bool) -> Result<(), String> {
         let region = kvm_userspace_memory_region {
             slot,
-            flags: 0,
+            flags: if log_dirty {
+                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+            } else {
+                0
+            },
             guest_phys_addr: 0,
             memory_size: self.size as u64,
             userspace_addr: self.ptr as u64,

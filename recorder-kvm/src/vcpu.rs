@@ -21,6 +21,9 @@ const CR4_PAE: u64 = 1 << 5;
 const TSS_ADDRESS: usize = 0xfffb_d000;
 /// RAM stays below the TSS pages and the 32-bit MMIO hole.
 const MAX_RAM: u64 = 3 << 30;
+/// The memory slot of guest RAM.
+const RAM_SLOT: u32 = 0;
+const PAGE_SHIFT: u32 = 12;
 
 /// A guest on /dev/kvm. Field order matters: the vCPU and VM are closed before the RAM they
 /// map is unmapped.
@@ -36,6 +39,15 @@ pub struct KvmBackend {
     sync_regs: bool,
     /// An `in` or MMIO read is waiting for its data.
     pending_read: bool,
+    /// Exact memory: `Ok` when KVM logs the pages the guest dirties (KVM_MEM_LOG_DIRTY_PAGES on
+    /// the RAM slot, read with KVM_GET_DIRTY_LOG after every step); `Err(why)` when the host
+    /// refused, and the recorder infers writes from the decoded instruction instead.
+    dirty_log: Result<(), String>,
+    /// Pages the VMM wrote itself (`write_phys`, e.g. gdb) since the last report: KVM's dirty
+    /// log does not see them, so they are reported with the next step's pages.
+    vmm_written: Vec<u64>,
+    /// The rest of an instruction completed by `complete_io_in`/`complete_mmio_read`.
+    completion: Option<StepResult>,
 }
 
 impl KvmBackend {
@@ -65,6 +77,9 @@ impl KvmBackend {
             cpuid: Vec::new(),
             sync_regs,
             pending_read: false,
+            dirty_log: Err("no guest loaded".into()),
+            vmm_written: Vec::new(),
+            completion: None,
         })
     }
 
@@ -107,28 +122,98 @@ impl KvmBackend {
     }
 
     /// Lets KVM finish a pending I/O or MMIO instruction without entering the guest again.
-    fn complete_pending(&mut self) -> Result<(), BackendError> {
-        let vcpu = self.vcpu()?;
-        vcpu.set_kvm_immediate_exit(1);
-        // Ok(None): completed (a debug exit is the single-step trap of the completed
-        // instruction; EINTR is the immediate exit itself).
-        let result = match vcpu.run() {
-            Ok(VcpuExit::Debug(_)) => Ok(None),
-            Ok(other) => Ok(Some(format!("{other:?}"))),
-            Err(e) if e.errno() == libc::EINTR => Ok(None),
-            Err(e) => Err(e),
-        };
-        vcpu.set_kvm_immediate_exit(0);
-        match result {
-            Ok(None) => {}
-            Ok(Some(exit)) => {
-                return Err(BackendError::Engine(format!(
-                    "KVM returned {exit} while completing an I/O instruction"
-                )))
+    /// `Some`: the instruction made one more MMIO access on the way — the write of a
+    /// read-modify-write (`or dword [mmio], 1`: KVM completes the read, emulates on and exits
+    /// again for the write), which is then completed too, or a read, which now waits for its
+    /// data like any MMIO read.
+    fn complete_pending(&mut self) -> Result<Option<Exit>, BackendError> {
+        let mut further = None;
+        loop {
+            let vcpu = self.vcpu()?;
+            vcpu.set_kvm_immediate_exit(1);
+            // Ok(None): completed (a debug exit is the single-step trap of the completed
+            // instruction; EINTR is the immediate exit itself).
+            let result = match vcpu.run() {
+                Ok(VcpuExit::Debug(_)) => Ok(None),
+                Ok(VcpuExit::MmioWrite(gpa, data)) => Ok(Some(Ok(mmio_write(gpa, data)))),
+                Ok(VcpuExit::MmioRead(gpa, data)) => Ok(Some(Ok(Exit::MmioRead {
+                    gpa,
+                    size: data.len().min(8) as u8,
+                }))),
+                Ok(other) => Ok(Some(Err(format!("{other:?}")))),
+                Err(e) if e.errno() == libc::EINTR => Ok(None),
+                Err(e) => Err(e),
+            };
+            vcpu.set_kvm_immediate_exit(0);
+            match result {
+                Ok(None) => break,
+                Ok(Some(Ok(exit))) if further.is_none() => {
+                    let read = matches!(exit, Exit::MmioRead { .. });
+                    further = Some(exit);
+                    if read {
+                        self.pending_read = true;
+                        break;
+                    }
+                    // A write is delivered by reporting it; the next run finishes the instruction.
+                }
+                Ok(Some(Ok(exit))) => {
+                    return Err(BackendError::Engine(format!(
+                        "KVM returned a third MMIO access {exit:?} for one instruction \
+                         (after {further:?}); mmurr records at most a read and a write"
+                    )))
+                }
+                Ok(Some(Err(exit))) => {
+                    return Err(BackendError::Engine(format!(
+                        "KVM returned {exit} while completing an I/O instruction"
+                    )))
+                }
+                Err(e) => return Err(BackendError::Other(format!("KVM_RUN (completion): {e}"))),
             }
-            Err(e) => return Err(BackendError::Other(format!("KVM_RUN (completion): {e}"))),
         }
-        self.refresh()
+        self.refresh()?;
+        Ok(further)
+    }
+
+    /// What the guest may have written since the last call: the pages KVM logged dirty (the
+    /// log is cleared by reading it) and those the VMM wrote; `Unknown` without a dirty log.
+    fn written(&mut self) -> Result<Written, BackendError> {
+        if self.dirty_log.is_err() {
+            return Ok(Written::Unknown);
+        }
+        let size = self.ram.as_ref().map_or(0, GuestRam::size) as usize;
+        let vm = self
+            .vm
+            .as_ref()
+            .ok_or_else(|| BackendError::Other("no guest loaded".into()))?;
+        let bitmap = vm
+            .get_dirty_log(RAM_SLOT, size)
+            .map_err(ioctl_err("KVM_GET_DIRTY_LOG"))?;
+        let mut pages = std::mem::take(&mut self.vmm_written);
+        for (i, &word) in bitmap.iter().enumerate() {
+            let mut bits = word;
+            while bits != 0 {
+                let page = (i * 64) as u64 + u64::from(bits.trailing_zeros());
+                bits &= bits - 1;
+                pages.push(page << PAGE_SHIFT);
+            }
+        }
+        Ok(Written::DirtyPages(pages))
+    }
+
+    /// A step's result with what it wrote.
+    fn stepped(&mut self, exit: Exit) -> Result<StepResult, BackendError> {
+        let written = self.written()?;
+        Ok(StepResult { exit, written })
+    }
+
+    /// After `complete_*`: the rest of the instruction, for [`Backend::take_completion`].
+    fn completed(&mut self, further: Option<Exit>) -> Result<(), BackendError> {
+        let written = self.written()?;
+        self.completion = Some(StepResult {
+            exit: further.unwrap_or(Exit::Stepped),
+            written,
+        });
+        Ok(())
     }
 
     /// Up to 15 bytes at RIP, read from RAM through KVM_TRANSLATE when paging is on.
@@ -243,6 +328,18 @@ impl KvmBackend {
     }
 }
 
+/// The exit of an MMIO write of `data` (at most 8 bytes) to `gpa`.
+fn mmio_write(gpa: u64, data: &[u8]) -> Exit {
+    let mut b = [0u8; 8];
+    let n = data.len().min(8);
+    b[..n].copy_from_slice(&data[..n]);
+    Exit::MmioWrite {
+        gpa,
+        size: n as u8,
+        data: u64::from_le_bytes(b),
+    }
+}
+
 fn ioctl_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> BackendError {
     move |e| BackendError::Other(format!("{what}: {e}"))
 }
@@ -264,7 +361,18 @@ fn cpuid_entries(cpuid: &CpuId) -> Vec<CpuidEntry> {
 
 impl Backend for KvmBackend {
     fn info(&self) -> BackendInfo {
-        self.report.backend_info()
+        let mut info = self.report.backend_info();
+        info.kvm_facts.push((
+            "memory_writes".into(),
+            match &self.dirty_log {
+                Ok(()) => "exact (KVM dirty log diffed against a shadow every step)".into(),
+                Err(why) => format!(
+                    "inferred from the decoded instruction: no dirty log ({why}); writes the \
+                     decoder cannot see show up as self-check failures"
+                ),
+            },
+        ));
+        info
     }
 
     fn load(&mut self, guest: &GuestSpec) -> Result<(), BackendError> {
@@ -285,7 +393,15 @@ impl Backend for KvmBackend {
         vm.create_pit2(kvm_pit_config::default())
             .map_err(ioctl_err("KVM_CREATE_PIT2"))?;
         let mut ram = GuestRam::new(guest.ram_size).map_err(BackendError::Other)?;
-        ram.register(&vm, 0).map_err(BackendError::Other)?;
+        self.dirty_log = ram.register(&vm, RAM_SLOT, true);
+        if let Err(why) = &self.dirty_log {
+            // Without a dirty log the recorder falls back to inferring writes (and says so).
+            ram.register(&vm, RAM_SLOT, false)
+                .map_err(|e| BackendError::Other(format!("{e} (with dirty logging: {why})")))?;
+        }
+        self.vmm_written.clear();
+        self.completion = None;
+        self.pending_read = false;
         for load in &guest.loads {
             let blob = guest.blobs.get(load.blob as usize).ok_or_else(|| {
                 BackendError::Other(format!("load refers to missing blob {}", load.blob))
@@ -435,7 +551,13 @@ impl Backend for KvmBackend {
     }
 
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool {
-        self.ram.as_mut().is_some_and(|r| r.write(gpa, data))
+        let written = self.ram.as_mut().is_some_and(|r| r.write(gpa, data));
+        if written && !data.is_empty() {
+            let last = (gpa + data.len() as u64 - 1) >> PAGE_SHIFT;
+            self.vmm_written
+                .extend(((gpa >> PAGE_SHIFT)..=last).map(|p| p << PAGE_SHIFT));
+        }
+        written
     }
 
     fn ram_size(&self) -> u64 {
@@ -456,12 +578,6 @@ impl Backend for KvmBackend {
                 "step while an `in`/MMIO read still waits for its data".into(),
             ));
         }
-        let stepped = |exit| {
-            Ok(StepResult {
-                exit,
-                written: Written::Unknown,
-            })
-        };
         loop {
             let vcpu = self.vcpu()?;
             let exit = match vcpu.run() {
@@ -475,32 +591,33 @@ impl Backend for KvmBackend {
                         size: n as u8,
                         data: u32::from_le_bytes(b),
                     };
-                    self.complete_pending()?;
-                    return stepped(exit);
+                    if let Some(further) = self.complete_pending()? {
+                        return Err(BackendError::Engine(format!(
+                            "KVM returned {further:?} while completing an `out`"
+                        )));
+                    }
+                    return self.stepped(exit);
                 }
                 Ok(VcpuExit::IoIn(port, data)) => {
                     let size = data.len().min(4) as u8;
                     self.pending_read = true;
                     self.refresh()?;
-                    return stepped(Exit::IoIn { port, size });
+                    return self.stepped(Exit::IoIn { port, size });
                 }
                 Ok(VcpuExit::MmioWrite(gpa, data)) => {
-                    let mut b = [0u8; 8];
-                    let n = data.len().min(8);
-                    b[..n].copy_from_slice(&data[..n]);
-                    let exit = Exit::MmioWrite {
-                        gpa,
-                        size: n as u8,
-                        data: u64::from_le_bytes(b),
-                    };
-                    self.complete_pending()?;
-                    return stepped(exit);
+                    let exit = mmio_write(gpa, data);
+                    if let Some(further) = self.complete_pending()? {
+                        return Err(BackendError::Engine(format!(
+                            "KVM returned {further:?} while completing the MMIO write {exit:?}"
+                        )));
+                    }
+                    return self.stepped(exit);
                 }
                 Ok(VcpuExit::MmioRead(gpa, data)) => {
                     let size = data.len().min(8) as u8;
                     self.pending_read = true;
                     self.refresh()?;
-                    return stepped(Exit::MmioRead { gpa, size });
+                    return self.stepped(Exit::MmioRead { gpa, size });
                 }
                 Ok(VcpuExit::Hlt) => Exit::Halted,
                 Ok(VcpuExit::Shutdown) => {
@@ -526,7 +643,7 @@ impl Backend for KvmBackend {
                             )));
                         }
                     }
-                    return stepped(Exit::Shutdown);
+                    return self.stepped(Exit::Shutdown);
                 }
                 Ok(VcpuExit::InternalError) => {
                     self.refresh()?;
@@ -541,7 +658,15 @@ impl Backend for KvmBackend {
                     )));
                 }
                 // A signal (SIGINT/SIGTERM) kicked the vCPU out before an instruction retired.
-                Ok(VcpuExit::Intr) => Exit::Interrupted,
+                // The dirty log keeps what KVM wrote meanwhile (e.g. accessed bits of a walk)
+                // for the step that retires the instruction.
+                Ok(VcpuExit::Intr) => {
+                    self.refresh()?;
+                    return Ok(StepResult {
+                        exit: Exit::Interrupted,
+                        written: Written::DirtyPages(Vec::new()),
+                    });
+                }
                 Ok(other) => {
                     let what = format!("{other:?}");
                     self.refresh()?;
@@ -550,12 +675,18 @@ impl Backend for KvmBackend {
                         self.regs.rip
                     )));
                 }
-                Err(e) if e.errno() == libc::EINTR => Exit::Interrupted,
+                Err(e) if e.errno() == libc::EINTR => {
+                    self.refresh()?;
+                    return Ok(StepResult {
+                        exit: Exit::Interrupted,
+                        written: Written::DirtyPages(Vec::new()),
+                    });
+                }
                 Err(e) if e.errno() == libc::EAGAIN => continue,
                 Err(e) => return Err(BackendError::Other(format!("KVM_RUN: {e}"))),
             };
             self.refresh()?;
-            return stepped(exit);
+            return self.stepped(exit);
         }
     }
 
@@ -566,7 +697,8 @@ impl Backend for KvmBackend {
             return Err(BackendError::Other("no `in` is waiting for data".into()));
         }
         self.pending_read = false;
-        self.complete_pending()
+        let further = self.complete_pending()?;
+        self.completed(further)
     }
 
     fn complete_mmio_read(&mut self, data: u64) -> Result<(), BackendError> {
@@ -578,6 +710,14 @@ impl Backend for KvmBackend {
             ));
         }
         self.pending_read = false;
-        self.complete_pending()
+        let further = self.complete_pending()?;
+        self.completed(further)
+    }
+
+    fn take_completion(&mut self) -> StepResult {
+        self.completion.take().unwrap_or(StepResult {
+            exit: Exit::Stepped,
+            written: Written::Ranges(Vec::new()),
+        })
     }
 }

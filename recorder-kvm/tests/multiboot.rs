@@ -11,7 +11,8 @@ fn hello_kernel_prints_and_exits_with_its_status() {
     require_kvm!();
     let elf = build_hello().expect("build the hello kernel (needs GNU binutils)");
     let none: &[(&str, Vec<u8>)] = &[];
-    let guest = guests::loader::load_multiboot(&elf, "console=ttyS0", none, 64 << 20).unwrap();
+    let guest =
+        guests::loader::load_multiboot(&elf, "hello.elf", "console=ttyS0", none, 64 << 20).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = RecordOptions::new(dir.path().join("hello.mmurr"));
     let mut backend = KvmBackend::new(probe()).unwrap();

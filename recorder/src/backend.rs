@@ -58,8 +58,39 @@ pub enum Exit {
 pub enum Written {
     /// Exact ranges (gpa, len), e.g. from an emulator's memory-write hook.
     Ranges(Vec<(u64, u64)>),
-    /// The backend cannot tell; the tracer decodes the instruction or diffs dirty pages.
+    /// The backend cannot tell; the tracer infers the writes by decoding the instruction.
     Unknown,
+    /// The 4 KiB pages (guest-physical, page-aligned) that may have changed, e.g. from KVM's
+    /// dirty log plus the pages the VMM wrote itself; nothing outside them changed. The tracer
+    /// diffs each against its shadow and records exactly the bytes that differ.
+    DirtyPages(Vec<u64>),
+}
+
+impl Written {
+    /// What two parts of one step wrote together (the exit that asked for an `in`/MMIO value
+    /// and the completion): exact only when both parts are.
+    pub fn merge(self, other: Written) -> Written {
+        match (self, other) {
+            (Written::Ranges(mut a), Written::Ranges(b)) => {
+                a.extend(b);
+                Written::Ranges(a)
+            }
+            (Written::DirtyPages(mut a), Written::DirtyPages(b)) => {
+                a.extend(b);
+                Written::DirtyPages(a)
+            }
+            // Exact ranges are exact pages too.
+            (Written::DirtyPages(mut pages), Written::Ranges(r))
+            | (Written::Ranges(r), Written::DirtyPages(mut pages)) => {
+                for (gpa, len) in r.into_iter().filter(|&(_, len)| len > 0) {
+                    let last = gpa.saturating_add(len - 1) >> 12;
+                    pages.extend(((gpa >> 12)..=last).map(|p| p << 12));
+                }
+                Written::DirtyPages(pages)
+            }
+            _ => Written::Unknown,
+        }
+    }
 }
 
 /// One step's result.
@@ -109,4 +140,45 @@ pub trait Backend {
     fn step(&mut self) -> Result<StepResult, BackendError>;
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError>;
     fn complete_mmio_read(&mut self, data: u64) -> Result<(), BackendError>;
+    /// The rest of the instruction after [`Backend::complete_io_in`] or
+    /// [`Backend::complete_mmio_read`]: `exit` is [`Exit::Stepped`] when it retired, or a
+    /// further exit of the same instruction — the write of an MMIO read-modify-write such as
+    /// `or dword [mmio], 1`, handled like any `MmioWrite`, or another MMIO read to answer;
+    /// `written` is what the completion wrote. The default: it retired, and the step's own
+    /// `written` covered its writes.
+    fn take_completion(&mut self) -> StepResult {
+        StepResult {
+            exit: Exit::Stepped,
+            written: Written::Ranges(Vec::new()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Written;
+
+    #[test]
+    fn merged_writes_are_exact_only_when_both_parts_are() {
+        let r = |v: &[(u64, u64)]| Written::Ranges(v.to_vec());
+        assert_eq!(r(&[(1, 2)]).merge(r(&[(5, 1)])), r(&[(1, 2), (5, 1)]));
+        assert_eq!(
+            Written::DirtyPages(vec![0x1000]).merge(Written::DirtyPages(vec![0x3000])),
+            Written::DirtyPages(vec![0x1000, 0x3000])
+        );
+        assert_eq!(Written::Unknown.merge(r(&[])), Written::Unknown);
+        assert_eq!(
+            r(&[]).merge(Written::DirtyPages(vec![0])),
+            Written::DirtyPages(vec![0])
+        );
+        assert_eq!(
+            Written::DirtyPages(vec![0]).merge(Written::Unknown),
+            Written::Unknown
+        );
+        assert_eq!(r(&[(1, 1)]).merge(Written::Unknown), Written::Unknown);
+        assert_eq!(
+            r(&[(0x1ffe, 4)]).merge(Written::DirtyPages(vec![0x5000])),
+            Written::DirtyPages(vec![0x5000, 0x1000, 0x2000])
+        );
+    }
 }

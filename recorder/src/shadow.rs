@@ -65,6 +65,47 @@ impl Shadow {
         true
     }
 
+    /// The runs of bytes where `real`, the current contents of the page at `page_gpa`, differs
+    /// from the shadow: exactly what changed there, nothing that did not. Empty when the page is
+    /// outside the shadow or `real` is not that page's size.
+    pub fn changed_runs(&self, page_gpa: u64, real: &[u8]) -> Vec<MemWrite> {
+        let mut out: Vec<MemWrite> = Vec::new();
+        let Some(start) = usize::try_from(page_gpa).ok().filter(|s| s % PAGE == 0) else {
+            return out;
+        };
+        let Some(shadow) = start
+            .checked_add(real.len())
+            .and_then(|end| self.bytes.get(start..end))
+        else {
+            return out;
+        };
+        if shadow == real {
+            return out;
+        }
+        // Word by word (the common case is a few changed words in a page), then the bytes of
+        // each differing word.
+        let mut push = |at: usize, byte: u8| match out.last_mut() {
+            Some(last) if last.gpa as usize + last.data.len() == start + at => last.data.push(byte),
+            _ => out.push(MemWrite {
+                gpa: (start + at) as u64,
+                data: vec![byte],
+            }),
+        };
+        let words = shadow.chunks_exact(8).zip(real.chunks_exact(8));
+        for (w, (s, r)) in words.enumerate() {
+            if s != r {
+                for i in (0..8).filter(|&i| s[i] != r[i]) {
+                    push(w * 8 + i, r[i]);
+                }
+            }
+        }
+        let tail = real.len() - real.len() % 8;
+        for i in (tail..real.len()).filter(|&i| shadow[i] != real[i]) {
+            push(i, real[i]);
+        }
+        out
+    }
+
     pub fn bytes(&self) -> &[u8] {
         &self.bytes
     }
@@ -132,6 +173,35 @@ impl mmu::GuestMemory for Shadow {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn changed_runs_are_exactly_the_bytes_that_differ() {
+        let mut real = vec![0u8; 3 * PAGE];
+        let s = Shadow::new(&real);
+        let page = PAGE as u64;
+        assert!(s.changed_runs(page, &real[PAGE..2 * PAGE]).is_empty());
+        // An accessed bit, a qword that changed in two bytes, a run across a word boundary.
+        real[PAGE + 0x10] = 0x20;
+        real[PAGE + 0x21] = 1;
+        real[PAGE + 0x23] = 2;
+        real[PAGE + 0x3e..PAGE + 0x42].copy_from_slice(&[1, 2, 3, 4]);
+        real[2 * PAGE - 1] = 9;
+        let runs = s.changed_runs(page, &real[PAGE..2 * PAGE]);
+        let got: Vec<(u64, Vec<u8>)> = runs.into_iter().map(|w| (w.gpa, w.data)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (page + 0x10, vec![0x20]),
+                (page + 0x21, vec![1]),
+                (page + 0x23, vec![2]),
+                (page + 0x3e, vec![1, 2, 3, 4]),
+                (2 * page - 1, vec![9]),
+            ]
+        );
+        // Outside the shadow or unaligned: nothing.
+        assert!(s.changed_runs(3 * page, &real[..PAGE]).is_empty());
+        assert!(s.changed_runs(page + 1, &real[..PAGE]).is_empty());
+    }
 
     #[test]
     fn keyframes_carry_written_pages_and_catch_missed_writes() {

@@ -13,7 +13,7 @@ use crate::options::RecordOptions;
 use crate::progress::Progress;
 use crate::shadow::{self, Shadow};
 use crate::sink::RecordSink;
-use crate::{Backend, BackendError, Exit, Written};
+use crate::{Backend, BackendError, Exit, StepResult, Written};
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -269,17 +269,17 @@ impl<'a> Tracer<'a> {
             .insn
             .as_ref()
             .and_then(|i| cr_watch::planned_write(i, &before));
-        let result = match self.backend.step() {
+        let StepResult { exit, mut written } = match self.backend.step() {
             Ok(r) => r,
             Err(e) => return Some(self.backend_failure(e, &plan)),
         };
-        if result.exit == Exit::Interrupted {
+        if exit == Exit::Interrupted {
             return None; // no instruction retired; the loop re-checks its stop conditions
         }
         self.step += 1;
         let mut io_events = Vec::new();
         let mut stop = None;
-        match result.exit {
+        match exit {
             Exit::Stepped | Exit::Interrupted => {}
             Exit::IoOut { port, size, data } => {
                 io_events.push(EventKind::Io(IoAccess {
@@ -309,30 +309,22 @@ impl<'a> Tracer<'a> {
                 if let Err(e) = self.backend.complete_io_in(data) {
                     return Some(self.backend_failure(e, &plan));
                 }
-                stop = self.polling_stop();
-            }
-            Exit::MmioRead { gpa, size } => {
-                let data = self.devices.mmio_read(gpa, size);
-                io_events.push(EventKind::Mmio(MmioAccess {
-                    gpa,
-                    write: false,
-                    size,
-                    data,
-                }));
-                if let Err(e) = self.backend.complete_mmio_read(data) {
+                if let Err(e) = self.finish_read(&mut written, &mut io_events) {
                     return Some(self.backend_failure(e, &plan));
                 }
                 stop = self.polling_stop();
             }
-            Exit::MmioWrite { gpa, size, data } => {
-                self.devices.mmio_write(gpa);
-                io_events.push(EventKind::Mmio(MmioAccess {
-                    gpa,
-                    write: true,
-                    size,
-                    data,
-                }));
+            Exit::MmioRead { gpa, size } => {
+                let read = self.mmio_read(gpa, size);
+                if let Err(e) = read.and_then(|e| {
+                    io_events.push(e);
+                    self.finish_read(&mut written, &mut io_events)
+                }) {
+                    return Some(self.backend_failure(e, &plan));
+                }
+                stop = self.polling_stop();
             }
+            Exit::MmioWrite { gpa, size, data } => io_events.push(self.mmio_write(gpa, size, data)),
             Exit::Halted => {
                 stop = Some(Stop {
                     reason: EndReason::Halted,
@@ -361,11 +353,11 @@ impl<'a> Tracer<'a> {
             Ok(r) => r,
             Err(e) => return Some(self.backend_failure(e, &plan)),
         };
-        let beyond = self.retired_beyond(&mut plan, &result.exit, &before, &after);
-        if let Err(e) = self.replay_results(&plan, &beyond, &result.exit, &before, &mut after) {
+        let beyond = self.retired_beyond(&mut plan, &exit, &before, &after);
+        if let Err(e) = self.replay_results(&plan, &beyond, &exit, &before, &mut after) {
             return Some(self.backend_failure(e, &plan));
         }
-        let mem_writes = self.memory_writes(&plan, &result.written, &before, &after);
+        let mem_writes = self.memory_writes(&plan, &written, &before, &after);
         let regs = delta(&before, &after);
         self.append(Record::Step(StepRecord {
             step: self.step,
@@ -515,6 +507,54 @@ impl<'a> Tracer<'a> {
         Ok(())
     }
 
+    /// Answers an MMIO read from the devices and hands the value to the backend.
+    fn mmio_read(&mut self, gpa: u64, size: u8) -> Result<EventKind, BackendError> {
+        let data = self.devices.mmio_read(gpa, size);
+        self.backend.complete_mmio_read(data)?;
+        Ok(EventKind::Mmio(MmioAccess {
+            gpa,
+            write: false,
+            size,
+            data,
+        }))
+    }
+
+    fn mmio_write(&mut self, gpa: u64, size: u8, data: u64) -> EventKind {
+        self.devices.mmio_write(gpa);
+        EventKind::Mmio(MmioAccess {
+            gpa,
+            write: true,
+            size,
+            data,
+        })
+    }
+
+    /// The rest of an instruction that waited for an `in`/MMIO value: what the completion
+    /// wrote, and the further MMIO accesses of the same instruction (the write of a
+    /// read-modify-write such as `or [mmio], 1`), which belong to this step.
+    fn finish_read(
+        &mut self,
+        written: &mut Written,
+        io_events: &mut Vec<EventKind>,
+    ) -> Result<(), BackendError> {
+        loop {
+            let rest = self.backend.take_completion();
+            *written = std::mem::replace(written, Written::Unknown).merge(rest.written);
+            match rest.exit {
+                Exit::Stepped => return Ok(()),
+                Exit::MmioWrite { gpa, size, data } => {
+                    io_events.push(self.mmio_write(gpa, size, data))
+                }
+                Exit::MmioRead { gpa, size } => io_events.push(self.mmio_read(gpa, size)?),
+                other => {
+                    return Err(BackendError::Engine(format!(
+                        "the backend reported {other:?} while completing an I/O instruction"
+                    )))
+                }
+            }
+        }
+    }
+
     fn polling_stop(&self) -> Option<Stop> {
         let (access, n) = self.devices.unhandled.polling(self.opts.poll_limit)?;
         Some(Stop {
@@ -595,7 +635,7 @@ impl<'a> Tracer<'a> {
     ) -> Vec<MemWrite> {
         let mut ranges: Vec<(u64, u64)> = match written {
             Written::Ranges(r) => r.clone(),
-            Written::Unknown => {
+            Written::Unknown | Written::DirtyPages(_) => {
                 let mut r = plan.writes.clone();
                 r.extend(plan.ad_entries.iter().map(|&(gpa, len)| (gpa, len as u64)));
                 if let Some(i) = &plan.insn {
@@ -605,6 +645,12 @@ impl<'a> Tracer<'a> {
                 r
             }
         };
+        if let Written::DirtyPages(pages) = written {
+            // Exact: every byte that changed. The decoded ranges above only widen a change to
+            // the whole operand or paging-structure entry it belongs to, as the emu backend
+            // records writes, so traces of the two backends compare equal.
+            ranges.extend(self.changed_bytes(pages));
+        }
         ranges.sort_unstable();
         let mut out: Vec<MemWrite> = Vec::new();
         for (gpa, len) in ranges {
@@ -634,6 +680,35 @@ impl<'a> Tracer<'a> {
         }
         for w in &out {
             self.shadow.apply(w);
+        }
+        out
+    }
+
+    /// Exact memory: the runs of bytes of the possibly-dirty pages that differ from the shadow.
+    /// No inference: accessed/dirty bits, exception frames and writes the decoder cannot see
+    /// are all there.
+    fn changed_bytes(&self, pages: &[u64]) -> Vec<(u64, u64)> {
+        let mut pages = pages.to_vec();
+        pages.sort_unstable();
+        pages.dedup();
+        let mut out = Vec::new();
+        let mut buf = [0u8; shadow::PAGE];
+        for gpa in pages {
+            let mapped = usize::try_from(gpa).ok().and_then(|start| {
+                let ram = self.backend.ram()?;
+                ram.get(start..start.checked_add(shadow::PAGE)?)
+            });
+            let real = match mapped {
+                Some(r) => r,
+                None if self.backend.read_phys(gpa, &mut buf) => &buf[..],
+                None => continue, // not RAM
+            };
+            out.extend(
+                self.shadow
+                    .changed_runs(gpa, real)
+                    .into_iter()
+                    .map(|w| (w.gpa, w.data.len() as u64)),
+            );
         }
         out
     }

@@ -88,8 +88,14 @@ pub fn build_guest(args: &GuestArgs) -> anyhow::Result<BuiltGuest> {
                 .with_context(|| format!("cannot read the module {}", m.display()))?;
             modules.push((m.display().to_string(), bytes));
         }
-        let spec = guests::loader::load_multiboot(&elf, &args.append, &modules, ram_size)
-            .with_context(|| format!("cannot load the multiboot kernel {}", kernel.display()))?;
+        let spec = guests::loader::load_multiboot(
+            &elf,
+            &kernel.display().to_string(),
+            &args.append,
+            &modules,
+            ram_size,
+        )
+        .with_context(|| format!("cannot load the multiboot kernel {}", kernel.display()))?;
         return Ok(BuiltGuest {
             label: format!("kernel {}", kernel.display()),
             spec,

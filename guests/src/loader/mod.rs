@@ -15,7 +15,9 @@ pub mod multiboot;
 pub mod raw;
 
 pub use elf::{Elf, ElfError, ProgramHeader};
-pub use multiboot::{load_multiboot, MultibootHeader, BOOTLOADER_MAGIC, HEADER_MAGIC};
+pub use multiboot::{
+    load_multiboot, multiboot_cmdline, MultibootHeader, BOOTLOADER_MAGIC, HEADER_MAGIC,
+};
 pub use raw::{load_raw, EntryMode};
 
 use crate::asm::BuildError;

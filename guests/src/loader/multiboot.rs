@@ -259,15 +259,25 @@ fn push_u64(v: &mut Vec<u8>, x: u64) {
     v.extend_from_slice(&x.to_le_bytes());
 }
 
+/// The multiboot command line a boot loader passes for `kernel_path` with the arguments
+/// `append`: `"<kernel path> <append>"`, exactly as QEMU's `-kernel`/`-append` (hw/i386/multiboot.c
+/// formats `"%s %s"`) and GRUB's `multiboot PATH ARGS` do, so a kernel that reads argv[1] finds
+/// the first `--append` word there.
+pub fn multiboot_cmdline(kernel_path: &str, append: &str) -> String {
+    format!("{kernel_path} {append}")
+}
+
 /// Loads a multiboot kernel (an ELF executable, 32- or 64-bit with a 32-bit entry point, or any
-/// image with the a.out kludge) with a command line and modules (name, bytes) into a guest of
-/// `ram_size` bytes.
+/// image with the a.out kludge) read from `kernel_path`, with the arguments `append` (the guest
+/// sees [`multiboot_cmdline`]) and modules (name, bytes), into a guest of `ram_size` bytes.
 pub fn load_multiboot<S: AsRef<str>, B: AsRef<[u8]>>(
     elf_bytes: &[u8],
-    cmdline: &str,
+    kernel_path: &str,
+    append: &str,
     modules: &[(S, B)],
     ram_size: u64,
 ) -> Result<GuestSpec, LoadError> {
+    let cmdline = &multiboot_cmdline(kernel_path, append);
     check_ram(ram_size, 2 << 20)?;
     let header = find_header(elf_bytes)?;
     let unsupported = header.flags & REQUIRED_MASK & !SUPPORTED_REQUIRED;

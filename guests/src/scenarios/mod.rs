@@ -21,6 +21,7 @@ use crate::{CpuFeatures, Scenario};
 use iced_x86::code_asm::CodeAssembler;
 use traces::PagingMode;
 
+pub mod accessed_dirty;
 pub mod cr3_switch;
 pub mod long_mode_entry;
 pub mod long_mode_toggles;
@@ -59,6 +60,7 @@ pub(crate) const ALL: &[(&str, Builder)] = &[
     ("cr3-switch", cr3_switch::build),
     ("unpaged-cr4", unpaged_cr4::build),
     ("smap-pke-toggle", smap_pke_toggle::build),
+    ("accessed-dirty", accessed_dirty::build),
 ];
 
 /// The code sections of a scenario, each assembled at its fixed slot.

@@ -1,0 +1,173 @@
+//! Exact memory on kvm: the `accessed-dirty` scenario (hundreds of pages whose accessed and
+//! dirty bits the CPU sets and the guest clears again, `inc`/`pop` to memory) recorded with
+//! KVM's dirty log passes every keyframe's self-check, carries the A/D bytes the page walks
+//! wrote, and the replayer rebuilds the live guest's RAM at steps all over the recording.
+//! And an MMIO read-modify-write (`and dword [mmio], imm`) is one step with both accesses.
+mod common;
+
+use recorder::{record, record_with, Backend, RecordOptions, StepControl, StepVerdict, StepView};
+use recorder_kvm::{probe, KvmBackend};
+use replayer::Timeline;
+use std::collections::BTreeMap;
+use traces::{EndReason, EventKind, MmioAccess, Reader, Record, Regs};
+
+/// Hashes the live guest's RAM (and keeps the registers) before every `every`-th step.
+struct Sampler {
+    every: u64,
+    samples: BTreeMap<u64, (u64, Regs)>,
+}
+
+impl StepControl for Sampler {
+    fn before_step(&mut self, view: &StepView<'_>, backend: &mut dyn Backend) -> StepVerdict {
+        let (step, regs) = (view.step, view.regs);
+        if step.is_multiple_of(self.every) {
+            let ram = backend.ram().expect("the kvm backend maps its RAM");
+            self.samples
+                .insert(step, (xxhash_rust::xxh3::xxh3_64(ram), regs.clone()));
+        }
+        StepVerdict::Run
+    }
+}
+
+fn options(dir: &std::path::Path, name: &str) -> RecordOptions {
+    let mut opts = RecordOptions::new(dir.join(name));
+    opts.keyframe_interval = 1000;
+    opts.self_check_every = 1;
+    opts.max_steps = 200_000;
+    opts
+}
+
+#[test]
+fn accessed_and_dirty_bits_are_recorded_exactly() {
+    require_kvm!();
+    let s = guests::scenario("accessed-dirty", &guests::CpuFeatures::default()).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), "ad.mmurr");
+    let mut sampler = Sampler {
+        every: 53,
+        samples: BTreeMap::new(),
+    };
+    let mut backend = KvmBackend::new(probe()).unwrap();
+    let summary = record_with(&mut backend, &s.guest, &opts, Some(&mut sampler)).unwrap();
+    assert_eq!(
+        summary.end.reason,
+        EndReason::DebugExit { status: 0 },
+        "{}",
+        summary.end.message
+    );
+    assert!(
+        summary.end.self_check_failures.is_empty(),
+        "{:?}",
+        summary.end.self_check_failures
+    );
+    assert!(
+        summary.steps > 3 * opts.keyframe_interval,
+        "only {} steps",
+        summary.steps
+    );
+
+    let mut reader = Reader::open(&opts.output).unwrap();
+    let facts = &reader.header().backend.kvm_facts;
+    let memory = facts.iter().find(|(k, _)| k == "memory_writes");
+    assert!(
+        memory.is_some_and(|(_, v)| v.starts_with("exact")),
+        "{memory:?}"
+    );
+    // The CPU's own writes are in the trace: the accessed/dirty bits the walks set again in
+    // the touched pages' PTEs after each round cleared them (no instruction names them).
+    let ptes = guests::scenarios::accessed_dirty::pte_range();
+    let mut set_by_walks = 0;
+    for r in reader.records() {
+        if let Record::Step(st) = r.unwrap() {
+            for w in &st.mem {
+                let ad = w.data.iter().enumerate().any(|(i, b)| {
+                    let at = w.gpa + i as u64;
+                    ptes.contains(&at) && at.is_multiple_of(8) && b & 0x60 != 0
+                });
+                set_by_walks += usize::from(ad);
+            }
+        }
+    }
+    let rounds = guests::scenarios::accessed_dirty::ROUNDS as usize;
+    let pages = guests::scenarios::accessed_dirty::PAGES as usize;
+    assert!(
+        set_by_walks >= rounds * pages,
+        "{set_by_walks} writes of A/D bits to the PTEs (at least {} expected)",
+        rounds * pages
+    );
+
+    // The replayer rebuilds the live RAM and registers, seeking in a scrambled order.
+    let mut timeline = Timeline::open(&opts.output).unwrap();
+    let steps: Vec<u64> = sampler.samples.keys().copied().collect();
+    assert!(steps.len() > 100, "only {} samples", steps.len());
+    for i in 0..steps.len() {
+        let step = steps[(i * 7919) % steps.len()];
+        let (hash, regs) = &sampler.samples[&step];
+        let snap = timeline.seek(step).unwrap();
+        assert_eq!(snap.memory.hash(), *hash, "memory at step {step}");
+        assert_eq!(snap.regs.rip, regs.rip, "rip at step {step}");
+        assert_eq!(snap.regs.gpr, regs.gpr, "registers at step {step}");
+    }
+}
+
+/// `and dword [0xfed00010], 0x12345678; out 0xf4, al` in unpaged protected mode; the address
+/// is outside RAM (an MMIO region for the emu backend).
+pub fn mmio_rmw_guest() -> traces::GuestSpec {
+    use iced_x86::code_asm::*;
+    const AT: u64 = 0x1000;
+    let mut a = CodeAssembler::new(32).unwrap();
+    a.and(dword_ptr(0xfed0_0010u32), 0x1234_5678).unwrap();
+    a.mov(al, 0).unwrap();
+    a.out(0xf4, al).unwrap();
+    let code = a.assemble(AT).unwrap();
+    let mut g =
+        guests::loader::load_raw(&code, AT, AT, guests::loader::EntryMode::Protected, 2 << 20)
+            .unwrap();
+    g.regions.push(traces::MemRegion {
+        gpa: 0xfed0_0000,
+        size: 0x1000,
+        kind: traces::RegionKind::Mmio,
+        name: "device".into(),
+    });
+    g
+}
+
+#[test]
+fn mmio_read_modify_write_is_one_step_with_a_read_and_a_write() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let opts = options(dir.path(), "rmw.mmurr");
+    let mut backend = KvmBackend::new(probe()).unwrap();
+    let summary = record(&mut backend, &mmio_rmw_guest(), &opts).unwrap();
+    assert_eq!(
+        summary.end.reason,
+        EndReason::DebugExit { status: 0 },
+        "{}",
+        summary.end.message
+    );
+    let mut reader = Reader::open(&opts.output).unwrap();
+    let mmio: Vec<(u64, MmioAccess)> = reader
+        .records()
+        .filter_map(|r| match r.unwrap() {
+            Record::Event(e) => match e.kind {
+                EventKind::Mmio(m) => Some((e.step, m)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    // The devices answer an absent address with all ones.
+    let read = MmioAccess {
+        gpa: 0xfed0_0010,
+        write: false,
+        size: 4,
+        data: 0xffff_ffff,
+    };
+    let write = MmioAccess {
+        data: 0x1234_5678,
+        write: true,
+        ..read
+    };
+    assert_eq!(mmio, vec![(1, read), (1, write)]);
+    assert_eq!(summary.steps, 3, "and, mov, out");
+}

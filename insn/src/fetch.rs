@@ -61,6 +61,29 @@ pub fn translate(
         .map(|t| t.gpa)
 }
 
+/// `len` bytes of guest-linear memory read as the current code reads data (page by page
+/// through the walker); `None` if any page does not translate or lies outside RAM.
+pub fn read_linear(
+    regs: &Regs,
+    cpu: &CpuModel,
+    mem: &dyn GuestMemory,
+    linear: u64,
+    len: usize,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let lin = linear.wrapping_add(out.len() as u64);
+        let gpa = translate(regs, cpu, mem, lin, Access::Read)?;
+        let n = ((4096 - (lin & 0xfff)) as usize).min(len - out.len());
+        let mut buf = vec![0u8; n];
+        if !mem.read(gpa, &mut buf) {
+            return None;
+        }
+        out.extend_from_slice(&buf);
+    }
+    Some(out)
+}
+
 /// The instruction bytes at CS:RIP (up to 15, fewer where a page is not mapped).
 pub fn fetch(regs: &Regs, cpu: &CpuModel, mem: &dyn GuestMemory) -> Vec<u8> {
     let start = linear_ip(regs);

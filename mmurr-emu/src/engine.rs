@@ -87,8 +87,10 @@ pub struct EmuBackend {
     regs_cache: Option<Regs>,
     /// CS was a 64-bit code segment when the current step started.
     ctx_long_before: bool,
-    /// Vectors delivered so far (for the tracer and tests).
+    /// Vectors delivered so far (for tests).
     pub delivered: Vec<exceptions::Delivered>,
+    /// What the current step delivered, for the recorder ([`Backend::take_deliveries`]).
+    step_deliveries: Vec<recorder::Delivery>,
     /// Whether the last load needed host fix-ups beyond the trampoline (field names).
     pub entry_fixups: Vec<String>,
     /// What the guest's CPUID table offers that the engine does not emulate (set by `load`).
@@ -136,6 +138,7 @@ impl EmuBackend {
             pdpt_shadow: None,
             guest_cr3: None,
             delivered: Vec::new(),
+            step_deliveries: Vec::new(),
             entry_fixups: Vec::new(),
             warnings: Vec::new(),
         };
@@ -917,6 +920,13 @@ impl EmuBackend {
         match exceptions::deliver(&mut mem, &regs, vector, error_code, software) {
             exceptions::Outcome::Delivered(new, info) => {
                 self.apply_delivery(&new)?;
+                self.step_deliveries.push(recorder::Delivery {
+                    vector: info.vector,
+                    kind: recorder::DeliveryKind::Exception,
+                    error_code: info.error_code,
+                    // QEMU wrote CR2 when it raised the #PF.
+                    cr2: (info.vector == 14).then_some(regs.cr2),
+                });
                 self.delivered.push(info);
                 Ok(Exit::Stepped)
             }
@@ -1289,6 +1299,7 @@ impl Backend for EmuBackend {
             ));
         }
         self.reset_hook_state();
+        self.step_deliveries.clear();
         let before = self.read_regs_from_ctx()?;
         if let Some(t) = &self.guest_cpuid {
             // KVM's run-time CPUID bits follow CR4 and XCR0 as they are when `cpuid` runs.
@@ -1351,6 +1362,10 @@ impl Backend for EmuBackend {
         let exit = self.execute(d, &before)?;
         let written = self.take_written(&before, fetch, d.as_ref());
         Ok(StepResult { exit, written })
+    }
+
+    fn take_deliveries(&mut self) -> Option<Vec<recorder::Delivery>> {
+        Some(std::mem::take(&mut self.step_deliveries))
     }
 
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError> {

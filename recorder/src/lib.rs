@@ -21,7 +21,7 @@ mod sink;
 pub mod to_trace;
 mod tracer;
 
-pub use backend::{Backend, BackendError, Exit, StepResult, Written};
+pub use backend::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
 pub use control::{StepControl, StepVerdict};
 pub use cr_watch::{planned_write, PlannedWrite};
 pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};

@@ -235,7 +235,7 @@ pub fn exit_code(s: &RecordSummary) -> ExitCode {
         EndReason::DebugExit { .. } => s.exit_code.unwrap_or(1),
         EndReason::Interrupted => EXIT_INTERRUPTED,
         EndReason::Halted | EndReason::StepBudget | EndReason::Timeout => 0,
-        EndReason::Shutdown | EndReason::HostUnsupported | EndReason::Error => 1,
+        EndReason::Shutdown | EndReason::HostUnsupported | EndReason::Error | EndReason::Stuck => 1,
     })
 }
 

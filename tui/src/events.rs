@@ -227,7 +227,10 @@ pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
             ),
         ),
         EventKind::Exception(x) => {
-            let mut s = format!("vector {}", x.vector);
+            let mut s = match traces::ExceptionInfo::mnemonic(x.vector) {
+                Some(m) => format!("{m} ({})", x.vector),
+                None => format!("vector {}", x.vector),
+            };
             if let Some(ec) = x.error_code {
                 s += &format!(" err {ec:#x}");
             }
@@ -239,6 +242,9 @@ pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
         EventKind::EngineDivergence { gva, .. } => {
             ("DIVG".into(), format!("engine vs reference at {gva:#x}"))
         }
+        EventKind::ExternalInterrupt(i) if i.nmi => ("irq".into(), "NMI".into()),
+        EventKind::ExternalInterrupt(i) => ("irq".into(), format!("vector {:#x}", i.vector)),
+        EventKind::Retired { count } => ("ret".into(), format!("{count} instructions")),
     }
 }
 

@@ -22,6 +22,7 @@ use iced_x86::code_asm::CodeAssembler;
 use traces::PagingMode;
 
 pub mod cr3_switch;
+pub mod exceptions;
 pub mod long_mode_entry;
 pub mod long_mode_toggles;
 pub mod pae_toggle;
@@ -59,6 +60,7 @@ pub(crate) const ALL: &[(&str, Builder)] = &[
     ("cr3-switch", cr3_switch::build),
     ("unpaged-cr4", unpaged_cr4::build),
     ("smap-pke-toggle", smap_pke_toggle::build),
+    ("exceptions", exceptions::build),
 ];
 
 /// The code sections of a scenario, each assembled at its fixed slot.

@@ -126,6 +126,8 @@ pub(crate) const CR4_PAE: u64 = 1 << 5;
 pub(crate) const CR4_PGE: u64 = 1 << 7;
 pub(crate) const CR4_LA57: u64 = 1 << 12;
 pub(crate) const CR4_PCIDE: u64 = 1 << 17;
+/// Reserved on every CPU so far (bits 63:32 are not all reserved: bit 32 is FRED).
+pub(crate) const CR4_RESERVED_15: u64 = 1 << 15;
 pub(crate) const CR4_SMEP: u64 = 1 << 20;
 pub(crate) const CR4_SMAP: u64 = 1 << 21;
 pub(crate) const CR4_PKE: u64 = 1 << 22;
@@ -256,8 +258,8 @@ impl Model {
     pub fn cr4(&mut self, value: u64, live: bool) -> Result<u64, String> {
         let s = self.state;
         let f = self.features;
-        if value >> 32 != 0 {
-            return Err(format!("cr4 {value:#x}: reserved bits 63:32"));
+        if value & CR4_RESERVED_15 != 0 {
+            return Err(format!("cr4 {value:#x}: reserved bit 15"));
         }
         let needs = [
             (CR4_SMEP, f.smep, "SMEP"),

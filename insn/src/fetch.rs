@@ -21,6 +21,15 @@ pub fn control_regs(regs: &Regs) -> ControlRegs {
     }
 }
 
+/// What a control-register write by the code running under `regs` tells the model beyond the
+/// registers: CS.L (64-bit code).
+pub fn write_context(regs: &Regs) -> mmu::WriteContext {
+    mmu::WriteContext {
+        cs_l: Some(crate::bitness(regs) == 64),
+        host_initiated: false,
+    }
+}
+
 /// Current privilege level: CS.DPL in protected mode (SS.DPL would do as well), 0 in real mode.
 pub fn cpl(regs: &Regs) -> u8 {
     if regs.cr0 & 1 == 0 {

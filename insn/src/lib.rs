@@ -11,4 +11,6 @@ mod fetch;
 pub use addresses::{memory_operands, register_value, Touch};
 pub use cpu::cpu_model;
 pub use decode::{bitness, decode, describe, format};
-pub use fetch::{control_regs, cpl, fetch, linear_ip, read_linear, translate, MAX_INSN_LEN};
+pub use fetch::{
+    control_regs, cpl, fetch, linear_ip, read_linear, translate, write_context, MAX_INSN_LEN,
+};

@@ -834,6 +834,11 @@ impl EmuBackend {
                 // step faults again and delivers it, as on hardware single-step.
                 self.w(RegisterX86::CR2, before.cr2)?;
                 self.regs_cache = None;
+            } else if vector == 13 && rip != before.rip && branched_off_canonical(d.as_ref(), before, rip) {
+                // QEMU moved RIP to a non-canonical branch target and faulted fetching there;
+                // the CPU faults on the branch itself, before it pushes or pops anything.
+                self.undo_step(before)?;
+                return self.deliver(vector, d, before);
             } else {
                 return self.deliver(vector, d, before);
             }
@@ -883,6 +888,29 @@ impl EmuBackend {
             return Ok(Exit::Halted);
         }
         Ok(Exit::Stepped)
+    }
+
+    /// Puts the instruction's effects back (RIP, RSP and the RAM it wrote, from the mirror of
+    /// RAM before the step) so that a fault is delivered from the state before it.
+    fn undo_step(&mut self, before: &Regs) -> Result<(), BackendError> {
+        let writes = std::mem::take(&mut self.uc.get_data_mut().writes);
+        if let Some(mirror) = self.mirror.as_ref() {
+            for (gpa, len) in writes {
+                let (Ok(a), Ok(n)) = (usize::try_from(gpa), usize::try_from(len)) else {
+                    continue;
+                };
+                if let Some(was) = mirror.bytes().get(a..a.saturating_add(n)) {
+                    let was = was.to_vec();
+                    self.uc
+                        .mem_write(gpa, &was)
+                        .map_err(|e| engine_err("mem_write", e))?;
+                }
+            }
+        }
+        self.w(RegisterX86::RIP, before.rip)?;
+        self.w(RegisterX86::RSP, before.gpr[4])?;
+        self.regs_cache = None;
+        Ok(())
     }
 
     fn deliver(
@@ -1087,6 +1115,15 @@ fn overlaps(ranges: &[(u64, u64)], e: (u64, u64)) -> bool {
     ranges
         .iter()
         .any(|&(g, l)| g < e.0.saturating_add(e.1) && e.0 < g.saturating_add(l))
+}
+
+/// A branch (`jmp`/`call`/`ret`/...) in 64-bit code moved RIP to `rip`, which is not canonical.
+fn branched_off_canonical(d: Option<&Decoded>, before: &Regs, rip: u64) -> bool {
+    let la57 = before.cr4 & (1 << 12) != 0;
+    let shift = if la57 { 7 } else { 16 };
+    let canonical = ((rip << shift) as i64 >> shift) as u64 == rip;
+    !canonical
+        && d.is_some_and(|d| d.instr.flow_control() != iced_x86::FlowControl::Next)
 }
 
 /// `int n`, `int3`, `into`, `int1`: interrupts raised by the instruction itself.

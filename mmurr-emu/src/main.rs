@@ -114,7 +114,9 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
         EndReason::Halted | EndReason::StepBudget | EndReason::Timeout => ExitCode::SUCCESS,
         EndReason::Interrupted => ExitCode::from(130),
         // A trace was written; the run ended badly. Same code as `mmurr record` on kvm.
-        EndReason::Shutdown | EndReason::HostUnsupported | EndReason::Error => ExitCode::from(1),
+        EndReason::Shutdown | EndReason::HostUnsupported | EndReason::Error | EndReason::Stuck => {
+            ExitCode::from(1)
+        }
     })
 }
 

@@ -86,9 +86,14 @@ impl Regime {
     }
 }
 
-/// One IDT gate that points at the handler the step landed in.
+/// One present IDT gate (IVT entry in real mode).
 struct Gate {
     vector: u8,
+    /// Handler CS:RIP.
+    selector: u16,
+    offset: u64,
+    /// Interrupt-stack-table index (64-bit gates).
+    ist: u8,
     /// Frame slot width: 2, 4 or 8 bytes.
     slot: u64,
 }
@@ -109,14 +114,24 @@ pub fn infer(
         }
     }
     let regime = Regime::of(after);
-    let gates = gates_targeting(after, regime, cpu, mem)?;
-    let frame_base = stack_linear(after, regime);
     let soft = insn.and_then(software_vector);
     let mut found: Vec<(Delivery, bool)> = Vec::new();
-    for g in gates {
+    let mut reached: Vec<(u64, bool)> = Vec::new();
+    for g in present_gates(after, regime, cpu, mem)? {
+        let same_cs = match regime {
+            Regime::Real => g.selector == after.seg[CS].selector,
+            // The handler runs with RPL = its CPL, not the gate selector's RPL.
+            _ => g.selector & !3 == after.seg[CS].selector & !3,
+        };
+        if !same_cs {
+            continue;
+        }
         let err = regime != Regime::Real && g.vector < 32 && pushes_error_code(g.vector);
+        let Some(base) = frame_base(before, after, regime, &g, err, cpu, mem) else {
+            continue;
+        };
         // Error-code slot first where the vector has one.
-        let at = frame_base.wrapping_add(if err { g.slot } else { 0 });
+        let at = base.wrapping_add(if err { g.slot } else { 0 });
         let Some(frame) = read_slots(after, cpu, mem, at, g.slot, 2) else {
             continue;
         };
@@ -129,14 +144,25 @@ pub fn infer(
         if !at_boundary && !trap {
             continue;
         }
+        let entered = match reached.iter().find(|(o, _)| *o == g.offset) {
+            Some(&(_, r)) => r,
+            None => {
+                let r = in_handler(g.offset, after, cpu, mem);
+                reached.push((g.offset, r));
+                r
+            }
+        };
+        if !entered {
+            continue;
+        }
         let error_code = if err {
-            read_slots(after, cpu, mem, frame_base, g.slot, 1).map(|e| e[0] as u32)
+            match read_slots(after, cpu, mem, base, g.slot, 1) {
+                Some(e) => Some(e[0] as u32),
+                None => continue,
+            }
         } else {
             None
         };
-        if err && error_code.is_none() {
-            continue;
-        }
         let own_int = trap && soft == Some(g.vector);
         let kind = if own_int || g.vector < 32 && g.vector != NMI {
             DeliveryKind::Exception
@@ -169,6 +195,79 @@ pub fn infer(
         .map(|(d, _)| *d)
 }
 
+/// The step ended in the handler at `offset`: on its first instruction, or (as on hosts
+/// whose single step also runs the handler's first instruction) right after it or at its
+/// direct branch target.
+fn in_handler(offset: u64, after: &Regs, cpu: &mmu::CpuModel, mem: &dyn mmu::GuestMemory) -> bool {
+    if after.rip == offset {
+        return true;
+    }
+    let mut at = after.clone();
+    at.rip = offset;
+    let bytes = insn::fetch(&at, cpu, mem);
+    let Some(first) = insn::decode(&bytes, insn::bitness(&at), offset) else {
+        return false;
+    };
+    let mask = ip_mask(&at);
+    after.rip == first.next_ip() & mask || is_direct(&first) && after.rip == first.near_branch_target() & mask
+}
+
+/// Where the delivery put its frame (the lowest slot, the error code's where there is one),
+/// computed from the state before it: the interrupted stack, or the TSS's stack for a
+/// privilege change, or (64-bit) the IST stack, aligned as the CPU aligns it.
+fn frame_base(
+    before: &Regs,
+    after: &Regs,
+    regime: Regime,
+    g: &Gate,
+    err: bool,
+    cpu: &mmu::CpuModel,
+    mem: &dyn mmu::GuestMemory,
+) -> Option<u64> {
+    let inner = insn::cpl(after) < insn::cpl(before);
+    let tss = |off: u64, slot: u64| {
+        read_slots(after, cpu, mem, before.tr.base.wrapping_add(off), slot, 1).map(|v| v[0])
+    };
+    match regime {
+        Regime::Real => {
+            let sp = before.gpr[4].wrapping_sub(6) & 0xffff;
+            Some(before.seg[SS].base.wrapping_add(sp) & 0xffff_ffff)
+        }
+        Regime::Long => {
+            let top = if g.ist != 0 {
+                tss(0x24 + 8 * (g.ist as u64 - 1), 8)?
+            } else if inner {
+                tss(4 + 8 * insn::cpl(after) as u64, 8)?
+            } else {
+                before.gpr[4]
+            };
+            Some((top & !0xf).wrapping_sub(8 * (5 + err as u64)))
+        }
+        Regime::Protected => {
+            let (ss, sp, slots) = if inner {
+                // The new SS is the handler's; its stack pointer comes from the TSS.
+                let cpl = insn::cpl(after) as u64;
+                let tss32 = matches!(before.tr.attrs & 0xf, 0x9 | 0xb);
+                let sp = if tss32 {
+                    tss(4 + 8 * cpl, 4)?
+                } else {
+                    tss(2 + 4 * cpl, 2)?
+                };
+                (after.seg[SS], sp, 5)
+            } else {
+                (before.seg[SS], before.gpr[4], 3)
+            };
+            let mask = if ss.attrs & SS_B != 0 {
+                0xffff_ffff
+            } else {
+                0xffff
+            };
+            let sp = sp.wrapping_sub(g.slot * (slots + err as u64)) & mask;
+            Some(ss.base.wrapping_add(sp) & 0xffff_ffff)
+        }
+    }
+}
+
 /// The step ended where the instruction itself goes: its end, its direct branch target, or
 /// itself again (one `rep` iteration), with CS unchanged.
 fn went_where_it_goes(i: &Instruction, end: Option<u64>, before: &Regs, after: &Regs) -> bool {
@@ -181,14 +280,18 @@ fn went_where_it_goes(i: &Instruction, end: Option<u64>, before: &Regs, after: &
     if after.rip == before.rip && (i.has_rep_prefix() || i.has_repne_prefix()) {
         return true;
     }
-    let direct = matches!(
+    is_direct(i) && after.rip == i.near_branch_target() & ip_mask(before)
+}
+
+/// A near branch with its target in the instruction (`jmp rel`, `jcc`, `call rel`, `loop`).
+fn is_direct(i: &Instruction) -> bool {
+    matches!(
         i.op0_kind(),
         OpKind::NearBranch16 | OpKind::NearBranch32 | OpKind::NearBranch64
     ) && matches!(
         i.flow_control(),
         FlowControl::UnconditionalBranch | FlowControl::ConditionalBranch | FlowControl::Call
-    );
-    direct && after.rip == i.near_branch_target() & ip_mask(before)
+    )
 }
 
 /// The vector an `int n`/`int3`/`into`/`int1` raises.
@@ -207,23 +310,6 @@ fn ip_mask(r: &Regs) -> u64 {
         16 => 0xffff,
         32 => 0xffff_ffff,
         _ => u64::MAX,
-    }
-}
-
-/// The linear address of the top of the handler's stack.
-fn stack_linear(r: &Regs, regime: Regime) -> u64 {
-    let ss = r.seg[SS];
-    match regime {
-        Regime::Long => r.gpr[4],
-        Regime::Real => ss.base.wrapping_add(r.gpr[4] & 0xffff) & 0xffff_ffff,
-        Regime::Protected => {
-            let mask = if ss.attrs & SS_B != 0 {
-                0xffff_ffff
-            } else {
-                0xffff
-            };
-            ss.base.wrapping_add(r.gpr[4] & mask) & 0xffff_ffff
-        }
     }
 }
 
@@ -249,8 +335,8 @@ fn read_slots(
     )
 }
 
-/// The present gates (IVT entries in real mode) whose target is `r`'s CS:RIP, in vector order.
-fn gates_targeting(
+/// The present gates of the IDT (the IVT in real mode), in vector order.
+fn present_gates(
     r: &Regs,
     regime: Regime,
     cpu: &mmu::CpuModel,
@@ -259,48 +345,46 @@ fn gates_targeting(
     let size = regime.gate_size();
     let entries = ((r.idtr.limit as u64 + 1) / size).min(256);
     let table = insn::read_linear(r, cpu, mem, r.idtr.base, (entries * size) as usize)?;
-    let cs = r.seg[CS].selector;
     let gates = table
         .chunks_exact(size as usize)
         .enumerate()
         .filter_map(|(v, g)| {
             let w = |i: usize| u16::from_le_bytes([g[i], g[i + 1]]) as u64;
-            let (offset, selector, slot) = match regime {
-                Regime::Real => (w(0), w(2) as u16, 2),
-                _ => {
-                    let kind = g[5] & 0x1f;
-                    let present = g[5] & 0x80 != 0;
-                    let slot = match (regime, kind) {
-                        (Regime::Long, 0xe | 0xf) => 8,
-                        (Regime::Protected, 0xe | 0xf) => 4,
-                        (Regime::Protected, 0x6 | 0x7) => 2,
-                        _ => return None, // task gates and reserved types
-                    };
-                    if !present {
-                        return None;
-                    }
-                    let high = if regime == Regime::Long {
-                        (u32::from_le_bytes([g[8], g[9], g[10], g[11]]) as u64) << 32
-                    } else {
-                        0
-                    };
-                    let offset = w(0) | w(6) << 16 | high;
-                    let offset = if slot == 2 { offset & 0xffff } else { offset };
-                    (offset, w(2) as u16, slot)
-                }
+            let vector = v as u8;
+            if regime == Regime::Real {
+                return Some(Gate {
+                    vector,
+                    selector: w(2) as u16,
+                    offset: w(0),
+                    ist: 0,
+                    slot: 2,
+                });
+            }
+            let slot = match (regime, g[5] & 0x1f) {
+                (Regime::Long, 0xe | 0xf) => 8,
+                (Regime::Protected, 0xe | 0xf) => 4,
+                (Regime::Protected, 0x6 | 0x7) => 2,
+                _ => return None, // task gates and reserved types
             };
-            let same_cs = match regime {
-                Regime::Real => selector == cs,
-                // The handler runs with RPL = its CPL, not the gate's selector RPL.
-                _ => selector & !3 == cs & !3,
+            if g[5] & 0x80 == 0 {
+                return None;
+            }
+            let high = if regime == Regime::Long {
+                (u32::from_le_bytes([g[8], g[9], g[10], g[11]]) as u64) << 32
+            } else {
+                0
             };
-            (same_cs && offset == r.rip).then_some(Gate {
-                vector: v as u8,
+            let offset = w(0) | w(6) << 16 | high;
+            Some(Gate {
+                vector,
+                selector: w(2) as u16,
+                offset: if slot == 2 { offset & 0xffff } else { offset },
+                ist: if regime == Regime::Long { g[4] & 7 } else { 0 },
                 slot,
             })
         })
-        .collect::<Vec<_>>();
-    (!gates.is_empty()).then_some(gates)
+        .collect();
+    Some(gates)
 }
 
 #[cfg(test)]
@@ -440,16 +524,34 @@ mod tests {
 
     #[test]
     fn ordinary_steps_and_returns_are_not_deliveries() {
-        let (mem, before, _) = delivered(13, CODE, Some(0));
+        let (mut mem, before, _) = delivered(13, CODE, Some(0));
+        // No frame on the stack, only a return address.
+        mem.bytes[(STACK - 48) as usize..STACK as usize].fill(0);
+        mem.bytes[STACK as usize..STACK as usize + 8].copy_from_slice(&HANDLER.to_le_bytes());
         let cpu = mmu::CpuModel::default();
         let nop = decode(&[0x90]);
         let mut after = before.clone();
         after.rip = CODE + 1;
         assert_eq!(infer(Some(&nop), &before, &after, &cpu, &mem), None);
-        // A `ret` to the handler's address is not a delivery: no frame naming this RIP.
+        // A `ret` to the handler's address is not a delivery.
         let ret = decode(&[0xc3]);
         after.rip = HANDLER;
         after.gpr[4] = STACK + 8;
         assert_eq!(infer(Some(&ret), &before, &after, &cpu, &mem), None);
+    }
+
+    #[test]
+    fn a_step_that_also_ran_the_handlers_first_instruction() {
+        // Seen on PVM hosts: the step delivering #GP also retires `inc qword [0x9000]`.
+        let (mut mem, before, mut after) = delivered(13, CODE, Some(0x28));
+        let inc = [0x48, 0xff, 0x04, 0x25, 0x00, 0x90, 0x00, 0x00];
+        mem.bytes[HANDLER as usize..HANDLER as usize + 8].copy_from_slice(&inc);
+        after.rip = HANDLER + 8;
+        let mov_ds = decode(&[0x8e, 0xd8]);
+        let d = infer(Some(&mov_ds), &before, &after, &mmu::CpuModel::default(), &mem);
+        assert_eq!(d.map(|d| (d.vector, d.error_code)), Some((13, Some(0x28))));
+        // Anywhere else in the handler it is not recognised.
+        after.rip = HANDLER + 9;
+        assert_eq!(infer(Some(&mov_ds), &before, &after, &mmu::CpuModel::default(), &mem), None);
     }
 }

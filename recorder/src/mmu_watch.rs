@@ -58,12 +58,14 @@ impl MmuWatch {
     }
 
     /// Feeds one write (event `cause`; `attempted` is the value the instruction tried to
-    /// write) to every tracker; returns the events to append, decisions first.
+    /// write; `ctx` what the writing code's state adds, see [`insn::write_context`]) to every
+    /// tracker; returns the events to append, decisions first.
     pub fn on_write(
         &mut self,
         w: &CrWrite,
         attempted: u64,
         cause: EventId,
+        ctx: &mmu::WriteContext,
         after: &ControlRegs,
         mem: &dyn GuestMemory,
     ) -> Vec<EventKind> {
@@ -76,7 +78,7 @@ impl MmuWatch {
         for (i, t) in self.trackers.iter_mut().enumerate() {
             let policy = i as u16;
             let name = t.policy().name;
-            let d = t.apply(&input, after, mem);
+            let d = t.apply_with(&input, ctx, after, mem);
             events.push(EventKind::Mmu(to_trace::decision(policy, cause, &d)));
             let model_gp = d.outcome == mmu::Outcome::Gp;
             if model_gp != w.faulted {

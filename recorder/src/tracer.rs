@@ -440,12 +440,16 @@ impl<'a> Tracer<'a> {
         let from = guest_view::paging_mode(before);
         let to = guest_view::paging_mode(after);
         let after_cr = guest_view::control_regs(after);
+        let ctx = ::insn::write_context(before);
         let mut decisions = Vec::new();
         for (w, attempted) in writes {
             let cause = self.next_event;
             self.event(before.rip, EventKind::CrWrite(w.clone()));
             let mem = BackendMemory(&*self.backend);
-            decisions.extend(self.mmu.on_write(&w, attempted, cause, &after_cr, &mem));
+            decisions.extend(
+                self.mmu
+                    .on_write(&w, attempted, cause, &ctx, &after_cr, &mem),
+            );
         }
         if from != to {
             self.event(before.rip, EventKind::Transition { from, to });

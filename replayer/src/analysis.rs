@@ -71,9 +71,12 @@ impl Analysis {
             };
             let after = timeline.seek(event.step)?;
             let regs = insn::control_regs(&after.regs);
+            // CS.L after the write: the writer's (a write leaves CS as it was; a faulted one
+            // from 64-bit code enters a 64-bit handler).
+            let ctx = insn::write_context(&after.regs);
             let decisions = trackers
                 .iter_mut()
-                .map(|t| t.apply(&input, &regs, &after.memory))
+                .map(|t| t.apply_with(&input, &ctx, &regs, &after.memory))
                 .collect();
             writes.push(WriteAnalysis {
                 event,

@@ -323,7 +323,8 @@ impl Model {
                 "{reg:?} write of {attempted:#x} was meant to fault but is valid ({v:#x})"
             ));
         }
-        self.events.push(ExpectedEvent::CrFaulted { reg, attempted });
+        self.events
+            .push(ExpectedEvent::CrFaulted { reg, attempted });
         Ok(())
     }
 }

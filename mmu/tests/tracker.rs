@@ -738,7 +738,12 @@ fn legacy_direct_roots_ignore_cr3_from_v5_7() {
 #[test]
 fn clearing_pg_in_64_bit_mode_is_gp_for_every_policy() {
     let m = mem();
-    let long = regs(CR0_PE | CR0_ET | CR0_PG, CR4_PAE, EFER_LME | EFER_LMA, 0x1000);
+    let long = regs(
+        CR0_PE | CR0_ET | CR0_PG,
+        CR4_PAE,
+        EFER_LME | EFER_LMA,
+        0x1000,
+    );
     let input = Input::Cr0 {
         old: long.cr0,
         new: CR0_PE | CR0_ET,
@@ -757,6 +762,11 @@ fn clearing_pg_in_64_bit_mode_is_gp_for_every_policy() {
             host_initiated: false,
         };
         let after = apply_write(CrReg::Cr0, &long, CR0_PE | CR0_ET, t.cpu(), &m).unwrap();
-        assert_eq!(t.apply_with(&input, &compat, &after, &m).gp, None, "{}", pol.name);
+        assert_eq!(
+            t.apply_with(&input, &compat, &after, &m).gp,
+            None,
+            "{}",
+            pol.name
+        );
     }
 }

@@ -834,7 +834,10 @@ impl EmuBackend {
                 // step faults again and delivers it, as on hardware single-step.
                 self.w(RegisterX86::CR2, before.cr2)?;
                 self.regs_cache = None;
-            } else if vector == 13 && rip != before.rip && branched_off_canonical(d.as_ref(), before, rip) {
+            } else if vector == 13
+                && rip != before.rip
+                && branched_off_canonical(d.as_ref(), before, rip)
+            {
                 // QEMU moved RIP to a non-canonical branch target and faulted fetching there;
                 // the CPU faults on the branch itself, before it pushes or pops anything.
                 self.undo_step(before)?;
@@ -1122,8 +1125,7 @@ fn branched_off_canonical(d: Option<&Decoded>, before: &Regs, rip: u64) -> bool 
     let la57 = before.cr4 & (1 << 12) != 0;
     let shift = if la57 { 7 } else { 16 };
     let canonical = ((rip << shift) as i64 >> shift) as u64 == rip;
-    !canonical
-        && d.is_some_and(|d| d.instr.flow_control() != iced_x86::FlowControl::Next)
+    !canonical && d.is_some_and(|d| d.instr.flow_control() != iced_x86::FlowControl::Next)
 }
 
 /// `int n`, `int3`, `into`, `int1`: interrupts raised by the instruction itself.

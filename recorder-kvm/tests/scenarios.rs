@@ -58,7 +58,10 @@ fn expected_kind(kind: &EventKind) -> Option<ExpectedEvent> {
 }
 
 fn observed_sequence(events: &[Event]) -> Vec<ExpectedEvent> {
-    events.iter().filter_map(|e| expected_kind(&e.kind)).collect()
+    events
+        .iter()
+        .filter_map(|e| expected_kind(&e.kind))
+        .collect()
 }
 
 #[test]

@@ -209,7 +209,8 @@ fn in_handler(offset: u64, after: &Regs, cpu: &mmu::CpuModel, mem: &dyn mmu::Gue
         return false;
     };
     let mask = ip_mask(&at);
-    after.rip == first.next_ip() & mask || is_direct(&first) && after.rip == first.near_branch_target() & mask
+    after.rip == first.next_ip() & mask
+        || is_direct(&first) && after.rip == first.near_branch_target() & mask
 }
 
 /// Where the delivery put its frame (the lowest slot, the error code's where there is one),
@@ -488,7 +489,10 @@ mod tests {
         let (mem, before, mut after) = delivered(14, CODE, Some(0x10));
         after.cr2 = CODE;
         let d = infer(None, &before, &after, &mmu::CpuModel::default(), &mem).unwrap();
-        assert_eq!((d.vector, d.error_code, d.cr2), (14, Some(0x10), Some(CODE)));
+        assert_eq!(
+            (d.vector, d.error_code, d.cr2),
+            (14, Some(0x10), Some(CODE))
+        );
     }
 
     #[test]
@@ -496,7 +500,10 @@ mod tests {
         let (mem, before, after) = delivered(6, CODE, None);
         let ud2 = decode(&[0x0f, 0x0b]);
         let d = infer(Some(&ud2), &before, &after, &mmu::CpuModel::default(), &mem).unwrap();
-        assert_eq!((d.vector, d.error_code, d.kind), (6, None, DeliveryKind::Exception));
+        assert_eq!(
+            (d.vector, d.error_code, d.kind),
+            (6, None, DeliveryKind::Exception)
+        );
         // `int 0x10` pushes the address after it.
         let (mem, before, after) = delivered(0x10, CODE + 2, None);
         let int = decode(&[0xcd, 0x10]);
@@ -548,10 +555,25 @@ mod tests {
         mem.bytes[HANDLER as usize..HANDLER as usize + 8].copy_from_slice(&inc);
         after.rip = HANDLER + 8;
         let mov_ds = decode(&[0x8e, 0xd8]);
-        let d = infer(Some(&mov_ds), &before, &after, &mmu::CpuModel::default(), &mem);
+        let d = infer(
+            Some(&mov_ds),
+            &before,
+            &after,
+            &mmu::CpuModel::default(),
+            &mem,
+        );
         assert_eq!(d.map(|d| (d.vector, d.error_code)), Some((13, Some(0x28))));
         // Anywhere else in the handler it is not recognised.
         after.rip = HANDLER + 9;
-        assert_eq!(infer(Some(&mov_ds), &before, &after, &mmu::CpuModel::default(), &mem), None);
+        assert_eq!(
+            infer(
+                Some(&mov_ds),
+                &before,
+                &after,
+                &mmu::CpuModel::default(),
+                &mem
+            ),
+            None
+        );
     }
 }

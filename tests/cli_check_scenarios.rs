@@ -88,5 +88,59 @@ fn every_scenario_gets_exactly_its_expected_stale_contexts() {
             "{}",
             s.name
         );
+        same_findings_everywhere(s.name, dir.path(), &report);
     }
+}
+
+/// One finding has one step and one set of numbers: what the recorder wrote into the trace
+/// (and `export` prints) is what `check` computes again from the trace.
+fn same_findings_everywhere(name: &str, dir: &Path, check: &serde_json::Value) {
+    let key = |policy: &str, step: u64, event: u64, kind: &str, detail: &str, n: usize| {
+        (
+            policy.to_string(),
+            step,
+            event,
+            kind.to_string(),
+            detail.to_string(),
+            n,
+        )
+    };
+    let mut from_check: Vec<_> = check["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            key(
+                f["policy"].as_str().unwrap(),
+                f["step"].as_u64().unwrap(),
+                f["event"].as_u64().unwrap(),
+                f["kind"].as_str().unwrap(),
+                f["detail"].as_str().unwrap(),
+                f["translations"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    let out = mmurr(&["export", "t.mmurr", "--format", "json"], dir);
+    assert!(out.status.success(), "{name}: export failed");
+    let mut from_export: Vec<_> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| e["kind"] == "finding")
+        .map(|f| {
+            key(
+                f["policy"].as_str().unwrap(),
+                f["step"].as_u64().unwrap(),
+                f["cause"].as_u64().unwrap(),
+                f["finding"].as_str().unwrap(),
+                f["detail"].as_str().unwrap(),
+                f["translations"].as_array().unwrap().len(),
+            )
+        })
+        .collect();
+    from_check.sort();
+    from_export.sort();
+    assert_eq!(
+        from_export, from_check,
+        "{name}: the recorded findings (export) and check's differ"
+    );
 }

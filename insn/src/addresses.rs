@@ -13,11 +13,19 @@ pub struct Touch {
     pub size: usize,
 }
 
-/// The value iced-x86 asks for while computing an address: a general register (any width,
-/// AH..BH included) or a segment register's base.
-pub fn register_value(regs: &Regs, reg: Register) -> Option<u64> {
+/// The value iced-x86 asks for while computing an address in code of `bits` (16, 32 or 64): a
+/// general register (any width, AH..BH included) or a segment register's base. In 64-bit code
+/// the CPU treats the ES, CS, SS and DS bases as zero (SDM Vol. 1 §3.4.2.1); FS and GS keep
+/// theirs.
+pub fn register_value(regs: &Regs, bits: u32, reg: Register) -> Option<u64> {
     use Register as R;
-    let seg = |i: usize| Some(regs.seg[i].base);
+    let seg = |i: usize| {
+        Some(if bits == 64 && i < traces::regs::FS {
+            0
+        } else {
+            regs.seg[i].base
+        })
+    };
     match reg {
         R::ES => return seg(traces::regs::ES),
         R::CS => return seg(traces::regs::CS),
@@ -47,13 +55,24 @@ pub fn register_value(regs: &Regs, reg: Register) -> Option<u64> {
     })
 }
 
-/// Memory operands of `insn` with their linear addresses (segment base included) and access.
-/// Addresses wrap at 32 bits outside 64-bit code. Operands whose address cannot be computed
-/// (e.g. vector-indexed) are left out.
+/// Memory operands of `insn` with their linear addresses (segment base included) and access,
+/// with the registers before it executes. Addresses wrap at 32 bits outside 64-bit code.
+/// Operands whose address cannot be computed (e.g. vector-indexed) are left out. An operand
+/// of no fixed size (the XSAVE family) has `size` 0.
 pub fn memory_operands(insn: &iced_x86::Instruction, regs: &Regs) -> Vec<Touch> {
     let mut factory = InstructionInfoFactory::new();
+    memory_operands_with(&mut factory, insn, regs)
+}
+
+/// [`memory_operands`] with a caller's decoder-info factory (it allocates; the recorder keeps
+/// one for the whole run).
+pub fn memory_operands_with(
+    factory: &mut InstructionInfoFactory,
+    insn: &iced_x86::Instruction,
+    regs: &Regs,
+) -> Vec<Touch> {
+    let bits = crate::bitness(regs);
     let info = factory.info(insn);
-    let wide = crate::bitness(regs) == 64;
     info.used_memory()
         .iter()
         .filter_map(|m| {
@@ -65,8 +84,8 @@ pub fn memory_operands(insn: &iced_x86::Instruction, regs: &Regs) -> Vec<Touch> 
                 OpAccess::Read | OpAccess::CondRead => Access::Read,
                 _ => return None,
             };
-            let lin = m.virtual_address(0, |reg, _, _| register_value(regs, reg))?;
-            let linear = if wide { lin } else { lin & 0xffff_ffff };
+            let lin = m.virtual_address(0, |reg, _, _| register_value(regs, bits, reg))?;
+            let linear = if bits == 64 { lin } else { lin & 0xffff_ffff };
             Some(Touch {
                 linear,
                 access,
@@ -74,6 +93,21 @@ pub fn memory_operands(insn: &iced_x86::Instruction, regs: &Regs) -> Vec<Touch> 
             })
         })
         .collect()
+}
+
+/// Every linear address the instruction at CS:RIP touches, fetch first, then its memory
+/// operands: what a stale MMU context is checked against, in the recorder and the replayer
+/// alike. `insn` is the instruction decoded at RIP (`None` when it could not be).
+pub fn touched(insn: Option<&iced_x86::Instruction>, regs: &Regs) -> Vec<(u64, Access)> {
+    let mut out = vec![(crate::linear_ip(regs), Access::Fetch)];
+    if let Some(i) = insn {
+        out.extend(
+            memory_operands(i, regs)
+                .into_iter()
+                .map(|t| (t.linear, t.access)),
+        );
+    }
+    out
 }
 
 #[cfg(test)]
@@ -120,10 +154,27 @@ mod tests {
     fn reads_narrow_and_high_byte_registers() {
         let mut r = Regs::default();
         r.gpr[0] = 0x1122_3344_5566_7788;
-        assert_eq!(register_value(&r, Register::AH), Some(0x77));
-        assert_eq!(register_value(&r, Register::AX), Some(0x7788));
-        assert_eq!(register_value(&r, Register::EAX), Some(0x5566_7788));
-        assert_eq!(register_value(&r, Register::XMM0), None);
+        assert_eq!(register_value(&r, 64, Register::AH), Some(0x77));
+        assert_eq!(register_value(&r, 64, Register::AX), Some(0x7788));
+        assert_eq!(register_value(&r, 64, Register::EAX), Some(0x5566_7788));
+        assert_eq!(register_value(&r, 64, Register::XMM0), None);
+    }
+
+    #[test]
+    fn sixty_four_bit_code_ignores_the_es_cs_ss_ds_bases() {
+        let mut r = regs64();
+        r.gpr[3] = 0x1000; // rbx
+        r.seg[traces::regs::DS].base = 0x5000;
+        r.seg[traces::regs::CS].base = 0x9000;
+        r.seg[traces::regs::GS].base = 0x7000_0000;
+        // mov eax, [rbx]: DS's base does not apply in 64-bit code
+        let i = crate::decode(&[0x8b, 0x03], 64, 0).unwrap();
+        assert_eq!(memory_operands(&i, &r)[0].linear, 0x1000);
+        // mov eax, gs:[rbx]: GS's does
+        let i = crate::decode(&[0x65, 0x8b, 0x03], 64, 0).unwrap();
+        assert_eq!(memory_operands(&i, &r)[0].linear, 0x7000_1000);
+        assert_eq!(crate::linear_ip(&r), 0);
+        assert_eq!(touched(Some(&i), &r)[0], (0, Access::Fetch));
     }
 
     #[test]

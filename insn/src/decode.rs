@@ -3,8 +3,7 @@
 use iced_x86::{Decoder, DecoderOptions, Formatter, Instruction, IntelFormatter};
 use traces::Regs;
 
-const CR0_PE: u64 = 1;
-const EFER_LMA: u64 = 1 << 10;
+use mmu::bits::{CR0_PE, EFER_LMA};
 /// CS access rights: L (64-bit code) and D/B (32-bit default operand size).
 const CS_L: u32 = 1 << 13;
 const CS_DB: u32 = 1 << 14;

@@ -39,13 +39,13 @@ pub fn cpl(regs: &Regs) -> u8 {
     }
 }
 
-/// CS.base + RIP, truncated to 32 bits outside 64-bit code.
+/// The linear address of RIP: RIP itself in 64-bit code (the CPU ignores CS.base there),
+/// else CS.base + RIP truncated to 32 bits.
 pub fn linear_ip(regs: &Regs) -> u64 {
-    let lin = regs.seg[traces::regs::CS].base.wrapping_add(regs.rip);
     if crate::bitness(regs) == 64 {
-        lin
+        regs.rip
     } else {
-        lin & 0xffff_ffff
+        regs.seg[traces::regs::CS].base.wrapping_add(regs.rip) & 0xffff_ffff
     }
 }
 

@@ -8,7 +8,7 @@ mod cpu;
 mod decode;
 mod fetch;
 
-pub use addresses::{memory_operands, register_value, Touch};
+pub use addresses::{memory_operands, memory_operands_with, register_value, touched, Touch};
 pub use cpu::cpu_model;
 pub use decode::{bitness, decode, describe, format};
 pub use fetch::{

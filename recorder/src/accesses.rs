@@ -1,7 +1,6 @@
 //! The memory an instruction touches, from its decoded operands and the registers before it
 //! executes: the linear addresses, then the guest-physical ranges behind them.
 
-use crate::insn;
 use iced_x86::{Instruction, InstructionInfoFactory, OpAccess, Register};
 use traces::Regs;
 
@@ -13,83 +12,27 @@ pub struct LinearAccess {
     pub access: mmu::Access,
 }
 
-/// The value of a register for iced's address computation; segment registers give their base
-/// (0 for ES/CS/SS/DS in 64-bit mode, where the CPU ignores those bases).
-pub(crate) fn register_value(r: &Regs, bits: u32, reg: Register) -> Option<u64> {
-    use traces::regs::{CS, DS, ES, FS, GS, SS};
-    let seg = |i: usize| {
-        Some(if bits == 64 && i < FS {
-            0
-        } else {
-            r.seg[i].base
-        })
-    };
-    match reg {
-        Register::ES => seg(ES),
-        Register::CS => seg(CS),
-        Register::SS => seg(SS),
-        Register::DS => seg(DS),
-        Register::FS => seg(FS),
-        Register::GS => seg(GS),
-        Register::RIP | Register::EIP => Some(r.rip),
-        _ => {
-            let full = reg.full_register();
-            let n = full.number();
-            let rax = Register::RAX.number();
-            if !(rax..rax + 16).contains(&n) {
-                return None;
-            }
-            let v = r.gpr[n - rax];
-            Some(match reg.size() {
-                1 if reg.is_gpr8()
-                    && matches!(
-                        reg,
-                        Register::AH | Register::CH | Register::DH | Register::BH
-                    ) =>
-                {
-                    (v >> 8) & 0xff
-                }
-                1 => v & 0xff,
-                2 => v & 0xffff,
-                4 => v & 0xffff_ffff,
-                _ => v,
-            })
-        }
-    }
-}
-
-/// Every memory operand access of `insn` (not the instruction fetch), with linear addresses.
+/// Every memory operand access of `insn` (not the instruction fetch), with linear addresses
+/// from [`insn::memory_operands_with`] and a length to translate.
 pub fn operand_accesses(
     factory: &mut InstructionInfoFactory,
     insn: &Instruction,
     regs: &Regs,
 ) -> Vec<LinearAccess> {
-    let bits = insn::bitness(regs);
-    let addr_mask = if bits == 64 { u64::MAX } else { 0xffff_ffff };
-    let info = factory.info(insn);
-    info.used_memory()
-        .iter()
-        .filter_map(|m| {
-            let access = match m.access() {
-                OpAccess::Read | OpAccess::CondRead => mmu::Access::Read,
-                OpAccess::Write
-                | OpAccess::CondWrite
-                | OpAccess::ReadWrite
-                | OpAccess::ReadCondWrite => mmu::Access::Write,
-                _ => return None,
-            };
-            // XSAVE-family areas have no fixed size in the decoder: take a page (only the bytes
-            // that changed are kept in the trace anyway).
-            let len = match m.memory_size().size() as u64 {
-                0 if access == mmu::Access::Write => 4096,
+    insn::memory_operands_with(factory, insn, regs)
+        .into_iter()
+        .filter_map(|t| {
+            // XSAVE-family areas have no fixed size in the decoder: take a page for a write
+            // (only the bytes that changed are kept in the trace anyway).
+            let len = match t.size as u64 {
+                0 if t.access == mmu::Access::Write => 4096,
                 0 => return None,
                 n => n,
             };
-            let linear = m.virtual_address(0, |reg, _, _| register_value(regs, bits, reg))?;
             Some(LinearAccess {
-                linear: linear & addr_mask,
+                linear: t.linear,
                 len,
-                access,
+                access: t.access,
             })
         })
         .collect()
@@ -150,15 +93,6 @@ pub fn descriptor_accesses(
         .collect()
 }
 
-/// The linear address of RIP.
-pub fn fetch_linear(regs: &Regs) -> u64 {
-    if insn::bitness(regs) == 64 {
-        regs.rip
-    } else {
-        regs.seg[traces::regs::CS].base.wrapping_add(regs.rip) & 0xffff_ffff
-    }
-}
-
 /// A linear range split at page boundaries and translated; `None` if any page does not
 /// translate (the instruction will fault, or touches memory the walker cannot read).
 pub fn translate_range(
@@ -204,7 +138,7 @@ pub fn fetch_bytes(
     buf: &mut [u8; 15],
     ad_entries: &mut Vec<(u64, u8)>,
 ) -> usize {
-    let linear = fetch_linear(regs);
+    let linear = insn::linear_ip(regs);
     let Some(ranges) = translate_range(regs, cpu, mem, linear, 15, mmu::Access::Fetch, ad_entries)
         .or_else(|| {
             // The tail may cross into an unmapped page; the instruction may still fit before it.

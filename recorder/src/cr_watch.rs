@@ -3,8 +3,8 @@
 //! when nothing changes) and by comparing the registers after it (anything else that changed
 //! them, e.g. a task switch, is reported with `via: Other`).
 
-use crate::accesses::register_value;
 use crate::insn;
+use ::insn::register_value;
 use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 use traces::{ControlReg, CrWrite, Regs, WriteVia};
 
@@ -118,31 +118,29 @@ const ALL: [ControlReg; 5] = [
     ControlReg::Xcr0,
 ];
 
-/// The writes one step made, each with the value it attempted. `retired` says the instruction
-/// completed (RIP reached its end) rather than faulting.
+/// The writes one step made. `retired` says the instruction completed (RIP reached its end)
+/// rather than faulting.
 pub fn detect(
     planned: Option<PlannedWrite>,
     retired: bool,
     before: &Regs,
     after: &Regs,
-) -> Vec<(CrWrite, u64)> {
+) -> Vec<CrWrite> {
     let mut out = Vec::new();
     if let Some(p) = planned {
         let old = value(before, p.reg);
         let faulted = !retired && value(after, p.reg) == old;
-        // A faulted write records what the instruction tried to write: that is what KVM's
-        // checks (and the model) judge; the register itself kept `old`.
-        let new = if faulted { p.attempted } else { value(after, p.reg) };
-        out.push((
-            CrWrite {
-                reg: p.reg,
-                old,
-                new,
-                via: p.via,
-                faulted,
-            },
-            p.attempted,
-        ));
+        // The value the instruction wrote, faulted or not: what KVM's handlers receive and
+        // judge (the register may hold something else afterwards: CR0.ET forced to 1, the
+        // CR3 no-flush bit dropped, EFER.LMA kept; the step's registers show that).
+        let new = p.attempted;
+        out.push(CrWrite {
+            reg: p.reg,
+            old,
+            new,
+            via: p.via,
+            faulted,
+        });
     }
     for reg in ALL {
         if planned.is_some_and(|p| p.reg == reg) {
@@ -157,16 +155,13 @@ pub fn detect(
         if lma_only && planned.is_some_and(|p| p.reg == ControlReg::Cr0) {
             continue;
         }
-        out.push((
-            CrWrite {
-                reg,
-                old,
-                new,
-                via: WriteVia::Other,
-                faulted: false,
-            },
+        out.push(CrWrite {
+            reg,
+            old,
             new,
-        ));
+            via: WriteVia::Other,
+            faulted: false,
+        });
     }
     out
 }
@@ -207,7 +202,7 @@ mod tests {
         let w = detect(Some(p), true, &before, &before);
         assert_eq!(w.len(), 1);
         assert_eq!(
-            w[0].0,
+            w[0],
             CrWrite {
                 reg: ControlReg::Cr3,
                 old: 0x1000,
@@ -253,10 +248,10 @@ mod tests {
         let w = detect(Some(p), true, &before, &after);
         assert_eq!(w.len(), 1);
         let w = detect(Some(p), false, &before, &before);
-        assert!(w[0].0.faulted && w[0].0.new == 0x8000_0011 && w[0].0.old == 0x11);
+        assert!(w[0].faulted && w[0].new == 0x8000_0011 && w[0].old == 0x11);
         let mut other = before.clone();
         other.cr3 = 0x5000;
         let w = detect(None, true, &before, &other);
-        assert_eq!(w[0].0.via, WriteVia::Other);
+        assert_eq!(w[0].via, WriteVia::Other);
     }
 }

@@ -3,7 +3,7 @@
 //! next, and a disagreement becomes an [`EventKind::EngineDivergence`]. A backend without
 //! [`Backend::engine_translation`] (KVM) is never asked twice.
 
-use crate::accesses::{self, LinearAccess};
+use crate::accesses::LinearAccess;
 use crate::backend::Backend;
 use crate::guest_view;
 use traces::{EventKind, Regs};
@@ -23,7 +23,7 @@ pub fn compare(
     if after.cr0 & (1 << 31) == 0 {
         return Some(Vec::new());
     }
-    let mut addrs = vec![(accesses::fetch_linear(before), mmu::Access::Fetch)];
+    let mut addrs = vec![(::insn::linear_ip(before), mmu::Access::Fetch)];
     addrs.extend(touched.iter().map(|a| (a.linear, a.access)));
     addrs.dedup();
     let cr = guest_view::control_regs(after);

@@ -16,7 +16,7 @@ impl mmu::GuestMemory for BackendMemory<'_> {
 pub use insn::{control_regs, cpl, cpu_model};
 
 pub fn paging_mode(r: &Regs) -> traces::PagingMode {
-    crate::to_trace::paging_mode(mmu::PagingMode::of(r.cr0, r.cr4, r.efer))
+    history::to_trace::paging_mode(mmu::PagingMode::of(r.cr0, r.cr4, r.efer))
 }
 
 #[cfg(test)]

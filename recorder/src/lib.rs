@@ -11,14 +11,12 @@ mod engine_check;
 mod exceptions;
 pub mod guest_view;
 pub mod insn;
-mod mmu_watch;
 mod options;
 mod progress;
 mod record;
 mod shadow;
 pub mod signals;
 mod sink;
-pub mod to_trace;
 mod tracer;
 
 pub use backend::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};

@@ -3,7 +3,6 @@
 use crate::control::StepControl;
 use crate::devices::{Console, DebugExit, Devices, OutputSink};
 use crate::guest_view;
-use crate::mmu_watch::MmuWatch;
 use crate::options::{RecordError, RecordOptions, RecordSummary, SerialSink};
 use crate::progress::Progress;
 use crate::tracer::Tracer;
@@ -88,7 +87,7 @@ pub fn record_with(
     let mut writer = traces::Writer::create(&opts.output, &header).map_err(trace_err)?;
 
     let initial = guest_view::control_regs(&guest.entry);
-    let watch = MmuWatch::new(&policies, opts.flavour, cpu, &initial);
+    let watch = history::Watch::new(&policies, opts.flavour, cpu, &initial);
     let devices = Devices::new(console, guest.ram_size);
     let mut progress = Progress::new(opts.progress);
     let (end, steps, events, serial_output, unhandled, sink_error) = {

@@ -9,7 +9,6 @@ use crate::engine_check;
 use crate::exceptions;
 use crate::guest_view::{self, BackendMemory};
 use crate::insn;
-use crate::mmu_watch::MmuWatch;
 use crate::options::RecordOptions;
 use crate::progress::Progress;
 use crate::shadow::{self, Shadow};
@@ -38,7 +37,7 @@ pub struct Tracer<'a> {
     opts: &'a RecordOptions,
     pub devices: Devices,
     cpu: mmu::CpuModel,
-    mmu: MmuWatch,
+    mmu: history::Watch,
     shadow: Shadow,
     regs: Regs,
     pub step: u64,
@@ -71,7 +70,7 @@ impl<'a> Tracer<'a> {
         opts: &'a RecordOptions,
         devices: Devices,
         cpu: mmu::CpuModel,
-        mmu: MmuWatch,
+        mmu: history::Watch,
     ) -> Result<Tracer<'a>, BackendError> {
         let regs = backend.regs_full()?;
         let shadow = Shadow::new(&shadow::ram(&*backend));
@@ -104,9 +103,14 @@ impl<'a> Tracer<'a> {
     }
 
     fn event(&mut self, rip: u64, kind: EventKind) {
+        self.event_at(self.step, rip, kind);
+    }
+
+    /// An event about an earlier step (a finding settled after its write).
+    fn event_at(&mut self, step: u64, rip: u64, kind: EventKind) {
         let e = Event {
             id: self.next_event,
-            step: self.step,
+            step,
             rip,
             kind,
         };
@@ -360,14 +364,11 @@ impl<'a> Tracer<'a> {
             .as_ref()
             .is_some_and(|i| retired(i, &before, &after));
         // Addresses touched by this step count for findings caused by earlier writes only.
-        if self.mmu.has_pending() {
-            let mut touched = vec![(accesses::fetch_linear(&before), mmu::Access::Fetch)];
-            touched.extend(plan.accesses.iter().map(|a| (a.linear, a.access)));
+        if self.mmu.wants_touches() {
+            let touched = ::insn::touched(plan.insn.as_ref(), &before);
             let mem = BackendMemory(&*self.backend);
-            let findings = self.mmu.on_touch(&touched, &mem);
-            for f in findings {
-                self.event(before.rip, f);
-            }
+            let found = self.mmu.on_touch(&touched, &mem);
+            self.found_events(found);
         }
         if std::mem::take(&mut self.engine_check_pending)
             && retired
@@ -442,20 +443,36 @@ impl<'a> Tracer<'a> {
         let after_cr = guest_view::control_regs(after);
         let ctx = ::insn::write_context(before);
         let mut decisions = Vec::new();
-        for (w, attempted) in writes {
+        let mut found = Vec::new();
+        for w in writes {
             let cause = self.next_event;
             self.event(before.rip, EventKind::CrWrite(w.clone()));
             let mem = BackendMemory(&*self.backend);
-            decisions.extend(
-                self.mmu
-                    .on_write(&w, attempted, cause, &ctx, &after_cr, &mem),
-            );
+            if let Some(out) = self
+                .mmu
+                .on_write(cause, self.step, before.rip, &w, &ctx, &after_cr, &mem)
+            {
+                decisions.extend(
+                    out.decisions.iter().enumerate().map(|(p, d)| {
+                        EventKind::Mmu(history::to_trace::decision(p as u16, cause, d))
+                    }),
+                );
+                found.extend(out.findings);
+            }
         }
         if from != to {
             self.event(before.rip, EventKind::Transition { from, to });
         }
         for kind in decisions {
             self.event(before.rip, kind);
+        }
+        self.found_events(found);
+    }
+
+    /// Findings as events at the step of the write they are about.
+    fn found_events(&mut self, found: Vec<history::Found>) {
+        for f in found {
+            self.event_at(f.step, f.rip, EventKind::Finding(f.finding));
         }
     }
 
@@ -648,12 +665,8 @@ impl<'a> Tracer<'a> {
 
     /// Findings still waiting for addresses, settled at the end of the run.
     pub fn settle_findings(&mut self) {
-        let mem = BackendMemory(&*self.backend);
-        let events = self.mmu.settle_all(&mem);
-        let rip = self.regs.rip;
-        for e in events {
-            self.event(rip, e);
-        }
+        let found = self.mmu.settle_all();
+        self.found_events(found);
     }
 
     fn backend_failure(&mut self, e: BackendError, plan: &Plan) -> Stop {

@@ -6,14 +6,15 @@ pub mod analysis;
 pub mod check;
 pub mod cpu;
 pub mod diff;
-pub mod flags;
+/// Control registers decoded into their flags (owned by the `history` crate).
+pub use history::flags;
 pub mod hosts;
 pub mod memory;
 pub mod timeline;
 pub mod views;
 
 pub use analysis::{Analysis, WriteAnalysis};
-pub use check::{check, CheckFinding, CheckReport, PolicySummary};
+pub use check::{check, report, CheckFinding, CheckReport, PolicySummary};
 pub use cpu::cpu_model;
 pub use diff::{diff, DiffReport, Divergence};
 pub use memory::MemoryImage;

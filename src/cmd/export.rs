@@ -105,8 +105,6 @@ fn event_fields(h: &Header, e: &Event) -> Line {
             "vector": x.vector, "mnemonic": traces::ExceptionInfo::mnemonic(x.vector),
             "error_code": x.error_code.map(hex), "cr2": x.cr2.map(hex),
         }),
-        EventKind::ExternalInterrupt(i) => json!({ "vector": i.vector, "nmi": i.nmi }),
-        EventKind::Retired { count } => json!({ "count": count }),
         EventKind::EngineDivergence {
             gva,
             engine,
@@ -114,6 +112,8 @@ fn event_fields(h: &Header, e: &Event) -> Line {
         } => json!({
             "gva": hex(*gva), "engine": engine, "reference": reference,
         }),
+        EventKind::ExternalInterrupt(i) => json!({ "vector": i.vector, "nmi": i.nmi }),
+        EventKind::Retired { count } => json!({ "count": count }),
     };
     Line {
         id: e.id,

@@ -1,6 +1,6 @@
 //! What a trace says: the header and the records, format version 2 (version 1 plus appended
 //! variants: `EventKind::ExternalInterrupt`, `EventKind::Retired`, `EndReason::Stuck`; a
-//! faulted `CrWrite` carries the attempted value in `new`).
+//! `CrWrite` made by an instruction carries the value it wrote in `new`).
 //!
 //! These types are the contract between the recorder (which writes them), the replayer, the
 //! TUI and the gdb server (which read them). They are plain data: `traces` depends on none of
@@ -301,8 +301,11 @@ pub enum WriteVia {
 pub struct CrWrite {
     pub reg: ControlReg,
     pub old: u64,
-    /// The value the register holds after the write (for EFER, LMA as the CPU set it); for a
-    /// faulted write, the value the instruction tried to write (the register kept `old`).
+    /// The value written: for an instruction, the operand it wrote, whether or not it faulted
+    /// (what KVM's handlers receive; the register may end up holding something else — CR0.ET
+    /// forced, the CR3 no-flush bit dropped, EFER.LMA kept — which the step's registers show).
+    /// Format 1 recorded the register's value after the write, and `old` for a faulted one.
+    /// For `via: Other`/`Host`, the register's new value.
     pub new: u64,
     pub via: WriteVia,
     /// The write raised #GP instead of taking effect.

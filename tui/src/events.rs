@@ -243,8 +243,8 @@ pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
             ("DIVG".into(), format!("engine vs reference at {gva:#x}"))
         }
         EventKind::ExternalInterrupt(i) if i.nmi => ("irq".into(), "NMI".into()),
-        EventKind::ExternalInterrupt(i) => ("irq".into(), format!("vector {:#x}", i.vector)),
-        EventKind::Retired { count } => ("ret".into(), format!("{count} instructions")),
+        EventKind::ExternalInterrupt(i) => ("irq".into(), format!("vector {}", i.vector)),
+        EventKind::Retired { count } => ("step".into(), format!("{count} instructions")),
     }
 }
 

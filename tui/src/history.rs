@@ -1,21 +1,12 @@
-//! The MMU history the role panel reads: every modelled policy's tracker fed every
-//! control-register write of the trace (a [`replayer::Analysis`], built here from the event
-//! index rather than by re-reading every record), the findings the model makes, and for each
-//! stale context the addresses the guest touched next that translate differently.
+//! The MMU history the role panel reads: every modelled policy's [`replayer::Analysis`] over
+//! the writes in the event index (built from the index rather than by re-reading every
+//! record), with its findings indexed by write, as `mmurr check` reports them.
 
 use crate::events::EventIndex;
-use mmu::{Access, Flavour, Outcome, Tracker};
-use replayer::analysis::input_for;
-use replayer::views::accesses;
-use replayer::{Analysis, Timeline, TimelineError, WriteAnalysis};
-use std::collections::BTreeSet;
+use mmu::{Flavour, Outcome};
+use replayer::{Analysis, Timeline, TimelineError};
 use std::io::{Read, Seek};
 use traces::{EventId, EventKind, FindingKind, Step};
-
-/// How far after a stale-context write to look for addresses the guest touches.
-pub const LOOKAHEAD_STEPS: u64 = 64;
-/// How many distinct (page, access) pairs to translate both ways.
-pub const LOOKAHEAD_ADDRESSES: usize = 8;
 
 /// One finding of the model: a policy's decision on one write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -29,14 +20,7 @@ pub struct ModelFinding {
     pub kind: FindingKind,
 }
 
-/// An address whose translation differs between the kept and the correct context.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Mistranslation {
-    pub gva: u64,
-    pub access: Access,
-    pub kept: String,
-    pub correct: String,
-}
+pub use replayer::check::Mistranslation;
 
 #[derive(Clone, Debug)]
 pub struct MmuHistory {
@@ -55,58 +39,38 @@ impl MmuHistory {
         timeline: &mut Timeline<R>,
         events: &EventIndex,
         flavour: Flavour,
-        mut progress: impl FnMut(usize, usize) -> bool,
+        progress: impl FnMut(usize, usize) -> bool,
     ) -> Result<Option<MmuHistory>, TimelineError> {
-        let policies: Vec<&'static mmu::Policy> = mmu::policies().iter().collect();
-        let cpu = replayer::cpu_model(&timeline.header().guest);
-        let entry = insn::control_regs(&timeline.entry().regs);
-        let initial: Vec<Tracker> = policies
-            .iter()
-            .map(|p| Tracker::new(p, flavour, cpu, &entry))
-            .collect();
-        let mut trackers = initial.clone();
-        let writes_in_trace: Vec<_> = events
+        let writes = events
             .events
             .iter()
             .filter_map(|e| match &e.kind {
-                EventKind::CrWrite(w) => input_for(w).map(|i| (e, w, i)),
+                EventKind::CrWrite(w) => Some((e.clone(), w.clone())),
                 _ => None,
             })
             .collect();
-        let total = writes_in_trace.len();
-        let mut writes = Vec::with_capacity(total);
-        for (n, (event, write, input)) in writes_in_trace.into_iter().enumerate() {
-            let after = timeline.seek(event.step)?;
-            let regs = insn::control_regs(&after.regs);
-            let decisions = trackers
-                .iter_mut()
-                .map(|t| t.apply(&input, &regs, &after.memory))
-                .collect();
-            writes.push(WriteAnalysis {
-                event: event.clone(),
-                write: write.clone(),
-                decisions,
-                after: trackers.clone(),
-            });
-            if !progress(n + 1, total) {
-                return Ok(None);
-            }
-        }
-        let analysis = Analysis {
-            flavour,
-            cpu,
-            policies,
-            initial,
-            writes,
+        let Some(analysis) = Analysis::from_writes(timeline, writes, &[], flavour, progress)?
+        else {
+            return Ok(None);
         };
-        let findings = findings(&analysis);
+        let mut findings = Vec::new();
         let mut translations = Vec::new();
-        for f in findings
-            .iter()
-            .filter(|f| f.kind == FindingKind::StaleContext)
-        {
-            let (looked, diffs) = mistranslations(timeline, &analysis, f.write, f.policy)?;
-            translations.push((f.write, f.policy, looked, diffs));
+        for f in &analysis.findings {
+            let Some(write) = analysis.write_of_event(f.finding.cause) else {
+                continue;
+            };
+            let policy = usize::from(f.finding.policy);
+            findings.push(ModelFinding {
+                write,
+                policy,
+                event: f.finding.cause,
+                step: f.step,
+                kind: f.finding.kind,
+            });
+            if f.finding.kind == FindingKind::StaleContext {
+                let report = replayer::CheckFinding::new(&analysis, f);
+                translations.push((write, policy, f.looked_at, report.translations));
+            }
         }
         Ok(Some(MmuHistory {
             analysis,
@@ -157,82 +121,4 @@ impl MmuHistory {
             .and_then(|w| w.decisions.get(policy))
             .is_some_and(|d| matches!(d.outcome, Outcome::Reinit | Outcome::InitOnly))
     }
-}
-
-/// Stale contexts, needless resets and #GP disagreements, as `mmurr check` counts them.
-fn findings(analysis: &Analysis) -> Vec<ModelFinding> {
-    let mut out = Vec::new();
-    for (n, w) in analysis.writes.iter().enumerate() {
-        for (p, d) in w.decisions.iter().enumerate() {
-            let mut add = |kind| {
-                out.push(ModelFinding {
-                    write: n,
-                    policy: p,
-                    event: w.event.id,
-                    step: w.event.step,
-                    kind,
-                })
-            };
-            if (d.outcome == Outcome::Gp) != w.write.faulted {
-                add(FindingKind::GpMismatch);
-            }
-            if d.needless_reset {
-                add(FindingKind::NeedlessReset);
-            }
-            if d.stale.is_some() {
-                add(FindingKind::StaleContext);
-            }
-        }
-    }
-    out
-}
-
-/// Translates the addresses the guest touched after write `n` with policy `p`'s kept context
-/// and with the correct one; returns how many addresses were looked at and those that differ.
-fn mistranslations<R: Read + Seek>(
-    timeline: &mut Timeline<R>,
-    analysis: &Analysis,
-    n: usize,
-    p: usize,
-) -> Result<(usize, Vec<Mistranslation>), TimelineError> {
-    let w = &analysis.writes[n];
-    let Some(stale) = w.decisions.get(p).and_then(|d| d.stale.as_ref()) else {
-        return Ok((0, Vec::new()));
-    };
-    let next_write = analysis
-        .writes
-        .get(n + 1)
-        .map_or(Step::MAX, |x| x.event.step);
-    let end = (w.event.step.saturating_add(LOOKAHEAD_STEPS))
-        .min(next_write)
-        .min(timeline.last_step());
-    let mut seen = BTreeSet::new();
-    let mut addrs = Vec::new();
-    for s in w.event.step..end {
-        let snap = timeline.seek(s)?;
-        for t in accesses::of_instruction(&snap.regs, &analysis.cpu, &snap.memory) {
-            if addrs.len() < LOOKAHEAD_ADDRESSES && seen.insert((t.linear >> 12, t.access)) {
-                addrs.push((t.linear, t.access));
-            }
-        }
-    }
-    let after = timeline.seek(w.event.step)?;
-    let diffs = mmu::compare_translations(
-        &stale.kept,
-        &stale.correct,
-        &insn::control_regs(&after.regs),
-        &analysis.cpu,
-        &after.memory,
-        &addrs,
-    );
-    let list = diffs
-        .iter()
-        .map(|d| Mistranslation {
-            gva: d.gva,
-            access: d.access,
-            kept: d.kept.to_string(),
-            correct: d.correct.to_string(),
-        })
-        .collect();
-    Ok((addrs.len(), list))
 }

@@ -2,7 +2,7 @@
 //! linear address a debugger uses, and CR0/CR4/EFER as flag lists (`[ PE ET PG ]`, the form gdb
 //! prints flag registers in).
 
-use crate::flags::{bracketed, set_flags};
+use history::flags::{bracketed, set_flags};
 use traces::regs::CS;
 use traces::{ControlReg, Regs};
 

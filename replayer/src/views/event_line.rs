@@ -1,6 +1,6 @@
 //! One event in one line: `#7 step 10 rip 0x1021: cr4 0x10 -> 0x30 (+PAE) via MovCr`.
 
-use crate::flags::changed_flags;
+use history::flags::changed_flags;
 use traces::{Event, EventKind, ExceptionInfo, Translation};
 
 fn translation(t: &Translation) -> String {

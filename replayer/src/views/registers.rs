@@ -2,7 +2,7 @@
 //! code, RFLAGS and the control registers decoded into their flags, the PDPTE registers while
 //! PAE paging uses them, and the segments that decide the code size.
 
-use crate::flags::{bracketed, rflags_flags, set_flags};
+use history::flags::{bracketed, rflags_flags, set_flags};
 use traces::regs::{CS, DS, ES, FS, GS, SS};
 use traces::{ControlReg, Regs};
 

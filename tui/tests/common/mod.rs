@@ -280,7 +280,7 @@ impl Machine {
                 },
             );
         }
-        let input = replayer::analysis::input_for(&write).expect("an MMU input");
+        let input = history::model_input(&write).expect("an MMU input");
         let after = insn::control_regs(&self.regs);
         let mut trackers = std::mem::take(&mut self.trackers);
         for (p, t) in trackers.iter_mut().enumerate() {

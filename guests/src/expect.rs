@@ -12,6 +12,17 @@ pub enum ExpectedEvent {
     Cr { reg: ControlReg, new: u64 },
     /// The paging mode changed; it directly follows the `Cr` event that caused it.
     Transition { from: PagingMode, to: PagingMode },
+    /// A write the CPU answered with #GP: the register kept its value; `attempted` is what the
+    /// instruction tried to write (the trace's `CrWrite.new` with `faulted: true`). The
+    /// `Exception` event of the #GP follows it.
+    CrFaulted { reg: ControlReg, attempted: u64 },
+    /// An exception delivered to the guest's handler: vector, the error code for the vectors
+    /// that push one, CR2 for #PF.
+    Exception {
+        vector: u8,
+        error_code: Option<u32>,
+        cr2: Option<u64>,
+    },
 }
 
 /// A finding the recorder must report for one policy (under TDP).
@@ -115,9 +126,12 @@ pub(crate) const CR4_PAE: u64 = 1 << 5;
 pub(crate) const CR4_PGE: u64 = 1 << 7;
 pub(crate) const CR4_LA57: u64 = 1 << 12;
 pub(crate) const CR4_PCIDE: u64 = 1 << 17;
+/// Reserved on every CPU so far (bits 63:32 are not all reserved: bit 32 is FRED).
+pub(crate) const CR4_RESERVED_15: u64 = 1 << 15;
 pub(crate) const CR4_SMEP: u64 = 1 << 20;
 pub(crate) const CR4_SMAP: u64 = 1 << 21;
 pub(crate) const CR4_PKE: u64 = 1 << 22;
+pub(crate) const EFER_SCE: u64 = 1 << 0;
 pub(crate) const EFER_LME: u64 = 1 << 8;
 pub(crate) const EFER_LMA: u64 = 1 << 10;
 pub(crate) const EFER_NXE: u64 = 1 << 11;
@@ -244,6 +258,9 @@ impl Model {
     pub fn cr4(&mut self, value: u64, live: bool) -> Result<u64, String> {
         let s = self.state;
         let f = self.features;
+        if value & CR4_RESERVED_15 != 0 {
+            return Err(format!("cr4 {value:#x}: reserved bit 15"));
+        }
         let needs = [
             (CR4_SMEP, f.smep, "SMEP"),
             (CR4_SMAP, f.smap, "SMAP"),
@@ -275,6 +292,11 @@ impl Model {
     /// `wrmsr` to EFER. LMA is read-only: the recorded value keeps the current LMA.
     pub fn efer(&mut self, value: u64) -> Result<u64, String> {
         let s = self.state;
+        // The bits the scenarios know; any other is reserved or a feature they never use.
+        let known = EFER_SCE | EFER_LME | EFER_LMA | EFER_NXE;
+        if value & !known != 0 {
+            return Err(format!("efer {value:#x}: bits outside SCE, LME, LMA, NXE"));
+        }
         if (value ^ s.efer) & EFER_LME != 0 && s.cr0 & CR0_PG != 0 {
             return Err("changing EFER.LME while paging is on".into());
         }
@@ -283,5 +305,26 @@ impl Model {
         self.state.efer = stored;
         self.push(ControlReg::Efer, stored, before);
         Ok(stored)
+    }
+
+    /// A write the architecture answers with #GP (the model must reject it): the state stays,
+    /// and the event is `CrFaulted` with the attempted value.
+    pub fn faulted_write(&mut self, reg: ControlReg, attempted: u64) -> Result<(), String> {
+        let mut probe = self.clone();
+        let verdict = match reg {
+            ControlReg::Cr0 => probe.cr0(attempted),
+            ControlReg::Cr3 => probe.cr3(attempted),
+            ControlReg::Cr4 => probe.cr4(attempted, true),
+            ControlReg::Efer => probe.efer(attempted),
+            ControlReg::Xcr0 => return Err("XCR0 writes are not modelled".into()),
+        };
+        if let Ok(v) = verdict {
+            return Err(format!(
+                "{reg:?} write of {attempted:#x} was meant to fault but is valid ({v:#x})"
+            ));
+        }
+        self.events
+            .push(ExpectedEvent::CrFaulted { reg, attempted });
+        Ok(())
     }
 }

@@ -134,6 +134,7 @@ fn every_scenario_builds_for_every_cpu() {
         "cr3-switch",
         "unpaged-cr4",
         "smap-pke-toggle",
+        "exceptions",
     ] {
         assert!(scenario_names().contains(&n), "{n}");
     }
@@ -241,6 +242,20 @@ fn expected_sequences_are_consistent() {
                             pending = Some(m);
                         }
                     }
+                    ExpectedEvent::CrFaulted { .. } => {
+                        assert!(pending.is_none(), "{} #{i}: transition missing", s.name);
+                        assert!(
+                            matches!(
+                                s.expected.get(i + 1),
+                                Some(ExpectedEvent::Exception { vector: 13, .. })
+                            ),
+                            "{} #{i}: a faulted write is followed by its #GP",
+                            s.name
+                        );
+                    }
+                    ExpectedEvent::Exception { .. } => {
+                        assert!(pending.is_none(), "{} #{i}: transition missing", s.name);
+                    }
                     ExpectedEvent::Transition { from, to } => {
                         assert_eq!(from, current, "{} #{i}: transitions chain", s.name);
                         assert_eq!(Some(to), pending, "{} #{i}", s.name);
@@ -300,7 +315,7 @@ fn expected_writes_match_the_code() {
             .expected
             .iter()
             .filter_map(|e| match e {
-                ExpectedEvent::Cr { reg, .. } => Some(*reg),
+                ExpectedEvent::Cr { reg, .. } | ExpectedEvent::CrFaulted { reg, .. } => Some(*reg),
                 _ => None,
             })
             .collect();
@@ -315,6 +330,7 @@ fn expected_writes_match_the_code() {
 }
 
 /// Instructions the PVM host's emulator cannot run at CPL0 (and `int`s, which need an IDT).
+/// `iretq` in 64-bit code runs there (the `exceptions` handlers return with it).
 #[test]
 fn no_instruction_the_host_cannot_emulate() {
     let banned = [
@@ -338,7 +354,7 @@ fn no_instruction_the_host_cannot_emulate() {
         let c = code(&s);
         for i in &c {
             assert!(
-                !banned.contains(&i.mnemonic),
+                !banned.contains(&i.mnemonic) || (i.mnemonic == Mnemonic::Iretq && i.bits == 64),
                 "{}: {:?} at {:#x}",
                 s.name,
                 i.mnemonic,
@@ -551,4 +567,60 @@ fn v59rc_findings_sit_on_smap_and_pke_sets() {
             assert!(scenario(name, &f).unwrap().expected_findings.is_empty());
         }
     }
+}
+
+/// The `exceptions` scenario: every fault is an expected exception with its error code (and
+/// CR2 for #PF), each faulting write is followed by its #GP, and the pages it faults on are
+/// mapped as documented.
+#[test]
+fn exceptions_scenario_expects_every_fault() {
+    for f in all_feature_sets() {
+        let s = scenario("exceptions", &f).unwrap();
+        assert!(s.runs_on_pvm_kvm());
+        let tail: Vec<ExpectedEvent> = s.expected[7..].to_vec();
+        let ex = |vector, error_code, cr2| ExpectedEvent::Exception {
+            vector,
+            error_code,
+            cr2,
+        };
+        let gp0 = ex(13, Some(0), None);
+        let faulted = |reg, attempted| ExpectedEvent::CrFaulted { reg, attempted };
+        use ControlReg::*;
+        assert_eq!(
+            tail,
+            [
+                ExpectedEvent::Cr {
+                    reg: Cr0,
+                    new: 0x8001_0011
+                },
+                ExpectedEvent::Cr {
+                    reg: Efer,
+                    new: 0xd00
+                },
+                faulted(Cr4, 0x1020),
+                gp0,
+                faulted(Cr4, 0x8020),
+                gp0,
+                faulted(Efer, 0xd02),
+                gp0,
+                faulted(Cr0, 0x1_0011),
+                gp0,
+                ex(13, Some(0x28), None),
+                gp0,
+                ex(6, None, None),
+                ex(14, Some(0), Some(0x20_0000)),
+                ex(14, Some(3), Some(0x13000)),
+                ex(14, Some(0x10), Some(0x20_0000)),
+            ],
+            "{f:?}"
+        );
+        assert!(s.expected_findings.is_empty());
+    }
+    let s = scenario("exceptions", &CpuFeatures::default()).unwrap();
+    let m = ram(&s.guest);
+    // 0x13000 is present and read-only; 0x200000 is not present.
+    let pte = rd64(&m, 0x7000 + 8 * 0x13);
+    assert_eq!(pte & 0xfff, 1, "{pte:#x}");
+    assert_eq!(walk4(&m, 0x4000, 0x13000), Some((0x13000, false)));
+    assert_eq!(walk4(&m, 0x4000, 0x20_0000), None);
 }

@@ -98,13 +98,16 @@ impl Watch {
     }
 
     /// Feeds write `write` (event `id` of step `step`, at `rip`) to every tracker, with the
-    /// registers and memory right after it. `None` for a write that is not an MMU input (XCR0).
+    /// registers and memory right after it and what the writing code adds (`ctx`: CS.L, see
+    /// [`insn::write_context`]). `None` for a write that is not an MMU input (XCR0).
+    #[allow(clippy::too_many_arguments)]
     pub fn on_write(
         &mut self,
         id: EventId,
         step: Step,
         rip: u64,
         write: &CrWrite,
+        ctx: &mmu::WriteContext,
         after: &ControlRegs,
         mem: &dyn GuestMemory,
     ) -> Option<WriteOutcome> {
@@ -121,7 +124,7 @@ impl Watch {
         for (i, t) in self.trackers.iter_mut().enumerate() {
             let policy = i as u16;
             stale_before.push(t.stale().is_some());
-            let d = t.apply(&input, after, mem);
+            let d = t.apply_with(&input, ctx, after, mem);
             let found = |finding| Found {
                 step,
                 rip,

@@ -21,6 +21,15 @@ pub fn control_regs(regs: &Regs) -> ControlRegs {
     }
 }
 
+/// What a control-register write by the code running under `regs` tells the model beyond the
+/// registers: CS.L (64-bit code).
+pub fn write_context(regs: &Regs) -> mmu::WriteContext {
+    mmu::WriteContext {
+        cs_l: Some(crate::bitness(regs) == 64),
+        host_initiated: false,
+    }
+}
+
 /// Current privilege level: CS.DPL in protected mode (SS.DPL would do as well), 0 in real mode.
 pub fn cpl(regs: &Regs) -> u8 {
     if regs.cr0 & 1 == 0 {
@@ -59,6 +68,29 @@ pub fn translate(
         .result
         .ok()
         .map(|t| t.gpa)
+}
+
+/// `len` bytes of guest-linear memory read as the current code reads data (page by page
+/// through the walker); `None` if any page does not translate or lies outside RAM.
+pub fn read_linear(
+    regs: &Regs,
+    cpu: &CpuModel,
+    mem: &dyn GuestMemory,
+    linear: u64,
+    len: usize,
+) -> Option<Vec<u8>> {
+    let mut out = Vec::with_capacity(len);
+    while out.len() < len {
+        let lin = linear.wrapping_add(out.len() as u64);
+        let gpa = translate(regs, cpu, mem, lin, Access::Read)?;
+        let n = ((4096 - (lin & 0xfff)) as usize).min(len - out.len());
+        let mut buf = vec![0u8; n];
+        if !mem.read(gpa, &mut buf) {
+            return None;
+        }
+        out.extend_from_slice(&buf);
+    }
+    Some(out)
 }
 
 /// The instruction bytes at CS:RIP (up to 15, fewer where a page is not mapped).

@@ -13,6 +13,8 @@ mod nondeterministic;
 pub use addresses::{memory_operands, memory_operands_with, register_value, touched, Touch};
 pub use cpu::cpu_model;
 pub use decode::{bitness, decode, describe, format};
-pub use fetch::{control_regs, cpl, fetch, linear_ip, translate, MAX_INSN_LEN};
+pub use fetch::{
+    control_regs, cpl, fetch, linear_ip, read_linear, translate, write_context, MAX_INSN_LEN,
+};
 pub use flow::{fall_through, retired_beyond};
 pub use nondeterministic::{nondeterministic, Outputs};

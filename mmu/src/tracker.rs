@@ -277,22 +277,33 @@ impl Tracker {
     }
 
     /// Feed one input. `after` holds the registers once it took effect (EFER.LMA updated,
-    /// PDPTEs reloaded, SMM flag set/cleared, INIT state, ...).
+    /// PDPTEs reloaded, SMM flag set/cleared, INIT state, ...). CS.L is not known here, so a
+    /// CR0 write is judged as from compatibility mode; see [`Tracker::apply_with`].
     pub fn apply(&mut self, input: &Input, after: &ControlRegs, mem: &dyn GuestMemory) -> Decision {
+        self.apply_with(input, &WriteContext::default(), after, mem)
+    }
+
+    /// [`Tracker::apply`] with what the registers do not say about a guest write: `ctx.cs_l`
+    /// (CS.L of the writing code) decides the #GP for clearing CR0.PG in 64-bit mode and for
+    /// setting it with CS.L=1 (`kvm_set_cr0`).
+    pub fn apply_with(
+        &mut self,
+        input: &Input,
+        ctx: &WriteContext,
+        after: &ControlRegs,
+        mem: &dyn GuestMemory,
+    ) -> Decision {
         let mut d = self.decision();
         let before = self.regs;
         let fx = self.policy.events.explicit_tlb_flushes;
         match *input {
             Input::Cr0 { old, new } => {
                 let b = ControlRegs { cr0: old, ..before };
-                if let Err(gp) = check_write_with(
-                    CrReg::Cr0,
-                    &b,
-                    new,
-                    &self.cpu,
-                    mem,
-                    &WriteContext::default(),
-                ) {
+                let wc = WriteContext {
+                    cs_l: ctx.cs_l,
+                    host_initiated: false,
+                };
+                if let Err(gp) = check_write_with(CrReg::Cr0, &b, new, &self.cpu, mem, &wc) {
                     return self.gp(d, gp, after);
                 }
                 self.pdptr_change(&before, after, &mut d);

@@ -732,3 +732,41 @@ fn legacy_direct_roots_ignore_cr3_from_v5_7() {
         assert_eq!(d.root_cache.unwrap().hit, third_hit, "{name}");
     }
 }
+
+/// SDM MOV CRn (64-bit mode exceptions) and `kvm_set_cr0`: clearing CR0.PG in 64-bit code is
+/// #GP; in compatibility mode it leaves long mode. CS.L comes with the write.
+#[test]
+fn clearing_pg_in_64_bit_mode_is_gp_for_every_policy() {
+    let m = mem();
+    let long = regs(
+        CR0_PE | CR0_ET | CR0_PG,
+        CR4_PAE,
+        EFER_LME | EFER_LMA,
+        0x1000,
+    );
+    let input = Input::Cr0 {
+        old: long.cr0,
+        new: CR0_PE | CR0_ET,
+    };
+    for pol in policies() {
+        let mut t = Tracker::new(pol, Flavour::Tdp, cpu(), &long);
+        let ctx = WriteContext {
+            cs_l: Some(true),
+            host_initiated: false,
+        };
+        let d = t.apply_with(&input, &ctx, &long, &m);
+        assert_eq!(d.gp, Some(Gp::Cr0ClearPgIn64BitMode), "{}", pol.name);
+        let mut t = Tracker::new(pol, Flavour::Tdp, cpu(), &long);
+        let compat = WriteContext {
+            cs_l: Some(false),
+            host_initiated: false,
+        };
+        let after = apply_write(CrReg::Cr0, &long, CR0_PE | CR0_ET, t.cpu(), &m).unwrap();
+        assert_eq!(
+            t.apply_with(&input, &compat, &after, &m).gp,
+            None,
+            "{}",
+            pol.name
+        );
+    }
+}

@@ -89,8 +89,10 @@ pub struct EmuBackend {
     regs_cache: Option<Regs>,
     /// CS was a 64-bit code segment when the current step started.
     ctx_long_before: bool,
-    /// Vectors delivered so far (for the tracer and tests).
+    /// Vectors delivered so far (for tests).
     pub delivered: Vec<exceptions::Delivered>,
+    /// What the current step delivered, for the recorder ([`Backend::take_deliveries`]).
+    step_deliveries: Vec<recorder::Delivery>,
     /// Whether the last load needed host fix-ups beyond the trampoline (field names).
     pub entry_fixups: Vec<String>,
     /// What the guest's CPUID table offers that the engine does not emulate (set by `load`).
@@ -139,6 +141,7 @@ impl EmuBackend {
             pdpt_shadow: None,
             guest_cr3: None,
             delivered: Vec::new(),
+            step_deliveries: Vec::new(),
             entry_fixups: Vec::new(),
             warnings: Vec::new(),
         };
@@ -834,6 +837,14 @@ impl EmuBackend {
                 // step faults again and delivers it, as on hardware single-step.
                 self.w(RegisterX86::CR2, before.cr2)?;
                 self.regs_cache = None;
+            } else if vector == 13
+                && rip != before.rip
+                && branched_off_canonical(d.as_ref(), before, rip)
+            {
+                // QEMU moved RIP to a non-canonical branch target and faulted fetching there;
+                // the CPU faults on the branch itself, before it pushes or pops anything.
+                self.undo_step(before)?;
+                return self.deliver(vector, d, before);
             } else {
                 return self.deliver(vector, d, before);
             }
@@ -885,6 +896,29 @@ impl EmuBackend {
         Ok(Exit::Stepped)
     }
 
+    /// Puts the instruction's effects back (RIP, RSP and the RAM it wrote, from the mirror of
+    /// RAM before the step) so that a fault is delivered from the state before it.
+    fn undo_step(&mut self, before: &Regs) -> Result<(), BackendError> {
+        let writes = std::mem::take(&mut self.uc.get_data_mut().writes);
+        if let Some(mirror) = self.mirror.as_ref() {
+            for (gpa, len) in writes {
+                let (Ok(a), Ok(n)) = (usize::try_from(gpa), usize::try_from(len)) else {
+                    continue;
+                };
+                if let Some(was) = mirror.bytes().get(a..a.saturating_add(n)) {
+                    let was = was.to_vec();
+                    self.uc
+                        .mem_write(gpa, &was)
+                        .map_err(|e| engine_err("mem_write", e))?;
+                }
+            }
+        }
+        self.w(RegisterX86::RIP, before.rip)?;
+        self.w(RegisterX86::RSP, before.gpr[4])?;
+        self.regs_cache = None;
+        Ok(())
+    }
+
     fn deliver(
         &mut self,
         vector: u32,
@@ -920,6 +954,13 @@ impl EmuBackend {
         match exceptions::deliver(&mut mem, &regs, vector, error_code, software) {
             exceptions::Outcome::Delivered(new, info) => {
                 self.apply_delivery(&new)?;
+                self.step_deliveries.push(recorder::Delivery {
+                    vector: info.vector,
+                    kind: recorder::DeliveryKind::Exception,
+                    error_code: info.error_code,
+                    // QEMU wrote CR2 when it raised the #PF.
+                    cr2: (info.vector == 14).then_some(regs.cr2),
+                });
                 self.delivered.push(info);
                 Ok(Exit::Stepped)
             }
@@ -1080,6 +1121,14 @@ fn overlaps(ranges: &[(u64, u64)], e: (u64, u64)) -> bool {
     ranges
         .iter()
         .any(|&(g, l)| g < e.0.saturating_add(e.1) && e.0 < g.saturating_add(l))
+}
+
+/// A branch (`jmp`/`call`/`ret`/...) in 64-bit code moved RIP to `rip`, which is not canonical.
+fn branched_off_canonical(d: Option<&Decoded>, before: &Regs, rip: u64) -> bool {
+    let la57 = before.cr4 & (1 << 12) != 0;
+    let shift = if la57 { 7 } else { 16 };
+    let canonical = ((rip << shift) as i64 >> shift) as u64 == rip;
+    !canonical && d.is_some_and(|d| d.instr.flow_control() != iced_x86::FlowControl::Next)
 }
 
 /// `int n`, `int3`, `into`, `int1`: interrupts raised by the instruction itself.
@@ -1292,6 +1341,7 @@ impl Backend for EmuBackend {
             ));
         }
         self.reset_hook_state();
+        self.step_deliveries.clear();
         let before = self.read_regs_from_ctx()?;
         if let Some(t) = &self.guest_cpuid {
             // KVM's run-time CPUID bits follow CR4 and XCR0 as they are when `cpuid` runs.
@@ -1354,6 +1404,10 @@ impl Backend for EmuBackend {
         let exit = self.execute(d, &before)?;
         let written = self.take_written(&before, fetch, d.as_ref());
         Ok(StepResult { exit, written })
+    }
+
+    fn take_deliveries(&mut self) -> Option<Vec<recorder::Delivery>> {
+        Some(std::mem::take(&mut self.step_deliveries))
     }
 
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError> {

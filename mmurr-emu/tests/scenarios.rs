@@ -15,6 +15,8 @@ struct Recorded {
     scenario: guests::Scenario,
     end: traces::EndRecord,
     steps: u64,
+    /// `mmurr check` of the trace under every policy (TDP).
+    check: replayer::CheckReport,
 }
 
 fn record_scenario(name: &str) -> Recorded {
@@ -27,6 +29,10 @@ fn record_scenario(name: &str) -> Recorded {
     opts.scenario = Some(name.to_string());
     opts.max_steps = 100_000;
     let summary = recorder::record(&mut backend, &scenario.guest, &opts).expect("record");
+    let check = {
+        let mut timeline = replayer::Timeline::open(&out).expect("open timeline");
+        replayer::check(&mut timeline, &[], mmu::Flavour::Tdp).expect("check")
+    };
     let mut reader = Reader::open(&out).expect("open trace");
     assert_eq!(reader.header().backend.kind, traces::BackendKind::Emu);
     let policies = reader.header().policies.clone();
@@ -34,10 +40,25 @@ fn record_scenario(name: &str) -> Recorded {
     for r in reader.records() {
         if let Record::Event(e) = r.expect("record") {
             match e.kind {
+                EventKind::CrWrite(w) if w.faulted => {
+                    got.push(ExpectedEvent::CrFaulted {
+                        reg: w.reg,
+                        attempted: w.new,
+                    });
+                    ids.push(e.id);
+                }
                 EventKind::CrWrite(w) => {
                     got.push(ExpectedEvent::Cr {
                         reg: w.reg,
                         new: w.new,
+                    });
+                    ids.push(e.id);
+                }
+                EventKind::Exception(x) => {
+                    got.push(ExpectedEvent::Exception {
+                        vector: x.vector,
+                        error_code: x.error_code,
+                        cr2: x.cr2,
                     });
                     ids.push(e.id);
                 }
@@ -60,6 +81,7 @@ fn record_scenario(name: &str) -> Recorded {
         scenario,
         end: summary.end,
         steps: summary.steps,
+        check,
     }
 }
 
@@ -119,6 +141,7 @@ fn every_scenario_has_a_test() {
         "unpaged-cr4",
         "smap-pke-toggle",
         "accessed-dirty",
+        "exceptions",
     ];
     tested.sort();
     assert_eq!(names, tested, "a scenario was added: give it a test here");
@@ -157,4 +180,21 @@ fn unpaged_cr4() {
 #[test]
 fn smap_pke_toggle() {
     check("smap-pke-toggle");
+}
+
+/// Every #GP, #UD and #PF the `exceptions` guest takes is an event with its vector, error code
+/// and CR2, as mmurr-emu delivered it; the faulting writes carry their attempted values (the
+/// expected sequence says so), and `check` agrees with every #GP under all policies.
+#[test]
+fn exceptions() {
+    check("exceptions");
+    let r = record_scenario("exceptions");
+    assert_eq!(r.check.policies.len(), mmu::policies().len());
+    let bugs: Vec<_> = r
+        .check
+        .findings
+        .iter()
+        .filter(|f| f.kind != traces::FindingKind::NeedlessReset)
+        .collect();
+    assert!(bugs.is_empty(), "{bugs:#?}");
 }

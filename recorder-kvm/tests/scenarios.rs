@@ -33,20 +33,34 @@ fn events(records: &[Record]) -> Vec<Event> {
         .collect()
 }
 
+/// The events a scenario's expected sequence lists, as the trace has them.
+fn expected_kind(kind: &EventKind) -> Option<ExpectedEvent> {
+    Some(match kind {
+        EventKind::CrWrite(w) if w.faulted => ExpectedEvent::CrFaulted {
+            reg: w.reg,
+            attempted: w.new,
+        },
+        EventKind::CrWrite(w) => ExpectedEvent::Cr {
+            reg: w.reg,
+            new: w.new,
+        },
+        EventKind::Transition { from, to } => ExpectedEvent::Transition {
+            from: *from,
+            to: *to,
+        },
+        EventKind::Exception(x) => ExpectedEvent::Exception {
+            vector: x.vector,
+            error_code: x.error_code,
+            cr2: x.cr2,
+        },
+        _ => return None,
+    })
+}
+
 fn observed_sequence(events: &[Event]) -> Vec<ExpectedEvent> {
     events
         .iter()
-        .filter_map(|e| match &e.kind {
-            EventKind::CrWrite(w) => Some(ExpectedEvent::Cr {
-                reg: w.reg,
-                new: w.new,
-            }),
-            EventKind::Transition { from, to } => Some(ExpectedEvent::Transition {
-                from: *from,
-                to: *to,
-            }),
-            _ => None,
-        })
+        .filter_map(|e| expected_kind(&e.kind))
         .collect()
 }
 
@@ -82,7 +96,7 @@ fn scenarios_produce_their_exact_event_sequences() {
         // Findings (TDP): each expected one names a policy and an index into the sequence.
         let seq_ids: Vec<u64> = events
             .iter()
-            .filter(|e| matches!(e.kind, EventKind::CrWrite(_) | EventKind::Transition { .. }))
+            .filter(|e| expected_kind(&e.kind).is_some())
             .map(|e| e.id)
             .collect();
         let policies: Vec<String> = mmu::policies().iter().map(|p| p.name.to_string()).collect();
@@ -136,4 +150,66 @@ fn pae_toggle_on_pvm_is_host_unsupported_with_a_readable_trace() {
     assert!(!observed.is_empty());
     assert_eq!(observed[..], s.expected[..observed.len()]);
     eprintln!("pae-toggle: {}", summary.end.message);
+}
+
+/// The `exceptions` guest on kvm: every #GP, #UD and #PF is an event with its vector, error
+/// code and CR2 (inferred from the handler the step lands in and the frame on its stack), the
+/// faulting CR0/CR4/EFER writes carry the attempted values, and `check` finds no #GP
+/// disagreement and no stale context under any policy, with TDP or shadow paging.
+#[test]
+fn exceptions_are_events_and_check_agrees_with_every_fault() {
+    require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let s = guests::scenario("exceptions", &CpuFeatures::default()).unwrap();
+    let (summary, records, cpuid) = record_scenario(&s, dir.path());
+    assert_eq!(
+        summary.end.reason,
+        EndReason::DebugExit { status: 0 },
+        "{}",
+        summary.end.message
+    );
+    let expected = guests::scenario("exceptions", &CpuFeatures::from_cpuid(&cpuid)).unwrap();
+    let events = events(&records);
+    assert_eq!(observed_sequence(&events), expected.expected);
+    let faulted: Vec<(traces::ControlReg, u64, u64)> = events
+        .iter()
+        .filter_map(|e| match &e.kind {
+            EventKind::CrWrite(w) if w.faulted => Some((w.reg, w.old, w.new)),
+            _ => None,
+        })
+        .collect();
+    use traces::ControlReg::*;
+    assert_eq!(
+        faulted,
+        [
+            (Cr4, 0x20, 0x1020),
+            (Cr4, 0x20, 0x8020),
+            (Efer, 0xd00, 0xd02),
+            (Cr0, 0x8001_0011, 0x1_0011)
+        ]
+    );
+    // Each exception sits at the instruction that raised it, right after its faulted write.
+    for (i, e) in events.iter().enumerate() {
+        if let EventKind::CrWrite(w) = &e.kind {
+            if w.faulted {
+                let x = events[i + 1..]
+                    .iter()
+                    .find(|x| matches!(x.kind, EventKind::Exception(_)))
+                    .unwrap();
+                assert_eq!((x.step, x.rip), (e.step, e.rip));
+            }
+        }
+    }
+    let trace = dir.path().join("exceptions.mmurr");
+    for flavour in [mmu::Flavour::Tdp, mmu::Flavour::Shadow] {
+        let mut timeline = replayer::Timeline::open(&trace).unwrap();
+        let report = replayer::check(&mut timeline, &[], flavour).unwrap();
+        assert_eq!(report.policies.len(), mmu::policies().len());
+        let bugs: Vec<_> = report
+            .findings
+            .iter()
+            .filter(|f| f.kind != traces::FindingKind::NeedlessReset)
+            .collect();
+        assert!(bugs.is_empty(), "{flavour:?}: {bugs:#?}");
+    }
 }

@@ -93,6 +93,29 @@ impl Written {
     }
 }
 
+/// How a delivered vector came about.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeliveryKind {
+    /// An exception (fault, trap or abort), including `int n`, `int3`, `into` and `int1`.
+    Exception,
+    /// A maskable external interrupt, at the boundary before the instruction that did not run.
+    External,
+    /// A non-maskable interrupt (vector 2), likewise at an instruction boundary.
+    Nmi,
+}
+
+/// One exception or interrupt delivered to the guest: its handler was entered.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Delivery {
+    pub vector: u8,
+    pub kind: DeliveryKind,
+    /// The error code pushed, for the exceptions that push one (#DF, #TS, #NP, #SS, #GP, #PF,
+    /// #AC, #CP); `None` for all others and for interrupts.
+    pub error_code: Option<u32>,
+    /// CR2 as the #PF left it.
+    pub cr2: Option<u64>,
+}
+
 /// One step's result.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct StepResult {
@@ -138,6 +161,13 @@ pub trait Backend {
     }
     /// Executes exactly one instruction (or delivers one exception/interrupt).
     fn step(&mut self) -> Result<StepResult, BackendError>;
+    /// Extension for engines that deliver exceptions themselves (the emu backend): what the
+    /// last step (with its `complete_io_in`/`complete_mmio_read`) delivered, in order, taken
+    /// so the next call starts empty. `None` (the default; KVM, which delivers inside the
+    /// kernel): the backend cannot tell, and the recorder infers deliveries from the state.
+    fn take_deliveries(&mut self) -> Option<Vec<Delivery>> {
+        None
+    }
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError>;
     fn complete_mmio_read(&mut self, data: u64) -> Result<(), BackendError>;
     /// The rest of the instruction after [`Backend::complete_io_in`] or

@@ -19,7 +19,7 @@ pub mod signals;
 mod sink;
 mod tracer;
 
-pub use backend::{Backend, BackendError, Exit, StepResult, Written};
+pub use backend::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
 pub use control::{StepControl, StepVerdict, StepView};
 pub use cr_watch::{planned_write, PlannedWrite};
 pub use options::{recorded_inputs, RecordError, RecordOptions, RecordSummary, SerialSink};

@@ -13,7 +13,7 @@ use crate::options::RecordOptions;
 use crate::progress::Progress;
 use crate::shadow::{self, Shadow};
 use crate::sink::RecordSink;
-use crate::{Backend, BackendError, Exit, StepResult, Written};
+use crate::{Backend, BackendError, Delivery, Exit, StepResult, Written};
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -372,14 +372,8 @@ impl<'a> Tracer<'a> {
         for kind in io_events {
             self.event(before.rip, kind);
         }
-        let mut excepted = false;
-        if let Some(i) = &plan.insn {
-            let mem = BackendMemory(&*self.backend);
-            if let Some(x) = exceptions::delivered(i, &before, &after, &self.cpu, &mem) {
-                excepted = true;
-                self.event(before.rip, EventKind::Exception(x));
-            }
-        }
+        let deliveries = self.deliveries(&plan, &before, &after);
+        let excepted = !deliveries.is_empty();
         let retired = plan
             .insn
             .as_ref()
@@ -412,6 +406,10 @@ impl<'a> Tracer<'a> {
             }
         }
         self.control_register_events(planned, retired, &before, &after);
+        // After the write it answered with #GP, if any: attempted write, then the fault.
+        for d in &deliveries {
+            self.event(before.rip, exceptions::event(d));
+        }
         self.regs = after;
         if self.step.checked_rem(self.opts.keyframe_interval) == Some(0) {
             self.keyframe(false);
@@ -555,6 +553,18 @@ impl<'a> Tracer<'a> {
         }
     }
 
+    /// What the step delivered to the guest: as the backend reports it, or (KVM) inferred
+    /// from the state after the step.
+    fn deliveries(&mut self, plan: &Plan, before: &Regs, after: &Regs) -> Vec<Delivery> {
+        if let Some(d) = self.backend.take_deliveries() {
+            return d;
+        }
+        let mem = BackendMemory(&*self.backend);
+        exceptions::infer(plan.insn.as_ref(), before, after, &self.cpu, &mem)
+            .into_iter()
+            .collect()
+    }
+
     fn polling_stop(&self) -> Option<Stop> {
         let (access, n) = self.devices.unhandled.polling(self.opts.poll_limit)?;
         Some(Stop {
@@ -582,6 +592,7 @@ impl<'a> Tracer<'a> {
         let from = guest_view::paging_mode(before);
         let to = guest_view::paging_mode(after);
         let after_cr = guest_view::control_regs(after);
+        let ctx = ::insn::write_context(before);
         let mut decisions = Vec::new();
         let mut found = Vec::new();
         for w in writes {
@@ -591,7 +602,7 @@ impl<'a> Tracer<'a> {
             let mem = BackendMemory(&*self.backend);
             if let Some(out) = self
                 .mmu
-                .on_write(cause, self.step, before.rip, &w, &after_cr, &mem)
+                .on_write(cause, self.step, before.rip, &w, &ctx, &after_cr, &mem)
             {
                 decisions.extend(
                     out.decisions.iter().enumerate().map(|(p, d)| {

@@ -81,11 +81,15 @@ impl Analysis {
             fed = fed.max(event.step);
             let after = timeline.seek(event.step)?;
             let regs = insn::control_regs(&after.regs);
+            // CS.L after the write is the writer's: a write leaves CS as it was, and a write
+            // from 64-bit code that faulted entered a 64-bit handler.
+            let ctx = insn::write_context(&after.regs);
             let outcome = watch.on_write(
                 event.id,
                 event.step,
                 event.rip,
                 &write,
+                &ctx,
                 &regs,
                 &after.memory,
             );

@@ -185,7 +185,11 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                 io.size,
                 io.data
             ),
-            EventKind::Exception(e) => format!("exception {} error {:?}", e.vector, e.error_code),
+            EventKind::Exception(e) => format!(
+                "exception {} error {:?} cr2 {:?}",
+                e.vector, e.error_code, e.cr2
+            ),
+            EventKind::ExternalInterrupt(i) => format!("interrupt {} nmi {}", i.vector, i.nmi),
             // Findings, MMIO and engine notes are derived or engine-specific: not compared
             // (nor MMU decisions with `GuestOnly`). `Retired` is counted, not compared.
             _ => return None,

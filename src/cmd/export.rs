@@ -102,7 +102,8 @@ fn event_fields(h: &Header, e: &Event) -> Line {
             "gpa": hex(m.gpa), "write": m.write, "size": m.size, "data": hex(m.data),
         }),
         EventKind::Exception(x) => json!({
-            "vector": x.vector, "error_code": x.error_code.map(hex), "cr2": x.cr2.map(hex),
+            "vector": x.vector, "mnemonic": traces::ExceptionInfo::mnemonic(x.vector),
+            "error_code": x.error_code.map(hex), "cr2": x.cr2.map(hex),
         }),
         EventKind::EngineDivergence {
             gva,

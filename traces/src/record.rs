@@ -489,6 +489,20 @@ pub struct ExceptionInfo {
     pub cr2: Option<u64>,
 }
 
+impl ExceptionInfo {
+    /// The SDM's mnemonic of an exception vector (`#GP`), if it has one.
+    pub fn mnemonic(vector: u8) -> Option<&'static str> {
+        const NAMES: [&str; 22] = [
+            "#DE", "#DB", "NMI", "#BP", "#OF", "#BR", "#UD", "#NM", "#DF", "", "#TS", "#NP", "#SS",
+            "#GP", "#PF", "", "#MF", "#AC", "#MC", "#XM", "#VE", "#CP",
+        ];
+        NAMES
+            .get(vector as usize)
+            .copied()
+            .filter(|n| !n.is_empty())
+    }
+}
+
 /// An external interrupt delivered to the guest.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InterruptInfo {

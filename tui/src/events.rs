@@ -227,7 +227,10 @@ pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
             ),
         ),
         EventKind::Exception(x) => {
-            let mut s = format!("vector {}", x.vector);
+            let mut s = match traces::ExceptionInfo::mnemonic(x.vector) {
+                Some(m) => format!("{m} ({})", x.vector),
+                None => format!("vector {}", x.vector),
+            };
             if let Some(ec) = x.error_code {
                 s += &format!(" err {ec:#x}");
             }

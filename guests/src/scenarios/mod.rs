@@ -23,6 +23,7 @@ use traces::PagingMode;
 
 pub mod accessed_dirty;
 pub mod cr3_switch;
+pub mod exceptions;
 pub mod long_mode_entry;
 pub mod long_mode_toggles;
 pub mod pae_toggle;
@@ -61,6 +62,7 @@ pub(crate) const ALL: &[(&str, Builder)] = &[
     ("unpaged-cr4", unpaged_cr4::build),
     ("smap-pke-toggle", smap_pke_toggle::build),
     ("accessed-dirty", accessed_dirty::build),
+    ("exceptions", exceptions::build),
 ];
 
 /// The code sections of a scenario, each assembled at its fixed slot.

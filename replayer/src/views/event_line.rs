@@ -1,7 +1,7 @@
 //! One event in one line: `#7 step 10 rip 0x1021: cr4 0x10 -> 0x30 (+PAE) via MovCr`.
 
 use history::flags::changed_flags;
-use traces::{Event, EventKind, Translation};
+use traces::{Event, EventKind, ExceptionInfo, Translation};
 
 fn translation(t: &Translation) -> String {
     match t {
@@ -75,7 +75,10 @@ pub fn kind_text(kind: &EventKind, policies: &[String]) -> String {
             m.data
         ),
         EventKind::Exception(x) => {
-            let mut s = format!("exception vector {}", x.vector);
+            let mut s = match ExceptionInfo::mnemonic(x.vector) {
+                Some(m) => format!("exception {m} (vector {})", x.vector),
+                None => format!("exception vector {}", x.vector),
+            };
             if let Some(ec) = x.error_code {
                 s += &format!(" error code {ec:#x}");
             }

@@ -239,6 +239,9 @@ pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
         EventKind::EngineDivergence { gva, .. } => {
             ("DIVG".into(), format!("engine vs reference at {gva:#x}"))
         }
+        EventKind::ExternalInterrupt(i) if i.nmi => ("irq".into(), "nmi".into()),
+        EventKind::ExternalInterrupt(i) => ("irq".into(), format!("vector {}", i.vector)),
+        EventKind::Retired { count } => ("ret".into(), format!("{count} instructions in one step")),
     }
 }
 

@@ -89,6 +89,9 @@ pub fn kind_text(kind: &EventKind, policies: &[String]) -> String {
             engine,
             reference,
         } => format!("engine divergence at {gva:#x}: engine {engine}, reference {reference}"),
+        EventKind::ExternalInterrupt(i) if i.nmi => "nmi".into(),
+        EventKind::ExternalInterrupt(i) => format!("external interrupt vector {}", i.vector),
+        EventKind::Retired { count } => format!("one step retired {count} instructions"),
     }
 }
 

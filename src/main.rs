@@ -4,6 +4,7 @@ mod cli;
 mod cmd;
 
 use clap::Parser;
+use recorder::exit::{Failure, Outcome};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -12,7 +13,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("mmurr: error: {err:#}");
-            ExitCode::from(2)
+            // An error that knows its outcome (host-unsupported, ...) exits with that code;
+            // every other is mmurr's own failure.
+            err.chain()
+                .find_map(|e| e.downcast_ref::<Failure>())
+                .map_or(Outcome::Error, |f| f.outcome)
+                .into()
         }
     }
 }

@@ -9,6 +9,7 @@ mod cr_watch;
 pub mod devices;
 mod engine_check;
 mod exceptions;
+pub mod exit;
 pub mod guest_view;
 pub mod insn;
 mod mmu_watch;

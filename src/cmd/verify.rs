@@ -1,26 +1,20 @@
 //! `mmurr verify T`: the "share a bug reproduction" path. Re-execute the guest embedded in
 //! the trace from its entry state on this machine, record it again, and compare the two
 //! recordings instruction by instruction. Exit 0 "reproduced", 1 at the first difference,
-//! 2 on error.
+//! 18 when only part of an incomplete trace could be compared, 2 on error.
 
 use crate::cli::{BackendChoice, VerifyArgs};
 use crate::cmd::diff::print_report;
 use crate::cmd::record::{emu_executable, print_summary, Chosen};
 use anyhow::{bail, Context};
+use recorder::exit::Outcome;
 use recorder::{RecordOptions, SerialSink};
 use std::path::Path;
 use std::process::{Command, ExitCode};
 use traces::{BackendKind, EventKind, Header, PagingMode, Reader, Record};
 
 pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let mut original = Reader::open(&args.trace)
-        .with_context(|| format!("cannot read trace {}", args.trace.display()))?;
-    if !original.is_complete() {
-        eprintln!(
-            "mmurr: warning: {} was not finished (index rebuilt); verifying the part that survived",
-            args.trace.display()
-        );
-    }
+    let (mut original, integrity) = super::open_trace(&args.trace)?;
     let header = original.header().clone();
     let steps = original.total_steps();
     describe_origin(&header, steps);
@@ -49,18 +43,31 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             println!("  {line}");
         }
     }
-    let report =
-        replayer::diff(&mut original, &mut replayed).context("comparing the recordings")?;
+    let report = match replayer::diff(&mut original, &mut replayed) {
+        Ok(report) => report,
+        Err(e) if !integrity.complete => {
+            eprintln!("mmurr: error: the comparison stopped at the damage: {e:#}");
+            return Ok(Outcome::IncompleteTrace.into());
+        }
+        Err(e) => return Err(anyhow::Error::new(e).context("comparing the recordings")),
+    };
     if report.divergence.is_none() {
         println!(
             "reproduced: all {} instructions agree with {} (rep iterations folded)",
             report.instructions,
             args.trace.display()
         );
-        return Ok(ExitCode::SUCCESS);
+        if !integrity.complete {
+            eprintln!(
+                "mmurr: only the part of the trace that could be read was compared (exit {})",
+                Outcome::IncompleteTrace.code()
+            );
+            return Ok(Outcome::IncompleteTrace.into());
+        }
+        return Ok(Outcome::Clean.into());
     }
     print_report(&report);
-    Ok(ExitCode::from(1))
+    Ok(Outcome::Found.into())
 }
 
 fn describe_origin(h: &Header, steps: u64) {

@@ -5,15 +5,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use traces::{Reader, Record, Writer};
 
-fn kvm_unusable() -> Option<String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .err()
-        .map(|e| e.to_string())
-}
-
 fn mmurr(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mmurr"))
         .args(args)
@@ -28,10 +19,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn a_kvm_recording_reproduces_and_an_altered_one_does_not() {
-    if let Some(why) = kvm_unusable() {
-        eprintln!("SKIP: /dev/kvm not usable: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     let dir = tempfile::tempdir().unwrap();
     let rec = mmurr(
         &[
@@ -92,7 +80,7 @@ fn verify_refuses_what_is_not_a_trace() {
     let out = mmurr(&["verify", "x.mmurr"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("cannot read trace x.mmurr"),
+        text(&out.stderr).contains("cannot read the trace x.mmurr"),
         "{}",
         text(&out.stderr)
     );

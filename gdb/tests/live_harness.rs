@@ -9,7 +9,7 @@ mod common;
 use mmurr_gdb::live_target::{self, Verdict};
 use recorder::{Backend, BackendError, Exit, StepResult, Written};
 use std::net::TcpListener;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use traces::{BackendInfo, GuestSpec, Regs, Segment};
 
@@ -105,8 +105,15 @@ impl Backend for NopMachine {
 
 /// Runs `steps` nops under the live server (in a thread); returns the port.
 fn start(steps: u64) -> u16 {
+    start_counting(steps).0
+}
+
+/// [`start`], also returning the count of steps run so far.
+fn start_counting(steps: u64) -> (u16, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let ran = Arc::new(AtomicU64::new(0));
+    let counter = ran.clone();
     std::thread::spawn(move || {
         let mut m = NopMachine::new();
         let (mut ctl, target) = live_target::pair(
@@ -124,11 +131,12 @@ fn start(steps: u64) -> u16 {
                 Verdict::Run | Verdict::RunModified => {}
             }
             m.step().unwrap();
+            counter.fetch_add(1, Ordering::Relaxed);
             regs = m.regs().unwrap();
         }
         ctl.finished("the stand-in guest ran its course", Some(3));
     });
-    port
+    (port, ran)
 }
 
 #[test]
@@ -179,13 +187,15 @@ continue",
 
 #[test]
 fn ctrl_c_interrupts_a_running_continue() {
-    let port = start(u64::MAX);
+    let (port, ran) = start_counting(u64::MAX);
+    // Interrupt once the continue has run the guest (no step runs before it).
+    let running = |_: &str| ran.load(Ordering::Relaxed) > 0;
     let out = common::run_gdb_interrupting(
         port,
         "continue
 p $pc > 0x1000
 kill",
-        Some(std::time::Duration::from_millis(1500)),
+        Some(&running),
     );
     common::expect(&out, "Program received signal SIGINT");
     common::expect(&out, "$1 = 1");

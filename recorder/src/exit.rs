@@ -190,7 +190,11 @@ mod tests {
                 Outcome::Found => assert_eq!(c, 1),
                 _ => assert_eq!(c % 2, 0, "{} must be even", o.name()),
             }
-            assert!(seen.insert(c), "{} reuses code {c}", o.name());
+            // The odd codes are the guest's (record, run) or "found" (check, diff, verify):
+            // different commands. Every even code has one meaning.
+            if c % 2 == 0 {
+                assert!(seen.insert(c), "{} reuses code {c}", o.name());
+            }
         }
     }
 

@@ -19,6 +19,8 @@ mod record;
 mod shadow;
 pub mod signals;
 mod sink;
+mod stuck;
+pub mod test_support;
 pub mod to_trace;
 mod tracer;
 

@@ -14,6 +14,7 @@ use crate::options::RecordOptions;
 use crate::progress::Progress;
 use crate::shadow::{self, Shadow};
 use crate::sink::RecordSink;
+use crate::stuck::{self, StuckWatch};
 use crate::{Backend, BackendError, Exit, Written};
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic};
 use std::sync::atomic::Ordering;
@@ -52,6 +53,9 @@ pub struct Tracer<'a> {
     /// walker's for this one (cleared for good when the backend cannot translate itself).
     engine_check_pending: bool,
     engine_check_supported: bool,
+    /// Ends the run when the guest makes no progress; off while a debugger drives the loop
+    /// (the user there decides, and may change the state to leave the loop).
+    stuck: Option<StuckWatch>,
 }
 
 /// What the instruction about to run will do, decoded with the registers before it.
@@ -92,6 +96,7 @@ impl<'a> Tracer<'a> {
             sink_error: None,
             engine_check_pending: false,
             engine_check_supported: true,
+            stuck: Some(StuckWatch::default()),
         })
     }
 
@@ -136,6 +141,9 @@ impl<'a> Tracer<'a> {
         mut control: Option<&mut (dyn StepControl + '_)>,
     ) -> Stop {
         let deadline = self.opts.timeout.map(|t| Instant::now() + t);
+        if control.is_some() {
+            self.stuck = None;
+        }
         loop {
             if self.sink_error.is_some() {
                 return Stop {
@@ -258,6 +266,7 @@ impl<'a> Tracer<'a> {
             return None; // no instruction retired; the loop re-checks its stop conditions
         }
         self.step += 1;
+        let events_before = self.next_event;
         let mut io_events = Vec::new();
         let mut stop = None;
         match result.exit {
@@ -343,6 +352,7 @@ impl<'a> Tracer<'a> {
             Err(e) => return Some(self.backend_failure(e, &plan)),
         };
         let mem_writes = self.memory_writes(&plan, &result.written, &before, &after);
+        let wrote = !mem_writes.is_empty();
         let regs = delta(&before, &after);
         self.append(Record::Step(StepRecord {
             step: self.step,
@@ -396,6 +406,13 @@ impl<'a> Tracer<'a> {
             }
         }
         self.control_register_events(planned, retired, &before, &after);
+        if let Some(watch) = self.stuck.as_mut().filter(|_| stop.is_none()) {
+            let progress = wrote || self.next_event != events_before;
+            stop = watch.observe(&after, progress).map(|s| Stop {
+                reason: EndReason::Stuck,
+                message: stuck::message(s, &before, plan.insn.as_ref()),
+            });
+        }
         self.regs = after;
         if self.step.checked_rem(self.opts.keyframe_interval) == Some(0) {
             self.keyframe(false);

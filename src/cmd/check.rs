@@ -28,10 +28,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         Ok(report) => report,
         // The damage already reported is why: say so with its own exit code.
         Err(e) if !integrity.complete => {
-            eprintln!(
-                "mmurr: error: checking {} stopped at the damage: {e:#}",
-                args.trace.display()
-            );
+            let e = anyhow::Error::new(e);
             if args.json {
                 println!(
                     "{}",
@@ -42,7 +39,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
                     }))?
                 );
             }
-            return Ok(Outcome::IncompleteTrace.into());
+            return Ok(super::stopped_at_damage(&e));
         }
         Err(e) => {
             return Err(anyhow::Error::new(e).context(format!("checking {}", args.trace.display())))

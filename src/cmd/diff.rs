@@ -44,10 +44,7 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
     }
     let report = match replayer::diff(&mut a, &mut b) {
         Ok(report) => report,
-        Err(e) if !whole => {
-            eprintln!("mmurr: error: the comparison stopped at the damage: {e:#}");
-            return Ok(Outcome::IncompleteTrace.into());
-        }
+        Err(e) if !whole => return Ok(super::stopped_at_damage(&e.into())),
         Err(e) => return Err(anyhow::Error::new(e).context("comparing the traces")),
     };
     print_report(&report);

@@ -38,7 +38,7 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
             "mmurr: exported what could be read; {} bytes of the trace were lost",
             integrity.lost_bytes
         ),
-        Err(e) => eprintln!("mmurr: the export stopped at the damage: {e:#}"),
+        Err(e) => return Ok(super::stopped_at_damage(&e)),
     }
     Ok(Outcome::IncompleteTrace.into())
 }

@@ -15,6 +15,7 @@ mod verify;
 
 use crate::cli::Command;
 use anyhow::Context;
+use recorder::exit::Outcome;
 use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
@@ -81,6 +82,25 @@ pub fn open_trace(path: &Path) -> anyhow::Result<(Reader<BufReader<File>>, Integ
 pub fn warn_incomplete(path: &Path, integrity: &Integrity) {
     for line in integrity.problems() {
         eprintln!("mmurr: warning: {}: {line}", path.display());
+    }
+}
+
+/// A command that met the damage [`open_trace`] reported: say so, and exit with
+/// "incomplete trace", not as if mmurr itself had failed.
+pub fn stopped_at_damage(e: &anyhow::Error) -> ExitCode {
+    eprintln!("mmurr: error: stopped at the damage reported above: {e:#}");
+    Outcome::IncompleteTrace.into()
+}
+
+/// `result`, except that a failure on a trace [`open_trace`] reported as damaged is that
+/// damage ([`stopped_at_damage`]).
+pub fn unless_damaged(
+    integrity: &Integrity,
+    result: anyhow::Result<ExitCode>,
+) -> anyhow::Result<ExitCode> {
+    match result {
+        Err(e) if !integrity.complete => Ok(stopped_at_damage(&e)),
+        r => r,
     }
 }
 

@@ -7,6 +7,9 @@ use std::io::IsTerminal;
 use std::process::ExitCode;
 
 pub fn run(args: &TraceArg) -> anyhow::Result<ExitCode> {
+    // Said before the TUI takes the screen, and again after it gives it back.
+    let (reader, integrity) = super::open_trace(&args.trace)?;
+    drop(reader);
     if !std::io::stdout().is_terminal() || !std::io::stdin().is_terminal() {
         eprintln!(
             "mmurr: replay needs a terminal, and standard {} is not one; `mmurr info {}` or `mmurr export` print a trace instead",
@@ -15,9 +18,6 @@ pub fn run(args: &TraceArg) -> anyhow::Result<ExitCode> {
         );
         return Ok(Outcome::Error.into());
     }
-    // Said before the TUI takes the screen, and again after it gives it back.
-    let (reader, integrity) = super::open_trace(&args.trace)?;
-    drop(reader);
     tui::run(&args.trace)?;
     super::warn_incomplete(&args.trace, &integrity);
     Ok(ExitCode::SUCCESS)

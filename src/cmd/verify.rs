@@ -9,12 +9,22 @@ use crate::cmd::record::{emu_executable, print_summary, Chosen};
 use anyhow::{bail, Context};
 use recorder::exit::Outcome;
 use recorder::{RecordOptions, SerialSink};
+use std::fs::File;
+use std::io::BufReader;
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use traces::{BackendKind, EventKind, Header, PagingMode, Reader, Record};
+use traces::{BackendKind, EventKind, Header, Integrity, PagingMode, Reader, Record};
 
 pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let (mut original, integrity) = super::open_trace(&args.trace)?;
+    let (original, integrity) = super::open_trace(&args.trace)?;
+    super::unless_damaged(&integrity, verify(args, original, &integrity))
+}
+
+fn verify(
+    args: &VerifyArgs,
+    mut original: Reader<BufReader<File>>,
+    integrity: &Integrity,
+) -> anyhow::Result<ExitCode> {
     let header = original.header().clone();
     let steps = original.total_steps();
     describe_origin(&header, steps);
@@ -43,14 +53,8 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             println!("  {line}");
         }
     }
-    let report = match replayer::diff(&mut original, &mut replayed) {
-        Ok(report) => report,
-        Err(e) if !integrity.complete => {
-            eprintln!("mmurr: error: the comparison stopped at the damage: {e:#}");
-            return Ok(Outcome::IncompleteTrace.into());
-        }
-        Err(e) => return Err(anyhow::Error::new(e).context("comparing the recordings")),
-    };
+    let report =
+        replayer::diff(&mut original, &mut replayed).context("comparing the recordings")?;
     if report.divergence.is_none() {
         println!(
             "reproduced: all {} instructions agree with {} (rep iterations folded)",

@@ -37,12 +37,13 @@ pub fn run_gdb(port: u16, script: &str) -> String {
     run_gdb_interrupting(port, script, None)
 }
 
-/// Like [`run_gdb`]; with `interrupt_after`, sends gdb a SIGINT (what Ctrl-C in its terminal
-/// does) that long after starting it, which gdb forwards to the target as a `\x03`.
+/// Like [`run_gdb`]; with `interrupt_when`, sends gdb a SIGINT (what Ctrl-C in its terminal
+/// does), which gdb forwards to the target as a `\x03`, once `interrupt_when` holds for the
+/// transcript so far (e.g. gdb printed `Continuing.`): a handshake, not a guessed delay.
 pub fn run_gdb_interrupting(
     port: u16,
     script: &str,
-    interrupt_after: Option<std::time::Duration>,
+    interrupt_when: Option<&dyn Fn(&str) -> bool>,
 ) -> String {
     let gdb = gdb_binary();
     let mut file = tempfile::NamedTempFile::new().unwrap();
@@ -67,8 +68,24 @@ pub fn run_gdb_interrupting(
         .stderr(err)
         .spawn()
         .unwrap();
-    if let Some(delay) = interrupt_after {
-        std::thread::sleep(delay);
+    if let Some(ready) = interrupt_when {
+        // gdb flushes its output before it resumes the target, so the transcript shows when
+        // the continue is under way.
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !ready(&std::fs::read_to_string(log.path()).unwrap_or_default()) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "gdb exited ({status}) before it was to be interrupted:\n{}",
+                    std::fs::read_to_string(log.path()).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gdb never got to the point of being interrupted:\n{}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let status = Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()

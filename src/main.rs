@@ -4,7 +4,7 @@ mod cli;
 mod cmd;
 
 use clap::Parser;
-use recorder::exit::{Failure, Outcome};
+use recorder::exit::Outcome;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -13,11 +13,11 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("mmurr: error: {err:#}");
-            // An error that knows its outcome (host-unsupported, ...) exits with that code;
+            // A backend's typed error (host-unsupported, engine failure) keeps its own code;
             // every other is mmurr's own failure.
             err.chain()
-                .find_map(|e| e.downcast_ref::<Failure>())
-                .map_or(Outcome::Error, |f| f.outcome)
+                .find_map(Outcome::of_error)
+                .unwrap_or(Outcome::Error)
                 .into()
         }
     }

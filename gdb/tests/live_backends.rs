@@ -200,7 +200,8 @@ fn run_gdb_on_kvm_ctrl_c_stops_a_spinning_guest() {
 p $pc
 monitor disas 1
 kill",
-        Some(&|t: &str| t.contains("Continuing.")),
+        // Once gdb has sent the continue packet.
+        Some(&|packets: &str| packets.contains("$vCont;c") || packets.contains("$c#")),
     );
     common::expect(&out, "Program received signal SIGINT");
     common::expect(&out, "$1 = (void (*)()) 0x7c00");

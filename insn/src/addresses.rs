@@ -81,9 +81,11 @@ mod tests {
     use super::*;
 
     fn regs64() -> Regs {
-        let mut r = Regs::default();
-        r.cr0 = 0x8000_0011;
-        r.efer = 0x500;
+        let mut r = Regs {
+            cr0: 0x8000_0011,
+            efer: 0x500,
+            ..Regs::default()
+        };
         r.seg[traces::regs::CS].attrs = 0xa09b;
         r
     }

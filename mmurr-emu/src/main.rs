@@ -33,7 +33,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("mmurr-emu: error: {err:#}");
-            Outcome::Error.into()
+            err.chain()
+                .find_map(Outcome::of_error)
+                .unwrap_or(Outcome::Error)
+                .into()
         }
     }
 }

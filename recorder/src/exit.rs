@@ -7,6 +7,7 @@
 //! even code. The analysis commands (`check`, `diff`, `verify`) keep the grep-style 0 / 1
 //! ("nothing found" / "found") and use the even codes for everything else.
 
+use crate::BackendError;
 use traces::{EndReason, EndRecord};
 
 /// Why a command exits, each with its own code.
@@ -143,20 +144,15 @@ impl From<Outcome> for std::process::ExitCode {
     }
 }
 
-/// An error that ends the command with a specific outcome instead of [`Outcome::Error`]
-/// (e.g. `--backend kvm` on a host without a usable /dev/kvm: host-unsupported).
-#[derive(Debug, thiserror::Error)]
-#[error("{message}")]
-pub struct Failure {
-    pub outcome: Outcome,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(outcome: Outcome, message: impl Into<String>) -> Self {
-        Failure {
-            outcome,
-            message: message.into(),
+impl Outcome {
+    /// The outcome a failure stands for when it is a backend's typed error (one link of an
+    /// error's source chain): the host cannot run the guest, or the engine failed. Any other
+    /// error is mmurr's own ([`Outcome::Error`]).
+    pub fn of_error(e: &(dyn std::error::Error + 'static)) -> Option<Outcome> {
+        match e.downcast_ref::<BackendError>()? {
+            BackendError::HostUnsupported(_) => Some(Outcome::HostUnsupported),
+            BackendError::Engine(_) => Some(Outcome::EngineError),
+            BackendError::Other(_) => None,
         }
     }
 }
@@ -229,6 +225,21 @@ mod tests {
             Outcome::of_recording(&end(EndReason::StepBudget, false)).code(),
             12
         );
+    }
+
+    #[test]
+    fn backend_errors_keep_their_outcome_through_a_chain() {
+        let e = crate::RecordError::Load(BackendError::HostUnsupported("no".into()));
+        let chain: Vec<&(dyn std::error::Error + 'static)> =
+            std::iter::successors(Some(&e as &(dyn std::error::Error + 'static)), |e| {
+                e.source()
+            })
+            .collect();
+        assert_eq!(
+            chain.into_iter().find_map(Outcome::of_error),
+            Some(Outcome::HostUnsupported)
+        );
+        assert_eq!(Outcome::of_error(&BackendError::Other("x".into())), None);
     }
 
     #[test]

@@ -109,8 +109,10 @@ mod tests {
     use super::*;
 
     fn regs(rip: u64, rax: u64) -> Regs {
-        let mut r = Regs::default();
-        r.rip = rip;
+        let mut r = Regs {
+            rip,
+            ..Regs::default()
+        };
         r.gpr[0] = rax;
         r
     }

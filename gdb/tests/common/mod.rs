@@ -38,8 +38,9 @@ pub fn run_gdb(port: u16, script: &str) -> String {
 }
 
 /// Like [`run_gdb`]; with `interrupt_when`, sends gdb a SIGINT (what Ctrl-C in its terminal
-/// does), which gdb forwards to the target as a `\x03`, once `interrupt_when` holds for the
-/// transcript so far (e.g. gdb printed `Continuing.`): a handshake, not a guessed delay.
+/// does), which gdb forwards to the target as a `\x03`, once `interrupt_when` holds for gdb's
+/// log of the remote packets it sent and received so far (gdb flushes that log after every
+/// packet, e.g. `w $vCont;c...` once it resumed the target): a handshake, not a guessed delay.
 pub fn run_gdb_interrupting(
     port: u16,
     script: &str,
@@ -50,6 +51,8 @@ pub fn run_gdb_interrupting(
     writeln!(file, "set pagination off").unwrap();
     writeln!(file, "set confirm off").unwrap();
     writeln!(file, "set width 0").unwrap();
+    let remote_log = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "set remotelogfile {}", remote_log.path().display()).unwrap();
     writeln!(file, "target remote 127.0.0.1:{port}").unwrap();
     file.write_all(script.as_bytes()).unwrap();
     writeln!(file).unwrap();
@@ -69,10 +72,10 @@ pub fn run_gdb_interrupting(
         .spawn()
         .unwrap();
     if let Some(ready) = interrupt_when {
-        // gdb flushes its output before it resumes the target, so the transcript shows when
-        // the continue is under way.
         let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
-        while !ready(&std::fs::read_to_string(log.path()).unwrap_or_default()) {
+        while !ready(&String::from_utf8_lossy(
+            &std::fs::read(remote_log.path()).unwrap_or_default(),
+        )) {
             if let Some(status) = child.try_wait().unwrap() {
                 panic!(
                     "gdb exited ({status}) before it was to be interrupted:\n{}",

@@ -4,6 +4,7 @@ mod cli;
 mod cmd;
 
 use clap::Parser;
+use recorder::exit::Outcome;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
@@ -12,7 +13,12 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("mmurr: error: {err:#}");
-            ExitCode::from(2)
+            // A backend's typed error (host-unsupported, engine failure) keeps its own code;
+            // every other is mmurr's own failure.
+            err.chain()
+                .find_map(Outcome::of_error)
+                .unwrap_or(Outcome::Error)
+                .into()
         }
     }
 }

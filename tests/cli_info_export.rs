@@ -241,9 +241,10 @@ fn export_perfetto_to_a_file() {
 #[test]
 fn export_of_a_recovered_trace_warns_and_exports_what_survived() {
     let out = mmurr(&["export", golden("killed").to_str().unwrap()]);
-    assert!(out.status.success());
+    // Exported, but a partial export must not pass for a whole one: exit 18.
+    assert_eq!(out.status.code(), Some(18));
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("incomplete"), "{stderr}");
+    assert!(stderr.contains("INCOMPLETE"), "{stderr}");
     assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 40);
 }
 

@@ -58,5 +58,7 @@ fn check_rejects_unknown_policies_and_missing_files() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("unknown policy `v9.99`"));
     let out = mmurr(&["check", "/nonexistent.mmurr"]);
     assert_eq!(out.status.code(), Some(2));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("cannot read trace /nonexistent.mmurr"));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("cannot read the trace /nonexistent.mmurr")
+    );
 }

@@ -5,15 +5,6 @@ use std::path::Path;
 use std::process::{Command, Output};
 use traces::{Reader, Record, Writer};
 
-fn kvm_unusable() -> Option<String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .err()
-        .map(|e| e.to_string())
-}
-
 fn mmurr(args: &[&str], dir: &Path) -> Output {
     Command::new(env!("CARGO_BIN_EXE_mmurr"))
         .args(args)
@@ -28,10 +19,7 @@ fn text(b: &[u8]) -> String {
 
 #[test]
 fn a_kvm_recording_reproduces_and_an_altered_one_does_not() {
-    if let Some(why) = kvm_unusable() {
-        eprintln!("SKIP: /dev/kvm not usable: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     let dir = tempfile::tempdir().unwrap();
     let rec = mmurr(
         &[
@@ -92,7 +80,7 @@ fn verify_refuses_what_is_not_a_trace() {
     let out = mmurr(&["verify", "x.mmurr"], dir.path());
     assert_eq!(out.status.code(), Some(2));
     assert!(
-        text(&out.stderr).contains("cannot read trace x.mmurr"),
+        text(&out.stderr).contains("cannot read the trace x.mmurr"),
         "{}",
         text(&out.stderr)
     );
@@ -175,10 +163,7 @@ fn record_tsc_guest() -> tempfile::TempDir {
 
 #[test]
 fn a_guest_reading_the_tsc_reproduces_on_kvm_and_on_emu() {
-    if let Some(why) = kvm_unusable() {
-        eprintln!("SKIP: /dev/kvm not usable: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     let dir = record_tsc_guest();
     let mut reader = Reader::open(dir.path().join("k.mmurr")).unwrap();
     let mut rdtsc_steps = 0;
@@ -222,10 +207,7 @@ fn a_guest_reading_the_tsc_reproduces_on_kvm_and_on_emu() {
 /// the `rdtsc` step agrees and the first difference is the instruction that combines it.
 #[test]
 fn verify_follows_the_recorded_tsc_values() {
-    if let Some(why) = kvm_unusable() {
-        eprintln!("SKIP: /dev/kvm not usable: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     let dir = record_tsc_guest();
     // Flip the low bit of RAX after the first rdtsc only.
     let mut reader = Reader::open(dir.path().join("k.mmurr")).unwrap();
@@ -268,10 +250,7 @@ fn verify_follows_the_recorded_tsc_values() {
 
 #[test]
 fn verify_says_when_this_host_cannot_run_the_guest() {
-    if let Some(why) = kvm_unusable() {
-        eprintln!("SKIP: /dev/kvm not usable: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     let dir = tempfile::tempdir().unwrap();
     // The seed reproduction uses 32-bit PAE paging, which a PVM KVM host refuses.
     let listing = text(&mmurr(&["scenarios"], dir.path()).stdout);

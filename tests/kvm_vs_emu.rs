@@ -7,15 +7,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use traces::Reader;
 
-fn kvm_unusable() -> Option<String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .err()
-        .map(|e| e.to_string())
-}
-
 /// `mmurr-emu`, which `mmurr` runs from its own directory.
 fn emu_executable() -> PathBuf {
     let emu = Path::new(env!("CARGO_BIN_EXE_mmurr"))
@@ -85,10 +76,7 @@ fn kvm_scenarios(mmurr: &Path, dir: &Path) -> Vec<String> {
 fn every_scenario_kvm_runs_reproduces_on_emu() {
     // `mmurr verify --backend emu` runs it: missing, this test fails rather than skips.
     emu_executable();
-    if let Some(why) = kvm_unusable() {
-        eprintln!("SKIP: /dev/kvm not usable: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     let mmurr = PathBuf::from(env!("CARGO_BIN_EXE_mmurr"));
     let dir = tempfile::tempdir().unwrap();
     let scenarios = kvm_scenarios(&mmurr, dir.path());
@@ -116,10 +104,7 @@ fn every_scenario_kvm_runs_reproduces_on_emu() {
 #[test]
 fn the_emu_rerun_presents_the_kvm_guests_cpuid() {
     let emu = emu_executable();
-    if let Some(why) = kvm_unusable() {
-        eprintln!("SKIP: /dev/kvm not usable: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     let mmurr = PathBuf::from(env!("CARGO_BIN_EXE_mmurr"));
     let dir = tempfile::tempdir().unwrap();
     let rec = run(
@@ -169,10 +154,7 @@ fn the_emu_rerun_presents_the_kvm_guests_cpuid() {
 #[test]
 fn guest_only_diff_of_kvm_and_emu_recordings_agrees() {
     emu_executable();
-    if let Some(why) = kvm_unusable() {
-        eprintln!("SKIP: /dev/kvm not usable: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     let mmurr = PathBuf::from(env!("CARGO_BIN_EXE_mmurr"));
     let dir = tempfile::tempdir().unwrap();
     for backend in ["kvm", "emu"] {

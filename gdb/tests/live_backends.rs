@@ -1,7 +1,8 @@
 //! The live server on the real backends, through the `mmurr` command line: `mmurr record
 //! --gdb` on kvm (a long-mode scenario, which this host's PVM KVM runs) and on emu (the seed
 //! scenario, whose 32-bit PAE paging KVM cannot run here), and `mmurr run --gdb`.
-//! Tests needing /dev/kvm print `SKIP: ...` where it is not usable.
+//! Tests needing /dev/kvm print `SKIP: ...` where it is not usable (they fail instead under
+//! `MMURR_REQUIRE_KVM=1`).
 
 mod common;
 
@@ -29,15 +30,6 @@ fn binary(package: &str, name: &str) -> PathBuf {
     let bin = dir.join(name);
     assert!(bin.exists(), "{} was not built", bin.display());
     bin
-}
-
-fn kvm_usable() -> Result<(), String> {
-    std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open("/dev/kvm")
-        .map(|_| ())
-        .map_err(|e| format!("/dev/kvm: {e}"))
 }
 
 /// Starts `mmurr ARGS` with `--gdb 127.0.0.1:0`; returns the child and the port it printed.
@@ -109,10 +101,7 @@ fn first_long_mode_pc(backend: &str, scenario: &str) -> (u64, u64) {
 
 #[test]
 fn record_gdb_on_kvm_long_mode() {
-    if let Err(why) = kvm_usable() {
-        println!("SKIP: kvm live server test: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     let (pc, cr4) = first_long_mode_pc("kvm", "long-mode-toggles");
     assert!(cr4 & 0x20 != 0);
     let dir = tempfile::tempdir().unwrap();
@@ -198,10 +187,7 @@ continue",
 
 #[test]
 fn run_gdb_on_kvm_ctrl_c_stops_a_spinning_guest() {
-    if let Err(why) = kvm_usable() {
-        println!("SKIP: kvm live server test: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     // A real-mode guest that spins forever: `jmp $`.
     let dir = tempfile::tempdir().unwrap();
     let image = dir.path().join("spin.bin");
@@ -214,7 +200,8 @@ fn run_gdb_on_kvm_ctrl_c_stops_a_spinning_guest() {
 p $pc
 monitor disas 1
 kill",
-        Some(Duration::from_millis(1500)),
+        // Once gdb has sent the continue packet.
+        Some(&|packets: &str| packets.contains("$vCont;c") || packets.contains("$c#")),
     );
     common::expect(&out, "Program received signal SIGINT");
     common::expect(&out, "$1 = (void (*)()) 0x7c00");
@@ -291,10 +278,7 @@ fn live_and_replay_agree(backend: &str, scenario: &str, walk: u64) {
 
 #[test]
 fn live_and_replay_agree_on_kvm() {
-    if let Err(why) = kvm_usable() {
-        println!("SKIP: kvm live server test: {why}");
-        return;
-    }
+    recorder::require_kvm!();
     live_and_replay_agree("kvm", "long-mode-toggles", 0x1000);
 }
 

@@ -10,7 +10,7 @@ mod common;
 use mmurr_gdb::live_target;
 use recorder::{Backend, BackendError, Exit, RecordOptions, StepResult, Written};
 use std::net::TcpListener;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use traces::{BackendInfo, GuestSpec, Regs, Segment};
 
@@ -22,6 +22,8 @@ struct NopMachine {
     ram: Vec<u8>,
     steps: u64,
     last: u64,
+    /// Instructions run so far, for tests that wait until the guest runs.
+    ran: Arc<AtomicU64>,
 }
 
 impl NopMachine {
@@ -43,6 +45,7 @@ impl NopMachine {
             ram: vec![0x90; 1 << 20],
             steps: 0,
             last,
+            ran: Arc::default(),
         }
     }
 }
@@ -91,6 +94,7 @@ impl Backend for NopMachine {
     fn step(&mut self) -> Result<StepResult, BackendError> {
         self.regs.rip += 1;
         self.steps += 1;
+        self.ran.fetch_add(1, Ordering::Relaxed);
         if self.steps == 100 {
             self.regs.cr4 |= 0x80;
         }
@@ -119,11 +123,19 @@ impl Backend for NopMachine {
 /// Records nops under the live server (in a thread) until the guest exits after `last`
 /// instructions; returns the port.
 fn start(last: u64) -> u16 {
+    start_counting(last).0
+}
+
+/// [`start`], also returning the count of instructions run so far.
+fn start_counting(last: u64) -> (u16, Arc<AtomicU64>) {
     let listener = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = listener.local_addr().unwrap().port();
+    let ran = Arc::new(AtomicU64::new(0));
+    let counter = ran.clone();
     std::thread::spawn(move || {
         let dir = tempfile::tempdir().unwrap();
         let mut m = NopMachine::new(last);
+        m.ran = counter;
         let (mut ctl, target) = live_target::pair(true, Arc::new(AtomicBool::new(false)));
         let server = live_target::spawn_server(listener, target);
         ctl.set_server(server);
@@ -135,7 +147,7 @@ fn start(last: u64) -> u16 {
         };
         recorder::record_with(&mut m, &guest, &opts, Some(&mut ctl)).unwrap();
     });
-    port
+    (port, ran)
 }
 
 #[test]
@@ -183,13 +195,15 @@ continue",
 
 #[test]
 fn ctrl_c_interrupts_a_running_continue() {
-    let port = start(u64::MAX);
+    let (port, ran) = start_counting(u64::MAX);
+    // Interrupt once the continue has run the guest (no step runs before it).
+    let running = |_: &str| ran.load(Ordering::Relaxed) > 0;
     let out = common::run_gdb_interrupting(
         port,
         "continue
 p $pc > 0x1000
 kill",
-        Some(std::time::Duration::from_millis(1500)),
+        Some(&running),
     );
     common::expect(&out, "Program received signal SIGINT");
     common::expect(&out, "$1 = 1");

@@ -8,12 +8,12 @@ mod guest;
 use clap::Parser;
 use cli::{Cli, Command, FlavourChoice, ProbeArgs, RecordArgs};
 use mmurr_emu::EmuBackend;
+use recorder::exit::Outcome;
 use recorder::{Backend, RecordOptions, SerialSink};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::time::Duration;
-use traces::EndReason;
 
 /// `println!` that ignores a closed standard output (`mmurr-emu ... | head` must not panic).
 macro_rules! out {
@@ -33,7 +33,10 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("mmurr-emu: error: {err:#}");
-            ExitCode::from(2)
+            err.chain()
+                .find_map(Outcome::of_error)
+                .unwrap_or(Outcome::Error)
+                .into()
         }
     }
 }
@@ -111,15 +114,7 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     for (what, n) in &summary.unhandled {
         eprintln!("mmurr-emu: unhandled: {what} ({n}x)");
     }
-    Ok(match e.reason {
-        EndReason::DebugExit { .. } => ExitCode::from(summary.exit_code.unwrap_or(1)),
-        EndReason::Halted | EndReason::StepBudget | EndReason::Timeout => ExitCode::SUCCESS,
-        EndReason::Interrupted => ExitCode::from(130),
-        // A trace was written; the run ended badly. Same code as `mmurr record` on kvm.
-        EndReason::Shutdown | EndReason::HostUnsupported | EndReason::Error | EndReason::Stuck => {
-            ExitCode::from(1)
-        }
-    })
+    Ok(Outcome::of_recording(e).into())
 }
 
 fn probe(a: &ProbeArgs) -> anyhow::Result<ExitCode> {

@@ -87,11 +87,19 @@ fn version_and_probe() {
 #[test]
 fn sigint_finishes_the_trace_and_exits_130() {
     let dir = tempfile::tempdir().unwrap();
-    // jmp $ : an endless loop
+    // mov dx,0x3f8; mov al,'g'; out dx,al; mov al,'\n'; out dx,al; spin: inc cx; jmp spin
+    // An endless loop that makes progress (so it is not stuck), after a line on the serial
+    // port that says the step loop runs with the signal handler installed.
     let img = dir.path().join("loop.bin");
-    std::fs::write(&img, [0xeb, 0xfe]).unwrap();
+    std::fs::write(
+        &img,
+        [
+            0xba, 0xf8, 0x03, 0xb0, b'g', 0xee, 0xb0, b'\n', 0xee, 0x41, 0xeb, 0xfd,
+        ],
+    )
+    .unwrap();
     let out = dir.path().join("loop.mmurr");
-    let child = emu()
+    let mut child = emu()
         .args([
             "record",
             "--quiet",
@@ -108,7 +116,13 @@ fn sigint_finishes_the_trace_and_exits_130() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    std::thread::sleep(std::time::Duration::from_millis(1500));
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "g\n", "the guest's first line");
     // SAFETY: kill(2) on the child we spawned.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
     let o = child.wait_with_output().unwrap();

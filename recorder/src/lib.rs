@@ -9,6 +9,7 @@ mod cr_watch;
 pub mod devices;
 mod engine_check;
 mod exceptions;
+pub mod exit;
 pub mod guest_view;
 pub mod insn;
 mod options;
@@ -17,6 +18,8 @@ mod record;
 mod shadow;
 pub mod signals;
 mod sink;
+mod stuck;
+pub mod test_support;
 mod tracer;
 
 pub use backend::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};

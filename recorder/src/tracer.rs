@@ -13,6 +13,7 @@ use crate::options::RecordOptions;
 use crate::progress::Progress;
 use crate::shadow::{self, Shadow};
 use crate::sink::RecordSink;
+use crate::stuck::{self, StuckWatch};
 use crate::{Backend, BackendError, Delivery, Exit, StepResult, Written};
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic};
 use std::sync::atomic::Ordering;
@@ -55,6 +56,9 @@ pub struct Tracer<'a> {
     /// paging-mode transition: what a debugger in the loop is shown.
     step_writes: Vec<(Event, history::WriteOutcome)>,
     step_transition: Option<(traces::PagingMode, traces::PagingMode)>,
+    /// Ends the run when the guest makes no progress; off while a debugger drives the loop
+    /// (the user there decides, and may change the state to leave the loop).
+    stuck: Option<StuckWatch>,
 }
 
 /// What the instruction about to run will do, decoded with the registers before it.
@@ -97,6 +101,7 @@ impl<'a> Tracer<'a> {
             engine_check_supported: true,
             step_writes: Vec::new(),
             step_transition: None,
+            stuck: Some(StuckWatch::default()),
         })
     }
 
@@ -146,6 +151,9 @@ impl<'a> Tracer<'a> {
         mut control: Option<&mut (dyn StepControl + '_)>,
     ) -> Stop {
         let deadline = self.opts.timeout.map(|t| Instant::now() + t);
+        if control.is_some() {
+            self.stuck = None;
+        }
         loop {
             if self.sink_error.is_some() {
                 return Stop {
@@ -277,6 +285,7 @@ impl<'a> Tracer<'a> {
             return None; // no instruction retired; the loop re-checks its stop conditions
         }
         self.step += 1;
+        let events_before = self.next_event;
         let mut io_events = Vec::new();
         let mut stop = None;
         match exit {
@@ -358,6 +367,7 @@ impl<'a> Tracer<'a> {
             return Some(self.backend_failure(e, &plan));
         }
         let mem_writes = self.memory_writes(&plan, &written, &before, &after);
+        let wrote = !mem_writes.is_empty();
         let regs = delta(&before, &after);
         self.append(Record::Step(StepRecord {
             step: self.step,
@@ -409,6 +419,13 @@ impl<'a> Tracer<'a> {
         // After the write it answered with #GP, if any: attempted write, then the fault.
         for d in &deliveries {
             self.event(before.rip, exceptions::event(d));
+        }
+        if let Some(watch) = self.stuck.as_mut().filter(|_| stop.is_none()) {
+            let progress = wrote || self.next_event != events_before;
+            stop = watch.observe(&after, progress).map(|s| Stop {
+                reason: EndReason::Stuck,
+                message: stuck::message(s, &before, plan.insn.as_ref()),
+            });
         }
         self.regs = after;
         if self.step.checked_rem(self.opts.keyframe_interval) == Some(0) {

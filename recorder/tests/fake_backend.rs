@@ -1,5 +1,6 @@
 //! The recorder's backend-neutral behaviour, driven by a scripted backend: no KVM, no Unicorn.
 
+use recorder::exit::Outcome;
 use recorder::{record, Backend, BackendError, Exit, RecordOptions, StepResult, Written};
 use std::sync::atomic::Ordering;
 use std::time::Duration;
@@ -187,6 +188,36 @@ fn a_write_nobody_reported_fails_the_self_check() {
         .flatten()
         .collect();
     assert!(pages.contains(&0x9000));
+}
+
+#[test]
+fn a_debug_exit_after_a_failed_self_check_does_not_exit_as_a_pass() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = opts(&dir);
+    let mut b = Scripted::new(|n, ram| {
+        if n == 5 {
+            ram[0x9000] = 0xaa; // not in the reported ranges
+        }
+        match n {
+            10 => StepResult {
+                exit: Exit::IoOut {
+                    port: 0xf4,
+                    size: 1,
+                    data: 0,
+                },
+                written: Written::Ranges(vec![]),
+            },
+            _ => stepped(),
+        }
+    });
+    let s = record(&mut b, &guest(), &o).unwrap();
+    assert_eq!(s.end.reason, EndReason::DebugExit { status: 0 });
+    assert_eq!(s.end.self_check_failures.len(), 1);
+    // The guest said "pass" (QEMU's exit code 1); the recording is wrong, so mmurr says 16.
+    assert_eq!(s.exit_code, Some(1));
+    let outcome = Outcome::of_recording(&s.end);
+    assert_eq!(outcome, Outcome::SelfCheckFailed);
+    assert_eq!(outcome.code(), 16);
 }
 
 #[test]

@@ -1,10 +1,12 @@
 //! `mmurr check`: MMU-context divergences per policy; exit 1 when a stale context or a #GP
-//! disagreement is found.
+//! disagreement is found, 18 when nothing was found but the trace could not be read whole.
 
 use crate::cli::{CheckArgs, FlavourChoice};
 use anyhow::{bail, Context};
+use recorder::exit::Outcome;
 use replayer::{check, CheckReport, Timeline};
 use std::process::ExitCode;
+use traces::Integrity;
 
 pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let mut policies = Vec::new();
@@ -14,25 +16,61 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
             None => bail!("unknown policy `{name}` (see `mmurr policies`)"),
         }
     }
-    let mut timeline = Timeline::open(&args.trace)
+    let (reader, integrity) = super::open_trace(&args.trace)?;
+    let mut timeline = Timeline::new(reader)
         .with_context(|| format!("cannot read trace {}", args.trace.display()))?;
     let flavour = match args.flavour {
         Some(FlavourChoice::Tdp) => mmu::Flavour::Tdp,
         Some(FlavourChoice::Shadow) => mmu::Flavour::Shadow,
         None => mmu::Flavour::parse(&timeline.header().mmu_flavour).unwrap_or(mmu::Flavour::Tdp),
     };
-    let report = check(&mut timeline, &policies, flavour)
-        .with_context(|| format!("checking {}", args.trace.display()))?;
+    let report = match check(&mut timeline, &policies, flavour) {
+        Ok(report) => report,
+        // The damage already reported is why: say so with its own exit code.
+        Err(e) if !integrity.complete => {
+            let e = anyhow::Error::new(e);
+            if args.json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "complete": false,
+                        "trace_integrity": super::integrity_json(&integrity),
+                        "error": format!("{e:#}"),
+                    }))?
+                );
+            }
+            return Ok(super::stopped_at_damage(&e));
+        }
+        Err(e) => {
+            return Err(anyhow::Error::new(e).context(format!("checking {}", args.trace.display())))
+        }
+    };
     if args.json {
-        println!("{}", serde_json::to_string_pretty(&to_json(&report))?);
+        let mut json = to_json(&report);
+        json["complete"] = integrity.complete.into();
+        json["trace_integrity"] = super::integrity_json(&integrity);
+        println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
         print_human(&report);
     }
-    Ok(if report.has_bugs() {
-        ExitCode::from(1)
+    Ok(exit_outcome(report.has_bugs(), &integrity).into())
+}
+
+/// Findings are findings even in a partial trace; "no findings" is only a pass for a trace
+/// read whole.
+fn exit_outcome(has_bugs: bool, integrity: &Integrity) -> Outcome {
+    if has_bugs {
+        Outcome::Found
+    } else if !integrity.complete {
+        eprintln!(
+            "mmurr: no findings in the part of the trace that could be read; the rest was not \
+             checked (exit {})",
+            Outcome::IncompleteTrace.code()
+        );
+        Outcome::IncompleteTrace
     } else {
-        ExitCode::SUCCESS
-    })
+        Outcome::Clean
+    }
 }
 
 fn to_json(report: &CheckReport) -> serde_json::Value {

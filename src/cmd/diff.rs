@@ -1,19 +1,18 @@
 //! `mmurr diff A B`: the first divergence between two traces of the same guest.
-//! Exit 0 when they agree, 1 when they diverge, 2 on error. `--guest-only` leaves out the MMU
-//! model's decisions, which differ between machines whose CPUID or MAXPHYADDR differ.
+//! Exit 0 when they agree, 1 when they diverge, 18 when they agree as far as both could be
+//! read but one is incomplete, 2 on error. `--guest-only` leaves out the MMU model's
+//! decisions, which differ between machines whose CPUID or MAXPHYADDR differ.
 
 use crate::cli::DiffArgs;
-use anyhow::Context;
+use recorder::exit::Outcome;
 use replayer::{Compare, DiffReport};
 use std::process::ExitCode;
-use traces::Reader;
 
 pub fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
-    let open = |p: &std::path::Path| {
-        Reader::open(p).with_context(|| format!("cannot read trace {}", p.display()))
-    };
-    let (mut a, mut b) = (open(&args.a)?, open(&args.b)?);
-    for (name, r) in [("A", &a), ("B", &b)] {
+    let (mut a, integrity_a) = super::open_trace(&args.a)?;
+    let (mut b, integrity_b) = super::open_trace(&args.b)?;
+    let whole = integrity_a.complete && integrity_b.complete;
+    for (name, r, integrity) in [("A", &a, &integrity_a), ("B", &b, &integrity_b)] {
         let h = r.header();
         println!(
             "{name}: {} — {} backend ({}), {} steps{}",
@@ -25,10 +24,10 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
             h.backend.kind.name(),
             h.backend.engine,
             r.total_steps(),
-            if r.is_complete() {
+            if integrity.complete {
                 ""
             } else {
-                ", incomplete (index rebuilt)"
+                ", INCOMPLETE (see the warning above)"
             }
         );
     }
@@ -43,13 +42,24 @@ pub fn run(args: &DiffArgs) -> anyhow::Result<ExitCode> {
         Compare::Everything
     };
     print_machine_differences(a.header(), b.header(), compare);
-    let report = replayer::diff_with(&mut a, &mut b, compare).context("comparing the traces")?;
+    let report = match replayer::diff_with(&mut a, &mut b, compare) {
+        Ok(report) => report,
+        Err(e) if !whole => return Ok(super::stopped_at_damage(&e.into())),
+        Err(e) => return Err(anyhow::Error::new(e).context("comparing the traces")),
+    };
     print_report(&report);
     Ok(if report.divergence.is_some() {
-        ExitCode::from(1)
+        Outcome::Found
+    } else if !whole {
+        eprintln!(
+            "mmurr: the parts that could be read agree; the rest was not compared (exit {})",
+            Outcome::IncompleteTrace.code()
+        );
+        Outcome::IncompleteTrace
     } else {
-        ExitCode::SUCCESS
-    })
+        Outcome::Clean
+    }
+    .into())
 }
 
 /// What differs between the two machines, first, so a divergence that follows has its

@@ -4,18 +4,18 @@
 
 use crate::cli::{ExportArgs, ExportFormat};
 use anyhow::Context;
+use recorder::exit::Outcome;
 use serde_json::{json, Map, Value};
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
 use std::process::ExitCode;
 use traces::{
-    ControlReg, Event, EventKind, Header, MmuOutcome, PagingMode, Reader, Record, Regs, Step,
-    Translation,
+    ControlReg, Event, EventKind, Header, Integrity, MmuOutcome, PagingMode, Reader, Record, Regs,
+    Step, Translation,
 };
 
 pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
-    let mut reader = Reader::open(&args.trace)
-        .with_context(|| format!("cannot read the trace {}", args.trace.display()))?;
+    let (mut reader, integrity) = super::open_trace(&args.trace)?;
     let out: Box<dyn Write> = match &args.output {
         Some(path) => Box::new(
             File::create(path).with_context(|| format!("cannot create {}", path.display()))?,
@@ -23,18 +23,24 @@ pub fn run(args: &ExportArgs) -> anyhow::Result<ExitCode> {
         None => Box::new(io::stdout().lock()),
     };
     let mut out = BufWriter::new(out);
-    match args.format {
-        ExportFormat::Json => json_lines(&mut reader, &mut out)?,
-        ExportFormat::Perfetto => perfetto(&mut reader, &mut out)?,
-    }
+    let exported = match args.format {
+        ExportFormat::Json => json_lines(&mut reader, &mut out),
+        ExportFormat::Perfetto => perfetto(&mut reader, &integrity, &mut out),
+    };
     out.flush().context("cannot write the export")?;
-    if let Some(rec) = reader.recovery() {
-        eprintln!(
-            "mmurr: warning: the trace is incomplete ({}); exported what was recovered, {} bytes were lost",
-            rec.reason, rec.lost_bytes
-        );
+    if integrity.complete {
+        exported?;
+        return Ok(ExitCode::SUCCESS);
     }
-    Ok(ExitCode::SUCCESS)
+    // A partial export must not pass for a whole one: the damage was reported first.
+    match exported {
+        Ok(()) => eprintln!(
+            "mmurr: exported what could be read; {} bytes of the trace were lost",
+            integrity.lost_bytes
+        ),
+        Err(e) => return Ok(super::stopped_at_damage(&e)),
+    }
+    Ok(Outcome::IncompleteTrace.into())
 }
 
 fn hex(v: impl std::fmt::LowerHex) -> Value {
@@ -206,6 +212,7 @@ impl<W: Write> TraceEvents<'_, W> {
 
 fn perfetto<R: io::Read + io::Seek>(
     reader: &mut Reader<R>,
+    integrity: &Integrity,
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let header = reader.header().clone();
@@ -216,7 +223,8 @@ fn perfetto<R: io::Read + io::Seek>(
         &json!({
             "tool": "mmurr", "time_unit": "1 us = 1 step", "backend": header.backend.kind.name(),
             "scenario": header.scenario, "origin": header.guest.origin, "steps": total,
-            "complete": reader.is_complete(),
+            "complete": integrity.complete,
+            "trace_integrity": super::integrity_json(integrity),
         }),
     )?;
     out.write_all(b",\"traceEvents\":[")?;

@@ -5,6 +5,8 @@ use crate::cli::GdbArgs;
 use std::process::ExitCode;
 
 pub fn run(args: &GdbArgs) -> anyhow::Result<ExitCode> {
+    let (reader, _integrity) = super::open_trace(&args.trace)?;
+    drop(reader);
     let addr = mmurr_gdb::listen_addr(&args.listen, args.allow_remote)?;
     let listener = mmurr_gdb::bind(addr, &format!("trace {}", args.trace.display()))?;
     mmurr_gdb::serve_trace(&args.trace, listener)?;

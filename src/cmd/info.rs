@@ -1,22 +1,22 @@
-//! `mmurr info`: a trace's header and counts, for humans or (`--json`) for scripts. Reads
-//! only the header and the index (or rebuilds the index of an incomplete trace).
+//! `mmurr info`: a trace's header and counts, for humans or (`--json`) for scripts. Reads the
+//! header and the index (or rebuilds the index of an incomplete trace) and verifies every
+//! chunk's checksum; decodes no records.
 
 use crate::cli::InfoArgs;
-use anyhow::Context;
+use recorder::exit::Outcome;
 use serde_json::{json, Value};
 use std::process::ExitCode;
-use traces::{EndReason, MmuOutcome, Reader};
+use traces::{EndReason, Integrity, MmuOutcome, Reader};
 
 pub fn run(args: &InfoArgs) -> anyhow::Result<ExitCode> {
-    let reader = Reader::open(&args.trace)
-        .with_context(|| format!("cannot read the trace {}", args.trace.display()))?;
+    let (reader, integrity) = super::open_trace(&args.trace)?;
     if args.json {
         println!(
             "{}",
-            serde_json::to_string_pretty(&summary_json(&reader, &args.trace))?
+            serde_json::to_string_pretty(&summary_json(&reader, &integrity, &args.trace))?
         );
     } else {
-        print!("{}", summary_text(&reader, &args.trace));
+        print!("{}", summary_text(&reader, &integrity, &args.trace));
     }
     Ok(ExitCode::SUCCESS)
 }
@@ -35,7 +35,11 @@ const EVENT_KEYS: [(&str, &str); 10] = [
     ("engine_divergences", "engine-divergence"),
 ];
 
-fn summary_json<R: std::io::Read + std::io::Seek>(r: &Reader<R>, path: &std::path::Path) -> Value {
+fn summary_json<R: std::io::Read + std::io::Seek>(
+    r: &Reader<R>,
+    integrity: &Integrity,
+    path: &std::path::Path,
+) -> Value {
     let h = r.header();
     let c = r.event_counts();
     let mut events = serde_json::Map::new();
@@ -50,7 +54,8 @@ fn summary_json<R: std::io::Read + std::io::Seek>(r: &Reader<R>, path: &std::pat
         "file": path.display().to_string(),
         "file_bytes": r.file_len(),
         "format_version": r.format_version(),
-        "complete": r.is_complete(),
+        "complete": integrity.complete,
+        "trace_integrity": super::integrity_json(integrity),
         "recovery": r.recovery().map(|rec| json!({
             "reason": rec.reason,
             "chunks_kept": rec.chunks,
@@ -97,12 +102,18 @@ fn summary_json<R: std::io::Read + std::io::Seek>(r: &Reader<R>, path: &std::pat
             "status": match e.reason { EndReason::DebugExit { status } => Some(status), _ => None },
             "step": e.step,
             "message": e.message,
+            "outcome": Outcome::of_recording(e).name(),
+            "exit_code": Outcome::of_recording(e).code(),
             "self_check_failures": e.self_check_failures,
         })),
     })
 }
 
-fn summary_text<R: std::io::Read + std::io::Seek>(r: &Reader<R>, path: &std::path::Path) -> String {
+fn summary_text<R: std::io::Read + std::io::Seek>(
+    r: &Reader<R>,
+    integrity: &Integrity,
+    path: &std::path::Path,
+) -> String {
     let h = r.header();
     let c = r.event_counts();
     let b = &h.backend;
@@ -117,25 +128,7 @@ fn summary_text<R: std::io::Read + std::io::Seek>(r: &Reader<R>, path: &std::pat
             r.format_version()
         ),
     );
-    line(
-        "status",
-        match r.recovery() {
-            None => "complete".into(),
-            Some(rec) => {
-                let mut s = format!(
-                    "INCOMPLETE, index rebuilt ({}); kept {} chunks ({} bytes)",
-                    rec.reason, rec.chunks, rec.valid_bytes
-                );
-                if rec.lost_bytes > 0 {
-                    s.push_str(&format!(", lost the last {} bytes", rec.lost_bytes));
-                }
-                if let Some(why) = &rec.stopped_at {
-                    s.push_str(&format!(": {why}"));
-                }
-                s
-            }
-        },
-    );
+    line("status", integrity.status());
     line(
         "recorded",
         format!(
@@ -243,11 +236,15 @@ fn summary_text<R: std::io::Read + std::io::Seek>(r: &Reader<R>, path: &std::pat
                     EndReason::DebugExit { status } => format!(" (status {status})"),
                     _ => String::new(),
                 };
+                let outcome = Outcome::of_recording(e);
                 let mut s = format!(
-                    "{}{status} at step {}: {}",
+                    "{}{status} at step {}: {}\n{:<11} {} ({})",
                     e.reason.name(),
                     e.step,
-                    e.message
+                    e.message,
+                    "exit code",
+                    outcome.code(),
+                    outcome.name()
                 );
                 for f in &e.self_check_failures {
                     s.push_str(&format!("\n            self-check failed: {f}"));

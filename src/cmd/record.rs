@@ -4,14 +4,12 @@
 use crate::cli::{BackendChoice, FlavourChoice, GuestArgs, RecordArgs};
 use anyhow::{bail, Context};
 use guests::loader::EntryMode;
+use recorder::exit::Outcome;
 use recorder::{RecordOptions, RecordSummary, SerialSink};
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
-use traces::{EndReason, GuestSpec, PagingMode};
-
-/// Exit code after a clean finish that a signal asked for (as shells report SIGINT).
-const EXIT_INTERRUPTED: u8 = 130;
+use traces::{GuestSpec, PagingMode};
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     let guest = build_guest(&args.guest)?;
@@ -237,12 +235,7 @@ pub fn print_summary(s: &RecordSummary) {
 }
 
 pub fn exit_code(s: &RecordSummary) -> ExitCode {
-    ExitCode::from(match s.end.reason {
-        EndReason::DebugExit { .. } => s.exit_code.unwrap_or(1),
-        EndReason::Interrupted => EXIT_INTERRUPTED,
-        EndReason::Halted | EndReason::StepBudget | EndReason::Timeout => 0,
-        EndReason::Shutdown | EndReason::HostUnsupported | EndReason::Error | EndReason::Stuck => 1,
-    })
+    Outcome::of_recording(&s.end).into()
 }
 
 /// `mmurr-emu` next to this executable.
@@ -321,10 +314,7 @@ pub fn emu_args(args: &RecordArgs) -> Vec<String> {
 /// signal so it outlives the child).
 pub fn run_emu_child(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     let status = spawn_emu(&emu_args(args))?;
-    Ok(match status.code() {
-        Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
-        None => ExitCode::from(EXIT_INTERRUPTED),
-    })
+    Ok(ExitCode::from(Outcome::code_of_child(status)))
 }
 
 pub fn spawn_emu(argv: &[String]) -> anyhow::Result<std::process::ExitStatus> {

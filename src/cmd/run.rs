@@ -8,6 +8,7 @@ use super::record::{
 };
 use crate::cli::RecordArgs;
 use anyhow::{bail, Context};
+use recorder::exit::Outcome;
 use recorder::RecordSummary;
 use std::process::ExitCode;
 
@@ -37,10 +38,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         Chosen::Emu => {
             let mut argv = emu_args(&args);
             argv.push("--gdb-writable".into());
-            spawn_emu(&argv).map(|status| match status.code() {
-                Some(c) => ExitCode::from(c.clamp(0, 255) as u8),
-                None => ExitCode::from(130),
-            })
+            spawn_emu(&argv).map(|status| ExitCode::from(Outcome::code_of_child(status)))
         }
     };
     let _ = std::fs::remove_file(&scratch);

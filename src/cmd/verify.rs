@@ -3,28 +3,35 @@
 //! (time-stamp counter, RNG, CPUID and MSR results, port and MMIO reads), record it again, and
 //! compare the two recordings instruction by instruction (aligned by retired instructions;
 //! only what the guest did when the two machines feed the MMU model different CPUs).
-//! Exit 0 "reproduced"; 1 at the first difference, or when either recording failed its memory
-//! self-check; 2 when this host cannot run the guest, or on error.
+//! Exit 0 "reproduced"; 1 at the first difference; 4 when this host cannot run the guest; 16
+//! when either recording failed its memory self-check; 18 when only part of an incomplete
+//! trace could be compared; 2 on error (the README's exit-code table).
 
 use crate::cli::{BackendChoice, VerifyArgs};
 use crate::cmd::diff::{print_machine_differences, print_report};
 use crate::cmd::record::{emu_executable, print_summary, Chosen};
 use anyhow::{bail, Context};
+use recorder::exit::Outcome;
 use recorder::{RecordOptions, SerialSink};
 use replayer::{Compare, Side};
+use std::fs::File;
+use std::io::BufReader;
 use std::path::Path;
 use std::process::{Command, ExitCode};
-use traces::{BackendKind, EndReason, EndRecord, EventKind, Header, PagingMode, Reader, Record};
+use traces::{
+    BackendKind, EndReason, EndRecord, EventKind, Header, Integrity, PagingMode, Reader, Record,
+};
 
 pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
-    let mut original = Reader::open(&args.trace)
-        .with_context(|| format!("cannot read trace {}", args.trace.display()))?;
-    if !original.is_complete() {
-        eprintln!(
-            "mmurr: warning: {} was not finished (index rebuilt); verifying the part that survived",
-            args.trace.display()
-        );
-    }
+    let (original, integrity) = super::open_trace(&args.trace)?;
+    super::unless_damaged(&integrity, verify(args, original, &integrity))
+}
+
+fn verify(
+    args: &VerifyArgs,
+    mut original: Reader<BufReader<File>>,
+    integrity: &Integrity,
+) -> anyhow::Result<ExitCode> {
     let header = original.header().clone();
     let steps = original.total_steps();
     let original_end = original.end().cloned();
@@ -56,8 +63,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         if chosen.0 == Chosen::Kvm {
             println!("  (`mmurr verify --backend emu` re-executes it on the reference emulator)");
         }
-        // exit table: host-unsupported
-        return Ok(ExitCode::from(2));
+        return Ok(Outcome::HostUnsupported.into());
     }
     // Machines that feed the MMU model different CPUs legitimately decide differently.
     let compare = if replayer::hosts::model_differs(&header, replayed.header()) {
@@ -83,7 +89,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
                 e.message
             );
         }
-        return Ok(ExitCode::from(1));
+        return Ok(Outcome::Found.into());
     }
     let failures: Vec<String> = [
         ("the original", &original_end),
@@ -105,8 +111,7 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
         for f in &failures {
             println!("  {f}");
         }
-        // exit table: self-check failure
-        return Ok(ExitCode::from(1));
+        return Ok(Outcome::SelfCheckFailed.into());
     }
     println!(
         "reproduced: all {} instructions agree with {} (rep iterations folded){}",
@@ -117,7 +122,14 @@ pub fn run(args: &VerifyArgs) -> anyhow::Result<ExitCode> {
             _ => String::new(),
         }
     );
-    Ok(ExitCode::SUCCESS)
+    if !integrity.complete {
+        eprintln!(
+            "mmurr: only the part of the trace that could be read was compared (exit {})",
+            Outcome::IncompleteTrace.code()
+        );
+        return Ok(Outcome::IncompleteTrace.into());
+    }
+    Ok(Outcome::Clean.into())
 }
 
 /// Why the original recording stopped where the guest did not: a step budget, a timeout, a

@@ -262,20 +262,27 @@ impl ChunkBuilder {
     }
 }
 
-/// Checks a chunk's payload against its header and decodes its records, checking that they
-/// are what the header says (counts, step range, event ids, keyframes, end record last).
-/// `offset` is the chunk header's file offset.
-pub fn decode_payload(header: &ChunkHeader, payload: &[u8], offset: u64) -> Result<Vec<Record>> {
-    let what = "chunk";
+/// Checks a chunk's compressed payload against the checksum its header stores, without
+/// decompressing it. `offset` is the chunk header's file offset.
+pub fn verify_payload(header: &ChunkHeader, payload: &[u8], offset: u64) -> Result<()> {
     let computed = codec::hash(payload);
     if !codec::checksum_ok(header.payload_hash, computed) {
         return Err(Error::Checksum {
-            what,
+            what: "chunk",
             offset,
             stored: header.payload_hash,
             computed,
         });
     }
+    Ok(())
+}
+
+/// Checks a chunk's payload against its header and decodes its records, checking that they
+/// are what the header says (counts, step range, event ids, keyframes, end record last).
+/// `offset` is the chunk header's file offset.
+pub fn decode_payload(header: &ChunkHeader, payload: &[u8], offset: u64) -> Result<Vec<Record>> {
+    let what = "chunk";
+    verify_payload(header, payload, offset)?;
     let raw = codec::decompress(what, offset, payload, header.raw_len as usize)?;
     let mut records = Vec::with_capacity((header.record_count as usize).min(4096));
     let mut pos = 0usize;

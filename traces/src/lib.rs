@@ -20,6 +20,7 @@ pub mod chunk;
 mod codec;
 pub mod error;
 pub mod index;
+pub mod integrity;
 mod io;
 pub mod preamble;
 pub mod reader;
@@ -31,6 +32,7 @@ pub mod writer;
 
 pub use error::{Error, Result};
 pub use index::{ChunkInfo, EventCounts};
+pub use integrity::{DamagedChunk, Depth, Integrity};
 pub use preamble::{Preamble, FORMAT_VERSION};
 pub use reader::{Reader, Records};
 pub use record::*;

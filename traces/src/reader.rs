@@ -5,6 +5,7 @@ use crate::cache::ChunkCache;
 use crate::chunk::{self, ChunkHeader, CHUNK_HEADER_LEN};
 use crate::error::{Error, Result};
 use crate::index::{self, ChunkInfo, EventCounts, Index, Trailer, MAX_INDEX_RAW, TRAILER_LEN};
+use crate::integrity::{DamagedChunk, Depth, Integrity};
 use crate::io::Source;
 use crate::preamble::{self, Preamble, PREAMBLE_LEN};
 use crate::record::{EndRecord, Event, EventId, Header, Keyframe, Record, Step};
@@ -207,8 +208,59 @@ impl<R: Read + Seek> Reader<R> {
         Error::corrupt("chunk", offset, detail.to_string())
     }
 
+    /// Checks one chunk without keeping its records: its header (own checksum, agreement with
+    /// the index) and its payload checksum, and with [`Depth::Records`] also that the payload
+    /// decompresses and decodes into the records the header promises.
+    pub fn verify_chunk(&mut self, chunk: usize, depth: Depth) -> Result<()> {
+        let (header, offset, payload) = self.read_payload(chunk)?;
+        match depth {
+            Depth::Checksums => chunk::verify_payload(&header, &payload, offset),
+            Depth::Records => chunk::decode_payload(&header, &payload, offset).map(drop),
+        }
+    }
+
+    /// Checks every chunk the index lists (see [`Reader::verify_chunk`]) and returns the
+    /// account of what this trace lost: the rebuilt index, if any, and each damaged chunk.
+    /// It never stops at the first damaged chunk: each is checked on its own.
+    pub fn verify(&mut self, depth: Depth) -> Integrity {
+        let mut damaged = Vec::new();
+        for i in 0..self.index.chunks.len() {
+            if let Err(error) = self.verify_chunk(i, depth) {
+                let info = self.index.chunks[i];
+                damaged.push(DamagedChunk {
+                    chunk: i,
+                    offset: info.offset,
+                    bytes: info.header.file_len(),
+                    first_step: info.header.first_step,
+                    last_step: info.header.last_step,
+                    first_event: info.header.first_event,
+                    end_event: info.header.end_event(),
+                    error,
+                });
+            }
+        }
+        Integrity::new(
+            depth,
+            self.file_len(),
+            self.index.chunks.len(),
+            self.recovery.clone(),
+            damaged,
+            (
+                self.total_steps(),
+                self.event_count(),
+                self.index.end.is_some(),
+            ),
+        )
+    }
+
     /// Reads, checks and decodes one chunk, bypassing the cache.
     fn read_chunk(&mut self, chunk: usize) -> Result<Vec<Record>> {
+        let (header, offset, payload) = self.read_payload(chunk)?;
+        chunk::decode_payload(&header, &payload, offset)
+    }
+
+    /// The header (checked against the index) and the still compressed payload of a chunk.
+    fn read_payload(&mut self, chunk: usize) -> Result<(ChunkHeader, u64, Vec<u8>)> {
         let Some(info) = self.index.chunks.get(chunk).copied() else {
             return Err(Error::NoSuchChunk {
                 index: chunk,
@@ -231,7 +283,7 @@ impl<R: Read + Seek> Reader<R> {
             header.compressed_len as u64,
             "chunk payload",
         )?;
-        chunk::decode_payload(&header, &payload, info.offset)
+        Ok((header, info.offset, payload))
     }
 }
 

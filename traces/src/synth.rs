@@ -230,7 +230,7 @@ impl Synth {
             faulted: false,
         }));
         self.pending.push_back(write);
-        if n % 3 == 0 {
+        if n.is_multiple_of(3) {
             let from = MODES[self.mode % MODES.len()];
             self.mode += 1;
             let to = MODES[self.mode % MODES.len()];
@@ -260,8 +260,8 @@ impl Synth {
                     Vec::new()
                 },
                 root_cache: (reg == ControlReg::Cr3).then_some(RootCacheLookup {
-                    hit: n % 2 == 0,
-                    slot: (n % 2 == 0).then_some(0),
+                    hit: n.is_multiple_of(2),
+                    slot: n.is_multiple_of(2).then_some(0),
                     role: 0x300,
                 }),
                 tlb_flush: TlbFlush::Current,
@@ -322,11 +322,11 @@ impl Iterator for Synth {
             self.rip = s.regs.first().map_or(self.rip, |r| r.1);
             self.regs.apply_delta(&s.regs);
             self.pending.push_back(Record::Step(s));
-            if self.step % self.event_interval == 0 {
+            if self.step.is_multiple_of(self.event_interval) {
                 self.events();
             }
-            if self.step % self.keyframe_interval == 0 {
-                let carries = self.step % (self.keyframe_interval * 4) == 0;
+            if self.step.is_multiple_of(self.keyframe_interval) {
+                let carries = self.step.is_multiple_of(self.keyframe_interval * 4);
                 let k = self.keyframe(carries);
                 self.pending.push_back(Record::Keyframe(k));
             }

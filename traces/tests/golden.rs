@@ -14,7 +14,8 @@ fn corpus(name: &str) -> PathBuf {
 }
 
 /// (name, chunks, records, events, total steps, cr4 writes, transitions, resets, findings)
-const EXPECTED: [(&str, usize, u64, u64, u64, u64, u64, u64, u64); 3] = [
+type Expected = (&'static str, usize, u64, u64, u64, u64, u64, u64, u64);
+const EXPECTED: [Expected; 3] = [
     ("pae-toggle", 5, 694, 86, 600, 3, 5, 24, 2),
     ("long-mode", 4, 377, 69, 300, 3, 4, 19, 2),
     ("killed", 3, 360, 40, 316, 2, 2, 11, 1),

@@ -100,7 +100,10 @@ impl App {
         let loader = load::spawn(path.to_path_buf(), flavour);
         let mut timeline = timeline;
         let reader = timeline.reader();
-        let complete = reader.is_complete();
+        // Every chunk's checksum, so a damaged chunk is named here and not met later as
+        // "no events".
+        let integrity = reader.verify(traces::Depth::Checksums);
+        let complete = integrity.complete;
         let end = reader.end().cloned();
         let total_steps = timeline.last_step();
         let mut app = App {
@@ -139,7 +142,10 @@ impl App {
         };
         if !app.complete {
             app.message = Some((
-                "the trace is incomplete (its writer did not finish): the index was rebuilt".into(),
+                format!(
+                    "the trace is incomplete: {}",
+                    integrity.problems().join("; ")
+                ),
                 true,
             ));
         }

@@ -37,18 +37,22 @@ pub fn run_gdb(port: u16, script: &str) -> String {
     run_gdb_interrupting(port, script, None)
 }
 
-/// Like [`run_gdb`]; with `interrupt_after`, sends gdb a SIGINT (what Ctrl-C in its terminal
-/// does) that long after starting it, which gdb forwards to the target as a `\x03`.
+/// Like [`run_gdb`]; with `interrupt_when`, sends gdb a SIGINT (what Ctrl-C in its terminal
+/// does), which gdb forwards to the target as a `\x03`, once `interrupt_when` holds for gdb's
+/// log of the remote packets it sent and received so far (gdb flushes that log after every
+/// packet, e.g. `w $vCont;c...` once it resumed the target): a handshake, not a guessed delay.
 pub fn run_gdb_interrupting(
     port: u16,
     script: &str,
-    interrupt_after: Option<std::time::Duration>,
+    interrupt_when: Option<&dyn Fn(&str) -> bool>,
 ) -> String {
     let gdb = gdb_binary();
     let mut file = tempfile::NamedTempFile::new().unwrap();
     writeln!(file, "set pagination off").unwrap();
     writeln!(file, "set confirm off").unwrap();
     writeln!(file, "set width 0").unwrap();
+    let remote_log = tempfile::NamedTempFile::new().unwrap();
+    writeln!(file, "set remotelogfile {}", remote_log.path().display()).unwrap();
     writeln!(file, "target remote 127.0.0.1:{port}").unwrap();
     file.write_all(script.as_bytes()).unwrap();
     writeln!(file).unwrap();
@@ -67,8 +71,24 @@ pub fn run_gdb_interrupting(
         .stderr(err)
         .spawn()
         .unwrap();
-    if let Some(delay) = interrupt_after {
-        std::thread::sleep(delay);
+    if let Some(ready) = interrupt_when {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+        while !ready(&String::from_utf8_lossy(
+            &std::fs::read(remote_log.path()).unwrap_or_default(),
+        )) {
+            if let Some(status) = child.try_wait().unwrap() {
+                panic!(
+                    "gdb exited ({status}) before it was to be interrupted:\n{}",
+                    std::fs::read_to_string(log.path()).unwrap_or_default()
+                );
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gdb never got to the point of being interrupted:\n{}",
+                std::fs::read_to_string(log.path()).unwrap_or_default()
+            );
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        }
         let status = Command::new("kill")
             .args(["-INT", &child.id().to_string()])
             .status()

@@ -11,14 +11,12 @@ pub fn kvm_unusable() -> Option<String> {
     recorder_kvm::probe().usable.err()
 }
 
-/// Skips the calling test (with a clear line) where /dev/kvm is not usable.
+/// Skips the calling test (with a clear line) where /dev/kvm is not usable, or fails it under
+/// `MMURR_REQUIRE_KVM=1` (the shared rule, `recorder::test_support`).
 #[macro_export]
 macro_rules! require_kvm {
     () => {
-        if let Some(why) = common::kvm_unusable() {
-            eprintln!("SKIP: /dev/kvm not usable: {why}");
-            return;
-        }
+        recorder::require_kvm!(common::kvm_unusable())
     };
 }
 

@@ -56,10 +56,12 @@ mod tests {
         let mut mem = FlatMemory::new(0, 0x2000);
         // mov [0x400000],eax
         mem.bytes[0x1000..0x1005].copy_from_slice(&[0xa3, 0, 0, 0x40, 0]);
-        let mut regs = Regs::default();
-        regs.cr0 = 0x11;
+        let mut regs = Regs {
+            cr0: 0x11,
+            rip: 0x1000,
+            ..Regs::default()
+        };
         regs.seg[traces::regs::CS].attrs = 0xc09b;
-        regs.rip = 0x1000;
         let cpu = CpuModel::default_x86_64();
         let all = of_instruction(&regs, &cpu, &mem);
         assert_eq!(all.len(), 2);

@@ -52,9 +52,11 @@ mod tests {
 
     #[test]
     fn names_mode_and_flags() {
-        let mut r = Regs::default();
-        r.cr0 = 0x8000_0011;
-        r.cr4 = 0x20;
+        let mut r = Regs {
+            cr0: 0x8000_0011,
+            cr4: 0x20,
+            ..Regs::default()
+        };
         r.seg[CS].attrs = 0xc09b;
         let text = describe(&r);
         assert!(text.contains("paging mode PAE"), "{text}");

@@ -93,8 +93,10 @@ mod tests {
     use mmu::FlatMemory;
 
     fn protected32() -> Regs {
-        let mut r = Regs::default();
-        r.cr0 = 0x11;
+        let mut r = Regs {
+            cr0: 0x11,
+            ..Regs::default()
+        };
         r.seg[traces::regs::CS].attrs = 0xc09b;
         r
     }

@@ -148,10 +148,12 @@ mod tests {
 
     #[test]
     fn decodes_a_pae_guest() {
-        let mut r = Regs::default();
-        r.cr0 = 0x8000_0011;
-        r.cr4 = 0x20;
-        r.cr3 = 0x4800;
+        let mut r = Regs {
+            cr0: 0x8000_0011,
+            cr4: 0x20,
+            cr3: 0x4800,
+            ..Regs::default()
+        };
         r.pdptrs[0] = 0x7001;
         r.seg[CS].attrs = 0xc09b;
         r.gpr[0] = 0x1_2345_6789;

@@ -196,6 +196,7 @@ fn event_kind() -> impl Strategy<Value = EventKind> {
 }
 
 /// What one generated operation does to the writer.
+#[allow(clippy::large_enum_variant)] // test data, built and dropped one at a time
 #[derive(Clone, Debug)]
 pub enum Op {
     /// A step record `advance` steps after the previous timeline step.

@@ -1,0 +1,56 @@
+//! The one place a test decides it cannot run for want of KVM. Every test crate's KVM tests
+//! go through [`require_kvm!`](crate::require_kvm): where /dev/kvm is not usable they print
+//! `SKIP: ...` and return, unless `MMURR_REQUIRE_KVM=1` is set (`.ci/run` sets it where
+//! /dev/kvm is usable), in which case a missing KVM is a failure, not a silent pass.
+
+/// The environment variable that turns a KVM skip into a failure.
+pub const REQUIRE_KVM: &str = "MMURR_REQUIRE_KVM";
+
+/// Why /dev/kvm cannot be opened for reading and writing here, or `None` when it can.
+pub fn kvm_unusable() -> Option<String> {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/kvm")
+        .err()
+        .map(|e| format!("/dev/kvm: {e}"))
+}
+
+/// `true` when the calling test should return now: KVM is unusable (`unusable` says why) and
+/// skipping is allowed. Panics instead when [`REQUIRE_KVM`] is set to anything but `0` or empty.
+pub fn skip_without_kvm(unusable: Option<String>) -> bool {
+    let Some(why) = unusable else {
+        return false;
+    };
+    let required = std::env::var(REQUIRE_KVM).is_ok_and(|v| !v.is_empty() && v != "0");
+    assert!(
+        !required,
+        "{REQUIRE_KVM} is set but KVM is not usable here: {why}"
+    );
+    eprintln!("SKIP: KVM not usable: {why}");
+    true
+}
+
+/// Returns from the calling test where KVM is not usable (see [`skip_without_kvm`]); with an
+/// argument, that is the reason KVM is unusable (`None`: usable), e.g. a backend's own probe.
+#[macro_export]
+macro_rules! require_kvm {
+    () => {
+        $crate::require_kvm!($crate::test_support::kvm_unusable())
+    };
+    ($unusable:expr) => {
+        if $crate::test_support::skip_without_kvm($unusable) {
+            return;
+        }
+    };
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn usable_kvm_never_skips() {
+        assert!(!skip_without_kvm(None));
+    }
+}

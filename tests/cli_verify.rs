@@ -271,9 +271,10 @@ fn verify_says_when_this_host_cannot_run_the_guest() {
         assert_eq!(out.status.code(), Some(0), "{stdout}");
         return;
     }
+    // Exit 4: host-unsupported in the exit-code table (recorder::exit::Outcome).
     assert_eq!(
         out.status.code(),
-        Some(2),
+        Some(4),
         "{stdout}\n{}",
         text(&out.stderr)
     );

@@ -227,6 +227,10 @@ impl LiveControl {
     /// What the catchpoints say about the instruction just executed: its control-register
     /// writes as the recorder's own MMU model decided them, and its paging-mode transition.
     fn observe(&mut self, view: &StepView<'_>) -> Option<String> {
+        // Called before every instruction: most made no write and no transition.
+        if view.writes.is_empty() && view.transition.is_none() {
+            return None;
+        }
         let names: Vec<&'static str> = view
             .mmu
             .trackers()

@@ -31,7 +31,7 @@ use iced_x86::code_asm::*;
 const PT_USER: u64 = 0x8000;
 /// The user-mode linear address (backed by page A).
 pub const USER_PAGE: u64 = 0x20_0000;
-const RFLAGS_AC: u32 = 1 << 18;
+const RFLAGS_AC: u32 = mmu::bits::RFLAGS_AC as u32;
 
 fn tables() -> Result<Tables, BuildError> {
     let mut t = Tables::new(TABLES, TABLES_LEN);

@@ -57,10 +57,7 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     let mut p = Program::new(*f);
     let mut code = Code::new(true)?;
     enter_long_mode(&mut p, &mut code)?;
-    let a = code
-        .a64
-        .as_mut()
-        .ok_or_else(|| BuildError::Layout("no 64-bit code".into()))?;
+    let a = code.a64()?;
     p.touch_new(a, USER_PAGE)?;
     // Under v5.9-rc every SMAP or PKE set is a stale-context finding (no reset: the kept
     // permission / PKRU bitmask lacks the bit); clears are not (the kept context had it clear).

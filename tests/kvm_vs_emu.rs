@@ -9,8 +9,6 @@ use common::{emu_executable, run, text};
 use std::path::{Path, PathBuf};
 use traces::Reader;
 
-/// `mmurr-emu`, which `mmurr` runs from its own directory.
-
 /// Records `scenario` on `backend` into `out`; the trace must exist afterwards.
 fn record(mmurr: &Path, scenario: &str, backend: &str, out: &str, dir: &Path) {
     let rec = run(

@@ -235,19 +235,23 @@ fn record_on_kvm(trace: &Path, header: &Header, out: &Path, steps: u64) -> anyho
 
 fn record_on_emu(trace: &Path, header: &Header, out: &Path, steps: u64) -> anyhow::Result<()> {
     let opts = options(header, out, steps)?;
+    // The child's command line comes from the shared flag definition.
+    let guest = mmurr_flags::GuestArgs {
+        guest_from: Some(trace.to_path_buf()),
+        ..Default::default()
+    };
+    let flags = mmurr_flags::RecordFlags {
+        policy: opts.policies.clone(),
+        flavour: opts.flavour.into(),
+        output: out.to_path_buf(),
+        max_steps: opts.max_steps,
+        replay_inputs: Some(trace.to_path_buf()),
+        ..Default::default()
+    };
     let mut cmd = Command::new(emu_executable()?);
     cmd.arg("record")
-        .arg("--guest-from")
-        .arg(trace)
-        .arg("--output")
-        .arg(out)
-        .arg("--replay-inputs")
-        .arg(trace);
-    cmd.arg("--max-steps").arg(opts.max_steps.to_string());
-    cmd.arg("--flavour").arg(opts.flavour.name());
-    for p in &opts.policies {
-        cmd.arg("--policy").arg(p);
-    }
+        .args(mmurr_flags::to_argv(&guest)?)
+        .args(mmurr_flags::to_argv(&flags)?);
     let status = cmd.status().context("running mmurr-emu")?;
     if !out.exists() {
         bail!("mmurr-emu wrote no trace ({status})");

@@ -59,6 +59,10 @@ pub struct GuestArgs {
     /// (a Linux bzImage) to `mmurr-emu`.
     #[arg(long, group = "guest", value_name = "TRACE")]
     pub guest_from: Option<PathBuf>,
+    /// A PC firmware ROM (e.g. SeaBIOS's bios.bin), at the top of 4 GiB and its last 128 KiB
+    /// below 1 MiB, started at the reset vector F000:FFF0 in real mode.
+    #[arg(long, group = "guest", value_name = "ROM")]
+    pub firmware: Option<PathBuf>,
     /// Guest RAM in MiB.
     #[arg(long, default_value_t = 64)]
     pub memory: u64,
@@ -75,6 +79,7 @@ impl Default for GuestArgs {
             entry: None,
             entry_mode: EntryModeChoice::Real,
             guest_from: None,
+            firmware: None,
             memory: 64,
         }
     }
@@ -93,7 +98,7 @@ pub struct BuiltGuest {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    #[error("say which guest to run: --scenario NAME, --kernel FILE, --image FILE@ADDR or --guest-from TRACE")]
+    #[error("say which guest to run: --scenario NAME, --kernel FILE, --image FILE@ADDR, --firmware ROM or --guest-from TRACE")]
     NoGuest,
     #[error("no built-in scenario {name:?}; `mmurr scenarios` lists them ({known})")]
     UnknownScenario { name: String, known: String },
@@ -206,6 +211,25 @@ impl GuestArgs {
                 scenario: None,
                 needs: None,
                 label: format!("kernel {}", k.display()),
+            });
+        }
+        if let Some(f) = &self.firmware {
+            let rom = read("the firmware", f)?;
+            let name = f.file_name().map_or_else(
+                || f.display().to_string(),
+                |n| n.to_string_lossy().into_owned(),
+            );
+            let spec = guests::loader::load_firmware(&rom, &name, ram).map_err(|err| {
+                GuestError::Load {
+                    what: format!("the firmware {}", f.display()),
+                    err,
+                }
+            })?;
+            return Ok(BuiltGuest {
+                spec,
+                scenario: None,
+                needs: None,
+                label: format!("firmware {}", f.display()),
             });
         }
         if let Some(i) = &self.image {

@@ -19,7 +19,7 @@ mod record;
 
 pub use argv::{to_argv, ArgvError};
 pub use guest::{
-    read_guest_file, write_guest_file, BuiltGuest, EntryModeChoice, GuestArgs, GuestError,
-    MAX_MEMORY_MIB,
+    is_bzimage, parse_addr, read_guest_file, write_guest_file, BuiltGuest, EntryModeChoice,
+    GuestArgs, GuestError, MAX_MEMORY_MIB,
 };
 pub use record::{FlavourChoice, OptionsError, RecordFlags};

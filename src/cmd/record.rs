@@ -8,11 +8,10 @@ use recorder::exit::Outcome;
 use recorder::{RecordOptions, RecordSummary};
 use std::path::PathBuf;
 use std::process::ExitCode;
-use traces::PagingMode;
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     let guest = build_guest(&args.guest)?;
-    let backend = choose_backend(args.backend, guest.needs.as_deref(), &guest.label)?;
+    let backend = choose_backend(args.backend, &guest)?;
     eprintln!("mmurr: backend {}: {}", backend.name(), backend.reason);
     match backend.kind {
         Chosen::Kvm => {
@@ -24,8 +23,12 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The guest, by the shared definition.
+/// The guest: a Linux bzImage is loaded here with the x86 boot protocol ([`super::linux`],
+/// on linux-loader, which mmurr-emu must not link); everything else by the shared definition.
 pub fn build_guest(args: &GuestArgs) -> anyhow::Result<BuiltGuest> {
+    if let Some(guest) = super::linux::build(args)? {
+        return Ok(guest);
+    }
     Ok(args.build(None)?)
 }
 
@@ -51,12 +54,36 @@ impl BackendChoiceMade {
 
 /// `auto`: kvm when the probe says this host runs every paging mode the guest needs (unknown
 /// needs, as for --image and --kernel, count as runnable), else emu.
+/// A guest with memory the kvm backend does not map (it maps RAM only; a firmware ROM below
+/// 4 GiB is a region above RAM), and why.
+fn kvm_cannot_map(guest: &BuiltGuest) -> Option<String> {
+    let spec = &guest.spec;
+    let r = spec.regions.iter().find(|r| {
+        r.kind != traces::RegionKind::Mmio && r.gpa.saturating_add(r.size) > spec.ram_size
+    })?;
+    Some(format!(
+        "{} has {} at {:#x}, outside RAM, and the kvm backend maps guest RAM only",
+        guest.label, r.name, r.gpa
+    ))
+}
+
 pub fn choose_backend(
     choice: BackendChoice,
-    needs: Option<&[PagingMode]>,
-    label: &str,
+    guest: &BuiltGuest,
 ) -> anyhow::Result<BackendChoiceMade> {
+    let (needs, label) = (guest.needs.as_deref(), guest.label.as_str());
+    let unmapped = kvm_cannot_map(guest);
     match choice {
+        BackendChoice::Kvm if unmapped.is_some() => {
+            bail!(
+                "{}: record it with --backend emu",
+                unmapped.unwrap_or_default()
+            )
+        }
+        BackendChoice::Auto if unmapped.is_some() => Ok(BackendChoiceMade {
+            kind: Chosen::Emu,
+            reason: unmapped.unwrap_or_default(),
+        }),
         BackendChoice::Kvm => Ok(BackendChoiceMade {
             kind: Chosen::Kvm,
             reason: "chosen with --backend kvm".into(),
@@ -155,9 +182,24 @@ pub fn emu_args(
     guest: &BuiltGuest,
 ) -> anyhow::Result<(Vec<String>, Option<tempfile::TempPath>)> {
     let mut argv: Vec<String> = vec!["record".into()];
-    let handoff = None;
-    let _ = guest;
-    let child_guest = args.guest.clone();
+    let mut handoff = None;
+    let child_guest = if super::linux::is_linux_guest(&args.guest)? {
+        let file = tempfile::Builder::new()
+            .prefix("mmurr-guest-")
+            .suffix(".mmurr")
+            .tempfile()
+            .context("creating the guest file for mmurr-emu")?
+            .into_temp_path();
+        mmurr_flags::write_guest_file(&file, &guest.spec, guest.scenario.clone())?;
+        let g = GuestArgs {
+            guest_from: Some(file.to_path_buf()),
+            ..GuestArgs::default()
+        };
+        handoff = Some(file);
+        g
+    } else {
+        args.guest.clone()
+    };
     argv.extend(mmurr_flags::to_argv(&child_guest)?);
     argv.extend(mmurr_flags::to_argv(&args.flags)?);
     Ok((argv, handoff))

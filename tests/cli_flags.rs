@@ -2,26 +2,12 @@
 //! record` accepts (except --backend, which picks the child) is one `mmurr-emu record`
 //! understands, and `mmurr record --backend emu` hands each one to the child with its value.
 
+mod common;
+
+use common::{emu_executable, mmurr, text};
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn mmurr(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmurr"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run mmurr")
-}
-
-/// `mmurr-emu` next to `mmurr`, where `mmurr` looks for it.
-fn mmurr_emu() -> PathBuf {
-    Path::new(env!("CARGO_BIN_EXE_mmurr")).with_file_name("mmurr-emu")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use std::path::Path;
+use std::process::Command;
 
 /// The long flags a `--help` text lists.
 fn long_flags(help: &str) -> BTreeSet<String> {
@@ -56,7 +42,7 @@ fn help_of(exe: &Path, dir: &Path) -> BTreeSet<String> {
 fn every_mmurr_record_flag_is_one_mmurr_emu_understands() {
     let dir = tempfile::tempdir().unwrap();
     let ours = help_of(Path::new(env!("CARGO_BIN_EXE_mmurr")), dir.path());
-    let emu = help_of(&mmurr_emu(), dir.path());
+    let emu = help_of(&emu_executable(), dir.path());
     assert!(
         ours.contains("max-steps") && ours.contains("scenario"),
         "{ours:?}"
@@ -87,6 +73,7 @@ fn record_backend_emu_passes_every_flag_to_the_child() {
         "entry",
         "entry-mode",
         "guest-from",
+        "firmware",
         "gdb",
         "allow-remote",
         "help",

@@ -8,22 +8,13 @@
 //! Without the corpus these tests print SKIP; with MMURR_REQUIRE_CORPUS=1 (scripts/test.sh
 //! sets it after fetching) they fail instead.
 
+mod common;
+
+use common::{mmurr, text};
 use recorder::require_kvm;
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn mmurr(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmurr"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run mmurr")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
+use std::process::Output;
 
 /// The corpus directory with `files` in it, or `None` after a SKIP line.
 fn corpus(files: &[&str]) -> Option<PathBuf> {

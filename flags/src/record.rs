@@ -98,7 +98,7 @@ pub enum OptionsError {
     #[error("installing the SIGINT/SIGTERM handler: {0}")]
     Signals(std::io::Error),
     #[error("--replay-inputs: {0}")]
-    ReplayInputs(String),
+    ReplayInputs(#[from] replayer::inputs::InputsError),
 }
 
 impl RecordFlags {
@@ -123,10 +123,7 @@ impl RecordFlags {
         opts.progress = !self.quiet;
         opts.interrupted = recorder::signals::interrupt_flag().map_err(OptionsError::Signals)?;
         if let Some(trace) = &self.replay_inputs {
-            opts.replay_inputs = Some(
-                recorder::recorded_inputs(trace)
-                    .map_err(|e| OptionsError::ReplayInputs(format!("{e:#}")))?,
-            );
+            opts.replay_inputs = Some(replayer::inputs::load(trace)?);
         }
         Ok(opts)
     }

@@ -250,3 +250,87 @@ fn e820_map(ram: u64) -> Vec<boot_e820_entry> {
         entry(HIGH_MEMORY, ram, E820_RAM),
     ]
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A minimal bzImage: boot sector + 4 setup sectors with a 2.15 setup header, then
+    /// `kernel` as the protected-mode part.
+    fn bzimage(kernel: &[u8], init_size: u32) -> tempfile::NamedTempFile {
+        let mut b = vec![0u8; 5 * 512];
+        b[0x1f1] = 4; // setup_sects
+        b[0x1fe..0x200].copy_from_slice(&0xaa55u16.to_le_bytes());
+        b[0x202..0x206].copy_from_slice(b"HdrS");
+        b[0x206..0x208].copy_from_slice(&0x020fu16.to_le_bytes());
+        b[0x211] = LOADED_HIGH;
+        b[0x214..0x218].copy_from_slice(&0x10_0000u32.to_le_bytes()); // code32_start
+        b[0x22c..0x230].copy_from_slice(&0x7fff_ffffu32.to_le_bytes()); // initrd_addr_max
+        b[0x230..0x234].copy_from_slice(&0x20_0000u32.to_le_bytes()); // kernel_alignment
+        b[0x238..0x23c].copy_from_slice(&2048u32.to_le_bytes()); // cmdline_size
+        b[0x260..0x264].copy_from_slice(&init_size.to_le_bytes());
+        b.extend_from_slice(kernel);
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        std::io::Write::write_all(&mut f, &b).unwrap();
+        f
+    }
+
+    fn blob_at(spec: &traces::GuestSpec, gpa: u64) -> &[u8] {
+        let l = spec.loads.iter().find(|l| l.gpa == gpa).unwrap();
+        &spec.blobs[l.blob as usize].data
+    }
+
+    #[test]
+    fn the_boot_protocol_state_and_structures() {
+        let kernel = vec![0x90u8; 0x3000];
+        let f = bzimage(&kernel, 0x40_0000);
+        let initrd = vec![7u8; 0x2345];
+        let ram = 64 << 20;
+        let g = load(f.path(), "console=ttyS0", Some(&initrd), ram).unwrap();
+        // 32-bit entry at code32_start: flat protected mode, __BOOT_CS/__BOOT_DS, ESI.
+        let r = &g.entry;
+        assert_eq!(r.rip, 0x10_0000);
+        assert_eq!(r.cr0 & 0x8000_0001, 1);
+        assert_eq!(r.seg[CS].selector, BOOT_CS);
+        assert_eq!(r.seg[DS].selector, BOOT_DS);
+        assert_eq!(r.seg[SS].selector, BOOT_DS);
+        assert_eq!(r.gpr[RSI], ZERO_PAGE);
+        assert_eq!((r.gdtr.base, r.gdtr.limit), (GDT, 31));
+        assert_eq!(blob_at(&g, 0x10_0000), &kernel[..]);
+        assert_eq!(blob_at(&g, CMDLINE), b"console=ttyS0\0");
+        // The initrd is page-aligned at the top of RAM.
+        let initrd_at = (ram - initrd.len() as u64) & !0xfff;
+        assert_eq!(blob_at(&g, initrd_at), &initrd[..]);
+        // boot_params: the loader's fields and the e820 map of 64 MiB.
+        let zp = blob_at(&g, ZERO_PAGE);
+        let u32_at = |o: usize| u32::from_le_bytes(zp[o..o + 4].try_into().unwrap());
+        let u64_at = |o: usize| u64::from_le_bytes(zp[o..o + 8].try_into().unwrap());
+        assert_eq!(zp[0x210], LOADER_OTHER);
+        assert_eq!(u32_at(0x228), CMDLINE as u32);
+        assert_eq!(u32_at(0x218), initrd_at as u32);
+        assert_eq!(u32_at(0x21c), initrd.len() as u32);
+        assert_eq!(&zp[0x202..0x206], b"HdrS");
+        assert_eq!(zp[0x1e8], 3);
+        let e820: Vec<(u64, u64, u32)> = (0..3)
+            .map(|i| {
+                let o = 0x2d0 + 20 * i;
+                (u64_at(o), u64_at(o + 8), u32_at(o + 16))
+            })
+            .collect();
+        assert_eq!(
+            e820,
+            [
+                (0, 0x9_fc00, E820_RAM),
+                (0x9_fc00, 0x6_0400, E820_RESERVED),
+                (0x10_0000, ram - 0x10_0000, E820_RAM)
+            ]
+        );
+    }
+
+    #[test]
+    fn too_little_ram_for_the_decompressor_is_refused() {
+        let f = bzimage(&[0u8; 0x1000], 0x800_0000);
+        let err = load(f.path(), "", None, 64 << 20).unwrap_err();
+        assert!(format!("{err:#}").contains("give more --memory"), "{err:#}");
+    }
+}

@@ -232,7 +232,7 @@ fn options(header: &Header, out: &Path, budget: u64) -> anyhow::Result<RecordOpt
 
 fn record_on_kvm(trace: &Path, header: &Header, out: &Path, budget: u64) -> anyhow::Result<()> {
     let mut opts = options(header, out, budget)?;
-    opts.replay_inputs = Some(recorder::recorded_inputs(trace)?);
+    opts.replay_inputs = Some(replayer::inputs::load(trace)?);
     let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
     let summary = recorder::record(&mut backend, &header.guest, &opts)?;
     print_summary(&summary);

@@ -761,12 +761,12 @@ impl EmuBackend {
             Ok(()) => Ok(()),
             Err(e) => {
                 if let Some((ty, addr, size)) = self.uc.get_data_mut().unmapped.take() {
-                    return Err(BackendError::Engine(format!(
+                    return Err(BackendError::EngineAt(format!(
                         "mmurr-emu: the guest accessed unmapped address {addr:#x} ({size} bytes, {ty:?}) at RIP {rip:#x}; \
                          only RAM and declared MMIO regions exist in the emu backend"
                     )));
                 }
-                Err(BackendError::Engine(format!(
+                Err(BackendError::EngineAt(format!(
                     "mmurr-emu: Unicorn stopped at RIP {rip:#x}: {e:?} ({e})"
                 )))
             }
@@ -808,7 +808,7 @@ impl EmuBackend {
             return Ok(Exit::MmioRead { gpa, size });
         }
         if let Some((port, size)) = self.uc.get_data_mut().in_unanswered.take() {
-            return Err(BackendError::Engine(format!(
+            return Err(BackendError::EngineAt(format!(
                 "mmurr-emu: an `in` from port {port:#x} (size {size}) at RIP {:#x} ran without a value \
                  (the instruction was not recognised before execution)",
                 before.rip
@@ -955,7 +955,7 @@ impl EmuBackend {
                 Ok(Exit::Stepped)
             }
             exceptions::Outcome::Shutdown => Ok(Exit::Shutdown),
-            exceptions::Outcome::Unsupported(msg) => Err(BackendError::Engine(format!(
+            exceptions::Outcome::Unsupported(msg) => Err(BackendError::EngineAt(format!(
                 "mmurr-emu: exception {vector} (error code {error_code:?}) at RIP {at:#x}: {msg} — Unicorn does not \
                  deliver exceptions itself and mmurr-emu cannot deliver this one"
             ))),
@@ -1410,7 +1410,7 @@ impl Backend for EmuBackend {
         let _ = self.take_written(&before, fetch, d.as_ref());
         match exit {
             Exit::Stepped => Ok(()),
-            other => Err(BackendError::Engine(format!(
+            other => Err(BackendError::EngineAt(format!(
                 "mmurr-emu: completing the `in` at RIP {:#x} ended with {other:?}",
                 before.rip
             ))),
@@ -1440,7 +1440,7 @@ impl Backend for EmuBackend {
                 self.completion_write = Some(exit);
                 Ok(())
             }
-            other => Err(BackendError::Engine(format!(
+            other => Err(BackendError::EngineAt(format!(
                 "mmurr-emu: completing the MMIO read at RIP {:#x} ended with {other:?}",
                 before.rip
             ))),

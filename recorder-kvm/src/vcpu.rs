@@ -275,7 +275,7 @@ impl KvmBackend {
         } else {
             "this host's KVM"
         };
-        BackendError::Engine(format!(
+        BackendError::EngineAt(format!(
             "instruction {insn} at RIP {rip:#x} cannot be emulated by {host}{detail}; \
              use --backend emu"
         ))
@@ -659,7 +659,7 @@ impl Backend for KvmBackend {
                 }
                 Ok(VcpuExit::FailEntry(reason, _)) => {
                     self.refresh()?;
-                    return Err(BackendError::Engine(format!(
+                    return Err(BackendError::EngineAt(format!(
                         "KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}) at RIP {:#x}: the \
                          vCPU state is not enterable",
                         self.regs.rip
@@ -678,7 +678,7 @@ impl Backend for KvmBackend {
                 Ok(other) => {
                     let what = format!("{other:?}");
                     self.refresh()?;
-                    return Err(BackendError::Engine(format!(
+                    return Err(BackendError::EngineAt(format!(
                         "unexpected KVM exit {what} at RIP {:#x}",
                         self.regs.rip
                     )));

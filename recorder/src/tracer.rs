@@ -939,20 +939,19 @@ impl<'a> Tracer<'a> {
                 reason: EndReason::HostUnsupported,
                 message: m,
             },
+            BackendError::EngineAt(message) => Stop {
+                reason: EndReason::Error,
+                message,
+            },
             BackendError::Engine(m) | BackendError::Other(m) => {
                 let what = plan
                     .insn
                     .as_ref()
                     .map(insn::format)
                     .unwrap_or_else(|| "(undecodable)".into());
-                let message = if m.contains("RIP") {
-                    m
-                } else {
-                    format!("the engine failed at RIP {rip:#x} on \"{what}\": {m}")
-                };
                 Stop {
                     reason: EndReason::Error,
-                    message,
+                    message: format!("the engine failed at RIP {rip:#x} on \"{what}\": {m}"),
                 }
             }
         }

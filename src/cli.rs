@@ -95,6 +95,10 @@ pub struct CheckArgs {
     pub flavour: Option<FlavourChoice>,
     #[arg(long)]
     pub json: bool,
+    /// Print every finding; by default repeats of one story (same policy, kind, kind of write
+    /// and attributes) are printed once with their count, first and last step.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -1,0 +1,3 @@
+//! The PC platform devices of the emu backend (see the Platform once it lands).
+
+pub mod clock;

@@ -1,3 +1,4 @@
 //! The PC platform devices of the emu backend (see the Platform once it lands).
 
 pub mod clock;
+pub mod pic;

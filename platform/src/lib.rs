@@ -4,3 +4,4 @@ pub mod clock;
 pub mod pic;
 pub mod pit;
 pub mod lapic;
+pub mod ioapic;

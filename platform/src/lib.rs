@@ -5,3 +5,4 @@ pub mod pic;
 pub mod pit;
 pub mod lapic;
 pub mod ioapic;
+pub mod rtc;

@@ -6,3 +6,4 @@ pub mod pit;
 pub mod lapic;
 pub mod ioapic;
 pub mod rtc;
+pub mod pci;

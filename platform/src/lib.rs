@@ -7,3 +7,4 @@ pub mod lapic;
 pub mod ioapic;
 pub mod rtc;
 pub mod pci;
+pub mod reset;

@@ -1,9 +1,14 @@
-//! The PC platform of mmurr's emu backend: the devices a guest gets from KVM's in-kernel
-//! irqchip and PIT (local APIC, I/O APIC, the two 8259 PICs, the 8254 PIT with port 0x61) and
-//! from a pc machine's chipset (CMOS/RTC, PCI configuration mechanism #1 with an i440FX host
-//! bridge, the reset paths), as pure state machines on virtual time ([`clock`]): the same
-//! guest sees the same device behaviour, and raises the same interrupts at the same
-//! instruction, on every run.
+//! The PC platform, as pure state machines on virtual time ([`clock`]): the same guest sees
+//! the same device behaviour, and raises the same interrupts at the same instruction, on
+//! every run. Two halves, split where KVM splits them, so that a guest sees the same machine
+//! and the recorder the same exits on both backends:
+//!
+//! - [`Platform`]: what KVM's in-kernel irqchip and PIT provide (KVM_CREATE_IRQCHIP,
+//!   KVM_CREATE_PIT2): local APIC, I/O APIC, the two 8259 PICs, the 8254 PIT with port 0x61,
+//!   and the TSC. The emu backend runs it inside mmurr-emu; on kvm the kernel has it.
+//! - [`Chipset`]: what a KVM guest's port accesses exit to userspace for: CMOS/RTC, PCI
+//!   configuration mechanism #1 with an i440FX host bridge, the reset paths. The recorder's
+//!   devices run it for both backends.
 //!
 //! Interrupt routing is KVM's default GSI routing (`kvm_setup_default_irq_routing`): GSI 0–15
 //! go to the PIC input of the same number and to the IOAPIC pin of the same number; GSI 16–23
@@ -43,15 +48,12 @@ pub struct Platform {
     pub ioapic: ioapic::IoApic,
     pub pics: pic::Pics,
     pub pit: pit::Pit,
-    pub rtc: rtc::Rtc,
-    pub pci: pci::PciHost,
-    pub reset: reset::Reset,
     /// Added to the virtual TSC by WRMSR IA32_TSC.
     tsc_offset: u64,
 }
 
 impl Platform {
-    pub fn new(ram_size: u64, features: Features) -> Platform {
+    pub fn new(features: Features) -> Platform {
         let mut lapic = lapic::Lapic::default();
         lapic.x2apic_supported = features.x2apic;
         lapic.tsc_deadline_supported = features.tsc_deadline;
@@ -61,9 +63,6 @@ impl Platform {
             ioapic: ioapic::IoApic::default(),
             pics: pic::Pics::default(),
             pit: pit::Pit::default(),
-            rtc: rtc::Rtc::new(ram_size),
-            pci: pci::PciHost::default(),
-            reset: reset::Reset::default(),
             tsc_offset: 0,
         }
     }
@@ -72,21 +71,14 @@ impl Platform {
         self.clock.now_ns()
     }
 
-    /// Whether a port access of `size` bytes is the platform's.
-    pub fn claims_port(port: u16, size: u8) -> bool {
-        pic::Pics::claims(port)
-            || pit::Pit::claims(port)
-            || rtc::Rtc::claims(port)
-            || pci::PciHost::claims(port, size)
-            || reset::Reset::claims(port, size)
+    /// Whether a port access is the platform's (KVM's in-kernel PIC, ELCR, PIT and port 0x61).
+    pub fn claims_port(port: u16) -> bool {
+        pic::Pics::claims(port) || pit::Pit::claims(port)
     }
 
+    /// A port read; each byte of a wider access comes from consecutive ports.
     pub fn io_read(&mut self, port: u16, size: u8) -> u32 {
         let now = self.now();
-        if pci::PciHost::claims(port, size) {
-            return self.pci.read(port, size);
-        }
-        // The byte devices answer each byte of a wider access from consecutive ports.
         (0..size.min(4) as u16)
             .map(|i| {
                 let p = port.wrapping_add(i);
@@ -94,10 +86,6 @@ impl Platform {
                     self.pics.read(p)
                 } else if pit::Pit::claims(p) {
                     self.pit.read(p, now)
-                } else if rtc::Rtc::claims(p) {
-                    self.rtc.read(p, now)
-                } else if reset::Reset::claims(p, 1) {
-                    self.reset.read(p)
                 } else {
                     0xff
                 };
@@ -108,10 +96,6 @@ impl Platform {
 
     pub fn io_write(&mut self, port: u16, size: u8, data: u32) {
         let now = self.now();
-        if pci::PciHost::claims(port, size) {
-            self.pci.write(port, size, data);
-            return;
-        }
         for i in 0..size.min(4) as u16 {
             let p = port.wrapping_add(i);
             let b = (data >> (8 * i)) as u8;
@@ -119,10 +103,6 @@ impl Platform {
                 self.pics.write(p, b);
             } else if pit::Pit::claims(p) {
                 self.pit.write(p, b, now);
-            } else if rtc::Rtc::claims(p) {
-                self.rtc.write(p, b, now);
-            } else if reset::Reset::claims(p, 1) {
-                self.reset.write(p, b);
             }
         }
         self.update();
@@ -333,6 +313,67 @@ impl Platform {
         self.update();
         Some(ok)
     }
+}
+
+/// The chipset devices whose port accesses leave KVM for userspace.
+#[derive(Debug)]
+pub struct Chipset {
+    pub rtc: rtc::Rtc,
+    pub pci: pci::PciHost,
+    pub reset: reset::Reset,
+}
+
+impl Chipset {
+    /// For a machine with `ram_size` bytes of RAM (the CMOS memory-size bytes).
+    pub fn new(ram_size: u64) -> Chipset {
+        Chipset {
+            rtc: rtc::Rtc::new(ram_size),
+            pci: pci::PciHost::default(),
+            reset: reset::Reset::default(),
+        }
+    }
+
+    pub fn claims(port: u16, size: u8) -> bool {
+        rtc::Rtc::claims(port)
+            || pci::PciHost::claims(port, size)
+            || reset::Reset::claims(port, size)
+    }
+
+    /// A port read at virtual time `now_ns` (the RTC's clock).
+    pub fn io_read(&mut self, port: u16, size: u8, now_ns: u64) -> u32 {
+        if pci::PciHost::claims(port, size) {
+            return self.pci.read(port, size);
+        }
+        (0..size.min(4) as u16)
+            .map(|i| {
+                let p = port.wrapping_add(i);
+                let b = if rtc::Rtc::claims(p) {
+                    self.rtc.read(p, now_ns)
+                } else if reset::Reset::claims(p, 1) {
+                    self.reset.read(p)
+                } else {
+                    0xff
+                };
+                (b as u32) << (8 * i)
+            })
+            .fold(0, |a, b| a | b)
+    }
+
+    pub fn io_write(&mut self, port: u16, size: u8, data: u32, now_ns: u64) {
+        if pci::PciHost::claims(port, size) {
+            self.pci.write(port, size, data);
+            return;
+        }
+        for i in 0..size.min(4) as u16 {
+            let p = port.wrapping_add(i);
+            let b = (data >> (8 * i)) as u8;
+            if rtc::Rtc::claims(p) {
+                self.rtc.write(p, b, now_ns);
+            } else if reset::Reset::claims(p, 1) {
+                self.reset.write(p, b);
+            }
+        }
+    }
 
     /// The reset the guest asked for, once.
     pub fn take_reset(&mut self) -> Option<ResetCause> {
@@ -345,7 +386,7 @@ mod tests {
     use super::*;
 
     fn platform() -> Platform {
-        Platform::new(64 << 20, Features::default())
+        Platform::new(Features::default())
     }
 
     #[test]
@@ -422,10 +463,11 @@ mod tests {
     #[test]
     fn ports_and_msrs_claimed() {
         let mut p = platform();
-        assert!(Platform::claims_port(0x61, 1));
-        assert!(Platform::claims_port(0xcf8, 4));
-        assert!(!Platform::claims_port(0xcf8, 1));
-        assert!(!Platform::claims_port(0x3f8, 1));
+        assert!(Platform::claims_port(0x61));
+        assert!(Platform::claims_port(0x4d1));
+        assert!(!Platform::claims_port(0xcf8));
+        assert!(!Platform::claims_port(0x3f8));
+        assert!(!Platform::claims_port(0x70));
         assert!(p.claims_mmio(0xfee0_0020));
         assert!(p.claims_mmio(0xfec0_0010));
         assert_eq!(p.mmio_read(0xfee0_0030, 4), 0x50014);
@@ -448,7 +490,24 @@ mod tests {
         p.io_write(0x21, 1, 0x01);
         p.io_write(0x21, 1, 0x5a);
         assert_eq!(p.io_read(0x20, 2) >> 8, 0x5a);
-        p.io_write(0x64, 1, 0xfe);
-        assert_eq!(p.take_reset(), Some(ResetCause::KeyboardController));
+    }
+
+    #[test]
+    fn chipset_ports() {
+        let mut c = Chipset::new(64 << 20);
+        assert!(Chipset::claims(0xcf8, 4) && Chipset::claims(0xcfd, 1));
+        assert!(Chipset::claims(0x71, 1) && Chipset::claims(0x64, 1));
+        assert!(!Chipset::claims(0xcf8, 1) && !Chipset::claims(0x61, 1));
+        c.io_write(0xcf8, 4, 0x8000_0000, 0);
+        assert_eq!(c.io_read(0xcfc, 4, 0), 0x1237_8086);
+        c.io_write(0x70, 1, 0x0d, 0);
+        assert_eq!(c.io_read(0x71, 1, 0), 0x80);
+        c.io_write(0x64, 1, 0xfe, 0);
+        assert_eq!(c.take_reset(), Some(ResetCause::KeyboardController));
+        c.io_write(0xcf9, 1, 0x06, 0);
+        assert_eq!(
+            c.take_reset(),
+            Some(ResetCause::ResetControl { hard: true })
+        );
     }
 }

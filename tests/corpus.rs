@@ -239,8 +239,9 @@ fn record_seabios(c: &Path, dir: &Path, backend: &str) -> Output {
     )
 }
 
-/// SeaBIOS from its reset vector: real mode into 32-bit protected mode, its banner and POST
-/// log on the debug port 0x402, fw_cfg found.
+/// SeaBIOS from its reset vector: real mode into 32-bit protected mode and back (it calls
+/// 16-bit code from its 32-bit POST), its banner and POST log on the debug port 0x402, fw_cfg
+/// found, the PCI bus probed.
 #[test]
 fn seabios_posts_on_emu_and_the_trace_verifies() {
     let Some(c) = corpus(&["bios.bin"]) else {
@@ -261,6 +262,13 @@ fn seabios_posts_on_emu_and_the_trace_verifies() {
     });
     assert_eq!(events[pe + 1]["from"], "real", "{events:#?}");
     assert_eq!(events[pe + 1]["to"], "unpaged", "{events:#?}");
+    let back = find(&events, pe, "CR0.PE cleared", |e| {
+        e["kind"] == "transition" && e["from"] == "unpaged" && e["to"] == "real"
+    });
+    find(&events, back, "CR0.PE set again", |e| {
+        e["kind"] == "transition" && e["from"] == "real" && e["to"] == "unpaged"
+    });
+    assert!(log.contains("=== PCI bus & bridge init ===\n"), "{log:?}");
     assert_checks_and_self_checks(dir.path(), "bios.mmurr");
     assert_verifies(dir.path(), "bios.mmurr");
 }

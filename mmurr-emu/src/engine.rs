@@ -23,6 +23,8 @@ use traces::{
 use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot};
 use unicorn_engine::{RegisterX86, Unicorn};
 
+mod machine;
+
 pub const MSR_EFER: u32 = 0xC000_0080;
 const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 use mmu::bits::EFER_LMA;
@@ -46,6 +48,8 @@ pub struct HookState {
     pub mmio_write: Option<(u64, u8, u64)>,
     pub unmapped: Option<(MemType, u64, usize)>,
     pub ram: Vec<(u64, u64)>,
+    /// The PC platform (set by `load`), reached by the port and MMIO hooks.
+    pub machine: Option<machine::Machine>,
 }
 
 pub(crate) fn engine_err(what: &str, e: uc_error) -> BackendError {
@@ -158,6 +162,9 @@ impl EmuBackend {
         .map_err(|e| engine_err("hook", e))?;
         uc.add_insn_out_hook(|uc, port, size, value| {
             let st = uc.get_data_mut();
+            if machine::out_hook(st, port as u16, size as u8, value) {
+                return;
+            }
             if st.out.is_none() {
                 st.out = Some((port as u16, size as u8, value));
             }
@@ -761,9 +768,12 @@ impl EmuBackend {
             Ok(()) => Ok(()),
             Err(e) => {
                 if let Some((ty, addr, size)) = self.uc.get_data_mut().unmapped.take() {
+                    let wanted = recorder::devices::mmio_device(addr)
+                        .map(|d| format!(" — {d}?, which mmurr does not emulate"))
+                        .unwrap_or_default();
                     return Err(BackendError::EngineAt(format!(
-                        "mmurr-emu: the guest accessed unmapped address {addr:#x} ({size} bytes, {ty:?}) at RIP {rip:#x}; \
-                         only RAM and declared MMIO regions exist in the emu backend"
+                        "mmurr-emu: the guest accessed unmapped address {addr:#x} ({size} bytes, {ty:?}) at RIP {rip:#x}{wanted}; \
+                         only RAM, declared MMIO regions and the platform's LAPIC and IOAPIC pages exist in the emu backend"
                     )));
                 }
                 Err(BackendError::EngineAt(format!(
@@ -1171,6 +1181,7 @@ impl Backend for EmuBackend {
         }
         self.adopt_cpuid(guest)?;
         self.map_memory(guest)?;
+        self.attach_platform()?;
         for l in &guest.loads {
             let blob = guest.blobs.get(l.blob as usize).ok_or_else(|| {
                 BackendError::Other(format!(
@@ -1331,6 +1342,9 @@ impl Backend for EmuBackend {
             t.cr4.set(before.cr4);
             t.xcr0.set(before.xcr0);
         }
+        if let Some(r) = self.interrupt_boundary(&before)? {
+            return Ok(r);
+        }
         let (la, d) = self.decode_at_rip()?;
         let fetch = (la, d.map_or(1, |d| d.len as u64));
         if let Some(d) = d {
@@ -1352,6 +1366,10 @@ impl Backend for EmuBackend {
                     let exit = self.deliver_vector(13, Some(0), false, before.rip)?;
                     let written = self.take_written(&before, fetch, Some(&d));
                     return Ok(StepResult { exit, written });
+                }
+                Kind::In { port, size } if self.platform_claims(port) => {
+                    let v = self.platform_in(port, size);
+                    self.uc.get_data_mut().in_value = v;
                 }
                 Kind::In { port, size } => {
                     self.pending_in = Some((port, size));
@@ -1375,6 +1393,9 @@ impl Backend for EmuBackend {
                 }
                 _ => {}
             }
+            if let Some(r) = self.platform_msr(&d, &before)? {
+                return Ok(r);
+            }
         }
         if let Some((reg, value)) = d.as_ref().and_then(|d| self.cr_write(d, &before)) {
             if let Some(Err(_gp)) = self.cr_verdict(reg, value, &before) {
@@ -1385,8 +1406,19 @@ impl Backend for EmuBackend {
             }
         }
         let exit = self.execute(d, &before)?;
+        self.uc.get_data_mut().in_value = None;
+        let exit = self.after_instruction(exit, d.as_ref(), &before)?;
         let written = self.take_written(&before, fetch, d.as_ref());
         Ok(StepResult { exit, written })
+    }
+
+    fn set_irq_line(&mut self, gsi: u32, level: bool) -> Result<(), BackendError> {
+        self.platform_irq_line(gsi, level);
+        Ok(())
+    }
+
+    fn virtual_time_ns(&mut self) -> Option<u64> {
+        self.platform_time_ns()
     }
 
     fn take_deliveries(&mut self) -> Option<Vec<recorder::Delivery>> {

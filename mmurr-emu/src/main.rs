@@ -128,7 +128,10 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<ExitCode> {
             f.pcid
         );
         out!("scenarios:    {} (all runnable)", scenarios.join(", "));
-        out!("guests:       --scenario NAME, --kernel ELF (multiboot v1), --image FILE@ADDR");
+        out!(
+            "guests:       --scenario NAME, --kernel ELF (multiboot v1), --image FILE@ADDR, \
+             --firmware ROM, --guest-from TRACE (a Linux bzImage comes from `mmurr` as a guest file)"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

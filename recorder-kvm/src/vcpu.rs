@@ -698,6 +698,17 @@ impl Backend for KvmBackend {
         }
     }
 
+    /// KVM_IRQ_LINE on the in-kernel irqchip (default routing: PIC input and IOAPIC pin
+    /// `gsi`).
+    fn set_irq_line(&mut self, gsi: u32, level: bool) -> Result<(), BackendError> {
+        let vm = self
+            .vm
+            .as_ref()
+            .ok_or_else(|| BackendError::Other("set_irq_line before load".into()))?;
+        vm.set_irq_line(gsi, level)
+            .map_err(ioctl_err("KVM_IRQ_LINE"))
+    }
+
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError> {
         let pending = self.pending_read;
         let vcpu = self.vcpu()?;

@@ -172,6 +172,21 @@ pub trait Backend {
     fn take_deliveries(&mut self) -> Option<Vec<Delivery>> {
         None
     }
+    /// Drives interrupt line `gsi` of the machine's interrupt controllers to `level`: the
+    /// 8259 input of the same number (0–15) and the I/O APIC pin of the same number (0–23),
+    /// KVM's default routing. This is how the recorder's devices interrupt the guest (the
+    /// serial port's IRQ 4). The kvm backend uses KVM_IRQ_LINE, the emu backend its own
+    /// PIC/IOAPIC. The default, for a backend without interrupt controllers: the line goes
+    /// nowhere.
+    fn set_irq_line(&mut self, _gsi: u32, _level: bool) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Extension for backends with virtual time (the emu backend): guest time in nanoseconds,
+    /// which the recorder's devices use as their clock (the RTC). `None` (the default; KVM):
+    /// the recorder derives one from the step count.
+    fn virtual_time_ns(&mut self) -> Option<u64> {
+        None
+    }
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError>;
     fn complete_mmio_read(&mut self, data: u64) -> Result<(), BackendError>;
     /// The rest of the instruction after [`Backend::complete_io_in`] or

@@ -210,6 +210,38 @@ mod tests {
     use traces::{Blob, Load};
 
     #[test]
+    fn a_load_in_a_rom_region_above_ram_is_not_ram() {
+        let rom = vec![0xeau8; 0x2_0000];
+        let mut g = GuestSpec {
+            ram_size: 16 * PAGE_SIZE,
+            blobs: vec![Blob {
+                hash: 0,
+                name: "rom".into(),
+                data: rom,
+            }],
+            loads: vec![Load {
+                blob: 0,
+                gpa: 0xfffe_0000,
+            }],
+            ..GuestSpec::default()
+        };
+        // Without a region it is a load outside RAM: an inconsistent guest.
+        assert!(matches!(
+            MemoryImage::from_guest(&g),
+            Err(ImageError::OutOfRam { .. })
+        ));
+        g.regions.push(traces::MemRegion {
+            gpa: 0xfffe_0000,
+            size: 0x2_0000,
+            kind: traces::RegionKind::Rom,
+            name: "rom".into(),
+        });
+        let m = MemoryImage::from_guest(&g).unwrap();
+        assert_eq!(m.ram_size(), 16 * PAGE_SIZE);
+        assert!(!m.read(0xfffe_0000, &mut [0u8; 1]));
+    }
+
+    #[test]
     fn reads_and_writes_across_page_boundaries() {
         let mut m = MemoryImage::zeroed(3 * PAGE_SIZE);
         let data: Vec<u8> = (0..100).collect();

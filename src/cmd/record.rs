@@ -52,8 +52,6 @@ impl BackendChoiceMade {
     }
 }
 
-/// `auto`: kvm when the probe says this host runs every paging mode the guest needs (unknown
-/// needs, as for --image and --kernel, count as runnable), else emu.
 /// A guest with memory the kvm backend does not map (it maps RAM only; a firmware ROM below
 /// 4 GiB is a region above RAM), and why.
 fn kvm_cannot_map(guest: &BuiltGuest) -> Option<String> {
@@ -67,23 +65,26 @@ fn kvm_cannot_map(guest: &BuiltGuest) -> Option<String> {
     ))
 }
 
+/// `auto`: kvm when the probe says this host runs every paging mode the guest needs (unknown
+/// needs, as for --image and --kernel, count as runnable) and the kvm backend maps all of the
+/// guest's memory, else emu.
 pub fn choose_backend(
     choice: BackendChoice,
     guest: &BuiltGuest,
 ) -> anyhow::Result<BackendChoiceMade> {
     let (needs, label) = (guest.needs.as_deref(), guest.label.as_str());
-    let unmapped = kvm_cannot_map(guest);
-    match choice {
-        BackendChoice::Kvm if unmapped.is_some() => {
-            bail!(
-                "{}: record it with --backend emu",
-                unmapped.unwrap_or_default()
-            )
+    if choice != BackendChoice::Emu {
+        if let Some(why) = kvm_cannot_map(guest) {
+            if choice == BackendChoice::Kvm {
+                bail!("{why}: record it with --backend emu");
+            }
+            return Ok(BackendChoiceMade {
+                kind: Chosen::Emu,
+                reason: why,
+            });
         }
-        BackendChoice::Auto if unmapped.is_some() => Ok(BackendChoiceMade {
-            kind: Chosen::Emu,
-            reason: unmapped.unwrap_or_default(),
-        }),
+    }
+    match choice {
         BackendChoice::Kvm => Ok(BackendChoiceMade {
             kind: Chosen::Kvm,
             reason: "chosen with --backend kvm".into(),

@@ -15,10 +15,7 @@ use recorder::{Backend, BackendError, Exit, StepResult, Written};
 use traces::{BackendInfo, CpuidEntry, GuestSpec, Regs};
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
+use mmu::bits::{CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
 /// KVM needs three pages for the VMX real-mode TSS; put them where RAM never reaches.
 const TSS_ADDRESS: usize = 0xfffb_d000;
 /// RAM stays below the TSS pages and the 32-bit MMIO hole.

@@ -23,8 +23,7 @@ use traces::{
     RegId, Regs, StepRecord,
 };
 
-const RFLAGS_IF: u64 = 1 << 9;
-const RFLAGS_DF: u64 = 1 << 10;
+use mmu::bits::{RFLAGS_DF, RFLAGS_IF};
 
 /// Why the step loop stopped, before it becomes the end record.
 pub struct Stop {

@@ -53,7 +53,9 @@ impl MemoryImage {
         }
     }
 
-    /// RAM at entry: zero, with the header's blobs placed at their load addresses.
+    /// RAM at entry: zero, with the header's blobs placed at their load addresses. A load
+    /// that lies wholly in a declared region above RAM (firmware ROM below 4 GiB) belongs to
+    /// that region, which this image of RAM does not hold.
     pub fn from_guest(guest: &GuestSpec) -> Result<MemoryImage, ImageError> {
         let mut image = MemoryImage::zeroed(guest.ram_size);
         for (index, load) in guest.loads.iter().enumerate() {
@@ -65,6 +67,18 @@ impl MemoryImage {
                     blob: load.blob,
                     blobs: guest.blobs.len(),
                 })?;
+            let len = blob.data.len() as u64;
+            let in_region = guest.regions.iter().any(|r| {
+                r.kind != traces::RegionKind::Mmio
+                    && load.gpa >= r.gpa.max(guest.ram_size)
+                    && load
+                        .gpa
+                        .checked_add(len)
+                        .is_some_and(|e| e <= r.gpa.saturating_add(r.size))
+            });
+            if in_region {
+                continue;
+            }
             if !image.write(load.gpa, &blob.data) {
                 return Err(ImageError::OutOfRam {
                     index,

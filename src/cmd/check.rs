@@ -1,7 +1,7 @@
 //! `mmurr check`: MMU-context divergences per policy; exit 1 when a stale context or a #GP
 //! disagreement is found, 18 when nothing was found but the trace could not be read whole.
 
-use crate::cli::{CheckArgs, FlavourChoice};
+use crate::cli::CheckArgs;
 use anyhow::{bail, Context};
 use recorder::exit::Outcome;
 use replayer::{check, CheckReport, Timeline};
@@ -20,8 +20,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let mut timeline = Timeline::new(reader)
         .with_context(|| format!("cannot read trace {}", args.trace.display()))?;
     let flavour = match args.flavour {
-        Some(FlavourChoice::Tdp) => mmu::Flavour::Tdp,
-        Some(FlavourChoice::Shadow) => mmu::Flavour::Shadow,
+        Some(f) => f.into(),
         None => mmu::Flavour::parse(&timeline.header().mmu_flavour).unwrap_or(mmu::Flavour::Tdp),
     };
     let report = match check(&mut timeline, &policies, flavour) {

@@ -12,9 +12,9 @@ pub use fw_cfg::FwCfg;
 pub use serial::Serial;
 pub use unhandled::{Unhandled, UnhandledAccess};
 
-use replayer::inputs::{Input, RecordedInputs};
 use std::io::Write;
 use std::sync::Arc;
+use traces::inputs::{Input, RecordedInputs};
 
 /// Where the guest's serial and debug-console bytes go.
 pub enum OutputSink {
@@ -219,7 +219,7 @@ impl Devices {
         let data = data & mask(size) as u32;
         if Serial::claims(port) {
             self.serial.write(port, data as u8, &mut self.console);
-        } else if port == DebugCon::PORT {
+        } else if DebugCon::claims(port) {
             DebugCon::write(data as u8, &mut self.console);
         } else if port == DebugExit::PORT {
             return IoEffect::Exit {
@@ -245,7 +245,7 @@ impl Devices {
     fn device_io_in(&mut self, port: u16, size: u8) -> u32 {
         let value = if Serial::claims(port) {
             self.serial.read(port) as u32
-        } else if port == DebugCon::PORT {
+        } else if DebugCon::claims(port) {
             DebugCon::READBACK as u32
         } else if FwCfg::claims(port) {
             self.fw_cfg.read(port, size)
@@ -291,8 +291,10 @@ mod tests {
         let mut d = bus();
         d.io_out(0x3f8, 1, b'h' as u32);
         d.io_out(0xe9, 1, b'i' as u32);
-        assert_eq!(d.console.captured(), b"hi");
+        d.io_out(0x402, 1, b'!' as u32);
+        assert_eq!(d.console.captured(), b"hi!");
         assert_eq!(d.io_in(0x3fd, 1), 0x60);
+        assert_eq!(d.io_in(0x402, 1), 0xe9);
         assert!(d.unhandled.summary().is_empty());
     }
 

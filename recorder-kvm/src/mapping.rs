@@ -17,6 +17,11 @@ ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
 ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
 ioctl_io_nr!(KVM_RESET_DIRTY_RINGS, KVMIO, 0xc7);
 
+/// `what: <errno text>` for the system call that just failed.
+fn os_error(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
 /// `kvm_dirty_gfn.flags`: KVM published the entry / userspace has harvested it.
 const KVM_DIRTY_GFN_F_DIRTY: u32 = 1;
 const KVM_DIRTY_GFN_F_RESET: u32 = 2;
@@ -58,10 +63,7 @@ impl DirtyRing {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "mapping the dirty ring: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(os_error("mapping the dirty ring"));
         }
         Ok(DirtyRing {
             entries: ptr.cast(),
@@ -107,10 +109,7 @@ impl DirtyRing {
         // SAFETY: `vm` is a VM fd; the ioctl takes no argument.
         let ret = unsafe { ioctl(vm, KVM_RESET_DIRTY_RINGS()) };
         if ret < 0 {
-            return Err(format!(
-                "KVM_RESET_DIRTY_RINGS: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(os_error("KVM_RESET_DIRTY_RINGS"));
         }
         self.harvested = 0;
         Ok(())
@@ -149,10 +148,7 @@ pub fn get_dirty_log(vm: &VmFd, slot: u32, bitmap: &mut [u64]) -> Result<(), Str
     if ret == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "KVM_GET_DIRTY_LOG: {}",
-            std::io::Error::last_os_error()
-        ))
+        Err(os_error("KVM_GET_DIRTY_LOG"))
     }
 }
 
@@ -186,10 +182,7 @@ pub fn clear_dirty_log(
     if ret == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "KVM_CLEAR_DIRTY_LOG: {}",
-            std::io::Error::last_os_error()
-        ))
+        Err(os_error("KVM_CLEAR_DIRTY_LOG"))
     }
 }
 
@@ -220,10 +213,9 @@ impl GuestRam {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap of {size} bytes of guest RAM failed: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(os_error(&format!(
+                "mmap of {size} bytes of guest RAM failed"
+            )));
         }
         Ok(GuestRam {
             ptr: ptr.cast(),

@@ -1,14 +1,23 @@
 //! Exact memory on kvm: the pages the guest may have written since the previous step.
 //!
-//! KVM logs the pages the guest dirties (KVM_MEM_LOG_DIRTY_PAGES on the RAM slot). Plain
-//! KVM_GET_DIRTY_LOG write-protects every page it reports again, so a guest that writes its
-//! stack or a counter every few instructions takes a host fault for each of those writes, and
-//! every read of a non-empty log flushes the TLB: on this PVM host that doubled the time of a
-//! step. With KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (Documentation/virt/kvm/api.rst, "KVM_CLEAR_DIRTY_LOG")
+//! Preferred: the vCPU's dirty ring (KVM_CAP_DIRTY_LOG_RING). KVM publishes each page the
+//! guest writes in a ring shared with us, so a step costs no system call at all: on this PVM
+//! host, where KVM emulates ring-0 instructions and publishes every write they make, the
+//! KVM_GET_DIRTY_LOG ioctl after every step was most of what exact memory cost. Harvested
+//! pages stay writable until KVM_RESET_DIRTY_RINGS re-protects them (a natively running guest
+//! writes them without KVM seeing it), so they are *hot* until then, as below, and the ring is
+//! reset on the same rule.
+//!
+//! Otherwise the dirty bitmap (KVM_MEM_LOG_DIRTY_PAGES on the RAM slot, KVM_GET_DIRTY_LOG after
+//! every step, ≈ 1.3 µs per step here). Plain KVM_GET_DIRTY_LOG write-protects every page it
+//! reports again, so a natively running guest that writes its stack or a counter every few
+//! instructions would take a host fault for each of those writes. With
+//! KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 (Documentation/virt/kvm/api.rst, "KVM_CLEAR_DIRTY_LOG")
 //! reading the log leaves the reported pages writable and their bits set until
 //! KVM_CLEAR_DIRTY_LOG. A page the guest dirtied so stays *hot*: it is reported every step,
 //! and the tracer compares it with its shadow (4 KiB, far cheaper than a host fault), until it
-//! is cleared, i.e. write-protected again, so that its next write is logged again.
+//! is cleared, i.e. write-protected again, so that its next write is logged again. (On this PVM
+//! host it gains nothing measurable: ring-0 stores are emulated and never fault.)
 //!
 //! When to clear is a rent-or-buy choice: keeping a page hot costs a comparison per step, clearing
 //! it costs a fault on its next write. A page is cleared after [`HOT_REPORTS`] reports (about a
@@ -16,7 +25,7 @@
 //! filling memory). Exact either way: a hot page is compared every step, and a cleared page's
 //! next write sets its bit again.
 
-use crate::mapping;
+use crate::mapping::{self, DirtyRing};
 use kvm_ioctls::VmFd;
 
 /// Reports a page stays hot for before it is write-protected again.
@@ -27,40 +36,92 @@ pub const MAX_HOT: usize = 16;
 /// The dirty log of one memory slot.
 pub struct DirtyLog {
     slot: u32,
-    /// The last KVM_GET_DIRTY_LOG, one bit per page, reused every step.
-    bitmap: Vec<u64>,
-    /// `Some` with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 on; `None`: every read re-protects.
-    hot: Option<HotPages>,
+    source: Source,
+}
+
+enum Source {
+    Ring(RingLog),
+    Bitmap {
+        /// The last KVM_GET_DIRTY_LOG, one bit per page, reused every step.
+        bitmap: Vec<u64>,
+        /// `Some` with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 on; `None`: every read re-protects.
+        hot: Option<HotPages>,
+    },
+}
+
+/// The dirty ring and the pages harvested from it since its last reset.
+struct RingLog {
+    ring: DirtyRing,
+    hot: Vec<u64>,
+    /// Reports since the oldest hot page became hot.
+    reports: u32,
 }
 
 impl DirtyLog {
-    /// The log of slot `slot` of `size` bytes; `manual` when the VM has
+    /// The bitmap log of slot `slot` of `size` bytes; `manual` when the VM has
     /// KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2 enabled (without KVM_DIRTY_LOG_INITIALLY_SET).
-    pub fn new(slot: u32, size: u64, manual: bool) -> DirtyLog {
+    pub fn bitmap(slot: u32, size: u64, manual: bool) -> DirtyLog {
         DirtyLog {
             slot,
-            bitmap: vec![0; size.div_ceil(4096 * 64) as usize],
-            hot: manual.then(HotPages::default),
+            source: Source::Bitmap {
+                bitmap: vec![0; size.div_ceil(4096 * 64) as usize],
+                hot: manual.then(HotPages::default),
+            },
         }
     }
 
-    pub fn manual(&self) -> bool {
-        self.hot.is_some()
+    /// The log of slot `slot` read from the vCPU's dirty ring.
+    pub fn ring(slot: u32, ring: DirtyRing) -> DirtyLog {
+        DirtyLog {
+            slot,
+            source: Source::Ring(RingLog {
+                ring,
+                hot: Vec::new(),
+                reports: 0,
+            }),
+        }
+    }
+
+    /// How the log is read, for the trace header.
+    pub fn describe(&self) -> &'static str {
+        match &self.source {
+            Source::Ring(_) => "KVM dirty ring",
+            Source::Bitmap { hot: Some(_), .. } => {
+                "KVM dirty bitmap with manual re-protection of recently written pages"
+            }
+            Source::Bitmap { hot: None, .. } => "KVM dirty bitmap",
+        }
+    }
+
+    /// KVM stopped the vCPU because the ring is full (KVM_EXIT_DIRTY_RING_FULL): harvests it
+    /// and frees it. The harvested pages stay hot, so the next [`DirtyLog::read`] reports them.
+    pub fn ring_full(&mut self, vm: &VmFd) -> Result<(), String> {
+        match &mut self.source {
+            Source::Ring(r) => {
+                r.harvest(self.slot);
+                r.ring.reset(vm)
+            }
+            Source::Bitmap { .. } => Err("a dirty-ring exit without a dirty ring".into()),
+        }
     }
 
     /// Appends to `pages` the numbers of the pages written since the previous call, and hot
-    /// pages (which may have been); clears the pages whose turn it is.
+    /// pages (which may have been); re-protects the pages whose turn it is.
     pub fn read(&mut self, vm: &VmFd, pages: &mut Vec<u64>) -> Result<(), String> {
-        mapping::get_dirty_log(vm, self.slot, &mut self.bitmap)?;
+        let (bitmap, hot) = match &mut self.source {
+            Source::Ring(r) => return r.read(vm, self.slot, pages),
+            Source::Bitmap { bitmap, hot } => (bitmap, hot),
+        };
+        mapping::get_dirty_log(vm, self.slot, bitmap)?;
         let start = pages.len();
-        for (i, &word) in self.bitmap.iter().enumerate() {
+        for (i, &word) in bitmap.iter().enumerate() {
             let mut bits = word;
             while bits != 0 {
                 pages.push((i * 64) as u64 + u64::from(bits.trailing_zeros()));
                 bits &= bits - 1;
             }
         }
-        let Some(hot) = self.hot.as_mut() else {
+        let Some(hot) = hot.as_mut() else {
             return Ok(());
         };
         let cold = hot.reported(&pages[start..]);
@@ -74,6 +135,37 @@ impl DirtyLog {
                 i += 1;
             }
             mapping::clear_dirty_log(vm, self.slot, group * 64, 64, &[mask])?;
+        }
+        Ok(())
+    }
+}
+
+impl RingLog {
+    /// Takes in the pages KVM published since the last harvest.
+    fn harvest(&mut self, slot: u32) {
+        while let Some((s, page)) = self.ring.harvest() {
+            if s == slot && !self.hot.contains(&page) {
+                if self.hot.is_empty() {
+                    self.reports = 0;
+                }
+                self.hot.push(page);
+            }
+        }
+    }
+
+    fn read(&mut self, vm: &VmFd, slot: u32, pages: &mut Vec<u64>) -> Result<(), String> {
+        self.harvest(slot);
+        if self.hot.is_empty() {
+            return Ok(());
+        }
+        pages.extend_from_slice(&self.hot);
+        self.reports += 1;
+        let full = self.ring.harvested() >= self.ring.len() / 2;
+        if self.reports >= HOT_REPORTS || self.hot.len() > MAX_HOT || full {
+            // Reported just now, so nothing is lost by forgetting them: from here on their
+            // writes are published again.
+            self.ring.reset(vm)?;
+            self.hot.clear();
         }
         Ok(())
     }

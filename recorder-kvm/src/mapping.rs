@@ -3,15 +3,133 @@
 //! dirty-log ioctls that hand KVM a bitmap buffer (which kvm-ioctls wraps only in part).
 
 use kvm_bindings::{
-    kvm_clear_dirty_log, kvm_clear_dirty_log__bindgen_ty_1, kvm_dirty_log,
+    kvm_clear_dirty_log, kvm_clear_dirty_log__bindgen_ty_1, kvm_dirty_gfn, kvm_dirty_log,
     kvm_dirty_log__bindgen_ty_1, kvm_run, kvm_userspace_memory_region, KVMIO,
+    KVM_DIRTY_LOG_PAGE_OFFSET,
 };
-use kvm_ioctls::VmFd;
-use vmm_sys_util::ioctl::ioctl_with_ref;
-use vmm_sys_util::{ioctl_iow_nr, ioctl_iowr_nr};
+use kvm_ioctls::{VcpuFd, VmFd};
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use vmm_sys_util::ioctl::{ioctl, ioctl_with_ref};
+use vmm_sys_util::{ioctl_io_nr, ioctl_iow_nr, ioctl_iowr_nr};
 
 ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
 ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
+ioctl_io_nr!(KVM_RESET_DIRTY_RINGS, KVMIO, 0xc7);
+
+/// `what: <errno text>` for the system call that just failed.
+fn os_error(what: &str) -> String {
+    format!("{what}: {}", std::io::Error::last_os_error())
+}
+
+/// `kvm_dirty_gfn.flags`: KVM published the entry / userspace has harvested it.
+const KVM_DIRTY_GFN_F_DIRTY: u32 = 1;
+const KVM_DIRTY_GFN_F_RESET: u32 = 2;
+
+/// A vCPU's dirty ring (KVM_CAP_DIRTY_LOG_RING, Documentation/virt/kvm/api.rst): entries
+/// KVM publishes, one per page written, in a mapping of the vCPU fd shared with the kernel.
+pub struct DirtyRing {
+    entries: *mut kvm_dirty_gfn,
+    len: u32,
+    /// The next entry to harvest (free-running; the slot is `fetch % len`).
+    fetch: u32,
+    /// Entries harvested since the last KVM_RESET_DIRTY_RINGS.
+    harvested: u32,
+}
+
+impl DirtyRing {
+    /// Maps the ring of `vcpu`, `bytes` long (the size the VM enabled the ring with).
+    pub fn map(vcpu: &VcpuFd, bytes: usize) -> Result<DirtyRing, String> {
+        let len = bytes / std::mem::size_of::<kvm_dirty_gfn>();
+        if len == 0 || !len.is_power_of_two() || len > u32::MAX as usize {
+            return Err(format!("dirty ring of {bytes} bytes"));
+        }
+        // SAFETY: sysconf has no preconditions.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        let offset = libc::off_t::try_from(page)
+            .ok()
+            .and_then(|p| p.checked_mul(KVM_DIRTY_LOG_PAGE_OFFSET.into()))
+            .ok_or("page size")?;
+        // SAFETY: a new shared mapping of the vCPU fd at KVM's dirty-ring offset, with no address
+        // hint, aliases nothing of ours; the result is checked before use.
+        let ptr = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                bytes,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                vcpu.as_raw_fd(),
+                offset,
+            )
+        };
+        if ptr == libc::MAP_FAILED {
+            return Err(os_error("mapping the dirty ring"));
+        }
+        Ok(DirtyRing {
+            entries: ptr.cast(),
+            len: len as u32,
+            fetch: 0,
+            harvested: 0,
+        })
+    }
+
+    pub fn len(&self) -> u32 {
+        self.len
+    }
+
+    /// Entries harvested and not yet reset.
+    pub fn harvested(&self) -> u32 {
+        self.harvested
+    }
+
+    /// The next published entry, `(slot, page offset in the slot)`, marked harvested.
+    pub fn harvest(&mut self) -> Option<(u32, u64)> {
+        let i = (self.fetch % self.len) as usize;
+        // SAFETY: `i < len`, so the entry lies inside the live mapping of `len` entries. Its
+        // flags word is shared with KVM, which writes it with release order after filling
+        // the entry, so it is read atomically with acquire order before the other fields;
+        // KVM does not touch a published entry until userspace marks it harvested.
+        let (flags, entry) = unsafe {
+            let e = self.entries.add(i);
+            let flags = AtomicU32::from_ptr(std::ptr::addr_of_mut!((*e).flags));
+            if flags.load(Ordering::Acquire) & KVM_DIRTY_GFN_F_DIRTY == 0 {
+                return None;
+            }
+            (flags, std::ptr::read_volatile(e))
+        };
+        flags.store(KVM_DIRTY_GFN_F_RESET, Ordering::Release);
+        self.fetch = self.fetch.wrapping_add(1);
+        self.harvested += 1;
+        Some((entry.slot, entry.offset))
+    }
+
+    /// KVM_RESET_DIRTY_RINGS: KVM write-protects the harvested pages again (their next
+    /// write is published again) and frees their entries.
+    pub fn reset(&mut self, vm: &VmFd) -> Result<(), String> {
+        // SAFETY: `vm` is a VM fd; the ioctl takes no argument.
+        let ret = unsafe { ioctl(vm, KVM_RESET_DIRTY_RINGS()) };
+        if ret < 0 {
+            return Err(os_error("KVM_RESET_DIRTY_RINGS"));
+        }
+        self.harvested = 0;
+        Ok(())
+    }
+}
+
+impl Drop for DirtyRing {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping `map` created; no borrow of it outlives `self`.
+        unsafe {
+            libc::munmap(
+                self.entries.cast(),
+                self.len as usize * std::mem::size_of::<kvm_dirty_gfn>(),
+            );
+        }
+    }
+}
+
+// SAFETY: the ring mapping is owned by this value alone (the kernel is the other party).
+unsafe impl Send for DirtyRing {}
 
 /// KVM_GET_DIRTY_LOG of memory slot `slot` into `bitmap` (one bit per page of the slot; the
 /// caller sizes it for the whole slot), reusing the caller's buffer on every step.
@@ -30,10 +148,7 @@ pub fn get_dirty_log(vm: &VmFd, slot: u32, bitmap: &mut [u64]) -> Result<(), Str
     if ret == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "KVM_GET_DIRTY_LOG: {}",
-            std::io::Error::last_os_error()
-        ))
+        Err(os_error("KVM_GET_DIRTY_LOG"))
     }
 }
 
@@ -67,10 +182,7 @@ pub fn clear_dirty_log(
     if ret == 0 {
         Ok(())
     } else {
-        Err(format!(
-            "KVM_CLEAR_DIRTY_LOG: {}",
-            std::io::Error::last_os_error()
-        ))
+        Err(os_error("KVM_CLEAR_DIRTY_LOG"))
     }
 }
 
@@ -101,10 +213,9 @@ impl GuestRam {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap of {size} bytes of guest RAM failed: {}",
-                std::io::Error::last_os_error()
-            ));
+            return Err(os_error(&format!(
+                "mmap of {size} bytes of guest RAM failed"
+            )));
         }
         Ok(GuestRam {
             ptr: ptr.cast(),

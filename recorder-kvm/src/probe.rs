@@ -139,6 +139,11 @@ pub fn probe() -> HostReport {
                 manual > 0
                     && manual as u32 & kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0,
             ));
+            // KVM_CAP_DIRTY_LOG_RING answers with the largest ring it takes, in bytes.
+            caps.push((
+                "dirty_log_ring",
+                kvm.check_extension_raw(kvm_bindings::KVM_CAP_DIRTY_LOG_RING.into()) > 0,
+            ));
             (Ok(()), kvm.get_api_version(), caps)
         }
         Err(e) => (Err(open_error(e)), 0, Vec::new()),

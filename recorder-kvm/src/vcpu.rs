@@ -2,13 +2,13 @@
 //! with KVM_SET_GUEST_DEBUG (SINGLESTEP) and read through KVM_CAP_SYNC_REGS.
 
 use crate::dirty::DirtyLog;
-use crate::mapping::{self, GuestRam};
+use crate::mapping::{self, DirtyRing, GuestRam};
 use crate::probe::HostReport;
 use crate::regs::{kvm_regs_of, kvm_sregs_of, regs_from_kvm};
 use kvm_bindings::{
     kvm_enable_cap, kvm_guest_debug, kvm_msr_entry, kvm_pit_config, CpuId, Msrs,
-    KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM_GUESTDBG_ENABLE,
-    KVM_GUESTDBG_SINGLESTEP, KVM_MAX_CPUID_ENTRIES,
+    KVM_CAP_DIRTY_LOG_RING, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
+    KVM_EXIT_DIRTY_RING_FULL, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use recorder::{Backend, BackendError, Exit, StepResult, Written};
@@ -23,6 +23,9 @@ const MAX_RAM: u64 = 3 << 30;
 /// The memory slot of guest RAM.
 const RAM_SLOT: u32 = 0;
 const PAGE_SHIFT: u32 = 12;
+/// Dirty-ring size: 4096 entries. A step publishes a handful (its writes, the A/D bits of a
+/// walk) and the ring is reset at least every `dirty::HOT_REPORTS` steps.
+const DIRTY_RING_BYTES: usize = 4096 * 16;
 
 /// A guest on /dev/kvm. Field order matters: the vCPU and VM are closed before the RAM they
 /// map is unmapped.
@@ -85,12 +88,31 @@ impl KvmBackend {
     /// One single step with nothing else: KVM_RUN and RIP from the sync-regs area, no exit
     /// handling and no register conversion. The floor the recorder's step rate is measured
     /// against (the step_rate bench); any exit but a debug exit is an error.
+    /// (A full dirty ring is freed, as it must be for the vCPU to run on.)
     pub fn step_bare(&mut self) -> Result<u64, BackendError> {
-        let vcpu = self.vcpu()?;
-        match vcpu.run() {
-            Ok(VcpuExit::Debug(_)) => Ok(vcpu.sync_regs().regs.rip),
-            Ok(other) => Err(BackendError::Other(format!("unexpected exit {other:?}"))),
-            Err(e) => Err(BackendError::Other(format!("KVM_RUN: {e}"))),
+        loop {
+            let vcpu = self.vcpu()?;
+            match vcpu.run() {
+                Ok(VcpuExit::Debug(_)) => return Ok(vcpu.sync_regs().regs.rip),
+                Ok(VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL)) => self.dirty_ring_full()?,
+                Ok(other) => return Err(BackendError::Other(format!("unexpected exit {other:?}"))),
+                Err(e) => return Err(BackendError::Other(format!("KVM_RUN: {e}"))),
+            }
+        }
+    }
+
+    /// KVM_EXIT_DIRTY_RING_FULL: KVM stopped before running the instruction; the ring is
+    /// harvested and freed (the pages stay in the log's hot set) and the vCPU can run on.
+    fn dirty_ring_full(&mut self) -> Result<(), BackendError> {
+        let vm = self
+            .vm
+            .as_ref()
+            .ok_or_else(|| BackendError::Other("no guest loaded".into()))?;
+        match self.dirty_log.as_mut() {
+            Ok(log) => log.ring_full(vm).map_err(BackendError::Other),
+            Err(_) => Err(BackendError::Other(
+                "KVM_EXIT_DIRTY_RING_FULL without a dirty ring".into(),
+            )),
         }
     }
 
@@ -358,10 +380,10 @@ impl Backend for KvmBackend {
         info.kvm_facts.push((
             "memory_writes".into(),
             match &self.dirty_log {
-                Ok(log) if log.manual() => "exact (KVM dirty log diffed against a shadow every \
-                    step; manual re-protection keeps recently written pages writable)"
-                    .into(),
-                Ok(_) => "exact (KVM dirty log diffed against a shadow every step)".into(),
+                Ok(log) => format!(
+                    "exact ({}, the pages it names diffed against a shadow every step)",
+                    log.describe()
+                ),
                 Err(why) => format!(
                     "inferred from the decoded instruction: no dirty log ({why}); writes the \
                      decoder cannot see show up as self-check failures"
@@ -389,9 +411,29 @@ impl Backend for KvmBackend {
         vm.create_pit2(kvm_pit_config::default())
             .map_err(ioctl_err("KVM_CREATE_PIT2"))?;
         let mut ram = GuestRam::new(guest.ram_size).map_err(BackendError::Other)?;
-        // Reading the log must not write-protect the pages the guest keeps writing (see
-        // `dirty`); without the capability every read re-protects, which is slower but as exact.
-        let manual = self.report.has_cap("manual_dirty_log_protect2")
+        // The dirty ring costs no system call per step (see `dirty`); it must be enabled before
+        // the vCPU exists and is mapped once it does.
+        let ring = self
+            .report
+            .has_cap("dirty_log_ring")
+            .then(|| {
+                let max = self.kvm.check_extension_raw(KVM_CAP_DIRTY_LOG_RING.into());
+                DIRTY_RING_BYTES.min(usize::try_from(max).unwrap_or(0))
+            })
+            .filter(|&bytes| {
+                bytes > 0
+                    && vm
+                        .enable_cap(&kvm_enable_cap {
+                            cap: KVM_CAP_DIRTY_LOG_RING,
+                            args: [bytes as u64, 0, 0, 0],
+                            ..Default::default()
+                        })
+                        .is_ok()
+            });
+        // Else the bitmap. Reading it must not write-protect the pages the guest keeps
+        // writing; without the capability every read re-protects, slower but as exact.
+        let manual = ring.is_none()
+            && self.report.has_cap("manual_dirty_log_protect2")
             && vm
                 .enable_cap(&kvm_enable_cap {
                     cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
@@ -401,7 +443,7 @@ impl Backend for KvmBackend {
                 .is_ok();
         self.dirty_log = ram
             .register(&vm, RAM_SLOT, true)
-            .map(|()| DirtyLog::new(RAM_SLOT, ram.size(), manual));
+            .map(|()| DirtyLog::bitmap(RAM_SLOT, ram.size(), manual));
         if let Err(why) = &self.dirty_log {
             // Without a dirty log the recorder falls back to inferring writes (and says so).
             ram.register(&vm, RAM_SLOT, false)
@@ -426,6 +468,10 @@ impl Backend for KvmBackend {
         }
 
         let vcpu = vm.create_vcpu(0).map_err(ioctl_err("KVM_CREATE_VCPU"))?;
+        if let (Some(bytes), Ok(_)) = (ring, &self.dirty_log) {
+            // With the ring enabled there is no bitmap to fall back to.
+            self.dirty_log = DirtyRing::map(&vcpu, bytes).map(|r| DirtyLog::ring(RAM_SLOT, r));
+        }
         let mut cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -674,6 +720,11 @@ impl Backend for KvmBackend {
                         exit: Exit::Interrupted,
                         written: Written::DirtyPages(Vec::new()),
                     });
+                }
+                // KVM stopped before running the instruction: free the ring, then run it.
+                Ok(VcpuExit::Unsupported(KVM_EXIT_DIRTY_RING_FULL)) => {
+                    self.dirty_ring_full()?;
+                    continue;
                 }
                 Ok(other) => {
                     let what = format!("{other:?}");

@@ -2,12 +2,14 @@
 //! dirty bits the CPU sets and the guest clears again, `inc`/`pop` to memory) recorded with
 //! KVM's dirty log passes every keyframe's self-check, carries the A/D bytes the page walks
 //! wrote, and the replayer rebuilds the live guest's RAM at steps all over the recording.
+//! It does so with each way of reading the log this host offers: the dirty ring, and the dirty
+//! bitmap (with manual re-protection where offered) that is used where the ring is not.
 //! And an MMIO read-modify-write (`and dword [mmio], imm`) is one step with both accesses
 //! (`recorder::test_support::check_mmio_read_modify_write`, the same check as on emu).
 mod common;
 
 use recorder::{record_with, Backend, RecordOptions, StepControl, StepVerdict, StepView};
-use recorder_kvm::{probe, KvmBackend};
+use recorder_kvm::{probe, HostReport, KvmBackend};
 use replayer::Timeline;
 use std::collections::BTreeMap;
 use traces::{EndReason, Reader, Record, Regs};
@@ -41,6 +43,25 @@ fn options(dir: &std::path::Path, name: &str) -> RecordOptions {
 #[test]
 fn accessed_and_dirty_bits_are_recorded_exactly() {
     require_kvm!();
+    let report = probe();
+    if !report.has_cap("dirty_log_ring") {
+        eprintln!("note: this host's KVM has no dirty ring; the bitmap test covers exactness");
+        return;
+    }
+    accessed_and_dirty_bits_exact(report, "KVM dirty ring");
+}
+
+#[test]
+fn accessed_and_dirty_bits_are_recorded_exactly_from_the_dirty_bitmap() {
+    require_kvm!();
+    // As on a host without the ring.
+    let mut report = probe();
+    report.caps.retain(|(name, _)| *name != "dirty_log_ring");
+    accessed_and_dirty_bits_exact(report, "KVM dirty bitmap");
+}
+
+/// Records `accessed-dirty` on a backend made from `report`; the header must name `source`.
+fn accessed_and_dirty_bits_exact(report: HostReport, source: &str) {
     let s = guests::scenario("accessed-dirty", &guests::CpuFeatures::default()).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let opts = options(dir.path(), "ad.mmurr");
@@ -48,7 +69,7 @@ fn accessed_and_dirty_bits_are_recorded_exactly() {
         every: 53,
         samples: BTreeMap::new(),
     };
-    let mut backend = KvmBackend::new(probe()).unwrap();
+    let mut backend = KvmBackend::new(report).unwrap();
     let summary = record_with(&mut backend, &s.guest, &opts, Some(&mut sampler)).unwrap();
     assert_eq!(
         summary.end.reason,
@@ -71,7 +92,7 @@ fn accessed_and_dirty_bits_are_recorded_exactly() {
     let facts = &reader.header().backend.kvm_facts;
     let memory = facts.iter().find(|(k, _)| k == "memory_writes");
     assert!(
-        memory.is_some_and(|(_, v)| v.starts_with("exact")),
+        memory.is_some_and(|(_, v)| v.starts_with(&format!("exact ({source}"))),
         "{memory:?}"
     );
     // The CPU's own writes are in the trace: the accessed/dirty bits the walks set again in

@@ -795,7 +795,9 @@ impl<'a> Tracer<'a> {
         pages.sort_unstable();
         pages.dedup();
         let mut out = Vec::new();
-        let mut buf = [0u8; shadow::PAGE];
+        // Only for a backend whose RAM is not mapped (filled lazily: zeroing a page per call
+        // showed in the step rate).
+        let mut buf = Vec::new();
         for gpa in pages {
             let mapped = usize::try_from(gpa).ok().and_then(|start| {
                 let ram = self.backend.ram()?;
@@ -803,8 +805,13 @@ impl<'a> Tracer<'a> {
             });
             let real = match mapped {
                 Some(r) => r,
-                None if self.backend.read_phys(gpa, &mut buf) => &buf[..],
-                None => continue, // not RAM
+                None => {
+                    buf.resize(shadow::PAGE, 0);
+                    if !self.backend.read_phys(gpa, &mut buf) {
+                        continue; // not RAM
+                    }
+                    &buf[..]
+                }
             };
             out.extend(
                 self.shadow

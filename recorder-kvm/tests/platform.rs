@@ -2,10 +2,12 @@
 //! irqchip and PIT: each runs to the same verdict as on emu (mmurr-emu/tests/platform.rs).
 mod common;
 
-use guests::test_kernels::{build_platform, PlatformTest, PLATFORM_PASS, PLATFORM_SERIAL_OUTPUT};
+use guests::test_kernels::{
+    build_platform, external_interrupts, PlatformTest, PLATFORM_PASS, PLATFORM_SERIAL_OUTPUT,
+};
 use recorder::{record, RecordOptions};
 use recorder_kvm::{probe, KvmBackend};
-use traces::{EndReason, EventKind, Reader, Record};
+use traces::EndReason;
 
 /// Records the kernel; its summary and the vectors of the trace's external interrupts.
 fn run(test: PlatformTest) -> (recorder::RecordSummary, Vec<u8>) {
@@ -18,17 +20,7 @@ fn run(test: PlatformTest) -> (recorder::RecordSummary, Vec<u8>) {
     opts.max_steps = 2_000_000;
     let mut backend = KvmBackend::new(probe()).unwrap();
     let s = record(&mut backend, &guest, &opts).unwrap();
-    let mut reader = Reader::open(&opts.output).unwrap();
-    let vectors = reader
-        .records()
-        .filter_map(|r| match r.unwrap() {
-            Record::Event(e) => match e.kind {
-                EventKind::ExternalInterrupt(i) => Some(i.vector),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
+    let vectors = external_interrupts(&opts.output).unwrap();
     (s, vectors)
 }
 

@@ -10,9 +10,13 @@ pub enum BackendError {
     /// The host cannot run this guest (e.g. a PVM KVM and 32-bit paging); suggest another backend.
     #[error("{0}")]
     HostUnsupported(String),
-    /// The engine failed on an instruction (e.g. KVM emulation failure); names RIP and the instruction.
+    /// The engine failed; the recorder adds where (RIP and the instruction).
     #[error("{0}")]
     Engine(String),
+    /// The engine failed, and the message already names the instruction and its RIP (e.g. a
+    /// KVM emulation failure with the instruction's bytes); the recorder shows it as it is.
+    #[error("{0}")]
+    EngineAt(String),
     #[error("{0}")]
     Other(String),
 }

@@ -25,5 +25,5 @@ mod tracer;
 pub use backend::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
 pub use control::{StepControl, StepVerdict, StepView};
 pub use cr_watch::{planned_write, PlannedWrite};
-pub use options::{recorded_inputs, RecordError, RecordOptions, RecordSummary, SerialSink};
+pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};
 pub use record::{record, record_with, resolve_policies};

@@ -119,7 +119,7 @@ impl EmuBackend {
             d.kind = recorder::DeliveryKind::External;
             d.cr2 = None;
         }
-        let fetch = (self.fetch_linear(before), 1);
+        let fetch = (insn::linear_ip(before), 1);
         let written = self.take_written(before, fetch, None);
         Ok(Some(StepResult { exit, written }))
     }
@@ -179,7 +179,7 @@ impl EmuBackend {
         } else {
             self.deliver_vector(13, Some(0), false, before.rip)?
         };
-        let fetch = (self.fetch_linear(before), d.len as u64);
+        let fetch = (insn::linear_ip(before), d.len as u64);
         let written = self.take_written(before, fetch, Some(d));
         Ok(Some(StepResult { exit, written }))
     }
@@ -223,9 +223,7 @@ impl EmuBackend {
             }
             _ => {
                 if let (Kind::MovCr(8), false) = (d.kind, delivered) {
-                    let cr8 = crate::decode::register_value(before, i.op1_register(), true)
-                        .unwrap_or(0)
-                        & 0xf;
+                    let cr8 = insn::register_value(before, 64, i.op1_register()).unwrap_or(0) & 0xf;
                     m.platform.lapic.write(0x80, (cr8 << 4) as u32, 0);
                 }
                 Ok(exit)

@@ -12,9 +12,9 @@ pub use fw_cfg::FwCfg;
 pub use serial::Serial;
 pub use unhandled::{mmio_device, port_device, Unhandled, UnhandledAccess, EMULATED};
 
-use replayer::inputs::{Input, RecordedInputs};
 use std::io::Write;
 use std::sync::Arc;
+use traces::inputs::{Input, RecordedInputs};
 
 /// Where the guest's serial and debug-console bytes go.
 pub enum OutputSink {
@@ -259,7 +259,7 @@ impl Devices {
                 self.unhandled.handled();
                 return IoEffect::Reset(cause);
             }
-        } else if port == DebugCon::PORT {
+        } else if DebugCon::claims(port) {
             DebugCon::write(data as u8, &mut self.console);
         } else if port == DebugExit::PORT {
             return IoEffect::Exit {
@@ -289,7 +289,7 @@ impl Devices {
             v
         } else if platform::Chipset::claims(port, size) {
             self.chipset.io_read(port, size, self.now_ns)
-        } else if port == DebugCon::PORT {
+        } else if DebugCon::claims(port) {
             DebugCon::READBACK as u32
         } else if FwCfg::claims(port) {
             self.fw_cfg.read(port, size)
@@ -335,8 +335,10 @@ mod tests {
         let mut d = bus();
         d.io_out(0x3f8, 1, b'h' as u32);
         d.io_out(0xe9, 1, b'i' as u32);
-        assert_eq!(d.console.captured(), b"hi");
+        d.io_out(0x402, 1, b'!' as u32);
+        assert_eq!(d.console.captured(), b"hi!");
         assert_eq!(d.io_in(0x3fd, 1), 0x60);
+        assert_eq!(d.io_in(0x402, 1), 0xe9);
         assert!(d.unhandled.summary().is_empty());
     }
 

@@ -3,7 +3,7 @@
 
 mod common;
 use common::{mmurr, text};
-
+use guests::test_kernels::{external_interrupts, PlatformTest, PLATFORM_PASS};
 use std::path::Path;
 
 use traces::{Reader, Record, Writer};
@@ -271,4 +271,51 @@ fn verify_says_when_this_host_cannot_run_the_guest() {
     );
     assert!(stdout.contains("cannot run here"), "{stdout}");
     assert!(!stdout.contains("diverged"), "{stdout}");
+}
+
+/// A platform test kernel with timer interrupts, recorded on emu and re-executed: the
+/// interrupts come back at the same instructions.
+#[test]
+fn an_emu_recording_with_interrupts_verifies() {
+    let emu = Path::new(env!("CARGO_BIN_EXE_mmurr")).with_file_name("mmurr-emu");
+    assert!(
+        emu.exists(),
+        "{} is not built: `cargo build -p mmurr-emu` (cargo test --workspace builds it)",
+        emu.display()
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let elf = guests::test_kernels::build_platform(PlatformTest::PitIoapic)
+        .expect("build the kernel (needs binutils)");
+    std::fs::write(dir.path().join("k.elf"), elf).unwrap();
+    let rec = mmurr(
+        &[
+            "record",
+            "--kernel",
+            "k.elf",
+            "--backend",
+            "emu",
+            "-q",
+            "-o",
+            "t.mmurr",
+        ],
+        dir.path(),
+    );
+    assert_eq!(
+        rec.status.code(),
+        Some(((PLATFORM_PASS << 1) | 1) as i32),
+        "{}",
+        text(&rec.stderr)
+    );
+    let vectors = external_interrupts(&dir.path().join("t.mmurr")).unwrap();
+    assert_eq!(vectors, [0x30; 3]);
+
+    let out = mmurr(&["verify", "t.mmurr", "--backend", "emu"], dir.path());
+    let stdout = text(&out.stdout);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "{stdout}\n{}",
+        text(&out.stderr)
+    );
+    assert!(stdout.contains("reproduced: all"), "{stdout}");
 }

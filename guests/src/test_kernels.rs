@@ -77,6 +77,22 @@ impl PlatformTest {
     ];
 }
 
+/// The vectors of a trace's external interrupts, in order: what the platform kernels'
+/// tests compare across backends.
+pub fn external_interrupts(trace: &Path) -> Result<Vec<u8>, String> {
+    let mut reader =
+        traces::Reader::open(trace).map_err(|e| format!("{}: {e}", trace.display()))?;
+    let mut vectors = Vec::new();
+    for record in reader.records() {
+        if let traces::Record::Event(e) = record.map_err(|e| format!("{}: {e}", trace.display()))? {
+            if let traces::EventKind::ExternalInterrupt(i) = e.kind {
+                vectors.push(i.vector);
+            }
+        }
+    }
+    Ok(vectors)
+}
+
 /// Assembles and links one platform test kernel (`as --64 --defsym TEST=n`, `ld -m
 /// elf_x86_64` with hello's linker script: everything at 1 MiB) and returns the ELF64 bytes.
 pub fn build_platform(test: PlatformTest) -> Result<Vec<u8>, String> {

@@ -2,10 +2,12 @@
 //! verdict, delivers its interrupts as `ExternalInterrupt` events, and records the same trace
 //! twice (virtual time).
 
-use guests::test_kernels::{build_platform, PlatformTest, PLATFORM_PASS, PLATFORM_SERIAL_OUTPUT};
+use guests::test_kernels::{
+    build_platform, external_interrupts, PlatformTest, PLATFORM_PASS, PLATFORM_SERIAL_OUTPUT,
+};
 use mmurr_emu::EmuBackend;
 use recorder::{record, RecordOptions, RecordSummary};
-use traces::{EndReason, EventKind, Reader, Record};
+use traces::{EndReason, Reader, Record};
 
 fn record_kernel(test: PlatformTest, out: &std::path::Path) -> RecordSummary {
     let elf = build_platform(test).expect("build the platform kernel (needs GNU binutils)");
@@ -15,20 +17,6 @@ fn record_kernel(test: PlatformTest, out: &std::path::Path) -> RecordSummary {
     opts.max_steps = 2_000_000;
     let mut backend = EmuBackend::new().unwrap();
     record(&mut backend, &guest, &opts).unwrap()
-}
-
-/// The vectors of the trace's external interrupts, in order.
-fn interrupts(path: &std::path::Path) -> Vec<u8> {
-    let mut r = Reader::open(path).unwrap();
-    r.records()
-        .filter_map(|rec| match rec.unwrap() {
-            Record::Event(e) => match e.kind {
-                EventKind::ExternalInterrupt(i) => Some(i.vector),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect()
 }
 
 fn passes(test: PlatformTest) -> (RecordSummary, Vec<u8>) {
@@ -49,7 +37,7 @@ fn passes(test: PlatformTest) -> (RecordSummary, Vec<u8>) {
         s.end.self_check_failures
     );
     assert!(s.unhandled.is_empty(), "{test:?}: {:?}", s.unhandled);
-    (s, interrupts(&path))
+    (s, external_interrupts(&path).unwrap())
 }
 
 #[test]
@@ -103,7 +91,7 @@ fn records(path: &std::path::Path) -> Vec<Record> {
 fn the_same_guest_records_the_same_trace_twice() {
     let dir = tempfile::tempdir().unwrap();
     let (a, b) = (dir.path().join("a.mmurr"), dir.path().join("b.mmurr"));
-    for test in [PlatformTest::LapicPeriodic, PlatformTest::PitPoll] {
+    for test in [PlatformTest::LapicPeriodic, PlatformTest::SerialIrq] {
         let sa = record_kernel(test, &a);
         let sb = record_kernel(test, &b);
         assert_eq!(sa.steps, sb.steps, "{test:?}");

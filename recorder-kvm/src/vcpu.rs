@@ -408,8 +408,13 @@ impl Backend for KvmBackend {
         // is why the recorder decodes HLT before stepping it.
         vm.create_irq_chip()
             .map_err(ioctl_err("KVM_CREATE_IRQCHIP"))?;
-        vm.create_pit2(kvm_pit_config::default())
-            .map_err(ioctl_err("KVM_CREATE_PIT2"))?;
+        // KVM_PIT_SPEAKER_DUMMY: KVM answers port 0x61 itself (gate and output of channel 2,
+        // which kernels poll to calibrate the TSC), as the emu backend's platform does.
+        vm.create_pit2(kvm_pit_config {
+            flags: kvm_bindings::KVM_PIT_SPEAKER_DUMMY,
+            ..Default::default()
+        })
+        .map_err(ioctl_err("KVM_CREATE_PIT2"))?;
         let mut ram = GuestRam::new(guest.ram_size).map_err(BackendError::Other)?;
         // The dirty ring costs no system call per step (see `dirty`); it must be enabled before
         // the vCPU exists and is mapped once it does.

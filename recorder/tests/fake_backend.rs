@@ -227,7 +227,7 @@ fn polling_an_absent_port_ends_the_run_naming_it() {
     o.poll_limit = 50;
     let mut b = Scripted::new(|_, _| StepResult {
         exit: Exit::IoIn {
-            port: 0x64,
+            port: 0x2f8,
             size: 1,
         },
         written: Written::Ranges(vec![]),
@@ -235,15 +235,24 @@ fn polling_an_absent_port_ends_the_run_naming_it() {
     let s = record(&mut b, &guest(), &o).unwrap();
     assert_eq!(s.end.reason, EndReason::Error);
     assert!(
-        s.end.message.contains("read of port 0x64") && s.end.message.contains("50 times"),
+        s.end
+            .message
+            .contains("read of port 0x2f8 (the serial port COM2?")
+            && s.end.message.contains("50 times"),
         "{}",
         s.end.message
     );
     assert_eq!(s.steps, 50);
-    assert_eq!(s.unhandled, vec![("read of port 0x64".to_string(), 50)]);
+    assert_eq!(
+        s.unhandled,
+        vec![(
+            "read of port 0x2f8 (the serial port COM2?, which mmurr does not emulate)".to_string(),
+            50
+        )]
+    );
     let ios = records(&o)
         .into_iter()
-        .filter(|r| matches!(r, Record::Event(e) if matches!(e.kind, EventKind::Io(io) if io.port == 0x64 && io.data == 0xff)))
+        .filter(|r| matches!(r, Record::Event(e) if matches!(e.kind, EventKind::Io(io) if io.port == 0x2f8 && io.data == 0xff)))
         .count();
     assert_eq!(ios, 50);
 }

@@ -32,8 +32,8 @@ impl std::fmt::Display for UnhandledAccess {
 }
 
 /// The devices mmurr's machine has, for messages about the ones it does not.
-pub const EMULATED: &str = "serial COM1 0x3f8 (IRQ 4), debug-exit 0xf4, debugcon 0xe9, fw_cfg \
-     0x510, CMOS/RTC 0x70, PCI configuration 0xcf8 (i440FX host bridge), reset 0xcf9/0x92/0x64, \
+pub const EMULATED: &str = "serial COM1 0x3f8 (IRQ 4), debug-exit 0xf4, debugcon 0xe9 and 0x402, \
+     fw_cfg 0x510, CMOS/RTC 0x70, PCI configuration 0xcf8 (i440FX host bridge), reset 0xcf9/0x92/0x64, \
      and the PIC, PIT, port 0x61, local APIC and I/O APIC as KVM's in-kernel irqchip has them";
 
 /// The device a PC (or QEMU's pc machine) has at I/O port `port`, for one mmurr lacks.
@@ -54,7 +54,6 @@ pub fn port_device(port: u16) -> Option<&'static str> {
         0x3b0..=0x3df => "the VGA controller",
         0x3e8..=0x3ef => "the serial port COM3",
         0x3f0..=0x3f7 => "the floppy controller",
-        0x402 => "QEMU's isa-debugcon (SeaBIOS's log port)",
         0x510..=0x51b => "QEMU's fw_cfg DMA interface",
         0x600..=0x63f | 0xb000..=0xb03f => "the ACPI PM registers (PM timer, PM1 events/control)",
         0x5658 => "the VMware backdoor",

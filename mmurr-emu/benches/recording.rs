@@ -31,6 +31,48 @@ fn unicorn_without_hooks(code: &[u8]) {
     assert_eq!(uc.reg_read(RegisterX86::RIP).expect("rip"), hlt);
 }
 
+/// The hooks the fast path needs, with nothing done in them beyond what they must do: an
+/// instruction count (Unicorn's own, always installed once any single step used one), a block
+/// hook that looks the block up in a map, a memory-write hook that marks a page dirty. The
+/// upper bound on what recording in runs can reach.
+fn unicorn_with_run_hooks(code: &[u8]) {
+    use std::collections::HashMap;
+    struct St {
+        blocks: HashMap<(u64, u32), u32>,
+        dirty: Vec<u64>,
+    }
+    let st = St {
+        blocks: HashMap::new(),
+        dirty: vec![0; 512],
+    };
+    let mut uc = Unicorn::new_with_data(Arch::X86, Mode::MODE_64, st).expect("unicorn");
+    uc.mem_map(0, 2 << 20, Prot::ALL).expect("map");
+    uc.mem_write(CODE, code).expect("write");
+    uc.reg_write(RegisterX86::RSP, 0x9000).expect("rsp");
+    uc.add_block_hook(1, 0, |uc, addr, size| {
+        let st = uc.get_data_mut();
+        *st.blocks.entry((addr, size)).or_insert(0) += 1;
+    })
+    .expect("block hook");
+    uc.add_mem_hook(
+        unicorn_engine::unicorn_const::HookType::MEM_WRITE,
+        1,
+        0,
+        |uc, _ty, addr, _size, _v| {
+            let page = (addr >> 12) as usize;
+            if let Some(w) = uc.get_data_mut().dirty.get_mut(page / 64) {
+                *w |= 1 << (page % 64);
+            }
+            true
+        },
+    )
+    .expect("write hook");
+    let hlt = CODE + code.len() as u64 - 1;
+    uc.emu_start(CODE, hlt, 0, 10 * INSTRUCTIONS as usize)
+        .expect("run");
+    assert_eq!(uc.reg_read(RegisterX86::RIP).expect("rip"), hlt);
+}
+
 fn mmurr_emu_recording(code: &[u8], dir: &std::path::Path) {
     let guest =
         guests::loader::load_raw(code, CODE, CODE, guests::loader::EntryMode::Long, 64 << 20)
@@ -52,6 +94,9 @@ fn benches(c: &mut Criterion) {
     g.throughput(Throughput::Elements(INSTRUCTIONS));
     g.bench_function("unicorn, no hooks", |b| {
         b.iter(|| unicorn_without_hooks(&code))
+    });
+    g.bench_function("unicorn, run hooks (count, block, write)", |b| {
+        b.iter(|| unicorn_with_run_hooks(&code))
     });
     g.bench_function("mmurr-emu recording, 13 policies", |b| {
         b.iter(|| mmurr_emu_recording(&code, dir.path()))

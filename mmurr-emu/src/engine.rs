@@ -23,6 +23,11 @@ use traces::{
 use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot};
 use unicorn_engine::{RegisterX86, Unicorn};
 
+// --- runs (many instructions per emu_start): see engine/run.rs ---
+mod run;
+pub use run::needs_step;
+// --- end runs ---
+
 pub const MSR_EFER: u32 = 0xC000_0080;
 const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
 const EFER_LMA: u64 = 1 << 10;
@@ -46,6 +51,8 @@ pub struct HookState {
     pub mmio_write: Option<(u64, u8, u64)>,
     pub unmapped: Option<(MemType, u64, usize)>,
     pub ram: Vec<(u64, u64)>,
+    /// Runs: the block cache, dirty pages and undo log (engine/run.rs).
+    pub run: run::RunHooks,
 }
 
 pub(crate) fn engine_err(what: &str, e: uc_error) -> BackendError {
@@ -193,6 +200,9 @@ impl EmuBackend {
             true
         })
         .map_err(|e| engine_err("hook", e))?;
+        // Runs: the block hook does nothing outside a run (engine/run.rs).
+        uc.add_block_hook(1, 0, run::on_block)
+            .map_err(|e| engine_err("hook", e))?;
         uc.add_mem_hook(HookType::MEM_UNMAPPED, 1, 0, |uc, ty, addr, size, _v| {
             let st = uc.get_data_mut();
             if st.unmapped.is_none() {
@@ -1154,9 +1164,9 @@ fn unsafe_version() -> u32 {
 /// after the TLB lookup, with the entry's physical page; a store that crosses a page boundary
 /// is split into separate stores), so no translation is needed.
 fn record_write(uc: &mut Unicorn<'_, HookState>, paddr: u64, size: u64) {
-    let st = uc.get_data_mut();
-    if in_ram(&st.ram, paddr, size) {
-        st.writes.push((paddr, size));
+    // Runs mark pages dirty instead of listing writes (engine/run.rs).
+    if in_ram(&uc.get_data().ram, paddr, size) && run::on_write(uc, paddr, size) {
+        uc.get_data_mut().writes.push((paddr, size));
     }
 }
 
@@ -1302,6 +1312,8 @@ impl Backend for EmuBackend {
             // uc_mem_write does not invalidate translated code: a host write over guest code
             // (a debugger's breakpoint, a patched instruction) must not run stale blocks.
             let _ = self.uc.ctl_flush_tb();
+            // Runs: nor decoded blocks (engine/run.rs).
+            self.uc.get_data_mut().run.host_wrote();
         }
         ok
     }
@@ -1405,6 +1417,12 @@ impl Backend for EmuBackend {
         let written = self.take_written(&before, fetch, d.as_ref());
         Ok(StepResult { exit, written })
     }
+
+    // --- runs: engine/run.rs ---
+    fn run(&mut self, max: u64) -> Option<Result<recorder::RunResult, BackendError>> {
+        Some(self.run_instructions(max))
+    }
+    // --- end runs ---
 
     fn take_deliveries(&mut self) -> Option<Vec<recorder::Delivery>> {
         Some(std::mem::take(&mut self.step_deliveries))

@@ -44,6 +44,12 @@ pub struct RecordOptions {
     /// of what this machine's devices, time-stamp counter or RNG would give. Reaching an input
     /// the original does not have (or a different one) ends the run: it has diverged.
     pub replay_inputs: Option<Arc<replayer::inputs::RecordedInputs>>,
+    /// Record in runs where the backend can ([`crate::Backend::run`], the emu backend): many
+    /// instructions with nothing to record one by one become one `Run` record (format 3), at
+    /// emulator speed; every event stays an exact step. Off by default: the replayer cannot
+    /// yet re-execute a run, so state *inside* one (gdb reverse-stepi, TUI `s`) is not
+    /// available from such a trace, only at run boundaries.
+    pub runs: bool,
 }
 
 impl RecordOptions {
@@ -63,6 +69,7 @@ impl RecordOptions {
             interrupted: Arc::new(AtomicBool::new(false)),
             poll_limit: 10_000,
             replay_inputs: None,
+            runs: false,
         }
     }
 }

@@ -261,6 +261,29 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                         self.events.entry(e.step).or_default().push(text);
                     }
                 }
+                // A run (format 3) is one unit of `count` retired instructions, aligned with as
+                // many of the other trace's. Its writes are the bytes that differ after it.
+                Record::Run(r) => {
+                    self.regs.apply_delta(&r.regs);
+                    let finished = self.pending.take();
+                    let mut unit = Instruction {
+                        first_step: r.first,
+                        last_step: r.step,
+                        rip: r.rip,
+                        after: Some(Visible::of(&self.regs)),
+                        ..Default::default()
+                    };
+                    for w in &r.mem {
+                        for (i, b) in w.data.iter().enumerate() {
+                            unit.writes.insert(w.gpa.wrapping_add(i as u64), *b);
+                        }
+                    }
+                    self.retired.insert(r.first, r.count());
+                    self.pending = Some(unit);
+                    if let Some(f) = finished {
+                        return Some(Ok(self.finish(f, false)));
+                    }
+                }
                 Record::Keyframe(_) | Record::End(_) => {}
             }
         }

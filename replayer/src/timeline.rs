@@ -31,6 +31,14 @@ pub enum TimelineError {
     PastEnd { step: Step, last: Step },
     #[error("the trace is inconsistent at step {step}: {detail}")]
     Inconsistent { step: Step, detail: String },
+    /// The step lies inside a run (a record of many instructions, format 3) and this
+    /// timeline has no way to re-execute it.
+    #[error(
+        "step {step} lies inside a run of steps {first}..={last}, recorded as one record; \
+         the state there needs re-executing the run, which this replayer cannot do yet \
+         (record without runs for instruction-level state everywhere)"
+    )]
+    InsideRun { step: Step, first: Step, last: Step },
 }
 
 pub type Result<T> = std::result::Result<T, TimelineError>;
@@ -270,6 +278,26 @@ impl<R: Read + Seek> Timeline<R> {
         for c in chunks {
             let records = self.reader.chunk_records(c)?;
             for r in records.iter() {
+                if let Record::Run(run) = r {
+                    if run.step <= state.step || run.first > to {
+                        continue;
+                    }
+                    if run.first != state.step + 1 {
+                        return Err(TimelineError::Inconsistent {
+                            step: run.first,
+                            detail: format!("a run follows step {}", state.step),
+                        });
+                    }
+                    if run.step > to {
+                        return Err(TimelineError::InsideRun {
+                            step: to,
+                            first: run.first,
+                            last: run.step,
+                        });
+                    }
+                    apply(&mut state, run.step, &run.regs, &run.mem)?;
+                    continue;
+                }
                 let Record::Step(s) = r else { continue };
                 if s.step <= state.step || s.step > to {
                     continue;
@@ -280,25 +308,7 @@ impl<R: Read + Seek> Timeline<R> {
                         detail: format!("step record follows step {}", state.step),
                     });
                 }
-                if !state.regs.apply_delta(&s.regs) {
-                    return Err(TimelineError::Inconsistent {
-                        step: s.step,
-                        detail: "a register delta names a register that does not exist".into(),
-                    });
-                }
-                for w in &s.mem {
-                    if !state.memory.write(w.gpa, &w.data) {
-                        return Err(TimelineError::Inconsistent {
-                            step: s.step,
-                            detail: format!(
-                                "a memory write of {} bytes at {:#x} lies outside RAM",
-                                w.data.len(),
-                                w.gpa
-                            ),
-                        });
-                    }
-                }
-                state.step = s.step;
+                apply(&mut state, s.step, &s.regs, &s.mem)?;
             }
         }
         if state.step != to {
@@ -309,4 +319,33 @@ impl<R: Read + Seek> Timeline<R> {
         }
         Ok(state)
     }
+}
+
+/// Applies one step's (or run's) register delta and memory writes; the state is then at `step`.
+fn apply(
+    state: &mut Snapshot,
+    step: Step,
+    regs: &[(traces::RegId, u64)],
+    mem: &[traces::MemWrite],
+) -> Result<()> {
+    if !state.regs.apply_delta(regs) {
+        return Err(TimelineError::Inconsistent {
+            step,
+            detail: "a register delta names a register that does not exist".into(),
+        });
+    }
+    for w in mem {
+        if !state.memory.write(w.gpa, &w.data) {
+            return Err(TimelineError::Inconsistent {
+                step,
+                detail: format!(
+                    "a memory write of {} bytes at {:#x} lies outside RAM",
+                    w.data.len(),
+                    w.gpa
+                ),
+            });
+        }
+    }
+    state.step = step;
+    Ok(())
 }

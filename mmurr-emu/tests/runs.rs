@@ -1,0 +1,138 @@
+//! Recording in runs (`RecordOptions::runs`): a guest recorded with runs must give the trace
+//! it gives without them, only coarser — the same end, the same number of instructions, the
+//! same events (every CR write, transition, exception, I/O and MMU decision, at the same step
+//! and RIP), the same registers and memory at every run boundary, and a clean self-check.
+
+use mmurr_emu::EmuBackend;
+use recorder::{Backend, RecordOptions};
+use replayer::Timeline;
+use std::path::{Path, PathBuf};
+use traces::{Event, GuestSpec, Reader, Record, RunRecord};
+
+struct Recording {
+    path: PathBuf,
+    summary: recorder::RecordSummary,
+}
+
+fn record(guest: &GuestSpec, runs: bool, dir: &Path, max_steps: u64) -> Recording {
+    let path = dir.join(if runs { "runs.mmurr" } else { "steps.mmurr" });
+    let mut opts = RecordOptions::new(&path);
+    opts.max_steps = max_steps;
+    opts.runs = runs;
+    let mut backend = EmuBackend::new().expect("open unicorn");
+    let summary = recorder::record(&mut backend, guest, &opts).expect("record");
+    Recording { path, summary }
+}
+
+fn records(path: &Path) -> (Vec<Event>, Vec<RunRecord>, u64) {
+    let mut reader = Reader::open(path).expect("open trace");
+    let (mut events, mut runs, mut steps) = (Vec::new(), Vec::new(), 0);
+    for r in reader.records() {
+        match r.expect("record") {
+            Record::Event(e) => events.push(e),
+            Record::Run(r) => runs.push(r),
+            Record::Step(_) => steps += 1,
+            _ => {}
+        }
+    }
+    (events, runs, steps)
+}
+
+/// Records `guest` both ways and compares; returns the runs and the step records of the trace
+/// recorded with runs.
+fn same_with_and_without_runs(name: &str, guest: &GuestSpec, max_steps: u64) -> (usize, u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let steps = record(guest, false, dir.path(), max_steps);
+    let runs = record(guest, true, dir.path(), max_steps);
+    for r in [&steps, &runs] {
+        assert!(
+            r.summary.end.self_check_failures.is_empty(),
+            "{name}: {:?}",
+            r.summary.end.self_check_failures
+        );
+    }
+    assert_eq!(
+        (&steps.summary.end.reason, steps.summary.steps),
+        (&runs.summary.end.reason, runs.summary.steps),
+        "{name}: {} / {}",
+        steps.summary.end.message,
+        runs.summary.end.message
+    );
+    let (step_events, no_runs, _) = records(&steps.path);
+    assert!(no_runs.is_empty());
+    let (run_events, run_records, step_records) = records(&runs.path);
+    assert_eq!(step_events, run_events, "{name}: events differ");
+    let mut a = Timeline::open(&steps.path).expect("timeline");
+    let mut b = Timeline::open(&runs.path).expect("timeline");
+    for run in &run_records {
+        for s in [run.first - 1, run.step] {
+            let x = a.seek(s).expect("seek").clone();
+            let y = b.seek(s).expect("seek").clone();
+            assert_eq!(x.regs, y.regs, "{name}: registers at step {s}");
+            assert_eq!(
+                x.memory.hash(),
+                y.memory.hash(),
+                "{name}: memory at step {s}"
+            );
+        }
+    }
+    let last = a.last_step();
+    assert_eq!(
+        a.seek(last).expect("seek").memory.hash(),
+        b.seek(last).expect("seek").memory.hash()
+    );
+    if let Some(run) = run_records.iter().find(|r| r.count() > 1) {
+        // Inside a run the timeline says plainly that it cannot tell (no re-execution yet).
+        match b.seek(run.first) {
+            Err(replayer::TimelineError::InsideRun { first, last, .. }) => {
+                assert_eq!((first, last), (run.first, run.step))
+            }
+            other => panic!("{name}: seek inside a run gave {:?}", other.map(|s| s.step)),
+        }
+    }
+    (run_records.len(), step_records)
+}
+
+/// `mov rsp, 0x9000; mov ecx, N; l: mov [rsp-8], rcx; dec ecx; jnz l; hlt` (the bench loop).
+fn store_loop(iterations: u32) -> GuestSpec {
+    let mut code = vec![0x48, 0xc7, 0xc4, 0x00, 0x90, 0x00, 0x00, 0xb9];
+    code.extend_from_slice(&iterations.to_le_bytes());
+    code.extend_from_slice(&[0x48, 0x89, 0x4c, 0x24, 0xf8, 0xff, 0xc9, 0x75, 0xf7, 0xf4]);
+    guests::loader::load_raw(
+        &code,
+        0x10_0000,
+        0x10_0000,
+        guests::loader::EntryMode::Long,
+        64 << 20,
+    )
+    .expect("guest")
+}
+
+#[test]
+fn a_loop_is_recorded_in_runs_with_the_same_result() {
+    let (runs, steps) = same_with_and_without_runs("store loop", &store_loop(30_000), 1_000_000);
+    assert!(runs >= 9, "{runs} runs");
+    // The HLT, the first block (stepped until the loop's block is cached) and little else.
+    assert!(steps < 100, "{steps} step records");
+}
+
+#[test]
+fn runs_end_at_the_step_budget_and_keyframes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = record(&store_loop(30_000), true, dir.path(), 25_001);
+    assert_eq!(r.summary.steps, 25_001);
+    let (_, runs, _) = records(&r.path);
+    assert!(runs.iter().all(|r| r.first.div_ceil(10_000) == r.step.div_ceil(10_000)));
+}
+
+/// Every scenario: CR writes, paging transitions, exceptions (a run that faults is undone and
+/// run again up to the faulting instruction), I/O.
+#[test]
+fn every_scenario_is_the_same_with_runs() {
+    let features = guests::CpuFeatures::from_cpuid(&EmuBackend::new().expect("emu").cpuid());
+    for name in guests::scenario_names() {
+        let scenario = guests::scenario(name, &features).expect("scenario");
+        let (runs, steps) = same_with_and_without_runs(name, &scenario.guest, 100_000);
+        eprintln!("{name}: {runs} runs, {steps} step records");
+    }
+}

@@ -28,7 +28,7 @@ use crate::ctx::{self, Ctx, OFF_EIP};
 use crate::ram::{in_ram, RamView};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
 use recorder::{BackendError, RunResult, Written};
-use std::collections::HashMap;
+use rustc_hash::FxHashMap;
 use unicorn_engine::unicorn_const::Prot;
 use unicorn_engine::Unicorn;
 
@@ -156,6 +156,9 @@ impl PageSet {
     }
 }
 
+/// A block's cache key: linear address, size in bytes, code bitness, CR3.
+type BlockKey = (u64, u32, u32, u64);
+
 /// One translation block as decoded: how many instructions it has, how many of them (from
 /// its start) may run in a run, and where each starts (offsets from the block's address).
 struct Block {
@@ -172,7 +175,7 @@ pub struct RunHooks {
     bits: u32,
     cs_base: u64,
     /// Decoded blocks by (linear address, size, bitness, CR3).
-    blocks: HashMap<(u64, u32, u32, u64), Block>,
+    blocks: FxHashMap<BlockKey, Block>,
     cr3: u64,
     /// Pages holding code of cached blocks and the paging structures: a write there (by the
     /// guest, in a run or a step) invalidates the cache.
@@ -184,7 +187,7 @@ pub struct RunHooks {
     /// Instructions in the blocks entered so far.
     executed: u64,
     /// The block last entered (its cache key) and how many of its instructions were counted.
-    last: Option<((u64, u32, u32, u64), u32)>,
+    last: Option<(BlockKey, u32)>,
     /// The run stopped before a block whose first `n` instructions are clean.
     stopped_before: Option<u32>,
     /// Let the block at this address run its clean prefix (the counted second `emu_start`).
@@ -247,22 +250,29 @@ pub fn on_block(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32) {
         (run.bits, run.cr3)
     };
     let key = (addr, size, bits, cr3);
-    if !uc.get_data().run.blocks.contains_key(&key) {
-        let block = decode_block(uc, addr, size, bits);
-        uc.get_data_mut().run.blocks.insert(key, block);
-    }
-    let run = &mut uc.get_data_mut().run;
-    let Some(block) = run.blocks.get(&key) else {
-        return;
+    let known = uc
+        .get_data()
+        .run
+        .blocks
+        .get(&key)
+        .map(|b| (b.clean, b.offsets.len() as u32));
+    let (clean, total) = match known {
+        Some(v) => v,
+        None => {
+            let block = decode_block(uc, addr, size, bits);
+            let v = (block.clean, block.offsets.len() as u32);
+            uc.get_data_mut().run.blocks.insert(key, block);
+            v
+        }
     };
-    let total = block.offsets.len() as u32;
+    let run = &mut uc.get_data_mut().run;
     let allowed = run.allow.take_if(|a| *a == addr).is_some();
-    if block.clean == total || allowed {
-        let counted = if allowed { block.clean } else { total };
+    if clean == total || allowed {
+        let counted = if allowed { clean } else { total };
         run.executed += u64::from(counted);
         run.last = Some((key, counted));
     } else {
-        run.stopped_before = Some(block.clean);
+        run.stopped_before = Some(clean);
         let _ = uc.emu_stop();
     }
 }

@@ -2,17 +2,12 @@
 //! stale contexts the scenario exists to provoke, at the write it names, and no others.
 //! Scenarios KVM can run here are recorded on kvm, the rest on emu (`--backend auto`).
 
-use std::path::Path;
-use std::process::Command;
-use traces::{EventKind, Reader, Record};
+mod common;
+use common::mmurr;
 
-fn mmurr(args: &[&str], dir: &Path) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mmurr"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run mmurr")
-}
+use std::path::Path;
+
+use traces::{EventKind, Reader, Record};
 
 #[test]
 fn every_scenario_gets_exactly_its_expected_stale_contexts() {

@@ -3,32 +3,13 @@
 //! --max-steps, time out, and get stuck, recorded on both backends, and the end reason and
 //! code `info --json` reports for each. 0 and odd codes only ever come from the guest.
 
+mod common;
+use common::{emu_executable, mmurr, text};
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
-
-fn mmurr(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmurr"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run mmurr")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
-
-fn emu_executable() -> PathBuf {
-    let emu = Path::new(env!("CARGO_BIN_EXE_mmurr")).with_file_name("mmurr-emu");
-    assert!(
-        emu.exists(),
-        "{} is missing: build it with `cargo build -p mmurr-emu`",
-        emu.display()
-    );
-    emu
-}
+use std::path::Path;
+use std::process::{Command, Stdio};
 
 /// A guest image, where it loads, and in which mode it starts.
 struct Image {

@@ -2,10 +2,13 @@
 //! copies of the committed seed trace (traces/corpus/recorded, whose full form has the seed
 //! bug) and of the multi-chunk golden trace, through every command that reads a trace.
 
+mod common;
+use common::{mmurr_here as mmurr, text};
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 use traces::Reader;
 
 const SEED: &str = concat!(
@@ -18,17 +21,6 @@ const GOLDEN: &str = concat!(
 );
 /// `mmurr check`'s code for "nothing found, but the trace could not be read whole".
 const EXIT_INCOMPLETE: i32 = 18;
-
-fn mmurr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmurr"))
-        .args(args)
-        .output()
-        .expect("run mmurr")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// A copy of `src` with `edit` applied, in `dir`.
 fn copy_with(dir: &Path, name: &str, src: &str, edit: impl FnOnce(&mut Vec<u8>)) -> PathBuf {

@@ -1,21 +1,16 @@
 //! `mmurr info` and `mmurr export` on the golden traces, on a truncated copy and on a file
 //! that is not a trace, through the real binary.
 
+mod common;
+use common::mmurr_here as mmurr;
+
 use serde_json::Value;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 
 fn golden(name: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("traces/corpus")
         .join(format!("{name}.mmurr"))
-}
-
-fn mmurr(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmurr"))
-        .args(args)
-        .output()
-        .expect("run mmurr")
 }
 
 fn ok_stdout(args: &[&str]) -> String {

@@ -1,13 +1,7 @@
 //! `mmurr policies`: the catalogue the model carries, human and JSON.
 
-use std::process::Command;
-
-fn mmurr(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_mmurr"))
-        .args(args)
-        .output()
-        .expect("run mmurr")
-}
+mod common;
+use common::mmurr_here as mmurr;
 
 #[test]
 fn lists_the_thirteen_modelled_kernels_in_release_order() {

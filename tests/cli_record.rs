@@ -1,23 +1,14 @@
 //! `mmurr record`, `mmurr scenarios` and `mmurr demo` as a user runs them.
 
+mod common;
+use common::{mmurr, text};
+
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Output};
-
-fn mmurr(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmurr"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run mmurr")
-}
+use std::process::Command;
 
 use recorder::require_kvm;
 use recorder::test_support::kvm_unusable;
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 #[test]
 fn scenarios_json_lists_every_scenario_with_its_needs() {

@@ -1,21 +1,12 @@
 //! `mmurr verify`: re-executing a trace's embedded guest reproduces it; a trace whose
 //! recording was altered does not, and verify names the first difference.
 
+mod common;
+use common::{mmurr, text};
+
 use std::path::Path;
-use std::process::{Command, Output};
+
 use traces::{Reader, Record, Writer};
-
-fn mmurr(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmurr"))
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .expect("run mmurr")
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 #[test]
 fn a_kvm_recording_reproduces_and_an_altered_one_does_not() {

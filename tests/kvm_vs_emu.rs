@@ -86,14 +86,6 @@ fn every_scenario_kvm_runs_reproduces_on_emu() {
     );
     let mut failures = Vec::new();
     for s in &scenarios {
-        // Known gap (issue 11, open): on this PVM host the single step that delivers an
-        // exception also runs the handler's first instruction, and the recorder does not yet
-        // mark that step `Retired { count: 2 }`, so the re-execution on emu diverges at the
-        // first exception. The scenario's own kvm and emu tests check its events.
-        if *s == "exceptions" {
-            eprintln!("note: exceptions is not verified across backends yet (see the comment)");
-            continue;
-        }
         let trace = format!("{s}.kvm.mmurr");
         record(&mmurr, s, "kvm", &trace, dir.path());
         let out = run(&mmurr, &["verify", &trace, "--backend", "emu"], dir.path());

@@ -116,45 +116,17 @@ impl CpuFeatures {
     }
 }
 
-// Architectural bits the model and the scenarios use.
-pub(crate) const CR0_PE: u64 = 1 << 0;
-pub(crate) const CR0_ET: u64 = 1 << 4;
-pub(crate) const CR0_WP: u64 = 1 << 16;
-pub(crate) const CR0_PG: u64 = 1 << 31;
-pub(crate) const CR4_PSE: u64 = 1 << 4;
-pub(crate) const CR4_PAE: u64 = 1 << 5;
-pub(crate) const CR4_PGE: u64 = 1 << 7;
-pub(crate) const CR4_LA57: u64 = 1 << 12;
-pub(crate) const CR4_PCIDE: u64 = 1 << 17;
+// Architectural bits the model and the scenarios use (the `mmu` crate owns them).
+pub(crate) use mmu::bits::{
+    CR0_ET, CR0_PE, CR0_PG, CR0_WP, CR3_NOFLUSH, CR4_LA57, CR4_PAE, CR4_PCIDE, CR4_PGE, CR4_PKE,
+    CR4_PSE, CR4_SMAP, CR4_SMEP, EFER_LMA, EFER_LME, EFER_NXE, EFER_SCE,
+};
 /// Reserved on every CPU so far (bits 63:32 are not all reserved: bit 32 is FRED).
 pub(crate) const CR4_RESERVED_15: u64 = 1 << 15;
-pub(crate) const CR4_SMEP: u64 = 1 << 20;
-pub(crate) const CR4_SMAP: u64 = 1 << 21;
-pub(crate) const CR4_PKE: u64 = 1 << 22;
-pub(crate) const EFER_SCE: u64 = 1 << 0;
-pub(crate) const EFER_LME: u64 = 1 << 8;
-pub(crate) const EFER_LMA: u64 = 1 << 10;
-pub(crate) const EFER_NXE: u64 = 1 << 11;
-/// CR3 bit 63 with CR4.PCIDE=1: do not invalidate the PCID's TLB entries; never stored.
-pub(crate) const CR3_NOFLUSH: u64 = 1 << 63;
 
-/// The paging mode selected by CR0/CR4/EFER (SDM Vol. 3A §4.1.1).
+/// The paging mode selected by CR0/CR4/EFER (SDM Vol. 3A §4.1.1), as `mmu` decides it.
 pub fn paging_mode(cr0: u64, cr4: u64, efer: u64) -> PagingMode {
-    if cr0 & CR0_PE == 0 {
-        PagingMode::Real
-    } else if cr0 & CR0_PG == 0 {
-        PagingMode::Unpaged
-    } else if efer & EFER_LMA != 0 {
-        if cr4 & CR4_LA57 != 0 {
-            PagingMode::Level5
-        } else {
-            PagingMode::Level4
-        }
-    } else if cr4 & CR4_PAE != 0 {
-        PagingMode::Pae
-    } else {
-        PagingMode::Bits32
-    }
+    history::to_trace::paging_mode(mmu::PagingMode::of(cr0, cr4, efer))
 }
 
 /// The control registers as the guest's writes leave them.

@@ -5,6 +5,12 @@ use traces::{
     TranslationDiff,
 };
 
+/// The paging mode the registers select, under the trace's name for it.
+pub fn mode_of(regs: &traces::Regs) -> traces::PagingMode {
+    paging_mode(mmu::PagingMode::of(regs.cr0, regs.cr4, regs.efer))
+}
+
+/// The `mmu` crate's paging mode under the trace's name for it.
 pub fn paging_mode(m: mmu::PagingMode) -> traces::PagingMode {
     match m {
         mmu::PagingMode::Real => traces::PagingMode::Real,

@@ -62,7 +62,7 @@ pub fn translate(
         access,
         cpl: cpl(regs),
         implicit_supervisor: false,
-        rflags_ac: regs.rflags & (1 << 18) != 0,
+        rflags_ac: regs.rflags & mmu::bits::RFLAGS_AC != 0,
     };
     mmu::walk(&control_regs(regs), cpu, mem, linear, &req)
         .result

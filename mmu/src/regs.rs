@@ -46,6 +46,12 @@ pub mod bits {
     /// CR3 bit 63 with CR4.PCIDE=1: "do not flush" hint (SDM §4.10.4.1).
     pub const CR3_NOFLUSH: u64 = 1 << 63;
     pub const CR3_PCID_MASK: u64 = 0xfff;
+
+    pub const RFLAGS_TF: u64 = 1 << 8;
+    pub const RFLAGS_IF: u64 = 1 << 9;
+    pub const RFLAGS_DF: u64 = 1 << 10;
+    /// Alignment check; with CR4.SMAP, permits supervisor access to user pages (SDM §4.6).
+    pub const RFLAGS_AC: u64 = 1 << 18;
 }
 
 use bits::*;

@@ -5,10 +5,7 @@
 //! and the PDPTE registers loaded at the architectural moments (a MOV to CR0/CR3/CR4), none
 //! of which Unicorn's hooks tell us up front.
 
-use iced_x86::{
-    Decoder, DecoderOptions, Instruction, InstructionInfoFactory, Mnemonic, OpKind, Register,
-};
-use traces::Regs;
+use iced_x86::{Decoder, DecoderOptions, Instruction, Mnemonic, OpKind, Register};
 
 /// What the step logic needs to know about one instruction.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -117,63 +114,6 @@ fn string_addr_size(instr: &Instruction) -> Option<u32> {
         OpKind::MemorySegRSI | OpKind::MemoryESRDI | OpKind::MemorySegRDI => Some(64),
         _ => None,
     })
-}
-
-/// The value of `reg` (or, for a segment register, its base) in `r`.
-fn reg_value(r: &Regs, reg: Register, long: bool) -> Option<u64> {
-    if reg.is_segment_register() {
-        let n = match reg {
-            Register::ES => 0,
-            Register::CS => 1,
-            Register::SS => 2,
-            Register::DS => 3,
-            Register::FS => 4,
-            _ => 5,
-        };
-        // In 64-bit mode the CPU ignores the ES/CS/SS/DS bases.
-        return Some(if long && n < 4 { 0 } else { r.seg[n].base });
-    }
-    if reg == Register::RIP || reg == Register::EIP {
-        return Some(r.rip);
-    }
-    if reg.is_gpr() {
-        let full = reg.full_register();
-        let idx = full.number();
-        let v = *r.gpr.get(idx)?;
-        return Some(match reg.size() {
-            1 if reg >= Register::AH && reg <= Register::BH => (r.gpr[idx] >> 8) & 0xff,
-            1 => v & 0xff,
-            2 => v & 0xffff,
-            4 => v & 0xffff_ffff,
-            _ => v,
-        });
-    }
-    None
-}
-
-/// The value of a general register in `r` (None for other registers).
-pub fn register_value(r: &Regs, reg: Register, long: bool) -> Option<u64> {
-    if reg.is_gpr() {
-        reg_value(r, reg, long)
-    } else {
-        None
-    }
-}
-
-/// Linear addresses (and sizes) of the memory operands of `instr`, explicit and implicit
-/// (stack, string operands), evaluated with the registers before it executes. For a `rep`
-/// string instruction, the current iteration's.
-pub fn memory_linear(instr: &Instruction, r: &Regs, long: bool) -> Vec<(u64, u64)> {
-    let mut f = InstructionInfoFactory::new();
-    let info = f.info(instr);
-    info.used_memory()
-        .iter()
-        .filter_map(|m| {
-            let la = m.virtual_address(0, |reg, _, _| reg_value(r, reg, long))?;
-            let la = if long { la } else { la & 0xffff_ffff };
-            Some((la, m.memory_size().size().max(1) as u64))
-        })
-        .collect()
 }
 
 #[cfg(test)]

@@ -30,7 +30,7 @@ pub use run::needs_step;
 
 pub const MSR_EFER: u32 = 0xC000_0080;
 const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
-const EFER_LMA: u64 = 1 << 10;
+use mmu::bits::EFER_LMA;
 
 /// What the hooks saw during one `emu_start`.
 #[derive(Default)]
@@ -437,7 +437,7 @@ impl EmuBackend {
             Some(g) if !wrote_cr3 => g,
             _ => ucr3,
         };
-        let pae = cr0 & (1 << 31) != 0 && cr4 & (1 << 5) != 0 && efer & EFER_LMA == 0;
+        let pae = mmu::PagingMode::of(cr0, cr4, efer) == mmu::PagingMode::Pae;
         self.regs_cache = None;
         if pae {
             let mut bytes = [0u8; 32];
@@ -665,9 +665,9 @@ impl EmuBackend {
     ) -> Vec<(u64, u64)> {
         let mut pages = Vec::new();
         if let Some(d) = d {
-            let long = self.ctx_long_before;
-            for la in crate::decode::memory_linear(&d.instr, before, long) {
-                for p in [la.0 & !0xfff, la.0.wrapping_add(la.1.max(1) - 1) & !0xfff] {
+            for t in insn::memory_operands(&d.instr, before) {
+                let last = t.linear.wrapping_add(t.size.max(1) as u64 - 1);
+                for p in [t.linear & !0xfff, last & !0xfff] {
                     if !pages.contains(&p) {
                         pages.push(p);
                     }
@@ -699,7 +699,7 @@ impl EmuBackend {
                 }
             }
             self.walk_entries(&after, &tables, &mut out);
-            let la = self.fetch_linear(&after);
+            let la = insn::linear_ip(&after);
             let mut lookahead = Vec::new();
             self.walk_entries(
                 &after,
@@ -757,16 +757,6 @@ impl EmuBackend {
                     dst.copy_from_slice(src);
                 }
             }
-        }
-    }
-
-    /// The linear address of the instruction at `r`'s CS:RIP.
-    fn fetch_linear(&self, r: &Regs) -> u64 {
-        let long = r.efer & EFER_LMA != 0 && r.seg[1].attrs & (1 << 13) != 0;
-        if long {
-            r.rip
-        } else {
-            r.seg[1].base.wrapping_add(r.rip) & 0xffff_ffff
         }
     }
 
@@ -989,9 +979,7 @@ impl EmuBackend {
         let Some(d) = d else { return Ok(()) };
         match d.kind {
             Kind::MovCr(8) => {
-                let v = crate::decode::register_value(before, d.instr.op1_register(), true)
-                    .unwrap_or(0)
-                    & 0xf;
+                let v = insn::register_value(before, 64, d.instr.op1_register()).unwrap_or(0) & 0xf;
                 self.w(RegisterX86::CR8, v)?;
             }
             Kind::MovFromCr(3, gpr) if self.guest_cr3.is_some() => {
@@ -1025,8 +1013,7 @@ impl EmuBackend {
                     4 => mmu::CrReg::Cr4,
                     _ => return None,
                 };
-                let value =
-                    crate::decode::register_value(r, d.instr.op1_register(), self.ctx_long_before)?;
+                let value = insn::register_value(r, insn::bitness(r), d.instr.op1_register())?;
                 Some((reg, value))
             }
             Kind::Other if d.instr.mnemonic() == iced_x86::Mnemonic::Wrmsr => (r.gpr[1] as u32
@@ -1050,11 +1037,7 @@ impl EmuBackend {
         let ram = self.ram_buf.as_ref()?;
         let mem = RamView(ram.bytes());
         let before = recorder::guest_view::control_regs(r);
-        let cs_l = r.efer & EFER_LMA != 0 && r.seg[1].attrs & (1 << 13) != 0;
-        let wctx = mmu::WriteContext {
-            cs_l: Some(cs_l),
-            host_initiated: false,
-        };
+        let wctx = insn::write_context(r);
         Some(mmu::apply_write_with(
             reg, &before, value, &self.cpu, &mem, &wctx,
         ))

@@ -215,11 +215,24 @@ fn deliver_once(
     if r.cr0 & 1 == 0 {
         return real_mode(mem, r, v);
     }
-    if r.efer & (1 << 10) != 0 {
-        long_mode(mem, r, v, err, software)
-    } else {
-        protected_mode(mem, r, v, err, software)
+    // The RFLAGS image pushed for a fault has RF set, so that the faulting instruction, run
+    // again after `iret`, does not hit its instruction breakpoint a second time (SDM Vol. 3A
+    // 2.3 "RF", 6.15); the handler itself runs with RF clear.
+    let mut saved = r.clone();
+    if !software && is_fault(v) {
+        saved.rflags |= RF;
     }
+    if r.efer & (1 << 10) != 0 {
+        long_mode(mem, &saved, v, err, software)
+    } else {
+        protected_mode(mem, &saved, v, err, software)
+    }
+}
+
+/// Vectors of the fault class (SDM Vol. 3A Table 6-1); #DB (1) counts as the trap the engine
+/// raises it as, #DF and #MC are aborts.
+fn is_fault(v: u8) -> bool {
+    matches!(v, 0 | 5 | 6 | 7 | 10..=14 | 16 | 17 | 19 | 20 | 21)
 }
 
 fn real_mode(mem: &mut Mem, r: &Regs, v: u8) -> Result<Regs, Fail> {

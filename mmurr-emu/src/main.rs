@@ -69,7 +69,7 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     opts.progress = !a.quiet;
     opts.interrupted = interrupted;
     if let Some(trace) = &a.replay_inputs {
-        opts.replay_inputs = Some(recorder::recorded_inputs(trace)?);
+        opts.replay_inputs = Some(replayer::inputs::load(trace)?);
     }
     let mut backend = EmuBackend::new()?;
     let summary = match &a.gdb {

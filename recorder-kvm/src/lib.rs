@@ -3,6 +3,7 @@
 //! this host's KVM can run.
 
 mod cpuid_probe;
+mod dirty;
 mod mapping;
 mod probe;
 mod regs;

@@ -1,8 +1,78 @@
 //! Every `unsafe` block of the kvm backend's memory mappings lives here: guest RAM (an
-//! anonymous mapping registered with KVM) and the data area of the vCPU's `kvm_run` page.
+//! anonymous mapping registered with KVM), the data area of the vCPU's `kvm_run` page, and the
+//! dirty-log ioctls that hand KVM a bitmap buffer (which kvm-ioctls wraps only in part).
 
-use kvm_bindings::{kvm_run, kvm_userspace_memory_region};
+use kvm_bindings::{
+    kvm_clear_dirty_log, kvm_clear_dirty_log__bindgen_ty_1, kvm_dirty_log,
+    kvm_dirty_log__bindgen_ty_1, kvm_run, kvm_userspace_memory_region, KVMIO,
+};
 use kvm_ioctls::VmFd;
+use vmm_sys_util::ioctl::ioctl_with_ref;
+use vmm_sys_util::{ioctl_iow_nr, ioctl_iowr_nr};
+
+ioctl_iow_nr!(KVM_GET_DIRTY_LOG, KVMIO, 0x42, kvm_dirty_log);
+ioctl_iowr_nr!(KVM_CLEAR_DIRTY_LOG, KVMIO, 0xc0, kvm_clear_dirty_log);
+
+/// KVM_GET_DIRTY_LOG of memory slot `slot` into `bitmap` (one bit per page of the slot; the
+/// caller sizes it for the whole slot), reusing the caller's buffer on every step.
+pub fn get_dirty_log(vm: &VmFd, slot: u32, bitmap: &mut [u64]) -> Result<(), String> {
+    let log = kvm_dirty_log {
+        slot,
+        padding1: 0,
+        __bindgen_anon_1: kvm_dirty_log__bindgen_ty_1 {
+            dirty_bitmap: bitmap.as_mut_ptr().cast(),
+        },
+    };
+    // SAFETY: `vm` is a VM fd; KVM writes one bit per page of the slot into the buffer, which
+    // the caller made at least that long (`DirtyLog::new` sizes it from the slot's size), and
+    // the buffer outlives the call.
+    let ret = unsafe { ioctl_with_ref(vm, KVM_GET_DIRTY_LOG(), &log) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "KVM_GET_DIRTY_LOG: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
+
+/// KVM_CLEAR_DIRTY_LOG (with KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2): clears the dirty bits of the
+/// pages set in `bitmap`, which covers `64 * bitmap.len()` pages from `first_page` (a multiple
+/// of 64), and write-protects those pages again so that the guest's next write is logged.
+pub fn clear_dirty_log(
+    vm: &VmFd,
+    slot: u32,
+    first_page: u64,
+    num_pages: u32,
+    bitmap: &[u64],
+) -> Result<(), String> {
+    if u64::from(num_pages) > 64 * bitmap.len() as u64 {
+        return Err(format!(
+            "KVM_CLEAR_DIRTY_LOG: {num_pages} pages but a bitmap of {} words",
+            bitmap.len()
+        ));
+    }
+    let clear = kvm_clear_dirty_log {
+        slot,
+        num_pages,
+        first_page,
+        __bindgen_anon_1: kvm_clear_dirty_log__bindgen_ty_1 {
+            dirty_bitmap: bitmap.as_ptr().cast_mut().cast(),
+        },
+    };
+    // SAFETY: `vm` is a VM fd; KVM only reads `num_pages` bits from the buffer, which holds at
+    // least that many (checked above) and outlives the call.
+    let ret = unsafe { ioctl_with_ref(vm, KVM_CLEAR_DIRTY_LOG(), &clear) };
+    if ret == 0 {
+        Ok(())
+    } else {
+        Err(format!(
+            "KVM_CLEAR_DIRTY_LOG: {}",
+            std::io::Error::last_os_error()
+        ))
+    }
+}
 
 /// Guest RAM: one anonymous private mapping, guest-physical `0..size`.
 pub struct GuestRam {

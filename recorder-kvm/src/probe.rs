@@ -129,8 +129,16 @@ pub fn probe() -> HostReport {
                 .iter()
                 .map(|&(name, cap)| (name, kvm.check_extension(cap)))
                 .collect();
-            // KVM_CAP_SREGS2 (200) has no kvm-ioctls `Cap` variant.
+            // KVM_CAP_SREGS2 (200) has no kvm-ioctls `Cap` variant, nor does
+            // KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, which answers with the flags it takes.
             caps.push(("sregs2", kvm.check_extension_raw(200) > 0));
+            let manual =
+                kvm.check_extension_raw(kvm_bindings::KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2.into());
+            caps.push((
+                "manual_dirty_log_protect2",
+                manual > 0
+                    && manual as u32 & kvm_bindings::KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE != 0,
+            ));
             (Ok(()), kvm.get_api_version(), caps)
         }
         Err(e) => (Err(open_error(e)), 0, Vec::new()),

@@ -1,11 +1,13 @@
 //! The kvm backend proper: one VM with one vCPU and its RAM, stepped one instruction at a time
 //! with KVM_SET_GUEST_DEBUG (SINGLESTEP) and read through KVM_CAP_SYNC_REGS.
 
+use crate::dirty::DirtyLog;
 use crate::mapping::{self, GuestRam};
 use crate::probe::HostReport;
 use crate::regs::{kvm_regs_of, kvm_sregs_of, regs_from_kvm};
 use kvm_bindings::{
-    kvm_guest_debug, kvm_msr_entry, kvm_pit_config, CpuId, Msrs, KVM_GUESTDBG_ENABLE,
+    kvm_enable_cap, kvm_guest_debug, kvm_msr_entry, kvm_pit_config, CpuId, Msrs,
+    KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE, KVM_GUESTDBG_ENABLE,
     KVM_GUESTDBG_SINGLESTEP, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
@@ -40,9 +42,9 @@ pub struct KvmBackend {
     /// An `in` or MMIO read is waiting for its data.
     pending_read: bool,
     /// Exact memory: `Ok` when KVM logs the pages the guest dirties (KVM_MEM_LOG_DIRTY_PAGES on
-    /// the RAM slot, read with KVM_GET_DIRTY_LOG after every step); `Err(why)` when the host
+    /// the RAM slot, read after every step, see [`crate::dirty`]); `Err(why)` when the host
     /// refused, and the recorder infers writes from the decoded instruction instead.
-    dirty_log: Result<(), String>,
+    dirty_log: Result<DirtyLog, String>,
     /// Pages the VMM wrote itself (`write_phys`, e.g. gdb) since the last report: KVM's dirty
     /// log does not see them, so they are reported with the next step's pages.
     vmm_written: Vec<u64>,
@@ -174,28 +176,22 @@ impl KvmBackend {
         Ok(further)
     }
 
-    /// What the guest may have written since the last call: the pages KVM logged dirty (the
-    /// log is cleared by reading it) and those the VMM wrote; `Unknown` without a dirty log.
+    /// What the guest may have written since the last call: the pages KVM logged dirty (and
+    /// those still writable since, see [`crate::dirty`]) and those the VMM wrote; `Unknown`
+    /// without a dirty log.
     fn written(&mut self) -> Result<Written, BackendError> {
-        if self.dirty_log.is_err() {
+        let Ok(log) = self.dirty_log.as_mut() else {
             return Ok(Written::Unknown);
-        }
-        let size = self.ram.as_ref().map_or(0, GuestRam::size) as usize;
+        };
         let vm = self
             .vm
             .as_ref()
             .ok_or_else(|| BackendError::Other("no guest loaded".into()))?;
-        let bitmap = vm
-            .get_dirty_log(RAM_SLOT, size)
-            .map_err(ioctl_err("KVM_GET_DIRTY_LOG"))?;
         let mut pages = std::mem::take(&mut self.vmm_written);
-        for (i, &word) in bitmap.iter().enumerate() {
-            let mut bits = word;
-            while bits != 0 {
-                let page = (i * 64) as u64 + u64::from(bits.trailing_zeros());
-                bits &= bits - 1;
-                pages.push(page << PAGE_SHIFT);
-            }
+        let vmm = pages.len();
+        log.read(vm, &mut pages).map_err(BackendError::Other)?;
+        for p in &mut pages[vmm..] {
+            *p <<= PAGE_SHIFT;
         }
         Ok(Written::DirtyPages(pages))
     }
@@ -365,7 +361,10 @@ impl Backend for KvmBackend {
         info.kvm_facts.push((
             "memory_writes".into(),
             match &self.dirty_log {
-                Ok(()) => "exact (KVM dirty log diffed against a shadow every step)".into(),
+                Ok(log) if log.manual() => "exact (KVM dirty log diffed against a shadow every \
+                    step; manual re-protection keeps recently written pages writable)"
+                    .into(),
+                Ok(_) => "exact (KVM dirty log diffed against a shadow every step)".into(),
                 Err(why) => format!(
                     "inferred from the decoded instruction: no dirty log ({why}); writes the \
                      decoder cannot see show up as self-check failures"
@@ -393,7 +392,19 @@ impl Backend for KvmBackend {
         vm.create_pit2(kvm_pit_config::default())
             .map_err(ioctl_err("KVM_CREATE_PIT2"))?;
         let mut ram = GuestRam::new(guest.ram_size).map_err(BackendError::Other)?;
-        self.dirty_log = ram.register(&vm, RAM_SLOT, true);
+        // Reading the log must not write-protect the pages the guest keeps writing (see
+        // `dirty`); without the capability every read re-protects, which is slower but as exact.
+        let manual = self.report.has_cap("manual_dirty_log_protect2")
+            && vm
+                .enable_cap(&kvm_enable_cap {
+                    cap: KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2,
+                    args: [u64::from(KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE), 0, 0, 0],
+                    ..Default::default()
+                })
+                .is_ok();
+        self.dirty_log = ram
+            .register(&vm, RAM_SLOT, true)
+            .map(|()| DirtyLog::new(RAM_SLOT, ram.size(), manual));
         if let Err(why) = &self.dirty_log {
             // Without a dirty log the recorder falls back to inferring writes (and says so).
             ram.register(&vm, RAM_SLOT, false)

@@ -2,14 +2,15 @@
 //! dirty bits the CPU sets and the guest clears again, `inc`/`pop` to memory) recorded with
 //! KVM's dirty log passes every keyframe's self-check, carries the A/D bytes the page walks
 //! wrote, and the replayer rebuilds the live guest's RAM at steps all over the recording.
-//! And an MMIO read-modify-write (`and dword [mmio], imm`) is one step with both accesses.
+//! And an MMIO read-modify-write (`and dword [mmio], imm`) is one step with both accesses
+//! (`recorder::test_support::check_mmio_read_modify_write`, the same check as on emu).
 mod common;
 
-use recorder::{record, record_with, Backend, RecordOptions, StepControl, StepVerdict, StepView};
+use recorder::{record_with, Backend, RecordOptions, StepControl, StepVerdict, StepView};
 use recorder_kvm::{probe, KvmBackend};
 use replayer::Timeline;
 use std::collections::BTreeMap;
-use traces::{EndReason, EventKind, MmioAccess, Reader, Record, Regs};
+use traces::{EndReason, Reader, Record, Regs};
 
 /// Hashes the live guest's RAM (and keeps the registers) before every `every`-th step.
 struct Sampler {
@@ -110,64 +111,9 @@ fn accessed_and_dirty_bits_are_recorded_exactly() {
     }
 }
 
-/// `and dword [0xfed00010], 0x12345678; out 0xf4, al` in unpaged protected mode; the address
-/// is outside RAM (an MMIO region for the emu backend).
-pub fn mmio_rmw_guest() -> traces::GuestSpec {
-    use iced_x86::code_asm::*;
-    const AT: u64 = 0x1000;
-    let mut a = CodeAssembler::new(32).unwrap();
-    a.and(dword_ptr(0xfed0_0010u32), 0x1234_5678).unwrap();
-    a.mov(al, 0).unwrap();
-    a.out(0xf4, al).unwrap();
-    let code = a.assemble(AT).unwrap();
-    let mut g =
-        guests::loader::load_raw(&code, AT, AT, guests::loader::EntryMode::Protected, 2 << 20)
-            .unwrap();
-    g.regions.push(traces::MemRegion {
-        gpa: 0xfed0_0000,
-        size: 0x1000,
-        kind: traces::RegionKind::Mmio,
-        name: "device".into(),
-    });
-    g
-}
-
 #[test]
 fn mmio_read_modify_write_is_one_step_with_a_read_and_a_write() {
     require_kvm!();
-    let dir = tempfile::tempdir().unwrap();
-    let opts = options(dir.path(), "rmw.mmurr");
     let mut backend = KvmBackend::new(probe()).unwrap();
-    let summary = record(&mut backend, &mmio_rmw_guest(), &opts).unwrap();
-    assert_eq!(
-        summary.end.reason,
-        EndReason::DebugExit { status: 0 },
-        "{}",
-        summary.end.message
-    );
-    let mut reader = Reader::open(&opts.output).unwrap();
-    let mmio: Vec<(u64, MmioAccess)> = reader
-        .records()
-        .filter_map(|r| match r.unwrap() {
-            Record::Event(e) => match e.kind {
-                EventKind::Mmio(m) => Some((e.step, m)),
-                _ => None,
-            },
-            _ => None,
-        })
-        .collect();
-    // The devices answer an absent address with all ones.
-    let read = MmioAccess {
-        gpa: 0xfed0_0010,
-        write: false,
-        size: 4,
-        data: 0xffff_ffff,
-    };
-    let write = MmioAccess {
-        data: 0x1234_5678,
-        write: true,
-        ..read
-    };
-    assert_eq!(mmio, vec![(1, read), (1, write)]);
-    assert_eq!(summary.steps, 3, "and, mov, out");
+    recorder::test_support::check_mmio_read_modify_write(&mut backend);
 }

@@ -9,7 +9,7 @@ use iced_x86::{Instruction, Mnemonic, OpKind, Register};
 use traces::{ControlReg, CrWrite, Regs, WriteVia};
 
 const MSR_EFER: u64 = 0xc000_0080;
-const EFER_LMA: u64 = 1 << 10;
+use mmu::bits::EFER_LMA;
 
 /// A write an instruction is about to make.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -18,10 +18,14 @@
 //! that plainly went where the instruction goes (its end, a direct branch's target, the same
 //! `rep` instruction again) are ruled out first without reading memory.
 //!
+//! On some hosts (PVM) the single step that delivers also runs the handler's first instruction,
+//! and the step of an `iret` also runs the instruction it returns to: both are recognised
+//! ([`Inferred::also_ran`], [`returned_and_ran`]) so the step is recorded as retiring two
+//! instructions, as the other backend's two steps.
+//!
 //! Limits: when several vectors' gates point at the same handler, the instruction decides
 //! (`int n`'s immediate, #PF when CR2 changed) and otherwise the lowest vector whose frame
-//! matches; in real mode a PIC interrupt mapped below 32 is taken for an exception. A step in
-//! which KVM also ran the handler's first instruction (seen on some hosts) is not recognised.
+//! matches; in real mode a PIC interrupt mapped below 32 is taken for an exception.
 
 use crate::backend::{Delivery, DeliveryKind};
 use iced_x86::{FlowControl, Instruction, Mnemonic, OpKind};
@@ -53,6 +57,15 @@ pub fn event(d: &Delivery) -> EventKind {
             nmi: d.kind == DeliveryKind::Nmi,
         }),
     }
+}
+
+/// A delivery seen in a KVM step.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Inferred {
+    pub delivery: Delivery,
+    /// The handler's first instruction when the step also ran it, with the registers it
+    /// started from (the state right after the delivery).
+    pub also_ran: Option<(Instruction, Regs)>,
 }
 
 /// How the CPU delivers in the current mode: gate size, and the width of each frame slot.
@@ -106,7 +119,7 @@ pub fn infer(
     after: &Regs,
     cpu: &mmu::CpuModel,
     mem: &dyn mmu::GuestMemory,
-) -> Option<Delivery> {
+) -> Option<Inferred> {
     let end = insn.map(|i| i.next_ip() & ip_mask(before));
     if let Some(i) = insn {
         if went_where_it_goes(i, end, before, after) {
@@ -115,8 +128,8 @@ pub fn infer(
     }
     let regime = Regime::of(after);
     let soft = insn.and_then(software_vector);
-    let mut found: Vec<(Delivery, bool)> = Vec::new();
-    let mut reached: Vec<(u64, bool)> = Vec::new();
+    let mut found: Vec<(Inferred, bool)> = Vec::new();
+    let mut reached: Vec<(u64, Option<Option<Instruction>>)> = Vec::new();
     for g in present_gates(after, regime, cpu, mem)? {
         let same_cs = match regime {
             Regime::Real => g.selector == after.seg[CS].selector,
@@ -152,9 +165,9 @@ pub fn infer(
                 r
             }
         };
-        if !entered {
+        let Some(first) = entered else {
             continue;
-        }
+        };
         let error_code = if err {
             match read_slots(after, cpu, mem, base, g.slot, 1) {
                 Some(e) => Some(e[0] as u32),
@@ -173,44 +186,133 @@ pub fn infer(
         } else {
             DeliveryKind::External
         };
-        let d = Delivery {
+        let delivery = Delivery {
             vector: g.vector,
             kind,
             error_code,
             cr2: (g.vector == PF && kind == DeliveryKind::Exception).then_some(after.cr2),
         };
-        found.push((d, own_int));
+        let also_ran = first.map(|i| (i, handler_entry(before, after, regime, &g, base)));
+        found.push((Inferred { delivery, also_ran }, own_int));
     }
     // Several gates share the handler: the instruction's own `int n`, then #PF if CR2
     // changed, then the lowest vector.
-    found
+    let pick = found
         .iter()
-        .find(|(_, own)| *own)
+        .position(|(_, own)| *own)
         .or_else(|| {
             (after.cr2 != before.cr2)
-                .then(|| found.iter().find(|(d, _)| d.vector == PF))
+                .then(|| found.iter().position(|(d, _)| d.delivery.vector == PF))
                 .flatten()
         })
-        .or(found.first())
-        .map(|(d, _)| *d)
+        .or((!found.is_empty()).then_some(0))?;
+    Some(found.swap_remove(pick).0)
 }
 
-/// The step ended in the handler at `offset`: on its first instruction, or (as on hosts
-/// whose single step also runs the handler's first instruction) right after it or at its
-/// direct branch target.
-fn in_handler(offset: u64, after: &Regs, cpu: &mmu::CpuModel, mem: &dyn mmu::GuestMemory) -> bool {
+/// The step ended in the handler at `offset`: `Some(None)` on its first instruction,
+/// `Some(Some(first))` (as on hosts whose single step also runs the handler's first
+/// instruction) right after that instruction or at its direct branch target.
+fn in_handler(
+    offset: u64,
+    after: &Regs,
+    cpu: &mmu::CpuModel,
+    mem: &dyn mmu::GuestMemory,
+) -> Option<Option<Instruction>> {
     if after.rip == offset {
-        return true;
+        return Some(None);
     }
     let mut at = after.clone();
     at.rip = offset;
     let bytes = insn::fetch(&at, cpu, mem);
-    let Some(first) = insn::decode(&bytes, insn::bitness(&at), offset) else {
-        return false;
+    let first = insn::decode(&bytes, insn::bitness(&at), offset)?;
+    ends_at(&first, &at, after.rip).then_some(Some(first))
+}
+
+/// `rip` is where `i`, run from `at`, goes: its end or its direct branch target.
+fn ends_at(i: &Instruction, at: &Regs, rip: u64) -> bool {
+    let mask = ip_mask(at);
+    rip == i.next_ip() & mask || is_direct(i) && rip == i.near_branch_target() & mask
+}
+
+/// The registers the handler's first instruction starts from: the general registers of the
+/// interrupted code with the stack pointer at the frame (`base`, the lowest slot), and the
+/// handler's CS, SS and RFLAGS after the step (the system registers a first instruction does
+/// not change), with TF, NT, RF and VM cleared and (interrupt gates) IF, as the delivery does
+/// (SDM Vol. 3A 6.12.1).
+fn handler_entry(before: &Regs, after: &Regs, regime: Regime, g: &Gate, base: u64) -> Regs {
+    const TF: u64 = 1 << 8;
+    const IF: u64 = 1 << 9;
+    const NT: u64 = 1 << 14;
+    const RF: u64 = 1 << 16;
+    const VM: u64 = 1 << 17;
+    let mut entry = after.clone();
+    entry.gpr = before.gpr;
+    entry.gpr[4] = match regime {
+        Regime::Long => base,
+        _ => {
+            let mask = if after.seg[SS].attrs & SS_B != 0 && regime == Regime::Protected {
+                0xffff_ffff
+            } else {
+                0xffff
+            };
+            let sp = base.wrapping_sub(after.seg[SS].base) & mask;
+            before.gpr[4] & !mask | sp
+        }
     };
-    let mask = ip_mask(&at);
-    after.rip == first.next_ip() & mask
-        || is_direct(&first) && after.rip == first.near_branch_target() & mask
+    entry.rip = g.offset;
+    entry.rflags = before.rflags & !(TF | NT | RF | VM | IF) | after.rflags & IF;
+    entry
+}
+
+/// The step of an `iret` that also ran the instruction it returned to (seen on PVM hosts):
+/// that instruction and the registers it started from. `mem` is memory before the step (the
+/// frame the `iret` popped). `None` when the step ended where the `iret` returns, or
+/// somewhere not explained by one instruction run from there.
+pub fn returned_and_ran(
+    insn: &Instruction,
+    before: &Regs,
+    after: &Regs,
+    cpu: &mmu::CpuModel,
+    mem: &dyn mmu::GuestMemory,
+) -> Option<(Instruction, Regs)> {
+    let slot = match insn.mnemonic() {
+        Mnemonic::Iretq => 8,
+        Mnemonic::Iretd => 4,
+        Mnemonic::Iret => 2,
+        _ => return None,
+    };
+    let regime = Regime::of(before);
+    // The frame at the stack pointer: RIP, CS, RFLAGS and (64-bit, or a return to an outer
+    // level) RSP, SS.
+    let ss = before.seg[SS];
+    let sp_mask = match regime {
+        Regime::Long => u64::MAX,
+        _ if ss.attrs & SS_B != 0 && regime == Regime::Protected => 0xffff_ffff,
+        _ => 0xffff,
+    };
+    let sp = before.gpr[4] & sp_mask;
+    let at = if regime == Regime::Long {
+        sp
+    } else {
+        ss.base.wrapping_add(sp) & 0xffff_ffff
+    };
+    let outer = regime == Regime::Long || insn::cpl(after) > insn::cpl(before);
+    let frame = read_slots(before, cpu, mem, at, slot, if outer { 5 } else { 3 })?;
+    if after.rip == frame[0] || frame[1] as u16 != after.seg[CS].selector {
+        return None;
+    }
+    let mut entry = after.clone();
+    entry.gpr = before.gpr;
+    entry.gpr[4] = if outer {
+        frame[3]
+    } else {
+        before.gpr[4] & !sp_mask | sp.wrapping_add(3 * slot) & sp_mask
+    };
+    entry.rip = frame[0];
+    entry.rflags = frame[2] & 0xffff_ffff | 2;
+    let bytes = insn::fetch(&entry, cpu, mem);
+    let next = insn::decode(&bytes, insn::bitness(&entry), entry.rip)?;
+    ends_at(&next, &entry, after.rip).then_some((next, entry))
 }
 
 /// Where the delivery put its frame (the lowest slot, the error code's where there is one),
@@ -460,7 +562,9 @@ mod tests {
     fn a_faulting_cr_write_is_gp_with_its_error_code() {
         let (mem, before, after) = delivered(13, CODE, Some(0));
         let i = decode(&[0x0f, 0x22, 0xe0]); // mov cr4, rax
-        let d = infer(Some(&i), &before, &after, &mmu::CpuModel::default(), &mem).unwrap();
+        let d = infer(Some(&i), &before, &after, &mmu::CpuModel::default(), &mem)
+            .unwrap()
+            .delivery;
         assert_eq!(
             d,
             Delivery {
@@ -484,11 +588,15 @@ mod tests {
     fn a_faulting_branch_and_an_undecodable_fetch_are_seen() {
         let (mem, before, after) = delivered(13, CODE, Some(0));
         let jmp = decode(&[0xff, 0xe0]); // jmp rax
-        let d = infer(Some(&jmp), &before, &after, &mmu::CpuModel::default(), &mem).unwrap();
+        let d = infer(Some(&jmp), &before, &after, &mmu::CpuModel::default(), &mem)
+            .unwrap()
+            .delivery;
         assert_eq!((d.vector, d.error_code), (13, Some(0)));
         let (mem, before, mut after) = delivered(14, CODE, Some(0x10));
         after.cr2 = CODE;
-        let d = infer(None, &before, &after, &mmu::CpuModel::default(), &mem).unwrap();
+        let d = infer(None, &before, &after, &mmu::CpuModel::default(), &mem)
+            .unwrap()
+            .delivery;
         assert_eq!(
             (d.vector, d.error_code, d.cr2),
             (14, Some(0x10), Some(CODE))
@@ -499,7 +607,9 @@ mod tests {
     fn ud_has_no_error_code_and_int_n_is_a_trap() {
         let (mem, before, after) = delivered(6, CODE, None);
         let ud2 = decode(&[0x0f, 0x0b]);
-        let d = infer(Some(&ud2), &before, &after, &mmu::CpuModel::default(), &mem).unwrap();
+        let d = infer(Some(&ud2), &before, &after, &mmu::CpuModel::default(), &mem)
+            .unwrap()
+            .delivery;
         assert_eq!(
             (d.vector, d.error_code, d.kind),
             (6, None, DeliveryKind::Exception)
@@ -507,7 +617,9 @@ mod tests {
         // `int 0x10` pushes the address after it.
         let (mem, before, after) = delivered(0x10, CODE + 2, None);
         let int = decode(&[0xcd, 0x10]);
-        let d = infer(Some(&int), &before, &after, &mmu::CpuModel::default(), &mem).unwrap();
+        let d = infer(Some(&int), &before, &after, &mmu::CpuModel::default(), &mem)
+            .unwrap()
+            .delivery;
         assert_eq!((d.vector, d.kind), (0x10, DeliveryKind::Exception));
     }
 
@@ -519,7 +631,9 @@ mod tests {
         gate64(&mut mem.bytes, 0, 0x6000);
         gate64(&mut mem.bytes, 40, HANDLER);
         let nop = decode(&[0x90]);
-        let d = infer(Some(&nop), &before, &after, &mmu::CpuModel::default(), &mem).unwrap();
+        let d = infer(Some(&nop), &before, &after, &mmu::CpuModel::default(), &mem)
+            .unwrap()
+            .delivery;
         assert_eq!(
             event(&d),
             EventKind::ExternalInterrupt(InterruptInfo {
@@ -555,25 +669,50 @@ mod tests {
         mem.bytes[HANDLER as usize..HANDLER as usize + 8].copy_from_slice(&inc);
         after.rip = HANDLER + 8;
         let mov_ds = decode(&[0x8e, 0xd8]);
-        let d = infer(
-            Some(&mov_ds),
-            &before,
-            &after,
-            &mmu::CpuModel::default(),
-            &mem,
+        let cpu = mmu::CpuModel::default();
+        let got = infer(Some(&mov_ds), &before, &after, &cpu, &mem).unwrap();
+        assert_eq!(
+            (got.delivery.vector, got.delivery.error_code),
+            (13, Some(0x28))
         );
-        assert_eq!(d.map(|d| (d.vector, d.error_code)), Some((13, Some(0x28))));
+        // The handler's first instruction, from the state right after the delivery: RSP at
+        // the error code, RIP at the handler.
+        let (first, entry) = got
+            .also_ran
+            .expect("the step also ran the handler's first insn");
+        assert_eq!((first.ip(), first.len()), (HANDLER, 8));
+        assert_eq!((entry.rip, entry.gpr[4]), (HANDLER, STACK - 48));
+        // Only the delivery: nothing else ran.
+        after.rip = HANDLER;
+        let got = infer(Some(&mov_ds), &before, &after, &cpu, &mem).unwrap();
+        assert_eq!(got.also_ran, None);
         // Anywhere else in the handler it is not recognised.
         after.rip = HANDLER + 9;
-        assert_eq!(
-            infer(
-                Some(&mov_ds),
-                &before,
-                &after,
-                &mmu::CpuModel::default(),
-                &mem
-            ),
-            None
-        );
+        assert_eq!(infer(Some(&mov_ds), &before, &after, &cpu, &mem), None);
+    }
+
+    #[test]
+    fn an_iretq_step_that_also_ran_the_instruction_it_returned_to() {
+        // The handler's `iretq` with the frame at RSP returns to CODE, where `nop` stands.
+        let (mut mem, _, delivered_state) = delivered(6, CODE, None);
+        mem.bytes[CODE as usize] = 0x90;
+        let mut before = delivered_state.clone();
+        before.rip = HANDLER;
+        let iretq = insn::decode(&[0x48, 0xcf], 64, HANDLER).unwrap();
+        let cpu = mmu::CpuModel::default();
+        let mut after = long_regs();
+        after.rflags = 2;
+        // Returned only: nothing more ran.
+        assert_eq!(returned_and_ran(&iretq, &before, &after, &cpu, &mem), None);
+        // Returned and ran the `nop`: it started at CODE with the frame's RSP.
+        after.rip = CODE + 1;
+        let (next, entry) = returned_and_ran(&iretq, &before, &after, &cpu, &mem).unwrap();
+        assert_eq!((next.ip(), entry.rip, entry.gpr[4]), (CODE, CODE, STACK));
+        // Somewhere one instruction does not reach: not recognised.
+        after.rip = CODE + 2;
+        assert_eq!(returned_and_ran(&iretq, &before, &after, &cpu, &mem), None);
+        // Not an iret at all.
+        let nop = insn::decode(&[0x90], 64, HANDLER).unwrap();
+        assert_eq!(returned_and_ran(&nop, &before, &after, &cpu, &mem), None);
     }
 }

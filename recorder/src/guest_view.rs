@@ -2,7 +2,6 @@
 //! backend and the trace's register file.
 
 use crate::Backend;
-use traces::Regs;
 
 /// A backend's RAM as the page walker's memory.
 pub struct BackendMemory<'a>(pub &'a dyn Backend);
@@ -15,9 +14,7 @@ impl mmu::GuestMemory for BackendMemory<'_> {
 
 pub use insn::{control_regs, cpl, cpu_model};
 
-pub fn paging_mode(r: &Regs) -> traces::PagingMode {
-    history::to_trace::paging_mode(mmu::PagingMode::of(r.cr0, r.cr4, r.efer))
-}
+pub use history::to_trace::mode_of as paging_mode;
 
 #[cfg(test)]
 mod tests {

@@ -27,5 +27,5 @@ pub use backend::{
 };
 pub use control::{StepControl, StepVerdict, StepView};
 pub use cr_watch::{planned_write, PlannedWrite};
-pub use options::{recorded_inputs, RecordError, RecordOptions, RecordSummary, SerialSink};
+pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};
 pub use record::{record, record_with, resolve_policies};

@@ -43,7 +43,7 @@ pub struct RecordOptions {
     /// Re-execution (`mmurr verify`): the original trace's inputs, fed back in order instead
     /// of what this machine's devices, time-stamp counter or RNG would give. Reaching an input
     /// the original does not have (or a different one) ends the run: it has diverged.
-    pub replay_inputs: Option<Arc<replayer::inputs::RecordedInputs>>,
+    pub replay_inputs: Option<Arc<traces::inputs::RecordedInputs>>,
     /// Record in runs where the backend can ([`crate::Backend::run`], the emu backend): many
     /// instructions with nothing to record one by one become one `Run` record (format 3), at
     /// emulator speed; every event stays an exact step. Off by default: the replayer cannot
@@ -113,23 +113,4 @@ pub enum RecordError {
         path: PathBuf,
         source: traces::Error,
     },
-    #[error("cannot read the recorded inputs of {path}: {source}")]
-    Inputs {
-        path: PathBuf,
-        source: replayer::inputs::InputsError,
-    },
-}
-
-/// The inputs recorded in the trace at `path`, for [`RecordOptions::replay_inputs`].
-pub fn recorded_inputs(
-    path: &std::path::Path,
-) -> Result<Arc<replayer::inputs::RecordedInputs>, RecordError> {
-    let err = |source| RecordError::Inputs {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut reader = traces::Reader::open(path).map_err(|e| err(e.into()))?;
-    Ok(Arc::new(
-        replayer::inputs::recorded_inputs(&mut reader).map_err(err)?,
-    ))
 }

@@ -1,7 +1,11 @@
-//! The one place a test decides it cannot run for want of KVM. Every test crate's KVM tests
+//! What the backends' tests share.
+//!
+//! The one place a test decides it cannot run for want of KVM: every test crate's KVM tests
 //! go through [`require_kvm!`](crate::require_kvm): where /dev/kvm is not usable they print
 //! `SKIP: ...` and return, unless `MMURR_REQUIRE_KVM=1` is set (`.ci/run` sets it where
 //! /dev/kvm is usable), in which case a missing KVM is a failure, not a silent pass.
+//!
+//! And checks that hold every backend to the same guest and the same expectations.
 
 /// The environment variable that turns a KVM skip into a failure.
 pub const REQUIRE_KVM: &str = "MMURR_REQUIRE_KVM";
@@ -43,6 +47,39 @@ macro_rules! require_kvm {
             return;
         }
     };
+}
+
+/// Records [`guests::probes::mmio_read_modify_write`] on `backend` and panics unless the run
+/// ends with the guest's own exit and the read-modify-write is one step with a read and a
+/// write (an MMIO read-modify-write must never end the run).
+pub fn check_mmio_read_modify_write(backend: &mut dyn crate::Backend) {
+    use traces::{EndReason, EventKind, Reader, Record};
+    let guest = guests::probes::mmio_read_modify_write().expect("build the MMIO probe");
+    let dir = std::env::temp_dir().join(format!("mmurr-mmio-rmw-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).expect("temporary directory");
+    let opts = crate::RecordOptions::new(dir.join("rmw.mmurr"));
+    let summary = crate::record(backend, &guest, &opts).expect("record the MMIO probe");
+    assert_eq!(
+        summary.end.reason,
+        EndReason::DebugExit { status: 0 },
+        "{}",
+        summary.end.message
+    );
+    let mut reader = Reader::open(&opts.output).expect("open the MMIO probe's trace");
+    let mmio: Vec<_> = reader
+        .records()
+        .filter_map(|r| match r.expect("read the MMIO probe's trace") {
+            Record::Event(e) => match e.kind {
+                EventKind::Mmio(m) => Some((e.step, m)),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (expected, steps) = guests::probes::mmio_read_modify_write_events();
+    assert_eq!(mmio, expected);
+    assert_eq!(summary.steps, steps, "and, mov, out");
 }
 
 #[cfg(test)]

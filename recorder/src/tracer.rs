@@ -294,7 +294,7 @@ impl<'a> Tracer<'a> {
             Ok(r) => r,
             Err(e) => return Err(self.backend_failure(e, &no_plan)),
         };
-        let mem = self.memory_writes(&no_plan, &ran.written, &before, &after);
+        let mem = self.memory_writes(&no_plan, &ran.written, false, &before, &after);
         let wrote = !mem.is_empty();
         let first = self.step + 1;
         self.step += ran.count;
@@ -466,7 +466,23 @@ impl<'a> Tracer<'a> {
         if let Err(e) = self.replay_results(&plan, &beyond, &exit, &before, &mut after) {
             return Some(self.backend_failure(e, &plan));
         }
-        let mem_writes = self.memory_writes(&plan, &written, &before, &after);
+        let (deliveries, delivered_and_ran) = self.deliveries(&plan, &before, &after);
+        // A step that delivered and also ran the handler's first instruction, or returned with
+        // `iret` and ran the instruction returned to (PVM): two instructions, as on emu.
+        let also_ran = match delivered_and_ran {
+            Some(ran) => Some(ran),
+            None if beyond.is_empty() && exit == Exit::Stepped => {
+                plan.insn.as_ref().and_then(|i| {
+                    exceptions::returned_and_ran(i, &before, &after, &self.cpu, &self.shadow)
+                })
+            }
+            None => None,
+        };
+        if let Some((i, regs)) = &also_ran {
+            self.plan_accesses(&mut plan, i, regs);
+        }
+        let delivered = !deliveries.is_empty();
+        let mem_writes = self.memory_writes(&plan, &written, delivered, &before, &after);
         let wrote = !mem_writes.is_empty();
         let regs = delta(&before, &after);
         self.append(Record::Step(StepRecord {
@@ -475,14 +491,13 @@ impl<'a> Tracer<'a> {
             regs,
             mem: mem_writes,
         }));
-        if !beyond.is_empty() {
-            let count = 1 + beyond.len() as u32;
+        let count = 1 + beyond.len() as u32 + u32::from(also_ran.is_some());
+        if count > 1 {
             self.event(before.rip, EventKind::Retired { count });
         }
         for kind in io_events {
             self.event(before.rip, kind);
         }
-        let deliveries = self.deliveries(&plan, &before, &after);
         let excepted = !deliveries.is_empty();
         let retired = plan
             .insn
@@ -562,24 +577,31 @@ impl<'a> Tracer<'a> {
         let mut regs = before.clone();
         for i in &beyond {
             regs.rip = i.ip();
-            for a in accesses::operand_accesses(&mut self.factory, i, &regs) {
-                if let Some(r) = accesses::translate_range(
-                    &regs,
-                    &self.cpu,
-                    &mem,
-                    a.linear,
-                    a.len,
-                    a.access,
-                    &mut plan.ad_entries,
-                ) {
-                    if a.access == mmu::Access::Write {
-                        plan.writes.extend(r);
-                    }
-                }
-                plan.accesses.push(a);
-            }
+            self.plan_accesses(plan, i, &regs);
         }
         beyond
+    }
+
+    /// Adds the operand accesses of `i`, run from `regs`, to the plan (another instruction the
+    /// step retired).
+    fn plan_accesses(&mut self, plan: &mut Plan, i: &Instruction, regs: &Regs) {
+        let mem = BackendMemory(&*self.backend);
+        for a in accesses::operand_accesses(&mut self.factory, i, regs) {
+            if let Some(r) = accesses::translate_range(
+                regs,
+                &self.cpu,
+                &mem,
+                a.linear,
+                a.len,
+                a.access,
+                &mut plan.ad_entries,
+            ) {
+                if a.access == mmu::Access::Write {
+                    plan.writes.extend(r);
+                }
+            }
+            plan.accesses.push(a);
+        }
     }
 
     /// Input replay (`mmurr verify`): the nondeterministic instructions this step retired
@@ -674,15 +696,22 @@ impl<'a> Tracer<'a> {
     }
 
     /// What the step delivered to the guest: as the backend reports it, or (KVM) inferred
-    /// from the state after the step.
-    fn deliveries(&mut self, plan: &Plan, before: &Regs, after: &Regs) -> Vec<Delivery> {
+    /// from the state after the step, with the handler's first instruction when the step also
+    /// ran it.
+    fn deliveries(
+        &mut self,
+        plan: &Plan,
+        before: &Regs,
+        after: &Regs,
+    ) -> (Vec<Delivery>, Option<(Instruction, Regs)>) {
         if let Some(d) = self.backend.take_deliveries() {
-            return d;
+            return (d, None);
         }
         let mem = BackendMemory(&*self.backend);
-        exceptions::infer(plan.insn.as_ref(), before, after, &self.cpu, &mem)
-            .into_iter()
-            .collect()
+        match exceptions::infer(plan.insn.as_ref(), before, after, &self.cpu, &mem) {
+            Some(i) => (vec![i.delivery], i.also_ran),
+            None => (Vec::new(), None),
+        }
     }
 
     fn polling_stop(&self) -> Option<Stop> {
@@ -761,6 +790,7 @@ impl<'a> Tracer<'a> {
         &mut self,
         plan: &Plan,
         written: &Written,
+        delivered: bool,
         before: &Regs,
         after: &Regs,
     ) -> Vec<MemWrite> {
@@ -771,8 +801,8 @@ impl<'a> Tracer<'a> {
                 r.extend(plan.ad_entries.iter().map(|&(gpa, len)| (gpa, len as u64)));
                 if let Some(i) = &plan.insn {
                     r.extend(self.string_writes(i, before, after));
-                    r.extend(self.implicit_writes(i, before, after));
                 }
+                r.extend(self.implicit_writes(plan.insn.as_ref(), delivered, before, after));
                 r
             }
         };
@@ -846,18 +876,40 @@ impl<'a> Tracer<'a> {
 
     /// Writes the CPU makes on its own: descriptor accessed bits (and the page-table A bits on
     /// the way to them) for segment loads, and the frame an exception or interrupt pushes.
-    fn implicit_writes(&mut self, i: &Instruction, before: &Regs, after: &Regs) -> Vec<(u64, u64)> {
-        let mut linear = accesses::descriptor_accesses(&mut self.factory, i, before, after);
-        let entered_handler = i.flow_control() == iced_x86::FlowControl::Next
-            && after.rip != i.next_ip()
-            && after.rip != before.rip;
-        if entered_handler || i.mnemonic() == Mnemonic::Int || i.mnemonic() == Mnemonic::Int3 {
-            // The pushed frame lies between the new RSP and (at most) 48 bytes above it.
-            linear.push(LinearAccess {
-                linear: after.gpr[4],
-                len: 48,
-                access: mmu::Access::Write,
+    fn implicit_writes(
+        &mut self,
+        i: Option<&Instruction>,
+        delivered: bool,
+        before: &Regs,
+        after: &Regs,
+    ) -> Vec<(u64, u64)> {
+        let mut linear = match i {
+            Some(i) => accesses::descriptor_accesses(&mut self.factory, i, before, after),
+            None => Vec::new(),
+        };
+        let entered_handler = delivered
+            || i.is_some_and(|i| {
+                i.flow_control() == iced_x86::FlowControl::Next
+                    && after.rip != i.next_ip()
+                    && after.rip != before.rip
+                    || matches!(i.mnemonic(), Mnemonic::Int | Mnemonic::Int3)
             });
+        if entered_handler {
+            // The pushed frame lies between the new RSP and (at most) 48 bytes above it, in
+            // slots the CPU writes one by one (as the emu backend records them): a slot the
+            // delivery wrote with its old value, e.g. an error code of 0, is no write.
+            let slot = if after.efer & (1 << 10) != 0 {
+                8
+            } else if after.cr0 & 1 != 0 {
+                4
+            } else {
+                2
+            };
+            linear.extend((0..48 / slot).map(|n| LinearAccess {
+                linear: after.gpr[4].wrapping_add(n * slot),
+                len: slot,
+                access: mmu::Access::Write,
+            }));
             let gate = if after.efer & (1 << 10) != 0 { 16 } else { 8 };
             let idt = (after.idtr.limit as u64 + 1).min(256 * gate);
             linear.push(LinearAccess {

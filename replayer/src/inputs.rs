@@ -1,72 +1,33 @@
-//! The inputs a recorded guest took from outside its machine state, in the order it took them:
-//! the results of nondeterministic instructions (which ones is `insn::nondeterministic`'s
-//! call) and the values of port and MMIO reads. `mmurr verify` feeds them to the re-execution
-//! (recorder's input replay), so a guest that reads the time-stamp counter runs the same path
-//! again on the same host and on the emulator.
+//! Derives the inputs a recorded guest took from outside its machine state
+//! ([`traces::inputs`]) from a trace: the results of nondeterministic instructions and the
+//! values of port and MMIO reads, in the order the guest took them. `mmurr verify` loads them
+//! and hands them to the recorder's re-execution.
 
 use crate::memory::{ImageError, MemoryImage};
 use std::io::{Read, Seek};
+pub use traces::inputs::{Input, RecordedInputs};
 use traces::{EventKind, Reader, Record, Regs, Step};
-
-/// One input, consumed in order by the re-execution.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Input {
-    /// What a nondeterministic instruction at `rip` produced: general registers (index into
-    /// `Regs::gpr`, value) and the RFLAGS bits in `rflags_mask`.
-    Results {
-        step: Step,
-        rip: u64,
-        mnemonic: String,
-        gprs: Vec<(u8, u64)>,
-        rflags_mask: u64,
-        rflags: u64,
-    },
-    PortRead {
-        step: Step,
-        port: u16,
-        size: u8,
-        data: u32,
-    },
-    MmioRead {
-        step: Step,
-        gpa: u64,
-        size: u8,
-        data: u64,
-    },
-}
-
-impl Input {
-    /// E.g. `rdtsc at rip 0x1000 (step 12)`, for divergence messages.
-    pub fn describe(&self) -> String {
-        match self {
-            Input::Results {
-                step,
-                rip,
-                mnemonic,
-                ..
-            } => format!("{mnemonic} at rip {rip:#x} (step {step})"),
-            Input::PortRead {
-                step, port, size, ..
-            } => format!("a {size}-byte read of port {port:#x} (step {step})"),
-            Input::MmioRead {
-                step, gpa, size, ..
-            } => format!("a {size}-byte MMIO read at {gpa:#x} (step {step})"),
-        }
-    }
-}
-
-/// A trace's inputs, oldest first.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct RecordedInputs {
-    pub inputs: Vec<Input>,
-}
 
 #[derive(Debug, thiserror::Error)]
 pub enum InputsError {
+    #[error("cannot read the recorded inputs of {path}: {source}")]
+    Open {
+        path: std::path::PathBuf,
+        source: traces::Error,
+    },
     #[error(transparent)]
     Trace(#[from] traces::Error),
     #[error("the trace's guest image is inconsistent: {0}")]
     Image(#[from] ImageError),
+}
+
+/// The inputs recorded in the trace at `path`, for the recorder's re-execution.
+pub fn load(path: &std::path::Path) -> Result<std::sync::Arc<RecordedInputs>, InputsError> {
+    let mut reader = Reader::open(path).map_err(|source| InputsError::Open {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(std::sync::Arc::new(recorded_inputs(&mut reader)?))
 }
 
 /// The step being read: registers and memory before it, the instruction it ran.

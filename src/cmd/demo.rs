@@ -10,7 +10,7 @@ use std::process::ExitCode;
 use traces::{ControlReg, Event, EventKind, Reader, Record};
 
 const SEED: &str = "pae-toggle";
-const CR4_PAE: u64 = 1 << 5;
+use mmu::bits::CR4_PAE;
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
     let guest_args = GuestArgs {

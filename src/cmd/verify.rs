@@ -226,7 +226,7 @@ fn options(header: &Header, out: &Path, steps: u64) -> anyhow::Result<RecordOpti
 
 fn record_on_kvm(trace: &Path, header: &Header, out: &Path, steps: u64) -> anyhow::Result<()> {
     let mut opts = options(header, out, steps)?;
-    opts.replay_inputs = Some(recorder::recorded_inputs(trace)?);
+    opts.replay_inputs = Some(replayer::inputs::load(trace)?);
     let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
     let summary = recorder::record(&mut backend, &header.guest, &opts)?;
     print_summary(&summary);

@@ -20,6 +20,7 @@ pub mod chunk;
 mod codec;
 pub mod error;
 pub mod index;
+pub mod inputs;
 pub mod integrity;
 mod io;
 pub mod preamble;

@@ -14,21 +14,7 @@ use traces::{
 pub const SERIAL_PORTS: [u16; 2] = [0x3f8, 0xe9];
 
 /// The paging mode the registers select (the trace's own names, as `Transition` uses them).
-pub fn paging_mode(regs: &Regs) -> PagingMode {
-    trace_mode(mmu::PagingMode::of(regs.cr0, regs.cr4, regs.efer))
-}
-
-/// The `mmu` crate's paging mode under the trace's name for it.
-pub fn trace_mode(m: mmu::PagingMode) -> PagingMode {
-    match m {
-        mmu::PagingMode::Real => PagingMode::Real,
-        mmu::PagingMode::Unpaged => PagingMode::Unpaged,
-        mmu::PagingMode::Bits32 => PagingMode::Bits32,
-        mmu::PagingMode::Pae => PagingMode::Pae,
-        mmu::PagingMode::Level4 => PagingMode::Level4,
-        mmu::PagingMode::Level5 => PagingMode::Level5,
-    }
-}
+pub use history::to_trace::mode_of as paging_mode;
 
 /// Every event of a trace, with what the timeline needs to list, filter and colour them.
 #[derive(Clone, Debug, Default)]

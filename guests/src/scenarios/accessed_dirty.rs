@@ -43,10 +43,7 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     let mut p = Program::new(*f);
     let mut code = Code::new(true)?;
     enter_long_mode(&mut p, &mut code)?;
-    let a = code
-        .a64
-        .as_mut()
-        .ok_or_else(|| BuildError::Layout("no 64-bit code".into()))?;
+    let a = code.a64()?;
     let first_pte = pte_range().start;
     for _ in 0..ROUNDS {
         let mut touch = a.create_label();
@@ -87,8 +84,7 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     p.check(a, COUNT, (ROUNDS * PAGES) as u32)?;
     exit(a, 0)?;
 
-    let mut t = Tables::new(TABLES, TABLES_LEN);
-    long_identity(&mut t, 0)?;
+    let t = identity_tables()?;
     let meta = Meta {
         name: "accessed-dirty",
         description: "long mode: hundreds of pages whose accessed/dirty bits the CPU sets and the guest clears again, CR3 reloads, inc/pop to memory",

@@ -50,10 +50,7 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     let mut p = Program::new(*f);
     let mut code = Code::new(true)?;
     enter_long_mode(&mut p, &mut code)?;
-    let a = code
-        .a64
-        .as_mut()
-        .ok_or_else(|| BuildError::Layout("no 64-bit code".into()))?;
+    let a = code.a64()?;
     let space_a = PML4;
     let space_b = PML4_B;
     let ma = p.touch_new(a, SWITCHED)?;

@@ -219,10 +219,7 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     let mut p = Program::new(*f);
     let mut code = Code::new(true)?;
     enter_long_mode(&mut p, &mut code)?;
-    let a = code
-        .a64
-        .as_mut()
-        .ok_or_else(|| BuildError::Layout("no 64-bit code".into()))?;
+    let a = code.a64()?;
     let mut start = a.create_label();
     a.jmp(start)?;
 
@@ -282,6 +279,10 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     p.mov_cr0(a, cr0_now | CR0_WP)?;
     let efer = p.model.state.efer;
     p.wrmsr_efer(a, efer | EFER_NXE)?;
+    // RFLAGS.AF is undefined after the shifts of `write_gate` and engines leave it differently;
+    // every fault pushes RFLAGS, so define it (`cmp` sets AF) to keep the frames equal on kvm and
+    // emu. The handlers' `iretq` restores it from there.
+    a.cmp(rax, rax)?;
 
     // Faulting control-register writes (#GP(0); the registers keep their values).
     let cr4_now = p.model.state.cr4;

@@ -14,16 +14,12 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     let mut p = Program::new(*f);
     let mut code = Code::new(true)?;
     enter_long_mode(&mut p, &mut code)?;
-    let a = code
-        .a64
-        .as_mut()
-        .ok_or_else(|| BuildError::Layout("no 64-bit code".into()))?;
+    let a = code.a64()?;
     let m = p.touch_new(a, DATA_A)?;
     p.touch_new(a, DATA_B)?;
     p.check(a, DATA_A, m)?;
     exit(a, 0)?;
-    let mut t = Tables::new(TABLES, TABLES_LEN);
-    long_identity(&mut t, 0)?;
+    let t = identity_tables()?;
     let meta = Meta {
         name: "long-mode-entry",
         description: "real mode -> protected mode -> PAE + EFER.LME -> CR0.PG: 4-level paging",

@@ -33,10 +33,7 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     let mut p = Program::new(*f);
     let mut code = Code::new(true)?;
     enter_long_mode(&mut p, &mut code)?;
-    let a = code
-        .a64
-        .as_mut()
-        .ok_or_else(|| BuildError::Layout("no 64-bit code".into()))?;
+    let a = code.a64()?;
     p.touch_new(a, DATA_A)?;
 
     let cr0 = p.model.state.cr0;
@@ -90,8 +87,7 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     })?;
     exit(a, 0)?;
 
-    let mut t = Tables::new(TABLES, TABLES_LEN);
-    long_identity(&mut t, 0)?;
+    let t = identity_tables()?;
     let meta = Meta {
         name: "long-mode-toggles",
         description:

@@ -84,6 +84,13 @@ impl Code {
             },
         })
     }
+
+    /// The 64-bit section; a long-mode scenario without one is a layout error.
+    pub fn a64(&mut self) -> Result<&mut CodeAssembler, BuildError> {
+        self.a64
+            .as_mut()
+            .ok_or_else(|| BuildError::Layout("long-mode scenario without 64-bit code".into()))
+    }
 }
 
 /// Everything that describes a scenario besides its code.
@@ -141,6 +148,13 @@ pub(crate) const PDPT: u64 = 0x5000;
 pub(crate) const PD: u64 = 0x6000;
 pub(crate) const PT_IDENTITY: u64 = 0x7000;
 
+/// The page tables of a scenario that needs only the identity map.
+pub(crate) fn identity_tables() -> Result<Tables, BuildError> {
+    let mut t = Tables::new(TABLES, TABLES_LEN);
+    long_identity(&mut t, 0)?;
+    Ok(t)
+}
+
 pub(crate) fn long_identity(t: &mut Tables, upper: u64) -> Result<(), BuildError> {
     use crate::tables::{P, RW};
     t.set64(PML4, 0, PDPT | P | RW | upper)?;
@@ -157,9 +171,5 @@ pub(crate) fn enter_long_mode(p: &mut Program, code: &mut Code) -> Result<(), Bu
     p.real_to_protected(&mut code.a16, GDTR, STACK16, CODE32 as u32)?;
     Program::protected_prologue(&mut code.a32, STACK_TOP as u32)?;
     p.protected_to_long(&mut code.a32, PML4, CODE64 as u32)?;
-    let a64 = code
-        .a64
-        .as_mut()
-        .ok_or_else(|| BuildError::Layout("long-mode scenario without 64-bit code".into()))?;
-    Program::long_prologue(a64, STACK_TOP)
+    Program::long_prologue(code.a64()?, STACK_TOP)
 }

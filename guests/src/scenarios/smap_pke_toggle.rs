@@ -31,7 +31,7 @@ use iced_x86::code_asm::*;
 const PT_USER: u64 = 0x8000;
 /// The user-mode linear address (backed by page A).
 pub const USER_PAGE: u64 = 0x20_0000;
-const RFLAGS_AC: u32 = 1 << 18;
+const RFLAGS_AC: u32 = mmu::bits::RFLAGS_AC as u32;
 
 fn tables() -> Result<Tables, BuildError> {
     let mut t = Tables::new(TABLES, TABLES_LEN);
@@ -57,10 +57,7 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     let mut p = Program::new(*f);
     let mut code = Code::new(true)?;
     enter_long_mode(&mut p, &mut code)?;
-    let a = code
-        .a64
-        .as_mut()
-        .ok_or_else(|| BuildError::Layout("no 64-bit code".into()))?;
+    let a = code.a64()?;
     p.touch_new(a, USER_PAGE)?;
     // Under v5.9-rc every SMAP or PKE set is a stale-context finding (no reset: the kept
     // permission / PKRU bitmask lacks the bit); clears are not (the kept context had it clear).

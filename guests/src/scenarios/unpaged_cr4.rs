@@ -57,16 +57,12 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     p.touch_new(a, DATA_A)?;
     p.protected_to_long(a, PML4, CODE64 as u32)?;
 
-    let a64 = code
-        .a64
-        .as_mut()
-        .ok_or_else(|| BuildError::Layout("no 64-bit code".into()))?;
+    let a64 = code.a64()?;
     Program::long_prologue(a64, STACK_TOP)?;
     p.touch_new(a64, DATA_A)?;
     exit(a64, 0)?;
 
-    let mut t = Tables::new(TABLES, TABLES_LEN);
-    long_identity(&mut t, 0)?;
+    let t = identity_tables()?;
     let meta = Meta {
         name: "unpaged-cr4",
         description:

@@ -12,9 +12,9 @@ pub use fw_cfg::FwCfg;
 pub use serial::Serial;
 pub use unhandled::{Unhandled, UnhandledAccess};
 
-use replayer::inputs::{Input, RecordedInputs};
 use std::io::Write;
 use std::sync::Arc;
+use traces::inputs::{Input, RecordedInputs};
 
 /// Where the guest's serial and debug-console bytes go.
 pub enum OutputSink {

@@ -5,8 +5,8 @@
 
 use super::{alert, bold, changed, dim, panel};
 use crate::app::App;
-use crate::events::trace_mode;
 use crate::history::MmuHistory;
+use history::to_trace::paging_mode as trace_mode;
 use mmu::{Outcome, Tracker};
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};

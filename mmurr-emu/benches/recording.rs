@@ -75,8 +75,7 @@ fn unicorn_with_run_hooks(code: &[u8]) {
     )
     .expect("write hook");
     let hlt = CODE + code.len() as u64 - 1;
-    uc.emu_start(CODE, hlt, 0, usize::MAX)
-        .expect("run");
+    uc.emu_start(CODE, hlt, 0, usize::MAX).expect("run");
     assert_eq!(uc.reg_read(RegisterX86::RIP).expect("rip"), hlt);
 }
 
@@ -98,7 +97,12 @@ fn mmurr_emu_recording(iterations: u32, dir: &std::path::Path, runs: bool) {
     let mut backend = EmuBackend::new().expect("emu backend");
     let summary = record(&mut backend, &guest, &opts).expect("record");
     // Every instruction of the loop; the final HLT ends the run.
-    assert_eq!(summary.steps, instructions(iterations), "{}", summary.end.message);
+    assert_eq!(
+        summary.steps,
+        instructions(iterations),
+        "{}",
+        summary.end.message
+    );
     assert!(summary.end.self_check_failures.is_empty());
 }
 

@@ -122,7 +122,9 @@ fn runs_end_at_the_step_budget_and_keyframes() {
     let r = record(&store_loop(30_000), true, dir.path(), 25_001);
     assert_eq!(r.summary.steps, 25_001);
     let (_, runs, _) = records(&r.path);
-    assert!(runs.iter().all(|r| r.first.div_ceil(10_000) == r.step.div_ceil(10_000)));
+    assert!(runs
+        .iter()
+        .all(|r| r.first.div_ceil(10_000) == r.step.div_ceil(10_000)));
 }
 
 /// Every scenario: CR writes, paging transitions, exceptions (a run that faults is undone and
@@ -134,5 +136,101 @@ fn every_scenario_is_the_same_with_runs() {
         let scenario = guests::scenario(name, &features).expect("scenario");
         let (runs, steps) = same_with_and_without_runs(name, &scenario.guest, 100_000);
         eprintln!("{name}: {runs} runs, {steps} step records");
+    }
+}
+
+/// Reverse-stepi through runs: every step of a trace recorded in runs, visited from the last to
+/// the first (re-executing runs on `mmurr-emu`), has the registers — and, at every 61st step
+/// and at run boundaries, the memory — of the same step in the trace recorded without runs.
+fn reverse_stepping_matches(name: &str, guest: &GuestSpec, max_steps: u64, every: u64) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let steps = record(guest, false, dir.path(), max_steps);
+    let runs = record(guest, true, dir.path(), max_steps);
+    let (_, run_records, _) = records(&runs.path);
+    assert!(!run_records.is_empty(), "{name}: no runs");
+    let mut a = Timeline::open(&steps.path).expect("timeline");
+    let mut b = Timeline::open(&runs.path).expect("timeline");
+    b.set_reexecution(replayer::Reexecution::new(
+        env!("CARGO_BIN_EXE_mmurr-emu"),
+        &runs.path,
+    ));
+    let last = b.last_step();
+    assert_eq!(last, a.last_step());
+    let mut s = last;
+    loop {
+        let x = a.seek(s).expect("seek").clone();
+        let y = b
+            .seek(s)
+            .unwrap_or_else(|e| panic!("{name}: step {s}: {e}"))
+            .clone();
+        assert_eq!(x.regs, y.regs, "{name}: registers at step {s}");
+        let boundary = run_records.iter().any(|r| r.step == s || r.first == s + 1);
+        if boundary || s % every == 0 {
+            assert_eq!(
+                x.memory.hash(),
+                y.memory.hash(),
+                "{name}: memory at step {s}"
+            );
+        }
+        if s == 0 {
+            break;
+        }
+        s -= 1;
+    }
+}
+
+#[test]
+fn reverse_stepping_through_runs_matches_the_recording_without_runs() {
+    reverse_stepping_matches("store loop", &store_loop(4_000), 1_000_000, 61);
+    let features = guests::CpuFeatures::from_cpuid(&EmuBackend::new().expect("emu").cpuid());
+    for name in ["exceptions", "cr3-switch", "pae-toggle"] {
+        let scenario = guests::scenario(name, &features).expect("scenario");
+        reverse_stepping_matches(name, &scenario.guest, 100_000, 61);
+    }
+}
+
+/// The long run: a guest of `MMURR_LONG_RUN` instructions (default 50 M) recorded in
+/// runs and without, and reverse-stepi at 64 pseudo-random points (xorshift, fixed seed),
+/// highest first, gives the registers and memory of the recording without runs. Ignored by
+/// default: the recording without runs and the re-execution step every instruction
+/// (≈ 0.2 M/s each), which takes many minutes at 50 M; run it with `-- --ignored`.
+#[test]
+#[ignore]
+fn long_run_reverse_stepi_at_random_points() {
+    let total: u64 = std::env::var("MMURR_LONG_RUN")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(50_000_000);
+    let iterations = u32::try_from(total / 3).expect("iterations");
+    let guest = store_loop(iterations);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let steps = record(&guest, false, dir.path(), u64::MAX);
+    let runs = record(&guest, true, dir.path(), u64::MAX);
+    assert!(runs.summary.steps >= total, "{}", runs.summary.end.message);
+    assert_eq!(steps.summary.steps, runs.summary.steps);
+    let mut a = Timeline::open(&steps.path).expect("timeline");
+    let mut b = Timeline::open(&runs.path).expect("timeline");
+    b.set_reexecution(replayer::Reexecution::new(
+        env!("CARGO_BIN_EXE_mmurr-emu"),
+        &runs.path,
+    ));
+    let mut x = 0x9e37_79b9_7f4a_7c15u64;
+    let mut points: Vec<u64> = (0..64)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % (runs.summary.steps + 1)
+        })
+        .collect();
+    points.sort_unstable_by(|p, q| q.cmp(p));
+    for s in points {
+        let want = a.seek(s).expect("seek").clone();
+        let got = b
+            .seek(s)
+            .unwrap_or_else(|e| panic!("step {s}: {e}"))
+            .clone();
+        assert_eq!(want.regs, got.regs, "registers at step {s}");
+        assert_eq!(want.memory.hash(), got.memory.hash(), "memory at step {s}");
     }
 }

@@ -259,7 +259,8 @@ impl<'a> Tracer<'a> {
             return Ok(0);
         }
         let interval = self.opts.keyframe_interval.max(1);
-        let max = (interval - self.step % interval).min(self.opts.max_steps.saturating_sub(self.step));
+        let max =
+            (interval - self.step % interval).min(self.opts.max_steps.saturating_sub(self.step));
         let ran = match self.backend.run(max) {
             None => {
                 self.runs_supported = false;

@@ -35,10 +35,13 @@ pub enum TimelineError {
     /// timeline has no way to re-execute it.
     #[error(
         "step {step} lies inside a run of steps {first}..={last}, recorded as one record; \
-         the state there needs re-executing the run, which this replayer cannot do yet \
-         (record without runs for instruction-level state everywhere)"
+         the state there needs re-executing the run (give the timeline mmurr-emu to do it), \
+         or record without runs"
     )]
     InsideRun { step: Step, first: Step, last: Step },
+    /// Re-executing a run failed (see [`Timeline::set_reexecution`]).
+    #[error("re-executing a run to rebuild the state inside it failed: {0}")]
+    Reexecution(String),
 }
 
 pub type Result<T> = std::result::Result<T, TimelineError>;
@@ -65,6 +68,10 @@ pub struct Timeline<R = BufReader<File>> {
     frontier: Snapshot,
     since_checkpoint: usize,
     current: Snapshot,
+    /// How to rebuild the state inside runs, if the caller gave a way.
+    reexec: Option<crate::reexec::Reexecution>,
+    /// `current` lies inside a run: runs apply only from their start, so seeks start elsewhere.
+    current_in_run: bool,
 }
 
 impl Timeline {
@@ -95,7 +102,14 @@ impl<R: Read + Seek> Timeline<R> {
             checkpoint_limit: CHECKPOINTS,
             frontier: entry_clone,
             since_checkpoint: 0,
+            reexec: None,
+            current_in_run: false,
         })
+    }
+
+    /// Lets seeks into a run (format 3) rebuild the state there by re-execution.
+    pub fn set_reexecution(&mut self, reexec: crate::reexec::Reexecution) {
+        self.reexec = Some(reexec);
     }
 
     /// Keep at most `limit` memory checkpoints (at least 2); for tests and memory-tight callers.
@@ -135,13 +149,23 @@ impl<R: Read + Seek> Timeline<R> {
             });
         }
         let base = self.page_base(step)?;
-        let start = if self.current.step <= step && self.current.step >= base.step {
+        let start = if self.current.step <= step
+            && self.current.step >= base.step
+            && !self.current_in_run
+        {
             // Going forward from here is never more work than from the keyframe.
             self.current.clone()
         } else {
             base
         };
-        self.current = self.replay(start, step)?;
+        let was_in_run = std::mem::replace(&mut self.current_in_run, false);
+        match self.replay(start, step) {
+            Ok(state) => self.current = state,
+            Err(e) => {
+                self.current_in_run = was_in_run;
+                return Err(e);
+            }
+        }
         Ok(&self.current)
     }
 
@@ -289,11 +313,18 @@ impl<R: Read + Seek> Timeline<R> {
                         });
                     }
                     if run.step > to {
-                        return Err(TimelineError::InsideRun {
-                            step: to,
-                            first: run.first,
-                            last: run.step,
-                        });
+                        return match self.reexec.as_mut() {
+                            Some(r) => {
+                                let inside = r.state_at(to, run.step, &state)?;
+                                self.current_in_run = true;
+                                Ok(inside)
+                            }
+                            None => Err(TimelineError::InsideRun {
+                                step: to,
+                                first: run.first,
+                                last: run.step,
+                            }),
+                        };
                     }
                     apply(&mut state, run.step, &run.regs, &run.mem)?;
                     continue;

@@ -466,7 +466,9 @@ impl EmuBackend {
                     .iter()
                     .position(|&o| key.0.wrapping_add(u64::from(o)) == lin);
                 if let Some(j) = inside {
-                    return executed.checked_sub(u64::from(counted))?.checked_add(j as u64);
+                    return executed
+                        .checked_sub(u64::from(counted))?
+                        .checked_add(j as u64);
                 }
             }
         }
@@ -611,7 +613,8 @@ impl EmuBackend {
         }
         let ram = self.ram_buf.as_ref()?;
         let cregs = recorder::guest_view::control_regs(regs);
-        let pages = mmu::structure_pages(&cregs, &self.cpu, &RamView(ram.bytes()), MAX_TABLE_PAGES)?;
+        let pages =
+            mmu::structure_pages(&cregs, &self.cpu, &RamView(ram.bytes()), MAX_TABLE_PAGES)?;
         let ram_list = self.ram.clone();
         let run = &mut self.uc.get_data_mut().run;
         for &p in &pages {

@@ -46,9 +46,11 @@ pub struct RecordOptions {
     pub replay_inputs: Option<Arc<traces::inputs::RecordedInputs>>,
     /// Record in runs where the backend can ([`crate::Backend::run`], the emu backend): many
     /// instructions with nothing to record one by one become one `Run` record (format 3), at
-    /// emulator speed; every event stays an exact step. Off by default: the replayer cannot
-    /// yet re-execute a run, so state *inside* one (gdb reverse-stepi, TUI `s`) is not
-    /// available from such a trace, only at run boundaries.
+    /// emulator speed; every event stays an exact step. Off by default: the state *inside* a
+    /// run needs re-execution on `mmurr-emu` (`replayer::Reexecution`, from the entry state
+    /// today), which the gdb server and the TUI do not set up yet. A keyframe hashes all of
+    /// guest RAM (≈ 7 ms for 64 MiB), which dominates at run speed: pair runs with a larger
+    /// `keyframe_interval` (e.g. 1,000,000; seeks then cost records, not instructions).
     pub runs: bool,
 }
 

@@ -139,6 +139,32 @@ fn every_scenario_is_the_same_with_runs() {
     }
 }
 
+/// Timelines of the recording without runs and of the one with runs, the latter re-executing
+/// runs on this package's `mmurr-emu`.
+fn timelines(steps: &Recording, runs: &Recording) -> (Timeline, Timeline) {
+    let a = Timeline::open(&steps.path).expect("timeline");
+    let mut b = Timeline::open(&runs.path).expect("timeline");
+    b.set_reexecution(replayer::Reexecution::new(env!("CARGO_BIN_EXE_mmurr-emu")));
+    (a, b)
+}
+
+/// The registers (and, with `memory`, the memory) at step `s` of `a` equal `b`'s.
+fn same_state(name: &str, a: &mut Timeline, b: &mut Timeline, s: u64, memory: bool) {
+    let want = a.seek(s).expect("seek").clone();
+    let got = b
+        .seek(s)
+        .unwrap_or_else(|e| panic!("{name}: step {s}: {e}"))
+        .clone();
+    assert_eq!(want.regs, got.regs, "{name}: registers at step {s}");
+    if memory {
+        assert_eq!(
+            want.memory.hash(),
+            got.memory.hash(),
+            "{name}: memory at step {s}"
+        );
+    }
+}
+
 /// Reverse-stepi through runs: every step of a trace recorded in runs, visited from the last to
 /// the first (re-executing runs on `mmurr-emu`), has the registers — and, at every 61st step
 /// and at run boundaries, the memory — of the same step in the trace recorded without runs.
@@ -148,30 +174,13 @@ fn reverse_stepping_matches(name: &str, guest: &GuestSpec, max_steps: u64, every
     let runs = record(guest, true, dir.path(), max_steps);
     let (_, run_records, _) = records(&runs.path);
     assert!(!run_records.is_empty(), "{name}: no runs");
-    let mut a = Timeline::open(&steps.path).expect("timeline");
-    let mut b = Timeline::open(&runs.path).expect("timeline");
-    b.set_reexecution(replayer::Reexecution::new(
-        env!("CARGO_BIN_EXE_mmurr-emu"),
-        &runs.path,
-    ));
+    let (mut a, mut b) = timelines(&steps, &runs);
     let last = b.last_step();
     assert_eq!(last, a.last_step());
     let mut s = last;
     loop {
-        let x = a.seek(s).expect("seek").clone();
-        let y = b
-            .seek(s)
-            .unwrap_or_else(|e| panic!("{name}: step {s}: {e}"))
-            .clone();
-        assert_eq!(x.regs, y.regs, "{name}: registers at step {s}");
         let boundary = run_records.iter().any(|r| r.step == s || r.first == s + 1);
-        if boundary || s.is_multiple_of(every) {
-            assert_eq!(
-                x.memory.hash(),
-                y.memory.hash(),
-                "{name}: memory at step {s}"
-            );
-        }
+        same_state(name, &mut a, &mut b, s, boundary || s.is_multiple_of(every));
         if s == 0 {
             break;
         }
@@ -189,11 +198,49 @@ fn reverse_stepping_through_runs_matches_the_recording_without_runs() {
     }
 }
 
-/// The long run: a guest of `MMURR_LONG_RUN` instructions (default 50 M) recorded in
-/// runs and without, and reverse-stepi at 64 pseudo-random points (xorshift, fixed seed),
-/// highest first, gives the registers and memory of the recording without runs. Ignored by
-/// default: the recording without runs and the re-execution step every instruction
-/// (≈ 0.2 M/s each), which takes many minutes at 50 M; run it with `-- --ignored`.
+/// What the store loop's state is after `s` instructions, worked out from its code: RIP, RCX
+/// and the stored quadword (`None` before the first store).
+fn store_loop_state(iterations: u32, s: u64) -> (u64, u64, Option<u64>) {
+    const L: u64 = 0x10_0000 + 12;
+    let n = u64::from(iterations);
+    match s {
+        0 => (0x10_0000, 0, None),
+        1 => (0x10_0000 + 7, 0, None),
+        2 => (L, n, None),
+        _ => {
+            let (i, phase) = ((s - 3) / 3, (s - 3) % 3);
+            let stored = Some(n - i);
+            match phase {
+                0 => (L + 5, n - i, stored),
+                1 => (L + 7, n - i - 1, stored),
+                _ if n - i - 1 != 0 => (L, n - i - 1, stored),
+                _ => (L + 9, 0, stored),
+            }
+        }
+    }
+}
+
+fn check_store_loop(iterations: u32, state: &replayer::Snapshot) {
+    let (rip, rcx, stored) = store_loop_state(iterations, state.step);
+    assert_eq!(
+        (state.regs.rip, state.regs.gpr[1] & 0xffff_ffff),
+        (rip, rcx),
+        "RIP and ECX at step {}",
+        state.step
+    );
+    if let Some(v) = stored {
+        let mut q = [0u8; 8];
+        assert!(state.memory.read(0x8ff8, &mut q));
+        assert_eq!(u64::from_le_bytes(q), v, "[rsp-8] at step {}", state.step);
+    }
+}
+
+/// The long run: `MMURR_LONG_RUN` instructions (default 50 M) of the store loop
+/// recorded in runs; at 64 pseudo-random points (xorshift, fixed seed), highest first, the
+/// state there (rebuilt by re-executing its run), reverse-stepi to the step before, and
+/// stepi forward again: both states are what the loop's code says they are (RIP, ECX, the
+/// stored quadword), and stepping back and forth gives the same registers and memory.
+/// Ignored by default (minutes in a debug build); run with `-- --ignored`.
 #[test]
 #[ignore]
 fn long_run_reverse_stepi_at_random_points() {
@@ -204,33 +251,56 @@ fn long_run_reverse_stepi_at_random_points() {
     let iterations = u32::try_from(total / 3).expect("iterations");
     let guest = store_loop(iterations);
     let dir = tempfile::tempdir().expect("tempdir");
-    let steps = record(&guest, false, dir.path(), u64::MAX);
-    let runs = record(&guest, true, dir.path(), u64::MAX);
-    assert!(runs.summary.steps >= total, "{}", runs.summary.end.message);
-    assert_eq!(steps.summary.steps, runs.summary.steps);
-    let mut a = Timeline::open(&steps.path).expect("timeline");
-    let mut b = Timeline::open(&runs.path).expect("timeline");
-    b.set_reexecution(replayer::Reexecution::new(
-        env!("CARGO_BIN_EXE_mmurr-emu"),
-        &runs.path,
-    ));
+    let path = dir.path().join("long.mmurr");
+    let mut opts = RecordOptions::new(&path);
+    opts.max_steps = u64::MAX;
+    opts.runs = true;
+    opts.keyframe_interval = 100_000;
+    let mut backend = EmuBackend::new().expect("open unicorn");
+    let summary = recorder::record(&mut backend, &guest, &opts).expect("record");
+    assert!(summary.steps >= total, "{}", summary.end.message);
+    assert!(summary.end.self_check_failures.is_empty());
+    let mut t = Timeline::open(&path).expect("timeline");
+    t.set_reexecution(replayer::Reexecution::new(env!("CARGO_BIN_EXE_mmurr-emu")));
     let mut x = 0x9e37_79b9_7f4a_7c15u64;
     let mut points: Vec<u64> = (0..64)
         .map(|_| {
             x ^= x << 13;
             x ^= x >> 7;
             x ^= x << 17;
-            x % (runs.summary.steps + 1)
+            1 + x % (summary.steps - 1)
         })
         .collect();
     points.sort_unstable_by(|p, q| q.cmp(p));
     for s in points {
-        let want = a.seek(s).expect("seek").clone();
-        let got = b
+        let at = t
             .seek(s)
             .unwrap_or_else(|e| panic!("step {s}: {e}"))
             .clone();
-        assert_eq!(want.regs, got.regs, "registers at step {s}");
-        assert_eq!(want.memory.hash(), got.memory.hash(), "memory at step {s}");
+        check_store_loop(iterations, &at);
+        let back = t
+            .seek(s - 1)
+            .unwrap_or_else(|e| panic!("step {}: {e}", s - 1))
+            .clone();
+        check_store_loop(iterations, &back);
+        let again = t
+            .seek(s)
+            .unwrap_or_else(|e| panic!("step {s}: {e}"))
+            .clone();
+        assert_eq!(at.regs, again.regs, "registers at step {s}");
+        assert_eq!(at.memory.hash(), again.memory.hash(), "memory at step {s}");
+    }
+}
+
+/// The store loop's worked-out states agree with a recording (so the long test's oracle is
+/// right).
+#[test]
+fn the_store_loop_oracle_matches_a_recording() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = record(&store_loop(50), false, dir.path(), 1_000);
+    let mut t = Timeline::open(&r.path).expect("timeline");
+    for s in 0..t.last_step() {
+        let state = t.seek(s).expect("seek").clone();
+        check_store_loop(50, &state);
     }
 }

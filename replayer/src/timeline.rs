@@ -302,44 +302,36 @@ impl<R: Read + Seek> Timeline<R> {
         for c in chunks {
             let records = self.reader.chunk_records(c)?;
             for r in records.iter() {
-                if let Record::Run(run) = r {
-                    if run.step <= state.step || run.first > to {
-                        continue;
-                    }
-                    if run.first != state.step + 1 {
-                        return Err(TimelineError::Inconsistent {
-                            step: run.first,
-                            detail: format!("a run follows step {}", state.step),
-                        });
-                    }
-                    if run.step > to {
-                        return match self.reexec.as_mut() {
-                            Some(r) => {
-                                let inside = r.state_at(to, run.step, &state)?;
-                                self.current_in_run = true;
-                                Ok(inside)
-                            }
-                            None => Err(TimelineError::InsideRun {
-                                step: to,
-                                first: run.first,
-                                last: run.step,
-                            }),
-                        };
-                    }
-                    apply(&mut state, run.step, &run.regs, &run.mem)?;
+                // A step record is a run of one instruction.
+                let (first, last, regs, mem) = match r {
+                    Record::Step(s) => (s.step, s.step, &s.regs, &s.mem),
+                    Record::Run(run) => (run.first, run.step, &run.regs, &run.mem),
+                    _ => continue,
+                };
+                if last <= state.step || first > to {
                     continue;
                 }
-                let Record::Step(s) = r else { continue };
-                if s.step <= state.step || s.step > to {
-                    continue;
-                }
-                if s.step != state.step + 1 {
+                if first != state.step + 1 {
                     return Err(TimelineError::Inconsistent {
-                        step: s.step,
+                        step: first,
                         detail: format!("step record follows step {}", state.step),
                     });
                 }
-                apply(&mut state, s.step, &s.regs, &s.mem)?;
+                if last > to {
+                    return match self.reexec.as_mut() {
+                        Some(r) => {
+                            let inside = r.state_at(self.reader.header(), to, last, &state)?;
+                            self.current_in_run = true;
+                            Ok(inside)
+                        }
+                        None => Err(TimelineError::InsideRun {
+                            step: to,
+                            first,
+                            last,
+                        }),
+                    };
+                }
+                apply(&mut state, last, regs, mem)?;
             }
         }
         if state.step != to {

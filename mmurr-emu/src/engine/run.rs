@@ -364,11 +364,9 @@ impl EmuBackend {
                 run.dirty = PageSet::with_pages(ram_pages);
                 run.watch = PageSet::with_pages(ram_pages);
             }
-            if run.cr3 != regs.cr3 || run.bits != bits {
-                // Cached verdicts stay keyed by CR3 and bitness; nothing to clear.
-                run.cr3 = regs.cr3;
-                run.bits = bits;
-            }
+            // Cached blocks are keyed by CR3 and bitness: nothing to clear when they change.
+            run.cr3 = regs.cr3;
+            run.bits = bits;
             run.cs_base = self.ctx.seg(1).base;
             run.snapshot = Some(snapshot);
             run.executed = 0;

@@ -1,6 +1,7 @@
 //! The `mmurr` command line: subcommands in the style of rr, git and perf.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
+pub use mmurr_flags::{FlavourChoice, GuestArgs, RecordFlags};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -49,74 +50,18 @@ pub enum BackendChoice {
     Auto,
 }
 
-#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
-pub enum FlavourChoice {
-    Tdp,
-    Shadow,
-}
-
-/// Which guest to run.
-#[derive(Args, Debug, Clone)]
-pub struct GuestArgs {
-    /// A built-in scenario (see `mmurr scenarios`).
-    #[arg(long, group = "guest")]
-    pub scenario: Option<String>,
-    /// A multiboot (v1) ELF kernel.
-    #[arg(long, group = "guest")]
-    pub kernel: Option<PathBuf>,
-    /// Kernel command line for --kernel.
-    #[arg(long, requires = "kernel", default_value = "")]
-    pub append: String,
-    /// Multiboot modules for --kernel (repeatable).
-    #[arg(long = "initrd", alias = "module", requires = "kernel")]
-    pub modules: Vec<PathBuf>,
-    /// A raw image loaded at a guest-physical address: FILE@ADDR.
-    #[arg(long, group = "guest")]
-    pub image: Option<String>,
-    /// Entry point for --image (defaults to the load address); real mode unless --entry-mode.
-    #[arg(long, requires = "image")]
-    pub entry: Option<String>,
-    /// CPU mode at entry for --image: real, protected, long.
-    #[arg(long, requires = "image", default_value = "real")]
-    pub entry_mode: String,
-    /// Guest RAM in MiB.
-    #[arg(long, default_value_t = 64)]
-    pub memory: u64,
-}
-
+/// `record`/`run`: the guest and the record flags (one definition with `mmurr-emu`, in
+/// `mmurr-flags`) and the backend, which only `mmurr` chooses.
 #[derive(Args, Debug, Clone)]
 pub struct RecordArgs {
     #[command(flatten)]
     pub guest: GuestArgs,
+    /// Where to run it: kvm, emu (the mmurr-emu executable), or auto (kvm when this host's KVM
+    /// runs every mode the guest needs).
     #[arg(long, value_enum, default_value = "auto")]
     pub backend: BackendChoice,
-    /// Policies to model (repeatable; default: all).
-    #[arg(long = "policy")]
-    pub policies: Vec<String>,
-    /// MMU flavour the policies are evaluated for.
-    #[arg(long, value_enum, default_value = "tdp")]
-    pub flavour: FlavourChoice,
-    /// Output trace file.
-    #[arg(short, long, default_value = "mmurr.mmurr")]
-    pub output: PathBuf,
-    /// Serve the live guest to gdb at this address.
-    #[arg(long)]
-    pub gdb: Option<String>,
-    /// Allow the gdb server to listen on a non-loopback address.
-    #[arg(long)]
-    pub allow_remote: bool,
-    /// Stop after this many instructions.
-    #[arg(long, default_value_t = 10_000_000)]
-    pub max_steps: u64,
-    /// Stop after this many seconds of wall-clock time.
-    #[arg(long)]
-    pub timeout: Option<f64>,
-    /// Write guest serial output here instead of the terminal.
-    #[arg(long)]
-    pub serial_log: Option<PathBuf>,
-    /// No progress line.
-    #[arg(short, long)]
-    pub quiet: bool,
+    #[command(flatten)]
+    pub flags: RecordFlags,
 }
 
 #[derive(Args, Debug, Clone)]
@@ -150,6 +95,10 @@ pub struct CheckArgs {
     pub flavour: Option<FlavourChoice>,
     #[arg(long)]
     pub json: bool,
+    /// Print every finding; by default repeats of one story (same policy, kind, kind of write
+    /// and attributes) are printed once with their count, first and last step.
+    #[arg(long)]
+    pub all: bool,
 }
 
 #[derive(Args, Debug, Clone)]

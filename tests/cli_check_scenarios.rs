@@ -3,20 +3,14 @@
 //! Scenarios KVM can run here are recorded on kvm, the rest on emu (`--backend auto`).
 
 mod common;
-use common::mmurr;
-
+use common::{emu_executable, mmurr, text};
 use std::path::Path;
 
 use traces::{EventKind, Reader, Record};
 
 #[test]
 fn every_scenario_gets_exactly_its_expected_stale_contexts() {
-    let emu = Path::new(env!("CARGO_BIN_EXE_mmurr")).with_file_name("mmurr-emu");
-    assert!(
-        emu.exists(),
-        "{} is missing: build it with `cargo build -p mmurr-emu`",
-        emu.display()
-    );
+    emu_executable();
     for s in guests::scenarios() {
         let dir = tempfile::tempdir().unwrap();
         let rec = mmurr(
@@ -138,4 +132,53 @@ fn same_findings_everywhere(name: &str, dir: &Path, check: &serde_json::Value) {
         from_export, from_check,
         "{name}: the recorded findings (export) and check's differ"
     );
+}
+
+/// Repeats of one story are told once: `unpaged-cr4` makes several policies reset needlessly
+/// at the same CR4 writes; the human report groups them by policy set, kind of write and
+/// steps, `--all` prints each, and the JSON's groups account for every finding.
+#[test]
+fn check_tells_repeated_findings_once_with_their_count() {
+    emu_executable();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = mmurr(
+        &["record", "--scenario", "unpaged-cr4", "-q", "-o", "t.mmurr"],
+        dir.path(),
+    );
+    assert!(dir.path().join("t.mmurr").exists(), "{}", text(&rec.stderr));
+
+    let json = mmurr(&["check", "t.mmurr", "--json"], dir.path());
+    let report: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    let findings = report["findings"].as_array().unwrap();
+    let groups = report["groups"].as_array().unwrap();
+    assert!(findings.len() > groups.len(), "{groups:#?}");
+    let accounted: u64 = groups
+        .iter()
+        .map(|g| g["count"].as_u64().unwrap() * g["policies"].as_array().unwrap().len() as u64)
+        .sum();
+    assert_eq!(accounted, findings.len() as u64, "{groups:#?}");
+    let pse = groups
+        .iter()
+        .find(|g| g["write_kind"] == "CR4.PSE writes" && g["kind"] == "needless-reset")
+        .expect("needless resets at CR4.PSE writes");
+    assert!(pse["count"].as_u64().unwrap() >= 2, "{pse}");
+    assert!(pse["policies"].as_array().unwrap().len() >= 2, "{pse}");
+
+    let human = text(&mmurr(&["check", "t.mmurr"], dir.path()).stdout);
+    let headline = format!(
+        "needless-reset ×{} at CR4.PSE writes: first at step {}",
+        pse["count"], pse["first_step"]
+    );
+    assert!(human.contains(&headline), "{headline}\n{human}");
+    assert!(
+        human.contains(&format!(
+            "{} findings told as {} stories",
+            findings.len(),
+            groups.len()
+        )),
+        "{human}"
+    );
+    let all = text(&mmurr(&["check", "t.mmurr", "--all"], dir.path()).stdout);
+    let each = all.lines().filter(|l| l.starts_with('[')).count();
+    assert_eq!(each, findings.len(), "{all}");
 }

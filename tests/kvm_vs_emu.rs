@@ -3,34 +3,11 @@
 //! the two recordings equal instruction by instruction (registers, memory written, CR writes,
 //! transitions, every policy's MMU decision). The emu run presents the KVM guest's CPUID.
 
+mod common;
+
+use common::{emu_executable, run, text};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
 use traces::Reader;
-
-/// `mmurr-emu`, which `mmurr` runs from its own directory.
-fn emu_executable() -> PathBuf {
-    let emu = Path::new(env!("CARGO_BIN_EXE_mmurr"))
-        .with_file_name(format!("mmurr-emu{}", std::env::consts::EXE_SUFFIX));
-    assert!(
-        emu.exists(),
-        "{} is missing: build it next to mmurr with `cargo build -p mmurr-emu` \
-         (`cargo test --workspace` builds both)",
-        emu.display()
-    );
-    emu
-}
-
-fn run(program: &Path, args: &[&str], dir: &Path) -> Output {
-    Command::new(program)
-        .args(args)
-        .current_dir(dir)
-        .output()
-        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()))
-}
-
-fn text(b: &[u8]) -> String {
-    String::from_utf8_lossy(b).into_owned()
-}
 
 /// Records `scenario` on `backend` into `out`; the trace must exist afterwards.
 fn record(mmurr: &Path, scenario: &str, backend: &str, out: &str, dir: &Path) {

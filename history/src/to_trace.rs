@@ -130,6 +130,25 @@ pub fn describe_write(w: &CrWrite) -> String {
     )
 }
 
+/// What kind of write `w` is, for grouping repeated findings: the register and the names of
+/// the flags it changed, without direction or values, e.g. `CR4.PSE writes` or `CR3 loads`.
+pub fn write_kind(w: &CrWrite) -> String {
+    let reg = w.reg.name().to_uppercase();
+    if w.reg == traces::ControlReg::Cr3 {
+        return format!("{reg} loads");
+    }
+    let names: Vec<String> = crate::flags::changed_flags(w.reg, w.old, w.new)
+        .split(' ')
+        .filter(|f| !f.is_empty())
+        .map(|f| f.trim_start_matches(['+', '-']).to_string())
+        .collect();
+    if names.is_empty() {
+        format!("same-value {reg} writes")
+    } else {
+        format!("{reg}.{} writes", names.join("/"))
+    }
+}
+
 /// A stale-context finding: the attributes the kept context got wrong, and of the `looked_at`
 /// addresses the guest touched next, those that translate differently.
 #[allow(clippy::too_many_arguments)]

@@ -23,6 +23,7 @@ use traces::{
 use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot};
 use unicorn_engine::{RegisterX86, Unicorn};
 
+mod machine;
 // --- runs (many instructions per emu_start): see engine/run.rs ---
 mod run;
 pub use run::needs_step;
@@ -53,6 +54,8 @@ pub struct HookState {
     pub ram: Vec<(u64, u64)>,
     /// Runs: the block cache, dirty pages and undo log (engine/run.rs).
     pub run: run::RunHooks,
+    /// The PC platform (set by `load`), reached by the port and MMIO hooks.
+    pub machine: Option<machine::Machine>,
 }
 
 pub(crate) fn engine_err(what: &str, e: uc_error) -> BackendError {
@@ -165,6 +168,9 @@ impl EmuBackend {
         .map_err(|e| engine_err("hook", e))?;
         uc.add_insn_out_hook(|uc, port, size, value| {
             let st = uc.get_data_mut();
+            if machine::out_hook(st, port as u16, size as u8, value) {
+                return;
+            }
             if st.out.is_none() {
                 st.out = Some((port as u16, size as u8, value));
             }
@@ -771,12 +777,15 @@ impl EmuBackend {
             Ok(()) => Ok(()),
             Err(e) => {
                 if let Some((ty, addr, size)) = self.uc.get_data_mut().unmapped.take() {
-                    return Err(BackendError::Engine(format!(
-                        "mmurr-emu: the guest accessed unmapped address {addr:#x} ({size} bytes, {ty:?}) at RIP {rip:#x}; \
-                         only RAM and declared MMIO regions exist in the emu backend"
+                    let wanted = recorder::devices::mmio_device(addr)
+                        .map(|d| format!(" — {d}?, which mmurr does not emulate"))
+                        .unwrap_or_default();
+                    return Err(BackendError::EngineAt(format!(
+                        "mmurr-emu: the guest accessed unmapped address {addr:#x} ({size} bytes, {ty:?}) at RIP {rip:#x}{wanted}; \
+                         only RAM, declared MMIO regions and the platform's LAPIC and IOAPIC pages exist in the emu backend"
                     )));
                 }
-                Err(BackendError::Engine(format!(
+                Err(BackendError::EngineAt(format!(
                     "mmurr-emu: Unicorn stopped at RIP {rip:#x}: {e:?} ({e})"
                 )))
             }
@@ -818,7 +827,7 @@ impl EmuBackend {
             return Ok(Exit::MmioRead { gpa, size });
         }
         if let Some((port, size)) = self.uc.get_data_mut().in_unanswered.take() {
-            return Err(BackendError::Engine(format!(
+            return Err(BackendError::EngineAt(format!(
                 "mmurr-emu: an `in` from port {port:#x} (size {size}) at RIP {:#x} ran without a value \
                  (the instruction was not recognised before execution)",
                 before.rip
@@ -965,7 +974,7 @@ impl EmuBackend {
                 Ok(Exit::Stepped)
             }
             exceptions::Outcome::Shutdown => Ok(Exit::Shutdown),
-            exceptions::Outcome::Unsupported(msg) => Err(BackendError::Engine(format!(
+            exceptions::Outcome::Unsupported(msg) => Err(BackendError::EngineAt(format!(
                 "mmurr-emu: exception {vector} (error code {error_code:?}) at RIP {at:#x}: {msg} — Unicorn does not \
                  deliver exceptions itself and mmurr-emu cannot deliver this one"
             ))),
@@ -1181,6 +1190,7 @@ impl Backend for EmuBackend {
         }
         self.adopt_cpuid(guest)?;
         self.map_memory(guest)?;
+        self.attach_platform()?;
         for l in &guest.loads {
             let blob = guest.blobs.get(l.blob as usize).ok_or_else(|| {
                 BackendError::Other(format!(
@@ -1343,6 +1353,9 @@ impl Backend for EmuBackend {
             t.cr4.set(before.cr4);
             t.xcr0.set(before.xcr0);
         }
+        if let Some(r) = self.interrupt_boundary(&before)? {
+            return Ok(r);
+        }
         let (la, d) = self.decode_at_rip()?;
         let fetch = (la, d.map_or(1, |d| d.len as u64));
         if let Some(d) = d {
@@ -1364,6 +1377,10 @@ impl Backend for EmuBackend {
                     let exit = self.deliver_vector(13, Some(0), false, before.rip)?;
                     let written = self.take_written(&before, fetch, Some(&d));
                     return Ok(StepResult { exit, written });
+                }
+                Kind::In { port, size } if self.platform_claims(port) => {
+                    let v = self.platform_in(port, size);
+                    self.uc.get_data_mut().in_value = v;
                 }
                 Kind::In { port, size } => {
                     self.pending_in = Some((port, size));
@@ -1387,6 +1404,9 @@ impl Backend for EmuBackend {
                 }
                 _ => {}
             }
+            if let Some(r) = self.platform_msr(&d, &before)? {
+                return Ok(r);
+            }
         }
         if let Some((reg, value)) = d.as_ref().and_then(|d| self.cr_write(d, &before)) {
             if let Some(Err(_gp)) = self.cr_verdict(reg, value, &before) {
@@ -1397,6 +1417,8 @@ impl Backend for EmuBackend {
             }
         }
         let exit = self.execute(d, &before)?;
+        self.uc.get_data_mut().in_value = None;
+        let exit = self.after_instruction(exit, d.as_ref(), &before)?;
         let written = self.take_written(&before, fetch, d.as_ref());
         Ok(StepResult { exit, written })
     }
@@ -1406,6 +1428,14 @@ impl Backend for EmuBackend {
         Some(self.run_instructions(max))
     }
     // --- end runs ---
+    fn set_irq_line(&mut self, gsi: u32, level: bool) -> Result<(), BackendError> {
+        self.platform_irq_line(gsi, level);
+        Ok(())
+    }
+
+    fn virtual_time_ns(&mut self) -> Option<u64> {
+        self.platform_time_ns()
+    }
 
     fn take_deliveries(&mut self) -> Option<Vec<recorder::Delivery>> {
         Some(std::mem::take(&mut self.step_deliveries))
@@ -1428,7 +1458,7 @@ impl Backend for EmuBackend {
         let _ = self.take_written(&before, fetch, d.as_ref());
         match exit {
             Exit::Stepped => Ok(()),
-            other => Err(BackendError::Engine(format!(
+            other => Err(BackendError::EngineAt(format!(
                 "mmurr-emu: completing the `in` at RIP {:#x} ended with {other:?}",
                 before.rip
             ))),
@@ -1458,7 +1488,7 @@ impl Backend for EmuBackend {
                 self.completion_write = Some(exit);
                 Ok(())
             }
-            other => Err(BackendError::Engine(format!(
+            other => Err(BackendError::EngineAt(format!(
                 "mmurr-emu: completing the MMIO read at RIP {:#x} ended with {other:?}",
                 before.rip
             ))),

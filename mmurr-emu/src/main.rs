@@ -3,17 +3,13 @@
 //! runs `mmurr-emu record ...` with the same arguments.
 
 mod cli;
-mod guest;
 
 use clap::Parser;
-use cli::{Cli, Command, FlavourChoice, ProbeArgs, RecordArgs};
+use cli::{Cli, Command, ProbeArgs, RecordArgs};
 use mmurr_emu::EmuBackend;
 use recorder::exit::Outcome;
-use recorder::{Backend, RecordOptions, SerialSink};
+use recorder::Backend;
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
-use std::time::Duration;
 
 /// `println!` that ignores a closed standard output (`mmurr-emu ... | head` must not panic).
 macro_rules! out {
@@ -43,36 +39,12 @@ fn main() -> ExitCode {
 
 fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     let cpuid = EmuBackend::probe_cpuid()?;
-    let (spec, scenario) = guest::build(&a.guest, &cpuid)?;
-    let interrupted = Arc::new(AtomicBool::new(false));
-    for sig in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(sig, Arc::clone(&interrupted))?;
-    }
-    let mut opts = RecordOptions::new(&a.output);
-    opts.policies = a.policies.clone();
-    opts.flavour = match a.flavour {
-        FlavourChoice::Tdp => mmu::Flavour::Tdp,
-        FlavourChoice::Shadow => mmu::Flavour::Shadow,
-    };
-    opts.max_steps = a.max_steps;
-    opts.timeout = match a.timeout {
-        Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
-        Some(t) => anyhow::bail!("--timeout {t}: give a positive number of seconds"),
-        None => None,
-    };
-    opts.scenario = scenario;
-    opts.command_line = std::env::args().collect();
-    opts.serial = match &a.serial_log {
-        Some(p) => SerialSink::File(p.clone()),
-        None => SerialSink::Stdout,
-    };
-    opts.progress = !a.quiet;
-    opts.interrupted = interrupted;
-    if let Some(trace) = &a.replay_inputs {
-        opts.replay_inputs = Some(replayer::inputs::load(trace)?);
-    }
+    let guest = a.guest.build(Some(&cpuid))?;
+    let spec = guest.spec;
+    let f = &a.flags;
+    let opts = f.options(guest.scenario)?;
     let mut backend = EmuBackend::new()?;
-    let summary = match &a.gdb {
+    let summary = match &f.gdb {
         None => recorder::record(&mut backend, &spec, &opts)?,
         Some(listen) => {
             // The live gdb server runs here, in the process that owns the Unicorn backend. An
@@ -80,9 +52,9 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
             recorder::resolve_policies(&opts.policies)?;
             let mut live = mmurr_gdb::start_live(mmurr_gdb::LiveOptions {
                 listen,
-                allow_remote: a.allow_remote,
+                allow_remote: f.allow_remote,
                 what: "emu guest",
-                allow_writes: a.gdb_writable,
+                allow_writes: f.gdb_writable,
                 interrupted: opts.interrupted.clone(),
             })?;
             recorder::record_with(&mut backend, &spec, &opts, Some(&mut live))?
@@ -91,7 +63,7 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     for w in &backend.warnings {
         eprintln!("mmurr-emu: warning: {w}");
     }
-    if !backend.entry_fixups.is_empty() && !a.quiet {
+    if !backend.entry_fixups.is_empty() && !f.quiet {
         eprintln!(
             "mmurr-emu: note: the entry trampoline could not load {} from descriptors; set directly",
             backend.entry_fixups.join(", ")
@@ -156,7 +128,10 @@ fn probe(a: &ProbeArgs) -> anyhow::Result<ExitCode> {
             f.pcid
         );
         out!("scenarios:    {} (all runnable)", scenarios.join(", "));
-        out!("guests:       --scenario NAME, --kernel ELF (multiboot v1), --image FILE@ADDR");
+        out!(
+            "guests:       --scenario NAME, --kernel ELF (multiboot v1), --image FILE@ADDR, \
+             --firmware ROM, --guest-from TRACE (a Linux bzImage comes from `mmurr` as a guest file)"
+        );
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -15,10 +15,7 @@ use recorder::{Backend, BackendError, Exit, StepResult, Written};
 use traces::{BackendInfo, CpuidEntry, GuestSpec, Regs};
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
-const EFER_LME: u64 = 1 << 8;
-const EFER_LMA: u64 = 1 << 10;
-const CR0_PG: u64 = 1 << 31;
-const CR4_PAE: u64 = 1 << 5;
+use mmu::bits::{CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
 /// KVM needs three pages for the VMX real-mode TSS; put them where RAM never reaches.
 const TSS_ADDRESS: usize = 0xfffb_d000;
 /// RAM stays below the TSS pages and the 32-bit MMIO hole.
@@ -278,7 +275,7 @@ impl KvmBackend {
         } else {
             "this host's KVM"
         };
-        BackendError::Engine(format!(
+        BackendError::EngineAt(format!(
             "instruction {insn} at RIP {rip:#x} cannot be emulated by {host}{detail}; \
              use --backend emu"
         ))
@@ -662,7 +659,7 @@ impl Backend for KvmBackend {
                 }
                 Ok(VcpuExit::FailEntry(reason, _)) => {
                     self.refresh()?;
-                    return Err(BackendError::Engine(format!(
+                    return Err(BackendError::EngineAt(format!(
                         "KVM_EXIT_FAIL_ENTRY (hardware reason {reason:#x}) at RIP {:#x}: the \
                          vCPU state is not enterable",
                         self.regs.rip
@@ -681,7 +678,7 @@ impl Backend for KvmBackend {
                 Ok(other) => {
                     let what = format!("{other:?}");
                     self.refresh()?;
-                    return Err(BackendError::Engine(format!(
+                    return Err(BackendError::EngineAt(format!(
                         "unexpected KVM exit {what} at RIP {:#x}",
                         self.regs.rip
                     )));
@@ -699,6 +696,17 @@ impl Backend for KvmBackend {
             self.refresh()?;
             return self.stepped(exit);
         }
+    }
+
+    /// KVM_IRQ_LINE on the in-kernel irqchip (default routing: PIC input and IOAPIC pin
+    /// `gsi`).
+    fn set_irq_line(&mut self, gsi: u32, level: bool) -> Result<(), BackendError> {
+        let vm = self
+            .vm
+            .as_ref()
+            .ok_or_else(|| BackendError::Other("set_irq_line before load".into()))?;
+        vm.set_irq_line(gsi, level)
+            .map_err(ioctl_err("KVM_IRQ_LINE"))
     }
 
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError> {

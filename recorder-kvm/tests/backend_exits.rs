@@ -106,7 +106,7 @@ fn int3_at_cpl0_is_reported_with_the_instruction() {
     let mut b = KvmBackend::new(probe()).unwrap();
     b.load(&common::long_mode_guest(&code)).unwrap();
     match b.step() {
-        Err(BackendError::Engine(m)) => {
+        Err(BackendError::EngineAt(m)) => {
             assert!(
                 m.contains("\"int3\" (cc)")
                     && m.contains("RIP 0x100000")

@@ -10,9 +10,13 @@ pub enum BackendError {
     /// The host cannot run this guest (e.g. a PVM KVM and 32-bit paging); suggest another backend.
     #[error("{0}")]
     HostUnsupported(String),
-    /// The engine failed on an instruction (e.g. KVM emulation failure); names RIP and the instruction.
+    /// The engine failed; the recorder adds where (RIP and the instruction).
     #[error("{0}")]
     Engine(String),
+    /// The engine failed, and the message already names the instruction and its RIP (e.g. a
+    /// KVM emulation failure with the instruction's bytes); the recorder shows it as it is.
+    #[error("{0}")]
+    EngineAt(String),
     #[error("{0}")]
     Other(String),
 }
@@ -184,6 +188,21 @@ pub trait Backend {
     /// (e.g. `DirtyPages` covering every page the instructions or the engine's page walker
     /// changed). `None` (the default; KVM): the backend cannot.
     fn run(&mut self, _max: u64) -> Option<Result<RunResult, BackendError>> {
+        None
+    }
+    /// Drives interrupt line `gsi` of the machine's interrupt controllers to `level`: the
+    /// 8259 input of the same number (0–15) and the I/O APIC pin of the same number (0–23),
+    /// KVM's default routing. This is how the recorder's devices interrupt the guest (the
+    /// serial port's IRQ 4). The kvm backend uses KVM_IRQ_LINE, the emu backend its own
+    /// PIC/IOAPIC. The default, for a backend without interrupt controllers: the line goes
+    /// nowhere.
+    fn set_irq_line(&mut self, _gsi: u32, _level: bool) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Extension for backends with virtual time (the emu backend): guest time in nanoseconds,
+    /// which the recorder's devices use as their clock (the RTC). `None` (the default; KVM):
+    /// the recorder derives one from the step count.
+    fn virtual_time_ns(&mut self) -> Option<u64> {
         None
     }
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError>;

@@ -33,8 +33,7 @@ use traces::{regs::CS, regs::SS, EventKind, ExceptionInfo, InterruptInfo, Regs};
 
 const PF: u8 = 14;
 const NMI: u8 = 2;
-const CR0_PE: u64 = 1;
-const EFER_LMA: u64 = 1 << 10;
+use mmu::bits::{CR0_PE, EFER_LMA};
 /// SS descriptor D/B bit in the access rights: a 32-bit stack pointer.
 const SS_B: u32 = 1 << 14;
 

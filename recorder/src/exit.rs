@@ -151,7 +151,7 @@ impl Outcome {
     pub fn of_error(e: &(dyn std::error::Error + 'static)) -> Option<Outcome> {
         match e.downcast_ref::<BackendError>()? {
             BackendError::HostUnsupported(_) => Some(Outcome::HostUnsupported),
-            BackendError::Engine(_) => Some(Outcome::EngineError),
+            BackendError::Engine(_) | BackendError::EngineAt(_) => Some(Outcome::EngineError),
             BackendError::Other(_) => None,
         }
     }

@@ -14,7 +14,7 @@ use crate::progress::Progress;
 use crate::shadow::{self, Shadow};
 use crate::sink::RecordSink;
 use crate::stuck::{self, StuckWatch};
-use crate::{Backend, BackendError, Delivery, Exit, StepResult, Written};
+use crate::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -23,8 +23,7 @@ use traces::{
     RegId, Regs, RunRecord, StepRecord,
 };
 
-const RFLAGS_IF: u64 = 1 << 9;
-const RFLAGS_DF: u64 = 1 << 10;
+use mmu::bits::{RFLAGS_DF, RFLAGS_IF};
 
 /// Why the step loop stopped, before it becomes the end record.
 pub struct Stop {
@@ -398,17 +397,35 @@ impl<'a> Tracer<'a> {
                     size,
                     data,
                 }));
-                if let IoEffect::Exit { status } = self.devices.io_out(port, size, data) {
-                    stop = Some(Stop {
-                        reason: EndReason::DebugExit { status },
-                        message: format!(
-                            "the guest wrote {status:#x} to the debug-exit port 0xf4 (exit code {})",
-                            DebugExit::exit_code(status)
-                        ),
-                    });
+                self.device_time();
+                match self.devices.io_out(port, size, data) {
+                    IoEffect::Exit { status } => {
+                        stop = Some(Stop {
+                            reason: EndReason::DebugExit { status },
+                            message: format!(
+                                "the guest wrote {status:#x} to the debug-exit port 0xf4 (exit code {})",
+                                DebugExit::exit_code(status)
+                            ),
+                        });
+                    }
+                    IoEffect::Reset(cause) => {
+                        stop = Some(Stop {
+                            reason: EndReason::Shutdown,
+                            message: format!(
+                                "the guest reset the machine with {cause} at RIP {:#x}; mmurr ends \
+                                 the run at a reset, as at a triple fault",
+                                before.rip
+                            ),
+                        });
+                    }
+                    IoEffect::None => {}
+                }
+                if let Err(e) = self.device_interrupts() {
+                    return Some(self.backend_failure(e, &plan));
                 }
             }
             Exit::IoIn { port, size } => {
+                self.device_time();
                 let data = self.devices.io_in(port, size);
                 io_events.push(EventKind::Io(IoAccess {
                     port,
@@ -419,7 +436,10 @@ impl<'a> Tracer<'a> {
                 if let Err(e) = self.backend.complete_io_in(data) {
                     return Some(self.backend_failure(e, &plan));
                 }
-                if let Err(e) = self.finish_read(&mut written, &mut io_events) {
+                if let Err(e) = self
+                    .finish_read(&mut written, &mut io_events)
+                    .and_then(|()| self.device_interrupts())
+                {
                     return Some(self.backend_failure(e, &plan));
                 }
                 stop = self.polling_stop();
@@ -500,6 +520,13 @@ impl<'a> Tracer<'a> {
             self.event(before.rip, kind);
         }
         let excepted = !deliveries.is_empty();
+        // A step that delivered an external interrupt at the boundary ran no instruction: the
+        // planned CR write did not happen (not even as a faulting attempt).
+        let planned = planned.filter(|_| {
+            !deliveries
+                .first()
+                .is_some_and(|d| d.kind != DeliveryKind::Exception)
+        });
         let retired = plan
             .insn
             .as_ref()
@@ -715,14 +742,32 @@ impl<'a> Tracer<'a> {
         }
     }
 
+    /// Gives the devices the guest's time: the backend's virtual time, or (KVM) one derived
+    /// from the step count at the emu backend's rate, so the RTC reads alike on both.
+    fn device_time(&mut self) {
+        let ns = self
+            .backend
+            .virtual_time_ns()
+            .unwrap_or(self.step << platform::clock::ICOUNT_SHIFT);
+        self.devices.set_time(ns);
+    }
+
+    /// Interrupt lines the devices changed, driven on the backend's interrupt controllers.
+    fn device_interrupts(&mut self) -> Result<(), BackendError> {
+        for (gsi, level) in self.devices.take_irq_changes() {
+            self.backend.set_irq_line(gsi, level)?;
+        }
+        Ok(())
+    }
+
     fn polling_stop(&self) -> Option<Stop> {
         let (access, n) = self.devices.unhandled.polling(self.opts.poll_limit)?;
         Some(Stop {
             reason: EndReason::Error,
             message: format!(
                 "the guest keeps polling a device that is not there: {access} {n} times in a \
-                 row with no other I/O; mmurr emulates only serial 0x3f8, debug-exit 0xf4, \
-                 debugcon 0xe9 and fw_cfg 0x510"
+                 row with no other I/O; mmurr emulates {}",
+                crate::devices::EMULATED
             ),
         })
     }
@@ -1044,20 +1089,19 @@ impl<'a> Tracer<'a> {
                 reason: EndReason::HostUnsupported,
                 message: m,
             },
+            BackendError::EngineAt(message) => Stop {
+                reason: EndReason::Error,
+                message,
+            },
             BackendError::Engine(m) | BackendError::Other(m) => {
                 let what = plan
                     .insn
                     .as_ref()
                     .map(insn::format)
                     .unwrap_or_else(|| "(undecodable)".into());
-                let message = if m.contains("RIP") {
-                    m
-                } else {
-                    format!("the engine failed at RIP {rip:#x} on \"{what}\": {m}")
-                };
                 Stop {
                     reason: EndReason::Error,
-                    message,
+                    message: format!("the engine failed at RIP {rip:#x} on \"{what}\": {m}"),
                 }
             }
         }

@@ -25,6 +25,65 @@ pub struct CheckFinding {
     pub looked_at: usize,
     /// One paragraph for humans.
     pub detail: String,
+    /// The kind of write it is about (`CR4.PSE writes`), for grouping repeats.
+    pub write_kind: String,
+}
+
+/// Findings that repeat one story: the same kind, kind of write and attributes, at the same
+/// steps, under one policy or several.
+#[derive(Clone, Debug)]
+pub struct FindingGroup<'a> {
+    /// The policies that share the story, in report order.
+    pub policies: Vec<&'static str>,
+    /// The first finding of the group (of its first policy), in trace order.
+    pub first: &'a CheckFinding,
+    /// The last one (the first again for a group of one).
+    pub last: &'a CheckFinding,
+    /// Findings per policy.
+    pub count: usize,
+}
+
+/// `findings` grouped (see [`FindingGroup`]), in the order each group first appears.
+pub fn group(findings: &[CheckFinding]) -> Vec<FindingGroup<'_>> {
+    use std::collections::HashMap;
+    let story = |f: &CheckFinding| {
+        let attributes: Vec<&str> = f.attributes.iter().map(|(n, _, _)| n.as_str()).collect();
+        (f.kind, f.write_kind.clone(), attributes.join(","))
+    };
+    // First per policy...
+    let mut index = HashMap::new();
+    let mut per_policy: Vec<FindingGroup<'_>> = Vec::new();
+    for f in findings {
+        let at = *index.entry((f.policy, story(f))).or_insert_with(|| {
+            per_policy.push(FindingGroup {
+                policies: vec![f.policy],
+                first: f,
+                last: f,
+                count: 0,
+            });
+            per_policy.len() - 1
+        });
+        let g = &mut per_policy[at];
+        g.last = f;
+        g.count += 1;
+    }
+    // ...then the policies that tell the same story at the same steps, together.
+    let mut index = HashMap::new();
+    let mut groups: Vec<FindingGroup<'_>> = Vec::new();
+    for g in per_policy {
+        let key = (story(g.first), g.count, g.first.step, g.last.step);
+        match index.get(&key) {
+            Some(&at) => {
+                let merged: &mut FindingGroup<'_> = &mut groups[at];
+                merged.policies.push(g.first.policy);
+            }
+            None => {
+                index.insert(key, groups.len());
+                groups.push(g);
+            }
+        }
+    }
+    groups
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -134,6 +193,13 @@ impl CheckFinding {
                 .collect(),
             detail: f.finding.detail.clone(),
             looked_at: f.looked_at,
+            write_kind: analysis
+                .writes
+                .binary_search_by_key(&f.finding.cause, |w| w.event.id)
+                .map_or_else(
+                    |_| "writes".to_string(),
+                    |i| to_trace::write_kind(&analysis.writes[i].write),
+                ),
         }
     }
 }

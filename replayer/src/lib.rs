@@ -16,7 +16,7 @@ pub mod timeline;
 pub mod views;
 
 pub use analysis::{Analysis, WriteAnalysis};
-pub use check::{check, report, CheckFinding, CheckReport, PolicySummary};
+pub use check::{check, group, report, CheckFinding, CheckReport, FindingGroup, PolicySummary};
 pub use cpu::cpu_model;
 pub use diff::{diff, diff_with, Compare, DiffReport, Divergence, Side};
 pub use memory::MemoryImage;

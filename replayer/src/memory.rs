@@ -53,7 +53,9 @@ impl MemoryImage {
         }
     }
 
-    /// RAM at entry: zero, with the header's blobs placed at their load addresses.
+    /// RAM at entry: zero, with the header's blobs placed at their load addresses. A load
+    /// that lies wholly in a declared region above RAM (firmware ROM below 4 GiB) belongs to
+    /// that region, which this image of RAM does not hold.
     pub fn from_guest(guest: &GuestSpec) -> Result<MemoryImage, ImageError> {
         let mut image = MemoryImage::zeroed(guest.ram_size);
         for (index, load) in guest.loads.iter().enumerate() {
@@ -65,6 +67,18 @@ impl MemoryImage {
                     blob: load.blob,
                     blobs: guest.blobs.len(),
                 })?;
+            let len = blob.data.len() as u64;
+            let in_region = guest.regions.iter().any(|r| {
+                r.kind != traces::RegionKind::Mmio
+                    && load.gpa >= r.gpa.max(guest.ram_size)
+                    && load
+                        .gpa
+                        .checked_add(len)
+                        .is_some_and(|e| e <= r.gpa.saturating_add(r.size))
+            });
+            if in_region {
+                continue;
+            }
             if !image.write(load.gpa, &blob.data) {
                 return Err(ImageError::OutOfRam {
                     index,
@@ -213,6 +227,38 @@ impl mmu::GuestMemory for MemoryImage {
 mod tests {
     use super::*;
     use traces::{Blob, Load};
+
+    #[test]
+    fn a_load_in_a_rom_region_above_ram_is_not_ram() {
+        let rom = vec![0xeau8; 0x2_0000];
+        let mut g = GuestSpec {
+            ram_size: 16 * PAGE_SIZE,
+            blobs: vec![Blob {
+                hash: 0,
+                name: "rom".into(),
+                data: rom,
+            }],
+            loads: vec![Load {
+                blob: 0,
+                gpa: 0xfffe_0000,
+            }],
+            ..GuestSpec::default()
+        };
+        // Without a region it is a load outside RAM: an inconsistent guest.
+        assert!(matches!(
+            MemoryImage::from_guest(&g),
+            Err(ImageError::OutOfRam { .. })
+        ));
+        g.regions.push(traces::MemRegion {
+            gpa: 0xfffe_0000,
+            size: 0x2_0000,
+            kind: traces::RegionKind::Rom,
+            name: "rom".into(),
+        });
+        let m = MemoryImage::from_guest(&g).unwrap();
+        assert_eq!(m.ram_size(), 16 * PAGE_SIZE);
+        assert!(!m.read(0xfffe_0000, &mut [0u8; 1]));
+    }
 
     #[test]
     fn reads_and_writes_across_page_boundaries() {

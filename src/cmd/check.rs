@@ -1,7 +1,7 @@
 //! `mmurr check`: MMU-context divergences per policy; exit 1 when a stale context or a #GP
 //! disagreement is found, 18 when nothing was found but the trace could not be read whole.
 
-use crate::cli::{CheckArgs, FlavourChoice};
+use crate::cli::CheckArgs;
 use anyhow::{bail, Context};
 use recorder::exit::Outcome;
 use replayer::{check, CheckReport, Timeline};
@@ -20,8 +20,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let mut timeline = Timeline::new(reader)
         .with_context(|| format!("cannot read trace {}", args.trace.display()))?;
     let flavour = match args.flavour {
-        Some(FlavourChoice::Tdp) => mmu::Flavour::Tdp,
-        Some(FlavourChoice::Shadow) => mmu::Flavour::Shadow,
+        Some(f) => f.into(),
         None => mmu::Flavour::parse(&timeline.header().mmu_flavour).unwrap_or(mmu::Flavour::Tdp),
     };
     let report = match check(&mut timeline, &policies, flavour) {
@@ -51,7 +50,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         json["trace_integrity"] = super::integrity_json(&integrity);
         println!("{}", serde_json::to_string_pretty(&json)?);
     } else {
-        print_human(&report);
+        print_human(&report, args.all);
     }
     Ok(exit_outcome(report.has_bugs(), &integrity).into())
 }
@@ -83,6 +82,7 @@ fn to_json(report: &CheckReport) -> serde_json::Value {
                 "step": f.step,
                 "event": f.event,
                 "kind": f.kind.name(),
+                "write_kind": f.write_kind,
                 "detail": f.detail,
                 "attributes": f.attributes.iter().map(|(n, k, c)| serde_json::json!({"name": n, "kept": k, "required": c})).collect::<Vec<_>>(),
                 "translations": f.translations.iter().map(|t| serde_json::json!({
@@ -109,10 +109,28 @@ fn to_json(report: &CheckReport) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({ "flavour": report.flavour.name(), "findings": findings, "policies": policies })
+    let groups: Vec<serde_json::Value> = replayer::group(&report.findings)
+        .iter()
+        .map(|g| {
+            serde_json::json!({
+                "policies": g.policies,
+                "kind": g.first.kind.name(),
+                "write_kind": g.first.write_kind,
+                "count": g.count,
+                "first_step": g.first.step,
+                "last_step": g.last.step,
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "flavour": report.flavour.name(),
+        "findings": findings,
+        "groups": groups,
+        "policies": policies,
+    })
 }
 
-fn print_human(report: &CheckReport) {
+fn print_human(report: &CheckReport, all: bool) {
     println!("MMU flavour: {}", report.flavour.name());
     println!(
         "{:<10} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6}",
@@ -129,23 +147,65 @@ fn print_human(report: &CheckReport) {
         return;
     }
     println!();
-    for f in &report.findings {
-        println!(
-            "[{}] {} at step {} (event {}):",
-            f.policy,
-            f.kind.name(),
-            f.step,
-            f.event
-        );
-        println!("  {}", f.detail);
-        for t in &f.translations {
-            println!(
-                "    {:#018x} {:<5} kept: {:<24} correct: {}",
-                t.gva,
-                format!("{:?}", t.access).to_lowercase(),
-                t.kept,
-                t.correct
-            );
+    if all {
+        report.findings.iter().for_each(print_finding);
+        return;
+    }
+    let groups = replayer::group(&report.findings);
+    for g in &groups {
+        if g.count == 1 && g.policies.len() == 1 {
+            print_finding(g.first);
+            continue;
         }
+        let repeats = if g.count == 1 {
+            format!(
+                "at step {} (event {}), a {}",
+                g.first.step,
+                g.first.event,
+                g.first.write_kind.trim_end_matches('s')
+            )
+        } else {
+            format!(
+                "×{} at {}: first at step {} (event {}), last at step {} (event {})",
+                g.count, g.first.write_kind, g.first.step, g.first.event, g.last.step, g.last.event
+            )
+        };
+        println!(
+            "[{}] {} {repeats}:",
+            g.policies.join(", "),
+            g.first.kind.name()
+        );
+        print_details(g.first);
+    }
+    if groups.len() < report.findings.len() {
+        println!(
+            "\n{} findings told as {} stories; `--all` prints every one.",
+            report.findings.len(),
+            groups.len()
+        );
+    }
+}
+
+fn print_finding(f: &replayer::CheckFinding) {
+    println!(
+        "[{}] {} at step {} (event {}):",
+        f.policy,
+        f.kind.name(),
+        f.step,
+        f.event
+    );
+    print_details(f);
+}
+
+fn print_details(f: &replayer::CheckFinding) {
+    println!("  {}", f.detail);
+    for t in &f.translations {
+        println!(
+            "    {:#018x} {:<5} kept: {:<24} correct: {}",
+            t.gva,
+            format!("{:?}", t.access).to_lowercase(),
+            t.kept,
+            t.correct
+        );
     }
 }

@@ -2,7 +2,7 @@
 //! paging on, which KVM 47c42e6b4192 missed) on a backend that can run it, then print the
 //! events and each policy's verdict at the CR4.PAE write.
 
-use crate::cli::{DemoArgs, FlavourChoice, GuestArgs, RecordArgs};
+use crate::cli::{DemoArgs, GuestArgs, RecordArgs, RecordFlags};
 use crate::cmd::record::{self, Chosen};
 use anyhow::Context;
 use std::io::IsTerminal;
@@ -13,31 +13,22 @@ const SEED: &str = "pae-toggle";
 use mmu::bits::CR4_PAE;
 
 pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
-    let guest_args = GuestArgs {
-        scenario: Some(SEED.into()),
-        kernel: None,
-        append: String::new(),
-        modules: Vec::new(),
-        image: None,
-        entry: None,
-        entry_mode: "real".into(),
-        memory: 64,
-    };
     let rec = RecordArgs {
-        guest: guest_args,
+        guest: GuestArgs {
+            scenario: Some(SEED.into()),
+            ..GuestArgs::default()
+        },
         backend: args.backend,
-        policies: Vec::new(),
-        flavour: FlavourChoice::Tdp,
-        output: args.output.clone(),
-        gdb: None,
-        allow_remote: false,
-        max_steps: 1_000_000,
-        timeout: Some(60.0),
-        serial_log: None,
-        quiet: true,
+        flags: RecordFlags {
+            output: args.output.clone(),
+            max_steps: 1_000_000,
+            timeout: Some(60.0),
+            quiet: true,
+            ..RecordFlags::default()
+        },
     };
     let guest = record::build_guest(&rec.guest)?;
-    let backend = record::choose_backend(args.backend, guest.needs.as_deref(), &guest.label)?;
+    let backend = record::choose_backend(args.backend, &guest)?;
     eprintln!(
         "mmurr demo: recording {SEED} on {}: {}",
         backend.name(),
@@ -49,7 +40,8 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             record::print_summary(&summary);
         }
         Chosen::Emu => {
-            let status = record::spawn_emu(&record::emu_args(&rec))?;
+            let (argv, _guest_file) = record::emu_args(&rec, &guest)?;
+            let status = record::spawn_emu(&argv)?;
             if !args.output.exists() {
                 anyhow::bail!("the emu backend wrote no trace (it exited with {status})");
             }

@@ -6,6 +6,7 @@ mod diff;
 mod export;
 mod gdb;
 mod info;
+mod linux;
 mod policies;
 mod record;
 mod replay;

@@ -13,18 +13,18 @@ use recorder::RecordSummary;
 use std::process::ExitCode;
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
-    if args.gdb.is_none() {
+    if args.flags.gdb.is_none() {
         bail!(
             "`mmurr run` runs the guest under gdb: give --gdb ADDR (e.g. --gdb 127.0.0.1:1234); \
              to run and keep a trace, use `mmurr record`"
         );
     }
     let guest = build_guest(&args.guest)?;
-    let backend = choose_backend(args.backend, guest.needs.as_deref(), &guest.label)?;
+    let backend = choose_backend(args.backend, &guest)?;
     eprintln!("mmurr: backend {}: {}", backend.name(), backend.reason);
     let scratch = std::env::temp_dir().join(format!("mmurr-run-{}.mmurr", std::process::id()));
     let mut args = args.clone();
-    args.output = scratch.clone();
+    args.flags.output = scratch.clone();
     let result = match backend.kind {
         Chosen::Kvm => live_on_kvm(&args, &guest, true).map(|s| {
             eprintln!(
@@ -36,9 +36,10 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
             exit_code(&s)
         }),
         Chosen::Emu => {
-            let mut argv = emu_args(&args);
-            argv.push("--gdb-writable".into());
-            spawn_emu(&argv).map(|status| ExitCode::from(Outcome::code_of_child(status)))
+            args.flags.gdb_writable = true;
+            emu_args(&args, &guest)
+                .and_then(|(argv, _guest_file)| spawn_emu(&argv))
+                .map(|status| ExitCode::from(Outcome::code_of_child(status)))
         }
     };
     let _ = std::fs::remove_file(&scratch);
@@ -51,14 +52,14 @@ pub fn live_on_kvm(
     guest: &BuiltGuest,
     allow_writes: bool,
 ) -> anyhow::Result<RecordSummary> {
-    let listen = args.gdb.as_deref().context("no --gdb address")?;
+    let listen = args.flags.gdb.as_deref().context("no --gdb address")?;
     let opts = record_options(args, guest.scenario.clone())?;
     // An unknown policy is refused before gdb is told to connect.
     recorder::resolve_policies(&opts.policies)?;
     let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
     let mut live = mmurr_gdb::start_live(mmurr_gdb::LiveOptions {
         listen,
-        allow_remote: args.allow_remote,
+        allow_remote: args.flags.allow_remote,
         what: &format!("{} on kvm", guest.label),
         allow_writes,
         interrupted: opts.interrupted.clone(),

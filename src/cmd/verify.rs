@@ -47,9 +47,16 @@ fn verify(
 
     let dir = tempfile::tempdir().context("creating a temporary directory")?;
     let again = dir.path().join("verify.mmurr");
+    // A recording cut by its step budget may end inside a rep instruction: the rerun stops at
+    // the same step, or it would finish more iterations of that instruction and differ there.
+    // Any other end gets a little more room, so a guest that diverges into a loop still stops.
+    let budget = match &original_end {
+        Some(e) if e.reason == EndReason::StepBudget => steps,
+        _ => steps.saturating_add(steps / 10 + 1000),
+    };
     match chosen.0 {
-        Chosen::Kvm => record_on_kvm(&args.trace, &header, &again, steps)?,
-        Chosen::Emu => record_on_emu(&args.trace, &header, &again, steps)?,
+        Chosen::Kvm => record_on_kvm(&args.trace, &header, &again, budget)?,
+        Chosen::Emu => record_on_emu(&args.trace, &header, &again, budget)?,
     }
     let mut replayed = Reader::open(&again).context("reading the new recording")?;
     let new_end = replayed.end().cloned();
@@ -209,12 +216,11 @@ fn choose(
     })
 }
 
-fn options(header: &Header, out: &Path, steps: u64) -> anyhow::Result<RecordOptions> {
+fn options(header: &Header, out: &Path, budget: u64) -> anyhow::Result<RecordOptions> {
     let mut opts = RecordOptions::new(out);
     opts.policies = header.policies.clone();
     opts.flavour = mmu::Flavour::parse(&header.mmu_flavour).unwrap_or(mmu::Flavour::Tdp);
-    // A guest that diverges into a loop must not run forever: a little more than the original.
-    opts.max_steps = steps.saturating_add(steps / 10 + 1000);
+    opts.max_steps = budget;
     opts.scenario = header.scenario.clone();
     opts.command_line = std::env::args().collect();
     opts.serial = SerialSink::Capture;
@@ -224,8 +230,8 @@ fn options(header: &Header, out: &Path, steps: u64) -> anyhow::Result<RecordOpti
     Ok(opts)
 }
 
-fn record_on_kvm(trace: &Path, header: &Header, out: &Path, steps: u64) -> anyhow::Result<()> {
-    let mut opts = options(header, out, steps)?;
+fn record_on_kvm(trace: &Path, header: &Header, out: &Path, budget: u64) -> anyhow::Result<()> {
+    let mut opts = options(header, out, budget)?;
     opts.replay_inputs = Some(replayer::inputs::load(trace)?);
     let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
     let summary = recorder::record(&mut backend, &header.guest, &opts)?;
@@ -233,21 +239,25 @@ fn record_on_kvm(trace: &Path, header: &Header, out: &Path, steps: u64) -> anyho
     Ok(())
 }
 
-fn record_on_emu(trace: &Path, header: &Header, out: &Path, steps: u64) -> anyhow::Result<()> {
-    let opts = options(header, out, steps)?;
+fn record_on_emu(trace: &Path, header: &Header, out: &Path, budget: u64) -> anyhow::Result<()> {
+    let opts = options(header, out, budget)?;
+    // The child's command line comes from the shared flag definition.
+    let guest = mmurr_flags::GuestArgs {
+        guest_from: Some(trace.to_path_buf()),
+        ..Default::default()
+    };
+    let flags = mmurr_flags::RecordFlags {
+        policy: opts.policies.clone(),
+        flavour: opts.flavour.into(),
+        output: out.to_path_buf(),
+        max_steps: opts.max_steps,
+        replay_inputs: Some(trace.to_path_buf()),
+        ..Default::default()
+    };
     let mut cmd = Command::new(emu_executable()?);
     cmd.arg("record")
-        .arg("--guest-from")
-        .arg(trace)
-        .arg("--output")
-        .arg(out)
-        .arg("--replay-inputs")
-        .arg(trace);
-    cmd.arg("--max-steps").arg(opts.max_steps.to_string());
-    cmd.arg("--flavour").arg(opts.flavour.name());
-    for p in &opts.policies {
-        cmd.arg("--policy").arg(p);
-    }
+        .args(mmurr_flags::to_argv(&guest)?)
+        .args(mmurr_flags::to_argv(&flags)?);
     let status = cmd.status().context("running mmurr-emu")?;
     if !out.exists() {
         bail!("mmurr-emu wrote no trace ({status})");

@@ -5,13 +5,18 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-/// `mmurr ARGS` run in `dir`.
-pub fn mmurr(args: &[&str], dir: &Path) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_mmurr"))
+/// `PROGRAM ARGS` run in `dir`.
+pub fn run(program: &Path, args: &[&str], dir: &Path) -> Output {
+    Command::new(program)
         .args(args)
         .current_dir(dir)
         .output()
-        .expect("run mmurr")
+        .unwrap_or_else(|e| panic!("running {}: {e}", program.display()))
+}
+
+/// `mmurr ARGS` run in `dir`.
+pub fn mmurr(args: &[&str], dir: &Path) -> Output {
+    run(Path::new(env!("CARGO_BIN_EXE_mmurr")), args, dir)
 }
 
 /// `mmurr ARGS` run in the test's working directory.
@@ -26,13 +31,15 @@ pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }
 
-/// The `mmurr-emu` executable next to `mmurr` (cargo builds every workspace binary only when
-/// asked: `cargo build -p mmurr-emu`).
+/// The `mmurr-emu` executable next to `mmurr` (cargo builds it for these tests only when
+/// asked: `cargo build -p mmurr-emu`; `cargo test --workspace` builds both).
 pub fn emu_executable() -> PathBuf {
-    let emu = Path::new(env!("CARGO_BIN_EXE_mmurr")).with_file_name("mmurr-emu");
+    let emu = Path::new(env!("CARGO_BIN_EXE_mmurr"))
+        .with_file_name(format!("mmurr-emu{}", std::env::consts::EXE_SUFFIX));
     assert!(
         emu.exists(),
-        "{} is missing: build it with `cargo build -p mmurr-emu`",
+        "{} is missing: build it next to mmurr with `cargo build -p mmurr-emu` \
+         (`cargo test --workspace` builds both)",
         emu.display()
     );
     emu

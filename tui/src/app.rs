@@ -88,6 +88,8 @@ pub struct App {
     pub quit: bool,
     /// The terminal's size as last reported.
     screen: Rect,
+    /// The user has moved (a key or a click): the browser no longer places the cursor itself.
+    moved: bool,
 }
 
 impl App {
@@ -139,6 +141,7 @@ impl App {
             message: None,
             quit: false,
             screen: Rect::new(0, 0, 160, 48),
+            moved: false,
         };
         if !app.complete {
             app.message = Some((
@@ -233,6 +236,9 @@ impl App {
                 self.history = Some(h);
                 self.progress = None;
                 self.refresh();
+                if !self.moved {
+                    self.open_on_the_story();
+                }
             }
             LoadMsg::Failed(e) => {
                 self.progress = None;
@@ -286,6 +292,7 @@ impl App {
             Mode::Normal => {
                 if let Some(a) = keys::action(&key) {
                     self.message = None;
+                    self.moved = true;
                     self.act(a);
                 }
             }
@@ -305,8 +312,9 @@ impl App {
             MouseEventKind::ScrollDown => self.move_cursor(WHEEL as i64),
             MouseEventKind::ScrollUp => self.move_cursor(-(WHEEL as i64)),
             MouseEventKind::Down(MouseButton::Left) => self.click(m.column, m.row),
-            _ => {}
+            _ => return,
         }
+        self.moved = true;
     }
 
     /// A click on a timeline row selects it.
@@ -537,6 +545,52 @@ impl App {
         if found {
             self.select_finding_policy();
         }
+    }
+
+    /// Opens where the story is: on the first stale context or #GP disagreement (else the
+    /// first finding) with its policy selected, and says how many findings there are and
+    /// which key walks them.
+    fn open_on_the_story(&mut self) {
+        let Some(h) = &self.history else { return };
+        let bugs = h
+            .findings
+            .iter()
+            .filter(|f| f.kind != FindingKind::NeedlessReset)
+            .count();
+        let total = h.findings.len();
+        if total == 0 {
+            return;
+        }
+        let first = h
+            .findings
+            .iter()
+            .find(|f| f.kind != FindingKind::NeedlessReset)
+            .or_else(|| h.findings.first());
+        let target = first.and_then(|f| {
+            self.visible
+                .iter()
+                .position(|&i| self.events.events.get(i).is_some_and(|e| e.id == f.event))
+        });
+        let plural = |n: usize| if n == 1 { "" } else { "s" };
+        let what = if bugs > 0 {
+            format!(
+                "{bugs} finding{} (stale context or #GP), {} needless reset{}",
+                plural(bugs),
+                total - bugs,
+                plural(total - bugs)
+            )
+        } else {
+            format!("{total} needless reset{}", plural(total))
+        };
+        if let Some(row) = target {
+            self.select(row);
+            self.select_finding_policy();
+            self.refresh();
+        }
+        self.message = Some((
+            format!("{what} — d/D walk them, P compares policies"),
+            false,
+        ));
     }
 
     /// After landing on a finding, show the policy it is about.

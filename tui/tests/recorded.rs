@@ -38,11 +38,11 @@ fn press(app: &mut App, keys: &str) {
 }
 
 #[test]
-fn the_recorded_seed_bug_is_one_key_away() {
+fn the_recorded_seed_bug_is_on_the_first_screen() {
     let mut app = open();
     assert!(app.complete && app.events_loaded && app.history.is_some());
     assert_eq!(app.header.scenario.as_deref(), Some("pae-toggle"));
-    press(&mut app, "d");
+    // No key pressed: the browser opens on the finding and says how to walk the others.
     let row = app.row_text(app.selected().unwrap());
     assert!(row.contains("cr4") && row.contains("+PAE"), "{row}");
     let s = screen(&app, 160, 48);
@@ -56,6 +56,8 @@ fn the_recorded_seed_bug_is_one_key_away() {
         "w 0x400000 → GPA 0x10000 with",
         "⚠ stale",
         "32-bit → pae",
+        "1 finding (stale context or #GP)",
+        "d/D walk them",
     ] {
         assert!(s.contains(text), "{text:?} missing:\n{s}");
     }

@@ -126,6 +126,9 @@ fn stepping_forward_reuses_work_and_matches_a_fresh_seek() {
     let path = common::seed_file(dir.path());
     let mut stepped = App::open(&path).unwrap();
     stepped.finish_loading();
+    // It opened on the finding: start from the entry.
+    stepped.on_key(KeyEvent::new(KeyCode::Char('g'), KeyModifiers::NONE));
+    assert_eq!(stepped.step, 0);
     let mut fresh = App::open(&path).unwrap();
     fresh.finish_loading();
     for step in 1..=stepped.total_steps {

@@ -19,6 +19,10 @@ fn seed_app() -> Fixture {
     let path = common::seed_file(dir.path());
     let mut app = App::open(&path).unwrap();
     app.finish_loading();
+    // The browser opens on the first finding (tests/recorded.rs); these tests walk from the
+    // entry.
+    app.on_key(key('g'));
+    assert_eq!(app.step, 0);
     Fixture { _dir: dir, app }
 }
 

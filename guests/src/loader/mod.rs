@@ -11,10 +11,12 @@
 //! `raw FILE@ADDR`).
 
 pub mod elf;
+pub mod firmware;
 pub mod multiboot;
 pub mod raw;
 
 pub use elf::{Elf, ElfError, ProgramHeader};
+pub use firmware::load_firmware;
 pub use multiboot::{
     load_multiboot, multiboot_cmdline, MultibootHeader, BOOTLOADER_MAGIC, HEADER_MAGIC,
 };

@@ -10,7 +10,7 @@ pub use debug_exit::DebugExit;
 pub use debugcon::DebugCon;
 pub use fw_cfg::FwCfg;
 pub use serial::Serial;
-pub use unhandled::{Unhandled, UnhandledAccess};
+pub use unhandled::{mmio_device, port_device, Unhandled, UnhandledAccess, EMULATED};
 
 use std::io::Write;
 use std::sync::Arc;
@@ -78,6 +78,9 @@ pub enum IoEffect {
     Exit {
         status: u32,
     },
+    /// The guest reset the machine (0xcf9, the keyboard controller, port 0x92): mmurr ends
+    /// the run there, as at a triple fault.
+    Reset(platform::ResetCause),
 }
 
 /// The I/O bus of the machine: fixed devices at their fixed ports.
@@ -86,6 +89,13 @@ pub struct Devices {
     serial: Serial,
     debug_exit: DebugExit,
     fw_cfg: FwCfg,
+    /// RTC, PCI host bridge and reset paths: the chipset ports that leave KVM for userspace.
+    chipset: platform::Chipset,
+    /// Guest time for the RTC (set by the tracer before each access).
+    now_ns: u64,
+    /// The serial port's interrupt line as last driven.
+    serial_irq: bool,
+    irq_changes: Vec<(u32, bool)>,
     pub unhandled: Unhandled,
     replay: Option<Replay>,
 }
@@ -145,8 +155,31 @@ impl Devices {
             serial: Serial::default(),
             debug_exit: DebugExit,
             fw_cfg: FwCfg::new(ram_size),
+            chipset: platform::Chipset::new(ram_size),
+            now_ns: 0,
+            serial_irq: false,
+            irq_changes: Vec::new(),
             unhandled: Unhandled::default(),
             replay: None,
+        }
+    }
+
+    /// Guest time now (virtual nanoseconds), the RTC's clock.
+    pub fn set_time(&mut self, now_ns: u64) {
+        self.now_ns = now_ns;
+    }
+
+    /// Interrupt lines whose level the devices changed since the last call (gsi, level), in
+    /// order, for [`crate::Backend::set_irq_line`].
+    pub fn take_irq_changes(&mut self) -> Vec<(u32, bool)> {
+        std::mem::take(&mut self.irq_changes)
+    }
+
+    fn serial_irq_update(&mut self) {
+        let level = self.serial.irq();
+        if level != self.serial_irq {
+            self.serial_irq = level;
+            self.irq_changes.push((serial::IRQ, level));
         }
     }
 
@@ -219,7 +252,14 @@ impl Devices {
         let data = data & mask(size) as u32;
         if Serial::claims(port) {
             self.serial.write(port, data as u8, &mut self.console);
-        } else if port == DebugCon::PORT {
+            self.serial_irq_update();
+        } else if platform::Chipset::claims(port, size) {
+            self.chipset.io_write(port, size, data, self.now_ns);
+            if let Some(cause) = self.chipset.take_reset() {
+                self.unhandled.handled();
+                return IoEffect::Reset(cause);
+            }
+        } else if DebugCon::claims(port) {
             DebugCon::write(data as u8, &mut self.console);
         } else if port == DebugExit::PORT {
             return IoEffect::Exit {
@@ -244,8 +284,12 @@ impl Devices {
 
     fn device_io_in(&mut self, port: u16, size: u8) -> u32 {
         let value = if Serial::claims(port) {
-            self.serial.read(port) as u32
-        } else if port == DebugCon::PORT {
+            let v = self.serial.read(port) as u32;
+            self.serial_irq_update();
+            v
+        } else if platform::Chipset::claims(port, size) {
+            self.chipset.io_read(port, size, self.now_ns)
+        } else if DebugCon::claims(port) {
             DebugCon::READBACK as u32
         } else if FwCfg::claims(port) {
             self.fw_cfg.read(port, size)
@@ -291,9 +335,42 @@ mod tests {
         let mut d = bus();
         d.io_out(0x3f8, 1, b'h' as u32);
         d.io_out(0xe9, 1, b'i' as u32);
-        assert_eq!(d.console.captured(), b"hi");
+        d.io_out(0x402, 1, b'!' as u32);
+        assert_eq!(d.console.captured(), b"hi!");
         assert_eq!(d.io_in(0x3fd, 1), 0x60);
+        assert_eq!(d.io_in(0x402, 1), 0xe9);
         assert!(d.unhandled.summary().is_empty());
+    }
+
+    #[test]
+    fn chipset_ports_answer_and_resets_end_the_run() {
+        let mut d = bus();
+        d.io_out(0xcf8, 4, 0x8000_0000);
+        assert_eq!(d.io_in(0xcfc, 4), 0x1237_8086);
+        d.set_time(61_000_000_000);
+        d.io_out(0x70, 1, 0x02);
+        assert_eq!(d.io_in(0x71, 1), 0x01); // 00:01:01
+        assert_eq!(
+            d.io_out(0xcf9, 1, 0x06),
+            IoEffect::Reset(platform::ResetCause::ResetControl { hard: true })
+        );
+        assert_eq!(
+            d.io_out(0x64, 1, 0xfe),
+            IoEffect::Reset(platform::ResetCause::KeyboardController)
+        );
+        assert!(d.unhandled.summary().is_empty());
+    }
+
+    #[test]
+    fn the_serial_interrupt_line_follows_the_uart() {
+        let mut d = bus();
+        d.io_out(0x3f9, 1, 0x02);
+        assert_eq!(d.take_irq_changes(), [(4, true)]);
+        assert_eq!(d.io_in(0x3fa, 1), 0x02);
+        assert_eq!(d.take_irq_changes(), [(4, false)]);
+        d.io_out(0x3f8, 1, b'a' as u32);
+        d.io_out(0x3f8, 1, b'b' as u32);
+        assert_eq!(d.take_irq_changes(), [(4, true)]);
     }
 
     #[test]
@@ -308,12 +385,12 @@ mod tests {
     #[test]
     fn absent_ports_read_all_ones_and_are_counted() {
         let mut d = bus();
-        assert_eq!(d.io_in(0x60, 1), 0xff);
-        assert_eq!(d.io_in(0x60, 2), 0xffff);
+        assert_eq!(d.io_in(0x2f8, 1), 0xff);
+        assert_eq!(d.io_in(0x2f8, 2), 0xffff);
         d.io_out(0x80, 1, 0);
         let summary = d.unhandled.summary();
         assert_eq!(summary.len(), 2);
-        assert_eq!(summary[0], (UnhandledAccess::PortRead(0x60), 2));
+        assert_eq!(summary[0], (UnhandledAccess::PortRead(0x2f8), 2));
         assert_eq!(d.mmio_read(0xfee0_0000, 4), 0xffff_ffff);
     }
 

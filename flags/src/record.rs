@@ -1,0 +1,201 @@
+//! How to record ([`RecordFlags`]) and the one function that makes recorder options of it.
+
+use clap::{Args, ValueEnum};
+use recorder::{RecordOptions, SerialSink};
+use serde::Serialize;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// The MMU flavour policies are evaluated for.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum FlavourChoice {
+    Tdp,
+    Shadow,
+}
+
+impl From<FlavourChoice> for mmu::Flavour {
+    fn from(f: FlavourChoice) -> mmu::Flavour {
+        match f {
+            FlavourChoice::Tdp => mmu::Flavour::Tdp,
+            FlavourChoice::Shadow => mmu::Flavour::Shadow,
+        }
+    }
+}
+
+impl From<mmu::Flavour> for FlavourChoice {
+    fn from(f: mmu::Flavour) -> FlavourChoice {
+        match f {
+            mmu::Flavour::Tdp => FlavourChoice::Tdp,
+            mmu::Flavour::Shadow => FlavourChoice::Shadow,
+        }
+    }
+}
+
+/// The `record`/`run` flags besides the guest and the backend.
+#[derive(Args, Debug, Clone, PartialEq, Serialize)]
+pub struct RecordFlags {
+    /// Policies to model (repeatable; default: all).
+    #[arg(long = "policy")]
+    pub policy: Vec<String>,
+    /// MMU flavour the policies are evaluated for.
+    #[arg(long, value_enum, default_value = "tdp")]
+    pub flavour: FlavourChoice,
+    /// Output trace file.
+    #[arg(short, long, default_value = "mmurr.mmurr")]
+    pub output: PathBuf,
+    /// Serve the live guest to gdb at this address (it waits for gdb before the first
+    /// instruction).
+    #[arg(long)]
+    pub gdb: Option<String>,
+    /// Allow the gdb server to listen on a non-loopback address.
+    #[arg(long, requires = "gdb")]
+    pub allow_remote: bool,
+    /// Let gdb change registers and memory (`mmurr run`; a recording refuses changes).
+    #[arg(long, requires = "gdb", hide = true)]
+    pub gdb_writable: bool,
+    /// Stop after this many instructions.
+    #[arg(long, default_value_t = 10_000_000)]
+    pub max_steps: u64,
+    /// Stop after this many seconds of wall-clock time.
+    #[arg(long)]
+    pub timeout: Option<f64>,
+    /// Write guest serial output here instead of the terminal.
+    #[arg(long)]
+    pub serial_log: Option<PathBuf>,
+    /// No progress line.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Feed the guest the inputs recorded in TRACE (rdtsc/rdrand/cpuid/... results, port and
+    /// MMIO reads) instead of this machine's: what `mmurr verify` re-executes with. The run
+    /// ends where the guest asks for an input TRACE does not have there (it diverged).
+    #[arg(long, value_name = "TRACE", hide = true)]
+    pub replay_inputs: Option<PathBuf>,
+}
+
+impl Default for RecordFlags {
+    fn default() -> Self {
+        RecordFlags {
+            policy: Vec::new(),
+            flavour: FlavourChoice::Tdp,
+            output: PathBuf::from("mmurr.mmurr"),
+            gdb: None,
+            allow_remote: false,
+            gdb_writable: false,
+            max_steps: 10_000_000,
+            timeout: None,
+            serial_log: None,
+            quiet: false,
+            replay_inputs: None,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum OptionsError {
+    #[error("--timeout {0}: give a positive number of seconds")]
+    Timeout(f64),
+    #[error("installing the SIGINT/SIGTERM handler: {0}")]
+    Signals(std::io::Error),
+    #[error("--replay-inputs: {0}")]
+    ReplayInputs(#[from] replayer::inputs::InputsError),
+}
+
+impl RecordFlags {
+    /// The recorder's options for these flags, for the guest `scenario`; installs the
+    /// SIGINT/SIGTERM handler that ends the run cleanly.
+    pub fn options(&self, scenario: Option<String>) -> Result<RecordOptions, OptionsError> {
+        let mut opts = RecordOptions::new(&self.output);
+        opts.policies = self.policy.clone();
+        opts.flavour = self.flavour.into();
+        opts.max_steps = self.max_steps;
+        opts.timeout = match self.timeout {
+            Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
+            Some(t) => return Err(OptionsError::Timeout(t)),
+            None => None,
+        };
+        opts.scenario = scenario;
+        opts.command_line = std::env::args().collect();
+        opts.serial = match &self.serial_log {
+            Some(p) => SerialSink::File(p.clone()),
+            None => SerialSink::Stdout,
+        };
+        opts.progress = !self.quiet;
+        opts.interrupted = recorder::signals::interrupt_flag().map_err(OptionsError::Signals)?;
+        if let Some(trace) = &self.replay_inputs {
+            opts.replay_inputs = Some(replayer::inputs::load(trace)?);
+        }
+        Ok(opts)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{to_argv, EntryModeChoice, GuestArgs};
+    use clap::{CommandFactory, FromArgMatches, Parser};
+
+    #[derive(Parser, Debug, PartialEq)]
+    struct Both {
+        #[command(flatten)]
+        guest: GuestArgs,
+        #[command(flatten)]
+        flags: RecordFlags,
+    }
+
+    fn round_trip(guest: GuestArgs, flags: RecordFlags) {
+        let mut argv = vec!["x".to_string()];
+        argv.extend(to_argv(&guest).unwrap());
+        argv.extend(to_argv(&flags).unwrap());
+        let m = Both::command().try_get_matches_from(&argv);
+        let parsed =
+            Both::from_arg_matches(&m.unwrap_or_else(|e| panic!("{argv:?}: {e}"))).unwrap();
+        assert_eq!(parsed, Both { guest, flags }, "{argv:?}");
+    }
+
+    #[test]
+    fn every_flag_survives_the_child_command_line() {
+        round_trip(GuestArgs::default(), RecordFlags::default());
+        round_trip(
+            GuestArgs {
+                kernel: Some("k.elf".into()),
+                append: "console=ttyS0 quiet".into(),
+                initrd: vec!["a.cpio".into(), "b".into()],
+                memory: 256,
+                ..GuestArgs::default()
+            },
+            RecordFlags {
+                policy: vec!["v6.14".into(), "v5.1-rc3".into()],
+                flavour: FlavourChoice::Shadow,
+                output: "out dir/t.mmurr".into(),
+                gdb: Some("127.0.0.1:1234".into()),
+                allow_remote: true,
+                gdb_writable: true,
+                max_steps: 17,
+                timeout: Some(2.5),
+                serial_log: Some("s.log".into()),
+                quiet: true,
+                replay_inputs: Some("r.mmurr".into()),
+            },
+        );
+        round_trip(
+            GuestArgs {
+                image: Some("boot.bin@0x7c00".into()),
+                entry: Some("0x7c10".into()),
+                entry_mode: EntryModeChoice::Long,
+                ..GuestArgs::default()
+            },
+            RecordFlags {
+                timeout: Some(60.0),
+                ..RecordFlags::default()
+            },
+        );
+        round_trip(
+            GuestArgs {
+                guest_from: Some("g.mmurr".into()),
+                ..GuestArgs::default()
+            },
+            RecordFlags::default(),
+        );
+    }
+}

@@ -1,0 +1,254 @@
+//! The PC platform inside the emu backend: the devices KVM's in-kernel irqchip and PIT give a
+//! kvm guest ([`platform::Platform`]: LAPIC and IOAPIC pages, PIC, PIT and port 0x61, the TSC
+//! and the APIC MSRs), so that a guest sees the same machine, and the recorder the same exits,
+//! on both backends. External interrupts are delivered here, architecturally, at instruction
+//! boundaries: when RFLAGS.IF is set and no STI / MOV SS / POP SS shadow covers the boundary,
+//! one step delivers the vector (the instruction at RIP does not run) and reports it as a
+//! [`recorder::DeliveryKind::External`] delivery. Virtual time advances by one instruction per
+//! executed step, and a HLT with IF set waits, in virtual time, for the next timer.
+
+use super::{engine_err, EmuBackend, HookState};
+use crate::decode::{Decoded, Kind};
+use iced_x86::{Mnemonic, Register};
+use platform::{ioapic, lapic, Features, Platform};
+use recorder::{BackendError, Exit, StepResult};
+use traces::Regs;
+use unicorn_engine::{RegisterX86, Unicorn};
+
+const RFLAGS_IF: u64 = 1 << 9;
+
+/// The platform and the CPU's interrupt-shadow state, kept in the hook state so that the
+/// engine's port and MMIO hooks reach the devices while an instruction runs.
+pub struct Machine {
+    pub platform: Platform,
+    /// The boundary after the last instruction is in an interrupt shadow.
+    shadow: bool,
+}
+
+/// The `out` hook: a platform port is handled here (true); others go to the recorder.
+pub(super) fn out_hook(st: &mut HookState, port: u16, size: u8, value: u32) -> bool {
+    match st.machine.as_mut() {
+        Some(m) if Platform::claims_port(port) => {
+            m.platform.io_write(port, size, value);
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Which CPUID features the platform offers: x2APIC (leaf 1 ECX bit 21) and the TSC-deadline
+/// timer (leaf 1 ECX bit 24).
+fn features(cpuid: &[traces::CpuidEntry]) -> Features {
+    let ecx = cpuid
+        .iter()
+        .find(|e| e.function == 1 && e.index == 0)
+        .map_or(0, |e| e.ecx);
+    Features {
+        x2apic: ecx & (1 << 21) != 0,
+        tsc_deadline: ecx & (1 << 24) != 0,
+    }
+}
+
+fn overlaps(ranges: &[(u64, u64)], base: u64, size: u64) -> bool {
+    ranges
+        .iter()
+        .any(|&(b, s)| b < base + size && base < b.saturating_add(s))
+}
+
+impl EmuBackend {
+    fn machine(&mut self) -> Option<&mut Machine> {
+        self.uc.get_data_mut().machine.as_mut()
+    }
+
+    /// Creates the platform and maps its register pages (unless the guest declared its own
+    /// memory there). Called by `load` once memory is mapped.
+    pub(super) fn attach_platform(&mut self) -> Result<(), BackendError> {
+        self.uc.get_data_mut().machine = Some(Machine {
+            platform: Platform::new(features(&self.cpuid)),
+            shadow: false,
+        });
+        for base in [lapic::BASE, ioapic::BASE] {
+            if overlaps(&self.ram, base, 0x1000) || overlaps(&self.mmio, base, 0x1000) {
+                continue;
+            }
+            self.uc
+                .mmio_map(
+                    base,
+                    0x1000,
+                    Some(
+                        move |uc: &mut Unicorn<'_, HookState>, off: u64, size: usize| {
+                            mmio_read(uc.get_data_mut(), base + off, size as u8)
+                        },
+                    ),
+                    Some(
+                        move |uc: &mut Unicorn<'_, HookState>, off: u64, size: usize, v: u64| {
+                            if let Some(m) = uc.get_data_mut().machine.as_mut() {
+                                if m.platform.claims_mmio(base + off) {
+                                    m.platform.mmio_write(base + off, size as u8, v);
+                                }
+                            }
+                        },
+                    ),
+                )
+                .map_err(|e| engine_err("mmio_map platform page", e))?;
+        }
+        Ok(())
+    }
+
+    /// At the instruction boundary before a step: delivers a pending external interrupt when
+    /// the CPU takes it (the whole step), or counts the instruction about to run.
+    pub(super) fn interrupt_boundary(
+        &mut self,
+        before: &Regs,
+    ) -> Result<Option<StepResult>, BackendError> {
+        let Some(m) = self.machine() else {
+            return Ok(None);
+        };
+        let shadow = std::mem::take(&mut m.shadow);
+        let vector = if !shadow && before.rflags & RFLAGS_IF != 0 {
+            m.platform.acknowledge()
+        } else {
+            None
+        };
+        let Some(vector) = vector else {
+            m.platform.retire(1);
+            return Ok(None);
+        };
+        let exit = self.deliver_vector(vector, None, false, before.rip)?;
+        if let Some(d) = self.step_deliveries.last_mut() {
+            d.kind = recorder::DeliveryKind::External;
+            d.cr2 = None;
+        }
+        let fetch = (insn::linear_ip(before), 1);
+        let written = self.take_written(before, fetch, None);
+        Ok(Some(StepResult { exit, written }))
+    }
+
+    /// Whether port `port` is the platform's (and the platform is attached).
+    pub(super) fn platform_claims(&mut self, port: u16) -> bool {
+        Platform::claims_port(port) && self.machine().is_some()
+    }
+
+    /// `in` from a platform port: its value, handed to the engine's `in` hook.
+    pub(super) fn platform_in(&mut self, port: u16, size: u8) -> Option<u32> {
+        let m = self.machine()?;
+        Some(m.platform.io_read(port, size))
+    }
+
+    /// RDMSR/WRMSR of a platform MSR (IA32_TSC, IA32_APIC_BASE, IA32_TSC_DEADLINE, the
+    /// x2APIC range) at CPL 0: executed here, since the engine has no APIC and a host TSC.
+    pub(super) fn platform_msr(
+        &mut self,
+        d: &Decoded,
+        before: &Regs,
+    ) -> Result<Option<StepResult>, BackendError> {
+        let mnemonic = d.instr.mnemonic();
+        if !matches!(mnemonic, Mnemonic::Rdmsr | Mnemonic::Wrmsr) {
+            return Ok(None);
+        }
+        let cpl0 = before.cr0 & 1 == 0 || before.seg[traces::regs::CS].selector & 3 == 0;
+        let vm86 = before.rflags & (1 << 17) != 0;
+        if !cpl0 || vm86 {
+            return Ok(None); // the engine raises the #GP
+        }
+        let msr = before.gpr[1] as u32;
+        let value = ((before.gpr[2] & 0xffff_ffff) << 32) | (before.gpr[0] & 0xffff_ffff);
+        let Some(m) = self.machine() else {
+            return Ok(None);
+        };
+        let ok = if mnemonic == Mnemonic::Rdmsr {
+            match m.platform.msr_read(msr) {
+                None => return Ok(None),
+                Some(Some(v)) => {
+                    self.w(RegisterX86::RAX, v & 0xffff_ffff)?;
+                    self.w(RegisterX86::RDX, v >> 32)?;
+                    true
+                }
+                Some(None) => false,
+            }
+        } else {
+            match m.platform.msr_write(msr, value) {
+                None => return Ok(None),
+                Some(ok) => ok,
+            }
+        };
+        let exit = if ok {
+            self.w(RegisterX86::RIP, before.rip.wrapping_add(d.len as u64))?;
+            self.regs_cache = None;
+            Exit::Stepped
+        } else {
+            self.deliver_vector(13, Some(0), false, before.rip)?
+        };
+        let fetch = (insn::linear_ip(before), d.len as u64);
+        let written = self.take_written(before, fetch, Some(d));
+        Ok(Some(StepResult { exit, written }))
+    }
+
+    /// After an instruction ran: RDTSC/RDTSCP read virtual time, MOV to CR8 sets the TPR,
+    /// STI / MOV SS / POP SS open an interrupt shadow, and HLT with IF set waits for the next
+    /// interrupt in virtual time (the run ends only when nothing can wake the CPU).
+    pub(super) fn after_instruction(
+        &mut self,
+        exit: Exit,
+        d: Option<&Decoded>,
+        before: &Regs,
+    ) -> Result<Exit, BackendError> {
+        let delivered = !self.step_deliveries.is_empty();
+        let Some(d) = d else { return Ok(exit) };
+        let Some(m) = self.uc.get_data_mut().machine.as_mut() else {
+            return Ok(exit);
+        };
+        let i = &d.instr;
+        if !delivered {
+            m.shadow = match i.mnemonic() {
+                Mnemonic::Sti => before.rflags & RFLAGS_IF == 0,
+                Mnemonic::Mov | Mnemonic::Pop => i.op0_register() == Register::SS,
+                _ => false,
+            };
+        }
+        match (i.mnemonic(), &exit) {
+            (Mnemonic::Rdtsc | Mnemonic::Rdtscp, Exit::Stepped) if !delivered => {
+                let tsc = m.platform.tsc();
+                self.w(RegisterX86::RAX, tsc & 0xffff_ffff)?;
+                self.w(RegisterX86::RDX, tsc >> 32)?;
+                self.regs_cache = None;
+                Ok(exit)
+            }
+            (_, Exit::Halted) if !delivered && before.rflags & RFLAGS_IF != 0 => {
+                Ok(if m.platform.wait_for_interrupt() {
+                    Exit::Stepped
+                } else {
+                    Exit::Halted
+                })
+            }
+            _ => {
+                if let (Kind::MovCr(8), false) = (d.kind, delivered) {
+                    let cr8 = insn::register_value(before, 64, i.op1_register()).unwrap_or(0) & 0xf;
+                    m.platform.lapic.write(0x80, (cr8 << 4) as u32, 0);
+                }
+                Ok(exit)
+            }
+        }
+    }
+
+    /// Drives interrupt line `gsi` ([`recorder::Backend::set_irq_line`]).
+    pub(super) fn platform_irq_line(&mut self, gsi: u32, level: bool) {
+        if let Some(m) = self.machine() {
+            m.platform.set_irq(gsi, level);
+        }
+    }
+
+    /// Virtual time now, in nanoseconds.
+    pub(super) fn platform_time_ns(&mut self) -> Option<u64> {
+        self.machine().map(|m| m.platform.clock.now_ns())
+    }
+}
+
+/// A read of a platform page; the LAPIC page of a disabled (or x2APIC-mode) APIC reads all
+/// ones, like absent memory.
+fn mmio_read(st: &mut HookState, gpa: u64, size: u8) -> u64 {
+    match st.machine.as_mut() {
+        Some(m) if m.platform.claims_mmio(gpa) => m.platform.mmio_read(gpa, size),
+        _ => recorder::devices::mask(size),
+    }
+}

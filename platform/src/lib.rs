@@ -1,0 +1,513 @@
+//! The PC platform, as pure state machines on virtual time ([`clock`]): the same guest sees
+//! the same device behaviour, and raises the same interrupts at the same instruction, on
+//! every run. Two halves, split where KVM splits them, so that a guest sees the same machine
+//! and the recorder the same exits on both backends:
+//!
+//! - [`Platform`]: what KVM's in-kernel irqchip and PIT provide (KVM_CREATE_IRQCHIP,
+//!   KVM_CREATE_PIT2): local APIC, I/O APIC, the two 8259 PICs, the 8254 PIT with port 0x61,
+//!   and the TSC. The emu backend runs it inside mmurr-emu; on kvm the kernel has it.
+//! - [`Chipset`]: what a KVM guest's port accesses exit to userspace for: CMOS/RTC, PCI
+//!   configuration mechanism #1 with an i440FX host bridge, the reset paths. The recorder's
+//!   devices run it for both backends.
+//!
+//! Interrupt routing is KVM's default GSI routing (`kvm_setup_default_irq_routing`): GSI 0–15
+//! go to the PIC input of the same number and to the IOAPIC pin of the same number; GSI 16–23
+//! to the IOAPIC only. The PIT drives GSI 0.
+//!
+//! Crates considered first: `vm-superio` provides the i8042 used by [`reset`] (its serial
+//! UART stays the recorder's own, which both backends share); crates.io has 8259/APIC
+//! *drivers* for guest kernels (`pic8259`, `x2apic`, `complete-pic`) but no device models of
+//! the PIC, PIT, LAPIC or IOAPIC, hence the modules here.
+
+pub mod clock;
+pub mod ioapic;
+pub mod lapic;
+pub mod pci;
+pub mod pic;
+pub mod pit;
+pub mod reset;
+pub mod rtc;
+
+pub use clock::Clock;
+pub use reset::ResetCause;
+
+/// What CPUID offers the guest, which decides the APIC features it may use.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Features {
+    pub x2apic: bool,
+    pub tsc_deadline: bool,
+}
+
+pub const MSR_TSC: u32 = 0x10;
+
+/// The platform: every device, the clock, and the interrupt lines between them.
+#[derive(Debug)]
+pub struct Platform {
+    pub clock: Clock,
+    pub lapic: lapic::Lapic,
+    pub ioapic: ioapic::IoApic,
+    pub pics: pic::Pics,
+    pub pit: pit::Pit,
+    /// Added to the virtual TSC by WRMSR IA32_TSC.
+    tsc_offset: u64,
+}
+
+impl Platform {
+    pub fn new(features: Features) -> Platform {
+        let mut lapic = lapic::Lapic::default();
+        lapic.x2apic_supported = features.x2apic;
+        lapic.tsc_deadline_supported = features.tsc_deadline;
+        Platform {
+            clock: Clock::default(),
+            lapic,
+            ioapic: ioapic::IoApic::default(),
+            pics: pic::Pics::default(),
+            pit: pit::Pit::default(),
+            tsc_offset: 0,
+        }
+    }
+
+    fn now(&self) -> u64 {
+        self.clock.now_ns()
+    }
+
+    /// Whether a port access is the platform's (KVM's in-kernel PIC, ELCR, PIT and port 0x61).
+    pub fn claims_port(port: u16) -> bool {
+        pic::Pics::claims(port) || pit::Pit::claims(port)
+    }
+
+    /// A port read; each byte of a wider access comes from consecutive ports.
+    pub fn io_read(&mut self, port: u16, size: u8) -> u32 {
+        let now = self.now();
+        (0..size.min(4) as u16)
+            .map(|i| {
+                let p = port.wrapping_add(i);
+                let b = if pic::Pics::claims(p) {
+                    self.pics.read(p)
+                } else if pit::Pit::claims(p) {
+                    self.pit.read(p, now)
+                } else {
+                    0xff
+                };
+                (b as u32) << (8 * i)
+            })
+            .fold(0, |a, b| a | b)
+    }
+
+    pub fn io_write(&mut self, port: u16, size: u8, data: u32) {
+        let now = self.now();
+        for i in 0..size.min(4) as u16 {
+            let p = port.wrapping_add(i);
+            let b = (data >> (8 * i)) as u8;
+            if pic::Pics::claims(p) {
+                self.pics.write(p, b);
+            } else if pit::Pit::claims(p) {
+                self.pit.write(p, b, now);
+            }
+        }
+        self.update();
+    }
+
+    /// Whether guest-physical `gpa` is a platform register page (the LAPIC page only while
+    /// the APIC is in xAPIC mode).
+    pub fn claims_mmio(&self, gpa: u64) -> bool {
+        ioapic::IoApic::claims(gpa)
+            || (self.lapic.mmio_enabled() && (lapic::BASE..lapic::BASE + 0x1000).contains(&gpa))
+    }
+
+    /// An MMIO read (registers are 32 bits wide at 16-byte strides; narrower reads see part
+    /// of the register, other offsets read 0).
+    pub fn mmio_read(&mut self, gpa: u64, size: u8) -> u64 {
+        let (reg, shift) = (gpa & !3, (gpa & 3) * 8);
+        let v = if ioapic::IoApic::claims(gpa) {
+            self.ioapic.read(reg - ioapic::IoApic::BASE_OF)
+        } else {
+            self.lapic
+                .read((reg - lapic::BASE) as u32 & 0xff0, self.now())
+        };
+        let v = (v as u64) >> shift;
+        if size >= 8 {
+            v
+        } else {
+            v & ((1u64 << (8 * size)) - 1)
+        }
+    }
+
+    pub fn mmio_write(&mut self, gpa: u64, _size: u8, data: u64) {
+        let (reg, shift) = (gpa & !3, (gpa & 3) * 8);
+        let v = (data << shift) as u32;
+        if ioapic::IoApic::claims(gpa) {
+            let msgs = self.ioapic.write(reg - ioapic::IoApic::BASE_OF, v);
+            self.deliver_messages(msgs);
+        } else {
+            let now = self.now();
+            let effect = self.lapic.write((reg - lapic::BASE) as u32 & 0xff0, v, now);
+            self.apply(effect);
+        }
+        self.update();
+    }
+
+    fn apply(&mut self, effect: lapic::Effect) {
+        if let lapic::Effect::EoiBroadcast(v) = effect {
+            let msgs = self.ioapic.eoi(v);
+            self.deliver_messages(msgs);
+        }
+    }
+
+    fn deliver_messages(&mut self, msgs: impl IntoIterator<Item = ioapic::Message>) {
+        for m in msgs {
+            self.deliver(m);
+        }
+    }
+
+    /// An IOAPIC message to the one local APIC: fixed and lowest-priority messages that
+    /// address it are accepted; others (SMI, NMI, INIT, ExtINT through the IOAPIC) are not
+    /// modelled and dropped.
+    fn deliver(&mut self, m: ioapic::Message) {
+        let ldr = self.lapic.read(0xd0, 0);
+        let id = self.lapic.read(0x20, 0);
+        let id = if self.lapic.x2apic_mode() {
+            id
+        } else {
+            id >> 24
+        };
+        let ours = if m.logical {
+            if self.lapic.x2apic_mode() {
+                ldr & m.dest as u32 != 0
+            } else {
+                (ldr >> 24) & m.dest as u32 != 0
+            }
+        } else {
+            m.dest == 0xff || m.dest as u32 == id
+        };
+        if ours && m.mode <= 1 {
+            self.lapic.accept(m.vector, m.level);
+        }
+    }
+
+    /// Drives interrupt line `gsi` (a device's IRQ): the PIC input and the IOAPIC pin.
+    pub fn set_irq(&mut self, gsi: u32, level: bool) {
+        if gsi < 16 {
+            self.pics.set_irq(gsi as u8, level);
+        }
+        if let Some(m) = self.ioapic.set_irq(gsi as usize, level) {
+            self.deliver(m);
+        }
+    }
+
+    /// `n` instructions retired: time moves on and the timers fire.
+    pub fn retire(&mut self, n: u64) {
+        self.clock.retire(n);
+        self.update();
+    }
+
+    /// Fires what is due: the PIT's IRQ 0 edge and the LAPIC timer.
+    pub fn update(&mut self) {
+        let now = self.now();
+        if self.pit.irq0_due(now) {
+            self.set_irq(0, true);
+            self.set_irq(0, false);
+        }
+        self.lapic.update_timer(now);
+    }
+
+    /// Whether an external interrupt waits for the CPU (it takes it when RFLAGS.IF allows).
+    pub fn interrupt_pending(&self) -> bool {
+        self.lapic.pending().is_some() || (self.lapic.accepts_pic() && self.pics.intr())
+    }
+
+    /// The CPU takes the interrupt: the vector, from the LAPIC first, else the PIC's INTA.
+    pub fn acknowledge(&mut self) -> Option<u8> {
+        if let Some(v) = self.lapic.acknowledge() {
+            return Some(v);
+        }
+        if self.lapic.accepts_pic() && self.pics.intr() {
+            return Some(self.pics.acknowledge());
+        }
+        None
+    }
+
+    /// The next moment a timer fires (virtual ns).
+    pub fn next_deadline(&self) -> Option<u64> {
+        match (self.pit.next_deadline(), self.lapic.next_deadline()) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
+    }
+
+    /// A halted CPU waits: time skips to the next timer, which fires. False when nothing can
+    /// wake the CPU (no timer armed and no interrupt pending).
+    pub fn wait_for_interrupt(&mut self) -> bool {
+        while !self.interrupt_pending() {
+            let Some(t) = self.next_deadline() else {
+                return false;
+            };
+            self.clock.skip_to(t);
+            self.update();
+            // A masked timer fires into nothing; a periodic one keeps re-arming, so give up
+            // once the deadline no longer moves forward.
+            if !self.interrupt_pending() && self.next_deadline() == Some(t) {
+                return false;
+            }
+            if !self.interrupt_pending() && self.masked_timers_only() {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Every armed timer would fire into a masked input: waiting would never end.
+    fn masked_timers_only(&self) -> bool {
+        let lapic_timer_live = self.lapic.next_deadline().is_some()
+            && self.lapic.read(0x320, 0) & (1 << 16) == 0
+            && self.lapic.read(0xf0, 0) & (1 << 8) != 0;
+        let pit_live = self.pit.next_deadline().is_some();
+        !lapic_timer_live && !pit_live
+    }
+
+    /// The time-stamp counter the guest reads (RDTSC, RDTSCP, RDMSR IA32_TSC).
+    pub fn tsc(&self) -> u64 {
+        self.clock.tsc().wrapping_add(self.tsc_offset)
+    }
+
+    /// The MSRs the platform owns: `None` when `msr` is not one of them; `Some(None)`: #GP.
+    pub fn msr_read(&self, msr: u32) -> Option<Option<u64>> {
+        let now = self.now();
+        Some(match msr {
+            MSR_TSC => Some(self.tsc()),
+            lapic::MSR_APIC_BASE => Some(self.lapic.apic_base()),
+            lapic::MSR_TSC_DEADLINE if self.lapic.tsc_deadline_supported => {
+                Some(self.lapic.tsc_deadline())
+            }
+            0x800..=0x8ff if self.lapic.x2apic_supported => self.lapic.x2apic_read(msr, now),
+            _ => return None,
+        })
+    }
+
+    /// WRMSR to a platform MSR: `None` when not one of them; `Some(false)`: #GP.
+    pub fn msr_write(&mut self, msr: u32, v: u64) -> Option<bool> {
+        let now = self.now();
+        let ok = match msr {
+            MSR_TSC => {
+                self.tsc_offset = v.wrapping_sub(self.clock.tsc());
+                true
+            }
+            lapic::MSR_APIC_BASE => self.lapic.set_apic_base(v).is_ok(),
+            lapic::MSR_TSC_DEADLINE if self.lapic.tsc_deadline_supported => {
+                // The deadline is in guest TSC; the LAPIC compares against the virtual clock.
+                self.lapic
+                    .set_tsc_deadline(v.wrapping_sub(self.tsc_offset).max(u64::from(v != 0)));
+                true
+            }
+            0x800..=0x8ff if self.lapic.x2apic_supported => {
+                match self.lapic.x2apic_write(msr, v, now) {
+                    Ok(e) => {
+                        self.apply(e);
+                        true
+                    }
+                    Err(lapic::Gp) => false,
+                }
+            }
+            _ => return None,
+        };
+        self.update();
+        Some(ok)
+    }
+}
+
+/// The chipset devices whose port accesses leave KVM for userspace.
+#[derive(Debug)]
+pub struct Chipset {
+    pub rtc: rtc::Rtc,
+    pub pci: pci::PciHost,
+    pub reset: reset::Reset,
+}
+
+impl Chipset {
+    /// For a machine with `ram_size` bytes of RAM (the CMOS memory-size bytes).
+    pub fn new(ram_size: u64) -> Chipset {
+        Chipset {
+            rtc: rtc::Rtc::new(ram_size),
+            pci: pci::PciHost::default(),
+            reset: reset::Reset::default(),
+        }
+    }
+
+    pub fn claims(port: u16, size: u8) -> bool {
+        rtc::Rtc::claims(port)
+            || pci::PciHost::claims(port, size)
+            || reset::Reset::claims(port, size)
+    }
+
+    /// A port read at virtual time `now_ns` (the RTC's clock).
+    pub fn io_read(&mut self, port: u16, size: u8, now_ns: u64) -> u32 {
+        if pci::PciHost::claims(port, size) {
+            return self.pci.read(port, size);
+        }
+        (0..size.min(4) as u16)
+            .map(|i| {
+                let p = port.wrapping_add(i);
+                let b = if rtc::Rtc::claims(p) {
+                    self.rtc.read(p, now_ns)
+                } else if reset::Reset::claims(p, 1) {
+                    self.reset.read(p)
+                } else {
+                    0xff
+                };
+                (b as u32) << (8 * i)
+            })
+            .fold(0, |a, b| a | b)
+    }
+
+    pub fn io_write(&mut self, port: u16, size: u8, data: u32, now_ns: u64) {
+        if pci::PciHost::claims(port, size) {
+            self.pci.write(port, size, data);
+            return;
+        }
+        for i in 0..size.min(4) as u16 {
+            let p = port.wrapping_add(i);
+            let b = (data >> (8 * i)) as u8;
+            if rtc::Rtc::claims(p) {
+                self.rtc.write(p, b, now_ns);
+            } else if reset::Reset::claims(p, 1) {
+                self.reset.write(p, b);
+            }
+        }
+    }
+
+    /// The reset the guest asked for, once.
+    pub fn take_reset(&mut self) -> Option<ResetCause> {
+        self.reset.take()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn platform() -> Platform {
+        Platform::new(Features::default())
+    }
+
+    #[test]
+    fn pit_irq0_reaches_the_cpu_through_the_pic_and_lint0() {
+        let mut p = platform();
+        for (port, v) in [
+            (0x20, 0x11),
+            (0x21, 0x20),
+            (0x21, 4),
+            (0x21, 1),
+            (0x21, 0xfe),
+        ] {
+            p.io_write(port, 1, v);
+        }
+        p.io_write(0x43, 1, 0x34);
+        p.io_write(0x40, 1, 100);
+        p.io_write(0x40, 1, 0);
+        assert!(!p.interrupt_pending());
+        p.retire(20_000 / 8);
+        assert!(!p.interrupt_pending());
+        p.retire(100_000 / 8);
+        assert!(p.interrupt_pending());
+        assert_eq!(p.acknowledge(), Some(0x20));
+        assert!(!p.interrupt_pending());
+        // Masking LINT0 cuts the PIC off.
+        p.io_write(0x20, 1, 0x20);
+        p.mmio_write(0xfee0_0350, 4, 0x10700);
+        p.retire(200_000 / 8);
+        assert!(!p.interrupt_pending());
+    }
+
+    #[test]
+    fn pit_irq0_through_the_ioapic_pin0() {
+        let mut p = platform();
+        p.mmio_write(0xfee0_00f0, 4, 0x1ff);
+        p.mmio_write(0xfee0_0350, 4, 0x10700); // PIC off
+        p.mmio_write(0xfec0_0000, 4, 0x10);
+        p.mmio_write(0xfec0_0010, 4, 0x31);
+        p.io_write(0x43, 1, 0x34);
+        p.io_write(0x40, 1, 0xe8);
+        p.io_write(0x40, 1, 0x03);
+        assert!(p.wait_for_interrupt());
+        assert_eq!(p.clock.now_ns(), clock::ticks_to_ns(1000, clock::PIT_HZ));
+        assert_eq!(p.acknowledge(), Some(0x31));
+        assert_eq!(p.mmio_read(0xfee0_0100 + 0x10, 4), 1 << 17);
+        p.mmio_write(0xfee0_00b0, 4, 0);
+        assert_eq!(p.mmio_read(0xfee0_0110, 4), 0);
+    }
+
+    #[test]
+    fn halting_with_nothing_armed_never_wakes() {
+        let mut p = platform();
+        assert!(!p.wait_for_interrupt());
+        // A masked LAPIC timer does not wake the CPU either.
+        p.mmio_write(0xfee0_00f0, 4, 0x1ff);
+        p.mmio_write(0xfee0_0320, 4, 0x30040);
+        p.mmio_write(0xfee0_0380, 4, 1000);
+        assert!(!p.wait_for_interrupt());
+    }
+
+    #[test]
+    fn lapic_timer_wakes_a_halted_cpu_at_its_deadline() {
+        let mut p = platform();
+        p.mmio_write(0xfee0_00f0, 4, 0x1ff);
+        p.mmio_write(0xfee0_03e0, 4, 0xb);
+        p.mmio_write(0xfee0_0320, 4, 0x40);
+        p.retire(10);
+        p.mmio_write(0xfee0_0380, 4, 5000);
+        assert!(p.wait_for_interrupt());
+        assert_eq!(p.clock.now_ns(), 80 + 5000);
+        assert_eq!(p.acknowledge(), Some(0x40));
+    }
+
+    #[test]
+    fn ports_and_msrs_claimed() {
+        let mut p = platform();
+        assert!(Platform::claims_port(0x61));
+        assert!(Platform::claims_port(0x4d1));
+        assert!(!Platform::claims_port(0xcf8));
+        assert!(!Platform::claims_port(0x3f8));
+        assert!(!Platform::claims_port(0x70));
+        assert!(p.claims_mmio(0xfee0_0020));
+        assert!(p.claims_mmio(0xfec0_0010));
+        assert_eq!(p.mmio_read(0xfee0_0030, 4), 0x50014);
+        assert_eq!(p.mmio_read(0xfee0_0032, 2), 0x5);
+        assert_eq!(p.msr_read(0x1b), Some(Some(0xfee0_0900)));
+        assert_eq!(p.msr_read(0x6e0), None);
+        assert_eq!(p.msr_read(0x802), None);
+        p.retire(125);
+        assert_eq!(p.tsc(), 1000);
+        assert_eq!(p.msr_write(MSR_TSC, 5000), Some(true));
+        assert_eq!(p.msr_read(MSR_TSC), Some(Some(5000)));
+        // Disabling the APIC unmaps its page and lets the PIC through.
+        assert_eq!(p.msr_write(0x1b, 0xfee0_0100), Some(true));
+        assert!(!p.claims_mmio(0xfee0_0020));
+        assert!(p.lapic.accepts_pic());
+        // A 16-bit PIC access covers both ports.
+        p.io_write(0x20, 1, 0x11);
+        p.io_write(0x21, 1, 0x08);
+        p.io_write(0x21, 1, 0x04);
+        p.io_write(0x21, 1, 0x01);
+        p.io_write(0x21, 1, 0x5a);
+        assert_eq!(p.io_read(0x20, 2) >> 8, 0x5a);
+    }
+
+    #[test]
+    fn chipset_ports() {
+        let mut c = Chipset::new(64 << 20);
+        assert!(Chipset::claims(0xcf8, 4) && Chipset::claims(0xcfd, 1));
+        assert!(Chipset::claims(0x71, 1) && Chipset::claims(0x64, 1));
+        assert!(!Chipset::claims(0xcf8, 1) && !Chipset::claims(0x61, 1));
+        c.io_write(0xcf8, 4, 0x8000_0000, 0);
+        assert_eq!(c.io_read(0xcfc, 4, 0), 0x1237_8086);
+        c.io_write(0x70, 1, 0x0d, 0);
+        assert_eq!(c.io_read(0x71, 1, 0), 0x80);
+        c.io_write(0x64, 1, 0xfe, 0);
+        assert_eq!(c.take_reset(), Some(ResetCause::KeyboardController));
+        c.io_write(0xcf9, 1, 0x06, 0);
+        assert_eq!(
+            c.take_reset(),
+            Some(ResetCause::ResetControl { hard: true })
+        );
+    }
+}

@@ -1,0 +1,291 @@
+//! Real guests from Debian packages (scripts/corpus.sh fetches them into a cache outside the
+//! repository): the linux-image-cloud-amd64 kernel with a busybox initramfs, and SeaBIOS.
+//! Each is recorded as a user would, asserting what a user checks: the console output so far,
+//! the CR/EFER writes and paging-mode transitions this guest makes, `check --policy v6.14`,
+//! the self-check, and `verify`. Recording is bounded by --max-steps (README: how far each
+//! gets).
+//!
+//! Without the corpus these tests print SKIP; with MMURR_REQUIRE_CORPUS=1 (scripts/test.sh
+//! sets it after fetching) they fail instead.
+
+mod common;
+
+use common::{mmurr, text};
+use recorder::require_kvm;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+use std::process::Output;
+
+/// The corpus directory with `files` in it, or `None` after a SKIP line.
+fn corpus(files: &[&str]) -> Option<PathBuf> {
+    let dir = std::env::var_os("MMURR_CORPUS")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let cache = std::env::var_os("XDG_CACHE_HOME")
+                .map(PathBuf::from)
+                .or_else(|| std::env::var_os("HOME").map(|h| Path::new(&h).join(".cache")))?;
+            Some(cache.join("mmurr").join("corpus"))
+        })?;
+    let missing: Vec<&&str> = files.iter().filter(|f| !dir.join(f).is_file()).collect();
+    if missing.is_empty() {
+        return Some(dir);
+    }
+    let why = format!(
+        "the corpus has no {missing:?} in {} (run scripts/corpus.sh)",
+        dir.display()
+    );
+    if std::env::var_os("MMURR_REQUIRE_CORPUS").is_some_and(|v| v == "1") {
+        panic!("MMURR_REQUIRE_CORPUS=1 but {why}");
+    }
+    eprintln!("SKIP: {why}");
+    None
+}
+
+const LINUX_APPEND: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr";
+
+fn record_linux(c: &Path, dir: &Path, backend: &str, steps: u64, out: &str) -> Output {
+    let kernel = c.join("vmlinuz");
+    let initrd = c.join("initramfs.cpio.gz");
+    let steps = steps.to_string();
+    mmurr(
+        &[
+            "record",
+            "--backend",
+            backend,
+            "-q",
+            "--kernel",
+            kernel.to_str().unwrap(),
+            "--initrd",
+            initrd.to_str().unwrap(),
+            "--append",
+            LINUX_APPEND,
+            "--memory",
+            "256",
+            "--max-steps",
+            &steps,
+            "--serial-log",
+            &format!("{out}.serial"),
+            "-o",
+            out,
+        ],
+        dir,
+    )
+}
+
+/// The trace's CR/EFER writes and transitions, as `export` gives them.
+fn mode_events(dir: &Path, trace: &str) -> Vec<Value> {
+    let out = mmurr(&["export", trace], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    text(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .filter(|e| {
+            matches!(
+                e["kind"].as_str(),
+                Some("cr0" | "cr3" | "cr4" | "efer" | "transition")
+            )
+        })
+        .collect()
+}
+
+fn hex(v: &Value) -> u64 {
+    u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap()
+}
+
+/// Index of the first event at or after `from` that `pred` accepts, or a panic naming `what`.
+fn find(events: &[Value], from: usize, what: &str, pred: impl Fn(&Value) -> bool) -> usize {
+    events[from..]
+        .iter()
+        .position(pred)
+        .map(|i| from + i)
+        .unwrap_or_else(|| panic!("no {what} after event {from}: {events:#?}"))
+}
+
+/// startup_32 of the compressed kernel (arch/x86/boot/compressed/head_64.S): CR4.PAE, a CR3
+/// load, EFER.LME, then CR0.PG (with PE) into 4-level paging — in that order.
+fn assert_linux_enters_long_mode(events: &[Value]) -> usize {
+    let pae = find(events, 0, "CR4.PAE set", |e| {
+        e["kind"] == "cr4" && hex(&e["new"]) & 0x20 != 0 && hex(&e["old"]) & 0x20 == 0
+    });
+    let cr3 = find(events, pae, "CR3 load", |e| e["kind"] == "cr3");
+    let lme = find(events, cr3, "EFER.LME set", |e| {
+        e["kind"] == "efer" && hex(&e["new"]) & 0x100 != 0
+    });
+    let pg = find(events, lme, "CR0.PG set", |e| {
+        e["kind"] == "cr0" && hex(&e["new"]) & 0x8000_0001 == 0x8000_0001
+    });
+    assert_eq!(events[pg + 1]["kind"], "transition", "{events:#?}");
+    assert_eq!(events[pg + 1]["from"], "unpaged");
+    assert_eq!(events[pg + 1]["to"], "4-level");
+    for e in events {
+        assert!(!e["faulted"].as_bool().unwrap_or(false), "{e}");
+    }
+    pg + 1
+}
+
+fn info(dir: &Path, trace: &str) -> Value {
+    let out = mmurr(&["info", "--json", trace], dir);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+fn assert_checks_and_self_checks(dir: &Path, trace: &str) {
+    let check = mmurr(&["check", "--policy", "v6.14", trace], dir);
+    assert_eq!(
+        check.status.code(),
+        Some(0),
+        "{}{}",
+        text(&check.stdout),
+        text(&check.stderr)
+    );
+    let i = info(dir, trace);
+    assert_eq!(
+        i["end"]["self_check_failures"],
+        serde_json::json!([]),
+        "{i}"
+    );
+}
+
+fn assert_verifies(dir: &Path, trace: &str) {
+    let v = mmurr(&["verify", "--backend", "emu", trace], dir);
+    let out = text(&v.stdout) + &text(&v.stderr);
+    assert!(v.status.success(), "{out}");
+    assert!(out.contains("reproduced"), "{out}");
+}
+
+/// The Debian kernel on emu, through the boot protocol's 32-bit entry into long mode: the
+/// first 40 000 steps hold every mode switch of the decompressor's start-up (on emu's CPU,
+/// which offers LA57, it then goes through paging off into 5-level paging) and end inside the
+/// `rep movsq` that moves the kernel, which `verify` must reproduce up to the same iteration.
+#[test]
+fn linux_enters_long_mode_on_emu_and_the_trace_verifies() {
+    let Some(c) = corpus(&["vmlinuz", "initramfs.cpio.gz"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = record_linux(&c, dir.path(), "emu", 40_000, "linux.mmurr");
+    // The step budget ends it: exit code 12.
+    assert_eq!(out.status.code(), Some(12), "{}", text(&out.stderr));
+    let events = mode_events(dir.path(), "linux.mmurr");
+    let long = assert_linux_enters_long_mode(&events);
+    // Then into 5-level paging through the 32-bit trampoline (head_64.S,
+    // trampoline_32bit_src): paging off, CR4.LA57 set, paging on.
+    let off = find(&events, long, "paging turned off", |e| {
+        e["kind"] == "transition" && e["to"] == "unpaged"
+    });
+    let la57 = find(&events, off, "CR4.LA57 set", |e| {
+        e["kind"] == "cr4" && hex(&e["new"]) & (1 << 12) != 0
+    });
+    find(&events, la57, "5-level paging", |e| {
+        e["kind"] == "transition" && e["to"] == "5-level"
+    });
+    assert_checks_and_self_checks(dir.path(), "linux.mmurr");
+    assert_verifies(dir.path(), "linux.mmurr");
+}
+
+/// Far enough into the decompressor that it speaks on the serial console.
+#[test]
+fn linux_speaks_on_the_serial_console_on_emu() {
+    let Some(c) = corpus(&["vmlinuz", "initramfs.cpio.gz"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = record_linux(&c, dir.path(), "emu", 2_600_000, "linux.mmurr");
+    assert_eq!(out.status.code(), Some(12), "{}", text(&out.stderr));
+    let serial = std::fs::read_to_string(dir.path().join("linux.mmurr.serial")).unwrap();
+    // arch/x86/boot/compressed/kaslr.c, with `nokaslr` on the command line.
+    assert!(
+        serial.contains("KASLR disabled: 'nokaslr' on cmdline."),
+        "{serial:?}"
+    );
+    assert_linux_enters_long_mode(&mode_events(dir.path(), "linux.mmurr"));
+    assert_checks_and_self_checks(dir.path(), "linux.mmurr");
+}
+
+/// The same kernel and boot parameters on kvm: this host runs protected mode and the switch
+/// into long mode, so it records the same start-up (without LA57, which this host's CPUID
+/// does not offer).
+#[test]
+fn linux_enters_long_mode_on_kvm() {
+    require_kvm!();
+    let Some(c) = corpus(&["vmlinuz", "initramfs.cpio.gz"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = record_linux(&c, dir.path(), "kvm", 30_000, "linux.mmurr");
+    assert_eq!(out.status.code(), Some(12), "{}", text(&out.stderr));
+    assert_linux_enters_long_mode(&mode_events(dir.path(), "linux.mmurr"));
+    assert_checks_and_self_checks(dir.path(), "linux.mmurr");
+}
+
+fn record_seabios(c: &Path, dir: &Path, backend: &str) -> Output {
+    let rom = c.join("bios.bin");
+    mmurr(
+        &[
+            "record",
+            "--backend",
+            backend,
+            "-q",
+            "--firmware",
+            rom.to_str().unwrap(),
+            "--max-steps",
+            "2000000",
+            "--serial-log",
+            "bios.log",
+            "-o",
+            "bios.mmurr",
+        ],
+        dir,
+    )
+}
+
+/// SeaBIOS from its reset vector: real mode into 32-bit protected mode and back (it calls
+/// 16-bit code from its 32-bit POST), its banner and POST log on the debug port 0x402, fw_cfg
+/// found, the PCI bus probed.
+#[test]
+fn seabios_posts_on_emu_and_the_trace_verifies() {
+    let Some(c) = corpus(&["bios.bin"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = record_seabios(&c, dir.path(), "emu");
+    let log = std::fs::read_to_string(dir.path().join("bios.log")).unwrap_or_default();
+    assert!(
+        log.starts_with("SeaBIOS (version 1.16.2-debian-1.16.2-1)\n"),
+        "{log:?}\n{}",
+        text(&out.stderr)
+    );
+    assert!(log.contains("Found QEMU fw_cfg\n"), "{log:?}");
+    let events = mode_events(dir.path(), "bios.mmurr");
+    let pe = find(&events, 0, "CR0.PE set", |e| {
+        e["kind"] == "cr0" && hex(&e["new"]) & 1 == 1 && hex(&e["old"]) & 1 == 0
+    });
+    assert_eq!(events[pe + 1]["from"], "real", "{events:#?}");
+    assert_eq!(events[pe + 1]["to"], "unpaged", "{events:#?}");
+    let back = find(&events, pe, "CR0.PE cleared", |e| {
+        e["kind"] == "transition" && e["from"] == "unpaged" && e["to"] == "real"
+    });
+    find(&events, back, "CR0.PE set again", |e| {
+        e["kind"] == "transition" && e["from"] == "real" && e["to"] == "unpaged"
+    });
+    assert!(log.contains("=== PCI bus & bridge init ===\n"), "{log:?}");
+    assert_checks_and_self_checks(dir.path(), "bios.mmurr");
+    assert_verifies(dir.path(), "bios.mmurr");
+}
+
+/// The kvm backend maps guest RAM only, so it refuses the ROM below 4 GiB, saying so.
+#[test]
+fn seabios_on_kvm_is_refused_with_the_reason() {
+    require_kvm!();
+    let Some(c) = corpus(&["bios.bin"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = record_seabios(&c, dir.path(), "kvm");
+    let err = text(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("maps guest RAM only") && err.contains("--backend emu"),
+        "{err}"
+    );
+}

@@ -77,6 +77,7 @@ pub use paging::mode::{efer_after_cr0_write, lma_after_cr0_write, PagingMode};
 pub use paging::pdpte::{load_pdptrs, pdpt_address};
 pub use paging::perm::{Access, AccessRequest, EffectiveRights, PermInputs};
 pub use paging::rsvd::{RsvdInputs, TableFormat};
+pub use paging::tables::structure_pages;
 pub use paging::transition::{
     apply_write, apply_write_with, check_write, check_write_with, CrReg, WriteContext,
 };

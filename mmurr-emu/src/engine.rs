@@ -24,6 +24,10 @@ use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Pro
 use unicorn_engine::{RegisterX86, Unicorn};
 
 mod machine;
+// --- runs (many instructions per emu_start): see engine/run.rs ---
+mod run;
+pub use run::needs_step;
+// --- end runs ---
 
 pub const MSR_EFER: u32 = 0xC000_0080;
 const MSR_KERNEL_GS_BASE: u32 = 0xC000_0102;
@@ -48,6 +52,8 @@ pub struct HookState {
     pub mmio_write: Option<(u64, u8, u64)>,
     pub unmapped: Option<(MemType, u64, usize)>,
     pub ram: Vec<(u64, u64)>,
+    /// Runs: the block cache, dirty pages and undo log (engine/run.rs).
+    pub run: run::RunHooks,
     /// The PC platform (set by `load`), reached by the port and MMIO hooks.
     pub machine: Option<machine::Machine>,
 }
@@ -200,6 +206,9 @@ impl EmuBackend {
             true
         })
         .map_err(|e| engine_err("hook", e))?;
+        // Runs: the block hook does nothing outside a run (engine/run.rs).
+        uc.add_block_hook(1, 0, run::on_block)
+            .map_err(|e| engine_err("hook", e))?;
         uc.add_mem_hook(HookType::MEM_UNMAPPED, 1, 0, |uc, ty, addr, size, _v| {
             let st = uc.get_data_mut();
             if st.unmapped.is_none() {
@@ -1147,9 +1156,9 @@ fn unsafe_version() -> u32 {
 /// after the TLB lookup, with the entry's physical page; a store that crosses a page boundary
 /// is split into separate stores), so no translation is needed.
 fn record_write(uc: &mut Unicorn<'_, HookState>, paddr: u64, size: u64) {
-    let st = uc.get_data_mut();
-    if in_ram(&st.ram, paddr, size) {
-        st.writes.push((paddr, size));
+    // Runs mark pages dirty instead of listing writes (engine/run.rs).
+    if in_ram(&uc.get_data().ram, paddr, size) && run::on_write(uc, paddr, size) {
+        uc.get_data_mut().writes.push((paddr, size));
     }
 }
 
@@ -1296,6 +1305,8 @@ impl Backend for EmuBackend {
             // uc_mem_write does not invalidate translated code: a host write over guest code
             // (a debugger's breakpoint, a patched instruction) must not run stale blocks.
             let _ = self.uc.ctl_flush_tb();
+            // Runs: nor decoded blocks (engine/run.rs).
+            self.uc.get_data_mut().run.host_wrote();
         }
         ok
     }
@@ -1412,6 +1423,11 @@ impl Backend for EmuBackend {
         Ok(StepResult { exit, written })
     }
 
+    // --- runs: engine/run.rs ---
+    fn run(&mut self, max: u64) -> Option<Result<recorder::RunResult, BackendError>> {
+        Some(self.run_instructions(max))
+    }
+    // --- end runs ---
     fn set_irq_line(&mut self, gsi: u32, level: bool) -> Result<(), BackendError> {
         self.platform_irq_line(gsi, level);
         Ok(())

@@ -127,6 +127,14 @@ pub struct StepResult {
     pub written: Written,
 }
 
+/// What one [`Backend::run`] did: `count` instructions retired (possibly none) with nothing
+/// among them that the recorder must see one by one, and the memory they wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunResult {
+    pub count: u64,
+    pub written: Written,
+}
+
 /// A vCPU with its guest memory that can execute one instruction at a time.
 pub trait Backend {
     /// What engine and host this is, for the trace header.
@@ -170,6 +178,16 @@ pub trait Backend {
     /// so the next call starts empty. `None` (the default; KVM, which delivers inside the
     /// kernel): the backend cannot tell, and the recorder infers deliveries from the state.
     fn take_deliveries(&mut self) -> Option<Vec<Delivery>> {
+        None
+    }
+    /// Extension for engines that can run many instructions at once (the emu backend):
+    /// executes at most `max` instructions from the current state and stops *before* any that
+    /// could write a control register, EFER or XCR0, raise or deliver an exception or
+    /// interrupt, do I/O or MMIO, read a nondeterministic input, or otherwise need a step of
+    /// its own (the recorder then calls [`Backend::step`]). The written memory must be exact
+    /// (e.g. `DirtyPages` covering every page the instructions or the engine's page walker
+    /// changed). `None` (the default; KVM): the backend cannot.
+    fn run(&mut self, _max: u64) -> Option<Result<RunResult, BackendError>> {
         None
     }
     /// Drives interrupt line `gsi` of the machine's interrupt controllers to `level`: the

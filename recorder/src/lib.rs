@@ -22,7 +22,9 @@ mod stuck;
 pub mod test_support;
 mod tracer;
 
-pub use backend::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
+pub use backend::{
+    Backend, BackendError, Delivery, DeliveryKind, Exit, RunResult, StepResult, Written,
+};
 pub use control::{StepControl, StepVerdict, StepView};
 pub use cr_watch::{planned_write, PlannedWrite};
 pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};

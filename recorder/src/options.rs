@@ -44,6 +44,14 @@ pub struct RecordOptions {
     /// of what this machine's devices, time-stamp counter or RNG would give. Reaching an input
     /// the original does not have (or a different one) ends the run: it has diverged.
     pub replay_inputs: Option<Arc<traces::inputs::RecordedInputs>>,
+    /// Record in runs where the backend can ([`crate::Backend::run`], the emu backend): many
+    /// instructions with nothing to record one by one become one `Run` record (format 3), at
+    /// emulator speed; every event stays an exact step. Off by default: the state *inside* a
+    /// run needs re-execution on `mmurr-emu` (`replayer::Reexecution`, from the entry state
+    /// today), which the gdb server and the TUI do not set up yet. A keyframe hashes all of
+    /// guest RAM (≈ 7 ms for 64 MiB), which dominates at run speed: pair runs with a larger
+    /// `keyframe_interval` (e.g. 1,000,000; seeks then cost records, not instructions).
+    pub runs: bool,
 }
 
 impl RecordOptions {
@@ -63,6 +71,7 @@ impl RecordOptions {
             interrupted: Arc::new(AtomicBool::new(false)),
             poll_limit: 10_000,
             replay_inputs: None,
+            runs: false,
         }
     }
 }

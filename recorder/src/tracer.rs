@@ -20,7 +20,7 @@ use std::sync::atomic::Ordering;
 use std::time::Instant;
 use traces::{
     EndReason, EndRecord, Event, EventKind, IoAccess, Keyframe, MemWrite, MmioAccess, Record,
-    RegId, Regs, StepRecord,
+    RegId, Regs, RunRecord, StepRecord,
 };
 
 use mmu::bits::{RFLAGS_DF, RFLAGS_IF};
@@ -58,6 +58,11 @@ pub struct Tracer<'a> {
     /// Ends the run when the guest makes no progress; off while a debugger drives the loop
     /// (the user there decides, and may change the state to leave the loop).
     stuck: Option<StuckWatch>,
+    /// Runs ([`RecordOptions::runs`]): whether the backend can run, and the instructions run
+    /// since the last progress (past [`stuck::STUCK_STEPS`] the guest is stepped, so that the
+    /// stuck watch judges it instruction by instruction).
+    runs_supported: bool,
+    quiet_run_steps: u64,
 }
 
 /// What the instruction about to run will do, decoded with the registers before it.
@@ -101,6 +106,8 @@ impl<'a> Tracer<'a> {
             step_writes: Vec::new(),
             step_transition: None,
             stuck: Some(StuckWatch::default()),
+            runs_supported: true,
+            quiet_run_steps: 0,
         })
     }
 
@@ -153,6 +160,8 @@ impl<'a> Tracer<'a> {
         if control.is_some() {
             self.stuck = None;
         }
+        // Runs advance the step count by many at once: tick when it crosses a multiple of 256.
+        let mut next_tick = 0u64;
         loop {
             if self.sink_error.is_some() {
                 return Stop {
@@ -175,7 +184,8 @@ impl<'a> Tracer<'a> {
                     ),
                 };
             }
-            if self.step & 255 == 0 {
+            if self.step >= next_tick {
+                next_tick = (self.step | 255) + 1;
                 let now = Instant::now();
                 if deadline.is_some_and(|d| now >= d) {
                     return Stop {
@@ -217,11 +227,102 @@ impl<'a> Tracer<'a> {
                     }
                 }
             }
+            if control.is_none() {
+                match self.run_once() {
+                    Ok(0) => {}
+                    // The loop re-checks its stop conditions before the next instruction.
+                    Ok(_) => continue,
+                    Err(stop) => return stop,
+                }
+            }
             if let Some(stop) = self.step_once() {
                 return stop;
             }
         }
     }
+
+    // --- runs (RecordOptions::runs; the backend's side is mmurr-emu's engine/run.rs) ---
+
+    /// Lets the backend run instructions that need no step of their own, up to the next
+    /// keyframe or the step budget, and records them as one [`RunRecord`]. Returns how many
+    /// retired (0: step the next instruction).
+    fn run_once(&mut self) -> Result<u64, Stop> {
+        // Pending findings want the addresses each instruction touches, and the engine check
+        // after a CR event looks at the next instruction's accesses: step those.
+        if !self.opts.runs
+            || !self.runs_supported
+            || self.mmu.wants_touches()
+            || self.engine_check_pending
+            || (self.stuck.is_some() && self.quiet_run_steps >= stuck::STUCK_STEPS)
+        {
+            return Ok(0);
+        }
+        let interval = self.opts.keyframe_interval.max(1);
+        let max =
+            (interval - self.step % interval).min(self.opts.max_steps.saturating_sub(self.step));
+        let ran = match self.backend.run(max) {
+            None => {
+                self.runs_supported = false;
+                return Ok(0);
+            }
+            Some(r) => r,
+        };
+        let no_plan = Plan {
+            insn: None,
+            accesses: Vec::new(),
+            writes: Vec::new(),
+            ad_entries: Vec::new(),
+        };
+        let ran = match ran {
+            Ok(r) if r.count > max => {
+                return Err(self.backend_failure(
+                    BackendError::Engine(format!(
+                        "the backend ran {} instructions when asked for at most {max}",
+                        r.count
+                    )),
+                    &no_plan,
+                ))
+            }
+            Ok(r) => r,
+            Err(e) => return Err(self.backend_failure(e, &no_plan)),
+        };
+        if ran.count == 0 {
+            return Ok(0);
+        }
+        let before = self.regs.clone();
+        let after = match self.backend.regs_full() {
+            Ok(r) => r,
+            Err(e) => return Err(self.backend_failure(e, &no_plan)),
+        };
+        let mem = self.memory_writes(&no_plan, &ran.written, false, &before, &after);
+        let wrote = !mem.is_empty();
+        let first = self.step + 1;
+        self.step += ran.count;
+        self.append(Record::Run(RunRecord {
+            first,
+            step: self.step,
+            rip: before.rip,
+            regs: delta(&before, &after),
+            mem,
+        }));
+        self.quiet_run_steps = if wrote {
+            0
+        } else {
+            self.quiet_run_steps.saturating_add(ran.count)
+        };
+        if wrote {
+            if let Some(watch) = self.stuck.as_mut() {
+                // Progress: the stuck watch starts afresh, as after a step that wrote.
+                let _ = watch.observe(&after, true);
+            }
+        }
+        self.regs = after;
+        if self.step.checked_rem(self.opts.keyframe_interval) == Some(0) {
+            self.keyframe(false);
+        }
+        Ok(ran.count)
+    }
+    // --- end runs ---
 
     fn plan(&mut self) -> Plan {
         let mem = BackendMemory(&*self.backend);
@@ -464,6 +565,9 @@ impl<'a> Tracer<'a> {
         }
         if let Some(watch) = self.stuck.as_mut().filter(|_| stop.is_none()) {
             let progress = wrote || self.next_event != events_before;
+            if progress {
+                self.quiet_run_steps = 0; // runs: see run_once
+            }
             stop = watch.observe(&after, progress).map(|s| Stop {
                 reason: EndReason::Stuck,
                 message: stuck::message(s, &before, plan.insn.as_ref()),

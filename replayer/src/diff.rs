@@ -13,6 +13,7 @@
 //! register writes and transitions, exceptions, port I/O) and leaves out what the machine
 //! model decided (MMU decisions), for traces of machines whose CPUID or MAXPHYADDR differ.
 
+use crate::memory::MemoryImage;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};
 use traces::{EventKind, Reader, Record, Regs, Step};
@@ -93,6 +94,11 @@ struct Instruction {
     /// Architectural instructions this stands for: 1, or more for a step that retired several
     /// (and for instructions merged to align with such a step).
     retired: u64,
+    /// A run (format 3) is part of this unit: its memory is compared as the bytes that
+    /// changed (a run stores only those; a step stores whole operands and entries).
+    has_run: bool,
+    /// The value before this unit of each byte in `writes`.
+    before: BTreeMap<u64, u8>,
 }
 
 impl Instruction {
@@ -103,6 +109,36 @@ impl Instruction {
         self.writes.extend(next.writes);
         self.events.extend(next.events);
         self.retired += next.retired;
+        self.has_run |= next.has_run;
+        for (addr, old) in next.before {
+            self.before.entry(addr).or_insert(old);
+        }
+    }
+
+    /// The bytes this unit left changed.
+    fn changed(&self) -> BTreeMap<u64, u8> {
+        self.writes
+            .iter()
+            .filter(|(a, v)| self.before.get(a) != Some(v))
+            .map(|(a, v)| (*a, *v))
+            .collect()
+    }
+
+    /// Takes in the bytes of one record's memory write; `memory` is the state before it.
+    fn record_writes(&mut self, memory: &mut MemoryImage, mem: &[traces::MemWrite]) {
+        for w in mem {
+            for (i, b) in w.data.iter().enumerate() {
+                let addr = w.gpa.wrapping_add(i as u64);
+                if !self.writes.contains_key(&addr) {
+                    let mut old = [0u8];
+                    if memory.read(addr, &mut old) {
+                        self.before.insert(addr, old[0]);
+                    }
+                }
+                self.writes.insert(addr, *b);
+            }
+            memory.write(w.gpa, &w.data);
+        }
     }
 }
 
@@ -137,12 +173,16 @@ struct Instructions<'a, R> {
     /// Steps that retired more than one instruction, and how many.
     retired: BTreeMap<Step, u64>,
     done: bool,
+    /// Memory as the records so far leave it: what a byte held before a unit wrote it.
+    memory: MemoryImage,
 }
 
 impl<'a, R: Read + Seek> Instructions<'a, R> {
     fn new(reader: &'a mut Reader<R>, compare: Compare) -> Instructions<'a, R> {
         let policies = reader.header().policies.clone();
         let regs = reader.header().guest.entry.clone();
+        let memory = MemoryImage::from_guest(&reader.header().guest)
+            .unwrap_or_else(|_| MemoryImage::zeroed(reader.header().guest.ram_size));
         Instructions {
             records: reader.records(),
             policies,
@@ -152,6 +192,7 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
             events: BTreeMap::new(),
             retired: BTreeMap::new(),
             done: false,
+            memory,
         }
     }
 
@@ -244,11 +285,7 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                     });
                     p.last_step = s.step;
                     p.after = Some(Visible::of(&self.regs));
-                    for w in &s.mem {
-                        for (i, b) in w.data.iter().enumerate() {
-                            p.writes.insert(w.gpa.wrapping_add(i as u64), *b);
-                        }
-                    }
+                    p.record_writes(&mut self.memory, &s.mem);
                     if let Some(f) = finished {
                         return Some(Ok(self.finish(f, false)));
                     }
@@ -261,7 +298,32 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                         self.events.entry(e.step).or_default().push(text);
                     }
                 }
-                Record::Keyframe(_) | Record::End(_) => {}
+                // A run (format 3) is one unit of `count` retired instructions, aligned with as
+                // many of the other trace's. Its writes are the bytes that differ after it.
+                Record::Run(r) => {
+                    self.regs.apply_delta(&r.regs);
+                    let finished = self.pending.take();
+                    let mut unit = Instruction {
+                        first_step: r.first,
+                        last_step: r.step,
+                        rip: r.rip,
+                        after: Some(Visible::of(&self.regs)),
+                        has_run: true,
+                        ..Default::default()
+                    };
+                    unit.record_writes(&mut self.memory, &r.mem);
+                    self.retired.insert(r.first, r.count());
+                    self.pending = Some(unit);
+                    if let Some(f) = finished {
+                        return Some(Ok(self.finish(f, false)));
+                    }
+                }
+                Record::Keyframe(k) => {
+                    for page in &k.pages {
+                        self.memory.set_page(page.gpa, &page.data);
+                    }
+                }
+                Record::End(_) => {}
             }
         }
         let last = self.pending.take()?;
@@ -368,7 +430,12 @@ pub fn diff_with<RA: Read + Seek, RB: Read + Seek>(
                 if let (Some(va), Some(vb)) = (&x.after, &y.after) {
                     differences.extend(va.differences(vb));
                 }
-                if x.writes != y.writes {
+                if x.has_run || y.has_run {
+                    let (a, b) = (x.changed(), y.changed());
+                    if a != b {
+                        differences.push(describe_write_difference(&a, &b));
+                    }
+                } else if x.writes != y.writes {
                     differences.push(describe_write_difference(&x.writes, &y.writes));
                 }
                 if x.events != y.events {

@@ -116,6 +116,16 @@ pub fn recorded_inputs<R: Read + Seek>(
                     memory.set_page(page.gpa, &page.data);
                 }
             }
+            // A run (format 3) holds no input: its instructions read nothing from outside.
+            Record::Run(r) => {
+                if let Some(p) = pending.take() {
+                    finish(p, &regs, &memory, &mut out);
+                }
+                regs.apply_delta(&r.regs);
+                for w in &r.mem {
+                    memory.write(w.gpa, &w.data);
+                }
+            }
             Record::End(_) => {}
         }
     }

@@ -11,6 +11,7 @@ pub use history::flags;
 pub mod hosts;
 pub mod inputs;
 pub mod memory;
+pub mod reexec;
 pub mod timeline;
 pub mod views;
 
@@ -19,4 +20,5 @@ pub use check::{check, group, report, CheckFinding, CheckReport, FindingGroup, P
 pub use cpu::cpu_model;
 pub use diff::{diff, diff_with, Compare, DiffReport, Divergence, Side};
 pub use memory::MemoryImage;
+pub use reexec::Reexecution;
 pub use timeline::{Snapshot, Timeline, TimelineError};

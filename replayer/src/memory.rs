@@ -184,6 +184,25 @@ impl MemoryImage {
         hasher.digest()
     }
 
+    /// The runs of consecutive pages that hold data, as (gpa, bytes), ascending: the image
+    /// as the loads of a guest (re-execution starts a guest in this state).
+    pub fn extents(&self) -> Vec<(u64, Vec<u8>)> {
+        let mut out: Vec<(u64, Vec<u8>)> = Vec::new();
+        for (gpa, data) in self.pages().take_while(|(p, _)| *p < self.ram_size) {
+            if data.iter().all(|&b| b == 0) {
+                continue;
+            }
+            let len = PAGE_SIZE.min(self.ram_size - gpa) as usize;
+            match out.last_mut() {
+                Some((start, bytes)) if *start + bytes.len() as u64 == gpa => {
+                    bytes.extend_from_slice(&data[..len])
+                }
+                _ => out.push((gpa, data[..len].to_vec())),
+            }
+        }
+        out
+    }
+
     /// Number of pages that hold data (not zero-filled): the image's own memory cost.
     pub fn resident_pages(&self) -> usize {
         self.pages().count()

@@ -31,6 +31,17 @@ pub enum TimelineError {
     PastEnd { step: Step, last: Step },
     #[error("the trace is inconsistent at step {step}: {detail}")]
     Inconsistent { step: Step, detail: String },
+    /// The step lies inside a run (a record of many instructions, format 3) and this
+    /// timeline has no way to re-execute it.
+    #[error(
+        "step {step} lies inside a run of steps {first}..={last}, recorded as one record; \
+         the state there needs re-executing the run (give the timeline mmurr-emu to do it), \
+         or record without runs"
+    )]
+    InsideRun { step: Step, first: Step, last: Step },
+    /// Re-executing a run failed (see [`Timeline::set_reexecution`]).
+    #[error("re-executing a run to rebuild the state inside it failed: {0}")]
+    Reexecution(String),
 }
 
 pub type Result<T> = std::result::Result<T, TimelineError>;
@@ -57,6 +68,10 @@ pub struct Timeline<R = BufReader<File>> {
     frontier: Snapshot,
     since_checkpoint: usize,
     current: Snapshot,
+    /// How to rebuild the state inside runs, if the caller gave a way.
+    reexec: Option<crate::reexec::Reexecution>,
+    /// `current` lies inside a run: runs apply only from their start, so seeks start elsewhere.
+    current_in_run: bool,
 }
 
 impl Timeline {
@@ -87,7 +102,14 @@ impl<R: Read + Seek> Timeline<R> {
             checkpoint_limit: CHECKPOINTS,
             frontier: entry_clone,
             since_checkpoint: 0,
+            reexec: None,
+            current_in_run: false,
         })
+    }
+
+    /// Lets seeks into a run (format 3) rebuild the state there by re-execution.
+    pub fn set_reexecution(&mut self, reexec: crate::reexec::Reexecution) {
+        self.reexec = Some(reexec);
     }
 
     /// Keep at most `limit` memory checkpoints (at least 2); for tests and memory-tight callers.
@@ -127,13 +149,23 @@ impl<R: Read + Seek> Timeline<R> {
             });
         }
         let base = self.page_base(step)?;
-        let start = if self.current.step <= step && self.current.step >= base.step {
+        let start = if self.current.step <= step
+            && self.current.step >= base.step
+            && !self.current_in_run
+        {
             // Going forward from here is never more work than from the keyframe.
             self.current.clone()
         } else {
             base
         };
-        self.current = self.replay(start, step)?;
+        let was_in_run = std::mem::replace(&mut self.current_in_run, false);
+        match self.replay(start, step) {
+            Ok(state) => self.current = state,
+            Err(e) => {
+                self.current_in_run = was_in_run;
+                return Err(e);
+            }
+        }
         Ok(&self.current)
     }
 
@@ -270,35 +302,36 @@ impl<R: Read + Seek> Timeline<R> {
         for c in chunks {
             let records = self.reader.chunk_records(c)?;
             for r in records.iter() {
-                let Record::Step(s) = r else { continue };
-                if s.step <= state.step || s.step > to {
+                // A step record is a run of one instruction.
+                let (first, last, regs, mem) = match r {
+                    Record::Step(s) => (s.step, s.step, &s.regs, &s.mem),
+                    Record::Run(run) => (run.first, run.step, &run.regs, &run.mem),
+                    _ => continue,
+                };
+                if last <= state.step || first > to {
                     continue;
                 }
-                if s.step != state.step + 1 {
+                if first != state.step + 1 {
                     return Err(TimelineError::Inconsistent {
-                        step: s.step,
+                        step: first,
                         detail: format!("step record follows step {}", state.step),
                     });
                 }
-                if !state.regs.apply_delta(&s.regs) {
-                    return Err(TimelineError::Inconsistent {
-                        step: s.step,
-                        detail: "a register delta names a register that does not exist".into(),
-                    });
+                if last > to {
+                    return match self.reexec.as_mut() {
+                        Some(r) => {
+                            let inside = r.state_at(self.reader.header(), to, last, &state)?;
+                            self.current_in_run = true;
+                            Ok(inside)
+                        }
+                        None => Err(TimelineError::InsideRun {
+                            step: to,
+                            first,
+                            last,
+                        }),
+                    };
                 }
-                for w in &s.mem {
-                    if !state.memory.write(w.gpa, &w.data) {
-                        return Err(TimelineError::Inconsistent {
-                            step: s.step,
-                            detail: format!(
-                                "a memory write of {} bytes at {:#x} lies outside RAM",
-                                w.data.len(),
-                                w.gpa
-                            ),
-                        });
-                    }
-                }
-                state.step = s.step;
+                apply(&mut state, last, regs, mem)?;
             }
         }
         if state.step != to {
@@ -309,4 +342,33 @@ impl<R: Read + Seek> Timeline<R> {
         }
         Ok(state)
     }
+}
+
+/// Applies one step's (or run's) register delta and memory writes; the state is then at `step`.
+fn apply(
+    state: &mut Snapshot,
+    step: Step,
+    regs: &[(traces::RegId, u64)],
+    mem: &[traces::MemWrite],
+) -> Result<()> {
+    if !state.regs.apply_delta(regs) {
+        return Err(TimelineError::Inconsistent {
+            step,
+            detail: "a register delta names a register that does not exist".into(),
+        });
+    }
+    for w in mem {
+        if !state.memory.write(w.gpa, &w.data) {
+            return Err(TimelineError::Inconsistent {
+                step,
+                detail: format!(
+                    "a memory write of {} bytes at {:#x} lies outside RAM",
+                    w.data.len(),
+                    w.gpa
+                ),
+            });
+        }
+    }
+    state.step = step;
+    Ok(())
 }

@@ -221,11 +221,11 @@ impl ChunkBuilder {
         let h = &mut self.header;
         let step = record.step();
         if h.record_count == 0 {
-            h.first_step = step;
+            h.first_step = record.first_step();
             h.last_step = step;
             h.first_event = next_event;
         }
-        h.first_step = h.first_step.min(step);
+        h.first_step = h.first_step.min(record.first_step());
         h.last_step = h.last_step.max(step);
         h.record_count += 1;
         match record {
@@ -241,7 +241,7 @@ impl ChunkBuilder {
                 h.flags |= FLAG_KEYFRAME;
             }
             Record::End(_) => h.flags |= FLAG_END,
-            Record::Step(_) => {}
+            Record::Step(_) | Record::Run(_) => {}
         }
         self.raw.extend_from_slice(encoded);
     }
@@ -313,7 +313,7 @@ pub fn decode_payload(header: &ChunkHeader, payload: &[u8], offset: u64) -> Resu
                 })?;
         pos += used.max(1);
         let step = record.step();
-        min_step = min_step.min(step);
+        min_step = min_step.min(record.first_step());
         max_step = max_step.max(step);
         match &record {
             Record::Event(e) => {
@@ -336,7 +336,7 @@ pub fn decode_payload(header: &ChunkHeader, payload: &[u8], offset: u64) -> Resu
                 }
             }
             Record::End(_) => end_seen = true,
-            Record::Step(_) => {}
+            Record::Step(_) | Record::Run(_) => {}
         }
         records.push(record);
     }

@@ -12,10 +12,11 @@ pub const MAGIC: [u8; 8] = *b"\x89MMURR\r\n";
 /// Version of the preamble layout itself. Frozen: never changes.
 pub const OUTER_VERSION: u16 = 1;
 /// Format version this code writes (the record schema and the chunk/index layout).
-pub const FORMAT_VERSION: u16 = 2;
+pub const FORMAT_VERSION: u16 = 3;
 /// The oldest reader version able to read what this code writes: version 2 appended enum
-/// variants a version-1 reader cannot decode.
-pub const MIN_READER_VERSION: u16 = 2;
+/// variants a version-1 reader cannot decode, version 3 `Record::Run`, which a version-2
+/// reader cannot decode.
+pub const MIN_READER_VERSION: u16 = 3;
 /// Required-feature bits this reader understands (a file setting others is refused).
 pub const KNOWN_REQUIRED_FEATURES: u32 = 0;
 pub const PREAMBLE_LEN: usize = 64;

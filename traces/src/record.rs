@@ -1,6 +1,7 @@
-//! What a trace says: the header and the records, format version 2 (version 1 plus appended
+//! What a trace says: the header and the records, format version 3 (version 1 plus appended
 //! variants: `EventKind::ExternalInterrupt`, `EventKind::Retired`, `EndReason::Stuck`; a
-//! `CrWrite` made by an instruction carries the value it wrote in `new`).
+//! `CrWrite` made by an instruction carries the value it wrote in `new` (format 2);
+//! `Record::Run`, many instructions in one record (format 3)).
 //!
 //! These types are the contract between the recorder (which writes them), the replayer, the
 //! TUI and the gdb server (which read them). They are plain data: `traces` depends on none of
@@ -146,6 +147,8 @@ pub enum Record {
     Event(Event),
     Keyframe(Keyframe),
     End(EndRecord),
+    /// Instructions `first..=step` as one record (format 3): see [`RunRecord`].
+    Run(RunRecord),
 }
 
 impl Record {
@@ -156,6 +159,15 @@ impl Record {
             Record::Event(e) => e.step,
             Record::Keyframe(k) => k.step,
             Record::End(e) => e.step,
+            Record::Run(r) => r.step,
+        }
+    }
+
+    /// The first step this record covers: [`RunRecord::first`] for a run, else [`Record::step`].
+    pub fn first_step(&self) -> Step {
+        match self {
+            Record::Run(r) => r.first,
+            other => other.step(),
         }
     }
 }
@@ -170,6 +182,34 @@ pub struct StepRecord {
     pub regs: Vec<(crate::regs::RegId, u64)>,
     /// Guest-physical memory the instruction wrote, with the bytes after the write.
     pub mem: Vec<MemWrite>,
+}
+
+/// A run (format 3): instructions `first..=step` executed with nothing to record one by one —
+/// no control-register write, exception, interrupt, I/O or other event among them (the
+/// recorder runs any instruction that may produce one as its own step). It stores what the
+/// run changed as a whole: registers after its last instruction (a delta from the state before
+/// `first`) and the memory it wrote, as bytes at its end. State *inside* a run is rebuilt by
+/// deterministic re-execution from the state before it; a reader without that answers only at
+/// run boundaries.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RunRecord {
+    /// The first instruction of the run (1-based, like [`StepRecord::step`]).
+    pub first: Step,
+    /// The last instruction of the run: the state after the record is the state after `step`.
+    pub step: Step,
+    /// RIP before the first instruction.
+    pub rip: u64,
+    /// Registers whose value differs after `step` from before `first`, with the value after.
+    pub regs: Vec<(crate::regs::RegId, u64)>,
+    /// Guest-physical memory that differs after `step` from before `first`, with the bytes after.
+    pub mem: Vec<MemWrite>,
+}
+
+impl RunRecord {
+    /// Instructions in the run.
+    pub fn count(&self) -> u64 {
+        self.step.saturating_sub(self.first).saturating_add(1)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

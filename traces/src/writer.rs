@@ -88,6 +88,12 @@ impl<W: Write> Writer<W> {
                     e.id, self.next_event
                 )))
             }
+            Record::Run(r) if r.first > r.step || r.first <= self.timeline => {
+                return Err(Error::InvalidRecord(format!(
+                    "a run of steps {}..={} after step {}: runs cover at least one new step",
+                    r.first, r.step, self.timeline
+                )))
+            }
             Record::Step(_) | Record::Keyframe(_) | Record::End(_)
                 if record.step() < self.timeline =>
             {

@@ -6,5 +6,6 @@ pub mod mode;
 pub mod pdpte;
 pub mod perm;
 pub mod rsvd;
+pub mod tables;
 pub mod transition;
 pub mod walk;

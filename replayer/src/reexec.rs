@@ -1,0 +1,158 @@
+//! State inside a run (a record of many instructions, trace format 3), rebuilt by
+//! deterministic re-execution on the `mmurr-emu` executable, as a child process: the replayer
+//! never links Unicorn and needs no KVM.
+//!
+//! The run is re-executed from the state before it, which the timeline has: that state
+//! (registers, and memory as the guest's loads) becomes the entry of a guest written to a
+//! temporary trace header, and `mmurr-emu record --guest-from` records it one instruction per
+//! step for the run's length. A run holds no input (port or MMIO read, time stamp, random
+//! number: those instructions are always steps of their own), and emu execution is
+//! deterministic, so the re-recording passes through exactly the states the run skipped. The
+//! state the child reached before its first instruction is compared with the trace's as a
+//! check. The last run re-executed is kept, so stepping through it costs one re-execution.
+
+use crate::timeline::{Snapshot, Timeline, TimelineError};
+use std::path::PathBuf;
+use std::process::{Command, Stdio};
+use traces::{Blob, EndReason, EndRecord, Header, Load, Record, Step};
+
+pub struct Reexecution {
+    program: PathBuf,
+    /// The re-recorded run: its temporary directory, timeline, and the steps (of the trace)
+    /// before it and at its end.
+    done: Option<Box<Done>>,
+}
+
+struct Done {
+    _dir: tempfile::TempDir,
+    timeline: Timeline,
+    before: Step,
+    end: Step,
+}
+
+impl Reexecution {
+    /// `program`: the `mmurr-emu` executable.
+    pub fn new(program: impl Into<PathBuf>) -> Reexecution {
+        Reexecution {
+            program: program.into(),
+            done: None,
+        }
+    }
+
+    /// The state after `step`, which lies inside a run ending at `run_end`; `before` is the
+    /// trace's state before that run; `header` the trace's header.
+    pub(crate) fn state_at(
+        &mut self,
+        header: &Header,
+        step: Step,
+        run_end: Step,
+        before: &Snapshot,
+    ) -> Result<Snapshot, TimelineError> {
+        let cached = self
+            .done
+            .as_ref()
+            .is_some_and(|d| d.before == before.step && d.end == run_end);
+        if !cached {
+            self.done = None;
+            self.done = Some(Box::new(self.reexecute(header, run_end, before)?));
+        }
+        let Some(done) = self.done.as_mut() else {
+            return Err(fail("no re-execution".into()));
+        };
+        let mut state = done.timeline.seek(step - before.step)?.clone();
+        state.step = step;
+        Ok(state)
+    }
+
+    fn reexecute(
+        &self,
+        header: &Header,
+        run_end: Step,
+        before: &Snapshot,
+    ) -> Result<Done, TimelineError> {
+        let dir = tempfile::tempdir().map_err(|e| fail(format!("a temporary directory: {e}")))?;
+        let guest_trace = dir.path().join("before-run.mmurr");
+        let out = dir.path().join("run.mmurr");
+        let mut guest = header.guest.clone();
+        guest.entry = before.regs.clone();
+        guest.blobs.clear();
+        guest.loads.clear();
+        for (i, (gpa, data)) in before.memory.extents().into_iter().enumerate() {
+            guest.blobs.push(Blob {
+                hash: xxhash_rust::xxh3::xxh3_64(&data),
+                name: format!("memory at step {} from {gpa:#x}", before.step),
+                data,
+            });
+            guest.loads.push(Load {
+                blob: i as u32,
+                gpa,
+            });
+        }
+        guest.origin = format!("state before step {} of a trace", before.step + 1);
+        let mut h = header.clone();
+        h.guest = guest;
+        let write = || -> traces::Result<()> {
+            let mut w = traces::Writer::create(&guest_trace, &h)?;
+            w.append(&Record::End(EndRecord {
+                step: 0,
+                reason: EndReason::StepBudget,
+                message: "a guest state for re-execution; no instructions".into(),
+                self_check_failures: Vec::new(),
+            }))?;
+            w.finish().map(|_| ())
+        };
+        write()?;
+        let count = run_end - before.step;
+        let output = Command::new(&self.program)
+            .arg("record")
+            .arg("--guest-from")
+            .arg(&guest_trace)
+            .arg("--max-steps")
+            .arg(count.to_string())
+            .arg("--output")
+            .arg(&out)
+            .arg("--quiet")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .map_err(|e| fail(format!("running {}: {e}", self.program.display())))?;
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let mut timeline = Timeline::open(&out).map_err(|e| {
+            fail(format!(
+                "{} wrote no readable trace ({e}; {}): {}",
+                self.program.display(),
+                output.status,
+                stderr.trim()
+            ))
+        })?;
+        if timeline.last_step() != count {
+            return Err(fail(format!(
+                "the re-execution of steps {}..={run_end} ended after {} of its {count} \
+                 instructions: {}",
+                before.step + 1,
+                timeline.last_step(),
+                stderr.trim()
+            )));
+        }
+        // Step 0 of the re-recording is the state its engine reached from the entry.
+        if timeline.seek(0)?.regs != before.regs {
+            return Err(TimelineError::Inconsistent {
+                step: before.step,
+                detail: "mmurr-emu could not enter the state before the run exactly, so the \
+                         run cannot be rebuilt"
+                    .into(),
+            });
+        }
+        Ok(Done {
+            _dir: dir,
+            timeline,
+            before: before.step,
+            end: run_end,
+        })
+    }
+}
+
+fn fail(detail: String) -> TimelineError {
+    TimelineError::Reexecution(detail)
+}

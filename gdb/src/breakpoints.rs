@@ -8,6 +8,12 @@
 //!
 //! A catchpoint (`monitor break-on KIND [POLICY]`) stops at MMU events: the state right after
 //! the instruction that caused the event, so `reverse-stepi` from there steps back across it.
+//!
+//! A watchpoint is guest-physical memory whose writes stop execution: gdb's `watch` (a
+//! virtual range, translated through the guest's page tables when gdb sets it, which it does
+//! at every resume) or `monitor watch-phys` (page tables are physical). Going forward the stop
+//! is the state after the writing instruction; going backward the state before it, so the
+//! instruction about to run is the one that wrote.
 
 use std::collections::BTreeSet;
 
@@ -139,6 +145,55 @@ impl std::fmt::Display for Catchpoint {
 pub struct Breakpoints {
     addrs: BTreeSet<u64>,
     catches: Vec<Catchpoint>,
+    watches: Vec<Watchpoint>,
+}
+
+/// Who set a watchpoint: gdb (a `Z2` packet, stop reported as a watchpoint hit at gdb's
+/// address) or `monitor watch-phys` (gdb does not know it: stop reported as SIGTRAP with a
+/// console line).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum WatchOrigin {
+    Gdb,
+    Monitor,
+}
+
+/// Memory whose writes stop execution: the address and length it was set with and the
+/// guest-physical pieces they cover.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Watchpoint {
+    pub addr: u64,
+    pub len: u64,
+    pub origin: WatchOrigin,
+    pub pieces: Vec<(u64, usize)>,
+}
+
+impl Watchpoint {
+    /// Whether writing `len` bytes at guest-physical `gpa` touches it.
+    pub fn written_by(&self, gpa: u64, len: usize) -> bool {
+        self.pieces.iter().any(|&(start, n)| {
+            gpa < start.saturating_add(n as u64) && start < gpa.saturating_add(len as u64)
+        })
+    }
+}
+
+impl std::fmt::Display for Watchpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let pieces: Vec<String> = self
+            .pieces
+            .iter()
+            .map(|(gpa, n)| format!("{gpa:#x}+{n}"))
+            .collect();
+        match self.origin {
+            WatchOrigin::Gdb => write!(
+                f,
+                "{:#x} ({} bytes; physical {})",
+                self.addr,
+                self.len,
+                pieces.join(", ")
+            ),
+            WatchOrigin::Monitor => write!(f, "physical {:#x} ({} bytes)", self.addr, self.len),
+        }
+    }
 }
 
 impl Breakpoints {
@@ -159,6 +214,30 @@ impl Breakpoints {
 
     pub fn any_addr(&self) -> bool {
         !self.addrs.is_empty()
+    }
+
+    pub fn add_watch(&mut self, w: Watchpoint) {
+        if !self.watches.contains(&w) {
+            self.watches.push(w);
+        }
+    }
+
+    /// Removes the watchpoints set by `origin` at `addr` with `len` (every one of `origin`'s
+    /// with `None`).
+    pub fn remove_watch(&mut self, origin: WatchOrigin, at: Option<(u64, u64)>) {
+        self.watches
+            .retain(|w| w.origin != origin || at.is_some_and(|a| a != (w.addr, w.len)));
+    }
+
+    pub fn watches(&self) -> &[Watchpoint] {
+        &self.watches
+    }
+
+    /// The first watchpoint one of `writes` touches.
+    pub fn watch_hit(&self, writes: &[traces::MemWrite]) -> Option<&Watchpoint> {
+        self.watches
+            .iter()
+            .find(|w| writes.iter().any(|m| w.written_by(m.gpa, m.data.len())))
     }
 
     pub fn add_catch(&mut self, c: Catchpoint) {
@@ -224,6 +303,40 @@ mod tests {
         assert_eq!(s.prev_before(5), None);
         assert_eq!(s.prev_before(11), Some(10));
         assert_eq!(s.at(10), vec!["b", "c"]);
+    }
+
+    #[test]
+    fn watchpoints_are_hit_by_overlapping_writes_only() {
+        let mut b = Breakpoints::default();
+        let w = |origin, addr| Watchpoint {
+            addr,
+            len: 8,
+            origin,
+            pieces: vec![(0x2000, 8)],
+        };
+        b.add_watch(w(WatchOrigin::Gdb, 0xffff_8000_0000_2000));
+        b.add_watch(w(WatchOrigin::Monitor, 0x2000));
+        let write = |gpa, len| traces::MemWrite {
+            gpa,
+            data: vec![0; len],
+        };
+        assert!(
+            b.watch_hit(&[write(0x1ff8, 8)]).is_none(),
+            "ends just before"
+        );
+        assert!(
+            b.watch_hit(&[write(0x2008, 1)]).is_none(),
+            "starts just after"
+        );
+        let hit = b.watch_hit(&[write(0x1000, 4), write(0x1fff, 2)]).unwrap();
+        assert_eq!(hit.origin, WatchOrigin::Gdb, "the first set is reported");
+        b.remove_watch(WatchOrigin::Gdb, Some((0xffff_8000_0000_2000, 8)));
+        assert_eq!(
+            b.watch_hit(&[write(0x2007, 1)]).unwrap().origin,
+            WatchOrigin::Monitor
+        );
+        b.remove_watch(WatchOrigin::Monitor, None);
+        assert!(b.watches().is_empty());
     }
 
     #[test]

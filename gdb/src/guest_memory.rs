@@ -5,6 +5,7 @@
 //! writes allowed to read-only pages, no accessed/dirty updates. Each page is translated on
 //! its own, so a read stops at the first unmapped page and returns what it got so far.
 
+use crate::breakpoints::{WatchOrigin, Watchpoint};
 use mmu::{Access, CpuModel, GuestMemory};
 use replayer::views::page_walk::debugger_request;
 use traces::Regs;
@@ -64,4 +65,27 @@ pub fn read(
         }
     }
     done
+}
+
+/// gdb's watchpoint on `[addr, addr + len)`, translated to guest-physical pieces as gdb's
+/// memory accesses are; `None` when part of it does not translate.
+pub fn watchpoint(
+    regs: &Regs,
+    cpu: &CpuModel,
+    mem: &dyn GuestMemory,
+    phys: bool,
+    addr: u64,
+    len: u64,
+) -> Option<Watchpoint> {
+    let len = usize::try_from(len)
+        .ok()
+        .filter(|&n| n > 0 && n <= 1 << 20)?;
+    let pieces = pieces(regs, cpu, mem, phys, addr, len);
+    let covered: usize = pieces.iter().map(|p| p.1).sum();
+    (covered == len).then_some(Watchpoint {
+        addr,
+        len: len as u64,
+        origin: WatchOrigin::Gdb,
+        pieces,
+    })
 }

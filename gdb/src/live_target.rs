@@ -13,7 +13,7 @@
 //! a patched HLT only exits without an in-kernel irqchip) and no debug register is armed.
 
 use crate::arch::{SystemRegId, SystemRegs, X86_64System};
-use crate::breakpoints::{write_notes, Breakpoints};
+use crate::breakpoints::{write_notes, Breakpoints, WatchOrigin, Watchpoint};
 use crate::guest_memory;
 use crate::monitor::{self, Command};
 use crate::server::console_packet;
@@ -30,8 +30,8 @@ use gdbstub::target::ext::base::singlethread::{
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
-    Breakpoints as GdbBreakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint,
-    SwBreakpointOps,
+    Breakpoints as GdbBreakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint,
+    HwWatchpointOps, SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::ext::target_description_xml_override::{
@@ -71,6 +71,9 @@ enum Request {
     WriteMem(u64, Vec<u8>),
     AddBreakpoint(u64),
     RemoveBreakpoint(u64),
+    /// gdb's `watch`: address and length (translated on the VM thread, which has the memory).
+    AddWatch(u64, u64),
+    RemoveWatch(u64, u64),
     Monitor(String),
     Continue,
     Step,
@@ -88,6 +91,8 @@ enum Why {
     Breakpoint,
     Interrupt,
     Catch(String),
+    /// The instruction just executed wrote to a watchpoint.
+    Watch(Watchpoint),
 }
 
 /// VM thread -> gdb thread.
@@ -206,6 +211,9 @@ impl LiveControl {
                 let why = why.or_else(|| {
                     if single && step > from {
                         Some(Why::Step)
+                    } else if let Some(w) = self.bps.watch_hit(view.memory).filter(|_| step > from)
+                    {
+                        Some(Why::Watch(w.clone()))
                     } else if step > from && self.bps.has_addr(insn::linear_ip(regs)) {
                         Some(Why::Breakpoint)
                     } else {
@@ -364,6 +372,19 @@ impl LiveControl {
                 Request::RemoveBreakpoint(a) => {
                     let ok = self.bps.remove_addr(a);
                     self.send(Reply::Done(ok));
+                }
+                Request::AddWatch(addr, len) => {
+                    let mem = BackendMemory(&*backend);
+                    let w = guest_memory::watchpoint(&regs, &cpu, &mem, self.phys, addr, len);
+                    let ok = w.is_some();
+                    if let Some(w) = w {
+                        self.bps.add_watch(w);
+                    }
+                    self.send(Reply::Done(ok));
+                }
+                Request::RemoveWatch(addr, len) => {
+                    self.bps.remove_watch(WatchOrigin::Gdb, Some((addr, len)));
+                    self.send(Reply::Done(true));
                 }
                 Request::Monitor(line) => {
                     let text = self.monitor(view.mmu, step, &regs, backend, &line);
@@ -529,6 +550,9 @@ impl LiveControl {
                     self.bps.clear_catches();
                     "break-on cleared".into()
                 }
+                c @ (Command::WatchPhys(..) | Command::WatchPhysClear | Command::WatchList) => {
+                    monitor::watch_phys(&mut self.bps, &c)
+                }
                 Command::BreakOnList => {
                     let list: Vec<String> = self.bps.catches().iter().map(|c| c.to_string()).collect();
                     if list.is_empty() { "no break-on set".into() } else { format!("break-on: {}", list.join(", ")) }
@@ -578,6 +602,12 @@ fn stop_reason(why: &Why) -> SingleThreadStopReason<u64> {
         Why::Breakpoint => SingleThreadStopReason::SwBreak(()),
         Why::Interrupt => SingleThreadStopReason::Signal(Signal::SIGINT),
         Why::Catch(_) => SingleThreadStopReason::Signal(Signal::SIGTRAP),
+        Why::Watch(w) if w.origin == WatchOrigin::Gdb => SingleThreadStopReason::Watch {
+            tid: (),
+            kind: WatchKind::Write,
+            addr: w.addr,
+        },
+        Why::Watch(_) => SingleThreadStopReason::Signal(Signal::SIGTRAP),
     }
 }
 
@@ -711,6 +741,47 @@ impl GdbBreakpoints for LiveTarget {
     fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
         Some(self)
     }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+/// gdb's `watch`: write watchpoints on the memory each instruction writes (reads are not
+/// tracked, so `rwatch`/`awatch` are refused).
+impl HwWatchpoint for LiveTarget {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        if kind != WatchKind::Write {
+            return Ok(false);
+        }
+        match self
+            .ask(Request::AddWatch(addr, len))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Done(ok) => Ok(ok),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        _kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        match self
+            .ask(Request::RemoveWatch(addr, len))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Done(ok) => Ok(ok),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
 }
 
 impl SwBreakpoint for LiveTarget {
@@ -790,8 +861,15 @@ impl BlockingEventLoop for LiveLoop {
         loop {
             match target.replies.recv_timeout(Duration::from_millis(10)) {
                 Ok(Reply::Stopped(why)) => {
-                    if let Why::Catch(note) = &why {
-                        Write::write_all(conn, &console_packet(note))
+                    let note = match &why {
+                        Why::Catch(note) => Some(note.clone()),
+                        Why::Watch(w) if w.origin == WatchOrigin::Monitor => {
+                            Some(format!("mmurr: watch-phys stop: {w} written\n"))
+                        }
+                        _ => None,
+                    };
+                    if let Some(note) = note {
+                        Write::write_all(conn, &console_packet(&note))
                             .map_err(run_blocking::WaitForStopReasonError::Connection)?;
                     }
                     return Ok(run_blocking::Event::TargetStopped(stop_reason(&why)));

@@ -1,7 +1,7 @@
 //! `monitor` commands: parsing and help, shared by the replay and live servers (each answers
 //! the commands it can; the live server says which ones need a trace).
 
-use crate::breakpoints::{CatchKind, Catchpoint};
+use crate::breakpoints::{Breakpoints, CatchKind, Catchpoint, WatchOrigin, Watchpoint};
 
 pub const HELP: &str = "\
 mmurr monitor commands:
@@ -23,6 +23,11 @@ mmurr monitor commands:
                             transition reset cr0 cr3 cr4 efer divergence
   break-on clear            remove every break-on
   break-on                  list them
+  watch-phys ADDR [LEN]     continue / reverse-continue stop where guest-physical
+                            [ADDR, ADDR+LEN) is written (LEN 8 by default); gdb's own
+                            `watch` works too, on virtual addresses
+  watch-phys clear          remove every watch-phys
+  watch-phys                list the watchpoints (gdb's and watch-phys)
 After seek / goto-event, gdb still shows its cached registers: run
 `maintenance flush register-cache` (or `flushregs`).";
 
@@ -45,6 +50,38 @@ pub enum Command {
     BreakOn(Catchpoint),
     BreakOnClear,
     BreakOnList,
+    WatchPhys(u64, u64),
+    WatchPhysClear,
+    WatchList,
+}
+
+/// `watch-phys` (both servers): sets, clears or lists watchpoints; the text to print.
+pub fn watch_phys(bps: &mut Breakpoints, cmd: &Command) -> String {
+    match *cmd {
+        Command::WatchPhys(addr, len) => {
+            let w = Watchpoint {
+                addr,
+                len,
+                origin: WatchOrigin::Monitor,
+                pieces: vec![(addr, len as usize)],
+            };
+            let text = format!("continue and reverse-continue stop where {w} is written");
+            bps.add_watch(w);
+            text
+        }
+        Command::WatchPhysClear => {
+            bps.remove_watch(WatchOrigin::Monitor, None);
+            "watch-phys cleared".into()
+        }
+        _ => {
+            let list: Vec<String> = bps.watches().iter().map(|w| format!("  {w}")).collect();
+            if list.is_empty() {
+                "no watchpoints".into()
+            } else {
+                format!("watchpoints:\n{}", list.join("\n"))
+            }
+        }
+    }
 }
 
 /// Numbers as gdb users type them: decimal, or hex with `0x`.
@@ -256,6 +293,25 @@ pub fn parse(bytes: &[u8]) -> Result<Command, String> {
                 Command::BreakOn(Catchpoint { kind, policy })
             }
         },
+        "watch-phys" => match words.get(1) {
+            None => Command::WatchList,
+            Some(&"clear") => {
+                max_args(1)?;
+                Command::WatchPhysClear
+            }
+            Some(_) => {
+                max_args(2)?;
+                let len = if words.len() > 2 {
+                    need_number(2, "a length")?
+                } else {
+                    8
+                };
+                if len == 0 || len > 1 << 20 {
+                    return Err(format!("watch-phys length {len}: 1 to 1 MiB"));
+                }
+                Command::WatchPhys(need_number(1, "an address")?, len)
+            }
+        },
         other => return Err(format!("unknown command {other:?}; try `monitor help`")),
     };
     if matches!(
@@ -294,6 +350,21 @@ mod tests {
             })
         );
         assert!(parse(b"break-on cr4 v5.0").is_err());
+        assert_eq!(
+            parse(b"watch-phys 0x3000").unwrap(),
+            Command::WatchPhys(0x3000, 8)
+        );
+        assert_eq!(
+            parse(b"watch-phys 0x3000 4").unwrap(),
+            Command::WatchPhys(0x3000, 4)
+        );
+        assert_eq!(parse(b"watch-phys").unwrap(), Command::WatchList);
+        assert!(parse(b"watch-phys 0x3000 0").is_err());
+        let mut b = Breakpoints::default();
+        watch_phys(&mut b, &parse(b"watch-phys 0x3000 4").unwrap());
+        assert!(watch_phys(&mut b, &Command::WatchList).contains("physical 0x3000 (4 bytes)"));
+        watch_phys(&mut b, &Command::WatchPhysClear);
+        assert_eq!(watch_phys(&mut b, &Command::WatchList), "no watchpoints");
         assert!(parse(b"walk").is_err());
         assert!(parse(b"walk zz").is_err());
         assert!(parse(b"mode extra").is_err());

@@ -8,7 +8,9 @@
 //! not by the trace length.
 
 use crate::arch::{SystemRegId, SystemRegs, X86_64System};
-use crate::breakpoints::{write_notes, Breakpoints, CatchKind, Catchpoint, Sites};
+use crate::breakpoints::{
+    write_notes, Breakpoints, CatchKind, Catchpoint, Sites, WatchOrigin, Watchpoint,
+};
 use crate::guest_memory;
 use crate::monitor::{self, Command};
 use gdbstub::common::Signal;
@@ -45,9 +47,15 @@ pub enum RunOutcome {
 }
 
 enum Scan {
-    Found(Step),
+    Found(Step, Hit),
     Interrupted(Step),
     NotFound,
+}
+
+/// What a search stopped at.
+enum Hit {
+    Breakpoint,
+    Watch(Watchpoint, Step),
 }
 
 pub struct ReplayTarget {
@@ -163,10 +171,7 @@ impl ReplayTarget {
                 let site = self.sites.next_after(cur);
                 let limit = site.unwrap_or(last);
                 match self.scan_forward(cur, limit, &mut poll)? {
-                    Scan::Found(s) => {
-                        self.seek(s)?;
-                        RunOutcome::Stop(SingleThreadStopReason::SwBreak(()), None)
-                    }
+                    Scan::Found(s, hit) => self.stop_at_hit(s, hit)?,
                     Scan::Interrupted(s) => {
                         self.seek(s)?;
                         return Ok(RunOutcome::Interrupted);
@@ -184,10 +189,7 @@ impl ReplayTarget {
                 let site = self.sites.prev_before(cur);
                 let floor = site.unwrap_or(0);
                 match self.scan_backward(cur, floor, &mut poll)? {
-                    Scan::Found(s) => {
-                        self.seek(s)?;
-                        RunOutcome::Stop(SingleThreadStopReason::SwBreak(()), None)
-                    }
+                    Scan::Found(s, hit) => self.stop_at_hit(s, hit)?,
                     Scan::Interrupted(s) => {
                         self.seek(s)?;
                         return Ok(RunOutcome::Interrupted);
@@ -206,6 +208,34 @@ impl ReplayTarget {
         Ok(outcome)
     }
 
+    /// Stops at `s` for a breakpoint or a watchpoint; a watchpoint gdb did not set
+    /// (`watch-phys`) is a SIGTRAP with a console line saying which write it was.
+    fn stop_at_hit(&mut self, s: Step, hit: Hit) -> Result<RunOutcome, Error> {
+        self.seek(s)?;
+        let (w, wrote) = match hit {
+            Hit::Breakpoint => {
+                return Ok(RunOutcome::Stop(SingleThreadStopReason::SwBreak(()), None));
+            }
+            Hit::Watch(w, wrote) => (w, wrote),
+        };
+        if w.origin == WatchOrigin::Gdb {
+            return Ok(RunOutcome::Stop(
+                SingleThreadStopReason::Watch {
+                    tid: (),
+                    kind: WatchKind::Write,
+                    addr: w.addr,
+                },
+                None,
+            ));
+        }
+        let note = format!("mmurr: watch-phys stop: {w} written by step {wrote}\n");
+        self.last_note = Some(note.clone());
+        Ok(RunOutcome::Stop(
+            SingleThreadStopReason::Signal(Signal::SIGTRAP),
+            Some(note),
+        ))
+    }
+
     fn stop_at_site(&mut self, s: Step) -> Result<RunOutcome, Error> {
         self.seek(s)?;
         let what = self.sites.at(s).join("\n  ");
@@ -217,93 +247,56 @@ impl ReplayTarget {
         ))
     }
 
-    /// Calls `visit(step, regs)` for every state after `from` up to `to`, starting from
-    /// `regs` (the state at `from`), using only the step records' register deltas.
-    /// `visit` returns true to stop the walk.
-    fn replay_regs(
-        &mut self,
-        from: Step,
-        mut regs: Regs,
-        to: Step,
-        visit: &mut dyn FnMut(Step, &Regs) -> bool,
-    ) -> Result<(), Error> {
-        if to <= from {
-            return Ok(());
-        }
-        let chunks: Vec<usize> = self
-            .timeline
-            .reader()
-            .chunks()
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.header.last_step > from && c.header.first_step <= to)
-            .map(|(i, _)| i)
-            .collect();
-        let mut at = from;
-        for c in chunks {
-            let records = self.timeline.reader().chunk_records(c).map_err(err)?;
-            for r in records.iter() {
-                let Record::Step(s) = r else { continue };
-                if s.step <= at || s.step > to {
-                    continue;
-                }
-                if s.step != at + 1 {
-                    return Err(format!(
-                        "the trace is inconsistent: step record {} follows step {at}",
-                        s.step
-                    ));
-                }
-                regs.apply_delta(&s.regs);
-                at = s.step;
-                if visit(at, &regs) {
-                    return Ok(());
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// The first state in `(cur, limit]` whose linear pc is a breakpoint.
+    /// The first state in `(cur, limit]` whose linear pc is a breakpoint, or that a write to
+    /// a watchpoint made.
     fn scan_forward(
         &mut self,
         cur: Step,
         limit: Step,
         poll: &mut dyn FnMut() -> bool,
     ) -> Result<Scan, Error> {
-        if !self.bps.any_addr() {
+        if !self.bps.any_addr() && self.bps.watches().is_empty() {
             return Ok(Scan::NotFound);
         }
         let bps = self.bps.clone();
         let mut result = Scan::NotFound;
         let regs = self.regs().clone();
-        self.replay_regs(cur, regs, limit, &mut |s, r| {
-            if bps.has_addr(insn::linear_ip(r)) {
-                result = Scan::Found(s);
-                return true;
-            }
-            if s % POLL_EVERY == 0 && poll() {
-                result = Scan::Interrupted(s);
-                return true;
-            }
-            false
-        })?;
+        self.timeline
+            .walk_steps(cur, regs, limit, &mut |v| {
+                if let Some(w) = bps.watch_hit(v.mem) {
+                    result = Scan::Found(v.step, Hit::Watch(w.clone(), v.step));
+                    return true;
+                }
+                if bps.has_addr(insn::linear_ip(v.regs)) {
+                    result = Scan::Found(v.step, Hit::Breakpoint);
+                    return true;
+                }
+                if v.step % POLL_EVERY == 0 && poll() {
+                    result = Scan::Interrupted(v.step);
+                    return true;
+                }
+                false
+            })
+            .map_err(err)?;
         Ok(result)
     }
 
-    /// The last state in `(floor, cur)` whose linear pc is a breakpoint, searched window by
-    /// window between keyframes going back from `cur`.
+    /// Going back from `cur` to `floor`: the last state in `(floor, cur)` whose linear pc is a
+    /// breakpoint, or the state before the last instruction at or before `cur` that wrote to a
+    /// watchpoint, whichever is later; searched window by window between keyframes.
     fn scan_backward(
         &mut self,
         cur: Step,
         floor: Step,
         poll: &mut dyn FnMut() -> bool,
     ) -> Result<Scan, Error> {
-        if !self.bps.any_addr() {
+        if !self.bps.any_addr() && self.bps.watches().is_empty() {
             return Ok(Scan::NotFound);
         }
         let bps = self.bps.clone();
-        let mut end = cur; // states strictly before `end` are still to search
-        while end > floor + 1 {
+        let lo = floor + 1;
+        let mut end = cur; // states strictly before `end`, writes up to `end`, are still to search
+        while end > floor {
             let (kstep, kregs) = match self
                 .timeline
                 .reader()
@@ -313,19 +306,24 @@ impl ReplayTarget {
                 Some(k) => (k.step, k.regs),
                 None => (0, self.timeline.entry().regs.clone()),
             };
-            let mut last_hit = None;
-            let lo = floor + 1;
+            let mut last: Option<(Step, Hit)> = None;
             if kstep >= lo && bps.has_addr(insn::linear_ip(&kregs)) {
-                last_hit = Some(kstep);
+                last = Some((kstep, Hit::Breakpoint));
             }
-            self.replay_regs(kstep, kregs, end - 1, &mut |s, r| {
-                if s >= lo && bps.has_addr(insn::linear_ip(r)) {
-                    last_hit = Some(s);
-                }
-                false
-            })?;
-            if let Some(s) = last_hit {
-                return Ok(Scan::Found(s));
+            self.timeline
+                .walk_steps(kstep, kregs, end, &mut |v| {
+                    // The write of step `v.step` is undone at the state before it.
+                    if let Some(w) = bps.watch_hit(v.mem).filter(|_| v.step >= lo) {
+                        last = Some((v.step - 1, Hit::Watch(w.clone(), v.step)));
+                    }
+                    if v.step < end && v.step >= lo && bps.has_addr(insn::linear_ip(v.regs)) {
+                        last = Some((v.step, Hit::Breakpoint));
+                    }
+                    false
+                })
+                .map_err(err)?;
+            if let Some((s, hit)) = last {
+                return Ok(Scan::Found(s, hit));
             }
             if kstep >= end {
                 return Err(format!(
@@ -613,6 +611,9 @@ impl ReplayTarget {
                 self.sites = Sites::default();
                 "break-on cleared".into()
             }
+            c @ (Command::WatchPhys(..) | Command::WatchPhysClear | Command::WatchList) => {
+                monitor::watch_phys(&mut self.bps, &c)
+            }
             Command::BreakOnList => {
                 let list: Vec<String> = self
                     .bps
@@ -648,8 +649,8 @@ use gdbstub::target::ext::base::singlethread::{
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
-    Breakpoints as GdbBreakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, SwBreakpoint,
-    SwBreakpointOps,
+    Breakpoints as GdbBreakpoints, BreakpointsOps, HwBreakpoint, HwBreakpointOps, HwWatchpoint,
+    HwWatchpointOps, SwBreakpoint, SwBreakpointOps, WatchKind,
 };
 use gdbstub::target::ext::monitor_cmd::{ConsoleOutput, MonitorCmd, MonitorCmdOps};
 use gdbstub::target::ext::target_description_xml_override::{
@@ -788,6 +789,52 @@ impl GdbBreakpoints for ReplayTarget {
 
     fn support_hw_breakpoint(&mut self) -> Option<HwBreakpointOps<'_, Self>> {
         Some(self)
+    }
+
+    fn support_hw_watchpoint(&mut self) -> Option<HwWatchpointOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+/// gdb's `watch` (write watchpoints; reads are not recorded, so `rwatch`/`awatch` are refused
+/// and gdb says it could not insert them).
+impl HwWatchpoint for ReplayTarget {
+    fn add_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        if kind != WatchKind::Write {
+            return Ok(false);
+        }
+        let snap = self.timeline.current();
+        Ok(
+            match guest_memory::watchpoint(
+                &snap.regs,
+                &self.cpu,
+                &snap.memory,
+                self.phys,
+                addr,
+                len,
+            ) {
+                Some(w) => {
+                    self.bps.add_watch(w);
+                    true
+                }
+                None => false,
+            },
+        )
+    }
+
+    fn remove_hw_watchpoint(
+        &mut self,
+        addr: u64,
+        len: u64,
+        _kind: WatchKind,
+    ) -> TargetResult<bool, Self> {
+        self.bps.remove_watch(WatchOrigin::Gdb, Some((addr, len)));
+        Ok(true)
     }
 }
 

@@ -220,3 +220,77 @@ x/wx 0x400000",
     expect(start, "error: walk needs an address");
     expect(start, "error: unknown policy \"nosuchpolicy\"");
 }
+
+/// "Who wrote this PTE?": the 32-bit page-table entry that maps the marker page (`0x6000`,
+/// PTE 0 of the table for linear 0x400000) gets its accessed and dirty bits from the CPU's
+/// page walk when the guest first writes 0x400000. A gdb watchpoint on it, set at the end of
+/// the recording, is found by reverse-continue at the state before that instruction; forward
+/// `continue` from the start stops right after it. `monitor watch-phys` does the same on a
+/// physical address (the PAE PTE of page B at `0x9000`), reported as a SIGTRAP with the write.
+#[test]
+fn watchpoints_find_the_walk_that_set_a_ptes_accessed_and_dirty_bits() {
+    let port = start_replay_server(&seed_trace());
+    let out = run_gdb(
+        port,
+        "watch *(unsigned int *)0x6000
+continue
+monitor when
+p/x *(unsigned int *)0x6000
+continue
+reverse-continue
+monitor when
+x/i $pc
+p/x $rbx
+p/x *(unsigned int *)0x6000
+delete
+monitor watch-phys 0x9000 8
+monitor watch-phys
+monitor seek 59
+reverse-continue
+monitor when
+monitor watch-phys clear
+rwatch *(unsigned int *)0x6000
+continue",
+    );
+    // Forward: the state right after the write that set A and D (0x10003 -> 0x10063).
+    let fwd = after(&out, "Hardware watchpoint 1: *(unsigned int *)0x6000");
+    expect(fwd, "Old value = 65539");
+    expect(fwd, "New value = 65635");
+    let step = step_of(after(fwd, "New value = 65635"));
+    expect(fwd, "$1 = 0x10063");
+    // Continuing again: nothing else writes it, so the replay ends.
+    expect(fwd, "No more reverse-execution history.");
+    // Backward from the end: the state before the writing instruction, which is about to
+    // store to 0x400000.
+    let back = after(fwd, "No more reverse-execution history.");
+    expect(back, "Hardware watchpoint 1: *(unsigned int *)0x6000");
+    assert_eq!(step_of(back), step - 1, "{back}");
+    expect(back, "movl   $0x6d6d7501,(%rbx)");
+    expect(back, "$2 = 0x400000");
+    expect(back, "$3 = 0x10003");
+    // Physical: the PAE PTE of page B is written (A, D) by the PAE walk of the second marker.
+    let phys = after(back, "$3 = 0x10003");
+    expect(phys, "stop where physical 0x9000 (8 bytes) is written");
+    expect(phys, "watchpoints:\n  physical 0x9000 (8 bytes)");
+    expect(
+        phys,
+        "mmurr: watch-phys stop: physical 0x9000 (8 bytes) written by step",
+    );
+    assert!(step_of(after(phys, "watch-phys stop")) > step, "{phys}");
+    // Reads are not recorded: gdb is told it cannot have a read watchpoint.
+    expect(phys, "watch-phys cleared");
+    expect(
+        after(phys, "watch-phys cleared"),
+        "Could not insert hardware watchpoint",
+    );
+}
+
+/// The step of the first `monitor when` answer (`step N of M`) in `text`.
+fn step_of(text: &str) -> u64 {
+    let at = text.find("step ").expect("a `monitor when` answer") + 5;
+    text[at..]
+        .split_whitespace()
+        .next()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no step number in {text}"))
+}

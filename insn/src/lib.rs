@@ -17,4 +17,4 @@ pub use fetch::{
     control_regs, cpl, fetch, linear_ip, read_linear, translate, write_context, MAX_INSN_LEN,
 };
 pub use flow::{fall_through, retired_beyond};
-pub use nondeterministic::{nondeterministic, Outputs};
+pub use nondeterministic::{is_port_read, nondeterministic, Outputs};

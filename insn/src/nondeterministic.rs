@@ -1,7 +1,8 @@
 //! Instructions whose results the machine state does not determine: the time-stamp counter,
-//! the random-number generator, the processor ID, CPUID, performance counters and MSRs. A
-//! re-execution (`mmurr verify`) must be given the recorded results of these, at the same
-//! retired instruction, or it diverges at the first `rdtsc`.
+//! the random-number generator, the processor ID, CPUID, performance counters and MSRs, and
+//! `in` from a port the platform answers inside the backend. A re-execution (`mmurr verify`)
+//! must be given the recorded results of these, at the same retired instruction, or it
+//! diverges at the first `rdtsc`.
 
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic, OpAccess, Register, RflagsBits};
 
@@ -23,12 +24,24 @@ impl Outputs {
 /// The outputs of `i` if its results come from outside the architectural state, `None` for
 /// every other instruction. RDMSR is here because most MSRs read engine- and host-specific
 /// values (IA32_TSC, APERF/MPERF, the APIC base); CPUID because KVM fills dynamic fields (APIC
-/// IDs, OSXSAVE) into the table the trace carries.
+/// IDs, OSXSAVE) into the table the trace carries. `in` is here for the ports the platform
+/// answers without an exit (KVM's in-kernel PIT and PICs, port 0x61 whose refresh and timer
+/// bits follow the host's clock; mmurr-emu's platform): a read that reached one of the
+/// recorder's devices is recorded as a port read instead, so a consumer takes `in` as a result
+/// only for a step with no port-read event (see [`is_port_read`]).
 pub fn nondeterministic(i: &Instruction) -> Option<Outputs> {
     use Mnemonic as M;
     if !matches!(
         i.mnemonic(),
-        M::Rdtsc | M::Rdtscp | M::Rdrand | M::Rdseed | M::Rdpid | M::Rdpmc | M::Rdmsr | M::Cpuid
+        M::Rdtsc
+            | M::Rdtscp
+            | M::Rdrand
+            | M::Rdseed
+            | M::Rdpid
+            | M::Rdpmc
+            | M::Rdmsr
+            | M::Cpuid
+            | M::In
     ) {
         return None;
     }
@@ -57,6 +70,12 @@ pub fn nondeterministic(i: &Instruction) -> Option<Outputs> {
         gprs,
         rflags: architectural_flags(i.rflags_modified()),
     })
+}
+
+/// `in` to a register: its value is a port read's, recorded as an I/O event when it reached one
+/// of the recorder's devices, else as the instruction's result.
+pub fn is_port_read(i: &Instruction) -> bool {
+    i.mnemonic() == Mnemonic::In
 }
 
 /// iced-x86's `RflagsBits` at their RFLAGS positions (the arithmetic flags; the others are
@@ -117,12 +136,17 @@ mod tests {
         // rdmsr, rdpmc
         assert_eq!(outputs(&[0x0f, 0x32]).unwrap().gprs, RAX | RDX);
         assert_eq!(outputs(&[0x0f, 0x33]).unwrap().gprs, RAX | RDX);
+        // in al, 0x61 (the platform's port: KVM answers it without an exit)
+        let i = crate::decode(&[0xe4, 0x61], 64, 0x1000).unwrap();
+        assert!(is_port_read(&i));
+        assert_eq!(nondeterministic(&i).unwrap().gprs, RAX);
+        // out 0x80, al is no input
+        assert_eq!(outputs(&[0xe6, 0x80]), None);
     }
 
     #[test]
     fn ordinary_instructions_are_deterministic() {
         assert_eq!(outputs(&[0x48, 0x89, 0xc3]), None); // mov rbx, rax
-        assert_eq!(outputs(&[0xe4, 0x60]), None); // in al, 0x60: a device read, not this
         assert_eq!(outputs(&[0x0f, 0x01, 0xd0]), None); // xgetbv
     }
 }

@@ -210,6 +210,53 @@ fn reverse_stepping_through_runs_matches_the_recording_without_runs() {
     }
 }
 
+/// Every instruction's registers and memory writes as [`Timeline::walk_steps`] sees them
+/// (the searches of gdb's breakpoints and watchpoints), from step `from` to `to`.
+fn walk(t: &mut Timeline, from: u64, to: u64) -> Vec<(u64, traces::Regs, Vec<traces::MemWrite>)> {
+    let regs = t.seek(from).expect("seek").regs.clone();
+    let mut seen = Vec::new();
+    t.walk_steps(from, regs, to, &mut |v| {
+        seen.push((v.step, v.regs.clone(), v.mem.to_vec()));
+        false
+    })
+    .expect("walk");
+    seen
+}
+
+/// A walk through a trace recorded in runs sees, inside every run, the instructions and the
+/// writes the recording without runs has, by re-executing the runs; a walk that starts or
+/// ends inside a run too; and a visitor that stops the walk stops it at once.
+#[test]
+fn walks_through_runs_see_every_instruction_and_write() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let guest = store_loop(8_000);
+    let steps = record(&guest, false, dir.path(), 1_000_000);
+    let runs = record(&guest, true, dir.path(), 1_000_000);
+    let (_, run_records, _) = records(&runs.path);
+    assert!(run_records.len() >= 3, "{} runs", run_records.len());
+    let (mut a, mut b) = timelines(&steps, &runs);
+    let last = a.last_step();
+    let whole = walk(&mut a, 0, last);
+    assert_eq!(whole.len() as u64, last);
+    assert_eq!(walk(&mut b, 0, last), whole, "the whole trace");
+    let inside = run_records[1].first + 7;
+    // Into the run after it: the registers after the first run must be right too.
+    let (from, to) = (inside, run_records[2].first + 5);
+    assert_eq!(
+        walk(&mut b, from, to),
+        walk(&mut a, from, to),
+        "from inside a run to past its end"
+    );
+    let mut visited = 0;
+    let regs = b.seek(0).expect("seek").regs.clone();
+    b.walk_steps(0, regs, last, &mut |v| {
+        visited += 1;
+        v.step == inside
+    })
+    .expect("walk");
+    assert_eq!(visited, inside, "stopped where the visitor said");
+}
+
 /// What the store loop's state is after `s` instructions, worked out from its code: RIP, RCX
 /// and the stored quadword (`None` before the first store).
 fn store_loop_state(iterations: u32, s: u64) -> (u64, u64, Option<u64>) {

@@ -31,6 +31,8 @@ pub struct StepView<'a> {
     pub writes: &'a [(Event, history::WriteOutcome)],
     /// The paging-mode transition the previous instruction made.
     pub transition: Option<(PagingMode, PagingMode)>,
+    /// The guest-physical memory the previous instruction wrote, as the trace records it.
+    pub memory: &'a [traces::MemWrite],
 }
 
 pub trait StepControl {

@@ -55,6 +55,9 @@ pub struct Tracer<'a> {
     /// paging-mode transition: what a debugger in the loop is shown.
     step_writes: Vec<(Event, history::WriteOutcome)>,
     step_transition: Option<(traces::PagingMode, traces::PagingMode)>,
+    /// The guest-physical memory the last step wrote, kept only while a debugger is in the
+    /// loop (its watchpoints); `None` otherwise, so a recording copies nothing.
+    step_memory: Option<Vec<traces::MemWrite>>,
     /// Ends the run when the guest makes no progress; off while a debugger drives the loop
     /// (the user there decides, and may change the state to leave the loop).
     stuck: Option<StuckWatch>,
@@ -105,6 +108,7 @@ impl<'a> Tracer<'a> {
             engine_check_supported: true,
             step_writes: Vec::new(),
             step_transition: None,
+            step_memory: None,
             stuck: Some(StuckWatch::default()),
             runs_supported: true,
             quiet_run_steps: 0,
@@ -159,6 +163,7 @@ impl<'a> Tracer<'a> {
         let deadline = self.opts.timeout.map(|t| Instant::now() + t);
         if control.is_some() {
             self.stuck = None;
+            self.step_memory = Some(Vec::new());
         }
         // Runs advance the step count by many at once: tick when it crosses a multiple of 256.
         let mut next_tick = 0u64;
@@ -206,6 +211,7 @@ impl<'a> Tracer<'a> {
                     mmu: &self.mmu,
                     writes: &self.step_writes,
                     transition: self.step_transition,
+                    memory: self.step_memory.as_deref().unwrap_or_default(),
                 };
                 match c.before_step(&view, &mut *self.backend) {
                     StepVerdict::Run => {}
@@ -505,6 +511,9 @@ impl<'a> Tracer<'a> {
         let delivered = !deliveries.is_empty();
         let mem_writes = self.memory_writes(&plan, &written, delivered, &before, &after);
         let wrote = !mem_writes.is_empty();
+        if let Some(kept) = self.step_memory.as_mut() {
+            kept.clone_from(&mem_writes);
+        }
         let regs = delta(&before, &after);
         self.append(Record::Step(StepRecord {
             step: self.step,

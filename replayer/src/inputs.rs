@@ -51,16 +51,14 @@ pub fn recorded_inputs<R: Read + Seek>(
     let mut out = RecordedInputs::default();
     let mut pending: Option<Pending> = None;
     let finish = |p: Pending, regs: &Regs, memory: &MemoryImage, out: &mut RecordedInputs| {
-        results(
-            p.first.as_ref(),
-            p.retired,
-            &p.before,
-            regs,
-            &cpu,
-            memory,
-            p.step,
-            out,
-        );
+        let port_read = p.reads.iter().any(|r| matches!(r, Input::PortRead { .. }));
+        let step = Retirement {
+            first: p.first.as_ref(),
+            retired: p.retired,
+            port_read,
+            step: p.step,
+        };
+        results(&step, &p.before, regs, &cpu, memory, out);
         out.inputs.extend(p.reads);
     };
     for record in reader.records() {
@@ -135,20 +133,27 @@ pub fn recorded_inputs<R: Read + Seek>(
     Ok(out)
 }
 
+/// What a step retired: its first instruction, how many, and whether one of them was a port
+/// read that reached a device (an I/O event, so its value is a port-read input already).
+struct Retirement<'a> {
+    first: Option<&'a iced_x86::Instruction>,
+    retired: u32,
+    port_read: bool,
+    step: Step,
+}
+
 /// The results of the nondeterministic instructions a step retired (the step's own one and,
 /// when it retired several, those after it), taken from the registers after the step.
-#[allow(clippy::too_many_arguments)]
 fn results(
-    first: Option<&iced_x86::Instruction>,
-    retired: u32,
+    s: &Retirement<'_>,
     before: &Regs,
     after: &Regs,
     cpu: &mmu::CpuModel,
     memory: &MemoryImage,
-    step: Step,
     out: &mut RecordedInputs,
 ) {
-    let Some(first) = first else { return };
+    let (retired, step) = (s.retired, s.step);
+    let Some(first) = s.first else { return };
     let beyond = if retired > 1 {
         insn::retired_beyond(first, before, cpu, memory, after.rip)
     } else {
@@ -160,7 +165,8 @@ fn results(
     }
     let mut rip = before.rip;
     for i in std::iter::once(first).chain(beyond.iter()) {
-        if let Some(o) = insn::nondeterministic(i) {
+        let exited = s.port_read && insn::is_port_read(i);
+        if let Some(o) = insn::nondeterministic(i).filter(|_| !exited) {
             out.inputs.push(Input::Results {
                 step,
                 rip,

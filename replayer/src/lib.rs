@@ -21,4 +21,4 @@ pub use cpu::cpu_model;
 pub use diff::{diff, diff_with, Compare, DiffReport, Divergence, Side};
 pub use memory::MemoryImage;
 pub use reexec::Reexecution;
-pub use timeline::{Snapshot, Timeline, TimelineError};
+pub use timeline::{Snapshot, StepView, Timeline, TimelineError};

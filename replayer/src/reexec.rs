@@ -11,7 +11,7 @@
 //! state the child reached before its first instruction is compared with the trace's as a
 //! check. The last run re-executed is kept, so stepping through it costs one re-execution.
 
-use crate::timeline::{Snapshot, Timeline, TimelineError};
+use crate::timeline::{Snapshot, StepView, Timeline, TimelineError};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use traces::{Blob, EndReason, EndRecord, Header, Load, Record, Step};
@@ -39,6 +39,12 @@ impl Reexecution {
         }
     }
 
+    /// The `mmurr-emu` of this installation: `$MMURR_EMU` if set, else the executable beside
+    /// the running one (or beside its folder: cargo puts test binaries in `deps/`).
+    pub fn installed() -> Option<Reexecution> {
+        installed_emu().map(Reexecution::new)
+    }
+
     /// The state after `step`, which lies inside a run ending at `run_end`; `before` is the
     /// trace's state before that run; `header` the trace's header.
     pub(crate) fn state_at(
@@ -48,6 +54,49 @@ impl Reexecution {
         run_end: Step,
         before: &Snapshot,
     ) -> Result<Snapshot, TimelineError> {
+        let done = self.reexecuted(header, run_end, before)?;
+        let mut state = done.timeline.seek(step - before.step)?.clone();
+        state.step = step;
+        Ok(state)
+    }
+
+    /// [`Timeline::walk_steps`] over the instructions `from + 1 ..= to` of a run, from its
+    /// re-execution; true when `visit` stopped the walk.
+    pub(crate) fn walk(
+        &mut self,
+        header: &Header,
+        run_end: Step,
+        before: &Snapshot,
+        from: Step,
+        to: Step,
+        visit: &mut dyn FnMut(&StepView<'_>) -> bool,
+    ) -> Result<bool, TimelineError> {
+        let base = before.step;
+        let done = self.reexecuted(header, run_end, before)?;
+        let mut stopped = false;
+        done.timeline
+            .walk_steps(0, before.regs.clone(), to - base, &mut |v| {
+                if v.step + base <= from {
+                    return false;
+                }
+                stopped = visit(&StepView {
+                    step: v.step + base,
+                    regs: v.regs,
+                    mem: v.mem,
+                });
+                stopped
+            })?;
+        Ok(stopped)
+    }
+
+    /// The re-execution of the run `before.step + 1 ..= run_end`, from the last one if it is
+    /// that run.
+    fn reexecuted(
+        &mut self,
+        header: &Header,
+        run_end: Step,
+        before: &Snapshot,
+    ) -> Result<&mut Done, TimelineError> {
         let cached = self
             .done
             .as_ref()
@@ -56,12 +105,9 @@ impl Reexecution {
             self.done = None;
             self.done = Some(Box::new(self.reexecute(header, run_end, before)?));
         }
-        let Some(done) = self.done.as_mut() else {
-            return Err(fail("no re-execution".into()));
-        };
-        let mut state = done.timeline.seek(step - before.step)?.clone();
-        state.step = step;
-        Ok(state)
+        self.done
+            .as_deref_mut()
+            .ok_or_else(|| fail("no re-execution".into()))
     }
 
     fn reexecute(
@@ -155,4 +201,20 @@ impl Reexecution {
 
 fn fail(detail: String) -> TimelineError {
     TimelineError::Reexecution(detail)
+}
+
+/// Where this installation's `mmurr-emu` is (see [`Reexecution::installed`]); `mmurr record
+/// --backend emu` runs the same one.
+pub fn installed_emu() -> Option<PathBuf> {
+    if let Some(p) = std::env::var_os("MMURR_EMU") {
+        return Some(PathBuf::from(p));
+    }
+    let me = std::env::current_exe().ok()?;
+    let name = format!("mmurr-emu{}", std::env::consts::EXE_SUFFIX);
+    let beside = me.with_file_name(&name);
+    if beside.exists() {
+        return Some(beside);
+    }
+    let above = me.parent()?.parent()?.join(&name);
+    above.exists().then_some(above)
 }

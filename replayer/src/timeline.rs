@@ -102,12 +102,15 @@ impl<R: Read + Seek> Timeline<R> {
             checkpoint_limit: CHECKPOINTS,
             frontier: entry_clone,
             since_checkpoint: 0,
-            reexec: None,
+            // Every consumer (TUI, gdb, check) can stand inside runs where mmurr-emu is
+            // installed, as it is beside every mmurr.
+            reexec: crate::reexec::Reexecution::installed(),
             current_in_run: false,
         })
     }
 
-    /// Lets seeks into a run (format 3) rebuild the state there by re-execution.
+    /// Lets seeks into a run (format 3) rebuild the state there by re-execution (a timeline
+    /// starts with [`crate::Reexecution::installed`]).
     pub fn set_reexecution(&mut self, reexec: crate::reexec::Reexecution) {
         self.reexec = Some(reexec);
     }
@@ -285,6 +288,105 @@ impl<R: Read + Seek> Timeline<R> {
             })
     }
 
+    /// Calls `visit` for every instruction after `from` up to `to`, in order, with the
+    /// registers after it (starting from `regs`, the registers at `from`) and the memory it
+    /// wrote; `visit` returns true to stop the walk. Only register deltas and writes are read,
+    /// no memory is rebuilt, except for a run (format 3): its instructions are re-executed
+    /// (see [`Timeline::set_reexecution`]) from the state before it, which this seeks to.
+    /// The searches of the replay gdb server (breakpoints, watchpoints) are walks.
+    pub fn walk_steps(
+        &mut self,
+        from: Step,
+        mut regs: Regs,
+        to: Step,
+        visit: &mut dyn FnMut(&StepView<'_>) -> bool,
+    ) -> Result<()> {
+        if to <= from {
+            return Ok(());
+        }
+        let chunks: Vec<usize> = self
+            .reader
+            .chunks()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.header.last_step > from && c.header.first_step <= to)
+            .map(|(i, _)| i)
+            .collect();
+        let mut at = from;
+        for c in chunks {
+            let records = self.reader.chunk_records(c)?;
+            for r in records.iter() {
+                let (first, last) = match r {
+                    Record::Step(s) => (s.step, s.step),
+                    Record::Run(run) => (run.first, run.step),
+                    _ => continue,
+                };
+                if last <= at || first > to {
+                    continue;
+                }
+                // Only a run may start before `from` (a walk may start inside one).
+                let inside_run = matches!(r, Record::Run(_)) && first <= at;
+                if first != at + 1 && !inside_run {
+                    return Err(TimelineError::Inconsistent {
+                        step: first,
+                        detail: format!("step record follows step {at}"),
+                    });
+                }
+                let stopped = match r {
+                    Record::Step(s) => {
+                        if !regs.apply_delta(&s.regs) {
+                            return Err(bad_delta(s.step));
+                        }
+                        at = s.step;
+                        visit(&StepView {
+                            step: at,
+                            regs: &regs,
+                            mem: &s.mem,
+                        })
+                    }
+                    Record::Run(run) => {
+                        let stopped = self.walk_run(first..=last, at, last.min(to), visit)?;
+                        if inside_run {
+                            // The run's delta is from the state before it, not from `from`.
+                            regs = self.seek(first - 1)?.regs.clone();
+                        }
+                        if !regs.apply_delta(&run.regs) {
+                            return Err(bad_delta(run.step));
+                        }
+                        at = last;
+                        stopped
+                    }
+                    _ => false,
+                };
+                if stopped || at >= to {
+                    return Ok(());
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The instructions `from + 1 ..= to` of the run `run`, by re-execution.
+    fn walk_run(
+        &mut self,
+        run: std::ops::RangeInclusive<Step>,
+        from: Step,
+        to: Step,
+        visit: &mut dyn FnMut(&StepView<'_>) -> bool,
+    ) -> Result<bool> {
+        let (first, end) = (*run.start(), *run.end());
+        let before = self.seek(first - 1)?.clone();
+        let header = self.reader.header().clone();
+        let Some(reexec) = self.reexec.as_mut() else {
+            return Err(TimelineError::InsideRun {
+                step: from + 1,
+                first,
+                last: end,
+            });
+        };
+        reexec.walk(&header, end, &before, from, to, visit)
+    }
+
     /// Applies the step records `from.step + 1 ..= to` to `from`.
     fn replay(&mut self, mut state: Snapshot, to: Step) -> Result<Snapshot> {
         if state.step == to {
@@ -344,6 +446,14 @@ impl<R: Read + Seek> Timeline<R> {
     }
 }
 
+/// One instruction seen by [`Timeline::walk_steps`]: the registers after it and the
+/// guest-physical memory it wrote.
+pub struct StepView<'a> {
+    pub step: Step,
+    pub regs: &'a Regs,
+    pub mem: &'a [traces::MemWrite],
+}
+
 /// Applies one step's (or run's) register delta and memory writes; the state is then at `step`.
 fn apply(
     state: &mut Snapshot,
@@ -352,10 +462,7 @@ fn apply(
     mem: &[traces::MemWrite],
 ) -> Result<()> {
     if !state.regs.apply_delta(regs) {
-        return Err(TimelineError::Inconsistent {
-            step,
-            detail: "a register delta names a register that does not exist".into(),
-        });
+        return Err(bad_delta(step));
     }
     for w in mem {
         if !state.memory.write(w.gpa, &w.data) {
@@ -371,4 +478,11 @@ fn apply(
     }
     state.step = step;
     Ok(())
+}
+
+fn bad_delta(step: Step) -> TimelineError {
+    TimelineError::Inconsistent {
+        step,
+        detail: "a register delta names a register that does not exist".into(),
+    }
 }

@@ -161,18 +161,18 @@ pub fn exit_code(s: &RecordSummary) -> ExitCode {
     Outcome::of_recording(&s.end).into()
 }
 
-/// `mmurr-emu` next to this executable.
+/// This installation's `mmurr-emu` (`$MMURR_EMU`, else beside this executable): the one the
+/// replayer re-executes runs with.
 pub fn emu_executable() -> anyhow::Result<PathBuf> {
-    let me = std::env::current_exe().context("cannot find this executable's path")?;
-    let emu = me.with_file_name(format!("mmurr-emu{}", std::env::consts::EXE_SUFFIX));
-    if !emu.exists() {
-        bail!(
-            "the emu backend is the separate executable {} (GPL-2.0, built with `cargo build \
-             -p mmurr-emu`), and it is not there",
-            emu.display()
-        );
-    }
-    Ok(emu)
+    replayer::reexec::installed_emu().ok_or_else(|| {
+        anyhow::anyhow!(
+            "the emu backend is the separate executable mmurr-emu (GPL-2.0, built with `cargo \
+             build -p mmurr-emu`), and it is not beside {} (or set MMURR_EMU to its path)",
+            std::env::current_exe()
+                .map(|p| p.display().to_string())
+                .unwrap_or_else(|_| "this executable".into())
+        )
+    })
 }
 
 /// `mmurr-emu record` with the same guest and record flags, derived from their one definition

@@ -185,6 +185,30 @@ continue",
     finish(child);
 }
 
+/// A live write watchpoint on the PTE of the seed scenario's marker page: the CPU's page walk
+/// sets its accessed and dirty bits when the guest first writes 0x400000, and the live server
+/// stops right after that instruction (the recorder's exact memory of the step).
+#[test]
+fn run_gdb_on_emu_watchpoint_on_a_pte() {
+    let (child, port) = start_live(&["run", "--scenario", "pae-toggle", "--backend", "emu"]);
+    let out = common::run_gdb(
+        port,
+        "watch *(unsigned int *)0x6000
+continue
+p/x *(unsigned int *)0x6000
+monitor when
+delete
+continue",
+    );
+    let hit = common::after(&out, "Hardware watchpoint 1: *(unsigned int *)0x6000");
+    common::expect(hit, "Old value = 65539");
+    common::expect(hit, "New value = 65635");
+    common::expect(hit, "$1 = 0x10063");
+    common::expect(hit, "live, 23 instructions executed");
+    common::expect(hit, "exited with code");
+    finish(child);
+}
+
 #[test]
 fn run_gdb_on_kvm_ctrl_c_stops_a_spinning_guest() {
     recorder::require_kvm!();

@@ -79,11 +79,20 @@ pub struct JsonFlag {
 #[derive(Args, Debug, Clone)]
 pub struct GdbArgs {
     pub trace: PathBuf,
-    #[arg(long, default_value = "127.0.0.1:1234")]
-    pub listen: String,
+    /// Serve on this address and start no gdb (for IDEs and remote gdb); implies
+    /// --server-only.
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Only serve (on --listen, default 127.0.0.1:1234); do not start gdb.
+    #[arg(long)]
+    pub server_only: bool,
     /// Allow a non-loopback listen address.
     #[arg(long)]
     pub allow_remote: bool,
+    /// Arguments for the gdb that `mmurr gdb` starts (after `--`), e.g. `-- -batch -ex 'mmurr
+    /// seek 40' -ex 'p $pc'`. gdb is `$GDB`, else `gdb`.
+    #[arg(last = true)]
+    pub gdb_args: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

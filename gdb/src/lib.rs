@@ -19,5 +19,9 @@ pub mod replay_target;
 pub mod server;
 pub mod target_xml;
 
+/// gdb commands (`mmurr seek`, `mmurr goto-event`, `mmurr when`, ...) that `mmurr gdb` loads
+/// into the gdb it starts: the moves also flush gdb's register cache.
+pub const GDB_COMMANDS: &str = include_str!("commands.gdb");
+
 pub use recorder_hook::{start_live, LiveOptions};
-pub use server::{bind, listen_addr, serve_trace, DEFAULT_LISTEN};
+pub use server::{bind, listen_addr, serve_target, serve_trace, DEFAULT_LISTEN};

@@ -146,8 +146,15 @@ pub fn serve_replay_session(target: &mut ReplayTarget, stream: TcpStream) -> Ses
 
 /// `mmurr gdb TRACE --listen ADDR`: serves the trace until gdb sends `kill`.
 pub fn serve_trace(trace: &Path, listener: TcpListener) -> anyhow::Result<()> {
-    let mut target = ReplayTarget::open(trace)
+    let target = ReplayTarget::open(trace)
         .with_context(|| format!("cannot open trace {}", trace.display()))?;
+    serve_target(target, listener)
+}
+
+/// Serves an opened trace until gdb sends `kill`. Open the trace before binding: a gdb that
+/// connects while a big trace loads then retries its connection (gdb's `tcp auto-retry`)
+/// instead of timing out on a server that accepted but does not answer.
+pub fn serve_target(mut target: ReplayTarget, listener: TcpListener) -> anyhow::Result<()> {
     eprintln!(
         "mmurr: {} steps, {} events; reverse execution on (reverse-stepi, reverse-continue)",
         target.last_step(),

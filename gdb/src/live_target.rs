@@ -550,6 +550,9 @@ impl LiveControl {
                     self.bps.clear_catches();
                     "break-on cleared".into()
                 }
+                Command::Mappings { coalesce } => {
+                    monitor::mappings_text(regs, &cpu, &BackendMemory(backend), coalesce)
+                }
                 c @ (Command::WatchPhys(..) | Command::WatchPhysClear | Command::WatchList) => {
                     monitor::watch_phys(&mut self.bps, &c)
                 }

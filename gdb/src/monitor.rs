@@ -26,6 +26,9 @@ mmurr monitor commands:
   watch-phys ADDR [LEN]     continue / reverse-continue stop where guest-physical
                             [ADDR, ADDR+LEN) is written (LEN 8 by default); gdb's own
                             `watch` works too, on virtual addresses
+  info mem | info tlb       every mapping of the current address space (QEMU's `info mem`:
+                            ranges coalesced; `info tlb`: one line per leaf entry), with
+                            user/read/write/execute rights and the physical address
   watch-phys clear          remove every watch-phys
   watch-phys                list the watchpoints (gdb's and watch-phys)
 After seek / goto-event, gdb still shows its cached registers: run
@@ -53,6 +56,10 @@ pub enum Command {
     WatchPhys(u64, u64),
     WatchPhysClear,
     WatchList,
+    /// `info mem` (coalesced) or `info tlb` (every leaf).
+    Mappings {
+        coalesce: bool,
+    },
 }
 
 /// `watch-phys` (both servers): sets, clears or lists watchpoints; the text to print.
@@ -82,6 +89,56 @@ pub fn watch_phys(bps: &mut Breakpoints, cmd: &Command) -> String {
             }
         }
     }
+}
+
+/// Lines of `info mem` / `info tlb` at the most.
+const MAPPING_LINES: usize = 4096;
+
+/// `info mem` / `info tlb` (both servers): the mappings of the address space of `regs`.
+pub fn mappings_text(
+    regs: &traces::Regs,
+    cpu: &mmu::CpuModel,
+    mem: &dyn mmu::GuestMemory,
+    coalesce: bool,
+) -> String {
+    let cr = insn::control_regs(regs);
+    let mode = mmu::PagingMode::of_regs(&cr);
+    if !mode.is_paged() {
+        return format!(
+            "{}: paging is off, linear addresses are physical",
+            mode.name()
+        );
+    }
+    let all = match mmu::mappings(&cr, cpu, mem, coalesce, 1 << 16) {
+        Ok(m) => m,
+        Err(mmu::TooManyTables(n)) => {
+            return format!("more than {n} page-table pages: too many to list")
+        }
+    };
+    let mut out = vec![format!(
+        "{} paging, CR3 {:#x}: {} {}",
+        mode.name(),
+        cr.cr3,
+        all.len(),
+        if coalesce { "ranges" } else { "leaf entries" }
+    )];
+    for m in all.iter().take(MAPPING_LINES) {
+        let r = m.rights;
+        out.push(format!(
+            "{:016x}-{:016x} {:016x} {}r{}{} -> {:#x}",
+            m.linear,
+            m.linear.wrapping_add(m.len),
+            m.len,
+            if r.user { 'u' } else { '-' },
+            if r.write { 'w' } else { '-' },
+            if r.execute { 'x' } else { '-' },
+            m.phys
+        ));
+    }
+    if all.len() > MAPPING_LINES {
+        out.push(format!("... and {} more", all.len() - MAPPING_LINES));
+    }
+    out.join("\n")
 }
 
 /// Numbers as gdb users type them: decimal, or hex with `0x`.
@@ -293,6 +350,14 @@ pub fn parse(bytes: &[u8]) -> Result<Command, String> {
                 Command::BreakOn(Catchpoint { kind, policy })
             }
         },
+        "info" => {
+            max_args(1)?;
+            match words.get(1) {
+                Some(&"mem") => Command::Mappings { coalesce: true },
+                Some(&"tlb") => Command::Mappings { coalesce: false },
+                _ => return Err("info takes mem or tlb".into()),
+            }
+        }
         "watch-phys" => match words.get(1) {
             None => Command::WatchList,
             Some(&"clear") => {

@@ -611,6 +611,10 @@ impl ReplayTarget {
                 self.sites = Sites::default();
                 "break-on cleared".into()
             }
+            Command::Mappings { coalesce } => {
+                let snap = self.timeline.current();
+                monitor::mappings_text(&snap.regs, &self.cpu, &snap.memory, coalesce)
+            }
             c @ (Command::WatchPhys(..) | Command::WatchPhysClear | Command::WatchList) => {
                 monitor::watch_phys(&mut self.bps, &c)
             }

@@ -294,3 +294,44 @@ fn step_of(text: &str) -> u64 {
         .and_then(|n| n.parse().ok())
         .unwrap_or_else(|| panic!("no step number in {text}"))
 }
+
+/// QEMU-style `info mem` / `info tlb`: the address space of the moment, in its paging mode. The
+/// seed scenario's marker 0x400000 maps page A under 32-bit paging and page B under PAE, and
+/// 32-bit paging also sees the PDPT's entries as PDEs 512.. (linear 0x8000_0000, read-only).
+#[test]
+fn info_mem_lists_the_address_space_of_each_paging_mode() {
+    let port = start_replay_server(&seed_trace());
+    let out = run_gdb(
+        port,
+        "monitor info mem
+monitor seek 25
+monitor info mem
+monitor seek 40
+monitor info mem
+monitor info tlb
+monitor info frob",
+    );
+    expect(&out, "real: paging is off, linear addresses are physical");
+    let bits32 = after(&out, "at step 25;");
+    expect(bits32, "32-bit paging, CR3 0x4800: 4 ranges");
+    expect(
+        bits32,
+        "0000000000400000-0000000000401000 0000000000001000 -rwx -> 0x10000",
+    );
+    expect(
+        bits32,
+        "0000000080000000-0000000080001000 0000000000001000 -r-x -> 0x8000",
+    );
+    let pae = after(bits32, "at step 40;");
+    expect(pae, "PAE paging, CR3 0x4800: 2 ranges");
+    expect(
+        pae,
+        "0000000000000000-0000000000200000 0000000000200000 -rwx -> 0x0",
+    );
+    expect(
+        pae,
+        "0000000000400000-0000000000401000 0000000000001000 -rwx -> 0x11000",
+    );
+    expect(pae, "PAE paging, CR3 0x4800: 513 leaf entries");
+    expect(pae, "error: info takes mem or tlb");
+}

@@ -73,11 +73,12 @@ pub use context::{
     WalkerKind,
 };
 pub use paging::fault::{pfec, Fault, Gp};
+pub use paging::mappings::{mappings, Mapping, TooManyTables};
 pub use paging::mode::{efer_after_cr0_write, lma_after_cr0_write, PagingMode};
 pub use paging::pdpte::{load_pdptrs, pdpt_address};
 pub use paging::perm::{Access, AccessRequest, EffectiveRights, PermInputs};
 pub use paging::rsvd::{RsvdInputs, TableFormat};
-pub use paging::tables::structure_pages;
+pub use paging::tables::{structure_pages, Rights};
 pub use paging::transition::{
     apply_write, apply_write_with, check_write, check_write_with, CrReg, WriteContext,
 };

@@ -2,6 +2,7 @@
 //! permission rules, and the legality of control-register writes (Intel SDM Vol. 3A ch. 4).
 
 pub mod fault;
+pub mod mappings;
 pub mod mode;
 pub mod pdpte;
 pub mod perm;

@@ -17,22 +17,13 @@ pub fn structure_pages(
     mem: &dyn GuestMemory,
     limit: usize,
 ) -> Option<Vec<u64>> {
-    let mode = PagingMode::of_regs(regs);
-    let wide_mask = ((1u64 << cpu.phys_bits().min(52)) - 1) & !0xfff;
+    let wide_mask = wide_mask(cpu);
     let mut out = Vec::new();
     // (table page, level of its entries, entry bytes)
-    let mut todo: Vec<(u64, u8, u8)> = match mode {
-        PagingMode::Real | PagingMode::Unpaged => return Some(out),
-        PagingMode::Bits32 => vec![(regs.cr3 & 0xffff_f000, 2, 4)],
-        PagingMode::Pae => regs
-            .pdptrs
-            .iter()
-            .filter(|p| *p & 1 != 0)
-            .map(|p| (p & wide_mask, 2, 8))
-            .collect(),
-        PagingMode::Level4 => vec![(regs.cr3 & wide_mask, 4, 8)],
-        PagingMode::Level5 => vec![(regs.cr3 & wide_mask, 5, 8)],
-    };
+    let mut todo: Vec<(u64, u8, u8)> = roots(regs, cpu)
+        .into_iter()
+        .map(|r| (r.table, r.level, r.bytes))
+        .collect();
     let mut page = [0u8; 4096];
     while let Some((gpa, level, bytes)) = todo.pop() {
         if out.contains(&gpa) {
@@ -46,34 +37,117 @@ pub fn structure_pages(
             continue;
         }
         for e in page.chunks_exact(bytes as usize) {
-            let entry = match bytes {
-                4 => u64::from(u32::from_le_bytes([e[0], e[1], e[2], e[3]])),
-                _ => u64::from_le_bytes([e[0], e[1], e[2], e[3], e[4], e[5], e[6], e[7]]),
-            };
-            if entry & 1 == 0 {
+            let entry = entry_of(e);
+            if entry & 1 == 0 || is_large(regs, level, bytes, entry) {
                 continue;
             }
-            // PS maps a large page at the PDE (and, in IA-32e paging, the PDPTE) level; with
-            // 32-bit paging only when CR4.PSE allows it.
-            let large = entry & (1 << 7) != 0
-                && match level {
-                    2 => bytes == 8 || regs.pse(),
-                    3 => bytes == 8,
-                    _ => false,
-                };
-            if large {
-                continue;
-            }
-            let next = if bytes == 4 {
-                entry & 0xffff_f000
-            } else {
-                entry & wide_mask
-            };
-            todo.push((next, level - 1, bytes));
+            todo.push((frame_of(entry, bytes, wide_mask), level - 1, bytes));
         }
     }
     out.sort_unstable();
     Some(out)
+}
+
+/// A table a walk starts at: CR3's, or one per present PAE PDPTE register.
+pub(crate) struct Root {
+    pub table: u64,
+    /// The level of the table's entries (1 = page-table entries).
+    pub level: u8,
+    /// Entry size: 4 (32-bit paging) or 8.
+    pub bytes: u8,
+    /// The linear address the table's first entry maps.
+    pub linear: u64,
+    /// The rights the entry pointing here grants (a PAE PDPTE has no R/W, U/S or XD bits).
+    pub rights: Rights,
+}
+
+/// What a path of entries allows: writes and user access only if every entry allows them,
+/// execution unless one sets XD.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Rights {
+    pub write: bool,
+    pub user: bool,
+    pub execute: bool,
+}
+
+impl Rights {
+    pub(crate) const ALL: Rights = Rights {
+        write: true,
+        user: true,
+        execute: true,
+    };
+
+    /// These rights narrowed by `entry` (bit 1 R/W, bit 2 U/S, bit 63 XD when EFER.NXE).
+    pub(crate) fn and(self, entry: u64, nxe: bool) -> Rights {
+        Rights {
+            write: self.write && entry & 2 != 0,
+            user: self.user && entry & 4 != 0,
+            execute: self.execute && !(nxe && entry >> 63 != 0),
+        }
+    }
+}
+
+/// Physical-address bits of an 8-byte entry's frame.
+pub(crate) fn wide_mask(cpu: &CpuModel) -> u64 {
+    ((1u64 << cpu.phys_bits().min(52)) - 1) & !0xfff
+}
+
+/// The tables walks start at in the paging mode of `regs` (none without paging).
+pub(crate) fn roots(regs: &ControlRegs, cpu: &CpuModel) -> Vec<Root> {
+    let wide = wide_mask(cpu);
+    let root = |table, level, bytes| Root {
+        table,
+        level,
+        bytes,
+        linear: 0,
+        rights: Rights::ALL,
+    };
+    match PagingMode::of_regs(regs) {
+        PagingMode::Real | PagingMode::Unpaged => Vec::new(),
+        PagingMode::Bits32 => vec![root(regs.cr3 & 0xffff_f000, 2, 4)],
+        PagingMode::Pae => regs
+            .pdptrs
+            .iter()
+            .enumerate()
+            .filter(|(_, p)| *p & 1 != 0)
+            .map(|(i, p)| Root {
+                linear: (i as u64) << 30,
+                ..root(p & wide, 2, 8)
+            })
+            .collect(),
+        PagingMode::Level4 => vec![root(regs.cr3 & wide, 4, 8)],
+        PagingMode::Level5 => vec![root(regs.cr3 & wide, 5, 8)],
+    }
+}
+
+/// A paging-structure entry from its 4 or 8 little-endian bytes.
+pub(crate) fn entry_of(e: &[u8]) -> u64 {
+    match *e {
+        [a, b, c, d] => u64::from(u32::from_le_bytes([a, b, c, d])),
+        [a, b, c, d, e4, f, g, h] => u64::from_le_bytes([a, b, c, d, e4, f, g, h]),
+        _ => 0,
+    }
+}
+
+/// Whether a present entry at `level` maps a page (PS) rather than pointing to a table: at the
+/// PDE level, and in the 8-byte formats at the PDPTE level (1 GiB; the PAE PDPTE registers are
+/// never leaves and are not walked here); with 32-bit paging only when CR4.PSE allows it.
+pub(crate) fn is_large(regs: &ControlRegs, level: u8, bytes: u8, entry: u64) -> bool {
+    entry & (1 << 7) != 0
+        && match level {
+            2 => bytes == 8 || regs.pse(),
+            3 => bytes == 8,
+            _ => false,
+        }
+}
+
+/// The page-aligned frame an entry points to (its table, or its 4 KiB page).
+pub(crate) fn frame_of(entry: u64, bytes: u8, wide_mask: u64) -> u64 {
+    if bytes == 4 {
+        entry & 0xffff_f000
+    } else {
+        entry & wide_mask
+    }
 }
 
 #[cfg(test)]

@@ -94,7 +94,7 @@ fn replay_draws_in_tmux_and_restores_the_terminal_on_q() {
     );
     tmux.send(&[&command, "Enter"]);
     let s = tmux.wait_for("timeline ·");
-    assert!(s.contains("mmurr replay"), "{s}");
+    assert!(s.contains(" mmurr  step "), "{s}");
     assert!(s.contains("pae-toggle.emu.mmurr"), "{s}");
     // The MMU model loads in the background; then `d` goes to the seed bug.
     tmux.wait_for("policy v5.1-rc3");

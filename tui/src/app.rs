@@ -46,6 +46,38 @@ pub enum Mode {
     Help,
 }
 
+/// A panel that can have the focus (Tab), be zoomed to the whole body (z) and scrolled.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Panel {
+    Timeline,
+    Roles,
+    Registers,
+    Walk,
+    Disassembly,
+    Serial,
+}
+
+impl Panel {
+    pub const ALL: [Panel; 6] = [
+        Panel::Timeline,
+        Panel::Roles,
+        Panel::Registers,
+        Panel::Walk,
+        Panel::Disassembly,
+        Panel::Serial,
+    ];
+
+    fn next(self, forward: bool) -> Panel {
+        let i = Panel::ALL.iter().position(|p| *p == self).unwrap_or(0);
+        let n = Panel::ALL.len();
+        Panel::ALL[if forward {
+            (i + 1) % n
+        } else {
+            (i + n - 1) % n
+        }]
+    }
+}
+
 /// Rows a page key moves (the timeline's height is the view's business).
 pub const PAGE: usize = 20;
 /// Rows one mouse-wheel notch moves.
@@ -73,6 +105,9 @@ pub struct App {
     pub visible: Vec<usize>,
     /// Index into `visible` of the selected row.
     pub cursor: usize,
+    /// CR writes whose per-policy decision rows are unfolded (folded into the write's row
+    /// by default: 13 of every 14 rows were decisions).
+    pub unfolded: std::collections::HashSet<traces::EventId>,
     /// The current position: instructions executed.
     pub step: Step,
     pub view: PositionView,
@@ -81,6 +116,12 @@ pub struct App {
     policy_chosen: bool,
     pub side_by_side: bool,
     pub walk_address: Option<u64>,
+    /// The panel keys scroll (the timeline: keys move through events), whether it fills the
+    /// screen, and how far it is scrolled.
+    pub focus: Panel,
+    pub zoomed: bool,
+    pub scroll: u16,
+    pub help_scroll: u16,
     pub mode: Mode,
     pub search: Option<String>,
     /// Status-line message and whether it reports a problem.
@@ -130,12 +171,17 @@ impl App {
             filter_text: String::new(),
             visible: Vec::new(),
             cursor: 0,
+            unfolded: Default::default(),
             step: 0,
             view: PositionView::default(),
             policy: 0,
             policy_chosen: false,
             side_by_side: false,
             walk_address: None,
+            focus: Panel::Timeline,
+            zoomed: false,
+            scroll: 0,
+            help_scroll: 0,
             mode: Mode::Normal,
             search: None,
             message: None,
@@ -212,9 +258,8 @@ impl App {
                 for e in events {
                     self.events.push(e);
                 }
-                let policies = &self.header.policies;
                 for i in start..self.events.len() {
-                    if self.filter.matches(&self.events, i, policies) {
+                    if self.shown(i) {
                         self.visible.push(i);
                     }
                 }
@@ -255,14 +300,19 @@ impl App {
             return;
         }
         match self.mode.clone() {
-            Mode::Help => {
-                if matches!(
-                    key.code,
-                    KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter
-                ) {
+            Mode::Help => match key.code {
+                KeyCode::Esc | KeyCode::Char('?') | KeyCode::Char('q') | KeyCode::Enter => {
                     self.mode = Mode::Normal;
+                    self.help_scroll = 0;
                 }
-            }
+                KeyCode::Char('j') | KeyCode::Down => {
+                    self.help_scroll = self.help_scroll.saturating_add(1)
+                }
+                KeyCode::Char('k') | KeyCode::Up => {
+                    self.help_scroll = self.help_scroll.saturating_sub(1)
+                }
+                _ => {}
+            },
             Mode::Prompt(kind, mut text) => match key.code {
                 KeyCode::Esc => self.mode = Mode::Normal,
                 KeyCode::Enter => {
@@ -341,10 +391,31 @@ impl App {
 
     pub fn act(&mut self, a: Action) {
         match a {
+            Action::Down | Action::Up | Action::PageDown | Action::PageUp
+                if self.focus != Panel::Timeline =>
+            {
+                let by: i32 = match a {
+                    Action::Down => 1,
+                    Action::Up => -1,
+                    Action::PageDown => PAGE as i32,
+                    _ => -(PAGE as i32),
+                };
+                self.scroll = (i32::from(self.scroll) + by).clamp(0, i32::from(u16::MAX)) as u16;
+            }
             Action::Down => self.move_cursor(1),
             Action::Up => self.move_cursor(-1),
             Action::PageDown => self.move_cursor(PAGE as i64),
             Action::PageUp => self.move_cursor(-(PAGE as i64)),
+            Action::FocusNext | Action::FocusPrev => {
+                self.focus = self.focus.next(a == Action::FocusNext);
+                self.scroll = 0;
+            }
+            Action::Zoom => self.zoomed = !self.zoomed,
+            Action::Back => {
+                self.focus = Panel::Timeline;
+                self.zoomed = false;
+                self.scroll = 0;
+            }
             Action::NextTransition => self.jump_transition(true),
             Action::PrevTransition => self.jump_transition(false),
             Action::NextReset => self.jump_reset(true),
@@ -365,7 +436,9 @@ impl App {
             Action::SearchNext => self.search_again(true),
             Action::SearchPrev => self.search_again(false),
             Action::Filter => self.mode = Mode::Prompt(Prompt::Filter, self.filter_text.clone()),
-            Action::CyclePolicy => self.cycle_policy(),
+            Action::CyclePolicy => self.cycle_policy(true),
+            Action::CyclePolicyBack => self.cycle_policy(false),
+            Action::Unfold => self.toggle_fold(),
             Action::SideBySide => self.side_by_side = !self.side_by_side,
             Action::Walk => self.mode = Mode::Prompt(Prompt::Walk, String::new()),
             Action::Goto => self.mode = Mode::Prompt(Prompt::Goto, String::new()),
@@ -469,15 +542,56 @@ impl App {
     }
 
     fn apply_filter(&mut self) {
-        let policies = &self.header.policies;
-        self.visible = if self.filter.is_empty() {
-            (0..self.events.len()).collect()
-        } else {
-            (0..self.events.len())
-                .filter(|&i| self.filter.matches(&self.events, i, policies))
-                .collect()
-        };
+        self.visible = (0..self.events.len()).filter(|&i| self.shown(i)).collect();
         self.cursor = self.cursor.min(self.visible.len().saturating_sub(1));
+    }
+
+    /// Whether event `i` has a row: it passes the filter, and it is not a decision folded
+    /// into its CR write's row.
+    fn shown(&self, i: usize) -> bool {
+        self.filter.matches(&self.events, i, &self.header.policies) && !self.folded(i)
+    }
+
+    /// A per-policy decision whose CR write is folded (unless the filter asks for them).
+    pub fn folded(&self, i: usize) -> bool {
+        let Some(e) = self.events.events.get(i) else {
+            return false;
+        };
+        let EventKind::Mmu(_) = e.kind else {
+            return false;
+        };
+        if self.filter.asks_for_decisions() {
+            return false;
+        }
+        // A decision whose write is not in the trace has no row to fold into.
+        let cause = self
+            .events
+            .cause_of(i)
+            .and_then(|c| self.events.events.get(c));
+        cause.is_some_and(|c| {
+            matches!(c.kind, EventKind::CrWrite(_)) && !self.unfolded.contains(&c.id)
+        })
+    }
+
+    /// Enter: unfolds (or folds again) the decision rows of the selected CR write (or of the
+    /// write a selected decision belongs to); the cursor stays on the write.
+    fn toggle_fold(&mut self) {
+        let Some(i) = self.selected() else { return };
+        let Some(cause) = self.events.cause_of(i) else {
+            self.message = Some((
+                "Enter unfolds a CR write's decisions; this row has none".into(),
+                false,
+            ));
+            return;
+        };
+        let id = self.events.events[cause].id;
+        if !self.unfolded.remove(&id) {
+            self.unfolded.insert(id);
+        }
+        self.apply_filter();
+        if let Ok(row) = self.visible.binary_search(&cause) {
+            self.cursor = row;
+        }
     }
 
     /// Moves to the next (or previous) visible row satisfying `pred`.
@@ -627,11 +741,15 @@ impl App {
         }
     }
 
-    fn cycle_policy(&mut self) {
+    fn cycle_policy(&mut self, forward: bool) {
         match &self.history {
             Some(h) => {
                 let n = h.analysis.policies.len().max(1);
-                self.policy = (self.policy + 1) % n;
+                self.policy = if forward {
+                    (self.policy + 1) % n
+                } else {
+                    (self.policy + n - 1) % n
+                };
                 self.policy_chosen = true;
                 self.refresh();
             }
@@ -642,11 +760,19 @@ impl App {
     }
 
     /// The text search matches against.
+    /// The row's text and the event's full description (`replayer::views::event_line`: RIP,
+    /// a finding's addresses and translations), so `/0x400000` finds the finding about it.
     pub fn row_text(&self, i: usize) -> String {
         match self.events.events.get(i) {
             Some(e) => {
-                let (kind, text) = summary(e, &self.header.policies);
-                format!("#{} step {} {kind} {text}", e.id, e.step)
+                let policies = &self.header.policies;
+                let (kind, text) = summary(e, policies);
+                format!(
+                    "#{} step {} {kind} {text} · {}",
+                    e.id,
+                    e.step,
+                    replayer::views::event_line::line(e, policies)
+                )
             }
             None => String::new(),
         }
@@ -658,20 +784,38 @@ impl App {
             return;
         };
         let needle = needle.to_ascii_lowercase();
-        let n = self.visible.len();
-        for k in 1..=n {
-            let row = if forward {
-                (self.cursor + k) % n
-            } else {
-                (self.cursor + n - k % n) % n
-            };
-            let i = self.visible[row];
-            if self.row_text(i).to_ascii_lowercase().contains(&needle) {
-                self.select(row);
-                return;
-            }
-        }
-        self.message = Some((format!("not found: {needle}"), true));
+        let matches: Vec<usize> = (0..self.visible.len())
+            .filter(|&row| {
+                self.row_text(self.visible[row])
+                    .to_ascii_lowercase()
+                    .contains(&needle)
+            })
+            .collect();
+        let next = if forward {
+            matches
+                .iter()
+                .find(|&&r| r > self.cursor)
+                .or(matches.first())
+        } else {
+            matches
+                .iter()
+                .rev()
+                .find(|&&r| r < self.cursor)
+                .or(matches.last())
+        };
+        let Some(&row) = next else {
+            self.message = Some((format!("not found: {needle}"), true));
+            return;
+        };
+        self.select(row);
+        let k = matches.partition_point(|&r| r < row) + 1;
+        self.message = Some((
+            format!(
+                "match {k} of {} for {needle:?} (n/N: next/previous)",
+                matches.len()
+            ),
+            false,
+        ));
     }
 
     fn goto(&mut self, text: &str) {

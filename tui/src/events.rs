@@ -174,10 +174,10 @@ pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
                 changed
             };
             let fault = if w.faulted { " #GP" } else { "" };
-            let width = if w.reg == ControlReg::Cr3 { 0 } else { 10 };
+            // What changed first: narrow timelines cut the values, not the flags.
             (
                 w.reg.name().to_string(),
-                format!("{:#0width$x} → {:#0width$x} {changed}{fault}", w.old, w.new),
+                format!("{changed}{fault}  {:#x} → {:#x}", w.old, w.new),
             )
         }
         EventKind::Transition { from, to } => {

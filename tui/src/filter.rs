@@ -89,6 +89,11 @@ impl Filter {
     }
 
     /// Does event `i` of `index` pass?
+    /// The filter names the `mmu` kind: the per-policy decision rows are shown unfolded.
+    pub fn asks_for_decisions(&self) -> bool {
+        self.kinds.iter().any(|k| k == "mmu")
+    }
+
     pub fn matches(&self, index: &EventIndex, i: usize, policies: &[String]) -> bool {
         let Some(e) = index.events.get(i) else {
             return false;

@@ -114,6 +114,37 @@ impl MmuHistory {
     }
 
     /// The policy reset its MMU at this write (`mmu::Decision::is_reset`).
+    /// What the policies made of write `write`, folded into its timeline row: outcomes with
+    /// their counts (most frequent first), then the stale policies, e.g. `12 reinit, 1 skipped
+    /// (role unchanged) · STALE v5.1-rc3`.
+    pub fn verdict_summary(&self, write: usize) -> String {
+        let Some(w) = self.analysis.writes.get(write) else {
+            return String::new();
+        };
+        let mut counts: Vec<(&'static str, usize)> = Vec::new();
+        for d in &w.decisions {
+            match counts.iter_mut().find(|(n, _)| *n == d.outcome.name()) {
+                Some((_, c)) => *c += 1,
+                None => counts.push((d.outcome.name(), 1)),
+            }
+        }
+        counts.sort_by_key(|c| std::cmp::Reverse(c.1));
+        let mut text = counts
+            .iter()
+            .map(|(n, c)| format!("{c} {n}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let stale: Vec<&str> = self
+            .findings_at(write)
+            .filter(|f| f.kind == FindingKind::StaleContext)
+            .map(|f| self.analysis.policies[f.policy].name)
+            .collect();
+        if !stale.is_empty() {
+            text += &format!(" · STALE {}", stale.join(" "));
+        }
+        text
+    }
+
     pub fn is_reset(&self, write: usize, policy: usize) -> bool {
         self.analysis
             .writes

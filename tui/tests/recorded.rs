@@ -54,7 +54,8 @@ fn the_recorded_seed_bug_is_on_the_first_screen() {
         "why: CR4 +PAE triggered kvm_mmu_reset_context",
         "effect:",
         "w 0x400000 → GPA 0x10000 with",
-        "⚠ stale",
+        // The 13 decision rows folded into the write's row, the stale policy first.
+        "⚠ STALE v5.1-rc3 +PAE  0x0 → 0x20  ▸ 12 reinit, 1",
         "32-bit → pae",
         "1 finding (stale context or #GP)",
         "d/D walk them",
@@ -67,6 +68,86 @@ fn the_recorded_seed_bug_is_on_the_first_screen() {
     app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
     let s = screen(&app, 160, 48);
     assert!(s.contains("translations DIFFER"), "{s}");
+}
+
+/// At 80x24, 120x40 and 200x50, with no key pressed: the finding's row with its stale policy,
+/// the policy the panels show, and the verdict; from 120 columns also the why and the effect.
+/// CR0/CR3/CR4 stay in the registers panel at every size.
+#[test]
+fn the_finding_is_on_the_first_screen_at_every_size() {
+    let app = open();
+    for (w, h) in [(80, 24), (120, 40), (200, 50)] {
+        let s = screen(&app, w, h);
+        let mut want = vec![
+            "step 34/59",
+            "policy v5.1-rc3",
+            "⚠ STALE v5.1-rc3 +PAE",
+            "STALE CONTEXT",
+            "cr0 0x80000011",
+            "cr3 0x4800",
+            "cr4 0x00000020",
+        ];
+        if w >= 120 {
+            want.extend(["why: CR4 +PAE", "effect:"]);
+        }
+        for text in want {
+            assert!(s.contains(text), "{w}x{h}: {text:?} missing:\n{s}");
+        }
+    }
+}
+
+/// Enter unfolds the CR write's 13 decision rows and folds them again; Tab focuses the roles
+/// panel, j scrolls it, z zooms it over the whole body, Esc comes back; o cycles the policy
+/// backwards.
+#[test]
+fn decisions_unfold_and_panels_focus_zoom_and_scroll() {
+    let mut app = open();
+    let folded = app.visible.len();
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert_eq!(app.visible.len(), folded + 13);
+    let s = screen(&app, 160, 48);
+    assert!(s.contains("v5.1-rc3: skipped"), "{s}");
+    assert!(
+        s.contains("⚠ STALE v5.1-rc3 +PAE  0x0 → 0x20  ▾ 12 reinit"),
+        "{s}"
+    );
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    assert_eq!(app.visible.len(), folded);
+
+    app.on_key(KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE));
+    let before = screen(&app, 80, 24);
+    assert!(before.contains("▶ MMU roles"), "{before}");
+    press(&mut app, "jjj");
+    assert_eq!(
+        app.step, 34,
+        "j scrolls the focused panel, not the timeline"
+    );
+    let scrolled = screen(&app, 80, 24);
+    assert_ne!(before, scrolled);
+    press(&mut app, "z");
+    let zoomed = screen(&app, 80, 24);
+    assert!(!zoomed.contains("timeline ·"), "{zoomed}");
+    assert!(zoomed.contains("why: CR4 +PAE"), "{zoomed}");
+    app.on_key(KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE));
+    assert!(screen(&app, 80, 24).contains("timeline ·"));
+    let policy = app.policy;
+    press(&mut app, "po");
+    assert_eq!(app.policy, policy);
+    press(&mut app, "o");
+    assert_ne!(app.policy, policy);
+}
+
+/// `/0x400000` finds the finding about that address (its translations are part of what search
+/// reads), and says which match of how many it is.
+#[test]
+fn search_finds_addresses_and_counts_matches() {
+    let mut app = open();
+    press(&mut app, "g/0x400000");
+    app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
+    let row = app.row_text(app.selected().unwrap());
+    assert!(row.contains("stale-context") && row.contains("0x400000"), "{row}");
+    let (msg, _) = app.message.clone().unwrap();
+    assert!(msg.starts_with("match 1 of "), "{msg}");
 }
 
 #[test]

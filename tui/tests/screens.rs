@@ -92,7 +92,7 @@ fn seed_trace_shows_the_stale_context_of_v5_1_rc3() {
     assert!(s.contains("translations DIFFER"), "{s}");
     assert!(s.contains("GPA 0x11000"), "{s}");
     assert!(s.contains("GPA 0x10000"), "{s}");
-    assert!(s.contains("⚠ stale: v5.1-rc3"), "{s}");
+    assert!(s.contains("⚠ STALE v5.1-rc3"), "{s}");
 }
 
 #[test]
@@ -127,8 +127,9 @@ fn side_by_side_lists_every_policy() {
     let s = big(app);
     assert!(s.contains("MMU roles · all policies"), "{s}");
     for p in mmu::policies() {
+        // The selected policy's row is marked.
         assert!(
-            s.contains(&format!(" {:<9} ", p.name)),
+            s.contains(&format!(" {:<9} ", p.name)) || s.contains(&format!("▶{:<9} ", p.name)),
             "{} missing:\n{s}",
             p.name
         );
@@ -140,7 +141,13 @@ fn side_by_side_lists_every_policy() {
 
 #[test]
 fn timeline_lists_writes_transitions_decisions_and_io() {
-    let f = seed_app();
+    let mut f = seed_app();
+    // The per-policy decisions are folded into their write's row; `f mmu` lists them.
+    let s = big(&f.app);
+    assert!(s.contains("▸ 12 reinit, 1 skipped"), "{s}");
+    assert!(!s.contains("v5.1: reinit"), "{s}");
+    press(&mut f.app, "f");
+    type_line(&mut f.app, "mmu cr0 cr3 cr4 transition io finding");
     let s = big(&f.app);
     for text in [
         "cr3",
@@ -551,6 +558,9 @@ fn every_action_has_a_key() {
         let first = keys.split_whitespace().next().unwrap();
         let ev = match first {
             "↓" => KeyEvent::new(KeyCode::Down, KeyModifiers::NONE),
+            "Enter" => KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE),
+            "Tab" => KeyEvent::new(KeyCode::Tab, KeyModifiers::NONE),
+            "Esc" => KeyEvent::new(KeyCode::Esc, KeyModifiers::NONE),
             "PgDn" => KeyEvent::new(KeyCode::PageDown, KeyModifiers::NONE),
             "PgUp" => KeyEvent::new(KeyCode::PageUp, KeyModifiers::NONE),
             k => key(k.chars().next().unwrap()),
@@ -601,7 +611,7 @@ fn tiny_terminals_get_a_notice_and_resizes_reflow() {
     assert!(s.contains("terminal too small"), "{s}");
     for (w, h) in [(80, 20), (100, 30), (160, 48), (250, 80)] {
         let s = screen(app, w, h);
-        assert!(s.contains("mmurr replay"), "{w}x{h}:\n{s}");
+        assert!(s.contains(" mmurr  step "), "{w}x{h}:\n{s}");
         assert!(s.contains("timeline"), "{w}x{h}:\n{s}");
         assert!(s.contains("MMU roles"), "{w}x{h}:\n{s}");
     }
@@ -614,10 +624,27 @@ fn the_mode_band_marks_the_position() {
     let s = big(app);
     let band = s.lines().nth(1).unwrap();
     assert!(band.starts_with(" mode ▼"), "{band}");
+    // Each stretch starts with its mode's letter (readable without colour), and the legend
+    // names the modes the trace enters.
+    assert!(
+        band.trim_end().ends_with("2 32-bit P pae U unpaged"),
+        "{band}"
+    );
+    let letters: String = band[" mode ▼".len()..]
+        .split("2 32-bit")
+        .next()
+        .unwrap()
+        .chars()
+        .filter(|c| !c.is_whitespace())
+        .collect();
+    assert_eq!(letters, "2P2", "{band}");
     press(app, "G");
     let s = big(app);
     let band = s.lines().nth(1).unwrap();
-    assert!(band.trim_end().ends_with('▼'), "{band}");
+    assert!(
+        band.trim_end().ends_with("▼ 2 32-bit P pae U unpaged"),
+        "{band}"
+    );
 }
 
 #[test]

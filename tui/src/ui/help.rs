@@ -7,7 +7,9 @@ use ratatui::text::{Line, Span};
 use ratatui::widgets::{Clear, Paragraph};
 use ratatui::Frame;
 
-pub fn draw(frame: &mut Frame, area: Rect) {
+/// The overlay, scrolled by `scroll` lines (j/k while it is open); the title says how to
+/// close it, so a short terminal still shows that.
+pub fn draw(frame: &mut Frame, area: Rect, scroll: u16) {
     let height = (KEYMAP.len() as u16 + 6).min(area.height);
     let width = 76.min(area.width);
     let [_, mid, _] = Layout::vertical([
@@ -38,5 +40,11 @@ pub fn draw(frame: &mut Frame, area: Rect) {
     )));
     lines.push(Line::from(Span::styled("  press ? or Esc to close", dim())));
     frame.render_widget(Clear, rect);
-    frame.render_widget(Paragraph::new(lines).block(panel("keys")), rect);
+    let max = (lines.len() as u16).saturating_sub(rect.height.saturating_sub(2));
+    frame.render_widget(
+        Paragraph::new(lines)
+            .block(panel("keys · j/k scroll · ? or Esc closes"))
+            .scroll((scroll.min(max), 0)),
+        rect,
+    );
 }

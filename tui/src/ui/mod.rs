@@ -7,7 +7,7 @@ mod serial;
 pub mod timeline;
 mod walk;
 
-use crate::app::{App, Mode};
+use crate::app::{App, Mode, Panel};
 use crate::events::clean;
 use ratatui::layout::{Constraint, Layout, Rect};
 use ratatui::style::{Color, Modifier, Style};
@@ -52,6 +52,25 @@ pub fn panel(title: impl Into<String>) -> Block<'static> {
     Block::bordered().title(Span::styled(format!(" {} ", title.into()), bold()))
 }
 
+/// `which`'s frame: highlighted (and marked) when it has the focus.
+pub fn panel_of(app: &App, which: Panel, title: impl Into<String>) -> Block<'static> {
+    if app.focus == which && which != Panel::Timeline {
+        Block::bordered()
+            .border_style(Style::new().fg(Color::Cyan))
+            .title(Span::styled(
+                format!(" ▶ {} · j/k scroll · z zoom · Esc back ", title.into()),
+                bold().fg(Color::Cyan),
+            ))
+    } else {
+        panel(title)
+    }
+}
+
+/// How far `which` is scrolled (only the focused panel is).
+pub fn scroll_of(app: &App, which: Panel) -> (u16, u16) {
+    (if app.focus == which { app.scroll } else { 0 }, 0)
+}
+
 /// Where each panel goes on a screen of `area` (large enough: see [`MIN_WIDTH`]).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Areas {
@@ -76,14 +95,30 @@ pub fn areas(area: Rect) -> Areas {
         Constraint::Length(1),
     ])
     .areas(area);
-    let [timeline, right] =
-        Layout::horizontal([Constraint::Percentage(40), Constraint::Percentage(60)]).areas(body);
-    let [roles, middle, bottom] = Layout::vertical([
-        Constraint::Percentage(50),
-        Constraint::Percentage(30),
-        Constraint::Percentage(20),
+    // Narrow terminals give the timeline a little more, so a finding's row keeps its flags.
+    let share = if area.width < 120 { 46 } else { 40 };
+    let [timeline, right] = Layout::horizontal([
+        Constraint::Percentage(share),
+        Constraint::Percentage(100 - share),
     ])
-    .areas(right);
+    .areas(body);
+    // Short terminals give the roles panel (the verdict, why and effect) the room; the
+    // disassembly and serial panels are then reached with Tab and z.
+    let [roles, middle, bottom] = if area.height < 30 {
+        Layout::vertical([
+            Constraint::Percentage(62),
+            Constraint::Percentage(38),
+            Constraint::Length(0),
+        ])
+        .areas(right)
+    } else {
+        Layout::vertical([
+            Constraint::Percentage(50),
+            Constraint::Percentage(30),
+            Constraint::Percentage(20),
+        ])
+        .areas(right)
+    };
     let [regs, walk] =
         Layout::horizontal([Constraint::Percentage(45), Constraint::Percentage(55)]).areas(middle);
     let [disasm, serial] =
@@ -116,15 +151,41 @@ pub fn draw(frame: &mut Frame, app: &App) {
     let a = areas(area);
     frame.render_widget(Paragraph::new(title_line(app)), a.title);
     timeline::draw_band(frame, a.band, app);
-    timeline::draw(frame, a.timeline, app);
-    roles::draw(frame, a.roles, app);
-    regs::draw(frame, a.regs, app);
-    walk::draw(frame, a.walk, app);
-    regs::draw_disasm(frame, a.disasm, app);
-    serial::draw(frame, a.serial, app);
+    if app.zoomed {
+        let body = Rect {
+            y: a.timeline.y,
+            height: a.timeline.height,
+            ..area
+        };
+        draw_panel(frame, app.focus, body, app);
+    } else {
+        for (which, rect) in [
+            (Panel::Timeline, a.timeline),
+            (Panel::Roles, a.roles),
+            (Panel::Registers, a.regs),
+            (Panel::Walk, a.walk),
+            (Panel::Disassembly, a.disasm),
+            (Panel::Serial, a.serial),
+        ] {
+            if rect.height > 0 && rect.width > 0 {
+                draw_panel(frame, which, rect, app);
+            }
+        }
+    }
     frame.render_widget(Paragraph::new(status_line(app)), a.status);
     if app.mode == Mode::Help {
-        help::draw(frame, area);
+        help::draw(frame, area, app.help_scroll);
+    }
+}
+
+fn draw_panel(frame: &mut Frame, which: Panel, rect: Rect, app: &App) {
+    match which {
+        Panel::Timeline => timeline::draw(frame, rect, app),
+        Panel::Roles => roles::draw(frame, rect, app),
+        Panel::Registers => regs::draw(frame, rect, app),
+        Panel::Walk => walk::draw(frame, rect, app),
+        Panel::Disassembly => regs::draw_disasm(frame, rect, app),
+        Panel::Serial => serial::draw(frame, rect, app),
     }
 }
 
@@ -140,15 +201,24 @@ fn too_small(frame: &mut Frame, area: Rect) {
     frame.render_widget(Paragraph::new(text).wrap(Wrap { trim: true }), area);
 }
 
+/// Position, mode and policy first: they must survive an 80-column terminal; the file,
+/// scenario and backend after them.
 fn title_line(app: &App) -> Line<'static> {
     let mode = app.events.mode_at(app.step);
     let mut spans = vec![
+        Span::styled(" mmurr ", Style::new().bg(Color::Blue).fg(Color::White)),
+        Span::styled(format!(" step {}/{} ", app.step, app.total_steps), bold()),
         Span::styled(
-            " mmurr replay ",
-            Style::new().bg(Color::Blue).fg(Color::White),
+            format!("· {} ", mode.name()),
+            Style::new().fg(mode_color(mode)),
         ),
-        Span::raw(format!(" {} ", clean(&app.title))),
     ];
+    if let Some(h) = &app.history {
+        if let Some(p) = h.analysis.policies.get(app.policy) {
+            spans.push(Span::raw(format!("· policy {} ", p.name)));
+        }
+    }
+    spans.push(Span::raw(format!("· {} ", clean(&app.title))));
     if let Some(s) = &app.header.scenario {
         spans.push(Span::styled(format!("· {} ", clean(s)), dim()));
     }
@@ -156,19 +226,6 @@ fn title_line(app: &App) -> Line<'static> {
         format!("· {} ", app.header.backend.kind.name()),
         dim(),
     ));
-    spans.push(Span::styled(
-        format!("· step {}/{} ", app.step, app.total_steps),
-        bold(),
-    ));
-    spans.push(Span::styled(
-        format!("· {} ", mode.name()),
-        Style::new().fg(mode_color(mode)),
-    ));
-    if let Some(h) = &app.history {
-        if let Some(p) = h.analysis.policies.get(app.policy) {
-            spans.push(Span::raw(format!("· policy {} ", p.name)));
-        }
-    }
     if !app.filter_text.is_empty() {
         spans.push(Span::styled(
             format!("· filter: {} ", app.filter_text),

@@ -1,8 +1,8 @@
 //! The registers panel (general registers at the code's width, control registers decoded)
 //! and the disassembly panel (the last instructions executed, RIP, what follows).
 
-use super::{bold, dim, panel};
-use crate::app::App;
+use super::{bold, dim};
+use crate::app::{App, Panel};
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Modifier, Style};
 use ratatui::text::{Line, Span};
@@ -12,7 +12,15 @@ use ratatui::Frame;
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let v = &app.view;
     let mut lines: Vec<Line> = Vec::new();
-    // General registers two to a line: they matter less than the control registers here.
+    // The control registers first (what this tool is about: they must survive a short
+    // panel), then the general registers two to a line.
+    for r in &v.control {
+        lines.push(Line::from(vec![
+            Span::styled(format!("{:>6} ", r.name), bold()),
+            Span::raw(format!("{} ", r.value)),
+            Span::styled(r.detail.clone(), Style::new().fg(Color::Cyan)),
+        ]));
+    }
     for pair in v.general.chunks(2) {
         let spans: Vec<Span> = pair
             .iter()
@@ -25,20 +33,18 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             .collect();
         lines.push(Line::from(spans));
     }
-    for r in &v.control {
-        lines.push(Line::from(vec![
-            Span::styled(format!("{:>6} ", r.name), bold()),
-            Span::raw(format!("{} ", r.value)),
-            Span::styled(r.detail.clone(), Style::new().fg(Color::Cyan)),
-        ]));
-    }
     if v.step.is_none() {
         lines.push(Line::styled(
             v.error.clone().unwrap_or_else(|| "no state".into()),
             super::alert(),
         ));
     }
-    frame.render_widget(Paragraph::new(lines).block(panel("registers")), area);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .block(super::panel_of(app, Panel::Registers, "registers"))
+            .scroll(super::scroll_of(app, Panel::Registers)),
+        area,
+    );
 }
 
 pub fn draw_disasm(frame: &mut Frame, area: Rect, app: &App) {
@@ -64,7 +70,13 @@ pub fn draw_disasm(frame: &mut Frame, area: Rect, app: &App) {
         })
         .collect();
     frame.render_widget(
-        Paragraph::new(lines).block(panel(format!("disassembly ({bits}-bit)"))),
+        Paragraph::new(lines)
+            .block(super::panel_of(
+                app,
+                Panel::Disassembly,
+                format!("disassembly ({bits}-bit)"),
+            ))
+            .scroll(super::scroll_of(app, Panel::Disassembly)),
         area,
     );
 }

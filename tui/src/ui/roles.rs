@@ -3,8 +3,8 @@
 //! highlighted), its decision, the context it kept and, when that context is stale, why and
 //! what it mistranslates. `P` shows every policy's decision side by side instead.
 
-use super::{alert, bold, changed, dim, panel};
-use crate::app::App;
+use super::{alert, bold, changed, dim};
+use crate::app::{App, Panel};
 use crate::history::MmuHistory;
 use history::to_trace::paging_mode as trace_mode;
 use mmu::{Outcome, Tracker};
@@ -80,8 +80,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     };
     frame.render_widget(
         Paragraph::new(lines)
-            .block(panel(title))
-            .wrap(Wrap { trim: false }),
+            .block(super::panel_of(app, Panel::Roles, title))
+            .wrap(Wrap { trim: false })
+            .scroll(super::scroll_of(app, Panel::Roles)),
         area,
     );
 }

@@ -1,8 +1,8 @@
 //! Guest serial output (writes to COM1 0x3f8 and the debug console 0xe9) up to the current
 //! step: what the guest had printed by then.
 
-use super::{dim, panel};
-use crate::app::App;
+use super::dim;
+use crate::app::{App, Panel};
 use ratatui::layout::Rect;
 use ratatui::text::Line;
 use ratatui::widgets::Paragraph;
@@ -38,5 +38,10 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             .map(|l| Line::raw(l.clone()))
             .collect()
     };
-    frame.render_widget(Paragraph::new(lines).block(panel("serial")), area);
+    frame.render_widget(
+        Paragraph::new(lines)
+            .block(super::panel_of(app, Panel::Serial, "serial"))
+            .scroll(super::scroll_of(app, Panel::Serial)),
+        area,
+    );
 }

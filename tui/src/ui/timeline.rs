@@ -20,9 +20,36 @@ pub fn window_start(cursor: usize, len: usize, height: usize) -> usize {
     cursor.saturating_sub(height / 3).min(len - height)
 }
 
+/// The paging mode over the whole trace: one cell per slice of steps, coloured by mode, the
+/// mode's letter at the start of each stretch (so the band reads without colour, e.g. under
+/// NO_COLOR), ▼ at the position, and a legend of the modes the trace enters at the right.
 pub fn draw_band(frame: &mut Frame, area: Rect, app: &App) {
     let label = " mode ";
-    let width = area.width.saturating_sub(label.len() as u16) as u64;
+    let mut seen: Vec<traces::PagingMode> = Vec::new();
+    for m in app
+        .events
+        .modes
+        .iter()
+        .copied()
+        .chain([app.events.mode_at(0)])
+    {
+        if !seen.contains(&m) {
+            seen.push(m);
+        }
+    }
+    seen.sort_by_key(|m| mode_glyph(*m));
+    let legend: String = seen
+        .iter()
+        .map(|m| format!(" {} {}", mode_glyph(*m), m.name()))
+        .collect();
+    let legend = if (area.width as usize) > label.len() + legend.chars().count() + 20 {
+        legend
+    } else {
+        String::new()
+    };
+    let width = area
+        .width
+        .saturating_sub((label.len() + legend.chars().count()) as u16) as u64;
     let total = app.total_steps.max(1);
     let here = if width == 0 {
         0
@@ -31,13 +58,23 @@ pub fn draw_band(frame: &mut Frame, area: Rect, app: &App) {
     };
     let mut spans = vec![Span::styled(label, dim())];
     let mut run: Option<(Color, String)> = None;
+    let mut last_mode = None;
     for x in 0..width {
         let step = (u128::from(x) * u128::from(total) / u128::from(width.max(1))) as u64;
-        let colour = mode_color(app.events.mode_at(step));
-        let ch = if x == here { '▼' } else { ' ' };
+        let mode = app.events.mode_at(step);
+        let colour = mode_color(mode);
+        let starts = last_mode != Some(mode);
+        last_mode = Some(mode);
+        let ch = if x == here {
+            '▼'
+        } else if starts {
+            mode_glyph(mode)
+        } else {
+            ' '
+        };
         if x == here {
             if let Some((c, s)) = run.take() {
-                spans.push(Span::styled(s, Style::new().bg(c)));
+                spans.push(Span::styled(s, Style::new().bg(c).fg(Color::Black)));
             }
             spans.push(Span::styled(
                 ch.to_string(),
@@ -52,44 +89,61 @@ pub fn draw_band(frame: &mut Frame, area: Rect, app: &App) {
             Some((c, s)) if *c == colour => s.push(ch),
             _ => {
                 if let Some((c, s)) = run.take() {
-                    spans.push(Span::styled(s, Style::new().bg(c)));
+                    spans.push(Span::styled(s, Style::new().bg(c).fg(Color::Black)));
                 }
                 run = Some((colour, ch.to_string()));
             }
         }
     }
     if let Some((c, s)) = run {
-        spans.push(Span::styled(s, Style::new().bg(c)));
+        spans.push(Span::styled(s, Style::new().bg(c).fg(Color::Black)));
     }
+    spans.push(Span::styled(legend, dim()));
     frame.render_widget(Paragraph::new(Line::from(spans)), area);
 }
 
-/// What the MMU model says about a CR-write row: `⚠ v5.1-rc3 stale`.
-fn model_note(app: &App, e: &traces::Event) -> Option<(String, bool)> {
+/// What the MMU model made of a CR-write row, folded into it: the alarm before the write's
+/// text (`⚠ STALE v5.1-rc3`, so it survives narrow terminals) and the decisions after it
+/// (`▸ 12 reinit, 1 skipped (role unchanged)`; ▾ when unfolded). `None` for other rows or
+/// before the model has loaded.
+fn verdict(app: &App, e: &traces::Event) -> Option<(Option<String>, String)> {
     let h = app.history.as_ref()?;
     if !matches!(e.kind, EventKind::CrWrite(_)) {
         return None;
     }
     let w = h.write_of_event(e.id)?;
-    let mut stale = Vec::new();
-    let mut other = 0;
-    for f in h.findings_at(w) {
-        if f.kind == FindingKind::StaleContext {
-            stale.push(h.analysis.policies[f.policy].name);
-        } else {
-            other += 1;
-        }
-    }
-    if !stale.is_empty() {
-        let mut s = format!("⚠ stale: {}", stale[..stale.len().min(2)].join(" "));
-        if stale.len() > 2 {
-            s += &format!(" +{}", stale.len() - 2);
-        }
-        Some((s, true))
-    } else if other > 0 {
-        Some((format!("· {other} finding(s)"), false))
+    let summary = h.verdict_summary(w);
+    let (counts, stale) = match summary.split_once(" · ") {
+        Some((counts, stale)) => (counts, Some(stale)),
+        None => (summary.as_str(), None),
+    };
+    let other = h
+        .findings_at(w)
+        .filter(|f| f.kind != FindingKind::StaleContext)
+        .count();
+    let alarm = match stale {
+        Some(stale) => Some(format!("⚠ {stale}")),
+        None if other > 0 => Some(format!("⚠ {other} finding(s)")),
+        None => None,
+    };
+    let fold = if app.unfolded.contains(&e.id) {
+        "▾"
     } else {
-        None
+        "▸"
+    };
+    Some((alarm, format!("{fold} {counts}")))
+}
+
+/// A paging mode in one character, for rows too narrow for its name (the colour says it too,
+/// and the band's legend names them).
+pub fn mode_glyph(m: traces::PagingMode) -> char {
+    match m {
+        traces::PagingMode::Real => 'R',
+        traces::PagingMode::Unpaged => 'U',
+        traces::PagingMode::Bits32 => '2',
+        traces::PagingMode::Pae => 'P',
+        traces::PagingMode::Level4 => '4',
+        traces::PagingMode::Level5 => '5',
     }
 }
 
@@ -132,21 +186,31 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             EventKind::Mmu(_) | EventKind::Io(_) | EventKind::Mmio(_) => dim(),
             _ => Style::new().fg(Color::White),
         };
+        // Narrow panels get the mode as one character; the verdict goes before the text.
+        let wide = area.width >= 70;
+        let mode_cell = if wide {
+            format!("{:<7}", mode.name())
+        } else {
+            mode_glyph(mode).to_string()
+        };
         let mut spans = vec![
             Span::raw(marker),
             Span::styled(format!("{:>step_width$} ", e.step), dim()),
             Span::styled(
-                format!("{:<7}", mode.name()),
+                mode_cell,
                 Style::new().bg(mode_color(mode)).fg(Color::Black),
             ),
             Span::styled(format!(" {kind:<5} "), kind_style),
-            Span::raw(text),
         ];
-        if let Some((note, bad)) = model_note(app, e) {
-            spans.push(Span::styled(
-                format!("  {note}"),
-                if bad { alert() } else { dim() },
-            ));
+        match verdict(app, e) {
+            Some((alarm, counts)) => {
+                if let Some(alarm) = alarm {
+                    spans.push(Span::styled(format!("{alarm} "), alert()));
+                }
+                spans.push(Span::raw(text));
+                spans.push(Span::styled(format!("  {counts}"), dim()));
+            }
+            None => spans.push(Span::raw(text)),
         }
         let mut line = Line::from(spans);
         if selected {

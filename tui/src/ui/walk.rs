@@ -1,8 +1,8 @@
 //! The page-walk panel: one address walked level by level by the architecture and by the
 //! selected policy's kept MMU context, and whether they agree.
 
-use super::{alert, bold, dim, panel};
-use crate::app::App;
+use super::{alert, bold, dim};
+use crate::app::{App, Panel};
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
@@ -16,7 +16,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 "no address: the code here is not mapped (w enters one)",
                 dim(),
             ))
-            .block(panel("page walk")),
+            .block(super::panel_of(app, Panel::Walk, "page walk")),
             area,
         );
         return;
@@ -51,8 +51,13 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     }
     frame.render_widget(
         Paragraph::new(lines)
-            .block(panel(format!("page walk {:#x}", w.gva)))
-            .wrap(Wrap { trim: false }),
+            .block(super::panel_of(
+                app,
+                Panel::Walk,
+                format!("page walk {:#x}", w.gva),
+            ))
+            .wrap(Wrap { trim: false })
+            .scroll(super::scroll_of(app, Panel::Walk)),
         area,
     );
 }

@@ -6,8 +6,7 @@
 use replayer::flags::changed_flags;
 use std::io::{Read, Seek};
 use traces::{
-    chunk::FLAG_EVENTS, ControlReg, Event, EventId, EventKind, PagingMode, Reader, Record, Regs,
-    Step,
+    chunk::FLAG_EVENTS, Event, EventId, EventKind, PagingMode, Reader, Record, Regs, Step,
 };
 
 /// COM1's data port and the Bochs/QEMU debug console: writes there are the guest's output.

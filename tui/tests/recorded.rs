@@ -145,7 +145,10 @@ fn search_finds_addresses_and_counts_matches() {
     press(&mut app, "g/0x400000");
     app.on_key(KeyEvent::new(KeyCode::Enter, KeyModifiers::NONE));
     let row = app.row_text(app.selected().unwrap());
-    assert!(row.contains("stale-context") && row.contains("0x400000"), "{row}");
+    assert!(
+        row.contains("stale-context") && row.contains("0x400000"),
+        "{row}"
+    );
     let (msg, _) = app.message.clone().unwrap();
     assert!(msg.starts_with("match 1 of "), "{msg}");
 }

@@ -63,7 +63,13 @@ pub struct Tracer<'a> {
     /// stuck watch judges it instruction by instruction).
     runs_supported: bool,
     quiet_run_steps: u64,
+    /// Reading the host's events failed once (reported, not retried noisily).
+    host_failed: bool,
 }
+
+/// Host events are read out of the kernel's buffers every this many steps (and at the end):
+/// often enough that its per-CPU buffers never fill, rarely enough to cost little.
+const HOST_DRAIN_STEPS: u64 = 2048;
 
 /// What the instruction about to run will do, decoded with the registers before it.
 struct Plan {
@@ -108,6 +114,7 @@ impl<'a> Tracer<'a> {
             stuck: Some(StuckWatch::default()),
             runs_supported: true,
             quiet_run_steps: 0,
+            host_failed: false,
         })
     }
 
@@ -133,6 +140,38 @@ impl<'a> Tracer<'a> {
         };
         self.next_event += 1;
         self.append(Record::Event(e));
+    }
+
+    /// The host's KVM is told that this step ended; every [`HOST_DRAIN_STEPS`] steps its
+    /// events so far are written.
+    fn host_step_ended(&mut self) {
+        let Some(host) = self.backend.host() else {
+            return;
+        };
+        host.step_ended(self.step);
+        if self.step.is_multiple_of(HOST_DRAIN_STEPS) {
+            self.host_records();
+        }
+    }
+
+    /// Writes the host events of the steps ended so far (each record names its step, which
+    /// may be before records already written). A host that stops answering is reported once
+    /// as a record of lost events and left alone.
+    pub fn host_records(&mut self) {
+        let Some(host) = self.backend.host() else {
+            return;
+        };
+        match host.take() {
+            Ok(records) => records
+                .into_iter()
+                .for_each(|r| self.append(Record::Host(r))),
+            Err(why) => {
+                if !self.host_failed {
+                    self.host_failed = true;
+                    eprintln!("mmurr: warning: reading the host's events failed: {why}");
+                }
+            }
+        }
     }
 
     /// The keyframe of the entry state (step 0): registers, no pages (memory = the loads).
@@ -512,6 +551,7 @@ impl<'a> Tracer<'a> {
             regs,
             mem: mem_writes,
         }));
+        self.host_step_ended();
         let count = 1 + beyond.len() as u32 + u32::from(also_ran.is_some());
         if count > 1 {
             self.event(before.rip, EventKind::Retired { count });

@@ -35,6 +35,26 @@ pub fn skip_without_kvm(unusable: Option<String>) -> bool {
     true
 }
 
+/// The environment variable that turns a skip for want of host events (root and tracefs, for
+/// `record --host-events`) into a failure.
+pub const REQUIRE_HOST_EVENTS: &str = "MMURR_REQUIRE_HOST_EVENTS";
+
+/// `true` when the calling test should return now: the host's KVM events cannot be recorded
+/// here (`unavailable` says why). Panics instead when [`REQUIRE_HOST_EVENTS`] is set to
+/// anything but `0` or empty, as [`skip_without_kvm`] does for [`REQUIRE_KVM`].
+pub fn skip_without_host_events(unavailable: Option<String>) -> bool {
+    let Some(why) = unavailable else {
+        return false;
+    };
+    let required = std::env::var(REQUIRE_HOST_EVENTS).is_ok_and(|v| !v.is_empty() && v != "0");
+    assert!(
+        !required,
+        "{REQUIRE_HOST_EVENTS} is set but host events cannot be recorded here: {why}"
+    );
+    eprintln!("SKIP: host events not available: {why}");
+    true
+}
+
 /// Returns from the calling test where KVM is not usable (see [`skip_without_kvm`]); with an
 /// argument, that is the reason KVM is unusable (`None`: usable), e.g. a backend's own probe.
 #[macro_export]

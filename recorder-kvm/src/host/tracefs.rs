@@ -97,9 +97,7 @@ impl Instance {
                 ));
             }
         }
-        ring::check_header_page(
-            &read(&events.join("header_page")).unwrap_or_default(),
-        )?;
+        ring::check_header_page(&read(&events.join("header_page")).unwrap_or_default())?;
         let tid = thread_id()?;
         let dir = root
             .join("instances")

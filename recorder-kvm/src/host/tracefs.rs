@@ -146,7 +146,11 @@ impl Instance {
             };
             match format::parse(t, &text) {
                 Ok(f) => {
-                    write(&dir.join("events").join(t).join("enable"), "1")?;
+                    let event = dir.join("events").join(t);
+                    if let Some((_, filter)) = format::FILTERS.iter().find(|(n, _)| n == t) {
+                        write(&event.join("filter"), filter)?;
+                    }
+                    write(&event.join("enable"), "1")?;
                     self.tracepoints.push(t.to_string());
                     self.formats.insert(f.id, f);
                 }

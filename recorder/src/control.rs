@@ -31,6 +31,10 @@ pub struct StepView<'a> {
     pub writes: &'a [(Event, history::WriteOutcome)],
     /// The paging-mode transition the previous instruction made.
     pub transition: Option<(PagingMode, PagingMode)>,
+    /// The host KVM's latest events (recorded with host events; read every step while a
+    /// debugger drives the loop), oldest first, and the layout its role words decode with.
+    pub host: &'a [traces::HostRecord],
+    pub host_layout: &'static mmu::Layout,
 }
 
 pub trait StepControl {

@@ -65,7 +65,15 @@ pub struct Tracer<'a> {
     quiet_run_steps: u64,
     /// Reading the host's events failed once (reported, not retried noisily).
     host_failed: bool,
+    /// The latest host records, for a debugger (at most [`RECENT_HOST`]).
+    recent_host: Vec<traces::HostRecord>,
+    host_layout: &'static mmu::Layout,
+    /// A debugger drives the loop: host events are read after every step.
+    host_every_step: bool,
 }
+
+/// Host records a debugger is shown (`monitor host`).
+const RECENT_HOST: usize = 64;
 
 /// Host events are read out of the kernel's buffers every this many steps (and at the end):
 /// often enough that its per-CPU buffers never fill, rarely enough to cost little.
@@ -92,6 +100,9 @@ impl<'a> Tracer<'a> {
     ) -> Result<Tracer<'a>, BackendError> {
         let regs = backend.regs_full()?;
         let shadow = Shadow::new(&shadow::ram(&*backend));
+        let host_layout = mmu::policy_for_release(&backend.info().host_kernel)
+            .unwrap_or_else(|| mmu::policies().last().expect("policies"))
+            .layout;
         Ok(Tracer {
             backend,
             sink,
@@ -115,6 +126,9 @@ impl<'a> Tracer<'a> {
             runs_supported: true,
             quiet_run_steps: 0,
             host_failed: false,
+            recent_host: Vec::new(),
+            host_layout,
+            host_every_step: false,
         })
     }
 
@@ -149,7 +163,7 @@ impl<'a> Tracer<'a> {
             return;
         };
         host.step_ended(self.step);
-        if self.step.is_multiple_of(HOST_DRAIN_STEPS) {
+        if self.host_every_step || self.step.is_multiple_of(HOST_DRAIN_STEPS) {
             self.host_records();
         }
     }
@@ -162,9 +176,17 @@ impl<'a> Tracer<'a> {
             return;
         };
         match host.take() {
-            Ok(records) => records
-                .into_iter()
-                .for_each(|r| self.append(Record::Host(r))),
+            Ok(records) => {
+                for r in records {
+                    if self.host_every_step {
+                        if self.recent_host.len() == RECENT_HOST {
+                            self.recent_host.remove(0);
+                        }
+                        self.recent_host.push(r.clone());
+                    }
+                    self.append(Record::Host(r));
+                }
+            }
             Err(why) => {
                 if !self.host_failed {
                     self.host_failed = true;
@@ -198,6 +220,7 @@ impl<'a> Tracer<'a> {
         let deadline = self.opts.timeout.map(|t| Instant::now() + t);
         if control.is_some() {
             self.stuck = None;
+            self.host_every_step = true;
         }
         // Runs advance the step count by many at once: tick when it crosses a multiple of 256.
         let mut next_tick = 0u64;
@@ -245,6 +268,8 @@ impl<'a> Tracer<'a> {
                     mmu: &self.mmu,
                     writes: &self.step_writes,
                     transition: self.step_transition,
+                    host: &self.recent_host,
+                    host_layout: self.host_layout,
                 };
                 match c.before_step(&view, &mut *self.backend) {
                     StepVerdict::Run => {}

@@ -138,26 +138,18 @@ pub fn check_host<R: Read + Seek>(
     let flavour = Flavour::parse(&host.flavour)
         .ok_or_else(|| HostCheckError::Flavour(host.flavour.clone()))?;
     let host_policy = mmu::policy_for_release(&header.backend.host_kernel);
-    let layout = host_policy
-        .unwrap_or_else(|| mmu::policies().last().expect("policies"))
-        .layout;
-    let mut records = Vec::new();
-    let mut lost_events = 0;
-    for record in timeline.reader().records() {
-        if let Record::Host(h) = record.map_err(TimelineError::from)? {
-            lost_events += h
-                .events
-                .iter()
-                .map(|e| match e {
-                    HostEvent::Lost { count } => (*count).max(1),
-                    _ => 0,
-                })
-                .sum::<u64>();
-            records.push(h);
-        }
-    }
-    records.sort_by_key(|r| r.step);
-    let roots = host_roots(&records, layout);
+    let layout = host_layout(&header);
+    let history = HostHistory::of_trace(timeline)?;
+    let lost_events = history
+        .records
+        .iter()
+        .flat_map(|r| &r.events)
+        .map(|e| match e {
+            HostEvent::Lost { count } => (*count).max(1),
+            _ => 0,
+        })
+        .sum();
+    let roots = history.roots;
     let analysis = Analysis::run(timeline, policies, flavour)?;
     let mut verdicts = Vec::new();
     let mut findings = Vec::new();
@@ -231,5 +223,177 @@ fn disagreement(
             PageRole(model).describe(layout),
         ),
         write_kind: "host roots".into(),
+    }
+}
+
+/// The host's events over a trace (or a live recording so far), by step: what the TUI and
+/// both gdb servers show beside the model (`monitor host`).
+#[derive(Clone, Debug, Default)]
+pub struct HostHistory {
+    /// In step order.
+    pub records: Vec<traces::HostRecord>,
+    pub roots: Vec<HostRoot>,
+}
+
+impl HostHistory {
+    pub fn new(mut records: Vec<traces::HostRecord>, layout: &mmu::Layout) -> HostHistory {
+        records.sort_by_key(|r| r.step);
+        let roots = host_roots(&records, layout);
+        HostHistory { records, roots }
+    }
+
+    /// A trace's host records (empty for traces without host events).
+    pub fn of_trace<R: Read + Seek>(
+        timeline: &mut Timeline<R>,
+    ) -> Result<HostHistory, TimelineError> {
+        let layout = host_layout(timeline.header());
+        let mut records = Vec::new();
+        for record in timeline.reader().records() {
+            if let Record::Host(h) = record? {
+                records.push(h);
+            }
+        }
+        Ok(HostHistory::new(records, layout))
+    }
+
+    /// The root the host had loaded last at or before `step`.
+    pub fn root_at(&self, step: Step) -> Option<&HostRoot> {
+        let i = self.roots.partition_point(|r| r.step <= step);
+        i.checked_sub(1).map(|i| &self.roots[i])
+    }
+
+    /// The host's events of `step` itself.
+    pub fn events_at(&self, step: Step) -> &[HostEvent] {
+        self.records
+            .binary_search_by_key(&step, |r| r.step)
+            .map_or(&[], |i| &self.records[i].events)
+    }
+
+    /// The last `n` MMU events (pages, zaps, walks, faults) at or before `step`, oldest first.
+    pub fn recent_mmu(&self, step: Step, n: usize) -> Vec<(Step, &HostEvent)> {
+        let end = self.records.partition_point(|r| r.step <= step);
+        let mut out: Vec<(Step, &HostEvent)> = self.records[..end]
+            .iter()
+            .rev()
+            .flat_map(|r| {
+                r.events
+                    .iter()
+                    .rev()
+                    .filter(|e| e.is_mmu())
+                    .map(|e| (r.step, e))
+            })
+            .take(n)
+            .collect();
+        out.reverse();
+        out
+    }
+
+    /// `monitor host`: the host's current root role field by field and its recent MMU events.
+    pub fn text(&self, step: Step, layout: &mmu::Layout) -> String {
+        let mut out = match self.root_at(step) {
+            Some(r) => format!(
+                "host root at step {step}: {:#x} ({}), {} at step {}",
+                r.role,
+                PageRole(r.role).describe(layout),
+                if r.created() { "built" } else { "reused" },
+                r.step
+            ),
+            None => format!("host root at step {step}: none loaded yet"),
+        };
+        let recent = self.recent_mmu(step, 12);
+        if recent.is_empty() {
+            out.push_str("\nno host MMU events yet");
+        }
+        for (s, e) in recent {
+            out.push_str(&format!("\n  step {s:>8}  {e}"));
+        }
+        out
+    }
+}
+
+/// The layout host role words of a trace are decoded with: that of the policy the host's
+/// kernel release behaves as (the newest modelled one when it is unknown).
+pub fn host_layout(header: &traces::Header) -> &'static mmu::Layout {
+    mmu::policy_for_release(&header.backend.host_kernel)
+        .unwrap_or_else(|| mmu::policies().last().expect("policies"))
+        .layout
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use traces::HostRecord;
+
+    fn get(gfn: u64, role: u32, created: bool) -> HostEvent {
+        HostEvent::GetPage(ShadowPage {
+            gfn,
+            role,
+            root_count: 0,
+            unsync: false,
+            created,
+            mmu_valid_gen: 0,
+        })
+    }
+
+    #[test]
+    fn roots_are_the_pages_a_step_looks_up_before_other_mmu_work() {
+        let layout = mmu::policy("v6.14").unwrap().layout;
+        let quarters: Vec<HostEvent> = (0..4).map(|i| get(i << 18, 0x1782, true)).collect();
+        let records = vec![
+            HostRecord {
+                step: 1,
+                events: quarters,
+            },
+            HostRecord {
+                step: 5,
+                events: vec![
+                    HostEvent::Msr {
+                        write: true,
+                        index: 0xc000_0080,
+                        data: 0x500,
+                        faulted: false,
+                    },
+                    get(4, 0x1704, true),
+                    HostEvent::PageFault {
+                        address: 0x1000,
+                        error_code: 2,
+                    },
+                    // A child built by the fault: no root.
+                    get(9, 0x1703, true),
+                ],
+            },
+            HostRecord {
+                step: 9,
+                events: vec![get(4, 0x1704, false), get(4, 0x3704, true)],
+            },
+        ];
+        let h = HostHistory::new(records, layout);
+        let roots: Vec<(Step, u32, bool)> = h
+            .roots
+            .iter()
+            .map(|r| (r.step, r.role, r.created()))
+            .collect();
+        assert_eq!(
+            roots,
+            vec![
+                (1, 0x1783, true),
+                (5, 0x1704, true),
+                (9, 0x1704, false),
+                (9, 0x3704, true)
+            ]
+        );
+        assert_eq!(h.root_at(4).map(|r| r.role), Some(0x1783));
+        assert_eq!(h.root_at(0), None);
+        assert_eq!(h.events_at(5).len(), 4);
+        assert!(h.events_at(6).is_empty());
+        let text = h.text(6, layout);
+        assert!(
+            text.starts_with(
+                "host root at step 6: 0x1704 (level=4 access=7 efer_nx=1), built at step 5"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("page fault 0x1000"), "{text}");
+        assert!(!text.contains("msr"), "{text}");
     }
 }

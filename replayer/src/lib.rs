@@ -20,7 +20,10 @@ pub use analysis::{Analysis, WriteAnalysis};
 pub use check::{check, group, report, CheckFinding, CheckReport, FindingGroup, PolicySummary};
 pub use cpu::cpu_model;
 pub use diff::{diff, diff_with, Compare, DiffReport, Divergence, Side};
-pub use host_check::{check_host, host_roots, HostCheck, HostCheckError, HostRoot, PolicyVerdict};
+pub use host_check::{
+    check_host, host_layout, host_roots, HostCheck, HostCheckError, HostHistory, HostRoot,
+    PolicyVerdict,
+};
 pub use memory::MemoryImage;
 pub use reexec::Reexecution;
 pub use timeline::{Snapshot, Timeline, TimelineError};

@@ -42,8 +42,7 @@ pub fn policy_for_release(release: &str) -> Option<&'static Policy> {
     let host = major_minor(release)?;
     crate::policies()
         .iter()
-        .filter(|p| major_minor(p.name.trim_start_matches('v')).is_some_and(|v| v <= host))
-        .next_back()
+        .rfind(|p| major_minor(p.name.trim_start_matches('v')).is_some_and(|v| v <= host))
 }
 
 /// `(6, 18)` of `6.18.44-fc`, `(5, 1)` of `5.1-rc3`.

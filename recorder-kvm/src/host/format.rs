@@ -112,13 +112,6 @@ pub fn parse(tracepoint: &str, text: &str) -> Result<EventFormat, FormatError> {
 
 /// The fields each known tracepoint is decoded from, with the sizes accepted (0: any).
 fn wanted(tracepoint: &str) -> Option<&'static [(&'static str, &'static [usize])]> {
-    const PAGE: &[(&str, &[usize])] = &[
-        ("mmu_valid_gen", &[1]),
-        ("gfn", &[8]),
-        ("role", &[4]),
-        ("root_count", &[4]),
-        ("unsync", &[1]),
-    ];
     const GET_PAGE: &[(&str, &[usize])] = &[
         ("mmu_valid_gen", &[1]),
         ("gfn", &[8]),
@@ -127,6 +120,8 @@ fn wanted(tracepoint: &str) -> Option<&'static [(&'static str, &'static [usize])
         ("unsync", &[1]),
         ("created", &[1]),
     ];
+    // The other page events: the same fields but `created`.
+    const PAGE: &[(&str, &[usize])] = GET_PAGE.split_at(5).0;
     Some(match tracepoint {
         "kvmmmu/kvm_mmu_get_page" => GET_PAGE,
         "kvmmmu/kvm_mmu_prepare_zap_page"

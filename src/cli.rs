@@ -108,6 +108,12 @@ pub struct CheckArgs {
     /// and attributes) are printed once with their count, first and last step.
     #[arg(long)]
     pub all: bool,
+    /// Hold the policies against the recording host's own KVM: the roots it built or reused
+    /// (recorded with `record --host-events`) against each policy's root_role for the host's
+    /// flavour. Exit 1 when the host's own release's policy (or a `--policy` given)
+    /// disagrees on a root.
+    #[arg(long, conflicts_with = "flavour")]
+    pub host: bool,
 }
 
 #[derive(Args, Debug, Clone)]

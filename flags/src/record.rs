@@ -71,6 +71,14 @@ pub struct RecordFlags {
     /// ends where the guest asks for an input TRACE does not have there (it diverged).
     #[arg(long, value_name = "TRACE", hide = true)]
     pub replay_inputs: Option<PathBuf>,
+    /// Record the host KVM's own MMU events (roots built and reused, zaps, walks, emulated
+    /// instructions; kvm backend) from tracefs for `mmurr check --host`. On by default when
+    /// the host allows it (root, tracefs); with this flag a host that does not is warned about.
+    #[arg(long, conflicts_with = "no_host_events")]
+    pub host_events: bool,
+    /// Do not record the host KVM's events.
+    #[arg(long)]
+    pub no_host_events: bool,
 }
 
 impl Default for RecordFlags {
@@ -87,6 +95,8 @@ impl Default for RecordFlags {
             serial_log: None,
             quiet: false,
             replay_inputs: None,
+            host_events: false,
+            no_host_events: false,
         }
     }
 }
@@ -122,6 +132,11 @@ impl RecordFlags {
         };
         opts.progress = !self.quiet;
         opts.interrupted = recorder::signals::interrupt_flag().map_err(OptionsError::Signals)?;
+        opts.host_events = match (self.host_events, self.no_host_events) {
+            (_, true) => recorder::HostEventsChoice::Off,
+            (true, false) => recorder::HostEventsChoice::On,
+            (false, false) => recorder::HostEventsChoice::Auto,
+        };
         if let Some(trace) = &self.replay_inputs {
             opts.replay_inputs = Some(replayer::inputs::load(trace)?);
         }
@@ -176,6 +191,8 @@ mod tests {
                 serial_log: Some("s.log".into()),
                 quiet: true,
                 replay_inputs: Some("r.mmurr".into()),
+                host_events: true,
+                no_host_events: false,
             },
         );
         round_trip(
@@ -187,6 +204,7 @@ mod tests {
             },
             RecordFlags {
                 timeout: Some(60.0),
+                no_host_events: true,
                 ..RecordFlags::default()
             },
         );

@@ -387,7 +387,9 @@ impl LiveControl {
                     self.send(Reply::Done(true));
                 }
                 Request::Monitor(line) => {
-                    let text = self.monitor(view.mmu, step, &regs, backend, &line);
+                    let host = replayer::HostHistory::new(view.host.to_vec(), view.host_layout);
+                    let host = (&host, view.host_layout);
+                    let text = self.monitor(view.mmu, host, step, &regs, backend, &line);
                     self.send(Reply::Text(text));
                 }
                 Request::Continue => {
@@ -479,6 +481,7 @@ impl LiveControl {
     fn monitor(
         &mut self,
         mmu: &history::Watch,
+        host: (&replayer::HostHistory, &'static mmu::Layout),
         step: u64,
         regs: &Regs,
         backend: &dyn Backend,
@@ -517,6 +520,16 @@ impl LiveControl {
                         None => mmu.trackers().iter().filter(|t| t.stale().is_some()).collect(),
                     };
                     monitor::walk_text(&cr, &cpu, &mem, addr, &kept)
+                }
+                Command::Host => {
+                    let (history, layout) = host;
+                    if history.records.is_empty() {
+                        "no host events (recorded with --no-host-events, on emu, or where \
+                         tracefs is not usable: see the trace header)"
+                            .to_string()
+                    } else {
+                        history.text(step, layout)
+                    }
                 }
                 Command::Policies => mmu
                     .trackers()

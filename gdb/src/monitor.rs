@@ -13,6 +13,9 @@ mmurr monitor commands:
   role [POLICY]             cpu_role and root_role field by field, and the kept MMU context
   walk ADDR [POLICY]        page walk level by level: architecture vs POLICY's kept context
                             (without POLICY: every policy whose context is stale)
+  host                      the recording host's own KVM: its current root role field by
+                            field and its recent MMU events (traces recorded with
+                            --host-events)
   policies                  the policies analysed, with their summaries
   check                     MMU-context findings at this point
   events [N]                N events (default 20) from the current point
@@ -45,6 +48,7 @@ pub enum Command {
     Role(Option<String>),
     Walk(u64, Option<String>),
     Policies,
+    Host,
     Check,
     Events(usize),
     When,
@@ -309,6 +313,7 @@ pub fn parse(bytes: &[u8]) -> Result<Command, String> {
             Command::Walk(need_number(1, "an address")?, arg(2))
         }
         "policies" => Command::Policies,
+        "host" => Command::Host,
         "check" => Command::Check,
         "events" => {
             max_args(1)?;
@@ -386,6 +391,7 @@ pub fn parse(bytes: &[u8]) -> Result<Command, String> {
             | Command::Phys
             | Command::Virt
             | Command::Policies
+            | Command::Host
             | Command::Check
             | Command::When
     ) {
@@ -406,6 +412,8 @@ mod tests {
         );
         assert_eq!(parse(b"  events  ").unwrap(), Command::Events(20));
         assert_eq!(parse(b"seek 12").unwrap(), Command::Seek(12));
+        assert_eq!(parse(b"host").unwrap(), Command::Host);
+        assert!(parse(b"host v6.14").is_err());
         assert_eq!(parse(b"break-on clear").unwrap(), Command::BreakOnClear);
         assert_eq!(
             parse(b"break-on divergence v5.1-rc3").unwrap(),

@@ -68,6 +68,8 @@ pub struct ReplayTarget {
     phys: bool,
     pending: Option<Resume>,
     last_note: Option<String>,
+    /// The recording host's own KVM events (`monitor host`).
+    host: replayer::HostHistory,
 }
 
 pub type Error = String;
@@ -90,8 +92,10 @@ impl ReplayTarget {
                 events.push(e);
             }
         }
+        let host = replayer::HostHistory::of_trace(&mut timeline)?;
         timeline.seek(0)?;
         Ok(ReplayTarget {
+            host,
             timeline,
             analysis,
             cpu,
@@ -503,6 +507,14 @@ impl ReplayTarget {
                 let cr = insn::control_regs(&snap.regs);
                 monitor::walk_text(&cr, &self.cpu, &snap.memory, addr, &kept)
             }
+            Command::Host => match &self.timeline.header().host {
+                Some(h) if matches!(h.events, traces::HostEventsStatus::Recorded { .. }) => self
+                    .host
+                    .text(step, replayer::host_layout(self.timeline.header())),
+                Some(h) => format!("this trace has no host events: {:?}", h.events),
+                None => "this trace has no host facts (recorded by an older mmurr or on emu)"
+                    .to_string(),
+            },
             Command::Policies => {
                 let default = self.default_policy();
                 let mut out = vec![format!(

@@ -33,6 +33,9 @@
 //!   walks the way KVM's software walker would with a given context; [`compare_translations`]
 //!   lists the addresses whose translation differs between a kept and a correct context.
 //!
+//! - Host truth: [`root_of_pages`] (the root a group of host shadow pages stands for) and
+//!   [`policy_for_release`] (the policy a host kernel release behaves as).
+//!
 //! Before v5.19 KVM had a single 64-bit `mmu_role`; the tracker reports it as `cpu_role` and
 //! its base half as `root_role`.
 //!
@@ -60,6 +63,7 @@
 //! ```
 
 pub mod context;
+pub mod host_roots;
 pub mod paging;
 pub mod policy;
 pub mod regs;
@@ -72,6 +76,7 @@ pub use context::{
     architectural_context, translate_with_context, walker_for_level, ContextDiff, MmuContext,
     WalkerKind,
 };
+pub use host_roots::{policy_for_release, root_of_pages};
 pub use paging::fault::{pfec, Fault, Gp};
 pub use paging::mappings::{mappings, Mapping, TooManyTables};
 pub use paging::mode::{efer_after_cr0_write, lma_after_cr0_write, PagingMode};

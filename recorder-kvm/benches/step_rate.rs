@@ -2,13 +2,16 @@
 //! memory (KVM's dirty log read after every step and the written pages diffed against the
 //! shadow), against a bare single-step loop (KVM_RUN + the sync-regs area, nothing else) on the
 //! same guest. Prints the ratio at the end (the goal is ≥ 0.85), by wall-clock time and by the
-//! CPU time of the thread (which a loaded machine disturbs less).
+//! CPU time of the thread (which a loaded machine disturbs less). And the cost of recording the
+//! host KVM's own events (`--host-events`, root and tracefs) side by side with the same
+//! recording without them (the goal is ≤ 10 %).
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
 use criterion::Criterion;
 use iced_x86::code_asm::*;
+use recorder::HostEventsChoice;
 use std::time::{Duration, Instant};
 
 const STEPS: u64 = 20_000;
@@ -60,10 +63,11 @@ fn bare_loop(steps: u64) -> (Duration, Duration) {
     t
 }
 
-fn record_loop(steps: u64) -> (Duration, Duration) {
+fn record_loop(steps: u64, host_events: HostEventsChoice) -> (Duration, Duration) {
     let dir = tempfile::tempdir().unwrap();
     let mut opts = recorder::RecordOptions::new(dir.path().join("bench.mmurr"));
     opts.max_steps = steps;
+    opts.host_events = host_events;
     let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe()).unwrap();
     let mut s = None;
     let t = timed(|| s = Some(recorder::record(&mut backend, &loop_guest(), &opts).unwrap()));
@@ -79,6 +83,13 @@ fn record_loop(steps: u64) -> (Duration, Duration) {
     assert!(
         memory.as_deref().is_some_and(|m| m.starts_with("exact")),
         "the recording must run with exact memory: {memory:?}"
+    );
+    let host = reader.header().host.as_ref().map(|h| &h.events);
+    let recorded = matches!(host, Some(traces::HostEventsStatus::Recorded { .. }));
+    assert_eq!(
+        recorded,
+        host_events == HostEventsChoice::On,
+        "host events: {host:?}"
     );
     assert_eq!(s.steps, steps, "{}", s.end.message);
     assert!(
@@ -104,19 +115,30 @@ fn main() {
         b.iter_custom(|n| (0..n).map(|_| bare_loop(STEPS).0).sum())
     });
     g.bench_function("recorder_record_exact_memory", |b| {
-        b.iter_custom(|n| (0..n).map(|_| record_loop(STEPS).0).sum())
+        b.iter_custom(|n| (0..n).map(|_| record_loop(STEPS, Off).0).sum())
     });
+    let host_events = host_events_available();
+    if let Some(why) = &host_events {
+        eprintln!("SKIP: recording with host events: {why}");
+    } else {
+        g.bench_function("recorder_record_host_events", |b| {
+            b.iter_custom(|n| (0..n).map(|_| record_loop(STEPS, On).0).sum())
+        });
+    }
     g.finish();
     c.final_summary();
 
     // The same comparison in one place, best of five, as a ratio; the two alternate so that a
     // change in the machine's load affects both alike.
     let max = (Duration::MAX, Duration::MAX);
-    let (mut bare, mut rec) = (max, max);
+    let (mut bare, mut rec, mut host) = (max, max, max);
     let min = |a: (Duration, Duration), b: (Duration, Duration)| (a.0.min(b.0), a.1.min(b.1));
     for _ in 0..5 {
         bare = min(bare, bare_loop(100_000));
-        rec = min(rec, record_loop(100_000));
+        rec = min(rec, record_loop(100_000, Off));
+        if host_events.is_none() {
+            host = min(host, record_loop(100_000, On));
+        }
     }
     let rate = |d: Duration| 100_000.0 / d.as_secs_f64();
     let us = |d: Duration| d.as_secs_f64() * 1e6 / 100_000.0;
@@ -134,4 +156,24 @@ fn main() {
         us(rec.1),
         rate(rec.1) / rate(bare.1)
     );
+    if host_events.is_none() {
+        println!(
+            "host events: recorder::record without {:.2} us/step, with {:.2} us/step: cost {:+.1} % by wall clock, {:+.1} % by thread CPU time",
+            us(rec.0),
+            us(host.0),
+            (host.0.as_secs_f64() / rec.0.as_secs_f64() - 1.0) * 100.0,
+            (host.1.as_secs_f64() / rec.1.as_secs_f64() - 1.0) * 100.0
+        );
+    }
+}
+
+use HostEventsChoice::{Off, On};
+
+/// Why host events cannot be recorded here (not root, no tracefs), or `None`.
+fn host_events_available() -> Option<String> {
+    let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe()).ok()?;
+    match recorder::Backend::host(&mut backend)?.start(On).events {
+        traces::HostEventsStatus::Recorded { .. } => None,
+        other => Some(format!("{other:?}")),
+    }
 }

@@ -4,11 +4,13 @@
 
 mod cpuid_probe;
 mod dirty;
+mod host;
 mod mapping;
 mod probe;
 mod regs;
 mod sregs2;
 mod vcpu;
 
+pub use host::{HostEvents, TRACEPOINTS};
 pub use probe::{probe, HostReport, ModeSupport};
 pub use vcpu::KvmBackend;

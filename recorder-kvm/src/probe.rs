@@ -104,6 +104,43 @@ impl HostReport {
         }
     }
 
+    /// How this host's KVM maps guest memory, and why: PVM and hosts with EPT/NPT off use
+    /// shadow paging.
+    pub fn flavour(&self) -> (mmu::Flavour, String) {
+        if self.pvm {
+            return (
+                mmu::Flavour::Shadow,
+                format!("{}: PVM runs guests on shadow paging", self.pvm_evidence),
+            );
+        }
+        let off = self.kvm_params.iter().find(|(n, v)| {
+            (n == "kvm_intel.ept" || n == "kvm_amd.npt") && v.starts_with(['N', '0'])
+        });
+        match off {
+            Some((n, v)) => (mmu::Flavour::Shadow, format!("{n}={v}")),
+            None => (
+                mmu::Flavour::Tdp,
+                self.kvm_params
+                    .iter()
+                    .find(|(n, _)| n == "kvm_intel.ept" || n == "kvm_amd.npt")
+                    .map_or_else(
+                        || "two-dimensional paging assumed".into(),
+                        |(n, v)| format!("{n}={v}"),
+                    ),
+            ),
+        }
+    }
+
+    /// The module parameters that shape KVM's MMU: `kvm.tdp_mmu`, `kvm_intel.ept`,
+    /// `kvm_amd.npt`, where present.
+    pub fn mmu_params(&self) -> Vec<(String, String)> {
+        self.kvm_params
+            .iter()
+            .filter(|(n, _)| MMU_PARAMS.contains(&n.as_str()))
+            .cloned()
+            .collect()
+    }
+
     /// e.g. `real unpaged 4-level` .
     pub fn runs_summary(&self) -> String {
         [
@@ -211,14 +248,25 @@ fn detect_pvm() -> (bool, String) {
     (false, "no kvm_pvm module found".into())
 }
 
+/// Module parameters that shape the MMU (see [`HostReport::mmu_params`]).
+const MMU_PARAMS: [&str; 3] = ["kvm.tdp_mmu", "kvm_intel.ept", "kvm_amd.npt"];
+
 fn kvm_params() -> Vec<(String, String)> {
-    ["tdp_mmu", "flush_on_reuse", "mmio_caching", "nx_huge_pages"]
-        .into_iter()
-        .filter_map(|p| {
-            let v = std::fs::read_to_string(format!("/sys/module/kvm/parameters/{p}")).ok()?;
-            Some((format!("kvm.{p}"), v.trim().to_string()))
-        })
-        .collect()
+    [
+        "kvm.tdp_mmu",
+        "kvm.flush_on_reuse",
+        "kvm.mmio_caching",
+        "kvm.nx_huge_pages",
+        "kvm_intel.ept",
+        "kvm_amd.npt",
+    ]
+    .into_iter()
+    .filter_map(|p| {
+        let (module, param) = p.split_once('.')?;
+        let v = std::fs::read_to_string(format!("/sys/module/{module}/parameters/{param}")).ok()?;
+        Some((p.to_string(), v.trim().to_string()))
+    })
+    .collect()
 }
 
 fn read_trimmed(path: &str) -> String {

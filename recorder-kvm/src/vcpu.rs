@@ -50,6 +50,8 @@ pub struct KvmBackend {
     vmm_written: Vec<u64>,
     /// The rest of an instruction completed by `complete_io_in`/`complete_mmio_read`.
     completion: Option<StepResult>,
+    /// The host's own KVM, watched through tracefs.
+    host: crate::host::HostEvents,
 }
 
 impl KvmBackend {
@@ -69,7 +71,9 @@ impl KvmBackend {
                     .into(),
             ));
         }
+        let host = crate::host::HostEvents::new(&report);
         Ok(KvmBackend {
+            host,
             vcpu: None,
             vm: None,
             kvm,
@@ -787,6 +791,10 @@ impl Backend for KvmBackend {
         self.pending_read = false;
         let further = self.complete_pending()?;
         self.completed(further)
+    }
+
+    fn host(&mut self) -> Option<&mut dyn recorder::HostWatch> {
+        Some(&mut self.host)
     }
 
     fn take_completion(&mut self) -> StepResult {

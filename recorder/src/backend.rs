@@ -2,7 +2,7 @@
 //! backend (`mmurr-emu`). One small core trait; what only some backends can do lives in
 //! extension traits, as in the `gdbstub` crate.
 
-use traces::{BackendInfo, CpuidEntry, GuestSpec, Regs};
+use traces::{BackendInfo, CpuidEntry, GuestSpec, HostMmu, HostRecord, Regs};
 
 /// Why a backend could not go on. The message says what happened and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -205,6 +205,11 @@ pub trait Backend {
     fn virtual_time_ns(&mut self) -> Option<u64> {
         None
     }
+    /// Extension for backends on a host KVM whose own events can be watched (the kvm backend,
+    /// through tracefs): see [`HostWatch`]. `None` (the default; emu): there is no host KVM.
+    fn host(&mut self) -> Option<&mut dyn HostWatch> {
+        None
+    }
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError>;
     fn complete_mmio_read(&mut self, data: u64) -> Result<(), BackendError>;
     /// The rest of the instruction after [`Backend::complete_io_in`] or
@@ -219,6 +224,31 @@ pub trait Backend {
             written: Written::Ranges(Vec::new()),
         }
     }
+}
+
+/// Whether to record the host KVM's own events (`--host-events` / `--no-host-events`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum HostEventsChoice {
+    /// When the host allows it (root, tracefs), silently without.
+    #[default]
+    Auto,
+    /// Asked for: the recorder warns when the host does not allow it.
+    On,
+    Off,
+}
+
+/// The host's own KVM seen from the recording thread: its MMU facts for the trace header and
+/// the events its tracepoints emit, attributed to steps.
+pub trait HostWatch {
+    /// Starts watching the calling thread's vCPU (called on the thread that will step it,
+    /// after the guest is loaded); the header's facts, saying why events are not recorded
+    /// when they are not.
+    fn start(&mut self, choice: HostEventsChoice) -> HostMmu;
+    /// Step `step` has ended: every host event from now on belongs to a later step.
+    fn step_ended(&mut self, step: u64);
+    /// The events of the steps ended so far that were not taken yet, one record per step
+    /// that had any, in step order.
+    fn take(&mut self) -> Result<Vec<HostRecord>, String>;
 }
 
 #[cfg(test)]

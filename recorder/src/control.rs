@@ -33,6 +33,10 @@ pub struct StepView<'a> {
     pub transition: Option<(PagingMode, PagingMode)>,
     /// The guest-physical memory the previous instruction wrote, as the trace records it.
     pub memory: &'a [traces::MemWrite],
+    /// The host KVM's latest events (recorded with host events; read every step while a
+    /// debugger drives the loop), oldest first, and the layout its role words decode with.
+    pub host: &'a [traces::HostRecord],
+    pub host_layout: &'static mmu::Layout,
 }
 
 pub trait StepControl {

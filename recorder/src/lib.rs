@@ -23,7 +23,8 @@ pub mod test_support;
 mod tracer;
 
 pub use backend::{
-    Backend, BackendError, Delivery, DeliveryKind, Exit, RunResult, StepResult, Written,
+    Backend, BackendError, Delivery, DeliveryKind, Exit, HostEventsChoice, HostWatch, RunResult,
+    StepResult, Written,
 };
 pub use control::{StepControl, StepVerdict, StepView};
 pub use cr_watch::{planned_write, PlannedWrite};

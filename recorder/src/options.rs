@@ -52,6 +52,9 @@ pub struct RecordOptions {
     /// guest RAM (≈ 7 ms for 64 MiB), which dominates at run speed: pair runs with a larger
     /// `keyframe_interval` (e.g. 1,000,000; seeks then cost records, not instructions).
     pub runs: bool,
+    /// Record the host KVM's own events beside the guest's (backends with a
+    /// [`crate::HostWatch`]).
+    pub host_events: crate::HostEventsChoice,
 }
 
 impl RecordOptions {
@@ -72,6 +75,7 @@ impl RecordOptions {
             poll_limit: 10_000,
             replay_inputs: None,
             runs: false,
+            host_events: crate::HostEventsChoice::Auto,
         }
     }
 }

@@ -67,6 +67,12 @@ pub fn record_with(
     if guest.maxphyaddr == 0 {
         guest.maxphyaddr = cpu.maxphyaddr;
     }
+    let host = backend.host().map(|h| h.start(opts.host_events));
+    if let (Some(traces::HostEventsStatus::Unavailable(why)), crate::HostEventsChoice::On) =
+        (host.as_ref().map(|h| &h.events), opts.host_events)
+    {
+        eprintln!("mmurr: warning: host events not recorded: {why}");
+    }
     let header = Header {
         tool_version: env!("CARGO_PKG_VERSION").to_string(),
         created_unix: std::time::SystemTime::now()
@@ -79,6 +85,7 @@ pub fn record_with(
         scenario: opts.scenario.clone(),
         command_line: opts.command_line.clone(),
         keyframe_interval: opts.keyframe_interval,
+        host,
     };
     let trace_err = |source| RecordError::Trace {
         path: opts.output.clone(),
@@ -100,6 +107,7 @@ pub fn record_with(
         let stop = tracer.run(&mut progress, control.as_deref_mut());
         progress.finish();
         tracer.settle_findings();
+        tracer.host_records();
         tracer.keyframe(true);
         let end = tracer.end_record(&stop);
         tracer.devices.console.flush();

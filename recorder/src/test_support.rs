@@ -23,16 +23,35 @@ pub fn kvm_unusable() -> Option<String> {
 /// `true` when the calling test should return now: KVM is unusable (`unusable` says why) and
 /// skipping is allowed. Panics instead when [`REQUIRE_KVM`] is set to anything but `0` or empty.
 pub fn skip_without_kvm(unusable: Option<String>) -> bool {
-    let Some(why) = unusable else {
+    skip_unless_required(REQUIRE_KVM, "KVM not usable", unusable)
+}
+
+/// `true` (after a `SKIP: what: why` line) when `missing` names why something a test needs is
+/// missing; panics instead when the environment variable `require` is set to anything but `0`
+/// or empty.
+fn skip_unless_required(require: &str, what: &str, missing: Option<String>) -> bool {
+    let Some(why) = missing else {
         return false;
     };
-    let required = std::env::var(REQUIRE_KVM).is_ok_and(|v| !v.is_empty() && v != "0");
-    assert!(
-        !required,
-        "{REQUIRE_KVM} is set but KVM is not usable here: {why}"
-    );
-    eprintln!("SKIP: KVM not usable: {why}");
+    let required = std::env::var(require).is_ok_and(|v| !v.is_empty() && v != "0");
+    assert!(!required, "{require} is set but here: {what}: {why}");
+    eprintln!("SKIP: {what}: {why}");
     true
+}
+
+/// The environment variable that turns a skip for want of host events (root and tracefs, for
+/// `record --host-events`) into a failure.
+pub const REQUIRE_HOST_EVENTS: &str = "MMURR_REQUIRE_HOST_EVENTS";
+
+/// `true` when the calling test should return now: the host's KVM events cannot be recorded
+/// here (`unavailable` says why). Panics instead when [`REQUIRE_HOST_EVENTS`] is set to
+/// anything but `0` or empty, as [`skip_without_kvm`] does for [`REQUIRE_KVM`].
+pub fn skip_without_host_events(unavailable: Option<String>) -> bool {
+    skip_unless_required(
+        REQUIRE_HOST_EVENTS,
+        "host events not available",
+        unavailable,
+    )
 }
 
 /// Returns from the calling test where KVM is not usable (see [`skip_without_kvm`]); with an

@@ -66,7 +66,21 @@ pub struct Tracer<'a> {
     /// stuck watch judges it instruction by instruction).
     runs_supported: bool,
     quiet_run_steps: u64,
+    /// Reading the host's events failed once (reported, not retried noisily).
+    host_failed: bool,
+    /// The latest host records, for a debugger (at most [`RECENT_HOST`]).
+    recent_host: Vec<traces::HostRecord>,
+    host_layout: &'static mmu::Layout,
+    /// A debugger drives the loop: host events are read after every step.
+    host_every_step: bool,
 }
+
+/// Host records a debugger is shown (`monitor host`).
+const RECENT_HOST: usize = 64;
+
+/// Host events are read out of the kernel's buffers every this many steps (and at the end):
+/// often enough that its per-CPU buffers never fill, rarely enough to cost little.
+const HOST_DRAIN_STEPS: u64 = 2048;
 
 /// What the instruction about to run will do, decoded with the registers before it.
 struct Plan {
@@ -89,6 +103,9 @@ impl<'a> Tracer<'a> {
     ) -> Result<Tracer<'a>, BackendError> {
         let regs = backend.regs_full()?;
         let shadow = Shadow::new(&shadow::ram(&*backend));
+        let host_layout = mmu::policy_for_release(&backend.info().host_kernel)
+            .unwrap_or_else(|| mmu::policies().last().expect("policies"))
+            .layout;
         Ok(Tracer {
             backend,
             sink,
@@ -112,6 +129,10 @@ impl<'a> Tracer<'a> {
             stuck: Some(StuckWatch::default()),
             runs_supported: true,
             quiet_run_steps: 0,
+            host_failed: false,
+            recent_host: Vec::new(),
+            host_layout,
+            host_every_step: false,
         })
     }
 
@@ -139,6 +160,46 @@ impl<'a> Tracer<'a> {
         self.append(Record::Event(e));
     }
 
+    /// The host's KVM is told that this step ended; every [`HOST_DRAIN_STEPS`] steps its
+    /// events so far are written.
+    fn host_step_ended(&mut self) {
+        let Some(host) = self.backend.host() else {
+            return;
+        };
+        host.step_ended(self.step);
+        if self.host_every_step || self.step.is_multiple_of(HOST_DRAIN_STEPS) {
+            self.host_records();
+        }
+    }
+
+    /// Writes the host events of the steps ended so far (each record names its step, which
+    /// may be before records already written). A host that stops answering is reported once
+    /// as a record of lost events and left alone.
+    pub fn host_records(&mut self) {
+        let Some(host) = self.backend.host() else {
+            return;
+        };
+        match host.take() {
+            Ok(records) => {
+                for r in records {
+                    if self.host_every_step {
+                        if self.recent_host.len() == RECENT_HOST {
+                            self.recent_host.remove(0);
+                        }
+                        self.recent_host.push(r.clone());
+                    }
+                    self.append(Record::Host(r));
+                }
+            }
+            Err(why) => {
+                if !self.host_failed {
+                    self.host_failed = true;
+                    eprintln!("mmurr: warning: reading the host's events failed: {why}");
+                }
+            }
+        }
+    }
+
     /// The keyframe of the entry state (step 0): registers, no pages (memory = the loads).
     pub fn entry_keyframe(&mut self) {
         let ram = shadow::ram(&*self.backend);
@@ -164,6 +225,7 @@ impl<'a> Tracer<'a> {
         if control.is_some() {
             self.stuck = None;
             self.step_memory = Some(Vec::new());
+            self.host_every_step = true;
         }
         // Runs advance the step count by many at once: tick when it crosses a multiple of 256.
         let mut next_tick = 0u64;
@@ -212,6 +274,8 @@ impl<'a> Tracer<'a> {
                     writes: &self.step_writes,
                     transition: self.step_transition,
                     memory: self.step_memory.as_deref().unwrap_or_default(),
+                    host: &self.recent_host,
+                    host_layout: self.host_layout,
                 };
                 match c.before_step(&view, &mut *self.backend) {
                     StepVerdict::Run => {}
@@ -521,6 +585,7 @@ impl<'a> Tracer<'a> {
             regs,
             mem: mem_writes,
         }));
+        self.host_step_ended();
         let count = 1 + beyond.len() as u32 + u32::from(also_ran.is_some());
         if count > 1 {
             self.event(before.rip, EventKind::Retired { count });

@@ -103,6 +103,8 @@ pub struct PolicySummary {
     pub stale: u64,
     pub needless: u64,
     pub gp_mismatches: u64,
+    /// Roots the recording host built or reused with another role than the policy's.
+    pub host_disagreements: u64,
 }
 
 #[derive(Clone, Debug)]
@@ -153,6 +155,7 @@ pub fn report(analysis: &Analysis) -> CheckReport {
             FindingKind::StaleContext => s.stale += 1,
             FindingKind::NeedlessReset => s.needless += 1,
             FindingKind::GpMismatch => s.gp_mismatches += 1,
+            FindingKind::HostDisagreement => s.host_disagreements += 1,
         }
         findings.push(CheckFinding::new(analysis, f));
     }

@@ -124,7 +124,8 @@ pub fn recorded_inputs<R: Read + Seek>(
                     memory.write(w.gpa, &w.data);
                 }
             }
-            Record::End(_) => {}
+            // The host's events are no input to the guest.
+            Record::End(_) | Record::Host(_) => {}
         }
     }
     if let Some(p) = pending.take() {

@@ -8,6 +8,7 @@ pub mod cpu;
 pub mod diff;
 /// Control registers decoded into their flags (owned by the `history` crate).
 pub use history::flags;
+pub mod host_check;
 pub mod hosts;
 pub mod inputs;
 pub mod memory;
@@ -19,6 +20,10 @@ pub use analysis::{Analysis, WriteAnalysis};
 pub use check::{check, group, report, CheckFinding, CheckReport, FindingGroup, PolicySummary};
 pub use cpu::cpu_model;
 pub use diff::{diff, diff_with, Compare, DiffReport, Divergence, Side};
+pub use host_check::{
+    check_host, host_layout, host_roots, HostCheck, HostCheckError, HostHistory, HostRoot,
+    PolicyVerdict,
+};
 pub use memory::MemoryImage;
 pub use reexec::Reexecution;
 pub use timeline::{Snapshot, StepView, Timeline, TimelineError};

@@ -19,6 +19,9 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
     let (reader, integrity) = super::open_trace(&args.trace)?;
     let mut timeline = Timeline::new(reader)
         .with_context(|| format!("cannot read trace {}", args.trace.display()))?;
+    if args.host {
+        return super::check_host::run(args, &mut timeline, &policies, &integrity);
+    }
     let flavour = match args.flavour {
         Some(f) => f.into(),
         None => mmu::Flavour::parse(&timeline.header().mmu_flavour).unwrap_or(mmu::Flavour::Tdp),
@@ -57,7 +60,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
 
 /// Findings are findings even in a partial trace; "no findings" is only a pass for a trace
 /// read whole.
-fn exit_outcome(has_bugs: bool, integrity: &Integrity) -> Outcome {
+pub fn exit_outcome(has_bugs: bool, integrity: &Integrity) -> Outcome {
     if has_bugs {
         Outcome::Found
     } else if !integrity.complete {
@@ -73,27 +76,7 @@ fn exit_outcome(has_bugs: bool, integrity: &Integrity) -> Outcome {
 }
 
 fn to_json(report: &CheckReport) -> serde_json::Value {
-    let findings: Vec<serde_json::Value> = report
-        .findings
-        .iter()
-        .map(|f| {
-            serde_json::json!({
-                "policy": f.policy,
-                "step": f.step,
-                "event": f.event,
-                "kind": f.kind.name(),
-                "write_kind": f.write_kind,
-                "detail": f.detail,
-                "attributes": f.attributes.iter().map(|(n, k, c)| serde_json::json!({"name": n, "kept": k, "required": c})).collect::<Vec<_>>(),
-                "translations": f.translations.iter().map(|t| serde_json::json!({
-                    "gva": format!("{:#x}", t.gva),
-                    "access": format!("{:?}", t.access).to_lowercase(),
-                    "kept": t.kept,
-                    "correct": t.correct,
-                })).collect::<Vec<_>>(),
-            })
-        })
-        .collect();
+    let findings: Vec<serde_json::Value> = report.findings.iter().map(finding_json).collect();
     let policies: Vec<serde_json::Value> = report
         .policies
         .iter()
@@ -127,6 +110,30 @@ fn to_json(report: &CheckReport) -> serde_json::Value {
         "findings": findings,
         "groups": groups,
         "policies": policies,
+    })
+}
+
+/// One finding as `--json` lists it.
+pub fn finding_json(f: &replayer::CheckFinding) -> serde_json::Value {
+    // A host disagreement compares the policy's value with the host's.
+    let (kept, required) = match f.kind {
+        traces::FindingKind::HostDisagreement => ("model", "host"),
+        _ => ("kept", "required"),
+    };
+    serde_json::json!({
+        "policy": f.policy,
+        "step": f.step,
+        "event": f.event,
+        "kind": f.kind.name(),
+        "write_kind": f.write_kind,
+        "detail": f.detail,
+        "attributes": f.attributes.iter().map(|(n, k, c)| serde_json::json!({"name": n, kept: k, required: c})).collect::<Vec<_>>(),
+        "translations": f.translations.iter().map(|t| serde_json::json!({
+            "gva": format!("{:#x}", t.gva),
+            "access": format!("{:?}", t.access).to_lowercase(),
+            "kept": t.kept,
+            "correct": t.correct,
+        })).collect::<Vec<_>>(),
     })
 }
 

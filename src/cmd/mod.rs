@@ -1,6 +1,7 @@
 //! One module per subcommand; each exposes `run(args) -> anyhow::Result<ExitCode>`.
 
 mod check;
+mod check_host;
 mod demo;
 mod diff;
 mod export;

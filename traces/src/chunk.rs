@@ -241,7 +241,7 @@ impl ChunkBuilder {
                 h.flags |= FLAG_KEYFRAME;
             }
             Record::End(_) => h.flags |= FLAG_END,
-            Record::Step(_) | Record::Run(_) => {}
+            Record::Step(_) | Record::Run(_) | Record::Host(_) => {}
         }
         self.raw.extend_from_slice(encoded);
     }
@@ -336,7 +336,7 @@ pub fn decode_payload(header: &ChunkHeader, payload: &[u8], offset: u64) -> Resu
                 }
             }
             Record::End(_) => end_seen = true,
-            Record::Step(_) | Record::Run(_) => {}
+            Record::Step(_) | Record::Run(_) | Record::Host(_) => {}
         }
         records.push(record);
     }

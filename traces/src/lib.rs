@@ -19,6 +19,7 @@ mod cache;
 pub mod chunk;
 mod codec;
 pub mod error;
+pub mod host;
 pub mod index;
 pub mod inputs;
 pub mod integrity;
@@ -32,6 +33,7 @@ pub mod synth;
 pub mod writer;
 
 pub use error::{Error, Result};
+pub use host::{HostEvent, HostEventsStatus, HostMmu, HostRecord, ShadowPage};
 pub use index::{ChunkInfo, EventCounts};
 pub use integrity::{DamagedChunk, Depth, Integrity};
 pub use preamble::{Preamble, FORMAT_VERSION};

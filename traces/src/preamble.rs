@@ -12,11 +12,13 @@ pub const MAGIC: [u8; 8] = *b"\x89MMURR\r\n";
 /// Version of the preamble layout itself. Frozen: never changes.
 pub const OUTER_VERSION: u16 = 1;
 /// Format version this code writes (the record schema and the chunk/index layout).
-pub const FORMAT_VERSION: u16 = 3;
+pub const FORMAT_VERSION: u16 = 4;
 /// The oldest reader version able to read what this code writes: version 2 appended enum
 /// variants a version-1 reader cannot decode, version 3 `Record::Run`, which a version-2
-/// reader cannot decode.
-pub const MIN_READER_VERSION: u16 = 3;
+/// reader cannot decode, version 4 `Header::host` and `Record::Host`.
+pub const MIN_READER_VERSION: u16 = 4;
+/// The first format whose header has [`Header::host`].
+const HOST_SINCE: u16 = 4;
 /// Required-feature bits this reader understands (a file setting others is refused).
 pub const KNOWN_REQUIRED_FEATURES: u32 = 0;
 pub const PREAMBLE_LEN: usize = 64;
@@ -189,5 +191,12 @@ pub fn decode_header(preamble: &Preamble, compressed: &[u8]) -> Result<Header> {
         compressed,
         preamble.header_raw_len as usize,
     )?;
+    let mut raw = raw;
+    if preamble.format_version < HOST_SINCE {
+        // bincode writes struct fields in order with nothing between them, so a format 1–3
+        // header is a format 4 header without its last field, `host: Option<HostMmu>`;
+        // `None` is one 0 byte.
+        raw.push(0);
+    }
     codec::decode_exact::<Header, MAX_HEADER_RAW>("header", offset, &raw)
 }

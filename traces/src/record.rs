@@ -1,7 +1,8 @@
-//! What a trace says: the header and the records, format version 3 (version 1 plus appended
+//! What a trace says: the header and the records, format version 4 (version 1 plus appended
 //! variants: `EventKind::ExternalInterrupt`, `EventKind::Retired`, `EndReason::Stuck`; a
 //! `CrWrite` made by an instruction carries the value it wrote in `new` (format 2);
-//! `Record::Run`, many instructions in one record (format 3)).
+//! `Record::Run`, many instructions in one record (format 3); `Header::host`, `Record::Host`
+//! and `FindingKind::HostDisagreement`, what the recording host's own KVM did (format 4)).
 //!
 //! These types are the contract between the recorder (which writes them), the replayer, the
 //! TUI and the gdb server (which read them). They are plain data: `traces` depends on none of
@@ -42,6 +43,10 @@ pub struct Header {
     pub command_line: Vec<String>,
     /// A keyframe is written at least every this many steps.
     pub keyframe_interval: u64,
+    /// The recording host's KVM MMU and whether its events were recorded (format 4; `None`
+    /// for older traces and for backends without a host KVM). Must stay the last field: a
+    /// format 1–3 header decodes as a format 4 one without it (see `preamble`).
+    pub host: Option<crate::host::HostMmu>,
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -149,6 +154,8 @@ pub enum Record {
     End(EndRecord),
     /// Instructions `first..=step` as one record (format 3): see [`RunRecord`].
     Run(RunRecord),
+    /// What the host's KVM did during one step (format 4): see [`crate::host::HostRecord`].
+    Host(crate::host::HostRecord),
 }
 
 impl Record {
@@ -160,6 +167,7 @@ impl Record {
             Record::Keyframe(k) => k.step,
             Record::End(e) => e.step,
             Record::Run(r) => r.step,
+            Record::Host(h) => h.step,
         }
     }
 
@@ -473,6 +481,9 @@ pub enum FindingKind {
     StaleContext,
     NeedlessReset,
     GpMismatch,
+    /// The recording host's KVM built or reused a root whose role differs from the policy's
+    /// `root_role` (format 4; found by `check --host`, never written by the recorder).
+    HostDisagreement,
 }
 
 impl FindingKind {
@@ -481,6 +492,7 @@ impl FindingKind {
             FindingKind::StaleContext => "stale-context",
             FindingKind::NeedlessReset => "needless-reset",
             FindingKind::GpMismatch => "gp-mismatch",
+            FindingKind::HostDisagreement => "host-disagreement",
         }
     }
 }

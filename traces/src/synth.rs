@@ -107,6 +107,7 @@ pub fn header(scenario: &str, seed: u64) -> Header {
             scenario.into(),
         ],
         keyframe_interval: 100,
+        host: None,
     }
 }
 

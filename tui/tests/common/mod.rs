@@ -169,6 +169,7 @@ fn header(image: Vec<u8>) -> Header {
         scenario: Some("pae-toggle".into()),
         command_line: vec!["mmurr".into(), "record".into()],
         keyframe_interval: 10,
+        host: None,
     }
 }
 

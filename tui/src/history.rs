@@ -30,6 +30,10 @@ pub struct MmuHistory {
     /// Per finding of kind stale-context (same order as the stale entries of `findings`):
     /// `(write, policy, addresses looked at, mistranslations)`.
     pub translations: Vec<(usize, usize, usize, Vec<Mistranslation>)>,
+    /// The host KVM's own roots and events (traces recorded with host events; else empty),
+    /// and the layout its role words decode with.
+    pub host: replayer::host_check::HostHistory,
+    pub host_layout: &'static mmu::Layout,
 }
 
 impl MmuHistory {
@@ -72,10 +76,21 @@ impl MmuHistory {
                 translations.push((write, policy, f.looked_at, report.translations));
             }
         }
+        let recorded = matches!(
+            timeline.header().host.as_ref().map(|h| &h.events),
+            Some(traces::HostEventsStatus::Recorded { .. })
+        );
+        let host = if recorded {
+            replayer::host_check::HostHistory::of_trace(timeline)?
+        } else {
+            Default::default()
+        };
         Ok(Some(MmuHistory {
             analysis,
             findings,
             translations,
+            host,
+            host_layout: replayer::host_check::host_layout(timeline.header()),
         }))
     }
 

@@ -151,6 +151,23 @@ fn field_grid(
     lines
 }
 
+/// What the host's own KVM had loaded right after the write (traces with host events): the
+/// root it looked up at the start of the next step, built or reused. `mmurr check --host`
+/// holds it against each policy's root_role for the host's flavour.
+fn host_line(h: &MmuHistory, step: traces::Step) -> Option<Line<'static>> {
+    let root = h.host.root_at(step + 1)?;
+    Some(Line::from(vec![
+        Span::styled("host KVM: ", bold()),
+        Span::raw(format!(
+            "root {:#x} ({}), {} at step {} · check --host compares",
+            root.role,
+            mmu::PageRole(root.role).describe(h.host_layout),
+            if root.created() { "built" } else { "reused" },
+            root.step
+        )),
+    ]))
+}
+
 fn one_policy(h: &MmuHistory, w: usize, p: usize, width: u16) -> Vec<Line<'static>> {
     let wa = &h.analysis.writes[w];
     let (Some(d), Some(policy), Some(after)) = (
@@ -196,6 +213,9 @@ fn one_policy(h: &MmuHistory, w: usize, p: usize, width: u16) -> Vec<Line<'stati
             ctx.shadow_root_level
         )),
     ]));
+    if let Some(host) = host_line(h, wa.event.step) {
+        lines.push(host);
+    }
     match &d.stale {
         Some(stale) => {
             let required: Vec<String> = stale

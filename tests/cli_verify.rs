@@ -2,7 +2,7 @@
 //! recording was altered does not, and verify names the first difference.
 
 mod common;
-use common::{mmurr, text};
+use common::{assert_reproduced, mmurr, text};
 use guests::test_kernels::{external_interrupts, PlatformTest, PLATFORM_PASS};
 use std::path::Path;
 
@@ -27,15 +27,7 @@ fn a_kvm_recording_reproduces_and_an_altered_one_does_not() {
     );
     assert!(dir.path().join("t.mmurr").exists(), "{}", text(&rec.stderr));
 
-    let out = mmurr(&["verify", "t.mmurr", "--backend", "kvm"], dir.path());
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        text(&out.stderr)
-    );
-    assert!(stdout.contains("reproduced: all"), "{stdout}");
+    assert_reproduced(&["t.mmurr", "--backend", "kvm"], dir.path());
 
     // Alter what the guest's 50th instruction left in RAX: re-execution must disagree there.
     let mut reader = Reader::open(dir.path().join("t.mmurr")).unwrap();
@@ -91,19 +83,10 @@ fn the_committed_seed_reproduction_verifies_on_the_emu_backend() {
         "/traces/corpus/recorded/pae-toggle.emu.mmurr"
     );
     let dir = tempfile::tempdir().unwrap();
-    let out = mmurr(&["verify", seed], dir.path());
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        text(&out.stderr)
-    );
-    assert!(stdout.contains("reproduced: all"), "{stdout}");
+    let stderr = assert_reproduced(&[seed], dir.path());
     assert!(
-        text(&out.stderr).contains("re-executing on the emu backend"),
-        "{}",
-        text(&out.stderr)
+        stderr.contains("re-executing on the emu backend"),
+        "{stderr}"
     );
 }
 
@@ -181,15 +164,7 @@ fn a_guest_reading_the_tsc_reproduces_on_kvm_and_on_emu() {
     );
 
     for backend in ["kvm", "emu"] {
-        let out = mmurr(&["verify", "k.mmurr", "--backend", backend], dir.path());
-        let stdout = text(&out.stdout);
-        assert_eq!(
-            out.status.code(),
-            Some(0),
-            "verify on {backend}:\n{stdout}\n{}",
-            text(&out.stderr)
-        );
-        assert!(stdout.contains("reproduced: all"), "{stdout}");
+        assert_reproduced(&["k.mmurr", "--backend", backend], dir.path());
     }
 }
 
@@ -309,13 +284,5 @@ fn an_emu_recording_with_interrupts_verifies() {
     let vectors = external_interrupts(&dir.path().join("t.mmurr")).unwrap();
     assert_eq!(vectors, [0x30; 3]);
 
-    let out = mmurr(&["verify", "t.mmurr", "--backend", "emu"], dir.path());
-    let stdout = text(&out.stdout);
-    assert_eq!(
-        out.status.code(),
-        Some(0),
-        "{stdout}\n{}",
-        text(&out.stderr)
-    );
-    assert!(stdout.contains("reproduced: all"), "{stdout}");
+    assert_reproduced(&["t.mmurr", "--backend", "emu"], dir.path());
 }

@@ -50,7 +50,7 @@ fn kvm_scenarios(mmurr: &Path, dir: &Path) -> Vec<String> {
 }
 
 #[test]
-fn every_scenario_kvm_runs_reproduces_on_emu() {
+fn every_scenario_kvm_runs_reproduces_on_emu_and_on_kvm() {
     // `mmurr verify --backend emu` runs it: missing, this test fails rather than skips.
     emu_executable();
     recorder::require_kvm!();
@@ -65,14 +65,20 @@ fn every_scenario_kvm_runs_reproduces_on_emu() {
     for s in &scenarios {
         let trace = format!("{s}.kvm.mmurr");
         record(&mmurr, s, "kvm", &trace, dir.path());
-        let out = run(&mmurr, &["verify", &trace, "--backend", "emu"], dir.path());
-        let stdout = text(&out.stdout);
-        if out.status.code() != Some(0) || !stdout.contains("reproduced: all") {
-            failures.push(format!(
-                "{s}: exit {:?}\n{stdout}\n{}",
-                out.status.code(),
-                text(&out.stderr)
-            ));
+        for backend in ["emu", "kvm"] {
+            let out = run(
+                &mmurr,
+                &["verify", &trace, "--backend", backend],
+                dir.path(),
+            );
+            let stdout = text(&out.stdout);
+            if out.status.code() != Some(0) || !stdout.contains("reproduced: all") {
+                failures.push(format!(
+                    "{s} on {backend}: exit {:?}\n{stdout}\n{}",
+                    out.status.code(),
+                    text(&out.stderr)
+                ));
+            }
         }
     }
     assert!(failures.is_empty(), "{}", failures.join("\n\n"));

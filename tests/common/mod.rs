@@ -27,6 +27,24 @@ pub fn mmurr_here(args: &[&str]) -> Output {
         .expect("run mmurr")
 }
 
+/// `mmurr verify ARGS` in `dir` must exit 0 saying every instruction was reproduced; returns
+/// its stderr (which says what re-executed it).
+pub fn assert_reproduced(args: &[&str], dir: &Path) -> String {
+    let out = mmurr(&[&["verify"], args].concat(), dir);
+    let stdout = text(&out.stdout);
+    let stderr = text(&out.stderr);
+    assert_eq!(
+        out.status.code(),
+        Some(0),
+        "verify {args:?}:\n{stdout}\n{stderr}"
+    );
+    assert!(
+        stdout.contains("reproduced: all"),
+        "verify {args:?}:\n{stdout}"
+    );
+    stderr
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

@@ -115,6 +115,12 @@ impl<R: Read + Seek> Timeline<R> {
         self.reexec = Some(reexec);
     }
 
+    /// Stands only at run boundaries: a seek inside a run is [`TimelineError::InsideRun`]
+    /// (for callers that must not start processes, and for tests of that answer).
+    pub fn without_reexecution(&mut self) {
+        self.reexec = None;
+    }
+
     /// Keep at most `limit` memory checkpoints (at least 2); for tests and memory-tight callers.
     pub fn set_checkpoint_limit(&mut self, limit: usize) {
         self.checkpoint_limit = limit.max(2);

@@ -63,6 +63,8 @@ pub struct Tracer<'a> {
     /// stuck watch judges it instruction by instruction).
     runs_supported: bool,
     quiet_run_steps: u64,
+    /// A buffer reused by every step for the guest bytes it compares with the shadow.
+    scratch: Vec<u8>,
 }
 
 /// What the instruction about to run will do, decoded with the registers before it.
@@ -108,6 +110,7 @@ impl<'a> Tracer<'a> {
             stuck: Some(StuckWatch::default()),
             runs_supported: true,
             quiet_run_steps: 0,
+            scratch: Vec::new(),
         })
     }
 
@@ -856,20 +859,20 @@ impl<'a> Tracer<'a> {
             // Exact: every byte that changed. The decoded ranges above only widen a change to
             // the whole operand or paging-structure entry it belongs to, as the emu backend
             // records writes, so traces of the two backends compare equal.
-            ranges.extend(self.changed_bytes(pages));
+            self.changed_bytes(pages, &mut ranges);
         }
         ranges.sort_unstable();
         let mut out: Vec<MemWrite> = Vec::new();
+        let mut data = std::mem::take(&mut self.scratch);
         for (gpa, len) in ranges {
             if len == 0 || len > 1 << 20 {
                 continue;
             }
-            let mut data = vec![0u8; len as usize];
+            data.resize(len as usize, 0);
             if !self.backend.read_phys(gpa, &mut data) {
                 continue; // MMIO or outside RAM: not memory
             }
-            let start = gpa as usize;
-            if self.shadow.bytes().get(start..start + data.len()) == Some(&data[..]) {
+            if self.shadow.holds(gpa, &data) {
                 continue; // unchanged (a conditional write that did not happen, A/D already set)
             }
             match out.last_mut() {
@@ -882,26 +885,29 @@ impl<'a> Tracer<'a> {
                     }
                     last.data[off..end].copy_from_slice(&data);
                 }
-                _ => out.push(MemWrite { gpa, data }),
+                _ => out.push(MemWrite {
+                    gpa,
+                    data: data.clone(),
+                }),
             }
         }
+        self.scratch = data;
         for w in &out {
             self.shadow.apply(w);
         }
         out
     }
 
-    /// Exact memory: the runs of bytes of the possibly-dirty pages that differ from the shadow.
-    /// No inference: accessed/dirty bits, exception frames and writes the decoder cannot see
-    /// are all there.
-    fn changed_bytes(&self, pages: &[u64]) -> Vec<(u64, u64)> {
+    /// Exact memory: the runs of bytes of the possibly-dirty pages that differ from the shadow,
+    /// appended to `out`. No inference: accessed/dirty bits, exception frames and writes the
+    /// decoder cannot see are all there.
+    fn changed_bytes(&mut self, pages: &[u64], out: &mut Vec<(u64, u64)>) {
         let mut pages = pages.to_vec();
         pages.sort_unstable();
         pages.dedup();
-        let mut out = Vec::new();
         // Only for a backend whose RAM is not mapped (filled lazily: zeroing a page per call
         // showed in the step rate).
-        let mut buf = Vec::new();
+        let mut buf = std::mem::take(&mut self.scratch);
         for gpa in pages {
             let mapped = usize::try_from(gpa).ok().and_then(|start| {
                 let ram = self.backend.ram()?;
@@ -917,14 +923,9 @@ impl<'a> Tracer<'a> {
                     &buf[..]
                 }
             };
-            out.extend(
-                self.shadow
-                    .changed_runs(gpa, real)
-                    .into_iter()
-                    .map(|w| (w.gpa, w.data.len() as u64)),
-            );
+            self.shadow.changed_ranges(gpa, real, out);
         }
-        out
+        self.scratch = buf;
     }
 
     /// Writes the CPU makes on its own: descriptor accessed bits (and the page-table A bits on

@@ -130,6 +130,9 @@ impl Shadow {
             return;
         }
         let shadow = &self.page(start / PAGE)[..real.len()];
+        if shadow == real {
+            return; // the common case: one memcmp
+        }
         let mut push = |at: usize| match out.last_mut() {
             Some(last) if last.0 + last.1 == (start + at) as u64 => last.1 += 1,
             _ => out.push(((start + at) as u64, 1)),

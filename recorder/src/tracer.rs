@@ -843,7 +843,7 @@ impl<'a> Tracer<'a> {
         before: &Regs,
         after: &Regs,
     ) -> Vec<MemWrite> {
-        let mut ranges: Vec<(u64, u64)> = match written {
+        let ranges: Vec<(u64, u64)> = match written {
             Written::Ranges(r) => r.clone(),
             Written::Unknown | Written::DirtyPages(_) => {
                 let mut r = plan.writes.clone();
@@ -855,12 +855,36 @@ impl<'a> Tracer<'a> {
                 r
             }
         };
+        let mut out = self.read_ranges(ranges, true);
+        let mut applied = false;
         if let Written::DirtyPages(pages) = written {
-            // Exact: every byte that changed. The decoded ranges above only widen a change to
-            // the whole operand or paging-structure entry it belongs to, as the emu backend
-            // records writes, so traces of the two backends compare equal.
-            self.changed_bytes(pages, &mut ranges);
+            // Exact: every byte that changed. The decoded ranges only widen a change to the
+            // whole operand or paging-structure entry it belongs to, as the emu backend records
+            // writes, so traces of the two backends compare equal. Applied first, they leave a
+            // page whose every write was decoded equal to the shadow: one compare, no diff.
+            for w in &out {
+                self.shadow.apply(w);
+            }
+            applied = true;
+            let mut rest = Vec::new();
+            self.changed_bytes(pages, &mut rest);
+            if !rest.is_empty() {
+                rest.extend(out.iter().map(|w| (w.gpa, w.data.len() as u64)));
+                out = self.read_ranges(rest, false);
+                applied = false;
+            }
         }
+        if !applied {
+            for w in &out {
+                self.shadow.apply(w);
+            }
+        }
+        out
+    }
+
+    /// The bytes of RAM in `ranges`, overlapping or adjacent ones merged, in address order;
+    /// with `changed_only`, leaving out the ranges the shadow already holds.
+    fn read_ranges(&mut self, mut ranges: Vec<(u64, u64)>, changed_only: bool) -> Vec<MemWrite> {
         ranges.sort_unstable();
         let mut out: Vec<MemWrite> = Vec::new();
         let mut data = std::mem::take(&mut self.scratch);
@@ -872,7 +896,7 @@ impl<'a> Tracer<'a> {
             if !self.backend.read_phys(gpa, &mut data) {
                 continue; // MMIO or outside RAM: not memory
             }
-            if self.shadow.holds(gpa, &data) {
+            if changed_only && self.shadow.holds(gpa, &data) {
                 continue; // unchanged (a conditional write that did not happen, A/D already set)
             }
             match out.last_mut() {
@@ -892,9 +916,6 @@ impl<'a> Tracer<'a> {
             }
         }
         self.scratch = data;
-        for w in &out {
-            self.shadow.apply(w);
-        }
         out
     }
 

@@ -1,6 +1,7 @@
 //! The memory an instruction touches, from its decoded operands and the registers before it
 //! executes: the linear addresses, then the guest-physical ranges behind them.
 
+use crate::tlb::Tlb;
 use iced_x86::{Instruction, InstructionInfoFactory, OpAccess, Register};
 use traces::Regs;
 
@@ -104,34 +105,62 @@ pub fn translate_range(
     access: mmu::Access,
     ad_entries: &mut Vec<(u64, u8)>,
 ) -> Option<Vec<(u64, u64)>> {
-    let cr = crate::guest_view::control_regs(regs);
     let paged = regs.cr0 & (1 << 31) != 0;
+    split(linear, len, |at| {
+        if !paged {
+            return Some(at);
+        }
+        let walk = walk(regs, cpu, mem, at, access);
+        ad_entries.extend(walk.ad_updates.iter().map(|u| (u.gpa, u.bytes)));
+        Some(walk.result.ok()?.gpa)
+    })
+}
+
+/// The architectural walk of `linear` for `access` at the current CPL (paging on).
+pub fn walk(
+    regs: &Regs,
+    cpu: &mmu::CpuModel,
+    mem: &dyn mmu::GuestMemory,
+    linear: u64,
+    access: mmu::Access,
+) -> mmu::Walk {
+    let req = mmu::AccessRequest {
+        access,
+        cpl: crate::guest_view::cpl(regs),
+        implicit_supervisor: false,
+        rflags_ac: regs.rflags & (1 << 18) != 0,
+    };
+    mmu::walk(
+        &crate::guest_view::control_regs(regs),
+        cpu,
+        mem,
+        linear,
+        &req,
+    )
+}
+
+/// `linear..linear + len` split at page boundaries, each piece `(gpa, len)` with the
+/// guest-physical address `translate` gives its start; `None` if one does not translate.
+pub fn split(
+    linear: u64,
+    len: u64,
+    mut translate: impl FnMut(u64) -> Option<u64>,
+) -> Option<Vec<(u64, u64)>> {
     let mut out = Vec::new();
     let mut at = linear;
     let end = linear.checked_add(len)?;
     while at < end {
         let page_end = (at | 0xfff).saturating_add(1).min(end);
-        let gpa = if paged {
-            let req = mmu::AccessRequest {
-                access,
-                cpl: crate::guest_view::cpl(regs),
-                implicit_supervisor: false,
-                rflags_ac: regs.rflags & (1 << 18) != 0,
-            };
-            let walk = mmu::walk(&cr, cpu, mem, at, &req);
-            ad_entries.extend(walk.ad_updates.iter().map(|u| (u.gpa, u.bytes)));
-            walk.result.ok()?.gpa
-        } else {
-            at
-        };
-        out.push((gpa, page_end - at));
+        out.push((translate(at)?, page_end - at));
         at = page_end;
     }
     Some(out)
 }
 
-/// Reads up to 15 instruction bytes at RIP, stopping at the first unreadable page.
+/// Reads up to 15 instruction bytes at RIP, stopping at the first unreadable page; the
+/// translations through `tlb`.
 pub fn fetch_bytes(
+    tlb: &mut Tlb,
     regs: &Regs,
     cpu: &mmu::CpuModel,
     mem: &dyn mmu::GuestMemory,
@@ -139,19 +168,17 @@ pub fn fetch_bytes(
     ad_entries: &mut Vec<(u64, u8)>,
 ) -> usize {
     let linear = insn::linear_ip(regs);
-    let Some(ranges) = translate_range(regs, cpu, mem, linear, 15, mmu::Access::Fetch, ad_entries)
+    let fetch = |len| LinearAccess {
+        linear,
+        len,
+        access: mmu::Access::Fetch,
+    };
+    let Some(ranges) = tlb
+        .translate_range(regs, cpu, mem, &fetch(15), ad_entries)
         .or_else(|| {
             // The tail may cross into an unmapped page; the instruction may still fit before it.
             let first = 0x1000 - (linear & 0xfff);
-            translate_range(
-                regs,
-                cpu,
-                mem,
-                linear,
-                first.min(15),
-                mmu::Access::Fetch,
-                ad_entries,
-            )
+            tlb.translate_range(regs, cpu, mem, &fetch(first.min(15)), ad_entries)
         })
     else {
         return 0;

@@ -20,6 +20,7 @@ pub mod signals;
 mod sink;
 mod stuck;
 pub mod test_support;
+mod tlb;
 mod tracer;
 
 pub use backend::{

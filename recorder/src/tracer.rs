@@ -14,6 +14,7 @@ use crate::progress::Progress;
 use crate::shadow::{self, Shadow};
 use crate::sink::RecordSink;
 use crate::stuck::{self, StuckWatch};
+use crate::tlb::Tlb;
 use crate::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic};
 use std::sync::atomic::Ordering;
@@ -65,6 +66,8 @@ pub struct Tracer<'a> {
     quiet_run_steps: u64,
     /// A buffer reused by every step for the guest bytes it compares with the shadow.
     scratch: Vec<u8>,
+    /// Translations of the planning walks (see [`crate::tlb`] for when it is cleared).
+    tlb: Tlb,
 }
 
 /// What the instruction about to run will do, decoded with the registers before it.
@@ -111,6 +114,7 @@ impl<'a> Tracer<'a> {
             runs_supported: true,
             quiet_run_steps: 0,
             scratch: Vec::new(),
+            tlb: Tlb::default(),
         })
     }
 
@@ -203,6 +207,8 @@ impl<'a> Tracer<'a> {
                 progress.tick(now, self.step, self.next_event);
             }
             if let Some(c) = control.as_deref_mut() {
+                // The debugger may change memory the tracer does not see written.
+                self.tlb.clear();
                 let view = crate::StepView {
                     step: self.step,
                     regs: &self.regs,
@@ -331,7 +337,14 @@ impl<'a> Tracer<'a> {
         let mem = BackendMemory(&*self.backend);
         let mut ad_entries = Vec::new();
         let mut bytes = [0u8; 15];
-        let n = accesses::fetch_bytes(&self.regs, &self.cpu, &mem, &mut bytes, &mut ad_entries);
+        let n = accesses::fetch_bytes(
+            &mut self.tlb,
+            &self.regs,
+            &self.cpu,
+            &mem,
+            &mut bytes,
+            &mut ad_entries,
+        );
         let insn = insn::decode(&bytes[..n], insn::bitness(&self.regs), self.regs.rip);
         let accesses = match &insn {
             Some(i) => accesses::operand_accesses(&mut self.factory, i, &self.regs),
@@ -339,15 +352,10 @@ impl<'a> Tracer<'a> {
         };
         let mut writes = Vec::new();
         for a in &accesses {
-            if let Some(r) = accesses::translate_range(
-                &self.regs,
-                &self.cpu,
-                &mem,
-                a.linear,
-                a.len,
-                a.access,
-                &mut ad_entries,
-            ) {
+            if let Some(r) =
+                self.tlb
+                    .translate_range(&self.regs, &self.cpu, &mem, a, &mut ad_entries)
+            {
                 if a.access == mmu::Access::Write {
                     writes.extend(r);
                 }
@@ -385,7 +393,9 @@ impl<'a> Tracer<'a> {
             Err(e) => return Some(self.backend_failure(e, &plan)),
         };
         if exit == Exit::Interrupted {
-            return None; // no instruction retired; the loop re-checks its stop conditions
+            // No instruction retired, but the engine may have written (A/D bits) already.
+            self.tlb.clear();
+            return None; // the loop re-checks its stop conditions
         }
         self.step += 1;
         let events_before = self.next_event;
@@ -879,6 +889,10 @@ impl<'a> Tracer<'a> {
                 self.shadow.apply(w);
             }
         }
+        match written {
+            Written::Unknown => self.tlb.clear(), // inferred: a write may be missing
+            _ => self.tlb.observe(&out),
+        }
         out
     }
 
@@ -1080,6 +1094,7 @@ impl<'a> Tracer<'a> {
             self.keyframes_since_check = 0;
             let (pages, missed) = self.shadow.page_keyframe(&ram);
             if !missed.is_empty() {
+                self.tlb.clear();
                 let list: Vec<String> = missed.iter().take(8).map(|g| format!("{g:#x}")).collect();
                 self.self_check_failures.push(format!(
                     "step {}: {} page(s) of guest memory changed without a recorded write \

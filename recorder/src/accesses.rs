@@ -2,7 +2,9 @@
 //! executes: the linear addresses, then the guest-physical ranges behind them.
 
 use crate::tlb::Tlb;
-use iced_x86::{Instruction, InstructionInfoFactory, OpAccess, Register};
+use iced_x86::{
+    Instruction, InstructionInfo, InstructionInfoFactory, OpAccess, Register, UsedMemory,
+};
 use traces::Regs;
 
 /// One operand access in linear address space.
@@ -20,7 +22,12 @@ pub fn operand_accesses(
     insn: &Instruction,
     regs: &Regs,
 ) -> Vec<LinearAccess> {
-    insn::memory_operands_with(factory, insn, regs)
+    operand_accesses_of(factory.info(insn).used_memory(), regs)
+}
+
+/// [`operand_accesses`] from the decoder's memory-operand list of the instruction.
+pub fn operand_accesses_of(used: &[UsedMemory], regs: &Regs) -> Vec<LinearAccess> {
+    insn::memory_operands_of(used, regs)
         .into_iter()
         .filter_map(|t| {
             // XSAVE-family areas have no fixed size in the decoder: take a page for a write
@@ -39,16 +46,17 @@ pub fn operand_accesses(
         .collect()
 }
 
-/// Descriptor-table reads a step made implicitly: the GDT/LDT descriptor of every segment
-/// register (and TR/LDTR) the instruction loaded. The CPU sets the descriptor's accessed bit,
-/// and walks (setting A bits in page tables) to reach it.
-pub fn descriptor_accesses(
-    factory: &mut InstructionInfoFactory,
-    insn: &Instruction,
-    before: &Regs,
-    after: &Regs,
-) -> Vec<LinearAccess> {
-    let info = factory.info(insn);
+/// The segment registers the decoder says the instruction writes: bit `i` for
+/// `traces::regs` index `i` (ES, CS, SS, DS, FS, GS).
+pub fn segment_writes(info: &InstructionInfo) -> u8 {
+    let sregs = [
+        Register::ES,
+        Register::CS,
+        Register::SS,
+        Register::DS,
+        Register::FS,
+        Register::GS,
+    ];
     let written = |reg: Register| {
         info.used_registers().iter().any(|u| {
             u.register() == reg
@@ -58,17 +66,23 @@ pub fn descriptor_accesses(
                 )
         })
     };
-    let sregs = [
-        Register::ES,
-        Register::CS,
-        Register::SS,
-        Register::DS,
-        Register::FS,
-        Register::GS,
-    ];
+    (0..sregs.len())
+        .filter(|&i| written(sregs[i]))
+        .fold(0, |m, i| m | 1 << i)
+}
+
+/// Descriptor-table reads a step made implicitly: the GDT/LDT descriptor of every segment
+/// register (and TR/LDTR) the instruction loaded (changed, or written per `segment_writes`
+/// from [`segment_writes`]). The CPU sets the descriptor's accessed bit, and walks (setting
+/// A bits in page tables) to reach it.
+pub fn descriptor_accesses(segment_writes: u8, before: &Regs, after: &Regs) -> Vec<LinearAccess> {
+    // Real mode and virtual-8086 segments have no descriptors.
+    if after.cr0 & 1 == 0 {
+        return Vec::new();
+    }
     let mut selectors: Vec<u16> = Vec::new();
-    for (i, reg) in sregs.into_iter().enumerate() {
-        if before.seg[i] != after.seg[i] || written(reg) {
+    for i in 0..6 {
+        if before.seg[i] != after.seg[i] || segment_writes & (1 << i) != 0 {
             selectors.push(after.seg[i].selector);
         }
     }
@@ -77,10 +91,6 @@ pub fn descriptor_accesses(
     }
     if before.ldtr != after.ldtr {
         selectors.push(after.ldtr.selector);
-    }
-    // Real mode and virtual-8086 segments have no descriptors.
-    if after.cr0 & 1 == 0 {
-        return Vec::new();
     }
     selectors
         .into_iter()

@@ -6,6 +6,7 @@ mod accesses;
 pub mod backend;
 pub mod control;
 mod cr_watch;
+mod decode_cache;
 pub mod devices;
 mod engine_check;
 mod exceptions;

@@ -4,6 +4,7 @@
 use crate::accesses::{self, LinearAccess};
 use crate::control::{StepControl, StepVerdict};
 use crate::cr_watch;
+use crate::decode_cache::DecodeCache;
 use crate::devices::{DebugExit, Devices, IoEffect};
 use crate::engine_check;
 use crate::exceptions;
@@ -68,11 +69,14 @@ pub struct Tracer<'a> {
     scratch: Vec<u8>,
     /// Translations of the planning walks (see [`crate::tlb`] for when it is cleared).
     tlb: Tlb,
+    decoded: DecodeCache,
 }
 
 /// What the instruction about to run will do, decoded with the registers before it.
 struct Plan {
     insn: Option<Instruction>,
+    /// [`accesses::segment_writes`] of `insn`.
+    segment_writes: u8,
     accesses: Vec<LinearAccess>,
     /// Guest-physical ranges the operands write.
     writes: Vec<(u64, u64)>,
@@ -115,6 +119,7 @@ impl<'a> Tracer<'a> {
             quiet_run_steps: 0,
             scratch: Vec::new(),
             tlb: Tlb::default(),
+            decoded: DecodeCache::default(),
         })
     }
 
@@ -278,6 +283,7 @@ impl<'a> Tracer<'a> {
         };
         let no_plan = Plan {
             insn: None,
+            segment_writes: 0,
             accesses: Vec::new(),
             writes: Vec::new(),
             ad_entries: Vec::new(),
@@ -345,10 +351,17 @@ impl<'a> Tracer<'a> {
             &mut bytes,
             &mut ad_entries,
         );
-        let insn = insn::decode(&bytes[..n], insn::bitness(&self.regs), self.regs.rip);
-        let accesses = match &insn {
-            Some(i) => accesses::operand_accesses(&mut self.factory, i, &self.regs),
-            None => Vec::new(),
+        let bitness = insn::bitness(&self.regs);
+        let decoded = self
+            .decoded
+            .decode(&mut self.factory, &bytes[..n], bitness, self.regs.rip);
+        let (insn, accesses, segment_writes) = match decoded {
+            Some(d) => (
+                Some(d.insn),
+                accesses::operand_accesses_of(&d.memory, &self.regs),
+                d.segment_writes,
+            ),
+            None => (None, Vec::new(), 0),
         };
         let mut writes = Vec::new();
         for a in &accesses {
@@ -363,6 +376,7 @@ impl<'a> Tracer<'a> {
         }
         Plan {
             insn,
+            segment_writes,
             accesses,
             writes,
             ad_entries,
@@ -861,7 +875,7 @@ impl<'a> Tracer<'a> {
                 if let Some(i) = &plan.insn {
                     r.extend(self.string_writes(i, before, after));
                 }
-                r.extend(self.implicit_writes(plan.insn.as_ref(), delivered, before, after));
+                r.extend(self.implicit_writes(plan, delivered, before, after));
                 r
             }
         };
@@ -967,13 +981,14 @@ impl<'a> Tracer<'a> {
     /// the way to them) for segment loads, and the frame an exception or interrupt pushes.
     fn implicit_writes(
         &mut self,
-        i: Option<&Instruction>,
+        plan: &Plan,
         delivered: bool,
         before: &Regs,
         after: &Regs,
     ) -> Vec<(u64, u64)> {
+        let i = plan.insn.as_ref();
         let mut linear = match i {
-            Some(i) => accesses::descriptor_accesses(&mut self.factory, i, before, after),
+            Some(_) => accesses::descriptor_accesses(plan.segment_writes, before, after),
             None => Vec::new(),
         };
         let entered_handler = delivered

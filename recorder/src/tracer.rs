@@ -951,13 +951,21 @@ impl<'a> Tracer<'a> {
     /// appended to `out`. No inference: accessed/dirty bits, exception frames and writes the
     /// decoder cannot see are all there.
     fn changed_bytes(&mut self, pages: &[u64], out: &mut Vec<(u64, u64)>) {
-        let mut pages = pages.to_vec();
-        pages.sort_unstable();
-        pages.dedup();
+        // Usually one or two pages, already in order: sorted (a copy) only when not.
+        let sorted;
+        let pages = if pages.windows(2).all(|w| w[0] < w[1]) {
+            pages
+        } else {
+            let mut p = pages.to_vec();
+            p.sort_unstable();
+            p.dedup();
+            sorted = p;
+            &sorted[..]
+        };
         // Only for a backend whose RAM is not mapped (filled lazily: zeroing a page per call
         // showed in the step rate).
         let mut buf = std::mem::take(&mut self.scratch);
-        for gpa in pages {
+        for &gpa in pages {
             let mapped = usize::try_from(gpa).ok().and_then(|start| {
                 let ram = self.backend.ram()?;
                 ram.get(start..start.checked_add(shadow::PAGE)?)

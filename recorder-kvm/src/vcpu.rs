@@ -511,6 +511,7 @@ impl Backend for KvmBackend {
         };
         vcpu.set_guest_debug(&debug)
             .map_err(ioctl_err("KVM_SET_GUEST_DEBUG"))?;
+        ram.populate_read();
         self.vm = Some(vm);
         self.vcpu = Some(vcpu);
         self.ram = Some(ram);

@@ -141,14 +141,7 @@ mod tests {
         put(0x1000, 0x2000 | 0x23);
         put(0x2000, 0x3000 | 0x23);
         put(0x3000, 0x83 | 0x60);
-        let mut regs = Regs {
-            cr0: 0x8000_0011,
-            cr3: 0x1000,
-            cr4: 0x20,
-            efer: 0x500,
-            ..Regs::default()
-        };
-        regs.seg[traces::regs::CS].attrs = 0xa09b;
+        let regs = crate::cr_watch::tests::long_mode();
         (regs, mmu::FlatMemory { base: 0, bytes })
     }
 

@@ -1,7 +1,7 @@
 //! The linear addresses an instruction touches, computed from its operands and the register
 //! values before it executes.
 
-use iced_x86::{InstructionInfoFactory, OpAccess, Register};
+use iced_x86::{InstructionInfoFactory, OpAccess, Register, UsedMemory};
 use mmu::Access;
 use traces::Regs;
 
@@ -71,10 +71,14 @@ pub fn memory_operands_with(
     insn: &iced_x86::Instruction,
     regs: &Regs,
 ) -> Vec<Touch> {
+    memory_operands_of(factory.info(insn).used_memory(), regs)
+}
+
+/// [`memory_operands`] from the decoder's list of the instruction's memory operands
+/// (`InstructionInfo::used_memory`), for a caller that keeps it with the decoded instruction.
+pub fn memory_operands_of(used: &[UsedMemory], regs: &Regs) -> Vec<Touch> {
     let bits = crate::bitness(regs);
-    let info = factory.info(insn);
-    info.used_memory()
-        .iter()
+    used.iter()
         .filter_map(|m| {
             let access = match m.access() {
                 OpAccess::Write

@@ -10,7 +10,9 @@ mod fetch;
 mod flow;
 mod nondeterministic;
 
-pub use addresses::{memory_operands, memory_operands_with, register_value, touched, Touch};
+pub use addresses::{
+    memory_operands, memory_operands_of, memory_operands_with, register_value, touched, Touch,
+};
 pub use cpu::cpu_model;
 pub use decode::{bitness, decode, describe, format};
 pub use fetch::{

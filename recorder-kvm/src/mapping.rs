@@ -227,6 +227,20 @@ impl GuestRam {
         self.size as u64
     }
 
+    /// Maps every page for reading now, in one system call (MADV_POPULATE_READ, Linux 5.14):
+    /// the recorder reads all of RAM as soon as the guest is loaded (its shadow, the entry
+    /// hash), and a read fault per untouched page cost ≈ 4 ms per 16 MiB here. Pages never
+    /// written map the shared zero page, as they would after those faults. Best effort: an
+    /// older kernel refuses and the faults happen as before.
+    pub fn populate_read(&self) {
+        /// `MADV_POPULATE_READ` from the kernel's uapi (not in the libc crate we use).
+        const MADV_POPULATE_READ: libc::c_int = 22;
+        // SAFETY: the range is exactly our live mapping; the advice changes no contents.
+        unsafe {
+            libc::madvise(self.ptr.cast(), self.size, MADV_POPULATE_READ);
+        }
+    }
+
     /// Registers the whole mapping as memory slot `slot` at guest-physical 0, with KVM logging
     /// the pages the guest dirties when `log_dirty` (KVM_MEM_LOG_DIRTY_PAGES).
     pub fn register(&self, vm: &VmFd, slot: u32, log_dirty: bool) -> Result<(), String> {

@@ -461,22 +461,7 @@ impl Backend for KvmBackend {
         self.vmm_written.clear();
         self.completion = None;
         self.pending_read = false;
-        for load in &guest.loads {
-            let blob = guest.blobs.get(load.blob as usize).ok_or_else(|| {
-                BackendError::Other(format!("load refers to missing blob {}", load.blob))
-            })?;
-            if !ram.write(load.gpa, &blob.data) {
-                return Err(BackendError::Other(format!(
-                    "blob {} ({} bytes) at {:#x} does not fit in {} MiB of RAM",
-                    blob.name,
-                    blob.data.len(),
-                    load.gpa,
-                    guest.ram_size >> 20
-                )));
-            }
-        }
-
-        let vcpu = vm.create_vcpu(0).map_err(ioctl_err("KVM_CREATE_VCPU"))?;
+        let mut vcpu = vm.create_vcpu(0).map_err(ioctl_err("KVM_CREATE_VCPU"))?;
         if let (Some(bytes), Ok(_)) = (ring, &self.dirty_log) {
             // With the ring enabled there is no bitmap to fall back to.
             self.dirty_log = DirtyRing::map(&vcpu, bytes).map(|r| DirtyLog::ring(RAM_SLOT, r));
@@ -500,9 +485,24 @@ impl Backend for KvmBackend {
         vcpu.set_cpuid2(&cpuid)
             .map_err(ioctl_err("KVM_SET_CPUID2"))?;
         // What the guest's CPUID instruction returns can differ from the table (PVM): the
-        // trace records what the guest sees.
-        self.cpuid = crate::cpuid_probe::guest_visible(&self.kvm, &cpuid)
+        // trace records what the guest sees. Probed while RAM is still all zero.
+        let sync_regs = self.report.has_cap("sync_regs");
+        self.cpuid = crate::cpuid_probe::guest_visible(&mut vcpu, &mut ram, &cpuid, sync_regs)
             .unwrap_or_else(|_| cpuid_entries(&cpuid));
+        for load in &guest.loads {
+            let blob = guest.blobs.get(load.blob as usize).ok_or_else(|| {
+                BackendError::Other(format!("load refers to missing blob {}", load.blob))
+            })?;
+            if !ram.write(load.gpa, &blob.data) {
+                return Err(BackendError::Other(format!(
+                    "blob {} ({} bytes) at {:#x} does not fit in {} MiB of RAM",
+                    blob.name,
+                    blob.data.len(),
+                    load.gpa,
+                    guest.ram_size >> 20
+                )));
+            }
+        }
 
         let sregs = vcpu.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
         vcpu.set_sregs(&kvm_sregs_of(&guest.entry, &sregs))
@@ -515,6 +515,7 @@ impl Backend for KvmBackend {
         };
         vcpu.set_guest_debug(&debug)
             .map_err(ioctl_err("KVM_SET_GUEST_DEBUG"))?;
+        ram.populate_read();
         self.vm = Some(vm);
         self.vcpu = Some(vcpu);
         self.ram = Some(ram);

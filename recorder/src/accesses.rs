@@ -1,7 +1,10 @@
 //! The memory an instruction touches, from its decoded operands and the registers before it
 //! executes: the linear addresses, then the guest-physical ranges behind them.
 
-use iced_x86::{Instruction, InstructionInfoFactory, OpAccess, Register};
+use crate::tlb::Tlb;
+use iced_x86::{
+    Instruction, InstructionInfo, InstructionInfoFactory, OpAccess, Register, UsedMemory,
+};
 use traces::Regs;
 
 /// One operand access in linear address space.
@@ -19,7 +22,12 @@ pub fn operand_accesses(
     insn: &Instruction,
     regs: &Regs,
 ) -> Vec<LinearAccess> {
-    insn::memory_operands_with(factory, insn, regs)
+    operand_accesses_of(factory.info(insn).used_memory(), regs)
+}
+
+/// [`operand_accesses`] from the decoder's memory-operand list of the instruction.
+pub fn operand_accesses_of(used: &[UsedMemory], regs: &Regs) -> Vec<LinearAccess> {
+    insn::memory_operands_of(used, regs)
         .into_iter()
         .filter_map(|t| {
             // XSAVE-family areas have no fixed size in the decoder: take a page for a write
@@ -38,16 +46,17 @@ pub fn operand_accesses(
         .collect()
 }
 
-/// Descriptor-table reads a step made implicitly: the GDT/LDT descriptor of every segment
-/// register (and TR/LDTR) the instruction loaded. The CPU sets the descriptor's accessed bit,
-/// and walks (setting A bits in page tables) to reach it.
-pub fn descriptor_accesses(
-    factory: &mut InstructionInfoFactory,
-    insn: &Instruction,
-    before: &Regs,
-    after: &Regs,
-) -> Vec<LinearAccess> {
-    let info = factory.info(insn);
+/// The segment registers the decoder says the instruction writes: bit `i` for
+/// `traces::regs` index `i` (ES, CS, SS, DS, FS, GS).
+pub fn segment_writes(info: &InstructionInfo) -> u8 {
+    let sregs = [
+        Register::ES,
+        Register::CS,
+        Register::SS,
+        Register::DS,
+        Register::FS,
+        Register::GS,
+    ];
     let written = |reg: Register| {
         info.used_registers().iter().any(|u| {
             u.register() == reg
@@ -57,17 +66,23 @@ pub fn descriptor_accesses(
                 )
         })
     };
-    let sregs = [
-        Register::ES,
-        Register::CS,
-        Register::SS,
-        Register::DS,
-        Register::FS,
-        Register::GS,
-    ];
+    (0..sregs.len())
+        .filter(|&i| written(sregs[i]))
+        .fold(0, |m, i| m | 1 << i)
+}
+
+/// Descriptor-table reads a step made implicitly: the GDT/LDT descriptor of every segment
+/// register (and TR/LDTR) the instruction loaded (changed, or written per `segment_writes`
+/// from [`segment_writes`]). The CPU sets the descriptor's accessed bit, and walks (setting
+/// A bits in page tables) to reach it.
+pub fn descriptor_accesses(segment_writes: u8, before: &Regs, after: &Regs) -> Vec<LinearAccess> {
+    // Real mode and virtual-8086 segments have no descriptors.
+    if after.cr0 & 1 == 0 {
+        return Vec::new();
+    }
     let mut selectors: Vec<u16> = Vec::new();
-    for (i, reg) in sregs.into_iter().enumerate() {
-        if before.seg[i] != after.seg[i] || written(reg) {
+    for i in 0..6 {
+        if before.seg[i] != after.seg[i] || segment_writes & (1 << i) != 0 {
             selectors.push(after.seg[i].selector);
         }
     }
@@ -76,10 +91,6 @@ pub fn descriptor_accesses(
     }
     if before.ldtr != after.ldtr {
         selectors.push(after.ldtr.selector);
-    }
-    // Real mode and virtual-8086 segments have no descriptors.
-    if after.cr0 & 1 == 0 {
-        return Vec::new();
     }
     selectors
         .into_iter()
@@ -104,34 +115,62 @@ pub fn translate_range(
     access: mmu::Access,
     ad_entries: &mut Vec<(u64, u8)>,
 ) -> Option<Vec<(u64, u64)>> {
-    let cr = crate::guest_view::control_regs(regs);
     let paged = regs.cr0 & (1 << 31) != 0;
+    split(linear, len, |at| {
+        if !paged {
+            return Some(at);
+        }
+        let walk = walk(regs, cpu, mem, at, access);
+        ad_entries.extend(walk.ad_updates.iter().map(|u| (u.gpa, u.bytes)));
+        Some(walk.result.ok()?.gpa)
+    })
+}
+
+/// The architectural walk of `linear` for `access` at the current CPL (paging on).
+pub fn walk(
+    regs: &Regs,
+    cpu: &mmu::CpuModel,
+    mem: &dyn mmu::GuestMemory,
+    linear: u64,
+    access: mmu::Access,
+) -> mmu::Walk {
+    let req = mmu::AccessRequest {
+        access,
+        cpl: crate::guest_view::cpl(regs),
+        implicit_supervisor: false,
+        rflags_ac: regs.rflags & (1 << 18) != 0,
+    };
+    mmu::walk(
+        &crate::guest_view::control_regs(regs),
+        cpu,
+        mem,
+        linear,
+        &req,
+    )
+}
+
+/// `linear..linear + len` split at page boundaries, each piece `(gpa, len)` with the
+/// guest-physical address `translate` gives its start; `None` if one does not translate.
+pub fn split(
+    linear: u64,
+    len: u64,
+    mut translate: impl FnMut(u64) -> Option<u64>,
+) -> Option<Vec<(u64, u64)>> {
     let mut out = Vec::new();
     let mut at = linear;
     let end = linear.checked_add(len)?;
     while at < end {
         let page_end = (at | 0xfff).saturating_add(1).min(end);
-        let gpa = if paged {
-            let req = mmu::AccessRequest {
-                access,
-                cpl: crate::guest_view::cpl(regs),
-                implicit_supervisor: false,
-                rflags_ac: regs.rflags & (1 << 18) != 0,
-            };
-            let walk = mmu::walk(&cr, cpu, mem, at, &req);
-            ad_entries.extend(walk.ad_updates.iter().map(|u| (u.gpa, u.bytes)));
-            walk.result.ok()?.gpa
-        } else {
-            at
-        };
-        out.push((gpa, page_end - at));
+        out.push((translate(at)?, page_end - at));
         at = page_end;
     }
     Some(out)
 }
 
-/// Reads up to 15 instruction bytes at RIP, stopping at the first unreadable page.
+/// Reads up to 15 instruction bytes at RIP, stopping at the first unreadable page; the
+/// translations through `tlb`.
 pub fn fetch_bytes(
+    tlb: &mut Tlb,
     regs: &Regs,
     cpu: &mmu::CpuModel,
     mem: &dyn mmu::GuestMemory,
@@ -139,19 +178,17 @@ pub fn fetch_bytes(
     ad_entries: &mut Vec<(u64, u8)>,
 ) -> usize {
     let linear = insn::linear_ip(regs);
-    let Some(ranges) = translate_range(regs, cpu, mem, linear, 15, mmu::Access::Fetch, ad_entries)
+    let fetch = |len| LinearAccess {
+        linear,
+        len,
+        access: mmu::Access::Fetch,
+    };
+    let Some(ranges) = tlb
+        .translate_range(regs, cpu, mem, &fetch(15), ad_entries)
         .or_else(|| {
             // The tail may cross into an unmapped page; the instruction may still fit before it.
             let first = 0x1000 - (linear & 0xfff);
-            translate_range(
-                regs,
-                cpu,
-                mem,
-                linear,
-                first.min(15),
-                mmu::Access::Fetch,
-                ad_entries,
-            )
+            tlb.translate_range(regs, cpu, mem, &fetch(first.min(15)), ad_entries)
         })
     else {
         return 0;

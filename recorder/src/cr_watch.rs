@@ -167,10 +167,11 @@ pub fn detect(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
-    fn long_mode() -> Regs {
+    /// 64-bit code with 4-level paging, CR3 at 0x1000 (also the tracer caches' tests).
+    pub(crate) fn long_mode() -> Regs {
         let mut r = Regs {
             cr0: 0x8000_0011,
             cr3: 0x1000,

@@ -6,6 +6,7 @@ mod accesses;
 pub mod backend;
 pub mod control;
 mod cr_watch;
+mod decode_cache;
 pub mod devices;
 mod engine_check;
 mod exceptions;
@@ -20,6 +21,7 @@ pub mod signals;
 mod sink;
 mod stuck;
 pub mod test_support;
+mod tlb;
 mod tracer;
 
 pub use backend::{

@@ -4,6 +4,7 @@
 use crate::accesses::{self, LinearAccess};
 use crate::control::{StepControl, StepVerdict};
 use crate::cr_watch;
+use crate::decode_cache::DecodeCache;
 use crate::devices::{DebugExit, Devices, IoEffect};
 use crate::engine_check;
 use crate::exceptions;
@@ -14,6 +15,7 @@ use crate::progress::Progress;
 use crate::shadow::{self, Shadow};
 use crate::sink::RecordSink;
 use crate::stuck::{self, StuckWatch};
+use crate::tlb::Tlb;
 use crate::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic};
 use std::sync::atomic::Ordering;
@@ -73,6 +75,11 @@ pub struct Tracer<'a> {
     host_layout: &'static mmu::Layout,
     /// A debugger drives the loop: host events are read after every step.
     host_every_step: bool,
+    /// A buffer reused by every step for the guest bytes it compares with the shadow.
+    scratch: Vec<u8>,
+    /// Translations of the planning walks (see [`crate::tlb`] for when it is cleared).
+    tlb: Tlb,
+    decoded: DecodeCache,
 }
 
 /// Host records a debugger is shown (`monitor host`).
@@ -85,6 +92,8 @@ const HOST_DRAIN_STEPS: u64 = 2048;
 /// What the instruction about to run will do, decoded with the registers before it.
 struct Plan {
     insn: Option<Instruction>,
+    /// [`accesses::segment_writes`] of `insn`.
+    segment_writes: u8,
     accesses: Vec<LinearAccess>,
     /// Guest-physical ranges the operands write.
     writes: Vec<(u64, u64)>,
@@ -133,6 +142,9 @@ impl<'a> Tracer<'a> {
             recent_host: Vec::new(),
             host_layout,
             host_every_step: false,
+            scratch: Vec::new(),
+            tlb: Tlb::default(),
+            decoded: DecodeCache::default(),
         })
     }
 
@@ -267,6 +279,8 @@ impl<'a> Tracer<'a> {
                 progress.tick(now, self.step, self.next_event);
             }
             if let Some(c) = control.as_deref_mut() {
+                // The debugger may change memory the tracer does not see written.
+                self.tlb.clear();
                 let view = crate::StepView {
                     step: self.step,
                     regs: &self.regs,
@@ -339,6 +353,7 @@ impl<'a> Tracer<'a> {
         };
         let no_plan = Plan {
             insn: None,
+            segment_writes: 0,
             accesses: Vec::new(),
             writes: Vec::new(),
             ad_entries: Vec::new(),
@@ -398,23 +413,32 @@ impl<'a> Tracer<'a> {
         let mem = BackendMemory(&*self.backend);
         let mut ad_entries = Vec::new();
         let mut bytes = [0u8; 15];
-        let n = accesses::fetch_bytes(&self.regs, &self.cpu, &mem, &mut bytes, &mut ad_entries);
-        let insn = insn::decode(&bytes[..n], insn::bitness(&self.regs), self.regs.rip);
-        let accesses = match &insn {
-            Some(i) => accesses::operand_accesses(&mut self.factory, i, &self.regs),
-            None => Vec::new(),
+        let n = accesses::fetch_bytes(
+            &mut self.tlb,
+            &self.regs,
+            &self.cpu,
+            &mem,
+            &mut bytes,
+            &mut ad_entries,
+        );
+        let bitness = insn::bitness(&self.regs);
+        let decoded = self
+            .decoded
+            .decode(&mut self.factory, &bytes[..n], bitness, self.regs.rip);
+        let (insn, accesses, segment_writes) = match decoded {
+            Some(d) => (
+                Some(d.insn),
+                accesses::operand_accesses_of(&d.memory, &self.regs),
+                d.segment_writes,
+            ),
+            None => (None, Vec::new(), 0),
         };
         let mut writes = Vec::new();
         for a in &accesses {
-            if let Some(r) = accesses::translate_range(
-                &self.regs,
-                &self.cpu,
-                &mem,
-                a.linear,
-                a.len,
-                a.access,
-                &mut ad_entries,
-            ) {
+            if let Some(r) =
+                self.tlb
+                    .translate_range(&self.regs, &self.cpu, &mem, a, &mut ad_entries)
+            {
                 if a.access == mmu::Access::Write {
                     writes.extend(r);
                 }
@@ -422,6 +446,7 @@ impl<'a> Tracer<'a> {
         }
         Plan {
             insn,
+            segment_writes,
             accesses,
             writes,
             ad_entries,
@@ -452,7 +477,9 @@ impl<'a> Tracer<'a> {
             Err(e) => return Some(self.backend_failure(e, &plan)),
         };
         if exit == Exit::Interrupted {
-            return None; // no instruction retired; the loop re-checks its stop conditions
+            // No instruction retired, but the engine may have written (A/D bits) already.
+            self.tlb.clear();
+            return None; // the loop re-checks its stop conditions
         }
         self.step += 1;
         let events_before = self.next_event;
@@ -914,7 +941,7 @@ impl<'a> Tracer<'a> {
         before: &Regs,
         after: &Regs,
     ) -> Vec<MemWrite> {
-        let mut ranges: Vec<(u64, u64)> = match written {
+        let ranges: Vec<(u64, u64)> = match written {
             Written::Ranges(r) => r.clone(),
             Written::Unknown | Written::DirtyPages(_) => {
                 let mut r = plan.writes.clone();
@@ -922,28 +949,56 @@ impl<'a> Tracer<'a> {
                 if let Some(i) = &plan.insn {
                     r.extend(self.string_writes(i, before, after));
                 }
-                r.extend(self.implicit_writes(plan.insn.as_ref(), delivered, before, after));
+                r.extend(self.implicit_writes(plan, delivered, before, after));
                 r
             }
         };
+        let mut out = self.read_ranges(ranges, true);
+        let mut applied = false;
         if let Written::DirtyPages(pages) = written {
-            // Exact: every byte that changed. The decoded ranges above only widen a change to
-            // the whole operand or paging-structure entry it belongs to, as the emu backend
-            // records writes, so traces of the two backends compare equal.
-            ranges.extend(self.changed_bytes(pages));
+            // Exact: every byte that changed. The decoded ranges only widen a change to the
+            // whole operand or paging-structure entry it belongs to, as the emu backend records
+            // writes, so traces of the two backends compare equal. Applied first, they leave a
+            // page whose every write was decoded equal to the shadow: one compare, no diff.
+            for w in &out {
+                self.shadow.apply(w);
+            }
+            applied = true;
+            let mut rest = Vec::new();
+            self.changed_bytes(pages, &mut rest);
+            if !rest.is_empty() {
+                rest.extend(out.iter().map(|w| (w.gpa, w.data.len() as u64)));
+                out = self.read_ranges(rest, false);
+                applied = false;
+            }
         }
+        if !applied {
+            for w in &out {
+                self.shadow.apply(w);
+            }
+        }
+        match written {
+            Written::Unknown => self.tlb.clear(), // inferred: a write may be missing
+            _ => self.tlb.observe(&out),
+        }
+        out
+    }
+
+    /// The bytes of RAM in `ranges`, overlapping or adjacent ones merged, in address order;
+    /// with `changed_only`, leaving out the ranges the shadow already holds.
+    fn read_ranges(&mut self, mut ranges: Vec<(u64, u64)>, changed_only: bool) -> Vec<MemWrite> {
         ranges.sort_unstable();
         let mut out: Vec<MemWrite> = Vec::new();
+        let mut data = std::mem::take(&mut self.scratch);
         for (gpa, len) in ranges {
             if len == 0 || len > 1 << 20 {
                 continue;
             }
-            let mut data = vec![0u8; len as usize];
+            data.resize(len as usize, 0);
             if !self.backend.read_phys(gpa, &mut data) {
                 continue; // MMIO or outside RAM: not memory
             }
-            let start = gpa as usize;
-            if self.shadow.bytes().get(start..start + data.len()) == Some(&data[..]) {
+            if changed_only && self.shadow.holds(gpa, &data) {
                 continue; // unchanged (a conditional write that did not happen, A/D already set)
             }
             match out.last_mut() {
@@ -956,27 +1011,35 @@ impl<'a> Tracer<'a> {
                     }
                     last.data[off..end].copy_from_slice(&data);
                 }
-                _ => out.push(MemWrite { gpa, data }),
+                _ => out.push(MemWrite {
+                    gpa,
+                    data: data.clone(),
+                }),
             }
         }
-        for w in &out {
-            self.shadow.apply(w);
-        }
+        self.scratch = data;
         out
     }
 
-    /// Exact memory: the runs of bytes of the possibly-dirty pages that differ from the shadow.
-    /// No inference: accessed/dirty bits, exception frames and writes the decoder cannot see
-    /// are all there.
-    fn changed_bytes(&self, pages: &[u64]) -> Vec<(u64, u64)> {
-        let mut pages = pages.to_vec();
-        pages.sort_unstable();
-        pages.dedup();
-        let mut out = Vec::new();
+    /// Exact memory: the runs of bytes of the possibly-dirty pages that differ from the shadow,
+    /// appended to `out`. No inference: accessed/dirty bits, exception frames and writes the
+    /// decoder cannot see are all there.
+    fn changed_bytes(&mut self, pages: &[u64], out: &mut Vec<(u64, u64)>) {
+        // Usually one or two pages, already in order: sorted (a copy) only when not.
+        let sorted;
+        let pages = if pages.windows(2).all(|w| w[0] < w[1]) {
+            pages
+        } else {
+            let mut p = pages.to_vec();
+            p.sort_unstable();
+            p.dedup();
+            sorted = p;
+            &sorted[..]
+        };
         // Only for a backend whose RAM is not mapped (filled lazily: zeroing a page per call
         // showed in the step rate).
-        let mut buf = Vec::new();
-        for gpa in pages {
+        let mut buf = std::mem::take(&mut self.scratch);
+        for &gpa in pages {
             let mapped = usize::try_from(gpa).ok().and_then(|start| {
                 let ram = self.backend.ram()?;
                 ram.get(start..start.checked_add(shadow::PAGE)?)
@@ -991,27 +1054,23 @@ impl<'a> Tracer<'a> {
                     &buf[..]
                 }
             };
-            out.extend(
-                self.shadow
-                    .changed_runs(gpa, real)
-                    .into_iter()
-                    .map(|w| (w.gpa, w.data.len() as u64)),
-            );
+            self.shadow.changed_ranges(gpa, real, out);
         }
-        out
+        self.scratch = buf;
     }
 
     /// Writes the CPU makes on its own: descriptor accessed bits (and the page-table A bits on
     /// the way to them) for segment loads, and the frame an exception or interrupt pushes.
     fn implicit_writes(
         &mut self,
-        i: Option<&Instruction>,
+        plan: &Plan,
         delivered: bool,
         before: &Regs,
         after: &Regs,
     ) -> Vec<(u64, u64)> {
+        let i = plan.insn.as_ref();
         let mut linear = match i {
-            Some(i) => accesses::descriptor_accesses(&mut self.factory, i, before, after),
+            Some(_) => accesses::descriptor_accesses(plan.segment_writes, before, after),
             None => Vec::new(),
         };
         let entered_handler = delivered
@@ -1132,6 +1191,7 @@ impl<'a> Tracer<'a> {
             self.keyframes_since_check = 0;
             let (pages, missed) = self.shadow.page_keyframe(&ram);
             if !missed.is_empty() {
+                self.tlb.clear();
                 let list: Vec<String> = missed.iter().take(8).map(|g| format!("{g:#x}")).collect();
                 self.self_check_failures.push(format!(
                     "step {}: {} page(s) of guest memory changed without a recorded write \

@@ -69,6 +69,11 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 impl ReplayTarget {
+    /// Rebuild states inside runs by re-executing them ([`replayer::Reexecution`]).
+    pub fn set_reexecution(&mut self, reexec: replayer::Reexecution) {
+        self.timeline.set_reexecution(reexec);
+    }
+
     /// Opens a trace and runs every modelled policy over it (what `role`, `walk`, `check` and
     /// the policy catchpoints read).
     pub fn open(path: &Path) -> anyhow::Result<ReplayTarget> {

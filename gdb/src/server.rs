@@ -144,10 +144,18 @@ pub fn serve_replay_session(target: &mut ReplayTarget, stream: TcpStream) -> Ses
     }
 }
 
-/// `mmurr gdb TRACE --listen ADDR`: serves the trace until gdb sends `kill`.
-pub fn serve_trace(trace: &Path, listener: TcpListener) -> anyhow::Result<()> {
+/// `mmurr gdb TRACE --listen ADDR`: serves the trace until gdb sends `kill`. `reexec` rebuilds
+/// the states inside runs (a trace recorded in runs; without it, stepping into one is refused).
+pub fn serve_trace(
+    trace: &Path,
+    listener: TcpListener,
+    reexec: Option<replayer::Reexecution>,
+) -> anyhow::Result<()> {
     let mut target = ReplayTarget::open(trace)
         .with_context(|| format!("cannot open trace {}", trace.display()))?;
+    if let Some(r) = reexec {
+        target.set_reexecution(r);
+    }
     eprintln!(
         "mmurr: {} steps, {} events; reverse execution on (reverse-stepi, reverse-continue)",
         target.last_step(),

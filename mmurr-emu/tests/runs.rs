@@ -181,19 +181,31 @@ fn same_state(name: &str, a: &mut Timeline, b: &mut Timeline, s: u64, memory: bo
 /// the first (re-executing runs on `mmurr-emu`), has the registers — and, at every 61st step
 /// and at run boundaries, the memory — of the same step in the trace recorded without runs.
 fn reverse_stepping_matches(name: &str, guest: &GuestSpec, max_steps: u64, every: u64) {
+    reverse_stepping_matches_in(name, guest, max_steps, every, |_, last| (0, last));
+}
+
+/// [`reverse_stepping_matches`] over the steps `window` picks, given the trace's events and
+/// last step.
+fn reverse_stepping_matches_in(
+    name: &str,
+    guest: &GuestSpec,
+    max_steps: u64,
+    every: u64,
+    window: impl Fn(&[Event], u64) -> (u64, u64),
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let steps = record(guest, false, dir.path(), max_steps);
     let runs = record(guest, true, dir.path(), max_steps);
-    let (_, run_records, _) = records(&runs.path);
+    let (events, run_records, _) = records(&runs.path);
     assert!(!run_records.is_empty(), "{name}: no runs");
     let (mut a, mut b) = timelines(&steps, &runs);
     let last = b.last_step();
     assert_eq!(last, a.last_step());
-    let mut s = last;
+    let (first, mut s) = window(&events, last);
     loop {
         let boundary = run_records.iter().any(|r| r.step == s || r.first == s + 1);
         same_state(name, &mut a, &mut b, s, boundary || s.is_multiple_of(every));
-        if s == 0 {
+        if s == first {
             break;
         }
         s -= 1;
@@ -316,3 +328,70 @@ fn the_store_loop_oracle_matches_a_recording() {
         check_store_loop(50, &state);
     }
 }
+
+fn platform_kernel(test: guests::test_kernels::PlatformTest) -> GuestSpec {
+    let elf = guests::test_kernels::build_platform(test)
+        .expect("build the platform kernel (needs GNU binutils)");
+    let none: &[(&str, Vec<u8>)] = &[];
+    guests::loader::load_multiboot(&elf, "platform.elf", "", none, 64 << 20).expect("guest")
+}
+
+/// The platform test kernels (LAPIC timer one-shot and periodic, PIT polled, PIT IRQ 0 through
+/// the PIC and the IOAPIC, interrupt-driven serial) recorded in runs: every interrupt arrives
+/// at the same step and RIP as step by step (the events compare equal, `ExternalInterrupt`
+/// among them), each guest passes, and the runs stand for most of its instructions.
+#[test]
+fn interrupts_arrive_at_the_same_instruction_in_runs() {
+    use guests::test_kernels::{PlatformTest, PLATFORM_PASS};
+    // Not PitPoll: it takes no interrupt, and its 25,000 runs between `in`s would make the
+    // state comparison at every run boundary slow.
+    for test in PlatformTest::ALL
+        .into_iter()
+        .filter(|t| *t != PlatformTest::PitPoll)
+    {
+        let name = format!("{test:?}");
+        let guest = platform_kernel(test);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = record(&guest, true, dir.path(), 2_000_000);
+        assert_eq!(
+            r.summary.end.reason,
+            traces::EndReason::DebugExit {
+                status: PLATFORM_PASS
+            },
+            "{name}: {}",
+            r.summary.end.message
+        );
+        let (runs, step_records) = same_with_and_without_runs(&name, &guest, 2_000_000);
+        eprintln!("{name}: {runs} runs, {step_records} step records");
+        assert!(runs > 0, "{name}: no runs");
+    }
+}
+
+/// Reverse-stepi across interrupts: the LAPIC one-shot timer fires while the guest spins
+/// (`cmp; jae; jmp` with IF set) inside a run, the PIT's IRQ 0 wakes HLTs through the PIC;
+/// every step from 100 after the first interrupt back to 3,000 before it (into the run the
+/// interrupt ended), visited backwards through re-executed runs, equals forward stepping
+/// (registers everywhere, memory at run boundaries and every 61st step).
+#[test]
+fn reverse_stepping_across_interrupts_matches() {
+    use guests::test_kernels::PlatformTest;
+    for test in [PlatformTest::LapicOneShot, PlatformTest::PitPic] {
+        let name = format!("{test:?}");
+        let around_first_interrupt = |events: &[Event], last: u64| {
+            let at = events
+                .iter()
+                .find(|e| matches!(e.kind, traces::EventKind::ExternalInterrupt(_)))
+                .unwrap_or_else(|| panic!("{test:?}: no interrupt"))
+                .step;
+            (at.saturating_sub(3_000), (at + 100).min(last))
+        };
+        reverse_stepping_matches_in(
+            &name,
+            &platform_kernel(test),
+            2_000_000,
+            61,
+            around_first_interrupt,
+        );
+    }
+}
+

@@ -27,7 +27,7 @@ pub fn start_replay_server(trace: &Path) -> u16 {
     let port = listener.local_addr().unwrap().port();
     let trace = trace.to_path_buf();
     std::thread::spawn(move || {
-        mmurr_gdb::serve_trace(&trace, listener).unwrap();
+        mmurr_gdb::serve_trace(&trace, listener, None).unwrap();
     });
     port
 }

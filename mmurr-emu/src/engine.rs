@@ -25,6 +25,7 @@ use unicorn_engine::{RegisterX86, Unicorn};
 
 mod machine;
 // --- runs (many instructions per emu_start): see engine/run.rs ---
+mod rep;
 mod run;
 pub use run::needs_step;
 // --- end runs ---

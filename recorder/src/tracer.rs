@@ -305,6 +305,11 @@ impl<'a> Tracer<'a> {
             regs: delta(&before, &after),
             mem,
         }));
+        if ran.retired != ran.count {
+            // Iterations of one `rep` instruction: `mmurr diff` counts instructions.
+            let count = u32::try_from(ran.retired).unwrap_or(u32::MAX);
+            self.event_at(first, before.rip, EventKind::Retired { count });
+        }
         self.quiet_run_steps = if wrote {
             0
         } else {

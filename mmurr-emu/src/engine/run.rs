@@ -194,6 +194,9 @@ pub struct RunHooks {
     cr3: u64,
     /// An interrupt waits for RFLAGS.IF during this run.
     irq_waiting: bool,
+    /// The run is iterations of this `rep` instruction ([`super::rep`]): the block hook
+    /// neither stops nor counts.
+    rep: Option<super::rep::Rep>,
     /// The run reached an instruction touching a platform page; the instructions of the run
     /// before it (`None`: where could not be told).
     device_hit: Option<Option<u64>>,
@@ -231,6 +234,11 @@ impl RunHooks {
     /// Whether a run is in progress.
     pub fn active(&self) -> bool {
         self.active
+    }
+
+    /// Whether the run reached a platform page (and forgets it).
+    pub(super) fn take_device_hit(&mut self) -> bool {
+        self.device_hit.take().is_some()
     }
 
     /// The linear address of `rip` in the run's code segment.
@@ -296,7 +304,7 @@ pub fn device_access(uc: &mut Unicorn<'_, HookState>) {
 
 /// The block hook: see the module documentation.
 pub fn on_block(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32) {
-    if !uc.get_data().run.active {
+    if !uc.get_data().run.active || uc.get_data().run.rep.is_some() {
         return;
     }
     let (bits, cr3, irq_waiting) = {
@@ -393,6 +401,7 @@ impl EmuBackend {
     pub(super) fn run_instructions(&mut self, max: u64) -> Result<RunResult, BackendError> {
         let none = || RunResult {
             count: 0,
+            retired: 0,
             written: Written::DirtyPages(Vec::new()),
         };
         if !self.loaded
@@ -414,6 +423,10 @@ impl EmuBackend {
         }
         let Some(tables) = self.table_pages(&regs) else {
             return Ok(none());
+        };
+        let rep = match self.decode_at_rip()? {
+            (_, Some(d)) => super::rep::rep_run(&d, regs.rip, regs.gpr[1]),
+            _ => None,
         };
         self.save()?;
         let hf = self.ctx.hflags();
@@ -442,6 +455,7 @@ impl EmuBackend {
             run.cr3 = regs.cr3;
             run.bits = bits;
             run.irq_waiting = window.irq_waiting;
+            run.rep = rep;
             run.device_hit = None;
             run.cs_base = self.ctx.seg(1).base;
             run.snapshot = Some(snapshot);
@@ -458,7 +472,11 @@ impl EmuBackend {
             Err(Some(before)) => self.redo(before)?,
             Err(None) => self.redo(0)?,
         };
-        self.uc.get_data_mut().run.active = false;
+        {
+            let run = &mut self.uc.get_data_mut().run;
+            run.active = false;
+            run.rep = None;
+        }
         self.regs_cache = None;
         self.platform_retired(count);
         let mut pages = std::mem::take(&mut self.uc.get_data_mut().run.dirty.list);
@@ -481,8 +499,13 @@ impl EmuBackend {
         }
         let ranges: Vec<(u64, u64)> = pages.iter().map(|&p| (p, 0x1000)).collect();
         self.sync_mirror(&ranges);
+        let retired = match rep {
+            Some(r) => u64::from(r.finished_by(count)),
+            None => count,
+        };
         Ok(RunResult {
             count,
+            retired,
             written: Written::DirtyPages(pages),
         })
     }
@@ -558,6 +581,9 @@ impl EmuBackend {
     /// `Err(Some(k))` when an exception was raised after `k` retired; `Err(None)` when the
     /// engine failed.
     fn advance(&mut self, max: u64) -> Result<u64, Option<u64>> {
+        if let Some(rep) = self.uc.get_data().run.rep {
+            return self.advance_rep(rep, max);
+        }
         match self.run_engine(max, None) {
             Ok(Stop::Budget) => Ok(max),
             Ok(Stop::Before { executed, clean }) => {

@@ -27,6 +27,7 @@ mod machine;
 // --- runs (many instructions per emu_start): see engine/run.rs ---
 mod rep;
 mod run;
+mod syscall;
 pub use run::needs_step;
 // --- end runs ---
 
@@ -1406,6 +1407,9 @@ impl Backend for EmuBackend {
                 _ => {}
             }
             if let Some(r) = self.platform_msr(&d, &before)? {
+                return Ok(r);
+            }
+            if let Some(r) = self.syscall(&d, &before)? {
                 return Ok(r);
             }
         }

@@ -461,4 +461,3 @@ fn reverse_stepping_across_interrupts_matches() {
         );
     }
 }
-

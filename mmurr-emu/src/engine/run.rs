@@ -167,7 +167,10 @@ impl PageSet {
 /// Whether `i` may set RFLAGS.IF without being a step already ([`needs_step`] has `sti`,
 /// `iret`, `sysret`): while an interrupt waits for IF, it must be.
 fn may_set_if(i: &Instruction) -> bool {
-    matches!(i.mnemonic(), Mnemonic::Popf | Mnemonic::Popfd | Mnemonic::Popfq)
+    matches!(
+        i.mnemonic(),
+        Mnemonic::Popf | Mnemonic::Popfd | Mnemonic::Popfq
+    )
 }
 
 /// A block's cache key: linear address, size in bytes, code bitness, CR3, and whether an

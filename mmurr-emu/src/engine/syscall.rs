@@ -35,7 +35,8 @@ impl EmuBackend {
         let exit = if before.efer & EFER_SCE == 0 || before.efer & EFER_LMA == 0 || !code64 {
             self.deliver_vector(6, None, false, before.rip)?
         } else {
-            let msr = |uc: &_, n| ctx::msr_read(uc, n).map_err(|e| super::engine_err("MSR read", e));
+            let msr =
+                |uc: &_, n| ctx::msr_read(uc, n).map_err(|e| super::engine_err("MSR read", e));
             let star = msr(&self.uc, MSR_STAR)?;
             let lstar = msr(&self.uc, MSR_LSTAR)?;
             let fmask = msr(&self.uc, MSR_FMASK)?;

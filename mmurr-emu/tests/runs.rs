@@ -127,19 +127,24 @@ fn same_with_and_without_runs(name: &str, guest: &GuestSpec, max_steps: u64) -> 
     (run_records.len(), step_records)
 }
 
-/// `mov rsp, 0x9000; mov ecx, N; l: mov [rsp-8], rcx; dec ecx; jnz l; hlt` (the bench loop).
-fn store_loop(iterations: u32) -> GuestSpec {
-    let mut code = vec![0x48, 0xc7, 0xc4, 0x00, 0x90, 0x00, 0x00, 0xb9];
-    code.extend_from_slice(&iterations.to_le_bytes());
-    code.extend_from_slice(&[0x48, 0x89, 0x4c, 0x24, 0xf8, 0xff, 0xc9, 0x75, 0xf7, 0xf4]);
+/// `code` at 1 MiB, entered there in long mode, with 64 MiB of RAM.
+fn long_mode_code(code: &[u8]) -> GuestSpec {
     guests::loader::load_raw(
-        &code,
+        code,
         0x10_0000,
         0x10_0000,
         guests::loader::EntryMode::Long,
         64 << 20,
     )
     .expect("guest")
+}
+
+/// `mov rsp, 0x9000; mov ecx, N; l: mov [rsp-8], rcx; dec ecx; jnz l; hlt` (the bench loop).
+fn store_loop(iterations: u32) -> GuestSpec {
+    let mut code = vec![0x48, 0xc7, 0xc4, 0x00, 0x90, 0x00, 0x00, 0xb9];
+    code.extend_from_slice(&iterations.to_le_bytes());
+    code.extend_from_slice(&[0x48, 0x89, 0x4c, 0x24, 0xf8, 0xff, 0xc9, 0x75, 0xf7, 0xf4]);
+    long_mode_code(&code)
 }
 
 /// `rep stosq` of 3,000 quadwords, `rep movsb` of 20,000 bytes to an odd address across pages,
@@ -162,14 +167,7 @@ fn rep_strings() -> GuestSpec {
         &[0xf4],                                         // hlt
     ]
     .concat();
-    guests::loader::load_raw(
-        &code,
-        0x10_0000,
-        0x10_0000,
-        guests::loader::EntryMode::Long,
-        64 << 20,
-    )
-    .expect("guest")
+    long_mode_code(&code)
 }
 
 /// `rep movs`/`rep stos` iterations run inside runs (one step each in the trace, as stepped):

@@ -569,7 +569,9 @@ impl<'a> Tracer<'a> {
             self.event(before.rip, exceptions::event(d));
         }
         if let Some(watch) = self.stuck.as_mut().filter(|_| stop.is_none()) {
-            let progress = wrote || self.next_event != events_before;
+            let progress = wrote
+                || self.next_event != events_before
+                || plan.insn.as_ref().is_some_and(stuck::reads_port);
             if progress {
                 self.quiet_run_steps = 0; // runs: see run_once
             }

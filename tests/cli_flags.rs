@@ -89,6 +89,7 @@ fn record_backend_emu_passes_every_flag_to_the_child() {
         ("timeout", Some("300")),
         ("serial-log", Some("serial.log")),
         ("quiet", None),
+        ("single-step", None),
     ];
     let untested: Vec<&String> = ours
         .iter()

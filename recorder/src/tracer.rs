@@ -258,8 +258,12 @@ impl<'a> Tracer<'a> {
             return Ok(0);
         }
         let interval = self.opts.keyframe_interval.max(1);
-        let max =
+        let mut max =
             (interval - self.step % interval).min(self.opts.max_steps.saturating_sub(self.step));
+        if self.stuck.is_some() {
+            // Quiet runs go no further than the stuck watch's threshold; past it, steps.
+            max = max.min(stuck::STUCK_STEPS - self.quiet_run_steps);
+        }
         let ran = match self.backend.run(max) {
             None => {
                 self.runs_supported = false;

@@ -135,9 +135,11 @@ fn jmp_self_is_stuck_and_the_message_says_so_on_both_backends() {
                 && message.contains("interrupts disabled"),
             "{backend}: {message}"
         );
-        // Stopped by the detector, long before the default budget of 10 M steps.
+        // Stopped by the detector, long before the default budget of 10 M steps. On emu, in
+        // runs, up to 100 000 quiet instructions run first; then the watch steps 100 000.
         let steps = info["steps"].as_u64().unwrap();
-        assert!((100_000..=100_010).contains(&steps), "{steps}");
+        let most = if backend == "emu" { 200_010 } else { 100_010 };
+        assert!((100_000..=most).contains(&steps), "{backend}: {steps}");
         assert!(err.contains("stuck"), "{err}");
     }
 }

@@ -92,6 +92,7 @@ fn record_backend_emu_passes_every_flag_to_the_child() {
         ("serial-log", Some("serial.log")),
         ("quiet", None),
         ("no-host-events", None),
+        ("single-step", None),
     ];
     let untested: Vec<&String> = ours
         .iter()

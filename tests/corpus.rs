@@ -2,8 +2,8 @@
 //! repository): the linux-image-cloud-amd64 kernel with a busybox initramfs, and SeaBIOS.
 //! Each is recorded as a user would, asserting what a user checks: the console output so far,
 //! the CR/EFER writes and paging-mode transitions this guest makes, `check --policy v6.14`,
-//! the self-check, and `verify`. Recording is bounded by --max-steps (README: how far each
-//! gets).
+//! the self-check, and `verify`. Linux on emu boots to its initramfs; the other recordings
+//! are bounded by --max-steps (README: how far each gets).
 //!
 //! Without the corpus these tests print SKIP; with MMURR_REQUIRE_CORPUS=1 (scripts/test.sh
 //! sets it after fetching) they fail instead.
@@ -183,23 +183,44 @@ fn linux_enters_long_mode_on_emu_and_the_trace_verifies() {
     assert_verifies(dir.path(), "linux.mmurr");
 }
 
-/// Far enough into the decompressor that it speaks on the serial console.
+/// The whole boot on emu (recorded in runs, emu's default), once, with every assert on that
+/// one trace: the decompressor's start-up into long mode (as above), then the kernel proper
+/// (arch/x86/kernel/head_64.S and the memory-management start-up) toggling CR4.PGE to flush
+/// global translations and loading CR3 as it switches page tables; the initramfs's `/init`
+/// prints its marker on ttyS0 and runs `poweroff -f`, which without ACPI (no firmware) halts
+/// with interrupts off: mmurr ends that as `halted`, exit 0.
 #[test]
-fn linux_speaks_on_the_serial_console_on_emu() {
+fn linux_boots_to_its_initramfs_on_emu() {
     let Some(c) = corpus(&["vmlinuz", "initramfs.cpio.gz"]) else {
         return;
     };
     let dir = tempfile::tempdir().unwrap();
-    let out = record_linux(&c, dir.path(), "emu", 2_600_000, "linux.mmurr");
-    assert_eq!(out.status.code(), Some(12), "{}", text(&out.stderr));
-    let serial = std::fs::read_to_string(dir.path().join("linux.mmurr.serial")).unwrap();
-    // arch/x86/boot/compressed/kaslr.c, with `nokaslr` on the command line.
+    let out = record_linux(&c, dir.path(), "emu", 4_000_000_000, "boot.mmurr");
+    let serial = std::fs::read_to_string(dir.path().join("boot.mmurr.serial")).unwrap();
+    let tail = &serial[serial.len().saturating_sub(3000)..];
     assert!(
         serial.contains("KASLR disabled: 'nokaslr' on cmdline."),
-        "{serial:?}"
+        "{tail}"
     );
-    assert_linux_enters_long_mode(&mode_events(dir.path(), "linux.mmurr"));
-    assert_checks_and_self_checks(dir.path(), "linux.mmurr");
+    assert!(serial.contains("Run /init as init process"), "{tail}");
+    assert!(serial.contains("MMURR-INITRAMFS-OK"), "{tail}");
+    assert!(serial.contains("reboot: System halted"), "{tail}");
+    assert_eq!(out.status.code(), Some(0), "{}\n{tail}", text(&out.stderr));
+    let events = mode_events(dir.path(), "boot.mmurr");
+    let long = assert_linux_enters_long_mode(&events);
+    let pge = |e: &Value| e["kind"] == "cr4" && hex(&e["new"]) & 0x80 != 0;
+    let pge_on = find(&events, long, "CR4.PGE set", |e| {
+        pge(e) && hex(&e["old"]) & 0x80 == 0
+    });
+    let pge_off = find(&events, pge_on, "CR4.PGE cleared (a global flush)", |e| {
+        e["kind"] == "cr4" && hex(&e["old"]) & 0x80 != 0 && hex(&e["new"]) & 0x80 == 0
+    });
+    find(&events, pge_off, "CR4.PGE set again", |e| {
+        pge(e) && hex(&e["old"]) & 0x80 == 0
+    });
+    let cr3_loads = events[long..].iter().filter(|e| e["kind"] == "cr3").count();
+    assert!(cr3_loads >= 100, "{cr3_loads} CR3 loads after long mode");
+    assert_checks_and_self_checks(dir.path(), "boot.mmurr");
 }
 
 /// The same kernel and boot parameters on kvm: this host runs protected mode and the switch

@@ -66,6 +66,13 @@ pub struct RecordFlags {
     /// No progress line.
     #[arg(short, long)]
     pub quiet: bool,
+    /// Record every instruction as a step of its own. By default the emu backend records in
+    /// runs: the instructions between two events (a CR/EFER write, I/O, an interrupt, an
+    /// exception, a timer deadline) run at emulator speed and become one record, and `replay`,
+    /// `gdb` and `verify` rebuild the states inside by re-executing them on mmurr-emu. The
+    /// kvm backend always single-steps.
+    #[arg(long)]
+    pub single_step: bool,
     /// Feed the guest the inputs recorded in TRACE (rdtsc/rdrand/cpuid/... results, port and
     /// MMIO reads) instead of this machine's: what `mmurr verify` re-executes with. The run
     /// ends where the guest asks for an input TRACE does not have there (it diverged).
@@ -94,6 +101,7 @@ impl Default for RecordFlags {
             timeout: None,
             serial_log: None,
             quiet: false,
+            single_step: false,
             replay_inputs: None,
             host_events: false,
             no_host_events: false,
@@ -131,6 +139,7 @@ impl RecordFlags {
             None => SerialSink::Stdout,
         };
         opts.progress = !self.quiet;
+        opts.set_runs(!self.single_step);
         opts.interrupted = recorder::signals::interrupt_flag().map_err(OptionsError::Signals)?;
         opts.host_events = match (self.host_events, self.no_host_events) {
             (_, true) => recorder::HostEventsChoice::Off,
@@ -190,6 +199,7 @@ mod tests {
                 timeout: Some(2.5),
                 serial_log: Some("s.log".into()),
                 quiet: true,
+                single_step: true,
                 replay_inputs: Some("r.mmurr".into()),
                 host_events: true,
                 no_host_events: false,

@@ -52,6 +52,8 @@ pub mod bits {
     pub const RFLAGS_DF: u64 = 1 << 10;
     /// Alignment check; with CR4.SMAP, permits supervisor access to user pages (SDM §4.6).
     pub const RFLAGS_AC: u64 = 1 << 18;
+    /// Resume flag (SYSCALL clears it in R11 and RFLAGS).
+    pub const RFLAGS_RF: u64 = 1 << 16;
 }
 
 use bits::*;

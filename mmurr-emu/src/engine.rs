@@ -25,7 +25,9 @@ use unicorn_engine::{RegisterX86, Unicorn};
 
 mod machine;
 // --- runs (many instructions per emu_start): see engine/run.rs ---
+mod rep;
 mod run;
+mod syscall;
 pub use run::needs_step;
 // --- end runs ---
 
@@ -1405,6 +1407,9 @@ impl Backend for EmuBackend {
                 _ => {}
             }
             if let Some(r) = self.platform_msr(&d, &before)? {
+                return Ok(r);
+            }
+            if let Some(r) = self.syscall(&d, &before)? {
                 return Ok(r);
             }
         }

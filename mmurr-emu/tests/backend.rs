@@ -1214,3 +1214,51 @@ fn accessed_bits_of_the_next_fetch_belong_to_the_next_step() {
     assert_ne!(read(&b, pte_gpa) & 0x20, 0, "the fetch at the target set A");
     assert!(covers(&nop.written), "{:?}", nop.written);
 }
+
+/// SYSCALL as the SDM says (Unicorn alone only skips it): RCX = the next RIP, R11 = RFLAGS,
+/// RIP = IA32_LSTAR, RFLAGS masked by IA32_FMASK, CS and SS from IA32_STAR[47:32].
+#[test]
+fn syscall_enters_the_kernel_at_lstar() {
+    let code = asm(64, 0x10_0000, |a| {
+        a.mov(ecx, 0xc000_0080u32)?; // EFER: keep LME/LMA, set SCE
+        a.rdmsr()?;
+        a.or(eax, 1)?;
+        a.wrmsr()?;
+        a.mov(ecx, 0xc000_0081u32)?; // STAR[47:32] = 0x10
+        a.xor(eax, eax)?;
+        a.mov(edx, 0x0023_0010u32)?;
+        a.wrmsr()?;
+        a.mov(ecx, 0xc000_0082u32)?; // LSTAR
+        a.mov(eax, 0x10_0800u32)?;
+        a.xor(edx, edx)?;
+        a.wrmsr()?;
+        a.mov(ecx, 0xc000_0084u32)?; // FMASK: IF, DF, TF
+        a.mov(eax, 0x700u32)?;
+        a.wrmsr()?;
+        a.mov(rax, 12u64)?;
+        a.std()?;
+        a.syscall()?;
+        a.hlt()
+    });
+    let (mut b, _) = raw(code, 0x10_0000, guests::loader::EntryMode::Long);
+    let mut before = b.regs().unwrap();
+    for _ in 0..30 {
+        before = b.regs().unwrap();
+        let mut bytes = [0u8; 2];
+        assert!(b.read_phys(before.rip, &mut bytes));
+        if bytes == [0x0f, 0x05] {
+            break;
+        }
+        assert_eq!(b.step().unwrap().exit, Exit::Stepped);
+    }
+    assert_eq!(b.step().unwrap().exit, Exit::Stepped);
+    let after = b.regs().unwrap();
+    assert_eq!(after.rip, 0x10_0800);
+    assert_eq!(after.gpr[1], before.rip + 2, "RCX");
+    assert_eq!(after.gpr[11], before.rflags, "R11");
+    assert_eq!(after.rflags & 0x700, 0, "RFLAGS masked");
+    assert_eq!(after.gpr[0], 12, "RAX untouched");
+    assert_eq!(after.seg[traces::regs::CS].selector, 0x10);
+    assert_eq!(after.seg[traces::regs::SS].selector, 0x18);
+    assert_eq!(after.seg[traces::regs::CS].attrs & 0xa0ff, 0xa09b);
+}

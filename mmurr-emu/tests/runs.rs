@@ -61,7 +61,23 @@ fn same_with_and_without_runs(name: &str, guest: &GuestSpec, max_steps: u64) -> 
     let (step_events, no_runs, _) = records(&steps.path);
     assert!(no_runs.is_empty());
     let (run_events, run_records, step_records) = records(&runs.path);
-    assert_eq!(step_events, run_events, "{name}: events differ");
+    // A run of `rep` iterations says how many instructions it retired (`Retired`, for `mmurr
+    // diff`): the record's shape, like the runs themselves. Ids follow the events.
+    let guest_events = |events: Vec<Event>, runs: &[RunRecord]| -> Vec<_> {
+        events
+            .into_iter()
+            .filter(|e| {
+                !(matches!(e.kind, traces::EventKind::Retired { .. })
+                    && runs.iter().any(|r| r.first == e.step))
+            })
+            .map(|e| (e.step, e.rip, e.kind))
+            .collect()
+    };
+    assert_eq!(
+        guest_events(step_events, &[]),
+        guest_events(run_events, &run_records),
+        "{name}: events differ"
+    );
     // `mmurr diff` (and `verify`) aligns a run with the instructions it stands for.
     let report = replayer::diff(
         &mut Reader::open(&steps.path).expect("open"),
@@ -73,7 +89,13 @@ fn same_with_and_without_runs(name: &str, guest: &GuestSpec, max_steps: u64) -> 
         "{name}: {:#?}",
         report.divergence
     );
-    assert_eq!(report.instructions, steps.summary.steps, "{name}");
+    // Every instruction compared (`rep` iterations fold into one, on both sides).
+    let whole = replayer::diff(
+        &mut Reader::open(&steps.path).expect("open"),
+        &mut Reader::open(&steps.path).expect("open"),
+    )
+    .expect("diff");
+    assert_eq!(report.instructions, whole.instructions, "{name}");
     let mut a = Timeline::open(&steps.path).expect("timeline");
     let mut b = Timeline::open(&runs.path).expect("timeline");
     // At run boundaries only, as a reader without mmurr-emu (this package's own is found).
@@ -107,19 +129,62 @@ fn same_with_and_without_runs(name: &str, guest: &GuestSpec, max_steps: u64) -> 
     (run_records.len(), step_records)
 }
 
-/// `mov rsp, 0x9000; mov ecx, N; l: mov [rsp-8], rcx; dec ecx; jnz l; hlt` (the bench loop).
-fn store_loop(iterations: u32) -> GuestSpec {
-    let mut code = vec![0x48, 0xc7, 0xc4, 0x00, 0x90, 0x00, 0x00, 0xb9];
-    code.extend_from_slice(&iterations.to_le_bytes());
-    code.extend_from_slice(&[0x48, 0x89, 0x4c, 0x24, 0xf8, 0xff, 0xc9, 0x75, 0xf7, 0xf4]);
+/// `code` at 1 MiB, entered there in long mode, with 64 MiB of RAM.
+fn long_mode_code(code: &[u8]) -> GuestSpec {
     guests::loader::load_raw(
-        &code,
+        code,
         0x10_0000,
         0x10_0000,
         guests::loader::EntryMode::Long,
         64 << 20,
     )
     .expect("guest")
+}
+
+/// `mov rsp, 0x9000; mov ecx, N; l: mov [rsp-8], rcx; dec ecx; jnz l; hlt` (the bench loop).
+fn store_loop(iterations: u32) -> GuestSpec {
+    let mut code = vec![0x48, 0xc7, 0xc4, 0x00, 0x90, 0x00, 0x00, 0xb9];
+    code.extend_from_slice(&iterations.to_le_bytes());
+    code.extend_from_slice(&[0x48, 0x89, 0x4c, 0x24, 0xf8, 0xff, 0xc9, 0x75, 0xf7, 0xf4]);
+    long_mode_code(&code)
+}
+
+/// `rep stosq` of 3,000 quadwords, `rep movsb` of 20,000 bytes to an odd address across pages,
+/// then a `rep stosb` of one byte and a `rep movsb` of none (those two are steps), `hlt`.
+fn rep_strings() -> GuestSpec {
+    let code = [
+        &[0x48, 0xc7, 0xc4, 0x00, 0x90, 0x00, 0x00][..], // mov rsp, 0x9000
+        &[0x48, 0xc7, 0xc7, 0x00, 0x00, 0x20, 0x00],     // mov rdi, 0x200000
+        &[0x48, 0xc7, 0xc1, 0xb8, 0x0b, 0x00, 0x00],     // mov rcx, 3000
+        &[0x48, 0xb8, 0x88, 0x77, 0x66, 0x55, 0x44, 0x33, 0x22, 0x11], // mov rax, imm64
+        &[0xf3, 0x48, 0xab],                             // rep stosq
+        &[0x48, 0xc7, 0xc6, 0x00, 0x00, 0x20, 0x00],     // mov rsi, 0x200000
+        &[0x48, 0xc7, 0xc7, 0x01, 0x00, 0x30, 0x00],     // mov rdi, 0x300001
+        &[0x48, 0xc7, 0xc1, 0x20, 0x4e, 0x00, 0x00],     // mov rcx, 20000
+        &[0xf3, 0xa4],                                   // rep movsb
+        &[0x48, 0xc7, 0xc1, 0x01, 0x00, 0x00, 0x00],     // mov rcx, 1
+        &[0xf3, 0xaa],                                   // rep stosb
+        &[0x31, 0xc9],                                   // xor ecx, ecx
+        &[0xf3, 0xa4],                                   // rep movsb
+        &[0xf4],                                         // hlt
+    ]
+    .concat();
+    long_mode_code(&code)
+}
+
+/// `rep movs`/`rep stos` iterations run inside runs (one step each in the trace, as stepped):
+/// the same trace, cut at keyframes and the step budget in the middle of an instruction, and
+/// every state inside rebuilt by re-execution.
+#[test]
+fn rep_string_iterations_run_in_runs() {
+    let (runs, steps) = same_with_and_without_runs("rep strings", &rep_strings(), 1_000_000);
+    assert!(runs >= 3, "{runs} runs");
+    assert!(steps < 40, "{steps} step records");
+    // Cut by the budget inside `rep movsb`.
+    same_with_and_without_runs("rep strings, cut", &rep_strings(), 15_000);
+    reverse_stepping_matches_in("rep strings", &rep_strings(), 1_000_000, 61, |_, last| {
+        (2_900, 3_100.min(last))
+    });
 }
 
 #[test]
@@ -183,19 +248,31 @@ fn same_state(name: &str, a: &mut Timeline, b: &mut Timeline, s: u64, memory: bo
 /// the first (re-executing runs on `mmurr-emu`), has the registers — and, at every 61st step
 /// and at run boundaries, the memory — of the same step in the trace recorded without runs.
 fn reverse_stepping_matches(name: &str, guest: &GuestSpec, max_steps: u64, every: u64) {
+    reverse_stepping_matches_in(name, guest, max_steps, every, |_, last| (0, last));
+}
+
+/// [`reverse_stepping_matches`] over the steps `window` picks, given the trace's events and
+/// last step.
+fn reverse_stepping_matches_in(
+    name: &str,
+    guest: &GuestSpec,
+    max_steps: u64,
+    every: u64,
+    window: impl Fn(&[Event], u64) -> (u64, u64),
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let steps = record(guest, false, dir.path(), max_steps);
     let runs = record(guest, true, dir.path(), max_steps);
-    let (_, run_records, _) = records(&runs.path);
+    let (events, run_records, _) = records(&runs.path);
     assert!(!run_records.is_empty(), "{name}: no runs");
     let (mut a, mut b) = timelines(&steps, &runs);
     let last = b.last_step();
     assert_eq!(last, a.last_step());
-    let mut s = last;
+    let (first, mut s) = window(&events, last);
     loop {
         let boundary = run_records.iter().any(|r| r.step == s || r.first == s + 1);
         same_state(name, &mut a, &mut b, s, boundary || s.is_multiple_of(every));
-        if s == 0 {
+        if s == first {
             break;
         }
         s -= 1;
@@ -363,5 +440,71 @@ fn the_store_loop_oracle_matches_a_recording() {
     for s in 0..t.last_step() {
         let state = t.seek(s).expect("seek").clone();
         check_store_loop(50, &state);
+    }
+}
+
+fn platform_kernel(test: guests::test_kernels::PlatformTest) -> GuestSpec {
+    let elf = guests::test_kernels::build_platform(test)
+        .expect("build the platform kernel (needs GNU binutils)");
+    let none: &[(&str, Vec<u8>)] = &[];
+    guests::loader::load_multiboot(&elf, "platform.elf", "", none, 64 << 20).expect("guest")
+}
+
+/// The platform test kernels (LAPIC timer one-shot and periodic, PIT polled, PIT IRQ 0 through
+/// the PIC and the IOAPIC, interrupt-driven serial) recorded in runs: every interrupt arrives
+/// at the same step and RIP as step by step (the events compare equal, `ExternalInterrupt`
+/// among them), each guest passes, and the runs stand for most of its instructions.
+#[test]
+fn interrupts_arrive_at_the_same_instruction_in_runs() {
+    use guests::test_kernels::{PlatformTest, PLATFORM_PASS};
+    // Not PitPoll: it takes no interrupt, and its 25,000 runs between `in`s would make the
+    // state comparison at every run boundary slow.
+    for test in PlatformTest::ALL
+        .into_iter()
+        .filter(|t| *t != PlatformTest::PitPoll)
+    {
+        let name = format!("{test:?}");
+        let guest = platform_kernel(test);
+        let dir = tempfile::tempdir().expect("tempdir");
+        let r = record(&guest, true, dir.path(), 2_000_000);
+        assert_eq!(
+            r.summary.end.reason,
+            traces::EndReason::DebugExit {
+                status: PLATFORM_PASS
+            },
+            "{name}: {}",
+            r.summary.end.message
+        );
+        let (runs, step_records) = same_with_and_without_runs(&name, &guest, 2_000_000);
+        eprintln!("{name}: {runs} runs, {step_records} step records");
+        assert!(runs > 0, "{name}: no runs");
+    }
+}
+
+/// Reverse-stepi across interrupts: the LAPIC one-shot timer fires while the guest spins
+/// (`cmp; jae; jmp` with IF set) inside a run, the PIT's IRQ 0 wakes HLTs through the PIC;
+/// every step from 100 after the first interrupt back to 3,000 before it (into the run the
+/// interrupt ended), visited backwards through re-executed runs, equals forward stepping
+/// (registers everywhere, memory at run boundaries and every 61st step).
+#[test]
+fn reverse_stepping_across_interrupts_matches() {
+    use guests::test_kernels::PlatformTest;
+    for test in [PlatformTest::LapicOneShot, PlatformTest::PitPic] {
+        let name = format!("{test:?}");
+        let around_first_interrupt = |events: &[Event], last: u64| {
+            let at = events
+                .iter()
+                .find(|e| matches!(e.kind, traces::EventKind::ExternalInterrupt(_)))
+                .unwrap_or_else(|| panic!("{test:?}: no interrupt"))
+                .step;
+            (at.saturating_sub(3_000), (at + 100).min(last))
+        };
+        reverse_stepping_matches_in(
+            &name,
+            &platform_kernel(test),
+            2_000_000,
+            61,
+            around_first_interrupt,
+        );
     }
 }

@@ -48,6 +48,13 @@ impl Clock {
         }
     }
 
+    /// How many more instructions must retire before virtual time reaches `deadline_ns`
+    /// (0 when it has): how far a run of the guest may go without passing the deadline.
+    pub fn instructions_until(&self, deadline_ns: u64) -> u64 {
+        let ahead = deadline_ns.saturating_sub(self.now_ns());
+        ahead.div_ceil(1 << ICOUNT_SHIFT)
+    }
+
     /// The time-stamp counter now.
     pub fn tsc(&self) -> u64 {
         ns_to_ticks(self.now_ns(), TSC_HZ)
@@ -81,6 +88,19 @@ mod tests {
         assert_eq!(c.now_ns(), 1_000_000);
         c.retire(1);
         assert_eq!(c.now_ns(), 1_000_008);
+    }
+
+    #[test]
+    fn instructions_until_a_deadline_round_up() {
+        let mut c = Clock::default();
+        c.retire(10); // 80 ns
+        assert_eq!(c.instructions_until(80), 0);
+        assert_eq!(c.instructions_until(50), 0);
+        assert_eq!(c.instructions_until(81), 1);
+        assert_eq!(c.instructions_until(88), 1);
+        assert_eq!(c.instructions_until(89), 2);
+        c.retire(c.instructions_until(1000));
+        assert!(c.now_ns() >= 1000 && c.now_ns() < 1008);
     }
 
     #[test]

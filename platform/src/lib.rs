@@ -235,6 +235,13 @@ impl Platform {
         }
     }
 
+    /// How many instructions may retire before the next timer fires (`None`: none armed).
+    /// After exactly that many, [`Platform::retire`] has fired it, so a run of the guest cut
+    /// there reaches the boundary where a step-by-step run would first see the interrupt.
+    pub fn instructions_to_next_deadline(&self) -> Option<u64> {
+        Some(self.clock.instructions_until(self.next_deadline()?))
+    }
+
     /// A halted CPU waits: time skips to the next timer, which fires. False when nothing can
     /// wake the CPU (no timer armed and no interrupt pending).
     pub fn wait_for_interrupt(&mut self) -> bool {
@@ -457,6 +464,24 @@ mod tests {
         p.mmio_write(0xfee0_0380, 4, 5000);
         assert!(p.wait_for_interrupt());
         assert_eq!(p.clock.now_ns(), 80 + 5000);
+        assert_eq!(p.acknowledge(), Some(0x40));
+    }
+
+    #[test]
+    fn the_timer_fires_exactly_after_the_instructions_to_its_deadline() {
+        let mut p = platform();
+        assert_eq!(p.instructions_to_next_deadline(), None);
+        p.mmio_write(0xfee0_00f0, 4, 0x1ff);
+        p.mmio_write(0xfee0_03e0, 4, 0xb); // divide by 1
+        p.mmio_write(0xfee0_0320, 4, 0x40);
+        p.retire(3);
+        p.mmio_write(0xfee0_0380, 4, 1001); // 1001 ns: 125.125 instructions
+        let n = p.instructions_to_next_deadline().unwrap();
+        assert_eq!(n, 126);
+        p.retire(n - 1);
+        assert!(!p.interrupt_pending());
+        p.retire(1);
+        assert!(p.interrupt_pending());
         assert_eq!(p.acknowledge(), Some(0x40));
     }
 

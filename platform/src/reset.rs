@@ -90,7 +90,12 @@ impl Reset {
         match port {
             0xcf9 => self.rcr,
             0x92 => self.port92,
-            _ => self.i8042.read((port - 0x60) as u8),
+            // Only the controller's reset line is modelled, no keyboard or mouse: the status
+            // and data ports read as a floating bus, as on a PC without an 8042, so a guest
+            // finds no controller at once (Linux: "i8042: No controller found"). vm-superio's
+            // i8042 reads 0 ("ready, empty"), which sends Linux into its self-test, whose
+            // answer never comes: seconds of TSC-polled timeouts.
+            _ => 0xff,
         }
     }
 
@@ -133,6 +138,17 @@ impl Reset {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn no_keyboard_controller_answers_reads() {
+        let mut r = Reset::default();
+        // Status: output buffer "full" and input buffer "busy" forever, as a floating bus.
+        assert_eq!(r.read(0x64), 0xff);
+        assert_eq!(r.read(0x60), 0xff);
+        r.write(0x64, 0xaa); // self-test: no answer
+        assert_eq!(r.read(0x60), 0xff);
+        assert_eq!(r.take(), None);
+    }
 
     #[test]
     fn each_reset_path_is_reported_once() {

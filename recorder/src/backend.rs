@@ -127,11 +127,15 @@ pub struct StepResult {
     pub written: Written,
 }
 
-/// What one [`Backend::run`] did: `count` instructions retired (possibly none) with nothing
-/// among them that the recorder must see one by one, and the memory they wrote.
+/// What one [`Backend::run`] did: `count` steps (possibly none) with nothing among them that
+/// the recorder must see one by one, and the memory they wrote.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct RunResult {
     pub count: u64,
+    /// Architectural instructions retired: `count`, except for a run of one `rep` string
+    /// instruction's iterations (a step each, as single-stepping counts them), which retired
+    /// the instruction (1) or not yet (0).
+    pub retired: u64,
     pub written: Written,
 }
 

@@ -30,5 +30,8 @@ pub use backend::{
 };
 pub use control::{StepControl, StepVerdict, StepView};
 pub use cr_watch::{planned_write, PlannedWrite};
-pub use options::{RecordError, RecordOptions, RecordSummary, SerialSink};
+pub use options::{
+    RecordError, RecordOptions, RecordSummary, SerialSink, RUNS_KEYFRAME_INTERVAL,
+    STEPS_KEYFRAME_INTERVAL,
+};
 pub use record::{record, record_with, resolve_policies};

@@ -46,11 +46,10 @@ pub struct RecordOptions {
     pub replay_inputs: Option<Arc<traces::inputs::RecordedInputs>>,
     /// Record in runs where the backend can ([`crate::Backend::run`], the emu backend): many
     /// instructions with nothing to record one by one become one `Run` record (format 3), at
-    /// emulator speed; every event stays an exact step. Off by default: the state *inside* a
-    /// run needs re-execution on `mmurr-emu` (`replayer::Reexecution`, from the entry state
-    /// today), which the gdb server and the TUI do not set up yet. A keyframe hashes all of
-    /// guest RAM (≈ 7 ms for 64 MiB), which dominates at run speed: pair runs with a larger
-    /// `keyframe_interval` (e.g. 1,000,000; seeks then cost records, not instructions).
+    /// emulator speed; every event, I/O access and interrupt stays an exact step. The state
+    /// *inside* a run needs re-execution on `mmurr-emu` (`replayer::Reexecution`). Off in
+    /// [`RecordOptions::new`] (the library's callers opt in); the command line's default is
+    /// on, through [`RecordOptions::set_runs`].
     pub runs: bool,
     /// Record the host KVM's own events beside the guest's (backends with a
     /// [`crate::HostWatch`]).
@@ -67,7 +66,7 @@ impl RecordOptions {
             timeout: None,
             scenario: None,
             command_line: Vec::new(),
-            keyframe_interval: 10_000,
+            keyframe_interval: STEPS_KEYFRAME_INTERVAL,
             self_check_every: 10,
             serial: SerialSink::Capture,
             progress: false,
@@ -77,6 +76,26 @@ impl RecordOptions {
             runs: false,
             host_events: crate::HostEventsChoice::Auto,
         }
+    }
+}
+
+/// The keyframe interval of recordings in runs. A keyframe hashes all of guest RAM (≈ 7 ms
+/// for 64 MiB, ≈ 28 ms for 256 MiB), which would dominate at run speed with the step-by-step
+/// interval; seeks then cost records, not instructions, so a longer interval costs them little.
+pub const RUNS_KEYFRAME_INTERVAL: u64 = 1_000_000;
+
+/// The keyframe interval of step-by-step recordings.
+pub const STEPS_KEYFRAME_INTERVAL: u64 = 10_000;
+
+impl RecordOptions {
+    /// Runs on or off, with the keyframe interval that suits each.
+    pub fn set_runs(&mut self, runs: bool) {
+        self.runs = runs;
+        self.keyframe_interval = if runs {
+            RUNS_KEYFRAME_INTERVAL
+        } else {
+            STEPS_KEYFRAME_INTERVAL
+        };
     }
 }
 

@@ -2,7 +2,11 @@
 //! budget in silence (seen: a host rewrote `vmmcall` to `vmcall` and RIP never advanced for
 //! 9.3 M steps).
 //!
-//! A step makes no progress when it changes no memory, does no I/O and emits no event. If a
+//! A step makes no progress when it changes no memory, does no I/O and emits no event. A port
+//! read counts as I/O even when the backend answers it itself (KVM's in-kernel PIT, the emu
+//! platform's port 0x61): its value follows virtual time, so a loop polling it — SeaBIOS and
+//! Linux calibrating the TSC against PIT channel 2, for a few hundred thousand steps — ends
+//! when the counter does. If a
 //! run of such steps brings the registers back to a state they had earlier in the run, the
 //! guest is in a loop that nothing inside it can leave: with the same registers and the same
 //! memory the next instructions are the same. Only something from outside (an interrupt, an
@@ -20,6 +24,13 @@
 use crate::insn;
 use iced_x86::{FlowControl, Instruction};
 use traces::Regs;
+
+/// Whether `i` reads an I/O port: progress for the watch even without an I/O exit (see the
+/// module documentation).
+pub fn reads_port(i: &Instruction) -> bool {
+    use iced_x86::Mnemonic as M;
+    matches!(i.mnemonic(), M::In | M::Insb | M::Insw | M::Insd)
+}
 
 /// Consecutive steps without progress, in a loop whose state repeats, that end the run.
 pub const STUCK_STEPS: u64 = 100_000;
@@ -125,6 +136,17 @@ mod tests {
             }
         }
         None
+    }
+
+    #[test]
+    fn polling_a_port_is_progress() {
+        let d = |b: &[u8]| {
+            iced_x86::Decoder::with_ip(32, b, 0, iced_x86::DecoderOptions::NONE).decode()
+        };
+        assert!(reads_port(&d(&[0xe4, 0x61]))); // in al, 0x61
+        assert!(reads_port(&d(&[0xec]))); // in al, dx
+        assert!(!reads_port(&d(&[0xa8, 0x20]))); // test al, 0x20
+        assert!(!reads_port(&d(&[0xe6, 0x61]))); // out 0x61, al
     }
 
     #[test]

@@ -342,8 +342,12 @@ impl<'a> Tracer<'a> {
             return Ok(0);
         }
         let interval = self.opts.keyframe_interval.max(1);
-        let max =
+        let mut max =
             (interval - self.step % interval).min(self.opts.max_steps.saturating_sub(self.step));
+        if self.stuck.is_some() {
+            // Quiet runs go no further than the stuck watch's threshold; past it, steps.
+            max = max.min(stuck::STUCK_STEPS - self.quiet_run_steps);
+        }
         let ran = match self.backend.run(max) {
             None => {
                 self.runs_supported = false;
@@ -390,6 +394,11 @@ impl<'a> Tracer<'a> {
             regs: delta(&before, &after),
             mem,
         }));
+        if ran.retired != ran.count {
+            // Iterations of one `rep` instruction: `mmurr diff` counts instructions.
+            let count = u32::try_from(ran.retired).unwrap_or(u32::MAX);
+            self.event_at(first, before.rip, EventKind::Retired { count });
+        }
         self.quiet_run_steps = if wrote {
             0
         } else {
@@ -665,7 +674,9 @@ impl<'a> Tracer<'a> {
             self.event(before.rip, exceptions::event(d));
         }
         if let Some(watch) = self.stuck.as_mut().filter(|_| stop.is_none()) {
-            let progress = wrote || self.next_event != events_before;
+            let progress = wrote
+                || self.next_event != events_before
+                || plan.insn.as_ref().is_some_and(stuck::reads_port);
             if progress {
                 self.quiet_run_steps = 0; // runs: see run_once
             }

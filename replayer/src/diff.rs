@@ -302,6 +302,20 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                 // many of the other trace's. Its writes are the bytes that differ after it.
                 Record::Run(r) => {
                     self.regs.apply_delta(&r.regs);
+                    // Iterations of a `rep` instruction whose earlier iterations came before
+                    // (its RIP stays until the last): one instruction, as steps fold.
+                    let fold = self
+                        .pending
+                        .as_ref()
+                        .is_some_and(|p| p.rip == r.rip && p.last_step + 1 == r.first);
+                    if let Some(p) = self.pending.as_mut().filter(|_| fold) {
+                        p.last_step = r.step;
+                        p.after = Some(Visible::of(&self.regs));
+                        p.has_run = true;
+                        p.record_writes(&mut self.memory, &r.mem);
+                        self.retired.insert(r.first, r.count());
+                        continue;
+                    }
                     let finished = self.pending.take();
                     let mut unit = Instruction {
                         first_step: r.first,

@@ -155,6 +155,8 @@ impl Reexecution {
             .arg(&guest_trace)
             .arg("--max-steps")
             .arg(count.to_string())
+            // Every instruction of the run as a step: the point of re-executing it.
+            .arg("--single-step")
             .arg("--output")
             .arg(&out)
             .arg("--quiet")

@@ -119,11 +119,15 @@ pub fn choose_backend(
     }
 }
 
+/// The recorder's options for the in-process kvm backend, which single-steps whatever
+/// `--single-step` says (it has no runs), so its keyframes keep the step-by-step interval.
 pub fn record_options(
     args: &RecordArgs,
     scenario: Option<String>,
 ) -> anyhow::Result<RecordOptions> {
-    Ok(args.flags.options(scenario)?)
+    let mut opts = args.flags.options(scenario)?;
+    opts.set_runs(false);
+    Ok(opts)
 }
 
 pub fn record_on_kvm(args: &RecordArgs, guest: &BuiltGuest) -> anyhow::Result<RecordSummary> {

@@ -36,7 +36,7 @@ fn verify(
     let steps = original.total_steps();
     let original_end = original.end().cloned();
     describe_origin(&header, steps);
-    let needs = paging_modes_used(&mut original)?;
+    let (needs, in_runs) = paging_modes_used(&mut original)?;
     let chosen = choose(args.backend, header.backend.kind, &needs)?;
     let name = if chosen.0 == Chosen::Kvm {
         "kvm"
@@ -56,7 +56,9 @@ fn verify(
     };
     match chosen.0 {
         Chosen::Kvm => record_on_kvm(&args.trace, &header, &again, budget)?,
-        Chosen::Emu => record_on_emu(&args.trace, &header, &again, budget)?,
+        // In runs again only when the original is: a step-by-step trace (kvm's, or emu's
+        // with --single-step) is compared instruction by instruction.
+        Chosen::Emu => record_on_emu(&args.trace, &header, &again, budget, !in_runs)?,
     }
     let mut replayed = Reader::open(&again).context("reading the new recording")?;
     let new_end = replayed.end().cloned();
@@ -168,20 +170,26 @@ fn describe_origin(h: &Header, steps: u64) {
 }
 
 /// The paging modes the recorded guest entered: what the re-execution backend must run.
+/// The paging modes the guest entered, and whether the trace was recorded in runs.
 fn paging_modes_used<R: std::io::Read + std::io::Seek>(
     reader: &mut Reader<R>,
-) -> anyhow::Result<Vec<PagingMode>> {
+) -> anyhow::Result<(Vec<PagingMode>, bool)> {
     let mut modes = Vec::new();
+    let mut runs = false;
     for r in reader.records() {
-        if let Record::Event(e) = r? {
-            if let EventKind::Transition { to, .. } = e.kind {
-                if !modes.contains(&to) {
-                    modes.push(to);
+        match r? {
+            Record::Event(e) => {
+                if let EventKind::Transition { to, .. } = e.kind {
+                    if !modes.contains(&to) {
+                        modes.push(to);
+                    }
                 }
             }
+            Record::Run(_) => runs = true,
+            _ => {}
         }
     }
-    Ok(modes)
+    Ok((modes, runs))
 }
 
 /// `auto`: the engine that recorded the trace, if this host can run what the guest did.
@@ -239,7 +247,13 @@ fn record_on_kvm(trace: &Path, header: &Header, out: &Path, budget: u64) -> anyh
     Ok(())
 }
 
-fn record_on_emu(trace: &Path, header: &Header, out: &Path, budget: u64) -> anyhow::Result<()> {
+fn record_on_emu(
+    trace: &Path,
+    header: &Header,
+    out: &Path,
+    budget: u64,
+    single_step: bool,
+) -> anyhow::Result<()> {
     let opts = options(header, out, budget)?;
     // The child's command line comes from the shared flag definition.
     let guest = mmurr_flags::GuestArgs {
@@ -252,6 +266,7 @@ fn record_on_emu(trace: &Path, header: &Header, out: &Path, budget: u64) -> anyh
         output: out.to_path_buf(),
         max_steps: opts.max_steps,
         replay_inputs: Some(trace.to_path_buf()),
+        single_step,
         ..Default::default()
     };
     let mut cmd = Command::new(emu_executable()?);

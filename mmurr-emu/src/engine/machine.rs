@@ -5,7 +5,8 @@
 //! boundaries: when RFLAGS.IF is set and no STI / MOV SS / POP SS shadow covers the boundary,
 //! one step delivers the vector (the instruction at RIP does not run) and reports it as a
 //! [`recorder::DeliveryKind::External`] delivery. Virtual time advances by one instruction per
-//! executed step, and a HLT with IF set waits, in virtual time, for the next timer.
+//! executed step (and by a run's count after a run: [`EmuBackend::run_window`] says how far a
+//! run may go), and a HLT with IF set waits, in virtual time, for the next timer.
 
 use super::{engine_err, EmuBackend, HookState};
 use crate::decode::{Decoded, Kind};
@@ -23,6 +24,14 @@ pub struct Machine {
     pub platform: Platform,
     /// The boundary after the last instruction is in an interrupt shadow.
     shadow: bool,
+}
+
+/// What [`EmuBackend::run_window`] allows a run.
+pub(super) struct RunWindow {
+    pub budget: u64,
+    /// An interrupt waits for RFLAGS.IF: an instruction that may set IF must be a step, so
+    /// the boundary after it delivers the interrupt as stepping would.
+    pub irq_waiting: bool,
 }
 
 /// The `out` hook: a platform port is handled here (true); others go to the recorder.
@@ -77,11 +86,19 @@ impl EmuBackend {
                     0x1000,
                     Some(
                         move |uc: &mut Unicorn<'_, HookState>, off: u64, size: usize| {
+                            if uc.get_data().run.active() {
+                                super::run::device_access(uc);
+                                return 0;
+                            }
                             mmio_read(uc.get_data_mut(), base + off, size as u8)
                         },
                     ),
                     Some(
                         move |uc: &mut Unicorn<'_, HookState>, off: u64, size: usize, v: u64| {
+                            if uc.get_data().run.active() {
+                                super::run::device_access(uc);
+                                return;
+                            }
                             if let Some(m) = uc.get_data_mut().machine.as_mut() {
                                 if m.platform.claims_mmio(base + off) {
                                     m.platform.mmio_write(base + off, size as u8, v);
@@ -122,6 +139,40 @@ impl EmuBackend {
         let fetch = (insn::linear_ip(before), 1);
         let written = self.take_written(before, fetch, None);
         Ok(Some(StepResult { exit, written }))
+    }
+
+    /// How far a run may go from the boundary before the next instruction without passing an
+    /// interrupt the CPU would take there or later (RFLAGS as in `rflags`): `None` when that
+    /// boundary must be a step (an interrupt shadow covers it, or the CPU takes an interrupt
+    /// now); else `max` cut at the next timer deadline. Nothing else makes an interrupt pending
+    /// inside a run: I/O and the platform's pages are steps of their own.
+    pub(super) fn run_window(&mut self, rflags: u64, max: u64) -> Option<RunWindow> {
+        let Some(m) = self.machine() else {
+            return Some(RunWindow {
+                budget: max,
+                irq_waiting: false,
+            });
+        };
+        let pending = m.platform.interrupt_pending();
+        if m.shadow || (pending && rflags & RFLAGS_IF != 0) {
+            return None;
+        }
+        let budget = m
+            .platform
+            .instructions_to_next_deadline()
+            .map_or(max, |n| n.min(max));
+        Some(RunWindow {
+            budget,
+            irq_waiting: pending,
+        })
+    }
+
+    /// A run retired `n` instructions: virtual time moves on as step by step (where each
+    /// step's boundary counts its instruction), firing what is due at the run's end.
+    pub(super) fn platform_retired(&mut self, n: u64) {
+        if let Some(m) = self.machine() {
+            m.platform.retire(n);
+        }
     }
 
     /// Whether port `port` is the platform's (and the platform is attached).

@@ -18,7 +18,15 @@
 //!   keeps only the bytes that changed;
 //! - an exception inside the run (a page fault, #UD, a trap) undoes the whole run and runs
 //!   again up to the instruction before the faulting one, so the fault itself is stepped and
-//!   recorded exactly as without runs.
+//!   recorded exactly as without runs;
+//! - the platform ([`super::machine`]): a run starts only at a boundary where the CPU takes no
+//!   interrupt, and its budget ends at the next timer deadline (in virtual time, a count of
+//!   retired instructions), so it stops exactly at the boundary where stepping would first
+//!   see the timer's interrupt; while an interrupt waits for RFLAGS.IF, `popf` (which may set
+//!   it) is a step too. An access to the LAPIC or IOAPIC page must see the device at its
+//!   exact virtual time, which only a step gives: the run is undone up to the instruction
+//!   before it, as for an exception. So a run holds no interrupt and no input, and
+//!   re-executing it step by step on a fresh platform passes through the same states.
 //!
 //! Unicorn's instruction count is always on (`count > 0` in every `emu_start`, steps and
 //! runs alike): switching it off flushes every translated block.
@@ -30,7 +38,7 @@ use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKi
 use recorder::{BackendError, RunResult, Written};
 use rustc_hash::FxHashMap;
 use unicorn_engine::unicorn_const::Prot;
-use unicorn_engine::Unicorn;
+use unicorn_engine::{RegisterX86, Unicorn};
 
 /// At most this many paging-structure pages are diffed after a run; a guest with more runs
 /// step by step (its tables are too large to diff cheaply at every run's end).
@@ -156,8 +164,18 @@ impl PageSet {
     }
 }
 
-/// A block's cache key: linear address, size in bytes, code bitness, CR3.
-type BlockKey = (u64, u32, u32, u64);
+/// Whether `i` may set RFLAGS.IF without being a step already ([`needs_step`] has `sti`,
+/// `iret`, `sysret`): while an interrupt waits for IF, it must be.
+fn may_set_if(i: &Instruction) -> bool {
+    matches!(
+        i.mnemonic(),
+        Mnemonic::Popf | Mnemonic::Popfd | Mnemonic::Popfq
+    )
+}
+
+/// A block's cache key: linear address, size in bytes, code bitness, CR3, and whether an
+/// interrupt waits for RFLAGS.IF (which makes [`may_set_if`] instructions steps).
+type BlockKey = (u64, u32, u32, u64, bool);
 
 /// One translation block as decoded: how many instructions it has, how many of them (from
 /// its start) may run in a run, and where each starts (offsets from the block's address).
@@ -177,6 +195,14 @@ pub struct RunHooks {
     /// Decoded blocks by (linear address, size, bitness, CR3).
     blocks: FxHashMap<BlockKey, Block>,
     cr3: u64,
+    /// An interrupt waits for RFLAGS.IF during this run.
+    irq_waiting: bool,
+    /// The run is iterations of this `rep` instruction ([`super::rep`]): the block hook
+    /// neither stops nor counts.
+    rep: Option<super::rep::Rep>,
+    /// The run reached an instruction touching a platform page; the instructions of the run
+    /// before it (`None`: where could not be told).
+    device_hit: Option<Option<u64>>,
     /// Pages holding code of cached blocks and the paging structures: a write there (by the
     /// guest, in a run or a step) invalidates the cache.
     watch: PageSet,
@@ -208,6 +234,38 @@ struct TablesKey {
 }
 
 impl RunHooks {
+    /// Whether a run is in progress.
+    pub fn active(&self) -> bool {
+        self.active
+    }
+
+    /// Whether the run reached a platform page (and forgets it).
+    pub(super) fn take_device_hit(&mut self) -> bool {
+        self.device_hit.take().is_some()
+    }
+
+    /// The linear address of `rip` in the run's code segment.
+    fn linear(&self, rip: u64) -> u64 {
+        if self.bits == 64 {
+            rip
+        } else {
+            self.cs_base.wrapping_add(rip) & 0xffff_ffff
+        }
+    }
+
+    /// How many instructions of the run retired before the one at linear address `lin`, when
+    /// it lies in the block last entered.
+    fn position(&self, lin: u64) -> Option<u64> {
+        let (key, counted) = self.last?;
+        let b = self.blocks.get(&key)?;
+        let j = b.offsets[..counted as usize]
+            .iter()
+            .position(|&o| key.0.wrapping_add(u64::from(o)) == lin)?;
+        self.executed
+            .checked_sub(u64::from(counted))?
+            .checked_add(j as u64)
+    }
+
     /// The host changed guest memory (a debugger's write, a load): forget decoded blocks.
     pub fn host_wrote(&mut self) {
         self.stale = true;
@@ -234,12 +292,25 @@ pub fn on_write(uc: &mut Unicorn<'_, HookState>, gpa: u64, len: u64) -> bool {
     !uc.get_data().run.active
 }
 
+/// An access to a platform page (LAPIC, IOAPIC) inside a run, from its MMIO callback: the
+/// access is not made; the engine stops, and the run is undone up to the instruction before
+/// (the module documentation says why). Unicorn's instruction count hooks every instruction
+/// and syncs RIP before each, so RIP is the accessing instruction's.
+pub fn device_access(uc: &mut Unicorn<'_, HookState>) {
+    let rip = uc.reg_read(RegisterX86::RIP).ok();
+    let run = &mut uc.get_data_mut().run;
+    if run.device_hit.is_none() {
+        run.device_hit = Some(rip.and_then(|r| run.position(run.linear(r))));
+    }
+    let _ = uc.emu_stop();
+}
+
 /// The block hook: see the module documentation.
 pub fn on_block(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32) {
-    if !uc.get_data().run.active {
+    if !uc.get_data().run.active || uc.get_data().run.rep.is_some() {
         return;
     }
-    let (bits, cr3) = {
+    let (bits, cr3, irq_waiting) = {
         let run = &mut uc.get_data_mut().run;
         if run.stale {
             run.blocks.clear();
@@ -247,9 +318,9 @@ pub fn on_block(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32) {
             run.stale = false;
             run.tables_stale = true;
         }
-        (run.bits, run.cr3)
+        (run.bits, run.cr3, run.irq_waiting)
     };
-    let key = (addr, size, bits, cr3);
+    let key = (addr, size, bits, cr3, irq_waiting);
     let known = uc
         .get_data()
         .run
@@ -259,7 +330,7 @@ pub fn on_block(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32) {
     let (clean, total) = match known {
         Some(v) => v,
         None => {
-            let block = decode_block(uc, addr, size, bits);
+            let block = decode_block(uc, addr, size, bits, irq_waiting);
             let v = (block.clean, block.offsets.len() as u32);
             uc.get_data_mut().run.blocks.insert(key, block);
             v
@@ -278,7 +349,13 @@ pub fn on_block(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32) {
 }
 
 /// Decodes the block's bytes; its code pages join the write watch.
-fn decode_block(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32, bits: u32) -> Block {
+fn decode_block(
+    uc: &mut Unicorn<'_, HookState>,
+    addr: u64,
+    size: u32,
+    bits: u32,
+    irq_waiting: bool,
+) -> Block {
     let mut bytes = vec![0u8; size as usize];
     let mut done = 0usize;
     let mut pages = Vec::new();
@@ -306,7 +383,8 @@ fn decode_block(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32, bits: u32
         let off = d.position();
         d.decode_out(&mut i);
         offsets.push(off as u16);
-        if clean.is_none() && (i.is_invalid() || needs_step(&i)) {
+        if clean.is_none() && (i.is_invalid() || needs_step(&i) || (irq_waiting && may_set_if(&i)))
+        {
             clean = Some(offsets.len() as u32 - 1);
         }
     }
@@ -326,6 +404,7 @@ impl EmuBackend {
     pub(super) fn run_instructions(&mut self, max: u64) -> Result<RunResult, BackendError> {
         let none = || RunResult {
             count: 0,
+            retired: 0,
             written: Written::DirtyPages(Vec::new()),
         };
         if !self.loaded
@@ -338,8 +417,19 @@ impl EmuBackend {
             return Ok(none());
         }
         let regs = self.read_regs_from_ctx()?;
+        let Some(window) = self.run_window(regs.rflags, max) else {
+            return Ok(none());
+        };
+        let max = window.budget;
+        if max == 0 {
+            return Ok(none());
+        }
         let Some(tables) = self.table_pages(&regs) else {
             return Ok(none());
+        };
+        let rep = match self.decode_at_rip()? {
+            (_, Some(d)) => super::rep::rep_run(&d, regs.rip, regs.gpr[1]),
+            _ => None,
         };
         self.save()?;
         let hf = self.ctx.hflags();
@@ -367,6 +457,9 @@ impl EmuBackend {
             // Cached blocks are keyed by CR3 and bitness: nothing to clear when they change.
             run.cr3 = regs.cr3;
             run.bits = bits;
+            run.irq_waiting = window.irq_waiting;
+            run.rep = rep;
+            run.device_hit = None;
             run.cs_base = self.ctx.seg(1).base;
             run.snapshot = Some(snapshot);
             run.executed = 0;
@@ -382,8 +475,13 @@ impl EmuBackend {
             Err(Some(before)) => self.redo(before)?,
             Err(None) => self.redo(0)?,
         };
-        self.uc.get_data_mut().run.active = false;
+        {
+            let run = &mut self.uc.get_data_mut().run;
+            run.active = false;
+            run.rep = None;
+        }
         self.regs_cache = None;
+        self.platform_retired(count);
         let mut pages = std::mem::take(&mut self.uc.get_data_mut().run.dirty.list);
         {
             let run = &mut self.uc.get_data_mut().run;
@@ -404,8 +502,13 @@ impl EmuBackend {
         }
         let ranges: Vec<(u64, u64)> = pages.iter().map(|&p| (p, 0x1000)).collect();
         self.sync_mirror(&ranges);
+        let retired = match rep {
+            Some(r) => u64::from(r.finished_by(count)),
+            None => count,
+        };
         Ok(RunResult {
             count,
+            retired,
             written: Written::DirtyPages(pages),
         })
     }
@@ -421,7 +524,7 @@ impl EmuBackend {
         }
         let n = usize::try_from(count).unwrap_or(usize::MAX);
         let r = self.uc.emu_start(start, 0, 0, n);
-        let (executed, stopped, intr, unmapped) = {
+        let (executed, stopped, intr, unmapped, device_hit) = {
             let st = self.uc.get_data_mut();
             st.run.allow = None;
             (
@@ -429,8 +532,15 @@ impl EmuBackend {
                 st.run.stopped_before.take(),
                 st.intr.take(),
                 st.unmapped.take(),
+                st.run.device_hit.take(),
             )
         };
+        if let Some(before) = device_hit {
+            // Whatever else happened, the run went past a platform access: undo it.
+            return Ok(Stop::Fault {
+                before: before.ok_or(())?,
+            });
+        }
         if r.is_err() || unmapped.is_some() {
             return Err(());
         }
@@ -455,20 +565,10 @@ impl EmuBackend {
     /// the one that faulted (`None` if that cannot be told).
     fn retired_before_fault(&mut self, vector: u32) -> Option<u64> {
         let rip = self.current_rip().ok()?;
-        let lin = self.run_linear(rip);
         let run = &self.uc.get_data().run;
         let executed = run.executed;
-        if let Some((key, counted)) = run.last {
-            if let Some(b) = run.blocks.get(&key) {
-                let inside = b.offsets[..counted as usize]
-                    .iter()
-                    .position(|&o| key.0.wrapping_add(u64::from(o)) == lin);
-                if let Some(j) = inside {
-                    return executed
-                        .checked_sub(u64::from(counted))?
-                        .checked_add(j as u64);
-                }
-            }
+        if let Some(n) = run.position(run.linear(rip)) {
+            return Some(n);
         }
         // Outside the last block: the block retired and fetching the next one faulted (a #PF
         // belongs to the next instruction) — except a branch to a non-canonical address,
@@ -484,6 +584,9 @@ impl EmuBackend {
     /// `Err(Some(k))` when an exception was raised after `k` retired; `Err(None)` when the
     /// engine failed.
     fn advance(&mut self, max: u64) -> Result<u64, Option<u64>> {
+        if let Some(rep) = self.uc.get_data().run.rep {
+            return self.advance_rep(rep, max);
+        }
         match self.run_engine(max, None) {
             Ok(Stop::Budget) => Ok(max),
             Ok(Stop::Before { executed, clean }) => {
@@ -585,12 +688,7 @@ impl EmuBackend {
 
     /// The linear address of `rip` in the run's code segment.
     fn run_linear(&self, rip: u64) -> u64 {
-        let run = &self.uc.get_data().run;
-        if run.bits == 64 {
-            rip
-        } else {
-            run.cs_base.wrapping_add(rip) & 0xffff_ffff
-        }
+        self.uc.get_data().run.linear(rip)
     }
 
     /// The paging-structure pages under `regs` (cached until the registers change or a write

@@ -99,6 +99,10 @@ pub struct App {
     pub events_loaded: bool,
     pub history: Option<MmuHistory>,
     pub history_error: Option<String>,
+    /// Every policy's decision and trackers at [`App::current_write`] (that write's index
+    /// with it), recomputed by the analysis when the write changes: the analysis keeps only
+    /// checkpoints of them, so that memory stays bounded on big traces.
+    pub detail: Option<(usize, replayer::WriteDetail)>,
     pub filter: Filter,
     pub filter_text: String,
     /// Indices into `events.events` that pass the filter.
@@ -167,6 +171,7 @@ impl App {
             events_loaded: false,
             history: None,
             history_error: None,
+            detail: None,
             filter: Filter::default(),
             filter_text: String::new(),
             visible: Vec::new(),
@@ -347,6 +352,8 @@ impl App {
                 }
             }
         }
+        // A move within one step changes the selected write without a refresh.
+        self.sync_detail();
     }
 
     /// The terminal's size, for mouse clicks (the layout is a function of it).
@@ -365,6 +372,7 @@ impl App {
             _ => return,
         }
         self.moved = true;
+        self.sync_detail();
     }
 
     /// A click on a timeline row selects it.
@@ -854,12 +862,42 @@ impl App {
         }
     }
 
+    /// Brings [`App::detail`] to the current write (the timeline is left elsewhere: callers
+    /// seek it to the current step afterwards, as `refresh` does).
+    fn sync_detail(&mut self) {
+        let w = self.current_write();
+        if self.detail.as_ref().map(|d| d.0) == w {
+            return;
+        }
+        self.detail = None;
+        let (Some(h), Some(w)) = (&self.history, w) else {
+            return;
+        };
+        match h.analysis.detail(&mut self.timeline, w) {
+            Ok(d) => self.detail = d.map(|d| (w, d)),
+            Err(e) => self.message = Some((format!("MMU model at write {w}: {e}"), true)),
+        }
+    }
+
     /// Recomputes the panels for the current position.
     fn refresh(&mut self) {
+        self.sync_detail();
+        // The kept context at the current step: the trackers after the last write at or
+        // before it, which is the current write unless an earlier write of the same step is
+        // selected (then recomputed here, a rare case).
         let kept = self.history.as_ref().and_then(|h| {
-            h.analysis
-                .tracker_at(self.policy, self.step)
-                .map(|t| (t.policy().name, *t.context()))
+            let last = h.analysis.writes.partition_point(|w| w.event.step <= self.step);
+            let tracker = match (last.checked_sub(1), &self.detail) {
+                (None, _) => h.analysis.initial.get(self.policy).cloned(),
+                (Some(l), Some((w, d))) if l == *w => d.after.get(self.policy).cloned(),
+                (Some(l), _) => h
+                    .analysis
+                    .detail(&mut self.timeline, l)
+                    .ok()
+                    .flatten()
+                    .and_then(|d| d.after.get(self.policy).cloned()),
+            };
+            tracker.map(|t| (t.policy().name, *t.context()))
         });
         let view = PositionView::compute(
             &mut self.timeline,

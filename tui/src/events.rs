@@ -63,15 +63,14 @@ impl EventIndex {
         self.spans.last().map_or(PagingMode::Real, |s| s.1)
     }
 
-    /// Reads every event-holding chunk of `reader`, calling `chunk(events, done, total)`
-    /// with each chunk's events; `None` when `chunk` returns false (nobody wants the result
-    /// any more).
-    pub fn load<R: Read + Seek>(
+    /// Reads every event-holding chunk of `reader`, handing each chunk's events (in file
+    /// order) to `chunk(events, done, total)` without keeping them: the loader moves them on
+    /// to the UI rather than holding a second copy of a million events. The chunks that could
+    /// not be read; `None` when `chunk` returns false (nobody wants the result any more).
+    pub fn read<R: Read + Seek>(
         reader: &mut Reader<R>,
-        entry: &Regs,
-        mut chunk: impl FnMut(&[Event], usize, usize) -> bool,
-    ) -> Option<EventIndex> {
-        let mut index = EventIndex::new(entry);
+        mut chunk: impl FnMut(Vec<Event>, usize, usize) -> bool,
+    ) -> Option<Vec<String>> {
         let wanted: Vec<usize> = reader
             .chunks()
             .iter()
@@ -80,23 +79,24 @@ impl EventIndex {
             .map(|(i, _)| i)
             .collect();
         let total = wanted.len();
+        let mut errors = Vec::new();
         for (done, c) in wanted.into_iter().enumerate() {
-            let start = index.events.len();
+            let mut events = Vec::new();
             match reader.chunk_records(c) {
                 Ok(records) => {
                     for r in records.iter() {
                         if let Record::Event(e) = r {
-                            index.push(e.clone());
+                            events.push(e.clone());
                         }
                     }
                 }
-                Err(e) => index.errors.push(format!("chunk {c}: {e}")),
+                Err(e) => errors.push(format!("chunk {c}: {e}")),
             }
-            if !chunk(&index.events[start..], done + 1, total) {
+            if !chunk(events, done + 1, total) {
                 return None;
             }
         }
-        Some(index)
+        Some(errors)
     }
 
     pub fn len(&self) -> usize {

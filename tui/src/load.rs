@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
-use traces::Event;
+use traces::{Event, EventKind};
 use traces::Reader;
 
 /// What is being loaded, and how far it got.
@@ -83,11 +83,16 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
             return;
         }
     };
-    let entry = reader.header().guest.entry.clone();
     let mut batch: Vec<Event> = Vec::new();
+    // The loader keeps only the CR writes (for the MMU model); the events move to the UI.
+    let mut writes = Vec::new();
     let mut sent = Instant::now();
-    let events = EventIndex::load(&mut reader, &entry, |new, done, total| {
-        batch.extend_from_slice(new);
+    let errors = EventIndex::read(&mut reader, |mut new, done, total| {
+        writes.extend(new.iter().filter_map(|e| match &e.kind {
+            EventKind::CrWrite(w) => Some((e.clone(), w.clone())),
+            _ => None,
+        }));
+        batch.append(&mut new);
         // Batches a few times a second: the list grows visibly without flooding the UI.
         if sent.elapsed() < BATCH_EVERY && done < total {
             return true;
@@ -102,11 +107,11 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
             .is_ok()
             && tx.send(progress).is_ok()
     });
-    let Some(events) = events else { return };
+    let Some(errors) = errors else { return };
     if !batch.is_empty() && tx.send(LoadMsg::EventBatch(batch)).is_err() {
         return;
     }
-    if tx.send(LoadMsg::EventsDone(events.errors.clone())).is_err() {
+    if tx.send(LoadMsg::EventsDone(errors)).is_err() {
         return;
     }
     let mut timeline = match Timeline::new(reader) {
@@ -116,7 +121,7 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
             return;
         }
     };
-    let history = MmuHistory::build(&mut timeline, &events, flavour, |done, total| {
+    let history = MmuHistory::build(&mut timeline, writes, flavour, |done, total| {
         tx.send(LoadMsg::Progress(Progress {
             stage: Stage::Mmu,
             done,

@@ -7,7 +7,9 @@
 //! Memory: 13 trackers and 13 decisions per write are ~4.7 KB, 650 MB for the 140 000 writes
 //! of a 1 M-event trace. [`Retain::Checkpoints`] (the TUI's choice) keeps, per write, only the
 //! gist of each decision ([`Verdict`]) plus every policy's trackers before one write in
-//! [`CHECKPOINT_WRITES`]; [`Analysis::detail`] recomputes any write's decisions and trackers
+//! [`CHECKPOINT_WRITES`], and of the findings only the stale contexts (the verdicts have
+//! the rest);
+//! [`Analysis::detail`] recomputes any write's decisions and trackers
 //! from the checkpoint before it, feeding the same [`Watch`] the same inputs.
 
 use crate::cpu::cpu_model;
@@ -32,6 +34,16 @@ pub struct WriteAnalysis {
     pub stale_before: Vec<bool>,
     /// Per policy, the tracker right after the write (empty as `decisions`).
     pub after: Vec<Tracker>,
+}
+
+impl WriteAnalysis {
+    /// Policy `p` and the recording CPU disagree on whether this write raises #GP (what the
+    /// model reports as a [`FindingKind::GpMismatch`] finding).
+    pub fn gp_mismatch(&self, p: usize) -> bool {
+        self.verdicts
+            .get(p)
+            .is_some_and(|v| (v.outcome == mmu::Outcome::Gp) != self.write.faulted)
+    }
 }
 
 /// What a policy's decision on one write comes to, as lists and searches across every write
@@ -97,7 +109,11 @@ pub struct Analysis {
     /// Every MMU-relevant write (CR0, CR3, CR4, EFER), in order.
     pub writes: Vec<WriteAnalysis>,
     /// Every finding of every policy, ordered by the write it is about, then policy
-    /// (`Finding::policy` indexes [`Analysis::policies`]).
+    /// (`Finding::policy` indexes [`Analysis::policies`]). [`Retain::Checkpoints`] keeps only
+    /// the stale contexts: #GP disagreements and needless resets follow from each write's
+    /// verdicts ([`WriteAnalysis::gp_mismatch`], [`Verdict::needless_reset`];
+    /// `history::to_trace` words them), and on a busy trace they are most of the findings,
+    /// ~300 bytes each with their text.
     pub findings: Vec<Found>,
     pub retain: Retain,
     /// [`Retain::Checkpoints`]: `(write, every policy's trackers right before it)`, ascending
@@ -179,14 +195,18 @@ impl Analysis {
                 &after.memory,
             );
             if let Some(o) = outcome {
-                findings.extend(o.findings);
+                let everything = retain == Retain::Everything;
+                findings.extend(
+                    o.findings
+                        .into_iter()
+                        .filter(|f| everything || f.finding.kind == FindingKind::StaleContext),
+                );
                 let verdicts = o
                     .decisions
                     .iter()
                     .zip(&o.stale_before)
                     .map(|(d, &s)| Verdict::of(d, s))
                     .collect();
-                let everything = retain == Retain::Everything;
                 out.push(WriteAnalysis {
                     event,
                     write,

@@ -147,6 +147,7 @@ impl App {
         let loader = load::spawn(path.to_path_buf(), flavour);
         let mut timeline = timeline;
         let reader = timeline.reader();
+        reader.set_cache_chunks(load::CACHE_CHUNKS);
         // Every chunk's checksum, so a damaged chunk is named here and not met later as
         // "no events".
         let integrity = reader.verify(traces::Depth::Checksums);

@@ -72,6 +72,32 @@ impl MmuHistory {
                 translations.push((write, policy, f.looked_at, report.translations));
             }
         }
+        // #GP disagreements and needless resets come from the verdicts (the analysis keeps
+        // no finding for them, see `Retain::Checkpoints`), in the order the model reports a
+        // write's findings for one policy: #GP disagreement, needless reset, stale context.
+        for (write, w) in analysis.writes.iter().enumerate() {
+            for (policy, v) in w.verdicts.iter().enumerate() {
+                let kinds = [
+                    (w.gp_mismatch(policy), FindingKind::GpMismatch),
+                    (v.needless_reset, FindingKind::NeedlessReset),
+                ];
+                for (_, kind) in kinds.into_iter().filter(|k| k.0) {
+                    findings.push(ModelFinding {
+                        write,
+                        policy,
+                        event: w.event.id,
+                        step: w.event.step,
+                        kind,
+                    });
+                }
+            }
+        }
+        let rank = |k: FindingKind| match k {
+            FindingKind::GpMismatch => 0,
+            FindingKind::NeedlessReset => 1,
+            _ => 2,
+        };
+        findings.sort_by_key(|f| (f.write, f.policy, rank(f.kind)));
         let recorded = matches!(
             timeline.header().host.as_ref().map(|h| &h.events),
             Some(traces::HostEventsStatus::Recorded { .. })
@@ -110,9 +136,12 @@ impl MmuHistory {
             .map(|t| (t.2, t.3.as_slice()))
     }
 
-    /// Findings at write `write`.
+    /// Findings at write `write` (a binary search: every visible row asks).
     pub fn findings_at(&self, write: usize) -> impl Iterator<Item = &ModelFinding> {
-        self.findings.iter().filter(move |f| f.write == write)
+        let start = self.findings.partition_point(|f| f.write < write);
+        self.findings[start..]
+            .iter()
+            .take_while(move |f| f.write == write)
     }
 
     /// The policy to show first: the first one with a stale context, else the newest.

@@ -71,13 +71,21 @@ pub fn spawn(path: PathBuf, flavour: Flavour) -> Receiver<LoadMsg> {
     rx
 }
 
+/// Decoded chunks each of the browser's readers keeps (the trace library keeps 8): a busy
+/// trace's chunk decodes to several megabytes, and the browser's seeks (forward replays, a
+/// write's recompute and back) stay within two or three chunks.
+pub const CACHE_CHUNKS: usize = 3;
+
 /// How often the event list is sent on while it loads.
 const BATCH_EVERY: Duration = Duration::from_millis(100);
 
 /// A failed send means the UI has gone (quit, or a benchmark dropped it): stop working.
 fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
     let mut reader = match Reader::open(path) {
-        Ok(r) => r,
+        Ok(mut r) => {
+            r.set_cache_chunks(CACHE_CHUNKS);
+            r
+        }
         Err(e) => {
             let _ = tx.send(LoadMsg::Failed(e.to_string()));
             return;

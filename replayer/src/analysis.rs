@@ -279,7 +279,8 @@ impl Analysis {
             let regs = insn::control_regs(&after.regs);
             let ctx = insn::write_context(&after.regs);
             let e = &wa.event;
-            let outcome = watch.on_write(e.id, e.step, e.rip, &wa.write, &ctx, &regs, &after.memory);
+            let outcome =
+                watch.on_write(e.id, e.step, e.rip, &wa.write, &ctx, &regs, &after.memory);
             let Some(o) = outcome else {
                 // Only model inputs were kept as writes: the trace changed under us.
                 return Err(crate::TimelineError::Inconsistent {

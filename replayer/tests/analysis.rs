@@ -28,9 +28,14 @@ fn checkpoints_recompute_every_write_as_it_was() {
         .collect();
     let open = || Timeline::new(Reader::from_bytes(bytes.clone()).unwrap()).unwrap();
     let run = |retain| {
-        Analysis::from_writes(&mut open(), writes.clone(), &[], Flavour::Tdp, retain, |_, _| {
-            true
-        })
+        Analysis::from_writes(
+            &mut open(),
+            writes.clone(),
+            &[],
+            Flavour::Tdp,
+            retain,
+            |_, _| true,
+        )
         .unwrap()
         .unwrap()
     };
@@ -49,7 +54,13 @@ fn checkpoints_recompute_every_write_as_it_was() {
         .findings
         .iter()
         .filter(|f| f.finding.kind != FindingKind::StaleContext)
-        .map(|f| (f.finding.cause, usize::from(f.finding.policy), f.finding.kind))
+        .map(|f| {
+            (
+                f.finding.cause,
+                usize::from(f.finding.policy),
+                f.finding.kind,
+            )
+        })
         .collect();
     let mut derived = Vec::new();
     for w in &some.writes {
@@ -66,7 +77,10 @@ fn checkpoints_recompute_every_write_as_it_was() {
     derived.sort_by_key(|o| (o.0, o.1, o.2 as u8));
     assert!(!derived.is_empty());
     assert_eq!(others, derived);
-    assert!(some.writes.iter().all(|w| w.decisions.is_empty() && w.after.is_empty()));
+    assert!(some
+        .writes
+        .iter()
+        .all(|w| w.decisions.is_empty() && w.after.is_empty()));
     let mut timeline = open();
     // Backwards too: a recompute must not depend on where the timeline stood.
     for i in (0..all.writes.len()).rev().chain([0, 33, 1]) {
@@ -78,5 +92,8 @@ fn checkpoints_recompute_every_write_as_it_was() {
         assert_eq!(format!("{:?}", kept.before), format!("{:?}", again.before));
         assert_eq!(format!("{:?}", kept.after), format!("{:?}", again.after));
     }
-    assert!(some.detail(&mut timeline, all.writes.len()).unwrap().is_none());
+    assert!(some
+        .detail(&mut timeline, all.writes.len())
+        .unwrap()
+        .is_none());
 }

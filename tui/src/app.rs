@@ -105,7 +105,7 @@ pub struct App {
     pub detail: Option<(usize, replayer::WriteDetail)>,
     pub filter: Filter,
     pub filter_text: String,
-    /// Indices into `events.events` that pass the filter.
+    /// Indices into `events` that pass the filter.
     pub visible: Vec<usize>,
     /// Index into `visible` of the selected row.
     pub cursor: usize,
@@ -154,13 +154,17 @@ impl App {
         let complete = integrity.complete;
         let end = reader.end().cloned();
         let total_steps = timeline.last_step();
+        let mut events = EventIndex::new(&header.guest.entry);
+        // The index knows how many events are coming (at most a damaged trace's count).
+        let expected = usize::try_from(timeline.reader().event_count()).unwrap_or(0);
+        events.reserve(expected.min(1 << 28));
         let mut app = App {
             title: path.file_name().map_or_else(
                 || path.display().to_string(),
                 |n| n.to_string_lossy().into(),
             ),
             cpu: replayer::cpu_model(&header.guest),
-            events: EventIndex::new(&header.guest.entry),
+            events,
             header,
             total_steps,
             complete,
@@ -278,6 +282,7 @@ impl App {
                     self.message = Some((format!("damaged trace: {e}"), true));
                 }
                 self.events.errors = errors;
+                self.events.shrink_to_fit();
                 self.events_loaded = true;
             }
             LoadMsg::Mmu(h) => {
@@ -503,7 +508,7 @@ impl App {
 
     // ---- navigation -------------------------------------------------------------------
 
-    /// The selected event (index into `events.events`).
+    /// The selected event (index into `events`).
     pub fn selected(&self) -> Option<usize> {
         self.visible.get(self.cursor).copied()
     }
@@ -523,7 +528,7 @@ impl App {
     /// Selects visible row `row` and moves to its step.
     fn select(&mut self, row: usize) {
         self.cursor = row;
-        if let Some(e) = self.selected().and_then(|i| self.events.events.get(i)) {
+        if let Some(e) = self.selected().and_then(|i| self.events.get(i)) {
             let step = e.step;
             self.set_step(step, false);
         }
@@ -546,7 +551,7 @@ impl App {
         let step = self.step;
         let n = self
             .visible
-            .partition_point(|&i| self.events.events.get(i).is_some_and(|e| e.step <= step));
+            .partition_point(|&i| self.events.get(i).is_some_and(|e| e.step <= step));
         self.cursor = n.saturating_sub(1);
     }
 
@@ -563,7 +568,7 @@ impl App {
 
     /// A per-policy decision whose CR write is folded (unless the filter asks for them).
     pub fn folded(&self, i: usize) -> bool {
-        let Some(e) = self.events.events.get(i) else {
+        let Some(e) = self.events.get(i) else {
             return false;
         };
         let EventKind::Mmu(_) = e.kind else {
@@ -573,10 +578,7 @@ impl App {
             return false;
         }
         // A decision whose write is not in the trace has no row to fold into.
-        let cause = self
-            .events
-            .cause_of(i)
-            .and_then(|c| self.events.events.get(c));
+        let cause = self.events.cause_of(i).and_then(|c| self.events.get(c));
         cause.is_some_and(|c| {
             matches!(c.kind, EventKind::CrWrite(_)) && !self.unfolded.contains(&c.id)
         })
@@ -593,7 +595,9 @@ impl App {
             ));
             return;
         };
-        let id = self.events.events[cause].id;
+        let Some(id) = self.events.get(cause).map(|e| e.id) else {
+            return;
+        };
         if !self.unfolded.remove(&id) {
             self.unfolded.insert(id);
         }
@@ -617,8 +621,8 @@ impl App {
         };
         for row in rows {
             let i = self.visible[row];
-            if let Some(e) = self.events.events.get(i) {
-                if pred(self, e, i) {
+            if let Some(e) = self.events.get(i) {
+                if pred(self, &e, i) {
                     self.select(row);
                     return true;
                 }
@@ -692,7 +696,7 @@ impl App {
         let target = first.and_then(|f| {
             self.visible
                 .iter()
-                .position(|&i| self.events.events.get(i).is_some_and(|e| e.id == f.event))
+                .position(|&i| self.events.get(i).is_some_and(|e| e.id == f.event))
         });
         let plural = |n: usize| if n == 1 { "" } else { "s" };
         let what = if bugs > 0 {
@@ -721,7 +725,7 @@ impl App {
         let (Some(h), Some(i)) = (&self.history, self.selected()) else {
             return;
         };
-        let Some(e) = self.events.events.get(i) else {
+        let Some(e) = self.events.get(i) else {
             return;
         };
         let policy = match &e.kind {
@@ -772,15 +776,15 @@ impl App {
     /// The row's text and the event's full description (`replayer::views::event_line`: RIP,
     /// a finding's addresses and translations), so `/0x400000` finds the finding about it.
     pub fn row_text(&self, i: usize) -> String {
-        match self.events.events.get(i) {
+        match self.events.get(i) {
             Some(e) => {
                 let policies = &self.header.policies;
-                let (kind, text) = summary(e, policies);
+                let (kind, text) = summary(&e, policies);
                 format!(
                     "#{} step {} {kind} {text} · {}",
                     e.id,
                     e.step,
-                    replayer::views::event_line::line(e, policies)
+                    replayer::views::event_line::line(&e, policies)
                 )
             }
             None => String::new(),
@@ -841,7 +845,7 @@ impl App {
                 Some(i) => match self.visible.binary_search(&i) {
                     Ok(row) => self.select(row),
                     Err(_) => {
-                        let step = self.events.events[i].step;
+                        let step = self.events.get(i).map_or(self.step, |e| e.step);
                         self.set_step(step, true);
                         self.message =
                             Some((format!("event #{id} is hidden by the filter"), false));
@@ -887,7 +891,10 @@ impl App {
         // before it, which is the current write unless an earlier write of the same step is
         // selected (then recomputed here, a rare case).
         let kept = self.history.as_ref().and_then(|h| {
-            let last = h.analysis.writes.partition_point(|w| w.event.step <= self.step);
+            let last = h
+                .analysis
+                .writes
+                .partition_point(|w| w.event.step <= self.step);
             let tracker = match (last.checked_sub(1), &self.detail) {
                 (None, _) => h.analysis.initial.get(self.policy).cloned(),
                 (Some(l), Some((w, d))) if l == *w => d.after.get(self.policy).cloned(),
@@ -935,14 +942,9 @@ impl App {
         let h = self.history.as_ref()?;
         let selected = self
             .selected()
-            .filter(|&i| {
-                self.events
-                    .events
-                    .get(i)
-                    .is_some_and(|e| e.step == self.step)
-            })
+            .filter(|&i| self.events.get(i).is_some_and(|e| e.step == self.step))
             .and_then(|i| self.events.cause_of(i))
-            .and_then(|c| self.events.events.get(c))
+            .and_then(|c| self.events.get(c))
             .and_then(|e| h.write_of_event(e.id));
         selected.or_else(|| {
             let w = h.analysis.last_write_at(self.step)?;

@@ -48,8 +48,14 @@ impl MmuHistory {
         // Checkpoints: the browser keeps each write's verdicts and recomputes the full
         // decisions and trackers of the write it shows (`App::detail`), so its memory stays
         // bounded on traces with hundreds of thousands of writes.
-        let Some(analysis) =
-            Analysis::from_writes(timeline, writes, &[], flavour, Retain::Checkpoints, progress)?
+        let Some(analysis) = Analysis::from_writes(
+            timeline,
+            writes,
+            &[],
+            flavour,
+            Retain::Checkpoints,
+            progress,
+        )?
         else {
             return Ok(None);
         };

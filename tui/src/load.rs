@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
-use traces::{Event, EventKind};
 use traces::Reader;
+use traces::{Event, EventKind};
 
 /// What is being loaded, and how far it got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -74,16 +74,20 @@ pub fn spawn(path: PathBuf, flavour: Flavour) -> Receiver<LoadMsg> {
 /// Decoded chunks each of the browser's readers keeps (the trace library keeps 8): a busy
 /// trace's chunk decodes to several megabytes, and the browser's seeks (forward replays, a
 /// write's recompute and back) stay within two or three chunks.
-pub const CACHE_CHUNKS: usize = 3;
+pub const CACHE_CHUNKS: usize = 2;
 
 /// How often the event list is sent on while it loads.
 const BATCH_EVERY: Duration = Duration::from_millis(100);
+/// Events sent at once at most: a batch is decoded events (112 bytes each and their strings)
+/// until the UI encodes them, and a fast disk reads 200 000 in `BATCH_EVERY`.
+const BATCH_MAX: usize = 16_384;
 
 /// A failed send means the UI has gone (quit, or a benchmark dropped it): stop working.
 fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
     let mut reader = match Reader::open(path) {
         Ok(mut r) => {
-            r.set_cache_chunks(CACHE_CHUNKS);
+            // This reader reads the event chunks once, then replays forward for the model.
+            r.set_cache_chunks(2);
             r
         }
         Err(e) => {
@@ -102,7 +106,7 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
         }));
         batch.append(&mut new);
         // Batches a few times a second: the list grows visibly without flooding the UI.
-        if sent.elapsed() < BATCH_EVERY && done < total {
+        if sent.elapsed() < BATCH_EVERY && batch.len() < BATCH_MAX && done < total {
             return true;
         }
         sent = Instant::now();
@@ -116,6 +120,8 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
             && tx.send(progress).is_ok()
     });
     let Some(errors) = errors else { return };
+    // It grew by doubling; the MMU model runs beside it, so give back the slack (~40%).
+    writes.shrink_to_fit();
     if !batch.is_empty() && tx.send(LoadMsg::EventBatch(batch)).is_err() {
         return;
     }

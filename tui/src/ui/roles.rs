@@ -8,7 +8,6 @@ use crate::app::{App, Panel};
 use crate::history::MmuHistory;
 use history::to_trace::paging_mode as trace_mode;
 use mmu::Outcome;
-use replayer::WriteDetail;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
@@ -16,6 +15,7 @@ use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 use replayer::flags::{bracketed, changed_flags, set_flags};
 use replayer::views::accesses::access_letter;
+use replayer::WriteDetail;
 
 /// The decision as the panel names it.
 pub fn outcome_text(o: Outcome) -> &'static str {

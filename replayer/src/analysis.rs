@@ -95,8 +95,9 @@ pub enum Retain {
 /// With [`Retain::Checkpoints`], trackers are kept before every this many writes, so
 /// [`Analysis::detail`] replays at most this many writes ...
 pub const CHECKPOINT_WRITES: usize = 32;
-/// ... or the writes of at most about this many steps (sparse traces: fewer seeks).
-pub const CHECKPOINT_STEPS: Step = 100_000;
+/// ... or the writes of at most about this many steps (sparse traces: a recompute replays
+/// ~20 000 steps, a few milliseconds, and 10 M steps cost at most 500 more checkpoints).
+pub const CHECKPOINT_STEPS: Step = 20_000;
 
 /// The MMU history of a trace.
 #[derive(Clone, Debug)]

@@ -78,6 +78,13 @@ impl Panel {
     }
 }
 
+/// Decoded chunks the browser's reader keeps (the trace library keeps 8): a busy trace's
+/// chunk decodes to ~8 MB, so 8 cost 60 MB on the bench's 1 M-event trace. The price: a step
+/// back (`S`) replays from a page keyframe across more chunks than any small cache holds, and
+/// re-decodes them (bench: 1.5 → 7.7 ms on the 10 M-step trace, 3.6 → 17 ms on the busy one;
+/// 4 chunks are no faster than 2).
+const CACHE_CHUNKS: usize = 2;
+
 /// Rows a page key moves (the timeline's height is the view's business).
 pub const PAGE: usize = 20;
 /// Rows one mouse-wheel notch moves.
@@ -147,7 +154,7 @@ impl App {
         let loader = load::spawn(path.to_path_buf(), flavour);
         let mut timeline = timeline;
         let reader = timeline.reader();
-        reader.set_cache_chunks(load::CACHE_CHUNKS);
+        reader.set_cache_chunks(CACHE_CHUNKS);
         // Every chunk's checksum, so a damaged chunk is named here and not met later as
         // "no events".
         let integrity = reader.verify(traces::Depth::Checksums);
@@ -289,7 +296,7 @@ impl App {
                 if !self.policy_chosen {
                     self.policy = h.default_policy();
                 }
-                self.history = Some(h);
+                self.history = Some(*h);
                 self.progress = None;
                 self.refresh();
                 if !self.moved {

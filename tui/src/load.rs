@@ -51,7 +51,7 @@ pub enum LoadMsg {
     EventBatch(Vec<Event>),
     /// Every event has been sent; damaged chunks that were skipped.
     EventsDone(Vec<String>),
-    Mmu(MmuHistory),
+    Mmu(Box<MmuHistory>),
     /// The MMU history could not be built (the events stay usable).
     Failed(String),
 }
@@ -71,10 +71,10 @@ pub fn spawn(path: PathBuf, flavour: Flavour) -> Receiver<LoadMsg> {
     rx
 }
 
-/// Decoded chunks each of the browser's readers keeps (the trace library keeps 8): a busy
-/// trace's chunk decodes to several megabytes, and the browser's seeks (forward replays, a
-/// write's recompute and back) stay within two or three chunks.
-pub const CACHE_CHUNKS: usize = 2;
+/// Decoded chunks the loader's reader keeps (the trace library keeps 8; the browser's own
+/// reader does, for fast steps back): a busy trace's chunk decodes to several megabytes, and
+/// the loader reads the event chunks once, then replays forward for the MMU model.
+const CACHE_CHUNKS: usize = 2;
 
 /// How often the event list is sent on while it loads.
 const BATCH_EVERY: Duration = Duration::from_millis(100);
@@ -86,8 +86,7 @@ const BATCH_MAX: usize = 16_384;
 fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
     let mut reader = match Reader::open(path) {
         Ok(mut r) => {
-            // This reader reads the event chunks once, then replays forward for the model.
-            r.set_cache_chunks(2);
+            r.set_cache_chunks(CACHE_CHUNKS);
             r
         }
         Err(e) => {
@@ -144,7 +143,7 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
         .is_ok()
     });
     let _ = match history {
-        Ok(Some(h)) => tx.send(LoadMsg::Mmu(h)),
+        Ok(Some(h)) => tx.send(LoadMsg::Mmu(Box::new(h))),
         Ok(None) => Ok(()),
         Err(e) => tx.send(LoadMsg::Failed(format!("MMU model: {e}"))),
     };

@@ -95,9 +95,10 @@ pub enum Retain {
 /// With [`Retain::Checkpoints`], trackers are kept before every this many writes, so
 /// [`Analysis::detail`] replays at most this many writes ...
 pub const CHECKPOINT_WRITES: usize = 32;
-/// ... or the writes of at most about this many steps (sparse traces: a recompute replays
-/// ~20 000 steps, a few milliseconds, and 10 M steps cost at most 500 more checkpoints).
-pub const CHECKPOINT_STEPS: Step = 20_000;
+/// ... or the writes of at most about this many steps: on sparse traces a recompute then
+/// replays one write or a few thousand steps (the browser's `j` and `J` wait for it), and
+/// 10 M steps cost at most 2 000 more checkpoints (~5 MB).
+pub const CHECKPOINT_STEPS: Step = 5_000;
 
 /// The MMU history of a trace.
 #[derive(Clone, Debug)]

@@ -88,6 +88,17 @@ impl Watch {
         }
     }
 
+    /// A watch that goes on from `trackers` (kept from an earlier run) with nothing pending:
+    /// the replayer recomputes a write's decisions this way from a tracker checkpoint rather
+    /// than keeping every write's trackers, and gets the decisions `on_write` gave first time.
+    pub fn resume(trackers: Vec<Tracker>, cpu: CpuModel) -> Watch {
+        Watch {
+            trackers,
+            cpu,
+            pending: Vec::new(),
+        }
+    }
+
     /// Every policy's tracker as it stands now.
     pub fn trackers(&self) -> &[Tracker] {
         &self.trackers

@@ -3,6 +3,14 @@
 //! control-register write, and after a stale context the addresses the guest touched next),
 //! keeping each decision, the trackers after it, and every finding. This is what `check`,
 //! `export`, the TUI and the replay gdb server read, for policies the recording used or not.
+//!
+//! Memory: 13 trackers and 13 decisions per write are ~4.7 KB, 650 MB for the 140 000 writes
+//! of a 1 M-event trace. [`Retain::Checkpoints`] (the TUI's choice) keeps, per write, only the
+//! gist of each decision ([`Verdict`]) plus every policy's trackers before one write in
+//! [`CHECKPOINT_WRITES`], and of the findings only the stale contexts (the verdicts have
+//! the rest);
+//! [`Analysis::detail`] recomputes any write's decisions and trackers
+//! from the checkpoint before it, feeding the same [`Watch`] the same inputs.
 
 use crate::cpu::cpu_model;
 use crate::timeline::{Result, Timeline};
@@ -16,13 +24,81 @@ use traces::{CrWrite, Event, EventId, EventKind, FindingKind, Record, Step};
 pub struct WriteAnalysis {
     pub event: Event,
     pub write: CrWrite,
-    /// Per policy, in [`Analysis::policies`] order.
+    /// Per policy, in [`Analysis::policies`] order: the gist of its decision (always kept).
+    pub verdicts: Vec<Verdict>,
+    /// Per policy, in [`Analysis::policies`] order. Empty unless the analysis keeps
+    /// everything ([`Retain::Everything`], as [`Analysis::run`] does); [`Analysis::detail`]
+    /// has them for any write.
     pub decisions: Vec<Decision>,
-    /// Per policy: its context was already stale before this write.
+    /// Per policy: its context was already stale before this write (empty as `decisions`).
+    pub stale_before: Vec<bool>,
+    /// Per policy, the tracker right after the write (empty as `decisions`).
+    pub after: Vec<Tracker>,
+}
+
+impl WriteAnalysis {
+    /// Policy `p` and the recording CPU disagree on whether this write raises #GP (what the
+    /// model reports as a [`FindingKind::GpMismatch`] finding).
+    pub fn gp_mismatch(&self, p: usize) -> bool {
+        self.verdicts
+            .get(p)
+            .is_some_and(|v| (v.outcome == mmu::Outcome::Gp) != self.write.faulted)
+    }
+}
+
+/// What a policy's decision on one write comes to, as lists and searches across every write
+/// read it: 5 bytes where the whole [`Decision`] is 160.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Verdict {
+    pub outcome: mmu::Outcome,
+    /// [`Decision::is_reset`].
+    pub reset: bool,
+    /// The context kept is stale after the write.
+    pub stale: bool,
+    /// The context was already stale before the write.
+    pub stale_before: bool,
+    pub needless_reset: bool,
+}
+
+impl Verdict {
+    pub fn of(d: &Decision, stale_before: bool) -> Verdict {
+        Verdict {
+            outcome: d.outcome,
+            reset: d.is_reset(),
+            stale: d.stale.is_some(),
+            stale_before,
+            needless_reset: d.needless_reset,
+        }
+    }
+}
+
+/// Everything every policy made of one write: what [`Analysis::detail`] gives.
+#[derive(Clone, Debug)]
+pub struct WriteDetail {
+    /// Per policy, the tracker right before the write.
+    pub before: Vec<Tracker>,
+    pub decisions: Vec<Decision>,
     pub stale_before: Vec<bool>,
     /// Per policy, the tracker right after the write.
     pub after: Vec<Tracker>,
 }
+
+/// How much of each write an analysis keeps in memory.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Retain {
+    /// Every decision and tracker of every write (batch reports, the gdb server).
+    Everything,
+    /// [`Verdict`]s, and trackers at checkpoints: a browser's bounded memory.
+    Checkpoints,
+}
+
+/// With [`Retain::Checkpoints`], trackers are kept before every this many writes, so
+/// [`Analysis::detail`] replays at most this many writes ...
+pub const CHECKPOINT_WRITES: usize = 32;
+/// ... or the writes of at most about this many steps: on sparse traces a recompute then
+/// replays one write or a few thousand steps (the browser's `j` and `J` wait for it), and
+/// 10 M steps cost at most 2 000 more checkpoints (~5 MB).
+pub const CHECKPOINT_STEPS: Step = 5_000;
 
 /// The MMU history of a trace.
 #[derive(Clone, Debug)]
@@ -35,8 +111,16 @@ pub struct Analysis {
     /// Every MMU-relevant write (CR0, CR3, CR4, EFER), in order.
     pub writes: Vec<WriteAnalysis>,
     /// Every finding of every policy, ordered by the write it is about, then policy
-    /// (`Finding::policy` indexes [`Analysis::policies`]).
+    /// (`Finding::policy` indexes [`Analysis::policies`]). [`Retain::Checkpoints`] keeps only
+    /// the stale contexts: #GP disagreements and needless resets follow from each write's
+    /// verdicts ([`WriteAnalysis::gp_mismatch`], [`Verdict::needless_reset`];
+    /// `history::to_trace` words them), and on a busy trace they are most of the findings,
+    /// ~300 bytes each with their text.
     pub findings: Vec<Found>,
+    pub retain: Retain,
+    /// [`Retain::Checkpoints`]: `(write, every policy's trackers right before it)`, ascending
+    /// (write 0's are `initial`, not repeated here).
+    checkpoints: Vec<(usize, Vec<Tracker>)>,
 }
 
 impl Analysis {
@@ -47,7 +131,14 @@ impl Analysis {
         flavour: Flavour,
     ) -> Result<Analysis> {
         let writes = cr_writes(timeline)?;
-        let analysis = Analysis::from_writes(timeline, writes, policies, flavour, |_, _| true)?;
+        let analysis = Analysis::from_writes(
+            timeline,
+            writes,
+            policies,
+            flavour,
+            Retain::Everything,
+            |_, _| true,
+        )?;
         Ok(analysis.expect("progress never gives up"))
     }
 
@@ -58,6 +149,7 @@ impl Analysis {
         writes: Vec<(Event, CrWrite)>,
         policies: &[&'static Policy],
         flavour: Flavour,
+        retain: Retain,
         mut progress: impl FnMut(usize, usize) -> bool,
     ) -> Result<Option<Analysis>> {
         let policies: Vec<&'static Policy> = if policies.is_empty() {
@@ -72,6 +164,8 @@ impl Analysis {
         let total = writes.len();
         let mut out = Vec::with_capacity(total);
         let mut findings = Vec::new();
+        let mut checkpoints = Vec::new();
+        let mut checkpoint_step: Step = 0;
         // Touches of steps up to here have been fed.
         let mut fed: Step = 0;
         for (n, (event, write)) in writes.into_iter().enumerate() {
@@ -84,6 +178,15 @@ impl Analysis {
             // CS.L after the write is the writer's: a write leaves CS as it was, and a write
             // from 64-bit code that faulted entered a 64-bit handler.
             let ctx = insn::write_context(&after.regs);
+            let kept = out.len();
+            if retain == Retain::Checkpoints
+                && kept > 0
+                && (kept % CHECKPOINT_WRITES == 0
+                    || event.step - checkpoint_step >= CHECKPOINT_STEPS)
+            {
+                checkpoints.push((kept, watch.trackers().to_vec()));
+                checkpoint_step = event.step;
+            }
             let outcome = watch.on_write(
                 event.id,
                 event.step,
@@ -94,13 +197,33 @@ impl Analysis {
                 &after.memory,
             );
             if let Some(o) = outcome {
-                findings.extend(o.findings);
+                let everything = retain == Retain::Everything;
+                findings.extend(
+                    o.findings
+                        .into_iter()
+                        .filter(|f| everything || f.finding.kind == FindingKind::StaleContext),
+                );
+                let verdicts = o
+                    .decisions
+                    .iter()
+                    .zip(&o.stale_before)
+                    .map(|(d, &s)| Verdict::of(d, s))
+                    .collect();
                 out.push(WriteAnalysis {
                     event,
                     write,
-                    decisions: o.decisions,
-                    stale_before: o.stale_before,
-                    after: watch.trackers().to_vec(),
+                    verdicts,
+                    decisions: if everything { o.decisions } else { Vec::new() },
+                    stale_before: if everything {
+                        o.stale_before
+                    } else {
+                        Vec::new()
+                    },
+                    after: if everything {
+                        watch.trackers().to_vec()
+                    } else {
+                        Vec::new()
+                    },
                 });
             }
             if !progress(n + 1, total) {
@@ -118,7 +241,65 @@ impl Analysis {
             initial,
             writes: out,
             findings,
+            retain,
+            checkpoints,
         }))
+    }
+
+    /// Every decision and tracker of write `w` (an index into [`Analysis::writes`]): kept, or
+    /// recomputed from the checkpoint before it over `timeline` (the trace analysed; it is
+    /// left at some step at or before the write's). `Ok(None)` for no such write.
+    pub fn detail<R: Read + Seek>(
+        &self,
+        timeline: &mut Timeline<R>,
+        w: usize,
+    ) -> Result<Option<WriteDetail>> {
+        let Some(wa) = self.writes.get(w) else {
+            return Ok(None);
+        };
+        if self.retain == Retain::Everything {
+            let before = match w.checked_sub(1) {
+                Some(prev) => self.writes[prev].after.clone(),
+                None => self.initial.clone(),
+            };
+            return Ok(Some(WriteDetail {
+                before,
+                decisions: wa.decisions.clone(),
+                stale_before: wa.stale_before.clone(),
+                after: wa.after.clone(),
+            }));
+        }
+        let c = self.checkpoints.partition_point(|(i, _)| *i <= w);
+        let (first, trackers) = match c.checked_sub(1) {
+            Some(c) => (self.checkpoints[c].0, &self.checkpoints[c].1),
+            None => (0, &self.initial),
+        };
+        let mut watch = Watch::resume(trackers.clone(), self.cpu);
+        for (i, wa) in self.writes.iter().enumerate().take(w + 1).skip(first) {
+            let before = (i == w).then(|| watch.trackers().to_vec());
+            let after = timeline.seek(wa.event.step)?;
+            let regs = insn::control_regs(&after.regs);
+            let ctx = insn::write_context(&after.regs);
+            let e = &wa.event;
+            let outcome =
+                watch.on_write(e.id, e.step, e.rip, &wa.write, &ctx, &regs, &after.memory);
+            let Some(o) = outcome else {
+                // Only model inputs were kept as writes: the trace changed under us.
+                return Err(crate::TimelineError::Inconsistent {
+                    step: e.step,
+                    detail: format!("event #{} is no longer an MMU input", e.id),
+                });
+            };
+            if let Some(before) = before {
+                return Ok(Some(WriteDetail {
+                    before,
+                    decisions: o.decisions,
+                    stale_before: o.stale_before,
+                    after: watch.trackers().to_vec(),
+                }));
+            }
+        }
+        Ok(None)
     }
 
     /// Index of a policy by name.
@@ -133,7 +314,8 @@ impl Analysis {
         i.checked_sub(1).and_then(|i| self.writes.get(i))
     }
 
-    /// Policy `p`'s tracker as it stood after step `step`.
+    /// Policy `p`'s tracker as it stood after step `step`; [`Retain::Everything`] only (else
+    /// `None` past the first write: see [`Analysis::detail`]).
     pub fn tracker_at(&self, p: usize, step: Step) -> Option<&Tracker> {
         match self.last_write_at(step) {
             Some(w) => w.after.get(p),

@@ -137,7 +137,7 @@ pub fn check<R: Read + Seek>(
 pub fn report(analysis: &Analysis) -> CheckReport {
     let mut summaries = vec![PolicySummary::default(); analysis.policies.len()];
     for w in &analysis.writes {
-        for (s, d) in summaries.iter_mut().zip(&w.decisions) {
+        for (s, d) in summaries.iter_mut().zip(&w.verdicts) {
             s.writes += 1;
             match d.outcome {
                 Outcome::Reinit | Outcome::InitOnly => s.reinits += 1,

@@ -16,7 +16,7 @@ pub mod reexec;
 pub mod timeline;
 pub mod views;
 
-pub use analysis::{Analysis, WriteAnalysis};
+pub use analysis::{Analysis, Retain, Verdict, WriteAnalysis, WriteDetail};
 pub use check::{check, group, report, CheckFinding, CheckReport, FindingGroup, PolicySummary};
 pub use cpu::cpu_model;
 pub use diff::{diff, diff_with, Compare, DiffReport, Divergence, Side};

@@ -140,6 +140,11 @@ impl<R: Read + Seek> Reader<R> {
         }
     }
 
+    /// Keep at most `chunks` decoded chunks in the cache (at least 1; 8 by default).
+    pub fn set_cache_chunks(&mut self, chunks: usize) {
+        self.cache.set_limit(chunks);
+    }
+
     /// The records of chunk `chunk` (cached).
     pub fn chunk_records(&mut self, chunk: usize) -> Result<Arc<Vec<Record>>> {
         if let Some(records) = self.cache.get(chunk) {

@@ -3,11 +3,18 @@
 //! (update + render on ratatui's test backend at 160x48) on the seed trace and on the big one.
 //! The big trace is synthetic (`traces::synth`): keyframes every 10 000 steps as the recorder
 //! writes them, a control-register write with decisions every 10 000 steps.
+//!
+//! Memory (issue 15): a second 10 M-step trace with ~1 M events (a control-register write
+//! every 57 steps; `Synth` emits ~5.7 events per write: the write, one decision per recorded
+//! policy (4), a transition every 3rd, a finding every 7th, an I/O every 4th) is opened in a
+//! fresh child process (this binary re-executed with `TUI_BENCH_MEMORY` set), so the RSS
+//! figures are the browser's and not criterion's. `TUI_BENCH_MEMORY=only cargo bench -p tui
+//! --bench browse` runs that measurement alone.
 
 #[path = "../tests/common/mod.rs"]
 mod common;
 
-use criterion::{criterion_group, criterion_main, Criterion};
+use criterion::{criterion_group, Criterion};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
 use ratatui::backend::TestBackend;
 use ratatui::Terminal;
@@ -16,21 +23,32 @@ use std::time::{Duration, Instant};
 use tui::app::App;
 
 const BIG_STEPS: u64 = 10_000_000;
+/// A control-register write every this many steps gives ~1 M events over 10 M steps.
+const DENSE_WRITE_EVERY: u64 = 57;
 
 /// The 10 M-step trace, written once and kept next to the build.
 fn big_trace() -> PathBuf {
+    synth_trace("synth-10m.mmurr", 10_000)
+}
+
+/// The 10 M-step trace with ~1 M events, written once and kept next to the build.
+fn dense_trace() -> PathBuf {
+    synth_trace("synth-10m-1m-events.mmurr", DENSE_WRITE_EVERY)
+}
+
+fn synth_trace(name: &str, cr_write_every: u64) -> PathBuf {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../target/tui-bench");
     let dir = std::env::var_os("CARGO_TARGET_DIR")
         .map(|d| PathBuf::from(d).join("tui-bench"))
         .unwrap_or(dir);
     std::fs::create_dir_all(&dir).unwrap();
-    let path = dir.join("synth-10m.mmurr");
+    let path = dir.join(name);
     if !path.exists() {
         let started = Instant::now();
-        let tmp = dir.join("synth-10m.mmurr.partial");
+        let tmp = dir.join(format!("{name}.partial"));
         let header = traces::synth::header("synth", 1);
         let mut w = traces::Writer::create(&tmp, &header).unwrap();
-        for r in traces::synth::Synth::new(1, BIG_STEPS, 10_000, 10_000) {
+        for r in traces::synth::Synth::new(1, BIG_STEPS, 10_000, cr_write_every) {
             w.append(&r).unwrap();
         }
         let (_, summary) = w.finish().unwrap();
@@ -200,5 +218,85 @@ fn position(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, open, keypress, seek, position);
-criterion_main!(benches);
+/// `VmRSS` and `VmHWM` (peak) of this process, in MiB.
+fn rss() -> (u64, u64) {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .map_or(0, |kb| kb >> 10)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// The child: opens `path`, loads everything, renders, presses keys; prints RSS and latencies.
+fn memory_child(path: &Path) {
+    let (base, _) = rss();
+    let started = Instant::now();
+    let mut app = App::open(path).unwrap();
+    let mut t = terminal();
+    draw(&mut t, &app);
+    let opened = started.elapsed();
+    let (after_open, _) = rss();
+    app.finish_loading();
+    let loaded = started.elapsed();
+    let (after_load, _) = rss();
+    draw(&mut t, &app);
+    let mut latencies = Vec::new();
+    for c in ['j', 'd', 'J', 'G', 's', 'S'] {
+        if c == 'G' {
+            // Back to the middle for the moves after the end, as a reader would be.
+            app.on_key(key('g'));
+        }
+        let mut times: Vec<Duration> = (0..9)
+            .map(|_| {
+                let t0 = Instant::now();
+                app.on_key(key(c));
+                draw(&mut t, &app);
+                t0.elapsed()
+            })
+            .collect();
+        times.sort();
+        latencies.push(format!("{c} {:.1?}", times[times.len() / 2]));
+    }
+    let (after_keys, peak) = rss();
+    eprintln!(
+        "{}: {} events, {} CR writes modelled; open {opened:.1?}, everything loaded after {loaded:.1?}",
+        path.display(),
+        app.events.len(),
+        app.history
+            .as_ref()
+            .map_or(0, |h| h.analysis.writes.len()),
+    );
+    eprintln!(
+        "RSS (MiB): process start {base}, after open {after_open}, loaded {after_load}, \
+         after keys {after_keys}, peak {peak}"
+    );
+    eprintln!("keypress + render (median of 9): {}", latencies.join(", "));
+}
+
+/// Runs [`memory_child`] in a fresh process so criterion's own memory is not counted.
+fn memory(_: &mut Criterion) {
+    let dense = dense_trace();
+    let status = std::process::Command::new(std::env::current_exe().unwrap())
+        .env("TUI_BENCH_MEMORY", &dense)
+        .status()
+        .unwrap();
+    assert!(status.success(), "the memory child failed: {status}");
+}
+
+criterion_group!(benches, memory, open, keypress, seek, position);
+
+fn main() {
+    // `TUI_BENCH_MEMORY=only` measures memory alone (no criterion runs); any other value is
+    // the trace the child is to open.
+    match std::env::var_os("TUI_BENCH_MEMORY") {
+        Some(v) if v == "only" => return memory(&mut Criterion::default()),
+        Some(path) => return memory_child(Path::new(&path)),
+        None => {}
+    }
+    benches();
+    Criterion::default().configure_from_args().final_summary();
+}

@@ -78,6 +78,13 @@ impl Panel {
     }
 }
 
+/// Decoded chunks the browser's reader keeps (the trace library keeps 8): a busy trace's
+/// chunk decodes to ~8 MB, so 8 cost 60 MB on the bench's 1 M-event trace. The price: a step
+/// back (`S`) replays from a page keyframe across more chunks than any small cache holds, and
+/// re-decodes them (bench: 1.5 → 7.7 ms on the 10 M-step trace, 3.6 → 17 ms on the busy one;
+/// 4 chunks are no faster than 2).
+const CACHE_CHUNKS: usize = 2;
+
 /// Rows a page key moves (the timeline's height is the view's business).
 pub const PAGE: usize = 20;
 /// Rows one mouse-wheel notch moves.
@@ -99,9 +106,13 @@ pub struct App {
     pub events_loaded: bool,
     pub history: Option<MmuHistory>,
     pub history_error: Option<String>,
+    /// Every policy's decision and trackers at [`App::current_write`] (that write's index
+    /// with it), recomputed by the analysis when the write changes: the analysis keeps only
+    /// checkpoints of them, so that memory stays bounded on big traces.
+    pub detail: Option<(usize, replayer::WriteDetail)>,
     pub filter: Filter,
     pub filter_text: String,
-    /// Indices into `events.events` that pass the filter.
+    /// Indices into `events` that pass the filter.
     pub visible: Vec<usize>,
     /// Index into `visible` of the selected row.
     pub cursor: usize,
@@ -148,19 +159,24 @@ impl App {
         let loader = load::spawn(path.to_path_buf(), flavour);
         let mut timeline = timeline;
         let reader = timeline.reader();
+        reader.set_cache_chunks(CACHE_CHUNKS);
         // Every chunk's checksum, so a damaged chunk is named here and not met later as
         // "no events".
         let integrity = reader.verify(traces::Depth::Checksums);
         let complete = integrity.complete;
         let end = reader.end().cloned();
         let total_steps = timeline.last_step();
+        let mut events = EventIndex::new(&header.guest.entry);
+        // The index knows how many events are coming (at most a damaged trace's count).
+        let expected = usize::try_from(timeline.reader().event_count()).unwrap_or(0);
+        events.reserve(expected.min(1 << 28));
         let mut app = App {
             title: path.file_name().map_or_else(
                 || path.display().to_string(),
                 |n| n.to_string_lossy().into(),
             ),
             cpu: replayer::cpu_model(&header.guest),
-            events: EventIndex::new(&header.guest.entry),
+            events,
             header,
             total_steps,
             complete,
@@ -172,6 +188,7 @@ impl App {
             events_loaded: false,
             history: None,
             history_error: None,
+            detail: None,
             filter: Filter::default(),
             filter_text: String::new(),
             visible: Vec::new(),
@@ -277,13 +294,14 @@ impl App {
                     self.message = Some((format!("damaged trace: {e}"), true));
                 }
                 self.events.errors = errors;
+                self.events.shrink_to_fit();
                 self.events_loaded = true;
             }
             LoadMsg::Mmu(h) => {
                 if !self.policy_chosen {
                     self.policy = h.default_policy();
                 }
-                self.history = Some(h);
+                self.history = Some(*h);
                 self.progress = None;
                 self.refresh();
                 if !self.moved {
@@ -352,6 +370,8 @@ impl App {
                 }
             }
         }
+        // A move within one step changes the selected write without a refresh.
+        self.sync_detail();
     }
 
     /// The terminal's size, for mouse clicks (the layout is a function of it).
@@ -370,6 +390,7 @@ impl App {
             _ => return,
         }
         self.moved = true;
+        self.sync_detail();
     }
 
     /// A click on a timeline row selects it.
@@ -499,7 +520,7 @@ impl App {
 
     // ---- navigation -------------------------------------------------------------------
 
-    /// The selected event (index into `events.events`).
+    /// The selected event (index into `events`).
     pub fn selected(&self) -> Option<usize> {
         self.visible.get(self.cursor).copied()
     }
@@ -519,7 +540,7 @@ impl App {
     /// Selects visible row `row` and moves to its step.
     fn select(&mut self, row: usize) {
         self.cursor = row;
-        if let Some(e) = self.selected().and_then(|i| self.events.events.get(i)) {
+        if let Some(e) = self.selected().and_then(|i| self.events.get(i)) {
             let step = e.step;
             self.set_step(step, false);
         }
@@ -542,7 +563,7 @@ impl App {
         let step = self.step;
         let n = self
             .visible
-            .partition_point(|&i| self.events.events.get(i).is_some_and(|e| e.step <= step));
+            .partition_point(|&i| self.events.get(i).is_some_and(|e| e.step <= step));
         self.cursor = n.saturating_sub(1);
     }
 
@@ -559,7 +580,7 @@ impl App {
 
     /// A per-policy decision whose CR write is folded (unless the filter asks for them).
     pub fn folded(&self, i: usize) -> bool {
-        let Some(e) = self.events.events.get(i) else {
+        let Some(e) = self.events.get(i) else {
             return false;
         };
         let EventKind::Mmu(_) = e.kind else {
@@ -569,10 +590,7 @@ impl App {
             return false;
         }
         // A decision whose write is not in the trace has no row to fold into.
-        let cause = self
-            .events
-            .cause_of(i)
-            .and_then(|c| self.events.events.get(c));
+        let cause = self.events.cause_of(i).and_then(|c| self.events.get(c));
         cause.is_some_and(|c| {
             matches!(c.kind, EventKind::CrWrite(_)) && !self.unfolded.contains(&c.id)
         })
@@ -589,7 +607,9 @@ impl App {
             ));
             return;
         };
-        let id = self.events.events[cause].id;
+        let Some(id) = self.events.get(cause).map(|e| e.id) else {
+            return;
+        };
         if !self.unfolded.remove(&id) {
             self.unfolded.insert(id);
         }
@@ -613,8 +633,8 @@ impl App {
         };
         for row in rows {
             let i = self.visible[row];
-            if let Some(e) = self.events.events.get(i) {
-                if pred(self, e, i) {
+            if let Some(e) = self.events.get(i) {
+                if pred(self, &e, i) {
                     self.select(row);
                     return true;
                 }
@@ -688,7 +708,7 @@ impl App {
         let target = first.and_then(|f| {
             self.visible
                 .iter()
-                .position(|&i| self.events.events.get(i).is_some_and(|e| e.id == f.event))
+                .position(|&i| self.events.get(i).is_some_and(|e| e.id == f.event))
         });
         let plural = |n: usize| if n == 1 { "" } else { "s" };
         let what = if bugs > 0 {
@@ -717,7 +737,7 @@ impl App {
         let (Some(h), Some(i)) = (&self.history, self.selected()) else {
             return;
         };
-        let Some(e) = self.events.events.get(i) else {
+        let Some(e) = self.events.get(i) else {
             return;
         };
         let policy = match &e.kind {
@@ -768,15 +788,15 @@ impl App {
     /// The row's text and the event's full description (`replayer::views::event_line`: RIP,
     /// a finding's addresses and translations), so `/0x400000` finds the finding about it.
     pub fn row_text(&self, i: usize) -> String {
-        match self.events.events.get(i) {
+        match self.events.get(i) {
             Some(e) => {
                 let policies = &self.header.policies;
-                let (kind, text) = summary(e, policies);
+                let (kind, text) = summary(&e, policies);
                 format!(
                     "#{} step {} {kind} {text} · {}",
                     e.id,
                     e.step,
-                    replayer::views::event_line::line(e, policies)
+                    replayer::views::event_line::line(&e, policies)
                 )
             }
             None => String::new(),
@@ -837,7 +857,7 @@ impl App {
                 Some(i) => match self.visible.binary_search(&i) {
                     Ok(row) => self.select(row),
                     Err(_) => {
-                        let step = self.events.events[i].step;
+                        let step = self.events.get(i).map_or(self.step, |e| e.step);
                         self.set_step(step, true);
                         self.message =
                             Some((format!("event #{id} is hidden by the filter"), false));
@@ -859,12 +879,45 @@ impl App {
         }
     }
 
+    /// Brings [`App::detail`] to the current write (the timeline is left elsewhere: callers
+    /// seek it to the current step afterwards, as `refresh` does).
+    fn sync_detail(&mut self) {
+        let w = self.current_write();
+        if self.detail.as_ref().map(|d| d.0) == w {
+            return;
+        }
+        self.detail = None;
+        let (Some(h), Some(w)) = (&self.history, w) else {
+            return;
+        };
+        match h.analysis.detail(&mut self.timeline, w) {
+            Ok(d) => self.detail = d.map(|d| (w, d)),
+            Err(e) => self.message = Some((format!("MMU model at write {w}: {e}"), true)),
+        }
+    }
+
     /// Recomputes the panels for the current position.
     fn refresh(&mut self) {
+        self.sync_detail();
+        // The kept context at the current step: the trackers after the last write at or
+        // before it, which is the current write unless an earlier write of the same step is
+        // selected (then recomputed here, a rare case).
         let kept = self.history.as_ref().and_then(|h| {
-            h.analysis
-                .tracker_at(self.policy, self.step)
-                .map(|t| (t.policy().name, *t.context()))
+            let last = h
+                .analysis
+                .writes
+                .partition_point(|w| w.event.step <= self.step);
+            let tracker = match (last.checked_sub(1), &self.detail) {
+                (None, _) => h.analysis.initial.get(self.policy).cloned(),
+                (Some(l), Some((w, d))) if l == *w => d.after.get(self.policy).cloned(),
+                (Some(l), _) => h
+                    .analysis
+                    .detail(&mut self.timeline, l)
+                    .ok()
+                    .flatten()
+                    .and_then(|d| d.after.get(self.policy).cloned()),
+            };
+            tracker.map(|t| (t.policy().name, *t.context()))
         });
         let view = PositionView::compute(
             &mut self.timeline,
@@ -901,14 +954,9 @@ impl App {
         let h = self.history.as_ref()?;
         let selected = self
             .selected()
-            .filter(|&i| {
-                self.events
-                    .events
-                    .get(i)
-                    .is_some_and(|e| e.step == self.step)
-            })
+            .filter(|&i| self.events.get(i).is_some_and(|e| e.step == self.step))
             .and_then(|i| self.events.cause_of(i))
-            .and_then(|c| self.events.events.get(c))
+            .and_then(|c| self.events.get(c))
             .and_then(|e| h.write_of_event(e.id));
         selected.or_else(|| {
             let w = h.analysis.last_write_at(self.step)?;

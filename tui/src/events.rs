@@ -12,14 +12,23 @@ use traces::{
 /// COM1's data port and the Bochs/QEMU debug console: writes there are the guest's output.
 pub const SERIAL_PORTS: [u16; 2] = [0x3f8, 0xe9];
 
+/// How events are encoded in an [`EventIndex`]: bincode's standard configuration, as the
+/// trace format's.
+const CODEC: bincode::config::Configuration = bincode::config::standard();
+
 /// The paging mode the registers select (the trace's own names, as `Transition` uses them).
 pub use history::to_trace::mode_of as paging_mode;
 
 /// Every event of a trace, with what the timeline needs to list, filter and colour them.
 #[derive(Clone, Debug, Default)]
 pub struct EventIndex {
-    pub events: Vec<Event>,
-    /// The paging mode in effect right after each event (parallel to `events`).
+    /// Every event in file order, bincode-encoded back to back ([`EventIndex::get`] decodes
+    /// one): a decoded `Event` is 112 bytes plus its strings, an encoded MMU decision ~30,
+    /// and a busy trace lists a million of them.
+    bytes: Vec<u8>,
+    /// Where each event's encoding ends in `bytes`.
+    ends: Vec<usize>,
+    /// The paging mode in effect right after each event (parallel to the events).
     pub modes: Vec<PagingMode>,
     /// `(first step, mode)`: the mode from that step on, ascending.
     pub spans: Vec<(Step, PagingMode)>,
@@ -56,22 +65,62 @@ impl EventIndex {
             }
         }
         self.modes.push(mode);
-        self.events.push(e);
+        // Encoding into a Vec cannot fail: the event types are plain data.
+        let _ = bincode::serde::encode_into_std_write(&e, &mut self.bytes, CODEC);
+        self.ends.push(self.bytes.len());
+    }
+
+    /// Room for `n` more events (the trace's index counts them): the list then grows
+    /// without a copy of itself while it loads.
+    pub fn reserve(&mut self, n: usize) {
+        self.ends.reserve_exact(n);
+        self.modes.reserve_exact(n);
+    }
+
+    /// Gives back the room the encoded list grew into (it doubles as it grows), once every
+    /// event is in.
+    pub fn shrink_to_fit(&mut self) {
+        self.bytes.shrink_to_fit();
+        self.ends.shrink_to_fit();
+        self.modes.shrink_to_fit();
+    }
+
+    /// Event `i` (in file order).
+    pub fn get(&self, i: usize) -> Option<Event> {
+        let end = *self.ends.get(i)?;
+        let start = i.checked_sub(1).map_or(0, |p| self.ends[p]);
+        bincode::serde::decode_from_slice(&self.bytes[start..end], CODEC)
+            .ok()
+            .map(|(e, _)| e)
+    }
+
+    /// The first event index for which `before` is false, `before` being true for a prefix
+    /// of the events (a binary search decoding only the events it probes).
+    fn partition_point(&self, before: impl Fn(&Event) -> bool) -> usize {
+        let (mut lo, mut hi) = (0, self.len());
+        while lo < hi {
+            let mid = lo + (hi - lo) / 2;
+            if self.get(mid).is_some_and(|e| before(&e)) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        lo
     }
 
     fn mode_at_end(&self) -> PagingMode {
         self.spans.last().map_or(PagingMode::Real, |s| s.1)
     }
 
-    /// Reads every event-holding chunk of `reader`, calling `chunk(events, done, total)`
-    /// with each chunk's events; `None` when `chunk` returns false (nobody wants the result
-    /// any more).
-    pub fn load<R: Read + Seek>(
+    /// Reads every event-holding chunk of `reader`, handing each chunk's events (in file
+    /// order) to `chunk(events, done, total)` without keeping them: the loader moves them on
+    /// to the UI rather than holding a second copy of a million events. The chunks that could
+    /// not be read; `None` when `chunk` returns false (nobody wants the result any more).
+    pub fn read<R: Read + Seek>(
         reader: &mut Reader<R>,
-        entry: &Regs,
-        mut chunk: impl FnMut(&[Event], usize, usize) -> bool,
-    ) -> Option<EventIndex> {
-        let mut index = EventIndex::new(entry);
+        mut chunk: impl FnMut(Vec<Event>, usize, usize) -> bool,
+    ) -> Option<Vec<String>> {
         let wanted: Vec<usize> = reader
             .chunks()
             .iter()
@@ -80,45 +129,45 @@ impl EventIndex {
             .map(|(i, _)| i)
             .collect();
         let total = wanted.len();
+        let mut errors = Vec::new();
         for (done, c) in wanted.into_iter().enumerate() {
-            let start = index.events.len();
+            let mut events = Vec::new();
             match reader.chunk_records(c) {
                 Ok(records) => {
                     for r in records.iter() {
                         if let Record::Event(e) = r {
-                            index.push(e.clone());
+                            events.push(e.clone());
                         }
                     }
                 }
-                Err(e) => index.errors.push(format!("chunk {c}: {e}")),
+                Err(e) => errors.push(format!("chunk {c}: {e}")),
             }
-            if !chunk(&index.events[start..], done + 1, total) {
+            if !chunk(events, done + 1, total) {
                 return None;
             }
         }
-        Some(index)
+        Some(errors)
     }
 
     pub fn len(&self) -> usize {
-        self.events.len()
+        self.ends.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.events.is_empty()
+        self.ends.is_empty()
     }
 
     /// Position of event `id` in the list.
     pub fn position_of(&self, id: EventId) -> Option<usize> {
         // Ids are dense and ascending in a sound trace; search rather than index so a
         // damaged one (a chunk missing) still answers.
-        self.events.binary_search_by_key(&id, |e| e.id).ok()
+        let i = self.partition_point(|e| e.id < id);
+        self.get(i).filter(|e| e.id == id).map(|_| i)
     }
 
     /// The last event at or before `step`.
     pub fn last_at_or_before(&self, step: Step) -> Option<usize> {
-        self.events
-            .partition_point(|e| e.step <= step)
-            .checked_sub(1)
+        self.partition_point(|e| e.step <= step).checked_sub(1)
     }
 
     /// The paging mode in effect at `step`.
@@ -138,7 +187,7 @@ impl EventIndex {
     /// The control-register write an event is about: itself, or the cause of a decision or
     /// finding.
     pub fn cause_of(&self, i: usize) -> Option<usize> {
-        let e = self.events.get(i)?;
+        let e = self.get(i)?;
         match &e.kind {
             EventKind::CrWrite(_) => Some(i),
             EventKind::Mmu(d) => self.position_of(d.cause),

@@ -95,7 +95,7 @@ impl Filter {
     }
 
     pub fn matches(&self, index: &EventIndex, i: usize, policies: &[String]) -> bool {
-        let Some(e) = index.events.get(i) else {
+        let Some(e) = index.get(i) else {
             return false;
         };
         if !self.kinds.is_empty() {
@@ -110,8 +110,8 @@ impl Filter {
         if !self.bits.is_empty() {
             let write = index
                 .cause_of(i)
-                .and_then(|c| index.events.get(c))
-                .and_then(|c| match &c.kind {
+                .and_then(|c| index.get(c))
+                .and_then(|c| match c.kind {
                     EventKind::CrWrite(w) => Some(w),
                     _ => None,
                 });
@@ -140,7 +140,7 @@ impl Filter {
             }
         }
         if !self.exclude.is_empty() {
-            let (kind, text) = summary(e, policies);
+            let (kind, text) = summary(&e, policies);
             let line = format!("{kind} {text}").to_ascii_lowercase();
             if self.exclude.iter().any(|x| line.contains(x.as_str())) {
                 return false;

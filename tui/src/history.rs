@@ -1,12 +1,11 @@
 //! The MMU history the role panel reads: every modelled policy's [`replayer::Analysis`] over
-//! the writes in the event index (built from the index rather than by re-reading every
+//! the CR writes the loader collected with the event list (rather than by re-reading every
 //! record), with its findings indexed by write, as `mmurr check` reports them.
 
-use crate::events::EventIndex;
 use mmu::Flavour;
-use replayer::{Analysis, Timeline, TimelineError};
+use replayer::{Analysis, Retain, Timeline, TimelineError};
 use std::io::{Read, Seek};
-use traces::{EventId, EventKind, FindingKind, Step};
+use traces::{CrWrite, Event, EventId, FindingKind, Step};
 
 /// One finding of the model: a policy's decision on one write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -37,23 +36,26 @@ pub struct MmuHistory {
 }
 
 impl MmuHistory {
-    /// Runs every modelled policy over the writes in `events`, calling `progress(done, total)`
-    /// after each write; `Ok(None)` when `progress` returns false (nobody wants the result).
+    /// Runs every modelled policy over `writes` (the trace's CR write events, in order),
+    /// calling `progress(done, total)` after each write; `Ok(None)` when `progress` returns
+    /// false (nobody wants the result).
     pub fn build<R: Read + Seek>(
         timeline: &mut Timeline<R>,
-        events: &EventIndex,
+        writes: Vec<(Event, CrWrite)>,
         flavour: Flavour,
         progress: impl FnMut(usize, usize) -> bool,
     ) -> Result<Option<MmuHistory>, TimelineError> {
-        let writes = events
-            .events
-            .iter()
-            .filter_map(|e| match &e.kind {
-                EventKind::CrWrite(w) => Some((e.clone(), w.clone())),
-                _ => None,
-            })
-            .collect();
-        let Some(analysis) = Analysis::from_writes(timeline, writes, &[], flavour, progress)?
+        // Checkpoints: the browser keeps each write's verdicts and recomputes the full
+        // decisions and trackers of the write it shows (`App::detail`), so its memory stays
+        // bounded on traces with hundreds of thousands of writes.
+        let Some(analysis) = Analysis::from_writes(
+            timeline,
+            writes,
+            &[],
+            flavour,
+            Retain::Checkpoints,
+            progress,
+        )?
         else {
             return Ok(None);
         };
@@ -76,6 +78,32 @@ impl MmuHistory {
                 translations.push((write, policy, f.looked_at, report.translations));
             }
         }
+        // #GP disagreements and needless resets come from the verdicts (the analysis keeps
+        // no finding for them, see `Retain::Checkpoints`), in the order the model reports a
+        // write's findings for one policy: #GP disagreement, needless reset, stale context.
+        for (write, w) in analysis.writes.iter().enumerate() {
+            for (policy, v) in w.verdicts.iter().enumerate() {
+                let kinds = [
+                    (w.gp_mismatch(policy), FindingKind::GpMismatch),
+                    (v.needless_reset, FindingKind::NeedlessReset),
+                ];
+                for (_, kind) in kinds.into_iter().filter(|k| k.0) {
+                    findings.push(ModelFinding {
+                        write,
+                        policy,
+                        event: w.event.id,
+                        step: w.event.step,
+                        kind,
+                    });
+                }
+            }
+        }
+        let rank = |k: FindingKind| match k {
+            FindingKind::GpMismatch => 0,
+            FindingKind::NeedlessReset => 1,
+            _ => 2,
+        };
+        findings.sort_by_key(|f| (f.write, f.policy, rank(f.kind)));
         let recorded = matches!(
             timeline.header().host.as_ref().map(|h| &h.events),
             Some(traces::HostEventsStatus::Recorded { .. })
@@ -114,9 +142,12 @@ impl MmuHistory {
             .map(|t| (t.2, t.3.as_slice()))
     }
 
-    /// Findings at write `write`.
+    /// Findings at write `write` (a binary search: every visible row asks).
     pub fn findings_at(&self, write: usize) -> impl Iterator<Item = &ModelFinding> {
-        self.findings.iter().filter(move |f| f.write == write)
+        let start = self.findings.partition_point(|f| f.write < write);
+        self.findings[start..]
+            .iter()
+            .take_while(move |f| f.write == write)
     }
 
     /// The policy to show first: the first one with a stale context, else the newest.
@@ -137,7 +168,7 @@ impl MmuHistory {
             return String::new();
         };
         let mut counts: Vec<(&'static str, usize)> = Vec::new();
-        for d in &w.decisions {
+        for d in &w.verdicts {
             match counts.iter_mut().find(|(n, _)| *n == d.outcome.name()) {
                 Some((_, c)) => *c += 1,
                 None => counts.push((d.outcome.name(), 1)),
@@ -164,7 +195,7 @@ impl MmuHistory {
         self.analysis
             .writes
             .get(write)
-            .and_then(|w| w.decisions.get(policy))
-            .is_some_and(|d| d.is_reset())
+            .and_then(|w| w.verdicts.get(policy))
+            .is_some_and(|v| v.reset)
     }
 }

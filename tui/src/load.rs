@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
-use traces::Event;
 use traces::Reader;
+use traces::{Event, EventKind};
 
 /// What is being loaded, and how far it got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -51,7 +51,7 @@ pub enum LoadMsg {
     EventBatch(Vec<Event>),
     /// Every event has been sent; damaged chunks that were skipped.
     EventsDone(Vec<String>),
-    Mmu(MmuHistory),
+    Mmu(Box<MmuHistory>),
     /// The MMU history could not be built (the events stay usable).
     Failed(String),
 }
@@ -71,25 +71,41 @@ pub fn spawn(path: PathBuf, flavour: Flavour) -> Receiver<LoadMsg> {
     rx
 }
 
+/// Decoded chunks the loader's reader keeps (the trace library keeps 8; the browser's own
+/// reader does, for fast steps back): a busy trace's chunk decodes to several megabytes, and
+/// the loader reads the event chunks once, then replays forward for the MMU model.
+const CACHE_CHUNKS: usize = 2;
+
 /// How often the event list is sent on while it loads.
 const BATCH_EVERY: Duration = Duration::from_millis(100);
+/// Events sent at once at most: a batch is decoded events (112 bytes each and their strings)
+/// until the UI encodes them, and a fast disk reads 200 000 in `BATCH_EVERY`.
+const BATCH_MAX: usize = 16_384;
 
 /// A failed send means the UI has gone (quit, or a benchmark dropped it): stop working.
 fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
     let mut reader = match Reader::open(path) {
-        Ok(r) => r,
+        Ok(mut r) => {
+            r.set_cache_chunks(CACHE_CHUNKS);
+            r
+        }
         Err(e) => {
             let _ = tx.send(LoadMsg::Failed(e.to_string()));
             return;
         }
     };
-    let entry = reader.header().guest.entry.clone();
     let mut batch: Vec<Event> = Vec::new();
+    // The loader keeps only the CR writes (for the MMU model); the events move to the UI.
+    let mut writes = Vec::new();
     let mut sent = Instant::now();
-    let events = EventIndex::load(&mut reader, &entry, |new, done, total| {
-        batch.extend_from_slice(new);
+    let errors = EventIndex::read(&mut reader, |mut new, done, total| {
+        writes.extend(new.iter().filter_map(|e| match &e.kind {
+            EventKind::CrWrite(w) => Some((e.clone(), w.clone())),
+            _ => None,
+        }));
+        batch.append(&mut new);
         // Batches a few times a second: the list grows visibly without flooding the UI.
-        if sent.elapsed() < BATCH_EVERY && done < total {
+        if sent.elapsed() < BATCH_EVERY && batch.len() < BATCH_MAX && done < total {
             return true;
         }
         sent = Instant::now();
@@ -102,11 +118,13 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
             .is_ok()
             && tx.send(progress).is_ok()
     });
-    let Some(events) = events else { return };
+    let Some(errors) = errors else { return };
+    // It grew by doubling; the MMU model runs beside it, so give back the slack (~40%).
+    writes.shrink_to_fit();
     if !batch.is_empty() && tx.send(LoadMsg::EventBatch(batch)).is_err() {
         return;
     }
-    if tx.send(LoadMsg::EventsDone(events.errors.clone())).is_err() {
+    if tx.send(LoadMsg::EventsDone(errors)).is_err() {
         return;
     }
     let mut timeline = match Timeline::new(reader) {
@@ -116,7 +134,7 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
             return;
         }
     };
-    let history = MmuHistory::build(&mut timeline, &events, flavour, |done, total| {
+    let history = MmuHistory::build(&mut timeline, writes, flavour, |done, total| {
         tx.send(LoadMsg::Progress(Progress {
             stage: Stage::Mmu,
             done,
@@ -125,7 +143,7 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
         .is_ok()
     });
     let _ = match history {
-        Ok(Some(h)) => tx.send(LoadMsg::Mmu(h)),
+        Ok(Some(h)) => tx.send(LoadMsg::Mmu(Box::new(h))),
         Ok(None) => Ok(()),
         Err(e) => tx.send(LoadMsg::Failed(format!("MMU model: {e}"))),
     };

@@ -173,7 +173,7 @@ fn j_k_and_arrows_move_and_seek() {
     assert_eq!(app.cursor, 0);
     press(app, "jj");
     assert_eq!(app.cursor, 2);
-    let e = &app.events.events[app.visible[2]];
+    let e = app.events.get(app.visible[2]).unwrap();
     assert_eq!(app.step, e.step);
     press(app, "k");
     assert_eq!(app.cursor, 1);
@@ -375,7 +375,7 @@ fn s_and_shift_s_step_one_instruction() {
     assert_eq!(app.step, 0);
     // The timeline cursor follows the position.
     press(app, "ssss");
-    let e = &app.events.events[app.selected().unwrap()];
+    let e = app.events.get(app.selected().unwrap()).unwrap();
     assert!(e.step <= 4);
 }
 

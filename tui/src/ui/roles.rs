@@ -7,7 +7,7 @@ use super::{alert, bold, changed, dim};
 use crate::app::{App, Panel};
 use crate::history::MmuHistory;
 use history::to_trace::paging_mode as trace_mode;
-use mmu::{Outcome, Tracker};
+use mmu::Outcome;
 use ratatui::layout::Rect;
 use ratatui::style::{Color, Style};
 use ratatui::text::{Line, Span};
@@ -15,6 +15,7 @@ use ratatui::widgets::{Paragraph, Wrap};
 use ratatui::Frame;
 use replayer::flags::{bracketed, changed_flags, set_flags};
 use replayer::views::accesses::access_letter;
+use replayer::WriteDetail;
 
 /// The decision as the panel names it.
 pub fn outcome_text(o: Outcome) -> &'static str {
@@ -28,15 +29,13 @@ pub fn outcome_text(o: Outcome) -> &'static str {
     }
 }
 
-fn tracker_before(h: &MmuHistory, write: usize, p: usize) -> Option<&Tracker> {
-    match write.checked_sub(1) {
-        Some(prev) => h.analysis.writes.get(prev)?.after.get(p),
-        None => h.analysis.initial.get(p),
-    }
-}
-
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
-    let (title, lines) = match (&app.history, app.current_write()) {
+    // The analysis' decisions and trackers at the current write (see `App::detail`).
+    let current = match (app.current_write(), &app.detail) {
+        (Some(w), Some((dw, d))) if w == *dw => Some((w, d)),
+        _ => None,
+    };
+    let (title, lines) = match (&app.history, current) {
         (None, _) => {
             let text = match (&app.history_error, &app.progress) {
                 (Some(e), _) => Line::styled(format!("no MMU model: {e}"), alert()),
@@ -61,11 +60,11 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                 dim(),
             )],
         ),
-        (Some(h), Some(w)) if app.side_by_side => (
+        (Some(h), Some((w, d))) if app.side_by_side => (
             "MMU roles · all policies".into(),
-            side_by_side(h, w, app.policy),
+            side_by_side(h, w, d, app.policy),
         ),
-        (Some(h), Some(w)) => {
+        (Some(h), Some((w, d))) => {
             let name = h.analysis.policies.get(app.policy).map_or("?", |p| p.name);
             (
                 format!(
@@ -74,7 +73,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
                     h.analysis.policies.len(),
                     h.analysis.flavour.name()
                 ),
-                one_policy(h, w, app.policy, area.width.saturating_sub(2)),
+                one_policy(h, w, d, app.policy, area.width.saturating_sub(2)),
             )
         }
     };
@@ -87,14 +86,14 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     );
 }
 
-fn write_line(h: &MmuHistory, w: usize, p: usize) -> Vec<Line<'static>> {
+fn write_line(h: &MmuHistory, w: usize, d: &WriteDetail, p: usize) -> Vec<Line<'static>> {
     let wa = &h.analysis.writes[w];
     let cw = &wa.write;
     let mut change = changed_flags(cw.reg, cw.old, cw.new);
     if change.is_empty() {
         change = "no bit changed".into();
     }
-    let modes = match (tracker_before(h, w, p), wa.after.get(p)) {
+    let modes = match (d.before.get(p), d.after.get(p)) {
         (Some(b), Some(a)) => format!(
             " · paging {} → {}",
             trace_mode(mmu::PagingMode::of_regs(b.regs())).name(),
@@ -168,17 +167,23 @@ fn host_line(h: &MmuHistory, step: traces::Step) -> Option<Line<'static>> {
     ]))
 }
 
-fn one_policy(h: &MmuHistory, w: usize, p: usize, width: u16) -> Vec<Line<'static>> {
+fn one_policy(
+    h: &MmuHistory,
+    w: usize,
+    detail: &WriteDetail,
+    p: usize,
+    width: u16,
+) -> Vec<Line<'static>> {
     let wa = &h.analysis.writes[w];
     let (Some(d), Some(policy), Some(after)) = (
-        wa.decisions.get(p),
+        detail.decisions.get(p),
         h.analysis.policies.get(p),
-        wa.after.get(p),
+        detail.after.get(p),
     ) else {
         return vec![Line::styled("no decision for this policy", alert())];
     };
     let layout = policy.layout;
-    let mut lines = write_line(h, w, p);
+    let mut lines = write_line(h, w, detail, p);
     let verdict_style = if d.stale.is_some() { alert() } else { bold() };
     let mut decision = vec![
         Span::raw("decision: "),
@@ -229,7 +234,7 @@ fn one_policy(h: &MmuHistory, w: usize, p: usize, width: u16) -> Vec<Line<'stati
             ]));
             lines.push(Line::from(vec![
                 Span::styled("why: ", bold()),
-                Span::raw(why_stale(h, w, p)),
+                Span::raw(why_stale(h, w, detail, p)),
             ]));
             if let Some((looked, diffs)) = h.translations_at(w, p) {
                 let text = match diffs.first() {
@@ -287,15 +292,15 @@ fn one_policy(h: &MmuHistory, w: usize, p: usize, width: u16) -> Vec<Line<'stati
 }
 
 /// Why a policy kept a stale context at write `w`, from its decision and role layout.
-pub fn why_stale(h: &MmuHistory, w: usize, p: usize) -> String {
+pub fn why_stale(h: &MmuHistory, w: usize, detail: &WriteDetail, p: usize) -> String {
     let wa = &h.analysis.writes[w];
-    let Some(d) = wa.decisions.get(p) else {
+    let Some(d) = detail.decisions.get(p) else {
         return String::new();
     };
     let reg = wa.write.reg.name().to_uppercase();
     let change = changed_flags(wa.write.reg, wa.write.old, wa.write.new);
     let name = h.analysis.policies.get(p).map_or("?", |x| x.name);
-    let level = wa.after.get(p).map_or(0, |t| t.context().root_level);
+    let level = detail.after.get(p).map_or(0, |t| t.context().root_level);
     match d.outcome {
         Outcome::SkippedRoleUnchanged => format!(
             "{reg} {change} triggered kvm_mmu_reset_context, but no field of {name}'s role records that change: cpu_role stayed {:#x} (the compare key), so the recompute returned early and the old {level}-level context was kept",
@@ -314,9 +319,14 @@ pub fn why_stale(h: &MmuHistory, w: usize, p: usize) -> String {
     }
 }
 
-fn side_by_side(h: &MmuHistory, w: usize, selected: usize) -> Vec<Line<'static>> {
+fn side_by_side(
+    h: &MmuHistory,
+    w: usize,
+    detail: &WriteDetail,
+    selected: usize,
+) -> Vec<Line<'static>> {
     let wa = &h.analysis.writes[w];
-    let mut lines = write_line(h, w, selected);
+    let mut lines = write_line(h, w, detail, selected);
     lines.push(Line::styled(
         format!(
             "{:<10} {:<24} {:<8} {:<30} {}",
@@ -324,8 +334,13 @@ fn side_by_side(h: &MmuHistory, w: usize, selected: usize) -> Vec<Line<'static>>
         ),
         bold(),
     ));
-    for (p, (d, policy)) in wa.decisions.iter().zip(&h.analysis.policies).enumerate() {
-        let ctx = wa.after.get(p).map(|t| *t.context());
+    for (p, (d, policy)) in detail
+        .decisions
+        .iter()
+        .zip(&h.analysis.policies)
+        .enumerate()
+    {
+        let ctx = detail.after.get(p).map(|t| *t.context());
         let role = if d.old_cpu_role == d.new_cpu_role {
             "same"
         } else {

@@ -168,7 +168,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let mut lines = Vec::with_capacity(height);
     for row in start..(start + height).min(app.visible.len()) {
         let i = app.visible[row];
-        let Some(e) = app.events.events.get(i) else {
+        let Some(e) = app.events.get(i) else {
             continue;
         };
         let mode = app
@@ -177,7 +177,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             .get(i)
             .copied()
             .unwrap_or(traces::PagingMode::Real);
-        let (kind, text) = summary(e, policies);
+        let (kind, text) = summary(&e, policies);
         let selected = row == app.cursor;
         let marker = if selected { "▶" } else { " " };
         let kind_style = match &e.kind {
@@ -202,7 +202,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             ),
             Span::styled(format!(" {kind:<5} "), kind_style),
         ];
-        match verdict(app, e) {
+        match verdict(app, &e) {
             Some((alarm, counts)) => {
                 if let Some(alarm) = alarm {
                     spans.push(Span::styled(format!("{alarm} "), alert()));

@@ -48,7 +48,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         }
     }
     if !args.no_tui && std::io::stdout().is_terminal() {
-        tui::terminal::run(&args.output, super::reexecution())?;
+        tui::terminal::run(&args.output)?;
         eprintln!(
             "mmurr demo: the trace is {}; `mmurr check {}` explains the finding, `mmurr gdb {}` \
              steps back to it",

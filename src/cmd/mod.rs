@@ -72,15 +72,6 @@ fn restore_default_sigpipe() {
 /// Opens a trace for a command that reads it, checks every chunk's checksum, and says first, on
 /// standard error, what the trace lost if it cannot be read whole. Every command that reads a
 /// trace starts here, so a partial trace never passes as a whole one.
-/// What rebuilds the states inside runs (traces recorded in runs on emu) for the commands
-/// that show any step (`replay`, `gdb`, `demo`): `mmurr-emu` re-executing them, where it is
-/// installed next to `mmurr`; without it, such a step is refused with the reason.
-pub fn reexecution() -> Option<replayer::Reexecution> {
-    record::emu_executable()
-        .ok()
-        .map(replayer::Reexecution::new)
-}
-
 pub fn open_trace(path: &Path) -> anyhow::Result<(Reader<BufReader<File>>, Integrity)> {
     let mut reader =
         Reader::open(path).with_context(|| format!("cannot read the trace {}", path.display()))?;

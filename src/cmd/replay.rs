@@ -18,7 +18,7 @@ pub fn run(args: &TraceArg) -> anyhow::Result<ExitCode> {
         );
         return Ok(Outcome::Error.into());
     }
-    tui::run(&args.trace, super::reexecution())?;
+    tui::run(&args.trace)?;
     super::warn_incomplete(&args.trace, &integrity);
     Ok(ExitCode::SUCCESS)
 }

@@ -145,11 +145,6 @@ pub struct App {
 }
 
 impl App {
-    /// Rebuild states inside runs by re-executing them ([`replayer::Reexecution`]).
-    pub fn set_reexecution(&mut self, reexec: replayer::Reexecution) {
-        self.timeline.set_reexecution(reexec);
-    }
-
     /// Opens `path`: reads the header and index (fast) and starts the background loader.
     pub fn open(path: &Path) -> anyhow::Result<App> {
         let timeline = Timeline::open(path)

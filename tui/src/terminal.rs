@@ -62,14 +62,11 @@ impl Drop for Session {
     }
 }
 
-/// Opens the trace at `path` and browses it until the user quits; `reexec` rebuilds the states
-/// inside runs (traces recorded in runs).
-pub fn run(path: &Path, reexec: Option<replayer::Reexecution>) -> anyhow::Result<()> {
+/// Opens the trace at `path` and browses it until the user quits (states inside runs are
+/// rebuilt by the timeline's own re-execution: see `replayer::Timeline::set_reexecution`).
+pub fn run(path: &Path) -> anyhow::Result<()> {
     // Open before touching the terminal, so a bad file is reported on a normal screen.
     let mut app = App::open(path)?;
-    if let Some(r) = reexec {
-        app.set_reexecution(r);
-    }
     let mut session = Session::start()?;
     event_loop(&mut session.terminal, &mut app)
 }

@@ -159,11 +159,9 @@ impl MmuHistory {
             .map_or(self.analysis.policies.len().saturating_sub(1), |f| f.policy)
     }
 
-    /// The policy reset its MMU at this write (`mmu::Decision::is_reset`).
-    /// What the policies made of write `write`, folded into its timeline row: outcomes with
-    /// their counts (most frequent first), then the stale policies, e.g. `12 reinit, 1 skipped
-    /// (role unchanged) · STALE v5.1-rc3`.
-    pub fn verdict_summary(&self, write: usize) -> String {
+    /// What the policies made of write `write`, folded into its timeline row: the outcomes with
+    /// their counts, most frequent first, e.g. `12 reinit, 1 skipped (role unchanged)`.
+    pub fn decision_counts(&self, write: usize) -> String {
         let Some(w) = self.analysis.writes.get(write) else {
             return String::new();
         };
@@ -175,22 +173,22 @@ impl MmuHistory {
             }
         }
         counts.sort_by_key(|c| std::cmp::Reverse(c.1));
-        let mut text = counts
+        counts
             .iter()
             .map(|(n, c)| format!("{c} {n}"))
             .collect::<Vec<_>>()
-            .join(", ");
-        let stale: Vec<&str> = self
-            .findings_at(write)
-            .filter(|f| f.kind == FindingKind::StaleContext)
-            .map(|f| self.analysis.policies[f.policy].name)
-            .collect();
-        if !stale.is_empty() {
-            text += &format!(" · STALE {}", stale.join(" "));
-        }
-        text
+            .join(", ")
     }
 
+    /// The policies whose context went stale at write `write`.
+    pub fn stale_policies(&self, write: usize) -> Vec<&'static str> {
+        self.findings_at(write)
+            .filter(|f| f.kind == FindingKind::StaleContext)
+            .map(|f| self.analysis.policies[f.policy].name)
+            .collect()
+    }
+
+    /// The policy reset its MMU at this write (`mmu::Decision::is_reset`).
     pub fn is_reset(&self, write: usize, policy: usize) -> bool {
         self.analysis
             .writes

@@ -112,26 +112,24 @@ fn verdict(app: &App, e: &traces::Event) -> Option<(Option<String>, String)> {
         return None;
     }
     let w = h.write_of_event(e.id)?;
-    let summary = h.verdict_summary(w);
-    let (counts, stale) = match summary.split_once(" · ") {
-        Some((counts, stale)) => (counts, Some(stale)),
-        None => (summary.as_str(), None),
-    };
+    let stale = h.stale_policies(w);
     let other = h
         .findings_at(w)
         .filter(|f| f.kind != FindingKind::StaleContext)
         .count();
-    let alarm = match stale {
-        Some(stale) => Some(format!("⚠ {stale}")),
-        None if other > 0 => Some(format!("⚠ {other} finding(s)")),
-        None => None,
+    let alarm = if !stale.is_empty() {
+        Some(format!("⚠ STALE {}", stale.join(" ")))
+    } else if other > 0 {
+        Some(format!("⚠ {other} finding(s)"))
+    } else {
+        None
     };
     let fold = if app.unfolded.contains(&e.id) {
         "▾"
     } else {
         "▸"
     };
-    Some((alarm, format!("{fold} {counts}")))
+    Some((alarm, format!("{fold} {}", h.decision_counts(w))))
 }
 
 /// A paging mode in one character, for rows too narrow for its name (the colour says it too,

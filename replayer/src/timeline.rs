@@ -310,14 +310,7 @@ impl<R: Read + Seek> Timeline<R> {
         if to <= from {
             return Ok(());
         }
-        let chunks: Vec<usize> = self
-            .reader
-            .chunks()
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.header.last_step > from && c.header.first_step <= to)
-            .map(|(i, _)| i)
-            .collect();
+        let chunks = self.chunks_covering(from + 1, to);
         let mut at = from;
         for c in chunks {
             let records = self.reader.chunk_records(c)?;
@@ -393,21 +386,24 @@ impl<R: Read + Seek> Timeline<R> {
         reexec.walk(&header, end, &before, from, to, visit)
     }
 
+    /// The chunks holding records of steps `first..=to`, in order.
+    fn chunks_covering(&self, first: Step, to: Step) -> Vec<usize> {
+        self.reader
+            .chunks()
+            .iter()
+            .enumerate()
+            .filter(|(_, c)| c.header.last_step >= first && c.header.first_step <= to)
+            .map(|(i, _)| i)
+            .collect()
+    }
+
     /// Applies the step records `from.step + 1 ..= to` to `from`.
     fn replay(&mut self, mut state: Snapshot, to: Step) -> Result<Snapshot> {
         if state.step == to {
             return Ok(state);
         }
         let first = state.step + 1;
-        let chunks: Vec<usize> = self
-            .reader
-            .chunks()
-            .iter()
-            .enumerate()
-            .filter(|(_, c)| c.header.last_step >= first && c.header.first_step <= to)
-            .map(|(i, _)| i)
-            .collect();
-        for c in chunks {
+        for c in self.chunks_covering(first, to) {
             let records = self.reader.chunk_records(c)?;
             for r in records.iter() {
                 // A step record is a run of one instruction.

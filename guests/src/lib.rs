@@ -48,7 +48,7 @@ pub mod image;
 pub mod loader;
 pub mod probes;
 pub mod scenarios;
-mod tables;
+pub mod tables;
 #[doc(hidden)]
 pub mod test_kernels;
 

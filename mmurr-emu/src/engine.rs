@@ -528,7 +528,7 @@ impl EmuBackend {
                     .uc
                     .reg_read(RegisterX86::CS)
                     .map_err(|e| engine_err("reg read", e))? as u16;
-                if rip == entry.rip && cs == cs_sel {
+                if rip == t.end_rip && cs == cs_sel {
                     return Ok(());
                 }
             }

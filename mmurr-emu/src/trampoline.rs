@@ -22,6 +22,11 @@ use traces::{Regs, Segment};
 pub const SCRATCH_SIZE: u64 = 0x2_0000;
 const CODE16_OFF: u64 = 0x800;
 const GDTR_OFF: u64 = 0xf00;
+/// Where the protected- and long-mode paths land: their far transfer loads the entry CS but
+/// goes to this `ud2` in the scratch region, not to the entry RIP, because paging is not on
+/// yet and the entry RIP (a kernel's high address) need not be a physical address; the host
+/// sets RIP with the rest of the entry state.
+const LANDING_OFF: u64 = 0xe00;
 const GDT_OFF: u64 = 0x1000;
 /// Temporary GDT slots for the real-mode path (data segments, then 16-bit code).
 const REAL_DATA_SLOT: u16 = 1;
@@ -56,6 +61,8 @@ pub struct Trampoline {
     pub start: u64,
     /// Upper bound on instructions it executes (a safety net for the step loop).
     pub max_instructions: usize,
+    /// RIP once the last instruction has retired (with the entry CS loaded).
+    pub end_rip: u64,
 }
 
 /// Data segments in the order the trampoline loads them: SS last but one so that a stack is
@@ -105,6 +112,7 @@ pub fn build(entry: &Regs, base: u64) -> Result<Trampoline, String> {
     gdtr.extend_from_slice(&gdt_base.to_le_bytes());
 
     let mut writes = Vec::new();
+    let mut end_rip = entry.rip;
     match mode {
         EntryMode::Long | EntryMode::Protected => {
             let bits = if mode == EntryMode::Long { 64 } else { 32 };
@@ -144,24 +152,24 @@ pub fn build(entry: &Regs, base: u64) -> Result<Trampoline, String> {
                 ));
             }
             put(slot, d);
+            end_rip = landing(c, base, bits).unwrap_or(entry.rip);
             if bits == 64 {
                 a.mov(rax, c.selector as u64).map_err(e)?;
                 a.push(rax).map_err(e)?;
-                a.mov(rax, entry.rip).map_err(e)?;
+                a.mov(rax, end_rip).map_err(e)?;
                 a.push(rax).map_err(e)?;
                 // retfq: REX.W far return (iced's assembler has no 64-bit far-return mnemonic).
                 a.db(&[0x48, 0xcb]).map_err(e)?;
             } else {
                 // jmp far ptr16:32
                 let mut far = vec![0xea];
-                far.extend_from_slice(&(entry.rip as u32).to_le_bytes());
+                far.extend_from_slice(&(end_rip as u32).to_le_bytes());
                 far.extend_from_slice(&c.selector.to_le_bytes());
                 a.db(&far).map_err(e)?;
             }
-            let code = a.assemble(base).map_err(e)?;
-            let n = code.len();
-            writes.push((0, code));
-            let _ = n;
+            writes.push((0, a.assemble(base).map_err(e)?));
+            // ud2: nothing runs there, but the engine may translate the block.
+            writes.push((LANDING_OFF, vec![0x0f, 0x0b]));
         }
         EntryMode::Real => {
             // Part 1 (32-bit protected mode): load each data segment's limit and access rights
@@ -233,5 +241,17 @@ pub fn build(entry: &Regs, base: u64) -> Result<Trampoline, String> {
         writes,
         start: base,
         max_instructions: 32,
+        end_rip,
     })
+}
+
+/// The landing pad's offset in the code segment `code` (flat or not), if `code` reaches it: 64-bit code ignores
+/// the base and limit; otherwise the offset must lie within the limit.
+fn landing(code: &Segment, base: u64, bits: u32) -> Option<u64> {
+    let linear = base + LANDING_OFF;
+    if bits == 64 {
+        return Some(linear);
+    }
+    let offset = linear.wrapping_sub(code.base) & 0xffff_ffff;
+    (offset <= code.limit as u64).then_some(offset)
 }

@@ -108,6 +108,34 @@ fn long_entry_is_exact() {
     assert!(b.entry_fixups.is_empty(), "{:?}", b.entry_fixups);
 }
 
+/// A kernel's state: long mode at a high address that is no physical address (Linux runs at
+/// 0xffffffff81000000). The entry trampoline runs before paging is on, so it must not jump to
+/// the entry RIP itself: re-executing a run of the Linux boot failed here with a fetch from
+/// unmapped memory.
+#[test]
+fn long_entry_at_a_high_kernel_address_is_exact() {
+    use guests::tables::{Tables, P, RW};
+    const HIGH: u64 = 0xffff_ffff_8000_0000;
+    let (pml4, pdpt, pd) = (0x1000, 0x2000, 0x3000);
+    let mut t = Tables::new(pml4, 0x3000);
+    t.set64(pml4, 511, pdpt | P | RW).unwrap();
+    t.set64(pdpt, 510, pd | P | RW).unwrap();
+    // One 2 MiB page: HIGH -> physical 0.
+    t.set64(pd, 0, P | RW | (1 << 7)).unwrap();
+    let code = asm(64, HIGH + CODE, |a| {
+        a.mov(eax, 0x1234)?;
+        a.hlt()
+    });
+    let entry = guests::image::long_entry(HIGH + CODE, 0x8000, pml4);
+    let g = guest(code, CODE, vec![(pml4, t.into_bytes())], entry);
+    let mut b = loaded(&g);
+    assert_eq!(b.regs().unwrap(), g.entry);
+    assert!(b.entry_fixups.is_empty(), "{:?}", b.entry_fixups);
+    b.step().unwrap();
+    let r = b.regs().unwrap();
+    assert_eq!((r.rip, r.gpr[0]), (HIGH + CODE + 5, 0x1234));
+}
+
 #[test]
 fn entry_memory_is_the_guest_spec_exactly() {
     // The trampoline runs outside RAM: nothing but the loads is non-zero at step 0.

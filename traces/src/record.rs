@@ -122,6 +122,7 @@ pub struct Blob {
     /// xxh3-64 of `data`.
     pub hash: u64,
     pub name: String,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -223,6 +224,7 @@ impl RunRecord {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MemWrite {
     pub gpa: u64,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 
@@ -249,6 +251,7 @@ pub struct Keyframe {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Page {
     pub gpa: u64,
+    #[serde(with = "serde_bytes")]
     pub data: Vec<u8>,
 }
 

@@ -73,6 +73,10 @@ pub struct RecordFlags {
     /// kvm backend always single-steps.
     #[arg(long)]
     pub single_step: bool,
+    /// Record in runs up to step STEP, then every instruction as a step of its own: how the
+    /// replayer re-executes the part of a run around a point it must stand on (emu backend).
+    #[arg(long, value_name = "STEP", conflicts_with = "single_step")]
+    pub single_step_from: Option<u64>,
     /// Feed the guest the inputs recorded in TRACE (rdtsc/rdrand/cpuid/... results, port and
     /// MMIO reads) instead of this machine's: what `mmurr verify` re-executes with. The run
     /// ends where the guest asks for an input TRACE does not have there (it diverged).
@@ -102,6 +106,7 @@ impl Default for RecordFlags {
             serial_log: None,
             quiet: false,
             single_step: false,
+            single_step_from: None,
             replay_inputs: None,
             host_events: false,
             no_host_events: false,
@@ -140,6 +145,7 @@ impl RecordFlags {
         };
         opts.progress = !self.quiet;
         opts.set_runs(!self.single_step);
+        opts.single_step_from = self.single_step_from;
         opts.interrupted = recorder::signals::interrupt_flag().map_err(OptionsError::Signals)?;
         opts.host_events = match (self.host_events, self.no_host_events) {
             (_, true) => recorder::HostEventsChoice::Off,
@@ -200,6 +206,7 @@ mod tests {
                 serial_log: Some("s.log".into()),
                 quiet: true,
                 single_step: true,
+                single_step_from: None,
                 replay_inputs: Some("r.mmurr".into()),
                 host_events: true,
                 no_host_events: false,
@@ -215,6 +222,7 @@ mod tests {
             RecordFlags {
                 timeout: Some(60.0),
                 no_host_events: true,
+                single_step_from: Some(123_456),
                 ..RecordFlags::default()
             },
         );

@@ -51,6 +51,10 @@ pub struct RecordOptions {
     /// [`RecordOptions::new`] (the library's callers opt in); the command line's default is
     /// on, through [`RecordOptions::set_runs`].
     pub runs: bool,
+    /// With runs: from this step on, every instruction is a step (runs stop there). The
+    /// replayer re-executes a run this way to stand on the instructions near a point in it
+    /// without single-stepping the whole run.
+    pub single_step_from: Option<u64>,
     /// Record the host KVM's own events beside the guest's (backends with a
     /// [`crate::HostWatch`]).
     pub host_events: crate::HostEventsChoice,
@@ -74,6 +78,7 @@ impl RecordOptions {
             poll_limit: 10_000,
             replay_inputs: None,
             runs: false,
+            single_step_from: None,
             host_events: crate::HostEventsChoice::Auto,
         }
     }

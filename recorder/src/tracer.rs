@@ -344,6 +344,12 @@ impl<'a> Tracer<'a> {
         let interval = self.opts.keyframe_interval.max(1);
         let mut max =
             (interval - self.step % interval).min(self.opts.max_steps.saturating_sub(self.step));
+        if let Some(from) = self.opts.single_step_from {
+            max = max.min(from.saturating_sub(self.step));
+            if max == 0 {
+                return Ok(0);
+            }
+        }
         if self.stuck.is_some() {
             // Quiet runs go no further than the stuck watch's threshold; past it, steps.
             max = max.min(stuck::STUCK_STEPS - self.quiet_run_steps);

@@ -4,14 +4,17 @@
 //!
 //! The run is re-executed from the state before it, which the timeline has: that state
 //! (registers, and memory as the guest's loads) becomes the entry of a guest written to a
-//! temporary trace header, and `mmurr-emu record --guest-from` records it one instruction per
-//! step for the run's length. A run holds no input (port or MMIO read, time stamp, random
+//! temporary trace header, and `mmurr-emu record --guest-from --single-step-from` records it
+//! again: at emulator speed up to a few thousand instructions before the point wanted, then
+//! one instruction per step (a run is up to 100 000 instructions; single-stepping all of it
+//! took seconds). A run holds no input (port or MMIO read, time stamp, random
 //! number: those instructions are always steps of their own), and emu execution is
 //! deterministic, so the re-recording passes through exactly the states the run skipped. The
 //! state the child reached before its first instruction is compared with the trace's as a
-//! check. The last run re-executed is kept, so stepping through it costs one re-execution.
+//! check. The last re-execution is kept, so stepping around the point costs nothing more.
 
 use crate::timeline::{Snapshot, StepView, Timeline, TimelineError};
+use std::ops::RangeInclusive;
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use traces::{Blob, EndReason, EndRecord, Header, Load, Record, Step};
@@ -28,7 +31,17 @@ struct Done {
     timeline: Timeline,
     before: Step,
     end: Step,
+    /// The steps (of the trace) re-recorded one instruction each; the earlier ones of the run
+    /// are runs in `timeline`.
+    stepped: RangeInclusive<Step>,
 }
+
+/// How many instructions before the point a seek stands on are re-executed as steps (so that
+/// reverse-stepi and `S` stay in one re-execution), and how many after it (stepi, `s`). At the
+/// single-step rate of mmurr-emu (tens of thousands a second) they cost well under 0.1 s; the
+/// rest of the run before them runs at emulator speed.
+const BEHIND: Step = 4096;
+const AHEAD: Step = 512;
 
 impl Reexecution {
     /// `program`: the `mmurr-emu` executable.
@@ -54,7 +67,8 @@ impl Reexecution {
         run_end: Step,
         before: &Snapshot,
     ) -> Result<Snapshot, TimelineError> {
-        let done = self.reexecuted(header, run_end, before)?;
+        let around = step.saturating_sub(BEHIND).max(before.step)..=(step + AHEAD).min(run_end);
+        let done = self.reexecuted(header, run_end, before, step..=step, around)?;
         let mut state = done.timeline.seek(step - before.step)?.clone();
         state.step = step;
         Ok(state)
@@ -72,13 +86,11 @@ impl Reexecution {
         visit: &mut dyn FnMut(&StepView<'_>) -> bool,
     ) -> Result<bool, TimelineError> {
         let base = before.step;
-        let done = self.reexecuted(header, run_end, before)?;
+        let done = self.reexecuted(header, run_end, before, from..=to, from..=to)?;
+        let regs = done.timeline.seek(from - base)?.regs.clone();
         let mut stopped = false;
         done.timeline
-            .walk_steps(0, before.regs.clone(), to - base, &mut |v| {
-                if v.step + base <= from {
-                    return false;
-                }
+            .walk_steps(from - base, regs, to - base, &mut |v| {
                 stopped = visit(&StepView {
                     step: v.step + base,
                     regs: v.regs,
@@ -89,21 +101,26 @@ impl Reexecution {
         Ok(stopped)
     }
 
-    /// The re-execution of the run `before.step + 1 ..= run_end`, from the last one if it is
-    /// that run.
+    /// A re-execution of the run `before.step + 1 ..= run_end` in which every instruction of
+    /// `need` is a step of its own: the last one if it is, else a new one stepping `around`
+    /// (which holds `need`) and running the instructions before it at emulator speed.
     fn reexecuted(
         &mut self,
         header: &Header,
         run_end: Step,
         before: &Snapshot,
+        need: RangeInclusive<Step>,
+        around: RangeInclusive<Step>,
     ) -> Result<&mut Done, TimelineError> {
-        let cached = self
-            .done
-            .as_ref()
-            .is_some_and(|d| d.before == before.step && d.end == run_end);
+        let cached = self.done.as_ref().is_some_and(|d| {
+            d.before == before.step
+                && d.end == run_end
+                && d.stepped.start() <= need.start()
+                && need.end() <= d.stepped.end()
+        });
         if !cached {
             self.done = None;
-            self.done = Some(Box::new(self.reexecute(header, run_end, before)?));
+            self.done = Some(Box::new(self.reexecute(header, run_end, before, around)?));
         }
         self.done
             .as_deref_mut()
@@ -115,6 +132,7 @@ impl Reexecution {
         header: &Header,
         run_end: Step,
         before: &Snapshot,
+        stepped: RangeInclusive<Step>,
     ) -> Result<Done, TimelineError> {
         let dir = tempfile::tempdir().map_err(|e| fail(format!("a temporary directory: {e}")))?;
         let guest_trace = dir.path().join("before-run.mmurr");
@@ -148,15 +166,16 @@ impl Reexecution {
             w.finish().map(|_| ())
         };
         write()?;
-        let count = run_end - before.step;
+        let count = stepped.end() - before.step;
         let output = Command::new(&self.program)
             .arg("record")
             .arg("--guest-from")
             .arg(&guest_trace)
             .arg("--max-steps")
             .arg(count.to_string())
-            // Every instruction of the run as a step: the point of re-executing it.
-            .arg("--single-step")
+            // The instructions to stand on as steps, the ones before them in runs.
+            .arg("--single-step-from")
+            .arg((stepped.start() - before.step).to_string())
             .arg("--output")
             .arg(&out)
             .arg("--quiet")
@@ -174,11 +193,14 @@ impl Reexecution {
                 stderr.trim()
             ))
         })?;
+        // Its own runs are never entered (seeks stand in `stepped` only); no grandchildren.
+        timeline.without_reexecution();
         if timeline.last_step() != count {
             return Err(fail(format!(
-                "the re-execution of steps {}..={run_end} ended after {} of its {count} \
+                "the re-execution of steps {}..={} ended after {} of its {count} \
                  instructions: {}",
                 before.step + 1,
+                stepped.end(),
                 timeline.last_step(),
                 stderr.trim()
             )));
@@ -197,6 +219,7 @@ impl Reexecution {
             timeline,
             before: before.step,
             end: run_end,
+            stepped,
         })
     }
 }

@@ -221,6 +221,54 @@ fn linux_boots_to_its_initramfs_on_emu() {
     let cr3_loads = events[long..].iter().filter(|e| e["kind"] == "cr3").count();
     assert!(cr3_loads >= 100, "{cr3_loads} CR3 loads after long mode");
     assert_checks_and_self_checks(dir.path(), "boot.mmurr");
+    let steps = info(dir.path(), "boot.mmurr")["steps"].as_u64().unwrap();
+    assert_gdb_steps_back_inside_the_kernel(dir.path(), "boot.mmurr", steps / 2 + 12_345);
+}
+
+/// `mmurr gdb` on a recording in runs: seek to `step` (deep in the kernel proper, inside a
+/// run that only re-execution on mmurr-emu can rebuild), step back, step forward again: gdb
+/// stays connected, the steps are the ones asked for, and forward after back is where it was.
+fn assert_gdb_steps_back_inside_the_kernel(dir: &Path, trace: &str, step: u64) {
+    let seek = format!("mmurr seek {step}");
+    let out = mmurr(
+        &[
+            "gdb",
+            trace,
+            "--",
+            "-batch",
+            "-ex",
+            &seek,
+            "-ex",
+            "p/x $pc",
+            "-ex",
+            "mmurr when",
+            "-ex",
+            "reverse-stepi",
+            "-ex",
+            "p/x $pc",
+            "-ex",
+            "mmurr when",
+            "-ex",
+            "stepi",
+            "-ex",
+            "p/x $pc",
+        ],
+        dir,
+    );
+    let all = format!("{}\n{}", text(&out.stdout), text(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{all}");
+    let pc = |n: usize| -> u64 {
+        let v = all
+            .split(&format!("${n} = 0x"))
+            .nth(1)
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no ${n} in {all}"));
+        u64::from_str_radix(v, 16).unwrap()
+    };
+    assert!(pc(1) >= 0xffff_ffff_8000_0000, "not in the kernel: {all}");
+    assert!(all.contains(&format!("step {step} of ")), "{all}");
+    assert!(all.contains(&format!("step {} of ", step - 1)), "{all}");
+    assert_eq!(pc(3), pc(1), "{all}");
 }
 
 /// The same kernel and boot parameters on kvm: this host runs protected mode and the switch

@@ -2,6 +2,10 @@
 # Commands that move the replay also make gdb re-read the registers: gdb caches them and
 # does not know a monitor command moved the target.
 
+# A seek into a run of a long trace re-executes it on mmurr-emu, which can take seconds the
+# first time (a Linux boot: 1-4 s); gdb's default 2 s would drop the connection meanwhile.
+set remotetimeout 60
+
 define-prefix mmurr
 
 define mmurr seek

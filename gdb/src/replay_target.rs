@@ -17,11 +17,12 @@ use gdbstub::common::Signal;
 use gdbstub::stub::SingleThreadStopReason;
 use gdbstub::target::ext::base::reverse_exec::ReplayLogPosition;
 use gdbstub::target::TargetError;
-use mmu::{CpuModel, Flavour};
+use mmu::CpuModel;
 use replayer::views::{cpu_mode, event_line};
-use replayer::{Analysis, Timeline};
+use crate::whole_trace::Background;
+use replayer::Timeline;
 use std::path::Path;
-use traces::{Event, EventKind, Record, Regs, Step};
+use traces::{Event, EventKind, Regs, Step};
 
 /// How often (in steps) a long search looks for a Ctrl-C from gdb.
 const POLL_EVERY: u64 = 4096;
@@ -60,16 +61,14 @@ enum Hit {
 
 pub struct ReplayTarget {
     timeline: Timeline,
-    analysis: Analysis,
+    /// Events, policies' models and host events, read in the background (see `whole_trace`).
+    whole: Background,
     cpu: CpuModel,
-    events: Vec<Event>,
     bps: Breakpoints,
     sites: Sites,
     phys: bool,
     pending: Option<Resume>,
     last_note: Option<String>,
-    /// The recording host's own KVM events (`monitor host`).
-    host: replayer::HostHistory,
 }
 
 pub type Error = String;
@@ -79,27 +78,16 @@ fn err(e: impl std::fmt::Display) -> String {
 }
 
 impl ReplayTarget {
-    /// Opens a trace and runs every modelled policy over it (what `role`, `walk`, `check` and
-    /// the policy catchpoints read).
+    /// Opens a trace and starts running every modelled policy over it in the background (what
+    /// `role`, `walk`, `check` and the policy catchpoints read).
     pub fn open(path: &Path) -> anyhow::Result<ReplayTarget> {
         let mut timeline = Timeline::open(path)?;
-        let flavour = Flavour::parse(&timeline.header().mmu_flavour).unwrap_or(Flavour::Tdp);
-        let analysis = Analysis::run(&mut timeline, &[], flavour)?;
         let cpu = replayer::cpu_model(&timeline.header().guest);
-        let mut events = Vec::new();
-        for r in timeline.reader().records() {
-            if let Record::Event(e) = r? {
-                events.push(e);
-            }
-        }
-        let host = replayer::HostHistory::of_trace(&mut timeline)?;
         timeline.seek(0)?;
         Ok(ReplayTarget {
-            host,
+            whole: Background::start(path),
             timeline,
-            analysis,
             cpu,
-            events,
             bps: Breakpoints::default(),
             sites: Sites::default(),
             phys: false,
@@ -127,8 +115,8 @@ impl ReplayTarget {
         self.timeline.last_step()
     }
 
-    pub fn event_count(&self) -> usize {
-        self.events.len()
+    pub fn event_count(&mut self) -> u64 {
+        self.timeline.reader().event_count()
     }
 
     pub fn regs(&self) -> &Regs {
@@ -364,7 +352,9 @@ impl ReplayTarget {
     // ---- catchpoints ----
 
     fn policy_index(&self, name: &str) -> Result<usize, String> {
-        self.analysis
+        self.whole
+            .get()?
+            .analysis
             .policy_index(name)
             .ok_or_else(|| format!("unknown policy {name:?}; `monitor policies` lists them"))
     }
@@ -372,6 +362,7 @@ impl ReplayTarget {
     /// Where each catchpoint stops, recomputed whenever the set changes.
     fn compute_sites(&self) -> Result<Sites, String> {
         let names = self.policy_names();
+        let whole = self.whole.get()?;
         let mut sites = Vec::new();
         for c in self.bps.catches() {
             if let Some(p) = &c.policy {
@@ -379,14 +370,14 @@ impl ReplayTarget {
             }
             match c.kind {
                 CatchKind::Transition => {
-                    for e in &self.events {
+                    for e in &whole.events {
                         if matches!(e.kind, EventKind::Transition { .. }) {
                             sites.push((e.step, event_line::line(e, &names)));
                         }
                     }
                 }
                 CatchKind::Divergence if c.policy.is_none() => {
-                    for e in &self.events {
+                    for e in &whole.events {
                         if matches!(
                             e.kind,
                             EventKind::Finding(_) | EventKind::EngineDivergence { .. }
@@ -402,8 +393,8 @@ impl ReplayTarget {
             }
         }
         let policy_names: Vec<&'static str> =
-            self.analysis.policies.iter().map(|p| p.name).collect();
-        for w in &self.analysis.writes {
+            whole.analysis.policies.iter().map(|p| p.name).collect();
+        for w in &whole.analysis.writes {
             let cause = event_line::line(&w.event, &names);
             for note in write_notes(
                 self.bps.catches(),
@@ -422,39 +413,55 @@ impl ReplayTarget {
     // ---- monitor ----
 
     /// Every policy's tracker as it stood after `step`.
-    fn trackers_at(&self, step: u64) -> Vec<&mmu::Tracker> {
-        match self.analysis.last_write_at(step) {
+    fn trackers_at(&self, step: u64) -> Result<Vec<&mmu::Tracker>, String> {
+        let analysis = &self.whole.get()?.analysis;
+        Ok(match analysis.last_write_at(step) {
             Some(w) => w.after.iter().collect(),
-            None => self.analysis.initial.iter().collect(),
-        }
+            None => analysis.initial.iter().collect(),
+        })
     }
 
     /// The last control-register write at or before `step`.
-    fn last_write(&self, step: u64, names: &[String]) -> Option<monitor::LastWrite<'_>> {
-        self.analysis
+    fn last_write(
+        &self,
+        step: u64,
+        names: &[String],
+    ) -> Result<Option<monitor::LastWrite<'_>>, String> {
+        Ok(self
+            .whole
+            .get()?
+            .analysis
             .last_write_at(step)
             .map(|w| monitor::LastWrite {
                 line: event_line::line(&w.event, names),
                 id: w.event.id,
                 decisions: &w.decisions,
-            })
+            }))
     }
 
     /// The policy `role` and friends use when none is named: the first one the trace was
     /// recorded with, else the newest modelled.
-    fn default_policy(&self) -> usize {
-        self.timeline
+    fn default_policy(&self) -> Result<usize, String> {
+        let analysis = &self.whole.get()?.analysis;
+        Ok(self
+            .timeline
             .header()
             .policies
             .iter()
-            .find_map(|n| self.analysis.policy_index(n))
-            .unwrap_or(self.analysis.policies.len().saturating_sub(1))
+            .find_map(|n| analysis.policy_index(n))
+            .unwrap_or(analysis.policies.len().saturating_sub(1)))
     }
 
-    fn event_index_at_or_before(&self, step: Step) -> Option<usize> {
-        self.events
+    /// Every event of the trace, in order.
+    fn events(&self) -> Result<&[Event], String> {
+        Ok(&self.whole.get()?.events)
+    }
+
+    fn event_index_at_or_before(&self, step: Step) -> Result<Option<usize>, String> {
+        Ok(self
+            .events()?
             .partition_point(|e| e.step <= step)
-            .checked_sub(1)
+            .checked_sub(1))
     }
 
     /// Runs one monitor command; the text to print, or the error to print.
@@ -486,16 +493,18 @@ impl ReplayTarget {
             Command::Role(p) => {
                 let p = match p {
                     Some(name) => self.policy_index(&name)?,
-                    None => self.default_policy(),
+                    None => self.default_policy()?,
                 };
                 let t = self
+                    .whole
+                    .get()?
                     .analysis
                     .tracker_at(p, step)
                     .ok_or("no MMU state for this policy")?;
-                monitor::role_text(step, t, p, self.last_write(step, &names).as_ref())
+                monitor::role_text(step, t, p, self.last_write(step, &names)?.as_ref())
             }
             Command::Walk(addr, p) => {
-                let trackers = self.trackers_at(step);
+                let trackers = self.trackers_at(step)?;
                 let kept: Vec<&mmu::Tracker> = match p {
                     Some(name) => vec![trackers[self.policy_index(&name)?]],
                     None => trackers
@@ -509,6 +518,8 @@ impl ReplayTarget {
             }
             Command::Host => match &self.timeline.header().host {
                 Some(h) if matches!(h.events, traces::HostEventsStatus::Recorded { .. }) => self
+                    .whole
+                    .get()?
                     .host
                     .text(step, replayer::host_layout(self.timeline.header())),
                 Some(h) => format!("this trace has no host events: {:?}", h.events),
@@ -516,17 +527,18 @@ impl ReplayTarget {
                     .to_string(),
             },
             Command::Policies => {
-                let default = self.default_policy();
+                let default = self.default_policy()?;
+                let analysis = &self.whole.get()?.analysis;
                 let mut out = vec![format!(
                     "policies analysed ({} MMU); recorded with: {}",
-                    self.analysis.flavour.name(),
+                    analysis.flavour.name(),
                     if names.is_empty() {
                         "-".to_string()
                     } else {
                         names.join(", ")
                     }
                 )];
-                for (i, p) in self.analysis.policies.iter().enumerate() {
+                for (i, p) in analysis.policies.iter().enumerate() {
                     out.push(format!(
                         "{} {:<10} {}",
                         if i == default { "*" } else { " " },
@@ -538,18 +550,18 @@ impl ReplayTarget {
             }
             Command::Check => monitor::check_text(
                 step,
-                &self.trackers_at(step),
-                self.last_write(step, &names).as_ref(),
+                &self.trackers_at(step)?,
+                self.last_write(step, &names)?.as_ref(),
             ),
             Command::Events(n) => {
                 // Start at the first event of the latest step with events at or before here,
                 // and mark that step's events: they are what brought us here.
+                let events = self.events()?;
                 let here = self
-                    .event_index_at_or_before(step)
-                    .map(|i| self.events[i].step);
-                let start = here.map_or(0, |s| self.events.partition_point(|e| e.step < s));
-                let mut out: Vec<String> = self
-                    .events
+                    .event_index_at_or_before(step)?
+                    .map(|i| events[i].step);
+                let start = here.map_or(0, |s| events.partition_point(|e| e.step < s));
+                let mut out: Vec<String> = events
                     .iter()
                     .skip(start)
                     .take(n)
@@ -565,15 +577,16 @@ impl ReplayTarget {
             }
             Command::When => {
                 let mut out = vec![format!("step {step} of {}", self.last_step())];
-                match self.event_index_at_or_before(step) {
+                let events = self.events()?;
+                match self.event_index_at_or_before(step)? {
                     Some(i) => out.push(format!(
                         "last event: {}",
-                        event_line::line(&self.events[i], &names)
+                        event_line::line(&events[i], &names)
                     )),
                     None => out.push("no event yet".into()),
                 }
-                let next = self.events.partition_point(|e| e.step <= step);
-                if let Some(e) = self.events.get(next) {
+                let next = events.partition_point(|e| e.step <= step);
+                if let Some(e) = events.get(next) {
                     out.push(format!("next event: {}", event_line::line(e, &names)));
                 }
                 if let Some(note) = &self.last_note {
@@ -593,7 +606,7 @@ impl ReplayTarget {
             }
             Command::GotoEvent(id) => {
                 let e = self
-                    .events
+                    .events()?
                     .iter()
                     .find(|e| e.id == id)
                     .ok_or_else(|| format!("no event #{id}"))?

@@ -297,8 +297,9 @@ fn record_seabios(c: &Path, dir: &Path, backend: &str) -> Output {
             "-q",
             "--firmware",
             rom.to_str().unwrap(),
+            // "No bootable device." comes at step 6 051 483 (virtual time: always there).
             "--max-steps",
-            "2000000",
+            "6100000",
             "--serial-log",
             "bios.log",
             "-o",
@@ -310,7 +311,7 @@ fn record_seabios(c: &Path, dir: &Path, backend: &str) -> Output {
 
 /// SeaBIOS from its reset vector: real mode into 32-bit protected mode and back (it calls
 /// 16-bit code from its 32-bit POST), its banner and POST log on the debug port 0x402, fw_cfg
-/// found, the PCI bus probed.
+/// found, the PCI bus probed, the boot devices tried, and "No bootable device", as under QEMU.
 #[test]
 fn seabios_posts_on_emu_and_the_trace_verifies() {
     let Some(c) = corpus(&["bios.bin"]) else {
@@ -338,6 +339,11 @@ fn seabios_posts_on_emu_and_the_trace_verifies() {
         e["kind"] == "transition" && e["from"] == "real" && e["to"] == "unpaged"
     });
     assert!(log.contains("=== PCI bus & bridge init ===\n"), "{log:?}");
+    assert!(log.contains("Booting from Hard Disk..."), "{log:?}");
+    assert!(
+        log.contains("No bootable device.  Retrying in 60 seconds."),
+        "{log:?}"
+    );
     assert_checks_and_self_checks(dir.path(), "bios.mmurr");
     assert_verifies(dir.path(), "bios.mmurr");
 }

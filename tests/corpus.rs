@@ -269,6 +269,31 @@ fn assert_gdb_steps_back_inside_the_kernel(dir: &Path, trace: &str, step: u64) {
     assert!(all.contains(&format!("step {step} of ")), "{all}");
     assert!(all.contains(&format!("step {} of ", step - 1)), "{all}");
     assert_eq!(pc(3), pc(1), "{all}");
+    assert_browser_stands_at(&dir.join(trace), step, pc(1));
+}
+
+/// The trace browser (`mmurr replay`), through ratatui's test backend: `:` to `step` (inside a
+/// run), and the registers and disassembly panels show the instruction gdb showed there.
+fn assert_browser_stands_at(trace: &Path, step: u64, pc: u64) {
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    use ratatui::{backend::TestBackend, Terminal};
+    let key = |c: KeyCode| KeyEvent::new(c, KeyModifiers::NONE);
+    let mut app = tui::app::App::open(trace).unwrap();
+    app.on_key(key(KeyCode::Char(':')));
+    for c in step.to_string().chars() {
+        app.on_key(key(KeyCode::Char(c)));
+    }
+    app.on_key(key(KeyCode::Enter));
+    let (w, h) = (200, 60);
+    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
+    t.draw(|f| tui::ui::draw(f, &app)).unwrap();
+    let buf = t.backend().buffer().clone();
+    let screen: String = (0..h)
+        .map(|y| (0..w).map(|x| buf[(x, y)].symbol()).collect::<String>() + "\n")
+        .collect();
+    assert!(screen.contains(&format!("step {step}/")), "{screen}");
+    assert!(screen.contains(&format!("rip {pc:#x}")), "{screen}");
+    assert!(screen.contains(&format!("▶{pc:x}")), "{screen}");
 }
 
 /// The same kernel and boot parameters on kvm: this host runs protected mode and the switch

@@ -64,7 +64,11 @@ pub fn decode_exact<T: DeserializeOwned, const LIMIT: usize>(
 }
 
 pub fn compress(what: &'static str, raw: &[u8]) -> Result<Vec<u8>> {
-    zstd::bulk::compress(raw, ZSTD_LEVEL).map_err(|e| Error::Encode {
+    compress_at(what, raw, ZSTD_LEVEL)
+}
+
+pub fn compress_at(what: &'static str, raw: &[u8], level: i32) -> Result<Vec<u8>> {
+    zstd::bulk::compress(raw, level).map_err(|e| Error::Encode {
         what,
         detail: format!("zstd: {e}"),
     })

@@ -46,6 +46,7 @@ mod asm;
 pub mod expect;
 pub mod image;
 pub mod loader;
+pub mod model;
 pub mod probes;
 pub mod scenarios;
 mod tables;

@@ -43,6 +43,7 @@
 //! committed multiboot test kernel with the system's binutils for tests.
 
 mod asm;
+pub mod catalogue;
 pub mod expect;
 pub mod image;
 pub mod loader;

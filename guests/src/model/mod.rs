@@ -8,6 +8,7 @@
 //! A script declares the verdicts it exists to show ([`Expect`]); [`Script::check`] runs it
 //! under every policy and compares.
 
+pub mod from_scenario;
 pub mod scripts;
 
 use mmu::{
@@ -339,21 +340,6 @@ impl Script {
             "{}: declared but not shown: {missing:?}; shown but not declared: {extra:?}",
             self.name
         ))
-    }
-
-    /// The policies that show any declared verdict: the ones carrying the bug.
-    pub fn buggy_policies(&self) -> Vec<&'static str> {
-        let mut v: Vec<&'static str> = Vec::new();
-        for p in mmu::policies() {
-            if self.expects.iter().any(|e| {
-                e.policies
-                    .iter()
-                    .any(|&n| mmu::policy(n).is_some_and(|q| q.name == p.name))
-            }) {
-                v.push(p.name);
-            }
-        }
-        v
     }
 
     /// True when a step is a host-side action.

@@ -53,6 +53,7 @@ pub const ALL: &[(&str, fn() -> Script)] = &[
     ("cr4-pge-pcide", cr4_pge_pcide),
     ("pdpte-change-shadow", pdpte_change_shadow),
     ("cr0-wp-only", cr0_wp_only),
+    ("cr4-unpaged", cr4_unpaged),
 ];
 
 fn memory() -> FlatMemory {
@@ -335,6 +336,30 @@ fn cr0_wp_only() -> Script {
             needless(3, UP_TO_V5_9),
             needless(4, UP_TO_V5_9),
         ],
+    )
+}
+
+/// #19 ca8d664f5099 (v5.14, with 84c679f5f52c): with CR0.PG=0 the roles record no paging
+/// bits, so CR4 toggles there still reset (the trigger mask is unchanged) but re-initialise
+/// nothing. Before v5.14 the raw CR4 bits were in the role and every such toggle rebuilt an
+/// identical context.
+fn cr4_unpaged() -> Script {
+    let unpaged = ControlRegs {
+        cr0: CR0_PE | CR0_ET,
+        ..Default::default()
+    };
+    script(
+        "cr4-unpaged",
+        "protected mode, CR0.PG=0 (TDP): CR4.PSE and CR4.SMEP set and cleared",
+        Flavour::Tdp,
+        unpaged,
+        vec![
+            Action::Write(CrReg::Cr4, CR4_PSE),
+            Action::Write(CrReg::Cr4, 0),
+            Action::Write(CrReg::Cr4, CR4_SMEP),
+            Action::Write(CrReg::Cr4, 0),
+        ],
+        (0..4).map(|at| needless(at, UP_TO_V5_9)).collect(),
     )
 }
 

@@ -1,0 +1,124 @@
+//! The history catalogue: 31 entries, each reproduced by a scenario whose verdicts per policy
+//! come out of the model as declared, shown unchanged by a refactor, or explained.
+
+use guests::catalogue::{self, Repro, ENTRIES};
+use guests::model::{from_scenario::from_scenario, scripts, Observed, Shows};
+use guests::CpuFeatures;
+use mmu::Flavour;
+use std::collections::BTreeSet;
+
+#[test]
+fn the_catalogue_has_the_seed_and_the_thirty_rows_of_the_sheet() {
+    let ids: Vec<&str> = ENTRIES.iter().map(|e| e.id).collect();
+    let mut want = vec!["seed".to_string()];
+    want.extend((1..=30).map(|n| format!("#{n}")));
+    assert_eq!(ids, want);
+    for e in ENTRIES {
+        assert!(!e.repro.is_empty() && !e.commits.is_empty(), "{}", e.id);
+    }
+}
+
+#[test]
+fn every_named_scenario_exists_and_every_model_scenario_reproduces_an_entry() {
+    let guests = guests::scenario_names();
+    for e in ENTRIES {
+        for r in e.repro {
+            match *r {
+                Repro::Guest(n) => assert!(guests.contains(&n), "{}: {n}", e.id),
+                Repro::Model(n) => assert!(scripts::script_named(n).is_some(), "{}: {n}", e.id),
+                Repro::Unchanged {
+                    scenario,
+                    before,
+                    after,
+                } => {
+                    assert!(catalogue::script(scenario).is_some(), "{}", e.id);
+                    assert!(mmu::policy(before).is_some() && mmu::policy(after).is_some());
+                }
+                Repro::Nested(_) | Repro::Explained(_) => {}
+            }
+        }
+    }
+    for (name, _) in scripts::ALL {
+        assert!(
+            !catalogue::entries_of(name).is_empty(),
+            "{name} reproduces no entry"
+        );
+    }
+}
+
+#[test]
+fn every_model_scenario_shows_exactly_its_declared_verdicts() {
+    for (_, build) in scripts::ALL {
+        let s = build();
+        s.check().unwrap();
+        let showing = catalogue::policies_showing(&Repro::Model(s.name));
+        assert!(showing.iter().all(|(_, p)| !p.is_empty()), "{}", s.name);
+        assert!(!showing.is_empty(), "{}", s.name);
+    }
+}
+
+/// The guest scenarios on the model alone: their writes give exactly the stale contexts
+/// they declare (what the recordings on kvm and emu are checked for in
+/// `tests/cli_check_scenarios.rs`), for the development hosts' CPU and a full-featured one.
+#[test]
+fn every_guest_scenario_on_the_model_gives_its_declared_stale_contexts() {
+    let all: Vec<_> = mmu::policies().iter().collect();
+    for f in [
+        CpuFeatures::default(),
+        CpuFeatures::all(),
+        CpuFeatures::none(),
+    ] {
+        for s in guests::scenarios() {
+            let s = guests::scenario(s.name, &f).unwrap();
+            let m = from_scenario(&s, &f, Flavour::Tdp);
+            let stale: BTreeSet<Observed> = m
+                .script
+                .run(&all)
+                .into_iter()
+                .filter(|o| o.shows == Shows::Stale)
+                .collect();
+            assert_eq!(stale, m.script.expected(), "{} with {f:?}", s.name);
+        }
+    }
+}
+
+#[test]
+fn refactors_give_identical_verdicts_before_and_after() {
+    let mut checked = 0;
+    for e in ENTRIES {
+        for r in e.repro {
+            let Repro::Unchanged {
+                scenario,
+                before,
+                after,
+            } = *r
+            else {
+                continue;
+            };
+            let s = catalogue::script(scenario).unwrap();
+            let verdicts = |p: &str| -> BTreeSet<(usize, Shows)> {
+                s.run(&[mmu::policy(p).unwrap()])
+                    .into_iter()
+                    .map(|o| (o.at, o.shows))
+                    .collect()
+            };
+            let (b, a) = (verdicts(before), verdicts(after));
+            assert_eq!(b, a, "{}: {scenario} under {before} and {after}", e.id);
+            // Not vacuous: the scenario's steps are MMU inputs with verdicts.
+            assert!(!b.is_empty(), "{}: {scenario}", e.id);
+            checked += 1;
+        }
+    }
+    assert!(checked >= 3);
+}
+
+#[test]
+fn the_readme_has_the_catalogue_table() {
+    let readme =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../README.md")).unwrap();
+    let table = catalogue::markdown_table();
+    assert!(
+        readme.contains(&table),
+        "README.md's history table is out of date; it must read:\n{table}"
+    );
+}

@@ -23,7 +23,7 @@ fn scenarios_json_lists_every_scenario_with_its_needs() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, guests::scenario_names());
-    assert_eq!(entries_of(list, "pae-toggle"), ["seed", "#10", "#11"]);
+    assert_eq!(entries_of(list, "pae-toggle"), ["seed", "#10", "#11", "#23"]);
     // The model-level scenarios follow, each with the history entries it reproduces.
     let models: Vec<&serde_json::Value> = list.iter().filter(|s| s["kind"] == "model").collect();
     assert_eq!(models.len(), guests::model::scripts::ALL.len());

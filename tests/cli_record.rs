@@ -23,14 +23,20 @@ fn scenarios_json_lists_every_scenario_with_its_needs() {
         .map(|s| s["name"].as_str().unwrap())
         .collect();
     assert_eq!(names, guests::scenario_names());
-    assert_eq!(entries_of(list, "pae-toggle"), ["seed", "#10", "#11", "#23"]);
+    assert_eq!(
+        entries_of(list, "pae-toggle"),
+        ["seed", "#10", "#11", "#23"]
+    );
     // The model-level scenarios follow, each with the history entries it reproduces.
     let models: Vec<&serde_json::Value> = list.iter().filter(|s| s["kind"] == "model").collect();
     assert_eq!(models.len(), guests::model::scripts::ALL.len());
     for m in models {
         assert_eq!(m["runs_on"], serde_json::json!(["model"]));
         assert!(!m["entries"].as_array().unwrap().is_empty(), "{m}");
-        assert!(!m["policies_showing"].as_array().unwrap().is_empty(), "{m}");
+        assert!(
+            !m["policies_showing"].as_object().unwrap().is_empty(),
+            "{m}"
+        );
     }
     let pae = list.iter().find(|s| s["name"] == "pae-toggle").unwrap();
     assert!(pae["needs"].as_array().unwrap().iter().any(|m| m == "pae"));

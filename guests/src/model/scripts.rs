@@ -41,8 +41,11 @@ const V5_7_TO_V5_9: &[&str] = &["v5.7", "v5.9-rc", "v5.9"];
 const FROM_V5_16: &[&str] = &["v5.16", "v5.18", "v5.19", "v6.4", "v6.14"];
 const FROM_V6_4: &[&str] = &["v6.4", "v6.14"];
 
+/// A model-level scenario's builder.
+pub type Builder = fn() -> Script;
+
 /// (name, builder) of every model-level scenario, in presentation order.
-pub const ALL: &[(&str, fn() -> Script)] = &[
+pub const ALL: &[(&str, Builder)] = &[
     ("cpuid-maxphyaddr", cpuid_maxphyaddr),
     ("cpuid-gbpages-amd", cpuid_gbpages_amd),
     ("init-long-mode", init_long_mode),

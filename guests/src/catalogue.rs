@@ -28,8 +28,7 @@ pub enum Repro {
         before: &'static str,
         after: &'static str,
     },
-    /// Needs a nested MMU flavour (shadow NPT, shadow EPT, the nested walker; sheet §4.5–4.7)
-    /// that the model does not have yet.
+    /// A nested entry the model cannot show yet: what is missing.
     Nested(&'static str),
     /// Cannot be reproduced as a verdict: why.
     Explained(&'static str),
@@ -114,7 +113,7 @@ pub const ENTRIES: &[Entry] = &[
         commits: &["\"fix switch between root and guest MMUs\" (id [U])"],
         version: "v5.0",
         what: "nSVM: one MMU switching between TDP (L1) and shadow NPT (L2) was not re-initialised",
-        repro: &[Nested("shadow NPT for L2 next to TDP for L1")],
+        repro: &[Nested("one MMU object switched between TDP for L1 and shadow NPT for L2, as v4.20's nSVM had; the model keeps one tracker per MMU")],
         note: "",
     },
     Entry {
@@ -202,16 +201,16 @@ pub const ENTRIES: &[Entry] = &[
         commits: &["ef318b9edf66"],
         version: "v5.14",
         what: "nested NPT walk takes SMEP from the MMU role, not the vCPU",
-        repro: &[Nested("shadow NPT (guest_mmu) with L1 and L2 SMEP differing")],
-        note: "",
+        repro: &[Model("nested-npt-smep")],
+        note: "before v5.14 nested NPT walks of L1's tables apply L2's SMEP",
     },
     Entry {
         id: "#19",
         commits: &["594e91a100cc", "8626c120baef", "ca8d664f5099", "84c679f5f52c", "18db1b1790a8", "20f632bd0060", "cd6767c334b6"],
         version: "v5.14",
         what: "roles from kvm_mmu_role_regs; no paging bits with CR0.PG=0; PKE/LA57 need LMA; nested EPT ignores CR0/CR4",
-        repro: &[Model("cr4-unpaged"), Nested("shadow NPT after KVM_SET_NESTED_STATE")],
-        note: "before v5.14 CR4 toggles with CR0.PG=0 rebuild an identical context (also seen on kvm in unpaged-cr4's needless resets); the nested part needs shadow NPT",
+        repro: &[Model("cr4-unpaged"), Model("nested-npt-set-state")],
+        note: "before v5.14 CR4 toggles with CR0.PG=0 rebuild an identical context (also seen on kvm in unpaged-cr4's needless resets), and KVM_SET_NESTED_STATE builds nested NPT from L2's registers",
     },
     Entry {
         id: "#20",
@@ -226,7 +225,7 @@ pub const ENTRIES: &[Entry] = &[
         commits: &["12ec33a70574"],
         version: "v5.16",
         what: "special roots when the shadow root level is 5 and the guest's below 4",
-        repro: &[Nested("shadow NPT on a 5-level host with a 32-bit/PAE L1 NPT (special roots)")],
+        repro: &[Explained("a fix in KVM's allocation of special roots (pml5_root above pae_root) for a 5-level NPT host, not a role or context decision; like #12, the failure is in host-side root construction")],
         note: "",
     },
     Entry {
@@ -272,7 +271,7 @@ pub const ENTRIES: &[Entry] = &[
         commits: &["84e5ffd045f3"],
         version: "v5.19",
         what: "role.passthrough for a 5-level NPT host shadowing a 4-level L1 NPT",
-        repro: &[Nested("shadow NPT on a 5-level host with a 4-level L1 NPT")],
+        repro: &[Nested("the fake top level a 5-level host NPT puts over a 4-level L1 NPT is a shadow page the model does not build")],
         note: "",
     },
     Entry {
@@ -427,7 +426,7 @@ fn repro_cell(r: &Repro) -> String {
             before,
             after,
         } => format!("`{scenario}`: {before} = {after}"),
-        Nested(why) => format!("not yet: needs nested flavour ({why})"),
+        Nested(why) => format!("not yet (nested): {why}"),
         Explained(why) => format!("explained: {why}"),
     }
 }

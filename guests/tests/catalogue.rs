@@ -122,3 +122,51 @@ fn the_readme_has_the_catalogue_table() {
         "README.md's history table is out of date; it must read:\n{table}"
     );
 }
+
+/// The notes of the entries older than every policy (#1, #3) hold on the model: every policy
+/// resets on long-mode-toggles' EFER.NXE writes without a finding, and every policy but
+/// v5.9-rc resets on smap-pke-toggle's CR4.SMAP writes.
+#[test]
+fn entries_before_the_oldest_policy_hold_in_every_policy() {
+    use guests::model::Action;
+    use mmu::CrReg;
+    let all: Vec<_> = mmu::policies().iter().collect();
+    for (scenario, bit, not_resetting) in [
+        ("long-mode-toggles", mmu::bits::EFER_NXE, &[][..]),
+        ("smap-pke-toggle", mmu::bits::CR4_SMAP, &["v5.9-rc"][..]),
+    ] {
+        let s = catalogue::script(scenario).unwrap();
+        let mut prev = (s.entry.cr4, s.entry.efer);
+        let mut steps = Vec::new();
+        for (at, a) in s.actions.iter().enumerate() {
+            if let Action::Write(reg @ (CrReg::Cr4 | CrReg::Efer), v) = *a {
+                let old = if reg == CrReg::Cr4 {
+                    &mut prev.0
+                } else {
+                    &mut prev.1
+                };
+                let is_target = (reg == CrReg::Efer) == (bit == mmu::bits::EFER_NXE);
+                if is_target && (*old ^ v) & bit != 0 {
+                    steps.push(at);
+                }
+                *old = v;
+            }
+        }
+        assert!(steps.len() >= 2, "{scenario}: {steps:?}");
+        let seen = s.run(&all);
+        for at in steps {
+            let no_reset: Vec<&str> = seen
+                .iter()
+                .filter(|o| o.at == at && o.shows == Shows::NoReset)
+                .map(|o| o.policy)
+                .collect();
+            assert_eq!(no_reset, not_resetting, "{scenario} step {at}");
+            if not_resetting.is_empty() {
+                assert!(
+                    !seen.iter().any(|o| o.at == at && o.shows.is_finding()),
+                    "{scenario} step {at}"
+                );
+            }
+        }
+    }
+}

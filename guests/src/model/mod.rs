@@ -38,12 +38,20 @@ pub enum Action {
     Init,
     /// The guest stores `value` at `gpa` (no MMU input by itself).
     Store { gpa: u64, value: u64 },
+    /// L1 enters L2 with nested NPT (VMRUN): `l2` are the vCPU's registers from then on; the
+    /// script's registers stay L1's (vmcb01). For [`Flavour::ShadowNpt`] scripts.
+    NestedVmrun { l2: ControlRegs },
+    /// The VMM loads nested state with L2 running (KVM_SET_NESTED_STATE), as migration does.
+    SetNestedState { l2: ControlRegs },
 }
 
 impl Action {
     /// Host-side actions need a VMM that performs them; guest writes and stores do not.
     pub fn is_host(&self) -> bool {
-        !matches!(self, Action::Write(..) | Action::Store { .. })
+        !matches!(
+            self,
+            Action::Write(..) | Action::Store { .. } | Action::NestedVmrun { .. }
+        )
     }
 
     pub fn describe(&self) -> String {
@@ -62,6 +70,14 @@ impl Action {
             ),
             Action::Init => "INIT".into(),
             Action::Store { gpa, value } => format!("guest store [{gpa:#x}] <- {value:#x}"),
+            Action::NestedVmrun { l2 } => format!(
+                "guest VMRUN to L2 cr0={:#x} cr4={:#x} efer={:#x}",
+                l2.cr0, l2.cr4, l2.efer
+            ),
+            Action::SetNestedState { l2 } => format!(
+                "KVM_SET_NESTED_STATE L2 cr0={:#x} cr4={:#x} efer={:#x}",
+                l2.cr0, l2.cr4, l2.efer
+            ),
         }
     }
 }
@@ -231,6 +247,15 @@ fn effect(a: &Action, before: &ControlRegs, cpu: &CpuModel, mem: &FlatMemory) ->
         Action::Init => Effect {
             input: Input::Init,
             after: before.after_init(),
+            faulted: false,
+            cpu: *cpu,
+        },
+        Action::NestedVmrun { l2 } | Action::SetNestedState { l2 } => Effect {
+            input: Input::NestedNptInit {
+                vcpu: with_pdptrs(l2, cpu, mem),
+                set_nested_state: matches!(a, Action::SetNestedState { .. }),
+            },
+            after: *before,
             faulted: false,
             cpu: *cpu,
         },

@@ -57,6 +57,8 @@ pub const ALL: &[(&str, Builder)] = &[
     ("pdpte-change-shadow", pdpte_change_shadow),
     ("cr0-wp-only", cr0_wp_only),
     ("cr4-unpaged", cr4_unpaged),
+    ("nested-npt-smep", nested_npt_smep),
+    ("nested-npt-set-state", nested_npt_set_state),
 ];
 
 fn memory() -> FlatMemory {
@@ -363,6 +365,51 @@ fn cr4_unpaged() -> Script {
             Action::Write(CrReg::Cr4, 0),
         ],
         (0..4).map(|at| needless(at, UP_TO_V5_9)).collect(),
+    )
+}
+
+/// #18 ef318b9edf66 (v5.14): L1 (long mode, CR4.SMEP=0, EFER.NX=0) runs L2 (CR4.SMEP=1) with
+/// nested NPT. The nested NPT walker took SMEP from the vCPU, which holds L2's CR4, so walks
+/// of L1's NPT tables applied L2's SMEP (and reported PFEC.FETCH in nested #NPFs).
+fn nested_npt_smep() -> Script {
+    let l1 = ControlRegs {
+        efer: EFER_LONG,
+        ..long_mode()
+    };
+    let l2 = ControlRegs {
+        cr4: CR4_PAE | CR4_SMEP,
+        ..long_mode()
+    };
+    script(
+        "nested-npt-smep",
+        "nested NPT (guest_mmu): L1 without SMEP and NX runs L2 with CR4.SMEP=1",
+        Flavour::ShadowNpt,
+        l1,
+        vec![Action::NestedVmrun { l2 }],
+        vec![stale(0, UP_TO_V5_9)],
+    )
+}
+
+/// #19 (594e91a100cc, 8626c120baef; v5.14), nested part: KVM_SET_NESTED_STATE restores L1 in
+/// long mode running L2 with 32-bit paging. Before v5.14 that path computed nested NPT's
+/// roles from the vCPU registers, L2's: L1's 4-level NPT tables were walked as 32-bit tables
+/// until the next VMRUN computed them from L1's. (An L2 in PAE paging would not show it
+/// before v5.16: nothing but EFER.LMA tells it from long mode, see #20.)
+fn nested_npt_set_state() -> Script {
+    let l2 = ControlRegs {
+        cr0: CR0_PAGED,
+        cr3: 0x7000,
+        cr4: CR4_PSE,
+        efer: 0,
+        ..Default::default()
+    };
+    script(
+        "nested-npt-set-state",
+        "nested NPT (guest_mmu): KVM_SET_NESTED_STATE with L1 in long mode, L2 in 32-bit paging; then VMRUN",
+        Flavour::ShadowNpt,
+        long_mode(),
+        vec![Action::SetNestedState { l2 }, Action::NestedVmrun { l2 }],
+        vec![stale(0, UP_TO_V5_9)],
     )
 }
 

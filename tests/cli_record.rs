@@ -33,10 +33,7 @@ fn scenarios_json_lists_every_scenario_with_its_needs() {
     for m in models {
         assert_eq!(m["runs_on"], serde_json::json!(["model"]));
         assert!(!m["entries"].as_array().unwrap().is_empty(), "{m}");
-        assert!(
-            !m["policies_showing"].as_object().unwrap().is_empty(),
-            "{m}"
-        );
+        assert!(m["policies_showing"].is_object(), "{m}");
     }
     let pae = list.iter().find(|s| s["name"] == "pae-toggle").unwrap();
     assert!(pae["needs"].as_array().unwrap().iter().any(|m| m == "pae"));

@@ -811,3 +811,28 @@ fn shadow_npt_roles_and_context() {
         assert_eq!(d.stale.map(|s| s.names()), stale.then(|| vec!["perm.smep"]));
     }
 }
+
+/// 84e5ffd045f3 (v5.19): with 5-level host NPT over L1's 4-level tables, the root is marked
+/// passthrough; before it, and for a 5-level L1, it is not.
+#[test]
+fn shadow_npt_passthrough_root() {
+    let five = CpuModel {
+        la57: true,
+        maxphyaddr: 52,
+        ..cpu()
+    };
+    let l1 = regs(CR0_PAGED, CR4_PAE, EFER_LONG, 0x1000);
+    let l1_57 = regs(CR0_PAGED, CR4_PAE | CR4_LA57, EFER_LONG, 0x1000);
+    for (name, regs, cpu, want) in [
+        ("v5.19", &l1, five, Some(1)),
+        ("v6.14", &l1, five, Some(1)),
+        ("v6.14", &l1_57, five, Some(0)),
+        ("v6.14", &l1, cpu(), Some(0)),
+        ("v5.18", &l1, five, None),
+    ] {
+        let pol = p(name);
+        let r = derive_roles(pol, Flavour::ShadowNpt, regs, &cpu).root_role;
+        assert_eq!(r.level(), tdp_level(&cpu), "{name}");
+        assert_eq!(r.get(pol.layout, Field::Passthrough), want, "{name}");
+    }
+}

@@ -87,15 +87,20 @@ pub fn run(args: &JsonFlag) -> anyhow::Result<ExitCode> {
         "\nmodel-level scenarios (host actions and states no backend here reaches; model only):"
     );
     for m in &models {
+        let verdicts = showing(m.name)
+            .iter()
+            .map(|(k, p)| format!("{}: {}", k.name(), catalogue::policy_ranges(p)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let verdicts = if verdicts.is_empty() {
+            "the same verdicts before and after the change".to_string()
+        } else {
+            verdicts
+        };
         println!("{:width$}  {}", m.name, m.description);
         println!(
-            "{:width$}  runs on: model only; {}{}",
+            "{:width$}  runs on: model only; {verdicts}{}",
             "",
-            showing(m.name)
-                .iter()
-                .map(|(k, p)| format!("{}: {}", k.name(), catalogue::policy_ranges(p)))
-                .collect::<Vec<_>>()
-                .join("; "),
             entries(m.name)
         );
     }

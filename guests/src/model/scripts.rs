@@ -59,6 +59,7 @@ pub const ALL: &[(&str, Builder)] = &[
     ("cr4-unpaged", cr4_unpaged),
     ("nested-npt-smep", nested_npt_smep),
     ("nested-npt-set-state", nested_npt_set_state),
+    ("nested-npt-5-level", nested_npt_5_level),
 ];
 
 fn memory() -> FlatMemory {
@@ -411,6 +412,26 @@ fn nested_npt_set_state() -> Script {
         vec![Action::SetNestedState { l2 }, Action::NestedVmrun { l2 }],
         vec![stale(0, UP_TO_V5_9)],
     )
+}
+
+/// #26 84e5ffd045f3 (v5.19): a host with 5-level NPT runs L1, whose own NPT is 4-level, and
+/// L1 enters L2 twice. From v5.19 the root role is marked `passthrough`; the verdicts are the
+/// same before and after (asserted by the catalogue's refactor test).
+fn nested_npt_5_level() -> Script {
+    let mut s = script(
+        "nested-npt-5-level",
+        "nested NPT (guest_mmu) on a 5-level NPT host: L1 with 4-level paging enters L2 twice",
+        Flavour::ShadowNpt,
+        long_mode(),
+        vec![
+            Action::NestedVmrun { l2: long_mode() },
+            Action::NestedVmrun { l2: long_mode() },
+        ],
+        Vec::new(),
+    );
+    s.cpu.la57 = true;
+    s.cpu.maxphyaddr = 52;
+    s
 }
 
 /// The model-level scenario `name`.

@@ -81,9 +81,16 @@ fn derive_shadow_npt(policy: &Policy, regs: &ControlRegs, cpu: &CpuModel) -> Rol
     let level = u32::from(tdp_level(cpu));
     if policy.roles.split_cpu_root_role {
         let cpu_role = derive_split(policy, Flavour::Shadow, &view, cpu).cpu_role;
+        // 84e5ffd045f3 (v5.19): a 5-level host shadowing L1's 4-level NPT marks its root, whose
+        // entry 0 points to L1's PML4, as passthrough.
+        let passthrough = level == 5 && cpu_role.base().level() == 4;
         Roles {
             cpu_role,
-            root_role: cpu_role.base().with(l, Field::Level, level),
+            root_role: cpu_role.base().with(l, Field::Level, level).with(
+                l,
+                Field::Passthrough,
+                u32::from(passthrough),
+            ),
         }
     } else {
         // One mmu_role, whose base is the root's role.

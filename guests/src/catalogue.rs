@@ -113,7 +113,7 @@ pub const ENTRIES: &[Entry] = &[
         commits: &["\"fix switch between root and guest MMUs\" (id [U])"],
         version: "v5.0",
         what: "nSVM: one MMU switching between TDP (L1) and shadow NPT (L2) was not re-initialised",
-        repro: &[Nested("one MMU object switched between TDP for L1 and shadow NPT for L2, as v4.20's nSVM had; the model keeps one tracker per MMU")],
+        repro: &[Nested("one MMU object switched between TDP for L1 and shadow NPT for L2 (v4.20's nSVM); the model keeps one tracker per MMU, and its nested-NPT role (guest_mode=1, WP=0) never matches L1's TDP role, so which inputs matched in the bug is unknown to it (sheet: id and details [U])")],
         note: "",
     },
     Entry {

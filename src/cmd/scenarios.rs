@@ -2,16 +2,21 @@
 //! each (otherwise `--backend emu`), and the model-level scenarios; each with the entries of
 //! KVM's MMU history it reproduces (`guests::catalogue`).
 
-use crate::cli::JsonFlag;
+use crate::cli::ScenariosArgs;
+use anyhow::bail;
 use guests::catalogue;
 use guests::model::scripts;
+use guests::model::{Script, Shows};
 use std::process::ExitCode;
 
 fn showing(model: &'static str) -> Vec<(guests::model::Shows, Vec<&'static str>)> {
     catalogue::policies_showing(&catalogue::Repro::Model(model))
 }
 
-pub fn run(args: &JsonFlag) -> anyhow::Result<ExitCode> {
+pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
+    if let Some(name) = &args.run {
+        return run_model(name, &args.policies, args.json);
+    }
     let host = recorder_kvm::probe();
     let rows: Vec<(guests::Scenario, Option<String>)> = guests::scenarios()
         .into_iter()
@@ -115,4 +120,113 @@ pub fn run(args: &JsonFlag) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mmurr scenarios --run NAME`: the model-level scenario under the policies, step by step.
+fn run_model(name: &str, policy_names: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let Some(script) = scripts::script_named(name) else {
+        bail!("no model-level scenario `{name}` (see `mmurr scenarios`)");
+    };
+    let mut policies = Vec::new();
+    for n in policy_names {
+        match mmu::policy(n) {
+            Some(p) => policies.push(p),
+            None => bail!("unknown policy `{n}` (see `mmurr policies`)"),
+        }
+    }
+    if policies.is_empty() {
+        policies = mmu::policies().iter().collect();
+    }
+    let seen = script.run(&policies);
+    let findings: Vec<_> = seen.iter().filter(|o| o.shows.is_finding()).collect();
+    let declared: Vec<_> = script
+        .expected()
+        .into_iter()
+        .filter(|o| o.shows.is_finding() && policies.iter().any(|p| p.name == o.policy))
+        .collect();
+    let as_declared = script.check().is_ok();
+    let decisions: Vec<_> = policies.iter().map(|p| (p, script.decisions(p))).collect();
+    if json {
+        let steps: Vec<serde_json::Value> = script
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(at, a)| {
+                let per_policy: Vec<serde_json::Value> = decisions
+                    .iter()
+                    .filter_map(|(p, ds)| {
+                        let (_, d, _) = ds.iter().find(|(i, _, _)| *i == at)?;
+                        Some(serde_json::json!({
+                            "policy": p.name,
+                            "outcome": d.outcome.name(),
+                            "decision": d.describe(),
+                        }))
+                    })
+                    .collect();
+                serde_json::json!({
+                    "step": at,
+                    "action": a.describe(),
+                    "host_action": a.is_host(),
+                    "decisions": per_policy,
+                })
+            })
+            .collect();
+        let obs = |o: &guests::model::Observed| serde_json::json!({"policy": o.policy, "step": o.at, "kind": o.shows.name()});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "name": script.name,
+                "description": script.description,
+                "flavour": script.flavour.name(),
+                "entries": catalogue::entries_of(script.name),
+                "steps": steps,
+                "findings": findings.iter().map(|o| obs(o)).collect::<Vec<_>>(),
+                "declared_findings": declared.iter().map(obs).collect::<Vec<_>>(),
+                "as_declared": as_declared,
+            }))?
+        );
+    } else {
+        print_model(&script, &decisions);
+        println!(
+            "\nverdicts {} the scenario declares (entries {})",
+            if as_declared {
+                "are exactly the ones"
+            } else {
+                "DIFFER from the ones"
+            },
+            catalogue::entries_of(script.name).join(", ")
+        );
+    }
+    let bug = findings
+        .iter()
+        .any(|o| matches!(o.shows, Shows::Stale | Shows::GpMismatch));
+    Ok(if bug {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+type Decisions<'a> = [(&'a &'static mmu::Policy, Vec<(usize, mmu::Decision, bool)>)];
+
+fn print_model(script: &Script, decisions: &Decisions) {
+    println!(
+        "{}: {} (model-level, flavour {})",
+        script.name,
+        script.description,
+        script.flavour.name()
+    );
+    let width = decisions
+        .iter()
+        .map(|(p, _)| p.name.len())
+        .max()
+        .unwrap_or(0);
+    for (at, a) in script.actions.iter().enumerate() {
+        println!("step {at}: {}", a.describe());
+        for (p, ds) in decisions {
+            if let Some((_, d, _)) = ds.iter().find(|(i, _, _)| *i == at) {
+                println!("  {:width$}  {}", p.name, d.describe());
+            }
+        }
+    }
 }

@@ -35,8 +35,9 @@ pub enum Command {
     Info(InfoArgs),
     /// Export a trace's events as JSON lines or a Perfetto (Chrome trace-event) file.
     Export(ExportArgs),
-    /// List the built-in guest scenarios and which backend can run them here.
-    Scenarios(JsonFlag),
+    /// List the built-in guest scenarios and which backend can run them here, and the
+    /// model-level scenarios; `--run NAME` runs a model-level one under every policy.
+    Scenarios(ScenariosArgs),
     /// List the modelled kernel-version policies.
     Policies(JsonFlag),
     /// Record the seed scenario (pae-toggle) and show what happened.
@@ -93,6 +94,21 @@ pub struct GdbArgs {
     /// seek 40' -ex 'p $pc'`. gdb is `$GDB`, else `gdb`.
     #[arg(last = true)]
     pub gdb_args: Vec<String>,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct ScenariosArgs {
+    /// Machine-readable output.
+    #[arg(long)]
+    pub json: bool,
+    /// Run the model-level scenario NAME: each step's decision and verdicts per policy, and
+    /// whether they are the ones it declares. Exit 1 when a stale context or #GP mismatch is
+    /// shown, as `check` does.
+    #[arg(long, value_name = "NAME")]
+    pub run: Option<String>,
+    /// Policies to run `--run` under (repeatable; default: all).
+    #[arg(long = "policy", requires = "run")]
+    pub policies: Vec<String>,
 }
 
 #[derive(Args, Debug, Clone)]

@@ -53,19 +53,7 @@ fn every_scenario_gets_exactly_its_expected_stale_contexts() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
             panic!("{}: {e}: {}", s.name, String::from_utf8_lossy(&out.stderr))
         });
-        let mut stale: Vec<(String, u64)> = report["findings"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .filter(|f| f["kind"] == "stale-context")
-            .map(|f| {
-                (
-                    f["policy"].as_str().unwrap().to_string(),
-                    f["event"].as_u64().unwrap(),
-                )
-            })
-            .collect();
-        stale.sort();
+        let stale = stale_contexts(&report);
         assert_eq!(
             stale, expected,
             "{}: stale contexts found vs expected",
@@ -78,6 +66,46 @@ fn every_scenario_gets_exactly_its_expected_stale_contexts() {
             s.name
         );
         same_findings_everywhere(s.name, dir.path(), &report);
+        one_policy_at_a_time(s.name, dir.path(), &expected);
+    }
+}
+
+/// The (policy, event) of every stale-context finding of a `check --json` report, sorted.
+fn stale_contexts(report: &serde_json::Value) -> Vec<(String, u64)> {
+    let mut stale: Vec<(String, u64)> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "stale-context")
+        .map(|f| {
+            (
+                f["policy"].as_str().unwrap().to_string(),
+                f["event"].as_u64().unwrap(),
+            )
+        })
+        .collect();
+    stale.sort();
+    stale
+}
+
+/// `mmurr check --policy P` gives exactly P's share of the expected stale contexts: for each
+/// policy that carries the scenario's bug, and for current upstream, which carries none.
+fn one_policy_at_a_time(name: &str, dir: &Path, expected: &[(String, u64)]) {
+    let mut policies: Vec<&str> = expected.iter().map(|(p, _)| p.as_str()).collect();
+    policies.push("v6.14");
+    policies.dedup();
+    for p in policies {
+        let out = mmurr(&["check", "t.mmurr", "--json", "--policy", p], dir);
+        let report: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{name} --policy {p}: {e}: {}", text(&out.stderr)));
+        let stale = stale_contexts(&report);
+        let want: Vec<(String, u64)> = expected.iter().filter(|(q, _)| q == p).cloned().collect();
+        assert_eq!(stale, want, "{name}: check --policy {p}");
+        assert_eq!(
+            out.status.code(),
+            Some(if want.is_empty() { 0 } else { 1 }),
+            "{name} --policy {p}"
+        );
     }
 }
 

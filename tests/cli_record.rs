@@ -17,14 +17,39 @@ fn scenarios_json_lists_every_scenario_with_its_needs() {
     assert!(out.status.success(), "{}", text(&out.stderr));
     let list: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let list = list.as_array().unwrap();
-    let names: Vec<&str> = list.iter().map(|s| s["name"].as_str().unwrap()).collect();
+    let names: Vec<&str> = list
+        .iter()
+        .filter(|s| s["kind"] == "guest")
+        .map(|s| s["name"].as_str().unwrap())
+        .collect();
     assert_eq!(names, guests::scenario_names());
+    assert_eq!(
+        entries_of(list, "pae-toggle"),
+        ["seed", "#10", "#11", "#23"]
+    );
+    // The model-level scenarios follow, each with the history entries it reproduces.
+    let models: Vec<&serde_json::Value> = list.iter().filter(|s| s["kind"] == "model").collect();
+    assert_eq!(models.len(), guests::model::scripts::ALL.len());
+    for m in models {
+        assert_eq!(m["runs_on"], serde_json::json!(["model"]));
+        assert!(!m["entries"].as_array().unwrap().is_empty(), "{m}");
+        assert!(m["policies_showing"].is_object(), "{m}");
+    }
     let pae = list.iter().find(|s| s["name"] == "pae-toggle").unwrap();
     assert!(pae["needs"].as_array().unwrap().iter().any(|m| m == "pae"));
     if !pae["kvm_here"].as_bool().unwrap() {
         assert_eq!(pae["backend_auto"], "emu");
         assert!(pae["kvm_reason"].as_str().unwrap().contains("paging"));
     }
+}
+
+fn entries_of<'a>(list: &'a [serde_json::Value], name: &str) -> Vec<&'a str> {
+    list.iter().find(|s| s["name"] == name).unwrap()["entries"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e.as_str().unwrap())
+        .collect()
 }
 
 #[test]

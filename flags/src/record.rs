@@ -12,6 +12,8 @@ use std::time::Duration;
 pub enum FlavourChoice {
     Tdp,
     Shadow,
+    /// L0's nested-NPT MMU for an L1 hypervisor: each write is L1's register (sheet §4.5).
+    ShadowNpt,
 }
 
 impl From<FlavourChoice> for mmu::Flavour {
@@ -19,6 +21,7 @@ impl From<FlavourChoice> for mmu::Flavour {
         match f {
             FlavourChoice::Tdp => mmu::Flavour::Tdp,
             FlavourChoice::Shadow => mmu::Flavour::Shadow,
+            FlavourChoice::ShadowNpt => mmu::Flavour::ShadowNpt,
         }
     }
 }
@@ -28,6 +31,7 @@ impl From<mmu::Flavour> for FlavourChoice {
         match f {
             mmu::Flavour::Tdp => FlavourChoice::Tdp,
             mmu::Flavour::Shadow => FlavourChoice::Shadow,
+            mmu::Flavour::ShadowNpt => FlavourChoice::ShadowNpt,
         }
     }
 }

@@ -34,6 +34,14 @@
 //! [`mod@scenarios`]; the shared building blocks (mode switches, recorded control-register writes,
 //! CPUID gates, checked memory touches) are in the private `asm` module.
 //!
+//! # KVM's MMU history
+//!
+//! [`catalogue`] lists the entries of KVM's MMU-role history (the reference sheet's §6.1-6.2)
+//! with the scenario that reproduces each, or why none can. [`model`] holds the model-level
+//! scenarios: scripts of guest writes and host-side actions (KVM_SET_SREGS, KVM_SET_MSRS,
+//! KVM_SET_CPUID2, INIT) run on the `mmu` crate's trackers, each declaring its verdicts per
+//! policy; [`model::from_scenario`] runs a guest scenario's exact writes the same way.
+//!
 //! # Loaders
 //!
 //! [`loader::load_raw`] places a raw binary and enters it in real, protected or long mode;
@@ -43,9 +51,11 @@
 //! committed multiboot test kernel with the system's binutils for tests.
 
 mod asm;
+pub mod catalogue;
 pub mod expect;
 pub mod image;
 pub mod loader;
+pub mod model;
 pub mod probes;
 pub mod scenarios;
 pub mod tables;

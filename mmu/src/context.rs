@@ -161,6 +161,14 @@ pub fn walker_for_level(level: u8) -> WalkerKind {
 /// The context a correct re-init produces for these registers (KVM's rules, e.g. PSE-36 is
 /// assumed for 4 MiB pages).
 pub fn architectural_context(regs: &ControlRegs, cpu: &CpuModel, flavour: Flavour) -> MmuContext {
+    if flavour == Flavour::ShadowNpt {
+        // L1's NPT tables in L1's paging format, walked with WP and PKE off; rooted at the
+        // host's NPT level.
+        return MmuContext {
+            shadow_root_level: tdp_level(cpu),
+            ..architectural_context(&regs.nested_npt_view(), cpu, Flavour::Shadow)
+        };
+    }
     let mode = PagingMode::of_regs(regs);
     let level = mode.level();
     MmuContext {
@@ -184,6 +192,7 @@ pub fn architectural_context(regs: &ControlRegs, cpu: &CpuModel, flavour: Flavou
         shadow_root_level: match flavour {
             Flavour::Tdp => tdp_level(cpu),
             Flavour::Shadow => level.max(3),
+            Flavour::ShadowNpt => tdp_level(cpu),
         },
     }
 }

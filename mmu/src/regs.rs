@@ -119,6 +119,17 @@ impl ControlRegs {
     pub fn is_pae_paging(&self) -> bool {
         self.pg() && self.pae() && !self.lma()
     }
+    /// The registers `kvm_init_shadow_npt_mmu` computes nested NPT's roles from, for L1's
+    /// registers `self` (sheet §4.5): CR0 forced to PG (NPT walks ignore WP), CR4 without PKE,
+    /// L1's EFER; L2 is active.
+    pub fn nested_npt_view(&self) -> ControlRegs {
+        ControlRegs {
+            cr0: CR0_PG,
+            cr4: self.cr4 & !CR4_PKE,
+            guest_mode: true,
+            ..*self
+        }
+    }
     /// The registers after INIT (SDM Vol. 3A Table 9-1): CR0 = CD|NW|ET, everything else 0.
     /// SMM and guest mode are left as they are; PKRU is not changed by INIT.
     pub fn after_init(&self) -> ControlRegs {

@@ -47,6 +47,14 @@ pub enum Input {
     /// KVM_SET_SREGS / SREGS2 from the VMM: `after` holds the new registers. No legality
     /// checks (host-initiated); the vendor setters bypass the post-write hooks.
     SetSregs,
+    /// Nested NPT's `guest_mmu` initialised for L2 (`nested_svm_init_mmu_context` →
+    /// `kvm_init_shadow_npt_mmu`, sheet §4.5): at VMRUN, or from KVM_SET_NESTED_STATE
+    /// (`set_nested_state`). `after` holds L1's registers (vmcb01), `vcpu` the vCPU's, which
+    /// are L2's. No unload: the roles are compared as for shadow paging.
+    NestedNptInit {
+        vcpu: ControlRegs,
+        set_nested_state: bool,
+    },
 }
 
 impl Input {
@@ -62,6 +70,11 @@ impl Input {
             Input::SmmExit => "SMM exit",
             Input::SetCpuid => "CPUID",
             Input::SetSregs => "SET_SREGS",
+            Input::NestedNptInit {
+                set_nested_state: false,
+                ..
+            } => "VMRUN (nested NPT)",
+            Input::NestedNptInit { .. } => "SET_NESTED_STATE (nested NPT)",
         }
     }
 }
@@ -403,7 +416,7 @@ impl Tracker {
                 if !noflush {
                     d.tlb_flush = match self.flavour {
                         Flavour::Tdp => TlbFlush::Guest,
-                        Flavour::Shadow => TlbFlush::Current,
+                        Flavour::Shadow | Flavour::ShadowNpt => TlbFlush::Current,
                     };
                 }
             }
@@ -422,6 +435,26 @@ impl Tracker {
             Input::SetCpuid => {
                 let cpu = self.cpu;
                 return self.set_cpuid(cpu, after, mem);
+            }
+            Input::NestedNptInit {
+                vcpu,
+                set_nested_state,
+            } => {
+                let r = &self.policy.roles;
+                // Before v5.14 the KVM_SET_NESTED_STATE path computed the roles from the
+                // vCPU (L2) registers (594e91a100cc, 8626c120baef).
+                let inputs = if set_nested_state && r.npt_roles_from_vcpu_after_set_nested_state {
+                    vcpu
+                } else {
+                    *after
+                };
+                if self.init_mmu(&inputs, &mut d).is_some() {
+                    d.outcome = Outcome::Reinit;
+                }
+                // Before ef318b9edf66 (v5.14) the nested NPT walker took SMEP from the vCPU.
+                if r.npt_smep_from_vcpu {
+                    self.context.perm.smep = vcpu.smep();
+                }
             }
             Input::SetSregs => {
                 // __set_sregs_common: reset if CR0/CR3/CR4/EFER differ, or in PAE paging
@@ -516,6 +549,8 @@ impl Tracker {
     /// `kvm_init_mmu` (TDP or shadow path): compute the roles, return early if the compare key
     /// is unchanged (`None`), else store them and rebuild the context; returns the attributes
     /// that changed in a way that matters for software walks.
+    /// `after` are the registers KVM reads: normally those the context must follow; for the
+    /// pre-v5.14 nested NPT paths, the vCPU's.
     fn init_mmu(&mut self, after: &ControlRegs, d: &mut Decision) -> Option<Vec<ContextDiff>> {
         let roles = derive_roles(self.policy, self.flavour, after, &self.cpu);
         d.new_cpu_role = roles.cpu_role;

@@ -770,3 +770,69 @@ fn clearing_pg_in_64_bit_mode_is_gp_for_every_policy() {
         );
     }
 }
+
+/// Nested NPT's guest_mmu (sheet §4.5): L1's CR4/EFER with CR0 forced to PG and CR4.PKE
+/// cleared; L2 active; rooted at the host's NPT level.
+#[test]
+fn shadow_npt_roles_and_context() {
+    let m = mem();
+    let l1 = regs(CR0_PAGED, CR4_PAE | CR4_PKE | CR4_SMEP, EFER_LONG, 0x1000);
+    for name in ["v5.9", "v5.19", "v6.14"] {
+        let pol = p(name);
+        let roles = derive_roles(pol, Flavour::ShadowNpt, &l1, &cpu());
+        let base = roles.cpu_role.base();
+        assert_eq!(
+            base.get(pol.layout, Field::Cr0Wp),
+            Some(0),
+            "{name}: NPT ignores WP"
+        );
+        assert!(base.guest_mode(), "{name}");
+        assert_eq!(roles.root_role.level(), tdp_level(&cpu()), "{name}");
+        assert_eq!(
+            roles.cpu_role.ext().get(pol.layout, Field::Cr4Pke),
+            Some(0),
+            "{name}: PKE cleared"
+        );
+        let t = Tracker::new(pol, Flavour::ShadowNpt, cpu(), &l1);
+        let c = t.context();
+        assert_eq!((c.root_level, c.perm.wp, c.pkru), (4, false, false));
+        assert!(c.perm.smep && t.stale().is_none());
+    }
+    // ef318b9edf66 (v5.14): before it the walker took SMEP from the vCPU (L2's CR4).
+    let l1_no_smep = ControlRegs { cr4: CR4_PAE, ..l1 };
+    let l2 = regs(CR0_PAGED, CR4_PAE | CR4_SMEP, EFER_LONG, 0x2000);
+    for (name, stale) in [("v5.9", true), ("v5.14", false)] {
+        let mut t = Tracker::new(p(name), Flavour::ShadowNpt, cpu(), &l1_no_smep);
+        let input = Input::NestedNptInit {
+            vcpu: l2,
+            set_nested_state: false,
+        };
+        let d = t.apply(&input, &l1_no_smep, &m);
+        assert_eq!(d.stale.map(|s| s.names()), stale.then(|| vec!["perm.smep"]));
+    }
+}
+
+/// 84e5ffd045f3 (v5.19): with 5-level host NPT over L1's 4-level tables, the root is marked
+/// passthrough; before it, and for a 5-level L1, it is not.
+#[test]
+fn shadow_npt_passthrough_root() {
+    let five = CpuModel {
+        la57: true,
+        maxphyaddr: 52,
+        ..cpu()
+    };
+    let l1 = regs(CR0_PAGED, CR4_PAE, EFER_LONG, 0x1000);
+    let l1_57 = regs(CR0_PAGED, CR4_PAE | CR4_LA57, EFER_LONG, 0x1000);
+    for (name, regs, cpu, want) in [
+        ("v5.19", &l1, five, Some(1)),
+        ("v6.14", &l1, five, Some(1)),
+        ("v6.14", &l1_57, five, Some(0)),
+        ("v6.14", &l1, cpu(), Some(0)),
+        ("v5.18", &l1, five, None),
+    ] {
+        let pol = p(name);
+        let r = derive_roles(pol, Flavour::ShadowNpt, regs, &cpu).root_role;
+        assert_eq!(r.level(), tdp_level(&cpu), "{name}");
+        assert_eq!(r.get(pol.layout, Field::Passthrough), want, "{name}");
+    }
+}

@@ -1,10 +1,22 @@
-//! `mmurr scenarios`: the built-in guests, what they need, and whether this host's KVM can
-//! run each (otherwise `--backend emu`).
+//! `mmurr scenarios`: the built-in guests, what they need, whether this host's KVM can run
+//! each (otherwise `--backend emu`), and the model-level scenarios; each with the entries of
+//! KVM's MMU history it reproduces (`guests::catalogue`).
 
-use crate::cli::JsonFlag;
+use crate::cli::ScenariosArgs;
+use anyhow::bail;
+use guests::catalogue;
+use guests::model::scripts;
+use guests::model::{Script, Shows};
 use std::process::ExitCode;
 
-pub fn run(args: &JsonFlag) -> anyhow::Result<ExitCode> {
+fn showing(model: &'static str) -> Vec<(guests::model::Shows, Vec<&'static str>)> {
+    catalogue::policies_showing(&catalogue::Repro::Model(model))
+}
+
+pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
+    if let Some(name) = &args.run {
+        return run_model(name, &args.policies, args.json);
+    }
     let host = recorder_kvm::probe();
     let rows: Vec<(guests::Scenario, Option<String>)> = guests::scenarios()
         .into_iter()
@@ -13,34 +25,89 @@ pub fn run(args: &JsonFlag) -> anyhow::Result<ExitCode> {
             (s, why_not)
         })
         .collect();
+    let models: Vec<guests::model::Script> = scripts::ALL.iter().map(|(_, b)| b()).collect();
     if args.json {
-        let list: Vec<serde_json::Value> = rows
+        let mut list: Vec<serde_json::Value> = rows
             .iter()
             .map(|(s, why_not)| {
                 serde_json::json!({
                     "name": s.name,
                     "description": s.description,
+                    "kind": "guest",
                     "needs": s.needs.iter().map(|m| m.name()).collect::<Vec<_>>(),
                     "kvm_here": why_not.is_none(),
                     "kvm_reason": why_not,
                     "backend_auto": if why_not.is_none() { "kvm" } else { "emu" },
+                    "runs_on": if why_not.is_none() { vec!["kvm", "emu", "model"] } else { vec!["emu", "model"] },
                     "expected_events": s.expected.len(),
+                    "entries": catalogue::entries_of(s.name),
                 })
             })
             .collect();
+        list.extend(models.iter().map(|m| {
+            serde_json::json!({
+                "name": m.name,
+                "description": m.description,
+                "kind": "model",
+                "flavour": m.flavour.name(),
+                "host_actions": m.has_host_actions(),
+                "runs_on": ["model"],
+                "steps": m.actions.iter().map(|a| a.describe()).collect::<Vec<_>>(),
+                "policies_showing": showing(m.name)
+                    .into_iter()
+                    .map(|(k, p)| (k.name().to_string(), serde_json::json!(p)))
+                    .collect::<serde_json::Map<_, _>>(),
+                "entries": catalogue::entries_of(m.name),
+            })
+        }));
         println!("{}", serde_json::to_string_pretty(&list)?);
         return Ok(ExitCode::SUCCESS);
     }
-    let width = rows.iter().map(|(s, _)| s.name.len()).max().unwrap_or(0);
+    let width = rows
+        .iter()
+        .map(|(s, _)| s.name.len())
+        .chain(models.iter().map(|m| m.name.len()))
+        .max()
+        .unwrap_or(0);
+    let entries = |name: &str| match catalogue::entries_of(name).join(", ") {
+        e if e.is_empty() => String::new(),
+        e => format!("; reproduces {e}"),
+    };
     for (s, why_not) in &rows {
         let needs: Vec<&str> = s.needs.iter().map(|m| m.name()).collect();
         let kvm = if why_not.is_none() {
-            "kvm here: yes"
+            "kvm here: yes; runs on: kvm, emu, model"
         } else {
-            "kvm here: no (use --backend emu)"
+            "kvm here: no (use --backend emu); runs on: emu, model"
         };
         println!("{:width$}  {}", s.name, s.description);
-        println!("{:width$}  needs: {}; {kvm}", "", needs.join(", "));
+        println!(
+            "{:width$}  needs: {}; {kvm}{}",
+            "",
+            needs.join(", "),
+            entries(s.name)
+        );
+    }
+    println!(
+        "\nmodel-level scenarios (host actions and states no backend here reaches; model only):"
+    );
+    for m in &models {
+        let verdicts = showing(m.name)
+            .iter()
+            .map(|(k, p)| format!("{}: {}", k.name(), catalogue::policy_ranges(p)))
+            .collect::<Vec<_>>()
+            .join("; ");
+        let verdicts = if verdicts.is_empty() {
+            "the same verdicts before and after the change".to_string()
+        } else {
+            verdicts
+        };
+        println!("{:width$}  {}", m.name, m.description);
+        println!(
+            "{:width$}  runs on: model only; {verdicts}{}",
+            "",
+            entries(m.name)
+        );
     }
     match &host.usable {
         Ok(()) => println!(
@@ -53,4 +120,113 @@ pub fn run(args: &JsonFlag) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// `mmurr scenarios --run NAME`: the model-level scenario under the policies, step by step.
+fn run_model(name: &str, policy_names: &[String], json: bool) -> anyhow::Result<ExitCode> {
+    let Some(script) = scripts::script_named(name) else {
+        bail!("no model-level scenario `{name}` (see `mmurr scenarios`)");
+    };
+    let mut policies = Vec::new();
+    for n in policy_names {
+        match mmu::policy(n) {
+            Some(p) => policies.push(p),
+            None => bail!("unknown policy `{n}` (see `mmurr policies`)"),
+        }
+    }
+    if policies.is_empty() {
+        policies = mmu::policies().iter().collect();
+    }
+    let seen = script.run(&policies);
+    let findings: Vec<_> = seen.iter().filter(|o| o.shows.is_finding()).collect();
+    let declared: Vec<_> = script
+        .expected()
+        .into_iter()
+        .filter(|o| o.shows.is_finding() && policies.iter().any(|p| p.name == o.policy))
+        .collect();
+    let as_declared = script.check().is_ok();
+    let decisions: Vec<_> = policies.iter().map(|p| (p, script.decisions(p))).collect();
+    if json {
+        let steps: Vec<serde_json::Value> = script
+            .actions
+            .iter()
+            .enumerate()
+            .map(|(at, a)| {
+                let per_policy: Vec<serde_json::Value> = decisions
+                    .iter()
+                    .filter_map(|(p, ds)| {
+                        let (_, d, _) = ds.iter().find(|(i, _, _)| *i == at)?;
+                        Some(serde_json::json!({
+                            "policy": p.name,
+                            "outcome": d.outcome.name(),
+                            "decision": d.describe(),
+                        }))
+                    })
+                    .collect();
+                serde_json::json!({
+                    "step": at,
+                    "action": a.describe(),
+                    "host_action": a.is_host(),
+                    "decisions": per_policy,
+                })
+            })
+            .collect();
+        let obs = |o: &guests::model::Observed| serde_json::json!({"policy": o.policy, "step": o.at, "kind": o.shows.name()});
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "name": script.name,
+                "description": script.description,
+                "flavour": script.flavour.name(),
+                "entries": catalogue::entries_of(script.name),
+                "steps": steps,
+                "findings": findings.iter().map(|o| obs(o)).collect::<Vec<_>>(),
+                "declared_findings": declared.iter().map(obs).collect::<Vec<_>>(),
+                "as_declared": as_declared,
+            }))?
+        );
+    } else {
+        print_model(&script, &decisions);
+        println!(
+            "\nverdicts {} the scenario declares (entries {})",
+            if as_declared {
+                "are exactly the ones"
+            } else {
+                "DIFFER from the ones"
+            },
+            catalogue::entries_of(script.name).join(", ")
+        );
+    }
+    let bug = findings
+        .iter()
+        .any(|o| matches!(o.shows, Shows::Stale | Shows::GpMismatch));
+    Ok(if bug {
+        ExitCode::from(1)
+    } else {
+        ExitCode::SUCCESS
+    })
+}
+
+type Decisions<'a> = [(&'a &'static mmu::Policy, Vec<(usize, mmu::Decision, bool)>)];
+
+fn print_model(script: &Script, decisions: &Decisions) {
+    println!(
+        "{}: {} (model-level, flavour {})",
+        script.name,
+        script.description,
+        script.flavour.name()
+    );
+    let width = decisions
+        .iter()
+        .map(|(p, _)| p.name.len())
+        .max()
+        .unwrap_or(0);
+    for (at, a) in script.actions.iter().enumerate() {
+        println!("step {at}: {}", a.describe());
+        for (p, ds) in decisions {
+            if let Some((_, d, _)) = ds.iter().find(|(i, _, _)| *i == at) {
+                println!("  {:width$}  {}", p.name, d.describe());
+            }
+        }
+    }
 }

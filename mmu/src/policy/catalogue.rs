@@ -22,6 +22,8 @@ const V4_20: Policy = Policy {
         pke_la57_need_lma: false,
         split_cpu_root_role: false,
         shadow_efer_nx_forced: false,
+        npt_smep_from_vcpu: true,
+        npt_roles_from_vcpu_after_set_nested_state: true,
     },
     compare: CompareKey::MaskedBase,
     triggers: ResetTriggers {
@@ -128,12 +130,16 @@ const V5_14: Policy = Policy {
         "6c032f12dd1e",
         "49c6f8756cdf",
         "0aa1837533e5",
+        "8626c120baef",
+        "ef318b9edf66",
     ],
     layout: &LAYOUT_V5_14,
     roles: RoleRules {
         pg0_records_nothing: true,
         gpte: GpteRule::PgAndPae,
         pke_la57_need_lma: true,
+        npt_smep_from_vcpu: false,
+        npt_roles_from_vcpu_after_set_nested_state: false,
         ..V5_9.roles
     },
     triggers: ResetTriggers {

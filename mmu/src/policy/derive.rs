@@ -63,10 +63,43 @@ pub fn derive_roles(
     regs: &ControlRegs,
     cpu: &CpuModel,
 ) -> Roles {
+    if flavour == Flavour::ShadowNpt {
+        return derive_shadow_npt(policy, regs, cpu);
+    }
     if policy.roles.split_cpu_root_role {
         derive_split(policy, flavour, regs, cpu)
     } else {
         derive_mmu_role(policy, flavour, regs, cpu)
+    }
+}
+
+/// `kvm_init_shadow_npt_mmu` (sheet §4.5): the shadow roles of L1's NPT view, with the root
+/// at the host's NPT level (`regs` are L1's).
+fn derive_shadow_npt(policy: &Policy, regs: &ControlRegs, cpu: &CpuModel) -> Roles {
+    let l = policy.layout;
+    let view = regs.nested_npt_view();
+    let level = u32::from(tdp_level(cpu));
+    if policy.roles.split_cpu_root_role {
+        let cpu_role = derive_split(policy, Flavour::Shadow, &view, cpu).cpu_role;
+        // 84e5ffd045f3 (v5.19): a 5-level host shadowing L1's 4-level NPT marks its root, whose
+        // entry 0 points to L1's PML4, as passthrough.
+        let passthrough = level == 5 && cpu_role.base().level() == 4;
+        Roles {
+            cpu_role,
+            root_role: cpu_role.base().with(l, Field::Level, level).with(
+                l,
+                Field::Passthrough,
+                u32::from(passthrough),
+            ),
+        }
+    } else {
+        // One mmu_role, whose base is the root's role.
+        let r = derive_mmu_role(policy, Flavour::Shadow, &view, cpu);
+        let base = r.cpu_role.base().with(l, Field::Level, level);
+        Roles {
+            cpu_role: CpuRole::new(base, r.cpu_role.ext()),
+            root_role: base,
+        }
     }
 }
 
@@ -113,7 +146,7 @@ fn derive_mmu_role(policy: &Policy, flavour: Flavour, regs: &ControlRegs, cpu: &
             };
             b.b(Field::Gpte, g);
         }
-        Flavour::Shadow => {
+        Flavour::Shadow | Flavour::ShadowNpt => {
             let wp = record && regs.wp();
             b.b(Field::SmepAndnotWp, smep && !wp);
             b.b(Field::SmapAndnotWp, smap && !wp);
@@ -179,7 +212,7 @@ fn derive_split(policy: &Policy, flavour: Flavour, regs: &ControlRegs, cpu: &Cpu
             r.b(Field::Level, tdp_level(cpu));
             PageRole(r.base)
         }
-        Flavour::Shadow => {
+        Flavour::Shadow | Flavour::ShadowNpt => {
             let base = cpu_role.base();
             let mut r = base.with(l, Field::Level, u32::from(base.level().max(3)));
             if policy.roles.shadow_efer_nx_forced {

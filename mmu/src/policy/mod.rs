@@ -13,12 +13,18 @@ pub use derive::{compare_key, derive_roles, tdp_level, Roles};
 
 use crate::roles::Layout;
 
-/// Shadow paging or two-dimensional paging (EPT/NPT) for L1.
+/// Which MMU the roles are for: L1's (shadow paging, or two-dimensional paging: EPT/NPT),
+/// or a nested one (sheet §4.5).
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Flavour {
     #[default]
     Tdp,
     Shadow,
+    /// nSVM's `guest_mmu` while L2 runs with nested NPT: shadows L1's NPT tables, which have
+    /// the format of L1's own paging mode (`kvm_init_shadow_npt_mmu`). Its inputs are L1's
+    /// CR4 and EFER (vmcb01) with CR0 forced to PG and CR4.PKE cleared
+    /// ([`crate::ControlRegs::nested_npt_view`]); its root level is the host's NPT level.
+    ShadowNpt,
 }
 
 impl Flavour {
@@ -26,12 +32,14 @@ impl Flavour {
         match self {
             Flavour::Tdp => "tdp",
             Flavour::Shadow => "shadow",
+            Flavour::ShadowNpt => "shadow-npt",
         }
     }
     pub fn parse(s: &str) -> Option<Flavour> {
         match s {
             "tdp" | "ept" | "npt" => Some(Flavour::Tdp),
             "shadow" | "soft" => Some(Flavour::Shadow),
+            "shadow-npt" | "nested-npt" => Some(Flavour::ShadowNpt),
             _ => None,
         }
     }
@@ -69,6 +77,13 @@ pub struct RoleRules {
     pub split_cpu_root_role: bool,
     /// Shadow root role has efer_nx forced to 1: 362505deb8e2, v5.19.
     pub shadow_efer_nx_forced: bool,
+    /// Nested NPT's walker reads CR4.SMEP from the vCPU, which holds L2's state, instead of
+    /// the MMU role (fixed by ef318b9edf66, v5.14).
+    pub npt_smep_from_vcpu: bool,
+    /// After KVM_SET_NESTED_STATE, nested NPT's roles and context are computed from the vCPU
+    /// registers (L2's) instead of L1's (fixed when roles came from the passed registers:
+    /// 594e91a100cc, 8626c120baef, v5.14).
+    pub npt_roles_from_vcpu_after_set_nested_state: bool,
 }
 
 /// What `init_kvm_tdp_mmu` / `shadow_mmu_init_context` compare before returning early

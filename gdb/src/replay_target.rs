@@ -13,13 +13,13 @@ use crate::breakpoints::{
 };
 use crate::guest_memory;
 use crate::monitor::{self, Command};
+use crate::whole_trace::Background;
 use gdbstub::common::Signal;
 use gdbstub::stub::SingleThreadStopReason;
 use gdbstub::target::ext::base::reverse_exec::ReplayLogPosition;
 use gdbstub::target::TargetError;
 use mmu::CpuModel;
 use replayer::views::{cpu_mode, event_line};
-use crate::whole_trace::Background;
 use replayer::Timeline;
 use std::path::Path;
 use traces::{Event, EventKind, Regs, Step};
@@ -557,9 +557,7 @@ impl ReplayTarget {
                 // Start at the first event of the latest step with events at or before here,
                 // and mark that step's events: they are what brought us here.
                 let events = self.events()?;
-                let here = self
-                    .event_index_at_or_before(step)?
-                    .map(|i| events[i].step);
+                let here = self.event_index_at_or_before(step)?.map(|i| events[i].step);
                 let start = here.map_or(0, |s| events.partition_point(|e| e.step < s));
                 let mut out: Vec<String> = events
                     .iter()

@@ -59,8 +59,7 @@ impl Background {
 /// the control-register writes among the events.
 fn read(path: &Path) -> anyhow::Result<WholeTrace> {
     let mut timeline = Timeline::open(path)?;
-    let flavour =
-        mmu::Flavour::parse(&timeline.header().mmu_flavour).unwrap_or(mmu::Flavour::Tdp);
+    let flavour = mmu::Flavour::parse(&timeline.header().mmu_flavour).unwrap_or(mmu::Flavour::Tdp);
     let mut events = Vec::new();
     let mut writes = Vec::new();
     let mut host = Vec::new();
@@ -76,11 +75,15 @@ fn read(path: &Path) -> anyhow::Result<WholeTrace> {
             _ => {}
         }
     }
-    let analysis =
-        Analysis::from_writes(&mut timeline, writes, &[], flavour, Retain::Everything, |_, _| {
-            true
-        })?
-        .ok_or_else(|| anyhow::anyhow!("the analysis gave up"))?;
+    let analysis = Analysis::from_writes(
+        &mut timeline,
+        writes,
+        &[],
+        flavour,
+        Retain::Everything,
+        |_, _| true,
+    )?
+    .ok_or_else(|| anyhow::anyhow!("the analysis gave up"))?;
     let host = HostHistory::new(host, replayer::host_layout(timeline.header()));
     Ok(WholeTrace {
         analysis,

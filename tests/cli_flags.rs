@@ -80,6 +80,9 @@ fn record_backend_emu_passes_every_flag_to_the_child() {
         "backend",
         // The host's KVM events: kvm only (tests/cli_host.rs); its opposite is given below.
         "host-events",
+        // The replayer's re-execution of runs passes it (mmurr-emu/tests/runs.rs); it
+        // conflicts with --single-step, given below.
+        "single-step-from",
     ];
     let given: &[(&str, Option<&str>)] = &[
         ("scenario", Some("cr3-switch")),

@@ -48,7 +48,10 @@ const MAX_TABLE_PAGES: usize = 4096;
 /// something the step path handles specially (see the module documentation).
 pub fn needs_step(i: &Instruction) -> bool {
     use Mnemonic as M;
-    if i.is_privileged()
+    // CLI only clears IF (iced counts it privileged, as IOPL-sensitive): no interrupt arrives
+    // inside a run, and one that waits keeps waiting. A Linux boot runs it 100 000s of times
+    // (`local_irq_save`); a #GP for it undoes the run like any exception.
+    if (i.is_privileged() && i.mnemonic() != M::Cli)
         || insn::nondeterministic(i).is_some()
         || i.is_jmp_far()
         || i.is_jmp_far_indirect()
@@ -934,5 +937,6 @@ mod tests {
         assert!(!step(&[0xc3])); // ret
         assert!(!step(&[0x48, 0xab])); // stosq (no rep)
         assert!(!step(&[0x9c])); // pushfq
+        assert!(!step(&[0xfa])); // cli
     }
 }

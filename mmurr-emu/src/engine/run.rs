@@ -5,17 +5,22 @@
 //! recorder must see happens, [`EmuBackend::run_instructions`] lets Unicorn run whole
 //! translation blocks and only watches:
 //!
+//! - the blocks run on the *runner*, a second Unicorn on the same RAM without Unicorn's
+//!   instruction count ([`EmuBackend::open_runner`] says why it must be a second engine);
+//!   the CPU state moves over for each of its `emu_start`s and back after;
 //! - a block hook, called before every translation block executes, looks the block up in a
-//!   cache of decoded blocks and stops the engine *before* a block holding an instruction
-//!   that needs a step of its own ([`needs_step`]: control-register/MSR/XCR0 writes, I/O,
-//!   `hlt`, software interrupts, far transfers and segment loads, nondeterministic inputs,
-//!   `rep` string instructions, anything undecodable). The clean instructions before it run
-//!   in a second, counted `emu_start`, so the run ends exactly before the instruction;
+//!   cache of decoded blocks, counts its instructions (virtual time), and stops the engine
+//!   *before* a block holding an instruction that needs a step of its own ([`needs_step`]:
+//!   control-register/MSR/XCR0 writes, I/O, `hlt`, software interrupts, far transfers and
+//!   segment loads, nondeterministic inputs, `rep` string instructions, anything
+//!   undecodable) or one that would take the run past its budget. The clean instructions
+//!   before it run in a second, counted `emu_start` on the stepping engine, so the run ends
+//!   exactly before the instruction or at the budget;
 //! - the memory-write hook marks pages dirty (and saves each page's bytes before its first
 //!   write, to undo the run);
 //! - QEMU's page walker sets accessed/dirty bits without any hook: the paging-structure pages
-//!   reachable from CR3 ([`mmu::structure_pages`]) join the dirty pages, and the recorder
-//!   keeps only the bytes that changed;
+//!   reachable from CR3 ([`mmu::structure_pages`]) in which some present entry still lacks
+//!   one of them join the dirty pages, and the recorder keeps only the bytes that changed;
 //! - an exception inside the run (a page fault, #UD, a trap) undoes the whole run and runs
 //!   again up to the instruction before the faulting one, so the fault itself is stepped and
 //!   recorded exactly as without runs;
@@ -28,8 +33,11 @@
 //!   before it, as for an exception. So a run holds no interrupt and no input, and
 //!   re-executing it step by step on a fresh platform passes through the same states.
 //!
-//! Unicorn's instruction count is always on (`count > 0` in every `emu_start`, steps and
-//! runs alike): switching it off flushes every translated block.
+//! The stepping engine's instruction count is always on (`count > 0` in every `emu_start`
+//! there): switching it off flushes every translated block. The runner never has one. Each
+//! engine notices writes to code only when it makes them itself: pages holding code either
+//! translated are tracked (`RunHooks::code`), and a write to one flushes the other engine's
+//! translations before it runs again.
 
 use super::{engine_err, EmuBackend, HookState};
 use crate::ctx::{self, Ctx, OFF_EIP};
@@ -326,10 +334,11 @@ pub fn on_write(uc: &mut Unicorn<'_, HookState>, gpa: u64, len: u64) -> bool {
     !uc.get_data().run.active
 }
 
-/// An access to a platform page (LAPIC, IOAPIC) inside a run, from its MMIO callback: the
-/// access is not made; the engine stops, and the run is undone up to the instruction before
-/// (the module documentation says why). Unicorn's instruction count hooks every instruction
-/// and syncs RIP before each, so RIP is the accessing instruction's.
+/// An access to a platform page (LAPIC, IOAPIC) inside a run, from its MMIO callback (on the
+/// stepping engine) or the runner's unmapped-memory hook: the access is not made; the engine
+/// stops, and the run is undone up to the instruction before (the module documentation says
+/// why). RIP is the accessing instruction's: the stepping engine's instruction count syncs
+/// it before every instruction, and Unicorn restores it before an unmapped-memory hook.
 pub fn device_access(uc: &mut Unicorn<'_, HookState>) {
     let rip = uc.reg_read(RegisterX86::RIP).ok();
     let run = &mut uc.get_data_mut().run;

@@ -206,7 +206,12 @@ fn a_quiet_stretch_that_is_not_stuck_runs() {
     code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc, 0xf4]);
     let dir = tempfile::tempdir().expect("tempdir");
     let r = record(&long_mode_code(&code), true, dir.path(), u64::MAX);
-    assert_eq!(r.summary.steps, 1 + 2 * u64::from(n), "{}", r.summary.end.message);
+    assert_eq!(
+        r.summary.steps,
+        1 + 2 * u64::from(n),
+        "{}",
+        r.summary.end.message
+    );
     assert!(r.summary.end.self_check_failures.is_empty());
     let (_, _, steps) = records(&r.path);
     // Probes of 10 000 and 20 000 steps; stepped to the end after the first 100 000

@@ -687,8 +687,7 @@ impl EmuBackend {
         // (declared after it in EmuBackend).
         unsafe { uc.mem_map_ptr(0, self.ram_size, Prot::ALL, ram.ptr.cast()) }.ok()?;
         if let (Some(p), Some(buf)) = (self.pdpt_shadow, self.pdpt_buf.as_ref()) {
-            unsafe { uc.mem_map_ptr(p, 0x1000, Prot::READ | Prot::WRITE, buf.ptr.cast()) }
-                .ok()?;
+            unsafe { uc.mem_map_ptr(p, 0x1000, Prot::READ | Prot::WRITE, buf.ptr.cast()) }.ok()?;
         }
         super::add_common_hooks(&mut uc).ok()?;
         // The platform's pages are not mapped here: an access stops the runner with RIP at
@@ -845,7 +844,11 @@ impl EmuBackend {
             pdptrs: regs.pdptrs,
         };
         let ram = self.ram_buf.as_ref()?;
-        let entry = if regs.cr4 & mmu::bits::CR4_PAE != 0 { 8 } else { 4 };
+        let entry = if regs.cr4 & mmu::bits::CR4_PAE != 0 {
+            8
+        } else {
+            4
+        };
         let may_set = |p: &u64| {
             let a = *p as usize;
             ram.bytes()

@@ -67,8 +67,14 @@ pub(crate) fn engine_err(what: &str, e: uc_error) -> BackendError {
 /// The emu backend.
 pub struct EmuBackend {
     uc: Unicorn<'static, HookState>,
+    /// Runs: a second engine, without Unicorn's instruction count (engine/run.rs), opened by
+    /// the first run. Declared before the memory it maps too.
+    runner: Option<Unicorn<'static, HookState>>,
+    runner_tried: bool,
     /// Declared after `uc` so that Unicorn is closed before the memory it maps is freed.
     ram_buf: Option<RamBuf>,
+    /// The PDPTE shadow page (see [`EmuBackend::sync_pae`]), ours so both engines map it.
+    pdpt_buf: Option<RamBuf>,
     /// Guest RAM as the steps so far reported it (loads, host writes, every step's written
     /// ranges): what RAM held before the current step wherever the step reported nothing.
     /// Lazily committed like RAM itself. See [`EmuBackend::defer_lookahead`].
@@ -132,7 +138,10 @@ impl EmuBackend {
         let cpu = recorder::guest_view::cpu_model(&cpuid);
         let mut b = EmuBackend {
             uc,
+            runner: None,
+            runner_tried: false,
             ram_buf: None,
+            pdpt_buf: None,
             mirror: None,
             guest_cpuid: None,
             cpuid,
@@ -163,11 +172,7 @@ impl EmuBackend {
 
     fn add_hooks(&mut self) -> Result<(), BackendError> {
         let uc = &mut self.uc;
-        uc.add_mem_hook(HookType::MEM_WRITE, 1, 0, |uc, _ty, addr, size, _val| {
-            record_write(uc, addr, size as u64);
-            true
-        })
-        .map_err(|e| engine_err("hook", e))?;
+        add_common_hooks(uc)?;
         uc.add_insn_out_hook(|uc, port, size, value| {
             let st = uc.get_data_mut();
             if machine::out_hook(st, port as u16, size as u8, value) {
@@ -190,32 +195,8 @@ impl EmuBackend {
             }
         })
         .map_err(|e| engine_err("hook", e))?;
-        uc.add_intr_hook(|uc, vector| {
-            let st = uc.get_data_mut();
-            if st.intr.is_none() {
-                st.intr = Some(vector);
-            }
-            let _ = uc.emu_stop();
-        })
-        .map_err(|e| engine_err("hook", e))?;
-        // #UD goes to the invalid-instruction hook, not the interrupt hook.
-        uc.add_insn_invalid_hook(|uc| {
-            let st = uc.get_data_mut();
-            if st.intr.is_none() {
-                st.intr = Some(6);
-            }
-            let _ = uc.emu_stop();
-            true
-        })
-        .map_err(|e| engine_err("hook", e))?;
-        // Runs: the block hook does nothing outside a run (engine/run.rs).
-        uc.add_block_hook(1, 0, run::on_block)
-            .map_err(|e| engine_err("hook", e))?;
         uc.add_mem_hook(HookType::MEM_UNMAPPED, 1, 0, |uc, ty, addr, size, _v| {
-            let st = uc.get_data_mut();
-            if st.unmapped.is_none() {
-                st.unmapped = Some((ty, addr, size));
-            }
+            note_unmapped(uc, ty, addr, size);
             false
         })
         .map_err(|e| engine_err("hook", e))?;
@@ -571,9 +552,11 @@ impl EmuBackend {
             .map_err(|e| engine_err("reg write", e))
     }
 
-    /// Reads guest-linear memory the way the engine sees it (for decoding only).
-    fn read_linear(&mut self, la: u64, buf: &mut [u8]) -> usize {
+    /// Reads guest-linear memory the way the engine sees it (for decoding only). Returns the
+    /// bytes read and the guest-physical page of each linear page read.
+    fn read_linear(&mut self, la: u64, buf: &mut [u8]) -> (usize, [Option<u64>; 2]) {
         let mut done = 0;
+        let mut pages = [None; 2];
         while done < buf.len() {
             let a = la.wrapping_add(done as u64);
             let chunk = ((0x1000 - (a & 0xfff)) as usize).min(buf.len() - done);
@@ -582,12 +565,13 @@ impl EmuBackend {
                     if self.uc.mem_read(pa, &mut buf[done..done + chunk]).is_err() {
                         break;
                     }
+                    pages[usize::from(done > 0)] = Some(pa & !0xfff);
                 }
                 Err(_) => break,
             }
             done += chunk;
         }
-        done
+        (done, pages)
     }
 
     fn bitness(&mut self) -> u32 {
@@ -614,9 +598,19 @@ impl EmuBackend {
             (cs_base.wrapping_add(rip)) & 0xffff_ffff
         };
         let mut bytes = [0u8; 15];
-        let n = self.read_linear(la, &mut bytes);
+        let (n, pages) = self.read_linear(la, &mut bytes);
         let dx = self.ctx.u64_at(OFF_REGS + 8 * 2) as u16;
-        Ok((la, decode::decode(&bytes[..n], bits, rip, dx)))
+        let d = decode::decode(&bytes[..n], bits, rip, dx);
+        // The instruction's own pages hold code the engine translates (engine/run.rs).
+        let last = la.wrapping_add(d.map_or(1, |d| d.len as u64).max(1) - 1);
+        let run = &mut self.uc.get_data_mut().run;
+        if let Some(p) = pages[0] {
+            run.stepped_code(p);
+        }
+        if let (Some(p), true) = (pages[1], last & !0xfff != la & !0xfff) {
+            run.stepped_code(p);
+        }
+        Ok((la, d))
     }
 
     fn reset_hook_state(&mut self) {
@@ -1157,6 +1151,45 @@ fn unsafe_version() -> u32 {
 /// Records a guest write. Unicorn's write hook reports the guest-PHYSICAL address (it runs
 /// after the TLB lookup, with the entry's physical page; a store that crosses a page boundary
 /// is split into separate stores), so no translation is needed.
+/// The hooks both engines need (the runner's, engine/run.rs, too): writes, exceptions and the
+/// runs' block hook.
+fn add_common_hooks(uc: &mut Unicorn<'static, HookState>) -> Result<(), BackendError> {
+    uc.add_mem_hook(HookType::MEM_WRITE, 1, 0, |uc, _ty, addr, size, _val| {
+        record_write(uc, addr, size as u64);
+        true
+    })
+    .map_err(|e| engine_err("hook", e))?;
+    uc.add_intr_hook(|uc, vector| {
+        let st = uc.get_data_mut();
+        if st.intr.is_none() {
+            st.intr = Some(vector);
+        }
+        let _ = uc.emu_stop();
+    })
+    .map_err(|e| engine_err("hook", e))?;
+    // #UD goes to the invalid-instruction hook, not the interrupt hook.
+    uc.add_insn_invalid_hook(|uc| {
+        let st = uc.get_data_mut();
+        if st.intr.is_none() {
+            st.intr = Some(6);
+        }
+        let _ = uc.emu_stop();
+        true
+    })
+    .map_err(|e| engine_err("hook", e))?;
+    // Runs: the block hook does nothing outside a run (engine/run.rs).
+    uc.add_block_hook(1, 0, run::on_block)
+        .map_err(|e| engine_err("hook", e))?;
+    Ok(())
+}
+
+fn note_unmapped(uc: &mut Unicorn<'_, HookState>, ty: MemType, addr: u64, size: usize) {
+    let st = uc.get_data_mut();
+    if st.unmapped.is_none() {
+        st.unmapped = Some((ty, addr, size));
+    }
+}
+
 fn record_write(uc: &mut Unicorn<'_, HookState>, paddr: u64, size: u64) {
     // Runs mark pages dirty instead of listing writes (engine/run.rs).
     if in_ram(&uc.get_data().ram, paddr, size) && run::on_write(uc, paddr, size) {
@@ -1209,9 +1242,17 @@ impl Backend for EmuBackend {
                 )));
             }
         }
-        if let Some(p) = self.free_window(0x1000) {
-            if self.uc.mem_map(p, 0x1000, Prot::READ | Prot::WRITE).is_ok() {
+        if let (Some(p), Some(buf)) = (self.free_window(0x1000), RamBuf::new(0x1000)) {
+            // SAFETY: the buffer is one page, page-aligned, and outlives the mapping (it is
+            // freed only after both engines are closed, see RamBuf).
+            if unsafe {
+                self.uc
+                    .mem_map_ptr(p, 0x1000, Prot::READ | Prot::WRITE, buf.ptr.cast())
+            }
+            .is_ok()
+            {
                 self.pdpt_shadow = Some(p);
+                self.pdpt_buf = Some(buf);
             }
         }
         self.entry_fixups = self.enter(&guest.entry)?;

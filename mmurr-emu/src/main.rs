@@ -42,7 +42,8 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     let guest = a.guest.build(Some(&cpuid))?;
     let spec = guest.spec;
     let f = &a.flags;
-    let opts = f.options(guest.scenario)?;
+    let mut opts = f.options(guest.scenario)?;
+    opts.fit_keyframes_to_ram(spec.ram_size);
     let mut backend = EmuBackend::new()?;
     let summary = match &f.gdb {
         None => recorder::record(&mut backend, &spec, &opts)?,

@@ -195,6 +195,30 @@ fn a_loop_is_recorded_in_runs_with_the_same_result() {
     assert!(steps < 100, "{steps} step records");
 }
 
+/// A long stretch that changes no memory but is no loop the guest is stuck in (a count down:
+/// the registers never repeat) runs: the stuck watch's probes step only a small part of it.
+#[test]
+fn a_quiet_stretch_that_is_not_stuck_runs() {
+    let n: u32 = 1_000_000;
+    // mov ecx, n; l: dec ecx; jnz l; hlt
+    let mut code = vec![0xb9];
+    code.extend_from_slice(&n.to_le_bytes());
+    code.extend_from_slice(&[0xff, 0xc9, 0x75, 0xfc, 0xf4]);
+    let dir = tempfile::tempdir().expect("tempdir");
+    let r = record(&long_mode_code(&code), true, dir.path(), u64::MAX);
+    assert_eq!(
+        r.summary.steps,
+        1 + 2 * u64::from(n),
+        "{}",
+        r.summary.end.message
+    );
+    assert!(r.summary.end.self_check_failures.is_empty());
+    let (_, _, steps) = records(&r.path);
+    // Probes of 10 000 and 20 000 steps; stepped to the end after the first 100 000
+    // instructions, it would be 1.9 M.
+    assert!(steps < 2 * n as u64 / 40, "{steps} step records");
+}
+
 #[test]
 fn runs_end_at_the_step_budget_and_keyframes() {
     let dir = tempfile::tempdir().expect("tempdir");

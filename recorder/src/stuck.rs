@@ -35,6 +35,21 @@ pub fn reads_port(i: &Instruction) -> bool {
 /// Consecutive steps without progress, in a loop whose state repeats, that end the run.
 pub const STUCK_STEPS: u64 = 100_000;
 
+/// Recording in runs: how many quiet instructions may run before probe number `probe` (from
+/// 0) steps the guest for the watch to judge, and how many quiet steps the probe takes before
+/// it gives up on finding a loop and lets the guest run again. A quiet stretch that is not a
+/// loop (clearing memory that is already zero, a read-only scan) would otherwise be stepped
+/// to its end; growing both keeps the share stepped small (a tenth, then halving) while a
+/// loop of any length is still found once a probe is long enough to see it repeat.
+pub fn quiet_run_allowance(probe: u32) -> u64 {
+    STUCK_STEPS << (2 * probe.min(15))
+}
+
+/// See [`quiet_run_allowance`].
+pub fn probe_steps(probe: u32) -> u64 {
+    (STUCK_STEPS / 10) << probe.min(15)
+}
+
 /// Watches the step loop for a guest that makes no progress.
 #[derive(Default)]
 pub struct StuckWatch {
@@ -56,6 +71,11 @@ pub struct Stuck {
 }
 
 impl StuckWatch {
+    /// Quiet steps so far, and whether their states were seen to repeat.
+    pub fn probing(&self) -> (u64, bool) {
+        (self.quiet, self.period.is_some())
+    }
+
     /// One step: the registers after it and whether it made progress (changed memory, did
     /// I/O, emitted an event). `Some` when the guest is stuck.
     pub fn observe(&mut self, after: &Regs, progress: bool) -> Option<Stuck> {

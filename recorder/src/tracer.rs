@@ -64,10 +64,12 @@ pub struct Tracer<'a> {
     /// (the user there decides, and may change the state to leave the loop).
     stuck: Option<StuckWatch>,
     /// Runs ([`RecordOptions::runs`]): whether the backend can run, and the instructions run
-    /// since the last progress (past [`stuck::STUCK_STEPS`] the guest is stepped, so that the
-    /// stuck watch judges it instruction by instruction).
+    /// since the last progress (past [`stuck::quiet_run_allowance`] the guest is stepped, so
+    /// that the stuck watch judges it instruction by instruction), and the probes that found
+    /// no loop since the last progress.
     runs_supported: bool,
     quiet_run_steps: u64,
+    quiet_probes: u32,
     /// Reading the host's events failed once (reported, not retried noisily).
     host_failed: bool,
     /// The latest host records, for a debugger (at most [`RECENT_HOST`]).
@@ -138,6 +140,7 @@ impl<'a> Tracer<'a> {
             stuck: Some(StuckWatch::default()),
             runs_supported: true,
             quiet_run_steps: 0,
+            quiet_probes: 0,
             host_failed: false,
             recent_host: Vec::new(),
             host_layout,
@@ -337,7 +340,8 @@ impl<'a> Tracer<'a> {
             || !self.runs_supported
             || self.mmu.wants_touches()
             || self.engine_check_pending
-            || (self.stuck.is_some() && self.quiet_run_steps >= stuck::STUCK_STEPS)
+            || (self.stuck.is_some()
+                && self.quiet_run_steps >= stuck::quiet_run_allowance(self.quiet_probes))
         {
             return Ok(0);
         }
@@ -352,7 +356,7 @@ impl<'a> Tracer<'a> {
         }
         if self.stuck.is_some() {
             // Quiet runs go no further than the stuck watch's threshold; past it, steps.
-            max = max.min(stuck::STUCK_STEPS - self.quiet_run_steps);
+            max = max.min(stuck::quiet_run_allowance(self.quiet_probes) - self.quiet_run_steps);
         }
         let ran = match self.backend.run(max) {
             None => {
@@ -406,6 +410,7 @@ impl<'a> Tracer<'a> {
             self.event_at(first, before.rip, EventKind::Retired { count });
         }
         self.quiet_run_steps = if wrote {
+            self.quiet_probes = 0;
             0
         } else {
             self.quiet_run_steps.saturating_add(ran.count)
@@ -685,11 +690,23 @@ impl<'a> Tracer<'a> {
                 || plan.insn.as_ref().is_some_and(stuck::reads_port);
             if progress {
                 self.quiet_run_steps = 0; // runs: see run_once
+                self.quiet_probes = 0;
             }
             stop = watch.observe(&after, progress).map(|s| Stop {
                 reason: EndReason::Stuck,
                 message: stuck::message(s, &before, plan.insn.as_ref()),
             });
+            let (quiet, looping) = watch.probing();
+            if self.opts.runs
+                && !looping
+                && self.quiet_run_steps >= stuck::quiet_run_allowance(self.quiet_probes)
+                && quiet >= stuck::probe_steps(self.quiet_probes)
+            {
+                // The probe saw no loop: run again, longer before the next probe.
+                *watch = StuckWatch::default();
+                self.quiet_probes += 1;
+                self.quiet_run_steps = 0;
+            }
         }
         self.regs = after;
         if self.step.checked_rem(self.opts.keyframe_interval) == Some(0) {

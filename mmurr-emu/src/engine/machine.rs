@@ -64,6 +64,11 @@ fn overlaps(ranges: &[(u64, u64)], base: u64, size: u64) -> bool {
         .any(|&(b, s)| b < base + size && base < b.saturating_add(s))
 }
 
+/// Whether `gpa` lies on a platform register page (LAPIC, IOAPIC).
+pub(super) fn is_platform_page(gpa: u64) -> bool {
+    [lapic::BASE, ioapic::BASE].contains(&(gpa & !0xfff))
+}
+
 impl EmuBackend {
     fn machine(&mut self) -> Option<&mut Machine> {
         self.uc.get_data_mut().machine.as_mut()

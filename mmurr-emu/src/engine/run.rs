@@ -5,17 +5,22 @@
 //! recorder must see happens, [`EmuBackend::run_instructions`] lets Unicorn run whole
 //! translation blocks and only watches:
 //!
+//! - the blocks run on the *runner*, a second Unicorn on the same RAM without Unicorn's
+//!   instruction count ([`EmuBackend::open_runner`] says why it must be a second engine);
+//!   the CPU state moves over for each of its `emu_start`s and back after;
 //! - a block hook, called before every translation block executes, looks the block up in a
-//!   cache of decoded blocks and stops the engine *before* a block holding an instruction
-//!   that needs a step of its own ([`needs_step`]: control-register/MSR/XCR0 writes, I/O,
-//!   `hlt`, software interrupts, far transfers and segment loads, nondeterministic inputs,
-//!   `rep` string instructions, anything undecodable). The clean instructions before it run
-//!   in a second, counted `emu_start`, so the run ends exactly before the instruction;
+//!   cache of decoded blocks, counts its instructions (virtual time), and stops the engine
+//!   *before* a block holding an instruction that needs a step of its own ([`needs_step`]:
+//!   control-register/MSR/XCR0 writes, I/O, `hlt`, software interrupts, far transfers and
+//!   segment loads, nondeterministic inputs, `rep` string instructions, anything
+//!   undecodable) or one that would take the run past its budget. The clean instructions
+//!   before it run in a second, counted `emu_start` on the stepping engine, so the run ends
+//!   exactly before the instruction or at the budget;
 //! - the memory-write hook marks pages dirty (and saves each page's bytes before its first
 //!   write, to undo the run);
 //! - QEMU's page walker sets accessed/dirty bits without any hook: the paging-structure pages
-//!   reachable from CR3 ([`mmu::structure_pages`]) join the dirty pages, and the recorder
-//!   keeps only the bytes that changed;
+//!   reachable from CR3 ([`mmu::structure_pages`]) in which some present entry still lacks
+//!   one of them join the dirty pages, and the recorder keeps only the bytes that changed;
 //! - an exception inside the run (a page fault, #UD, a trap) undoes the whole run and runs
 //!   again up to the instruction before the faulting one, so the fault itself is stepped and
 //!   recorded exactly as without runs;
@@ -28,8 +33,11 @@
 //!   before it, as for an exception. So a run holds no interrupt and no input, and
 //!   re-executing it step by step on a fresh platform passes through the same states.
 //!
-//! Unicorn's instruction count is always on (`count > 0` in every `emu_start`, steps and
-//! runs alike): switching it off flushes every translated block.
+//! The stepping engine's instruction count is always on (`count > 0` in every `emu_start`
+//! there): switching it off flushes every translated block. The runner never has one. Each
+//! engine notices writes to code only when it makes them itself: pages holding code either
+//! translated are tracked (`RunHooks::code`), and a write to one flushes the other engine's
+//! translations before it runs again.
 
 use super::{engine_err, EmuBackend, HookState};
 use crate::ctx::{self, Ctx, OFF_EIP};
@@ -37,7 +45,7 @@ use crate::ram::{in_ram, RamView};
 use iced_x86::{Decoder, DecoderOptions, FlowControl, Instruction, Mnemonic, OpKind};
 use recorder::{BackendError, RunResult, Written};
 use rustc_hash::FxHashMap;
-use unicorn_engine::unicorn_const::Prot;
+use unicorn_engine::unicorn_const::{Arch, HookType, Mode, Prot};
 use unicorn_engine::{RegisterX86, Unicorn};
 
 /// At most this many paging-structure pages are diffed after a run; a guest with more runs
@@ -48,7 +56,10 @@ const MAX_TABLE_PAGES: usize = 4096;
 /// something the step path handles specially (see the module documentation).
 pub fn needs_step(i: &Instruction) -> bool {
     use Mnemonic as M;
-    if i.is_privileged()
+    // CLI only clears IF (iced counts it privileged, as IOPL-sensitive): no interrupt arrives
+    // inside a run, and one that waits keeps waiting. A Linux boot runs it 100 000s of times
+    // (`local_irq_save`); a #GP for it undoes the run like any exception.
+    if (i.is_privileged() && i.mnemonic() != M::Cli)
         || insn::nondeterministic(i).is_some()
         || i.is_jmp_far()
         || i.is_jmp_far_indirect()
@@ -218,10 +229,25 @@ pub struct RunHooks {
     stopped_before: Option<u32>,
     /// Let the block at this address run its clean prefix (the counted second `emu_start`).
     allow: Option<u64>,
+    /// On the runner: stop before a block that would take the run past this many instructions
+    /// (the runner has no instruction count; blocks count by their decoded instructions).
+    budget: Option<u64>,
+    /// Guest-physical pages holding code either engine translated: decoded blocks and the
+    /// instructions steps executed (tracked once the runner is open). Unicorn notices a write
+    /// to code only in the engine that makes it and that translated the code.
+    code: PageSet,
+    /// A code page was written or the host wrote memory: flush both engines' translations
+    /// before the runner runs again.
+    flush_runner: bool,
+    /// Pages joined `code` or the runner wrote code: flush the stepping engine's translations
+    /// (a step's block reaches past the instruction it executes) after the runner.
+    flush_stepper: bool,
     snapshot: Option<Ctx>,
     /// The paging-structure pages and the registers they were found under.
     tables: Option<(TablesKey, Vec<u64>)>,
     tables_stale: bool,
+    /// Those of the pages in `tables` that the page walker may change (diffed after a run).
+    walker: Vec<u64>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -270,6 +296,14 @@ impl RunHooks {
     pub fn host_wrote(&mut self) {
         self.stale = true;
         self.tables_stale = true;
+        self.flush_runner = true;
+    }
+
+    /// A step is about to execute code on guest-physical page `pa`.
+    pub(super) fn stepped_code(&mut self, pa: u64) {
+        if !self.code.bits.is_empty() {
+            self.code.insert(pa);
+        }
     }
 }
 
@@ -281,6 +315,14 @@ pub fn on_write(uc: &mut Unicorn<'_, HookState>, gpa: u64, len: u64) -> bool {
         let run = &mut uc.get_data_mut().run;
         if run.watch.contains(page) {
             run.stale = true;
+            if run.tables_contain(page) {
+                // Steps write tables too: the next run must not trust their walker bits.
+                run.tables_stale = true;
+            }
+        }
+        if run.code.contains(page) {
+            run.flush_runner = true;
+            run.flush_stepper = true;
         }
         if run.active && run.dirty.insert(page) {
             let mut bytes = vec![0u8; 0x1000].into_boxed_slice();
@@ -292,10 +334,11 @@ pub fn on_write(uc: &mut Unicorn<'_, HookState>, gpa: u64, len: u64) -> bool {
     !uc.get_data().run.active
 }
 
-/// An access to a platform page (LAPIC, IOAPIC) inside a run, from its MMIO callback: the
-/// access is not made; the engine stops, and the run is undone up to the instruction before
-/// (the module documentation says why). Unicorn's instruction count hooks every instruction
-/// and syncs RIP before each, so RIP is the accessing instruction's.
+/// An access to a platform page (LAPIC, IOAPIC) inside a run, from its MMIO callback (on the
+/// stepping engine) or the runner's unmapped-memory hook: the access is not made; the engine
+/// stops, and the run is undone up to the instruction before (the module documentation says
+/// why). RIP is the accessing instruction's: the stepping engine's instruction count syncs
+/// it before every instruction, and Unicorn restores it before an unmapped-memory hook.
 pub fn device_access(uc: &mut Unicorn<'_, HookState>) {
     let rip = uc.reg_read(RegisterX86::RIP).ok();
     let run = &mut uc.get_data_mut().run;
@@ -338,7 +381,10 @@ pub fn on_block(uc: &mut Unicorn<'_, HookState>, addr: u64, size: u32) {
     };
     let run = &mut uc.get_data_mut().run;
     let allowed = run.allow.take_if(|a| *a == addr).is_some();
-    if clean == total || allowed {
+    let past_budget = run
+        .budget
+        .is_some_and(|b| run.executed + u64::from(total) > b);
+    if (clean == total || allowed) && !past_budget {
         let counted = if allowed { clean } else { total };
         run.executed += u64::from(counted);
         run.last = Some((key, counted));
@@ -374,6 +420,9 @@ fn decode_block(
     let run = &mut uc.get_data_mut().run;
     for p in pages {
         run.watch.insert(p);
+        if !run.code.bits.is_empty() && run.code.insert(p) {
+            run.flush_stepper = true;
+        }
     }
     let mut offsets = Vec::new();
     let mut clean = None;
@@ -427,6 +476,7 @@ impl EmuBackend {
         let Some(tables) = self.table_pages(&regs) else {
             return Ok(none());
         };
+        self.open_runner();
         let rep = match self.decode_at_rip()? {
             (_, Some(d)) => super::rep::rep_run(&d, regs.rip, regs.gpr[1]),
             _ => None,
@@ -522,8 +572,14 @@ impl EmuBackend {
             run.stopped_before = None;
             run.allow = allow;
         }
-        let n = usize::try_from(count).unwrap_or(usize::MAX);
-        let r = self.uc.emu_start(start, 0, 0, n);
+        // The clean prefix of a block runs counted, on the stepping engine.
+        let on_runner = allow.is_none() && self.runner.is_some();
+        let r = if on_runner {
+            self.run_on_runner(start, count)
+        } else {
+            let n = usize::try_from(count).unwrap_or(usize::MAX);
+            self.uc.emu_start(start, 0, 0, n).map_err(|_| ())
+        };
         let (executed, stopped, intr, unmapped, device_hit) = {
             let st = self.uc.get_data_mut();
             st.run.allow = None;
@@ -552,10 +608,11 @@ impl EmuBackend {
         if let Some(clean) = stopped {
             return Ok(Stop::Before { executed, clean });
         }
-        // Nothing else stops the engine but its instruction count — and Unicorn's exit
-        // address (`until` = 0): a guest executing at linear address 0 is stepped instead.
+        // Nothing else stops the engine but its instruction count (the runner has none: its
+        // block hook stops it) — and Unicorn's exit address (`until` = 0): a guest executing at
+        // linear address 0 is stepped instead.
         let rip = self.current_rip().map_err(|_| ())?;
-        if self.run_linear(rip) == 0 {
+        if on_runner || self.run_linear(rip) == 0 {
             return Err(());
         }
         Ok(Stop::Budget)
@@ -608,6 +665,95 @@ impl EmuBackend {
         }
     }
 
+    /// Opens the runner (once; `None` when it cannot serve this guest): a second Unicorn on
+    /// the same RAM with no instruction count, so no per-instruction helper in its blocks.
+    /// Unicorn installs its count as a code hook in every block it translates, and switching
+    /// the count off deletes that hook and flushes every translated block (`uc_emu_start`),
+    /// so one engine cannot both step and run without it. Guests with memory Unicorn owns
+    /// (ROM, RAM regions beyond the first) keep running counted on the stepping engine.
+    fn open_runner(&mut self) -> Option<()> {
+        if self.runner.is_some() || self.runner_tried {
+            return self.runner.as_ref().map(|_| ());
+        }
+        self.runner_tried = true;
+        if self.ram.len() != 1 || !self.mmio.is_empty() {
+            return None;
+        }
+        let ram = self.ram_buf.as_ref()?;
+        let mut uc =
+            Unicorn::new_with_data(Arch::X86, Mode::MODE_64, super::HookState::default()).ok()?;
+        uc.ctl_set_cpu_model(crate::cpuid::CPU_MODEL as i32).ok()?;
+        // SAFETY: the buffers are page-aligned and as long as mapped, and outlive the runner
+        // (declared after it in EmuBackend).
+        unsafe { uc.mem_map_ptr(0, self.ram_size, Prot::ALL, ram.ptr.cast()) }.ok()?;
+        if let (Some(p), Some(buf)) = (self.pdpt_shadow, self.pdpt_buf.as_ref()) {
+            unsafe { uc.mem_map_ptr(p, 0x1000, Prot::READ | Prot::WRITE, buf.ptr.cast()) }.ok()?;
+        }
+        super::add_common_hooks(&mut uc).ok()?;
+        // The platform's pages are not mapped here: an access stops the runner with RIP at
+        // the accessing instruction (Unicorn restores it for an unmapped access).
+        uc.add_mem_hook(HookType::MEM_UNMAPPED, 1, 0, |uc, ty, addr, size, _v| {
+            if super::machine::is_platform_page(addr) {
+                device_access(uc);
+            } else {
+                super::note_unmapped(uc, ty, addr, size);
+            }
+            false
+        })
+        .ok()?;
+        uc.get_data_mut().ram = self.ram.clone();
+        let run = &mut self.uc.get_data_mut().run;
+        run.code = PageSet::with_pages(self.ram_size >> 12);
+        // Steps before now translated code nobody tracked.
+        run.flush_stepper = true;
+        self.runner = Some(uc);
+        Some(())
+    }
+
+    /// One `emu_start` of the runner from `start` (linear `rip`), stopping before the block
+    /// that would take it past `budget` instructions: the CPU state moves over and back, the
+    /// run machinery's state too, and what the runner's hooks saw lands in the stepping
+    /// engine's hook state.
+    fn run_on_runner(&mut self, start: u64, budget: u64) -> Result<(), ()> {
+        let Some(runner) = self.runner.as_mut() else {
+            return Err(());
+        };
+        self.ctx.save(&self.uc).map_err(|_| ())?;
+        self.ctx.restore(runner).map_err(|_| ())?;
+        // Steps may have changed mappings: the runner's TLB (and its block lookup by address,
+        // which the TLB flush clears) must walk again.
+        let _ = runner.ctl_flush_tlb();
+        let run = &mut self.uc.get_data_mut().run;
+        if run.flush_runner {
+            // Both engines start afresh, and so does the record of their code pages.
+            let _ = runner.ctl_flush_tb();
+            run.flush_runner = false;
+            run.code.clear();
+            run.stale = true;
+            run.flush_stepper = true;
+        }
+        run.budget = Some(budget);
+        std::mem::swap(run, &mut runner.get_data_mut().run);
+        let r = runner.emu_start(start, 0, 0, 0);
+        let st = runner.get_data_mut();
+        let (intr, unmapped) = (st.intr.take(), st.unmapped.take());
+        let run = &mut self.uc.get_data_mut().run;
+        std::mem::swap(run, &mut runner.get_data_mut().run);
+        run.budget = None;
+        let flush_stepper = std::mem::take(&mut run.flush_stepper);
+        let st = self.uc.get_data_mut();
+        st.intr = st.intr.or(intr);
+        st.unmapped = st.unmapped.or(unmapped);
+        self.ctx.save(runner).map_err(|_| ())?;
+        self.ctx.restore(&self.uc).map_err(|_| ())?;
+        self.regs_cache = None;
+        let _ = self.uc.ctl_flush_tlb();
+        if flush_stepper {
+            let _ = self.uc.ctl_flush_tb();
+        }
+        r.map_err(|_| ())
+    }
+
     /// Puts the machine back as it was when the run started and runs exactly `count`
     /// instructions again (deterministically: they raised nothing the first time). Returns
     /// the instructions the run retired (0 if even that failed).
@@ -637,14 +783,7 @@ impl EmuBackend {
                 .map_err(|e| engine_err("context restore", e))?;
         }
         self.uc.get_data_mut().run.snapshot = snapshot;
-        let tables = self
-            .uc
-            .get_data()
-            .run
-            .tables
-            .as_ref()
-            .map(|t| t.1.clone())
-            .unwrap_or_default();
+        let tables = self.uc.get_data().run.walker.clone();
         if let Some(mirror) = self.mirror.as_ref() {
             for p in tables {
                 let a = p as usize;
@@ -658,7 +797,8 @@ impl EmuBackend {
         }
         let mut code = false;
         for (page, bytes) in undo.iter().rev() {
-            code |= self.uc.get_data().run.watch.contains(*page);
+            let run = &self.uc.get_data().run;
+            code |= run.watch.contains(*page) || run.code.contains(*page);
             self.uc
                 .mem_write(*page, bytes)
                 .map_err(|e| engine_err("mem_write", e))?;
@@ -677,6 +817,7 @@ impl EmuBackend {
         if code {
             // uc_mem_write does not invalidate translated code.
             let _ = self.uc.ctl_flush_tb();
+            self.uc.get_data_mut().run.flush_runner = true;
         }
         Ok(())
     }
@@ -691,8 +832,9 @@ impl EmuBackend {
         self.uc.get_data().run.linear(rip)
     }
 
-    /// The paging-structure pages under `regs` (cached until the registers change or a write
-    /// lands in them); `None` when there are too many to diff at every run's end.
+    /// The paging-structure pages under `regs` that the engine's page walker may still
+    /// change ([`walker_may_set`]; the structure is cached until the registers change or a
+    /// write lands in it); `None` when there are too many to diff at every run's end.
     fn table_pages(&mut self, regs: &traces::Regs) -> Option<Vec<u64>> {
         let key = TablesKey {
             cr0: regs.cr0,
@@ -701,27 +843,50 @@ impl EmuBackend {
             efer: regs.efer,
             pdptrs: regs.pdptrs,
         };
-        let run = &self.uc.get_data().run;
-        if let Some((k, pages)) = &run.tables {
-            if *k == key && !run.tables_stale {
-                return Some(pages.clone());
-            }
-        }
         let ram = self.ram_buf.as_ref()?;
+        let entry = if regs.cr4 & mmu::bits::CR4_PAE != 0 {
+            8
+        } else {
+            4
+        };
+        let may_set = |p: &u64| {
+            let a = *p as usize;
+            ram.bytes()
+                .get(a..a + 0x1000)
+                .is_none_or(|b| walker_may_set(b, entry))
+        };
+        let run = &mut self.uc.get_data_mut().run;
+        if run.tables.as_ref().is_some_and(|(k, _)| *k == key) && !run.tables_stale {
+            // Only the walker changed these pages since: it sets bits, never clears them.
+            run.walker.retain(may_set);
+            return Some(run.walker.clone());
+        }
         let cregs = recorder::guest_view::control_regs(regs);
         let pages =
             mmu::structure_pages(&cregs, &self.cpu, &RamView(ram.bytes()), MAX_TABLE_PAGES)?;
-        let ram_list = self.ram.clone();
         let run = &mut self.uc.get_data_mut().run;
         for &p in &pages {
-            if in_ram(&ram_list, p, 0x1000) {
+            if in_ram(&self.ram, p, 0x1000) {
                 run.watch.insert(p);
             }
         }
-        run.tables = Some((key, pages.clone()));
+        run.walker = pages.iter().copied().filter(may_set).collect();
+        run.tables = Some((key, pages));
         run.tables_stale = false;
-        Some(pages)
+        Some(run.walker.clone())
     }
+}
+
+/// Whether QEMU's page walker may change this paging-structure page: some present entry
+/// lacks its accessed or dirty bit (bits 5 and 6 in every format; a non-leaf entry's bit 6
+/// is ignored, so it counts only if the guest left it clear). The walker sets those bits
+/// without any hook, and nothing else changes the page without a guest write, which the
+/// write hook sees: the other pages need no diff at a run's end.
+fn walker_may_set(page: &[u8], entry: usize) -> bool {
+    page.chunks_exact(entry).any(|e| {
+        let low = u32::from_le_bytes([e[0], e[1], e[2], e[3]]);
+        low & 1 != 0 && low & 0x60 != 0x60
+    })
 }
 
 impl RunHooks {
@@ -784,5 +949,6 @@ mod tests {
         assert!(!step(&[0xc3])); // ret
         assert!(!step(&[0x48, 0xab])); // stosq (no rep)
         assert!(!step(&[0x9c])); // pushfq
+        assert!(!step(&[0xfa])); // cli
     }
 }

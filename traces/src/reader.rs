@@ -208,6 +208,22 @@ impl<R: Read + Seek> Reader<R> {
         }
     }
 
+    /// Event `id` with the vCPU it belongs to (0 in one-vCPU traces), or `None` past the last.
+    pub fn event_with_vcpu(&mut self, id: EventId) -> Result<Option<(Event, u32)>> {
+        let Some(c) = self.index.chunk_of_event(id) else {
+            return Ok(None);
+        };
+        let records = self.chunk_records(c)?;
+        let found = crate::vcpu::attribute(&records).find_map(|(vcpu, r)| match r {
+            Record::Event(e) if e.id == id => Some((e.clone(), vcpu)),
+            _ => None,
+        });
+        match found {
+            Some(e) => Ok(Some(e)),
+            None => Err(self.disagrees(c, "lacks an event its header promises")),
+        }
+    }
+
     fn disagrees(&self, chunk: usize, detail: &str) -> Error {
         let offset = self.index.chunks.get(chunk).map_or(0, |c| c.offset);
         Error::corrupt("chunk", offset, detail.to_string())

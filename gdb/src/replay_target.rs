@@ -265,8 +265,9 @@ impl ReplayTarget {
         let bps = self.bps.clone();
         let mut result = Scan::NotFound;
         let regs = self.regs().clone();
+        let parked = self.timeline.current().parked.clone();
         self.timeline
-            .walk_steps(cur, regs, limit, &mut |v| {
+            .walk_steps(cur, regs, parked, limit, &mut |v| {
                 if let Some(w) = bps.watch_hit(v.mem) {
                     result = Scan::Found(v.step, Hit::Watch(w.clone(), v.step));
                     return true;
@@ -301,21 +302,24 @@ impl ReplayTarget {
         let lo = floor + 1;
         let mut end = cur; // states strictly before `end`, writes up to `end`, are still to search
         while end > floor {
-            let (kstep, kregs) = match self
+            let (kstep, kregs, kparked) = match self
                 .timeline
                 .reader()
-                .keyframe_at_or_before(end - 1)
+                .keyframe_cpus_at_or_before(end - 1)
                 .map_err(err)?
             {
-                Some(k) => (k.step, k.regs),
-                None => (0, self.timeline.entry().regs.clone()),
+                Some(k) => k,
+                None => {
+                    let entry = self.timeline.entry();
+                    (0, entry.regs.clone(), entry.parked.clone())
+                }
             };
             let mut last: Option<(Step, Hit)> = None;
             if kstep >= lo && bps.has_addr(insn::linear_ip(&kregs)) {
                 last = Some((kstep, Hit::Breakpoint));
             }
             self.timeline
-                .walk_steps(kstep, kregs, end, &mut |v| {
+                .walk_steps(kstep, kregs, kparked, end, &mut |v| {
                     // The write of step `v.step` is undone at the state before it.
                     if let Some(w) = bps.watch_hit(v.mem).filter(|_| v.step >= lo) {
                         last = Some((v.step - 1, Hit::Watch(w.clone(), v.step)));

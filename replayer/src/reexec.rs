@@ -75,12 +75,13 @@ impl Reexecution {
         let done = self.reexecuted(header, run_end, before)?;
         let mut stopped = false;
         done.timeline
-            .walk_steps(0, before.regs.clone(), to - base, &mut |v| {
+            .walk_steps(0, before.regs.clone(), before.parked.clone(), to - base, &mut |v| {
                 if v.step + base <= from {
                     return false;
                 }
                 stopped = visit(&StepView {
                     step: v.step + base,
+                    vcpu: v.vcpu,
                     regs: v.regs,
                     mem: v.mem,
                 });

@@ -41,7 +41,7 @@ pub use preamble::{Preamble, FORMAT_VERSION, MAX_VCPUS};
 pub use reader::{Reader, Records};
 pub use record::*;
 pub use recover::Recovery;
-pub use vcpu::VcpuCursor;
+pub use vcpu::{Parked, VcpuCursor};
 pub use regs::{DescriptorTable, RegId, Regs, Segment};
 pub use writer::{WriteSummary, Writer};
 

@@ -44,6 +44,9 @@ pub struct Writer<W: Write> {
     /// with several, each chunk starts with a [`Record::Vcpu`] naming it.
     vcpus: u32,
     vcpu: u32,
+    /// A keyframe of a multi-vCPU trace waits for its [`Record::Vcpus`]: the two stay in one
+    /// chunk, so that a reader finds every vCPU's registers where it finds the keyframe.
+    keyframe_open: bool,
 }
 
 impl Writer<BufWriter<File>> {
@@ -75,6 +78,7 @@ impl<W: Write> Writer<W> {
             scratch: Vec::with_capacity(256),
             vcpus: header.vcpu_count(),
             vcpu: 0,
+            keyframe_open: false,
         })
     }
 
@@ -126,8 +130,12 @@ impl<W: Write> Writer<W> {
             _ => {}
         }
         self.encode(record)?;
+        let joins_keyframe = std::mem::take(&mut self.keyframe_open) && matches!(record, Record::Vcpus(_));
         // A record that would overflow the chunk starts the next one.
-        if !self.chunk.is_empty() && self.chunk.raw_len() + self.scratch.len() > CHUNK_TARGET_RAW {
+        if !self.chunk.is_empty()
+            && !joins_keyframe
+            && self.chunk.raw_len() + self.scratch.len() > CHUNK_TARGET_RAW
+        {
             self.flush_chunk()?;
         }
         if let Record::Vcpu(v) = record {
@@ -161,6 +169,10 @@ impl<W: Write> Writer<W> {
         }
         self.summary.records += 1;
         self.summary.last_step = self.summary.last_step.max(record.step());
+        self.keyframe_open = self.vcpus > 1 && matches!(record, Record::Keyframe(_));
+        if self.keyframe_open {
+            return Ok(());
+        }
         if self.chunk.raw_len() >= CHUNK_TARGET_RAW
             || self.chunk.record_count() >= MAX_CHUNK_RECORDS
         {

@@ -275,7 +275,7 @@ impl EmuBackend {
             _ => {
                 if let (Kind::MovCr(8), false) = (d.kind, delivered) {
                     let cr8 = insn::register_value(before, 64, i.op1_register()).unwrap_or(0) & 0xf;
-                    m.platform.lapic.write(0x80, (cr8 << 4) as u32, 0);
+                    m.platform.lapic_mut().write(0x80, (cr8 << 4) as u32, 0);
                 }
                 Ok(exit)
             }

@@ -66,6 +66,9 @@ fn translation(t: &Translation) -> Value {
 #[derive(serde::Serialize)]
 struct Line {
     id: u64,
+    /// The vCPU the event belongs to, in traces of several vCPUs (format 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vcpu: Option<u32>,
     step: Step,
     rip: Value,
     kind: &'static str,
@@ -120,9 +123,11 @@ fn event_fields(h: &Header, e: &Event) -> Line {
         }),
         EventKind::ExternalInterrupt(i) => json!({ "vector": i.vector, "nmi": i.nmi }),
         EventKind::Retired { count } => json!({ "count": count }),
+        EventKind::Startup { vector } => json!({ "vector": vector }),
     };
     Line {
         id: e.id,
+        vcpu: None,
         step: e.step,
         rip: hex(e.rip),
         kind: e.kind.name(),
@@ -138,9 +143,16 @@ fn json_lines<R: io::Read + io::Seek>(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let header = reader.header().clone();
+    let mut vcpu = traces::VcpuCursor::new();
     for record in reader.records() {
-        if let Record::Event(e) = record? {
-            serde_json::to_writer(&mut *out, &event_fields(&header, &e))?;
+        let record = record?;
+        let v = vcpu.observe(&record);
+        if let Record::Event(e) = record {
+            let mut line = event_fields(&header, &e);
+            if header.vcpu_count() > 1 {
+                line.vcpu = Some(v);
+            }
+            serde_json::to_writer(&mut *out, &line)?;
             out.write_all(b"\n")?;
         }
     }

@@ -332,6 +332,9 @@ pub enum EventKind {
     /// The step retired `count` (> 1) instructions at once: on some hosts one KVM single step
     /// runs past an instruction (seen: `endbr64` and the following `push`). Format 2.
     Retired { count: u32 },
+    /// A startup IPI started this vCPU, an AP that waited for one since INIT (format 5): the
+    /// step ran no instruction; it loaded CS = `vector << 8`, IP = 0 into the INIT state.
+    Startup { vector: u8 },
 }
 
 impl EventKind {
@@ -348,6 +351,7 @@ impl EventKind {
             EventKind::EngineDivergence { .. } => "engine-divergence",
             EventKind::ExternalInterrupt(_) => "interrupt",
             EventKind::Retired { .. } => "retired",
+            EventKind::Startup { .. } => "startup",
         }
     }
 }

@@ -387,6 +387,24 @@ impl Platform {
         true
     }
 
+    /// Every vCPU that can take no step waits (each `(cpu, RFLAGS.IF)` of the halted ones):
+    /// time skips to the next timer until an interrupt wakes one of them. False when nothing
+    /// can (no timer armed, or every armed one fires into nothing).
+    pub fn wait_for_any(&mut self, halted: &[(usize, bool)]) -> bool {
+        let wakes = |p: &Platform| halted.iter().any(|&(cpu, if_set)| p.wakes(cpu, if_set));
+        while !wakes(self) {
+            let Some(t) = self.next_deadline() else {
+                return false;
+            };
+            self.clock.skip_to(t);
+            self.update();
+            if !wakes(self) && (self.next_deadline() == Some(t) || self.masked_timers_only()) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Every armed timer would fire into a masked input: waiting would never end.
     fn masked_timers_only(&self) -> bool {
         let lapic_timer_live = self.lapics.iter().any(|l| {

@@ -645,7 +645,8 @@ impl EmuBackend {
             .as_ref()
             .map(|t| t.1.clone())
             .unwrap_or_default();
-        if let Some(mirror) = self.mirror.as_ref() {
+        if let Some(mirror) = self.mirror.clone() {
+            let mirror = mirror.borrow();
             for p in tables {
                 let a = p as usize;
                 if let Some(was) = mirror.bytes().get(a..a + 0x1000) {

@@ -107,6 +107,7 @@ pub fn record_with(
     }
     backend.select_vcpu(0).map_err(RecordError::Load)?;
     let mut devices = Devices::new(console, guest.ram_size);
+    devices.set_cpus(backend.vcpus());
     if let Some(inputs) = &opts.replay_inputs {
         devices.replay(inputs.clone());
     }

@@ -72,6 +72,17 @@ pub struct Scenario {
     pub expected: Vec<ExpectedEvent>,
     /// Findings under TDP, each naming a policy and the index of the event it is about.
     pub expected_findings: Vec<ExpectedFinding>,
+    /// What each application processor the scenario starts must do, when the machine has it
+    /// (`--cpus`): AP `k` (APIC ID `k`) at index `k - 1`. `expected` and `expected_findings`
+    /// are the BSP's (vCPU 0), the same for any number of vCPUs. Empty for one-CPU scenarios.
+    pub aps: Vec<ApExpectation>,
+}
+
+/// The exact event sequence of one AP, and its findings (indexes into `expected`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApExpectation {
+    pub expected: Vec<ExpectedEvent>,
+    pub expected_findings: Vec<ExpectedFinding>,
 }
 
 impl Scenario {

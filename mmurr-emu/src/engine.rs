@@ -415,8 +415,8 @@ impl EmuBackend {
         }
         // Through the trampoline to plain real mode, then the INIT state (whose CS base is
         // not selector << 4) set directly, as KVM's vCPU reset does.
-        self.entry_fixups = self.enter(&crate::smp::startup_state(0))?;
-        self.set_regs(&crate::smp::init_state())?;
+        self.entry_fixups = self.enter(&guests::image::startup_entry(0))?;
+        self.set_regs(&guests::image::init_entry())?;
         self.loaded = true;
         Ok(())
     }

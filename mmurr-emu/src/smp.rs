@@ -11,7 +11,8 @@
 use crate::engine::EmuBackend;
 use platform::MpState;
 use recorder::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
-use traces::{BackendInfo, CpuidEntry, DescriptorTable, GuestSpec, RegionKind, Regs, Segment};
+use guests::image::{init_entry, startup_entry};
+use traces::{BackendInfo, CpuidEntry, GuestSpec, RegionKind, Regs};
 
 /// The most vCPUs `--cpus` accepts on the emu backend (each is an engine of its own).
 pub const MAX_CPUS: u32 = 64;
@@ -31,64 +32,6 @@ pub struct SmpBackend {
     stale: Vec<Stale>,
     /// The startup IPI the current step performed, for [`Backend::take_deliveries`].
     startup: Option<Delivery>,
-}
-
-/// The register state after INIT (SDM vol. 3A, table 10-1 "IA-32 processor states following
-/// power-up, reset, or INIT"), as KVM's vCPU reset sets it: real mode at F000:FFF0 with the
-/// CS base at FFFF0000.
-pub fn init_state() -> Regs {
-    let data = Segment {
-        selector: 0,
-        base: 0,
-        limit: 0xffff,
-        attrs: 0x93,
-    };
-    let mut seg = [data; 6];
-    seg[traces::regs::CS] = Segment {
-        selector: 0xf000,
-        base: 0xffff_0000,
-        limit: 0xffff,
-        attrs: 0x9b,
-    };
-    Regs {
-        rip: 0xfff0,
-        rflags: 0x2,
-        cr0: 0x6000_0010,
-        seg,
-        ldtr: Segment {
-            selector: 0,
-            base: 0,
-            limit: 0xffff,
-            attrs: 0x82,
-        },
-        tr: Segment {
-            selector: 0,
-            base: 0,
-            limit: 0xffff,
-            attrs: 0x8b,
-        },
-        gdtr: DescriptorTable {
-            base: 0,
-            limit: 0xffff,
-        },
-        idtr: DescriptorTable {
-            base: 0,
-            limit: 0xffff,
-        },
-        xcr0: 1,
-        ..Regs::default()
-    }
-}
-
-/// The INIT state with the startup IPI's vector applied: CS = vector << 8, base
-/// vector << 12, IP 0 (SDM vol. 3A, 9.4.4.1).
-pub fn startup_state(vector: u8) -> Regs {
-    let mut r = init_state();
-    let cs = &mut r.seg[traces::regs::CS];
-    cs.selector = u16::from(vector) << 8;
-    cs.base = u64::from(vector) << 12;
-    r.rip = 0;
-    r
 }
 
 impl SmpBackend {
@@ -220,7 +163,7 @@ impl Backend for SmpBackend {
         match self.mp_state(cur) {
             Some(MpState::SipiReceived(vector)) => {
                 // The startup IPI is this step: the INIT state at the vector's page.
-                self.cpus[cur].set_regs(&startup_state(vector))?;
+                self.cpus[cur].set_regs(&startup_entry(vector))?;
                 self.set_mp_state(cur, MpState::Runnable);
                 self.startup = Some(Delivery {
                     vector,

@@ -80,6 +80,9 @@ pub struct EmuBackend {
     /// vCPUs of the machine (the platform's local APICs), and which one this engine is.
     pub(crate) smp_cpus: u32,
     pub(crate) smp_index: u32,
+    /// Guest-physical pages of the instructions decoded since the machine last took them
+    /// (several vCPUs only): where this engine may hold translated code.
+    pub(crate) code_pages: Vec<u64>,
     /// The guest's own CPUID table when it is not the engine's (a trace recorded on KVM):
     /// Unicorn's CPUID hook answers from it. Declared after `uc`, which holds a pointer to it.
     guest_cpuid: Option<Box<crate::cpuid::GuestCpuid>>,
@@ -143,6 +146,7 @@ impl EmuBackend {
             mirror: None,
             smp_cpus: 1,
             smp_index: 0,
+            code_pages: Vec::new(),
             guest_cpuid: None,
             cpuid,
             cpu,
@@ -421,18 +425,16 @@ impl EmuBackend {
         Ok(())
     }
 
-    /// Drops translated code over `ranges` (all of it with `all`) and the TLB: other vCPUs'
-    /// engines wrote there, which this engine's own write tracking never sees.
-    pub(crate) fn invalidate(&mut self, ranges: &[(u64, u64)], all: bool) {
-        if all {
+    /// Other vCPUs' engines wrote memory, which this engine's own write tracking never sees:
+    /// its TLB is flushed, and its translated code too when `code` (they wrote a page it ran
+    /// code from). Unicorn's ranged TB removal takes *linear* addresses and walks the page
+    /// tables to translate them, setting accessed bits no instruction set: all of it goes.
+    pub(crate) fn invalidate(&mut self, code: bool) {
+        if code {
             let _ = self.uc.ctl_flush_tb();
-        } else {
-            for &(gpa, len) in ranges {
-                let _ = self.uc.ctl_remove_cache(gpa, gpa.saturating_add(len.max(1)));
-            }
+            self.uc.get_data_mut().run.host_wrote();
         }
         let _ = self.uc.ctl_flush_tlb();
-        self.uc.get_data_mut().run.host_wrote();
     }
 
     fn map_mmio(&mut self, base: u64, size: u64) -> Result<(), BackendError> {
@@ -652,6 +654,10 @@ impl EmuBackend {
             let chunk = ((0x1000 - (a & 0xfff)) as usize).min(buf.len() - done);
             match self.uc.vmem_translate(a, Prot::EXEC) {
                 Ok(pa) => {
+                    if self.smp_cpus > 1 {
+                        // Pages this engine holds translated code of (see smp.rs).
+                        self.code_pages.push(pa & !0xfff);
+                    }
                     if self.uc.mem_read(pa, &mut buf[done..done + chunk]).is_err() {
                         break;
                     }

@@ -17,12 +17,28 @@ use traces::{BackendInfo, CpuidEntry, GuestSpec, RegionKind, Regs};
 /// The most vCPUs `--cpus` accepts on the emu backend (each is an engine of its own).
 pub const MAX_CPUS: u32 = 64;
 
-/// What other vCPUs wrote since a vCPU last ran.
+/// What other vCPUs wrote since a vCPU last ran, and where it holds translated code.
 #[derive(Default)]
 struct Stale {
     ranges: Vec<(u64, u64)>,
     /// Writes that were not listed (an `in` completed later): drop everything.
     all: bool,
+    /// Guest-physical pages this vCPU's engine ran code from since its code was last dropped.
+    code_pages: std::collections::BTreeSet<u64>,
+}
+
+impl Stale {
+    /// Whether the writes touch a page of code.
+    fn hits_code(&self) -> bool {
+        self.all
+            || self.ranges.iter().any(|&(gpa, len)| {
+                let last = gpa.saturating_add(len.max(1) - 1) & !0xfff;
+                self.code_pages
+                    .range(gpa & !0xfff..=last)
+                    .next()
+                    .is_some()
+            })
+    }
 }
 
 /// The emu backend of a machine with several vCPUs.
@@ -184,7 +200,10 @@ impl Backend for SmpBackend {
             Some(MpState::Halted) => self.set_mp_state(cur, MpState::Runnable),
             Some(MpState::Runnable) | None => {}
         }
-        let r = self.cpus[cur].step()?;
+        let r = self.cpus[cur].step();
+        let pages = std::mem::take(&mut self.cpus[cur].code_pages);
+        self.stale[cur].code_pages.extend(pages);
+        let r = r?;
         if r.exit == Exit::Halted {
             self.set_mp_state(cur, MpState::Halted);
         }
@@ -224,9 +243,15 @@ impl Backend for SmpBackend {
         if let Some(p) = self.platform() {
             p.borrow_mut().select_cpu(v);
         }
-        let stale = std::mem::take(&mut self.stale[v]);
+        let stale = &mut self.stale[v];
         if stale.all || !stale.ranges.is_empty() {
-            self.cpus[v].invalidate(&stale.ranges, stale.all);
+            let code = stale.hits_code();
+            if code {
+                stale.code_pages.clear();
+            }
+            stale.ranges.clear();
+            stale.all = false;
+            self.cpus[v].invalidate(code);
         }
         Ok(())
     }

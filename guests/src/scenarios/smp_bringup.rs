@@ -13,7 +13,7 @@
 //! |---|---|
 //! | `0x4000`.. | the BSP's 4-level identity map ([`super::long_identity`]) |
 //! | `0x30000` | AP real-mode code: the startup IPI's vector is 0x30 (CS:IP = 3000:0000) |
-//! | `0x31000` | AP 32-bit code: reads its APIC ID from the LAPIC and picks its path |
+//! | `0xf000` | AP 32-bit code (below 64 KiB for the real-mode far jump): reads its APIC ID from the LAPIC and picks its path |
 //! | `0x32000` | AP 64-bit code: sets its done flag and parks (`cli; hlt`) |
 //! | `0x33000` | done flags, one dword per APIC ID |
 //! | `0x35000`.. | AP stacks (top of AP k at `0x34000 + k * 0x1000`) |
@@ -33,7 +33,8 @@ use traces::FindingKind;
 const AP16: u64 = 0x30000;
 /// The startup IPI's vector: the AP starts at `vector << 12`.
 const SIPI_VECTOR: u32 = (AP16 >> 12) as u32;
-const AP32: u64 = 0x31000;
+/// Below 64 KiB: the real-mode far jump into it has a 16-bit offset.
+const AP32: u64 = 0xf000;
 const AP64: u64 = 0x32000;
 const DONE: u64 = 0x33000;
 const AP_STACKS: u64 = 0x34000;

@@ -11,7 +11,7 @@
 use crate::engine::EmuBackend;
 use platform::MpState;
 use recorder::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
-use guests::image::{init_entry, startup_entry};
+use guests::image::startup_entry;
 use traces::{BackendInfo, CpuidEntry, GuestSpec, RegionKind, Regs};
 
 /// The most vCPUs `--cpus` accepts on the emu backend (each is an engine of its own).

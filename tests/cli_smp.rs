@@ -24,11 +24,7 @@ fn smp_bringup_on_four_vcpus_has_the_seed_bug_on_ap_2_under_v5_1_rc3_only() {
         ],
         dir.path(),
     );
-    assert!(
-        dir.path().join("t.mmurr").exists(),
-        "{}",
-        text(&rec.stderr)
-    );
+    assert!(dir.path().join("t.mmurr").exists(), "{}", text(&rec.stderr));
     let info = mmurr(&["info", "t.mmurr", "--json"], dir.path());
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
     assert_eq!(info["format_version"], 5, "{info}");
@@ -80,7 +76,14 @@ fn the_kvm_backend_refuses_several_vcpus_and_auto_takes_emu() {
     let dir = tempfile::tempdir().unwrap();
     let out = mmurr(
         &[
-            "record", "--scenario", "smp-bringup", "--cpus", "2", "--backend", "kvm", "-q",
+            "record",
+            "--scenario",
+            "smp-bringup",
+            "--cpus",
+            "2",
+            "--backend",
+            "kvm",
+            "-q",
         ],
         dir.path(),
     );

@@ -17,12 +17,12 @@ use crate::ram::{in_ram, RamBuf, RamView};
 use crate::regs::{cache_from_segment, segment_from_cache};
 use crate::trampoline::{self, EntryMode, SCRATCH_SIZE};
 use recorder::{Backend, BackendError, Exit, StepResult, Written};
+use std::cell::RefCell;
+use std::rc::Rc;
 use traces::{
     BackendInfo, BackendKind, CpuidEntry, DescriptorTable, GuestSpec, RegionKind, Regs, Segment,
 };
 use unicorn_engine::unicorn_const::{uc_error, Arch, HookType, MemType, Mode, Prot};
-use std::cell::RefCell;
-use std::rc::Rc;
 use unicorn_engine::{RegisterX86, Unicorn};
 
 mod machine;

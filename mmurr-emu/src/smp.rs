@@ -9,9 +9,9 @@
 //! which drop translated code there and flush their TLB before they run again.
 
 use crate::engine::EmuBackend;
+use guests::image::startup_entry;
 use platform::MpState;
 use recorder::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
-use guests::image::startup_entry;
 use traces::{BackendInfo, CpuidEntry, GuestSpec, RegionKind, Regs};
 
 /// The most vCPUs `--cpus` accepts on the emu backend (each is an engine of its own).
@@ -33,10 +33,7 @@ impl Stale {
         self.all
             || self.ranges.iter().any(|&(gpa, len)| {
                 let last = gpa.saturating_add(len.max(1) - 1) & !0xfff;
-                self.code_pages
-                    .range(gpa & !0xfff..=last)
-                    .next()
-                    .is_some()
+                self.code_pages.range(gpa & !0xfff..=last).next().is_some()
             })
     }
 }
@@ -263,8 +260,7 @@ impl Backend for SmpBackend {
             Some(MpState::InitReceived) | None => false,
             Some(MpState::Halted) => {
                 let if_set = self.interrupts_enabled(v);
-                self.platform()
-                    .is_some_and(|p| p.borrow().wakes(v, if_set))
+                self.platform().is_some_and(|p| p.borrow().wakes(v, if_set))
             }
         }
     }

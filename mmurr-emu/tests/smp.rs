@@ -105,7 +105,10 @@ fn four_vcpus_bring_up_with_their_own_events_and_the_seed_bug_on_ap_2_only() {
             _ => None,
         })
     };
-    assert_eq!((cr3(0), cr3(1), cr3(2), cr3(3)), (Some(0x4000), Some(0x40000), Some(0x50800), Some(0x43000)));
+    assert_eq!(
+        (cr3(0), cr3(1), cr3(2), cr3(3)),
+        (Some(0x4000), Some(0x40000), Some(0x50800), Some(0x43000))
+    );
     // Stale contexts: v5.1-rc3 at AP 2's CR4.PAE write, and nowhere else.
     let ap2 = &r.scenario.aps[1].expected_findings;
     assert_eq!(ap2.len(), 1);
@@ -117,7 +120,12 @@ fn four_vcpus_bring_up_with_their_own_events_and_the_seed_bug_on_ap_2_only() {
         .collect();
     assert_eq!(
         stale,
-        vec![&(2, "v5.1-rc3".to_string(), traces::FindingKind::StaleContext, cause)]
+        vec![&(
+            2,
+            "v5.1-rc3".to_string(),
+            traces::FindingKind::StaleContext,
+            cause
+        )]
     );
 }
 
@@ -146,7 +154,12 @@ fn the_timeline_rebuilds_every_vcpus_registers() {
         };
         assert_eq!(at.vcpu(), k.current, "step {}", k.step);
         for v in 0..CPUS {
-            assert_eq!(at.regs_of(v), Some(&k.regs[v as usize]), "step {} vCPU {v}", k.step);
+            assert_eq!(
+                at.regs_of(v),
+                Some(&k.regs[v as usize]),
+                "step {} vCPU {v}",
+                k.step
+            );
         }
     }
     for k in keyframes.iter().rev() {

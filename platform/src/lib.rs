@@ -158,7 +158,8 @@ impl Platform {
         let Some(l) = self.lapics.get(cpu) else {
             return false;
         };
-        self.nmi[cpu] || (if_set && (l.pending().is_some() || (l.accepts_pic() && self.pics.intr())))
+        self.nmi[cpu]
+            || (if_set && (l.pending().is_some() || (l.accepts_pic() && self.pics.intr())))
     }
 
     /// The executing vCPU takes its pending NMI, if any.

@@ -258,7 +258,10 @@ impl<'a> Tracer<'a> {
         let regs = self
             .parked
             .iter()
-            .map(|p| p.as_ref().map_or_else(|| self.regs.clone(), |p| p.regs.clone()))
+            .map(|p| {
+                p.as_ref()
+                    .map_or_else(|| self.regs.clone(), |p| p.regs.clone())
+            })
             .collect();
         self.append(Record::Vcpus(traces::VcpusKeyframe {
             step: self.step,

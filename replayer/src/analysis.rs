@@ -198,7 +198,10 @@ impl Analysis {
                 && (kept % CHECKPOINT_WRITES == 0
                     || event.step - checkpoint_step >= CHECKPOINT_STEPS)
             {
-                checkpoints.push((kept, watches.iter().map(|w| w.trackers().to_vec()).collect()));
+                checkpoints.push((
+                    kept,
+                    watches.iter().map(|w| w.trackers().to_vec()).collect(),
+                ));
                 checkpoint_step = event.step;
             }
             let Some(watch) = watches.get_mut(vcpu as usize) else {

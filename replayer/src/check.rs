@@ -142,7 +142,14 @@ pub fn check<R: Read + Seek>(
 pub fn report(analysis: &Analysis) -> CheckReport {
     let mut summaries = vec![PolicySummary::default(); analysis.policies.len()];
     let several = analysis.initial_vcpus.len() > 1;
-    let mut vcpus = vec![PolicySummary::default(); if several { analysis.initial_vcpus.len() } else { 0 }];
+    let mut vcpus = vec![
+        PolicySummary::default();
+        if several {
+            analysis.initial_vcpus.len()
+        } else {
+            0
+        }
+    ];
     for w in &analysis.writes {
         if let Some(v) = vcpus.get_mut(w.vcpu as usize) {
             v.writes += 1;

@@ -74,8 +74,12 @@ impl Reexecution {
         let base = before.step;
         let done = self.reexecuted(header, run_end, before)?;
         let mut stopped = false;
-        done.timeline
-            .walk_steps(0, before.regs.clone(), before.parked.clone(), to - base, &mut |v| {
+        done.timeline.walk_steps(
+            0,
+            before.regs.clone(),
+            before.parked.clone(),
+            to - base,
+            &mut |v| {
                 if v.step + base <= from {
                     return false;
                 }
@@ -86,7 +90,8 @@ impl Reexecution {
                     mem: v.mem,
                 });
                 stopped
-            })?;
+            },
+        )?;
         Ok(stopped)
     }
 

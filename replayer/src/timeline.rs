@@ -392,9 +392,9 @@ impl<R: Read + Seek> Timeline<R> {
                     Record::Step(s) => (s.step, s.step),
                     Record::Run(run) => (run.first, run.step),
                     Record::Vcpu(v) if v.step == at => {
-                        parked.switch(v.vcpu, &mut regs).map_err(|detail| {
-                            TimelineError::Inconsistent { step: at, detail }
-                        })?;
+                        parked
+                            .switch(v.vcpu, &mut regs)
+                            .map_err(|detail| TimelineError::Inconsistent { step: at, detail })?;
                         continue;
                     }
                     _ => continue,

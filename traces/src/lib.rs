@@ -41,8 +41,8 @@ pub use preamble::{Preamble, FORMAT_VERSION, MAX_VCPUS};
 pub use reader::{Reader, Records};
 pub use record::*;
 pub use recover::Recovery;
-pub use vcpu::{Parked, VcpuCursor};
 pub use regs::{DescriptorTable, RegId, Regs, Segment};
+pub use vcpu::{Parked, VcpuCursor};
 pub use writer::{WriteSummary, Writer};
 
 /// The file extension of traces.

@@ -9,9 +9,9 @@ use crate::integrity::{DamagedChunk, Depth, Integrity};
 use crate::io::Source;
 use crate::preamble::{self, Preamble, PREAMBLE_LEN};
 use crate::record::{EndRecord, Event, EventId, Header, Keyframe, Record, Step};
+use crate::recover::{self, Recovery};
 use crate::regs::Regs;
 use crate::vcpu::Parked;
-use crate::recover::{self, Recovery};
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
@@ -197,7 +197,10 @@ impl<R: Read + Seek> Reader<R> {
     /// [`Reader::keyframe_at_or_before`] with every vCPU's registers there (format 5): the
     /// registers of the keyframe's vCPU and the others' parked, ready to follow the records
     /// after it.
-    pub fn keyframe_cpus_at_or_before(&mut self, step: Step) -> Result<Option<(Step, Regs, Parked)>> {
+    pub fn keyframe_cpus_at_or_before(
+        &mut self,
+        step: Step,
+    ) -> Result<Option<(Step, Regs, Parked)>> {
         let Some(k) = self.keyframe_at_or_before(step)? else {
             return Ok(None);
         };

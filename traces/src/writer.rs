@@ -130,7 +130,8 @@ impl<W: Write> Writer<W> {
             _ => {}
         }
         self.encode(record)?;
-        let joins_keyframe = std::mem::take(&mut self.keyframe_open) && matches!(record, Record::Vcpus(_));
+        let joins_keyframe =
+            std::mem::take(&mut self.keyframe_open) && matches!(record, Record::Vcpus(_));
         // A record that would overflow the chunk starts the next one.
         if !self.chunk.is_empty()
             && !joins_keyframe

@@ -148,9 +148,7 @@ fn aps(f: &CpuFeatures, img: &mut Image) -> Result<Vec<ApExpectation>, BuildErro
     let mut a16 = CodeAssembler::new(16)?;
     progs[0].real_to_protected(&mut a16, GDTR, STACK16, AP32 as u32)?;
     for p in &mut progs[1..] {
-        p.model
-            .cr0(CR0_PE | CR0_ET)
-            .map_err(BuildError::Model)?;
+        p.model.cr0(CR0_PE | CR0_ET).map_err(BuildError::Model)?;
     }
     // IP 0 is CS base AP16: branches and the far jump are position-independent or absolute.
     let bytes = a16.assemble(0)?;
@@ -215,7 +213,11 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     bsp(&mut p, &mut code)?;
     let mut img = Image::new(RAM_SIZE);
     let aps = aps(f, &mut img)?;
-    img.add("AP page tables", AP_LONG_TABLES, ap_long_tables()?.into_bytes())?;
+    img.add(
+        "AP page tables",
+        AP_LONG_TABLES,
+        ap_long_tables()?.into_bytes(),
+    )?;
     let mut seed = Tables::new(SEED_PD32, SEED_TABLES_LEN);
     seed_tables(&mut seed, SEED_PD32, SEED_DATA_A, SEED_DATA_B)?;
     img.add("AP 2 seed tables", SEED_PD32, seed.into_bytes())?;

@@ -13,9 +13,9 @@ use crate::decode::{Decoded, Kind};
 use iced_x86::{Mnemonic, Register};
 use platform::{ioapic, lapic, Features, Platform};
 use recorder::{BackendError, Exit, StepResult};
-use traces::Regs;
 use std::cell::RefCell;
 use std::rc::Rc;
+use traces::Regs;
 use unicorn_engine::{RegisterX86, Unicorn};
 
 const RFLAGS_IF: u64 = 1 << 9;
@@ -74,7 +74,11 @@ impl EmuBackend {
 
     /// The platform, for the engines of the machine's other vCPUs.
     pub(crate) fn platform_handle(&self) -> Option<Rc<RefCell<Platform>>> {
-        self.uc.get_data().machine.as_ref().map(|m| m.platform.clone())
+        self.uc
+            .get_data()
+            .machine
+            .as_ref()
+            .map(|m| m.platform.clone())
     }
 
     /// Creates the platform and maps its register pages (unless the guest declared its own
@@ -122,7 +126,9 @@ impl EmuBackend {
                             }
                             if let Some(m) = uc.get_data_mut().machine.as_mut() {
                                 if m.platform.borrow_mut().claims_mmio(base + off) {
-                                    m.platform.borrow_mut().mmio_write(base + off, size as u8, v);
+                                    m.platform
+                                        .borrow_mut()
+                                        .mmio_write(base + off, size as u8, v);
                                 }
                             }
                         },
@@ -310,7 +316,10 @@ impl EmuBackend {
             _ => {
                 if let (Kind::MovCr(8), false) = (d.kind, delivered) {
                     let cr8 = insn::register_value(before, 64, i.op1_register()).unwrap_or(0) & 0xf;
-                    m.platform.borrow_mut().lapic_mut().write(0x80, (cr8 << 4) as u32, 0);
+                    m.platform
+                        .borrow_mut()
+                        .lapic_mut()
+                        .write(0x80, (cr8 << 4) as u32, 0);
                 }
                 Ok(exit)
             }
@@ -326,7 +335,8 @@ impl EmuBackend {
 
     /// Virtual time now, in nanoseconds.
     pub(super) fn platform_time_ns(&mut self) -> Option<u64> {
-        self.machine().map(|m| m.platform.borrow_mut().clock.now_ns())
+        self.machine()
+            .map(|m| m.platform.borrow_mut().clock.now_ns())
     }
 }
 
@@ -334,7 +344,9 @@ impl EmuBackend {
 /// ones, like absent memory.
 fn mmio_read(st: &mut HookState, gpa: u64, size: u8) -> u64 {
     match st.machine.as_mut() {
-        Some(m) if m.platform.borrow_mut().claims_mmio(gpa) => m.platform.borrow_mut().mmio_read(gpa, size),
+        Some(m) if m.platform.borrow_mut().claims_mmio(gpa) => {
+            m.platform.borrow_mut().mmio_read(gpa, size)
+        }
         _ => recorder::devices::mask(size),
     }
 }

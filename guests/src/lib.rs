@@ -52,7 +52,7 @@ mod tables;
 #[doc(hidden)]
 pub mod test_kernels;
 
-pub use asm::BuildError;
+pub use asm::{gdt_blob, BuildError};
 pub use expect::{CpuFeatures, ExpectedEvent, ExpectedFinding};
 pub use scenarios::RAM_SIZE as SCENARIO_RAM_SIZE;
 

@@ -73,7 +73,11 @@ fn smp_bringup_on_four_vcpus_has_the_seed_bug_on_ap_2_under_v5_1_rc3_only() {
     // Re-executed on four vCPUs again, instruction by instruction in the same order.
     let verify = mmurr(&["verify", "t.mmurr"], dir.path());
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
-    assert!(text(&verify.stdout).contains("reproduced"), "{}", text(&verify.stdout));
+    assert!(
+        text(&verify.stdout).contains("reproduced"),
+        "{}",
+        text(&verify.stdout)
+    );
 }
 
 #[test]

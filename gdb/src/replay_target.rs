@@ -355,7 +355,10 @@ impl ReplayTarget {
     /// The registers of gdb thread `tid` (vCPU `tid - 1`).
     fn gdb_regs_of(&self, tid: Tid) -> Option<SystemRegs> {
         let v = u32::try_from(tid.get() - 1).ok()?;
-        self.timeline.current().regs_of(v).map(SystemRegs::from_trace)
+        self.timeline
+            .current()
+            .regs_of(v)
+            .map(SystemRegs::from_trace)
     }
 
     pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> usize {
@@ -708,6 +711,12 @@ fn end_of_log(pos: ReplayLogPosition) -> RunOutcome {
 
 // ---- gdbstub plumbing ----
 
+use gdbstub::common::Tid;
+use gdbstub::stub::{BaseStopReason, MultiThreadStopReason};
+use gdbstub::target::ext::base::multithread::{
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
+    MultiThreadSingleStepOps,
+};
 use gdbstub::target::ext::base::reverse_exec::{
     ReverseCont, ReverseContOps, ReverseStep, ReverseStepOps,
 };
@@ -717,12 +726,6 @@ use gdbstub::target::ext::base::single_register_access::{
 use gdbstub::target::ext::base::singlethread::{
     SingleThreadBase, SingleThreadResume, SingleThreadResumeOps, SingleThreadSingleStep,
     SingleThreadSingleStepOps,
-};
-use gdbstub::common::Tid;
-use gdbstub::stub::{BaseStopReason, MultiThreadStopReason};
-use gdbstub::target::ext::base::multithread::{
-    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
-    MultiThreadSingleStepOps,
 };
 use gdbstub::target::ext::base::BaseOps;
 use gdbstub::target::ext::breakpoints::{
@@ -869,9 +872,7 @@ impl MultiThreadBase for ReplayTarget {
         Err(TargetError::NonFatal)
     }
 
-    fn support_single_register_access(
-        &mut self,
-    ) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
+    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
         Some(self)
     }
 
@@ -920,7 +921,12 @@ impl SingleRegisterAccess<Tid> for ReplayTarget {
         }
     }
 
-    fn write_register(&mut self, _tid: Tid, _id: SystemRegId, _val: &[u8]) -> TargetResult<(), Self> {
+    fn write_register(
+        &mut self,
+        _tid: Tid,
+        _id: SystemRegId,
+        _val: &[u8],
+    ) -> TargetResult<(), Self> {
         Err(TargetError::NonFatal)
     }
 }

@@ -99,7 +99,9 @@ impl BlockingEventLoop for ReplayLoop {
                     Write::write_all(conn, &console_packet(&note))
                         .map_err(run_blocking::WaitForStopReasonError::Connection)?;
                 }
-                Ok(run_blocking::Event::TargetStopped(target.stop_reason(reason)))
+                Ok(run_blocking::Event::TargetStopped(
+                    target.stop_reason(reason),
+                ))
             }
         }
     }
@@ -108,9 +110,9 @@ impl BlockingEventLoop for ReplayLoop {
         target: &mut ReplayTarget,
     ) -> Result<Option<Self::StopReason>, <ReplayTarget as Target>::Error> {
         target.cancel_pending();
-        Ok(Some(
-            target.stop_reason(SingleThreadStopReason::Signal(Signal::SIGINT)),
-        ))
+        Ok(Some(target.stop_reason(SingleThreadStopReason::Signal(
+            Signal::SIGINT,
+        ))))
     }
 }
 

@@ -17,7 +17,11 @@ const AP: u64 = 0x8000;
 fn guest() -> traces::GuestSpec {
     let mut bsp = CodeAssembler::new(32).unwrap();
     // INIT, then two startup IPIs, to all excluding self.
-    for icr in [0xc_4500u32, 0xc_4600 | (AP >> 12) as u32, 0xc_4600 | (AP >> 12) as u32] {
+    for icr in [
+        0xc_4500u32,
+        0xc_4600 | (AP >> 12) as u32,
+        0xc_4600 | (AP >> 12) as u32,
+    ] {
         bsp.mov(dword_ptr(0xfee0_0300u64), icr).unwrap();
     }
     let mut top = bsp.create_label();

@@ -42,7 +42,10 @@ fn verify(
         n if args.backend == BackendChoice::Kvm => {
             bail!("the trace has {n} vCPUs and the kvm backend records one: verify it with --backend emu")
         }
-        n => (Chosen::Emu, format!("the trace has {n} vCPUs, which the emu backend runs")),
+        n => (
+            Chosen::Emu,
+            format!("the trace has {n} vCPUs, which the emu backend runs"),
+        ),
     };
     let name = if chosen.0 == Chosen::Kvm {
         "kvm"

@@ -66,8 +66,8 @@ fn golden_traces_read_back_exactly() {
 /// vCPU count, every chunk names its vCPU, and each vCPU's events are where they were.
 #[test]
 fn format_5_recording_of_four_vcpus_reads_back() {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("corpus/recorded/smp-bringup.emu.mmurr");
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/recorded/smp-bringup.emu.mmurr");
     let mut reader = Reader::open(&path).unwrap();
     assert_eq!(reader.format_version(), 5);
     assert_eq!(reader.header().vcpu_count(), 4);
@@ -98,6 +98,8 @@ fn format_5_recording_of_four_vcpus_reads_back() {
     assert_eq!(k.regs[2].rip, 0xfff0);
     assert_eq!(k.regs[2].seg[regs::CS].base, 0xffff_0000);
     let (e, v) = reader.event_with_vcpu(171).unwrap().unwrap();
-    assert!(matches!(e.kind, EventKind::CrWrite(ref w) if w.reg == ControlReg::Cr4 && w.new == 0x20));
+    assert!(
+        matches!(e.kind, EventKind::CrWrite(ref w) if w.reg == ControlReg::Cr4 && w.new == 0x20)
+    );
     assert_eq!(v, 2);
 }

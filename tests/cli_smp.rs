@@ -70,6 +70,30 @@ fn smp_bringup_on_four_vcpus_has_the_seed_bug_on_ap_2_under_v5_1_rc3_only() {
         .collect();
     assert_eq!(startups, vec![1, 2, 3]);
 
+    // Perfetto: a process of tracks per vCPU; AP 2's paging-mode track has its PAE stretch.
+    let out = mmurr(
+        &["export", "t.mmurr", "--format", "perfetto", "-o", "p.json"],
+        dir.path(),
+    );
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let p: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("p.json")).unwrap()).unwrap();
+    let events = p["traceEvents"].as_array().unwrap();
+    let processes = events
+        .iter()
+        .filter(|e| e["name"] == "process_name")
+        .count();
+    assert_eq!(processes, 4);
+    let slices = |pid: u64| -> Vec<String> {
+        events
+            .iter()
+            .filter(|e| e["ph"] == "X" && e["pid"] == pid)
+            .map(|e| e["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(slices(3), ["real", "unpaged", "32-bit", "pae", "32-bit"]);
+    assert_eq!(slices(2), ["real", "unpaged", "4-level"]);
+
     // Re-executed on four vCPUs again, instruction by instruction in the same order.
     let verify = mmurr(&["verify", "t.mmurr"], dir.path());
     assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));

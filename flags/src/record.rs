@@ -94,6 +94,10 @@ pub struct RecordFlags {
     /// Do not record the host KVM's events.
     #[arg(long)]
     pub no_host_events: bool,
+    /// vCPUs of the guest (emu backend): vCPU 0 starts at the entry state, the others (APs)
+    /// wait for INIT-SIPI; the recorder runs them one instruction each, round robin.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub cpus: u32,
 }
 
 impl Default for RecordFlags {
@@ -114,6 +118,7 @@ impl Default for RecordFlags {
             replay_inputs: None,
             host_events: false,
             no_host_events: false,
+            cpus: 1,
         }
     }
 }
@@ -214,6 +219,7 @@ mod tests {
                 replay_inputs: Some("r.mmurr".into()),
                 host_events: true,
                 no_host_events: false,
+                cpus: 4,
             },
         );
         round_trip(

@@ -253,8 +253,9 @@ impl ReplayTarget {
         let bps = self.bps.clone();
         let mut result = Scan::NotFound;
         let regs = self.regs().clone();
+        let parked = self.timeline.current().parked.clone();
         self.timeline
-            .walk_steps(cur, regs, limit, &mut |v| {
+            .walk_steps(cur, regs, parked, limit, &mut |v| {
                 if let Some(w) = bps.watch_hit(v.mem) {
                     result = Scan::Found(v.step, Hit::Watch(w.clone(), v.step));
                     return true;
@@ -289,21 +290,24 @@ impl ReplayTarget {
         let lo = floor + 1;
         let mut end = cur; // states strictly before `end`, writes up to `end`, are still to search
         while end > floor {
-            let (kstep, kregs) = match self
+            let (kstep, kregs, kparked) = match self
                 .timeline
                 .reader()
-                .keyframe_at_or_before(end - 1)
+                .keyframe_cpus_at_or_before(end - 1)
                 .map_err(err)?
             {
-                Some(k) => (k.step, k.regs),
-                None => (0, self.timeline.entry().regs.clone()),
+                Some(k) => k,
+                None => {
+                    let entry = self.timeline.entry();
+                    (0, entry.regs.clone(), entry.parked.clone())
+                }
             };
             let mut last: Option<(Step, Hit)> = None;
             if kstep >= lo && bps.has_addr(insn::linear_ip(&kregs)) {
                 last = Some((kstep, Hit::Breakpoint));
             }
             self.timeline
-                .walk_steps(kstep, kregs, end, &mut |v| {
+                .walk_steps(kstep, kregs, kparked, end, &mut |v| {
                     // The write of step `v.step` is undone at the state before it.
                     if let Some(w) = bps.watch_hit(v.mem).filter(|_| v.step >= lo) {
                         last = Some((v.step - 1, Hit::Watch(w.clone(), v.step)));
@@ -336,9 +340,63 @@ impl ReplayTarget {
         SystemRegs::from_trace(self.regs())
     }
 
+    /// The registers of gdb thread `tid` (vCPU `tid - 1`).
+    fn gdb_regs_of(&self, tid: Tid) -> Option<SystemRegs> {
+        let v = u32::try_from(tid.get() - 1).ok()?;
+        self.timeline
+            .current()
+            .regs_of(v)
+            .map(SystemRegs::from_trace)
+    }
+
     pub fn read_memory(&self, addr: u64, buf: &mut [u8]) -> usize {
         let snap = self.timeline.current();
         guest_memory::read(&snap.regs, &self.cpu, &snap.memory, self.phys, addr, buf)
+    }
+
+    /// [`ReplayTarget::read_memory`] through the address space of gdb thread `tid`.
+    fn read_memory_of(&self, tid: Tid, addr: u64, buf: &mut [u8]) -> usize {
+        let snap = self.timeline.current();
+        let regs = u32::try_from(tid.get() - 1)
+            .ok()
+            .and_then(|v| snap.regs_of(v))
+            .unwrap_or(&snap.regs);
+        guest_memory::read(regs, &self.cpu, &snap.memory, self.phys, addr, buf)
+    }
+
+    /// vCPUs of the trace: gdb threads 1..=N, as QEMU's gdbstub presents CPUs.
+    pub fn vcpus(&self) -> u32 {
+        self.timeline.header().vcpu_count()
+    }
+
+    /// The gdb thread of the vCPU that executed the current step.
+    pub fn current_tid(&self) -> Tid {
+        Tid::new(self.timeline.current().vcpu() as usize + 1).unwrap_or(Tid::MIN)
+    }
+
+    /// A stop as gdb is told it. With one vCPU exactly as a single-threaded target; with
+    /// several, every stop names the thread (vCPU) that executed the step stopped at, as rr
+    /// does: the whole machine moves in the recorded total order.
+    pub fn stop_reason(&self, r: SingleThreadStopReason<u64>) -> MultiThreadStopReason<u64> {
+        if self.vcpus() == 1 {
+            return r.into();
+        }
+        let tid = self.current_tid();
+        match r {
+            BaseStopReason::DoneStep => BaseStopReason::SignalWithThread {
+                tid,
+                signal: Signal::SIGTRAP,
+            },
+            BaseStopReason::Signal(signal) => BaseStopReason::SignalWithThread { tid, signal },
+            BaseStopReason::SwBreak(()) => BaseStopReason::SwBreak(tid),
+            BaseStopReason::HwBreak(()) => BaseStopReason::HwBreak(tid),
+            BaseStopReason::Watch { kind, addr, .. } => BaseStopReason::Watch { tid, kind, addr },
+            BaseStopReason::ReplayLog { pos, .. } => BaseStopReason::ReplayLog {
+                tid: Some(tid),
+                pos,
+            },
+            other => other.into(),
+        }
     }
 
     pub fn add_breakpoint(&mut self, addr: u64) -> bool {
@@ -664,6 +722,12 @@ fn end_of_log(pos: ReplayLogPosition) -> RunOutcome {
 
 // ---- gdbstub plumbing ----
 
+use gdbstub::common::Tid;
+use gdbstub::stub::{BaseStopReason, MultiThreadStopReason};
+use gdbstub::target::ext::base::multithread::{
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
+    MultiThreadSingleStepOps,
+};
 use gdbstub::target::ext::base::reverse_exec::{
     ReverseCont, ReverseContOps, ReverseStep, ReverseStepOps,
 };
@@ -690,7 +754,11 @@ impl Target for ReplayTarget {
     type Error = Error;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
-        BaseOps::SingleThread(self)
+        if self.vcpus() > 1 {
+            BaseOps::MultiThread(self)
+        } else {
+            BaseOps::SingleThread(self)
+        }
     }
 
     fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
@@ -798,6 +866,142 @@ impl SingleThreadSingleStep for ReplayTarget {
 impl ReverseStep<()> for ReplayTarget {
     fn reverse_step(&mut self, _tid: ()) -> Result<(), Self::Error> {
         self.set_pending(Resume::ReverseStep);
+        Ok(())
+    }
+}
+
+// ---- several vCPUs: gdb threads ----
+
+impl MultiThreadBase for ReplayTarget {
+    fn read_registers(&mut self, regs: &mut SystemRegs, tid: Tid) -> TargetResult<(), Self> {
+        *regs = self.gdb_regs_of(tid).ok_or(TargetError::NonFatal)?;
+        Ok(())
+    }
+
+    /// A trace is history: its registers cannot be changed.
+    fn write_registers(&mut self, _regs: &SystemRegs, _tid: Tid) -> TargetResult<(), Self> {
+        Err(TargetError::NonFatal)
+    }
+
+    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
+        Some(self)
+    }
+
+    fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        match self.read_memory_of(tid, start, data) {
+            0 if !data.is_empty() => Err(TargetError::NonFatal),
+            n => Ok(n),
+        }
+    }
+
+    fn write_addrs(&mut self, _start: u64, _data: &[u8], _tid: Tid) -> TargetResult<(), Self> {
+        Err(TargetError::NonFatal)
+    }
+
+    fn list_active_threads(
+        &mut self,
+        thread_is_active: &mut dyn FnMut(Tid),
+    ) -> Result<(), Self::Error> {
+        for v in 0..self.vcpus() as usize {
+            if let Some(tid) = Tid::new(v + 1) {
+                thread_is_active(tid);
+            }
+        }
+        Ok(())
+    }
+
+    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleRegisterAccess<Tid> for ReplayTarget {
+    fn read_register(
+        &mut self,
+        tid: Tid,
+        id: SystemRegId,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        let regs = self.gdb_regs_of(tid).ok_or(TargetError::NonFatal)?;
+        match regs.get(id.0) {
+            Some(bytes) if bytes.len() <= buf.len() => {
+                buf[..bytes.len()].copy_from_slice(&bytes);
+                Ok(bytes.len())
+            }
+            _ => Ok(0),
+        }
+    }
+
+    fn write_register(
+        &mut self,
+        _tid: Tid,
+        _id: SystemRegId,
+        _val: &[u8],
+    ) -> TargetResult<(), Self> {
+        Err(TargetError::NonFatal)
+    }
+}
+
+/// The machine moves as a whole, in the recorded order: stepping any thread steps the
+/// machine one instruction (of whichever vCPU ran next), continuing any continues it.
+impl MultiThreadResume for ReplayTarget {
+    fn resume(&mut self) -> Result<(), Self::Error> {
+        if self.pending.is_none() {
+            self.set_pending(Resume::Continue);
+        }
+        Ok(())
+    }
+
+    fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
+        self.cancel_pending();
+        Ok(())
+    }
+
+    fn set_resume_action_continue(
+        &mut self,
+        _tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), Self::Error> {
+        if self.pending != Some(Resume::Step) {
+            self.set_pending(Resume::Continue);
+        }
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+
+    fn support_reverse_step(&mut self) -> Option<ReverseStepOps<'_, Tid, Self>> {
+        Some(self)
+    }
+
+    fn support_reverse_cont(&mut self) -> Option<ReverseContOps<'_, Tid, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSingleStep for ReplayTarget {
+    fn set_resume_action_step(
+        &mut self,
+        _tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), Self::Error> {
+        self.set_pending(Resume::Step);
+        Ok(())
+    }
+}
+
+impl ReverseStep<Tid> for ReplayTarget {
+    fn reverse_step(&mut self, _tid: Tid) -> Result<(), Self::Error> {
+        self.set_pending(Resume::ReverseStep);
+        Ok(())
+    }
+}
+
+impl ReverseCont<Tid> for ReplayTarget {
+    fn reverse_cont(&mut self) -> Result<(), Self::Error> {
+        self.set_pending(Resume::ReverseContinue);
         Ok(())
     }
 }

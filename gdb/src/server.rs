@@ -9,7 +9,7 @@ use anyhow::Context;
 use gdbstub::common::Signal;
 use gdbstub::conn::{Connection, ConnectionExt};
 use gdbstub::stub::run_blocking::{self, BlockingEventLoop};
-use gdbstub::stub::{DisconnectReason, GdbStub, SingleThreadStopReason};
+use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason, SingleThreadStopReason};
 use gdbstub::target::Target;
 use std::io::Write;
 use std::net::{SocketAddr, TcpListener, TcpStream, ToSocketAddrs};
@@ -70,7 +70,7 @@ enum ReplayLoop {}
 impl BlockingEventLoop for ReplayLoop {
     type Target = ReplayTarget;
     type Connection = TcpStream;
-    type StopReason = SingleThreadStopReason<u64>;
+    type StopReason = MultiThreadStopReason<u64>;
 
     fn wait_for_stop_reason(
         target: &mut ReplayTarget,
@@ -99,7 +99,9 @@ impl BlockingEventLoop for ReplayLoop {
                     Write::write_all(conn, &console_packet(&note))
                         .map_err(run_blocking::WaitForStopReasonError::Connection)?;
                 }
-                Ok(run_blocking::Event::TargetStopped(reason))
+                Ok(run_blocking::Event::TargetStopped(
+                    target.stop_reason(reason),
+                ))
             }
         }
     }
@@ -108,7 +110,9 @@ impl BlockingEventLoop for ReplayLoop {
         target: &mut ReplayTarget,
     ) -> Result<Option<Self::StopReason>, <ReplayTarget as Target>::Error> {
         target.cancel_pending();
-        Ok(Some(SingleThreadStopReason::Signal(Signal::SIGINT)))
+        Ok(Some(target.stop_reason(SingleThreadStopReason::Signal(
+            Signal::SIGINT,
+        ))))
     }
 }
 

@@ -153,6 +153,28 @@ pub fn real_mode_entry(ip: u16) -> Regs {
     r
 }
 
+/// The state of an application processor after INIT (SDM vol. 3A, table 10-1), as KVM's
+/// vCPU reset sets it: real mode at F000:FFF0 with the CS base at FFFF0000. It waits there for
+/// a startup IPI ([`startup_entry`]).
+pub fn init_entry() -> Regs {
+    let mut r = real_mode_entry(0xfff0);
+    let cs = &mut r.seg[traces::regs::CS];
+    cs.selector = 0xf000;
+    cs.base = 0xffff_0000;
+    r
+}
+
+/// The INIT state with a startup IPI's `vector` applied: CS = vector << 8 (base
+/// vector << 12), IP 0 (SDM vol. 3A, 9.4.4.1).
+pub fn startup_entry(vector: u8) -> Regs {
+    let mut r = init_entry();
+    let cs = &mut r.seg[traces::regs::CS];
+    cs.selector = u16::from(vector) << 8;
+    cs.base = u64::from(vector) << 12;
+    r.rip = 0;
+    r
+}
+
 /// 32-bit protected mode, paging off, flat 4 GiB segments from the flat GDT
 /// loaded at `gdt_base`.
 pub fn protected_entry(eip: u32, gdt_base: u64) -> Regs {

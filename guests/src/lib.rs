@@ -62,7 +62,7 @@ pub mod tables;
 #[doc(hidden)]
 pub mod test_kernels;
 
-pub use asm::BuildError;
+pub use asm::{gdt_blob, BuildError};
 pub use expect::{CpuFeatures, ExpectedEvent, ExpectedFinding};
 pub use scenarios::RAM_SIZE as SCENARIO_RAM_SIZE;
 
@@ -81,6 +81,17 @@ pub struct Scenario {
     /// The exact event sequence (see the crate documentation for the conventions).
     pub expected: Vec<ExpectedEvent>,
     /// Findings under TDP, each naming a policy and the index of the event it is about.
+    pub expected_findings: Vec<ExpectedFinding>,
+    /// What each application processor the scenario starts must do, when the machine has it
+    /// (`--cpus`): AP `k` (APIC ID `k`) at index `k - 1`. `expected` and `expected_findings`
+    /// are the BSP's (vCPU 0), the same for any number of vCPUs. Empty for one-CPU scenarios.
+    pub aps: Vec<ApExpectation>,
+}
+
+/// The exact event sequence of one AP, and its findings (indexes into `expected`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ApExpectation {
+    pub expected: Vec<ExpectedEvent>,
     pub expected_findings: Vec<ExpectedFinding>,
 }
 

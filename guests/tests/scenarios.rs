@@ -195,7 +195,6 @@ fn expected_sequences_are_consistent() {
             .into_iter()
             .map(|n| scenario(n, &f).unwrap())
         {
-            let (mut cr0, mut cr4, mut efer) = (0x6000_0010u64, 0u64, 0u64);
             let mode = |cr0: u64, cr4: u64, efer: u64| match (cr0 & 1, cr0 >> 31 & 1) {
                 (0, _) => PagingMode::Real,
                 (_, 0) => PagingMode::Unpaged,
@@ -204,69 +203,76 @@ fn expected_sequences_are_consistent() {
                 _ if cr4 & 0x20 != 0 => PagingMode::Pae,
                 _ => PagingMode::Bits32,
             };
-            let mut current = PagingMode::Real;
-            let mut pending: Option<PagingMode> = None;
             let mut seen = vec![PagingMode::Real];
-            for (i, e) in s.expected.iter().enumerate() {
-                match *e {
-                    ExpectedEvent::Cr { reg, new } => {
-                        assert!(pending.is_none(), "{} #{i}: transition missing", s.name);
-                        match reg {
-                            ControlReg::Cr0 => {
-                                assert_eq!(new & 0x10, 0x10, "ET");
-                                let lme = efer & 0x100 != 0;
-                                if new >> 31 == 1 && cr0 >> 31 == 0 && lme {
-                                    efer |= 0x400;
+            // The BSP's sequence, then each AP's (from its INIT state).
+            let sequences = std::iter::once(&s.expected).chain(s.aps.iter().map(|a| &a.expected));
+            for expected in sequences {
+                let (mut cr0, mut cr4, mut efer) = (0x6000_0010u64, 0u64, 0u64);
+                let mut current = PagingMode::Real;
+                let mut pending: Option<PagingMode> = None;
+                for (i, e) in expected.iter().enumerate() {
+                    match *e {
+                        ExpectedEvent::Cr { reg, new } => {
+                            assert!(pending.is_none(), "{} #{i}: transition missing", s.name);
+                            match reg {
+                                ControlReg::Cr0 => {
+                                    assert_eq!(new & 0x10, 0x10, "ET");
+                                    let lme = efer & 0x100 != 0;
+                                    if new >> 31 == 1 && cr0 >> 31 == 0 && lme {
+                                        efer |= 0x400;
+                                    }
+                                    cr0 = new;
                                 }
-                                cr0 = new;
+                                ControlReg::Cr4 => cr4 = new,
+                                ControlReg::Efer => {
+                                    assert_eq!(
+                                        new & 0x400,
+                                        efer & 0x400,
+                                        "{} #{i}: wrmsr cannot change LMA",
+                                        s.name
+                                    );
+                                    assert!(
+                                        cr0 >> 31 == 0 || (new ^ efer) & 0x100 == 0,
+                                        "LME with paging on"
+                                    );
+                                    efer = new;
+                                }
+                                ControlReg::Cr3 => {
+                                    assert_eq!(new >> 63, 0, "bit 63 is never stored")
+                                }
+                                ControlReg::Xcr0 => assert_eq!(new & 1, 1),
                             }
-                            ControlReg::Cr4 => cr4 = new,
-                            ControlReg::Efer => {
-                                assert_eq!(
-                                    new & 0x400,
-                                    efer & 0x400,
-                                    "{} #{i}: wrmsr cannot change LMA",
-                                    s.name
-                                );
-                                assert!(
-                                    cr0 >> 31 == 0 || (new ^ efer) & 0x100 == 0,
-                                    "LME with paging on"
-                                );
-                                efer = new;
+                            let m = mode(cr0, cr4, efer);
+                            if m != current {
+                                pending = Some(m);
                             }
-                            ControlReg::Cr3 => assert_eq!(new >> 63, 0, "bit 63 is never stored"),
-                            ControlReg::Xcr0 => assert_eq!(new & 1, 1),
                         }
-                        let m = mode(cr0, cr4, efer);
-                        if m != current {
-                            pending = Some(m);
+                        ExpectedEvent::CrFaulted { .. } => {
+                            assert!(pending.is_none(), "{} #{i}: transition missing", s.name);
+                            assert!(
+                                matches!(
+                                    expected.get(i + 1),
+                                    Some(ExpectedEvent::Exception { vector: 13, .. })
+                                ),
+                                "{} #{i}: a faulted write is followed by its #GP",
+                                s.name
+                            );
                         }
-                    }
-                    ExpectedEvent::CrFaulted { .. } => {
-                        assert!(pending.is_none(), "{} #{i}: transition missing", s.name);
-                        assert!(
-                            matches!(
-                                s.expected.get(i + 1),
-                                Some(ExpectedEvent::Exception { vector: 13, .. })
-                            ),
-                            "{} #{i}: a faulted write is followed by its #GP",
-                            s.name
-                        );
-                    }
-                    ExpectedEvent::Exception { .. } => {
-                        assert!(pending.is_none(), "{} #{i}: transition missing", s.name);
-                    }
-                    ExpectedEvent::Transition { from, to } => {
-                        assert_eq!(from, current, "{} #{i}: transitions chain", s.name);
-                        assert_eq!(Some(to), pending, "{} #{i}", s.name);
-                        assert!(matches!(s.expected[i - 1], ExpectedEvent::Cr { .. }));
-                        current = to;
-                        pending = None;
-                        seen.push(to);
+                        ExpectedEvent::Exception { .. } => {
+                            assert!(pending.is_none(), "{} #{i}: transition missing", s.name);
+                        }
+                        ExpectedEvent::Transition { from, to } => {
+                            assert_eq!(from, current, "{} #{i}: transitions chain", s.name);
+                            assert_eq!(Some(to), pending, "{} #{i}", s.name);
+                            assert!(matches!(expected[i - 1], ExpectedEvent::Cr { .. }));
+                            current = to;
+                            pending = None;
+                            seen.push(to);
+                        }
                     }
                 }
+                assert!(pending.is_none(), "{}: final transition missing", s.name);
             }
-            assert!(pending.is_none(), "{}: final transition missing", s.name);
             for m in &s.needs {
                 assert!(
                     seen.contains(m),
@@ -287,6 +293,14 @@ fn expected_sequences_are_consistent() {
                     s.expected.get(fi.at_event),
                     Some(ExpectedEvent::Cr { .. })
                 ));
+            }
+            for ap in &s.aps {
+                for fi in &ap.expected_findings {
+                    assert!(matches!(
+                        ap.expected.get(fi.at_event),
+                        Some(ExpectedEvent::Cr { .. })
+                    ));
+                }
             }
         }
     }
@@ -418,11 +432,12 @@ fn pae_toggle_tables_translate_as_documented() {
 
 #[test]
 fn long_mode_scenarios_identity_map_their_memory() {
+    // smp-bringup's BSP identity-maps its memory too, but an AP of it needs 32-bit paging.
     for s in scenarios()
         .into_iter()
         .filter(|s| s.needs.contains(&PagingMode::Level4))
     {
-        assert!(s.runs_on_pvm_kvm());
+        assert!(s.runs_on_pvm_kvm() || !s.aps.is_empty());
         let m = ram(&s.guest);
         let (_, cr3, _) = regs_after(&s, s.expected.len());
         for pa in (0x1000..0x20000).step_by(0x1000) {

@@ -17,6 +17,8 @@ use crate::ram::{in_ram, RamBuf, RamView};
 use crate::regs::{cache_from_segment, segment_from_cache};
 use crate::trampoline::{self, EntryMode, SCRATCH_SIZE};
 use recorder::{Backend, BackendError, Exit, StepResult, Written};
+use std::cell::RefCell;
+use std::rc::Rc;
 use traces::{
     BackendInfo, BackendKind, CpuidEntry, DescriptorTable, GuestSpec, RegionKind, Regs, Segment,
 };
@@ -71,14 +73,23 @@ pub struct EmuBackend {
     /// the first run. Declared before the memory it maps too.
     runner: Option<Unicorn<'static, HookState>>,
     runner_tried: bool,
-    /// Declared after `uc` so that Unicorn is closed before the memory it maps is freed.
-    ram_buf: Option<RamBuf>,
+    /// Declared after `uc` (and `runner`) so that Unicorn is closed before the memory it maps
+    /// is freed (the engines of the other vCPUs of the machine share it, and the last one
+    /// frees it).
+    ram_buf: Option<Rc<RamBuf>>,
     /// The PDPTE shadow page (see [`EmuBackend::sync_pae`]), ours so both engines map it.
     pdpt_buf: Option<RamBuf>,
     /// Guest RAM as the steps so far reported it (loads, host writes, every step's written
     /// ranges): what RAM held before the current step wherever the step reported nothing.
-    /// Lazily committed like RAM itself. See [`EmuBackend::defer_lookahead`].
-    mirror: Option<RamBuf>,
+    /// Lazily committed like RAM itself. See [`EmuBackend::defer_lookahead`]. Shared by the
+    /// engines of all vCPUs, like RAM.
+    mirror: Option<Rc<RefCell<RamBuf>>>,
+    /// vCPUs of the machine (the platform's local APICs), and which one this engine is.
+    pub(crate) smp_cpus: u32,
+    pub(crate) smp_index: u32,
+    /// Guest-physical pages of the instructions decoded since the machine last took them
+    /// (several vCPUs only): where this engine may hold translated code.
+    pub(crate) code_pages: Vec<u64>,
     /// The guest's own CPUID table when it is not the engine's (a trace recorded on KVM):
     /// Unicorn's CPUID hook answers from it. Declared after `uc`, which holds a pointer to it.
     guest_cpuid: Option<Box<crate::cpuid::GuestCpuid>>,
@@ -143,6 +154,9 @@ impl EmuBackend {
             ram_buf: None,
             pdpt_buf: None,
             mirror: None,
+            smp_cpus: 1,
+            smp_index: 0,
+            code_pages: Vec::new(),
             guest_cpuid: None,
             cpuid,
             cpu,
@@ -309,14 +323,11 @@ impl EmuBackend {
                     "mmurr-emu: cannot allocate {ram_size} bytes of guest RAM"
                 ))
             })?;
-        // SAFETY: the buffer is ram_size bytes, page-aligned, and outlives the mapping (it is
-        // freed only after Unicorn is closed, see RamBuf).
-        unsafe { self.uc.mem_map_ptr(0, ram_size, Prot::ALL, buf.ptr.cast()) }
-            .map_err(|e| engine_err("mem_map RAM", e))?;
-        self.ram_buf = Some(buf);
-        self.mirror = usize::try_from(ram_size).ok().and_then(RamBuf::new);
-        self.ram = vec![(0, ram_size)];
-        self.ram_size = ram_size;
+        self.lend_ram(Rc::new(buf))?;
+        self.mirror = usize::try_from(ram_size)
+            .ok()
+            .and_then(RamBuf::new)
+            .map(|m| Rc::new(RefCell::new(m)));
         for r in &guest.regions {
             let (b, s) = (r.gpa & !0xfff, page(r.size + (r.gpa & 0xfff)));
             if b < ram_size && r.kind != RegionKind::Mmio {
@@ -341,6 +352,71 @@ impl EmuBackend {
         }
         self.uc.get_data_mut().ram = self.ram.clone();
         Ok(())
+    }
+
+    /// Maps `buf` as guest RAM at guest-physical 0 (this vCPU's engine; the others of the
+    /// machine map the same buffer).
+    fn lend_ram(&mut self, buf: Rc<RamBuf>) -> Result<(), BackendError> {
+        let ram_size = buf.len as u64;
+        // SAFETY: the buffer is ram_size bytes, page-aligned, and outlives the mapping: this
+        // engine holds an `Rc` of it in `ram_buf`, declared after `uc`, so the buffer is freed
+        // only after every Unicorn that maps it is closed (see RamBuf).
+        unsafe { self.uc.mem_map_ptr(0, ram_size, Prot::ALL, buf.ptr.cast()) }
+            .map_err(|e| engine_err("mem_map RAM", e))?;
+        self.ram_buf = Some(buf);
+        self.ram = vec![(0, ram_size)];
+        self.ram_size = ram_size;
+        Ok(())
+    }
+
+    /// Loads the engine of application processor `index` of the machine whose BSP engine
+    /// `bsp` has loaded `guest`: the same RAM, MMIO regions and platform, and the INIT state
+    /// (it waits for a startup IPI).
+    pub(crate) fn load_ap(
+        &mut self,
+        guest: &GuestSpec,
+        bsp: &EmuBackend,
+        index: u32,
+    ) -> Result<(), BackendError> {
+        let (Some(ram), Some(platform)) = (bsp.ram_buf.clone(), bsp.platform_handle()) else {
+            return Err(BackendError::Other(
+                "mmurr-emu: an AP's engine is loaded after the BSP's".into(),
+            ));
+        };
+        self.smp_cpus = bsp.smp_cpus;
+        self.smp_index = index;
+        self.adopt_cpuid(guest)?;
+        self.lend_ram(ram)?;
+        self.mirror = bsp.mirror.clone();
+        for r in guest.regions.iter().filter(|r| r.kind == RegionKind::Mmio) {
+            let page = |x: u64| (x + 0xfff) & !0xfff;
+            self.map_mmio(r.gpa & !0xfff, page(r.size + (r.gpa & 0xfff)))?;
+        }
+        self.uc.get_data_mut().ram = self.ram.clone();
+        self.attach_shared_platform(platform)?;
+        if let Some(p) = self.free_window(0x1000) {
+            if self.uc.mem_map(p, 0x1000, Prot::READ | Prot::WRITE).is_ok() {
+                self.pdpt_shadow = Some(p);
+            }
+        }
+        // Through the trampoline to plain real mode, then the INIT state (whose CS base is
+        // not selector << 4) set directly, as KVM's vCPU reset does.
+        self.entry_fixups = self.enter(&guests::image::startup_entry(0))?;
+        self.set_regs(&guests::image::init_entry())?;
+        self.loaded = true;
+        Ok(())
+    }
+
+    /// Other vCPUs' engines wrote memory, which this engine's own write tracking never sees:
+    /// its TLB is flushed, and its translated code too when `code` (they wrote a page it ran
+    /// code from). Unicorn's ranged TB removal takes *linear* addresses and walks the page
+    /// tables to translate them, setting accessed bits no instruction set: all of it goes.
+    pub(crate) fn invalidate(&mut self, code: bool) {
+        if code {
+            let _ = self.uc.ctl_flush_tb();
+            self.uc.get_data_mut().run.host_wrote();
+        }
+        let _ = self.uc.ctl_flush_tlb();
     }
 
     fn map_mmio(&mut self, base: u64, size: u64) -> Result<(), BackendError> {
@@ -562,6 +638,10 @@ impl EmuBackend {
             let chunk = ((0x1000 - (a & 0xfff)) as usize).min(buf.len() - done);
             match self.uc.vmem_translate(a, Prot::EXEC) {
                 Ok(pa) => {
+                    if self.smp_cpus > 1 {
+                        // Pages this engine holds translated code of (see smp.rs).
+                        self.code_pages.push(pa & !0xfff);
+                    }
                     if self.uc.mem_read(pa, &mut buf[done..done + chunk]).is_err() {
                         break;
                     }
@@ -722,6 +802,7 @@ impl EmuBackend {
         let (Some(ram), Some(mirror)) = (self.ram_buf.as_ref(), self.mirror.as_ref()) else {
             return;
         };
+        let mirror = mirror.borrow();
         let mut restored = false;
         for &(gpa, len) in entries {
             let (Ok(a), Ok(n)) = (usize::try_from(gpa), usize::try_from(len)) else {
@@ -747,9 +828,10 @@ impl EmuBackend {
 
     /// Brings the mirror up to date with RAM over `ranges` (what a step reported written).
     fn sync_mirror(&mut self, ranges: &[(u64, u64)]) {
-        let (Some(ram), Some(mirror)) = (self.ram_buf.as_ref(), self.mirror.as_mut()) else {
+        let (Some(ram), Some(mirror)) = (self.ram_buf.as_ref(), self.mirror.as_ref()) else {
             return;
         };
+        let mut mirror = mirror.borrow_mut();
         for &(gpa, len) in ranges {
             let (Ok(a), Ok(n)) = (usize::try_from(gpa), usize::try_from(len)) else {
                 continue;
@@ -905,7 +987,8 @@ impl EmuBackend {
     /// RAM before the step) so that a fault is delivered from the state before it.
     fn undo_step(&mut self, before: &Regs) -> Result<(), BackendError> {
         let writes = std::mem::take(&mut self.uc.get_data_mut().writes);
-        if let Some(mirror) = self.mirror.as_ref() {
+        if let Some(mirror) = self.mirror.clone() {
+            let mirror = mirror.borrow();
             for (gpa, len) in writes {
                 let (Ok(a), Ok(n)) = (usize::try_from(gpa), usize::try_from(len)) else {
                     continue;
@@ -1363,7 +1446,7 @@ impl Backend for EmuBackend {
         if self.ram.len() != 1 {
             return None;
         }
-        self.ram_buf.as_ref().map(RamBuf::bytes)
+        self.ram_buf.as_deref().map(RamBuf::bytes)
     }
 
     fn cpuid(&self) -> Vec<CpuidEntry> {

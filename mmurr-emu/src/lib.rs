@@ -12,6 +12,8 @@ pub mod exceptions;
 pub mod io;
 pub mod ram;
 pub mod regs;
+pub mod smp;
 pub mod trampoline;
 
 pub use engine::EmuBackend;
+pub use smp::SmpBackend;

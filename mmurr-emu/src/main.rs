@@ -6,7 +6,7 @@ mod cli;
 
 use clap::Parser;
 use cli::{Cli, Command, ProbeArgs, RecordArgs};
-use mmurr_emu::EmuBackend;
+use mmurr_emu::{EmuBackend, SmpBackend};
 use recorder::exit::Outcome;
 use recorder::Backend;
 use std::process::ExitCode;
@@ -37,6 +37,12 @@ fn main() -> ExitCode {
     }
 }
 
+/// One engine, or one per vCPU (`--cpus`).
+enum Machine {
+    One(Box<EmuBackend>),
+    Smp(SmpBackend),
+}
+
 fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     let cpuid = EmuBackend::probe_cpuid()?;
     let guest = a.guest.build(Some(&cpuid))?;
@@ -44,9 +50,17 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     let f = &a.flags;
     let mut opts = f.options(guest.scenario)?;
     opts.fit_keyframes_to_ram(spec.ram_size);
-    let mut backend = EmuBackend::new()?;
+    let mut machine = if f.cpus > 1 {
+        Machine::Smp(SmpBackend::new(f.cpus)?)
+    } else {
+        Machine::One(Box::new(EmuBackend::new()?))
+    };
+    let backend: &mut dyn Backend = match &mut machine {
+        Machine::One(b) => b.as_mut(),
+        Machine::Smp(b) => b,
+    };
     let summary = match &f.gdb {
-        None => recorder::record(&mut backend, &spec, &opts)?,
+        None => recorder::record(backend, &spec, &opts)?,
         Some(listen) => {
             // The live gdb server runs here, in the process that owns the Unicorn backend. An
             // unknown policy is refused before gdb is told to connect.
@@ -58,16 +72,20 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
                 allow_writes: f.gdb_writable,
                 interrupted: opts.interrupted.clone(),
             })?;
-            recorder::record_with(&mut backend, &spec, &opts, Some(&mut live))?
+            recorder::record_with(backend, &spec, &opts, Some(&mut live))?
         }
     };
-    for w in &backend.warnings {
+    let bsp = match &machine {
+        Machine::One(b) => b,
+        Machine::Smp(b) => b.bsp(),
+    };
+    for w in &bsp.warnings {
         eprintln!("mmurr-emu: warning: {w}");
     }
-    if !backend.entry_fixups.is_empty() && !f.quiet {
+    if !bsp.entry_fixups.is_empty() && !f.quiet {
         eprintln!(
             "mmurr-emu: note: the entry trampoline could not load {} from descriptors; set directly",
-            backend.entry_fixups.join(", ")
+            bsp.entry_fixups.join(", ")
         );
     }
     let e = &summary.end;

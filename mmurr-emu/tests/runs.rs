@@ -316,9 +316,9 @@ fn reverse_stepping_through_runs_matches_the_recording_without_runs() {
 /// Every instruction's registers and memory writes as [`Timeline::walk_steps`] sees them
 /// (the searches of gdb's breakpoints and watchpoints), from step `from` to `to`.
 fn walk(t: &mut Timeline, from: u64, to: u64) -> Vec<(u64, traces::Regs, Vec<traces::MemWrite>)> {
-    let regs = t.seek(from).expect("seek").regs.clone();
+    let at = t.seek(from).expect("seek").clone();
     let mut seen = Vec::new();
-    t.walk_steps(from, regs, to, &mut |v| {
+    t.walk_steps(from, at.regs, at.parked, to, &mut |v| {
         seen.push((v.step, v.regs.clone(), v.mem.to_vec()));
         false
     })
@@ -351,8 +351,8 @@ fn walks_through_runs_see_every_instruction_and_write() {
         "from inside a run to past its end"
     );
     let mut visited = 0;
-    let regs = b.seek(0).expect("seek").regs.clone();
-    b.walk_steps(0, regs, last, &mut |v| {
+    let at = b.seek(0).expect("seek").clone();
+    b.walk_steps(0, at.regs, at.parked, last, &mut |v| {
         visited += 1;
         v.step == inside
     })

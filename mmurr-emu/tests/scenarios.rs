@@ -142,9 +142,16 @@ fn every_scenario_has_a_test() {
         "smap-pke-toggle",
         "accessed-dirty",
         "exceptions",
+        "smp-bringup",
     ];
     tested.sort();
     assert_eq!(names, tested, "a scenario was added: give it a test here");
+}
+
+/// On one vCPU the BSP starts no AP (fw_cfg says 1): its own sequence; `tests/smp.rs` runs four.
+#[test]
+fn smp_bringup() {
+    check("smp-bringup");
 }
 
 #[test]

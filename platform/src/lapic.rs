@@ -1,4 +1,4 @@
-//! The local APIC of the one CPU: the xAPIC register page (at [`BASE`]) and the same
+//! A CPU's local APIC (one per vCPU; APIC ID = vCPU index): the xAPIC register page (at [`BASE`]) and the same
 //! registers as x2APIC MSRs (0x800 + offset / 16) after the SDM, vol. 3A, chapter 11, with the
 //! reset state KVM gives a BSP (LINT0 in ExtINT mode so the 8259's INTR reaches the CPU:
 //! KVM_X86_QUIRK_LINT0_REENABLED). The timer counts on a 1 GHz bus clock in virtual time, in
@@ -63,6 +63,31 @@ pub enum Effect {
     None,
     /// EOI of a level-triggered vector: the IOAPIC clears Remote IRR for it.
     EoiBroadcast(u8),
+    /// A write of the ICR sent an inter-processor interrupt; the platform delivers it to the
+    /// local APICs its destination names ([`Lapic::is_destination`]).
+    Ipi(Ipi),
+}
+
+/// ICR delivery modes (SDM vol. 3A, 11.6.1).
+pub const DM_FIXED: u8 = 0;
+pub const DM_LOWEST: u8 = 1;
+pub const DM_NMI: u8 = 4;
+pub const DM_INIT: u8 = 5;
+pub const DM_STARTUP: u8 = 6;
+
+/// An IPI as the ICR describes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Ipi {
+    pub vector: u8,
+    pub mode: u8,
+    /// Destination shorthand: 0 none, 1 self, 2 all including self, 3 all excluding self.
+    pub shorthand: u8,
+    /// The destination field (8 bits in xAPIC mode, 32 in x2APIC mode).
+    pub dest: u32,
+    pub logical: bool,
+    /// Level de-assert (level-triggered with level 0): the INIT de-assert of old MP systems,
+    /// which modern CPUs ignore.
+    pub deassert: bool,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -328,7 +353,7 @@ impl Lapic {
             }
             ICR_LO => {
                 self.icr = (self.icr & !0xffff_ffff) | v as u64;
-                self.send_ipi();
+                return Effect::Ipi(self.ipi());
             }
             ICR_HI if !self.x2apic_mode() => {
                 self.icr = (self.icr & 0xffff_ffff) | ((v as u64 & 0xff00_0000) << 32)
@@ -375,30 +400,61 @@ impl Lapic {
         Effect::None
     }
 
-    /// An IPI from the ICR: fixed IPIs to this CPU (self, all, or its own destination) are
-    /// accepted; IPIs for CPUs that do not exist (INIT/SIPI to APs included) go nowhere, as on
-    /// a machine with one CPU.
-    fn send_ipi(&mut self) {
+    /// The IPI the ICR now describes (the delivery is immediate: the status bit never reads
+    /// busy).
+    fn ipi(&self) -> Ipi {
         let icr = self.icr;
-        let vector = icr as u8;
-        let mode = (icr >> 8) & 7;
-        let shorthand = (icr >> 18) & 3;
-        let dest = if self.x2apic_mode() {
-            (icr >> 32) as u32
-        } else {
-            (icr >> 56) as u32
-        };
-        let to_self = match shorthand {
-            1 | 2 => true,
-            3 => false,
-            _ if self.x2apic_mode() => dest == self.id || dest == u32::MAX,
-            _ if (icr >> 11) & 1 == 0 => dest == self.id || dest == 0xff,
-            // Logical, flat model: our LDR bit set in the destination.
-            _ => dest & (self.ldr >> 24) != 0,
-        };
-        if to_self && (mode == 0 || mode == 1) {
-            self.accept(vector, false);
+        Ipi {
+            vector: icr as u8,
+            mode: ((icr >> 8) & 7) as u8,
+            shorthand: ((icr >> 18) & 3) as u8,
+            dest: if self.x2apic_mode() {
+                (icr >> 32) as u32
+            } else {
+                (icr >> 56) as u32
+            },
+            logical: (icr >> 11) & 1 != 0,
+            deassert: (icr >> 15) & 1 != 0 && (icr >> 14) & 1 == 0,
         }
+    }
+
+    /// Whether this APIC is a destination of `ipi`, sent by itself (`from_self`) or by another.
+    pub fn is_destination(&self, ipi: &Ipi, from_self: bool) -> bool {
+        match ipi.shorthand {
+            1 => from_self,
+            2 => true,
+            3 => !from_self,
+            _ => self.addressed(ipi.dest, ipi.logical),
+        }
+    }
+
+    /// Whether a destination field names this APIC: physical (its ID or broadcast) or logical
+    /// (flat model: one of its LDR bits).
+    pub fn addressed(&self, dest: u32, logical: bool) -> bool {
+        if self.x2apic_mode() {
+            dest == self.id || dest == u32::MAX
+        } else if !logical {
+            dest == self.id || dest == 0xff
+        } else {
+            dest & (self.ldr >> 24) != 0
+        }
+    }
+
+    /// The local APIC of an application processor with APIC ID `id`: not the BSP, and LINT0
+    /// masked (KVM re-enables LINT0 only on the BSP).
+    pub fn new_ap(id: u32) -> Lapic {
+        let mut a = Lapic {
+            apic_base: BASE | APIC_BASE_ENABLE,
+            id,
+            ..Lapic::default()
+        };
+        a.lvt[3] = LVT_MASKED;
+        a
+    }
+
+    /// The APIC ID.
+    pub fn id(&self) -> u32 {
+        self.id
     }
 
     /// IA32_APIC_BASE.
@@ -468,8 +524,7 @@ impl Lapic {
         match offset {
             ICR_LO => {
                 self.icr = v;
-                self.send_ipi();
-                Ok(Effect::None)
+                Ok(Effect::Ipi(self.ipi()))
             }
             ID | VERSION | LDR | PPR | DFR | ICR_HI | TIMER_CURRENT | 0x100..=0x270 => Err(Gp),
             _ => Ok(self.write(offset, v as u32, now)),
@@ -606,18 +661,33 @@ mod tests {
     }
 
     #[test]
-    fn self_ipi_is_accepted_and_ipis_to_absent_cpus_vanish() {
+    fn icr_writes_describe_ipis_and_their_destinations() {
         let mut a = enabled();
-        a.write(ICR_HI, 0x0100_0000, 0); // CPU 1 does not exist
-        a.write(ICR_LO, 0x0000_4050, 0);
-        assert_eq!(a.pending(), None);
-        a.write(ICR_LO, 0x000c_4500, 0); // INIT to all but self
-        a.write(ICR_LO, 0x0004_0051, 0); // fixed, self
-        assert_eq!(a.pending(), Some(0x51));
+        let ap = Lapic::new_ap(1);
+        a.write(ICR_HI, 0x0100_0000, 0);
+        let Effect::Ipi(ipi) = a.write(ICR_LO, 0x0000_4050, 0) else {
+            panic!("no IPI")
+        };
+        assert_eq!((ipi.vector, ipi.mode, ipi.dest), (0x50, DM_FIXED, 1));
+        assert!(!a.is_destination(&ipi, true) && ap.is_destination(&ipi, false));
+        let Effect::Ipi(init) = a.write(ICR_LO, 0x000c_4500, 0) else {
+            panic!("no IPI")
+        };
+        assert_eq!(init.mode, DM_INIT);
+        assert!(!init.deassert);
+        assert!(!a.is_destination(&init, true) && ap.is_destination(&init, false));
+        let Effect::Ipi(deassert) = a.write(ICR_LO, 0x000c_8500, 0) else {
+            panic!("no IPI")
+        };
+        assert!(deassert.deassert);
+        let Effect::Ipi(selfish) = a.write(ICR_LO, 0x0004_0051, 0) else {
+            panic!("no IPI")
+        };
+        assert!(a.is_destination(&selfish, true) && !ap.is_destination(&selfish, false));
         assert_eq!(a.read(ICR_LO, 0) & (1 << 12), 0);
-        a.write(ICR_HI, 0, 0);
-        a.write(ICR_LO, 0x60, 0); // physical destination 0: this CPU
-        assert_eq!(a.acknowledge(), Some(0x60));
+        // APs are not the BSP and do not pass the 8259's INTR.
+        assert_eq!(ap.apic_base() & APIC_BASE_BSP, 0);
+        assert!(!ap.accepts_pic());
     }
 
     #[test]

@@ -40,11 +40,30 @@ pub struct Features {
 
 pub const MSR_TSC: u32 = 0x10;
 
+/// What a vCPU is doing, as KVM's `kvm_mp_state` names it: the interleaving runs only the
+/// runnable ones (a halted vCPU wakes when an interrupt is pending for it).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MpState {
+    Runnable,
+    Halted,
+    /// An AP after INIT (and every AP at power-on): waits for a startup IPI.
+    InitReceived,
+    /// A startup IPI with this vector arrived: the vCPU starts at `vector << 12` next.
+    SipiReceived(u8),
+}
+
 /// The platform: every device, the clock, and the interrupt lines between them.
 #[derive(Debug)]
 pub struct Platform {
     pub clock: Clock,
-    pub lapic: lapic::Lapic,
+    /// One local APIC per vCPU, indexed by vCPU; APIC ID = index.
+    lapics: Vec<lapic::Lapic>,
+    /// The vCPU now executing: LAPIC page and MSR accesses, the TSC and interrupt
+    /// acknowledgement are its.
+    cpu: usize,
+    mp_state: Vec<MpState>,
+    /// An NMI waits for each vCPU.
+    nmi: Vec<bool>,
     pub ioapic: ioapic::IoApic,
     pub pics: pic::Pics,
     pub pit: pit::Pit,
@@ -53,13 +72,40 @@ pub struct Platform {
 }
 
 impl Platform {
+    /// A platform of one vCPU.
     pub fn new(features: Features) -> Platform {
-        let mut lapic = lapic::Lapic::default();
-        lapic.x2apic_supported = features.x2apic;
-        lapic.tsc_deadline_supported = features.tsc_deadline;
+        Platform::with_cpus(features, 1)
+    }
+
+    /// A platform of `cpus` vCPUs: vCPU 0 is the BSP and runs; the APs wait for INIT-SIPI.
+    pub fn with_cpus(features: Features, cpus: u32) -> Platform {
+        let lapics = (0..cpus.max(1))
+            .map(|id| {
+                let mut lapic = if id == 0 {
+                    lapic::Lapic::default()
+                } else {
+                    lapic::Lapic::new_ap(id)
+                };
+                lapic.x2apic_supported = features.x2apic;
+                lapic.tsc_deadline_supported = features.tsc_deadline;
+                lapic
+            })
+            .collect::<Vec<_>>();
+        let n = lapics.len();
         Platform {
             clock: Clock::default(),
-            lapic,
+            lapics,
+            cpu: 0,
+            mp_state: (0..n)
+                .map(|i| {
+                    if i == 0 {
+                        MpState::Runnable
+                    } else {
+                        MpState::InitReceived
+                    }
+                })
+                .collect(),
+            nmi: vec![false; n],
             ioapic: ioapic::IoApic::default(),
             pics: pic::Pics::default(),
             pit: pit::Pit::default(),
@@ -69,6 +115,56 @@ impl Platform {
 
     fn now(&self) -> u64 {
         self.clock.now_ns()
+    }
+
+    /// The executing vCPU's local APIC.
+    pub fn lapic(&self) -> &lapic::Lapic {
+        &self.lapics[self.cpu]
+    }
+
+    pub fn lapic_mut(&mut self) -> &mut lapic::Lapic {
+        &mut self.lapics[self.cpu]
+    }
+
+    /// How many vCPUs the platform has.
+    pub fn cpus(&self) -> usize {
+        self.lapics.len()
+    }
+
+    /// Makes vCPU `cpu` the executing one (ignored past the last).
+    pub fn select_cpu(&mut self, cpu: usize) {
+        if cpu < self.lapics.len() {
+            self.cpu = cpu;
+        }
+    }
+
+    pub fn current_cpu(&self) -> usize {
+        self.cpu
+    }
+
+    pub fn mp_state(&self, cpu: usize) -> Option<MpState> {
+        self.mp_state.get(cpu).copied()
+    }
+
+    pub fn set_mp_state(&mut self, cpu: usize, state: MpState) {
+        if let Some(s) = self.mp_state.get_mut(cpu) {
+            *s = state;
+        }
+    }
+
+    /// Whether an interrupt or NMI waits for vCPU `cpu` (what wakes it from HLT; a maskable
+    /// one only when `if_set`).
+    pub fn wakes(&self, cpu: usize, if_set: bool) -> bool {
+        let Some(l) = self.lapics.get(cpu) else {
+            return false;
+        };
+        self.nmi[cpu]
+            || (if_set && (l.pending().is_some() || (l.accepts_pic() && self.pics.intr())))
+    }
+
+    /// The executing vCPU takes its pending NMI, if any.
+    pub fn take_nmi(&mut self) -> bool {
+        std::mem::take(&mut self.nmi[self.cpu])
     }
 
     /// Whether a port access is the platform's (KVM's in-kernel PIC, ELCR, PIT and port 0x61).
@@ -112,7 +208,7 @@ impl Platform {
     /// the APIC is in xAPIC mode).
     pub fn claims_mmio(&self, gpa: u64) -> bool {
         ioapic::IoApic::claims(gpa)
-            || (self.lapic.mmio_enabled() && (lapic::BASE..lapic::BASE + 0x1000).contains(&gpa))
+            || (self.lapic().mmio_enabled() && (lapic::BASE..lapic::BASE + 0x1000).contains(&gpa))
     }
 
     /// An MMIO read (registers are 32 bits wide at 16-byte strides; narrower reads see part
@@ -122,7 +218,7 @@ impl Platform {
         let v = if ioapic::IoApic::claims(gpa) {
             self.ioapic.read(reg - ioapic::IoApic::BASE_OF)
         } else {
-            self.lapic
+            self.lapic()
                 .read((reg - lapic::BASE) as u32 & 0xff0, self.now())
         };
         let v = (v as u64) >> shift;
@@ -141,16 +237,45 @@ impl Platform {
             self.deliver_messages(msgs);
         } else {
             let now = self.now();
-            let effect = self.lapic.write((reg - lapic::BASE) as u32 & 0xff0, v, now);
+            let effect = self
+                .lapic_mut()
+                .write((reg - lapic::BASE) as u32 & 0xff0, v, now);
             self.apply(effect);
         }
         self.update();
     }
 
     fn apply(&mut self, effect: lapic::Effect) {
-        if let lapic::Effect::EoiBroadcast(v) = effect {
-            let msgs = self.ioapic.eoi(v);
-            self.deliver_messages(msgs);
+        match effect {
+            lapic::Effect::EoiBroadcast(v) => {
+                let msgs = self.ioapic.eoi(v);
+                self.deliver_messages(msgs);
+            }
+            lapic::Effect::Ipi(ipi) => self.send_ipi(&ipi),
+            lapic::Effect::None => {}
+        }
+    }
+
+    /// An IPI from the executing vCPU to every local APIC it names: fixed and lowest-priority
+    /// vectors are accepted, an NMI waits, INIT puts an AP into wait-for-SIPI (the BSP's own
+    /// INIT is not modelled), a startup IPI starts an AP that waits for one. An IPI to a vCPU
+    /// that does not exist goes nowhere.
+    fn send_ipi(&mut self, ipi: &lapic::Ipi) {
+        for cpu in 0..self.lapics.len() {
+            if !self.lapics[cpu].is_destination(ipi, cpu == self.cpu) {
+                continue;
+            }
+            match ipi.mode {
+                lapic::DM_FIXED | lapic::DM_LOWEST => self.lapics[cpu].accept(ipi.vector, false),
+                lapic::DM_NMI => self.nmi[cpu] = true,
+                lapic::DM_INIT if !ipi.deassert && cpu != 0 => {
+                    self.mp_state[cpu] = MpState::InitReceived;
+                }
+                lapic::DM_STARTUP if self.mp_state[cpu] == MpState::InitReceived => {
+                    self.mp_state[cpu] = MpState::SipiReceived(ipi.vector);
+                }
+                _ => {}
+            }
         }
     }
 
@@ -160,28 +285,25 @@ impl Platform {
         }
     }
 
-    /// An IOAPIC message to the one local APIC: fixed and lowest-priority messages that
-    /// address it are accepted; others (SMI, NMI, INIT, ExtINT through the IOAPIC) are not
-    /// modelled and dropped.
+    /// An IOAPIC message to the local APICs it addresses: fixed messages go to each of them,
+    /// lowest-priority ones to the first (the lowest APIC ID: deterministic); others (SMI,
+    /// NMI, INIT, ExtINT through the IOAPIC) are not modelled and dropped.
     fn deliver(&mut self, m: ioapic::Message) {
-        let ldr = self.lapic.read(0xd0, 0);
-        let id = self.lapic.read(0x20, 0);
-        let id = if self.lapic.x2apic_mode() {
-            id
-        } else {
-            id >> 24
-        };
-        let ours = if m.logical {
-            if self.lapic.x2apic_mode() {
-                ldr & m.dest as u32 != 0
+        if m.mode > 1 {
+            return;
+        }
+        for l in &mut self.lapics {
+            let ours = if m.logical && l.x2apic_mode() {
+                l.read(0xd0, 0) & m.dest as u32 != 0
             } else {
-                (ldr >> 24) & m.dest as u32 != 0
+                l.addressed(m.dest as u32, m.logical)
+            };
+            if ours {
+                l.accept(m.vector, m.level);
+                if m.mode == 1 {
+                    break;
+                }
             }
-        } else {
-            m.dest == 0xff || m.dest as u32 == id
-        };
-        if ours && m.mode <= 1 {
-            self.lapic.accept(m.vector, m.level);
         }
     }
 
@@ -208,20 +330,22 @@ impl Platform {
             self.set_irq(0, true);
             self.set_irq(0, false);
         }
-        self.lapic.update_timer(now);
+        for l in &mut self.lapics {
+            l.update_timer(now);
+        }
     }
 
     /// Whether an external interrupt waits for the CPU (it takes it when RFLAGS.IF allows).
     pub fn interrupt_pending(&self) -> bool {
-        self.lapic.pending().is_some() || (self.lapic.accepts_pic() && self.pics.intr())
+        self.lapic().pending().is_some() || (self.lapic().accepts_pic() && self.pics.intr())
     }
 
     /// The CPU takes the interrupt: the vector, from the LAPIC first, else the PIC's INTA.
     pub fn acknowledge(&mut self) -> Option<u8> {
-        if let Some(v) = self.lapic.acknowledge() {
+        if let Some(v) = self.lapic_mut().acknowledge() {
             return Some(v);
         }
-        if self.lapic.accepts_pic() && self.pics.intr() {
+        if self.lapic().accepts_pic() && self.pics.intr() {
             return Some(self.pics.acknowledge());
         }
         None
@@ -229,7 +353,8 @@ impl Platform {
 
     /// The next moment a timer fires (virtual ns).
     pub fn next_deadline(&self) -> Option<u64> {
-        match (self.pit.next_deadline(), self.lapic.next_deadline()) {
+        let lapic = self.lapics.iter().filter_map(|l| l.next_deadline()).min();
+        match (self.pit.next_deadline(), lapic) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
         }
@@ -263,11 +388,31 @@ impl Platform {
         true
     }
 
+    /// Every vCPU that can take no step waits (each `(cpu, RFLAGS.IF)` of the halted ones):
+    /// time skips to the next timer until an interrupt wakes one of them. False when nothing
+    /// can (no timer armed, or every armed one fires into nothing).
+    pub fn wait_for_any(&mut self, halted: &[(usize, bool)]) -> bool {
+        let wakes = |p: &Platform| halted.iter().any(|&(cpu, if_set)| p.wakes(cpu, if_set));
+        while !wakes(self) {
+            let Some(t) = self.next_deadline() else {
+                return false;
+            };
+            self.clock.skip_to(t);
+            self.update();
+            if !wakes(self) && (self.next_deadline() == Some(t) || self.masked_timers_only()) {
+                return false;
+            }
+        }
+        true
+    }
+
     /// Every armed timer would fire into a masked input: waiting would never end.
     fn masked_timers_only(&self) -> bool {
-        let lapic_timer_live = self.lapic.next_deadline().is_some()
-            && self.lapic.read(0x320, 0) & (1 << 16) == 0
-            && self.lapic.read(0xf0, 0) & (1 << 8) != 0;
+        let lapic_timer_live = self.lapics.iter().any(|l| {
+            l.next_deadline().is_some()
+                && l.read(0x320, 0) & (1 << 16) == 0
+                && l.read(0xf0, 0) & (1 << 8) != 0
+        });
         let pit_live = self.pit.next_deadline().is_some();
         !lapic_timer_live && !pit_live
     }
@@ -282,11 +427,11 @@ impl Platform {
         let now = self.now();
         Some(match msr {
             MSR_TSC => Some(self.tsc()),
-            lapic::MSR_APIC_BASE => Some(self.lapic.apic_base()),
-            lapic::MSR_TSC_DEADLINE if self.lapic.tsc_deadline_supported => {
-                Some(self.lapic.tsc_deadline())
+            lapic::MSR_APIC_BASE => Some(self.lapic().apic_base()),
+            lapic::MSR_TSC_DEADLINE if self.lapic().tsc_deadline_supported => {
+                Some(self.lapic().tsc_deadline())
             }
-            0x800..=0x8ff if self.lapic.x2apic_supported => self.lapic.x2apic_read(msr, now),
+            0x800..=0x8ff if self.lapic().x2apic_supported => self.lapic().x2apic_read(msr, now),
             _ => return None,
         })
     }
@@ -299,15 +444,16 @@ impl Platform {
                 self.tsc_offset = v.wrapping_sub(self.clock.tsc());
                 true
             }
-            lapic::MSR_APIC_BASE => self.lapic.set_apic_base(v).is_ok(),
-            lapic::MSR_TSC_DEADLINE if self.lapic.tsc_deadline_supported => {
+            lapic::MSR_APIC_BASE => self.lapic_mut().set_apic_base(v).is_ok(),
+            lapic::MSR_TSC_DEADLINE if self.lapic().tsc_deadline_supported => {
                 // The deadline is in guest TSC; the LAPIC compares against the virtual clock.
-                self.lapic
-                    .set_tsc_deadline(v.wrapping_sub(self.tsc_offset).max(u64::from(v != 0)));
+                let offset = self.tsc_offset;
+                self.lapic_mut()
+                    .set_tsc_deadline(v.wrapping_sub(offset).max(u64::from(v != 0)));
                 true
             }
-            0x800..=0x8ff if self.lapic.x2apic_supported => {
-                match self.lapic.x2apic_write(msr, v, now) {
+            0x800..=0x8ff if self.lapic().x2apic_supported => {
+                match self.lapic_mut().x2apic_write(msr, v, now) {
                     Ok(e) => {
                         self.apply(e);
                         true
@@ -507,7 +653,7 @@ mod tests {
         // Disabling the APIC unmaps its page and lets the PIC through.
         assert_eq!(p.msr_write(0x1b, 0xfee0_0100), Some(true));
         assert!(!p.claims_mmio(0xfee0_0020));
-        assert!(p.lapic.accepts_pic());
+        assert!(p.lapic().accepts_pic());
         // A 16-bit PIC access covers both ports.
         p.io_write(0x20, 1, 0x11);
         p.io_write(0x21, 1, 0x08);
@@ -515,6 +661,39 @@ mod tests {
         p.io_write(0x21, 1, 0x01);
         p.io_write(0x21, 1, 0x5a);
         assert_eq!(p.io_read(0x20, 2) >> 8, 0x5a);
+    }
+
+    #[test]
+    fn init_sipi_starts_an_ap_and_ipis_reach_their_cpus() {
+        let mut p = Platform::with_cpus(Features::default(), 3);
+        assert_eq!(p.mp_state(0), Some(MpState::Runnable));
+        assert_eq!(p.mp_state(2), Some(MpState::InitReceived));
+        p.mmio_write(0xfee0_00f0, 4, 0x1ff);
+        // A startup IPI before INIT is kept only by APs waiting for one: all of them now.
+        p.mmio_write(0xfee0_0310, 4, 2 << 24);
+        p.mmio_write(0xfee0_0300, 4, 0x4608); // SIPI, vector 8, to APIC 2
+        assert_eq!(p.mp_state(2), Some(MpState::SipiReceived(8)));
+        assert_eq!(p.mp_state(1), Some(MpState::InitReceived));
+        p.set_mp_state(2, MpState::Runnable);
+        // A second SIPI to a running AP is ignored; INIT (all excluding self) stops it again.
+        p.mmio_write(0xfee0_0300, 4, 0x4609);
+        assert_eq!(p.mp_state(2), Some(MpState::Runnable));
+        p.mmio_write(0xfee0_0300, 4, 0xc4500);
+        assert_eq!(p.mp_state(2), Some(MpState::InitReceived));
+        assert_eq!(p.mp_state(0), Some(MpState::Runnable));
+        // Fixed IPIs and NMIs go to the vCPU named, not to the sender.
+        p.select_cpu(1);
+        p.mmio_write(0xfee0_00f0, 4, 0x1ff);
+        p.select_cpu(0);
+        p.mmio_write(0xfee0_0310, 4, 1 << 24);
+        p.mmio_write(0xfee0_0300, 4, 0x4041);
+        p.mmio_write(0xfee0_0300, 4, 0x4400);
+        assert!(!p.interrupt_pending());
+        assert!(p.wakes(1, true) && !p.wakes(2, true) && !p.wakes(0, true));
+        p.select_cpu(1);
+        assert!(p.take_nmi() && !p.take_nmi());
+        assert_eq!(p.acknowledge(), Some(0x41));
+        assert_eq!(p.lapic().id(), 1);
     }
 
     #[test]

@@ -106,6 +106,8 @@ pub enum DeliveryKind {
     External,
     /// A non-maskable interrupt (vector 2), likewise at an instruction boundary.
     Nmi,
+    /// A startup IPI (its vector) started an AP waiting for one: no instruction ran.
+    Startup,
 }
 
 /// One exception or interrupt delivered to the guest: its handler was entered.
@@ -213,6 +215,26 @@ pub trait Backend {
     /// through tracefs): see [`HostWatch`]. `None` (the default; emu): there is no host KVM.
     fn host(&mut self) -> Option<&mut dyn HostWatch> {
         None
+    }
+    /// Extension for machines of several vCPUs: how many (the default: one). The recorder
+    /// chooses which runs each step ([`Backend::select_vcpu`]), so that the trace is one
+    /// total order of instructions; every other method acts on the selected vCPU.
+    fn vcpus(&self) -> u32 {
+        1
+    }
+    /// Makes vCPU `vcpu` (0 = the BSP, selected at load) the one the other methods act on.
+    fn select_vcpu(&mut self, _vcpu: u32) -> Result<(), BackendError> {
+        Ok(())
+    }
+    /// Whether vCPU `vcpu` can take a step now: it runs, or it halted and an interrupt
+    /// wakes it, or it waited for a startup IPI and one came.
+    fn vcpu_runnable(&mut self, _vcpu: u32) -> bool {
+        true
+    }
+    /// No vCPU can take a step: time skips to the next timer. False when nothing can wake
+    /// any of them (the run ends).
+    fn wait_for_any(&mut self) -> bool {
+        false
     }
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError>;
     fn complete_mmio_read(&mut self, data: u64) -> Result<(), BackendError>;

@@ -55,6 +55,7 @@ pub fn event(d: &Delivery) -> EventKind {
             vector: d.vector,
             nmi: d.kind == DeliveryKind::Nmi,
         }),
+        DeliveryKind::Startup => EventKind::Startup { vector: d.vector },
     }
 }
 

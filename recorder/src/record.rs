@@ -86,6 +86,7 @@ pub fn record_with(
         command_line: opts.command_line.clone(),
         keyframe_interval: opts.keyframe_interval,
         host,
+        vcpus: backend.vcpus(),
     };
     let trace_err = |source| RecordError::Trace {
         path: opts.output.clone(),
@@ -93,15 +94,26 @@ pub fn record_with(
     };
     let mut writer = traces::Writer::create(&opts.output, &header).map_err(trace_err)?;
 
-    let initial = guest_view::control_regs(&guest.entry);
-    let watch = history::Watch::new(&policies, opts.flavour, cpu, &initial);
+    // One MMU model per vCPU, from its own state at entry (an AP's INIT state).
+    let mut watches = Vec::new();
+    for v in 0..backend.vcpus().max(1) {
+        let initial = if v == 0 {
+            guest_view::control_regs(&guest.entry)
+        } else {
+            backend.select_vcpu(v).map_err(RecordError::Load)?;
+            guest_view::control_regs(&backend.regs_full().map_err(RecordError::Load)?)
+        };
+        watches.push(history::Watch::new(&policies, opts.flavour, cpu, &initial));
+    }
+    backend.select_vcpu(0).map_err(RecordError::Load)?;
     let mut devices = Devices::new(console, guest.ram_size);
+    devices.set_cpus(backend.vcpus());
     if let Some(inputs) = &opts.replay_inputs {
         devices.replay(inputs.clone());
     }
     let mut progress = Progress::new(opts.progress);
     let (end, steps, events, serial_output, unhandled, sink_error) = {
-        let mut tracer = Tracer::new(backend, &mut writer, opts, devices, cpu, watch)
+        let mut tracer = Tracer::new(backend, &mut writer, opts, devices, cpu, watches)
             .map_err(RecordError::Load)?;
         tracer.entry_keyframe();
         let stop = tracer.run(&mut progress, control.as_deref_mut());

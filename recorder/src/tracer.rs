@@ -82,6 +82,20 @@ pub struct Tracer<'a> {
     /// Translations of the planning walks (see [`crate::tlb`] for when it is cleared).
     tlb: Tlb,
     decoded: DecodeCache,
+    /// The vCPU now stepped, how many there are, and the state of the others (see [`Vcpu`]).
+    vcpu: u32,
+    vcpus: u32,
+    parked: Vec<Option<Vcpu>>,
+}
+
+/// What the tracer keeps per vCPU: its registers, its MMU model (KVM keeps one MMU per vCPU)
+/// and its translation cache. The current vCPU's live in the tracer's own fields; the others
+/// are parked here until the interleaving selects them.
+struct Vcpu {
+    regs: Regs,
+    mmu: history::Watch,
+    engine_check_pending: bool,
+    tlb: Tlb,
 }
 
 /// Host records a debugger is shown (`monitor host`).
@@ -110,8 +124,27 @@ impl<'a> Tracer<'a> {
         opts: &'a RecordOptions,
         devices: Devices,
         cpu: mmu::CpuModel,
-        mmu: history::Watch,
+        mut mmu: Vec<history::Watch>,
     ) -> Result<Tracer<'a>, BackendError> {
+        let vcpus = backend.vcpus().max(1);
+        if mmu.len() != vcpus as usize {
+            return Err(BackendError::Other(format!(
+                "{} MMU models for {vcpus} vCPU(s)",
+                mmu.len()
+            )));
+        }
+        let mut parked = vec![None];
+        for (i, mmu) in mmu.drain(1..).enumerate() {
+            backend.select_vcpu(i as u32 + 1)?;
+            parked.push(Some(Vcpu {
+                regs: backend.regs_full()?,
+                mmu,
+                engine_check_pending: false,
+                tlb: Tlb::default(),
+            }));
+        }
+        backend.select_vcpu(0)?;
+        let mmu = mmu.pop().expect("one MMU model per vCPU");
         let regs = backend.regs_full()?;
         let shadow = Shadow::new(&shadow::ram(&*backend));
         let host_layout = mmu::policy_for_release(&backend.info().host_kernel)
@@ -148,7 +181,96 @@ impl<'a> Tracer<'a> {
             scratch: Vec::new(),
             tlb: Tlb::default(),
             decoded: DecodeCache::default(),
+            vcpu: 0,
+            vcpus,
+            parked,
         })
+    }
+
+    /// The interleaving: the next vCPU after the current one that can take a step, round
+    /// robin, one instruction each; halted vCPUs and APs waiting for a startup IPI are
+    /// skipped. When none can, time skips to the next timer; when nothing can wake any, the
+    /// run ends.
+    fn schedule(&mut self) -> Option<Stop> {
+        if self.vcpus == 1 {
+            return None;
+        }
+        loop {
+            let next = (1..=self.vcpus)
+                .map(|k| (self.vcpu + k) % self.vcpus)
+                .find(|&v| self.backend.vcpu_runnable(v));
+            if let Some(v) = next {
+                return self.switch_to(v).err();
+            }
+            if !self.backend.wait_for_any() {
+                return Some(Stop {
+                    reason: EndReason::Halted,
+                    message: format!(
+                        "every vCPU halted or waits for a startup IPI, and nothing can wake                          one (after {} steps)",
+                        self.step
+                    ),
+                });
+            }
+        }
+    }
+
+    /// Makes `v` the stepped vCPU: the current one's state is parked, `v`'s taken out, and
+    /// the trace says that the records that follow are `v`'s.
+    fn switch_to(&mut self, v: u32) -> Result<(), Stop> {
+        if v == self.vcpu {
+            return Ok(());
+        }
+        let Some(next) = self.parked.get_mut(v as usize).and_then(Option::take) else {
+            return Err(Stop {
+                reason: EndReason::Error,
+                message: format!("vCPU {v} does not exist"),
+            });
+        };
+        if let Err(e) = self.backend.select_vcpu(v) {
+            self.parked[v as usize] = Some(next);
+            return Err(Stop {
+                reason: EndReason::Error,
+                message: format!("selecting vCPU {v}: {e}"),
+            });
+        }
+        let old = Vcpu {
+            regs: std::mem::replace(&mut self.regs, next.regs),
+            mmu: std::mem::replace(&mut self.mmu, next.mmu),
+            engine_check_pending: std::mem::replace(
+                &mut self.engine_check_pending,
+                next.engine_check_pending,
+            ),
+            tlb: std::mem::replace(&mut self.tlb, next.tlb),
+        };
+        self.parked[self.vcpu as usize] = Some(old);
+        self.vcpu = v;
+        // Other vCPUs wrote memory since this one ran: its cached translations may be stale.
+        self.tlb.clear();
+        self.append(Record::Vcpu(traces::VcpuSwitch {
+            step: self.step,
+            vcpu: v,
+        }));
+        Ok(())
+    }
+
+    /// Every vCPU's registers after a keyframe of the current one's (several vCPUs only).
+    fn vcpus_keyframe(&mut self) {
+        if self.vcpus == 1 {
+            return;
+        }
+        let regs = self
+            .parked
+            .iter()
+            .map(|p| {
+                p.as_ref()
+                    .map_or_else(|| self.regs.clone(), |p| p.regs.clone())
+            })
+            .collect();
+        self.append(Record::Vcpus(traces::VcpusKeyframe {
+            step: self.step,
+            current: self.vcpu,
+            regs,
+        }));
     }
 
     fn append(&mut self, record: Record) {
@@ -227,6 +349,7 @@ impl<'a> Tracer<'a> {
         };
         drop(ram);
         self.append(Record::Keyframe(kf));
+        self.vcpus_keyframe();
     }
 
     /// Runs until something ends the recording. `control`, a debugger (the live gdb server),
@@ -314,6 +437,9 @@ impl<'a> Tracer<'a> {
                     }
                 }
             }
+            if let Some(stop) = self.schedule() {
+                return stop;
+            }
             if control.is_none() {
                 match self.run_once() {
                     Ok(0) => {}
@@ -336,7 +462,9 @@ impl<'a> Tracer<'a> {
     fn run_once(&mut self) -> Result<u64, Stop> {
         // Pending findings want the addresses each instruction touches, and the engine check
         // after a CR event looks at the next instruction's accesses: step those.
+        // Several vCPUs take one instruction each in turn: no runs.
         if !self.opts.runs
+            || self.vcpus > 1
             || !self.runs_supported
             || self.mmu.wants_touches()
             || self.engine_check_pending
@@ -480,8 +608,9 @@ impl<'a> Tracer<'a> {
         let mut plan = self.plan();
         let before = self.regs.clone();
         if let Some(i) = &plan.insn {
-            // With an in-kernel irqchip KVM would wait in HLT forever when nothing can wake it.
-            if i.mnemonic() == Mnemonic::Hlt && before.rflags & RFLAGS_IF == 0 {
+            // With an in-kernel irqchip KVM would wait in HLT forever when nothing can wake it
+            // (with several vCPUs, another may still run, or wake this one with an NMI).
+            if i.mnemonic() == Mnemonic::Hlt && before.rflags & RFLAGS_IF == 0 && self.vcpus == 1 {
                 return Some(Stop {
                     reason: EndReason::Halted,
                     message: format!("HLT with interrupts disabled at RIP {:#x}", before.rip),
@@ -572,6 +701,8 @@ impl<'a> Tracer<'a> {
                 stop = self.polling_stop();
             }
             Exit::MmioWrite { gpa, size, data } => io_events.push(self.mmio_write(gpa, size, data)),
+            // With several vCPUs, the halted one waits and the others run on.
+            Exit::Halted if self.vcpus > 1 => {}
             Exit::Halted => {
                 stop = Some(Stop {
                     reason: EndReason::Halted,
@@ -1249,12 +1380,23 @@ impl<'a> Tracer<'a> {
             carries_pages: true,
             memory_hash,
         }));
+        self.vcpus_keyframe();
     }
 
-    /// Findings still waiting for addresses, settled at the end of the run.
+    /// Findings still waiting for addresses, settled at the end of the run (each vCPU's
+    /// under its own records).
     pub fn settle_findings(&mut self) {
         let found = self.mmu.settle_all();
         self.found_events(found);
+        for v in 0..self.vcpus {
+            let waiting = self.parked[v as usize]
+                .as_mut()
+                .is_some_and(|p| p.mmu.wants_touches());
+            if waiting && self.switch_to(v).is_ok() {
+                let found = self.mmu.settle_all();
+                self.found_events(found);
+            }
+        }
     }
 
     fn backend_failure(&mut self, e: BackendError, plan: &Plan) -> Stop {

@@ -23,6 +23,9 @@ use traces::{CrWrite, Event, EventId, EventKind, FindingKind, Record, Step};
 #[derive(Clone, Debug)]
 pub struct WriteAnalysis {
     pub event: Event,
+    /// The vCPU that made the write (its MMU is the one the write is fed to; 0 in one-vCPU
+    /// traces).
+    pub vcpu: u32,
     pub write: CrWrite,
     /// Per policy, in [`Analysis::policies`] order: the gist of its decision (always kept).
     pub verdicts: Vec<Verdict>,
@@ -106,8 +109,10 @@ pub struct Analysis {
     pub flavour: Flavour,
     pub cpu: CpuModel,
     pub policies: Vec<&'static Policy>,
-    /// Trackers at entry (step 0), per policy.
+    /// Trackers at entry (step 0), per policy: vCPU 0's.
     pub initial: Vec<Tracker>,
+    /// Trackers at entry per vCPU (index 0 = `initial`): KVM keeps one MMU per vCPU.
+    pub initial_vcpus: Vec<Vec<Tracker>>,
     /// Every MMU-relevant write (CR0, CR3, CR4, EFER), in order.
     pub writes: Vec<WriteAnalysis>,
     /// Every finding of every policy, ordered by the write it is about, then policy
@@ -118,9 +123,9 @@ pub struct Analysis {
     /// ~300 bytes each with their text.
     pub findings: Vec<Found>,
     pub retain: Retain,
-    /// [`Retain::Checkpoints`]: `(write, every policy's trackers right before it)`, ascending
-    /// (write 0's are `initial`, not repeated here).
-    checkpoints: Vec<(usize, Vec<Tracker>)>,
+    /// [`Retain::Checkpoints`]: `(write, every vCPU's trackers of every policy right before
+    /// it)`, ascending (write 0's are `initial_vcpus`, not repeated here).
+    checkpoints: Vec<(usize, Vec<Vec<Tracker>>)>,
 }
 
 impl Analysis {
@@ -158,9 +163,17 @@ impl Analysis {
             policies.to_vec()
         };
         let cpu = cpu_model(&timeline.header().guest);
-        let entry = insn::control_regs(&timeline.entry().regs);
-        let mut watch = Watch::new(&policies, flavour, cpu, &entry);
-        let initial = watch.trackers().to_vec();
+        // One model per vCPU, each from its own state at entry (an AP's INIT state).
+        let vcpus = timeline.header().vcpu_count();
+        let mut watches: Vec<Watch> = (0..vcpus)
+            .map(|v| {
+                let entry = timeline.entry();
+                let regs = entry.regs_of(v).unwrap_or(&entry.regs);
+                Watch::new(&policies, flavour, cpu, &insn::control_regs(regs))
+            })
+            .collect();
+        let initial_vcpus: Vec<Vec<Tracker>> =
+            watches.iter().map(|w| w.trackers().to_vec()).collect();
         let total = writes.len();
         let mut out = Vec::with_capacity(total);
         let mut findings = Vec::new();
@@ -171,9 +184,10 @@ impl Analysis {
         for (n, (event, write)) in writes.into_iter().enumerate() {
             // The instructions since the previous write, this write's own included, come
             // first: the recorder feeds a step's touches before its writes.
-            findings.extend(feed_touches(timeline, &mut watch, fed, event.step)?);
+            findings.extend(feed_touches(timeline, &mut watches, fed, event.step)?);
             fed = fed.max(event.step);
             let after = timeline.seek(event.step)?;
+            let vcpu = after.vcpu();
             let regs = insn::control_regs(&after.regs);
             // CS.L after the write is the writer's: a write leaves CS as it was, and a write
             // from 64-bit code that faulted entered a 64-bit handler.
@@ -184,9 +198,18 @@ impl Analysis {
                 && (kept % CHECKPOINT_WRITES == 0
                     || event.step - checkpoint_step >= CHECKPOINT_STEPS)
             {
-                checkpoints.push((kept, watch.trackers().to_vec()));
+                checkpoints.push((
+                    kept,
+                    watches.iter().map(|w| w.trackers().to_vec()).collect(),
+                ));
                 checkpoint_step = event.step;
             }
+            let Some(watch) = watches.get_mut(vcpu as usize) else {
+                return Err(crate::TimelineError::Inconsistent {
+                    step: event.step,
+                    detail: format!("a write of vCPU {vcpu} in a trace of {vcpus}"),
+                });
+            };
             let outcome = watch.on_write(
                 event.id,
                 event.step,
@@ -211,6 +234,7 @@ impl Analysis {
                     .collect();
                 out.push(WriteAnalysis {
                     event,
+                    vcpu,
                     write,
                     verdicts,
                     decisions: if everything { o.decisions } else { Vec::new() },
@@ -231,14 +255,17 @@ impl Analysis {
             }
         }
         let last = timeline.last_step();
-        findings.extend(feed_touches(timeline, &mut watch, fed, last)?);
-        findings.extend(watch.settle_all());
+        findings.extend(feed_touches(timeline, &mut watches, fed, last)?);
+        for w in &mut watches {
+            findings.extend(w.settle_all());
+        }
         findings.sort_by_key(|f| (f.finding.cause, f.finding.policy));
         Ok(Some(Analysis {
             flavour,
             cpu,
             policies,
-            initial,
+            initial: initial_vcpus[0].clone(),
+            initial_vcpus,
             writes: out,
             findings,
             retain,
@@ -258,9 +285,10 @@ impl Analysis {
             return Ok(None);
         };
         if self.retain == Retain::Everything {
-            let before = match w.checked_sub(1) {
-                Some(prev) => self.writes[prev].after.clone(),
-                None => self.initial.clone(),
+            // Before the write: after the same vCPU's previous write (its own MMU).
+            let before = match self.writes[..w].iter().rev().find(|p| p.vcpu == wa.vcpu) {
+                Some(prev) => prev.after.clone(),
+                None => self.initial_of(wa.vcpu).to_vec(),
             };
             return Ok(Some(WriteDetail {
                 before,
@@ -272,10 +300,16 @@ impl Analysis {
         let c = self.checkpoints.partition_point(|(i, _)| *i <= w);
         let (first, trackers) = match c.checked_sub(1) {
             Some(c) => (self.checkpoints[c].0, &self.checkpoints[c].1),
-            None => (0, &self.initial),
+            None => (0, &self.initial_vcpus),
         };
-        let mut watch = Watch::resume(trackers.clone(), self.cpu);
+        let mut watches: Vec<Watch> = trackers
+            .iter()
+            .map(|t| Watch::resume(t.clone(), self.cpu))
+            .collect();
         for (i, wa) in self.writes.iter().enumerate().take(w + 1).skip(first) {
+            let Some(watch) = watches.get_mut(wa.vcpu as usize) else {
+                return Ok(None);
+            };
             let before = (i == w).then(|| watch.trackers().to_vec());
             let after = timeline.seek(wa.event.step)?;
             let regs = insn::control_regs(&after.regs);
@@ -300,6 +334,18 @@ impl Analysis {
             }
         }
         Ok(None)
+    }
+
+    /// Every policy's tracker at entry for `vcpu` (vCPU 0's past the last vCPU).
+    pub fn initial_of(&self, vcpu: u32) -> &[Tracker] {
+        self.initial_vcpus
+            .get(vcpu as usize)
+            .map_or(&self.initial, |t| t.as_slice())
+    }
+
+    /// The vCPU whose write event `id` is (for findings, which name it).
+    pub fn vcpu_of_event(&self, id: EventId) -> Option<u32> {
+        self.write_of_event(id).map(|w| self.writes[w].vcpu)
     }
 
     /// Index of a policy by name.
@@ -341,24 +387,48 @@ impl Analysis {
 /// registers before it, their translations from memory right after it, as in the recorder.
 fn feed_touches<R: Read + Seek>(
     timeline: &mut Timeline<R>,
-    watch: &mut Watch,
+    watches: &mut [Watch],
     from: Step,
     to: Step,
 ) -> Result<Vec<Found>> {
     let mut found = Vec::new();
-    let cpu = *watch.cpu();
+    let Some(cpu) = watches.first().map(|w| *w.cpu()) else {
+        return Ok(found);
+    };
     let mut s = from + 1;
-    while s <= to && watch.wants_touches() {
-        let before = timeline.seek(s - 1)?;
-        let regs = &before.regs;
-        let bytes = insn::fetch(regs, &cpu, &before.memory);
-        let decoded = insn::decode(&bytes, insn::bitness(regs), regs.rip);
-        let touched = insn::touched(decoded.as_ref(), regs);
-        let after = timeline.seek(s)?;
-        found.extend(watch.on_touch(&touched, &after.memory));
+    while s <= to && watches.iter().any(Watch::wants_touches) {
+        if watches.len() == 1 {
+            let before = timeline.seek(s - 1)?;
+            let touched = touched(&before.regs, &cpu, &before.memory);
+            let after = timeline.seek(s)?;
+            found.extend(watches[0].on_touch(&touched, &after.memory));
+        } else {
+            // Instruction `s` is the vCPU's that executed it: its registers before it, and
+            // only its own MMU waits for its addresses.
+            let before = timeline.seek(s - 1)?.clone();
+            let after = timeline.seek(s)?;
+            let v = after.vcpu();
+            if let (Some(regs), Some(watch)) = (before.regs_of(v), watches.get_mut(v as usize)) {
+                if watch.wants_touches() {
+                    let touched = touched(regs, &cpu, &before.memory);
+                    found.extend(watch.on_touch(&touched, &after.memory));
+                }
+            }
+        }
         s += 1;
     }
     Ok(found)
+}
+
+/// The addresses the instruction at `regs`' RIP touches.
+fn touched(
+    regs: &traces::Regs,
+    cpu: &CpuModel,
+    memory: &crate::MemoryImage,
+) -> Vec<(u64, mmu::Access)> {
+    let bytes = insn::fetch(regs, cpu, memory);
+    let decoded = insn::decode(&bytes, insn::bitness(regs), regs.rip);
+    insn::touched(decoded.as_ref(), regs)
 }
 
 /// The trace's control-register writes, in order.

@@ -13,6 +13,8 @@ use traces::{EventId, FindingKind, Step};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CheckFinding {
     pub policy: &'static str,
+    /// The vCPU whose MMU it is, in traces of several vCPUs (`None` with one).
+    pub vcpu: Option<u32>,
     pub step: Step,
     /// The CR-write event the finding is about.
     pub event: EventId,
@@ -112,6 +114,9 @@ pub struct CheckReport {
     pub flavour: Flavour,
     pub policies: Vec<(&'static Policy, PolicySummary)>,
     pub findings: Vec<CheckFinding>,
+    /// Per vCPU, in traces of several (empty with one): its writes and what every policy made
+    /// of them (summed over the policies).
+    pub vcpus: Vec<PolicySummary>,
 }
 
 impl CheckReport {
@@ -136,7 +141,26 @@ pub fn check<R: Read + Seek>(
 /// The tallies and findings of an analysis, as `check` prints them.
 pub fn report(analysis: &Analysis) -> CheckReport {
     let mut summaries = vec![PolicySummary::default(); analysis.policies.len()];
+    let several = analysis.initial_vcpus.len() > 1;
+    let mut vcpus = vec![
+        PolicySummary::default();
+        if several {
+            analysis.initial_vcpus.len()
+        } else {
+            0
+        }
+    ];
     for w in &analysis.writes {
+        if let Some(v) = vcpus.get_mut(w.vcpu as usize) {
+            v.writes += 1;
+            for d in &w.verdicts {
+                match d.outcome {
+                    Outcome::Reinit | Outcome::InitOnly => v.reinits += 1,
+                    Outcome::SkippedRoleUnchanged => v.skipped += 1,
+                    _ => {}
+                }
+            }
+        }
         for (s, d) in summaries.iter_mut().zip(&w.verdicts) {
             s.writes += 1;
             match d.outcome {
@@ -157,12 +181,22 @@ pub fn report(analysis: &Analysis) -> CheckReport {
             FindingKind::GpMismatch => s.gp_mismatches += 1,
             FindingKind::HostDisagreement => s.host_disagreements += 1,
         }
-        findings.push(CheckFinding::new(analysis, f));
+        let finding = CheckFinding::new(analysis, f);
+        if let Some(v) = finding.vcpu.and_then(|v| vcpus.get_mut(v as usize)) {
+            match f.finding.kind {
+                FindingKind::StaleContext => v.stale += 1,
+                FindingKind::NeedlessReset => v.needless += 1,
+                FindingKind::GpMismatch => v.gp_mismatches += 1,
+                FindingKind::HostDisagreement => v.host_disagreements += 1,
+            }
+        }
+        findings.push(finding);
     }
     CheckReport {
         flavour: analysis.flavour,
         policies: analysis.policies.iter().copied().zip(summaries).collect(),
         findings,
+        vcpus,
     }
 }
 
@@ -175,6 +209,9 @@ impl CheckFinding {
             .map_or("?", |p| p.name);
         CheckFinding {
             policy,
+            vcpu: (analysis.initial_vcpus.len() > 1)
+                .then(|| analysis.vcpu_of_event(f.finding.cause))
+                .flatten(),
             step: f.step,
             event: f.finding.cause,
             kind: f.finding.kind,

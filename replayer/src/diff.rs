@@ -16,13 +16,15 @@
 use crate::memory::MemoryImage;
 use std::collections::BTreeMap;
 use std::io::{Read, Seek};
-use traces::{EventKind, Reader, Record, Regs, Step};
+use traces::{EventKind, Parked, Reader, Record, Regs, Step};
 
 /// Architectural state compared at every instruction boundary. Hidden segment attributes and
 /// descriptor-cache details are left out: engines legitimately differ there (e.g. the accessed
 /// bit), and they are not what a reproduction is about.
 #[derive(Clone, Debug, PartialEq, Eq)]
 struct Visible {
+    /// The vCPU that ran the instruction (0 in one-vCPU traces).
+    vcpu: u32,
     gpr: [u64; 16],
     rip: u64,
     /// RFLAGS without RF (bit 16), which engines set differently around single-steps, and
@@ -38,8 +40,9 @@ struct Visible {
 }
 
 impl Visible {
-    fn of(r: &Regs) -> Visible {
+    fn of(vcpu: u32, r: &Regs) -> Visible {
         Visible {
+            vcpu,
             gpr: r.gpr,
             rip: r.rip,
             rflags: r.rflags & !(1 << 16 | 1 << 4),
@@ -64,6 +67,7 @@ impl Visible {
                 out.push(format!("{name}: {a:#x} vs {b:#x}"));
             }
         };
+        cmp("vcpu", self.vcpu.into(), other.vcpu.into());
         for (name, (a, b)) in GPR.iter().zip(self.gpr.iter().zip(&other.gpr)) {
             cmp(name, *a, *b);
         }
@@ -168,6 +172,8 @@ struct Instructions<'a, R> {
     policies: Vec<String>,
     compare: Compare,
     regs: Regs,
+    /// The other vCPUs' registers (format 5).
+    parked: Parked,
     pending: Option<Instruction>,
     events: BTreeMap<Step, Vec<String>>,
     /// Steps that retired more than one instruction, and how many.
@@ -180,6 +186,7 @@ struct Instructions<'a, R> {
 impl<'a, R: Read + Seek> Instructions<'a, R> {
     fn new(reader: &'a mut Reader<R>, compare: Compare) -> Instructions<'a, R> {
         let policies = reader.header().policies.clone();
+        let parked = Parked::new(reader.header().vcpu_count());
         let regs = reader.header().guest.entry.clone();
         let memory = MemoryImage::from_guest(&reader.header().guest)
             .unwrap_or_else(|_| MemoryImage::zeroed(reader.header().guest.ram_size));
@@ -188,6 +195,7 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
             policies,
             compare,
             regs,
+            parked,
             pending: None,
             events: BTreeMap::new(),
             retired: BTreeMap::new(),
@@ -273,10 +281,12 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
             match record {
                 Record::Step(s) => {
                     self.regs.apply_delta(&s.regs);
-                    let fold = self
-                        .pending
-                        .as_ref()
-                        .is_some_and(|p| p.rip == s.rip && p.last_step + 1 == s.step);
+                    let vcpu = self.parked.current();
+                    let fold = self.pending.as_ref().is_some_and(|p| {
+                        p.rip == s.rip
+                            && p.last_step + 1 == s.step
+                            && p.after.as_ref().is_some_and(|a| a.vcpu == vcpu)
+                    });
                     let finished = if fold { None } else { self.pending.take() };
                     let p = self.pending.get_or_insert_with(|| Instruction {
                         first_step: s.step,
@@ -284,7 +294,7 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                         ..Default::default()
                     });
                     p.last_step = s.step;
-                    p.after = Some(Visible::of(&self.regs));
+                    p.after = Some(Visible::of(self.parked.current(), &self.regs));
                     p.record_writes(&mut self.memory, &s.mem);
                     if let Some(f) = finished {
                         return Some(Ok(self.finish(f, false)));
@@ -310,7 +320,7 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                         .is_some_and(|p| p.rip == r.rip && p.last_step + 1 == r.first);
                     if let Some(p) = self.pending.as_mut().filter(|_| fold) {
                         p.last_step = r.step;
-                        p.after = Some(Visible::of(&self.regs));
+                        p.after = Some(Visible::of(self.parked.current(), &self.regs));
                         p.has_run = true;
                         p.record_writes(&mut self.memory, &r.mem);
                         self.retired.insert(r.first, r.count());
@@ -321,7 +331,7 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                         first_step: r.first,
                         last_step: r.step,
                         rip: r.rip,
-                        after: Some(Visible::of(&self.regs)),
+                        after: Some(Visible::of(self.parked.current(), &self.regs)),
                         has_run: true,
                         ..Default::default()
                     };
@@ -340,6 +350,12 @@ impl<'a, R: Read + Seek> Instructions<'a, R> {
                 // What the recording host's KVM did is not the guest's behaviour: two hosts
                 // legitimately differ there (`check --host` compares it with the model).
                 Record::End(_) | Record::Host(_) => {}
+                // Which vCPU runs next (format 5): its registers become the current ones.
+                Record::Vcpu(_) | Record::Vcpus(_) => {
+                    if let Err(e) = self.parked.observe(&record, &mut self.regs) {
+                        return Some(Err(traces::Error::InvalidRecord(e)));
+                    }
+                }
             }
         }
         let last = self.pending.take()?;

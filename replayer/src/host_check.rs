@@ -205,6 +205,8 @@ fn disagreement(
     let write = analysis.last_write_at(root.step.saturating_sub(1));
     CheckFinding {
         policy: policy.name,
+        // The kvm backend records one vCPU.
+        vcpu: None,
         step: root.step,
         event: write.map_or(0, |w| w.event.id),
         kind: FindingKind::HostDisagreement,

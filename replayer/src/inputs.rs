@@ -48,6 +48,7 @@ pub fn recorded_inputs<R: Read + Seek>(
     let cpu = crate::cpu_model(&guest);
     let mut memory = MemoryImage::from_guest(&guest)?;
     let mut regs = guest.entry.clone();
+    let mut parked = traces::Parked::new(reader.header().vcpu_count());
     let mut out = RecordedInputs::default();
     let mut pending: Option<Pending> = None;
     let finish = |p: Pending, regs: &Regs, memory: &MemoryImage, out: &mut RecordedInputs| {
@@ -126,6 +127,15 @@ pub fn recorded_inputs<R: Read + Seek>(
             }
             // The host's events are no input to the guest.
             Record::End(_) | Record::Host(_) => {}
+            // Another vCPU runs next (format 5): its registers become the current ones.
+            r @ (Record::Vcpu(_) | Record::Vcpus(_)) => {
+                if let Some(p) = pending.take() {
+                    finish(p, &regs, &memory, &mut out);
+                }
+                parked
+                    .observe(&r, &mut regs)
+                    .map_err(traces::Error::InvalidRecord)?;
+            }
         }
     }
     if let Some(p) = pending.take() {

@@ -87,17 +87,24 @@ impl Reexecution {
     ) -> Result<bool, TimelineError> {
         let base = before.step;
         let done = self.reexecuted(header, run_end, before, from..=to, from..=to)?;
-        let regs = done.timeline.seek(from - base)?.regs.clone();
+        let at = done.timeline.seek(from - base)?;
+        let (regs, parked) = (at.regs.clone(), at.parked.clone());
         let mut stopped = false;
-        done.timeline
-            .walk_steps(from - base, regs, to - base, &mut |v| {
+        done.timeline.walk_steps(
+            from - base,
+            regs,
+            parked,
+            to - base,
+            &mut |v| {
                 stopped = visit(&StepView {
                     step: v.step + base,
+                    vcpu: v.vcpu,
                     regs: v.regs,
                     mem: v.mem,
                 });
                 stopped
-            })?;
+            },
+        )?;
         Ok(stopped)
     }
 

@@ -11,14 +11,49 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{BufReader, Read, Seek};
 use std::path::Path;
-use traces::{Header, Keyframe, Reader, Record, Regs, Step};
+use traces::{Header, Keyframe, Parked, Reader, Record, Regs, Step, VcpusKeyframe};
 
 /// The machine at one step: registers and guest-physical memory after `step` instructions.
 #[derive(Clone, Debug)]
 pub struct Snapshot {
     pub step: Step,
+    /// The registers of the vCPU that executed `step` (the only vCPU of most traces).
     pub regs: Regs,
     pub memory: MemoryImage,
+    /// The other vCPUs' registers, and which vCPU `regs` belong to (format 5).
+    pub parked: Parked,
+}
+
+impl Snapshot {
+    /// The vCPU that executed `step` (vCPU 0 at step 0 and in one-vCPU traces).
+    pub fn vcpu(&self) -> u32 {
+        self.parked.current()
+    }
+
+    /// The registers of `vcpu` at this step.
+    pub fn regs_of(&self, vcpu: u32) -> Option<&Regs> {
+        self.parked.regs_of(vcpu, &self.regs)
+    }
+
+    /// Makes `vcpu`'s registers the current ones (`None`: no such vCPU).
+    fn switch(&mut self, vcpu: u32) -> Result<()> {
+        self.parked
+            .switch(vcpu, &mut self.regs)
+            .map_err(|detail| TimelineError::Inconsistent {
+                step: self.step,
+                detail,
+            })
+    }
+
+    /// Takes every vCPU's registers from a multi-vCPU keyframe.
+    fn vcpus_keyframe(&mut self, k: &VcpusKeyframe) -> Result<()> {
+        self.parked
+            .keyframe(k, &mut self.regs)
+            .map_err(|detail| TimelineError::Inconsistent {
+                step: k.step,
+                detail,
+            })
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -45,6 +80,10 @@ pub enum TimelineError {
 }
 
 pub type Result<T> = std::result::Result<T, TimelineError>;
+
+fn header_vcpus(h: &Header) -> u32 {
+    h.vcpu_count()
+}
 
 /// How many page-keyframe memory images to keep at most (one per page keyframe up to this);
 /// they share unchanged directories and pages, so each costs little more than what changed.
@@ -83,11 +122,23 @@ impl Timeline {
 impl<R: Read + Seek> Timeline<R> {
     pub fn new(reader: Reader<R>) -> Result<Timeline<R>> {
         let header = reader.header();
-        let entry = Snapshot {
+        let mut entry = Snapshot {
             step: 0,
             regs: header.guest.entry.clone(),
             memory: MemoryImage::from_guest(&header.guest)?,
+            parked: Parked::new(header.vcpu_count()),
         };
+        let mut reader = reader;
+        if header_vcpus(reader.header()) > 1 && !reader.chunks().is_empty() {
+            // The APs' entry state is in the keyframe at step 0, not in the header.
+            let records = reader.chunk_records(0)?;
+            if let Some(k) = records.iter().find_map(|r| match r {
+                Record::Vcpus(k) if k.step == 0 => Some(k),
+                _ => None,
+            }) {
+                entry.vcpus_keyframe(k)?;
+            }
+        }
         let last_step = reader.total_steps();
         let entry_clone = entry.clone();
         Ok(Timeline {
@@ -207,7 +258,7 @@ impl<R: Read + Seek> Timeline<R> {
         };
         for k in i..upto {
             let (s, chunk) = self.page_keyframes[k];
-            let keyframe = self.keyframe_in_chunk(chunk, s)?;
+            let (keyframe, vcpus) = self.keyframe_in_chunk(chunk, s)?;
             for page in &keyframe.pages {
                 if !base.memory.set_page(page.gpa, &page.data) {
                     return Err(TimelineError::Inconsistent {
@@ -218,6 +269,9 @@ impl<R: Read + Seek> Timeline<R> {
             }
             base.step = s;
             base.regs = keyframe.regs;
+            if let Some(k) = vcpus {
+                base.vcpus_keyframe(&k)?;
+            }
         }
         Ok(base)
     }
@@ -233,11 +287,19 @@ impl<R: Read + Seek> Timeline<R> {
             if header.has_keyframe() {
                 let records = self.reader.chunk_records(c)?;
                 for r in records.iter() {
-                    if let Record::Keyframe(k) = r {
-                        if k.carries_pages {
+                    match r {
+                        Record::Keyframe(k) if k.carries_pages => {
                             self.page_keyframes.push((k.step, c));
                             self.advance_frontier(k)?;
                         }
+                        // Written right after its keyframe, before the checkpoint is needed.
+                        Record::Vcpus(k) if k.step == self.frontier.step => {
+                            self.frontier.vcpus_keyframe(k)?;
+                            if let Some(cp) = self.checkpoints.get_mut(&k.step) {
+                                cp.vcpus_keyframe(k)?;
+                            }
+                        }
+                        _ => {}
                     }
                 }
             }
@@ -280,9 +342,14 @@ impl<R: Read + Seek> Timeline<R> {
         Ok(())
     }
 
-    fn keyframe_in_chunk(&mut self, chunk: usize, step: Step) -> Result<Keyframe> {
+    /// The page keyframe at `step` in `chunk`, with every vCPU's registers there (format 5).
+    fn keyframe_in_chunk(
+        &mut self,
+        chunk: usize,
+        step: Step,
+    ) -> Result<(Keyframe, Option<VcpusKeyframe>)> {
         let records = self.reader.chunk_records(chunk)?;
-        records
+        let keyframe = records
             .iter()
             .find_map(|r| match r {
                 Record::Keyframe(k) if k.step == step && k.carries_pages => Some(k.clone()),
@@ -291,7 +358,12 @@ impl<R: Read + Seek> Timeline<R> {
             .ok_or_else(|| TimelineError::Inconsistent {
                 step,
                 detail: format!("the page keyframe vanished from chunk {chunk}"),
-            })
+            })?;
+        let vcpus = records.iter().find_map(|r| match r {
+            Record::Vcpus(k) if k.step == step => Some(k.clone()),
+            _ => None,
+        });
+        Ok((keyframe, vcpus))
     }
 
     /// Calls `visit` for every instruction after `from` up to `to`, in order, with the
@@ -304,6 +376,7 @@ impl<R: Read + Seek> Timeline<R> {
         &mut self,
         from: Step,
         mut regs: Regs,
+        mut parked: Parked,
         to: Step,
         visit: &mut dyn FnMut(&StepView<'_>) -> bool,
     ) -> Result<()> {
@@ -318,6 +391,12 @@ impl<R: Read + Seek> Timeline<R> {
                 let (first, last) = match r {
                     Record::Step(s) => (s.step, s.step),
                     Record::Run(run) => (run.first, run.step),
+                    Record::Vcpu(v) if v.step == at => {
+                        parked
+                            .switch(v.vcpu, &mut regs)
+                            .map_err(|detail| TimelineError::Inconsistent { step: at, detail })?;
+                        continue;
+                    }
                     _ => continue,
                 };
                 if last <= at || first > to {
@@ -339,6 +418,7 @@ impl<R: Read + Seek> Timeline<R> {
                         at = s.step;
                         visit(&StepView {
                             step: at,
+                            vcpu: parked.current(),
                             regs: &regs,
                             mem: &s.mem,
                         })
@@ -410,6 +490,12 @@ impl<R: Read + Seek> Timeline<R> {
                 let (first, last, regs, mem) = match r {
                     Record::Step(s) => (s.step, s.step, &s.regs, &s.mem),
                     Record::Run(run) => (run.first, run.step, &run.regs, &run.mem),
+                    // The next vCPU runs steps after the switch: the state at `to` stays
+                    // with the vCPU that executed `to`.
+                    Record::Vcpu(v) if v.step == state.step && v.step < to => {
+                        state.switch(v.vcpu)?;
+                        continue;
+                    }
                     _ => continue,
                 };
                 if last <= state.step || first > to {
@@ -452,6 +538,8 @@ impl<R: Read + Seek> Timeline<R> {
 /// guest-physical memory it wrote.
 pub struct StepView<'a> {
     pub step: Step,
+    /// The vCPU that executed it (format 5; 0 in one-vCPU traces).
+    pub vcpu: u32,
     pub regs: &'a Regs,
     pub mem: &'a [traces::MemWrite],
 }

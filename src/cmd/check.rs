@@ -105,11 +105,23 @@ fn to_json(report: &CheckReport) -> serde_json::Value {
             })
         })
         .collect();
+    let vcpus: Vec<serde_json::Value> = report
+        .vcpus
+        .iter()
+        .enumerate()
+        .map(|(v, s)| {
+            serde_json::json!({
+                "vcpu": v, "writes": s.writes, "reinits": s.reinits, "skipped": s.skipped,
+                "stale": s.stale, "needless": s.needless, "gp_mismatches": s.gp_mismatches,
+            })
+        })
+        .collect();
     serde_json::json!({
         "flavour": report.flavour.name(),
         "findings": findings,
         "groups": groups,
         "policies": policies,
+        "vcpus": vcpus,
     })
 }
 
@@ -122,6 +134,7 @@ pub fn finding_json(f: &replayer::CheckFinding) -> serde_json::Value {
     };
     serde_json::json!({
         "policy": f.policy,
+        "vcpu": f.vcpu,
         "step": f.step,
         "event": f.event,
         "kind": f.kind.name(),
@@ -148,6 +161,19 @@ fn print_human(report: &CheckReport, all: bool) {
             "{:<10} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6}",
             p.name, s.writes, s.reinits, s.skipped, s.stale, s.needless, s.gp_mismatches
         );
+    }
+    if !report.vcpus.is_empty() {
+        // KVM keeps one MMU per vCPU: each vCPU's writes went to its own model.
+        println!(
+            "\n{:<10} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6}   (summed over the policies)",
+            "vCPU", "CR writes", "reinits", "skipped", "stale", "needless", "#GP≠"
+        );
+        for (v, s) in report.vcpus.iter().enumerate() {
+            println!(
+                "{:<10} {:>9} {:>8} {:>8} {:>6} {:>9} {:>6}",
+                v, s.writes, s.reinits, s.skipped, s.stale, s.needless, s.gp_mismatches
+            );
+        }
     }
     if report.findings.is_empty() {
         println!("\nNo findings: every policy's MMU context followed the architecture.");
@@ -178,9 +204,14 @@ fn print_human(report: &CheckReport, all: bool) {
             )
         };
         println!(
-            "[{}] {} {repeats}:",
+            "[{}] {} {repeats}{}:",
             g.policies.join(", "),
-            g.first.kind.name()
+            g.first.kind.name(),
+            if g.first.vcpu == g.last.vcpu {
+                on_vcpu(g.first)
+            } else {
+                " on several vCPUs".into()
+            }
         );
         print_details(g.first);
     }
@@ -195,13 +226,19 @@ fn print_human(report: &CheckReport, all: bool) {
 
 fn print_finding(f: &replayer::CheckFinding) {
     println!(
-        "[{}] {} at step {} (event {}):",
+        "[{}] {} at step {} (event {}){}:",
         f.policy,
         f.kind.name(),
         f.step,
-        f.event
+        f.event,
+        on_vcpu(f)
     );
     print_details(f);
+}
+
+/// ` on vCPU N` in traces of several vCPUs.
+fn on_vcpu(f: &replayer::CheckFinding) -> String {
+    f.vcpu.map(|v| format!(" on vCPU {v}")).unwrap_or_default()
 }
 
 fn print_details(f: &replayer::CheckFinding) {

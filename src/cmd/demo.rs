@@ -28,7 +28,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
         },
     };
     let guest = record::build_guest(&rec.guest)?;
-    let backend = record::choose_backend(args.backend, &guest)?;
+    let backend = record::choose_backend(args.backend, &guest, 1)?;
     eprintln!(
         "mmurr demo: recording {SEED} on {}: {}",
         backend.name(),

@@ -66,6 +66,9 @@ fn translation(t: &Translation) -> Value {
 #[derive(serde::Serialize)]
 struct Line {
     id: u64,
+    /// The vCPU the event belongs to, in traces of several vCPUs (format 5).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    vcpu: Option<u32>,
     step: Step,
     rip: Value,
     kind: &'static str,
@@ -120,9 +123,11 @@ fn event_fields(h: &Header, e: &Event) -> Line {
         }),
         EventKind::ExternalInterrupt(i) => json!({ "vector": i.vector, "nmi": i.nmi }),
         EventKind::Retired { count } => json!({ "count": count }),
+        EventKind::Startup { vector } => json!({ "vector": vector }),
     };
     Line {
         id: e.id,
+        vcpu: None,
         step: e.step,
         rip: hex(e.rip),
         kind: e.kind.name(),
@@ -138,9 +143,16 @@ fn json_lines<R: io::Read + io::Seek>(
     out: &mut impl Write,
 ) -> anyhow::Result<()> {
     let header = reader.header().clone();
+    let mut vcpu = traces::VcpuCursor::new();
     for record in reader.records() {
-        if let Record::Event(e) = record? {
-            serde_json::to_writer(&mut *out, &event_fields(&header, &e))?;
+        let record = record?;
+        let v = vcpu.observe(&record);
+        if let Record::Event(e) = record {
+            let mut line = event_fields(&header, &e);
+            if header.vcpu_count() > 1 {
+                line.vcpu = Some(v);
+            }
+            serde_json::to_writer(&mut *out, &line)?;
             out.write_all(b"\n")?;
         }
     }
@@ -176,10 +188,14 @@ fn entry_mode(r: &Regs) -> PagingMode {
     }
 }
 
-/// Writes Chrome trace events one at a time inside `{"traceEvents":[ ... ]}`.
+/// Writes Chrome trace events one at a time inside `{"traceEvents":[ ... ]}`. Each vCPU is a
+/// process of its own (pid = vCPU + 1) with the same tracks, so that Perfetto shows a group of
+/// tracks per vCPU; a one-vCPU trace is the one process it always was.
 struct TraceEvents<'a, W: Write> {
     out: &'a mut W,
     first: bool,
+    /// The process of the events pushed now: the current vCPU's.
+    pid: u64,
 }
 
 impl<W: Write> TraceEvents<'_, W> {
@@ -192,21 +208,63 @@ impl<W: Write> TraceEvents<'_, W> {
     }
 
     fn track_name(&mut self, tid: u64, name: &str, order: u64) -> anyhow::Result<()> {
+        let pid = self.pid;
         self.push(
-            json!({"ph": "M", "pid": 1, "tid": tid, "name": "thread_name", "args": {"name": name}}),
+            json!({"ph": "M", "pid": pid, "tid": tid, "name": "thread_name", "args": {"name": name}}),
         )?;
-        self.push(json!({"ph": "M", "pid": 1, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": order}}))
+        self.push(json!({"ph": "M", "pid": pid, "tid": tid, "name": "thread_sort_index", "args": {"sort_index": order}}))
     }
 
     fn instant(&mut self, tid: u64, step: Step, name: String, args: Line) -> anyhow::Result<()> {
-        self.push(json!({"ph": "i", "s": "t", "pid": 1, "tid": tid, "ts": step, "name": name, "args": args}))
+        let pid = self.pid;
+        self.push(json!({"ph": "i", "s": "t", "pid": pid, "tid": tid, "ts": step, "name": name, "args": args}))
     }
 
     fn slice(&mut self, mode: PagingMode, start: Step, end: Step) -> anyhow::Result<()> {
+        let pid = self.pid;
         self.push(json!({
-            "ph": "X", "pid": 1, "tid": TID_MODE, "ts": start, "dur": end.saturating_sub(start).max(1),
+            "ph": "X", "pid": pid, "tid": TID_MODE, "ts": start, "dur": end.saturating_sub(start).max(1),
             "name": mode.name(), "args": {"from_step": start, "to_step": end},
         }))
+    }
+
+    /// The process and tracks of one vCPU (`vcpu` of `vcpus`).
+    fn process(&mut self, header: &traces::Header, vcpu: u32, vcpus: u32) -> anyhow::Result<()> {
+        self.pid = u64::from(vcpu) + 1;
+        let mut name = format!(
+            "mmurr {}",
+            header.scenario.as_deref().unwrap_or(&header.guest.origin)
+        );
+        if vcpus > 1 {
+            name.push_str(&format!(" vCPU {vcpu}"));
+        }
+        let pid = self.pid;
+        self.push(json!({"ph": "M", "pid": pid, "name": "process_name", "args": {"name": name}}))?;
+        if vcpus > 1 {
+            self.push(json!({"ph": "M", "pid": pid, "name": "process_sort_index", "args": {"sort_index": vcpu}}))?;
+        }
+        self.track_name(TID_MODE, "paging mode", 0)?;
+        for (i, reg) in [
+            ControlReg::Cr0,
+            ControlReg::Cr3,
+            ControlReg::Cr4,
+            ControlReg::Efer,
+            ControlReg::Xcr0,
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            self.track_name(
+                tid_reg(reg),
+                &format!("{} writes", reg.name()),
+                1 + i as u64,
+            )?;
+        }
+        for (i, p) in header.policies.iter().enumerate() {
+            self.track_name(tid_policy(i as u16), &format!("mmu: {p}"), 10 + i as u64)?;
+        }
+        self.track_name(TID_FINDINGS, "findings", 1000)?;
+        self.track_name(TID_IO, "port i/o", 1001)
     }
 }
 
@@ -228,45 +286,42 @@ fn perfetto<R: io::Read + io::Seek>(
         }),
     )?;
     out.write_all(b",\"traceEvents\":[")?;
-    let mut ev = TraceEvents { out, first: true };
-    let process = format!(
-        "mmurr {}",
-        header.scenario.as_deref().unwrap_or(&header.guest.origin)
-    );
-    ev.push(json!({"ph": "M", "pid": 1, "name": "process_name", "args": {"name": process}}))?;
-    ev.track_name(TID_MODE, "paging mode", 0)?;
-    for (i, reg) in [
-        ControlReg::Cr0,
-        ControlReg::Cr3,
-        ControlReg::Cr4,
-        ControlReg::Efer,
-        ControlReg::Xcr0,
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        ev.track_name(
-            tid_reg(reg),
-            &format!("{} writes", reg.name()),
-            1 + i as u64,
-        )?;
+    let mut ev = TraceEvents {
+        out,
+        first: true,
+        pid: 1,
+    };
+    let vcpus = header.vcpu_count();
+    for v in 0..vcpus {
+        ev.process(&header, v, vcpus)?;
     }
-    for (i, p) in header.policies.iter().enumerate() {
-        ev.track_name(tid_policy(i as u16), &format!("mmu: {p}"), 10 + i as u64)?;
-    }
-    ev.track_name(TID_FINDINGS, "findings", 1000)?;
-    ev.track_name(TID_IO, "port i/o", 1001)?;
 
-    let mut mode = entry_mode(&header.guest.entry);
-    let mut mode_since: Step = 0;
+    // Per vCPU: its paging mode and since when (the APs' from the keyframe at step 0).
+    let mut modes = vec![(entry_mode(&header.guest.entry), 0 as Step); vcpus as usize];
+    let mut cursor = traces::VcpuCursor::new();
     for record in reader.records() {
-        let Record::Event(e) = record? else { continue };
+        let record = record?;
+        let v = cursor.observe(&record);
+        ev.pid = u64::from(v) + 1;
+        let e = match record {
+            Record::Event(e) => e,
+            Record::Vcpus(k) if k.step == 0 => {
+                for (m, r) in modes.iter_mut().zip(&k.regs) {
+                    m.0 = entry_mode(r);
+                }
+                continue;
+            }
+            _ => continue,
+        };
         let fields = event_fields(&header, &e);
         match &e.kind {
             EventKind::Transition { to, .. } => {
-                ev.slice(mode, mode_since, e.step)?;
-                mode = *to;
-                mode_since = e.step;
+                let Some((mode, since)) = modes.get_mut(v as usize) else {
+                    continue;
+                };
+                ev.slice(*mode, *since, e.step)?;
+                *mode = *to;
+                *since = e.step;
             }
             EventKind::CrWrite(w) => {
                 let name = format!("{} {:#x} -> {:#x}", w.reg.name(), w.old, w.new);
@@ -305,7 +360,10 @@ fn perfetto<R: io::Read + io::Seek>(
             _ => {}
         }
     }
-    ev.slice(mode, mode_since, total.max(mode_since))?;
+    for (v, (mode, since)) in modes.into_iter().enumerate() {
+        ev.pid = v as u64 + 1;
+        ev.slice(mode, since, total.max(since))?;
+    }
     ev.out.write_all(b"\n]}\n")?;
     Ok(())
 }

@@ -11,7 +11,7 @@ use std::process::ExitCode;
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     let guest = build_guest(&args.guest)?;
-    let backend = choose_backend(args.backend, &guest)?;
+    let backend = choose_backend(args.backend, &guest, args.flags.cpus)?;
     eprintln!("mmurr: backend {}: {}", backend.name(), backend.reason);
     match backend.kind {
         Chosen::Kvm => {
@@ -71,8 +71,21 @@ fn kvm_cannot_map(guest: &BuiltGuest) -> Option<String> {
 pub fn choose_backend(
     choice: BackendChoice,
     guest: &BuiltGuest,
+    cpus: u32,
 ) -> anyhow::Result<BackendChoiceMade> {
     let (needs, label) = (guest.needs.as_deref(), guest.label.as_str());
+    if cpus > 1 && choice != BackendChoice::Emu {
+        let why = format!(
+            "--cpus {cpus}: the kvm backend records one vCPU; several vCPUs run on the emu backend"
+        );
+        if choice == BackendChoice::Kvm {
+            bail!("{why}: record it with --backend emu");
+        }
+        return Ok(BackendChoiceMade {
+            kind: Chosen::Emu,
+            reason: why,
+        });
+    }
     if choice != BackendChoice::Emu {
         if let Some(why) = kvm_cannot_map(guest) {
             if choice == BackendChoice::Kvm {

@@ -20,7 +20,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
         );
     }
     let guest = build_guest(&args.guest)?;
-    let backend = choose_backend(args.backend, &guest)?;
+    let backend = choose_backend(args.backend, &guest, args.flags.cpus)?;
     eprintln!("mmurr: backend {}: {}", backend.name(), backend.reason);
     let scratch = std::env::temp_dir().join(format!("mmurr-run-{}.mmurr", std::process::id()));
     let mut args = args.clone();

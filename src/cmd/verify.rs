@@ -37,7 +37,16 @@ fn verify(
     let original_end = original.end().cloned();
     describe_origin(&header, steps);
     let (needs, in_runs) = paging_modes_used(&mut original)?;
-    let chosen = choose(args.backend, header.backend.kind, &needs)?;
+    let chosen = match header.vcpu_count() {
+        1 => choose(args.backend, header.backend.kind, &needs)?,
+        n if args.backend == BackendChoice::Kvm => {
+            bail!("the trace has {n} vCPUs and the kvm backend records one: verify it with --backend emu")
+        }
+        n => (
+            Chosen::Emu,
+            format!("the trace has {n} vCPUs, which the emu backend runs"),
+        ),
+    };
     let name = if chosen.0 == Chosen::Kvm {
         "kvm"
     } else {
@@ -267,6 +276,7 @@ fn record_on_emu(
         max_steps: opts.max_steps,
         replay_inputs: Some(trace.to_path_buf()),
         single_step,
+        cpus: header.vcpu_count(),
         ..Default::default()
     };
     let mut cmd = Command::new(emu_executable()?);

@@ -241,7 +241,11 @@ impl ChunkBuilder {
                 h.flags |= FLAG_KEYFRAME;
             }
             Record::End(_) => h.flags |= FLAG_END,
-            Record::Step(_) | Record::Run(_) | Record::Host(_) => {}
+            Record::Step(_)
+            | Record::Run(_)
+            | Record::Host(_)
+            | Record::Vcpu(_)
+            | Record::Vcpus(_) => {}
         }
         self.raw.extend_from_slice(encoded);
     }
@@ -336,7 +340,11 @@ pub fn decode_payload(header: &ChunkHeader, payload: &[u8], offset: u64) -> Resu
                 }
             }
             Record::End(_) => end_seen = true,
-            Record::Step(_) | Record::Run(_) | Record::Host(_) => {}
+            Record::Step(_)
+            | Record::Run(_)
+            | Record::Host(_)
+            | Record::Vcpu(_)
+            | Record::Vcpus(_) => {}
         }
         records.push(record);
     }

@@ -30,17 +30,19 @@ pub mod record;
 mod recover;
 pub mod regs;
 pub mod synth;
+pub mod vcpu;
 pub mod writer;
 
 pub use error::{Error, Result};
 pub use host::{HostEvent, HostEventsStatus, HostMmu, HostRecord, ShadowPage};
 pub use index::{ChunkInfo, EventCounts};
 pub use integrity::{DamagedChunk, Depth, Integrity};
-pub use preamble::{Preamble, FORMAT_VERSION};
+pub use preamble::{Preamble, FORMAT_VERSION, MAX_VCPUS};
 pub use reader::{Reader, Records};
 pub use record::*;
 pub use recover::Recovery;
 pub use regs::{DescriptorTable, RegId, Regs, Segment};
+pub use vcpu::{Parked, VcpuCursor};
 pub use writer::{WriteSummary, Writer};
 
 /// The file extension of traces.

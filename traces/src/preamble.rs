@@ -12,13 +12,19 @@ pub const MAGIC: [u8; 8] = *b"\x89MMURR\r\n";
 /// Version of the preamble layout itself. Frozen: never changes.
 pub const OUTER_VERSION: u16 = 1;
 /// Format version this code writes (the record schema and the chunk/index layout).
-pub const FORMAT_VERSION: u16 = 4;
+pub const FORMAT_VERSION: u16 = 5;
 /// The oldest reader version able to read what this code writes: version 2 appended enum
 /// variants a version-1 reader cannot decode, version 3 `Record::Run`, which a version-2
-/// reader cannot decode, version 4 `Header::host` and `Record::Host`.
-pub const MIN_READER_VERSION: u16 = 4;
+/// reader cannot decode, version 4 `Header::host` and `Record::Host`, version 5
+/// `Header::vcpus`, `Record::Vcpu` and `Record::Vcpus`.
+pub const MIN_READER_VERSION: u16 = 5;
 /// The first format whose header has [`Header::host`].
 const HOST_SINCE: u16 = 4;
+/// The first format whose header has [`Header::vcpus`].
+const VCPUS_SINCE: u16 = 5;
+/// The most vCPUs a trace may declare (KVM's own `KVM_MAX_VCPUS` is 1024 to 4096; a guest
+/// recorded one instruction at a time never has that many).
+pub const MAX_VCPUS: u32 = 256;
 /// Required-feature bits this reader understands (a file setting others is refused).
 pub const KNOWN_REQUIRED_FEATURES: u32 = 0;
 pub const PREAMBLE_LEN: usize = 64;
@@ -209,5 +215,20 @@ pub fn decode_header(preamble: &Preamble, compressed: &[u8]) -> Result<Header> {
         // `None` is one 0 byte.
         raw.push(0);
     }
-    codec::decode_exact::<Header, MAX_HEADER_RAW>("header", offset, &raw)
+    if preamble.format_version < VCPUS_SINCE {
+        // Likewise `vcpus: u32` (format 5), appended after `host`: 0 (one vCPU) is one 0 byte.
+        raw.push(0);
+    }
+    let header = codec::decode_exact::<Header, MAX_HEADER_RAW>("header", offset, &raw)?;
+    if header.vcpus > MAX_VCPUS {
+        return Err(Error::corrupt(
+            "header",
+            offset,
+            format!(
+                "{} vCPUs declared, more than the {MAX_VCPUS} a trace may have",
+                header.vcpus
+            ),
+        ));
+    }
+    Ok(header)
 }

@@ -10,6 +10,8 @@ use crate::io::Source;
 use crate::preamble::{self, Preamble, PREAMBLE_LEN};
 use crate::record::{EndRecord, Event, EventId, Header, Keyframe, Record, Step};
 use crate::recover::{self, Recovery};
+use crate::regs::Regs;
+use crate::vcpu::Parked;
 use std::fs::File;
 use std::io::{BufReader, Cursor, Read, Seek};
 use std::path::Path;
@@ -192,6 +194,35 @@ impl<R: Read + Seek> Reader<R> {
         }
     }
 
+    /// [`Reader::keyframe_at_or_before`] with every vCPU's registers there (format 5): the
+    /// registers of the keyframe's vCPU and the others' parked, ready to follow the records
+    /// after it.
+    pub fn keyframe_cpus_at_or_before(
+        &mut self,
+        step: Step,
+    ) -> Result<Option<(Step, Regs, Parked)>> {
+        let Some(k) = self.keyframe_at_or_before(step)? else {
+            return Ok(None);
+        };
+        let mut regs = k.regs;
+        let mut parked = Parked::new(self.header.vcpu_count());
+        if self.header.vcpu_count() > 1 {
+            let c = self.index.chunk_of_keyframe_at_or_before(step).unwrap_or(0);
+            let records = self.chunk_records(c)?;
+            let all = records.iter().find_map(|r| match r {
+                Record::Vcpus(v) if v.step == k.step => Some(v.clone()),
+                _ => None,
+            });
+            let Some(all) = all else {
+                return Err(self.disagrees(c, "holds a keyframe without every vCPU's registers"));
+            };
+            parked
+                .keyframe(&all, &mut regs)
+                .map_err(|e| self.disagrees(c, &e))?;
+        }
+        Ok(Some((k.step, regs, parked)))
+    }
+
     /// Event `id`, or `None` past the last event.
     pub fn event(&mut self, id: EventId) -> Result<Option<Event>> {
         let Some(c) = self.index.chunk_of_event(id) else {
@@ -200,6 +231,22 @@ impl<R: Read + Seek> Reader<R> {
         let records = self.chunk_records(c)?;
         let found = records.iter().find_map(|r| match r {
             Record::Event(e) if e.id == id => Some(e.clone()),
+            _ => None,
+        });
+        match found {
+            Some(e) => Ok(Some(e)),
+            None => Err(self.disagrees(c, "lacks an event its header promises")),
+        }
+    }
+
+    /// Event `id` with the vCPU it belongs to (0 in one-vCPU traces), or `None` past the last.
+    pub fn event_with_vcpu(&mut self, id: EventId) -> Result<Option<(Event, u32)>> {
+        let Some(c) = self.index.chunk_of_event(id) else {
+            return Ok(None);
+        };
+        let records = self.chunk_records(c)?;
+        let found = crate::vcpu::attribute(&records).find_map(|(vcpu, r)| match r {
+            Record::Event(e) if e.id == id => Some((e.clone(), vcpu)),
             _ => None,
         });
         match found {

@@ -2,7 +2,8 @@
 //! variants: `EventKind::ExternalInterrupt`, `EventKind::Retired`, `EndReason::Stuck`; a
 //! `CrWrite` made by an instruction carries the value it wrote in `new` (format 2);
 //! `Record::Run`, many instructions in one record (format 3); `Header::host`, `Record::Host`
-//! and `FindingKind::HostDisagreement`, what the recording host's own KVM did (format 4)).
+//! and `FindingKind::HostDisagreement`, what the recording host's own KVM did (format 4);
+//! `Header::vcpus`, `Record::Vcpu` and `Record::Vcpus`, several vCPUs (format 5)).
 //!
 //! These types are the contract between the recorder (which writes them), the replayer, the
 //! TUI and the gdb server (which read them). They are plain data: `traces` depends on none of
@@ -47,6 +48,17 @@ pub struct Header {
     /// for older traces and for backends without a host KVM). Must stay the last field: a
     /// format 1–3 header decodes as a format 4 one without it (see `preamble`).
     pub host: Option<crate::host::HostMmu>,
+    /// How many vCPUs the guest has (format 5; 0 in older traces, which means one). With more
+    /// than one, [`Record::Vcpu`] says which vCPU the records that follow belong to. Must stay
+    /// the last field, like `host` before it.
+    pub vcpus: u32,
+}
+
+impl Header {
+    /// The number of vCPUs: at least one.
+    pub fn vcpu_count(&self) -> u32 {
+        self.vcpus.max(1)
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -157,6 +169,10 @@ pub enum Record {
     Run(RunRecord),
     /// What the host's KVM did during one step (format 4): see [`crate::host::HostRecord`].
     Host(crate::host::HostRecord),
+    /// The records that follow belong to another vCPU (format 5): see [`VcpuSwitch`].
+    Vcpu(VcpuSwitch),
+    /// Every vCPU's registers at a keyframe (format 5): see [`VcpusKeyframe`].
+    Vcpus(VcpusKeyframe),
 }
 
 impl Record {
@@ -169,6 +185,8 @@ impl Record {
             Record::End(e) => e.step,
             Record::Run(r) => r.step,
             Record::Host(h) => h.step,
+            Record::Vcpu(v) => v.step,
+            Record::Vcpus(v) => v.step,
         }
     }
 
@@ -219,6 +237,29 @@ impl RunRecord {
     pub fn count(&self) -> u64 {
         self.step.saturating_sub(self.first).saturating_add(1)
     }
+}
+
+/// A change of the current vCPU (format 5, traces of several vCPUs only): the step, register,
+/// memory and event records after this one, up to the next switch, belong to vCPU `vcpu`, and
+/// steps `step + 1 ..` are its instructions. Steps count instructions of the whole machine in
+/// the one total order the recorder ran them in. A one-vCPU trace has none; a trace of several
+/// starts every chunk with one, so that each chunk says alone whose records it holds.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuSwitch {
+    /// The last step before the switch (the machine state it applies to).
+    pub step: Step,
+    pub vcpu: u32,
+}
+
+/// Every vCPU's registers at a keyframe (format 5, traces of several vCPUs only), written right
+/// after the [`Keyframe`] of the same step, whose `regs` are those of vCPU `current`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpusKeyframe {
+    pub step: Step,
+    /// The vCPU that executed `step` (vCPU 0 at step 0).
+    pub current: u32,
+    /// Indexed by vCPU.
+    pub regs: Vec<Regs>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -294,6 +335,9 @@ pub enum EventKind {
     /// The step retired `count` (> 1) instructions at once: on some hosts one KVM single step
     /// runs past an instruction (seen: `endbr64` and the following `push`). Format 2.
     Retired { count: u32 },
+    /// A startup IPI started this vCPU, an AP that waited for one since INIT (format 5): the
+    /// step ran no instruction; it loaded CS = `vector << 8`, IP = 0 into the INIT state.
+    Startup { vector: u8 },
 }
 
 impl EventKind {
@@ -310,6 +354,7 @@ impl EventKind {
             EventKind::EngineDivergence { .. } => "engine-divergence",
             EventKind::ExternalInterrupt(_) => "interrupt",
             EventKind::Retired { .. } => "retired",
+            EventKind::Startup { .. } => "startup",
         }
     }
 }

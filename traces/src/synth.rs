@@ -108,6 +108,7 @@ pub fn header(scenario: &str, seed: u64) -> Header {
         ],
         keyframe_interval: 100,
         host: None,
+        vcpus: 0,
     }
 }
 

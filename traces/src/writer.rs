@@ -7,7 +7,7 @@ use crate::codec;
 use crate::error::{Error, Result};
 use crate::index::{self, ChunkInfo, EventCounts, Index};
 use crate::preamble;
-use crate::record::{EventId, Header, Record, Step};
+use crate::record::{EventId, Header, Record, Step, VcpuSwitch};
 use std::fs::File;
 use std::io::{BufWriter, Write};
 use std::path::Path;
@@ -40,6 +40,13 @@ pub struct Writer<W: Write> {
     ended: bool,
     summary: WriteSummary,
     scratch: Vec<u8>,
+    /// vCPUs of the trace ([`Header::vcpu_count`]) and the one the records now belong to:
+    /// with several, each chunk starts with a [`Record::Vcpu`] naming it.
+    vcpus: u32,
+    vcpu: u32,
+    /// A keyframe of a multi-vCPU trace waits for its [`Record::Vcpus`]: the two stay in one
+    /// chunk, so that a reader finds every vCPU's registers where it finds the keyframe.
+    keyframe_open: bool,
 }
 
 impl Writer<BufWriter<File>> {
@@ -69,6 +76,9 @@ impl<W: Write> Writer<W> {
             ended: false,
             summary: WriteSummary::default(),
             scratch: Vec::with_capacity(256),
+            vcpus: header.vcpu_count(),
+            vcpu: 0,
+            keyframe_open: false,
         })
     }
 
@@ -94,6 +104,20 @@ impl<W: Write> Writer<W> {
                     r.first, r.step, self.timeline
                 )))
             }
+            Record::Vcpu(VcpuSwitch { vcpu, .. }) if *vcpu >= self.vcpus => {
+                return Err(Error::InvalidRecord(format!(
+                    "a switch to vCPU {vcpu} in a trace of {} vCPU(s)",
+                    self.vcpus
+                )))
+            }
+            Record::Vcpus(k) if k.current >= self.vcpus || k.regs.len() != self.vcpus as usize => {
+                return Err(Error::InvalidRecord(format!(
+                    "a keyframe of {} vCPU(s) (current {}) in a trace of {}",
+                    k.regs.len(),
+                    k.current,
+                    self.vcpus
+                )))
+            }
             Record::Step(_) | Record::Keyframe(_) | Record::End(_)
                 if record.step() < self.timeline =>
             {
@@ -105,25 +129,29 @@ impl<W: Write> Writer<W> {
             }
             _ => {}
         }
-        self.scratch.clear();
-        bincode::serde::encode_into_std_write(
-            record,
-            &mut self.scratch,
-            codec::config::<MAX_CHUNK_RAW>(),
-        )
-        .map_err(|e| Error::Encode {
-            what: "record",
-            detail: e.to_string(),
-        })?;
-        if self.scratch.len() > MAX_CHUNK_RAW {
-            return Err(Error::InvalidRecord(format!(
-                "{} bytes encoded, over the chunk limit of {MAX_CHUNK_RAW}",
-                self.scratch.len()
-            )));
-        }
+        self.encode(record)?;
+        let joins_keyframe =
+            std::mem::take(&mut self.keyframe_open) && matches!(record, Record::Vcpus(_));
         // A record that would overflow the chunk starts the next one.
-        if !self.chunk.is_empty() && self.chunk.raw_len() + self.scratch.len() > CHUNK_TARGET_RAW {
+        if !self.chunk.is_empty()
+            && !joins_keyframe
+            && self.chunk.raw_len() + self.scratch.len() > CHUNK_TARGET_RAW
+        {
             self.flush_chunk()?;
+        }
+        if let Record::Vcpu(v) = record {
+            self.vcpu = v.vcpu;
+        } else if self.vcpus > 1 && self.chunk.is_empty() {
+            // Each chunk of a multi-vCPU trace names its vCPU first (see `VcpuSwitch`).
+            let head = Record::Vcpu(VcpuSwitch {
+                step: self.timeline,
+                vcpu: self.vcpu,
+            });
+            let encoded = std::mem::take(&mut self.scratch);
+            self.encode(&head)?;
+            self.chunk.push(&head, &self.scratch, self.next_event);
+            self.summary.records += 1;
+            self.scratch = encoded;
         }
         self.chunk.push(record, &self.scratch, self.next_event);
         match record {
@@ -142,10 +170,35 @@ impl<W: Write> Writer<W> {
         }
         self.summary.records += 1;
         self.summary.last_step = self.summary.last_step.max(record.step());
+        self.keyframe_open = self.vcpus > 1 && matches!(record, Record::Keyframe(_));
+        if self.keyframe_open {
+            return Ok(());
+        }
         if self.chunk.raw_len() >= CHUNK_TARGET_RAW
             || self.chunk.record_count() >= MAX_CHUNK_RECORDS
         {
             self.flush_chunk()?;
+        }
+        Ok(())
+    }
+
+    /// Encodes `record` into `self.scratch`, refusing one larger than a chunk may hold.
+    fn encode(&mut self, record: &Record) -> Result<()> {
+        self.scratch.clear();
+        bincode::serde::encode_into_std_write(
+            record,
+            &mut self.scratch,
+            codec::config::<MAX_CHUNK_RAW>(),
+        )
+        .map_err(|e| Error::Encode {
+            what: "record",
+            detail: e.to_string(),
+        })?;
+        if self.scratch.len() > MAX_CHUNK_RAW {
+            return Err(Error::InvalidRecord(format!(
+                "{} bytes encoded, over the chunk limit of {MAX_CHUNK_RAW}",
+                self.scratch.len()
+            )));
         }
         Ok(())
     }

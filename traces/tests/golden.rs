@@ -61,3 +61,45 @@ fn golden_traces_read_back_exactly() {
         check_random_access(&mut reader, &got);
     }
 }
+
+/// The committed recording of `smp-bringup` on four vCPUs (format 5): it reads back with its
+/// vCPU count, every chunk names its vCPU, and each vCPU's events are where they were.
+#[test]
+fn format_5_recording_of_four_vcpus_reads_back() {
+    let path =
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("corpus/recorded/smp-bringup.emu.mmurr");
+    let mut reader = Reader::open(&path).unwrap();
+    assert_eq!(reader.format_version(), 5);
+    assert_eq!(reader.header().vcpu_count(), 4);
+    assert!(reader.is_complete());
+    assert_eq!(reader.total_steps(), 295);
+    assert_eq!(reader.event_count(), 315);
+    let records: Vec<Record> = reader.records().map(|r| r.unwrap()).collect();
+    assert!(matches!(records.first(), Some(Record::Vcpu(_))));
+    let mut cursor = VcpuCursor::new();
+    let (mut startups, mut cr_writes) = (Vec::new(), [0u32; 4]);
+    for r in &records {
+        let v = cursor.observe(r);
+        if let Record::Event(e) = r {
+            match &e.kind {
+                EventKind::Startup { vector } => startups.push((v, *vector)),
+                EventKind::CrWrite(_) => cr_writes[v as usize] += 1,
+                _ => {}
+            }
+        }
+    }
+    assert_eq!(startups, vec![(1, 0x30), (2, 0x30), (3, 0x30)]);
+    assert_eq!(cr_writes, [5, 5, 5, 5]);
+    // The entry keyframe holds every vCPU's registers: the APs in their INIT state.
+    let Some(Record::Vcpus(k)) = records.iter().find(|r| matches!(r, Record::Vcpus(_))) else {
+        panic!("no keyframe of every vCPU");
+    };
+    assert_eq!((k.step, k.current, k.regs.len()), (0, 0, 4));
+    assert_eq!(k.regs[2].rip, 0xfff0);
+    assert_eq!(k.regs[2].seg[regs::CS].base, 0xffff_0000);
+    let (e, v) = reader.event_with_vcpu(171).unwrap().unwrap();
+    assert!(
+        matches!(e.kind, EventKind::CrWrite(ref w) if w.reg == ControlReg::Cr4 && w.new == 0x20)
+    );
+    assert_eq!(v, 2);
+}

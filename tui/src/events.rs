@@ -279,6 +279,7 @@ pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
         EventKind::ExternalInterrupt(i) if i.nmi => ("irq".into(), "NMI".into()),
         EventKind::ExternalInterrupt(i) => ("irq".into(), format!("vector {}", i.vector)),
         EventKind::Retired { count } => ("step".into(), format!("{count} instructions")),
+        EventKind::Startup { vector } => ("sipi".into(), format!("vector {vector:#04x}")),
     }
 }
 

@@ -28,6 +28,7 @@ pub mod long_mode_entry;
 pub mod long_mode_toggles;
 pub mod pae_toggle;
 pub mod smap_pke_toggle;
+pub mod smp_bringup;
 pub mod unpaged_cr4;
 
 pub const RAM_SIZE: u64 = 2 << 20;
@@ -63,6 +64,7 @@ pub(crate) const ALL: &[(&str, Builder)] = &[
     ("smap-pke-toggle", smap_pke_toggle::build),
     ("accessed-dirty", accessed_dirty::build),
     ("exceptions", exceptions::build),
+    ("smp-bringup", smp_bringup::build),
 ];
 
 /// The code sections of a scenario, each assembled at its fixed slot.
@@ -109,7 +111,17 @@ pub(crate) fn finish(
     code: Code,
     tables: Tables,
 ) -> Result<Scenario, BuildError> {
-    let mut img = Image::new(RAM_SIZE);
+    finish_with(meta, prog, code, tables, Image::new(RAM_SIZE))
+}
+
+/// [`finish`] into an image that already holds more (another vCPU's code and tables).
+pub(crate) fn finish_with(
+    meta: Meta,
+    prog: Program,
+    code: Code,
+    tables: Tables,
+    mut img: Image,
+) -> Result<Scenario, BuildError> {
     img.add(
         "real-mode code",
         CODE16,
@@ -137,6 +149,7 @@ pub(crate) fn finish(
         guest,
         expected: prog.model.events,
         expected_findings: meta.findings,
+        aps: Vec::new(),
     })
 }
 

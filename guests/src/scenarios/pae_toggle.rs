@@ -46,32 +46,66 @@ use traces::FindingKind;
 
 const PD32: u64 = 0x4000;
 const PDPT_OFFSET: u64 = 0x800;
-const PT32_IDENTITY: u64 = 0x5000;
-const PT32_MARKER: u64 = 0x6000;
-const PD_PAE: u64 = 0x7000;
-const PT_PAE_IDENTITY: u64 = 0x8000;
-const PT_PAE_MARKER: u64 = 0x9000;
 /// Linear address whose translation differs between the two paging modes.
 pub const MARKER_LINEAR: u64 = 0x40_0000;
 
 fn tables() -> Result<Tables, BuildError> {
     let mut t = Tables::new(TABLES, TABLES_LEN);
-    let rw = (P | RW) as u32;
-    t.set32(PD32, 0, PT32_IDENTITY as u32 | rw)?;
-    t.set32(PD32, 1, PT32_MARKER as u32 | rw)?;
-    t.identity32(PT32_IDENTITY, IDENTITY_PAGES, rw)?;
-    t.set32(PT32_MARKER, 0, DATA_A as u32 | rw)?;
-    // PDPTE 0 (= PDE 512, low dword; PDE 513 = high dword stays 0): present only.
-    t.set64(PD32 + PDPT_OFFSET, 0, PD_PAE | P)?;
-    t.set64(PD_PAE, 0, PT_PAE_IDENTITY | P | RW)?;
-    t.set64(
-        PD_PAE,
-        (MARKER_LINEAR >> 21) & 0x1ff,
-        PT_PAE_MARKER | P | RW,
-    )?;
-    t.identity64(PT_PAE_IDENTITY, IDENTITY_PAGES, P | RW)?;
-    t.set64(PT_PAE_MARKER, 0, DATA_B | P | RW)?;
+    seed_tables(&mut t, PD32, DATA_A, DATA_B)?;
     Ok(t)
+}
+
+/// The seed layout above with the 32-bit page directory at `pd32` and the other tables in the
+/// five pages after it; the marker maps to `data_a` (32-bit) and `data_b` (PAE). `smp-bringup`
+/// gives one AP its own copy.
+pub(crate) fn seed_tables(
+    t: &mut Tables,
+    pd32: u64,
+    data_a: u64,
+    data_b: u64,
+) -> Result<(), BuildError> {
+    let (pt32_identity, pt32_marker) = (pd32 + 0x1000, pd32 + 0x2000);
+    let (pd_pae, pt_pae_identity, pt_pae_marker) = (pd32 + 0x3000, pd32 + 0x4000, pd32 + 0x5000);
+    let rw = (P | RW) as u32;
+    t.set32(pd32, 0, pt32_identity as u32 | rw)?;
+    t.set32(pd32, 1, pt32_marker as u32 | rw)?;
+    t.identity32(pt32_identity, IDENTITY_PAGES, rw)?;
+    t.set32(pt32_marker, 0, data_a as u32 | rw)?;
+    // PDPTE 0 (= PDE 512, low dword; PDE 513 = high dword stays 0): present only.
+    t.set64(pd32 + PDPT_OFFSET, 0, pd_pae | P)?;
+    t.set64(pd_pae, 0, pt_pae_identity | P | RW)?;
+    t.set64(
+        pd_pae,
+        (MARKER_LINEAR >> 21) & 0x1ff,
+        pt_pae_marker | P | RW,
+    )?;
+    t.identity64(pt_pae_identity, IDENTITY_PAGES, P | RW)?;
+    t.set64(pt_pae_marker, 0, data_b | P | RW)
+}
+
+/// The seed sequence from unpaged protected mode over [`seed_tables`] at `pd32`: 32-bit
+/// paging, marker M1 through 0x400000 lands in `data_a`, CR4.PAE set with CR0.PG=1, marker M2
+/// lands in `data_b`, CR4.PAE cleared, 0x400000 reads M1 again. Returns the index of the
+/// expected CR4.PAE write (the event the v5.1-rc3 stale context is about).
+pub(crate) fn seed_sequence(
+    p: &mut Program,
+    a: &mut CodeAssembler,
+    pd32: u64,
+    data_a: u64,
+    data_b: u64,
+) -> Result<usize, BuildError> {
+    p.mov_cr3(a, pd32 | PDPT_OFFSET)?;
+    p.mov_cr0(a, CR0_PE | CR0_ET | CR0_PG)?;
+    let m1 = p.touch_new(a, MARKER_LINEAR)?;
+    p.check(a, data_a, m1)?;
+    let pae_on = p.next_event();
+    p.cr4_update(a, CR4_PAE, 0)?;
+    let m2 = p.touch_new(a, MARKER_LINEAR)?;
+    p.check(a, data_b, m2)?;
+    p.check(a, data_a, m1)?;
+    p.cr4_update(a, 0, CR4_PAE)?;
+    p.check(a, MARKER_LINEAR, m1)?;
+    Ok(pae_on)
 }
 
 pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
@@ -80,17 +114,7 @@ pub(crate) fn build(f: &CpuFeatures) -> Result<Scenario, BuildError> {
     p.real_to_protected(&mut code.a16, GDTR, STACK16, CODE32 as u32)?;
     let a = &mut code.a32;
     Program::protected_prologue(a, STACK_TOP as u32)?;
-    p.mov_cr3(a, PD32 | PDPT_OFFSET)?;
-    p.mov_cr0(a, CR0_PE | CR0_ET | CR0_PG)?;
-    let m1 = p.touch_new(a, MARKER_LINEAR)?;
-    p.check(a, DATA_A, m1)?;
-    let pae_on = p.next_event();
-    p.cr4_update(a, CR4_PAE, 0)?;
-    let m2 = p.touch_new(a, MARKER_LINEAR)?;
-    p.check(a, DATA_B, m2)?;
-    p.check(a, DATA_A, m1)?;
-    p.cr4_update(a, 0, CR4_PAE)?;
-    p.check(a, MARKER_LINEAR, m1)?;
+    let pae_on = seed_sequence(&mut p, a, PD32, DATA_A, DATA_B)?;
     exit(a, 0)?;
     let meta = Meta {
         name: "pae-toggle",

@@ -13,6 +13,8 @@ use crate::decode::{Decoded, Kind};
 use iced_x86::{Mnemonic, Register};
 use platform::{ioapic, lapic, Features, Platform};
 use recorder::{BackendError, Exit, StepResult};
+use std::cell::RefCell;
+use std::rc::Rc;
 use traces::Regs;
 use unicorn_engine::{RegisterX86, Unicorn};
 
@@ -21,7 +23,8 @@ const RFLAGS_IF: u64 = 1 << 9;
 /// The platform and the CPU's interrupt-shadow state, kept in the hook state so that the
 /// engine's port and MMIO hooks reach the devices while an instruction runs.
 pub struct Machine {
-    pub platform: Platform,
+    /// Shared by the engines of all vCPUs; the one executing is the platform's current CPU.
+    pub platform: Rc<RefCell<Platform>>,
     /// The boundary after the last instruction is in an interrupt shadow.
     shadow: bool,
 }
@@ -38,7 +41,7 @@ pub(super) struct RunWindow {
 pub(super) fn out_hook(st: &mut HookState, port: u16, size: u8, value: u32) -> bool {
     match st.machine.as_mut() {
         Some(m) if Platform::claims_port(port) => {
-            m.platform.io_write(port, size, value);
+            m.platform.borrow_mut().io_write(port, size, value);
             true
         }
         _ => false,
@@ -74,11 +77,33 @@ impl EmuBackend {
         self.uc.get_data_mut().machine.as_mut()
     }
 
+    /// The platform, for the engines of the machine's other vCPUs.
+    pub(crate) fn platform_handle(&self) -> Option<Rc<RefCell<Platform>>> {
+        self.uc
+            .get_data()
+            .machine
+            .as_ref()
+            .map(|m| m.platform.clone())
+    }
+
     /// Creates the platform and maps its register pages (unless the guest declared its own
     /// memory there). Called by `load` once memory is mapped.
     pub(super) fn attach_platform(&mut self) -> Result<(), BackendError> {
+        let platform = Rc::new(RefCell::new(Platform::with_cpus(
+            features(&self.cpuid),
+            self.smp_cpus,
+        )));
+        self.attach_shared_platform(platform)
+    }
+
+    /// The platform of the machine this engine's vCPU belongs to (created by the BSP's
+    /// engine): its register pages are mapped here, its devices reached from the hooks.
+    pub(crate) fn attach_shared_platform(
+        &mut self,
+        platform: Rc<RefCell<Platform>>,
+    ) -> Result<(), BackendError> {
         self.uc.get_data_mut().machine = Some(Machine {
-            platform: Platform::new(features(&self.cpuid)),
+            platform,
             shadow: false,
         });
         for base in [lapic::BASE, ioapic::BASE] {
@@ -105,8 +130,10 @@ impl EmuBackend {
                                 return;
                             }
                             if let Some(m) = uc.get_data_mut().machine.as_mut() {
-                                if m.platform.claims_mmio(base + off) {
-                                    m.platform.mmio_write(base + off, size as u8, v);
+                                if m.platform.borrow_mut().claims_mmio(base + off) {
+                                    m.platform
+                                        .borrow_mut()
+                                        .mmio_write(base + off, size as u8, v);
                                 }
                             }
                         },
@@ -127,18 +154,27 @@ impl EmuBackend {
             return Ok(None);
         };
         let shadow = std::mem::take(&mut m.shadow);
-        let vector = if !shadow && before.rflags & RFLAGS_IF != 0 {
-            m.platform.acknowledge()
+        // An NMI (an IPI from another vCPU) is taken first and ignores RFLAGS.IF; NMI
+        // blocking until IRET is not modelled.
+        let nmi = !shadow && m.platform.borrow_mut().take_nmi();
+        let vector = if nmi {
+            Some(2)
+        } else if !shadow && before.rflags & RFLAGS_IF != 0 {
+            m.platform.borrow_mut().acknowledge()
         } else {
             None
         };
         let Some(vector) = vector else {
-            m.platform.retire(1);
+            m.platform.borrow_mut().retire(1);
             return Ok(None);
         };
         let exit = self.deliver_vector(vector, None, false, before.rip)?;
         if let Some(d) = self.step_deliveries.last_mut() {
-            d.kind = recorder::DeliveryKind::External;
+            d.kind = if nmi {
+                recorder::DeliveryKind::Nmi
+            } else {
+                recorder::DeliveryKind::External
+            };
             d.cr2 = None;
         }
         let fetch = (insn::linear_ip(before), 1);
@@ -158,12 +194,13 @@ impl EmuBackend {
                 irq_waiting: false,
             });
         };
-        let pending = m.platform.interrupt_pending();
+        let pending = m.platform.borrow_mut().interrupt_pending();
         if m.shadow || (pending && rflags & RFLAGS_IF != 0) {
             return None;
         }
         let budget = m
             .platform
+            .borrow()
             .instructions_to_next_deadline()
             .map_or(max, |n| n.min(max));
         Some(RunWindow {
@@ -176,7 +213,7 @@ impl EmuBackend {
     /// step's boundary counts its instruction), firing what is due at the run's end.
     pub(super) fn platform_retired(&mut self, n: u64) {
         if let Some(m) = self.machine() {
-            m.platform.retire(n);
+            m.platform.borrow_mut().retire(n);
         }
     }
 
@@ -188,7 +225,7 @@ impl EmuBackend {
     /// `in` from a platform port: its value, handed to the engine's `in` hook.
     pub(super) fn platform_in(&mut self, port: u16, size: u8) -> Option<u32> {
         let m = self.machine()?;
-        Some(m.platform.io_read(port, size))
+        Some(m.platform.borrow_mut().io_read(port, size))
     }
 
     /// RDMSR/WRMSR of a platform MSR (IA32_TSC, IA32_APIC_BASE, IA32_TSC_DEADLINE, the
@@ -213,7 +250,8 @@ impl EmuBackend {
             return Ok(None);
         };
         let ok = if mnemonic == Mnemonic::Rdmsr {
-            match m.platform.msr_read(msr) {
+            let read = m.platform.borrow_mut().msr_read(msr);
+            match read {
                 None => return Ok(None),
                 Some(Some(v)) => {
                     self.w(RegisterX86::RAX, v & 0xffff_ffff)?;
@@ -223,7 +261,8 @@ impl EmuBackend {
                 Some(None) => false,
             }
         } else {
-            match m.platform.msr_write(msr, value) {
+            let written = m.platform.borrow_mut().msr_write(msr, value);
+            match written {
                 None => return Ok(None),
                 Some(ok) => ok,
             }
@@ -264,14 +303,16 @@ impl EmuBackend {
         }
         match (i.mnemonic(), &exit) {
             (Mnemonic::Rdtsc | Mnemonic::Rdtscp, Exit::Stepped) if !delivered => {
-                let tsc = m.platform.tsc();
+                let tsc = m.platform.borrow_mut().tsc();
                 self.w(RegisterX86::RAX, tsc & 0xffff_ffff)?;
                 self.w(RegisterX86::RDX, tsc >> 32)?;
                 self.regs_cache = None;
                 Ok(exit)
             }
+            // With several vCPUs the others run on while this one waits (see smp.rs).
+            (_, Exit::Halted) if self.smp_cpus > 1 => Ok(exit),
             (_, Exit::Halted) if !delivered && before.rflags & RFLAGS_IF != 0 => {
-                Ok(if m.platform.wait_for_interrupt() {
+                Ok(if m.platform.borrow_mut().wait_for_interrupt() {
                     Exit::Stepped
                 } else {
                     Exit::Halted
@@ -280,7 +321,10 @@ impl EmuBackend {
             _ => {
                 if let (Kind::MovCr(8), false) = (d.kind, delivered) {
                     let cr8 = insn::register_value(before, 64, i.op1_register()).unwrap_or(0) & 0xf;
-                    m.platform.lapic.write(0x80, (cr8 << 4) as u32, 0);
+                    m.platform
+                        .borrow_mut()
+                        .lapic_mut()
+                        .write(0x80, (cr8 << 4) as u32, 0);
                 }
                 Ok(exit)
             }
@@ -290,13 +334,14 @@ impl EmuBackend {
     /// Drives interrupt line `gsi` ([`recorder::Backend::set_irq_line`]).
     pub(super) fn platform_irq_line(&mut self, gsi: u32, level: bool) {
         if let Some(m) = self.machine() {
-            m.platform.set_irq(gsi, level);
+            m.platform.borrow_mut().set_irq(gsi, level);
         }
     }
 
     /// Virtual time now, in nanoseconds.
     pub(super) fn platform_time_ns(&mut self) -> Option<u64> {
-        self.machine().map(|m| m.platform.clock.now_ns())
+        self.machine()
+            .map(|m| m.platform.borrow_mut().clock.now_ns())
     }
 }
 
@@ -304,7 +349,9 @@ impl EmuBackend {
 /// ones, like absent memory.
 fn mmio_read(st: &mut HookState, gpa: u64, size: u8) -> u64 {
     match st.machine.as_mut() {
-        Some(m) if m.platform.claims_mmio(gpa) => m.platform.mmio_read(gpa, size),
+        Some(m) if m.platform.borrow_mut().claims_mmio(gpa) => {
+            m.platform.borrow_mut().mmio_read(gpa, size)
+        }
         _ => recorder::devices::mask(size),
     }
 }

@@ -784,7 +784,8 @@ impl EmuBackend {
         }
         self.uc.get_data_mut().run.snapshot = snapshot;
         let tables = self.uc.get_data().run.walker.clone();
-        if let Some(mirror) = self.mirror.as_ref() {
+        if let Some(mirror) = self.mirror.clone() {
+            let mirror = mirror.borrow();
             for p in tables {
                 let a = p as usize;
                 if let Some(was) = mirror.bytes().get(a..a + 0x1000) {

@@ -15,6 +15,8 @@ const ID_TRADITIONAL: u32 = 1;
 
 pub struct FwCfg {
     ram_size: u64,
+    /// The machine's vCPUs (FW_CFG_NB_CPUS, as QEMU's `-smp` sets it).
+    cpus: u16,
     selected: u16,
     offset: usize,
 }
@@ -23,9 +25,15 @@ impl FwCfg {
     pub fn new(ram_size: u64) -> FwCfg {
         FwCfg {
             ram_size,
+            cpus: 1,
             selected: 0,
             offset: 0,
         }
+    }
+
+    /// The machine has `cpus` vCPUs (at least one).
+    pub fn set_cpus(&mut self, cpus: u32) {
+        self.cpus = u16::try_from(cpus.max(1)).unwrap_or(u16::MAX);
     }
 
     pub fn claims(port: u16) -> bool {
@@ -37,7 +45,7 @@ impl FwCfg {
             FW_CFG_SIGNATURE => b"QEMU".to_vec(),
             FW_CFG_ID => ID_TRADITIONAL.to_le_bytes().to_vec(),
             FW_CFG_RAM_SIZE => self.ram_size.to_le_bytes().to_vec(),
-            FW_CFG_NB_CPUS | FW_CFG_MAX_CPUS => 1u16.to_le_bytes().to_vec(),
+            FW_CFG_NB_CPUS | FW_CFG_MAX_CPUS => self.cpus.to_le_bytes().to_vec(),
             _ => Vec::new(),
         }
     }
@@ -83,5 +91,8 @@ mod tests {
         assert_eq!(read_item(&mut f, 5, 2), [1, 0]);
         assert_eq!(read_item(&mut f, 1, 4), [1, 0, 0, 0]);
         assert_eq!(read_item(&mut f, 0x1234, 2), [0, 0]);
+        f.set_cpus(4);
+        assert_eq!(read_item(&mut f, 5, 2), [4, 0]);
+        assert_eq!(read_item(&mut f, 0x0f, 2), [4, 0]);
     }
 }

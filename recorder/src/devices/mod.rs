@@ -149,6 +149,11 @@ pub struct ReplayedResults {
 }
 
 impl Devices {
+    /// The machine has `cpus` vCPUs: fw_cfg says so (FW_CFG_NB_CPUS), as QEMU's `-smp` does.
+    pub fn set_cpus(&mut self, cpus: u32) {
+        self.fw_cfg.set_cpus(cpus);
+    }
+
     pub fn new(console: Console, ram_size: u64) -> Devices {
         Devices {
             console,

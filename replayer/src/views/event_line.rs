@@ -95,6 +95,10 @@ pub fn kind_text(kind: &EventKind, policies: &[String]) -> String {
         EventKind::ExternalInterrupt(i) if i.nmi => "NMI".to_string(),
         EventKind::ExternalInterrupt(i) => format!("external interrupt vector {}", i.vector),
         EventKind::Retired { count } => format!("this step retired {count} instructions"),
+        EventKind::Startup { vector } => format!(
+            "startup IPI {vector:#04x}: the AP starts in real mode at {:#x}",
+            u64::from(*vector) << 12
+        ),
     }
 }
 

@@ -170,6 +170,7 @@ fn header(image: Vec<u8>) -> Header {
         command_line: vec!["mmurr".into(), "record".into()],
         keyframe_interval: 10,
         host: None,
+        vcpus: 0,
     }
 }
 

@@ -1388,6 +1388,7 @@ impl<'a> Tracer<'a> {
     pub fn settle_findings(&mut self) {
         let found = self.mmu.settle_all();
         self.found_events(found);
+        let last = self.vcpu;
         for v in 0..self.vcpus {
             let waiting = self.parked[v as usize]
                 .as_mut()
@@ -1396,6 +1397,10 @@ impl<'a> Tracer<'a> {
                 let found = self.mmu.settle_all();
                 self.found_events(found);
             }
+        }
+        // The last keyframe is the vCPU's that ran the last step, as every keyframe is.
+        if self.vcpu != last {
+            let _ = self.switch_to(last);
         }
     }
 

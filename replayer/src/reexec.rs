@@ -90,12 +90,8 @@ impl Reexecution {
         let at = done.timeline.seek(from - base)?;
         let (regs, parked) = (at.regs.clone(), at.parked.clone());
         let mut stopped = false;
-        done.timeline.walk_steps(
-            from - base,
-            regs,
-            parked,
-            to - base,
-            &mut |v| {
+        done.timeline
+            .walk_steps(from - base, regs, parked, to - base, &mut |v| {
                 stopped = visit(&StepView {
                     step: v.step + base,
                     vcpu: v.vcpu,
@@ -103,8 +99,7 @@ impl Reexecution {
                     mem: v.mem,
                 });
                 stopped
-            },
-        )?;
+            })?;
         Ok(stopped)
     }
 

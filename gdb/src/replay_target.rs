@@ -808,6 +808,18 @@ impl SingleThreadBase for ReplayTarget {
     }
 }
 
+/// One register into gdb's buffer; its length, or 0 for one the trace does not hold (x87/SSE):
+/// zero bytes tells gdbstub to answer "xx..".
+fn copy_register(regs: &SystemRegs, id: SystemRegId, buf: &mut [u8]) -> usize {
+    match regs.get(id.0) {
+        Some(bytes) if bytes.len() <= buf.len() => {
+            buf[..bytes.len()].copy_from_slice(&bytes);
+            bytes.len()
+        }
+        _ => 0,
+    }
+}
+
 impl SingleRegisterAccess<()> for ReplayTarget {
     fn read_register(
         &mut self,
@@ -815,14 +827,7 @@ impl SingleRegisterAccess<()> for ReplayTarget {
         id: SystemRegId,
         buf: &mut [u8],
     ) -> TargetResult<usize, Self> {
-        match self.gdb_regs().get(id.0) {
-            Some(bytes) if bytes.len() <= buf.len() => {
-                buf[..bytes.len()].copy_from_slice(&bytes);
-                Ok(bytes.len())
-            }
-            // Unavailable (x87/SSE): zero bytes tells gdbstub to answer "xx..".
-            _ => Ok(0),
-        }
+        Ok(copy_register(&self.gdb_regs(), id, buf))
     }
 
     fn write_register(
@@ -923,13 +928,7 @@ impl SingleRegisterAccess<Tid> for ReplayTarget {
         buf: &mut [u8],
     ) -> TargetResult<usize, Self> {
         let regs = self.gdb_regs_of(tid).ok_or(TargetError::NonFatal)?;
-        match regs.get(id.0) {
-            Some(bytes) if bytes.len() <= buf.len() => {
-                buf[..bytes.len()].copy_from_slice(&bytes);
-                Ok(bytes.len())
-            }
-            _ => Ok(0),
-        }
+        Ok(copy_register(&regs, id, buf))
     }
 
     fn write_register(

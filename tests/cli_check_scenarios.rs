@@ -72,18 +72,7 @@ fn every_scenario_gets_exactly_its_expected_stale_contexts() {
 
 /// The (policy, event) of every stale-context finding of a `check --json` report, sorted.
 fn stale_contexts(report: &serde_json::Value) -> Vec<(String, u64)> {
-    let mut stale: Vec<(String, u64)> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "stale-context")
-        .map(|f| {
-            (
-                f["policy"].as_str().unwrap().to_string(),
-                f["event"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let mut stale = common::stale_contexts(report, "event");
     stale.sort();
     stale
 }

@@ -3,7 +3,7 @@
 //! context on AP 2 only, under v5.1-rc3 only; the kvm backend refuses several vCPUs.
 
 mod common;
-use common::{emu_executable, mmurr, text};
+use common::{emu_executable, mmurr, stale_contexts, text};
 
 #[test]
 fn smp_bringup_on_four_vcpus_has_the_seed_bug_on_ap_2_under_v5_1_rc3_only() {
@@ -32,18 +32,7 @@ fn smp_bringup_on_four_vcpus_has_the_seed_bug_on_ap_2_under_v5_1_rc3_only() {
     let out = mmurr(&["check", "t.mmurr", "--json"], dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    let stale: Vec<(String, u64)> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .filter(|f| f["kind"] == "stale-context")
-        .map(|f| {
-            (
-                f["policy"].as_str().unwrap().to_string(),
-                f["vcpu"].as_u64().unwrap(),
-            )
-        })
-        .collect();
+    let stale = stale_contexts(&report, "vcpu");
     assert_eq!(stale, vec![("v5.1-rc3".to_string(), 2)], "{report:#}");
     let vcpus = report["vcpus"].as_array().unwrap();
     assert_eq!(vcpus.len(), 4);

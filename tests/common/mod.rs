@@ -45,6 +45,23 @@ pub fn assert_reproduced(args: &[&str], dir: &Path) -> String {
     stderr
 }
 
+/// `(policy, report[field])` of every stale-context finding of a `check --json` report, in
+/// report order (`field`: "event", "vcpu", ...).
+pub fn stale_contexts(report: &serde_json::Value, field: &str) -> Vec<(String, u64)> {
+    report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|f| f["kind"] == "stale-context")
+        .map(|f| {
+            (
+                f["policy"].as_str().unwrap().to_string(),
+                f[field].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
 pub fn text(b: &[u8]) -> String {
     String::from_utf8_lossy(b).into_owned()
 }

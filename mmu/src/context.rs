@@ -3,6 +3,7 @@
 //! the PKRU mask. [`architectural_context`] is what a correct re-init produces;
 //! [`translate_with_context`] walks the way KVM's software walker would with a given context.
 
+use crate::ept::Eptp;
 use crate::paging::mode::PagingMode;
 use crate::paging::perm::{AccessRequest, PermInputs};
 use crate::paging::rsvd::RsvdInputs;
@@ -21,6 +22,9 @@ pub enum WalkerKind {
     Paging64Pae,
     /// paging64 at root level 4 or 5.
     Paging64,
+    /// The EPT walker (`paging_tmpl.h` as `PTTYPE_EPT`): nested EPT's walk of L1's EPT
+    /// tables, 4 or 5 levels.
+    Ept,
 }
 
 impl WalkerKind {
@@ -30,6 +34,7 @@ impl WalkerKind {
             WalkerKind::Paging32 => "paging32",
             WalkerKind::Paging64Pae => "paging64 (PAE)",
             WalkerKind::Paging64 => "paging64",
+            WalkerKind::Ept => "ept",
         }
     }
 }
@@ -47,8 +52,11 @@ pub struct MmuContext {
     /// `pkru_mask` non-zero: CR4.PKE in IA-32e mode (`update_pkru_bitmask`; it also uses WP).
     pub pkru: bool,
     /// KVM's own root level (`shadow_root_level` / `root_role.level`): TDP level, or the
-    /// shadow level (at least 3).
+    /// shadow level (at least 3); 0 for the nested walker, which has no roots.
     pub shadow_root_level: u8,
+    /// EPT walker only: L1 enabled EPT accessed/dirty flags, so walks set them (`ept_ad`,
+    /// set by `kvm_init_shadow_ept_mmu` on a real re-init).
+    pub ept_ad: bool,
 }
 
 /// One attribute that differs between two contexts.
@@ -62,13 +70,18 @@ pub struct ContextDiff {
 impl MmuContext {
     /// The [`WalkConfig`] KVM's walker uses with this context. PFEC.I/D is reported when NX or
     /// SMEP is on in the context (`walk_addr_generic`), whatever the mode.
+    ///
+    /// An EPT context walks the same 4- or 5-level radix structure as IA-32e paging, its
+    /// entries read as IA-32e entries with WP, SMEP, SMAP and NX off: EPT's R/W/X and
+    /// memory-type bits are not modelled. Shadow-EPT contexts are compared by attribute only; no recording is
+    /// evaluated for them ([`Flavour::evaluates_recordings`]).
     pub fn walk_config(&self, regs: &ControlRegs) -> WalkConfig {
         let mode = match self.walker {
             WalkerKind::None => PagingMode::Unpaged,
             WalkerKind::Paging32 => PagingMode::Bits32,
             WalkerKind::Paging64Pae => PagingMode::Pae,
-            WalkerKind::Paging64 if self.root_level >= 5 => PagingMode::Level5,
-            WalkerKind::Paging64 => PagingMode::Level4,
+            WalkerKind::Paging64 | WalkerKind::Ept if self.root_level >= 5 => PagingMode::Level5,
+            WalkerKind::Paging64 | WalkerKind::Ept => PagingMode::Level4,
         };
         WalkConfig {
             mode,
@@ -81,9 +94,9 @@ impl MmuContext {
         }
     }
 
-    /// Every attribute, for display.
+    /// Every attribute, for display (`ept.ad` only for the EPT walker).
     pub fn attributes(&self) -> Vec<(&'static str, String)> {
-        vec![
+        let mut a = vec![
             ("root_level", self.root_level.to_string()),
             ("walker", self.walker.name().to_string()),
             ("rsvd.maxphyaddr", self.rsvd.maxphyaddr.to_string()),
@@ -101,7 +114,11 @@ impl MmuContext {
             ("perm.nx", self.perm.nx.to_string()),
             ("pkru", self.pkru.to_string()),
             ("shadow_root_level", self.shadow_root_level.to_string()),
-        ]
+        ];
+        if self.walker == WalkerKind::Ept {
+            a.push(("ept.ad", self.ept_ad.to_string()));
+        }
+        a
     }
 
     /// Every attribute that differs (what a re-init changed).
@@ -139,6 +156,9 @@ impl MmuContext {
             if uses(&|w| w == WalkerKind::Paging64) {
                 names.extend(["rsvd.gbpages", "rsvd.amd", "pkru"]);
             }
+            if uses(&|w| w == WalkerKind::Ept) {
+                names.extend(["rsvd.maxphyaddr", "rsvd.gbpages", "ept.ad"]);
+            }
             names.extend(["perm.wp", "perm.smep", "perm.smap", "perm.nx"]);
         }
         self.diff_all(other)
@@ -161,13 +181,24 @@ pub fn walker_for_level(level: u8) -> WalkerKind {
 /// The context a correct re-init produces for these registers (KVM's rules, e.g. PSE-36 is
 /// assumed for 4 MiB pages).
 pub fn architectural_context(regs: &ControlRegs, cpu: &CpuModel, flavour: Flavour) -> MmuContext {
-    if flavour == Flavour::ShadowNpt {
-        // L1's NPT tables in L1's paging format, walked with WP and PKE off; rooted at the
-        // host's NPT level.
-        return MmuContext {
-            shadow_root_level: tdp_level(cpu),
-            ..architectural_context(&regs.nested_npt_view(), cpu, Flavour::Shadow)
-        };
+    match flavour {
+        Flavour::ShadowNpt => {
+            // L1's NPT tables in L1's paging format, walked with WP and PKE off; rooted at the
+            // host's NPT level.
+            return MmuContext {
+                shadow_root_level: tdp_level(cpu),
+                ..architectural_context(&regs.nested_npt_view(), cpu, Flavour::Shadow)
+            };
+        }
+        Flavour::ShadowEpt => return shadow_ept_context(Eptp(regs.cr3), cpu),
+        Flavour::NestedWalker => {
+            // The walker picked from the vCPU's (L2's) state; no roots.
+            return MmuContext {
+                shadow_root_level: 0,
+                ..architectural_context(regs, cpu, Flavour::Shadow)
+            };
+        }
+        Flavour::Tdp | Flavour::Shadow => {}
     }
     let mode = PagingMode::of_regs(regs);
     let level = mode.level();
@@ -190,10 +221,34 @@ pub fn architectural_context(regs: &ControlRegs, cpu: &CpuModel, flavour: Flavou
         },
         pkru: regs.pke() && regs.lma(),
         shadow_root_level: match flavour {
-            Flavour::Tdp => tdp_level(cpu),
-            Flavour::Shadow => level.max(3),
-            Flavour::ShadowNpt => tdp_level(cpu),
+            Flavour::Tdp | Flavour::ShadowNpt => tdp_level(cpu),
+            Flavour::Shadow | Flavour::ShadowEpt | Flavour::NestedWalker => level.max(3),
         },
+        ept_ad: false,
+    }
+}
+
+/// Nested EPT's context (`kvm_init_shadow_ept_mmu`, sheet §4.6): the EPT walker at the EPTP's
+/// level, the EPT reserved-bit table (MAXPHYADDR, 1 GiB pages; no NX, PSE or vendor rules),
+/// the permission bitmask in EPT mode (WP, SMEP, SMAP and NX ignored), `pkru_mask` = 0; KVM's
+/// root is at the same level (root role = CPU role).
+fn shadow_ept_context(eptp: Eptp, cpu: &CpuModel) -> MmuContext {
+    let level = eptp.levels().unwrap_or(4);
+    MmuContext {
+        root_level: level,
+        walker: WalkerKind::Ept,
+        rsvd: RsvdInputs {
+            maxphyaddr: cpu.phys_bits(),
+            nx: false,
+            pse: false,
+            gbpages: cpu.gbpages,
+            amd: false,
+            pse36_phys_bits: 36,
+        },
+        perm: PermInputs::default(),
+        pkru: false,
+        shadow_root_level: level,
+        ept_ad: eptp.ad_enabled(),
     }
 }
 

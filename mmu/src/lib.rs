@@ -64,6 +64,7 @@
 //! ```
 
 pub mod context;
+pub mod ept;
 pub mod host_roots;
 pub mod paging;
 pub mod policy;
@@ -77,6 +78,7 @@ pub use context::{
     architectural_context, translate_with_context, walker_for_level, ContextDiff, MmuContext,
     WalkerKind,
 };
+pub use ept::Eptp;
 pub use host_roots::{policy_for_release, root_of_pages};
 pub use paging::fault::{pfec, Fault, Gp};
 pub use paging::mappings::{mappings, Mapping, TooManyTables};
@@ -92,8 +94,9 @@ pub use paging::walk::{
     apply_ad_updates, walk, walk_mut, walk_with, AdUpdate, Translated, Walk, WalkConfig, WalkLevel,
 };
 pub use policy::{
-    compare_key, derive_roles, policies, policy, tdp_level, CompareKey, CpuidRule, EventRules,
-    Flavour, GpteRule, Policy, ReinitRules, ResetTriggers, RoleRules, Roles, RootCacheRule,
+    compare_key, compare_key_for, derive_roles, policies, policy, tdp_level, CompareKey, CpuidRule,
+    EventRules, Flavour, GpteRule, Policy, ReinitRules, ResetTriggers, RoleRules, Roles,
+    RootCacheRule,
 };
 pub use regs::{bits, ControlRegs, CpuModel, FlatMemory, GuestMemory, GuestMemoryMut};
 pub use roles::{CpuRole, ExtRole, Field, FieldDef, FieldDiff, GpteSense, Layout, PageRole, Word};

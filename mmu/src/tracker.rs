@@ -2,9 +2,12 @@
 //! writes and other events, returning a [`Decision`] for each (sheet §5).
 
 use crate::context::{architectural_context, ContextDiff, MmuContext};
+use crate::ept::Eptp;
 use crate::paging::fault::Gp;
 use crate::paging::transition::{check_write_with, CrReg, WriteContext};
-use crate::policy::{compare_key, derive_roles, CpuidRule, Flavour, Policy, Roles, RootCacheRule};
+use crate::policy::{
+    compare_key_for, derive_roles, CpuidRule, Flavour, Policy, Roles, RootCacheRule,
+};
 use crate::regs::bits::*;
 use crate::regs::{ControlRegs, CpuModel, GuestMemory};
 use crate::roles::{CpuRole, Field, PageRole, Word};
@@ -55,6 +58,19 @@ pub enum Input {
         vcpu: ControlRegs,
         set_nested_state: bool,
     },
+    /// Nested EPT's `guest_mmu` initialised for L2 at VMLAUNCH/VMRESUME with EPT
+    /// (`nested_ept_init_mmu_context` → `kvm_init_shadow_ept_mmu`, sheet §4.6): the roles come
+    /// from `eptp` ([`crate::Eptp`]), the early return compares the CPU role only, and
+    /// `kvm_mmu_new_pgd(eptp)` runs whether or not it re-initialised. An EPTP whose walk
+    /// length is neither 4 nor 5 fails VM-entry: nothing changes. Only a
+    /// [`Flavour::ShadowEpt`] tracker takes it; the other MMUs ignore it.
+    NestedEptInit {
+        eptp: u64,
+    },
+    /// A nested VM-entry or VM-exit loads the vCPU's registers (`nested_vmx_load_cr3`,
+    /// `nested_svm_load_cr3`): `kvm_init_mmu` without unloading roots (sheet §5.5). `after`
+    /// holds the registers loaded: L2's at entry (for the nested walker), L1's at exit.
+    NestedLoadCr3,
 }
 
 impl Input {
@@ -75,6 +91,8 @@ impl Input {
                 ..
             } => "VMRUN (nested NPT)",
             Input::NestedNptInit { .. } => "SET_NESTED_STATE (nested NPT)",
+            Input::NestedEptInit { .. } => "VMLAUNCH/VMRESUME (nested EPT)",
+            Input::NestedLoadCr3 => "nested VM-entry/exit",
         }
     }
 }
@@ -226,14 +244,20 @@ impl Tracker {
         cpu: CpuModel,
         initial: &ControlRegs,
     ) -> Tracker {
-        let roles = derive_roles(policy, flavour, initial, &cpu);
+        // Nested EPT's guest_mmu starts with an all-zero role, which no computed role (ext.valid
+        // set) matches: the first VM-entry with EPT always re-initialises.
+        let roles = if flavour == Flavour::ShadowEpt {
+            Roles::default()
+        } else {
+            derive_roles(policy, flavour, initial, &cpu)
+        };
         let mut t = Tracker {
             policy,
             flavour,
             cpu,
             regs: *initial,
             roles,
-            key: compare_key(policy, &roles),
+            key: compare_key_for(policy, flavour, &roles),
             context: architectural_context(initial, &cpu, flavour),
             roots: RootCache::default(),
         };
@@ -308,6 +332,18 @@ impl Tracker {
     ) -> Decision {
         let mut d = self.decision();
         let before = self.regs;
+        // Nested EPT's pgd is the EPTP: the guest's own CR3 never reaches it.
+        let ept_view;
+        let after = if self.flavour == Flavour::ShadowEpt {
+            let cr3 = match *input {
+                Input::NestedEptInit { eptp } => eptp,
+                _ => before.cr3,
+            };
+            ept_view = ControlRegs { cr3, ..*after };
+            &ept_view
+        } else {
+            after
+        };
         let fx = self.policy.events.explicit_tlb_flushes;
         match *input {
             Input::Cr0 { old, new } => {
@@ -408,15 +444,18 @@ impl Tracker {
                 let pcide = b.pcide();
                 let noflush = pcide && new & CR3_NOFLUSH != 0;
                 let v = if pcide { new & !CR3_NOFLUSH } else { new };
-                if v != old {
+                // The nested walker has no roots; nested EPT's are not the guest CR3's.
+                if v != old && self.flavour.has_roots() && self.flavour != Flavour::ShadowEpt {
                     d.root_cache = Some(self.new_pgd(v, after));
                     d.outcome = Outcome::NewPgd;
                 }
                 // kvm_invalidate_pcid ([I] for kernels before v5.16).
                 if !noflush {
                     d.tlb_flush = match self.flavour {
-                        Flavour::Tdp => TlbFlush::Guest,
-                        Flavour::Shadow | Flavour::ShadowNpt => TlbFlush::Current,
+                        Flavour::Tdp | Flavour::NestedWalker => TlbFlush::Guest,
+                        Flavour::Shadow | Flavour::ShadowNpt | Flavour::ShadowEpt => {
+                            TlbFlush::Current
+                        }
                     };
                 }
             }
@@ -454,6 +493,26 @@ impl Tracker {
                 // Before ef318b9edf66 (v5.14) the nested NPT walker took SMEP from the vCPU.
                 if r.npt_smep_from_vcpu {
                     self.context.perm.smep = vcpu.smep();
+                }
+            }
+            Input::NestedEptInit { eptp } => {
+                if self.flavour != Flavour::ShadowEpt {
+                    return self.finish(d, after);
+                }
+                // nested_vmx_check_eptp: VM-entry fails, the registers stay as they were.
+                if Eptp(eptp).levels().is_none() {
+                    return self.finish(d, &before);
+                }
+                d.outcome = if self.init_mmu(after, &mut d).is_some() {
+                    Outcome::Reinit
+                } else {
+                    Outcome::NewPgd
+                };
+                d.root_cache = Some(self.new_pgd(eptp, after));
+            }
+            Input::NestedLoadCr3 => {
+                if self.init_mmu(after, &mut d).is_some() {
+                    d.outcome = Outcome::Reinit;
                 }
             }
             Input::SetSregs => {
@@ -555,7 +614,7 @@ impl Tracker {
         let roles = derive_roles(self.policy, self.flavour, after, &self.cpu);
         d.new_cpu_role = roles.cpu_role;
         d.new_root_role = roles.root_role;
-        let key = compare_key(self.policy, &roles);
+        let key = compare_key_for(self.policy, self.flavour, &roles);
         if key == self.key {
             return None;
         }
@@ -594,7 +653,7 @@ impl Tracker {
 
     /// `kvm_mmu_load` before the next VM-entry: allocate a root if there is none.
     fn ensure_root(&mut self) {
-        if self.roots.current.is_some() {
+        if self.roots.current.is_some() || !self.flavour.has_roots() {
             return;
         }
         let mut role = self.roles.root_role;

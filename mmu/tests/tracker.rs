@@ -836,3 +836,147 @@ fn shadow_npt_passthrough_root() {
         assert_eq!(r.get(pol.layout, Field::Passthrough), want, "{name}");
     }
 }
+
+fn ept_init(t: &mut Tracker, eptp: Eptp, m: &FlatMemory) -> Decision {
+    let after = *t.regs();
+    t.apply(&Input::NestedEptInit { eptp: eptp.0 }, &after, m)
+}
+
+/// Nested EPT's guest_mmu (sheet §4.6): roles from the EPTP alone (level, A/D), guest_mode=1,
+/// root role = CPU role's base; the v5.1-rc3..v5.9 marker cr0_wp=1 + smap_andnot_wp=1
+/// (47c42e6b4192, gone with 00a669780ffa in v5.14); CR0/CR4/EFER play no part.
+#[test]
+fn shadow_ept_roles_come_from_the_eptp() {
+    let four = Eptp::new(0x10_0000, 4, false);
+    let five_ad = Eptp::new(0x10_0000, 5, true);
+    assert_eq!((four.levels(), five_ad.levels()), (Some(4), Some(5)));
+    assert!(five_ad.ad_enabled() && !four.ad_enabled());
+    let l1 = regs(CR0_PAGED | CR0_WP, CR4_PAE | CR4_SMEP, EFER_LONG, four.0);
+    for (name, marker) in [
+        ("v4.20", false),
+        ("v5.0", false),
+        ("v5.1-rc3", true),
+        ("v5.9", true),
+        ("v5.14", false),
+        ("v6.14", false),
+    ] {
+        let pol = p(name);
+        let r = derive_roles(pol, Flavour::ShadowEpt, &l1, &cpu());
+        let base = r.cpu_role.base();
+        assert_eq!(r.root_role, base, "{name}");
+        assert_eq!(base.level(), 4, "{name}");
+        assert!(base.guest_mode() && !base.direct(), "{name}");
+        assert_eq!(base.get(pol.layout, Field::AdDisabled), Some(1), "{name}");
+        assert_eq!(base.cr0_wp(), marker, "{name}");
+        assert_eq!(
+            base.get(pol.layout, Field::SmapAndnotWp),
+            Some(u32::from(marker)),
+            "{name}"
+        );
+        // Another L1 CR0/CR4/EFER: the same role.
+        let other = regs(CR0_PAGED, CR4_PAE, EFER_LONG, four.0);
+        assert_eq!(derive_roles(pol, Flavour::ShadowEpt, &other, &cpu()), r);
+        let r5 = derive_roles(
+            pol,
+            Flavour::ShadowEpt,
+            &ControlRegs {
+                cr3: five_ad.0,
+                ..l1
+            },
+            &cpu(),
+        );
+        assert_eq!(r5.cpu_role.base().level(), 5, "{name}");
+        assert_eq!(
+            r5.cpu_role.base().get(pol.layout, Field::AdDisabled),
+            Some(0)
+        );
+    }
+}
+
+/// The first VMLAUNCH with EPT always initialises guest_mmu; the same EPTP again returns
+/// early but still loads the pgd (kvm_mmu_new_pgd runs unconditionally); a new EPTP of the
+/// same format returns early too; an invalid walk length fails VM-entry.
+#[test]
+fn shadow_ept_init_and_new_pgd() {
+    let m = mem();
+    let a = Eptp::new(0x10_0000, 4, true);
+    let b = Eptp::new(0x20_0000, 4, true);
+    let l1 = regs(CR0_PAGED, CR4_PAE, EFER_LONG, 0x1000);
+    for pol in policies() {
+        let mut t = Tracker::new(pol, Flavour::ShadowEpt, cpu(), &l1);
+        let d = ept_init(&mut t, a, &m);
+        assert_eq!(d.outcome, Outcome::Reinit, "{}", pol.name);
+        assert!(d.root_cache.is_some() && d.stale.is_none(), "{}", pol.name);
+        let c = t.context();
+        assert_eq!(
+            (c.walker, c.root_level, c.ept_ad),
+            (WalkerKind::Ept, 4, true)
+        );
+        assert_eq!(t.regs().cr3, a.0);
+        let d = ept_init(&mut t, b, &m);
+        assert_eq!(d.outcome, Outcome::NewPgd, "{}", pol.name);
+        assert_eq!(d.root_cache.map(|l| l.pgd), Some(b.0));
+        // L1's own CR3 write does not move nested EPT's pgd.
+        let d = write(&mut t, CrReg::Cr3, 0x3000, &m);
+        assert!(d.root_cache.is_none() && d.stale.is_none(), "{}", pol.name);
+        assert_eq!(t.regs().cr3, b.0);
+        let bad = Eptp(b.0 & !0x38 | (1 << 3));
+        let d = ept_init(&mut t, bad, &m);
+        assert_eq!(d.outcome, Outcome::NoTrigger);
+        assert_eq!(t.regs().cr3, b.0, "{}", pol.name);
+    }
+}
+
+/// Sheet §6.2 #13: before v5.7 the compare key masked `level`, so L1 switching L2's EPT from
+/// 4 to 5 levels returned early and kept the 4-level EPT walker; from v5.7 it re-initialises.
+#[test]
+fn shadow_ept_level_switch_and_the_masked_key() {
+    let m = mem();
+    let four = Eptp::new(0x10_0000, 4, false);
+    let five = Eptp::new(0x10_0000, 5, false);
+    let l1 = regs(CR0_PAGED, CR4_PAE, EFER_LONG, 0x1000);
+    for pol in policies() {
+        let masked = pol.compare == CompareKey::MaskedBase;
+        let mut t = Tracker::new(pol, Flavour::ShadowEpt, cpu(), &l1);
+        ept_init(&mut t, four, &m);
+        let d = ept_init(&mut t, five, &m);
+        assert_eq!(d.stale.is_some(), masked, "{}", pol.name);
+        if masked {
+            let st = d.stale.unwrap();
+            assert_eq!((st.kept.root_level, st.correct.root_level), (4, 5));
+        }
+        // Back to 4 levels: the masked key again returns early, now with the right level.
+        let d = ept_init(&mut t, four, &m);
+        assert!(d.stale.is_none(), "{}", pol.name);
+    }
+}
+
+/// The nested walker (sheet §4.7): compared on the CPU role only, walker chosen from the
+/// vCPU's (L2's) registers, no roots; a nested VM-entry loading L2's registers runs
+/// kvm_init_mmu without unloading.
+#[test]
+fn nested_walker_follows_l2_without_roots() {
+    let m = mem();
+    let l2_long = regs(CR0_PAGED, CR4_PAE, EFER_LONG, 0x1000);
+    let l2_32 = regs(CR0_PAGED, CR4_PSE, 0, 0x2000);
+    for pol in policies() {
+        let mut t = Tracker::new(pol, Flavour::NestedWalker, cpu(), &l2_long);
+        assert!(t.roots().is_empty() && t.cpu_role().base().guest_mode());
+        assert_eq!(t.root_role(), PageRole::default());
+        assert_eq!(
+            (t.context().walker, t.context().shadow_root_level),
+            (WalkerKind::Paging64, 0)
+        );
+        let d = t.apply(&Input::NestedLoadCr3, &l2_32, &m);
+        assert_eq!(d.outcome, Outcome::Reinit, "{}", pol.name);
+        assert!(!d.roots_unloaded && d.stale.is_none() && d.root_cache.is_none());
+        assert_eq!(t.context().walker, WalkerKind::Paging32);
+        // A CR3 load: no root cache behind it.
+        let d = write(&mut t, CrReg::Cr3, 0x3000, &m);
+        assert!(
+            d.root_cache.is_none() && t.roots().is_empty(),
+            "{}",
+            pol.name
+        );
+    }
+}

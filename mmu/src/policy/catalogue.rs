@@ -24,6 +24,7 @@ const V4_20: Policy = Policy {
         shadow_efer_nx_forced: false,
         npt_smep_from_vcpu: true,
         npt_roles_from_vcpu_after_set_nested_state: true,
+        shadow_ept_marker: false,
     },
     compare: CompareKey::MaskedBase,
     triggers: ResetTriggers {
@@ -58,11 +59,14 @@ const V5_0: Policy = Policy {
 const V5_1_RC3: Policy = Policy {
     name: "v5.1-rc3",
     summary: "SEED BUG: cr4_pae becomes gpte_is_8_bytes, forced 1 for TDP; CR4.PAE no longer in the TDP key",
-    commits: &["47c42e6b4192"],
+    // 552c69b1dc71 (v5.1 merge window) is here too: nested EPT's root role stopped inheriting
+    // quadrant/invalid from root_mmu, which are 0 on every root (a no-op, per its commit).
+    commits: &["47c42e6b4192", "552c69b1dc71"],
     layout: &LAYOUT_V5_1_RC3,
     roles: RoleRules {
         tdp_gpte_forced_8_bytes: true,
         direct_page_clears_cr4_pae: false,
+        shadow_ept_marker: true,
         ..V5_0.roles
     },
     ..V5_0
@@ -132,6 +136,7 @@ const V5_14: Policy = Policy {
         "0aa1837533e5",
         "8626c120baef",
         "ef318b9edf66",
+        "00a669780ffa",
     ],
     layout: &LAYOUT_V5_14,
     roles: RoleRules {
@@ -140,6 +145,7 @@ const V5_14: Policy = Policy {
         pke_la57_need_lma: true,
         npt_smep_from_vcpu: false,
         npt_roles_from_vcpu_after_set_nested_state: false,
+        shadow_ept_marker: false,
         ..V5_9.roles
     },
     triggers: ResetTriggers {

@@ -2,6 +2,7 @@
 //! [`Policy`]'s data.
 
 use super::{CompareKey, Flavour, GpteRule, Policy};
+use crate::ept::Eptp;
 use crate::regs::{ControlRegs, CpuModel};
 use crate::roles::{CpuRole, ExtRole, Field, GpteSense, Layout, PageRole, Word};
 
@@ -63,8 +64,11 @@ pub fn derive_roles(
     regs: &ControlRegs,
     cpu: &CpuModel,
 ) -> Roles {
-    if flavour == Flavour::ShadowNpt {
-        return derive_shadow_npt(policy, regs, cpu);
+    match flavour {
+        Flavour::ShadowNpt => return derive_shadow_npt(policy, regs, cpu),
+        Flavour::ShadowEpt => return derive_shadow_ept(policy, Eptp(regs.cr3)),
+        Flavour::NestedWalker => return derive_nested_walker(policy, regs, cpu),
+        Flavour::Tdp | Flavour::Shadow => {}
     }
     if policy.roles.split_cpu_root_role {
         derive_split(policy, flavour, regs, cpu)
@@ -100,6 +104,55 @@ fn derive_shadow_npt(policy: &Policy, regs: &ControlRegs, cpu: &CpuModel) -> Rol
             cpu_role: CpuRole::new(base, r.cpu_role.ext()),
             root_role: base,
         }
+    }
+}
+
+/// KVM offers L1 execute-only EPT entries where the host has them (`nested_vmx_setup_ctls_msrs`);
+/// the model takes it as offered, a capability fixed for the VM's life.
+const EPT_EXECONLY: bool = true;
+
+/// `kvm_calc_shadow_ept_root_page_role` (sheet §4.6): built from the EPTP alone. Before
+/// 552c69b1dc71 (v5.1) the role also inherited `quadrant` and `invalid` from root_mmu's, which
+/// are 0 on every root, so there is nothing more to derive for it.
+fn derive_shadow_ept(policy: &Policy, eptp: Eptp) -> Roles {
+    let l = policy.layout;
+    let r = &policy.roles;
+    let mut b = B { l, base: 0, ext: 0 };
+    b.b(Field::Access, 7u8);
+    // An EPTP of another length fails VM-entry before any role is computed (the tracker never
+    // stores one); 4 keeps this function total.
+    b.b(Field::Level, eptp.levels().unwrap_or(4));
+    b.b(Field::AdDisabled, !eptp.ad_enabled());
+    b.b(Field::GuestMode, true);
+    // 47c42e6b4192: EPT entries are 8 bytes (before it, cr4_pae stayed 0 here).
+    if r.tdp_gpte_forced_8_bytes {
+        b.b(Field::Gpte, eight_byte_value(l));
+    }
+    if r.shadow_ept_marker {
+        b.b(Field::Cr0Wp, true);
+        b.b(Field::SmapAndnotWp, true);
+    }
+    b.e(Field::Valid, true);
+    b.e(Field::Execonly, EPT_EXECONLY);
+    let cpu_role = CpuRole::new(PageRole(b.base), ExtRole(b.ext));
+    Roles {
+        cpu_role,
+        root_role: cpu_role.base(),
+    }
+}
+
+/// `init_kvm_nested_mmu`'s role (sheet §4.7) for the vCPU's registers `regs` (L2's): the
+/// CPU role the policy computes for a shadow MMU of those registers, with L2 active. Its root
+/// role is unused (the walker has no roots): zero. \[I\] for ≤ v5.18, where the nested role was
+/// the `mmu_role` of the common role computation.
+fn derive_nested_walker(policy: &Policy, regs: &ControlRegs, cpu: &CpuModel) -> Roles {
+    let l2 = ControlRegs {
+        guest_mode: true,
+        ..*regs
+    };
+    Roles {
+        cpu_role: derive_roles(policy, Flavour::Shadow, &l2, cpu).cpu_role,
+        root_role: PageRole::default(),
     }
 }
 
@@ -146,7 +199,7 @@ fn derive_mmu_role(policy: &Policy, flavour: Flavour, regs: &ControlRegs, cpu: &
             };
             b.b(Field::Gpte, g);
         }
-        Flavour::Shadow | Flavour::ShadowNpt => {
+        Flavour::Shadow | Flavour::ShadowNpt | Flavour::ShadowEpt | Flavour::NestedWalker => {
             let wp = record && regs.wp();
             b.b(Field::SmepAndnotWp, smep && !wp);
             b.b(Field::SmapAndnotWp, smap && !wp);
@@ -212,7 +265,7 @@ fn derive_split(policy: &Policy, flavour: Flavour, regs: &ControlRegs, cpu: &Cpu
             r.b(Field::Level, tdp_level(cpu));
             PageRole(r.base)
         }
-        Flavour::Shadow | Flavour::ShadowNpt => {
+        Flavour::Shadow | Flavour::ShadowNpt | Flavour::ShadowEpt | Flavour::NestedWalker => {
             let base = cpu_role.base();
             let mut r = base.with(l, Field::Level, u32::from(base.level().max(3)));
             if policy.roles.shadow_efer_nx_forced {
@@ -227,7 +280,9 @@ fn derive_split(policy: &Policy, flavour: Flavour, regs: &ControlRegs, cpu: &Cpu
     }
 }
 
-/// The value compared by the early return of `kvm_init_mmu`'s TDP/shadow paths.
+/// The value compared by the early return of `kvm_init_mmu`'s TDP/shadow paths, and of nested
+/// EPT's and the nested walker's, which compare the CPU role only (sheet §5.6): see
+/// [`compare_key_for`].
 pub fn compare_key(policy: &Policy, roles: &Roles) -> (u64, u32) {
     match policy.compare {
         CompareKey::MaskedBase => {
@@ -255,5 +310,17 @@ pub fn compare_key(policy: &Policy, roles: &Roles) -> (u64, u32) {
         }
         CompareKey::Full => (roles.cpu_role.0, 0),
         CompareKey::CpuRoleAndRootRole => (roles.cpu_role.0, roles.root_role.0),
+    }
+}
+
+/// [`compare_key`] for one flavour: `kvm_init_shadow_ept_mmu` and `init_kvm_nested_mmu` return
+/// early on an unchanged CPU role alone (sheet §5.6), masked as the policy masks it (the v4.20
+/// mask applied to every MMU's role, 7dcd57552008: nested EPT's `level` was dropped with it,
+/// sheet §6.2 #13).
+pub fn compare_key_for(policy: &Policy, flavour: Flavour, roles: &Roles) -> (u64, u32) {
+    let key = compare_key(policy, roles);
+    match flavour {
+        Flavour::ShadowEpt | Flavour::NestedWalker => (key.0, 0),
+        Flavour::Tdp | Flavour::Shadow | Flavour::ShadowNpt => key,
     }
 }

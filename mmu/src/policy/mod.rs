@@ -9,12 +9,18 @@ pub mod catalogue;
 pub mod derive;
 
 pub use catalogue::{policies, policy};
-pub use derive::{compare_key, derive_roles, tdp_level, Roles};
+pub use derive::{compare_key, compare_key_for, derive_roles, tdp_level, Roles};
 
 use crate::roles::Layout;
 
 /// Which MMU the roles are for: L1's (shadow paging, or two-dimensional paging: EPT/NPT),
-/// or a nested one (sheet §4.5).
+/// or a nested one (sheet §4.5–4.7).
+///
+/// The nested walker is a flavour of its own rather than a second MMU carried by the nested
+/// flavours: KVM keeps it as a separate object (`nested_mmu`) with inputs of its own (the
+/// vCPU's registers, which are L2's), its own early return (cpu_role only) and no roots, and
+/// it is initialised by `kvm_init_mmu` whether L0 shadows L1's EPT or NPT (sheet §4.2, §4.7).
+/// A tracker of it is fed L2's writes, as a shadow-npt tracker is fed L1's.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
 pub enum Flavour {
     #[default]
@@ -25,14 +31,33 @@ pub enum Flavour {
     /// CR4 and EFER (vmcb01) with CR0 forced to PG and CR4.PKE cleared
     /// ([`crate::ControlRegs::nested_npt_view`]); its root level is the host's NPT level.
     ShadowNpt,
+    /// nVMX's `guest_mmu` while L2 runs with nested EPT: shadows L1's EPT tables
+    /// (`kvm_init_shadow_ept_mmu`, sheet §4.6). Its roles come from the EPTP L1 loads, not from
+    /// CR0/CR4/EFER: a tracker's `cr3` is that EPTP ([`crate::Eptp`]), set by
+    /// [`crate::Input::NestedEptInit`]; its root level is the EPT's.
+    ShadowEpt,
+    /// `nested_mmu`: the walker of L2's page tables while L2 runs with nested TDP
+    /// (`init_kvm_nested_mmu`, sheet §4.7). A tracker's registers are the vCPU's (L2's); the
+    /// early return compares `cpu_role` only; it has no roots.
+    NestedWalker,
 }
 
 impl Flavour {
+    /// Every flavour, in the order `mmurr` lists them.
+    pub const ALL: [Flavour; 5] = [
+        Flavour::Tdp,
+        Flavour::Shadow,
+        Flavour::ShadowNpt,
+        Flavour::ShadowEpt,
+        Flavour::NestedWalker,
+    ];
     pub fn name(self) -> &'static str {
         match self {
             Flavour::Tdp => "tdp",
             Flavour::Shadow => "shadow",
             Flavour::ShadowNpt => "shadow-npt",
+            Flavour::ShadowEpt => "shadow-ept",
+            Flavour::NestedWalker => "nested-walker",
         }
     }
     pub fn parse(s: &str) -> Option<Flavour> {
@@ -40,8 +65,20 @@ impl Flavour {
             "tdp" | "ept" | "npt" => Some(Flavour::Tdp),
             "shadow" | "soft" => Some(Flavour::Shadow),
             "shadow-npt" | "nested-npt" => Some(Flavour::ShadowNpt),
+            "shadow-ept" | "nested-ept" => Some(Flavour::ShadowEpt),
+            "nested-walker" | "nested-mmu" => Some(Flavour::NestedWalker),
             _ => None,
         }
+    }
+    /// Whether a recorded guest's control-register writes can be evaluated for this flavour.
+    /// Shadow EPT's only input is the EPTP L1 loads at VM-entry, which no recording has (a
+    /// recorded guest runs no L2): its scenarios are model-level.
+    pub fn evaluates_recordings(self) -> bool {
+        self != Flavour::ShadowEpt
+    }
+    /// The MMU has roots of its own (the nested walker has none: sheet §4.7).
+    pub fn has_roots(self) -> bool {
+        self != Flavour::NestedWalker
     }
 }
 
@@ -84,6 +121,10 @@ pub struct RoleRules {
     /// registers (L2's) instead of L1's (fixed when roles came from the passed registers:
     /// 594e91a100cc, 8626c120baef, v5.14).
     pub npt_roles_from_vcpu_after_set_nested_state: bool,
+    /// Nested EPT's role carries the "impossible" cr0_wp=1 + smap_andnot_wp=1 pair that tells
+    /// its pages from every shadow page (47c42e6b4192, v5.1-rc3; dropped in v5.14 by
+    /// 00a669780ffa).
+    pub shadow_ept_marker: bool,
 }
 
 /// What `init_kvm_tdp_mmu` / `shadow_mmu_init_context` compare before returning early

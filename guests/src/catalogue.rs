@@ -28,8 +28,6 @@ pub enum Repro {
         before: &'static str,
         after: &'static str,
     },
-    /// A nested entry the model cannot show yet: what is missing.
-    Nested(&'static str),
     /// Cannot be reproduced as a verdict: why.
     Explained(&'static str),
 }
@@ -110,11 +108,11 @@ pub const ENTRIES: &[Entry] = &[
     },
     Entry {
         id: "#7",
-        commits: &["\"fix switch between root and guest MMUs\" (id [U])"],
+        commits: &["ad7dc69aeb23", "14c07ad89f4d"],
         version: "v5.0",
-        what: "nSVM: one MMU switching between TDP (L1) and shadow NPT (L2) was not re-initialised",
-        repro: &[Nested("one MMU object switched between TDP for L1 and shadow NPT for L2 (v4.20's nSVM); the model keeps one tracker per MMU, and its nested-NPT role (guest_mode=1, WP=0) never matches L1's TDP role, so which inputs matched in the bug is unknown to it (sheet: id and details [U])")],
-        note: "",
+        what: "x86/kvm/mmu: fix switch between root and guest MMUs: the root cache across nVMX's root_mmu/guest_mmu switch",
+        repro: &[Explained("a prev_roots bug of nVMX, not nSVM: 14c07ad89f4d (\"introduce guest_mmu\", in the series of 7dcd57552008, so v4.20 [I]) left L1's root_mmu current while L2 ran on guest_mmu, and at L2's VM-exit the fast CR3 switch stashed that root under the vCPU's CR3, still L2's; the fix stashes the CR3 a root was loaded for (root_cr3). v4.20 carries it; but L1's roots are TDP (direct) roots, which translate the same whatever CR3 they are filed under: the cost is a missed prev_roots hit at every nested VM-exit, no context or verdict the model shows (as #27)")],
+        note: "ad7dc69aeb23, in the \"KVM fixes for 5.0-rc8 or final\" pull (Cc: stable), fixes 14c07ad89f4d; the sheet's nSVM reading is not what the commit text says",
     },
     Entry {
         id: "#8",
@@ -129,8 +127,8 @@ pub const ENTRIES: &[Entry] = &[
         commits: &["552c69b1dc71"],
         version: "v5.1",
         what: "nested EPT root role no longer inherits quadrant/invalid from root_mmu",
-        repro: &[Explained("a no-op per its commit: roots never carry quadrant or invalid there")],
-        note: "",
+        repro: &[Unchanged { scenario: "nested-ept-5-level", before: "v5.0", after: "v5.1-rc3" }],
+        note: "a no-op per its commit: root_mmu's roots never carry quadrant or invalid, so there was nothing to inherit; shadow EPT's verdicts are the same under v5.0 and v5.1-rc3 (which also brings 47c42e6b4192's cr0_wp + smap_andnot_wp marker)",
     },
     Entry {
         id: "#10",
@@ -161,8 +159,8 @@ pub const ENTRIES: &[Entry] = &[
         commits: &["\"Don't drop level/direct from MMU role calculation\" (id [U])", "8053f924cad3"],
         version: "v5.7",
         what: "level/direct compared again; ext.cr4_la57 dropped",
-        repro: &[Model("sregs-pae-to-long-shadow"), Model("sregs-la57")],
-        note: "v4.20-v5.1 miss a shadow root-level change (masked key); v5.7-v5.9 miss an LA57 change under TDP",
+        repro: &[Model("sregs-pae-to-long-shadow"), Model("nested-ept-5-level"), Model("sregs-la57")],
+        note: "v4.20-v5.1 miss a shadow root-level change and L1 switching L2's EPT between 4 and 5 levels (masked key; the nested case latent there, 5-level nested EPT came in v5.7); v5.7-v5.9 miss an LA57 change under TDP",
     },
     Entry {
         id: "#14",
@@ -185,8 +183,8 @@ pub const ENTRIES: &[Entry] = &[
         commits: &["f71a53d1180d"],
         version: "v5.14",
         what: "ext.cr4_la57 restored (revert of 8053f924cad3)",
-        repro: &[Model("sregs-la57")],
-        note: "an LA57 change without CR0.PG=0 (KVM_SET_SREGS, as a nested VM-exit) keeps the 4-level walker in v5.7-v5.9",
+        repro: &[Model("nested-exit-la57"), Model("sregs-la57")],
+        note: "an LA57 change without CR0.PG=0 (a nested VM-exit loading L1's host state, or KVM_SET_SREGS) keeps the 4-level walker in v5.7-v5.9",
     },
     Entry {
         id: "#17",
@@ -210,7 +208,7 @@ pub const ENTRIES: &[Entry] = &[
         version: "v5.14",
         what: "roles from kvm_mmu_role_regs; no paging bits with CR0.PG=0; PKE/LA57 need LMA; nested EPT ignores CR0/CR4",
         repro: &[Model("cr4-unpaged"), Model("nested-npt-set-state")],
-        note: "before v5.14 CR4 toggles with CR0.PG=0 rebuild an identical context (also seen on kvm in unpaged-cr4's needless resets), and KVM_SET_NESTED_STATE builds nested NPT from L2's registers",
+        note: "before v5.14 CR4 toggles with CR0.PG=0 rebuild an identical context (also seen on kvm in unpaged-cr4's needless resets), and KVM_SET_NESTED_STATE builds nested NPT from L2's registers; its nested-EPT part gives no verdict: the model builds shadow EPT from the EPTP alone in every policy (what CR0/CR4 fed it before is [U])",
     },
     Entry {
         id: "#20",
@@ -399,7 +397,7 @@ pub fn backends(r: &Repro) -> &'static str {
         Guest(name) => guest(name),
         Unchanged { scenario, .. } if scripts::script_named(scenario).is_none() => guest(scenario),
         Model(_) | Unchanged { .. } => "model",
-        Nested(_) | Explained(_) => "",
+        Explained(_) => "",
     }
 }
 
@@ -426,7 +424,6 @@ fn repro_cell(r: &Repro) -> String {
             before,
             after,
         } => format!("`{scenario}`: {before} = {after}"),
-        Nested(why) => format!("not yet (nested): {why}"),
         Explained(why) => format!("explained: {why}"),
     }
 }
@@ -434,7 +431,7 @@ fn repro_cell(r: &Repro) -> String {
 fn shows_cell(r: &Repro) -> String {
     match *r {
         Unchanged { .. } => "none (identical verdicts)".into(),
-        Nested(_) | Explained(_) => "-".into(),
+        Explained(_) => "-".into(),
         _ => policies_showing(r)
             .iter()
             .map(|(k, p)| format!("{}: {}", k.name(), policy_ranges(p)))

@@ -34,7 +34,7 @@ fn every_named_scenario_exists_and_every_model_scenario_reproduces_an_entry() {
                     assert!(catalogue::script(scenario).is_some(), "{}", e.id);
                     assert!(mmu::policy(before).is_some() && mmu::policy(after).is_some());
                 }
-                Repro::Nested(_) | Repro::Explained(_) => {}
+                Repro::Explained(_) => {}
             }
         }
     }

@@ -43,6 +43,12 @@ pub enum Action {
     NestedVmrun { l2: ControlRegs },
     /// The VMM loads nested state with L2 running (KVM_SET_NESTED_STATE), as migration does.
     SetNestedState { l2: ControlRegs },
+    /// L1 enters L2 with EPT (VMLAUNCH/VMRESUME) using the EPTP `eptp` ([`mmu::Eptp`]). For
+    /// [`Flavour::ShadowEpt`] scripts, whose registers' `cr3` is the EPTP.
+    VmEntryEpt { eptp: u64 },
+    /// L2 exits to L1 and the VM-exit loads L1's registers `l1` from the VMCS host-state area
+    /// (`nested_vmx_load_cr3`): `kvm_init_mmu` without unloading roots.
+    VmExit { l1: ControlRegs },
 }
 
 impl Action {
@@ -50,7 +56,11 @@ impl Action {
     pub fn is_host(&self) -> bool {
         !matches!(
             self,
-            Action::Write(..) | Action::Store { .. } | Action::NestedVmrun { .. }
+            Action::Write(..)
+                | Action::Store { .. }
+                | Action::NestedVmrun { .. }
+                | Action::VmEntryEpt { .. }
+                | Action::VmExit { .. }
         )
     }
 
@@ -77,6 +87,18 @@ impl Action {
             Action::SetNestedState { l2 } => format!(
                 "KVM_SET_NESTED_STATE L2 cr0={:#x} cr4={:#x} efer={:#x}",
                 l2.cr0, l2.cr4, l2.efer
+            ),
+            Action::VmEntryEpt { eptp } => {
+                let e = mmu::Eptp(eptp);
+                format!(
+                    "guest VMLAUNCH/VMRESUME with EPTP={eptp:#x} ({} levels, A/D {})",
+                    e.levels().map_or("invalid".to_string(), |l| l.to_string()),
+                    if e.ad_enabled() { "on" } else { "off" }
+                )
+            }
+            Action::VmExit { l1 } => format!(
+                "VM-exit to L1 cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+                l1.cr0, l1.cr3, l1.cr4, l1.efer
             ),
         }
     }
@@ -256,6 +278,21 @@ fn effect(a: &Action, before: &ControlRegs, cpu: &CpuModel, mem: &FlatMemory) ->
                 set_nested_state: matches!(a, Action::SetNestedState { .. }),
             },
             after: *before,
+            faulted: false,
+            cpu: *cpu,
+        },
+        Action::VmEntryEpt { eptp } => Effect {
+            input: Input::NestedEptInit { eptp },
+            after: ControlRegs {
+                cr3: eptp,
+                ..*before
+            },
+            faulted: false,
+            cpu: *cpu,
+        },
+        Action::VmExit { l1 } => Effect {
+            input: Input::NestedLoadCr3,
+            after: with_pdptrs(l1, cpu, mem),
             faulted: false,
             cpu: *cpu,
         },

@@ -10,10 +10,12 @@
 //! | `0x4000` | PML5: entry 0 → `0x1000` |
 //! | `0x5000` | PAE PDPT: PDPTE 0 → `0x3000`, PDPTE 1 not present |
 //! | `0x6000` | PD for PDPTE 1 once a script stores it: entry 0 maps 1 GiB.. with a 2 MiB page |
+//!
+//! Nested EPT scripts name L1's EPT by its EPTP only (its tables are never walked).
 
 use super::{Action, Expect, Script, Shows};
 use mmu::bits::*;
-use mmu::{ControlRegs, CpuModel, CrReg, FlatMemory, Flavour};
+use mmu::{ControlRegs, CpuModel, CrReg, Eptp, FlatMemory, Flavour};
 
 const PML4: u64 = 0x1000;
 const PML5: u64 = 0x4000;
@@ -60,6 +62,8 @@ pub const ALL: &[(&str, Builder)] = &[
     ("nested-npt-smep", nested_npt_smep),
     ("nested-npt-set-state", nested_npt_set_state),
     ("nested-npt-5-level", nested_npt_5_level),
+    ("nested-ept-5-level", nested_ept_5_level),
+    ("nested-exit-la57", nested_exit_la57),
 ];
 
 fn memory() -> FlatMemory {
@@ -431,6 +435,59 @@ fn nested_npt_5_level() -> Script {
     );
     s.cpu.la57 = true;
     s.cpu.maxphyaddr = 52;
+    s
+}
+
+/// L1's EPT for L2, at `0x10_0000`, without A/D.
+fn l1_ept(levels: u8) -> u64 {
+    Eptp::new(0x10_0000, levels, false).0
+}
+
+/// #13 "Don't drop level/direct from MMU role calculation" (v5.7), nested part: L1 runs L2
+/// with a 4-level EPT, then switches it to 5 levels and back. The CPU role of nested EPT's
+/// guest_mmu is built from the EPTP (sheet §4.6) and its level is the EPT's; v4.20–v5.1
+/// compare it through the mask that drops `level` (7dcd57552008), so the switch to 5 levels
+/// returns early and keeps the 4-level EPT walker. Latent before v5.7, whose KVM offered L1
+/// no 5-level EPT: it came with the fix's series (sheet §6.2 #13).
+fn nested_ept_5_level() -> Script {
+    script(
+        "nested-ept-5-level",
+        "nested EPT (guest_mmu): L1 runs L2 with a 4-level EPT, switches it to 5 levels, then back",
+        Flavour::ShadowEpt,
+        ControlRegs {
+            cr3: l1_ept(4),
+            ..long_mode()
+        },
+        vec![
+            Action::VmEntryEpt { eptp: l1_ept(4) },
+            Action::VmEntryEpt { eptp: l1_ept(5) },
+            Action::VmEntryEpt { eptp: l1_ept(4) },
+        ],
+        vec![stale(1, UP_TO_V5_1)],
+    )
+}
+
+/// #16 f71a53d1180d (v5.14), as its commit tells it: L0 and L1 both use TDP, and L2's
+/// VM-exit loads L1's host state with CR4.LA57 set where L1 ran 4-level before (a new CR3
+/// too) without passing through CR0.PG=0. The exit runs kvm_init_mmu on root_mmu without
+/// unloading (`nested_vmx_load_cr3`); v5.7–v5.9, whose extended role lost `cr4_la57`
+/// (8053f924cad3), return early and keep the 4-level walker.
+fn nested_exit_la57() -> Script {
+    let mut s = script(
+        "nested-exit-la57",
+        "L1 (TDP) enters L2 and takes a VM-exit whose host state switches L1 to 5-level paging",
+        Flavour::Tdp,
+        long_mode(),
+        vec![Action::VmExit {
+            l1: ControlRegs {
+                cr3: PML5,
+                cr4: CR4_PAE | CR4_LA57,
+                ..long_mode()
+            },
+        }],
+        vec![stale(0, V5_7_TO_V5_9)],
+    );
+    s.cpu.la57 = true;
     s
 }
 

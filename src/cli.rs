@@ -1,7 +1,7 @@
 //! The `mmurr` command line: subcommands in the style of rr, git and perf.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-pub use mmurr_flags::{FlavourChoice, GuestArgs, RecordFlags};
+pub use mmurr_flags::{recording_flavour, FlavourChoice, GuestArgs, RecordFlags};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -116,7 +116,9 @@ pub struct CheckArgs {
     pub trace: PathBuf,
     #[arg(long = "policy")]
     pub policies: Vec<String>,
-    #[arg(long, value_enum)]
+    /// MMU flavour: tdp, shadow, shadow-npt or nested-walker (default: the trace's);
+    /// shadow-ept needs an EPTP no recording has (model-level scenarios only).
+    #[arg(long, value_parser = recording_flavour)]
     pub flavour: Option<FlavourChoice>,
     #[arg(long)]
     pub json: bool,

@@ -106,3 +106,32 @@ fn shadow_paging_was_not_affected_by_the_seed_bug() {
     assert_eq!(stale, 0, "{out}");
     assert_eq!(code, 0, "{out}");
 }
+
+/// The nested flavours a recording can be evaluated for: the nested walker takes each write as
+/// L2's (sheet §4.7), whose walker the shadow-style roles follow, so the seed bug (a TDP one)
+/// does not show; shadow EPT is refused with the reason, before the trace is read.
+#[test]
+fn nested_walker_is_evaluated_and_shadow_ept_refused() {
+    let (code, out) = check(&[
+        "--policy",
+        "v5.1-rc3",
+        "--flavour",
+        "nested-walker",
+        "--json",
+    ]);
+    let report: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(report["flavour"], "nested-walker", "{out}");
+    assert_eq!(report["policies"][0]["stale_contexts"], 0, "{out}");
+    assert_eq!(code, 0, "{out}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_mmurr"))
+        .args(["check", SEED, "--flavour", "shadow-ept"])
+        .output()
+        .expect("run mmurr");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(
+        err.contains("no EPTP") && err.contains("model-level"),
+        "{err}"
+    );
+}

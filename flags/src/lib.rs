@@ -22,4 +22,4 @@ pub use guest::{
     is_bzimage, parse_addr, read_guest_file, write_guest_file, BuiltGuest, EntryModeChoice,
     GuestArgs, GuestError, MAX_MEMORY_MIB,
 };
-pub use record::{FlavourChoice, OptionsError, RecordFlags};
+pub use record::{recording_flavour, FlavourChoice, OptionsError, RecordFlags};

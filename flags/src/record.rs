@@ -14,6 +14,28 @@ pub enum FlavourChoice {
     Shadow,
     /// L0's nested-NPT MMU for an L1 hypervisor: each write is L1's register (sheet §4.5).
     ShadowNpt,
+    /// Nested EPT's MMU (sheet §4.6): built from the EPTP L1 loads, which no recording has;
+    /// model-level scenarios only ([`recording_flavour`] refuses it).
+    ShadowEpt,
+    /// The walker of L2's page tables under nested TDP: each write is L2's register (§4.7).
+    NestedWalker,
+}
+
+/// Parses `--flavour` for a recording (`record`, `run`, `check`): shadow-ept is refused with
+/// the reason, since its only input is an EPTP no recording has.
+pub fn recording_flavour(s: &str) -> Result<FlavourChoice, String> {
+    let f = <FlavourChoice as ValueEnum>::from_str(s, false).map_err(|_| {
+        format!("unknown MMU flavour `{s}`: one of tdp, shadow, shadow-npt, nested-walker")
+    })?;
+    if !mmu::Flavour::from(f).evaluates_recordings() {
+        return Err(format!(
+            "a recorded guest cannot be evaluated for `{s}`: nested EPT's MMU is built from the \
+             EPTP that L1 loads when it enters L2 (VMLAUNCH/VMRESUME with EPT), and a recorded \
+             guest runs no L2 and has no EPTP. Its scenarios are model-level: `mmurr scenarios` \
+             lists them (flavour shadow-ept), e.g. `mmurr scenarios --run nested-ept-5-level`"
+        ));
+    }
+    Ok(f)
 }
 
 impl From<FlavourChoice> for mmu::Flavour {
@@ -22,6 +44,8 @@ impl From<FlavourChoice> for mmu::Flavour {
             FlavourChoice::Tdp => mmu::Flavour::Tdp,
             FlavourChoice::Shadow => mmu::Flavour::Shadow,
             FlavourChoice::ShadowNpt => mmu::Flavour::ShadowNpt,
+            FlavourChoice::ShadowEpt => mmu::Flavour::ShadowEpt,
+            FlavourChoice::NestedWalker => mmu::Flavour::NestedWalker,
         }
     }
 }
@@ -32,6 +56,8 @@ impl From<mmu::Flavour> for FlavourChoice {
             mmu::Flavour::Tdp => FlavourChoice::Tdp,
             mmu::Flavour::Shadow => FlavourChoice::Shadow,
             mmu::Flavour::ShadowNpt => FlavourChoice::ShadowNpt,
+            mmu::Flavour::ShadowEpt => FlavourChoice::ShadowEpt,
+            mmu::Flavour::NestedWalker => FlavourChoice::NestedWalker,
         }
     }
 }
@@ -42,8 +68,9 @@ pub struct RecordFlags {
     /// Policies to model (repeatable; default: all).
     #[arg(long = "policy")]
     pub policy: Vec<String>,
-    /// MMU flavour the policies are evaluated for.
-    #[arg(long, value_enum, default_value = "tdp")]
+    /// MMU flavour the policies are evaluated for: tdp, shadow, shadow-npt (each write is an
+    /// L1 hypervisor's) or nested-walker (each write is L2's); shadow-ept is model-level only.
+    #[arg(long, value_parser = recording_flavour, default_value = "tdp")]
     pub flavour: FlavourChoice,
     /// Output trace file.
     #[arg(short, long, default_value = "mmurr.mmurr")]
@@ -190,6 +217,20 @@ mod tests {
         let parsed =
             Both::from_arg_matches(&m.unwrap_or_else(|e| panic!("{argv:?}: {e}"))).unwrap();
         assert_eq!(parsed, Both { guest, flags }, "{argv:?}");
+    }
+
+    #[test]
+    fn shadow_ept_is_refused_on_recordings_with_the_reason() {
+        let err = recording_flavour("shadow-ept").unwrap_err();
+        assert!(err.contains("EPTP") && err.contains("model-level"), "{err}");
+        assert!(recording_flavour("bogus").unwrap_err().contains("unknown"));
+        for f in mmu::Flavour::ALL {
+            let parsed = recording_flavour(f.name());
+            assert_eq!(parsed.is_ok(), f.evaluates_recordings(), "{}", f.name());
+            if let Ok(c) = parsed {
+                assert_eq!(mmu::Flavour::from(c), f);
+            }
+        }
     }
 
     #[test]

@@ -92,6 +92,10 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
     println!(
         "\nmodel-level scenarios (host actions and states no backend here reaches; model only):"
     );
+    println!(
+        "(flavours: {}; shadow-ept only here: its input is the EPTP L1 loads for L2)",
+        mmu::Flavour::ALL.map(|f| f.name()).join(", ")
+    );
     for m in &models {
         let verdicts = showing(m.name)
             .iter()
@@ -105,8 +109,9 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
         };
         println!("{:width$}  {}", m.name, m.description);
         println!(
-            "{:width$}  runs on: model only; {verdicts}{}",
+            "{:width$}  runs on: model only, flavour {}; {verdicts}{}",
             "",
+            m.flavour.name(),
             entries(m.name)
         );
     }

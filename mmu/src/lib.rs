@@ -22,8 +22,10 @@
 //! - Policies: [`policies`]`()`, [`policy()`]`("v5.1-rc3")`: one [`Policy`] value per modelled
 //!   kernel (v4.20 … v6.14), each with a summary and commits; role rules, compare key, reset
 //!   triggers, event rules, re-init rules and root-cache rule are all data.
-//! - [`Tracker`]`::new(policy, Flavour::Tdp | Flavour::Shadow | Flavour::ShadowNpt, cpu,
-//!   &initial)` (`ShadowNpt`: nested NPT's `guest_mmu`, fed [`Input::NestedNptInit`]), then
+//! - [`Tracker`]`::new(policy, flavour, cpu, &initial)` for a [`Flavour`]: `Tdp`, `Shadow`,
+//!   `ShadowNpt` (nested NPT's `guest_mmu`, fed [`Input::NestedNptInit`]), `ShadowEpt`
+//!   (nested EPT's `guest_mmu`, whose `cr3` is the [`Eptp`], fed [`Input::NestedEptInit`]) or
+//!   `NestedWalker` (`nested_mmu`, fed L2's registers; [`Input::NestedLoadCr3`]), then
 //!   [`Tracker::apply`]`(&Input, &after, mem) -> Decision` for CR0/CR3/CR4/EFER writes, INIT,
 //!   SMM entry/exit and CPUID updates. A [`Decision`] gives the [`Outcome`], trigger bits,
 //!   old/new `cpu_role` and `root_role`, the context attributes a re-init changed, the

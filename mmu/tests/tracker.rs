@@ -980,3 +980,33 @@ fn nested_walker_follows_l2_without_roots() {
         );
     }
 }
+
+/// The nested walker's role per era: the common role (no level) before v5.14, so v5.1-rc3's
+/// loses CR4.PAE as its TDP role did (47c42e6b4192) and v5.1's ext.cr4_pae restores it; from
+/// v5.14 the guest's level is in it (`kvm_calc_nested_mmu_role`), from v5.19 it is
+/// `kvm_calc_cpu_role`.
+#[test]
+fn nested_walker_roles_per_era() {
+    let p32 = regs(CR0_PAGED, CR4_PSE, 0, 0x1000);
+    let pae = regs(CR0_PAGED, CR4_PSE | CR4_PAE, 0, 0x1000);
+    for (name, same_key, level) in [
+        ("v4.20", false, 0),
+        ("v5.1-rc3", true, 0),
+        ("v5.1", false, 0),
+        ("v5.14", false, 2),
+        ("v6.14", false, 2),
+    ] {
+        let pol = p(name);
+        let key = |r: &ControlRegs| {
+            compare_key_for(
+                pol,
+                Flavour::NestedWalker,
+                &derive_roles(pol, Flavour::NestedWalker, r, &cpu()),
+            )
+        };
+        assert_eq!(key(&p32) == key(&pae), same_key, "{name}");
+        let role = derive_roles(pol, Flavour::NestedWalker, &p32, &cpu()).cpu_role;
+        assert_eq!(role.base().level(), level, "{name}");
+        assert!(role.base().guest_mode(), "{name}");
+    }
+}

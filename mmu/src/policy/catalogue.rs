@@ -25,6 +25,7 @@ const V4_20: Policy = Policy {
         npt_smep_from_vcpu: true,
         npt_roles_from_vcpu_after_set_nested_state: true,
         shadow_ept_marker: false,
+        nested_role_from_shadow_common: false,
     },
     compare: CompareKey::MaskedBase,
     triggers: ResetTriggers {
@@ -146,6 +147,7 @@ const V5_14: Policy = Policy {
         npt_smep_from_vcpu: false,
         npt_roles_from_vcpu_after_set_nested_state: false,
         shadow_ept_marker: false,
+        nested_role_from_shadow_common: true,
         ..V5_9.roles
     },
     triggers: ResetTriggers {

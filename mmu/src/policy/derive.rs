@@ -141,17 +141,22 @@ fn derive_shadow_ept(policy: &Policy, eptp: Eptp) -> Roles {
     }
 }
 
-/// `init_kvm_nested_mmu`'s role (sheet §4.7) for the vCPU's registers `regs` (L2's): the
-/// CPU role the policy computes for a shadow MMU of those registers, with L2 active. Its root
-/// role is unused (the walker has no roots): zero. \[I\] for ≤ v5.18, where the nested role was
-/// the `mmu_role` of the common role computation.
+/// `init_kvm_nested_mmu`'s role (sheet §4.7) for the vCPU's registers `regs` (L2's), with L2
+/// active: from v5.19 `kvm_calc_cpu_role`; before, the nested `mmu_role` (\[I\]: the sheet
+/// gives only the compare rule; the forms are those of the kernels' role helpers). Its root
+/// role is unused (the walker has no roots): zero.
 fn derive_nested_walker(policy: &Policy, regs: &ControlRegs, cpu: &CpuModel) -> Roles {
     let l2 = ControlRegs {
         guest_mode: true,
         ..*regs
     };
+    let cpu_role = if policy.roles.split_cpu_root_role {
+        derive_split(policy, Flavour::NestedWalker, &l2, cpu).cpu_role
+    } else {
+        derive_mmu_role(policy, Flavour::NestedWalker, &l2, cpu).cpu_role
+    };
     Roles {
-        cpu_role: derive_roles(policy, Flavour::Shadow, &l2, cpu).cpu_role,
+        cpu_role,
         root_role: PageRole::default(),
     }
 }
@@ -199,7 +204,24 @@ fn derive_mmu_role(policy: &Policy, flavour: Flavour, regs: &ControlRegs, cpu: &
             };
             b.b(Field::Gpte, g);
         }
-        Flavour::Shadow | Flavour::ShadowNpt | Flavour::ShadowEpt | Flavour::NestedWalker => {
+        // kvm_calc_nested_mmu_role (v5.14–v5.18): the shadow role's common part, the guest's
+        // own paging level, and direct=1 ("no shadow pages of its own").
+        Flavour::NestedWalker if r.nested_role_from_shadow_common => {
+            let wp = record && regs.wp();
+            b.b(Field::SmepAndnotWp, smep && !wp);
+            b.b(Field::SmapAndnotWp, smap && !wp);
+            b.b(Field::Gpte, gpte_bit(r.gpte, regs));
+            b.b(Field::Level, guest_level(regs));
+            b.b(Field::Direct, true);
+        }
+        // ≤ v5.13: the common role only (kvm_calc_mmu_role_common): no level; bit 4 carried
+        // CR4.PAE there until 47c42e6b4192 moved it to the shadow and TDP roles alone.
+        Flavour::NestedWalker => {
+            if !r.tdp_gpte_forced_8_bytes {
+                b.b(Field::Gpte, gpte_bit(r.gpte, regs));
+            }
+        }
+        Flavour::Shadow | Flavour::ShadowNpt | Flavour::ShadowEpt => {
             let wp = record && regs.wp();
             b.b(Field::SmepAndnotWp, smep && !wp);
             b.b(Field::SmapAndnotWp, smap && !wp);

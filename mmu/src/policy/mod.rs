@@ -125,6 +125,10 @@ pub struct RoleRules {
     /// its pages from every shadow page (47c42e6b4192, v5.1-rc3; dropped in v5.14 by
     /// 00a669780ffa).
     pub shadow_ept_marker: bool,
+    /// The nested walker's role is the shadow role's common part with the guest's paging
+    /// level (`kvm_calc_nested_mmu_role`, the v5.14 role_regs series \[I\]); before, it was
+    /// `kvm_calc_mmu_role_common`, which has no level.
+    pub nested_role_from_shadow_common: bool,
 }
 
 /// What `init_kvm_tdp_mmu` / `shadow_mmu_init_context` compare before returning early

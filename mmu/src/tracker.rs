@@ -108,7 +108,8 @@ pub enum Outcome {
     NoTrigger,
     /// The write raises #GP; no state change.
     Gp,
-    /// `kvm_init_mmu` without unloading roots (v6.4 CR0.WP-only toggle under TDP).
+    /// `kvm_init_mmu` without unloading roots (v6.4 CR0.WP-only toggle under TDP, a nested
+    /// VM-entry or VM-exit); `Decision::context_changes` says whether it re-initialised.
     InitOnly,
     /// A CR3 load handled by `kvm_mmu_new_pgd`.
     NewPgd,
@@ -511,9 +512,9 @@ impl Tracker {
                 d.root_cache = Some(self.new_pgd(eptp, after));
             }
             Input::NestedLoadCr3 => {
-                if self.init_mmu(after, &mut d).is_some() {
-                    d.outcome = Outcome::Reinit;
-                }
+                // kvm_init_mmu alone, as a v6.4 CR0.WP-only write under TDP: not a reset.
+                self.init_mmu(after, &mut d);
+                d.outcome = Outcome::InitOnly;
             }
             Input::SetSregs => {
                 // __set_sregs_common: reset if CR0/CR3/CR4/EFER differ, or in PAE paging

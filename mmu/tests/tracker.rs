@@ -968,8 +968,9 @@ fn nested_walker_follows_l2_without_roots() {
             (WalkerKind::Paging64, 0)
         );
         let d = t.apply(&Input::NestedLoadCr3, &l2_32, &m);
-        assert_eq!(d.outcome, Outcome::Reinit, "{}", pol.name);
-        assert!(!d.roots_unloaded && d.stale.is_none() && d.root_cache.is_none());
+        assert_eq!(d.outcome, Outcome::InitOnly, "{}", pol.name);
+        assert!(!d.is_reset() && d.context_changes.contains(&"walker".to_string()));
+        assert!(d.stale.is_none() && d.root_cache.is_none());
         assert_eq!(t.context().walker, WalkerKind::Paging32);
         // A CR3 load: no root cache behind it.
         let d = write(&mut t, CrReg::Cr3, 0x3000, &m);

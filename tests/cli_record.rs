@@ -295,3 +295,23 @@ fn demo_shows_the_seed_bug_at_the_cr4_pae_write() {
         "{stdout}"
     );
 }
+
+#[test]
+fn scenarios_text_names_each_model_scenarios_flavour() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mmurr(&["scenarios"], dir.path());
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let s = text(&out.stdout);
+    for (name, build) in guests::model::scripts::ALL {
+        let script = build();
+        let at = s
+            .find(&format!("{name} "))
+            .unwrap_or_else(|| panic!("{name}: {s}"));
+        let line = s[at..].lines().nth(1).unwrap();
+        assert!(
+            line.contains(&format!("flavour {};", script.flavour.name())),
+            "{name}: {line}"
+        );
+    }
+    assert!(s.contains("shadow-ept, nested-walker"), "{s}");
+}

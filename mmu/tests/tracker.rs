@@ -1011,3 +1011,16 @@ fn nested_walker_roles_per_era() {
         assert!(role.base().guest_mode(), "{name}");
     }
 }
+
+/// Every flavour's name parses back to it, and only shadow EPT (whose input is an EPTP) is not
+/// evaluated for recordings; only the nested walker has no roots.
+#[test]
+fn flavour_names_and_capabilities() {
+    for f in Flavour::ALL {
+        assert_eq!(Flavour::parse(f.name()), Some(f));
+        assert_eq!(f.evaluates_recordings(), f != Flavour::ShadowEpt);
+        assert_eq!(f.has_roots(), f != Flavour::NestedWalker);
+    }
+    assert_eq!(Flavour::parse("nested-ept"), Some(Flavour::ShadowEpt));
+    assert_eq!(Flavour::parse("l2"), None);
+}

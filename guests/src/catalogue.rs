@@ -111,8 +111,8 @@ pub const ENTRIES: &[Entry] = &[
         commits: &["ad7dc69aeb23", "14c07ad89f4d"],
         version: "v5.0",
         what: "x86/kvm/mmu: fix switch between root and guest MMUs: the root cache across nVMX's root_mmu/guest_mmu switch",
-        repro: &[Explained("a prev_roots bug of nVMX, not nSVM: 14c07ad89f4d (\"introduce guest_mmu\", in the series of 7dcd57552008, so v4.20 [I]) left L1's root_mmu current while L2 ran on guest_mmu, and at L2's VM-exit the fast CR3 switch stashed that root under the vCPU's CR3, still L2's; the fix stashes the CR3 a root was loaded for (root_cr3). v4.20 carries it; but L1's roots are TDP (direct) roots, which translate the same whatever CR3 they are filed under: the cost is a missed prev_roots hit at every nested VM-exit, no context or verdict the model shows (as #27)")],
-        note: "ad7dc69aeb23, in the \"KVM fixes for 5.0-rc8 or final\" pull (Cc: stable), fixes 14c07ad89f4d; the sheet's nSVM reading is not what the commit text says",
+        repro: &[Unchanged { scenario: "nested-ept-exit", before: "v4.20", after: "v5.0" }],
+        note: "a prev_roots bug of nVMX (the sheet's nSVM reading is not the commit's): 14c07ad89f4d (\"introduce guest_mmu\", in the series of 7dcd57552008, so v4.20 [I]) left root_mmu current again at L2's VM-exit while the vCPU still held L2's CR3, so the fast CR3 switch filed L1's root under it; ad7dc69aeb23 (\"KVM fixes for 5.0-rc8 or final\", Cc: stable) stashes root_cr3. v4.20 carries it in the model's root cache, but no modelled policy shows it: before 47c42e6b4192 direct roots never hit prev_roots in long mode (cr4_pae filtered), and TDP roots translate alike whatever CR3 they are filed under (mmu's nested_ept_vm_exit_root_cache test puts the bug back into v5.1-rc3 to show the misses)",
     },
     Entry {
         id: "#8",

@@ -68,9 +68,14 @@ pub enum Input {
         eptp: u64,
     },
     /// A nested VM-entry or VM-exit loads the vCPU's registers (`nested_vmx_load_cr3`,
-    /// `nested_svm_load_cr3`): `kvm_init_mmu` without unloading roots (sheet §5.5). `after`
-    /// holds the registers loaded: L2's at entry (for the nested walker), L1's at exit.
-    NestedLoadCr3,
+    /// `nested_svm_load_cr3`): `kvm_mmu_new_pgd` on a new CR3, then `kvm_init_mmu` without
+    /// unloading roots (sheet §5.5). `after` holds the registers loaded: L2's at entry (for
+    /// the nested walker), L1's at exit. `leaves_nested_ept` is L2's CR3 when the exit leaves
+    /// an L2 that ran with nested EPT: `nested_ept_uninit_mmu_context` made root_mmu current
+    /// again while the vCPU still holds that CR3.
+    NestedLoadCr3 {
+        leaves_nested_ept: Option<u64>,
+    },
 }
 
 impl Input {
@@ -92,7 +97,7 @@ impl Input {
             } => "VMRUN (nested NPT)",
             Input::NestedNptInit { .. } => "SET_NESTED_STATE (nested NPT)",
             Input::NestedEptInit { .. } => "VMLAUNCH/VMRESUME (nested EPT)",
-            Input::NestedLoadCr3 => "nested VM-entry/exit",
+            Input::NestedLoadCr3 { .. } => "nested VM-entry/exit",
         }
     }
 }
@@ -511,7 +516,25 @@ impl Tracker {
                 };
                 d.root_cache = Some(self.new_pgd(eptp, after));
             }
-            Input::NestedLoadCr3 => {
+            Input::NestedLoadCr3 { leaves_nested_ept } => {
+                let vcpu_cr3 = leaves_nested_ept.unwrap_or(before.cr3);
+                // Nested EPT's guest_mmu is not the exit's: its pgd stays the EPTP.
+                let own_pgd = self.flavour.has_roots() && self.flavour != Flavour::ShadowEpt;
+                if after.cr3 != vcpu_cr3 && own_pgd {
+                    if let (
+                        Some(l2_cr3),
+                        RootCacheRule::Legacy64BitOnly {
+                            files_current_under_vcpu_cr3: true,
+                            ..
+                        },
+                    ) = (leaves_nested_ept, self.policy.root_cache)
+                    {
+                        if let Some(r) = self.roots.current.as_mut() {
+                            r.pgd = l2_cr3;
+                        }
+                    }
+                    d.root_cache = Some(self.new_pgd(after.cr3, after));
+                }
                 // kvm_init_mmu alone, as a v6.4 CR0.WP-only write under TDP: not a reset.
                 self.init_mmu(after, &mut d);
                 d.outcome = Outcome::InitOnly;
@@ -642,7 +665,9 @@ impl Tracker {
     fn new_pgd(&mut self, pgd: u64, after: &ControlRegs) -> RootCacheLookup {
         match self.policy.root_cache {
             RootCacheRule::KeepCurrent => self.roots.lookup_keep_current(pgd, self.roles.root_role),
-            RootCacheRule::Legacy64BitOnly { direct_ignores_pgd } => {
+            RootCacheRule::Legacy64BitOnly {
+                direct_ignores_pgd, ..
+            } => {
                 // kvm_mmu_calc_root_page_role: recomputed from the vCPU registers.
                 let role = derive_roles(self.policy, self.flavour, after, &self.cpu).root_role;
                 let attempt = self.context.shadow_root_level >= 4 && self.context.root_level >= 4;

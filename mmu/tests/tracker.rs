@@ -967,7 +967,13 @@ fn nested_walker_follows_l2_without_roots() {
             (t.context().walker, t.context().shadow_root_level),
             (WalkerKind::Paging64, 0)
         );
-        let d = t.apply(&Input::NestedLoadCr3, &l2_32, &m);
+        let d = t.apply(
+            &Input::NestedLoadCr3 {
+                leaves_nested_ept: None,
+            },
+            &l2_32,
+            &m,
+        );
         assert_eq!(d.outcome, Outcome::InitOnly, "{}", pol.name);
         assert!(!d.is_reset() && d.context_changes.contains(&"walker".to_string()));
         assert!(d.stale.is_none() && d.root_cache.is_none());
@@ -1023,4 +1029,47 @@ fn flavour_names_and_capabilities() {
     }
     assert_eq!(Flavour::parse("nested-ept"), Some(Flavour::ShadowEpt));
     assert_eq!(Flavour::parse("l2"), None);
+}
+
+/// Sheet §6.2 #7, as its commit (ad7dc69aeb23, fixing 14c07ad89f4d) tells it: L1 (long mode,
+/// TDP root_mmu) runs an L2 with nested EPT; at each VM-exit root_mmu becomes current again
+/// while the vCPU still holds L2's CR3, and nested_vmx_load_cr3 loads L1's CR3 through the
+/// fast switch. With the bug (v4.20) L1's root is filed under L2's CR3 and never found again.
+/// No released policy shows it: before 47c42e6b4192 (v5.1-rc3) direct roots were filed with
+/// cr4_pae=0 and never matched a long-mode role anyway, so v4.20 and v5.0 miss alike; from
+/// v5.1-rc3 the second exit hits (v5.19+ keep the root current). v5.1-rc3 with the bug put
+/// back misses like v4.20. Only the cache differs: no context goes stale.
+#[test]
+fn nested_ept_vm_exit_root_cache() {
+    let m = mem();
+    let l1 = regs(CR0_PAGED, CR4_PAE, EFER_LONG, 0x1000);
+    let exit = Input::NestedLoadCr3 {
+        leaves_nested_ept: Some(0x7000),
+    };
+    let hits = |pol: &'static Policy| -> Vec<bool> {
+        let mut t = Tracker::new(pol, Flavour::Tdp, cpu(), &l1);
+        (0..3)
+            .map(|_| {
+                let d = t.apply(&exit, &l1, &m);
+                assert!(d.stale.is_none() && !d.is_reset(), "{}", pol.name);
+                d.root_cache.expect("the exit loads L1's CR3").hit
+            })
+            .collect()
+    };
+    for pol in policies() {
+        let want = match pol.name {
+            "v4.20" | "v5.0" => [false, false, false],
+            _ if pol.root_cache == RootCacheRule::KeepCurrent => [true, true, true],
+            _ => [false, true, true],
+        };
+        assert_eq!(hits(pol), want, "{}", pol.name);
+    }
+    let rc3_with_the_bug: &'static Policy = Box::leak(Box::new(Policy {
+        root_cache: RootCacheRule::Legacy64BitOnly {
+            direct_ignores_pgd: false,
+            files_current_under_vcpu_cr3: true,
+        },
+        ..*p("v5.1-rc3")
+    }));
+    assert_eq!(hits(rc3_with_the_bug), [false, false, false]);
 }

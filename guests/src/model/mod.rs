@@ -47,8 +47,12 @@ pub enum Action {
     /// [`Flavour::ShadowEpt`] scripts, whose registers' `cr3` is the EPTP.
     VmEntryEpt { eptp: u64 },
     /// L2 exits to L1 and the VM-exit loads L1's registers `l1` from the VMCS host-state area
-    /// (`nested_vmx_load_cr3`): `kvm_init_mmu` without unloading roots.
-    VmExit { l1: ControlRegs },
+    /// (`nested_vmx_load_cr3`): a new CR3 through the root cache, then `kvm_init_mmu` without
+    /// unloading roots. `leaves_nested_ept`: L2's CR3 when L2 ran with nested EPT.
+    VmExit {
+        l1: ControlRegs,
+        leaves_nested_ept: Option<u64>,
+    },
 }
 
 impl Action {
@@ -96,9 +100,18 @@ impl Action {
                     if e.ad_enabled() { "on" } else { "off" }
                 )
             }
-            Action::VmExit { l1 } => format!(
-                "VM-exit to L1 cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
-                l1.cr0, l1.cr3, l1.cr4, l1.efer
+            Action::VmExit {
+                l1,
+                leaves_nested_ept,
+            } => format!(
+                "VM-exit{} to L1 cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+                leaves_nested_ept.map_or(String::new(), |c| format!(
+                    " from L2 with nested EPT (CR3 {c:#x})"
+                )),
+                l1.cr0,
+                l1.cr3,
+                l1.cr4,
+                l1.efer
             ),
         }
     }
@@ -290,8 +303,11 @@ fn effect(a: &Action, before: &ControlRegs, cpu: &CpuModel, mem: &FlatMemory) ->
             faulted: false,
             cpu: *cpu,
         },
-        Action::VmExit { l1 } => Effect {
-            input: Input::NestedLoadCr3,
+        Action::VmExit {
+            l1,
+            leaves_nested_ept,
+        } => Effect {
+            input: Input::NestedLoadCr3 { leaves_nested_ept },
             after: with_pdptrs(l1, cpu, mem),
             faulted: false,
             cpu: *cpu,

@@ -64,6 +64,7 @@ pub const ALL: &[(&str, Builder)] = &[
     ("nested-npt-5-level", nested_npt_5_level),
     ("nested-ept-5-level", nested_ept_5_level),
     ("nested-exit-la57", nested_exit_la57),
+    ("nested-ept-exit", nested_ept_exit),
 ];
 
 fn memory() -> FlatMemory {
@@ -438,6 +439,28 @@ fn nested_npt_5_level() -> Script {
     s
 }
 
+/// L2's CR3 in the nested scripts (L2's tables are never walked).
+const L2_CR3: u64 = 0x7000;
+
+/// #7 ad7dc69aeb23 (v5.0), fixing 14c07ad89f4d (v4.20 \[I\]): L1 in long mode (TDP root_mmu)
+/// takes three VM-exits from an L2 that runs with nested EPT. v4.20 files L1's root under
+/// L2's CR3 (mmu `nested_ept_vm_exit_root_cache`), but its direct roots miss prev_roots in
+/// long mode anyway until 47c42e6b4192: the verdicts are the same as v5.0's.
+fn nested_ept_exit() -> Script {
+    let exit = Action::VmExit {
+        l1: long_mode(),
+        leaves_nested_ept: Some(L2_CR3),
+    };
+    script(
+        "nested-ept-exit",
+        "L1 in long mode (TDP) takes three VM-exits from an L2 running with nested EPT",
+        Flavour::Tdp,
+        long_mode(),
+        vec![exit, exit, exit],
+        Vec::new(),
+    )
+}
+
 /// L1's EPT for L2, at `0x10_0000`, without A/D.
 fn l1_ept(levels: u8) -> u64 {
     Eptp::new(0x10_0000, levels, false).0
@@ -484,6 +507,7 @@ fn nested_exit_la57() -> Script {
                 cr4: CR4_PAE | CR4_LA57,
                 ..long_mode()
             },
+            leaves_nested_ept: Some(L2_CR3),
         }],
         vec![stale(0, V5_7_TO_V5_9)],
     );

@@ -46,14 +46,20 @@ const V4_20: Policy = Policy {
     },
     root_cache: RootCacheRule::Legacy64BitOnly {
         direct_ignores_pgd: false,
+        files_current_under_vcpu_cr3: true,
     },
 };
 
 const V5_0: Policy = Policy {
     name: "v5.0",
-    summary: "ext.maxphyaddr added so a CPUID MAXPHYADDR change re-initialises",
-    commits: &["de3ccd26fafc"],
+    summary: "ext.maxphyaddr added so a CPUID MAXPHYADDR change re-initialises; roots filed \
+              under the CR3 they were loaded for",
+    commits: &["de3ccd26fafc", "ad7dc69aeb23"],
     layout: &LAYOUT_V5_0,
+    root_cache: RootCacheRule::Legacy64BitOnly {
+        direct_ignores_pgd: false,
+        files_current_under_vcpu_cr3: false,
+    },
     ..V4_20
 };
 
@@ -98,6 +104,7 @@ const V5_7: Policy = Policy {
     compare: CompareKey::Full,
     root_cache: RootCacheRule::Legacy64BitOnly {
         direct_ignores_pgd: true,
+        files_current_under_vcpu_cr3: false,
     },
     ..V5_1
 };

@@ -206,6 +206,12 @@ pub enum RootCacheRule {
         /// A later patch ("root_cr3 is ignored for direct MMUs") stopped comparing CR3 for
         /// direct roots. First release \[U\]; modelled from v5.7.
         direct_ignores_pgd: bool,
+        /// The current root is filed into prev_roots under the CR3 the vCPU holds at the
+        /// switch (`mmu->get_cr3()`), not the one it was loaded for. Harmless until
+        /// 14c07ad89f4d (v4.20 [I]) gave nested EPT its own guest_mmu: at L2's VM-exit root_mmu
+        /// is current again while the vCPU still holds L2's CR3, so L1's root is filed under
+        /// L2's CR3 and missed. Fixed by ad7dc69aeb23 (v5.0), which stashes `root_cr3`.
+        files_current_under_vcpu_cr3: bool,
     },
     /// v5.19+ `fast_pgd_switch` (5499ea73e7db): roots without a shadow page (PAE roots) are
     /// freed first, the current root is tested first, the PGD is ignored for direct roots, and

@@ -124,6 +124,9 @@ fn event_fields(h: &Header, e: &Event) -> Line {
         EventKind::ExternalInterrupt(i) => json!({ "vector": i.vector, "nmi": i.nmi }),
         EventKind::Retired { count } => json!({ "count": count }),
         EventKind::Startup { vector } => json!({ "vector": vector }),
+        EventKind::HostAction(a) => json!({
+            "action": a.name(), "text": a.describe(), "detail": a,
+        }),
     };
     Line {
         id: e.id,

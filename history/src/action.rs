@@ -50,11 +50,12 @@ impl Cause {
     }
 
     /// What kind of cause it is, for grouping repeated findings: `CR4.PSE writes`,
-    /// `KVM_SET_SREGS actions`.
+    /// `host KVM_SET_SREGS actions`.
     pub fn kind(&self) -> String {
         match self {
             Cause::Write(w) => crate::to_trace::write_kind(w),
-            Cause::Host(a) => format!("{} actions", a.name()),
+            Cause::Host(a) if a.is_vmm() => format!("host {} actions", a.name()),
+            Cause::Host(a) => format!("guest {} actions", a.name()),
         }
     }
 }

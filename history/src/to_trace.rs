@@ -182,6 +182,10 @@ pub fn stale_finding(
         .map(|(n, k, c)| format!("{n} {k} (required: {c})"))
         .collect();
     let consequence = match translations.first() {
+        // A model-level scenario's trace: no instruction ran after it.
+        None if looked_at == 0 => "No guest instruction ran after it to translate, but KVM's \
+             software walks (emulation, MMIO, gva_to_gpa) use this context."
+            .to_string(),
         None => format!(
             "None of the {looked_at} addresses the guest touched next translate differently, \
              but KVM's software walks (emulation, MMIO, gva_to_gpa) use this context."

@@ -12,7 +12,10 @@ type Verdict = (String, usize, String);
 
 /// What `check --json` on a model trace shows: every finding, and the decisions (`no-reset`,
 /// `root-kept`) at the actions the script declares them for.
-fn shown(report: &serde_json::Value, declared_decisions: &BTreeSet<(usize, Shows)>) -> BTreeSet<Verdict> {
+fn shown(
+    report: &serde_json::Value,
+    declared_decisions: &BTreeSet<(usize, Shows)>,
+) -> BTreeSet<Verdict> {
     let at = |v: &serde_json::Value| v["step"].as_u64().unwrap() as usize - 1;
     let mut out: BTreeSet<Verdict> = report["findings"]
         .as_array()
@@ -69,7 +72,11 @@ fn check_on_every_model_scenarios_trace_gives_exactly_its_declared_verdicts() {
             .into_iter()
             .map(|o| (o.policy.to_string(), o.at, o.shows.name().to_string()))
             .collect();
-        assert_eq!(shown(&report, &declared_decisions), want, "{name}: {report:#}");
+        assert_eq!(
+            shown(&report, &declared_decisions),
+            want,
+            "{name}: {report:#}"
+        );
         // The same exit status as the script run, from the same findings.
         assert_eq!(out.status.code(), wrote.status.code(), "{name}");
         // One entry of decisions per action that is an MMU input, each for all 13 policies.
@@ -91,7 +98,10 @@ fn check_on_every_model_scenarios_trace_gives_exactly_its_declared_verdicts() {
 #[test]
 fn check_prints_a_model_traces_decisions_by_action() {
     let dir = tempfile::tempdir().unwrap();
-    mmurr(&["scenarios", "--run", "msrs-efer-lme", "-o", "m.mmurr"], dir.path());
+    mmurr(
+        &["scenarios", "--run", "msrs-efer-lme", "-o", "m.mmurr"],
+        dir.path(),
+    );
     let out = mmurr(&["check", "m.mmurr"], dir.path());
     assert_eq!(out.status.code(), Some(0));
     let s = text(&out.stdout);
@@ -111,7 +121,13 @@ fn check_prints_a_model_traces_decisions_by_action() {
 fn the_other_commands_open_a_model_trace_or_say_why_not() {
     let dir = tempfile::tempdir().unwrap();
     let wrote = mmurr(
-        &["scenarios", "--run", "nested-npt-set-state", "-o", "n.mmurr"],
+        &[
+            "scenarios",
+            "--run",
+            "nested-npt-set-state",
+            "-o",
+            "n.mmurr",
+        ],
         dir.path(),
     );
     assert_eq!(wrote.status.code(), Some(1), "{}", text(&wrote.stderr));
@@ -135,7 +151,12 @@ fn the_other_commands_open_a_model_trace_or_say_why_not() {
         .collect();
     assert_eq!(actions, ["KVM_SET_NESTED_STATE", "VMRUN"]);
     let perfetto = mmurr(&["export", "n.mmurr", "--format", "perfetto"], dir.path());
-    assert_eq!(perfetto.status.code(), Some(0), "{}", text(&perfetto.stderr));
+    assert_eq!(
+        perfetto.status.code(),
+        Some(0),
+        "{}",
+        text(&perfetto.stderr)
+    );
 
     let verify = mmurr(&["verify", "n.mmurr"], dir.path());
     assert_eq!(verify.status.code(), Some(2));

@@ -22,7 +22,9 @@ impl Cause {
     /// The cause an event is, if it is an MMU input (an XCR0 write is not).
     pub fn of(kind: &EventKind) -> Option<Cause> {
         match kind {
-            EventKind::CrWrite(w) if crate::model_input(w).is_some() => Some(Cause::Write(w.clone())),
+            EventKind::CrWrite(w) if crate::model_input(w).is_some() => {
+                Some(Cause::Write(w.clone()))
+            }
             EventKind::HostAction(a) => Some(Cause::Host(*a)),
             _ => None,
         }
@@ -210,10 +212,9 @@ pub fn host_effect(
             }
         }
         // `__set_sregs_common`: no legality checks, PDPTEs reloaded in PAE paging.
-        HostAction::SetSregs(r) => effect(
-            Input::SetSregs,
-            with_pdptrs(loaded(&r, before), cpu, mem),
-        ),
+        HostAction::SetSregs(r) => {
+            effect(Input::SetSregs, with_pdptrs(loaded(&r, before), cpu, mem))
+        }
         HostAction::SetCpuid(c) => Effect {
             cpu: cpu_model(&c),
             ..effect(Input::SetCpuid, *before)

@@ -41,13 +41,24 @@ pub fn cpuid_entries(cpu: &CpuModel) -> Vec<CpuidEntry> {
         ecx,
         edx,
     };
-    let vendor = if cpu.amd { *b"AuthcAMDenti" } else { *b"GenuntelineI" };
-    let word = |i: usize| u32::from_le_bytes([vendor[i], vendor[i + 1], vendor[i + 2], vendor[i + 3]]);
+    let vendor = if cpu.amd {
+        *b"AuthcAMDenti"
+    } else {
+        *b"GenuntelineI"
+    };
+    let word =
+        |i: usize| u32::from_le_bytes([vendor[i], vendor[i + 1], vendor[i + 2], vendor[i + 3]]);
     vec![
         // EBX, EDX, ECX spell the vendor: "Auth" "enti" "cAMD", "Genu" "ineI" "ntel".
         leaf(0, 0xd, word(0), word(4), word(8)),
         leaf(1, 0, 0, bit(cpu.pcid, 17), 0),
-        leaf(7, 0, bit(cpu.smep, 7) | bit(cpu.smap, 20), bit(cpu.pku, 3) | bit(cpu.la57, 16), 0),
+        leaf(
+            7,
+            0,
+            bit(cpu.smep, 7) | bit(cpu.smap, 20),
+            bit(cpu.pku, 3) | bit(cpu.la57, 16),
+            0,
+        ),
         leaf(0x8000_0000, 0x8000_0008, 0, 0, 0),
         leaf(0x8000_0001, 0, 0, 0, bit(cpu.nx, 20) | bit(cpu.gbpages, 26)),
         leaf(0x8000_0008, u32::from(cpu.maxphyaddr), 0, 0, 0),

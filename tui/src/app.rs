@@ -671,10 +671,12 @@ impl App {
     fn jump_finding(&mut self, forward: bool) {
         let found = self.jump(forward, "finding", |app, e, _| match &e.kind {
             EventKind::Finding(_) => true,
-            EventKind::CrWrite(_) | EventKind::HostAction(_) => app.history.as_ref().is_some_and(|h| {
-                h.write_of_event(e.id)
-                    .is_some_and(|w| h.findings_at(w).next().is_some())
-            }),
+            EventKind::CrWrite(_) | EventKind::HostAction(_) => {
+                app.history.as_ref().is_some_and(|h| {
+                    h.write_of_event(e.id)
+                        .is_some_and(|w| h.findings_at(w).next().is_some())
+                })
+            }
             _ => false,
         });
         if found {
@@ -746,14 +748,16 @@ impl App {
                         h.analysis.policy_index(short)
                     })
             }
-            EventKind::CrWrite(_) | EventKind::HostAction(_) => h.write_of_event(e.id).and_then(|w| {
-                let mut at = h.findings_at(w);
-                let first = at.next()?;
-                let stale = std::iter::once(first)
-                    .chain(at)
-                    .find(|f| f.kind == FindingKind::StaleContext);
-                Some(stale.unwrap_or(first).policy)
-            }),
+            EventKind::CrWrite(_) | EventKind::HostAction(_) => {
+                h.write_of_event(e.id).and_then(|w| {
+                    let mut at = h.findings_at(w);
+                    let first = at.next()?;
+                    let stale = std::iter::once(first)
+                        .chain(at)
+                        .find(|f| f.kind == FindingKind::StaleContext);
+                    Some(stale.unwrap_or(first).policy)
+                })
+            }
             _ => None,
         };
         if let Some(p) = policy {

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
-use traces::Reader;
 use traces::Event;
+use traces::Reader;
 
 /// What is being loaded, and how far it got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -253,6 +253,8 @@ fn one_policy(
                         m.kept,
                         m.correct
                     ),
+                    // A model-level scenario's trace: no instruction ran after it.
+                    None if looked == 0 => "no guest instruction ran after it to translate, but KVM's software walks (emulation, MMIO, gva_to_gpa) use this context".to_string(),
                     None => format!(
                         "none of the {looked} addresses touched next translate differently, but KVM's software walks (emulation, MMIO, gva_to_gpa) use this context"
                     ),
@@ -309,7 +311,8 @@ pub fn why_stale(h: &MmuHistory, w: usize, detail: &WriteDetail, p: usize) -> St
             cw.reg.name().to_uppercase(),
             changed_flags(cw.reg, cw.old, cw.new),
         ),
-        None => (wa.cause.describe(), String::new()),
+        // A host action: `{reg} {change}` reads `INIT (host action)`.
+        None => (wa.cause.describe(), "(host action)".to_string()),
     };
     let name = h.analysis.policies.get(p).map_or("?", |x| x.name);
     let level = detail.after.get(p).map_or(0, |t| t.context().root_level);

@@ -4,7 +4,7 @@
 use mmu::Flavour;
 use replayer::{Analysis, Retain, Timeline};
 use std::io::Cursor;
-use traces::{EventKind, FindingKind, Reader, Record, Writer};
+use traces::{FindingKind, Reader, Record, Writer};
 
 #[test]
 fn checkpoints_recompute_every_write_as_it_was() {

@@ -230,3 +230,105 @@ pub fn host_effect(
         ),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::Watch;
+    use mmu::bits::*;
+    use mmu::{FlatMemory, Flavour};
+
+    fn long_mode() -> ControlRegs {
+        ControlRegs {
+            cr0: CR0_PE | CR0_ET | CR0_PG,
+            cr3: 0x1000,
+            cr4: CR4_PAE,
+            efer: EFER_LME | EFER_LMA,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_cpuid_update_changes_the_cpu_every_later_action_is_judged_by() {
+        let mem = FlatMemory::new(0, 1 << 20);
+        let cpu = CpuModel::default_x86_64();
+        let mut w = Watch::new(
+            &[mmu::policy("v6.14").unwrap()],
+            Flavour::Tdp,
+            cpu,
+            &long_mode(),
+        );
+        let narrow = CpuidModel {
+            maxphyaddr: 40,
+            ..cpuid_model(&cpu)
+        };
+        let (e, out) = w.on_host(0, 1, 0, &HostAction::SetCpuid(narrow), &long_mode(), &mem);
+        assert_eq!(e.input, Input::SetCpuid);
+        assert_eq!(e.after, long_mode());
+        assert_eq!(w.cpu().maxphyaddr, 40);
+        assert_eq!(w.trackers()[0].cpu().maxphyaddr, 40);
+        assert!(
+            out.decisions[0].is_reset(),
+            "v6.14 re-initialises on a CPUID update"
+        );
+        assert_eq!(cpu_model(&cpuid_model(&cpu)), cpu);
+    }
+
+    #[test]
+    fn host_actions_load_registers_without_the_guests_checks() {
+        let mem = FlatMemory::new(0, 1 << 20);
+        let cpu = CpuModel::default_x86_64();
+        // KVM_SET_MSRS may clear EFER.LME with paging on; LMA stays.
+        let e = host_effect(
+            &HostAction::SetMsrEfer { value: EFER_LMA },
+            &long_mode(),
+            &cpu,
+            &mem,
+        );
+        assert!(!e.faulted);
+        assert_eq!(
+            e.input,
+            Input::EferHost {
+                old: EFER_LME | EFER_LMA,
+                new: EFER_LMA
+            }
+        );
+        assert!(e.ctx.host_initiated);
+        // The guest's own WRMSR of the same value faults.
+        let (w, after) = guest_write(
+            ControlReg::Efer,
+            EFER_LMA,
+            &long_mode(),
+            &cpu,
+            &mem,
+            &WriteContext::default(),
+        )
+        .unwrap();
+        assert!(w.faulted && after == long_mode());
+        assert_eq!(w.via, WriteVia::Wrmsr);
+        // INIT: the architectural INIT state; XCR0 is no MMU input.
+        let init = host_effect(&HostAction::Init, &long_mode(), &cpu, &mem);
+        assert_eq!(init.after, long_mode().after_init());
+        assert!(guest_write(
+            ControlReg::Xcr0,
+            1,
+            &long_mode(),
+            &cpu,
+            &mem,
+            &WriteContext::default()
+        )
+        .is_none());
+        let xcr0 = EventKind::CrWrite(CrWrite {
+            reg: ControlReg::Xcr0,
+            old: 1,
+            new: 3,
+            via: WriteVia::Xsetbv,
+            faulted: false,
+        });
+        assert_eq!(Cause::of(&xcr0), None);
+        assert_eq!(
+            Cause::of(&EventKind::HostAction(HostAction::Init)).map(|c| c.kind()),
+            Some("host INIT actions".to_string())
+        );
+    }
+}

@@ -51,6 +51,8 @@ fn a_host_action_is_a_row_with_its_decisions_and_the_roles_panel_explains_it() {
         "decision: no trigger",
         "STALE CONTEXT",
         "7 findings",
+        "no instructions (model trace)",
+        "model trace, no instruction: w enters an address",
     ] {
         assert!(s.contains(text), "{text:?} missing:\n{s}");
     }

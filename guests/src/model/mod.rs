@@ -172,8 +172,7 @@ pub struct Taken {
     pub outcome: Option<WriteOutcome>,
     /// The CPU answered it with #GP.
     pub faulted: bool,
-    /// The registers before and after it (for a nested entry, L1's both times).
-    pub before: ControlRegs,
+    /// The registers after it (for a nested entry, still L1's).
     pub after: ControlRegs,
 }
 
@@ -226,7 +225,7 @@ impl Runner {
                 let Some((w, after)) =
                     history::guest_write(trace_reg(reg), value, &before, &cpu, &self.memory, &ctx)
                 else {
-                    return self.nothing(before);
+                    return self.nothing();
                 };
                 let out = self
                     .watch
@@ -237,7 +236,7 @@ impl Runner {
             }
             _ => {
                 let Some(host) = a.host() else {
-                    return self.nothing(before);
+                    return self.nothing();
                 };
                 let (e, out) = self
                     .watch
@@ -250,17 +249,15 @@ impl Runner {
             cause,
             outcome,
             faulted,
-            before,
             after: self.regs,
         }
     }
 
-    fn nothing(&self, before: ControlRegs) -> Taken {
+    fn nothing(&self) -> Taken {
         Taken {
             cause: None,
             outcome: None,
             faulted: false,
-            before,
             after: self.regs,
         }
     }

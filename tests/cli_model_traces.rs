@@ -150,13 +150,26 @@ fn the_other_commands_open_a_model_trace_or_say_why_not() {
         .map(|l| l["action"].as_str().unwrap())
         .collect();
     assert_eq!(actions, ["KVM_SET_NESTED_STATE", "VMRUN"]);
-    let perfetto = mmurr(&["export", "n.mmurr", "--format", "perfetto"], dir.path());
+    let perfetto = mmurr(
+        &["export", "n.mmurr", "--format", "perfetto", "-o", "n.json"],
+        dir.path(),
+    );
     assert_eq!(
         perfetto.status.code(),
         Some(0),
         "{}",
         text(&perfetto.stderr)
     );
+    let chrome: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("n.json")).unwrap()).unwrap();
+    let instants: Vec<&str> = chrome["traceEvents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|e| e["ph"] == "i" && e["tid"] == 4)
+        .map(|e| e["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(instants, ["KVM_SET_NESTED_STATE", "VMRUN"]);
 
     let verify = mmurr(&["verify", "n.mmurr"], dir.path());
     assert_eq!(verify.status.code(), Some(2));

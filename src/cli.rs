@@ -109,6 +109,11 @@ pub struct ScenariosArgs {
     /// Policies to run `--run` under (repeatable; default: all).
     #[arg(long = "policy", requires = "run")]
     pub policies: Vec<String>,
+    /// Also write the model-level scenario as a trace (backend `model`: its steps are the
+    /// script's actions, host actions as events) that `check`, `info`, `export`, `replay` and
+    /// `gdb` open.
+    #[arg(short = 'o', long = "output", value_name = "F.mmurr", requires = "run")]
+    pub output: Option<std::path::PathBuf>,
 }
 
 #[derive(Args, Debug, Clone)]

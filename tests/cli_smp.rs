@@ -27,7 +27,7 @@ fn smp_bringup_on_four_vcpus_has_the_seed_bug_on_ap_2_under_v5_1_rc3_only() {
     assert!(dir.path().join("t.mmurr").exists(), "{}", text(&rec.stderr));
     let info = mmurr(&["info", "t.mmurr", "--json"], dir.path());
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(info["format_version"], 5, "{info}");
+    assert_eq!(info["format_version"], traces::FORMAT_VERSION, "{info}");
 
     let out = mmurr(&["check", "t.mmurr", "--json"], dir.path());
     assert_eq!(out.status.code(), Some(1), "{}", text(&out.stderr));

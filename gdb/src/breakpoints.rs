@@ -92,7 +92,7 @@ impl Catchpoint {
 pub fn write_notes(
     catches: &[Catchpoint],
     cause: &str,
-    reg: traces::ControlReg,
+    reg: Option<traces::ControlReg>,
     names: &[&'static str],
     decisions: &[mmu::Decision],
     stale_before: &[bool],
@@ -100,7 +100,7 @@ pub fn write_notes(
     let mut notes = Vec::new();
     for c in catches {
         if !c.kind.per_policy() {
-            if c.kind.name() == reg.name() {
+            if reg.is_some_and(|r| c.kind.name() == r.name()) {
                 notes.push(cause.to_string());
             }
             continue;

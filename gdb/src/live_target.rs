@@ -255,7 +255,7 @@ impl LiveControl {
             notes.extend(write_notes(
                 self.bps.catches(),
                 &line,
-                w.reg,
+                Some(w.reg),
                 &names,
                 &outcome.decisions,
                 &outcome.stale_before,

@@ -457,7 +457,7 @@ impl ReplayTarget {
             for note in write_notes(
                 self.bps.catches(),
                 &cause,
-                w.write.reg,
+                w.write().map(|cw| cw.reg),
                 &policy_names,
                 &w.decisions,
                 &w.stale_before,

@@ -9,7 +9,7 @@ use replayer::{Analysis, HostHistory, Retain, Timeline};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver};
 use std::sync::{Mutex, OnceLock};
-use traces::{Event, EventKind, Record};
+use traces::{Event, Record};
 
 /// The whole trace's events and models.
 pub struct WholeTrace {
@@ -66,8 +66,8 @@ fn read(path: &Path) -> anyhow::Result<WholeTrace> {
     for record in timeline.reader().records() {
         match record? {
             Record::Event(e) => {
-                if let EventKind::CrWrite(w) = &e.kind {
-                    writes.push((e.clone(), w.clone()));
+                if let Some(c) = history::Cause::of(&e.kind) {
+                    writes.push((e.clone(), c));
                 }
                 events.push(e);
             }

@@ -8,10 +8,14 @@
 //! same order, so `check`, `export`, the TUI, both gdb servers and `demo` give one finding
 //! one step and one set of numbers.
 
+mod action;
 pub mod flags;
 mod input;
 pub mod to_trace;
 mod watch;
 
+pub use action::{
+    cpu_model, cpuid_model, guest_write, host_effect, loaded, with_pdptrs, Cause, Effect,
+};
 pub use input::model_input;
 pub use watch::{Found, Watch, WriteOutcome, STALE_SAMPLE, STALE_STEP_LIMIT};

@@ -156,7 +156,7 @@ pub fn stale_finding(
     policy: u16,
     cause: traces::EventId,
     step: traces::Step,
-    write: &CrWrite,
+    write: &crate::Cause,
     outcome: mmu::Outcome,
     stale: &mmu::StaleContext,
     translations: Vec<TranslationDiff>,
@@ -182,6 +182,10 @@ pub fn stale_finding(
         .map(|(n, k, c)| format!("{n} {k} (required: {c})"))
         .collect();
     let consequence = match translations.first() {
+        // A model-level scenario's trace: no instruction ran after it.
+        None if looked_at == 0 => "No guest instruction ran after it to translate, but KVM's \
+             software walks (emulation, MMIO, gva_to_gpa) use this context."
+            .to_string(),
         None => format!(
             "None of the {looked_at} addresses the guest touched next translate differently, \
              but KVM's software walks (emulation, MMIO, gva_to_gpa) use this context."
@@ -202,7 +206,7 @@ pub fn stale_finding(
         kind: FindingKind::StaleContext,
         detail: format!(
             "The {} at step {step} {why}. The MMU context kept {}. {consequence}",
-            describe_write(write),
+            write.describe(),
             kept_required.join(", ")
         ),
         attributes,
@@ -214,7 +218,7 @@ pub fn needless_reset_finding(
     policy: u16,
     cause: traces::EventId,
     step: traces::Step,
-    write: &CrWrite,
+    write: &crate::Cause,
 ) -> Finding {
     Finding {
         policy,
@@ -225,7 +229,7 @@ pub fn needless_reset_finding(
         detail: format!(
             "The {} at step {step} reset the MMU (all roots freed) and rebuilt \
              a context identical to the old one.",
-            describe_write(write)
+            write.describe()
         ),
     }
 }
@@ -236,19 +240,19 @@ pub fn gp_mismatch_finding(
     policy: u16,
     cause: traces::EventId,
     step: traces::Step,
-    write: &CrWrite,
+    write: &crate::Cause,
     model_gp: Option<&mmu::Gp>,
 ) -> Finding {
     let detail = match model_gp {
         None => format!(
             "The {} at step {step} raised #GP on the recording CPU, but this \
              version of KVM would accept it.",
-            describe_write(write)
+            write.describe()
         ),
         Some(why) => format!(
             "The {} at step {step} took effect on the recording CPU, but this \
              version of KVM would inject #GP ({why}).",
-            describe_write(write)
+            write.describe()
         ),
     };
     Finding {

@@ -5,13 +5,15 @@
 //! - [`Watch::on_touch`] for each executed instruction `s`: the addresses it touched
 //!   ([`insn::touched`], computed on the registers before it) translated over guest memory as
 //!   it is right after step `s`;
-//! - [`Watch::on_write`] for each control-register write of step `s`, after that step's
+//! - [`Watch::on_write`] for each control-register write of step `s` ([`Watch::on_host`] for a
+//!   host action before it), after that step's
 //!   touches (so a write's own instruction never counts as evidence for it);
 //! - [`Watch::settle_all`] at the end of the run.
 
 use crate::to_trace;
+use crate::{Cause, Effect};
 use mmu::{Access, ControlRegs, CpuModel, Decision, Flavour, GuestMemory, Policy, Tracker};
-use traces::{CrWrite, EventId, Finding, Step, TranslationDiff};
+use traces::{CrWrite, EventId, Finding, HostAction, Step, TranslationDiff};
 
 /// How many addresses, on distinct pages, a stale-context finding translates both ways.
 pub const STALE_SAMPLE: usize = 8;
@@ -43,18 +45,18 @@ pub struct WriteOutcome {
     pub findings: Vec<Found>,
 }
 
-/// The write a pending finding is about.
+/// The write or host action a pending finding is about.
 #[derive(Clone, Debug)]
-struct Cause {
+struct Origin {
     id: EventId,
     step: Step,
     rip: u64,
-    write: CrWrite,
+    cause: Cause,
 }
 
 struct PendingStale {
     policy: u16,
-    cause: Cause,
+    cause: Origin,
     decision: Decision,
     stale: mmu::StaleContext,
     regs: ControlRegs,
@@ -123,37 +125,85 @@ impl Watch {
         mem: &dyn GuestMemory,
     ) -> Option<WriteOutcome> {
         let input = crate::model_input(write)?;
-        let mut findings = self.settle_all();
-        let cause = Cause {
+        let cause = Origin {
             id,
             step,
             rip,
-            write: write.clone(),
+            cause: Cause::Write(write.clone()),
         };
+        Some(self.feed(cause, &input, ctx, write.faulted, None, after, mem))
+    }
+
+    /// Feeds host action `action` (event `id`, before step `step`) to every tracker, taken
+    /// with the vCPU's registers at `before`: what it means to the model is
+    /// [`crate::host_effect`]'s, whose [`Effect`] (the registers and CPU after it) is returned
+    /// with the outcome.
+    #[allow(clippy::too_many_arguments)]
+    pub fn on_host(
+        &mut self,
+        id: EventId,
+        step: Step,
+        rip: u64,
+        action: &HostAction,
+        before: &ControlRegs,
+        mem: &dyn GuestMemory,
+    ) -> (Effect, WriteOutcome) {
+        let e = crate::host_effect(action, before, &self.cpu, mem);
+        let cause = Origin {
+            id,
+            step,
+            rip,
+            cause: Cause::Host(*action),
+        };
+        let new_cpu = matches!(action, HostAction::SetCpuid(_)).then_some(e.cpu);
+        let out = self.feed(cause, &e.input, &e.ctx, e.faulted, new_cpu, &e.after, mem);
+        (e, out)
+    }
+
+    /// One input to every tracker: `new_cpu` for a CPUID update (`Tracker::set_cpuid`).
+    #[allow(clippy::too_many_arguments)]
+    fn feed(
+        &mut self,
+        cause: Origin,
+        input: &mmu::Input,
+        ctx: &mmu::WriteContext,
+        faulted: bool,
+        new_cpu: Option<CpuModel>,
+        after: &ControlRegs,
+        mem: &dyn GuestMemory,
+    ) -> WriteOutcome {
+        let mut findings = self.settle_all();
+        let (id, step, rip) = (cause.id, cause.step, cause.rip);
         let mut decisions = Vec::with_capacity(self.trackers.len());
         let mut stale_before = Vec::with_capacity(self.trackers.len());
         for (i, t) in self.trackers.iter_mut().enumerate() {
             let policy = i as u16;
             stale_before.push(t.stale().is_some());
-            let d = t.apply_with(&input, ctx, after, mem);
+            let d = match new_cpu {
+                Some(cpu) => t.set_cpuid(cpu, after, mem),
+                None => t.apply_with(input, ctx, after, mem),
+            };
             let found = |finding| Found {
                 step,
                 rip,
                 finding,
                 looked_at: 0,
             };
-            if (d.outcome == mmu::Outcome::Gp) != write.faulted {
+            if (d.outcome == mmu::Outcome::Gp) != faulted {
                 findings.push(found(to_trace::gp_mismatch_finding(
                     policy,
                     id,
                     step,
-                    write,
+                    &cause.cause,
                     d.gp.as_ref(),
                 )));
             }
             if d.needless_reset {
                 findings.push(found(to_trace::needless_reset_finding(
-                    policy, id, step, write,
+                    policy,
+                    id,
+                    step,
+                    &cause.cause,
                 )));
             }
             if let Some(stale) = d.stale.clone() {
@@ -170,11 +220,14 @@ impl Watch {
             }
             decisions.push(d);
         }
-        Some(WriteOutcome {
+        if let Some(cpu) = new_cpu {
+            self.cpu = cpu;
+        }
+        WriteOutcome {
             decisions,
             stale_before,
             findings,
-        })
+        }
     }
 
     /// True while a stale-context finding waits for the addresses the guest touches next.
@@ -233,7 +286,7 @@ impl Watch {
                 p.policy,
                 p.cause.id,
                 p.cause.step,
-                &p.cause.write,
+                &p.cause.cause,
                 p.decision.outcome,
                 &p.stale,
                 p.diffs,

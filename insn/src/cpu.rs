@@ -27,3 +27,60 @@ pub fn cpu_model(cpuid: &[CpuidEntry]) -> CpuModel {
         pcid: bit(l1.map(|e| e.ecx), 17),
     }
 }
+
+/// The smallest CPUID table [`cpu_model`] reads back as `cpu`: the vendor (leaf 0), the
+/// feature bits of leaves 1, 7 and 0x80000001, and MAXPHYADDR (leaf 0x80000008). For traces
+/// made without a CPU to ask (model-level scenarios).
+pub fn cpuid_entries(cpu: &CpuModel) -> Vec<CpuidEntry> {
+    let bit = |on: bool, n: u32| u32::from(on) << n;
+    let leaf = |function: u32, eax: u32, ebx: u32, ecx: u32, edx: u32| CpuidEntry {
+        function,
+        index: 0,
+        eax,
+        ebx,
+        ecx,
+        edx,
+    };
+    let vendor = if cpu.amd {
+        *b"AuthcAMDenti"
+    } else {
+        *b"GenuntelineI"
+    };
+    let word =
+        |i: usize| u32::from_le_bytes([vendor[i], vendor[i + 1], vendor[i + 2], vendor[i + 3]]);
+    vec![
+        // EBX, EDX, ECX spell the vendor: "Auth" "enti" "cAMD", "Genu" "ineI" "ntel".
+        leaf(0, 0xd, word(0), word(4), word(8)),
+        leaf(1, 0, 0, bit(cpu.pcid, 17), 0),
+        leaf(
+            7,
+            0,
+            bit(cpu.smep, 7) | bit(cpu.smap, 20),
+            bit(cpu.pku, 3) | bit(cpu.la57, 16),
+            0,
+        ),
+        leaf(0x8000_0000, 0x8000_0008, 0, 0, 0),
+        leaf(0x8000_0001, 0, 0, 0, bit(cpu.nx, 20) | bit(cpu.gbpages, 26)),
+        leaf(0x8000_0008, u32::from(cpu.maxphyaddr), 0, 0, 0),
+    ]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cpuid_entries_read_back_as_the_same_cpu() {
+        let intel = CpuModel::default_x86_64();
+        assert_eq!(cpu_model(&cpuid_entries(&intel)), intel);
+        let amd = CpuModel {
+            amd: true,
+            gbpages: false,
+            la57: true,
+            pcid: false,
+            maxphyaddr: 40,
+            ..intel
+        };
+        assert_eq!(cpu_model(&cpuid_entries(&amd)), amd);
+    }
+}

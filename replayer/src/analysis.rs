@@ -14,19 +14,20 @@
 
 use crate::cpu::cpu_model;
 use crate::timeline::{Result, Timeline};
-use history::{Found, Watch};
+use history::{Cause, Found, Watch, WriteOutcome};
 use mmu::{CpuModel, Decision, Flavour, Policy, Tracker};
 use std::io::{Read, Seek};
-use traces::{CrWrite, Event, EventId, EventKind, FindingKind, Record, Step};
+use traces::{BackendKind, CrWrite, Event, EventId, FindingKind, Record, Step};
 
-/// One control-register write and what every policy made of it.
+/// One control-register write (or host action) and what every policy made of it.
 #[derive(Clone, Debug)]
 pub struct WriteAnalysis {
     pub event: Event,
     /// The vCPU that made the write (its MMU is the one the write is fed to; 0 in one-vCPU
     /// traces).
     pub vcpu: u32,
-    pub write: CrWrite,
+    /// The write, or the host action (format 6).
+    pub cause: Cause,
     /// Per policy, in [`Analysis::policies`] order: the gist of its decision (always kept).
     pub verdicts: Vec<Verdict>,
     /// Per policy, in [`Analysis::policies`] order. Empty unless the analysis keeps
@@ -45,7 +46,12 @@ impl WriteAnalysis {
     pub fn gp_mismatch(&self, p: usize) -> bool {
         self.verdicts
             .get(p)
-            .is_some_and(|v| (v.outcome == mmu::Outcome::Gp) != self.write.faulted)
+            .is_some_and(|v| (v.outcome == mmu::Outcome::Gp) != self.cause.faulted())
+    }
+
+    /// The control-register write, unless this is a host action.
+    pub fn write(&self) -> Option<&CrWrite> {
+        self.cause.write()
     }
 }
 
@@ -113,7 +119,7 @@ pub struct Analysis {
     pub initial: Vec<Tracker>,
     /// Trackers at entry per vCPU (index 0 = `initial`): KVM keeps one MMU per vCPU.
     pub initial_vcpus: Vec<Vec<Tracker>>,
-    /// Every MMU-relevant write (CR0, CR3, CR4, EFER), in order.
+    /// Every MMU-relevant write (CR0, CR3, CR4, EFER) and host action, in order.
     pub writes: Vec<WriteAnalysis>,
     /// Every finding of every policy, ordered by the write it is about, then policy
     /// (`Finding::policy` indexes [`Analysis::policies`]). [`Retain::Checkpoints`] keeps only
@@ -135,7 +141,7 @@ impl Analysis {
         policies: &[&'static Policy],
         flavour: Flavour,
     ) -> Result<Analysis> {
-        let writes = cr_writes(timeline)?;
+        let writes = model_inputs(timeline)?;
         let analysis = Analysis::from_writes(
             timeline,
             writes,
@@ -147,11 +153,12 @@ impl Analysis {
         Ok(analysis.expect("progress never gives up"))
     }
 
-    /// [`Analysis::run`] over writes the caller already has (the TUI's event index), calling
-    /// `progress(done, total)` after each; `Ok(None)` when `progress` returns false.
+    /// [`Analysis::run`] over writes the caller already has (the TUI's event index: every
+    /// event that is a [`Cause`]), calling `progress(done, total)` after each; `Ok(None)` when
+    /// `progress` returns false.
     pub fn from_writes<R: Read + Seek>(
         timeline: &mut Timeline<R>,
-        writes: Vec<(Event, CrWrite)>,
+        writes: Vec<(Event, Cause)>,
         policies: &[&'static Policy],
         flavour: Flavour,
         retain: Retain,
@@ -181,17 +188,16 @@ impl Analysis {
         let mut checkpoint_step: Step = 0;
         // Touches of steps up to here have been fed.
         let mut fed: Step = 0;
+        // A model trace's steps are a script's actions, not instructions: nothing touched.
+        let executes = timeline.header().backend.kind != BackendKind::Model;
         for (n, (event, write)) in writes.into_iter().enumerate() {
             // The instructions since the previous write, this write's own included, come
             // first: the recorder feeds a step's touches before its writes.
-            findings.extend(feed_touches(timeline, &mut watches, fed, event.step)?);
+            if executes {
+                findings.extend(feed_touches(timeline, &mut watches, fed, event.step)?);
+            }
             fed = fed.max(event.step);
-            let after = timeline.seek(event.step)?;
-            let vcpu = after.vcpu();
-            let regs = insn::control_regs(&after.regs);
-            // CS.L after the write is the writer's: a write leaves CS as it was, and a write
-            // from 64-bit code that faulted entered a 64-bit handler.
-            let ctx = insn::write_context(&after.regs);
+            let vcpu = timeline.seek(event.step)?.vcpu();
             let kept = out.len();
             if retain == Retain::Checkpoints
                 && kept > 0
@@ -210,15 +216,7 @@ impl Analysis {
                     detail: format!("a write of vCPU {vcpu} in a trace of {vcpus}"),
                 });
             };
-            let outcome = watch.on_write(
-                event.id,
-                event.step,
-                event.rip,
-                &write,
-                &ctx,
-                &regs,
-                &after.memory,
-            );
+            let outcome = feed(timeline, watch, &event, &write)?;
             if let Some(o) = outcome {
                 let everything = retain == Retain::Everything;
                 findings.extend(
@@ -235,7 +233,7 @@ impl Analysis {
                 out.push(WriteAnalysis {
                     event,
                     vcpu,
-                    write,
+                    cause: write,
                     verdicts,
                     decisions: if everything { o.decisions } else { Vec::new() },
                     stale_before: if everything {
@@ -255,7 +253,9 @@ impl Analysis {
             }
         }
         let last = timeline.last_step();
-        findings.extend(feed_touches(timeline, &mut watches, fed, last)?);
+        if executes {
+            findings.extend(feed_touches(timeline, &mut watches, fed, last)?);
+        }
         for w in &mut watches {
             findings.extend(w.settle_all());
         }
@@ -311,13 +311,8 @@ impl Analysis {
                 return Ok(None);
             };
             let before = (i == w).then(|| watch.trackers().to_vec());
-            let after = timeline.seek(wa.event.step)?;
-            let regs = insn::control_regs(&after.regs);
-            let ctx = insn::write_context(&after.regs);
             let e = &wa.event;
-            let outcome =
-                watch.on_write(e.id, e.step, e.rip, &wa.write, &ctx, &regs, &after.memory);
-            let Some(o) = outcome else {
+            let Some(o) = feed(timeline, watch, e, &wa.cause)? else {
                 // Only model inputs were kept as writes: the trace changed under us.
                 return Err(crate::TimelineError::Inconsistent {
                     step: e.step,
@@ -382,6 +377,50 @@ impl Analysis {
     }
 }
 
+/// Feeds `watch` the write or host action of `event`, as the recorder (or the writer of a
+/// model trace) fed it: a write with the registers and memory right after its step and the
+/// writer's CS.L; a host action with the registers before its step, through
+/// [`history::host_effect`]. `None` for a write that is no MMU input.
+fn feed<R: Read + Seek>(
+    timeline: &mut Timeline<R>,
+    watch: &mut Watch,
+    event: &Event,
+    cause: &Cause,
+) -> Result<Option<WriteOutcome>> {
+    Ok(match cause {
+        Cause::Write(write) => {
+            let after = timeline.seek(event.step)?;
+            let regs = insn::control_regs(&after.regs);
+            // CS.L after the write is the writer's: a write leaves CS as it was, and a write
+            // from 64-bit code that faulted entered a 64-bit handler.
+            let ctx = insn::write_context(&after.regs);
+            watch.on_write(
+                event.id,
+                event.step,
+                event.rip,
+                write,
+                &ctx,
+                &regs,
+                &after.memory,
+            )
+        }
+        Cause::Host(action) => {
+            // The action came before the step whose registers show its effect.
+            let before = timeline.seek(event.step.saturating_sub(1))?;
+            let regs = insn::control_regs(&before.regs);
+            let (_, o) = watch.on_host(
+                event.id,
+                event.step,
+                event.rip,
+                action,
+                &regs,
+                &before.memory,
+            );
+            Some(o)
+        }
+    })
+}
+
 /// Feeds the watch the addresses of the instructions after step `from` up to step `to`, for
 /// as long as a stale context waits for them: the touches of instruction `s` come from the
 /// registers before it, their translations from memory right after it, as in the recorder.
@@ -431,14 +470,13 @@ fn touched(
     insn::touched(decoded.as_ref(), regs)
 }
 
-/// The trace's control-register writes, in order.
-fn cr_writes<R: Read + Seek>(timeline: &mut Timeline<R>) -> Result<Vec<(Event, CrWrite)>> {
+/// The trace's MMU inputs (control-register writes, host actions), in order.
+fn model_inputs<R: Read + Seek>(timeline: &mut Timeline<R>) -> Result<Vec<(Event, Cause)>> {
     let mut out = Vec::new();
     for record in timeline.reader().records() {
         if let Record::Event(e) = record? {
-            if let EventKind::CrWrite(w) = &e.kind {
-                let w = w.clone();
-                out.push((e, w));
+            if let Some(c) = Cause::of(&e.kind) {
+                out.push((e, c));
             }
         }
     }

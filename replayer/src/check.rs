@@ -117,6 +117,30 @@ pub struct CheckReport {
     /// Per vCPU, in traces of several (empty with one): its writes and what every policy made
     /// of them (summed over the policies).
     pub vcpus: Vec<PolicySummary>,
+    /// A model trace's every decision, action by action (empty for recorded guests): what a
+    /// model-level scenario declares besides findings is a decision (no reset, root kept).
+    pub decisions: Vec<ActionDecisions>,
+}
+
+/// What every policy decided at one write or host action.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ActionDecisions {
+    pub step: Step,
+    pub event: EventId,
+    /// `KVM_SET_MSRS EFER <- 0x500`, `CR4 write 0x20 -> 0xa0 (+PGE)`.
+    pub cause: String,
+    /// In report order.
+    pub policies: Vec<PolicyDecision>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PolicyDecision {
+    pub policy: &'static str,
+    pub outcome: Outcome,
+    /// `kvm_mmu_reset_context` ran ([`mmu::Decision::is_reset`]).
+    pub reset: bool,
+    /// The current root was freed ([`mmu::Decision::current_root_freed`]; false: kept).
+    pub current_root_freed: bool,
 }
 
 impl CheckReport {
@@ -135,7 +159,37 @@ pub fn check<R: Read + Seek>(
     flavour: Flavour,
 ) -> Result<CheckReport> {
     let analysis = Analysis::run(timeline, policies, flavour)?;
-    Ok(report(&analysis))
+    let mut report = report(&analysis);
+    if timeline.header().backend.kind == traces::BackendKind::Model {
+        report.decisions = decisions(&analysis);
+    }
+    Ok(report)
+}
+
+/// Every decision of every write of an analysis that kept them ([`Retain::Everything`]).
+///
+/// [`Retain::Everything`]: crate::analysis::Retain::Everything
+pub fn decisions(analysis: &Analysis) -> Vec<ActionDecisions> {
+    analysis
+        .writes
+        .iter()
+        .map(|w| ActionDecisions {
+            step: w.event.step,
+            event: w.event.id,
+            cause: w.cause.describe(),
+            policies: analysis
+                .policies
+                .iter()
+                .zip(&w.decisions)
+                .map(|(p, d)| PolicyDecision {
+                    policy: p.name,
+                    outcome: d.outcome,
+                    reset: d.is_reset(),
+                    current_root_freed: d.current_root_freed,
+                })
+                .collect(),
+        })
+        .collect()
 }
 
 /// The tallies and findings of an analysis, as `check` prints them.
@@ -197,6 +251,7 @@ pub fn report(analysis: &Analysis) -> CheckReport {
         policies: analysis.policies.iter().copied().zip(summaries).collect(),
         findings,
         vcpus,
+        decisions: Vec::new(),
     }
 }
 
@@ -238,7 +293,7 @@ impl CheckFinding {
                 .binary_search_by_key(&f.finding.cause, |w| w.event.id)
                 .map_or_else(
                     |_| "writes".to_string(),
-                    |i| to_trace::write_kind(&analysis.writes[i].write),
+                    |i| analysis.writes[i].cause.kind(),
                 ),
         }
     }

@@ -17,7 +17,10 @@ pub mod timeline;
 pub mod views;
 
 pub use analysis::{Analysis, Retain, Verdict, WriteAnalysis, WriteDetail};
-pub use check::{check, group, report, CheckFinding, CheckReport, FindingGroup, PolicySummary};
+pub use check::{
+    check, group, report, ActionDecisions, CheckFinding, CheckReport, FindingGroup, PolicyDecision,
+    PolicySummary,
+};
 pub use cpu::cpu_model;
 pub use diff::{diff, diff_with, Compare, DiffReport, Divergence, Side};
 pub use host_check::{

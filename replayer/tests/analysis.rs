@@ -4,7 +4,7 @@
 use mmu::Flavour;
 use replayer::{Analysis, Retain, Timeline};
 use std::io::Cursor;
-use traces::{EventKind, FindingKind, Reader, Record, Writer};
+use traces::{FindingKind, Reader, Record, Writer};
 
 #[test]
 fn checkpoints_recompute_every_write_as_it_was() {
@@ -19,10 +19,7 @@ fn checkpoints_recompute_every_write_as_it_was() {
     let writes: Vec<_> = records
         .iter()
         .filter_map(|r| match r {
-            Record::Event(e) => match &e.kind {
-                EventKind::CrWrite(w) => Some((e.clone(), w.clone())),
-                _ => None,
-            },
+            Record::Event(e) => Some((e.clone(), history::Cause::of(&e.kind)?)),
             _ => None,
         })
         .collect();

@@ -116,13 +116,66 @@ fn to_json(report: &CheckReport) -> serde_json::Value {
             })
         })
         .collect();
-    serde_json::json!({
+    let mut json = serde_json::json!({
         "flavour": report.flavour.name(),
         "findings": findings,
         "groups": groups,
         "policies": policies,
         "vcpus": vcpus,
-    })
+    });
+    if !report.decisions.is_empty() {
+        json["decisions"] = report
+            .decisions
+            .iter()
+            .map(|a| {
+                serde_json::json!({
+                    "step": a.step,
+                    "event": a.event,
+                    "cause": a.cause,
+                    "policies": a.policies.iter().map(|p| serde_json::json!({
+                        "policy": p.policy,
+                        "outcome": p.outcome.name(),
+                        "reset": p.reset,
+                        "current_root_freed": p.current_root_freed,
+                    })).collect::<Vec<_>>(),
+                })
+            })
+            .collect();
+    }
+    json
+}
+
+/// A model trace's decisions, action by action: the policies by outcome, and those that kept
+/// the current root.
+fn print_decisions(report: &replayer::CheckReport) {
+    println!("\nDecisions, action by action (a model-level scenario's trace):");
+    for a in &report.decisions {
+        println!("step {} (event {}): {}", a.step, a.event, a.cause);
+        let mut outcomes: Vec<(String, Vec<&str>)> = Vec::new();
+        for p in &a.policies {
+            let name = if p.reset {
+                p.outcome.name().to_string()
+            } else {
+                format!("{}, no reset", p.outcome.name())
+            };
+            match outcomes.iter_mut().find(|(o, _)| *o == name) {
+                Some((_, ps)) => ps.push(p.policy),
+                None => outcomes.push((name, vec![p.policy])),
+            }
+        }
+        for (o, ps) in outcomes {
+            println!("  {o}: {}", ps.join(", "));
+        }
+        let kept: Vec<&str> = a
+            .policies
+            .iter()
+            .filter(|p| !p.current_root_freed)
+            .map(|p| p.policy)
+            .collect();
+        if !kept.is_empty() {
+            println!("  current root kept: {}", kept.join(", "));
+        }
+    }
 }
 
 /// One finding as `--json` lists it.
@@ -174,6 +227,9 @@ fn print_human(report: &CheckReport, all: bool) {
                 v, s.writes, s.reinits, s.skipped, s.stale, s.needless, s.gp_mismatches
             );
         }
+    }
+    if !report.decisions.is_empty() {
+        print_decisions(report);
     }
     if report.findings.is_empty() {
         println!("\nNo findings: every policy's MMU context followed the architecture.");

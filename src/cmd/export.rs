@@ -124,6 +124,9 @@ fn event_fields(h: &Header, e: &Event) -> Line {
         EventKind::ExternalInterrupt(i) => json!({ "vector": i.vector, "nmi": i.nmi }),
         EventKind::Retired { count } => json!({ "count": count }),
         EventKind::Startup { vector } => json!({ "vector": vector }),
+        EventKind::HostAction(a) => json!({
+            "action": a.name(), "text": a.describe(), "detail": a,
+        }),
     };
     Line {
         id: e.id,
@@ -163,6 +166,8 @@ fn json_lines<R: io::Read + io::Seek>(
 const TID_MODE: u64 = 1;
 const TID_FINDINGS: u64 = 2;
 const TID_IO: u64 = 3;
+/// Host actions: a model-level scenario's trace only (recorded exports keep their tracks).
+const TID_HOST: u64 = 4;
 fn tid_reg(reg: ControlReg) -> u64 {
     10 + reg as u64
 }
@@ -264,6 +269,9 @@ impl<W: Write> TraceEvents<'_, W> {
             self.track_name(tid_policy(i as u16), &format!("mmu: {p}"), 10 + i as u64)?;
         }
         self.track_name(TID_FINDINGS, "findings", 1000)?;
+        if header.backend.kind == traces::BackendKind::Model {
+            self.track_name(TID_HOST, "host actions", 5)?;
+        }
         self.track_name(TID_IO, "port i/o", 1001)
     }
 }
@@ -348,6 +356,9 @@ fn perfetto<R: io::Read + io::Seek>(
             EventKind::Finding(f) => {
                 let name = format!("{}: {}", f.kind.name(), policy_name(&header, f.policy));
                 ev.instant(TID_FINDINGS, e.step, name, fields)?;
+            }
+            EventKind::HostAction(a) => {
+                ev.instant(TID_HOST, e.step, a.name().to_string(), fields)?;
             }
             EventKind::Io(io) => {
                 let name = format!(

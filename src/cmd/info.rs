@@ -139,18 +139,29 @@ fn summary_text<R: std::io::Read + std::io::Seek>(
         ),
     );
     line("backend", format!("{} ({})", b.kind.name(), b.engine));
-    line(
-        "host",
-        format!(
-            "Linux {}, {} {} (family {} model {} stepping {})",
-            b.host_kernel,
-            b.cpu_vendor,
-            b.cpu_model_name,
-            b.cpu_family,
-            b.cpu_model,
-            b.cpu_stepping
-        ),
-    );
+    if b.kind == traces::BackendKind::Model {
+        // No machine ran it: the CPU is the script's, in the header's CPUID table.
+        line(
+            "host",
+            format!(
+                "none: the MMU model applied the script (guest CPU vendor {})",
+                b.cpu_vendor
+            ),
+        );
+    } else {
+        line(
+            "host",
+            format!(
+                "Linux {}, {} {} (family {} model {} stepping {})",
+                b.host_kernel,
+                b.cpu_vendor,
+                b.cpu_model_name,
+                b.cpu_family,
+                b.cpu_model,
+                b.cpu_stepping
+            ),
+        );
+    }
     if !b.kvm_facts.is_empty() {
         let facts: Vec<String> = b
             .kvm_facts

@@ -26,6 +26,15 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
 /// The guest: a Linux bzImage is loaded here with the x86 boot protocol ([`super::linux`],
 /// on linux-loader, which mmurr-emu must not link); everything else by the shared definition.
 pub fn build_guest(args: &GuestArgs) -> anyhow::Result<BuiltGuest> {
+    if let Some(name) = args.scenario.as_deref() {
+        if guests::model::scripts::script_named(name).is_some() {
+            anyhow::bail!(
+                "`{name}` is a model-level scenario: its host actions are applied to the MMU \
+                 model, not run on a backend; write its trace with `mmurr scenarios --run {name} \
+                 -o {name}.mmurr`"
+            );
+        }
+    }
     if let Some(guest) = super::linux::build(args)? {
         return Ok(guest);
     }

@@ -3,9 +3,9 @@
 //! KVM's MMU history it reproduces (`guests::catalogue`).
 
 use crate::cli::ScenariosArgs;
-use anyhow::bail;
+use anyhow::{bail, Context};
 use guests::catalogue;
-use guests::model::scripts;
+use guests::model::{scripts, trace};
 use guests::model::{Script, Shows};
 use recorder::exit::Outcome;
 use std::process::ExitCode;
@@ -16,7 +16,7 @@ fn showing(model: &'static str) -> Vec<(guests::model::Shows, Vec<&'static str>)
 
 pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
     if let Some(name) = &args.run {
-        return run_model(name, &args.policies, args.json);
+        return run_model(name, &args.policies, args.json, args.output.as_deref());
     }
     let host = recorder_kvm::probe();
     let rows: Vec<(guests::Scenario, Option<String>)> = guests::scenarios()
@@ -53,6 +53,7 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
                 "flavour": m.flavour.name(),
                 "host_actions": m.has_host_actions(),
                 "runs_on": ["model"],
+                "writes_trace": format!("mmurr scenarios --run {} -o {}.mmurr", m.name, m.name),
                 "steps": m.actions.iter().map(|a| a.describe()).collect::<Vec<_>>(),
                 "policies_showing": showing(m.name)
                     .into_iter()
@@ -90,7 +91,8 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!(
-        "\nmodel-level scenarios (host actions and states no backend here reaches; model only):"
+        "\nmodel-level scenarios (host actions and states no backend here reaches; model only; \
+         `--run NAME -o F.mmurr` writes one as a trace for check, replay and gdb):"
     );
     println!(
         "(flavours: {}; shadow-ept only here: its input is the EPTP L1 loads for L2)",
@@ -109,8 +111,9 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
         };
         println!("{:width$}  {}", m.name, m.description);
         println!(
-            "{:width$}  runs on: model only, flavour {}; {verdicts}{}",
+            "{:width$}  runs on: model (trace: --run {} -o F), flavour {}; {verdicts}{}",
             "",
+            m.name,
             m.flavour.name(),
             entries(m.name)
         );
@@ -129,7 +132,12 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
 }
 
 /// `mmurr scenarios --run NAME`: the model-level scenario under the policies, step by step.
-fn run_model(name: &str, policy_names: &[String], json: bool) -> anyhow::Result<ExitCode> {
+fn run_model(
+    name: &str,
+    policy_names: &[String],
+    json: bool,
+    output: Option<&std::path::Path>,
+) -> anyhow::Result<ExitCode> {
     let Some(script) = scripts::script_named(name) else {
         bail!("no model-level scenario `{name}` (see `mmurr scenarios`)");
     };
@@ -142,6 +150,18 @@ fn run_model(name: &str, policy_names: &[String], json: bool) -> anyhow::Result<
     }
     if policies.is_empty() {
         policies = mmu::policies().iter().collect();
+    }
+    if let Some(path) = output {
+        let summary = trace::write(&script, &policies, std::env::args().collect(), path)
+            .with_context(|| format!("writing {}", path.display()))?;
+        eprintln!(
+            "mmurr: wrote model-level scenario {} as a trace: {} ({} steps, {} events); open it \
+             with `mmurr check`, `mmurr replay` or `mmurr gdb`",
+            script.name,
+            path.display(),
+            script.actions.len(),
+            summary.events,
+        );
     }
     let seen = script.run(&policies);
     let findings: Vec<_> = seen.iter().filter(|o| o.shows.is_finding()).collect();

@@ -33,6 +33,15 @@ fn verify(
     integrity: &Integrity,
 ) -> anyhow::Result<ExitCode> {
     let header = original.header().clone();
+    if header.backend.kind == BackendKind::Model {
+        bail!(
+            "{} is the trace of a model-level scenario (backend `model`, {}): its steps are a \
+             script's actions applied to the MMU model, not a guest's instructions, so there is \
+             nothing to re-execute; `mmurr check` runs the model over it again",
+            args.trace.display(),
+            header.guest.origin
+        );
+    }
     let steps = original.total_steps();
     let original_end = original.end().cloned();
     describe_origin(&header, steps);

@@ -20,6 +20,7 @@ pub mod chunk;
 mod codec;
 pub mod error;
 pub mod host;
+pub mod host_action;
 pub mod index;
 pub mod inputs;
 pub mod integrity;
@@ -35,6 +36,7 @@ pub mod writer;
 
 pub use error::{Error, Result};
 pub use host::{HostEvent, HostEventsStatus, HostMmu, HostRecord, ShadowPage};
+pub use host_action::{CpuidModel, HostAction, LoadedRegs};
 pub use index::{ChunkInfo, EventCounts};
 pub use integrity::{DamagedChunk, Depth, Integrity};
 pub use preamble::{Preamble, FORMAT_VERSION, MAX_VCPUS};

@@ -12,12 +12,13 @@ pub const MAGIC: [u8; 8] = *b"\x89MMURR\r\n";
 /// Version of the preamble layout itself. Frozen: never changes.
 pub const OUTER_VERSION: u16 = 1;
 /// Format version this code writes (the record schema and the chunk/index layout).
-pub const FORMAT_VERSION: u16 = 5;
+pub const FORMAT_VERSION: u16 = 6;
 /// The oldest reader version able to read what this code writes: version 2 appended enum
 /// variants a version-1 reader cannot decode, version 3 `Record::Run`, which a version-2
 /// reader cannot decode, version 4 `Header::host` and `Record::Host`, version 5
-/// `Header::vcpus`, `Record::Vcpu` and `Record::Vcpus`.
-pub const MIN_READER_VERSION: u16 = 5;
+/// `Header::vcpus`, `Record::Vcpu` and `Record::Vcpus`, version 6 `EventKind::HostAction` and
+/// `BackendKind::Model`.
+pub const MIN_READER_VERSION: u16 = 6;
 /// The first format whose header has [`Header::host`].
 const HOST_SINCE: u16 = 4;
 /// The first format whose header has [`Header::vcpus`].

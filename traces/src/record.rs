@@ -66,6 +66,9 @@ pub enum BackendKind {
     #[default]
     Kvm,
     Emu,
+    /// No engine: a model-level scenario's script written as a trace (format 6). Its steps
+    /// are the script's actions; there is nothing to re-execute.
+    Model,
 }
 
 impl BackendKind {
@@ -73,6 +76,7 @@ impl BackendKind {
         match self {
             BackendKind::Kvm => "kvm",
             BackendKind::Emu => "emu",
+            BackendKind::Model => "model",
         }
     }
 }
@@ -338,6 +342,10 @@ pub enum EventKind {
     /// A startup IPI started this vCPU, an AP that waited for one since INIT (format 5): the
     /// step ran no instruction; it loaded CS = `vector << 8`, IP = 0 into the INIT state.
     Startup { vector: u8 },
+    /// The VMM acted on the vCPU before this step (format 6): KVM_SET_SREGS, KVM_SET_MSRS,
+    /// KVM_SET_CPUID2, INIT, KVM_SET_NESTED_STATE, or L1's VMRUN into L2. The step's registers
+    /// are those after it.
+    HostAction(crate::host_action::HostAction),
 }
 
 impl EventKind {
@@ -355,6 +363,7 @@ impl EventKind {
             EventKind::ExternalInterrupt(_) => "interrupt",
             EventKind::Retired { .. } => "retired",
             EventKind::Startup { .. } => "startup",
+            EventKind::HostAction(_) => "host-action",
         }
     }
 }

@@ -103,3 +103,41 @@ fn format_5_recording_of_four_vcpus_reads_back() {
     );
     assert_eq!(v, 2);
 }
+
+/// The committed trace of the model-level scenario `init-long-mode` (format 6, written by
+/// `mmurr scenarios --run init-long-mode -o F`): backend `model`, its one step the INIT host
+/// action, then each policy's decision and the stale contexts of the policies before v5.14.
+#[test]
+fn format_6_model_trace_with_a_host_action_reads_back() {
+    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("corpus/recorded/init-long-mode.model.mmurr");
+    let mut reader = Reader::open(&path).unwrap();
+    assert_eq!(reader.format_version(), 6);
+    assert!(reader.is_complete());
+    assert_eq!(reader.header().backend.kind, BackendKind::Model);
+    assert_eq!(reader.header().mmu_flavour, "shadow");
+    assert_eq!(reader.header().scenario.as_deref(), Some("init-long-mode"));
+    assert_eq!(reader.total_steps(), 1);
+    let records: Vec<Record> = reader.records().map(|r| r.unwrap()).collect();
+    let kinds: Vec<&str> = records
+        .iter()
+        .filter_map(|r| match r {
+            Record::Event(e) => Some(e.kind.name()),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(kinds[0], "host-action");
+    assert_eq!(kinds[1], "transition");
+    assert_eq!(kinds.iter().filter(|k| **k == "mmu").count(), 13);
+    assert_eq!(kinds.iter().filter(|k| **k == "finding").count(), 7);
+    let Some(Record::Event(first)) = records.iter().find(|r| matches!(r, Record::Event(_))) else {
+        panic!("no event");
+    };
+    assert_eq!(first.kind, EventKind::HostAction(HostAction::Init));
+    assert_eq!(reader.event_counts().kind("host-action"), 1);
+    // The step's registers are INIT's: real mode, paging off.
+    let Some(Record::Step(s)) = records.iter().find(|r| matches!(r, Record::Step(_))) else {
+        panic!("no step");
+    };
+    assert!(s.regs.contains(&(RegId::Cr0, 0x6000_0010)), "{:?}", s.regs);
+}

@@ -587,7 +587,8 @@ impl App {
         // A decision whose write is not in the trace has no row to fold into.
         let cause = self.events.cause_of(i).and_then(|c| self.events.get(c));
         cause.is_some_and(|c| {
-            matches!(c.kind, EventKind::CrWrite(_)) && !self.unfolded.contains(&c.id)
+            matches!(c.kind, EventKind::CrWrite(_) | EventKind::HostAction(_))
+                && !self.unfolded.contains(&c.id)
         })
     }
 
@@ -657,7 +658,7 @@ impl App {
             None => "reset (recorded decisions; the model is still loading)".to_string(),
         };
         self.jump(forward, &what, |app, e, _| match (&app.history, &e.kind) {
-            (Some(h), EventKind::CrWrite(_)) => h
+            (Some(h), EventKind::CrWrite(_) | EventKind::HostAction(_)) => h
                 .write_of_event(e.id)
                 .is_some_and(|w| h.is_reset(w, app.policy)),
             (None, EventKind::Mmu(d)) => {
@@ -670,10 +671,12 @@ impl App {
     fn jump_finding(&mut self, forward: bool) {
         let found = self.jump(forward, "finding", |app, e, _| match &e.kind {
             EventKind::Finding(_) => true,
-            EventKind::CrWrite(_) => app.history.as_ref().is_some_and(|h| {
-                h.write_of_event(e.id)
-                    .is_some_and(|w| h.findings_at(w).next().is_some())
-            }),
+            EventKind::CrWrite(_) | EventKind::HostAction(_) => {
+                app.history.as_ref().is_some_and(|h| {
+                    h.write_of_event(e.id)
+                        .is_some_and(|w| h.findings_at(w).next().is_some())
+                })
+            }
             _ => false,
         });
         if found {
@@ -745,14 +748,16 @@ impl App {
                         h.analysis.policy_index(short)
                     })
             }
-            EventKind::CrWrite(_) => h.write_of_event(e.id).and_then(|w| {
-                let mut at = h.findings_at(w);
-                let first = at.next()?;
-                let stale = std::iter::once(first)
-                    .chain(at)
-                    .find(|f| f.kind == FindingKind::StaleContext);
-                Some(stale.unwrap_or(first).policy)
-            }),
+            EventKind::CrWrite(_) | EventKind::HostAction(_) => {
+                h.write_of_event(e.id).and_then(|w| {
+                    let mut at = h.findings_at(w);
+                    let first = at.next()?;
+                    let stale = std::iter::once(first)
+                        .chain(at)
+                        .find(|f| f.kind == FindingKind::StaleContext);
+                    Some(stale.unwrap_or(first).policy)
+                })
+            }
             _ => None,
         };
         if let Some(p) = policy {

@@ -189,7 +189,7 @@ impl EventIndex {
     pub fn cause_of(&self, i: usize) -> Option<usize> {
         let e = self.get(i)?;
         match &e.kind {
-            EventKind::CrWrite(_) => Some(i),
+            EventKind::CrWrite(_) | EventKind::HostAction(_) => Some(i),
             EventKind::Mmu(d) => self.position_of(d.cause),
             EventKind::Finding(f) => self.position_of(f.cause),
             _ => None,
@@ -280,6 +280,7 @@ pub fn summary(e: &Event, policies: &[String]) -> (String, String) {
         EventKind::ExternalInterrupt(i) => ("irq".into(), format!("vector {}", i.vector)),
         EventKind::Retired { count } => ("step".into(), format!("{count} instructions")),
         EventKind::Startup { vector } => ("sipi".into(), format!("vector {vector:#04x}")),
+        EventKind::HostAction(a) => ("host".into(), a.describe()),
     }
 }
 

@@ -5,7 +5,7 @@
 use mmu::Flavour;
 use replayer::{Analysis, Retain, Timeline, TimelineError};
 use std::io::{Read, Seek};
-use traces::{CrWrite, Event, EventId, FindingKind, Step};
+use traces::{Event, EventId, FindingKind, Step};
 
 /// One finding of the model: a policy's decision on one write.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -41,7 +41,7 @@ impl MmuHistory {
     /// false (nobody wants the result).
     pub fn build<R: Read + Seek>(
         timeline: &mut Timeline<R>,
-        writes: Vec<(Event, CrWrite)>,
+        writes: Vec<(Event, history::Cause)>,
         flavour: Flavour,
         progress: impl FnMut(usize, usize) -> bool,
     ) -> Result<Option<MmuHistory>, TimelineError> {

@@ -10,8 +10,8 @@ use std::path::PathBuf;
 use std::sync::mpsc::{self, Receiver, Sender};
 use std::thread;
 use std::time::{Duration, Instant};
+use traces::Event;
 use traces::Reader;
-use traces::{Event, EventKind};
 
 /// What is being loaded, and how far it got.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -99,10 +99,10 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
     let mut writes = Vec::new();
     let mut sent = Instant::now();
     let errors = EventIndex::read(&mut reader, |mut new, done, total| {
-        writes.extend(new.iter().filter_map(|e| match &e.kind {
-            EventKind::CrWrite(w) => Some((e.clone(), w.clone())),
-            _ => None,
-        }));
+        writes.extend(
+            new.iter()
+                .filter_map(|e| Some((e.clone(), history::Cause::of(&e.kind)?))),
+        );
         batch.append(&mut new);
         // Batches a few times a second: the list grows visibly without flooding the UI.
         if sent.elapsed() < BATCH_EVERY && batch.len() < BATCH_MAX && done < total {

@@ -59,7 +59,10 @@ impl PositionView {
         kept: Option<(&'static str, MmuContext)>,
         previous: &PositionView,
     ) -> PositionView {
+        // A model-level scenario's trace: its steps are a script's actions, not instructions.
+        let model = timeline.header().backend.kind == traces::BackendKind::Model;
         let recent = match (&previous.snapshot, previous.step) {
+            _ if model => Vec::new(),
             (Some(before), Some(p)) if p.checked_add(1) == Some(step) => {
                 let mut recent = previous.recent.clone();
                 if recent.len() as u64 >= LOOKBACK {
@@ -89,8 +92,23 @@ impl PositionView {
             .rev()
             .map(|r| r.rip)
             .collect();
-        let disasm = disasm::around(&snap.regs, cpu, &snap.memory, &history, DISASM_AFTER);
-        let walk = walk_view(&snap, &recent, cpu, walk_address, kept);
+        let (disasm, walk) = if model {
+            // Reads `▶ 0 no instructions (model trace)` in the narrow panel.
+            let none = DisasmLine {
+                rip: snap.regs.rip,
+                bytes: "no instructions".into(),
+                text: "(model trace)".into(),
+                current: true,
+            };
+            let walk =
+                walk_address.and_then(|_| walk_view(&snap, &recent, cpu, walk_address, kept));
+            (vec![none], walk)
+        } else {
+            (
+                disasm::around(&snap.regs, cpu, &snap.memory, &history, DISASM_AFTER),
+                walk_view(&snap, &recent, cpu, walk_address, kept),
+            )
+        };
         PositionView {
             step: Some(step),
             general: registers::general(&snap.regs),

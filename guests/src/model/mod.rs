@@ -1,9 +1,11 @@
 //! Model-level scenarios: scripts of guest writes and host-side actions (KVM_SET_SREGS,
 //! KVM_SET_MSRS(EFER), KVM_SET_CPUID2, INIT, guest stores) fed straight to one
 //! [`mmu::Tracker`] per policy, for the entries of KVM's history that need a host action or a
-//! VM state no backend here can reach. The registers after each action come from the `mmu`
-//! crate's architectural rules ([`mmu::apply_write_with`], [`ControlRegs::after_init`],
-//! [`mmu::load_pdptrs`]); what each policy makes of it is the tracker's [`mmu::Decision`].
+//! VM state no backend here can reach. What an action means to the model (the tracker input,
+//! the registers and CPU after it) is the `history` crate's ([`history::guest_write`],
+//! [`history::host_effect`]), fed through the same [`Watch`] the recorder and the replayer
+//! run ([`Runner`]); what each policy makes of it is the tracker's [`mmu::Decision`]. A script
+//! is written as a trace by [`trace`], whose host actions are `traces::HostAction` events.
 //!
 //! A script declares the verdicts it exists to show ([`Expect`]); [`Script::check`] runs it
 //! under every policy and compares.
@@ -11,11 +13,14 @@
 pub mod from_scenario;
 pub mod scripts;
 
+pub mod trace;
+
+use history::{Cause, Watch, WriteOutcome};
 use mmu::{
-    apply_write_with, load_pdptrs, ControlRegs, CpuModel, CrReg, Decision, FlatMemory, Flavour,
-    Input, Outcome, Policy, Tracker, WriteContext,
+    ControlRegs, CpuModel, CrReg, Decision, FlatMemory, Flavour, Outcome, Policy, WriteContext,
 };
 use std::collections::BTreeSet;
+use traces::{ControlReg, EventId, HostAction, LoadedRegs, Step};
 
 /// One step of a script.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -68,51 +73,48 @@ impl Action {
         )
     }
 
-    pub fn describe(&self) -> String {
-        match *self {
-            Action::Write(reg, v) => format!("guest {reg:?} <- {v:#x}"),
+    /// The action as a trace records it, for all but guest writes and stores.
+    pub fn host(&self) -> Option<HostAction> {
+        Some(match *self {
             Action::SetSregs {
                 cr0,
                 cr3,
                 cr4,
                 efer,
-            } => format!("KVM_SET_SREGS cr0={cr0:#x} cr3={cr3:#x} cr4={cr4:#x} efer={efer:#x}"),
-            Action::SetMsrEfer(v) => format!("KVM_SET_MSRS EFER <- {v:#x}"),
-            Action::SetCpuid(c) => format!(
-                "KVM_SET_CPUID2 maxphyaddr={} gbpages={} amd={}",
-                c.maxphyaddr, c.gbpages, c.amd
-            ),
-            Action::Init => "INIT".into(),
-            Action::Store { gpa, value } => format!("guest store [{gpa:#x}] <- {value:#x}"),
-            Action::NestedVmrun { l2 } => format!(
-                "guest VMRUN to L2 cr0={:#x} cr4={:#x} efer={:#x}",
-                l2.cr0, l2.cr4, l2.efer
-            ),
-            Action::SetNestedState { l2 } => format!(
-                "KVM_SET_NESTED_STATE L2 cr0={:#x} cr4={:#x} efer={:#x}",
-                l2.cr0, l2.cr4, l2.efer
-            ),
-            Action::VmEntryEpt { eptp } => {
-                let e = mmu::Eptp(eptp);
-                format!(
-                    "guest VMLAUNCH/VMRESUME with EPTP={eptp:#x} ({} levels, A/D {})",
-                    e.levels().map_or("invalid".to_string(), |l| l.to_string()),
-                    if e.ad_enabled() { "on" } else { "off" }
-                )
-            }
+            } => HostAction::SetSregs(LoadedRegs {
+                cr0,
+                cr3,
+                cr4,
+                efer,
+            }),
+            Action::SetMsrEfer(value) => HostAction::SetMsrEfer { value },
+            Action::SetCpuid(c) => HostAction::SetCpuid(history::cpuid_model(&c)),
+            Action::Init => HostAction::Init,
+            Action::NestedVmrun { l2 } => HostAction::NestedVmrun {
+                l2: loaded_regs(&l2),
+            },
+            Action::SetNestedState { l2 } => HostAction::SetNestedState {
+                l2: loaded_regs(&l2),
+            },
+            Action::VmEntryEpt { eptp } => HostAction::VmEntryEpt { eptp },
             Action::VmExit {
                 l1,
                 leaves_nested_ept,
-            } => format!(
-                "VM-exit{} to L1 cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
-                leaves_nested_ept.map_or(String::new(), |c| format!(
-                    " from L2 with nested EPT (CR3 {c:#x})"
-                )),
-                l1.cr0,
-                l1.cr3,
-                l1.cr4,
-                l1.efer
-            ),
+            } => HostAction::VmExit {
+                l1: loaded_regs(&l1),
+                leaves_nested_ept,
+            },
+            Action::Write(..) | Action::Store { .. } => return None,
+        })
+    }
+
+    pub fn describe(&self) -> String {
+        match (*self, self.host()) {
+            (Action::Write(reg, v), _) => format!("guest {reg:?} <- {v:#x}"),
+            (Action::Store { gpa, value }, _) => format!("guest store [{gpa:#x}] <- {value:#x}"),
+            (_, Some(h)) if h.is_vmm() => h.describe(),
+            (_, Some(h)) => format!("guest {}", h.describe()),
+            (_, None) => String::new(),
         }
     }
 }
@@ -183,166 +185,145 @@ pub struct Observed {
     pub policy: &'static str,
 }
 
-/// The architecture's view of one action: the tracker input, the registers after it, and
-/// whether the CPU answers it with #GP.
-struct Effect {
-    input: Input,
-    after: ControlRegs,
-    faulted: bool,
-    cpu: CpuModel,
+/// One action taken: what a trace records for it and what every policy made of it.
+#[derive(Clone, Debug)]
+pub struct Taken {
+    /// The event it is (a control-register write or a host action); `None` for a store.
+    pub cause: Option<Cause>,
+    /// Every policy's decision, and the findings complete now; `None` for a store.
+    pub outcome: Option<WriteOutcome>,
+    /// The CPU answered it with #GP.
+    pub faulted: bool,
+    /// The registers after it (for a nested entry, still L1's).
+    pub after: ControlRegs,
 }
 
-fn with_pdptrs(mut r: ControlRegs, cpu: &CpuModel, mem: &FlatMemory) -> ControlRegs {
-    if r.is_pae_paging() {
-        r.pdptrs = load_pdptrs(r.cr3, mem, cpu.phys_bits()).unwrap_or([0; 4]);
+/// A script applied one action at a time to a [`Watch`] of some policies: the one way both
+/// [`Script::decisions`] and the writer of the script's trace ([`trace`]) take an action, and
+/// the trace-driven path (`replayer::Analysis`) feeds the same [`Watch`] the same inputs.
+pub struct Runner {
+    watch: Watch,
+    regs: ControlRegs,
+    memory: FlatMemory,
+}
+
+impl Runner {
+    pub fn new(script: &Script, policies: &[&'static Policy]) -> Runner {
+        let regs = script.entry_regs();
+        Runner {
+            watch: Watch::new(policies, script.flavour, script.cpu, &regs),
+            regs,
+            memory: script.memory.clone(),
+        }
     }
-    r
+
+    /// The registers after the actions taken so far.
+    pub fn regs(&self) -> &ControlRegs {
+        &self.regs
+    }
+
+    /// The guest's memory after the actions taken so far.
+    pub fn memory(&self) -> &FlatMemory {
+        &self.memory
+    }
+
+    /// The guest's CPU after the actions taken so far.
+    pub fn cpu(&self) -> CpuModel {
+        *self.watch.cpu()
+    }
+
+    /// Takes `a` as event `id` of step `step` (both name it in the findings).
+    pub fn take(&mut self, a: &Action, id: EventId, step: Step) -> Taken {
+        let before = self.regs;
+        let (cause, outcome, faulted) = match *a {
+            Action::Store { gpa, value } => {
+                self.memory.write_u64(gpa, value);
+                (None, None, false)
+            }
+            Action::Write(reg, value) => {
+                let cpu = self.cpu();
+                // A script's guest writes run as compatibility-mode code: CS.L is not known.
+                let ctx = WriteContext::default();
+                let Some((w, after)) =
+                    history::guest_write(trace_reg(reg), value, &before, &cpu, &self.memory, &ctx)
+                else {
+                    return self.nothing();
+                };
+                let out = self
+                    .watch
+                    .on_write(id, step, 0, &w, &ctx, &after, &self.memory);
+                self.regs = after;
+                let faulted = w.faulted;
+                (Some(Cause::Write(w)), out, faulted)
+            }
+            _ => {
+                let Some(host) = a.host() else {
+                    return self.nothing();
+                };
+                let (e, out) = self
+                    .watch
+                    .on_host(id, step, 0, &host, &before, &self.memory);
+                self.regs = e.after;
+                (Some(Cause::Host(host)), Some(out), e.faulted)
+            }
+        };
+        Taken {
+            cause,
+            outcome,
+            faulted,
+            after: self.regs,
+        }
+    }
+
+    fn nothing(&self) -> Taken {
+        Taken {
+            cause: None,
+            outcome: None,
+            faulted: false,
+            after: self.regs,
+        }
+    }
+
+    /// The findings still pending at the end.
+    pub fn finish(&mut self) -> Vec<history::Found> {
+        self.watch.settle_all()
+    }
 }
 
-fn effect(a: &Action, before: &ControlRegs, cpu: &CpuModel, mem: &FlatMemory) -> Option<Effect> {
-    let guest = WriteContext::default();
-    let host = WriteContext {
-        cs_l: None,
-        host_initiated: true,
-    };
-    let write = |reg: CrReg, value: u64, ctx: &WriteContext| {
-        let (after, faulted) = match apply_write_with(reg, before, value, cpu, mem, ctx) {
-            Ok(r) => (r, false),
-            Err(_) => (*before, true),
-        };
-        (after, faulted)
-    };
-    Some(match *a {
-        Action::Write(reg, new) => {
-            let (after, faulted) = write(reg, new, &guest);
-            let input = match reg {
-                CrReg::Cr0 => Input::Cr0 {
-                    old: before.cr0,
-                    new,
-                },
-                CrReg::Cr3 => Input::Cr3 {
-                    old: before.cr3,
-                    new,
-                },
-                CrReg::Cr4 => Input::Cr4 {
-                    old: before.cr4,
-                    new,
-                },
-                CrReg::Efer => Input::Efer {
-                    old: before.efer,
-                    new,
-                },
-            };
-            Effect {
-                input,
-                after,
-                faulted,
-                cpu: *cpu,
-            }
-        }
-        Action::SetMsrEfer(new) => {
-            let (after, faulted) = write(CrReg::Efer, new, &host);
-            Effect {
-                input: Input::EferHost {
-                    old: before.efer,
-                    new,
-                },
-                after,
-                faulted,
-                cpu: *cpu,
-            }
-        }
-        Action::SetSregs {
-            cr0,
-            cr3,
-            cr4,
-            efer,
-        } => Effect {
-            input: Input::SetSregs,
-            after: with_pdptrs(
-                ControlRegs {
-                    cr0,
-                    cr3,
-                    cr4,
-                    efer,
-                    ..*before
-                },
-                cpu,
-                mem,
-            ),
-            faulted: false,
-            cpu: *cpu,
-        },
-        Action::SetCpuid(new) => Effect {
-            input: Input::SetCpuid,
-            after: *before,
-            faulted: false,
-            cpu: new,
-        },
-        Action::Init => Effect {
-            input: Input::Init,
-            after: before.after_init(),
-            faulted: false,
-            cpu: *cpu,
-        },
-        Action::NestedVmrun { l2 } | Action::SetNestedState { l2 } => Effect {
-            input: Input::NestedNptInit {
-                vcpu: with_pdptrs(l2, cpu, mem),
-                set_nested_state: matches!(a, Action::SetNestedState { .. }),
-            },
-            after: *before,
-            faulted: false,
-            cpu: *cpu,
-        },
-        Action::VmEntryEpt { eptp } => Effect {
-            input: Input::NestedEptInit { eptp },
-            after: ControlRegs {
-                cr3: eptp,
-                ..*before
-            },
-            faulted: false,
-            cpu: *cpu,
-        },
-        Action::VmExit {
-            l1,
-            leaves_nested_ept,
-        } => Effect {
-            input: Input::NestedLoadCr3 { leaves_nested_ept },
-            after: with_pdptrs(l1, cpu, mem),
-            faulted: false,
-            cpu: *cpu,
-        },
-        Action::Store { .. } => return None,
-    })
+/// The trace's name for a register the model writes.
+pub fn trace_reg(reg: CrReg) -> ControlReg {
+    match reg {
+        CrReg::Cr0 => ControlReg::Cr0,
+        CrReg::Cr3 => ControlReg::Cr3,
+        CrReg::Cr4 => ControlReg::Cr4,
+        CrReg::Efer => ControlReg::Efer,
+    }
+}
+
+fn loaded_regs(r: &ControlRegs) -> LoadedRegs {
+    LoadedRegs {
+        cr0: r.cr0,
+        cr3: r.cr3,
+        cr4: r.cr4,
+        efer: r.efer,
+    }
 }
 
 impl Script {
     /// The entry registers with their PDPTEs.
     pub fn entry_regs(&self) -> ControlRegs {
-        with_pdptrs(self.entry, &self.cpu, &self.memory)
+        history::with_pdptrs(self.entry, &self.cpu, &self.memory)
     }
 
     /// Runs the script under `policy`: the decision of every step that is an MMU input.
     pub fn decisions(&self, policy: &'static Policy) -> Vec<(usize, Decision, bool)> {
-        let mut mem = self.memory.clone();
-        let entry = self.entry_regs();
-        let mut t = Tracker::new(policy, self.flavour, self.cpu, &entry);
+        let mut runner = Runner::new(self, &[policy]);
         let mut out = Vec::new();
         for (at, a) in self.actions.iter().enumerate() {
-            if let Action::Store { gpa, value } = *a {
-                mem.write_u64(gpa, value);
-                continue;
+            let t = runner.take(a, at as EventId, at as Step + 1);
+            if let Some(d) = t.outcome.and_then(|o| o.decisions.into_iter().next()) {
+                out.push((at, d, t.faulted));
             }
-            let before = *t.regs();
-            let cpu = *t.cpu();
-            let Some(e) = effect(a, &before, &cpu, &mem) else {
-                continue;
-            };
-            let d = match e.input {
-                Input::SetCpuid => t.set_cpuid(e.cpu, &e.after, &mem),
-                input => t.apply(&input, &e.after, &mem),
-            };
-            out.push((at, d, e.faulted));
         }
         out
     }

@@ -99,6 +99,8 @@ pub fn kind_text(kind: &EventKind, policies: &[String]) -> String {
             "startup IPI {vector:#04x}: the AP starts in real mode at {:#x}",
             u64::from(*vector) << 12
         ),
+        EventKind::HostAction(a) if a.is_vmm() => format!("host: {}", a.describe()),
+        EventKind::HostAction(a) => format!("guest {}", a.describe()),
     }
 }
 

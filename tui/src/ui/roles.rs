@@ -88,8 +88,15 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
 
 fn write_line(h: &MmuHistory, w: usize, d: &WriteDetail, p: usize) -> Vec<Line<'static>> {
     let wa = &h.analysis.writes[w];
-    let cw = &wa.write;
-    let mut change = changed_flags(cw.reg, cw.old, cw.new);
+    let (what, values, mut change) = match wa.write() {
+        Some(cw) => (
+            format!("{} write ", cw.reg.name().to_uppercase()),
+            format!("{:#x} → {:#x} ", cw.old, cw.new),
+            changed_flags(cw.reg, cw.old, cw.new),
+        ),
+        // A host action (model-level scenarios): what the VMM did, in its own words.
+        None => (wa.cause.describe(), " ".into(), "host action".into()),
+    };
     if change.is_empty() {
         change = "no bit changed".into();
     }
@@ -102,8 +109,8 @@ fn write_line(h: &MmuHistory, w: usize, d: &WriteDetail, p: usize) -> Vec<Line<'
         _ => String::new(),
     };
     vec![Line::from(vec![
-        Span::styled(format!("{} write ", cw.reg.name().to_uppercase()), bold()),
-        Span::raw(format!("{:#x} → {:#x} ", cw.old, cw.new)),
+        Span::styled(what, bold()),
+        Span::raw(values),
         Span::styled(format!("({change})"), changed()),
         Span::styled(
             format!(" at step {}, event #{}{modes}", wa.event.step, wa.event.id),
@@ -189,11 +196,11 @@ fn one_policy(
         Span::raw("decision: "),
         Span::styled(outcome_text(d.outcome), verdict_style),
     ];
-    if d.trigger_bits != 0 {
+    if let (true, Some(cw)) = (d.trigger_bits != 0, wa.write()) {
         decision.push(Span::styled(
             format!(
                 " · reset triggered by {}",
-                bracketed(&set_flags(wa.write.reg, d.trigger_bits))
+                bracketed(&set_flags(cw.reg, d.trigger_bits))
             ),
             dim(),
         ));
@@ -246,6 +253,8 @@ fn one_policy(
                         m.kept,
                         m.correct
                     ),
+                    // A model-level scenario's trace: no instruction ran after it.
+                    None if looked == 0 => "no guest instruction ran after it to translate, but KVM's software walks (emulation, MMIO, gva_to_gpa) use this context".to_string(),
                     None => format!(
                         "none of the {looked} addresses touched next translate differently, but KVM's software walks (emulation, MMIO, gva_to_gpa) use this context"
                     ),
@@ -297,8 +306,14 @@ pub fn why_stale(h: &MmuHistory, w: usize, detail: &WriteDetail, p: usize) -> St
     let Some(d) = detail.decisions.get(p) else {
         return String::new();
     };
-    let reg = wa.write.reg.name().to_uppercase();
-    let change = changed_flags(wa.write.reg, wa.write.old, wa.write.new);
+    let (reg, change) = match wa.write() {
+        Some(cw) => (
+            cw.reg.name().to_uppercase(),
+            changed_flags(cw.reg, cw.old, cw.new),
+        ),
+        // A host action: `{reg} {change}` reads `INIT (host action)`.
+        None => (wa.cause.describe(), "(host action)".to_string()),
+    };
     let name = h.analysis.policies.get(p).map_or("?", |x| x.name);
     let level = detail.after.get(p).map_or(0, |t| t.context().root_level);
     match d.outcome {
@@ -353,7 +368,7 @@ fn side_by_side(
             ("STALE".to_string(), alert())
         } else if d.needless_reset {
             ("needless reset".to_string(), changed())
-        } else if (d.outcome == Outcome::Gp) != wa.write.faulted {
+        } else if (d.outcome == Outcome::Gp) != wa.cause.faulted() {
             ("#GP mismatch".to_string(), alert())
         } else {
             ("ok".to_string(), Style::new().fg(Color::Green))

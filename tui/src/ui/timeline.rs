@@ -108,7 +108,7 @@ pub fn draw_band(frame: &mut Frame, area: Rect, app: &App) {
 /// before the model has loaded.
 fn verdict(app: &App, e: &traces::Event) -> Option<(Option<String>, String)> {
     let h = app.history.as_ref()?;
-    if !matches!(e.kind, EventKind::CrWrite(_)) {
+    if !matches!(e.kind, EventKind::CrWrite(_) | EventKind::HostAction(_)) {
         return None;
     }
     let w = h.write_of_event(e.id)?;

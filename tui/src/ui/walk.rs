@@ -11,12 +11,17 @@ use ratatui::Frame;
 
 pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let Some(w) = &app.view.walk else {
+        let why = if app.header.backend.kind == traces::BackendKind::Model {
+            "model trace, no instruction: w enters an address"
+        } else {
+            "no address: the code here is not mapped (w enters one)"
+        };
         frame.render_widget(
-            Paragraph::new(Line::styled(
-                "no address: the code here is not mapped (w enters one)",
-                dim(),
-            ))
-            .block(super::panel_of(app, Panel::Walk, "page walk")),
+            Paragraph::new(Line::styled(why, dim())).block(super::panel_of(
+                app,
+                Panel::Walk,
+                "page walk",
+            )),
             area,
         );
         return;

@@ -842,8 +842,13 @@ impl Backend for KvmBackend {
                             )
                         });
                         if let Some(mode) = mode {
+                            let on = if self.cpus > 1 {
+                                format!(" on vCPU {}", self.cur)
+                            } else {
+                                String::new()
+                            };
                             return Err(BackendError::HostUnsupported(format!(
-                                "KVM_EXIT_SHUTDOWN at RIP {:#x} ({}) as the guest entered {mode} paging: this host's KVM (a PVM variant with shadow paging) cannot run 32-bit or PAE paging guests; record with --backend emu",
+                                "KVM_EXIT_SHUTDOWN at RIP {:#x} ({}){on} as the guest entered {mode} paging: this host's KVM (a PVM variant with shadow paging) cannot run 32-bit or PAE paging guests; record with --backend emu",
                                 self.regs.rip,
                                 self.instruction_at_rip()
                             )));

@@ -161,7 +161,10 @@ fn smp_bringup_on_two_vcpus_records_on_kvm_with_the_per_vcpu_events_of_emu() {
         per_vcpu_events("k.mmurr", dir.path()),
         per_vcpu_events("e.mmurr", dir.path()),
     );
-    assert_eq!(of_vcpu(&k, 1).first(), Some(&("startup".into(), "48".into())));
+    assert_eq!(
+        of_vcpu(&k, 1).first(),
+        Some(&("startup".into(), "48".into()))
+    );
     for v in 0..2 {
         assert!(of_vcpu(&k, v).len() > 4, "vCPU {v}: {k:?}");
         assert_eq!(of_vcpu(&k, v), of_vcpu(&e, v), "vCPU {v}");
@@ -180,7 +183,16 @@ fn smp_bringup_on_two_vcpus_records_on_kvm_with_the_per_vcpu_events_of_emu() {
     }
     // `auto` takes kvm for 2 vCPUs: AP 2, the one in legacy paging, does not exist.
     let auto = mmurr(
-        &["record", "--scenario", "smp-bringup", "--cpus", "2", "-q", "-o", "a.mmurr"],
+        &[
+            "record",
+            "--scenario",
+            "smp-bringup",
+            "--cpus",
+            "2",
+            "-q",
+            "-o",
+            "a.mmurr",
+        ],
         dir.path(),
     );
     assert_eq!(auto.status.code(), Some(1), "{}", text(&auto.stderr));

@@ -6,31 +6,12 @@
 
 mod common;
 
+use common::binary;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::channel;
-use std::sync::OnceLock;
 use std::time::Duration;
-
-/// Builds (once) and returns a workspace binary in this target directory.
-fn binary(package: &str, name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "mmurr", "-p", "mmurr-emu"])
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .status()
-            .expect("cannot run cargo");
-        assert!(status.success(), "building mmurr and mmurr-emu failed");
-    });
-    let _ = package;
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join(name);
-    assert!(bin.exists(), "{} was not built", bin.display());
-    bin
-}
 
 /// Starts `mmurr ARGS` with `--gdb 127.0.0.1:0`; returns the child and the port it printed.
 /// Its stderr keeps being drained (and echoed) in a thread.

@@ -113,12 +113,10 @@ fn lapic_reg(regs: &[std::os::raw::c_char], offset: usize) -> u32 {
 
 /// The highest vector set in a 256-bit LAPIC register (ISR, IRR) at `offset`.
 fn highest_vector(regs: &[std::os::raw::c_char], offset: usize) -> Option<u32> {
-    (0..8)
-        .rev()
-        .find_map(|i| {
-            let word = lapic_reg(regs, offset + 0x10 * i);
-            (word != 0).then(|| 32 * i as u32 + 31 - word.leading_zeros())
-        })
+    (0..8).rev().find_map(|i| {
+        let word = lapic_reg(regs, offset + 0x10 * i);
+        (word != 0).then(|| 32 * i as u32 + 31 - word.leading_zeros())
+    })
 }
 
 /// Whether KVM_RUN on a halted vCPU returns promptly: an NMI is pending, or with RFLAGS.IF set

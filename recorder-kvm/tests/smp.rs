@@ -103,7 +103,12 @@ fn four_vcpus_end_host_unsupported_where_ap_2_enters_32_bit_paging() {
         return;
     }
     let r = record(4);
-    assert_eq!(r.end.reason, EndReason::HostUnsupported, "{}", r.end.message);
+    assert_eq!(
+        r.end.reason,
+        EndReason::HostUnsupported,
+        "{}",
+        r.end.message
+    );
     assert!(
         r.end.message.contains("on vCPU 2") && r.end.message.contains("32-bit paging"),
         "{}",

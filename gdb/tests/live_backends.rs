@@ -166,6 +166,33 @@ continue",
     finish(child);
 }
 
+/// `mmurr run --backend kvm --cpus 2`: the live server drives both vCPUs' round robin; it
+/// breaks at AP 1's first CR3 load (0x40000, which only AP 1 writes) and runs to the end.
+#[test]
+fn run_gdb_on_kvm_two_vcpus() {
+    recorder::require_kvm!();
+    let (child, port) = start_live(&[
+        "run",
+        "--scenario",
+        "smp-bringup",
+        "--cpus",
+        "2",
+        "--backend",
+        "kvm",
+    ]);
+    let out = common::run_gdb(
+        port,
+        "monitor break-on cr3
+continue
+p/x $cr3
+monitor break-on clear
+continue",
+    );
+    common::expect(&out, "$1 = 0x40000");
+    common::expect(&out, "exited with code");
+    assert_eq!(finish(child), 1, "the guest's debug exit 0");
+}
+
 /// A live write watchpoint on the PTE of the seed scenario's marker page: the CPU's page walk
 /// sets its accessed and dirty bits when the guest first writes 0x400000, and the live server
 /// stops right after that instruction (the recorder's exact memory of the step).

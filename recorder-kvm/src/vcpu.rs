@@ -948,7 +948,9 @@ impl Backend for KvmBackend {
             .and_then(Option::take)
             .ok_or_else(|| BackendError::Other("no guest loaded".into()))?;
         let old = Parked {
-            fd: std::mem::replace(&mut self.vcpu, Some(next.fd))
+            fd: self
+                .vcpu
+                .replace(next.fd)
                 .ok_or_else(|| BackendError::Other("no guest loaded".into()))?,
             regs: std::mem::replace(&mut self.regs, next.regs),
             synced: std::mem::replace(&mut self.synced, next.synced),

@@ -181,6 +181,16 @@ fn smp_bringup_on_two_vcpus_records_on_kvm_with_the_per_vcpu_events_of_emu() {
     for (v, s) in vcpus.iter().enumerate() {
         assert_eq!(s["writes"], 5, "vCPU {v}: {s}");
     }
+    // Re-executed on kvm with two vCPUs, in the same order.
+    let verify = mmurr(&["verify", "k.mmurr"], dir.path());
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    assert!(
+        text(&verify.stderr).contains("re-executing on the kvm backend")
+            && text(&verify.stdout).contains("reproduced"),
+        "{}{}",
+        text(&verify.stderr),
+        text(&verify.stdout)
+    );
     // `auto` takes kvm for 2 vCPUs: AP 2, the one in legacy paging, does not exist.
     let auto = mmurr(
         &[

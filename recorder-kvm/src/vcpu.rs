@@ -117,6 +117,12 @@ impl KvmBackend {
                 "--cpus {cpus}: this host's KVM runs 1 to {max} vCPUs"
             )));
         }
+        if cpus > 1 && !report.has_cap("mp_state") {
+            return Err(BackendError::HostUnsupported(format!(
+                "--cpus {cpus}: this host's KVM has no KVM_CAP_MP_STATE, so mmurr cannot tell \
+                 which vCPU can run; record with --backend emu"
+            )));
+        }
         let host = crate::host::HostEvents::new(&report);
         Ok(KvmBackend {
             host,

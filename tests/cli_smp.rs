@@ -1,6 +1,7 @@
 //! The done-means of several vCPUs on the command line: `mmurr record --scenario smp-bringup
 //! --cpus 4 --backend emu` records four vCPUs, and `mmurr check` finds the seed bug's stale
-//! context on AP 2 only, under v5.1-rc3 only; the kvm backend refuses several vCPUs.
+//! context on AP 2 only, under v5.1-rc3 only; on kvm, 2 vCPUs give emu's per-vCPU events and
+//! 4 end where AP 2 enters the 32-bit paging this host's KVM cannot run.
 
 mod common;
 use common::{emu_executable, mmurr, stale_contexts, text};
@@ -93,27 +94,174 @@ fn smp_bringup_on_four_vcpus_has_the_seed_bug_on_ap_2_under_v5_1_rc3_only() {
     );
 }
 
+/// `(vCPU, kind, value)` of every startup, CR-write and transition event, from `mmurr export`.
+fn per_vcpu_events(trace: &str, dir: &std::path::Path) -> Vec<(u64, String, String)> {
+    let export = mmurr(&["export", trace, "--format", "json"], dir);
+    assert_eq!(export.status.code(), Some(0), "{}", text(&export.stderr));
+    text(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|e| {
+            ["startup", "cr0", "cr3", "cr4", "efer", "transition"]
+                .contains(&e["kind"].as_str().unwrap_or(""))
+        })
+        .map(|e| {
+            let value = ["new", "to", "vector"]
+                .iter()
+                .map(|k| &e[*k])
+                .find(|v| !v.is_null())
+                .map(|v| v.to_string())
+                .unwrap_or_default();
+            (
+                e["vcpu"].as_u64().unwrap(),
+                e["kind"].as_str().unwrap().to_string(),
+                value,
+            )
+        })
+        .collect()
+}
+
+/// One vCPU's part of [`per_vcpu_events`].
+fn of_vcpu(events: &[(u64, String, String)], v: u64) -> Vec<(String, String)> {
+    events
+        .iter()
+        .filter(|e| e.0 == v)
+        .map(|e| (e.1.clone(), e.2.clone()))
+        .collect()
+}
+
 #[test]
-fn the_kvm_backend_refuses_several_vcpus_and_auto_takes_emu() {
+fn smp_bringup_on_two_vcpus_records_on_kvm_with_the_per_vcpu_events_of_emu() {
+    recorder::require_kvm!();
+    emu_executable();
     let dir = tempfile::tempdir().unwrap();
-    let out = mmurr(
+    let record = |backend: &str, out: &str| {
+        mmurr(
+            &[
+                "record",
+                "--scenario",
+                "smp-bringup",
+                "--cpus",
+                "2",
+                "--backend",
+                backend,
+                "-q",
+                "-o",
+                out,
+            ],
+            dir.path(),
+        )
+    };
+    // Both end with the guest's debug exit 0: exit code (0 << 1) | 1, as QEMU's isa-debug-exit.
+    let kvm = record("kvm", "k.mmurr");
+    assert_eq!(kvm.status.code(), Some(1), "{}", text(&kvm.stderr));
+    let emu = record("emu", "e.mmurr");
+    assert_eq!(emu.status.code(), Some(1), "{}", text(&emu.stderr));
+    let (k, e) = (
+        per_vcpu_events("k.mmurr", dir.path()),
+        per_vcpu_events("e.mmurr", dir.path()),
+    );
+    assert_eq!(
+        of_vcpu(&k, 1).first(),
+        Some(&("startup".into(), "48".into()))
+    );
+    for v in 0..2 {
+        assert!(of_vcpu(&k, v).len() > 4, "vCPU {v}: {k:?}");
+        assert_eq!(of_vcpu(&k, v), of_vcpu(&e, v), "vCPU {v}");
+    }
+    let info = mmurr(&["info", "k.mmurr", "--json"], dir.path());
+    let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
+    assert_eq!(info["format_version"], 5, "{info}");
+    let out = mmurr(&["check", "k.mmurr", "--json"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(stale_contexts(&report, "vcpu").is_empty(), "{report:#}");
+    let vcpus = report["vcpus"].as_array().unwrap();
+    assert_eq!(vcpus.len(), 2);
+    for (v, s) in vcpus.iter().enumerate() {
+        assert_eq!(s["writes"], 5, "vCPU {v}: {s}");
+    }
+    // Re-executed on kvm with two vCPUs, in the same order.
+    let verify = mmurr(&["verify", "k.mmurr"], dir.path());
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stderr));
+    assert!(
+        text(&verify.stderr).contains("re-executing on the kvm backend")
+            && text(&verify.stdout).contains("reproduced"),
+        "{}{}",
+        text(&verify.stderr),
+        text(&verify.stdout)
+    );
+    // `auto` takes kvm for 2 vCPUs: AP 2, the one in legacy paging, does not exist.
+    let auto = mmurr(
         &[
             "record",
             "--scenario",
             "smp-bringup",
             "--cpus",
             "2",
-            "--backend",
-            "kvm",
             "-q",
+            "-o",
+            "a.mmurr",
         ],
         dir.path(),
     );
-    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(auto.status.code(), Some(1), "{}", text(&auto.stderr));
     assert!(
-        text(&out.stderr).contains("the kvm backend records one vCPU")
-            && text(&out.stderr).contains("--backend emu"),
+        text(&auto.stderr).contains("mmurr: backend kvm:"),
         "{}",
-        text(&out.stderr)
+        text(&auto.stderr)
+    );
+}
+
+#[test]
+fn smp_bringup_on_four_vcpus_on_kvm_ends_host_unsupported_at_ap_2_with_the_trace_kept() {
+    recorder::require_kvm!();
+    if !recorder_kvm::probe().pvm {
+        eprintln!("SKIP: this host's KVM runs 32-bit paging (not a PVM host)");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let args = |backend: &'static str| {
+        [
+            "record",
+            "--scenario",
+            "smp-bringup",
+            "--cpus",
+            "4",
+            "--backend",
+            backend,
+            "-q",
+            "-o",
+            "t.mmurr",
+        ]
+    };
+    let rec = mmurr(&args("kvm"), dir.path());
+    // The exit code of one vCPU's host-unsupported end (recorder::exit::Outcome).
+    assert_eq!(rec.status.code(), Some(4), "{}", text(&rec.stderr));
+    assert!(
+        text(&rec.stderr).contains("on vCPU 2 as the guest entered 32-bit paging")
+            && text(&rec.stderr).contains("--backend emu"),
+        "{}",
+        text(&rec.stderr)
+    );
+    let info = mmurr(&["info", "t.mmurr", "--json"], dir.path());
+    assert_eq!(info.status.code(), Some(0), "{}", text(&info.stderr));
+    let events = per_vcpu_events("t.mmurr", dir.path());
+    let startups: Vec<u64> = events
+        .iter()
+        .filter(|e| e.1 == "startup")
+        .map(|e| e.0)
+        .collect();
+    assert_eq!(startups, vec![1, 2, 3]);
+    let out = mmurr(&["check", "t.mmurr", "--json"], dir.path());
+    assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(report["vcpus"].as_array().unwrap().len(), 4, "{report:#}");
+    // `auto` takes emu for 4: AP 2 needs 32-bit and PAE paging.
+    let auto = mmurr(&args("auto"), dir.path());
+    assert!(
+        text(&auto.stderr).contains("mmurr: backend emu:"),
+        "{}",
+        text(&auto.stderr)
     );
 }

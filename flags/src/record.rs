@@ -121,7 +121,7 @@ pub struct RecordFlags {
     /// Do not record the host KVM's events.
     #[arg(long)]
     pub no_host_events: bool,
-    /// vCPUs of the guest (emu backend): vCPU 0 starts at the entry state, the others (APs)
+    /// vCPUs of the guest (both backends): vCPU 0 starts at the entry state, the others (APs)
     /// wait for INIT-SIPI; the recorder runs them one instruction each, round robin.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub cpus: u32,

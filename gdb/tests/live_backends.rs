@@ -6,31 +6,12 @@
 
 mod common;
 
+use common::binary;
+
 use std::io::{BufRead, BufReader};
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::channel;
-use std::sync::OnceLock;
 use std::time::Duration;
-
-/// Builds (once) and returns a workspace binary in this target directory.
-fn binary(package: &str, name: &str) -> PathBuf {
-    static BUILT: OnceLock<()> = OnceLock::new();
-    BUILT.get_or_init(|| {
-        let status = Command::new(env!("CARGO"))
-            .args(["build", "-q", "-p", "mmurr", "-p", "mmurr-emu"])
-            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
-            .status()
-            .expect("cannot run cargo");
-        assert!(status.success(), "building mmurr and mmurr-emu failed");
-    });
-    let _ = package;
-    let exe = std::env::current_exe().unwrap();
-    let dir = exe.parent().unwrap().parent().unwrap();
-    let bin = dir.join(name);
-    assert!(bin.exists(), "{} was not built", bin.display());
-    bin
-}
 
 /// Starts `mmurr ARGS` with `--gdb 127.0.0.1:0`; returns the child and the port it printed.
 /// Its stderr keeps being drained (and echoed) in a thread.
@@ -183,6 +164,33 @@ continue",
     common::expect(&out, "$2 = 0x400000");
     common::expect(&out, "exited with code");
     finish(child);
+}
+
+/// `mmurr run --backend kvm --cpus 2`: the live server drives both vCPUs' round robin; it
+/// breaks at AP 1's first CR3 load (0x40000, which only AP 1 writes) and runs to the end.
+#[test]
+fn run_gdb_on_kvm_two_vcpus() {
+    recorder::require_kvm!();
+    let (child, port) = start_live(&[
+        "run",
+        "--scenario",
+        "smp-bringup",
+        "--cpus",
+        "2",
+        "--backend",
+        "kvm",
+    ]);
+    let out = common::run_gdb(
+        port,
+        "monitor break-on cr3
+continue
+p/x $cr3
+monitor break-on clear
+continue",
+    );
+    common::expect(&out, "$1 = 0x40000");
+    common::expect(&out, "exited with code");
+    assert_eq!(finish(child), 1, "the guest's debug exit 0");
 }
 
 /// A live write watchpoint on the PTE of the seed scenario's marker page: the CPU's page walk

@@ -1,11 +1,13 @@
 //! The replay server on a trace of four vCPUs (`smp-bringup` recorded with `--cpus 4` on the
 //! emu backend), driven by the real gdb: the vCPUs are threads, each with its own registers
 //! and address space, and stepping in either direction moves the whole machine one
-//! instruction in the recorded total order, the stop naming the vCPU that ran it.
+//! instruction in the recorded total order, the stop naming the vCPU that ran it. And the same
+//! on a trace the kvm backend recorded (`--cpus 2`; the replayer needs no KVM, the recording
+//! does).
 
 mod common;
 
-use common::{after, expect, run_gdb, start_replay_server};
+use common::{after, binary, expect, run_gdb, start_replay_server};
 use std::path::Path;
 
 fn smp_trace() -> std::path::PathBuf {
@@ -64,4 +66,52 @@ p $cr0",
     // The BSP is still in unpaged protected mode, waiting for the APs.
     expect(back, "$7 = 0x0");
     expect(back, "$8 = [ PE ET ]");
+}
+
+#[test]
+fn a_kvm_trace_of_two_vcpus_replays_with_a_thread_per_vcpu() {
+    recorder::require_kvm!();
+    let dir = tempfile::tempdir().unwrap();
+    let rec = std::process::Command::new(binary("mmurr", "mmurr"))
+        .args(["record", "--scenario", "smp-bringup", "--cpus", "2"])
+        .args(["--backend", "kvm", "-q", "-o", "k.mmurr"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    // The guest's debug exit 0.
+    assert_eq!(
+        rec.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&rec.stderr)
+    );
+    let port = start_replay_server(&dir.path().join("k.mmurr"));
+    let out = run_gdb(
+        port,
+        "info threads
+thread 2
+p $pc
+p/x $cs
+monitor seek 120
+maintenance flush register-cache
+thread 2
+p/x $cr3
+p $cr0
+thread 1
+p/x $cr3
+p $cr0",
+    );
+    for t in 1..=2 {
+        expect(&out, &format!("Thread 1.{t} "));
+    }
+    // AP 1 at entry: the INIT state KVM gives a vCPU it creates, F000:FFF0.
+    expect(&out, "$1 = (void (*)()) 0xfffffff0");
+    expect(&out, "$2 = 0xf000");
+    // At step 120 AP 1 runs in long mode on its own PML4, while the BSP, still unpaged,
+    // waits for it.
+    let at120 = after(&out, "at step 120");
+    expect(at120, "$3 = 0x40000");
+    expect(at120, "$4 = [ PE ET PG ]");
+    expect(at120, "$5 = 0x0");
+    expect(at120, "$6 = [ PE ET ]");
 }

@@ -105,6 +105,29 @@ impl Scenario {
             .iter()
             .any(|m| matches!(m, PagingMode::Bits32 | PagingMode::Pae))
     }
+
+    /// The paging modes the scenario needs on a machine of `cpus` vCPUs: those of [`Self::needs`]
+    /// that the BSP or an AP the machine has enters (its expected transitions); all of them
+    /// for a scenario without APs.
+    pub fn needs_on(&self, cpus: u32) -> Vec<PagingMode> {
+        if self.aps.is_empty() {
+            return self.needs.clone();
+        }
+        let aps = self.aps.iter().take(cpus.saturating_sub(1) as usize);
+        let entered: Vec<PagingMode> = std::iter::once(&self.expected)
+            .chain(aps.map(|ap| &ap.expected))
+            .flatten()
+            .filter_map(|e| match e {
+                ExpectedEvent::Transition { to, .. } => Some(*to),
+                _ => None,
+            })
+            .collect();
+        self.needs
+            .iter()
+            .copied()
+            .filter(|m| entered.contains(m))
+            .collect()
+    }
 }
 
 /// Names of the built-in scenarios, in presentation order.

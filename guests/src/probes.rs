@@ -46,3 +46,47 @@ pub fn mmio_read_modify_write_events() -> (Vec<(Step, MmioAccess)>, u64) {
     };
     (vec![(1, read), (1, write)], 3)
 }
+
+/// Where [`smp_busy_loop`]'s APs start: the startup IPI's vector is this page.
+const SMP_AP: u64 = 0x8000;
+
+/// A machine of any number of vCPUs, all busy: the BSP (unpaged protected mode) starts the
+/// APs with INIT-SIPI-SIPI to all excluding self, then every vCPU increments a counter in
+/// memory for ever (the BSP at 0x9000, the APs in real mode at 0x9100). For the step-rate
+/// benches of several vCPUs on both backends.
+pub fn smp_busy_loop() -> Result<GuestSpec, String> {
+    const GDT: u64 = 0x3000;
+    const BSP: u64 = 0x1000;
+    let asm = |e: iced_x86::IcedError| e.to_string();
+    let mut bsp = CodeAssembler::new(32).map_err(asm)?;
+    for icr in [
+        0xc_4500u32,
+        0xc_4600 | (SMP_AP >> 12) as u32,
+        0xc_4600 | (SMP_AP >> 12) as u32,
+    ] {
+        bsp.mov(dword_ptr(0xfee0_0300u64), icr).map_err(asm)?;
+    }
+    let mut top = bsp.create_label();
+    bsp.set_label(&mut top).map_err(asm)?;
+    bsp.inc(ecx).map_err(asm)?;
+    bsp.mov(dword_ptr(0x9000u64), ecx).map_err(asm)?;
+    bsp.jmp(top).map_err(asm)?;
+    let mut ap = CodeAssembler::new(16).map_err(asm)?;
+    let mut top = ap.create_label();
+    ap.set_label(&mut top).map_err(asm)?;
+    ap.inc(cx).map_err(asm)?;
+    ap.mov(word_ptr(0x9100u64), cx).map_err(asm)?;
+    ap.jmp(top).map_err(asm)?;
+    let mut img = crate::image::Image::new(2 << 20);
+    let add = |e: crate::BuildError| e.to_string();
+    img.add("bsp", BSP, bsp.assemble(BSP).map_err(asm)?)
+        .map_err(add)?;
+    img.add("ap", SMP_AP, ap.assemble(0).map_err(asm)?)
+        .map_err(add)?;
+    img.add("gdt", GDT, crate::gdt_blob(GDT)).map_err(add)?;
+    Ok(img.into_spec(
+        crate::image::protected_entry(BSP as u32, GDT),
+        "smp busy loop".into(),
+        String::new(),
+    ))
+}

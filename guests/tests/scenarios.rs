@@ -639,3 +639,19 @@ fn exceptions_scenario_expects_every_fault() {
     assert_eq!(walk4(&m, 0x4000, 0x13000), Some((0x13000, false)));
     assert_eq!(walk4(&m, 0x4000, 0x20_0000), None);
 }
+
+/// A scenario with APs needs, on a machine of N vCPUs, the modes of the vCPUs it has: on 2,
+/// `smp-bringup` stays in long mode (AP 1), on 3 and more AP 2's legacy paging is in.
+#[test]
+fn smp_bringup_needs_legacy_paging_only_with_ap_2() {
+    let s = guests::scenario("smp-bringup", &CpuFeatures::default()).unwrap();
+    assert_eq!(s.needs_on(1), vec![PagingMode::Level4]);
+    assert_eq!(s.needs_on(2), vec![PagingMode::Level4]);
+    for n in [3, 4, 8] {
+        assert_eq!(s.needs_on(n), s.needs, "{n} vCPUs");
+    }
+    assert!(s.needs.contains(&PagingMode::Bits32) && s.needs.contains(&PagingMode::Pae));
+    // Without APs the declared needs stand.
+    let seed = guests::scenario("pae-toggle", &CpuFeatures::default()).unwrap();
+    assert_eq!(seed.needs_on(4), seed.needs);
+}

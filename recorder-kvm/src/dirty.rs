@@ -1,12 +1,14 @@
 //! Exact memory on kvm: the pages the guest may have written since the previous step.
 //!
-//! Preferred: the vCPU's dirty ring (KVM_CAP_DIRTY_LOG_RING). KVM publishes each page the
-//! guest writes in a ring shared with us, so a step costs no system call at all: on this PVM
+//! Preferred: the vCPUs' dirty rings (KVM_CAP_DIRTY_LOG_RING), one per vCPU. KVM publishes
+//! each page a vCPU writes in that vCPU's ring, shared with us, so a step costs no system call at all: on this PVM
 //! host, where KVM emulates ring-0 instructions and publishes every write they make, the
 //! KVM_GET_DIRTY_LOG ioctl after every step was most of what exact memory cost. Harvested
 //! pages stay writable until KVM_RESET_DIRTY_RINGS re-protects them (a natively running guest
 //! writes them without KVM seeing it), so they are *hot* until then, as below, and the ring is
-//! reset on the same rule.
+//! reset on the same rule. KVM_RESET_DIRTY_RINGS is one VM-wide ioctl and a hot page is
+//! writable by every vCPU, so with several vCPUs the hot set is the machine's: a page one
+//! vCPU's ring published is reported after any vCPU's step until the rings are reset.
 //!
 //! Otherwise the dirty bitmap (KVM_MEM_LOG_DIRTY_PAGES on the RAM slot, KVM_GET_DIRTY_LOG after
 //! every step, ≈ 1.3 µs per step here). Plain KVM_GET_DIRTY_LOG write-protects every page it
@@ -49,9 +51,9 @@ enum Source {
     },
 }
 
-/// The dirty ring and the pages harvested from it since its last reset.
+/// The vCPUs' dirty rings and the pages harvested from them since their last reset.
 struct RingLog {
-    ring: DirtyRing,
+    rings: Vec<DirtyRing>,
     hot: Vec<u64>,
     /// Reports since the oldest hot page became hot.
     reports: u32,
@@ -70,12 +72,12 @@ impl DirtyLog {
         }
     }
 
-    /// The log of slot `slot` read from the vCPU's dirty ring.
-    pub fn ring(slot: u32, ring: DirtyRing) -> DirtyLog {
+    /// The log of slot `slot` read from the vCPUs' dirty rings (one per vCPU).
+    pub fn rings(slot: u32, rings: Vec<DirtyRing>) -> DirtyLog {
         DirtyLog {
             slot,
             source: Source::Ring(RingLog {
-                ring,
+                rings,
                 hot: Vec::new(),
                 reports: 0,
             }),
@@ -99,7 +101,7 @@ impl DirtyLog {
         match &mut self.source {
             Source::Ring(r) => {
                 r.harvest(self.slot);
-                r.ring.reset(vm)
+                r.reset(vm)
             }
             Source::Bitmap { .. } => Err("a dirty-ring exit without a dirty ring".into()),
         }
@@ -141,16 +143,28 @@ impl DirtyLog {
 }
 
 impl RingLog {
-    /// Takes in the pages KVM published since the last harvest.
+    /// Takes in the pages KVM published since the last harvest (only the vCPU that stepped
+    /// can have published any, but a ring costs one load to look at).
     fn harvest(&mut self, slot: u32) {
-        while let Some((s, page)) = self.ring.harvest() {
-            if s == slot && !self.hot.contains(&page) {
-                if self.hot.is_empty() {
-                    self.reports = 0;
+        for ring in &mut self.rings {
+            while let Some((s, page)) = ring.harvest() {
+                if s == slot && !self.hot.contains(&page) {
+                    if self.hot.is_empty() {
+                        self.reports = 0;
+                    }
+                    self.hot.push(page);
                 }
-                self.hot.push(page);
             }
         }
+    }
+
+    /// KVM_RESET_DIRTY_RINGS resets every vCPU's ring at once.
+    fn reset(&mut self, vm: &VmFd) -> Result<(), String> {
+        mapping::reset_dirty_rings(vm)?;
+        for ring in &mut self.rings {
+            ring.reset_done();
+        }
+        Ok(())
     }
 
     fn read(&mut self, vm: &VmFd, slot: u32, pages: &mut Vec<u64>) -> Result<(), String> {
@@ -160,11 +174,11 @@ impl RingLog {
         }
         pages.extend_from_slice(&self.hot);
         self.reports += 1;
-        let full = self.ring.harvested() >= self.ring.len() / 2;
+        let full = self.rings.iter().any(|r| r.harvested() >= r.len() / 2);
         if self.reports >= HOT_REPORTS || self.hot.len() > MAX_HOT || full {
             // Reported just now, so nothing is lost by forgetting them: from here on their
             // writes are published again.
-            self.ring.reset(vm)?;
+            self.reset(vm)?;
             self.hot.clear();
         }
         Ok(())

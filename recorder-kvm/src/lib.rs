@@ -8,6 +8,7 @@ mod host;
 mod mapping;
 mod probe;
 mod regs;
+mod smp;
 mod sregs2;
 mod vcpu;
 

@@ -4,8 +4,8 @@
 
 use kvm_bindings::{
     kvm_clear_dirty_log, kvm_clear_dirty_log__bindgen_ty_1, kvm_dirty_gfn, kvm_dirty_log,
-    kvm_dirty_log__bindgen_ty_1, kvm_run, kvm_userspace_memory_region, KVMIO,
-    KVM_DIRTY_LOG_PAGE_OFFSET,
+    kvm_dirty_log__bindgen_ty_1, kvm_irqchip, kvm_run, kvm_userspace_memory_region, KVMIO,
+    KVM_DIRTY_LOG_PAGE_OFFSET, KVM_IRQCHIP_PIC_MASTER,
 };
 use kvm_ioctls::{VcpuFd, VmFd};
 use std::os::fd::AsRawFd;
@@ -103,17 +103,37 @@ impl DirtyRing {
         Some((entry.slot, entry.offset))
     }
 
-    /// KVM_RESET_DIRTY_RINGS: KVM write-protects the harvested pages again (their next
-    /// write is published again) and frees their entries.
-    pub fn reset(&mut self, vm: &VmFd) -> Result<(), String> {
-        // SAFETY: `vm` is a VM fd; the ioctl takes no argument.
-        let ret = unsafe { ioctl(vm, KVM_RESET_DIRTY_RINGS()) };
-        if ret < 0 {
-            return Err(os_error("KVM_RESET_DIRTY_RINGS"));
-        }
+    /// KVM_RESET_DIRTY_RINGS ([`reset_dirty_rings`]) freed the entries harvested so far.
+    pub fn reset_done(&mut self) {
         self.harvested = 0;
-        Ok(())
     }
+}
+
+/// Whether the in-kernel 8259 pair has an unmasked interrupt request (IRR & ~IMR of the
+/// master, KVM_GET_IRQCHIP), which KVM hands to a vCPU accepting ExtINT.
+pub fn pic_requests(vm: &VmFd) -> bool {
+    let mut chip = kvm_irqchip {
+        chip_id: KVM_IRQCHIP_PIC_MASTER,
+        ..Default::default()
+    };
+    if vm.get_irqchip(&mut chip).is_err() {
+        return false;
+    }
+    // SAFETY: KVM_GET_IRQCHIP with chip_id KVM_IRQCHIP_PIC_MASTER fills the `pic` member of
+    // the union (a plain-data struct every bit pattern of which is valid).
+    let pic = unsafe { chip.chip.pic };
+    pic.irr & !pic.imr != 0
+}
+
+/// KVM_RESET_DIRTY_RINGS: KVM write-protects the pages harvested from every vCPU's ring again
+/// (their next write is published again) and frees their entries.
+pub fn reset_dirty_rings(vm: &VmFd) -> Result<(), String> {
+    // SAFETY: `vm` is a VM fd; the ioctl takes no argument.
+    let ret = unsafe { ioctl(vm, KVM_RESET_DIRTY_RINGS()) };
+    if ret < 0 {
+        return Err(os_error("KVM_RESET_DIRTY_RINGS"));
+    }
+    Ok(())
 }
 
 impl Drop for DirtyRing {

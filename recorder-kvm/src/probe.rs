@@ -223,6 +223,8 @@ const CAPS: &[(&str, Cap)] = &[
     ("xcrs", Cap::Xcrs),
     ("vcpu_events", Cap::VcpuEvents),
     ("ext_cpuid", Cap::ExtCpuid),
+    // Several vCPUs: KVM_GET_MP_STATE says which can run.
+    ("mp_state", Cap::MpState),
 ];
 
 fn open_error(e: kvm_ioctls::Error) -> String {

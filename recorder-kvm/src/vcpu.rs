@@ -1,17 +1,20 @@
-//! The kvm backend proper: one VM with one vCPU and its RAM, stepped one instruction at a time
-//! with KVM_SET_GUEST_DEBUG (SINGLESTEP) and read through KVM_CAP_SYNC_REGS.
+//! The kvm backend proper: one VM with its vCPUs and RAM, stepped one instruction at a time
+//! with KVM_SET_GUEST_DEBUG (SINGLESTEP) and read through KVM_CAP_SYNC_REGS. With several
+//! vCPUs the recorder selects which one steps ([`Backend::select_vcpu`]); the others are
+//! parked with their state, and [`crate::smp`] says which can run.
 
 use crate::dirty::DirtyLog;
 use crate::mapping::{self, DirtyRing, GuestRam};
 use crate::probe::HostReport;
 use crate::regs::{kvm_regs_of, kvm_sregs_of, regs_from_kvm};
+use crate::smp::{self, MpState, StartupWatch};
 use kvm_bindings::{
     kvm_enable_cap, kvm_guest_debug, kvm_msr_entry, kvm_pit_config, CpuId, Msrs,
     KVM_CAP_DIRTY_LOG_RING, KVM_CAP_MANUAL_DIRTY_LOG_PROTECT2, KVM_DIRTY_LOG_MANUAL_PROTECT_ENABLE,
     KVM_EXIT_DIRTY_RING_FULL, KVM_GUESTDBG_ENABLE, KVM_GUESTDBG_SINGLESTEP, KVM_MAX_CPUID_ENTRIES,
 };
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
-use recorder::{Backend, BackendError, Exit, StepResult, Written};
+use recorder::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
 use traces::{BackendInfo, CpuidEntry, GuestSpec, Regs};
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
@@ -27,10 +30,28 @@ const PAGE_SHIFT: u32 = 12;
 /// walk) and the ring is reset at least every `dirty::HOT_REPORTS` steps.
 const DIRTY_RING_BYTES: usize = 4096 * 16;
 
-/// A guest on /dev/kvm. Field order matters: the vCPU and VM are closed before the RAM they
+/// While no vCPU can run, [`Backend::wait_for_any`] sleeps this long before the recorder
+/// looks again (KVM's timers run on host time)...
+const WAIT: std::time::Duration = std::time::Duration::from_millis(1);
+/// ... at most this many times in a row: then nothing is taken to wake any vCPU.
+const MAX_WAITS: u32 = 10_000;
+
+/// A vCPU not selected now, with the state the selected one keeps in [`KvmBackend`]'s fields.
+struct Parked {
+    fd: VcpuFd,
+    regs: Regs,
+    synced: bool,
+    pending_read: bool,
+    completion: Option<StepResult>,
+}
+
+/// A guest on /dev/kvm. Field order matters: the vCPUs and VM are closed before the RAM they
 /// map is unmapped.
 pub struct KvmBackend {
+    /// The selected vCPU (the only one with one vCPU).
     vcpu: Option<VcpuFd>,
+    /// The other vCPUs, by number; `None` at the selected one's.
+    parked: Vec<Option<Parked>>,
     vm: Option<VmFd>,
     kvm: Kvm,
     ram: Option<GuestRam>,
@@ -52,11 +73,30 @@ pub struct KvmBackend {
     completion: Option<StepResult>,
     /// The host's own KVM, watched through tracefs.
     host: crate::host::HostEvents,
+    /// How many vCPUs the machine has, and the selected one.
+    cpus: u32,
+    cur: u32,
+    /// The selected vCPU's sync-regs area holds its state: it has been through KVM_RUN (an AP
+    /// that never ran is read and written with ioctls).
+    synced: bool,
+    /// Per vCPU: whether a startup IPI started it (reported by its next step).
+    startups: Vec<StartupWatch>,
+    /// The startup IPI the last step performed, for [`Backend::take_deliveries`].
+    startup: Option<Delivery>,
+    /// [`Backend::wait_for_any`] calls since the last step.
+    waits: u32,
 }
 
 impl KvmBackend {
-    /// Opens /dev/kvm. The VM itself is created by [`Backend::load`].
+    /// Opens /dev/kvm for a machine of one vCPU. The VM itself is created by
+    /// [`Backend::load`].
     pub fn new(report: HostReport) -> Result<KvmBackend, BackendError> {
+        KvmBackend::with_vcpus(report, 1)
+    }
+
+    /// Opens /dev/kvm for a machine of `cpus` vCPUs (APIC IDs 0..cpus; the APs wait for
+    /// INIT-SIPI), as many as this host's KVM allows.
+    pub fn with_vcpus(report: HostReport, cpus: u32) -> Result<KvmBackend, BackendError> {
         if let Err(why) = &report.usable {
             return Err(BackendError::HostUnsupported(format!(
                 "/dev/kvm is not usable: {why}; record with --backend emu"
@@ -71,10 +111,29 @@ impl KvmBackend {
                     .into(),
             ));
         }
+        let max = u32::try_from(kvm.get_max_vcpus()).unwrap_or(u32::MAX);
+        if cpus == 0 || cpus > max {
+            return Err(BackendError::Other(format!(
+                "--cpus {cpus}: this host's KVM runs 1 to {max} vCPUs"
+            )));
+        }
+        if cpus > 1 && !report.has_cap("mp_state") {
+            return Err(BackendError::HostUnsupported(format!(
+                "--cpus {cpus}: this host's KVM has no KVM_CAP_MP_STATE, so mmurr cannot tell \
+                 which vCPU can run; record with --backend emu"
+            )));
+        }
         let host = crate::host::HostEvents::new(&report);
         Ok(KvmBackend {
             host,
             vcpu: None,
+            parked: Vec::new(),
+            cpus,
+            cur: 0,
+            synced: false,
+            startups: vec![StartupWatch::default(); cpus as usize],
+            startup: None,
+            waits: 0,
             vm: None,
             kvm,
             ram: None,
@@ -95,6 +154,7 @@ impl KvmBackend {
     /// (A full dirty ring is freed, as it must be for the vCPU to run on.)
     pub fn step_bare(&mut self) -> Result<u64, BackendError> {
         loop {
+            self.synced = true;
             let vcpu = self.vcpu()?;
             match vcpu.run() {
                 Ok(VcpuExit::Debug(_)) => return Ok(vcpu.sync_regs().regs.rip),
@@ -132,7 +192,7 @@ impl KvmBackend {
 
     /// Reads regs + sregs after a run: from the sync-regs area, or with two ioctls.
     fn refresh(&mut self) -> Result<(), BackendError> {
-        let sync = self.sync_regs;
+        let sync = self.sync_regs && self.synced;
         let vcpu = self.vcpu()?;
         let (r, s) = if sync {
             let sr = vcpu.sync_regs();
@@ -154,6 +214,7 @@ impl KvmBackend {
     fn complete_pending(&mut self) -> Result<Option<Exit>, BackendError> {
         let mut further = None;
         loop {
+            self.synced = true;
             let vcpu = self.vcpu()?;
             vcpu.set_kvm_immediate_exit(1);
             // Ok(None): completed (a debug exit is the single-step trap of the completed
@@ -341,6 +402,48 @@ impl KvmBackend {
         Ok(())
     }
 
+    /// vCPU `v`'s descriptor and registers (the selected one's live in the fields).
+    fn vcpu_of(&self, v: u32) -> Option<(&VcpuFd, &Regs)> {
+        if v == self.cur {
+            return self.vcpu.as_ref().map(|fd| (fd, &self.regs));
+        }
+        let p = self.parked.get(v as usize)?.as_ref()?;
+        Some((&p.fd, &p.regs))
+    }
+
+    /// What KVM_GET_MP_STATE says of vCPU `v` now, noting a startup IPI that started it.
+    fn mp_state(&mut self, v: u32) -> Option<MpState> {
+        let (fd, _) = self.vcpu_of(v)?;
+        let state = MpState::of(fd).ok()?;
+        let regs = || {
+            let r = fd.get_regs().ok()?;
+            let s = fd.get_sregs().ok()?;
+            let mut regs = Regs::default();
+            regs_from_kvm(&r, &s, &mut regs);
+            Some(regs)
+        };
+        let mut watch = *self.startups.get(v as usize)?;
+        watch.observe(state, regs);
+        self.startups[v as usize] = watch;
+        Some(state)
+    }
+
+    /// The step of a startup IPI (as on emu): KVM already put the AP at the vector's page;
+    /// no instruction runs.
+    fn started(&mut self, vector: u8) -> Result<StepResult, BackendError> {
+        let vcpu = self.vcpu()?;
+        let r = vcpu.get_regs().map_err(ioctl_err("KVM_GET_REGS"))?;
+        let s = vcpu.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
+        regs_from_kvm(&r, &s, &mut self.regs);
+        self.startup = Some(Delivery {
+            vector,
+            kind: DeliveryKind::Startup,
+            error_code: None,
+            cr2: None,
+        });
+        self.stepped(Exit::Stepped)
+    }
+
     /// Is the guest, as of the last step, in a mode this host's KVM shuts down on?
     fn in_legacy_paging(&self) -> bool {
         self.regs.cr0 & CR0_PG != 0 && self.regs.efer & EFER_LME == 0
@@ -461,11 +564,15 @@ impl Backend for KvmBackend {
         self.vmm_written.clear();
         self.completion = None;
         self.pending_read = false;
+        self.parked.clear();
+        self.cur = 0;
+        self.synced = false;
+        self.startups = vec![StartupWatch::default(); self.cpus as usize];
+        self.startup = None;
         let mut vcpu = vm.create_vcpu(0).map_err(ioctl_err("KVM_CREATE_VCPU"))?;
-        if let (Some(bytes), Ok(_)) = (ring, &self.dirty_log) {
-            // With the ring enabled there is no bitmap to fall back to.
-            self.dirty_log = DirtyRing::map(&vcpu, bytes).map(|r| DirtyLog::ring(RAM_SLOT, r));
-        }
+        // With the ring enabled there is no bitmap to fall back to: one ring per vCPU.
+        let ring = ring.filter(|_| self.dirty_log.is_ok());
+        let mut rings = ring.map(|bytes| DirtyRing::map(&vcpu, bytes).map(|r| vec![r]));
         let mut cpuid = self
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
@@ -515,6 +622,42 @@ impl Backend for KvmBackend {
         };
         vcpu.set_guest_debug(&debug)
             .map_err(ioctl_err("KVM_SET_GUEST_DEBUG"))?;
+        self.parked.push(None);
+        for id in 1..self.cpus {
+            let ap = vm
+                .create_vcpu(u64::from(id))
+                .map_err(ioctl_err("KVM_CREATE_VCPU"))?;
+            if let (Some(bytes), Some(Ok(list))) = (ring, rings.as_mut()) {
+                match DirtyRing::map(&ap, bytes) {
+                    Ok(r) => list.push(r),
+                    Err(why) => rings = Some(Err(why)),
+                }
+            }
+            ap.set_cpuid2(&smp::cpuid_for_apic_id(&cpuid, id))
+                .map_err(ioctl_err("KVM_SET_CPUID2"))?;
+            ap.set_guest_debug(&debug)
+                .map_err(ioctl_err("KVM_SET_GUEST_DEBUG"))?;
+            let mut ap = ap;
+            if sync_regs {
+                ap.set_sync_valid_reg(SyncReg::Register);
+                ap.set_sync_valid_reg(SyncReg::SystemRegister);
+                ap.set_sync_valid_reg(SyncReg::VcpuEvents);
+            }
+            let r = ap.get_regs().map_err(ioctl_err("KVM_GET_REGS"))?;
+            let s = ap.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
+            let mut regs = Regs::default();
+            regs_from_kvm(&r, &s, &mut regs);
+            self.parked.push(Some(Parked {
+                fd: ap,
+                regs,
+                synced: false,
+                pending_read: false,
+                completion: None,
+            }));
+        }
+        if let Some(rings) = rings {
+            self.dirty_log = rings.map(|r| DirtyLog::rings(RAM_SLOT, r));
+        }
         ram.populate_read();
         self.vm = Some(vm);
         self.vcpu = Some(vcpu);
@@ -525,7 +668,7 @@ impl Backend for KvmBackend {
         self.regs.kernel_gs_base = guest.entry.kernel_gs_base;
         self.regs.pkru = guest.entry.pkru;
         self.regs.pdptrs = guest.entry.pdptrs;
-        self.sync_regs = self.report.has_cap("sync_regs");
+        self.sync_regs = sync_regs;
         if self.sync_regs {
             let vcpu = self.vcpu()?;
             vcpu.set_sync_valid_reg(SyncReg::Register);
@@ -590,7 +733,7 @@ impl Backend for KvmBackend {
 
     fn set_regs(&mut self, regs: &Regs) -> Result<(), BackendError> {
         self.write_rare_regs(regs)?;
-        let sync = self.sync_regs;
+        let sync = self.sync_regs && self.synced;
         let vcpu = self.vcpu()?;
         if sync {
             let base = vcpu.sync_regs().sregs;
@@ -642,7 +785,12 @@ impl Backend for KvmBackend {
                 "step while an `in`/MMIO read still waits for its data".into(),
             ));
         }
+        self.waits = 0;
+        if let Some(vector) = self.startups[self.cur as usize].started.take() {
+            return self.started(vector);
+        }
         loop {
+            self.synced = true;
             let vcpu = self.vcpu()?;
             let exit = match vcpu.run() {
                 Ok(VcpuExit::Debug(_)) => Exit::Stepped,
@@ -700,8 +848,13 @@ impl Backend for KvmBackend {
                             )
                         });
                         if let Some(mode) = mode {
+                            let on = if self.cpus > 1 {
+                                format!(" on vCPU {}", self.cur)
+                            } else {
+                                String::new()
+                            };
                             return Err(BackendError::HostUnsupported(format!(
-                                "KVM_EXIT_SHUTDOWN at RIP {:#x} ({}) as the guest entered {mode} paging: this host's KVM (a PVM variant with shadow paging) cannot run 32-bit or PAE paging guests; record with --backend emu",
+                                "KVM_EXIT_SHUTDOWN at RIP {:#x} ({}){on} as the guest entered {mode} paging: this host's KVM (a PVM variant with shadow paging) cannot run 32-bit or PAE paging guests; record with --backend emu",
                                 self.regs.rip,
                                 self.instruction_at_rip()
                             )));
@@ -768,6 +921,80 @@ impl Backend for KvmBackend {
             .ok_or_else(|| BackendError::Other("set_irq_line before load".into()))?;
         vm.set_irq_line(gsi, level)
             .map_err(ioctl_err("KVM_IRQ_LINE"))
+    }
+
+    fn take_deliveries(&mut self) -> Option<Vec<Delivery>> {
+        // Everything else KVM delivers inside the kernel: the recorder infers it.
+        self.startup.take().map(|d| vec![d])
+    }
+
+    fn vcpus(&self) -> u32 {
+        self.cpus
+    }
+
+    fn select_vcpu(&mut self, vcpu: u32) -> Result<(), BackendError> {
+        if vcpu == self.cur {
+            return Ok(());
+        }
+        if vcpu >= self.cpus {
+            return Err(BackendError::Other(format!(
+                "vCPU {vcpu} does not exist ({} vCPUs)",
+                self.cpus
+            )));
+        }
+        if self.pending_read {
+            return Err(BackendError::Other(format!(
+                "vCPU {} waits for the data of an `in`/MMIO read",
+                self.cur
+            )));
+        }
+        let next = self
+            .parked
+            .get_mut(vcpu as usize)
+            .and_then(Option::take)
+            .ok_or_else(|| BackendError::Other("no guest loaded".into()))?;
+        let old = Parked {
+            fd: self
+                .vcpu
+                .replace(next.fd)
+                .ok_or_else(|| BackendError::Other("no guest loaded".into()))?,
+            regs: std::mem::replace(&mut self.regs, next.regs),
+            synced: std::mem::replace(&mut self.synced, next.synced),
+            pending_read: std::mem::replace(&mut self.pending_read, next.pending_read),
+            completion: std::mem::replace(&mut self.completion, next.completion),
+        };
+        self.parked[self.cur as usize] = Some(old);
+        self.cur = vcpu;
+        Ok(())
+    }
+
+    fn vcpu_runnable(&mut self, vcpu: u32) -> bool {
+        match self.mp_state(vcpu) {
+            Some(MpState::Runnable) => true,
+            Some(MpState::Halted) => {
+                let pic = self.vm.as_ref().is_some_and(mapping::pic_requests);
+                self.vcpu_of(vcpu)
+                    .is_some_and(|(fd, regs)| smp::halted_wakes(fd, regs, pic))
+            }
+            Some(MpState::WaitsForSipi | MpState::Other(_)) | None => false,
+        }
+    }
+
+    /// KVM's timers and the PIT run on host time: while a halted vCPU takes interrupts,
+    /// wait a little for one (at most [`MAX_WAITS`] times in a row).
+    fn wait_for_any(&mut self) -> bool {
+        let may_wake = (0..self.cpus).any(|v| {
+            self.mp_state(v) == Some(MpState::Halted)
+                && self
+                    .vcpu_of(v)
+                    .is_some_and(|(_, r)| r.rflags & mmu::bits::RFLAGS_IF != 0)
+        });
+        if !may_wake || self.waits >= MAX_WAITS {
+            return false;
+        }
+        self.waits += 1;
+        std::thread::sleep(WAIT);
+        true
     }
 
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError> {

@@ -205,7 +205,8 @@ fn disagreement(
     let write = analysis.last_write_at(root.step.saturating_sub(1));
     CheckFinding {
         policy: policy.name,
-        // The kvm backend records one vCPU.
+        // Host records name no vCPU: with several (kvm --cpus N) a root is compared with the
+        // model after the machine's last write before it.
         vcpu: None,
         step: root.step,
         event: write.map_or(0, |w| w.event.id),

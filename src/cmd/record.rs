@@ -74,27 +74,31 @@ fn kvm_cannot_map(guest: &BuiltGuest) -> Option<String> {
     ))
 }
 
-/// `auto`: kvm when the probe says this host runs every paging mode the guest needs (unknown
-/// needs, as for --image and --kernel, count as runnable) and the kvm backend maps all of the
-/// guest's memory, else emu.
+/// The paging modes the guest needs on `cpus` vCPUs: a scenario's APs beyond the machine's
+/// never run, so their modes are not needed (`smp-bringup` on 2 vCPUs stays out of AP 2's
+/// legacy paging).
+fn needs_on(guest: &BuiltGuest, cpus: u32) -> Option<Vec<traces::PagingMode>> {
+    let needs = guest.needs.clone()?;
+    if cpus <= 1 {
+        return Some(needs);
+    }
+    let scenario = guest
+        .scenario
+        .as_deref()
+        .and_then(|name| guests::scenario(name, &guests::CpuFeatures::default()));
+    Some(scenario.map_or(needs, |s| s.needs_on(cpus)))
+}
+
+/// `auto`: kvm when the probe says this host runs every paging mode the guest needs on its
+/// vCPUs (unknown needs, as for --image and --kernel, count as runnable) and the kvm backend
+/// maps all of the guest's memory, else emu.
 pub fn choose_backend(
     choice: BackendChoice,
     guest: &BuiltGuest,
     cpus: u32,
 ) -> anyhow::Result<BackendChoiceMade> {
-    let (needs, label) = (guest.needs.as_deref(), guest.label.as_str());
-    if cpus > 1 && choice != BackendChoice::Emu {
-        let why = format!(
-            "--cpus {cpus}: the kvm backend records one vCPU; several vCPUs run on the emu backend"
-        );
-        if choice == BackendChoice::Kvm {
-            bail!("{why}: record it with --backend emu");
-        }
-        return Ok(BackendChoiceMade {
-            kind: Chosen::Emu,
-            reason: why,
-        });
-    }
+    let needs = needs_on(guest, cpus);
+    let (needs, label) = (needs.as_deref(), guest.label.as_str());
     if choice != BackendChoice::Emu {
         if let Some(why) = kvm_cannot_map(guest) {
             if choice == BackendChoice::Kvm {
@@ -157,7 +161,7 @@ pub fn record_on_kvm(args: &RecordArgs, guest: &BuiltGuest) -> anyhow::Result<Re
         return super::run::live_on_kvm(args, guest, false);
     }
     let opts = record_options(args, guest.scenario.clone())?;
-    let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
+    let mut backend = recorder_kvm::KvmBackend::with_vcpus(recorder_kvm::probe(), args.flags.cpus)?;
     Ok(recorder::record(&mut backend, &guest.spec, &opts)?)
 }
 

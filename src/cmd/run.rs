@@ -56,7 +56,7 @@ pub fn live_on_kvm(
     let opts = record_options(args, guest.scenario.clone())?;
     // An unknown policy is refused before gdb is told to connect.
     recorder::resolve_policies(&opts.policies)?;
-    let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
+    let mut backend = recorder_kvm::KvmBackend::with_vcpus(recorder_kvm::probe(), args.flags.cpus)?;
     let mut live = mmurr_gdb::start_live(mmurr_gdb::LiveOptions {
         listen,
         allow_remote: args.flags.allow_remote,

@@ -46,16 +46,7 @@ fn verify(
     let original_end = original.end().cloned();
     describe_origin(&header, steps);
     let (needs, in_runs) = paging_modes_used(&mut original)?;
-    let chosen = match header.vcpu_count() {
-        1 => choose(args.backend, header.backend.kind, &needs)?,
-        n if args.backend == BackendChoice::Kvm => {
-            bail!("the trace has {n} vCPUs and the kvm backend records one: verify it with --backend emu")
-        }
-        n => (
-            Chosen::Emu,
-            format!("the trace has {n} vCPUs, which the emu backend runs"),
-        ),
-    };
+    let chosen = choose(args.backend, header.backend.kind, &needs)?;
     let name = if chosen.0 == Chosen::Kvm {
         "kvm"
     } else {
@@ -259,7 +250,8 @@ fn options(header: &Header, out: &Path, budget: u64) -> anyhow::Result<RecordOpt
 fn record_on_kvm(trace: &Path, header: &Header, out: &Path, budget: u64) -> anyhow::Result<()> {
     let mut opts = options(header, out, budget)?;
     opts.replay_inputs = Some(replayer::inputs::load(trace)?);
-    let mut backend = recorder_kvm::KvmBackend::new(recorder_kvm::probe())?;
+    let mut backend =
+        recorder_kvm::KvmBackend::with_vcpus(recorder_kvm::probe(), header.vcpu_count())?;
     let summary = recorder::record(&mut backend, &header.guest, &opts)?;
     print_summary(&summary);
     Ok(())

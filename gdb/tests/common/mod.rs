@@ -131,3 +131,22 @@ pub fn after<'a>(text: &'a str, marker: &str) -> &'a str {
         .unwrap_or_else(|| panic!("expected {marker:?} in gdb's output:\n{text}"));
     &text[i + marker.len()..]
 }
+
+/// Builds (once) and returns a workspace binary in this target directory.
+pub fn binary(package: &str, name: &str) -> PathBuf {
+    static BUILT: std::sync::OnceLock<()> = std::sync::OnceLock::new();
+    BUILT.get_or_init(|| {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-q", "-p", "mmurr", "-p", "mmurr-emu"])
+            .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .status()
+            .expect("cannot run cargo");
+        assert!(status.success(), "building mmurr and mmurr-emu failed");
+    });
+    let _ = package;
+    let exe = std::env::current_exe().unwrap();
+    let dir = exe.parent().unwrap().parent().unwrap();
+    let bin = dir.join(name);
+    assert!(bin.exists(), "{} was not built", bin.display());
+    bin
+}

@@ -8,7 +8,7 @@ use ratatui::backend::TestBackend;
 use ratatui::Terminal;
 use replayer::views::registers;
 use replayer::Timeline;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use traces::{EventKind, FindingKind, Reader, Record};
 use tui::app::App;
 
@@ -21,7 +21,7 @@ fn seed_trace() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../traces/corpus/recorded/pae-toggle.emu.mmurr")
 }
 
-fn open(path: &PathBuf) -> App {
+fn open(path: &Path) -> App {
     let mut app = App::open(path).unwrap();
     app.finish_loading();
     app

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn seed_trace() -> PathBuf {
@@ -26,7 +27,10 @@ impl Session {
     fn start() -> Session {
         let version = tmux(&["-V"]);
         assert!(version.status.success(), "tmux -V failed: {version:?}");
-        let name = format!("mmurr-replay-test-{}", std::process::id());
+        // Unique per test: the tests of this file run in parallel in one process.
+        static SESSIONS: AtomicUsize = AtomicUsize::new(0);
+        let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mmurr-replay-test-{}-{n}", std::process::id());
         let out = tmux(&[
             "new-session",
             "-d",

@@ -190,7 +190,8 @@ continue",
 /// round-robin order until AP 2 has retired one instruction, its startup at the vector's page;
 /// a breakpoint in the APs' 64-bit code stops on the thread of AP 1, the first to get there,
 /// and the v5.1-rc3 divergence catchpoint on AP 2's thread at its CR4.PAE write, while AP 1
-/// (long mode, its own PML4) and the BSP (unpaged) keep their own control registers.
+/// (long mode, its own PML4) and the BSP (unpaged) keep their own control registers and
+/// memory reads go through the selected thread's page tables.
 #[test]
 fn live_gdb_on_emu_smp_vcpus_are_threads() {
     let (child, port) = start_live(&[
@@ -219,8 +220,15 @@ monitor break-on divergence v5.1-rc3
 continue
 p $cr4
 monitor role v5.1-rc3
+x/xw 0x400000
 thread 2
 p/x $cr3
+python
+try:
+    gdb.execute(\"x/xw 0x400000\")
+except gdb.error as e:
+    print(\"AP 1:\", e)
+end
 thread 1
 p $cr0
 monitor break-on clear
@@ -242,7 +250,11 @@ continue",
     common::expect(caught, "[Switching to Thread 1.3]");
     common::expect(caught, "$4 = [ PAE ]");
     common::expect(caught, "STALE");
+    // Memory through each thread's own page tables: 0x400000 is AP 2's marker page (its PAE
+    // tables); AP 1's identity map covers only the first 2 MiB.
+    common::expect(caught, "0x400000:\t0x");
     common::expect(caught, "$5 = 0x40000");
+    common::expect(caught, "AP 1: Cannot access memory at address 0x400000");
     common::expect(caught, "$6 = [ PE ET ]");
     common::expect(caught, "exited with code");
     finish(child);

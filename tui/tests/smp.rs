@@ -102,7 +102,10 @@ fn the_seed_bug_opens_on_vcpu_2_with_its_column_and_panels() {
     // On the smallest screen the row keeps its vCPU and the alarm, the title its vCPU.
     let s = screen(&app, 80, 24);
     let row = selected_line(&s);
-    assert!(row.contains("[2]") && row.contains("⚠ STALE v5.1-rc3"), "{s}");
+    assert!(
+        row.contains("[2]") && row.contains("⚠ STALE v5.1-rc3"),
+        "{s}"
+    );
     assert!(s.contains("vCPU 2/4"), "{s}");
     // The finding recorded in the trace (the recorder modelled v5.1-rc3) is vCPU 2's too.
     let finding = events_by_vcpu()

@@ -4,6 +4,7 @@
 
 use std::path::PathBuf;
 use std::process::{Command, Output, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 fn seed_trace() -> PathBuf {
@@ -26,7 +27,10 @@ impl Session {
     fn start() -> Session {
         let version = tmux(&["-V"]);
         assert!(version.status.success(), "tmux -V failed: {version:?}");
-        let name = format!("mmurr-replay-test-{}", std::process::id());
+        // Unique per test: the tests of this file run in parallel in one process.
+        static SESSIONS: AtomicUsize = AtomicUsize::new(0);
+        let n = SESSIONS.fetch_add(1, Ordering::Relaxed);
+        let name = format!("mmurr-replay-test-{}-{n}", std::process::id());
         let out = tmux(&[
             "new-session",
             "-d",
@@ -117,6 +121,41 @@ fn replay_draws_in_tmux_and_restores_the_terminal_on_q() {
     tmux.wait("the shell to run a command", |s| {
         s.lines().any(|l| l.trim_end() == "restored-ok")
     });
+}
+
+/// A trace of four vCPUs (`smp-bringup --cpus 4`): it opens on AP 2's stale context with the
+/// panels on vCPU 2, `v` filters the timeline to one vCPU after another, and `q` quits.
+#[test]
+fn replay_of_several_vcpus_shows_and_filters_them_in_tmux() {
+    let bin = env!("CARGO_BIN_EXE_mmurr");
+    let trace = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("traces/corpus/recorded/smp-bringup.emu.mmurr");
+    let tmux = Session::start();
+    let command = format!(
+        "clear; '{bin}' replay '{}'; echo replay-exit=$?",
+        trace.display()
+    );
+    tmux.send(&[&command, "Enter"]);
+    let s = tmux.wait_for("STALE CONTEXT");
+    for text in ["vCPU 2/4", "registers · vCPU 2", "[2]", "⚠ STALE v5.1-rc3"] {
+        assert!(s.contains(text), "{text:?} missing:\n{s}");
+    }
+    tmux.send(&["v"]);
+    let s = tmux.wait_for("filter: vcpu=0");
+    assert!(s.contains("vCPU 0:"), "{s}");
+    tmux.send(&["v"]);
+    tmux.send(&["v"]);
+    let s = tmux.wait_for("filter: vcpu=2");
+    // Only vCPU 2's rows in the timeline (the left 40 %).
+    let rows: Vec<String> = s.lines().map(|l| l.chars().take(64).collect()).collect();
+    assert!(rows.iter().any(|r| r.contains("[2]")), "{s}");
+    assert!(
+        rows.iter()
+            .all(|r| !r.contains("[0]") && !r.contains("[1]") && !r.contains("[3]")),
+        "{s}"
+    );
+    tmux.send(&["q"]);
+    tmux.wait_for("replay-exit=0");
 }
 
 #[test]

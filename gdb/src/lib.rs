@@ -18,6 +18,7 @@ pub mod recorder_hook;
 pub mod replay_target;
 pub mod server;
 pub mod target_xml;
+pub mod threads;
 pub mod whole_trace;
 
 /// gdb commands (`mmurr seek`, `mmurr goto-event`, `mmurr when`, ...) that `mmurr gdb` loads

@@ -17,10 +17,16 @@ use crate::breakpoints::{write_notes, Breakpoints, WatchOrigin, Watchpoint};
 use crate::guest_memory;
 use crate::monitor::{self, Command};
 use crate::server::console_packet;
+use crate::threads::{self, copy_register};
 use gdbstub::common::Signal;
+use gdbstub::common::Tid;
 use gdbstub::conn::{Connection, ConnectionExt};
 use gdbstub::stub::run_blocking::{self, BlockingEventLoop};
-use gdbstub::stub::{DisconnectReason, GdbStub, SingleThreadStopReason};
+use gdbstub::stub::{DisconnectReason, GdbStub, MultiThreadStopReason, SingleThreadStopReason};
+use gdbstub::target::ext::base::multithread::{
+    MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
+    MultiThreadSingleStepOps,
+};
 use gdbstub::target::ext::base::single_register_access::{
     SingleRegisterAccess, SingleRegisterAccessOps,
 };
@@ -61,14 +67,15 @@ pub enum Verdict {
     Stop(String),
 }
 
-/// gdb thread -> VM thread.
+/// gdb thread -> VM thread. A `vcpu` of `None` is the one that ran the last instruction (the
+/// only one of a one-vCPU guest); `Some(v)` is gdb thread `v + 1` (see [`threads`]).
 #[derive(Debug)]
 enum Request {
-    ReadRegs,
-    WriteRegs(Box<SystemRegs>),
-    WriteReg(usize, Vec<u8>),
-    ReadMem(u64, usize),
-    WriteMem(u64, Vec<u8>),
+    ReadRegs(Option<u32>),
+    WriteRegs(Box<SystemRegs>, Option<u32>),
+    WriteReg(usize, Vec<u8>, Option<u32>),
+    ReadMem(u64, usize, Option<u32>),
+    WriteMem(u64, Vec<u8>, Option<u32>),
     AddBreakpoint(u64),
     RemoveBreakpoint(u64),
     /// gdb's `watch`: address and length (translated on the VM thread, which has the memory).
@@ -76,7 +83,9 @@ enum Request {
     RemoveWatch(u64, u64),
     Monitor(String),
     Continue,
-    Step,
+    /// One instruction of this vCPU (`None`: of whichever runs next): the machine goes on
+    /// in the recorder's round-robin order until that vCPU has retired one.
+    Step(Option<u32>),
     /// Ctrl-C while running.
     Interrupt,
     /// gdb detached: run on without it.
@@ -102,7 +111,8 @@ enum Reply {
     Bytes(Vec<u8>),
     Done(bool),
     Text(String),
-    Stopped(Why),
+    /// Stopped after an instruction of this vCPU.
+    Stopped(Why, u32),
     /// The run ended (guest exit, halt, error, budget): with an exit code for gdb when the
     /// guest exited through the debug-exit port.
     Ended {
@@ -117,8 +127,13 @@ enum RunState {
     /// Waiting for gdb (at entry, or after a stop).
     Stopped,
     /// Running until a breakpoint, catchpoint or Ctrl-C; `from` is the step it resumed at
-    /// (a breakpoint there is the one gdb is stepping off, not a new hit).
-    Running { from: u64, single: bool },
+    /// (a breakpoint there is the one gdb is stepping off, not a new hit). `single`: a
+    /// `stepi`, of `vcpu` when named.
+    Running {
+        from: u64,
+        single: bool,
+        vcpu: Option<u32>,
+    },
     /// gdb detached or went away.
     Free,
 }
@@ -151,10 +166,18 @@ pub struct LiveTarget {
     replies: Receiver<Reply>,
     /// A stop the VM reported while gdb thought it was already stopping (Ctrl-C race).
     ended: Option<(String, Option<u8>)>,
+    /// The machine's vCPUs: with several, gdb sees threads (see [`threads`]).
+    vcpus: u32,
+    /// A multi-threaded resume steps (gdb's `vCont;s:N`): the vCPU of thread N.
+    step_thread: Option<Option<u32>>,
 }
 
-/// A connected pair.
-pub fn pair(allow_writes: bool, interrupted: Arc<AtomicBool>) -> (LiveControl, LiveTarget) {
+/// A connected pair, for a machine of `vcpus` vCPUs.
+pub fn pair(
+    allow_writes: bool,
+    vcpus: u32,
+    interrupted: Arc<AtomicBool>,
+) -> (LiveControl, LiveTarget) {
     let (req_tx, req_rx) = channel();
     let (rep_tx, rep_rx) = channel();
     (
@@ -175,6 +198,8 @@ pub fn pair(allow_writes: bool, interrupted: Arc<AtomicBool>) -> (LiveControl, L
             requests: req_tx,
             replies: rep_rx,
             ended: None,
+            vcpus: vcpus.max(1),
+            step_thread: None,
         },
     )
 }
@@ -192,7 +217,7 @@ impl LiveControl {
         match self.state {
             RunState::Free => return Verdict::Run,
             RunState::Stopped => {}
-            RunState::Running { from, single } => {
+            RunState::Running { from, single, vcpu } => {
                 let why = match self.requests.try_recv() {
                     Ok(Request::Interrupt) => Some(Why::Interrupt),
                     Ok(Request::Detach) => {
@@ -209,7 +234,7 @@ impl LiveControl {
                     }
                 };
                 let why = why.or_else(|| {
-                    if single && step > from {
+                    if single && step > from && vcpu.is_none_or(|v| v == view.vcpu) {
                         Some(Why::Step)
                     } else if let Some(w) = self.bps.watch_hit(view.memory).filter(|_| step > from)
                     {
@@ -224,7 +249,7 @@ impl LiveControl {
                     None => return Verdict::Run,
                     Some(w) => {
                         self.state = RunState::Stopped;
-                        self.send(Reply::Stopped(w));
+                        self.send(Reply::Stopped(w, view.vcpu));
                     }
                 }
             }
@@ -294,6 +319,17 @@ impl LiveControl {
         let step = view.step;
         let cpu = *view.mmu.cpu();
         let mut regs = view.regs.clone();
+        // Another vCPU's registers, as the interleaving parked them; the current one's are
+        // `regs`, which gdb may have changed.
+        let regs_of = |v: Option<u32>, regs: &Regs| -> Option<Regs> {
+            match v {
+                None => Some(regs.clone()),
+                Some(v) if v == view.vcpu => Some(regs.clone()),
+                Some(v) => view.regs_of(v).cloned(),
+            }
+        };
+        // gdb changes only the vCPU that ran last: the others are parked in the recorder.
+        let writable = |v: Option<u32>| v.is_none_or(|v| v == view.vcpu);
         loop {
             let req = match self.requests.recv_timeout(Duration::from_millis(100)) {
                 Ok(r) => r,
@@ -309,8 +345,20 @@ impl LiveControl {
                 }
             };
             match req {
-                Request::ReadRegs => self.send(Reply::Regs(Box::new(regs.clone()))),
-                Request::WriteRegs(_) | Request::WriteReg(..) | Request::WriteMem(..)
+                Request::ReadRegs(v) => match regs_of(v, &regs) {
+                    Some(r) => self.send(Reply::Regs(Box::new(r))),
+                    None => self.send(Reply::Done(false)),
+                },
+                Request::WriteRegs(_, v) | Request::WriteReg(_, _, v) if !writable(v) => {
+                    eprintln!(
+                        "mmurr: refused gdb's change to the registers of vCPU {}: only the vCPU \
+                         that ran the last instruction (vCPU {}) can be changed",
+                        v.unwrap_or_default(),
+                        view.vcpu
+                    );
+                    self.send(Reply::Done(false));
+                }
+                Request::WriteRegs(..) | Request::WriteReg(..) | Request::WriteMem(..)
                     if !self.allow_writes =>
                 {
                     eprintln!(
@@ -319,7 +367,7 @@ impl LiveControl {
                     );
                     self.send(Reply::Done(false));
                 }
-                Request::WriteRegs(g) => {
+                Request::WriteRegs(g, _) => {
                     let mut next = regs.clone();
                     g.apply_to(&mut next);
                     let ok = backend.set_regs(&next).is_ok();
@@ -329,7 +377,7 @@ impl LiveControl {
                     }
                     self.send(Reply::Done(ok));
                 }
-                Request::WriteReg(n, bytes) => {
+                Request::WriteReg(n, bytes, _) => {
                     let mut g = SystemRegs::from_trace(&regs);
                     let mut ok = g.set(n, &bytes);
                     if ok {
@@ -343,17 +391,20 @@ impl LiveControl {
                     }
                     self.send(Reply::Done(ok));
                 }
-                Request::ReadMem(addr, len) => {
+                Request::ReadMem(addr, len, v) => {
+                    // Through the address space of the thread gdb reads with.
                     let mut buf = vec![0u8; len.min(1 << 20)];
+                    let space = regs_of(v, &regs).unwrap_or_else(|| regs.clone());
                     let mem = BackendMemory(&*backend);
-                    let n = guest_memory::read(&regs, &cpu, &mem, self.phys, addr, &mut buf);
+                    let n = guest_memory::read(&space, &cpu, &mem, self.phys, addr, &mut buf);
                     buf.truncate(n);
                     self.send(Reply::Bytes(buf));
                 }
-                Request::WriteMem(addr, data) => {
+                Request::WriteMem(addr, data, v) => {
+                    let space = regs_of(v, &regs).unwrap_or_else(|| regs.clone());
                     let pieces = {
                         let mem = BackendMemory(&*backend);
-                        guest_memory::pieces(&regs, &cpu, &mem, self.phys, addr, data.len())
+                        guest_memory::pieces(&space, &cpu, &mem, self.phys, addr, data.len())
                     };
                     let covered: usize = pieces.iter().map(|p| p.1).sum();
                     let mut ok = covered == data.len();
@@ -389,20 +440,23 @@ impl LiveControl {
                 Request::Monitor(line) => {
                     let host = replayer::HostHistory::new(view.host.to_vec(), view.host_layout);
                     let host = (&host, view.host_layout);
-                    let text = self.monitor(view.mmu, host, step, &regs, backend, &line);
+                    let at = (step, view.vcpu, view.vcpus);
+                    let text = self.monitor(view.mmu, host, at, &regs, backend, &line);
                     self.send(Reply::Text(text));
                 }
                 Request::Continue => {
                     self.state = RunState::Running {
                         from: step,
                         single: false,
+                        vcpu: None,
                     };
                     return self.resume_verdict();
                 }
-                Request::Step => {
+                Request::Step(vcpu) => {
                     self.state = RunState::Running {
                         from: step,
                         single: true,
+                        vcpu,
                     };
                     return self.resume_verdict();
                 }
@@ -482,7 +536,7 @@ impl LiveControl {
         &mut self,
         mmu: &history::Watch,
         host: (&replayer::HostHistory, &'static mmu::Layout),
-        step: u64,
+        (step, vcpu, vcpus): (u64, u32, u32),
         regs: &Regs,
         backend: &dyn Backend,
         line: &str,
@@ -492,8 +546,9 @@ impl LiveControl {
             Ok(match monitor::parse(line.as_bytes())? {
                 Command::Help => monitor::HELP.to_string(),
                 Command::Mode => format!(
-                    "live, before instruction {}\n{}\nmemory: {} addresses",
+                    "live, before instruction {}{}\n{}\nmemory: {} addresses",
                     step + 1,
+                    if vcpus > 1 { format!(" (vCPU {vcpu}'s registers)") } else { String::new() },
                     cpu_mode::describe(regs),
                     if self.phys { "physical" } else { "virtual" }
                 ),
@@ -543,6 +598,9 @@ impl LiveControl {
                 }
                 Command::When => {
                     let mut s = format!("live, {step} instructions executed");
+                    if vcpus > 1 {
+                        s += &format!(", the last by vCPU {vcpu} (thread {})", vcpu + 1);
+                    }
                     if let Some(n) = &self.last_note {
                         s += &format!("\n{}", n.trim_end());
                     }
@@ -598,7 +656,7 @@ impl LiveTarget {
                     return Err("the guest's run has ended".into());
                 }
                 // A stop from before this request (Ctrl-C race): it was already reported.
-                Ok(Reply::Stopped(_)) => continue,
+                Ok(Reply::Stopped(..)) => continue,
                 Ok(r) => return Ok(r),
                 Err(_) => return Err("the guest's run has ended".into()),
             }
@@ -612,7 +670,86 @@ impl LiveTarget {
     }
 }
 
-fn stop_reason(why: &Why) -> SingleThreadStopReason<u64> {
+impl LiveTarget {
+    /// A stop after an instruction of `vcpu`, as gdb is told it (naming the thread when
+    /// there are several).
+    fn stop_reason(&self, why: &Why, vcpu: u32) -> MultiThreadStopReason<u64> {
+        threads::stop_reason(self.vcpus, vcpu, single_stop_reason(why))
+    }
+
+    fn read_regs(&mut self, vcpu: Option<u32>) -> TargetResult<SystemRegs, Self> {
+        match self
+            .ask(Request::ReadRegs(vcpu))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Regs(r) => Ok(SystemRegs::from_trace(&r)),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn write_regs(&mut self, regs: &SystemRegs, vcpu: Option<u32>) -> TargetResult<(), Self> {
+        match self
+            .ask(Request::WriteRegs(Box::new(regs.clone()), vcpu))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Done(true) => Ok(()),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn write_reg(
+        &mut self,
+        id: SystemRegId,
+        val: &[u8],
+        vcpu: Option<u32>,
+    ) -> TargetResult<(), Self> {
+        match self
+            .ask(Request::WriteReg(id.0, val.to_vec(), vcpu))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Done(true) => Ok(()),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn read_mem(
+        &mut self,
+        start: u64,
+        data: &mut [u8],
+        vcpu: Option<u32>,
+    ) -> TargetResult<usize, Self> {
+        match self
+            .ask(Request::ReadMem(start, data.len(), vcpu))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Bytes(b) if !b.is_empty() || data.is_empty() => {
+                let n = b.len().min(data.len());
+                data[..n].copy_from_slice(&b[..n]);
+                Ok(n)
+            }
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    fn write_mem(&mut self, start: u64, data: &[u8], vcpu: Option<u32>) -> TargetResult<(), Self> {
+        match self
+            .ask(Request::WriteMem(start, data.to_vec(), vcpu))
+            .map_err(TargetError::Fatal)?
+        {
+            Reply::Done(true) => Ok(()),
+            _ => Err(TargetError::NonFatal),
+        }
+    }
+
+    /// The vCPU of a gdb thread of this machine (`NonFatal` for one it does not have).
+    fn vcpu(&self, tid: Tid) -> TargetResult<u32, Self> {
+        threads::vcpu_of(tid)
+            .filter(|&v| v < self.vcpus)
+            .ok_or(TargetError::NonFatal)
+    }
+}
+
+fn single_stop_reason(why: &Why) -> SingleThreadStopReason<u64> {
     match why {
         Why::Step => SingleThreadStopReason::DoneStep,
         Why::Breakpoint => SingleThreadStopReason::SwBreak(()),
@@ -632,7 +769,11 @@ impl Target for LiveTarget {
     type Error = Error;
 
     fn base_ops(&mut self) -> BaseOps<'_, Self::Arch, Self::Error> {
-        BaseOps::SingleThread(self)
+        if self.vcpus > 1 {
+            BaseOps::MultiThread(self)
+        } else {
+            BaseOps::SingleThread(self)
+        }
     }
 
     fn support_breakpoints(&mut self) -> Option<BreakpointsOps<'_, Self>> {
@@ -652,23 +793,12 @@ impl Target for LiveTarget {
 
 impl SingleThreadBase for LiveTarget {
     fn read_registers(&mut self, regs: &mut SystemRegs) -> TargetResult<(), Self> {
-        match self.ask(Request::ReadRegs).map_err(TargetError::Fatal)? {
-            Reply::Regs(r) => {
-                *regs = SystemRegs::from_trace(&r);
-                Ok(())
-            }
-            _ => Err(TargetError::NonFatal),
-        }
+        *regs = self.read_regs(None)?;
+        Ok(())
     }
 
     fn write_registers(&mut self, regs: &SystemRegs) -> TargetResult<(), Self> {
-        match self
-            .ask(Request::WriteRegs(Box::new(regs.clone())))
-            .map_err(TargetError::Fatal)?
-        {
-            Reply::Done(true) => Ok(()),
-            _ => Err(TargetError::NonFatal),
-        }
+        self.write_regs(regs, None)
     }
 
     fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, (), Self>> {
@@ -676,27 +806,11 @@ impl SingleThreadBase for LiveTarget {
     }
 
     fn read_addrs(&mut self, start: u64, data: &mut [u8]) -> TargetResult<usize, Self> {
-        match self
-            .ask(Request::ReadMem(start, data.len()))
-            .map_err(TargetError::Fatal)?
-        {
-            Reply::Bytes(b) if !b.is_empty() || data.is_empty() => {
-                let n = b.len().min(data.len());
-                data[..n].copy_from_slice(&b[..n]);
-                Ok(n)
-            }
-            _ => Err(TargetError::NonFatal),
-        }
+        self.read_mem(start, data, None)
     }
 
     fn write_addrs(&mut self, start: u64, data: &[u8]) -> TargetResult<(), Self> {
-        match self
-            .ask(Request::WriteMem(start, data.to_vec()))
-            .map_err(TargetError::Fatal)?
-        {
-            Reply::Done(true) => Ok(()),
-            _ => Err(TargetError::NonFatal),
-        }
+        self.write_mem(start, data, None)
     }
 
     fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
@@ -711,25 +825,11 @@ impl SingleRegisterAccess<()> for LiveTarget {
         id: SystemRegId,
         buf: &mut [u8],
     ) -> TargetResult<usize, Self> {
-        let mut regs = SystemRegs::default();
-        self.read_registers(&mut regs)?;
-        match regs.get(id.0) {
-            Some(bytes) if bytes.len() <= buf.len() => {
-                buf[..bytes.len()].copy_from_slice(&bytes);
-                Ok(bytes.len())
-            }
-            _ => Ok(0),
-        }
+        Ok(copy_register(&self.read_regs(None)?, id, buf))
     }
 
     fn write_register(&mut self, _tid: (), id: SystemRegId, val: &[u8]) -> TargetResult<(), Self> {
-        match self
-            .ask(Request::WriteReg(id.0, val.to_vec()))
-            .map_err(TargetError::Fatal)?
-        {
-            Reply::Done(true) => Ok(()),
-            _ => Err(TargetError::NonFatal),
-        }
+        self.write_reg(id, val, None)
     }
 }
 
@@ -745,7 +845,108 @@ impl SingleThreadResume for LiveTarget {
 
 impl SingleThreadSingleStep for LiveTarget {
     fn step(&mut self, _signal: Option<Signal>) -> Result<(), Self::Error> {
-        self.tell(Request::Step)
+        self.tell(Request::Step(None))
+    }
+}
+
+// ---- several vCPUs: gdb threads ----
+
+impl MultiThreadBase for LiveTarget {
+    fn read_registers(&mut self, regs: &mut SystemRegs, tid: Tid) -> TargetResult<(), Self> {
+        let v = self.vcpu(tid)?;
+        *regs = self.read_regs(Some(v))?;
+        Ok(())
+    }
+
+    fn write_registers(&mut self, regs: &SystemRegs, tid: Tid) -> TargetResult<(), Self> {
+        let v = self.vcpu(tid)?;
+        self.write_regs(regs, Some(v))
+    }
+
+    fn support_single_register_access(&mut self) -> Option<SingleRegisterAccessOps<'_, Tid, Self>> {
+        Some(self)
+    }
+
+    /// Through the address space of thread `tid` (its vCPU's page tables).
+    fn read_addrs(&mut self, start: u64, data: &mut [u8], tid: Tid) -> TargetResult<usize, Self> {
+        let v = self.vcpu(tid)?;
+        self.read_mem(start, data, Some(v))
+    }
+
+    fn write_addrs(&mut self, start: u64, data: &[u8], tid: Tid) -> TargetResult<(), Self> {
+        let v = self.vcpu(tid)?;
+        self.write_mem(start, data, Some(v))
+    }
+
+    fn list_active_threads(
+        &mut self,
+        thread_is_active: &mut dyn FnMut(Tid),
+    ) -> Result<(), Self::Error> {
+        threads::list(self.vcpus, thread_is_active);
+        Ok(())
+    }
+
+    fn support_resume(&mut self) -> Option<MultiThreadResumeOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl SingleRegisterAccess<Tid> for LiveTarget {
+    fn read_register(
+        &mut self,
+        tid: Tid,
+        id: SystemRegId,
+        buf: &mut [u8],
+    ) -> TargetResult<usize, Self> {
+        let v = self.vcpu(tid)?;
+        Ok(copy_register(&self.read_regs(Some(v))?, id, buf))
+    }
+
+    fn write_register(&mut self, tid: Tid, id: SystemRegId, val: &[u8]) -> TargetResult<(), Self> {
+        let v = self.vcpu(tid)?;
+        self.write_reg(id, val, Some(v))
+    }
+}
+
+/// The machine moves as a whole in the recorder's round-robin order, as it records: `stepi`
+/// of a thread runs it until that vCPU has retired one instruction (the others taking their
+/// turns meanwhile), continuing any thread continues them all.
+impl MultiThreadResume for LiveTarget {
+    fn resume(&mut self) -> Result<(), Self::Error> {
+        match self.step_thread.take() {
+            Some(v) => self.tell(Request::Step(v)),
+            None => self.tell(Request::Continue),
+        }
+    }
+
+    fn clear_resume_actions(&mut self) -> Result<(), Self::Error> {
+        self.step_thread = None;
+        Ok(())
+    }
+
+    fn set_resume_action_continue(
+        &mut self,
+        _tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), Self::Error> {
+        Ok(())
+    }
+
+    fn support_single_step(&mut self) -> Option<MultiThreadSingleStepOps<'_, Self>> {
+        Some(self)
+    }
+}
+
+impl MultiThreadSingleStep for LiveTarget {
+    fn set_resume_action_step(
+        &mut self,
+        tid: Tid,
+        _signal: Option<Signal>,
+    ) -> Result<(), Self::Error> {
+        // A thread this machine lacks (gdb is confused): one instruction of whichever vCPU
+        // runs next.
+        self.step_thread = Some(threads::vcpu_of(tid).filter(|&v| v < self.vcpus));
+        Ok(())
     }
 }
 
@@ -865,7 +1066,7 @@ enum LiveLoop {}
 impl BlockingEventLoop for LiveLoop {
     type Target = LiveTarget;
     type Connection = TcpStream;
-    type StopReason = SingleThreadStopReason<u64>;
+    type StopReason = MultiThreadStopReason<u64>;
 
     fn wait_for_stop_reason(
         target: &mut LiveTarget,
@@ -876,7 +1077,7 @@ impl BlockingEventLoop for LiveLoop {
     > {
         loop {
             match target.replies.recv_timeout(Duration::from_millis(10)) {
-                Ok(Reply::Stopped(why)) => {
+                Ok(Reply::Stopped(why, vcpu)) => {
                     let note = match &why {
                         Why::Catch(note) => Some(note.clone()),
                         Why::Watch(w) if w.origin == WatchOrigin::Monitor => {
@@ -888,12 +1089,14 @@ impl BlockingEventLoop for LiveLoop {
                         Write::write_all(conn, &console_packet(&note))
                             .map_err(run_blocking::WaitForStopReasonError::Connection)?;
                     }
-                    return Ok(run_blocking::Event::TargetStopped(stop_reason(&why)));
+                    return Ok(run_blocking::Event::TargetStopped(
+                        target.stop_reason(&why, vcpu),
+                    ));
                 }
                 Ok(Reply::Ended { message, code }) => {
-                    return Ok(run_blocking::Event::TargetStopped(ended(
-                        conn, &message, code,
-                    )?));
+                    return Ok(run_blocking::Event::TargetStopped(
+                        ended(conn, &message, code)?.into(),
+                    ));
                 }
                 Ok(_) => continue,
                 Err(RecvTimeoutError::Disconnected) => {
@@ -901,9 +1104,9 @@ impl BlockingEventLoop for LiveLoop {
                         .ended
                         .take()
                         .unwrap_or_else(|| ("the guest's run has ended".into(), None));
-                    return Ok(run_blocking::Event::TargetStopped(ended(
-                        conn, &message, code,
-                    )?));
+                    return Ok(run_blocking::Event::TargetStopped(
+                        ended(conn, &message, code)?.into(),
+                    ));
                 }
                 Err(RecvTimeoutError::Timeout) => {}
             }
@@ -923,13 +1126,14 @@ impl BlockingEventLoop for LiveLoop {
         target.tell(Request::Interrupt)?;
         loop {
             match target.replies.recv() {
-                Ok(Reply::Stopped(why)) => return Ok(Some(stop_reason(&why))),
+                Ok(Reply::Stopped(why, vcpu)) => return Ok(Some(target.stop_reason(&why, vcpu))),
                 Ok(Reply::Ended { message, code }) => {
                     target.ended = Some((message, code));
-                    return Ok(Some(match code {
+                    let stop = match code {
                         Some(c) => SingleThreadStopReason::Exited(c),
                         None => SingleThreadStopReason::Terminated(Signal::SIGKILL),
-                    }));
+                    };
+                    return Ok(Some(stop.into()));
                 }
                 Ok(_) => continue,
                 Err(_) => return Err("the guest's run has ended".into()),

@@ -35,6 +35,8 @@ pub struct LiveOptions<'a> {
     pub what: &'a str,
     /// gdb may change registers and memory (`run`), or not (`record`).
     pub allow_writes: bool,
+    /// The guest's vCPUs (`--cpus`): with several, gdb sees one thread per vCPU.
+    pub vcpus: u32,
     /// Set by SIGINT/SIGTERM: ends a wait for gdb.
     pub interrupted: Arc<AtomicBool>,
 }
@@ -46,7 +48,7 @@ pub fn start_live(o: LiveOptions<'_>) -> anyhow::Result<LiveControl> {
     let addr = crate::listen_addr(o.listen, o.allow_remote)?;
     let listener = crate::bind(addr, o.what)?;
     eprintln!("mmurr: the guest waits for gdb before its first instruction");
-    let (mut control, target) = live_target::pair(o.allow_writes, o.interrupted);
+    let (mut control, target) = live_target::pair(o.allow_writes, o.vcpus, o.interrupted);
     control.set_server(live_target::spawn_server(listener, target));
     Ok(control)
 }

@@ -340,9 +340,9 @@ impl ReplayTarget {
         SystemRegs::from_trace(self.regs())
     }
 
-    /// The registers of gdb thread `tid` (vCPU `tid - 1`).
+    /// The registers of gdb thread `tid`.
     fn gdb_regs_of(&self, tid: Tid) -> Option<SystemRegs> {
-        let v = u32::try_from(tid.get() - 1).ok()?;
+        let v = threads::vcpu_of(tid)?;
         self.timeline
             .current()
             .regs_of(v)
@@ -357,8 +357,7 @@ impl ReplayTarget {
     /// [`ReplayTarget::read_memory`] through the address space of gdb thread `tid`.
     fn read_memory_of(&self, tid: Tid, addr: u64, buf: &mut [u8]) -> usize {
         let snap = self.timeline.current();
-        let regs = u32::try_from(tid.get() - 1)
-            .ok()
+        let regs = threads::vcpu_of(tid)
             .and_then(|v| snap.regs_of(v))
             .unwrap_or(&snap.regs);
         guest_memory::read(regs, &self.cpu, &snap.memory, self.phys, addr, buf)
@@ -369,34 +368,11 @@ impl ReplayTarget {
         self.timeline.header().vcpu_count()
     }
 
-    /// The gdb thread of the vCPU that executed the current step.
-    pub fn current_tid(&self) -> Tid {
-        Tid::new(self.timeline.current().vcpu() as usize + 1).unwrap_or(Tid::MIN)
-    }
-
-    /// A stop as gdb is told it. With one vCPU exactly as a single-threaded target; with
-    /// several, every stop names the thread (vCPU) that executed the step stopped at, as rr
-    /// does: the whole machine moves in the recorded total order.
+    /// A stop as gdb is told it: the whole machine moves in the recorded total order, as rr
+    /// does, and with several vCPUs every stop names the thread (vCPU) that executed the step
+    /// stopped at.
     pub fn stop_reason(&self, r: SingleThreadStopReason<u64>) -> MultiThreadStopReason<u64> {
-        if self.vcpus() == 1 {
-            return r.into();
-        }
-        let tid = self.current_tid();
-        match r {
-            BaseStopReason::DoneStep => BaseStopReason::SignalWithThread {
-                tid,
-                signal: Signal::SIGTRAP,
-            },
-            BaseStopReason::Signal(signal) => BaseStopReason::SignalWithThread { tid, signal },
-            BaseStopReason::SwBreak(()) => BaseStopReason::SwBreak(tid),
-            BaseStopReason::HwBreak(()) => BaseStopReason::HwBreak(tid),
-            BaseStopReason::Watch { kind, addr, .. } => BaseStopReason::Watch { tid, kind, addr },
-            BaseStopReason::ReplayLog { pos, .. } => BaseStopReason::ReplayLog {
-                tid: Some(tid),
-                pos,
-            },
-            other => other.into(),
-        }
+        threads::stop_reason(self.vcpus(), self.timeline.current().vcpu(), r)
     }
 
     pub fn add_breakpoint(&mut self, addr: u64) -> bool {
@@ -722,8 +698,9 @@ fn end_of_log(pos: ReplayLogPosition) -> RunOutcome {
 
 // ---- gdbstub plumbing ----
 
+use crate::threads::{self, copy_register};
 use gdbstub::common::Tid;
-use gdbstub::stub::{BaseStopReason, MultiThreadStopReason};
+use gdbstub::stub::MultiThreadStopReason;
 use gdbstub::target::ext::base::multithread::{
     MultiThreadBase, MultiThreadResume, MultiThreadResumeOps, MultiThreadSingleStep,
     MultiThreadSingleStepOps,
@@ -805,18 +782,6 @@ impl SingleThreadBase for ReplayTarget {
 
     fn support_resume(&mut self) -> Option<SingleThreadResumeOps<'_, Self>> {
         Some(self)
-    }
-}
-
-/// One register into gdb's buffer; its length, or 0 for one the trace does not hold (x87/SSE):
-/// zero bytes tells gdbstub to answer "xx..".
-fn copy_register(regs: &SystemRegs, id: SystemRegId, buf: &mut [u8]) -> usize {
-    match regs.get(id.0) {
-        Some(bytes) if bytes.len() <= buf.len() => {
-            buf[..bytes.len()].copy_from_slice(&bytes);
-            bytes.len()
-        }
-        _ => 0,
     }
 }
 
@@ -907,11 +872,7 @@ impl MultiThreadBase for ReplayTarget {
         &mut self,
         thread_is_active: &mut dyn FnMut(Tid),
     ) -> Result<(), Self::Error> {
-        for v in 0..self.vcpus() as usize {
-            if let Some(tid) = Tid::new(v + 1) {
-                thread_is_active(tid);
-            }
-        }
+        threads::list(self.vcpus(), thread_is_active);
         Ok(())
     }
 

@@ -193,6 +193,81 @@ continue",
     assert_eq!(finish(child), 1, "the guest's debug exit 0");
 }
 
+/// `smp-bringup` live on four emu vCPUs: the vCPUs are gdb threads with their own registers;
+/// `stepi` of AP 2's thread (waiting for its startup IPI) runs the machine in the recorder's
+/// round-robin order until AP 2 has retired one instruction, its startup at the vector's page;
+/// a breakpoint in the APs' 64-bit code stops on the thread of AP 1, the first to get there,
+/// and the v5.1-rc3 divergence catchpoint on AP 2's thread at its CR4.PAE write, while AP 1
+/// (long mode, its own PML4) and the BSP (unpaged) keep their own control registers and
+/// memory reads go through the selected thread's page tables.
+#[test]
+fn live_gdb_on_emu_smp_vcpus_are_threads() {
+    let (child, port) = start_live(&[
+        "run",
+        "--scenario",
+        "smp-bringup",
+        "--cpus",
+        "4",
+        "--backend",
+        "emu",
+    ]);
+    let out = common::run_gdb(
+        port,
+        "info threads
+thread 3
+p $pc
+stepi
+p $pc
+monitor when
+hbreak *0x32000
+continue
+p $pc
+monitor when
+delete
+monitor break-on divergence v5.1-rc3
+continue
+p $cr4
+monitor role v5.1-rc3
+x/xw 0x400000
+thread 2
+p/x $cr3
+python
+try:
+    gdb.execute(\"x/xw 0x400000\")
+except gdb.error as e:
+    print(\"AP 1:\", e)
+end
+thread 1
+p $cr0
+monitor break-on clear
+continue",
+    );
+    for t in 1..=4 {
+        common::expect(&out, &format!("Thread 1.{t} "));
+    }
+    // AP 2 waits in its INIT state at F000:FFF0; its one instruction is the startup.
+    common::expect(&out, "$1 = (void (*)()) 0xfffffff0");
+    let stepped = common::after(&out, "$1 = ");
+    common::expect(stepped, "$2 = (void (*)()) 0x30000");
+    common::expect(stepped, "the last by vCPU 2 (thread 3)");
+    let hit = common::after(stepped, "Hardware assisted breakpoint 1 at 0x32000");
+    common::expect(hit, "[Switching to Thread 1.2]");
+    common::expect(hit, "$3 = (void (*)()) 0x32000");
+    common::expect(hit, "the last by vCPU 1 (thread 2)");
+    let caught = common::after(hit, "continue stops at every divergence");
+    common::expect(caught, "[Switching to Thread 1.3]");
+    common::expect(caught, "$4 = [ PAE ]");
+    common::expect(caught, "STALE");
+    // Memory through each thread's own page tables: 0x400000 is AP 2's marker page (its PAE
+    // tables); AP 1's identity map covers only the first 2 MiB.
+    common::expect(caught, "0x400000:\t0x");
+    common::expect(caught, "$5 = 0x40000");
+    common::expect(caught, "AP 1: Cannot access memory at address 0x400000");
+    common::expect(caught, "$6 = [ PE ET ]");
+    common::expect(caught, "exited with code");
+    finish(child);
+}
+
 /// A live write watchpoint on the PTE of the seed scenario's marker page: the CPU's page walk
 /// sets its accessed and dirty bits when the guest first writes 0x400000, and the live server
 /// stops right after that instruction (the recorder's exact memory of the step).

@@ -136,7 +136,7 @@ fn start_counting(last: u64) -> (u16, Arc<AtomicU64>) {
         let dir = tempfile::tempdir().unwrap();
         let mut m = NopMachine::new(last);
         m.ran = counter;
-        let (mut ctl, target) = live_target::pair(true, Arc::new(AtomicBool::new(false)));
+        let (mut ctl, target) = live_target::pair(true, 1, Arc::new(AtomicBool::new(false)));
         let server = live_target::spawn_server(listener, target);
         ctl.set_server(server);
         let mut opts = RecordOptions::new(dir.path().join("t.mmurr"));

@@ -70,6 +70,7 @@ fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
                 allow_remote: f.allow_remote,
                 what: "emu guest",
                 allow_writes: f.gdb_writable,
+                vcpus: backend.vcpus(),
                 interrupted: opts.interrupted.clone(),
             })?;
             recorder::record_with(backend, &spec, &opts, Some(&mut live))?

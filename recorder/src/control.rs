@@ -37,6 +37,31 @@ pub struct StepView<'a> {
     /// debugger drives the loop), oldest first, and the layout its role words decode with.
     pub host: &'a [traces::HostRecord],
     pub host_layout: &'static mmu::Layout,
+    /// The vCPU that executed `step` (`regs` and `mmu` are its own; vCPU 0 at step 0 and on
+    /// one-vCPU machines), and how many the machine has.
+    pub vcpu: u32,
+    pub vcpus: u32,
+    /// The other vCPUs as the interleaving parked them (see [`StepView::regs_of`]).
+    pub(crate) parked: &'a [Option<crate::tracer::Vcpu>],
+}
+
+impl StepView<'_> {
+    /// The registers of `vcpu` before its next instruction (`None`: no such vCPU). A debugger
+    /// shows other vCPUs than the current one from these, as the replayer's parked registers.
+    pub fn regs_of(&self, vcpu: u32) -> Option<&Regs> {
+        if vcpu == self.vcpu {
+            return Some(self.regs);
+        }
+        Some(&self.parked.get(vcpu as usize)?.as_ref()?.regs)
+    }
+
+    /// The MMU model of `vcpu` (KVM keeps one MMU per vCPU).
+    pub fn mmu_of(&self, vcpu: u32) -> Option<&history::Watch> {
+        if vcpu == self.vcpu {
+            return Some(self.mmu);
+        }
+        Some(&self.parked.get(vcpu as usize)?.as_ref()?.mmu)
+    }
 }
 
 pub trait StepControl {

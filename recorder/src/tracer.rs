@@ -91,9 +91,9 @@ pub struct Tracer<'a> {
 /// What the tracer keeps per vCPU: its registers, its MMU model (KVM keeps one MMU per vCPU)
 /// and its translation cache. The current vCPU's live in the tracer's own fields; the others
 /// are parked here until the interleaving selects them.
-struct Vcpu {
-    regs: Regs,
-    mmu: history::Watch,
+pub(crate) struct Vcpu {
+    pub(crate) regs: Regs,
+    pub(crate) mmu: history::Watch,
     engine_check_pending: bool,
     tlb: Tlb,
 }
@@ -416,6 +416,9 @@ impl<'a> Tracer<'a> {
                     memory: self.step_memory.as_deref().unwrap_or_default(),
                     host: &self.recent_host,
                     host_layout: self.host_layout,
+                    vcpu: self.vcpu,
+                    vcpus: self.vcpus,
+                    parked: &self.parked,
                 };
                 match c.before_step(&view, &mut *self.backend) {
                     StepVerdict::Run => {}

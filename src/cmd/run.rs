@@ -62,6 +62,7 @@ pub fn live_on_kvm(
         allow_remote: args.flags.allow_remote,
         what: &format!("{} on kvm", guest.label),
         allow_writes,
+        vcpus: recorder::Backend::vcpus(&backend),
         interrupted: opts.interrupted.clone(),
     })?;
     Ok(recorder::record_with(

@@ -212,7 +212,15 @@ fn position(c: &mut Criterion) {
             if at > BIG_STEPS {
                 at = BIG_STEPS / 2;
             }
-            view = tui::position::PositionView::compute(&mut timeline, &cpu, at, None, None, &view);
+            view = tui::position::PositionView::compute(
+                &mut timeline,
+                &cpu,
+                at,
+                None,
+                None,
+                None,
+                &view,
+            );
             view.step
         })
     });

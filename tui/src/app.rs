@@ -121,6 +121,8 @@ pub struct App {
     pub unfolded: std::collections::HashSet<traces::EventId>,
     /// The current position: instructions executed.
     pub step: Step,
+    /// The vCPU the panels show (see [`App::panel_vcpu`]; 0 in one-vCPU traces).
+    pub vcpu: u32,
     pub view: PositionView,
     /// Index into the analysis' policies.
     pub policy: usize,
@@ -161,7 +163,12 @@ impl App {
         let complete = integrity.complete;
         let end = reader.end().cloned();
         let total_steps = timeline.last_step();
-        let mut events = EventIndex::new(&header.guest.entry);
+        // Each vCPU's entry registers (the APs' from the keyframe at step 0), for its mode.
+        let entry = timeline.entry();
+        let entries: Vec<traces::Regs> = (0..header.vcpu_count())
+            .map(|v| entry.regs_of(v).unwrap_or(&entry.regs).clone())
+            .collect();
+        let mut events = EventIndex::with_vcpus(&entries);
         // The index knows how many events are coming (at most a damaged trace's count).
         let expected = usize::try_from(timeline.reader().event_count()).unwrap_or(0);
         events.reserve(expected.min(1 << 28));
@@ -190,6 +197,7 @@ impl App {
             cursor: 0,
             unfolded: Default::default(),
             step: 0,
+            vcpu: 0,
             view: PositionView::default(),
             policy: 0,
             policy_chosen: false,
@@ -272,8 +280,8 @@ impl App {
             LoadMsg::EventBatch(events) => {
                 let first = self.events.is_empty();
                 let start = self.events.len();
-                for e in events {
-                    self.events.push(e);
+                for (e, vcpu) in events {
+                    self.events.push(e, vcpu);
                 }
                 for i in start..self.events.len() {
                     if self.shown(i) {
@@ -457,6 +465,8 @@ impl App {
             Action::SearchNext => self.search_again(true),
             Action::SearchPrev => self.search_again(false),
             Action::Filter => self.mode = Mode::Prompt(Prompt::Filter, self.filter_text.clone()),
+            Action::CycleVcpu => self.cycle_vcpu(true),
+            Action::CycleVcpuBack => self.cycle_vcpu(false),
             Action::CyclePolicy => self.cycle_policy(true),
             Action::CyclePolicyBack => self.cycle_policy(false),
             Action::Unfold => self.toggle_fold(),
@@ -478,23 +488,7 @@ impl App {
                     self.search_again(true);
                 }
             }
-            Prompt::Filter => match Filter::parse(text) {
-                Ok(f) => {
-                    self.filter = f;
-                    self.filter_text = text.to_string();
-                    self.apply_filter();
-                    self.follow_step();
-                    self.message = Some((
-                        format!(
-                            "{} of {} events shown",
-                            self.visible.len(),
-                            self.events.len()
-                        ),
-                        false,
-                    ));
-                }
-                Err(e) => self.message = Some((e, true)),
-            },
+            Prompt::Filter => self.set_filter(text),
             Prompt::Walk => {
                 if text.is_empty() {
                     self.walk_address = None;
@@ -510,6 +504,81 @@ impl App {
                 }
             }
             Prompt::Goto => self.goto(text),
+        }
+    }
+
+    /// Applies a filter line (the `f` prompt's, or the one `v` rewrites).
+    fn set_filter(&mut self, text: &str) {
+        let f = match Filter::parse(text) {
+            Ok(f) => f,
+            Err(e) => {
+                self.message = Some((e, true));
+                return;
+            }
+        };
+        let vcpus = self.events.vcpu_count();
+        if let Some(v) = f.vcpu.filter(|&v| v >= vcpus) {
+            let plural = if vcpus == 1 { "" } else { "s" };
+            self.message = Some((
+                format!(
+                    "no vCPU {v}: this trace has {vcpus} vCPU{plural} (0 to {})",
+                    vcpus - 1
+                ),
+                true,
+            ));
+            return;
+        }
+        self.filter = f;
+        self.filter_text = text.to_string();
+        self.apply_filter();
+        self.follow_step();
+        // The panels follow a vCPU filter.
+        self.refresh();
+        self.message = Some((
+            format!(
+                "{} of {} events shown",
+                self.visible.len(),
+                self.events.len()
+            ),
+            false,
+        ));
+    }
+
+    /// `v` / `V`: the vCPU filter cycles all vCPUs → vCPU 0 → 1 → ... → all (backwards
+    /// with `V`), rewriting the `vcpu=` term of the filter line and keeping its other terms.
+    fn cycle_vcpu(&mut self, forward: bool) {
+        let n = self.events.vcpu_count();
+        if n <= 1 {
+            self.message = Some(("this trace has one vCPU".into(), false));
+            return;
+        }
+        // None (all) is position n of the cycle.
+        let at = self.filter.vcpu.unwrap_or(n);
+        let next = if forward {
+            (at + 1) % (n + 1)
+        } else {
+            (at + n) % (n + 1)
+        };
+        let mut terms: Vec<String> = self
+            .filter_text
+            .split_whitespace()
+            .filter(|t| {
+                let t = t.to_ascii_lowercase();
+                !t.starts_with("vcpu=") && !t.starts_with("cpu=")
+            })
+            .map(str::to_string)
+            .collect();
+        if next < n {
+            terms.push(format!("vcpu={next}"));
+        }
+        self.set_filter(&terms.join(" "));
+        let which = if next < n {
+            format!("vCPU {next}")
+        } else {
+            "all vCPUs".to_string()
+        };
+        if let Some((m, false)) = &self.message {
+            self.message = Some((format!("{which}: {m} (v/V: next/previous vCPU)"), false));
         }
     }
 
@@ -544,7 +613,9 @@ impl App {
     /// Moves to `step`; with `follow`, the cursor goes to the last row at or before it.
     fn set_step(&mut self, step: Step, follow: bool) {
         let step = step.min(self.total_steps);
-        if step != self.step || self.view.step != Some(step) {
+        // A row of another vCPU at the same step changes the panels too.
+        let other_vcpu = self.panel_vcpu().is_some_and(|v| v != self.vcpu);
+        if step != self.step || self.view.step != Some(step) || other_vcpu {
             self.step = step;
             self.refresh();
         }
@@ -792,8 +863,13 @@ impl App {
             Some(e) => {
                 let policies = &self.header.policies;
                 let (kind, text) = summary(&e, policies);
+                let vcpu = if self.events.vcpu_count() > 1 {
+                    format!(" vcpu {}", self.events.vcpu(i))
+                } else {
+                    String::new()
+                };
                 format!(
-                    "#{} step {} {kind} {text} · {}",
+                    "#{} step {}{vcpu} {kind} {text} · {}",
                     e.id,
                     e.step,
                     replayer::views::event_line::line(&e, policies)
@@ -896,19 +972,38 @@ impl App {
         }
     }
 
+    /// The vCPU the panels show when the choice is the browser's: the selected event's when
+    /// it is at the current step, else the one the filter keeps; `None`: the vCPU that
+    /// executed the current step (the only one of most traces).
+    pub fn panel_vcpu(&self) -> Option<u32> {
+        if self.events.vcpu_count() <= 1 {
+            return None;
+        }
+        let selected = self
+            .selected()
+            .filter(|&i| self.events.get(i).is_some_and(|e| e.step == self.step));
+        selected.map(|i| self.events.vcpu(i)).or(self.filter.vcpu)
+    }
+
     /// Recomputes the panels for the current position.
     fn refresh(&mut self) {
+        self.vcpu = match self.panel_vcpu() {
+            Some(v) => v,
+            None if self.events.vcpu_count() <= 1 => 0,
+            // The replayer's state says which vCPU executed the step.
+            None => self.timeline.seek(self.step).map_or(0, |s| s.vcpu()),
+        };
+        let vcpu = self.vcpu;
         self.sync_detail();
-        // The kept context at the current step: the trackers after the last write at or
-        // before it, which is the current write unless an earlier write of the same step is
-        // selected (then recomputed here, a rare case).
+        // The kept context at the current step: the trackers after this vCPU's last write at
+        // or before it, which is the current write unless an earlier write of the same step
+        // is selected (then recomputed here, a rare case).
         let kept = self.history.as_ref().and_then(|h| {
-            let last = h
-                .analysis
-                .writes
-                .partition_point(|w| w.event.step <= self.step);
-            let tracker = match (last.checked_sub(1), &self.detail) {
-                (None, _) => h.analysis.initial.get(self.policy).cloned(),
+            let writes = &h.analysis.writes;
+            let upto = writes.partition_point(|w| w.event.step <= self.step);
+            let last = writes[..upto].iter().rposition(|w| w.vcpu == vcpu);
+            let tracker = match (last, &self.detail) {
+                (None, _) => h.analysis.initial_of(vcpu).get(self.policy).cloned(),
                 (Some(l), Some((w, d))) if l == *w => d.after.get(self.policy).cloned(),
                 (Some(l), _) => h
                     .analysis
@@ -923,6 +1018,7 @@ impl App {
             &mut self.timeline,
             &self.cpu,
             self.step,
+            Some(vcpu),
             self.walk_address,
             kept,
             &self.view,
@@ -949,7 +1045,8 @@ pub fn parse_number(text: &str, hex_default: bool) -> Option<u64> {
 impl App {
     /// The control-register write the role panel describes: the selected event's (a write,
     /// or the write a decision or finding is about) when it is at the current step, else the
-    /// last write at or before the current step. An index into the analysis' writes.
+    /// last write of the shown vCPU at or before the current step. An index into the
+    /// analysis' writes.
     pub fn current_write(&self) -> Option<usize> {
         let h = self.history.as_ref()?;
         let selected = self
@@ -959,8 +1056,9 @@ impl App {
             .and_then(|c| self.events.get(c))
             .and_then(|e| h.write_of_event(e.id));
         selected.or_else(|| {
-            let w = h.analysis.last_write_at(self.step)?;
-            h.write_of_event(w.event.id)
+            let writes = &h.analysis.writes;
+            let upto = writes.partition_point(|w| w.event.step <= self.step);
+            writes[..upto].iter().rposition(|w| w.vcpu == self.vcpu)
         })
     }
 }

@@ -1,6 +1,6 @@
-//! The trace's events as the timeline lists them: every event in file order, the paging mode
-//! in effect at each, the paging-mode spans over the whole trace (the coloured band), and the
-//! guest's serial output. Built from the chunks flagged as holding events only, so a trace of
+//! The trace's events as the timeline lists them: every event in file order with the vCPU it
+//! belongs to, the paging mode of that vCPU at each, each vCPU's paging-mode spans over the
+//! whole trace (the coloured band), and the guest's serial output. Built from the chunks flagged as holding events only, so a trace of
 //! millions of steps with few events loads in the time it takes to read those chunks.
 
 use replayer::flags::changed_flags;
@@ -28,10 +28,13 @@ pub struct EventIndex {
     bytes: Vec<u8>,
     /// Where each event's encoding ends in `bytes`.
     ends: Vec<usize>,
-    /// The paging mode in effect right after each event (parallel to the events).
+    /// The paging mode of the event's vCPU right after each event (parallel to the events).
     pub modes: Vec<PagingMode>,
-    /// `(first step, mode)`: the mode from that step on, ascending.
-    pub spans: Vec<(Step, PagingMode)>,
+    /// Per vCPU, `(first step, mode)`: its mode from that step on, ascending.
+    pub spans: Vec<Vec<(Step, PagingMode)>>,
+    /// The vCPU of each event (parallel to the events); empty for one-vCPU traces, whose
+    /// events are all vCPU 0's.
+    vcpus: Vec<u32>,
     /// Bytes the guest wrote to a serial port, with the step that wrote each.
     pub serial: Vec<(Step, u8)>,
     /// Chunks that could not be read (a damaged trace): listed, not fatal.
@@ -39,22 +42,46 @@ pub struct EventIndex {
 }
 
 impl EventIndex {
-    /// Starts an index for a trace whose entry registers are `entry`.
+    /// Starts an index for a one-vCPU trace whose entry registers are `entry`.
     pub fn new(entry: &Regs) -> EventIndex {
+        EventIndex::with_vcpus(std::slice::from_ref(entry))
+    }
+
+    /// Starts an index for a trace whose vCPUs' entry registers are `entries` (the replayer's
+    /// entry state: the APs' come from the trace's keyframe at step 0).
+    pub fn with_vcpus(entries: &[Regs]) -> EventIndex {
+        let spans = entries.iter().map(|r| vec![(0, paging_mode(r))]).collect();
         EventIndex {
-            spans: vec![(0, paging_mode(entry))],
+            spans,
             ..Default::default()
         }
     }
 
-    /// Appends one event (in file order).
-    pub fn push(&mut self, e: Event) {
-        let mut mode = self.mode_at_end();
+    /// How many vCPUs the trace has.
+    pub fn vcpu_count(&self) -> u32 {
+        self.spans.len().max(1) as u32
+    }
+
+    /// Appends one event (in file order) of vCPU `vcpu` (from `traces::vcpu::attribute`).
+    pub fn push(&mut self, e: Event, vcpu: u32) {
+        if self.spans.len() > 1 {
+            self.vcpus.push(vcpu);
+        }
+        let spans = match self.spans.get_mut(vcpu as usize) {
+            Some(s) => s,
+            // A vCPU the header does not count (a damaged trace): its own band from here.
+            None => {
+                self.spans
+                    .resize(vcpu as usize + 1, vec![(0, PagingMode::Real)]);
+                &mut self.spans[vcpu as usize]
+            }
+        };
+        let mut mode = spans.last().map_or(PagingMode::Real, |s| s.1);
         if let EventKind::Transition { to, .. } = e.kind {
             mode = to;
-            match self.spans.last_mut() {
+            match spans.last_mut() {
                 Some(last) if last.0 == e.step => last.1 = to,
-                _ => self.spans.push((e.step, to)),
+                _ => spans.push((e.step, to)),
             }
         }
         if let EventKind::Io(io) = e.kind {
@@ -75,6 +102,9 @@ impl EventIndex {
     pub fn reserve(&mut self, n: usize) {
         self.ends.reserve_exact(n);
         self.modes.reserve_exact(n);
+        if self.spans.len() > 1 {
+            self.vcpus.reserve_exact(n);
+        }
     }
 
     /// Gives back the room the encoded list grew into (it doubles as it grows), once every
@@ -83,6 +113,12 @@ impl EventIndex {
         self.bytes.shrink_to_fit();
         self.ends.shrink_to_fit();
         self.modes.shrink_to_fit();
+        self.vcpus.shrink_to_fit();
+    }
+
+    /// The vCPU event `i` belongs to.
+    pub fn vcpu(&self, i: usize) -> u32 {
+        self.vcpus.get(i).copied().unwrap_or(0)
     }
 
     /// Event `i` (in file order).
@@ -109,17 +145,13 @@ impl EventIndex {
         lo
     }
 
-    fn mode_at_end(&self) -> PagingMode {
-        self.spans.last().map_or(PagingMode::Real, |s| s.1)
-    }
-
     /// Reads every event-holding chunk of `reader`, handing each chunk's events (in file
-    /// order) to `chunk(events, done, total)` without keeping them: the loader moves them on
+    /// order, each with its vCPU) to `chunk(events, done, total)` without keeping them: the loader moves them on
     /// to the UI rather than holding a second copy of a million events. The chunks that could
     /// not be read; `None` when `chunk` returns false (nobody wants the result any more).
     pub fn read<R: Read + Seek>(
         reader: &mut Reader<R>,
-        mut chunk: impl FnMut(Vec<Event>, usize, usize) -> bool,
+        mut chunk: impl FnMut(Vec<(Event, u32)>, usize, usize) -> bool,
     ) -> Option<Vec<String>> {
         let wanted: Vec<usize> = reader
             .chunks()
@@ -134,9 +166,10 @@ impl EventIndex {
             let mut events = Vec::new();
             match reader.chunk_records(c) {
                 Ok(records) => {
-                    for r in records.iter() {
+                    // Every chunk of a multi-vCPU trace starts with its vCPU switch.
+                    for (vcpu, r) in traces::vcpu::attribute(&records) {
                         if let Record::Event(e) = r {
-                            events.push(e.clone());
+                            events.push((e.clone(), vcpu));
                         }
                     }
                 }
@@ -170,10 +203,13 @@ impl EventIndex {
         self.partition_point(|e| e.step <= step).checked_sub(1)
     }
 
-    /// The paging mode in effect at `step`.
-    pub fn mode_at(&self, step: Step) -> PagingMode {
-        let i = self.spans.partition_point(|s| s.0 <= step);
-        self.spans
+    /// The paging mode of vCPU `vcpu` at `step`.
+    pub fn mode_at(&self, vcpu: u32, step: Step) -> PagingMode {
+        let Some(spans) = self.spans.get(vcpu as usize) else {
+            return PagingMode::Real;
+        };
+        let i = spans.partition_point(|s| s.0 <= step);
+        spans
             .get(i.saturating_sub(1))
             .map_or(PagingMode::Real, |s| s.1)
     }
@@ -315,9 +351,9 @@ mod tests {
             ..Default::default()
         };
         let mut index = EventIndex::new(&entry);
-        assert_eq!(index.mode_at(0), PagingMode::Unpaged);
+        assert_eq!(index.mode_at(0, 0), PagingMode::Unpaged);
         let t = |from, to| EventKind::Transition { from, to };
-        index.push(event(0, 10, t(PagingMode::Unpaged, PagingMode::Bits32)));
+        index.push(event(0, 10, t(PagingMode::Unpaged, PagingMode::Bits32)), 0);
         let out = |data, port| {
             EventKind::Io(IoAccess {
                 port,
@@ -326,13 +362,13 @@ mod tests {
                 data,
             })
         };
-        index.push(event(1, 12, out(u32::from(b'h'), 0x3f8)));
-        index.push(event(2, 13, out(u32::from(b'x'), 0x80)));
-        index.push(event(3, 14, out(u32::from(b'i'), 0xe9)));
-        index.push(event(4, 20, t(PagingMode::Bits32, PagingMode::Pae)));
-        assert_eq!(index.mode_at(9), PagingMode::Unpaged);
-        assert_eq!(index.mode_at(10), PagingMode::Bits32);
-        assert_eq!(index.mode_at(u64::MAX), PagingMode::Pae);
+        index.push(event(1, 12, out(u32::from(b'h'), 0x3f8)), 0);
+        index.push(event(2, 13, out(u32::from(b'x'), 0x80)), 0);
+        index.push(event(3, 14, out(u32::from(b'i'), 0xe9)), 0);
+        index.push(event(4, 20, t(PagingMode::Bits32, PagingMode::Pae)), 0);
+        assert_eq!(index.mode_at(0, 9), PagingMode::Unpaged);
+        assert_eq!(index.mode_at(0, 10), PagingMode::Bits32);
+        assert_eq!(index.mode_at(0, u64::MAX), PagingMode::Pae);
         assert_eq!(index.modes[1], PagingMode::Bits32);
         assert_eq!(index.serial_upto(13), &[(12, b'h')]);
         assert_eq!(index.serial_upto(100).len(), 2);
@@ -340,6 +376,27 @@ mod tests {
         assert_eq!(index.last_at_or_before(5), None);
         assert_eq!(index.position_of(3), Some(3));
         assert_eq!(index.position_of(9), None);
+    }
+
+    /// Each vCPU has its own paging mode: an AP's transition changes neither the BSP's band
+    /// nor the mode shown on the BSP's rows.
+    #[test]
+    fn each_vcpu_has_its_own_mode_and_events_their_vcpu() {
+        let bsp = Regs {
+            cr0: 0x8000_0011,
+            ..Default::default()
+        };
+        let mut index = EventIndex::with_vcpus(&[bsp.clone(), Regs::default()]);
+        assert_eq!(index.vcpu_count(), 2);
+        let t = |from, to| EventKind::Transition { from, to };
+        index.push(event(0, 5, t(PagingMode::Real, PagingMode::Unpaged)), 1);
+        index.push(event(1, 6, EventKind::Retired { count: 1 }), 0);
+        assert_eq!(index.mode_at(0, 10), PagingMode::Bits32);
+        assert_eq!(index.mode_at(1, 4), PagingMode::Real);
+        assert_eq!(index.mode_at(1, 5), PagingMode::Unpaged);
+        assert_eq!((index.vcpu(0), index.vcpu(1)), (1, 0));
+        assert_eq!(index.modes, [PagingMode::Unpaged, PagingMode::Bits32]);
+        assert_eq!(EventIndex::new(&bsp).vcpu(7), 0);
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //!   and findings about those writes;
 //! - a policy: `policy=v5.1-rc3` (or `p=`): decisions and findings of that policy only
 //!   (other events pass);
+//! - a vCPU: `vcpu=2` (or `cpu=`): that vCPU's events only (traces of several vCPUs; `v`
+//!   cycles it);
 //! - `-WORD`: hide events whose text contains WORD.
 
 use crate::events::{summary, EventIndex};
@@ -17,6 +19,7 @@ pub struct Filter {
     /// (register, bit number)
     pub bits: Vec<(ControlReg, u32, String)>,
     pub policy: Option<String>,
+    pub vcpu: Option<u32>,
     pub exclude: Vec<String>,
 }
 
@@ -68,6 +71,14 @@ impl Filter {
                 .or_else(|| lower.strip_prefix("p="))
             {
                 f.policy = Some(p.to_string());
+            } else if let Some(v) = lower
+                .strip_prefix("vcpu=")
+                .or_else(|| lower.strip_prefix("cpu="))
+            {
+                let v = v
+                    .parse()
+                    .map_err(|_| format!("not a vCPU number in {term:?} (vcpu=0, vcpu=1, ...)"))?;
+                f.vcpu = Some(v);
             } else if KINDS.contains(&lower.as_str()) {
                 f.kinds.push(lower);
             } else if let Some((r, b)) = lower.split_once('.') {
@@ -76,7 +87,7 @@ impl Filter {
                 f.bits.push((reg, bit, lower.clone()));
             } else {
                 return Err(format!(
-                    "unknown filter term {term:?} (kinds: {}; bits like cr4.pae; policy=NAME; -WORD)",
+                    "unknown filter term {term:?} (kinds: {}; bits like cr4.pae; policy=NAME; vcpu=N; -WORD)",
                     KINDS.join(" ")
                 ));
             }
@@ -98,6 +109,9 @@ impl Filter {
         let Some(e) = index.get(i) else {
             return false;
         };
+        if self.vcpu.is_some_and(|v| index.vcpu(i) != v) {
+            return false;
+        }
         if !self.kinds.is_empty() {
             let kind = match &e.kind {
                 EventKind::EngineDivergence { .. } => "divergence",
@@ -172,7 +186,9 @@ mod tests {
 
     #[test]
     fn parses_kinds_bits_policies_and_exclusions() {
-        let f = Filter::parse("cr4 CR0.PG policy=v5.1 -io").unwrap();
+        let f = Filter::parse("cr4 CR0.PG policy=v5.1 -io vcpu=2").unwrap();
+        assert_eq!(f.vcpu, Some(2));
+        assert!(Filter::parse("vcpu=two").is_err());
         assert_eq!(f.kinds, ["cr4"]);
         assert_eq!(f.bits, [(ControlReg::Cr0, 31, "cr0.pg".to_string())]);
         assert_eq!(f.policy.as_deref(), Some("v5.1"));
@@ -186,14 +202,26 @@ mod tests {
     #[test]
     fn a_bit_filter_keeps_the_writes_that_changed_it() {
         let mut index = EventIndex::new(&Regs::default());
-        index.push(write(0, ControlReg::Cr4, 0, 0x20));
-        index.push(write(1, ControlReg::Cr4, 0x20, 0xa0));
-        index.push(write(2, ControlReg::Cr0, 0, 0x20));
+        index.push(write(0, ControlReg::Cr4, 0, 0x20), 0);
+        index.push(write(1, ControlReg::Cr4, 0x20, 0xa0), 0);
+        index.push(write(2, ControlReg::Cr0, 0, 0x20), 0);
         let f = Filter::parse("cr4.pae").unwrap();
         let kept: Vec<usize> = (0..3).filter(|&i| f.matches(&index, i, &[])).collect();
         assert_eq!(kept, [0]);
         let f = Filter::parse("cr4 cr0").unwrap();
         assert_eq!((0..3).filter(|&i| f.matches(&index, i, &[])).count(), 3);
         assert!(!f.matches(&index, 99, &[]));
+    }
+
+    #[test]
+    fn a_vcpu_filter_keeps_that_vcpus_events() {
+        let mut index =
+            EventIndex::with_vcpus(&[Regs::default(), Regs::default(), Regs::default()]);
+        for (id, vcpu) in [(0, 0), (1, 2), (2, 1), (3, 2)] {
+            index.push(write(id, ControlReg::Cr4, 0, 0x20), vcpu);
+        }
+        let f = Filter::parse("vcpu=2").unwrap();
+        let kept: Vec<usize> = (0..4).filter(|&i| f.matches(&index, i, &[])).collect();
+        assert_eq!(kept, [1, 3]);
     }
 }

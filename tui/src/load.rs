@@ -47,8 +47,9 @@ impl Progress {
 
 pub enum LoadMsg {
     Progress(Progress),
-    /// Events in file order, sent as they are read so the list grows while loading.
-    EventBatch(Vec<Event>),
+    /// Events in file order with their vCPUs, sent as they are read so the list grows
+    /// while loading.
+    EventBatch(Vec<(Event, u32)>),
     /// Every event has been sent; damaged chunks that were skipped.
     EventsDone(Vec<String>),
     Mmu(Box<MmuHistory>),
@@ -94,14 +95,14 @@ fn load(path: &PathBuf, flavour: Flavour, tx: &Sender<LoadMsg>) {
             return;
         }
     };
-    let mut batch: Vec<Event> = Vec::new();
+    let mut batch: Vec<(Event, u32)> = Vec::new();
     // The loader keeps only the CR writes (for the MMU model); the events move to the UI.
     let mut writes = Vec::new();
     let mut sent = Instant::now();
     let errors = EventIndex::read(&mut reader, |mut new, done, total| {
         writes.extend(
             new.iter()
-                .filter_map(|e| Some((e.clone(), history::Cause::of(&e.kind)?))),
+                .filter_map(|(e, _)| Some((e.clone(), history::Cause::of(&e.kind)?))),
         );
         batch.append(&mut new);
         // Batches a few times a second: the list grows visibly without flooding the UI.

@@ -1,6 +1,7 @@
 //! What the panels show about the current position, computed once per move so drawing is
 //! only formatting: registers, disassembly around RIP, and the page walk of one address by
-//! the architecture and by the selected policy's kept MMU context.
+//! the architecture and by the selected policy's kept MMU context — all of one vCPU (the
+//! replayer's registers of that vCPU at the step; the only one of most traces).
 
 use mmu::{Access, CpuModel, MmuContext};
 use replayer::views::accesses::{self, access_letter};
@@ -38,6 +39,9 @@ pub struct PositionView {
     /// The step these panels describe (None until the first successful seek).
     pub step: Option<Step>,
     pub snapshot: Option<Snapshot>,
+    /// The vCPU they describe, and how many the trace has.
+    pub vcpu: u32,
+    pub vcpus: u32,
     pub general: Vec<RegisterLine>,
     pub control: Vec<RegisterLine>,
     pub disasm: Vec<DisasmLine>,
@@ -49,43 +53,52 @@ pub struct PositionView {
 }
 
 impl PositionView {
-    /// The panels at `step`; `previous` is the view being replaced (its work is reused when
-    /// moving one step forward).
+    /// The panels at `step` for vCPU `vcpu` (`None`: the one that executed the step);
+    /// `previous` is the view being replaced (its work is reused when moving one step
+    /// forward). `kept` is the selected policy's context of that vCPU.
     pub fn compute<R: Read + Seek>(
         timeline: &mut Timeline<R>,
         cpu: &CpuModel,
         step: Step,
+        vcpu: Option<u32>,
         walk_address: Option<u64>,
         kept: Option<(&'static str, MmuContext)>,
         previous: &PositionView,
     ) -> PositionView {
         // A model-level scenario's trace: its steps are a script's actions, not instructions.
         let model = timeline.header().backend.kind == traces::BackendKind::Model;
-        let recent = match (&previous.snapshot, previous.step) {
-            _ if model => Vec::new(),
-            (Some(before), Some(p)) if p.checked_add(1) == Some(step) => {
-                let mut recent = previous.recent.clone();
-                if recent.len() as u64 >= LOOKBACK {
-                    recent.remove(0);
-                }
-                recent.push(Executed {
-                    step,
-                    rip: before.regs.rip,
-                    touches: accesses::of_instruction(&before.regs, cpu, &before.memory),
-                });
-                recent
-            }
-            (_, Some(p)) if p == step => previous.recent.clone(),
-            _ => match recent_instructions(timeline, cpu, step) {
+        let incremental = match (&previous.snapshot, previous.step) {
+            _ if model => None,
+            (Some(before), Some(p)) if p.checked_add(1) == Some(step) => Some(before.clone()),
+            _ => None,
+        };
+        let recent = if model {
+            Vec::new()
+        } else if incremental.is_some() || previous.step == Some(step) {
+            previous.recent.clone()
+        } else {
+            match recent_instructions(timeline, cpu, step) {
                 Ok(r) => r,
                 Err(e) => return PositionView::failed(e),
-            },
+            }
         };
         let snap = match timeline.seek(step) {
             Ok(s) => s.clone(),
             Err(e) => return PositionView::failed(e.to_string()),
         };
-        let history: Vec<u64> = recent
+        let mut recent = recent;
+        if let Some(before) = incremental {
+            if recent.len() as u64 >= LOOKBACK {
+                recent.remove(0);
+            }
+            recent.push(Executed::of(&before, &snap, cpu));
+        }
+        let vcpus = timeline.header().vcpu_count();
+        let vcpu = vcpu.filter(|&v| v < vcpus).unwrap_or(snap.vcpu());
+        let regs = snap.regs_of(vcpu).unwrap_or(&snap.regs).clone();
+        // That vCPU's own instructions: the others' ran in other address spaces.
+        let mine: Vec<&Executed> = recent.iter().filter(|r| r.vcpu == vcpu).collect();
+        let history: Vec<u64> = mine
             .iter()
             .rev()
             .take(DISASM_BEFORE as usize)
@@ -95,30 +108,38 @@ impl PositionView {
         let (disasm, walk) = if model {
             // Reads `▶ 0 no instructions (model trace)` in the narrow panel.
             let none = DisasmLine {
-                rip: snap.regs.rip,
+                rip: regs.rip,
                 bytes: "no instructions".into(),
                 text: "(model trace)".into(),
                 current: true,
             };
-            let walk =
-                walk_address.and_then(|_| walk_view(&snap, &recent, cpu, walk_address, kept));
+            let walk = walk_address
+                .and_then(|_| walk_view(&regs, &snap, &mine, cpu, walk_address, kept));
             (vec![none], walk)
         } else {
             (
-                disasm::around(&snap.regs, cpu, &snap.memory, &history, DISASM_AFTER),
-                walk_view(&snap, &recent, cpu, walk_address, kept),
+                disasm::around(&regs, cpu, &snap.memory, &history, DISASM_AFTER),
+                walk_view(&regs, &snap, &mine, cpu, walk_address, kept),
             )
         };
         PositionView {
             step: Some(step),
-            general: registers::general(&snap.regs),
-            control: registers::control(&snap.regs),
+            vcpu,
+            vcpus,
+            general: registers::general(&regs),
+            control: registers::control(&regs),
             disasm,
             walk,
             snapshot: Some(snap),
             error: None,
             recent,
         }
+    }
+
+    /// The registers of the vCPU these panels describe.
+    pub fn regs(&self) -> Option<&traces::Regs> {
+        let snap = self.snapshot.as_ref()?;
+        snap.regs_of(self.vcpu).or(Some(&snap.regs))
     }
 
     fn failed(error: String) -> PositionView {
@@ -132,10 +153,26 @@ impl PositionView {
 /// An instruction executed shortly before the current position.
 #[derive(Clone, Debug)]
 struct Executed {
-    /// The step it was (its record's number).
+    /// The step it was (its record's number), and the vCPU that executed it.
     step: Step,
+    vcpu: u32,
     rip: u64,
     touches: Vec<insn::Touch>,
+}
+
+impl Executed {
+    /// The instruction that took the machine from `before` to `after` (one step later): run
+    /// by the vCPU `after` names, from that vCPU's registers in `before`.
+    fn of(before: &Snapshot, after: &Snapshot, cpu: &CpuModel) -> Executed {
+        let vcpu = after.vcpu();
+        let regs = before.regs_of(vcpu).unwrap_or(&before.regs);
+        Executed {
+            step: after.step,
+            vcpu,
+            rip: regs.rip,
+            touches: accesses::of_instruction(regs, cpu, &before.memory),
+        }
+    }
 }
 
 /// The last [`LOOKBACK`] instructions up to `step`, oldest first, each with the accesses it
@@ -145,21 +182,21 @@ fn recent_instructions<R: Read + Seek>(
     cpu: &CpuModel,
     step: Step,
 ) -> Result<Vec<Executed>, String> {
+    let first = step.saturating_sub(LOOKBACK);
+    let mut before = timeline.seek(first).map_err(|e| e.to_string())?.clone();
     let mut out = Vec::new();
-    for s in step.saturating_sub(LOOKBACK)..step {
-        let snap = timeline.seek(s).map_err(|e| e.to_string())?;
-        out.push(Executed {
-            step: s + 1,
-            rip: snap.regs.rip,
-            touches: accesses::of_instruction(&snap.regs, cpu, &snap.memory),
-        });
+    for s in first + 1..=step {
+        let after = timeline.seek(s).map_err(|e| e.to_string())?.clone();
+        out.push(Executed::of(&before, &after, cpu));
+        before = after;
     }
     Ok(out)
 }
 
 fn walk_view(
+    regs: &traces::Regs,
     snap: &Snapshot,
-    recent: &[Executed],
+    recent: &[&Executed],
     cpu: &CpuModel,
     address: Option<u64>,
     kept: Option<(&'static str, MmuContext)>,
@@ -188,7 +225,7 @@ fn walk_view(
                     format!("last touched, by the instruction of step {s}"),
                 ),
                 None => {
-                    let t = accesses::last_touched(&snap.regs, cpu, &snap.memory)?;
+                    let t = accesses::last_touched(regs, cpu, &snap.memory)?;
                     (
                         t.linear,
                         Some(t.access),
@@ -202,7 +239,7 @@ fn walk_view(
         Some(a) => format!("{source} ({})", access_letter(a)),
         None => source,
     };
-    let regs = insn::control_regs(&snap.regs);
+    let regs = insn::control_regs(regs);
     let req = page_walk::debugger_request(access.unwrap_or(Access::Read));
     let arch = mmu::walk(&regs, cpu, &snap.memory, gva, &req);
     let mut view = WalkView {

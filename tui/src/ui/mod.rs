@@ -16,6 +16,29 @@ use ratatui::widgets::{Block, Paragraph, Wrap};
 use ratatui::Frame;
 use traces::PagingMode;
 
+/// ` · vCPU N` after a panel's title on a trace of several vCPUs (the panels show one
+/// vCPU's state: [`App::vcpu`]); nothing on one-vCPU traces.
+pub fn vcpu_suffix(app: &App) -> String {
+    if app.events.vcpu_count() > 1 {
+        format!(" · vCPU {}", app.vcpu)
+    } else {
+        String::new()
+    }
+}
+
+/// The colour of vCPU `v` in the timeline's vCPU column.
+pub fn vcpu_color(v: u32) -> Color {
+    const PALETTE: [Color; 6] = [
+        Color::White,
+        Color::LightCyan,
+        Color::LightMagenta,
+        Color::LightYellow,
+        Color::LightGreen,
+        Color::LightBlue,
+    ];
+    PALETTE[v as usize % PALETTE.len()]
+}
+
 /// Below this the panels cannot say anything useful: a notice replaces them.
 pub const MIN_WIDTH: u16 = 80;
 pub const MIN_HEIGHT: u16 = 20;
@@ -204,15 +227,22 @@ fn too_small(frame: &mut Frame, area: Rect) {
 /// Position, mode and policy first: they must survive an 80-column terminal; the file,
 /// scenario and backend after them.
 fn title_line(app: &App) -> Line<'static> {
-    let mode = app.events.mode_at(app.step);
+    let mode = app.events.mode_at(app.vcpu, app.step);
     let mut spans = vec![
         Span::styled(" mmurr ", Style::new().bg(Color::Blue).fg(Color::White)),
         Span::styled(format!(" step {}/{} ", app.step, app.total_steps), bold()),
-        Span::styled(
-            format!("· {} ", mode.name()),
-            Style::new().fg(mode_color(mode)),
-        ),
     ];
+    let vcpus = app.events.vcpu_count();
+    if vcpus > 1 {
+        spans.push(Span::styled(
+            format!("· vCPU {}/{vcpus} ", app.vcpu),
+            bold().fg(vcpu_color(app.vcpu)),
+        ));
+    }
+    spans.push(Span::styled(
+        format!("· {} ", mode.name()),
+        Style::new().fg(mode_color(mode)),
+    ));
     if let Some(h) = &app.history {
         if let Some(p) = h.analysis.policies.get(app.policy) {
             spans.push(Span::raw(format!("· policy {} ", p.name)));
@@ -261,7 +291,11 @@ fn status_line(app: &App) -> Line<'static> {
         return Line::from(Span::styled(msg.clone(), style));
     }
     Line::from(Span::styled(
-        "j/k move  J/K transition  r/R reset  d finding  s/S step  g/G start/end  / search  f filter  p policy  P side by side  w walk  : goto  ? help  q quit",
+        if app.events.vcpu_count() > 1 {
+            "j/k move  J/K transition  r/R reset  d finding  s/S step  v/V vCPU  / search  f filter  p policy  P side by side  w walk  : goto  ? help  q quit"
+        } else {
+            "j/k move  J/K transition  r/R reset  d finding  s/S step  g/G start/end  / search  f filter  p policy  P side by side  w walk  : goto  ? help  q quit"
+        },
         dim(),
     ))
 }

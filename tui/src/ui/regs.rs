@@ -41,7 +41,11 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     }
     frame.render_widget(
         Paragraph::new(lines)
-            .block(super::panel_of(app, Panel::Registers, "registers"))
+            .block(super::panel_of(
+                app,
+                Panel::Registers,
+                format!("registers{}", super::vcpu_suffix(app)),
+            ))
             .scroll(super::scroll_of(app, Panel::Registers)),
         area,
     );
@@ -49,7 +53,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
 
 pub fn draw_disasm(frame: &mut Frame, area: Rect, app: &App) {
     let v = &app.view;
-    let bits = v.snapshot.as_ref().map_or(0, |s| insn::bitness(&s.regs));
+    let bits = v.regs().map_or(0, insn::bitness);
     let lines: Vec<Line> = v
         .disasm
         .iter()
@@ -74,7 +78,7 @@ pub fn draw_disasm(frame: &mut Frame, area: Rect, app: &App) {
             .block(super::panel_of(
                 app,
                 Panel::Disassembly,
-                format!("disassembly ({bits}-bit)"),
+                format!("disassembly ({bits}-bit){}", super::vcpu_suffix(app)),
             ))
             .scroll(super::scroll_of(app, Panel::Disassembly)),
         area,

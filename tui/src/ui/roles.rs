@@ -61,17 +61,18 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             )],
         ),
         (Some(h), Some((w, d))) if app.side_by_side => (
-            "MMU roles · all policies".into(),
+            format!("MMU roles · all policies{}", super::vcpu_suffix(app)),
             side_by_side(h, w, d, app.policy),
         ),
         (Some(h), Some((w, d))) => {
             let name = h.analysis.policies.get(app.policy).map_or("?", |p| p.name);
             (
                 format!(
-                    "MMU roles · {name} ({}/{}) · {}",
+                    "MMU roles · {name} ({}/{}) · {}{}",
                     app.policy + 1,
                     h.analysis.policies.len(),
-                    h.analysis.flavour.name()
+                    h.analysis.flavour.name(),
+                    super::vcpu_suffix(app)
                 ),
                 one_policy(h, w, d, app.policy, area.width.saturating_sub(2)),
             )
@@ -108,12 +109,20 @@ fn write_line(h: &MmuHistory, w: usize, d: &WriteDetail, p: usize) -> Vec<Line<'
         ),
         _ => String::new(),
     };
+    let vcpu = if h.analysis.initial_vcpus.len() > 1 {
+        format!(" on vCPU {}", wa.vcpu)
+    } else {
+        String::new()
+    };
     vec![Line::from(vec![
         Span::styled(what, bold()),
         Span::raw(values),
         Span::styled(format!("({change})"), changed()),
         Span::styled(
-            format!(" at step {}, event #{}{modes}", wa.event.step, wa.event.id),
+            format!(
+                " at step {}, event #{}{vcpu}{modes}",
+                wa.event.step, wa.event.id
+            ),
             dim(),
         ),
     ])]

@@ -1,7 +1,7 @@
 //! The event list, with the paging mode as a coloured column, and the band above it: the
 //! paging mode over the whole trace with the current position marked.
 
-use super::{alert, dim, mode_color, panel};
+use super::{alert, dim, mode_color, panel, vcpu_color};
 use crate::app::App;
 use crate::events::summary;
 use ratatui::layout::Rect;
@@ -24,14 +24,20 @@ pub fn window_start(cursor: usize, len: usize, height: usize) -> usize {
 /// mode's letter at the start of each stretch (so the band reads without colour, e.g. under
 /// NO_COLOR), ▼ at the position, and a legend of the modes the trace enters at the right.
 pub fn draw_band(frame: &mut Frame, area: Rect, app: &App) {
-    let label = " mode ";
+    // Several vCPUs: the band is the mode of the vCPU the panels show.
+    let label = if app.events.vcpu_count() > 1 {
+        format!(" vCPU {} mode ", app.vcpu)
+    } else {
+        " mode ".to_string()
+    };
+    let label = label.as_str();
     let mut seen: Vec<traces::PagingMode> = Vec::new();
     for m in app
         .events
         .modes
         .iter()
         .copied()
-        .chain([app.events.mode_at(0)])
+        .chain([app.events.mode_at(app.vcpu, 0)])
     {
         if !seen.contains(&m) {
             seen.push(m);
@@ -61,7 +67,7 @@ pub fn draw_band(frame: &mut Frame, area: Rect, app: &App) {
     let mut last_mode = None;
     for x in 0..width {
         let step = (u128::from(x) * u128::from(total) / u128::from(width.max(1))) as u64;
-        let mode = app.events.mode_at(step);
+        let mode = app.events.mode_at(app.vcpu, step);
         let colour = mode_color(mode);
         let starts = last_mode != Some(mode);
         last_mode = Some(mode);
@@ -163,6 +169,9 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
     let policies = &app.header.policies;
     // As wide as the trace's largest step needs, so narrow terminals keep the text.
     let step_width = app.total_steps.max(1).ilog10() as usize + 1;
+    // Several vCPUs: a column of the vCPU each event belongs to, `[2]`.
+    let vcpus = app.events.vcpu_count();
+    let vcpu_width = (vcpus > 1).then(|| (vcpus - 1).max(1).ilog10() as usize + 1);
     let mut lines = Vec::with_capacity(height);
     for row in start..(start + height).min(app.visible.len()) {
         let i = app.visible[row];
@@ -194,12 +203,21 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
         let mut spans = vec![
             Span::raw(marker),
             Span::styled(format!("{:>step_width$} ", e.step), dim()),
+        ];
+        if let Some(w) = vcpu_width {
+            let v = app.events.vcpu(i);
+            spans.push(Span::styled(
+                format!("[{v:>w$}]"),
+                Style::new().fg(vcpu_color(v)),
+            ));
+        }
+        spans.extend([
             Span::styled(
                 mode_cell,
                 Style::new().bg(mode_color(mode)).fg(Color::Black),
             ),
             Span::styled(format!(" {kind:<5} "), kind_style),
-        ];
+        ]);
         match verdict(app, &e) {
             Some((alarm, counts)) => {
                 if let Some(alarm) = alarm {

@@ -59,7 +59,7 @@ pub fn draw(frame: &mut Frame, area: Rect, app: &App) {
             .block(super::panel_of(
                 app,
                 Panel::Walk,
-                format!("page walk {:#x}", w.gva),
+                format!("page walk {:#x}{}", w.gva, super::vcpu_suffix(app)),
             ))
             .wrap(Wrap { trim: false })
             .scroll(super::scroll_of(app, Panel::Walk)),

@@ -86,6 +86,8 @@ pub struct Tracer<'a> {
     vcpu: u32,
     vcpus: u32,
     parked: Vec<Option<Vcpu>>,
+    /// The step at which the current vCPU's turn began ([`RecordOptions::vcpu_quantum`]).
+    turn_start: u64,
 }
 
 /// What the tracer keeps per vCPU: its registers, its MMU model (KVM keeps one MMU per vCPU)
@@ -184,17 +186,25 @@ impl<'a> Tracer<'a> {
             vcpu: 0,
             vcpus,
             parked,
+            turn_start: 0,
         })
     }
 
-    /// The interleaving: the next vCPU after the current one that can take a step, round
-    /// robin, one instruction each; halted vCPUs and APs waiting for a startup IPI are
-    /// skipped. When none can, time skips to the next timer; when nothing can wake any, the
-    /// run ends.
+    /// The interleaving: the current vCPU keeps its turn for
+    /// [`RecordOptions::vcpu_quantum`] instructions while it can run; then the next vCPU after
+    /// it that can take a step, round robin (step by step: one instruction each). Halted
+    /// vCPUs and APs waiting for a startup IPI are skipped. When none can run, time skips to
+    /// the next timer; when nothing can wake any, the run ends. The switch points depend only
+    /// on instruction counts and the guest's own state, so a re-recording makes the same.
     fn schedule(&mut self) -> Option<Stop> {
         if self.vcpus == 1 {
             return None;
         }
+        let quantum = self.opts.vcpu_quantum();
+        if quantum > 1 && self.turn_left() > 0 && self.backend.vcpu_runnable(self.vcpu) {
+            return None;
+        }
+        self.turn_start = self.step;
         loop {
             let next = (1..=self.vcpus)
                 .map(|k| (self.vcpu + k) % self.vcpus)
@@ -212,6 +222,12 @@ impl<'a> Tracer<'a> {
                 });
             }
         }
+    }
+
+    /// Instructions left in the current vCPU's turn (several vCPUs).
+    fn turn_left(&self) -> u64 {
+        let used = self.step - self.turn_start;
+        self.opts.vcpu_quantum().saturating_sub(used)
     }
 
     /// Makes `v` the stepped vCPU: the current one's state is parked, `v`'s taken out, and
@@ -462,9 +478,7 @@ impl<'a> Tracer<'a> {
     fn run_once(&mut self) -> Result<u64, Stop> {
         // Pending findings want the addresses each instruction touches, and the engine check
         // after a CR event looks at the next instruction's accesses: step those.
-        // Several vCPUs take one instruction each in turn: no runs.
         if !self.opts.runs
-            || self.vcpus > 1
             || !self.runs_supported
             || self.mmu.wants_touches()
             || self.engine_check_pending
@@ -485,6 +499,13 @@ impl<'a> Tracer<'a> {
         if self.stuck.is_some() {
             // Quiet runs go no further than the stuck watch's threshold; past it, steps.
             max = max.min(stuck::quiet_run_allowance(self.quiet_probes) - self.quiet_run_steps);
+        }
+        if self.vcpus > 1 {
+            // A run ends with the vCPU's turn.
+            max = max.min(self.turn_left());
+            if max == 0 {
+                return Ok(0);
+            }
         }
         let ran = match self.backend.run(max) {
             None => {

@@ -1599,6 +1599,10 @@ impl Backend for EmuBackend {
         self.platform_time_ns()
     }
 
+    fn instructions_to_next_timer(&mut self) -> Option<u64> {
+        self.platform_instructions_to_next_deadline()
+    }
+
     fn take_deliveries(&mut self) -> Option<Vec<recorder::Delivery>> {
         Some(std::mem::take(&mut self.step_deliveries))
     }

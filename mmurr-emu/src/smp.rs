@@ -261,6 +261,10 @@ impl Backend for SmpBackend {
         self.cpus[self.cur].virtual_time_ns()
     }
 
+    fn instructions_to_next_timer(&mut self) -> Option<u64> {
+        self.cpus[self.cur].instructions_to_next_timer()
+    }
+
     fn vcpus(&self) -> u32 {
         self.cpus.len() as u32
     }

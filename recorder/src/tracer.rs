@@ -88,6 +88,9 @@ pub struct Tracer<'a> {
     parked: Vec<Option<Vcpu>>,
     /// The step at which the current vCPU's turn began ([`RecordOptions::vcpu_quantum`]).
     turn_start: u64,
+    /// A loop the stuck watch found waits with interrupts enabled for a timer due in virtual
+    /// time: it is judged once past this step (cleared by progress).
+    stuck_judged_after: Option<u64>,
 }
 
 /// What the tracer keeps per vCPU: its registers, its MMU model (KVM keeps one MMU per vCPU)
@@ -187,6 +190,7 @@ impl<'a> Tracer<'a> {
             vcpus,
             parked,
             turn_start: 0,
+            stuck_judged_after: None,
         })
     }
 
@@ -478,11 +482,14 @@ impl<'a> Tracer<'a> {
     fn run_once(&mut self) -> Result<u64, Stop> {
         // Pending findings want the addresses each instruction touches, and the engine check
         // after a CR event looks at the next instruction's accesses: step those.
+        // A loop judged only after a timer due in virtual time runs up to it.
+        let judged_after = self.stuck_judged_after.filter(|&j| self.step < j);
         if !self.opts.runs
             || !self.runs_supported
             || self.mmu.wants_touches()
             || self.engine_check_pending
             || (self.stuck.is_some()
+                && judged_after.is_none()
                 && self.quiet_run_steps >= stuck::quiet_run_allowance(self.quiet_probes))
         {
             return Ok(0);
@@ -496,7 +503,9 @@ impl<'a> Tracer<'a> {
                 return Ok(0);
             }
         }
-        if self.stuck.is_some() {
+        if let Some(j) = judged_after {
+            max = max.min(j - self.step);
+        } else if self.stuck.is_some() {
             // Quiet runs go no further than the stuck watch's threshold; past it, steps.
             max = max.min(stuck::quiet_run_allowance(self.quiet_probes) - self.quiet_run_steps);
         }
@@ -568,6 +577,7 @@ impl<'a> Tracer<'a> {
             if let Some(watch) = self.stuck.as_mut() {
                 // Progress: the stuck watch starts afresh, as after a step that wrote.
                 let _ = watch.observe(&after, true);
+                self.stuck_judged_after = None;
             }
         }
         self.regs = after;
@@ -844,7 +854,27 @@ impl<'a> Tracer<'a> {
                 self.quiet_run_steps = 0; // runs: see run_once
                 self.quiet_probes = 0;
             }
-            stop = watch.observe(&after, progress).map(|s| Stop {
+            let found = watch.observe(&after, progress);
+            let found = match found {
+                // A loop waiting with interrupts enabled for a timer still to come in virtual
+                // time (a tick is 500 000 instructions at HZ 250) is judged after it: it is
+                // stuck only if the deadline passes and still nothing arrives.
+                Some(_) if after.rflags & RFLAGS_IF != 0 => {
+                    match self.backend.instructions_to_next_timer() {
+                        Some(n) if self.step < self.stuck_judged_after.unwrap_or(u64::MAX) => {
+                            let at = self.step.saturating_add(n).saturating_add(1);
+                            let judge = *self.stuck_judged_after.get_or_insert(at);
+                            (self.step >= judge).then_some(found).flatten()
+                        }
+                        _ => found,
+                    }
+                }
+                f => f,
+            };
+            if progress {
+                self.stuck_judged_after = None;
+            }
+            stop = found.map(|s| Stop {
                 reason: EndReason::Stuck,
                 message: stuck::message(s, &before, plan.insn.as_ref()),
             });

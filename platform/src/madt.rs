@@ -62,7 +62,7 @@ pub fn tables(cpus: u32, at: u64) -> Result<Vec<u8>, MadtError> {
         return Err(MadtError::Cpus(cpus));
     }
     let end = at.checked_add(tables_len(cpus) as u64);
-    if at % 16 != 0 || end.is_none_or(|e| e > 1 << 32) {
+    if !at.is_multiple_of(16) || end.is_none_or(|e| e > 1 << 32) {
         return Err(MadtError::Address(at));
     }
     let xsdt_at = at + XSDT_OFFSET as u64;

@@ -2,8 +2,9 @@
 //! repository): the linux-image-cloud-amd64 kernel with a busybox initramfs, and SeaBIOS.
 //! Each is recorded as a user would, asserting what a user checks: the console output so far,
 //! the CR/EFER writes and paging-mode transitions this guest makes, `check --policy v6.14`,
-//! the self-check, and `verify`. Linux on emu boots to its initramfs; the other recordings
-//! are bounded by --max-steps (README: how far each gets).
+//! the self-check, and `verify`. Linux on emu boots to its initramfs, and on two vCPUs until
+//! it brought up the second; the other recordings are bounded by --max-steps (README: how far
+//! each gets).
 //!
 //! Without the corpus these tests print SKIP; with MMURR_REQUIRE_CORPUS=1 (scripts/test.sh
 //! sets it after fetching) they fail instead.
@@ -44,14 +45,28 @@ fn corpus(files: &[&str]) -> Option<PathBuf> {
 const LINUX_APPEND: &str = "console=ttyS0 earlyprintk=serial,ttyS0,115200 nokaslr";
 
 fn record_linux(c: &Path, dir: &Path, backend: &str, steps: u64, out: &str) -> Output {
+    record_linux_on(c, dir, backend, 1, steps, out)
+}
+
+/// The corpus kernel on `cpus` vCPUs.
+fn record_linux_on(
+    c: &Path,
+    dir: &Path,
+    backend: &str,
+    cpus: u32,
+    steps: u64,
+    out: &str,
+) -> Output {
     let kernel = c.join("vmlinuz");
     let initrd = c.join("initramfs.cpio.gz");
-    let steps = steps.to_string();
+    let (steps, cpus) = (steps.to_string(), cpus.to_string());
     mmurr(
         &[
             "record",
             "--backend",
             backend,
+            "--cpus",
+            &cpus,
             "-q",
             "--kernel",
             kernel.to_str().unwrap(),
@@ -223,6 +238,89 @@ fn linux_boots_to_its_initramfs_on_emu() {
     assert_checks_and_self_checks(dir.path(), "boot.mmurr");
     let steps = info(dir.path(), "boot.mmurr")["steps"].as_u64().unwrap();
     assert_gdb_steps_back_inside_the_kernel(dir.path(), "boot.mmurr", steps / 2 + 12_345);
+}
+
+/// Steps of the two-vCPU boot by which the kernel has brought up CPU 1 and printed the count:
+/// the step of that line's last byte in the recording measured for the README (CPU 1's
+/// startup IPI came at step 256 380 001), plus 5 %. Recording on emu is deterministic.
+const SMP_BROUGHT_UP_STEPS: u64 = SMP_BROUGHT_UP_MEASURED + SMP_BROUGHT_UP_MEASURED / 20;
+const SMP_BROUGHT_UP_MEASURED: u64 = 268_756_403;
+
+/// Two vCPUs on emu (in turns, the default runs): the kernel reads the MADT, the BSP starts
+/// CPU 1 with INIT-SIPI-SIPI, and CPU 1 climbs from real mode through the real-mode trampoline
+/// (arch/x86/realmode/rm/trampoline_64.S) into long mode on its own: CR0.PE, then CR4.PAE,
+/// EFER.LME and CR0.PG, each an event of vCPU 1. `check` models each vCPU's MMU. The
+/// recording stops after the kernel printed the count (the whole boot is the one-vCPU test's).
+#[test]
+fn linux_brings_up_two_cpus_on_emu() {
+    let Some(c) = corpus(&["vmlinuz", "initramfs.cpio.gz"]) else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = record_linux_on(&c, dir.path(), "emu", 2, SMP_BROUGHT_UP_STEPS, "smp.mmurr");
+    let serial = std::fs::read_to_string(dir.path().join("smp.mmurr.serial")).unwrap();
+    let tail = &serial[serial.len().saturating_sub(3000)..];
+    assert_eq!(out.status.code(), Some(12), "{}\n{tail}", text(&out.stderr));
+    assert!(
+        serial.contains("ACPI: Using ACPI (MADT) for SMP configuration information"),
+        "{tail}"
+    );
+    assert!(serial.contains("smpboot: Allowing 2 CPUs"), "{tail}");
+    assert!(serial.contains("smp: Brought up 1 node, 2 CPUs"), "{tail}");
+
+    let export = mmurr(&["export", "smp.mmurr"], dir.path());
+    assert!(export.status.success(), "{}", text(&export.stderr));
+    let events: Vec<Value> = text(&export.stdout)
+        .lines()
+        .map(|l| serde_json::from_str::<Value>(l).unwrap())
+        .collect();
+    let startup = find(&events, 0, "startup of vCPU 1", |e| {
+        e["kind"] == "startup" && e["vcpu"] == 1
+    });
+    let ap: Vec<Value> = events[startup..]
+        .iter()
+        .filter(|e| {
+            e["vcpu"] == 1
+                && matches!(
+                    e["kind"].as_str(),
+                    Some("cr0" | "cr3" | "cr4" | "efer" | "transition")
+                )
+        })
+        .cloned()
+        .collect();
+    let pe = find(&ap, 0, "vCPU 1 leaving real mode", |e| {
+        e["kind"] == "transition" && e["from"] == "real" && e["to"] == "unpaged"
+    });
+    let pae = find(&ap, pe, "CR4.PAE on vCPU 1", |e| {
+        e["kind"] == "cr4" && hex(&e["new"]) & 0x20 != 0
+    });
+    let lme = find(&ap, pae, "EFER.LME on vCPU 1", |e| {
+        e["kind"] == "efer" && hex(&e["new"]) & 0x100 != 0
+    });
+    let pg = find(&ap, lme, "CR0.PG on vCPU 1", |e| {
+        e["kind"] == "cr0" && hex(&e["new"]) & 0x8000_0001 == 0x8000_0001
+    });
+    // Into the BSP's paging mode (5-level: emu's CPU offers LA57, and the trampoline takes
+    // the BSP's CR4).
+    let long = find(&ap, pg, "vCPU 1 in long mode", |e| {
+        e["kind"] == "transition" && matches!(e["to"].as_str(), Some("4-level" | "5-level"))
+    });
+    assert!(
+        ap[..long]
+            .iter()
+            .all(|e| !e["faulted"].as_bool().unwrap_or(false)),
+        "{ap:#?}"
+    );
+
+    assert_checks_and_self_checks(dir.path(), "smp.mmurr");
+    let check = mmurr(
+        &["check", "--policy", "v6.14", "--json", "smp.mmurr"],
+        dir.path(),
+    );
+    let report: Value = serde_json::from_slice(&check.stdout).unwrap();
+    let vcpus = report["vcpus"].as_array().unwrap();
+    assert_eq!(vcpus.len(), 2, "{report:#}");
+    assert!(vcpus[1]["writes"].as_u64().unwrap() >= 4, "{report:#}");
 }
 
 /// `mmurr gdb` on a recording in runs: seek to `step` (deep in the kernel proper, inside a

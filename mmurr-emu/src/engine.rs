@@ -407,12 +407,17 @@ impl EmuBackend {
         Ok(())
     }
 
-    /// Other vCPUs' engines wrote memory, which this engine's own write tracking never sees:
-    /// its TLB is flushed, and its translated code too when `code` (they wrote a page it ran
-    /// code from). Unicorn's ranged TB removal takes *linear* addresses and walks the page
-    /// tables to translate them, setting accessed bits no instruction set: all of it goes.
-    pub(crate) fn invalidate(&mut self, code: bool) {
-        if code {
+    /// Other vCPUs' engines wrote `ranges` (every page when `all`), which this engine's own
+    /// write tracking never sees: its TLB is flushed, the blocks its runs decoded and the
+    /// paging structures they watch are dropped where written, and its translated code goes
+    /// when `stepped_code` (they wrote a page its steps ran code from) or they wrote a page of
+    /// code its runs translated. Unicorn's ranged TB removal takes *linear* addresses and
+    /// walks the page tables to translate them, setting accessed bits no instruction set: all
+    /// of it goes.
+    pub(crate) fn others_wrote(&mut self, ranges: &[(u64, u64)], all: bool, stepped_code: bool) {
+        let run = &mut self.uc.get_data_mut().run;
+        let run_code = run.others_wrote(ranges, all);
+        if stepped_code || run_code {
             let _ = self.uc.ctl_flush_tb();
             self.uc.get_data_mut().run.host_wrote();
         }
@@ -983,6 +988,33 @@ impl EmuBackend {
         Ok(Exit::Stepped)
     }
 
+    /// After a `cpuid` retired on a vCPU of a machine of several: its own APIC ID in the
+    /// results ([`crate::cpuid::with_apic_id`]), which the engine reports as 0 on every vCPU.
+    fn cpuid_apic_id(&mut self, d: Option<&Decoded>, before: &Regs) -> Result<(), BackendError> {
+        let is_cpuid = d.is_some_and(|d| d.instr.mnemonic() == iced_x86::Mnemonic::Cpuid);
+        if self.smp_cpus < 2 || !is_cpuid || !self.step_deliveries.is_empty() {
+            return Ok(());
+        }
+        let r = |uc: &Unicorn<'static, HookState>, reg| {
+            uc.reg_read(reg)
+                .map(|v| v as u32)
+                .map_err(|e| engine_err("reg read", e))
+        };
+        let out = [
+            r(&self.uc, RegisterX86::RAX)?,
+            r(&self.uc, RegisterX86::RBX)?,
+            r(&self.uc, RegisterX86::RCX)?,
+            r(&self.uc, RegisterX86::RDX)?,
+        ];
+        let fixed = crate::cpuid::with_apic_id(before.gpr[0] as u32, out, self.smp_index);
+        if fixed != out {
+            self.w(RegisterX86::RBX, u64::from(fixed[1]))?;
+            self.w(RegisterX86::RDX, u64::from(fixed[3]))?;
+            self.regs_cache = None;
+        }
+        Ok(())
+    }
+
     /// Puts the instruction's effects back (RIP, RSP and the RAM it wrote, from the mirror of
     /// RAM before the step) so that a fault is delivered from the state before it.
     fn undo_step(&mut self, before: &Regs) -> Result<(), BackendError> {
@@ -1547,6 +1579,7 @@ impl Backend for EmuBackend {
         }
         let exit = self.execute(d, &before)?;
         self.uc.get_data_mut().in_value = None;
+        self.cpuid_apic_id(d.as_ref(), &before)?;
         let exit = self.after_instruction(exit, d.as_ref(), &before)?;
         let written = self.take_written(&before, fetch, d.as_ref());
         Ok(StepResult { exit, written })
@@ -1564,6 +1597,10 @@ impl Backend for EmuBackend {
 
     fn virtual_time_ns(&mut self) -> Option<u64> {
         self.platform_time_ns()
+    }
+
+    fn instructions_to_next_timer(&mut self) -> Option<u64> {
+        self.platform_instructions_to_next_deadline()
     }
 
     fn take_deliveries(&mut self) -> Option<Vec<recorder::Delivery>> {

@@ -5,8 +5,11 @@
 //! vector; a halted vCPU waits until an interrupt is pending for it.
 //!
 //! One engine never sees the stores of another (QEMU tracks self-modifying code and its TLB
-//! per engine), so the guest-physical ranges each step wrote are handed to the other engines,
-//! which drop translated code there and flush their TLB before they run again.
+//! per engine), so the guest-physical ranges each step or run wrote are handed to the other
+//! engines, which drop translated code there and flush their TLB before they run again.
+//!
+//! Recorded in runs, each vCPU has its own runner (engine/run.rs) and runs in turns
+//! ([`recorder::RecordOptions::vcpu_quantum`]): a run is one vCPU's, with the others stopped.
 
 use crate::engine::EmuBackend;
 use guests::image::startup_entry;
@@ -16,6 +19,9 @@ use traces::{BackendInfo, CpuidEntry, GuestSpec, RegionKind, Regs};
 
 /// The most vCPUs `--cpus` accepts on the emu backend (each is an engine of its own).
 pub const MAX_CPUS: u32 = 64;
+
+/// Ranges other vCPUs wrote that a vCPU keeps before it counts everything as written.
+const MAX_STALE_RANGES: usize = 1 << 16;
 
 /// What other vCPUs wrote since a vCPU last ran, and where it holds translated code.
 #[derive(Default)]
@@ -91,10 +97,19 @@ impl SmpBackend {
     fn wrote(&mut self, written: &Written) {
         let cur = self.cur;
         for (_, s) in self.stale.iter_mut().enumerate().filter(|&(i, _)| i != cur) {
+            if s.all {
+                continue;
+            }
             match written {
                 Written::Ranges(r) => s.ranges.extend_from_slice(r),
                 Written::DirtyPages(p) => s.ranges.extend(p.iter().map(|&g| (g, 0x1000))),
                 Written::Unknown => s.all = true,
+            }
+            if s.ranges.len() > MAX_STALE_RANGES {
+                // A vCPU that waited through much writing (an AP before its startup IPI)
+                // starts afresh rather than checking each range.
+                s.all = true;
+                s.ranges = Vec::new();
             }
         }
     }
@@ -208,6 +223,28 @@ impl Backend for SmpBackend {
         Ok(r)
     }
 
+    /// Runs on the current vCPU's engine (its own runner). During the run the other vCPUs do
+    /// not execute, so it is the run of one vCPU, re-executable from the memory before it and
+    /// this vCPU's registers; what it wrote becomes stale for the others. A vCPU that must
+    /// first take its startup IPI or wake from HLT steps.
+    fn run(&mut self, max: u64) -> Option<Result<recorder::RunResult, BackendError>> {
+        let cur = self.cur;
+        if !matches!(self.mp_state(cur), Some(MpState::Runnable) | None) {
+            return Some(Ok(recorder::RunResult {
+                count: 0,
+                retired: 0,
+                written: Written::DirtyPages(Vec::new()),
+            }));
+        }
+        let r = self.cpus[cur].run(max)?;
+        if let Ok(ran) = &r {
+            if ran.count > 0 {
+                self.wrote(&ran.written);
+            }
+        }
+        Some(r)
+    }
+
     fn take_deliveries(&mut self) -> Option<Vec<Delivery>> {
         if let Some(d) = self.startup.take() {
             let _ = self.cpus[self.cur].take_deliveries();
@@ -222,6 +259,10 @@ impl Backend for SmpBackend {
 
     fn virtual_time_ns(&mut self) -> Option<u64> {
         self.cpus[self.cur].virtual_time_ns()
+    }
+
+    fn instructions_to_next_timer(&mut self) -> Option<u64> {
+        self.cpus[self.cur].instructions_to_next_timer()
     }
 
     fn vcpus(&self) -> u32 {
@@ -246,9 +287,9 @@ impl Backend for SmpBackend {
             if code {
                 stale.code_pages.clear();
             }
-            stale.ranges.clear();
-            stale.all = false;
-            self.cpus[v].invalidate(code);
+            let ranges = std::mem::take(&mut stale.ranges);
+            let all = std::mem::take(&mut stale.all);
+            self.cpus[v].others_wrote(&ranges, all, code);
         }
         Ok(())
     }

@@ -21,13 +21,34 @@ struct Recorded {
     _dir: tempfile::TempDir,
 }
 
+/// How the vCPUs are interleaved.
+#[derive(Clone, Copy, PartialEq)]
+enum Interleaving {
+    /// One instruction each, round robin (step by step).
+    RoundRobin,
+    /// Turns of `RecordOptions::vcpu_quantum` instructions, in runs.
+    Turns,
+    /// The same turns, every instruction a step of its own (`single_step_from` 0).
+    TurnsStepped,
+}
+
 fn record(keyframe_interval: u64) -> Recorded {
+    record_with(keyframe_interval, Interleaving::RoundRobin)
+}
+
+fn record_with(keyframe_interval: u64, how: Interleaving) -> Recorded {
     let mut backend = SmpBackend::new(CPUS).expect("open unicorn engines");
     let features = CpuFeatures::from_cpuid(&backend.cpuid());
     let scenario = guests::scenario("smp-bringup", &features).expect("scenario");
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("smp.mmurr");
     let mut opts = RecordOptions::new(&path);
+    if how != Interleaving::RoundRobin {
+        opts.set_runs(true);
+    }
+    if how == Interleaving::TurnsStepped {
+        opts.single_step_from = Some(0);
+    }
     opts.scenario = Some("smp-bringup".into());
     opts.max_steps = 100_000;
     opts.keyframe_interval = keyframe_interval;
@@ -75,7 +96,70 @@ fn record(keyframe_interval: u64) -> Recorded {
 
 #[test]
 fn four_vcpus_bring_up_with_their_own_events_and_the_seed_bug_on_ap_2_only() {
-    let r = record(1);
+    assert_bringup(&record(1));
+}
+
+/// In runs, each vCPU runs in turns of many instructions: the interleaving changes, every
+/// vCPU's own events, the startups and the findings do not.
+#[test]
+fn in_turns_every_vcpu_has_the_same_events_and_the_seed_bug_stays_on_ap_2() {
+    let r = record_with(1, Interleaving::Turns);
+    assert_bringup(&r);
+    let mut reader = Reader::open(&r.path).unwrap();
+    let runs = reader
+        .records()
+        .filter(|rec| matches!(rec, Ok(Record::Run(_))))
+        .count();
+    assert!(runs > 0, "no runs recorded");
+}
+
+/// A run of an AP is rebuilt by re-executing it from the memory before it and that AP's
+/// registers: at every step inside the APs' runs, every vCPU's registers and the memory equal
+/// those of the same interleaving recorded one step at a time.
+#[test]
+fn the_replayer_rebuilds_the_inside_of_an_aps_run() {
+    let runs = record_with(1_000_000, Interleaving::Turns);
+    let stepped = record_with(1_000_000, Interleaving::TurnsStepped);
+    let mut reader = Reader::open(&runs.path).unwrap();
+    let mut cursor = VcpuCursor::new();
+    let mut inside = Vec::new();
+    for rec in reader.records() {
+        let rec = rec.unwrap();
+        let v = cursor.observe(&rec);
+        if let Record::Run(run) = rec {
+            if v != 0 && run.step > run.first {
+                inside.push((v, run.first, run.step));
+            }
+        }
+    }
+    assert!(
+        !inside.is_empty(),
+        "no run of an AP longer than one instruction"
+    );
+    let emu = env!("CARGO_BIN_EXE_mmurr-emu");
+    let mut t = replayer::Timeline::open(&runs.path).unwrap();
+    t.set_reexecution(replayer::Reexecution::new(emu));
+    let mut s = replayer::Timeline::open(&stepped.path).unwrap();
+    s.without_reexecution();
+    for &(v, first, last) in inside.iter().take(6) {
+        for step in [first, (first + last) / 2, last - 1] {
+            let got = t.seek(step).unwrap().clone();
+            let want = s.seek(step).unwrap().clone();
+            assert_eq!(got.vcpu(), v, "step {step}");
+            assert_eq!(want.vcpu(), v, "step {step}");
+            for k in 0..CPUS {
+                assert_eq!(got.regs_of(k), want.regs_of(k), "step {step} vCPU {k}");
+            }
+            assert_eq!(
+                got.memory.extents(),
+                want.memory.extents(),
+                "memory at step {step}"
+            );
+        }
+    }
+}
+
+fn assert_bringup(r: &Recorded) {
     assert_eq!(
         r.end.reason,
         EndReason::DebugExit { status: 0 },

@@ -10,7 +10,9 @@ impl IoApic {
     pub const BASE_OF: u64 = BASE;
 }
 pub const PINS: usize = 24;
-const VERSION: u32 = 0x11 | ((PINS as u32 - 1) << 16);
+pub(crate) const VERSION: u32 = 0x11 | ((PINS as u32 - 1) << 16);
+/// The ID register at reset (KVM's and QEMU's I/O APIC start with ID 0).
+pub(crate) const RESET_ID: u32 = 0;
 
 const MASKED: u64 = 1 << 16;
 const LEVEL: u64 = 1 << 15;
@@ -42,7 +44,7 @@ pub struct IoApic {
 impl Default for IoApic {
     fn default() -> Self {
         IoApic {
-            id: 0,
+            id: RESET_ID,
             select: 0,
             redir: [MASKED; PINS],
             lines: [false; PINS],

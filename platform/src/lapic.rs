@@ -39,7 +39,7 @@ const TIMER_DIVIDE: u32 = 0x3e0;
 const SELF_IPI: u32 = 0x3f0;
 
 /// Version 0x14 (integrated APIC) with six LVT entries, as KVM reports.
-const VERSION_VALUE: u32 = 0x14 | (5 << 16);
+pub(crate) const VERSION_VALUE: u32 = 0x14 | (5 << 16);
 const LVT_MASKED: u32 = 1 << 16;
 const SVR_ENABLE: u32 = 1 << 8;
 const SVR_SUPPRESS_EOI_BROADCAST: u32 = 1 << 12;

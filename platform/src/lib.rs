@@ -22,6 +22,7 @@
 pub mod clock;
 pub mod ioapic;
 pub mod lapic;
+pub mod madt;
 pub mod pci;
 pub mod pic;
 pub mod pit;

@@ -211,6 +211,13 @@ pub trait Backend {
     fn virtual_time_ns(&mut self) -> Option<u64> {
         None
     }
+    /// Extension for backends with virtual time (the emu backend): how many instructions until
+    /// the next timer deadline of the machine, `None` when no timer is armed (the default;
+    /// KVM, whose timers run in host time). The stuck watch lets a loop that waits with
+    /// interrupts enabled run past it: the tick it waits for may be far in instructions.
+    fn instructions_to_next_timer(&mut self) -> Option<u64> {
+        None
+    }
     /// Extension for backends on a host KVM whose own events can be watched (the kvm backend,
     /// through tracefs): see [`HostWatch`]. `None` (the default; emu): there is no host KVM.
     fn host(&mut self) -> Option<&mut dyn HostWatch> {

@@ -96,7 +96,26 @@ pub const RUNS_KEYFRAME_RAM: u64 = 64 << 20;
 /// The keyframe interval of step-by-step recordings.
 pub const STEPS_KEYFRAME_INTERVAL: u64 = 10_000;
 
+/// Several vCPUs recorded in runs: the instructions (steps and runs alike) one vCPU executes
+/// in its turn before the next runnable one takes over. 10 000 instructions are 80 µs of
+/// virtual time (8 ns each), far below a Linux tick (1–4 ms) and its LAPIC timer periods, so
+/// a vCPU spinning on another (an IPI's answer, a lock, the TSC sync) waits at most one turn
+/// of the other; yet long enough that a switch — the next engine's TLB flushed, its
+/// translated code too when the other wrote code — is rare next to the work of a turn.
+pub const VCPU_QUANTUM: u64 = 10_000;
+
 impl RecordOptions {
+    /// The interleaving of several vCPUs: instructions per turn. Step by step, one each
+    /// (round robin, as the kvm-like single-stepping records it); in runs [`VCPU_QUANTUM`].
+    /// Not a header field: `verify` re-records a trace in runs exactly when it holds runs.
+    pub fn vcpu_quantum(&self) -> u64 {
+        if self.runs {
+            VCPU_QUANTUM
+        } else {
+            1
+        }
+    }
+
     /// Runs on or off, with the keyframe interval that suits each.
     pub fn set_runs(&mut self, runs: bool) {
         self.runs = runs;

@@ -86,6 +86,11 @@ pub struct Tracer<'a> {
     vcpu: u32,
     vcpus: u32,
     parked: Vec<Option<Vcpu>>,
+    /// The step at which the current vCPU's turn began ([`RecordOptions::vcpu_quantum`]).
+    turn_start: u64,
+    /// A loop the stuck watch found waits with interrupts enabled for a timer due in virtual
+    /// time: it is judged once past this step (cleared by progress).
+    stuck_judged_after: Option<u64>,
 }
 
 /// What the tracer keeps per vCPU: its registers, its MMU model (KVM keeps one MMU per vCPU)
@@ -184,17 +189,26 @@ impl<'a> Tracer<'a> {
             vcpu: 0,
             vcpus,
             parked,
+            turn_start: 0,
+            stuck_judged_after: None,
         })
     }
 
-    /// The interleaving: the next vCPU after the current one that can take a step, round
-    /// robin, one instruction each; halted vCPUs and APs waiting for a startup IPI are
-    /// skipped. When none can, time skips to the next timer; when nothing can wake any, the
-    /// run ends.
+    /// The interleaving: the current vCPU keeps its turn for
+    /// [`RecordOptions::vcpu_quantum`] instructions while it can run; then the next vCPU after
+    /// it that can take a step, round robin (step by step: one instruction each). Halted
+    /// vCPUs and APs waiting for a startup IPI are skipped. When none can run, time skips to
+    /// the next timer; when nothing can wake any, the run ends. The switch points depend only
+    /// on instruction counts and the guest's own state, so a re-recording makes the same.
     fn schedule(&mut self) -> Option<Stop> {
         if self.vcpus == 1 {
             return None;
         }
+        let quantum = self.opts.vcpu_quantum();
+        if quantum > 1 && self.turn_left() > 0 && self.backend.vcpu_runnable(self.vcpu) {
+            return None;
+        }
+        self.turn_start = self.step;
         loop {
             let next = (1..=self.vcpus)
                 .map(|k| (self.vcpu + k) % self.vcpus)
@@ -212,6 +226,12 @@ impl<'a> Tracer<'a> {
                 });
             }
         }
+    }
+
+    /// Instructions left in the current vCPU's turn (several vCPUs).
+    fn turn_left(&self) -> u64 {
+        let used = self.step - self.turn_start;
+        self.opts.vcpu_quantum().saturating_sub(used)
     }
 
     /// Makes `v` the stepped vCPU: the current one's state is parked, `v`'s taken out, and
@@ -465,13 +485,14 @@ impl<'a> Tracer<'a> {
     fn run_once(&mut self) -> Result<u64, Stop> {
         // Pending findings want the addresses each instruction touches, and the engine check
         // after a CR event looks at the next instruction's accesses: step those.
-        // Several vCPUs take one instruction each in turn: no runs.
+        // A loop judged only after a timer due in virtual time runs up to it.
+        let judged_after = self.stuck_judged_after.filter(|&j| self.step < j);
         if !self.opts.runs
-            || self.vcpus > 1
             || !self.runs_supported
             || self.mmu.wants_touches()
             || self.engine_check_pending
             || (self.stuck.is_some()
+                && judged_after.is_none()
                 && self.quiet_run_steps >= stuck::quiet_run_allowance(self.quiet_probes))
         {
             return Ok(0);
@@ -485,9 +506,18 @@ impl<'a> Tracer<'a> {
                 return Ok(0);
             }
         }
-        if self.stuck.is_some() {
+        if let Some(j) = judged_after {
+            max = max.min(j - self.step);
+        } else if self.stuck.is_some() {
             // Quiet runs go no further than the stuck watch's threshold; past it, steps.
             max = max.min(stuck::quiet_run_allowance(self.quiet_probes) - self.quiet_run_steps);
+        }
+        if self.vcpus > 1 {
+            // A run ends with the vCPU's turn.
+            max = max.min(self.turn_left());
+            if max == 0 {
+                return Ok(0);
+            }
         }
         let ran = match self.backend.run(max) {
             None => {
@@ -550,6 +580,7 @@ impl<'a> Tracer<'a> {
             if let Some(watch) = self.stuck.as_mut() {
                 // Progress: the stuck watch starts afresh, as after a step that wrote.
                 let _ = watch.observe(&after, true);
+                self.stuck_judged_after = None;
             }
         }
         self.regs = after;
@@ -826,7 +857,27 @@ impl<'a> Tracer<'a> {
                 self.quiet_run_steps = 0; // runs: see run_once
                 self.quiet_probes = 0;
             }
-            stop = watch.observe(&after, progress).map(|s| Stop {
+            let found = watch.observe(&after, progress);
+            let found = match found {
+                // A loop waiting with interrupts enabled for a timer still to come in virtual
+                // time (a tick is 500 000 instructions at HZ 250) is judged after it: it is
+                // stuck only if the deadline passes and still nothing arrives.
+                Some(_) if after.rflags & RFLAGS_IF != 0 => {
+                    match self.backend.instructions_to_next_timer() {
+                        Some(n) if self.step < self.stuck_judged_after.unwrap_or(u64::MAX) => {
+                            let at = self.step.saturating_add(n).saturating_add(1);
+                            let judge = *self.stuck_judged_after.get_or_insert(at);
+                            (self.step >= judge).then_some(found).flatten()
+                        }
+                        _ => found,
+                    }
+                }
+                f => f,
+            };
+            if progress {
+                self.stuck_judged_after = None;
+            }
+            stop = found.map(|s| Stop {
                 reason: EndReason::Stuck,
                 message: stuck::message(s, &before, plan.insn.as_ref()),
             });

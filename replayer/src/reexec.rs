@@ -71,6 +71,9 @@ impl Reexecution {
         let done = self.reexecuted(header, run_end, before, step..=step, around)?;
         let mut state = done.timeline.seek(step - before.step)?.clone();
         state.step = step;
+        // A run is one vCPU's (the others stood still): the child re-executed it as a machine
+        // of that vCPU alone, and the others' registers are the trace's.
+        state.parked = before.parked.clone();
         Ok(state)
     }
 
@@ -85,7 +88,7 @@ impl Reexecution {
         to: Step,
         visit: &mut dyn FnMut(&StepView<'_>) -> bool,
     ) -> Result<bool, TimelineError> {
-        let base = before.step;
+        let (base, vcpu) = (before.step, before.vcpu());
         let done = self.reexecuted(header, run_end, before, from..=to, from..=to)?;
         let at = done.timeline.seek(from - base)?;
         let (regs, parked) = (at.regs.clone(), at.parked.clone());
@@ -94,7 +97,7 @@ impl Reexecution {
             .walk_steps(from - base, regs, parked, to - base, &mut |v| {
                 stopped = visit(&StepView {
                     step: v.step + base,
-                    vcpu: v.vcpu,
+                    vcpu,
                     regs: v.regs,
                     mem: v.mem,
                 });
@@ -129,6 +132,9 @@ impl Reexecution {
             .ok_or_else(|| fail("no re-execution".into()))
     }
 
+    /// The child is a machine of one vCPU, given the registers of the vCPU whose run it is
+    /// (`before.regs`; a run holds no APIC access, IPI or `cpuid`, which are steps, so its
+    /// APIC ID never shows) and the memory before the run.
     fn reexecute(
         &self,
         header: &Header,
@@ -157,6 +163,7 @@ impl Reexecution {
         guest.origin = format!("state before step {} of a trace", before.step + 1);
         let mut h = header.clone();
         h.guest = guest;
+        h.vcpus = 1;
         let write = || -> traces::Result<()> {
             let mut w = traces::Writer::create(&guest_trace, &h)?;
             w.append(&Record::End(EndRecord {

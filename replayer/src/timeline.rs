@@ -424,10 +424,11 @@ impl<R: Read + Seek> Timeline<R> {
                         })
                     }
                     Record::Run(run) => {
-                        let stopped = self.walk_run(first..=last, at, last.min(to), visit)?;
+                        let vcpu = parked.current();
+                        let stopped = self.walk_run(first..=last, vcpu, at, last.min(to), visit)?;
                         if inside_run {
                             // The run's delta is from the state before it, not from `from`.
-                            regs = self.seek(first - 1)?.regs.clone();
+                            regs = self.before_run(first, vcpu)?.regs;
                         }
                         if !regs.apply_delta(&run.regs) {
                             return Err(bad_delta(run.step));
@@ -445,16 +446,25 @@ impl<R: Read + Seek> Timeline<R> {
         Ok(())
     }
 
-    /// The instructions `from + 1 ..= to` of the run `run`, by re-execution.
+    /// The state before the run starting at step `first`, which vCPU `vcpu` executes (a
+    /// switch to it may come right before the run).
+    fn before_run(&mut self, first: Step, vcpu: u32) -> Result<Snapshot> {
+        let mut before = self.seek(first - 1)?.clone();
+        before.switch(vcpu)?;
+        Ok(before)
+    }
+
+    /// The instructions `from + 1 ..= to` of the run `run` of vCPU `vcpu`, by re-execution.
     fn walk_run(
         &mut self,
         run: std::ops::RangeInclusive<Step>,
+        vcpu: u32,
         from: Step,
         to: Step,
         visit: &mut dyn FnMut(&StepView<'_>) -> bool,
     ) -> Result<bool> {
         let (first, end) = (*run.start(), *run.end());
-        let before = self.seek(first - 1)?.clone();
+        let before = self.before_run(first, vcpu)?;
         let header = self.reader.header().clone();
         let Some(reexec) = self.reexec.as_mut() else {
             return Err(TimelineError::InsideRun {

@@ -27,7 +27,7 @@ pub fn run(args: &DemoArgs) -> anyhow::Result<ExitCode> {
             ..RecordFlags::default()
         },
     };
-    let guest = record::build_guest(&rec.guest)?;
+    let guest = record::build_guest(&rec.guest, rec.flags.cpus)?;
     let backend = record::choose_backend(args.backend, &guest, 1)?;
     eprintln!(
         "mmurr demo: recording {SEED} on {}: {}",

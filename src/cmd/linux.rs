@@ -17,6 +17,11 @@
 //! RAM below `initrd_addr_max`. The e820 map says usable `[0, 0x9fc00)`, reserved
 //! `[0x9fc00, 0x100000)` (the EBDA and the legacy VGA/ROM hole, as a PC reports them: the
 //! backends have RAM there, which nothing may then use), usable `[1 MiB, RAM end)`.
+//!
+//! Several vCPUs (`--cpus N`, N > 1): ACPI tables with a MADT ([`platform::madt`]) at 0x9fc00,
+//! in memory the e820 map reserves, their RSDP in `boot_params.acpi_rsdp_addr` (boot protocol
+//! 2.14). One vCPU gets none, as before: the kernel then runs without ACPI and without an I/O
+//! APIC, as it always has here.
 
 use anyhow::{bail, Context};
 use guests::image::{protected_entry, Image};
@@ -39,6 +44,8 @@ const CMDLINE: u64 = 0x2_0000;
 const CMDLINE_MAX: usize = 0x1_0000;
 /// Start of the EBDA as a PC BIOS leaves it: the end of usable low memory.
 const EBDA: u64 = 0x9_fc00;
+/// The ACPI tables (several vCPUs): in the reserved memory from the EBDA on.
+const ACPI_TABLES: u64 = EBDA;
 const HIGH_MEMORY: u64 = 0x10_0000;
 /// The kernel's own physical load address (CONFIG_PHYSICAL_START, 16 MiB on x86-64): the
 /// decompressor moves itself there and needs `init_size` bytes from it.
@@ -75,8 +82,9 @@ pub fn is_linux_guest(args: &GuestArgs) -> anyhow::Result<bool> {
     Ok(mmurr_flags::is_bzimage(&head))
 }
 
-/// The guest for a bzImage `--kernel`, or `None` for any other guest.
-pub fn build(args: &GuestArgs) -> anyhow::Result<Option<BuiltGuest>> {
+/// The guest for a bzImage `--kernel` on a machine of `cpus` vCPUs, or `None` for any other
+/// guest.
+pub fn build(args: &GuestArgs, cpus: u32) -> anyhow::Result<Option<BuiltGuest>> {
     if !is_linux_guest(args)? {
         return Ok(None);
     }
@@ -93,7 +101,7 @@ pub fn build(args: &GuestArgs) -> anyhow::Result<Option<BuiltGuest>> {
             more.len()
         ),
     };
-    let spec = load(kernel, &args.append, initrd.as_deref(), ram)
+    let spec = load(kernel, &args.append, initrd.as_deref(), ram, cpus)
         .with_context(|| format!("cannot boot the Linux kernel {}", kernel.display()))?;
     Ok(Some(BuiltGuest {
         spec,
@@ -103,13 +111,14 @@ pub fn build(args: &GuestArgs) -> anyhow::Result<Option<BuiltGuest>> {
     }))
 }
 
-/// Loads the bzImage at `path` into `ram` bytes of RAM and returns the guest: its loads are
-/// exactly the ranges the loader wrote.
+/// Loads the bzImage at `path` into `ram` bytes of RAM for a machine of `cpus` vCPUs and
+/// returns the guest: its loads are exactly the ranges the loader wrote.
 pub fn load(
     path: &Path,
     append: &str,
     initrd: Option<&[u8]>,
     ram: u64,
+    cpus: u32,
 ) -> anyhow::Result<traces::GuestSpec> {
     let mem = GuestMemoryMmap::<()>::from_ranges(&[(GuestAddress(0), ram as usize)])
         .context("reserving the loader's view of guest RAM")?;
@@ -184,8 +193,14 @@ pub fn load(
         hdr.ramdisk_image = at as u32;
         hdr.ramdisk_size = bytes.len() as u32;
     }
+    let acpi = if cpus > 1 {
+        Some(platform::madt::tables(cpus, ACPI_TABLES)?)
+    } else {
+        None
+    };
     let mut params = boot_params {
         hdr,
+        acpi_rsdp_addr: if acpi.is_some() { ACPI_TABLES } else { 0 },
         ..Default::default()
     };
     let e820 = e820_map(ram);
@@ -222,6 +237,13 @@ pub fn load(
     )?;
     if let (Some(at), Some(bytes)) = (initrd_at, initrd) {
         img.add("initrd", at, bytes.to_vec())?;
+    }
+    if let Some(tables) = acpi {
+        img.add(
+            &format!("ACPI RSDP, XSDT, MADT ({cpus} CPUs)"),
+            ACPI_TABLES,
+            tables,
+        )?;
     }
     let mut regs = protected_entry(kernel_start as u32, GDT);
     regs.seg[CS].selector = BOOT_CS;
@@ -286,7 +308,7 @@ mod tests {
         let f = bzimage(&kernel, 0x40_0000);
         let initrd = vec![7u8; 0x2345];
         let ram = 64 << 20;
-        let g = load(f.path(), "console=ttyS0", Some(&initrd), ram).unwrap();
+        let g = load(f.path(), "console=ttyS0", Some(&initrd), ram, 1).unwrap();
         // 32-bit entry at code32_start: flat protected mode, __BOOT_CS/__BOOT_DS, ESI.
         let r = &g.entry;
         assert_eq!(r.rip, 0x10_0000);
@@ -328,9 +350,29 @@ mod tests {
     }
 
     #[test]
+    fn several_cpus_get_acpi_tables_in_reserved_memory() {
+        let f = bzimage(&[0x90u8; 0x1000], 0x40_0000);
+        let rsdp_addr = |g: &traces::GuestSpec| {
+            let zp = blob_at(g, ZERO_PAGE);
+            u64::from_le_bytes(zp[0x70..0x78].try_into().unwrap())
+        };
+        let one = load(f.path(), "", None, 64 << 20, 1).unwrap();
+        assert!(one.loads.iter().all(|l| l.gpa != ACPI_TABLES));
+        assert_eq!(rsdp_addr(&one), 0);
+        let two = load(f.path(), "", None, 64 << 20, 2).unwrap();
+        let tables = blob_at(&two, ACPI_TABLES);
+        assert_eq!(tables, platform::madt::tables(2, ACPI_TABLES).unwrap());
+        assert_eq!(&tables[..8], b"RSD PTR ");
+        assert_eq!(rsdp_addr(&two), ACPI_TABLES);
+        // Inside the e820 map's reserved [EBDA, 1 MiB).
+        let end = ACPI_TABLES + tables.len() as u64;
+        assert!(EBDA <= ACPI_TABLES && end <= HIGH_MEMORY, "{end:#x}");
+    }
+
+    #[test]
     fn too_little_ram_for_the_decompressor_is_refused() {
         let f = bzimage(&[0u8; 0x1000], 0x800_0000);
-        let err = load(f.path(), "", None, 64 << 20).unwrap_err();
+        let err = load(f.path(), "", None, 64 << 20, 1).unwrap_err();
         assert!(format!("{err:#}").contains("give more --memory"), "{err:#}");
     }
 }

@@ -10,7 +10,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
-    let guest = build_guest(&args.guest)?;
+    let guest = build_guest(&args.guest, args.flags.cpus)?;
     let backend = choose_backend(args.backend, &guest, args.flags.cpus)?;
     eprintln!("mmurr: backend {}: {}", backend.name(), backend.reason);
     match backend.kind {
@@ -23,9 +23,10 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
     }
 }
 
-/// The guest: a Linux bzImage is loaded here with the x86 boot protocol ([`super::linux`],
-/// on linux-loader, which mmurr-emu must not link); everything else by the shared definition.
-pub fn build_guest(args: &GuestArgs) -> anyhow::Result<BuiltGuest> {
+/// The guest of a machine of `cpus` vCPUs: a Linux bzImage is loaded here with the x86 boot
+/// protocol ([`super::linux`], on linux-loader, which mmurr-emu must not link); everything
+/// else by the shared definition.
+pub fn build_guest(args: &GuestArgs, cpus: u32) -> anyhow::Result<BuiltGuest> {
     if let Some(name) = args.scenario.as_deref() {
         if guests::model::scripts::script_named(name).is_some() {
             anyhow::bail!(
@@ -35,7 +36,7 @@ pub fn build_guest(args: &GuestArgs) -> anyhow::Result<BuiltGuest> {
             );
         }
     }
-    if let Some(guest) = super::linux::build(args)? {
+    if let Some(guest) = super::linux::build(args, cpus)? {
         return Ok(guest);
     }
     Ok(args.build(None)?)

@@ -19,7 +19,7 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
              to run and keep a trace, use `mmurr record`"
         );
     }
-    let guest = build_guest(&args.guest)?;
+    let guest = build_guest(&args.guest, args.flags.cpus)?;
     let backend = choose_backend(args.backend, &guest, args.flags.cpus)?;
     eprintln!("mmurr: backend {}: {}", backend.name(), backend.reason);
     let scratch = std::env::temp_dir().join(format!("mmurr-run-{}.mmurr", std::process::id()));

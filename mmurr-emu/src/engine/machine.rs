@@ -338,6 +338,14 @@ impl EmuBackend {
         }
     }
 
+    /// Instructions until the platform's next timer deadline.
+    pub(super) fn platform_instructions_to_next_deadline(&mut self) -> Option<u64> {
+        self.machine()?
+            .platform
+            .borrow()
+            .instructions_to_next_deadline()
+    }
+
     /// Virtual time now, in nanoseconds.
     pub(super) fn platform_time_ns(&mut self) -> Option<u64> {
         self.machine()

@@ -299,6 +299,30 @@ impl RunHooks {
         self.flush_runner = true;
     }
 
+    /// Another vCPU's engine wrote `ranges` (every page when `all`), which this engine's write
+    /// hook never saw: decoded blocks and paging-structure pages there are stale. Returns
+    /// whether a page of code either engine translated was written (both engines' translated
+    /// code must then go, [`RunHooks::host_wrote`]).
+    pub(crate) fn others_wrote(&mut self, ranges: &[(u64, u64)], all: bool) -> bool {
+        let hit = |set: &PageSet| {
+            all || ranges.iter().any(|&(gpa, len)| {
+                let last = gpa.saturating_add(len.max(1) - 1) & !0xfff;
+                (gpa & !0xfff..=last)
+                    .step_by(0x1000)
+                    .any(|p| set.contains(p))
+            })
+        };
+        if hit(&self.code) {
+            self.host_wrote();
+            return true;
+        }
+        if hit(&self.watch) {
+            self.stale = true;
+            self.tables_stale = true;
+        }
+        false
+    }
+
     /// A step is about to execute code on guest-physical page `pa`.
     pub(super) fn stepped_code(&mut self, pa: u64) {
         if !self.code.bits.is_empty() {

@@ -171,7 +171,7 @@ fn smp_bringup_on_two_vcpus_records_on_kvm_with_the_per_vcpu_events_of_emu() {
     }
     let info = mmurr(&["info", "k.mmurr", "--json"], dir.path());
     let info: serde_json::Value = serde_json::from_slice(&info.stdout).unwrap();
-    assert_eq!(info["format_version"], 5, "{info}");
+    assert_eq!(info["format_version"], traces::FORMAT_VERSION, "{info}");
     let out = mmurr(&["check", "k.mmurr", "--json"], dir.path());
     assert_eq!(out.status.code(), Some(0), "{}", text(&out.stderr));
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

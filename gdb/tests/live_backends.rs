@@ -199,7 +199,9 @@ continue",
 /// a breakpoint in the APs' 64-bit code stops on the thread of AP 1, the first to get there,
 /// and the v5.1-rc3 divergence catchpoint on AP 2's thread at its CR4.PAE write, while AP 1
 /// (long mode, its own PML4) and the BSP (unpaged) keep their own control registers and
-/// memory reads go through the selected thread's page tables.
+/// memory reads go through the selected thread's page tables. `--single-step`: one
+/// instruction each, the order this walk-through is written for (in turns of 10 000, AP 2
+/// would take its whole seed path inside the `continue` to the breakpoint).
 #[test]
 fn live_gdb_on_emu_smp_vcpus_are_threads() {
     let (child, port) = start_live(&[
@@ -210,6 +212,7 @@ fn live_gdb_on_emu_smp_vcpus_are_threads() {
         "4",
         "--backend",
         "emu",
+        "--single-step",
     ]);
     let out = common::run_gdb(
         port,

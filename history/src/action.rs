@@ -125,7 +125,8 @@ pub fn with_pdptrs(mut r: ControlRegs, cpu: &CpuModel, mem: &dyn GuestMemory) ->
     r
 }
 
-fn cr_reg(reg: ControlReg) -> Option<CrReg> {
+/// The model's name for a register a trace records (`None` for XCR0, no MMU input).
+pub fn cr_reg(reg: ControlReg) -> Option<CrReg> {
     Some(match reg {
         ControlReg::Cr0 => CrReg::Cr0,
         ControlReg::Cr3 => CrReg::Cr3,
@@ -133,6 +134,16 @@ fn cr_reg(reg: ControlReg) -> Option<CrReg> {
         ControlReg::Efer => CrReg::Efer,
         ControlReg::Xcr0 => return None,
     })
+}
+
+/// The trace's name for a register the model writes.
+pub fn trace_reg(reg: CrReg) -> ControlReg {
+    match reg {
+        CrReg::Cr0 => ControlReg::Cr0,
+        CrReg::Cr3 => ControlReg::Cr3,
+        CrReg::Cr4 => ControlReg::Cr4,
+        CrReg::Efer => ControlReg::Efer,
+    }
 }
 
 /// A guest instruction (MOV to CR0/CR3/CR4, WRMSR to EFER) writes `value` to `reg` under

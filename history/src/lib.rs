@@ -15,7 +15,8 @@ pub mod to_trace;
 mod watch;
 
 pub use action::{
-    cpu_model, cpuid_model, guest_write, host_effect, loaded, with_pdptrs, Cause, Effect,
+    cpu_model, cpuid_model, cr_reg, guest_write, host_effect, loaded, trace_reg, with_pdptrs,
+    Cause, Effect,
 };
 pub use input::model_input;
 pub use watch::{Found, Watch, WriteOutcome, STALE_SAMPLE, STALE_STEP_LIMIT};

@@ -113,8 +113,8 @@ impl PositionView {
                 text: "(model trace)".into(),
                 current: true,
             };
-            let walk = walk_address
-                .and_then(|_| walk_view(&regs, &snap, &mine, cpu, walk_address, kept));
+            let walk =
+                walk_address.and_then(|_| walk_view(&regs, &snap, &mine, cpu, walk_address, kept));
             (vec![none], walk)
         } else {
             (

@@ -3,38 +3,14 @@
 //! `traces/corpus/recorded/init-long-mode.model.mmurr`): the host action is a timeline row
 //! with its decisions folded in, and the roles panel shows the stale context it left.
 
+mod common;
+
+use common::{press, screen};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
-use std::path::PathBuf;
 use tui::app::App;
 
 fn open() -> App {
-    let path = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../traces/corpus/recorded/init-long-mode.model.mmurr");
-    let mut app = App::open(&path).unwrap();
-    app.finish_loading();
-    app
-}
-
-fn screen(app: &App, w: u16, h: u16) -> String {
-    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-    t.draw(|f| tui::ui::draw(f, app)).unwrap();
-    let buf = t.backend().buffer().clone();
-    let mut out = String::new();
-    for y in 0..h {
-        for x in 0..w {
-            out.push_str(buf[(x, y)].symbol());
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn press(app: &mut App, keys: &str) {
-    for c in keys.chars() {
-        app.on_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
-    }
+    common::open_recorded("init-long-mode.model.mmurr")
 }
 
 #[test]

@@ -3,9 +3,8 @@
 
 mod common;
 
+use common::screen;
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers, MouseEvent, MouseEventKind};
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
 use tui::app::{App, Mode};
 use tui::keys::{Action, KEYMAP};
 
@@ -24,20 +23,6 @@ fn seed_app() -> Fixture {
     app.on_key(key('g'));
     assert_eq!(app.step, 0);
     Fixture { _dir: dir, app }
-}
-
-fn screen(app: &App, w: u16, h: u16) -> String {
-    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-    t.draw(|f| tui::ui::draw(f, app)).unwrap();
-    let buf = t.backend().buffer().clone();
-    let mut out = String::new();
-    for y in 0..h {
-        for x in 0..w {
-            out.push_str(buf[(x, y)].symbol());
-        }
-        out.push('\n');
-    }
-    out
 }
 
 fn big(app: &App) -> String {

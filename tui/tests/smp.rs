@@ -3,48 +3,22 @@
 //! The timeline has a vCPU column, `vcpu=N` and `v` keep one vCPU's events, and the panels
 //! show the selected event's vCPU (its registers from the replayer's per-vCPU state).
 
+mod common;
+
+use common::{open, press, screen};
 use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
-use ratatui::backend::TestBackend;
-use ratatui::Terminal;
 use replayer::views::registers;
 use replayer::Timeline;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use traces::{EventKind, FindingKind, Reader, Record};
 use tui::app::App;
 
 fn smp_trace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../traces/corpus/recorded/smp-bringup.emu.mmurr")
+    common::recorded("smp-bringup.emu.mmurr")
 }
 
 fn seed_trace() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../traces/corpus/recorded/pae-toggle.emu.mmurr")
-}
-
-fn open(path: &Path) -> App {
-    let mut app = App::open(path).unwrap();
-    app.finish_loading();
-    app
-}
-
-fn screen(app: &App, w: u16, h: u16) -> String {
-    let mut t = Terminal::new(TestBackend::new(w, h)).unwrap();
-    t.draw(|f| tui::ui::draw(f, app)).unwrap();
-    let buf = t.backend().buffer().clone();
-    let mut out = String::new();
-    for y in 0..h {
-        for x in 0..w {
-            out.push_str(buf[(x, y)].symbol());
-        }
-        out.push('\n');
-    }
-    out
-}
-
-fn press(app: &mut App, keys: &str) {
-    for c in keys.chars() {
-        app.on_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
-    }
+    common::recorded("pae-toggle.emu.mmurr")
 }
 
 fn enter(app: &mut App) {

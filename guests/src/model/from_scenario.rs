@@ -4,8 +4,8 @@
 
 use super::{Action, Expect, Script, Shows};
 use crate::{CpuFeatures, ExpectedEvent, Scenario};
-use mmu::{ControlRegs, CpuModel, CrReg, FlatMemory, Flavour};
-use traces::{ControlReg, FindingKind};
+use mmu::{ControlRegs, CpuModel, FlatMemory, Flavour};
+use traces::FindingKind;
 
 /// The CPU the expectations of `features` stand for.
 pub fn cpu_model(features: &CpuFeatures) -> CpuModel {
@@ -17,16 +17,6 @@ pub fn cpu_model(features: &CpuFeatures) -> CpuModel {
         smap: features.smap,
         ..CpuModel::default_x86_64()
     }
-}
-
-fn cr_reg(reg: ControlReg) -> Option<CrReg> {
-    Some(match reg {
-        ControlReg::Cr0 => CrReg::Cr0,
-        ControlReg::Cr3 => CrReg::Cr3,
-        ControlReg::Cr4 => CrReg::Cr4,
-        ControlReg::Efer => CrReg::Efer,
-        ControlReg::Xcr0 => return None,
-    })
 }
 
 /// A scenario as a script, and for each action the index of the expected event it is.
@@ -64,7 +54,7 @@ pub fn from_scenario(s: &Scenario, features: &CpuFeatures, flavour: Flavour) -> 
             ExpectedEvent::CrFaulted { reg, attempted } => (reg, attempted),
             _ => continue,
         };
-        if let Some(r) = cr_reg(reg) {
+        if let Some(r) = history::cr_reg(reg) {
             actions.push(Action::Write(r, value));
             event_of_action.push(i);
         }

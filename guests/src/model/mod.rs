@@ -20,7 +20,7 @@ use mmu::{
     ControlRegs, CpuModel, CrReg, Decision, FlatMemory, Flavour, Outcome, Policy, WriteContext,
 };
 use std::collections::BTreeSet;
-use traces::{ControlReg, EventId, HostAction, LoadedRegs, Step};
+use traces::{EventId, HostAction, LoadedRegs, Step};
 
 /// One step of a script.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -244,9 +244,14 @@ impl Runner {
                 let cpu = self.cpu();
                 // A script's guest writes run as compatibility-mode code: CS.L is not known.
                 let ctx = WriteContext::default();
-                let Some((w, after)) =
-                    history::guest_write(trace_reg(reg), value, &before, &cpu, &self.memory, &ctx)
-                else {
+                let Some((w, after)) = history::guest_write(
+                    history::trace_reg(reg),
+                    value,
+                    &before,
+                    &cpu,
+                    &self.memory,
+                    &ctx,
+                ) else {
                     return self.nothing();
                 };
                 let out = self
@@ -287,16 +292,6 @@ impl Runner {
     /// The findings still pending at the end.
     pub fn finish(&mut self) -> Vec<history::Found> {
         self.watch.settle_all()
-    }
-}
-
-/// The trace's name for a register the model writes.
-pub fn trace_reg(reg: CrReg) -> ControlReg {
-    match reg {
-        CrReg::Cr0 => ControlReg::Cr0,
-        CrReg::Cr3 => ControlReg::Cr3,
-        CrReg::Cr4 => ControlReg::Cr4,
-        CrReg::Efer => ControlReg::Efer,
     }
 }
 

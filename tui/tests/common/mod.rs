@@ -464,3 +464,45 @@ pub fn seed_file(dir: &Path) -> PathBuf {
     write(&path, &header, &records);
     path
 }
+
+/// The committed recording `traces/corpus/recorded/NAME`, opened and loaded.
+pub fn open_recorded(name: &str) -> tui::app::App {
+    open(&recorded(name))
+}
+
+/// The path of the committed recording `traces/corpus/recorded/NAME`.
+pub fn recorded(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../traces/corpus/recorded")
+        .join(name)
+}
+
+/// The browser on `path`, every event loaded.
+pub fn open(path: &Path) -> tui::app::App {
+    let mut app = tui::app::App::open(path).unwrap();
+    app.finish_loading();
+    app
+}
+
+/// The screen drawn at `w` × `h` on ratatui's test backend, as text.
+pub fn screen(app: &tui::app::App, w: u16, h: u16) -> String {
+    let mut t = ratatui::Terminal::new(ratatui::backend::TestBackend::new(w, h)).unwrap();
+    t.draw(|f| tui::ui::draw(f, app)).unwrap();
+    let buf = t.backend().buffer().clone();
+    let mut out = String::new();
+    for y in 0..h {
+        for x in 0..w {
+            out.push_str(buf[(x, y)].symbol());
+        }
+        out.push('\n');
+    }
+    out
+}
+
+/// Each character of `keys` pressed.
+pub fn press(app: &mut tui::app::App, keys: &str) {
+    use crossterm::event::{KeyCode, KeyEvent, KeyModifiers};
+    for c in keys.chars() {
+        app.on_key(KeyEvent::new(KeyCode::Char(c), KeyModifiers::NONE));
+    }
+}

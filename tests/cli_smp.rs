@@ -264,4 +264,15 @@ fn smp_bringup_on_four_vcpus_on_kvm_ends_host_unsupported_at_ap_2_with_the_trace
         "{}",
         text(&auto.stderr)
     );
+    // And `mmurr scenarios` says so: kvm here with 2 vCPUs at most.
+    let list = mmurr(&["scenarios", "--json"], dir.path());
+    let list: serde_json::Value = serde_json::from_slice(&list.stdout).unwrap();
+    let smp = list
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "smp-bringup")
+        .unwrap();
+    assert_eq!(smp["kvm_max_cpus"], 2, "{smp}");
+    assert_eq!(smp["runs_on"], serde_json::json!(["kvm", "emu", "model"]));
 }

@@ -26,6 +26,13 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
             (s, why_not)
         })
         .collect();
+    // A guest of several vCPUs may need a mode only on some APs: how many vCPUs kvm runs here.
+    let kvm_cpus = |s: &guests::Scenario| -> Option<u32> {
+        (1..=s.aps.len() as u32 + 1)
+            .rev()
+            .find(|&n| s.needs_on(n).iter().all(|&m| host.cannot_run(m).is_none()))
+            .filter(|_| !s.aps.is_empty())
+    };
     let models: Vec<guests::model::Script> = scripts::ALL.iter().map(|(_, b)| b()).collect();
     if args.json {
         let mut list: Vec<serde_json::Value> = rows
@@ -39,7 +46,8 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
                     "kvm_here": why_not.is_none(),
                     "kvm_reason": why_not,
                     "backend_auto": if why_not.is_none() { "kvm" } else { "emu" },
-                    "runs_on": if why_not.is_none() { vec!["kvm", "emu", "model"] } else { vec!["emu", "model"] },
+                    "kvm_max_cpus": kvm_cpus(s),
+                    "runs_on": if why_not.is_none() || kvm_cpus(s).is_some() { vec!["kvm", "emu", "model"] } else { vec!["emu", "model"] },
                     "expected_events": s.expected.len(),
                     "entries": catalogue::entries_of(s.name),
                 })
@@ -77,10 +85,13 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
     };
     for (s, why_not) in &rows {
         let needs: Vec<&str> = s.needs.iter().map(|m| m.name()).collect();
-        let kvm = if why_not.is_none() {
-            "kvm here: yes; runs on: kvm, emu, model"
-        } else {
-            "kvm here: no (use --backend emu); runs on: emu, model"
+        let kvm = match (why_not, kvm_cpus(s)) {
+            (None, _) => "kvm here: yes; runs on: kvm, emu, model".to_string(),
+            (Some(_), Some(n)) => format!(
+                "kvm here: with --cpus {n} or fewer (more start an AP that needs what kvm here \
+                 lacks: use --backend emu); runs on: kvm, emu, model"
+            ),
+            (Some(_), None) => "kvm here: no (use --backend emu); runs on: emu, model".into(),
         };
         println!("{:width$}  {}", s.name, s.description);
         println!(

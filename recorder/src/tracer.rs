@@ -220,7 +220,8 @@ impl<'a> Tracer<'a> {
                 return Some(Stop {
                     reason: EndReason::Halted,
                     message: format!(
-                        "every vCPU halted or waits for a startup IPI, and nothing can wake                          one (after {} steps)",
+                        "every vCPU halted or waits for a startup IPI, and nothing can wake \
+                         one (after {} steps)",
                         self.step
                     ),
                 });

@@ -28,6 +28,22 @@ pub fn cpu_model(cpuid: &[CpuidEntry]) -> CpuModel {
     }
 }
 
+/// `cpuid`'s EAX, EBX, ECX, EDX for leaf `function` as vCPU `apic_id` of a machine of several
+/// sees them: its initial APIC ID in leaf 1 EBX[31:24] and its x2APIC ID in EDX of the
+/// topology leaves 0xB and 0x1F (SDM vol. 2A, CPUID). Unicorn's CPU model, and a table from
+/// another machine, say 0 on every vCPU, and KVM leaves them to userspace
+/// (Documentation/virt/kvm/api.rst, KVM_GET_SUPPORTED_CPUID): both backends set them here. The
+/// guest matches them against the APIC ID register and the ACPI MADT (Linux's
+/// `generic_processor_info`, `detect_extended_topology`).
+pub fn with_apic_id(function: u32, mut out: [u32; 4], apic_id: u32) -> [u32; 4] {
+    match function {
+        1 => out[1] = (out[1] & 0x00ff_ffff) | ((apic_id & 0xff) << 24),
+        0xb | 0x1f => out[3] = apic_id,
+        _ => {}
+    }
+    out
+}
+
 /// The smallest CPUID table [`cpu_model`] reads back as `cpu`: the vendor (leaf 0), the
 /// feature bits of leaves 1, 7 and 0x80000001, and MAXPHYADDR (leaf 0x80000008). For traces
 /// made without a CPU to ask (model-level scenarios).

@@ -282,20 +282,6 @@ pub fn install_hook<D>(uc: &mut Unicorn<'_, D>, table: &GuestCpuid) -> Result<()
     Ok(())
 }
 
-/// `cpuid`'s EAX, EBX, ECX, EDX for leaf `function` as vCPU `apic_id` of a machine of several
-/// sees them: its initial APIC ID in leaf 1 EBX[31:24] and its x2APIC ID in EDX of the
-/// topology leaves 0xB and 0x1F (SDM vol. 2A, CPUID). Unicorn's CPU model, and a table from
-/// another machine, say 0 on every vCPU; the guest matches these against the APIC ID register
-/// and the MP table (Linux's `generic_processor_info`, `detect_extended_topology`).
-pub fn with_apic_id(function: u32, mut out: [u32; 4], apic_id: u32) -> [u32; 4] {
-    match function {
-        1 => out[1] = (out[1] & 0x00ff_ffff) | (apic_id << 24),
-        0xb | 0x1f => out[3] = apic_id,
-        _ => {}
-    }
-    out
-}
-
 /// What the guest's CPUID table offers that the engine does not emulate, one line each: the
 /// guest may then behave differently from the machine the table came from.
 pub fn unemulated(table: &mmu::CpuModel, engine: &mmu::CpuModel) -> Vec<String> {
@@ -396,19 +382,6 @@ mod tests {
     }
 
     #[test]
-    fn each_vcpu_reads_its_own_apic_id() {
-        let t = GuestCpuid::new(intel());
-        let leaf1 = t.lookup(1, 0);
-        let mine = with_apic_id(1, leaf1, 3);
-        assert_eq!(mine[1] >> 24, 3);
-        assert_eq!(mine[1] & 0x00ff_ffff, leaf1[1] & 0x00ff_ffff);
-        assert_eq!([mine[0], mine[2], mine[3]], [leaf1[0], leaf1[2], leaf1[3]]);
-        assert_eq!(with_apic_id(0xb, t.lookup(0xb, 0), 5)[3], 5);
-        assert_eq!(with_apic_id(0x1f, [1, 2, 3, 0], 7), [1, 2, 3, 7]);
-        assert_eq!(with_apic_id(7, t.lookup(7, 0), 9), t.lookup(7, 0));
-    }
-
-    #[test]
     fn run_time_bits_follow_cr4_and_xcr0() {
         let t = GuestCpuid::new(intel());
         assert_eq!(t.lookup(1, 0)[2] >> 27 & 1, 0);
@@ -419,5 +392,19 @@ mod tests {
         assert_eq!(t.lookup(0xd, 0)[1], 0x240);
         t.xcr0.set(0b111);
         assert_eq!(t.lookup(0xd, 0)[1], 0x340);
+    }
+
+    #[test]
+    fn each_vcpu_reads_its_own_apic_id() {
+        use insn::with_apic_id;
+        let t = GuestCpuid::new(intel());
+        let leaf1 = t.lookup(1, 0);
+        let mine = with_apic_id(1, leaf1, 3);
+        assert_eq!(mine[1] >> 24, 3);
+        assert_eq!(mine[1] & 0x00ff_ffff, leaf1[1] & 0x00ff_ffff);
+        assert_eq!([mine[0], mine[2], mine[3]], [leaf1[0], leaf1[2], leaf1[3]]);
+        assert_eq!(with_apic_id(0xb, t.lookup(0xb, 0), 5)[3], 5);
+        assert_eq!(with_apic_id(0x1f, [1, 2, 3, 0], 7), [1, 2, 3, 7]);
+        assert_eq!(with_apic_id(7, t.lookup(7, 0), 9), t.lookup(7, 0));
     }
 }

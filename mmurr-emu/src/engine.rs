@@ -989,7 +989,7 @@ impl EmuBackend {
     }
 
     /// After a `cpuid` retired on a vCPU of a machine of several: its own APIC ID in the
-    /// results ([`crate::cpuid::with_apic_id`]), which the engine reports as 0 on every vCPU.
+    /// results ([`insn::with_apic_id`]), which the engine reports as 0 on every vCPU.
     fn cpuid_apic_id(&mut self, d: Option<&Decoded>, before: &Regs) -> Result<(), BackendError> {
         let is_cpuid = d.is_some_and(|d| d.instr.mnemonic() == iced_x86::Mnemonic::Cpuid);
         if self.smp_cpus < 2 || !is_cpuid || !self.step_deliveries.is_empty() {
@@ -1006,7 +1006,7 @@ impl EmuBackend {
             r(&self.uc, RegisterX86::RCX)?,
             r(&self.uc, RegisterX86::RDX)?,
         ];
-        let fixed = crate::cpuid::with_apic_id(before.gpr[0] as u32, out, self.smp_index);
+        let fixed = insn::with_apic_id(before.gpr[0] as u32, out, self.smp_index);
         if fixed != out {
             self.w(RegisterX86::RBX, u64::from(fixed[1]))?;
             self.w(RegisterX86::RDX, u64::from(fixed[3]))?;

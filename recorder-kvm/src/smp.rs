@@ -79,17 +79,13 @@ pub fn startup_vector(r: &Regs) -> Option<u8> {
     (r.rip == 0 && cs.selector == ecs.selector && cs.base == ecs.base).then_some(vector)
 }
 
-/// The CPUID of the vCPU with APIC ID `id`: the table every vCPU shares with the initial APIC
-/// ID in leaf 1 EBX[31:24] and the x2APIC ID in leaves 0xB and 0x1F EDX, which KVM leaves to
-/// userspace (Documentation/virt/kvm/api.rst, KVM_GET_SUPPORTED_CPUID).
+/// The CPUID of the vCPU with APIC ID `id`: the table every vCPU shares with its APIC IDs
+/// ([`insn::with_apic_id`]).
 pub fn cpuid_for_apic_id(table: &CpuId, id: u32) -> CpuId {
     let mut c = table.clone();
     for e in c.as_mut_slice() {
-        match e.function {
-            1 => e.ebx = (e.ebx & 0x00ff_ffff) | ((id & 0xff) << 24),
-            0xb | 0x1f => e.edx = id,
-            _ => {}
-        }
+        [e.eax, e.ebx, e.ecx, e.edx] =
+            insn::with_apic_id(e.function, [e.eax, e.ebx, e.ecx, e.edx], id);
     }
     c
 }

@@ -137,6 +137,11 @@ pub struct CheckArgs {
     /// disagrees on a root.
     #[arg(long, conflicts_with = "flavour")]
     pub host: bool,
+    /// Also list every policy's decision at every control-register write and host action,
+    /// action by action (always done for model-level traces and recordings with host
+    /// actions).
+    #[arg(long, conflicts_with = "host")]
+    pub decisions: bool,
 }
 
 #[derive(Args, Debug, Clone)]

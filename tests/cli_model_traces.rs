@@ -115,8 +115,8 @@ fn check_prints_a_model_traces_decisions_by_action() {
 }
 
 /// `info`, `export` open a model trace; `verify` says there is nothing to re-execute;
-/// `record --scenario` on a model-level name points to `scenarios --run -o`; the list says
-/// how to write one.
+/// `record --scenario` on a model-level name that runs an L2 points to `scenarios --run -o`;
+/// the list says how to write one, and which run as guests.
 #[test]
 fn the_other_commands_open_a_model_trace_or_say_why_not() {
     let dir = tempfile::tempdir().unwrap();
@@ -179,14 +179,21 @@ fn the_other_commands_open_a_model_trace_or_say_why_not() {
         text(&verify.stderr)
     );
 
-    let record = mmurr(&["record", "--scenario", "init-long-mode"], dir.path());
+    let record = mmurr(&["record", "--scenario", "nested-npt-smep"], dir.path());
     assert_eq!(record.status.code(), Some(2));
+    let err = text(&record.stderr);
     assert!(
-        text(&record.stderr).contains("mmurr scenarios --run init-long-mode -o"),
-        "{}",
-        text(&record.stderr)
+        err.contains("runs an L2") && err.contains("mmurr scenarios --run nested-npt-smep -o"),
+        "{err}"
     );
 
-    let list = mmurr(&["scenarios"], dir.path());
-    assert!(text(&list.stdout).contains("runs on: model (trace: --run init-long-mode -o F)"));
+    let list = text(&mmurr(&["scenarios"], dir.path()).stdout);
+    assert!(
+        list.contains("runs on: model (trace: --run init-long-mode -o F); as a guest on emu"),
+        "{list}"
+    );
+    assert!(
+        list.contains("runs on: model (trace: --run nested-npt-smep -o F); not as a guest"),
+        "{list}"
+    );
 }

@@ -94,6 +94,10 @@ pub struct BuiltGuest {
     pub needs: Option<Vec<PagingMode>>,
     /// What to call it in messages: `scenario NAME`, `kernel FILE`, ...
     pub label: String,
+    /// What the VMM does to the vCPU, and when (a scenario's).
+    pub host_actions: Vec<guests::host_actions::HostActionAt>,
+    /// The MMU flavour a scenario is about when it is not TDP (a record's default).
+    pub flavour: Option<mmu::Flavour>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +163,8 @@ impl GuestArgs {
                 spec,
                 scenario,
                 needs: None,
+                host_actions: Vec::new(),
+                flavour: None,
             });
         }
         if let Some(name) = &self.scenario {
@@ -180,6 +186,8 @@ impl GuestArgs {
                 scenario: Some(s.name.to_string()),
                 needs: Some(s.needs),
                 label: format!("scenario {}", s.name),
+                host_actions: s.host_actions,
+                flavour: s.flavour,
             });
         }
         let ram = self.ram_size()?;
@@ -211,6 +219,8 @@ impl GuestArgs {
                 scenario: None,
                 needs: None,
                 label: format!("kernel {}", k.display()),
+                host_actions: Vec::new(),
+                flavour: None,
             });
         }
         if let Some(f) = &self.firmware {
@@ -230,6 +240,8 @@ impl GuestArgs {
                 scenario: None,
                 needs: None,
                 label: format!("firmware {}", f.display()),
+                host_actions: Vec::new(),
+                flavour: None,
             });
         }
         if let Some(i) = &self.image {
@@ -255,6 +267,8 @@ impl GuestArgs {
                 spec,
                 scenario: None,
                 needs: None,
+                host_actions: Vec::new(),
+                flavour: None,
             });
         }
         Err(GuestError::NoGuest)

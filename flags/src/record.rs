@@ -1,6 +1,8 @@
 //! How to record ([`RecordFlags`]) and the one function that makes recorder options of it.
 
+use crate::BuiltGuest;
 use clap::{Args, ValueEnum};
+use guests::host_actions::HostActionAt;
 use recorder::{RecordOptions, SerialSink};
 use serde::Serialize;
 use std::path::PathBuf;
@@ -70,8 +72,9 @@ pub struct RecordFlags {
     pub policy: Vec<String>,
     /// MMU flavour the policies are evaluated for: tdp, shadow, shadow-npt (each write is an
     /// L1 hypervisor's) or nested-walker (each write is L2's); shadow-ept is model-level only.
-    #[arg(long, value_parser = recording_flavour, default_value = "tdp")]
-    pub flavour: FlavourChoice,
+    /// Default: the scenario's (`mmurr scenarios`), else tdp.
+    #[arg(long, value_parser = recording_flavour)]
+    pub flavour: Option<FlavourChoice>,
     /// Output trace file.
     #[arg(short, long, default_value = "mmurr.mmurr")]
     pub output: PathBuf,
@@ -125,13 +128,27 @@ pub struct RecordFlags {
     /// wait for INIT-SIPI; the recorder runs them one instruction each, round robin.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub cpus: u32,
+    /// A host action the VMM performs on the vCPU (repeatable), after a scenario's own:
+    /// WHEN:ACTION, WHEN = step=N (after N steps) or rip=ADDR (before the instruction at linear
+    /// address ADDR is first run); ACTION = init, efer=VALUE (KVM_SET_MSRS), sregs=CR0,CR3,CR4,EFER
+    /// (KVM_SET_SREGS) or cpuid=FIELD:VALUE,... (KVM_SET_CPUID2; fields maxphyaddr, amd,
+    /// gbpages, la57, pku, smep, smap, nx, pcid). E.g. `--host-action step=5000:efer=0xd01`.
+    #[arg(long = "host-action", value_name = "WHEN:ACTION", value_parser = host_action)]
+    pub host_action: Vec<String>,
+}
+
+/// Parses `--host-action` (the spelling is `guests::host_actions`'), kept as given.
+fn host_action(s: &str) -> Result<String, String> {
+    s.parse::<HostActionAt>()
+        .map(|_| s.to_string())
+        .map_err(|e| e.to_string())
 }
 
 impl Default for RecordFlags {
     fn default() -> Self {
         RecordFlags {
             policy: Vec::new(),
-            flavour: FlavourChoice::Tdp,
+            flavour: None,
             output: PathBuf::from("mmurr.mmurr"),
             gdb: None,
             allow_remote: false,
@@ -146,6 +163,7 @@ impl Default for RecordFlags {
             host_events: false,
             no_host_events: false,
             cpus: 1,
+            host_action: Vec::new(),
         }
     }
 }
@@ -156,17 +174,28 @@ pub enum OptionsError {
     Timeout(f64),
     #[error("installing the SIGINT/SIGTERM handler: {0}")]
     Signals(std::io::Error),
+    #[error(transparent)]
+    HostAction(guests::host_actions::HostActionError),
     #[error("--replay-inputs: {0}")]
     ReplayInputs(#[from] replayer::inputs::InputsError),
 }
 
 impl RecordFlags {
-    /// The recorder's options for these flags, for the guest `scenario`; installs the
-    /// SIGINT/SIGTERM handler that ends the run cleanly.
-    pub fn options(&self, scenario: Option<String>) -> Result<RecordOptions, OptionsError> {
+    /// The recorder's options for these flags, for `guest` (its scenario's flavour and host
+    /// actions); installs the SIGINT/SIGTERM handler that ends the run cleanly.
+    pub fn options(&self, guest: &BuiltGuest) -> Result<RecordOptions, OptionsError> {
         let mut opts = RecordOptions::new(&self.output);
         opts.policies = self.policy.clone();
-        opts.flavour = self.flavour.into();
+        opts.flavour = match self.flavour {
+            Some(f) => f.into(),
+            None => guest.flavour.unwrap_or(mmu::Flavour::Tdp),
+        };
+        opts.host_actions = guest.host_actions.clone();
+        for spec in &self.host_action {
+            opts.host_actions
+                .push(spec.parse().map_err(OptionsError::HostAction)?);
+        }
+        let scenario = guest.scenario.clone();
         opts.max_steps = self.max_steps;
         opts.timeout = match self.timeout {
             Some(t) if t.is_finite() && t > 0.0 => Some(Duration::from_secs_f64(t)),
@@ -246,7 +275,7 @@ mod tests {
             },
             RecordFlags {
                 policy: vec!["v6.14".into(), "v5.1-rc3".into()],
-                flavour: FlavourChoice::Shadow,
+                flavour: Some(FlavourChoice::Shadow),
                 output: "out dir/t.mmurr".into(),
                 gdb: Some("127.0.0.1:1234".into()),
                 allow_remote: true,
@@ -261,6 +290,7 @@ mod tests {
                 host_events: true,
                 no_host_events: false,
                 cpus: 4,
+                host_action: vec!["step=3:init".into(), "rip=0x1000:efer=0x500".into()],
             },
         );
         round_trip(

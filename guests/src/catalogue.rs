@@ -18,8 +18,9 @@ pub enum Repro {
     /// A guest scenario (`mmurr record --scenario NAME`): runs on kvm or emu, and on the model
     /// from its exact writes.
     Guest(&'static str),
-    /// A model-level scenario ([`crate::model::scripts`]): host actions or VM states no
-    /// backend here reaches.
+    /// A model-level scenario ([`crate::model::scripts`]): a script of guest writes and host
+    /// actions, run on the model; one that runs no L2 also runs as a guest whose host actions
+    /// the recorder performs (`mmurr record --scenario NAME`, [`crate::model::guest`]).
     Model(&'static str),
     /// The entry changes nothing a verdict shows: the scenario gives identical verdicts under
     /// the policy before and the policy after it.
@@ -386,7 +387,9 @@ pub fn policy_ranges(names: &[&str]) -> String {
 }
 
 /// Where a reproduction runs: `kvm here, emu, model`, `emu, model`, `model`; empty when
-/// there is nothing to run.
+/// there is nothing to run. "Here" is this project's machines: a PVM KVM (no 32-bit or PAE
+/// paging; its guests get no PCID or LA57; Linux after 5.16, which refuses KVM_SET_CPUID2
+/// once a vCPU has run) and the emu backend (QEMU's TCG, which implements no PCID).
 pub fn backends(r: &Repro) -> &'static str {
     let guest = |name| match crate::scenario(name, &CpuFeatures::default()) {
         Some(s) if s.runs_on_pvm_kvm() => "kvm here, emu, model",
@@ -395,9 +398,32 @@ pub fn backends(r: &Repro) -> &'static str {
     };
     match *r {
         Guest(name) => guest(name),
-        Unchanged { scenario, .. } if scripts::script_named(scenario).is_none() => guest(scenario),
-        Model(_) | Unchanged { .. } => "model",
+        Model(name) | Unchanged { scenario: name, .. } => match scripts::script_named(name) {
+            Some(s) => script_backends(&s),
+            None => guest(name),
+        },
         Explained(_) => "",
+    }
+}
+
+/// Where a model-level script runs here (see [`backends`]): as a guest on emu and kvm when
+/// it runs no L2 and the machine offers what it uses.
+fn script_backends(s: &Script) -> &'static str {
+    use crate::model::{guest, Action};
+    let Ok(g) = guest::scenario(s) else {
+        return "model";
+    };
+    let features = guest::features(s);
+    if features.contains(&"PCID") {
+        return "model";
+    }
+    let kvm = g.runs_on_pvm_kvm()
+        && !features.contains(&"LA57")
+        && !s.actions.iter().any(|a| matches!(a, Action::SetCpuid(_)));
+    if kvm {
+        "kvm here, emu, model"
+    } else {
+        "emu, model"
     }
 }
 

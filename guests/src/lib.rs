@@ -53,6 +53,7 @@
 mod asm;
 pub mod catalogue;
 pub mod expect;
+pub mod host_actions;
 pub mod image;
 pub mod loader;
 pub mod model;
@@ -86,6 +87,11 @@ pub struct Scenario {
     /// (`--cpus`): AP `k` (APIC ID `k`) at index `k - 1`. `expected` and `expected_findings`
     /// are the BSP's (vCPU 0), the same for any number of vCPUs. Empty for one-CPU scenarios.
     pub aps: Vec<ApExpectation>,
+    /// What the VMM does to the vCPU, and when (a model-level script run as a guest,
+    /// [`model::guest`]); the recorder performs each for real.
+    pub host_actions: Vec<host_actions::HostActionAt>,
+    /// The MMU flavour the scenario is about, when it is not TDP (a record's default).
+    pub flavour: Option<mmu::Flavour>,
 }
 
 /// The exact event sequence of one AP, and its findings (indexes into `expected`).
@@ -161,9 +167,15 @@ pub fn scenario(name: &str, features: &CpuFeatures) -> Option<Scenario> {
 }
 
 /// Like [`scenario`], but reports a build failure instead of panicking.
+///
+/// A model-level script that runs as a guest ([`model::guest`]) is a scenario too, with its host
+/// actions.
 pub fn try_scenario(name: &str, features: &CpuFeatures) -> Result<Option<Scenario>, BuildError> {
     match scenarios::ALL.iter().find(|(n, _)| *n == name) {
         Some((_, build)) => build(features).map(Some),
-        None => Ok(None),
+        None => match model::scripts::script_named(name) {
+            Some(s) if model::guest::recordable(&s) => model::guest::scenario(&s).map(Some),
+            _ => Ok(None),
+        },
     }
 }

@@ -81,9 +81,68 @@ pub fn cpuid_entries(cpu: &CpuModel) -> Vec<CpuidEntry> {
     ]
 }
 
+/// `table` with the fields [`cpu_model`] reads set to `cpu`'s and every other bit kept: the
+/// CPUID a KVM_SET_CPUID2 to `cpu` gives a guest that had `table` (leaves the table lacks are
+/// added from [`cpuid_entries`]).
+pub fn with_cpu_model(table: &[CpuidEntry], cpu: &CpuModel) -> Vec<CpuidEntry> {
+    let mut out = table.to_vec();
+    for want in cpuid_entries(cpu) {
+        let e = match out
+            .iter_mut()
+            .position(|e| e.function == want.function && e.index == want.index)
+        {
+            Some(i) => &mut out[i],
+            None => {
+                out.push(want);
+                continue;
+            }
+        };
+        let set = |reg: &mut u32, n: u32, from: u32| *reg = (*reg & !(1 << n)) | (from & (1 << n));
+        match want.function {
+            0 => (e.ebx, e.ecx, e.edx) = (want.ebx, want.ecx, want.edx),
+            1 => set(&mut e.ecx, 17, want.ecx),
+            7 => {
+                for n in [7, 20] {
+                    set(&mut e.ebx, n, want.ebx);
+                }
+                for n in [3, 16] {
+                    set(&mut e.ecx, n, want.ecx);
+                }
+            }
+            0x8000_0001 => {
+                for n in [20, 26] {
+                    set(&mut e.edx, n, want.edx);
+                }
+            }
+            0x8000_0008 => e.eax = (e.eax & !0xff) | want.eax,
+            _ => {}
+        }
+    }
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cpu_model_patched_into_a_table_reads_back_and_keeps_the_rest() {
+        let intel = CpuModel::default_x86_64();
+        let mut table = cpuid_entries(&intel);
+        table[1].edx = 1 << 6; // PAE, which the model does not read
+        table[5].eax |= 0x3000; // linear address bits
+        let amd = CpuModel {
+            amd: true,
+            gbpages: false,
+            maxphyaddr: 40,
+            ..intel
+        };
+        let patched = with_cpu_model(&table, &amd);
+        assert_eq!(cpu_model(&patched), amd);
+        assert_eq!(patched[1].edx, 1 << 6);
+        assert_eq!(patched[5].eax, 0x3000 | 40);
+        assert_eq!(cpu_model(&with_cpu_model(&[], &amd)), amd);
+    }
 
     #[test]
     fn cpuid_entries_read_back_as_the_same_cpu() {

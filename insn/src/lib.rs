@@ -13,7 +13,7 @@ mod nondeterministic;
 pub use addresses::{
     memory_operands, memory_operands_of, memory_operands_with, register_value, touched, Touch,
 };
-pub use cpu::{cpu_model, cpuid_entries, with_apic_id};
+pub use cpu::{cpu_model, cpuid_entries, with_apic_id, with_cpu_model};
 pub use decode::{bitness, decode, describe, format};
 pub use fetch::{
     control_regs, cpl, fetch, linear_ip, read_linear, translate, write_context, MAX_INSN_LEN,

@@ -114,7 +114,9 @@ fn index_significant(function: u32) -> bool {
 /// guest's `cpuid` instruction sees what it saw under KVM.
 #[derive(Debug)]
 pub struct GuestCpuid {
-    entries: Vec<CpuidEntry>,
+    /// Replaced by a KVM_SET_CPUID2 host action ([`GuestCpuid::replace`]) while the hook that
+    /// reads it stays installed.
+    entries: std::cell::RefCell<Vec<CpuidEntry>>,
     /// CR4 and XCR0 when the `cpuid` runs: KVM updates OSXSAVE, OSPKE and the XSAVE area size
     /// at run time (`kvm_update_cpuid_runtime`). Set by the backend before each step.
     pub cr4: std::cell::Cell<u64>,
@@ -124,16 +126,23 @@ pub struct GuestCpuid {
 impl GuestCpuid {
     pub fn new(entries: Vec<CpuidEntry>) -> GuestCpuid {
         GuestCpuid {
-            entries,
+            entries: std::cell::RefCell::new(entries),
             cr4: std::cell::Cell::new(0),
             xcr0: std::cell::Cell::new(1),
         }
     }
 
-    fn find(&self, function: u32, index: u32) -> Option<&CpuidEntry> {
+    /// The table from now on (KVM_SET_CPUID2).
+    pub fn replace(&self, entries: Vec<CpuidEntry>) {
+        *self.entries.borrow_mut() = entries;
+    }
+
+    fn find(&self, function: u32, index: u32) -> Option<CpuidEntry> {
         self.entries
+            .borrow()
             .iter()
             .find(|e| e.function == function && (!index_significant(function) || e.index == index))
+            .copied()
     }
 
     /// EAX, EBX, ECX, EDX for `cpuid` with EAX = `function`, ECX = `index`, as KVM's
@@ -171,7 +180,7 @@ impl GuestCpuid {
     }
 
     /// KVM's `get_out_of_range_cpuid_entry`.
-    fn out_of_range(&self, function: u32, index: u32) -> Option<(u32, &CpuidEntry)> {
+    fn out_of_range(&self, function: u32, index: u32) -> Option<(u32, CpuidEntry)> {
         let basic = self.find(0, 0)?;
         let vendor = |e: &CpuidEntry| {
             let mut v = [0u8; 12];
@@ -181,7 +190,7 @@ impl GuestCpuid {
             v
         };
         // AMD and Hygon return zeros for out-of-range leaves.
-        if matches!(&vendor(basic), b"AuthenticAMD" | b"HygonGenuine") {
+        if matches!(&vendor(&basic), b"AuthenticAMD" | b"HygonGenuine") {
             return None;
         }
         let class_base = if (0x4000_0000..=0x4fff_ffff).contains(&function) {
@@ -210,6 +219,7 @@ impl GuestCpuid {
             if xcr0 >> i & 1 != 0 {
                 if let Some(c) = self
                     .entries
+                    .borrow()
                     .iter()
                     .find(|e| e.function == 0xd && e.index == i)
                 {

@@ -1223,6 +1223,38 @@ impl EmuBackend {
         Ok(())
     }
 
+    /// The guest's CPU as mmurr's architectural checks see it.
+    pub(crate) fn cpu_model(&self) -> mmu::CpuModel {
+        self.cpu
+    }
+
+    /// EAX, EBX, ECX, EDX of CPUID leaf `function` (sub-leaf 0) in the guest's table.
+    pub(crate) fn cpuid_leaf(&self, function: u32) -> [u32; 4] {
+        self.cpuid
+            .iter()
+            .find(|e| e.function == function && e.index == 0)
+            .map_or([0; 4], |e| [e.eax, e.ebx, e.ecx, e.edx])
+    }
+
+    /// KVM_SET_CPUID2: the guest's `cpuid` answers from `table` from now on, and mmurr's
+    /// architectural checks follow it (as [`Self::adopt_cpuid`] does at load).
+    pub(crate) fn replace_cpuid(&mut self, table: Vec<CpuidEntry>) -> Result<(), BackendError> {
+        match &self.guest_cpuid {
+            // The hook stays installed and reads the new table.
+            Some(t) => t.replace(table.clone()),
+            None => {
+                let t = Box::new(crate::cpuid::GuestCpuid::new(table.clone()));
+                crate::cpuid::install_hook(&mut self.uc, &t)?;
+                self.guest_cpuid = Some(t);
+            }
+        }
+        // MAXPHYADDR from the new table too (the spec's override was the old CPU's).
+        self.cpu = recorder::guest_view::cpu_model(&table);
+        self.cpuid = table;
+        self.regs_cache = None;
+        Ok(())
+    }
+
     /// CPUID as the guest sees it under Unicorn, for the main leaves.
     pub fn probe_cpuid() -> Result<Vec<CpuidEntry>, BackendError> {
         crate::cpuid::probe()
@@ -1483,6 +1515,10 @@ impl Backend for EmuBackend {
 
     fn cpuid(&self) -> Vec<CpuidEntry> {
         self.cpuid.clone()
+    }
+
+    fn host_action(&mut self, action: &traces::HostAction) -> Result<(), BackendError> {
+        self.perform(action)
     }
 
     fn engine_translation(&mut self, gva: u64, access: mmu::Access) -> Option<Option<u64>> {

@@ -9,6 +9,7 @@ pub mod ctx;
 pub mod decode;
 pub mod engine;
 pub mod exceptions;
+mod host_action;
 pub mod io;
 pub mod ram;
 pub mod regs;

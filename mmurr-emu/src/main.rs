@@ -46,9 +46,9 @@ enum Machine {
 fn record(a: &RecordArgs) -> anyhow::Result<ExitCode> {
     let cpuid = EmuBackend::probe_cpuid()?;
     let guest = a.guest.build(Some(&cpuid))?;
-    let spec = guest.spec;
     let f = &a.flags;
-    let mut opts = f.options(guest.scenario)?;
+    let mut opts = f.options(&guest)?;
+    let spec = guest.spec;
     opts.fit_keyframes_to_ram(spec.ram_size);
     let mut machine = if f.cpus > 1 {
         Machine::Smp(SmpBackend::new(f.cpus)?)

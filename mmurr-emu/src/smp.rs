@@ -182,6 +182,10 @@ impl Backend for SmpBackend {
         self.cpus[0].cpuid()
     }
 
+    fn host_action(&mut self, action: &traces::HostAction) -> Result<(), BackendError> {
+        self.cpus[self.cur].host_action(action)
+    }
+
     fn engine_translation(&mut self, gva: u64, access: mmu::Access) -> Option<Option<u64>> {
         self.cpus[self.cur].engine_translation(gva, access)
     }

@@ -5,6 +5,7 @@
 mod cpuid_probe;
 mod dirty;
 mod host;
+mod host_action;
 mod mapping;
 mod probe;
 mod regs;

@@ -264,14 +264,25 @@ impl GuestRam {
     /// Registers the whole mapping as memory slot `slot` at guest-physical 0, with KVM logging
     /// the pages the guest dirties when `log_dirty` (KVM_MEM_LOG_DIRTY_PAGES).
     pub fn register(&self, vm: &VmFd, slot: u32, log_dirty: bool) -> Result<(), String> {
+        let flags = if log_dirty {
+            kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
+        } else {
+            0
+        };
+        self.register_at(vm, slot, 0, flags)
+    }
+
+    /// Registers the whole mapping as a read-only memory slot `slot` at guest-physical `gpa`
+    /// (KVM_MEM_READONLY: the guest's writes exit as MMIO), for a ROM.
+    pub fn register_rom(&self, vm: &VmFd, slot: u32, gpa: u64) -> Result<(), String> {
+        self.register_at(vm, slot, gpa, kvm_bindings::KVM_MEM_READONLY)
+    }
+
+    fn register_at(&self, vm: &VmFd, slot: u32, gpa: u64, flags: u32) -> Result<(), String> {
         let region = kvm_userspace_memory_region {
             slot,
-            flags: if log_dirty {
-                kvm_bindings::KVM_MEM_LOG_DIRTY_PAGES
-            } else {
-                0
-            },
-            guest_phys_addr: 0,
+            flags,
+            guest_phys_addr: gpa,
             memory_size: self.size as u64,
             userspace_addr: self.ptr as u64,
         };

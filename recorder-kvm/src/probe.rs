@@ -69,6 +69,26 @@ impl HostReport {
         })
     }
 
+    /// Why this host's KVM refuses host action `action` on a vCPU that has run, or `None`
+    /// when it performs it: since Linux 5.16 (feb627e8d6f6, relaxed to an identical table by
+    /// c6617c61e8fe) KVM_SET_CPUID2 cannot change a vCPU's CPUID after KVM_RUN.
+    pub fn refuses(&self, action: &traces::HostAction) -> Option<String> {
+        let release: Vec<u32> = self
+            .host_kernel
+            .split(|c: char| !c.is_ascii_digit())
+            .take(2)
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        let since_5_16 = release.as_slice() >= [5, 16].as_slice();
+        match action {
+            traces::HostAction::SetCpuid(_) if since_5_16 => Some(format!(
+                "Linux {} refuses KVM_SET_CPUID2 once the vCPU has run (since 5.16, feb627e8d6f6)",
+                self.host_kernel
+            )),
+            _ => None,
+        }
+    }
+
     /// One line: engine, flavour and what it runs.
     pub fn engine(&self) -> String {
         let flavour = if self.pvm {

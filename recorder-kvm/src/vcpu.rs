@@ -15,7 +15,7 @@ use kvm_bindings::{
 };
 use kvm_ioctls::{Kvm, SyncReg, VcpuExit, VcpuFd, VmFd};
 use recorder::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
-use traces::{BackendInfo, CpuidEntry, GuestSpec, Regs};
+use traces::{BackendInfo, CpuidEntry, GuestSpec, HostAction, Regs};
 
 const MSR_KERNEL_GS_BASE: u32 = 0xc000_0102;
 use mmu::bits::{CR0_PG, CR4_PAE, EFER_LMA, EFER_LME};
@@ -55,6 +55,9 @@ pub struct KvmBackend {
     vm: Option<VmFd>,
     kvm: Kvm,
     ram: Option<GuestRam>,
+    /// Read-only memory slots (a guest's ROM regions, e.g. below 4 GiB), by guest-physical
+    /// base; after the VM in field order, like the RAM.
+    roms: Vec<(u64, GuestRam)>,
     report: HostReport,
     /// Registers after the last step (from sync regs, plus the rarely-changing ones).
     regs: Regs,
@@ -137,6 +140,7 @@ impl KvmBackend {
             vm: None,
             kvm,
             ram: None,
+            roms: Vec::new(),
             report,
             regs: Regs::default(),
             cpuid: Vec::new(),
@@ -596,10 +600,32 @@ impl Backend for KvmBackend {
         let sync_regs = self.report.has_cap("sync_regs");
         self.cpuid = crate::cpuid_probe::guest_visible(&mut vcpu, &mut ram, &cpuid, sync_regs)
             .unwrap_or_else(|_| cpuid_entries(&cpuid));
+        let mut roms = Vec::new();
+        for r in guest
+            .regions
+            .iter()
+            .filter(|r| r.kind == traces::RegionKind::Rom)
+        {
+            roms.push((r.gpa, GuestRam::new(r.size).map_err(BackendError::Other)?));
+        }
         for load in &guest.loads {
             let blob = guest.blobs.get(load.blob as usize).ok_or_else(|| {
                 BackendError::Other(format!("load refers to missing blob {}", load.blob))
             })?;
+            let rom = roms
+                .iter_mut()
+                .find(|(base, rom)| load.gpa >= *base && load.gpa - *base < rom.size());
+            if let Some((base, rom)) = rom {
+                if !rom.write(load.gpa - *base, &blob.data) {
+                    return Err(BackendError::Other(format!(
+                        "blob {} ({} bytes) at {:#x} does not fit its ROM",
+                        blob.name,
+                        blob.data.len(),
+                        load.gpa
+                    )));
+                }
+                continue;
+            }
             if !ram.write(load.gpa, &blob.data) {
                 return Err(BackendError::Other(format!(
                     "blob {} ({} bytes) at {:#x} does not fit in {} MiB of RAM",
@@ -611,6 +637,15 @@ impl Backend for KvmBackend {
             }
         }
 
+        for (i, (base, rom)) in roms.iter().enumerate() {
+            rom.register_rom(&vm, RAM_SLOT + 1 + i as u32, *base)
+                .map_err(|e| {
+                    BackendError::HostUnsupported(format!(
+                        "the ROM at {base:#x} needs a read-only memory slot: {e}"
+                    ))
+                })?;
+        }
+        self.roms = roms;
         let sregs = vcpu.get_sregs().map_err(ioctl_err("KVM_GET_SREGS"))?;
         vcpu.set_sregs(&kvm_sregs_of(&guest.entry, &sregs))
             .map_err(ioctl_err("KVM_SET_SREGS"))?;
@@ -753,8 +788,50 @@ impl Backend for KvmBackend {
         Ok(())
     }
 
+    fn host_action(&mut self, action: &HostAction) -> Result<(), BackendError> {
+        let regs = self.regs_full()?;
+        let vcpu = self
+            .vcpu
+            .as_ref()
+            .ok_or_else(|| BackendError::Other("no guest loaded".into()))?;
+        match *action {
+            HostAction::SetSregs(l) => crate::host_action::set_sregs(
+                vcpu,
+                &recorder::host_actions::sregs_loaded(&regs, &l),
+            )?,
+            HostAction::SetMsrEfer { value } => crate::host_action::set_msr_efer(vcpu, value)?,
+            HostAction::SetCpuid(c) => {
+                crate::host_action::set_cpuid(vcpu, &history::cpu_model(&c))?;
+                self.cpuid = insn::with_cpu_model(&self.cpuid, &history::cpu_model(&c));
+            }
+            HostAction::Init => {
+                let vm = self
+                    .vm
+                    .as_ref()
+                    .ok_or_else(|| BackendError::Other("no VM".into()))?;
+                crate::host_action::init(vm, vcpu, self.cur)?;
+            }
+            HostAction::NestedVmrun { .. }
+            | HostAction::SetNestedState { .. }
+            | HostAction::VmEntryEpt { .. }
+            | HostAction::VmExit { .. } => {
+                return Err(BackendError::HostUnsupported(format!(
+                    "{} needs a guest hypervisor running an L2; mmurr's guests run none",
+                    action.name()
+                )))
+            }
+        }
+        // The sync-regs area holds the state before the ioctl until the next KVM_RUN.
+        self.synced = false;
+        self.refresh()
+    }
+
     fn read_phys(&self, gpa: u64, buf: &mut [u8]) -> bool {
         self.ram.as_ref().is_some_and(|r| r.read(gpa, buf))
+            || self
+                .roms
+                .iter()
+                .any(|(base, rom)| gpa >= *base && rom.read(gpa - base, buf))
     }
 
     fn write_phys(&mut self, gpa: u64, data: &[u8]) -> bool {

@@ -2,7 +2,7 @@
 //! backend (`mmurr-emu`). One small core trait; what only some backends can do lives in
 //! extension traits, as in the `gdbstub` crate.
 
-use traces::{BackendInfo, CpuidEntry, GuestSpec, HostMmu, HostRecord, Regs};
+use traces::{BackendInfo, CpuidEntry, GuestSpec, HostAction, HostMmu, HostRecord, Regs};
 
 /// Why a backend could not go on. The message says what happened and what to do.
 #[derive(Debug, thiserror::Error)]
@@ -242,6 +242,18 @@ pub trait Backend {
     /// any of them (the run ends).
     fn wait_for_any(&mut self) -> bool {
         false
+    }
+    /// Extension for backends that act as the VMM on the vCPU between two of its
+    /// instructions: performs host action `action` (KVM_SET_SREGS, KVM_SET_MSRS(EFER),
+    /// KVM_SET_CPUID2, INIT) on the selected vCPU, for real where the backend is a VMM (kvm:
+    /// the ioctl) and as its register changes where it is an engine (emu). The next
+    /// [`Backend::regs_full`] shows its effect. The default: the backend cannot
+    /// ([`BackendError::HostUnsupported`]); a host that refuses the action says so the same way.
+    fn host_action(&mut self, action: &HostAction) -> Result<(), BackendError> {
+        Err(BackendError::HostUnsupported(format!(
+            "this backend cannot perform {}",
+            action.name()
+        )))
     }
     fn complete_io_in(&mut self, data: u32) -> Result<(), BackendError>;
     fn complete_mmio_read(&mut self, data: u64) -> Result<(), BackendError>;

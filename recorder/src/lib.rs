@@ -12,6 +12,7 @@ mod engine_check;
 mod exceptions;
 pub mod exit;
 pub mod guest_view;
+pub mod host_actions;
 pub mod insn;
 mod options;
 mod progress;

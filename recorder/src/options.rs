@@ -58,6 +58,10 @@ pub struct RecordOptions {
     /// Record the host KVM's own events beside the guest's (backends with a
     /// [`crate::HostWatch`]).
     pub host_events: crate::HostEventsChoice,
+    /// What the VMM does to the vCPU, and when (a scenario's, `--host-action`): each is
+    /// performed by the backend ([`crate::Backend::host_action`]) as a step of its own. With
+    /// [`RecordOptions::replay_inputs`] the original trace's actions are taken instead.
+    pub host_actions: Vec<guests::host_actions::HostActionAt>,
 }
 
 impl RecordOptions {
@@ -80,6 +84,7 @@ impl RecordOptions {
             runs: false,
             single_step_from: None,
             host_events: crate::HostEventsChoice::Auto,
+            host_actions: Vec::new(),
         }
     }
 }

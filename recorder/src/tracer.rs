@@ -9,6 +9,7 @@ use crate::devices::{DebugExit, Devices, IoEffect};
 use crate::engine_check;
 use crate::exceptions;
 use crate::guest_view::{self, BackendMemory};
+use crate::host_actions;
 use crate::insn;
 use crate::options::RecordOptions;
 use crate::progress::Progress;
@@ -17,6 +18,7 @@ use crate::sink::RecordSink;
 use crate::stuck::{self, StuckWatch};
 use crate::tlb::Tlb;
 use crate::{Backend, BackendError, Delivery, DeliveryKind, Exit, StepResult, Written};
+use guests::host_actions::{HostActionAt, PlannedAction};
 use iced_x86::{Instruction, InstructionInfoFactory, Mnemonic};
 use std::sync::atomic::Ordering;
 use std::time::Instant;
@@ -91,6 +93,9 @@ pub struct Tracer<'a> {
     /// A loop the stuck watch found waits with interrupts enabled for a timer due in virtual
     /// time: it is judged once past this step (cleared by progress).
     stuck_judged_after: Option<u64>,
+    /// Host actions still to perform ([`RecordOptions::host_actions`], or the original
+    /// trace's when re-executing), in the order given.
+    host_actions: Vec<HostActionAt>,
 }
 
 /// What the tracer keeps per vCPU: its registers, its MMU model (KVM keeps one MMU per vCPU)
@@ -191,6 +196,10 @@ impl<'a> Tracer<'a> {
             parked,
             turn_start: 0,
             stuck_judged_after: None,
+            host_actions: match &opts.replay_inputs {
+                Some(inputs) => host_actions::replayed(inputs),
+                None => opts.host_actions.clone(),
+            },
         })
     }
 
@@ -464,6 +473,13 @@ impl<'a> Tracer<'a> {
             if let Some(stop) = self.schedule() {
                 return stop;
             }
+            if let Some(action) = self.due_host_action() {
+                match self.host_action_step(action) {
+                    Some(stop) => return stop,
+                    // The loop re-checks its stop conditions before the next instruction.
+                    None => continue,
+                }
+            }
             if control.is_none() {
                 match self.run_once() {
                     Ok(0) => {}
@@ -506,6 +522,11 @@ impl<'a> Tracer<'a> {
             if max == 0 {
                 return Ok(0);
             }
+        }
+        match host_actions::run_limit(&self.host_actions, self.step) {
+            Some(0) => return Ok(0),
+            Some(limit) => max = max.min(limit),
+            None => {}
         }
         if let Some(j) = judged_after {
             max = max.min(j - self.step);
@@ -1393,6 +1414,110 @@ impl<'a> Tracer<'a> {
             &mut ad,
         )
         .unwrap_or_default()
+    }
+
+    /// The host action due before the next instruction, taken off the list.
+    fn due_host_action(&mut self) -> Option<PlannedAction> {
+        if self.host_actions.is_empty() {
+            return None;
+        }
+        let rip = ::insn::linear_ip(&self.regs);
+        let i = host_actions::due(&self.host_actions, self.step, rip)?;
+        Some(self.host_actions.remove(i).action)
+    }
+
+    /// Performs host action `planned` on the backend as a step of its own: no instruction
+    /// runs, the step's registers are the action's effect, and its events are those of a
+    /// control-register write (the action, a transition, one MMU decision per policy, the
+    /// findings complete). The backend's registers after it must be the model's
+    /// ([`history::host_effect`]): a difference is a self-check failure. `Some` when the run
+    /// ends (the backend refused the action).
+    fn host_action_step(&mut self, planned: PlannedAction) -> Option<Stop> {
+        let action = planned.resolve(&self.cpu);
+        let before = self.regs.clone();
+        if let Err(e) = self.backend.host_action(&action) {
+            let (reason, why) = match e {
+                BackendError::HostUnsupported(m) => (EndReason::HostUnsupported, m),
+                BackendError::Engine(m) | BackendError::EngineAt(m) | BackendError::Other(m) => {
+                    (EndReason::Error, m)
+                }
+            };
+            return Some(Stop {
+                reason,
+                message: format!(
+                    "host action {} before step {} failed: {why}",
+                    action.describe(),
+                    self.step + 1
+                ),
+            });
+        }
+        let after = match self.backend.regs_full() {
+            Ok(r) => r,
+            Err(e) => {
+                return Some(Stop {
+                    reason: EndReason::Error,
+                    message: format!("reading registers after {}: {e}", action.name()),
+                })
+            }
+        };
+        self.step += 1;
+        self.append(Record::Step(StepRecord {
+            step: self.step,
+            rip: before.rip,
+            regs: delta(&before, &after),
+            mem: Vec::new(),
+        }));
+        self.host_step_ended();
+        let id = self.next_event;
+        self.event(before.rip, EventKind::HostAction(action));
+        let mem = BackendMemory(&*self.backend);
+        let (effect, out) = self.mmu.on_host(
+            id,
+            self.step,
+            before.rip,
+            &action,
+            &guest_view::control_regs(&before),
+            &mem,
+        );
+        if let Some(failure) = host_actions::self_check(&action, &effect, &after, self.step) {
+            self.self_check_failures.push(failure);
+        }
+        self.cpu = effect.cpu;
+        let (from, to) = (
+            guest_view::paging_mode(&before),
+            guest_view::paging_mode(&after),
+        );
+        if from != to {
+            self.event(before.rip, EventKind::Transition { from, to });
+        }
+        self.step_writes.clear();
+        self.step_transition = (from != to).then_some((from, to));
+        for (p, d) in out.decisions.iter().enumerate() {
+            let kind = EventKind::Mmu(history::to_trace::decision(p as u16, id, d));
+            self.event(before.rip, kind);
+        }
+        self.step_writes.push((
+            Event {
+                id,
+                step: self.step,
+                rip: before.rip,
+                kind: EventKind::HostAction(action),
+            },
+            out.clone(),
+        ));
+        self.found_events(out.findings);
+        // The vCPU's translations and the code it runs may mean something else now.
+        self.tlb.clear();
+        self.engine_check_pending = self.engine_check_supported;
+        self.quiet_run_steps = 0;
+        if let Some(watch) = self.stuck.as_mut() {
+            let _ = watch.observe(&after, true);
+        }
+        self.regs = after;
+        if self.step.checked_rem(self.opts.keyframe_interval) == Some(0) {
+            self.keyframe(false);
+        }
+        None
     }
 
     /// A keyframe: registers and the pages written since the previous keyframe. Every

@@ -192,9 +192,14 @@ impl Analysis {
         let executes = timeline.header().backend.kind != BackendKind::Model;
         for (n, (event, write)) in writes.into_iter().enumerate() {
             // The instructions since the previous write, this write's own included, come
-            // first: the recorder feeds a step's touches before its writes.
+            // first: the recorder feeds a step's touches before its writes. A host action's
+            // step runs no instruction.
             if executes {
-                findings.extend(feed_touches(timeline, &mut watches, fed, event.step)?);
+                let to = match write {
+                    Cause::Host(_) => event.step.saturating_sub(1),
+                    Cause::Write(_) => event.step,
+                };
+                findings.extend(feed_touches(timeline, &mut watches, fed, to)?);
             }
             fed = fed.max(event.step);
             let vcpu = timeline.seek(event.step)?.vcpu();

@@ -117,8 +117,9 @@ pub struct CheckReport {
     /// Per vCPU, in traces of several (empty with one): its writes and what every policy made
     /// of them (summed over the policies).
     pub vcpus: Vec<PolicySummary>,
-    /// A model trace's every decision, action by action (empty for recorded guests): what a
-    /// model-level scenario declares besides findings is a decision (no reset, root kept).
+    /// Every decision, action by action, of a model trace or a recording with host actions
+    /// (empty for other recordings): what a model-level scenario declares besides findings is
+    /// a decision (no reset, root kept).
     pub decisions: Vec<ActionDecisions>,
 }
 
@@ -158,10 +159,28 @@ pub fn check<R: Read + Seek>(
     policies: &[&'static Policy],
     flavour: Flavour,
 ) -> Result<CheckReport> {
+    check_with(timeline, policies, flavour, false)
+}
+
+/// [`check`], with every decision action by action ([`CheckReport::decisions`]) when
+/// `decisions` (they are always there for model traces and recordings with host actions).
+pub fn check_with<R: Read + Seek>(
+    timeline: &mut Timeline<R>,
+    policies: &[&'static Policy],
+    flavour: Flavour,
+    decisions: bool,
+) -> Result<CheckReport> {
     let analysis = Analysis::run(timeline, policies, flavour)?;
     let mut report = report(&analysis);
-    if timeline.header().backend.kind == traces::BackendKind::Model {
-        report.decisions = decisions(&analysis);
+    let wanted = decisions;
+    // A script's verdicts are decisions too (no reset, root kept): model traces and the
+    // recordings of guests the VMM acted on show them.
+    let host_actions = analysis
+        .writes
+        .iter()
+        .any(|w| matches!(w.cause, history::Cause::Host(_)));
+    if wanted || timeline.header().backend.kind == traces::BackendKind::Model || host_actions {
+        report.decisions = self::decisions(&analysis);
     }
     Ok(report)
 }

@@ -105,6 +105,11 @@ pub fn recorded_inputs<R: Read + Seek>(
                         data: m.data,
                     }),
                     EventKind::Retired { count } => p.retired = count.max(1),
+                    // The VMM acted before this step: no instruction ran in it.
+                    EventKind::HostAction(a) if a.is_vmm() => {
+                        p.first = None;
+                        out.host_actions.push((e.step, a));
+                    }
                     _ => {}
                 }
             }

@@ -18,8 +18,8 @@ pub mod views;
 
 pub use analysis::{Analysis, Retain, Verdict, WriteAnalysis, WriteDetail};
 pub use check::{
-    check, group, report, ActionDecisions, CheckFinding, CheckReport, FindingGroup, PolicyDecision,
-    PolicySummary,
+    check, check_with, group, report, ActionDecisions, CheckFinding, CheckReport, FindingGroup,
+    PolicyDecision, PolicySummary,
 };
 pub use cpu::cpu_model;
 pub use diff::{diff, diff_with, Compare, DiffReport, Divergence, Side};

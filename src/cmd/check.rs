@@ -4,7 +4,7 @@
 use crate::cli::CheckArgs;
 use anyhow::{bail, Context};
 use recorder::exit::Outcome;
-use replayer::{check, CheckReport, Timeline};
+use replayer::{check_with, CheckReport, Timeline};
 use std::process::ExitCode;
 use traces::Integrity;
 
@@ -26,7 +26,7 @@ pub fn run(args: &CheckArgs) -> anyhow::Result<ExitCode> {
         Some(f) => f.into(),
         None => mmu::Flavour::parse(&timeline.header().mmu_flavour).unwrap_or(mmu::Flavour::Tdp),
     };
-    let report = match check(&mut timeline, &policies, flavour) {
+    let report = match check_with(&mut timeline, &policies, flavour, args.decisions) {
         Ok(report) => report,
         // The damage already reported is why: say so with its own exit code.
         Err(e) if !integrity.complete => {
@@ -145,10 +145,10 @@ fn to_json(report: &CheckReport) -> serde_json::Value {
     json
 }
 
-/// A model trace's decisions, action by action: the policies by outcome, and those that kept
-/// the current root.
+/// The decisions, action by action (model traces, recordings with host actions, `--decisions`):
+/// the policies by outcome, and those that kept the current root.
 fn print_decisions(report: &replayer::CheckReport) {
-    println!("\nDecisions, action by action (a model-level scenario's trace):");
+    println!("\nDecisions, action by action:");
     for a in &report.decisions {
         println!("step {} (event {}): {}", a.step, a.event, a.cause);
         let mut outcomes: Vec<(String, Vec<&str>)> = Vec::new();

@@ -166,7 +166,7 @@ fn json_lines<R: io::Read + io::Seek>(
 const TID_MODE: u64 = 1;
 const TID_FINDINGS: u64 = 2;
 const TID_IO: u64 = 3;
-/// Host actions: a model-level scenario's trace only (recorded exports keep their tracks).
+/// Host actions (model-level scenarios' traces and recordings the VMM acted on).
 const TID_HOST: u64 = 4;
 fn tid_reg(reg: ControlReg) -> u64 {
     10 + reg as u64
@@ -177,20 +177,7 @@ fn tid_policy(policy: u16) -> u64 {
 
 /// The paging mode the entry registers put the guest in.
 fn entry_mode(r: &Regs) -> PagingMode {
-    let (pe, pg) = (r.cr0 & 1 != 0, r.cr0 & (1 << 31) != 0);
-    let (pae, la57, lma) = (
-        r.cr4 & (1 << 5) != 0,
-        r.cr4 & (1 << 12) != 0,
-        r.efer & (1 << 10) != 0,
-    );
-    match (pe, pg, pae, lma, la57) {
-        (false, ..) => PagingMode::Real,
-        (true, false, ..) => PagingMode::Unpaged,
-        (true, true, false, ..) => PagingMode::Bits32,
-        (true, true, true, false, _) => PagingMode::Pae,
-        (true, true, true, true, false) => PagingMode::Level4,
-        (true, true, true, true, true) => PagingMode::Level5,
-    }
+    history::to_trace::mode_of(r)
 }
 
 /// Writes Chrome trace events one at a time inside `{"traceEvents":[ ... ]}`. Each vCPU is a
@@ -269,9 +256,7 @@ impl<W: Write> TraceEvents<'_, W> {
             self.track_name(tid_policy(i as u16), &format!("mmu: {p}"), 10 + i as u64)?;
         }
         self.track_name(TID_FINDINGS, "findings", 1000)?;
-        if header.backend.kind == traces::BackendKind::Model {
-            self.track_name(TID_HOST, "host actions", 5)?;
-        }
+        self.track_name(TID_HOST, "host actions", 5)?;
         self.track_name(TID_IO, "port i/o", 1001)
     }
 }

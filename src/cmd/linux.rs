@@ -108,6 +108,8 @@ pub fn build(args: &GuestArgs, cpus: u32) -> anyhow::Result<Option<BuiltGuest>> 
         scenario: None,
         needs: None,
         label: format!("Linux kernel {}", kernel.display()),
+        host_actions: Vec::new(),
+        flavour: None,
     }))
 }
 

@@ -28,11 +28,13 @@ pub fn run(args: &RecordArgs) -> anyhow::Result<ExitCode> {
 /// else by the shared definition.
 pub fn build_guest(args: &GuestArgs, cpus: u32) -> anyhow::Result<BuiltGuest> {
     if let Some(name) = args.scenario.as_deref() {
-        if guests::model::scripts::script_named(name).is_some() {
+        if let Some(why) = guests::model::scripts::script_named(name)
+            .as_ref()
+            .and_then(guests::model::guest::not_recordable)
+        {
             anyhow::bail!(
-                "`{name}` is a model-level scenario: its host actions are applied to the MMU \
-                 model, not run on a backend; write its trace with `mmurr scenarios --run {name} \
-                 -o {name}.mmurr`"
+                "`{name}` is a model-level scenario that no backend runs ({why}); write its \
+                 trace with `mmurr scenarios --run {name} -o {name}.mmurr`"
             );
         }
     }
@@ -62,15 +64,15 @@ impl BackendChoiceMade {
     }
 }
 
-/// A guest with memory the kvm backend does not map (it maps RAM only; a firmware ROM below
-/// 4 GiB is a region above RAM), and why.
+/// A guest with memory the kvm backend does not map (it maps RAM at 0 and each ROM region as
+/// a read-only slot; RAM elsewhere, as a region above RAM, it does not), and why.
 fn kvm_cannot_map(guest: &BuiltGuest) -> Option<String> {
     let spec = &guest.spec;
     let r = spec.regions.iter().find(|r| {
-        r.kind != traces::RegionKind::Mmio && r.gpa.saturating_add(r.size) > spec.ram_size
+        r.kind == traces::RegionKind::Ram && r.gpa.saturating_add(r.size) > spec.ram_size
     })?;
     Some(format!(
-        "{} has {} at {:#x}, outside RAM, and the kvm backend maps guest RAM only",
+        "{} has {} at {:#x}, outside RAM, and the kvm backend maps RAM only from 0",
         guest.label, r.name, r.gpa
     ))
 }
@@ -148,11 +150,8 @@ pub fn choose_backend(
 
 /// The recorder's options for the in-process kvm backend, which single-steps whatever
 /// `--single-step` says (it has no runs), so its keyframes keep the step-by-step interval.
-pub fn record_options(
-    args: &RecordArgs,
-    scenario: Option<String>,
-) -> anyhow::Result<RecordOptions> {
-    let mut opts = args.flags.options(scenario)?;
+pub fn record_options(args: &RecordArgs, guest: &BuiltGuest) -> anyhow::Result<RecordOptions> {
+    let mut opts = args.flags.options(guest)?;
     opts.set_runs(false);
     Ok(opts)
 }
@@ -161,7 +160,7 @@ pub fn record_on_kvm(args: &RecordArgs, guest: &BuiltGuest) -> anyhow::Result<Re
     if args.flags.gdb.is_some() {
         return super::run::live_on_kvm(args, guest, false);
     }
-    let opts = record_options(args, guest.scenario.clone())?;
+    let opts = record_options(args, guest)?;
     let mut backend = recorder_kvm::KvmBackend::with_vcpus(recorder_kvm::probe(), args.flags.cpus)?;
     Ok(recorder::record(&mut backend, &guest.spec, &opts)?)
 }

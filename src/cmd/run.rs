@@ -53,7 +53,7 @@ pub fn live_on_kvm(
     allow_writes: bool,
 ) -> anyhow::Result<RecordSummary> {
     let listen = args.flags.gdb.as_deref().context("no --gdb address")?;
-    let opts = record_options(args, guest.scenario.clone())?;
+    let opts = record_options(args, guest)?;
     // An unknown policy is refused before gdb is told to connect.
     recorder::resolve_policies(&opts.policies)?;
     let mut backend = recorder_kvm::KvmBackend::with_vcpus(recorder_kvm::probe(), args.flags.cpus)?;

@@ -34,6 +34,7 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
             .filter(|_| !s.aps.is_empty())
     };
     let models: Vec<guests::model::Script> = scripts::ALL.iter().map(|(_, b)| b()).collect();
+    let as_guest: Vec<AsGuest> = models.iter().map(|m| as_guest(m, &host)).collect();
     if args.json {
         let mut list: Vec<serde_json::Value> = rows
             .iter()
@@ -53,14 +54,19 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
                 })
             })
             .collect();
-        list.extend(models.iter().map(|m| {
+        list.extend(models.iter().zip(&as_guest).map(|(m, g)| {
             serde_json::json!({
                 "name": m.name,
                 "description": m.description,
                 "kind": "model",
                 "flavour": m.flavour.name(),
                 "host_actions": m.has_host_actions(),
-                "runs_on": ["model"],
+                "runs_on": g.runs_on(),
+                "guest": g.not_recordable.is_none(),
+                "guest_reason": g.not_recordable,
+                "kvm_here": g.runs_on().contains(&"kvm"),
+                "kvm_reason": g.kvm_no,
+                "cpu_features": g.features,
                 "writes_trace": format!("mmurr scenarios --run {} -o {}.mmurr", m.name, m.name),
                 "steps": m.actions.iter().map(|a| a.describe()).collect::<Vec<_>>(),
                 "policies_showing": showing(m.name)
@@ -102,14 +108,15 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
         );
     }
     println!(
-        "\nmodel-level scenarios (host actions and states no backend here reaches; model only; \
-         `--run NAME -o F.mmurr` writes one as a trace for check, replay and gdb):"
+        "\nmodel-level scenarios (scripts of guest writes and host actions; `--run NAME -o \
+         F.mmurr` writes one as a trace for check, replay and gdb; those without an L2 also \
+         run as guests, `record --scenario NAME`, the recorder performing their host actions):"
     );
     println!(
         "(flavours: {}; shadow-ept only here: its input is the EPTP L1 loads for L2)",
         mmu::Flavour::ALL.map(|f| f.name()).join(", ")
     );
-    for m in &models {
+    for (m, g) in models.iter().zip(&as_guest) {
         let verdicts = showing(m.name)
             .iter()
             .map(|(k, p)| format!("{}: {}", k.name(), catalogue::policy_ranges(p)))
@@ -121,8 +128,22 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
             verdicts
         };
         println!("{:width$}  {}", m.name, m.description);
+        let guest = match (&g.not_recordable, &g.kvm_no) {
+            (Some(why), _) => format!("not as a guest: {why}"),
+            (None, None) => "as a guest on emu and kvm here".to_string(),
+            (None, Some(why)) => format!("as a guest on emu (kvm here: no: {why})"),
+        };
+        let features = if g.features.is_empty() {
+            String::new()
+        } else {
+            format!(
+                " (its guest checks CPUID for {} and exits with status 2 without)",
+                g.features.join(", ")
+            )
+        };
         println!(
-            "{:width$}  runs on: model (trace: --run {} -o F), flavour {}; {verdicts}{}",
+            "{:width$}  runs on: model (trace: --run {} -o F); {guest}{features}; flavour {}; \
+             {verdicts}{}",
             "",
             m.name,
             m.flavour.name(),
@@ -140,6 +161,48 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
         }
     }
     Ok(ExitCode::SUCCESS)
+}
+
+/// Where a model-level script runs as a guest (`record --scenario NAME`).
+struct AsGuest {
+    /// Why it does not run as a guest at all (it runs an L2).
+    not_recordable: Option<String>,
+    /// Why this host's KVM does not run it (a paging mode, a host action it refuses).
+    kvm_no: Option<String>,
+    /// The CPU features its guest checks for.
+    features: Vec<&'static str>,
+}
+
+impl AsGuest {
+    fn runs_on(&self) -> Vec<&'static str> {
+        match (&self.not_recordable, &self.kvm_no) {
+            (Some(_), _) => vec!["model"],
+            (None, Some(_)) => vec!["emu", "model"],
+            (None, None) => vec!["kvm", "emu", "model"],
+        }
+    }
+}
+
+fn as_guest(m: &Script, host: &recorder_kvm::HostReport) -> AsGuest {
+    let not_recordable = guests::model::guest::not_recordable(m);
+    let kvm_no = match guests::model::guest::scenario(m) {
+        Ok(g) => g
+            .needs
+            .iter()
+            .find_map(|&mode| host.cannot_run(mode))
+            .or_else(|| {
+                m.actions
+                    .iter()
+                    .filter_map(|a| a.host())
+                    .find_map(|a| host.refuses(&a))
+            }),
+        Err(_) => None,
+    };
+    AsGuest {
+        not_recordable,
+        kvm_no,
+        features: guests::model::guest::features(m),
+    }
 }
 
 /// `mmurr scenarios --run NAME`: the model-level scenario under the policies, step by step.

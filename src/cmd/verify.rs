@@ -272,7 +272,7 @@ fn record_on_emu(
     };
     let flags = mmurr_flags::RecordFlags {
         policy: opts.policies.clone(),
-        flavour: opts.flavour.into(),
+        flavour: Some(opts.flavour.into()),
         output: out.to_path_buf(),
         max_steps: opts.max_steps,
         replay_inputs: Some(trace.to_path_buf()),

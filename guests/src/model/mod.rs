@@ -11,6 +11,7 @@
 //! under every policy and compares.
 
 pub mod from_scenario;
+pub mod guest;
 pub mod scripts;
 
 pub mod trace;

@@ -150,6 +150,8 @@ pub(crate) fn finish_with(
         expected: prog.model.events,
         expected_findings: meta.findings,
         aps: Vec::new(),
+        host_actions: Vec::new(),
+        flavour: None,
     })
 }
 

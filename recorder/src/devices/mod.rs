@@ -403,6 +403,7 @@ mod tests {
     fn replay_returns_the_recorded_reads_in_order_and_says_where_it_left_them() {
         let mut d = bus();
         d.replay(Arc::new(RecordedInputs {
+            host_actions: Vec::new(),
             inputs: vec![
                 Input::PortRead {
                     step: 3,
@@ -443,6 +444,7 @@ mod tests {
     fn replay_refuses_an_input_of_another_kind_or_place() {
         let mut d = bus();
         d.replay(Arc::new(RecordedInputs {
+            host_actions: Vec::new(),
             inputs: vec![Input::Results {
                 step: 9,
                 rip: 0x2000,

@@ -1,0 +1,356 @@
+//! Model-level scripts run as guests (`mmurr record --scenario NAME`): the recorder performs
+//! their host actions for real (kvm: KVM_SET_SREGS, KVM_SET_MSRS, KVM_SET_CPUID2, INIT by
+//! MSI; emu: the same register and CPUID changes in the engine). On every backend that runs
+//! a script here, its trace holds exactly the model trace's writes and host actions, `check`
+//! gives exactly the verdicts the script declares, and `verify` reproduces it. Where a backend
+//! cannot, the run says why: a CPU without a feature the script uses (the guest's own CPUID
+//! check, exit status 2), or a host that refuses an action.
+
+mod common;
+use common::{mmurr, text};
+use guests::catalogue;
+use guests::model::{guest, scripts, Action, Script, Shows};
+use std::collections::BTreeSet;
+use std::path::Path;
+use traces::{EndReason, EventKind, Reader, Record};
+
+/// `(policy, action index, verdict)`.
+type Verdict = (String, usize, String);
+
+/// The MMU inputs of a trace, in order: control-register writes and host actions.
+fn inputs(path: &Path) -> Vec<EventKind> {
+    let mut r = Reader::open(path).unwrap();
+    r.records()
+        .filter_map(|rec| match rec.unwrap() {
+            Record::Event(e) => match e.kind {
+                k @ (EventKind::CrWrite(_) | EventKind::HostAction(_)) => Some(k),
+                _ => None,
+            },
+            _ => None,
+        })
+        .collect()
+}
+
+/// The model trace's MMU inputs for `script`.
+fn model_inputs(script: &Script) -> Vec<EventKind> {
+    guests::model::trace::records(script, &[])
+        .into_iter()
+        .filter_map(|r| match r {
+            Record::Event(e)
+                if matches!(e.kind, EventKind::CrWrite(_) | EventKind::HostAction(_)) =>
+            {
+                Some(e.kind)
+            }
+            _ => None,
+        })
+        .collect()
+}
+
+/// What `check --json` on a recording shows, keyed by the script's action index: the k-th
+/// input of the trace is the k-th action that is not a store.
+fn shown(report: &serde_json::Value, script: &Script) -> BTreeSet<Verdict> {
+    let steps: Vec<u64> = report["decisions"]
+        .as_array()
+        .expect("decisions (--decisions)")
+        .iter()
+        .map(|d| d["step"].as_u64().unwrap())
+        .collect();
+    let actions: Vec<usize> = (0..script.actions.len())
+        .filter(|&i| !matches!(script.actions[i], Action::Store { .. }))
+        .collect();
+    assert_eq!(steps.len(), actions.len(), "{}: {report:#}", script.name);
+    let at = |step: u64| actions[steps.iter().position(|&s| s == step).unwrap()];
+    let declared: BTreeSet<(usize, Shows)> = script
+        .expects
+        .iter()
+        .filter(|e| !e.shows.is_finding())
+        .map(|e| (e.at, e.shows))
+        .collect();
+    let mut out: BTreeSet<Verdict> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["policy"].as_str().unwrap().to_string(),
+                at(f["step"].as_u64().unwrap()),
+                f["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for d in report["decisions"].as_array().unwrap() {
+        let a = at(d["step"].as_u64().unwrap());
+        for p in d["policies"].as_array().unwrap() {
+            for (shows, on) in [
+                (Shows::NoReset, p["reset"] == false),
+                (Shows::RootKept, p["current_root_freed"] == false),
+            ] {
+                if on && declared.contains(&(a, shows)) {
+                    out.insert((
+                        p["policy"].as_str().unwrap().to_string(),
+                        a,
+                        shows.name().into(),
+                    ));
+                }
+            }
+        }
+    }
+    out
+}
+
+fn declared(script: &Script) -> BTreeSet<Verdict> {
+    script
+        .expected()
+        .into_iter()
+        .map(|o| (o.policy.to_string(), o.at, o.shows.name().to_string()))
+        .collect()
+}
+
+/// How a backend ran a script here.
+#[derive(Debug)]
+enum Ran {
+    /// To its end: the verdicts and the inputs were compared.
+    Reproduced,
+    /// The guest's CPU lacks a feature the script uses.
+    MissingFeature(Vec<&'static str>),
+    /// The host refused an action or the guest's memory layout.
+    Refused(String),
+}
+
+/// Records `script` on `backend` and holds the result to the script's declarations.
+fn run(script: &Script, backend: &str, dir: &Path) -> Ran {
+    let name = script.name;
+    let file = format!("{backend}-{name}.mmurr");
+    let out = mmurr(
+        &[
+            "record",
+            "--scenario",
+            name,
+            "--backend",
+            backend,
+            "-q",
+            "-o",
+            &file,
+        ],
+        dir,
+    );
+    let stderr = text(&out.stderr);
+    let path = dir.join(&file);
+    if !path.exists() {
+        assert!(stderr.contains("error"), "{name} on {backend}: {stderr}");
+        return Ran::Refused(stderr);
+    }
+    let reader = Reader::open(&path).unwrap();
+    let header = reader.header().clone();
+    let end = reader.end().cloned().expect("an end record");
+    assert_eq!(
+        header.mmu_flavour,
+        script.flavour.name(),
+        "{name}: the script's flavour"
+    );
+    let cpu = recorder::guest_view::cpu_model(&header.guest.cpuid);
+    let missing = guest::features_missing(script, &cpu);
+    if !missing.is_empty() {
+        assert_eq!(
+            end.reason,
+            EndReason::DebugExit { status: 2 },
+            "{name} on {backend} without {missing:?}: {stderr}"
+        );
+        assert!(inputs(&path)
+            .iter()
+            .all(|k| !matches!(k, EventKind::HostAction(_))));
+        return Ran::MissingFeature(missing);
+    }
+    if end.reason == EndReason::HostUnsupported {
+        assert!(
+            end.message.contains("this host's KVM refuses"),
+            "{name}: {}",
+            end.message
+        );
+        return Ran::Refused(end.message);
+    }
+    assert_eq!(
+        end.reason,
+        EndReason::DebugExit { status: 0 },
+        "{name} on {backend}: {end:?}"
+    );
+    assert!(
+        end.self_check_failures.is_empty(),
+        "{name}: {:?}",
+        end.self_check_failures
+    );
+    assert_eq!(
+        inputs(&path),
+        model_inputs(script),
+        "{name} on {backend}: the inputs"
+    );
+    let check = mmurr(&["check", &file, "--json", "--decisions"], dir);
+    let report: serde_json::Value = serde_json::from_slice(&check.stdout)
+        .unwrap_or_else(|e| panic!("{name}: {e}: {}", text(&check.stderr)));
+    assert_eq!(
+        shown(&report, script),
+        declared(script),
+        "{name} on {backend}: {report:#}"
+    );
+    let bugs = script
+        .expected()
+        .iter()
+        .any(|o| o.shows != Shows::NeedlessReset && o.shows.is_finding());
+    assert_eq!(
+        check.status.code(),
+        Some(i32::from(bugs)),
+        "{name} on {backend}"
+    );
+    // The human report lists the host actions' decisions unasked.
+    if script.actions.iter().any(Action::is_host) {
+        let human = text(&mmurr(&["check", &file], dir).stdout);
+        assert!(
+            human.contains("Decisions, action by action"),
+            "{name}: {human}"
+        );
+    }
+    // Re-executed on the same backend, with the actions at their recorded steps.
+    let verify = mmurr(&["verify", &file, "--backend", backend], dir);
+    assert_eq!(
+        verify.status.code(),
+        Some(0),
+        "{name} on {backend}: {}{}",
+        text(&verify.stdout),
+        text(&verify.stderr)
+    );
+    Ran::Reproduced
+}
+
+#[test]
+fn every_script_without_an_l2_runs_on_emu_with_its_declared_verdicts() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut reproduced = Vec::new();
+    for (name, build) in scripts::ALL {
+        let script = build();
+        if !guest::recordable(&script) {
+            continue;
+        }
+        let ran = run(&script, "emu", dir.path());
+        // The README's table says where each runs here.
+        let table = catalogue::backends(&catalogue::Repro::Model(name));
+        assert_eq!(
+            table.contains("emu"),
+            matches!(ran, Ran::Reproduced),
+            "{name}: {table}"
+        );
+        match ran {
+            Ran::Reproduced => reproduced.push(*name),
+            // TCG implements no PCID (QEMU's TCG CPU models filter it out).
+            Ran::MissingFeature(f) => assert_eq!((*name, f), ("cr4-pge-pcide", vec!["PCID"])),
+            Ran::Refused(why) => panic!("{name}: emu refused: {why}"),
+        }
+    }
+    assert_eq!(reproduced.len(), 10, "{reproduced:?}");
+}
+
+#[test]
+fn on_kvm_the_host_performs_the_actions_it_allows_and_names_the_ones_it_refuses() {
+    if recorder::test_support::skip_without_kvm(recorder::test_support::kvm_unusable()) {
+        return;
+    }
+    let host = recorder_kvm::probe();
+    let dir = tempfile::tempdir().unwrap();
+    let mut reproduced = Vec::new();
+    for (name, build) in scripts::ALL {
+        let script = build();
+        if !guest::recordable(&script) {
+            continue;
+        }
+        let scenario = guest::scenario(&script).unwrap();
+        if let Some(why) = scenario.needs.iter().find_map(|&m| host.cannot_run(m)) {
+            eprintln!("{name}: not on this host's KVM: {why}");
+            let table = catalogue::backends(&catalogue::Repro::Model(name));
+            assert!(!table.contains("kvm here"), "{name}: {table}");
+            continue;
+        }
+        let ran = run(&script, "kvm", dir.path());
+        let table = catalogue::backends(&catalogue::Repro::Model(name));
+        assert_eq!(
+            table.contains("kvm here"),
+            matches!(ran, Ran::Reproduced),
+            "{name}: {table}"
+        );
+        match ran {
+            Ran::Reproduced => reproduced.push(*name),
+            Ran::MissingFeature(f) => eprintln!("{name}: this host's KVM offers no {f:?}"),
+            Ran::Refused(why) => {
+                let cpuid = script
+                    .actions
+                    .iter()
+                    .any(|a| matches!(a, Action::SetCpuid(_)));
+                assert!(
+                    cpuid && why.contains("KVM_SET_CPUID2") && why.contains("5.16"),
+                    "{name}: {why}"
+                );
+            }
+        }
+    }
+    // Guest writes, KVM_SET_SREGS out of long mode, KVM_SET_MSRS with paging on, INIT (then
+    // the reset vector's ROM, a read-only memory slot).
+    for name in [
+        "cr0-wp-only",
+        "cr4-unpaged",
+        "msrs-efer-lme",
+        "init-long-mode",
+    ] {
+        assert!(reproduced.contains(&name), "{name}: {reproduced:?}");
+    }
+}
+
+/// `--host-action` performs an action on any guest: INIT at a step of a built-in scenario.
+#[test]
+fn a_host_action_from_the_command_line_is_performed_and_verified() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = mmurr(
+        &[
+            "record",
+            "--scenario",
+            "long-mode-entry",
+            "--backend",
+            "emu",
+            "--flavour",
+            "shadow",
+            "--host-action",
+            "step=40:efer=0xd01",
+            "-q",
+            "-o",
+            "t.mmurr",
+        ],
+        dir.path(),
+    );
+    let stderr = text(&out.stderr);
+    let acts: Vec<EventKind> = inputs(&dir.path().join("t.mmurr"))
+        .into_iter()
+        .filter(|k| matches!(k, EventKind::HostAction(_)))
+        .collect();
+    assert_eq!(
+        acts,
+        vec![EventKind::HostAction(traces::HostAction::SetMsrEfer {
+            value: 0xd01
+        })],
+        "{stderr}"
+    );
+    let verify = mmurr(&["verify", "t.mmurr"], dir.path());
+    assert_eq!(verify.status.code(), Some(0), "{}", text(&verify.stdout));
+    let bad = mmurr(
+        &[
+            "record",
+            "--scenario",
+            "long-mode-entry",
+            "--host-action",
+            "step=4:reboot",
+        ],
+        dir.path(),
+    );
+    assert_eq!(bad.status.code(), Some(2));
+    assert!(
+        text(&bad.stderr).contains("unknown ACTION"),
+        "{}",
+        text(&bad.stderr)
+    );
+}

@@ -354,3 +354,24 @@ fn a_host_action_from_the_command_line_is_performed_and_verified() {
         text(&bad.stderr)
     );
 }
+
+/// The committed trace of `init-long-mode` recorded on kvm, re-executed on emu, differs in
+/// one place only: CR0 right after the INIT, where this host's KVM (PVM) leaves ET alone and
+/// the architecture's INIT state (SDM vol. 3A table 10-1, which emu follows) has CD and NW
+/// set too. Both performed the INIT at the same step and ran the same code after it.
+#[test]
+fn re_executing_kvms_init_on_emu_finds_only_the_cr0_it_left() {
+    let dir = tempfile::tempdir().unwrap();
+    let trace = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/traces/corpus/recorded/init-long-mode.kvm.mmurr"
+    );
+    let out = mmurr(&["verify", "--backend", "emu", trace], dir.path());
+    let s = text(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{s}{}", text(&out.stderr));
+    let at = s.find("diverged at").expect(&s);
+    let report = &s[at..];
+    assert!(report.contains("(step 2 in A, step 2 in B), rip 0x180200"), "{s}");
+    assert!(report.contains("cr0: 0x10 vs 0x60000010"), "{s}");
+    assert_eq!(report.lines().filter(|l| l.contains(" vs ")).count(), 1, "{s}");
+}

@@ -24,6 +24,9 @@ pub struct MemoryImage {
     ram_size: u64,
     /// Directory index (gpa / 2 MiB) → its pages.
     dirs: BTreeMap<u64, Arc<Dir>>,
+    /// The guest's ROM regions (base, bytes), read-only: what the reset vector runs, never
+    /// written by a recorded step.
+    roms: Arc<Vec<(u64, Vec<u8>)>>,
 }
 
 /// Why a guest image could not be built from a trace header.
@@ -50,14 +53,21 @@ impl MemoryImage {
         MemoryImage {
             ram_size,
             dirs: BTreeMap::new(),
+            roms: Arc::new(Vec::new()),
         }
     }
 
     /// RAM at entry: zero, with the header's blobs placed at their load addresses. A load
     /// that lies wholly in a declared region above RAM (firmware ROM below 4 GiB) belongs to
-    /// that region, which this image of RAM does not hold.
+    /// that region: a ROM region's bytes are kept beside RAM, read-only.
     pub fn from_guest(guest: &GuestSpec) -> Result<MemoryImage, ImageError> {
         let mut image = MemoryImage::zeroed(guest.ram_size);
+        let mut roms: Vec<(u64, Vec<u8>)> = guest
+            .regions
+            .iter()
+            .filter(|r| r.kind == traces::RegionKind::Rom && r.gpa >= guest.ram_size)
+            .filter_map(|r| Some((r.gpa, vec![0u8; usize::try_from(r.size).ok()?])))
+            .collect();
         for (index, load) in guest.loads.iter().enumerate() {
             let blob = guest
                 .blobs
@@ -77,6 +87,13 @@ impl MemoryImage {
                         .is_some_and(|e| e <= r.gpa.saturating_add(r.size))
             });
             if in_region {
+                let rom = roms.iter_mut().find(|(base, bytes)| {
+                    load.gpa >= *base && load.gpa - base + len <= bytes.len() as u64
+                });
+                if let Some((base, bytes)) = rom {
+                    let at = (load.gpa - *base) as usize;
+                    bytes[at..at + blob.data.len()].copy_from_slice(&blob.data);
+                }
                 continue;
             }
             if !image.write(load.gpa, &blob.data) {
@@ -88,6 +105,7 @@ impl MemoryImage {
                 });
             }
         }
+        image.roms = Arc::new(roms);
         Ok(image)
     }
 
@@ -99,10 +117,19 @@ impl MemoryImage {
         gpa.checked_add(len).is_some_and(|end| end <= self.ram_size)
     }
 
-    /// Reads `buf.len()` bytes at `gpa`; false (and `buf` untouched) if any byte is outside RAM.
+    /// Reads `buf.len()` bytes at `gpa`; false (and `buf` untouched) if any byte is outside RAM
+    /// and the ROM regions.
     pub fn read(&self, gpa: u64, buf: &mut [u8]) -> bool {
         if !self.in_ram(gpa, buf.len() as u64) {
-            return false;
+            let rom = self.roms.iter().find(|(base, bytes)| {
+                gpa >= *base && gpa - base + buf.len() as u64 <= bytes.len() as u64
+            });
+            let Some((base, bytes)) = rom else {
+                return false;
+            };
+            let at = (gpa - base) as usize;
+            buf.copy_from_slice(&bytes[at..at + buf.len()]);
+            return true;
         }
         let mut done = 0usize;
         while done < buf.len() {
@@ -229,7 +256,7 @@ mod tests {
     use traces::{Blob, Load};
 
     #[test]
-    fn a_load_in_a_rom_region_above_ram_is_not_ram() {
+    fn a_load_in_a_rom_region_above_ram_is_read_only_rom_not_ram() {
         let rom = vec![0xeau8; 0x2_0000];
         let mut g = GuestSpec {
             ram_size: 16 * PAGE_SIZE,
@@ -255,9 +282,15 @@ mod tests {
             kind: traces::RegionKind::Rom,
             name: "rom".into(),
         });
-        let m = MemoryImage::from_guest(&g).unwrap();
+        let mut m = MemoryImage::from_guest(&g).unwrap();
         assert_eq!(m.ram_size(), 16 * PAGE_SIZE);
-        assert!(!m.read(0xfffe_0000, &mut [0u8; 1]));
+        // Its bytes are read as the reset vector's code; no step writes them.
+        let mut b = [0u8; 2];
+        assert!(m.read(0xffff_fffe, &mut b));
+        assert_eq!(b, [0xea, 0xea]);
+        assert!(!m.read(0xffff_ffff, &mut b));
+        assert!(!m.write(0xfffe_0000, &[0]));
+        assert_eq!(m.resident_pages(), 0);
     }
 
     #[test]

@@ -371,7 +371,14 @@ fn re_executing_kvms_init_on_emu_finds_only_the_cr0_it_left() {
     assert_eq!(out.status.code(), Some(1), "{s}{}", text(&out.stderr));
     let at = s.find("diverged at").expect(&s);
     let report = &s[at..];
-    assert!(report.contains("(step 2 in A, step 2 in B), rip 0x180200"), "{s}");
+    assert!(
+        report.contains("(step 2 in A, step 2 in B), rip 0x180200"),
+        "{s}"
+    );
     assert!(report.contains("cr0: 0x10 vs 0x60000010"), "{s}");
-    assert_eq!(report.lines().filter(|l| l.contains(" vs ")).count(), 1, "{s}");
+    assert_eq!(
+        report.lines().filter(|l| l.contains(" vs ")).count(),
+        1,
+        "{s}"
+    );
 }

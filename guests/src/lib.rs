@@ -40,7 +40,9 @@
 //! with the scenario that reproduces each, or why none can. [`model`] holds the model-level
 //! scenarios: scripts of guest writes and host-side actions (KVM_SET_SREGS, KVM_SET_MSRS,
 //! KVM_SET_CPUID2, INIT) run on the `mmu` crate's trackers, each declaring its verdicts per
-//! policy; [`model::from_scenario`] runs a guest scenario's exact writes the same way.
+//! policy; [`model::from_scenario`] runs a guest scenario's exact writes the same way, and
+//! [`model::guest`] makes a script that runs no L2 a guest scenario whose host actions
+//! ([`host_actions`], which also owns their `--host-action` spelling) the recorder performs.
 //!
 //! # Loaders
 //!

@@ -32,7 +32,12 @@ fn the_init_kvm_performed_is_a_row_with_the_stale_context_it_left() {
     // `P`: the policies before 0aa1837533e5 kept the 4-level context, v5.14 on re-initialised.
     press(&mut app, "P");
     let s = screen(&app, 160, 48);
-    for text in ["v5.9      no trigger", "STALE", "v5.14     re-init", "root_level 0 nonpaging"] {
+    for text in [
+        "v5.9      no trigger",
+        "STALE",
+        "v5.14     re-init",
+        "root_level 0 nonpaging",
+    ] {
         assert!(s.contains(text), "{text:?} missing:\n{s}");
     }
 }

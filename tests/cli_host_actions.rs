@@ -7,15 +7,11 @@
 //! check, exit status 2), or a host that refuses an action.
 
 mod common;
-use common::{mmurr, text};
+use common::{declared_verdicts, mmurr, shown_verdicts, text};
 use guests::catalogue;
 use guests::model::{guest, scripts, Action, Script, Shows};
-use std::collections::BTreeSet;
 use std::path::Path;
 use traces::{EndReason, EventKind, Reader, Record};
-
-/// `(policy, action index, verdict)`.
-type Verdict = (String, usize, String);
 
 /// The MMU inputs of a trace, in order: control-register writes and host actions.
 fn inputs(path: &Path) -> Vec<EventKind> {
@@ -46,9 +42,9 @@ fn model_inputs(script: &Script) -> Vec<EventKind> {
         .collect()
 }
 
-/// What `check --json` on a recording shows, keyed by the script's action index: the k-th
-/// input of the trace is the k-th action that is not a store.
-fn shown(report: &serde_json::Value, script: &Script) -> BTreeSet<Verdict> {
+/// The script's action index of each step of a recording that is an MMU input: the k-th
+/// input of the trace (`check --decisions` lists them) is the k-th action that is not a store.
+fn action_of(report: &serde_json::Value, script: &Script) -> impl Fn(u64) -> usize {
     let steps: Vec<u64> = report["decisions"]
         .as_array()
         .expect("decisions (--decisions)")
@@ -59,51 +55,14 @@ fn shown(report: &serde_json::Value, script: &Script) -> BTreeSet<Verdict> {
         .filter(|&i| !matches!(script.actions[i], Action::Store { .. }))
         .collect();
     assert_eq!(steps.len(), actions.len(), "{}: {report:#}", script.name);
-    let at = |step: u64| actions[steps.iter().position(|&s| s == step).unwrap()];
-    let declared: BTreeSet<(usize, Shows)> = script
-        .expects
-        .iter()
-        .filter(|e| !e.shows.is_finding())
-        .map(|e| (e.at, e.shows))
-        .collect();
-    let mut out: BTreeSet<Verdict> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["policy"].as_str().unwrap().to_string(),
-                at(f["step"].as_u64().unwrap()),
-                f["kind"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    for d in report["decisions"].as_array().unwrap() {
-        let a = at(d["step"].as_u64().unwrap());
-        for p in d["policies"].as_array().unwrap() {
-            for (shows, on) in [
-                (Shows::NoReset, p["reset"] == false),
-                (Shows::RootKept, p["current_root_freed"] == false),
-            ] {
-                if on && declared.contains(&(a, shows)) {
-                    out.insert((
-                        p["policy"].as_str().unwrap().to_string(),
-                        a,
-                        shows.name().into(),
-                    ));
-                }
-            }
-        }
-    }
-    out
+    move |step| actions[steps.iter().position(|&s| s == step).unwrap()]
 }
 
-fn declared(script: &Script) -> BTreeSet<Verdict> {
-    script
-        .expected()
-        .into_iter()
-        .map(|o| (o.policy.to_string(), o.at, o.shows.name().to_string()))
-        .collect()
+/// `name`'s row of the README's table says it runs on `backend` here exactly when it did.
+fn assert_table_says(name: &'static str, backend: &str, ran: &Ran) {
+    let table = catalogue::backends(&catalogue::Repro::Model(name));
+    let reproduced = matches!(ran, Ran::Reproduced);
+    assert_eq!(table.contains(backend), reproduced, "{name}: {table}");
 }
 
 /// How a backend ran a script here.
@@ -188,8 +147,8 @@ fn run(script: &Script, backend: &str, dir: &Path) -> Ran {
     let report: serde_json::Value = serde_json::from_slice(&check.stdout)
         .unwrap_or_else(|e| panic!("{name}: {e}: {}", text(&check.stderr)));
     assert_eq!(
-        shown(&report, script),
-        declared(script),
+        shown_verdicts(&report, script, &action_of(&report, script)),
+        declared_verdicts(script),
         "{name} on {backend}: {report:#}"
     );
     let bugs = script
@@ -231,13 +190,7 @@ fn every_script_without_an_l2_runs_on_emu_with_its_declared_verdicts() {
             continue;
         }
         let ran = run(&script, "emu", dir.path());
-        // The README's table says where each runs here.
-        let table = catalogue::backends(&catalogue::Repro::Model(name));
-        assert_eq!(
-            table.contains("emu"),
-            matches!(ran, Ran::Reproduced),
-            "{name}: {table}"
-        );
+        assert_table_says(name, "emu", &ran);
         match ran {
             Ran::Reproduced => reproduced.push(*name),
             // TCG implements no PCID (QEMU's TCG CPU models filter it out).
@@ -269,12 +222,7 @@ fn on_kvm_the_host_performs_the_actions_it_allows_and_names_the_ones_it_refuses(
             continue;
         }
         let ran = run(&script, "kvm", dir.path());
-        let table = catalogue::backends(&catalogue::Repro::Model(name));
-        assert_eq!(
-            table.contains("kvm here"),
-            matches!(ran, Ran::Reproduced),
-            "{name}: {table}"
-        );
+        assert_table_says(name, "kvm here", &ran);
         match ran {
             Ran::Reproduced => reproduced.push(*name),
             Ran::MissingFeature(f) => eprintln!("{name}: this host's KVM offers no {f:?}"),

@@ -3,47 +3,8 @@
 //! open the trace or say why they cannot use it.
 
 mod common;
-use common::{mmurr, text};
-use guests::model::{scripts, Shows};
-use std::collections::BTreeSet;
-
-/// `(policy, action index, verdict)`.
-type Verdict = (String, usize, String);
-
-/// What `check --json` on a model trace shows: every finding, and the decisions (`no-reset`,
-/// `root-kept`) at the actions the script declares them for.
-fn shown(
-    report: &serde_json::Value,
-    declared_decisions: &BTreeSet<(usize, Shows)>,
-) -> BTreeSet<Verdict> {
-    let at = |v: &serde_json::Value| v["step"].as_u64().unwrap() as usize - 1;
-    let mut out: BTreeSet<Verdict> = report["findings"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| {
-            (
-                f["policy"].as_str().unwrap().to_string(),
-                at(f),
-                f["kind"].as_str().unwrap().to_string(),
-            )
-        })
-        .collect();
-    for action in report["decisions"].as_array().into_iter().flatten() {
-        for p in action["policies"].as_array().unwrap() {
-            let policy = p["policy"].as_str().unwrap().to_string();
-            for (shows, on) in [
-                (Shows::NoReset, p["reset"] == false),
-                (Shows::RootKept, p["current_root_freed"] == false),
-            ] {
-                if on && declared_decisions.contains(&(at(action), shows)) {
-                    out.insert((policy.clone(), at(action), shows.name().to_string()));
-                }
-            }
-        }
-    }
-    out
-}
+use common::{declared_verdicts, mmurr, shown_verdicts, text};
+use guests::model::scripts;
 
 #[test]
 fn check_on_every_model_scenarios_trace_gives_exactly_its_declared_verdicts() {
@@ -61,20 +22,10 @@ fn check_on_every_model_scenarios_trace_gives_exactly_its_declared_verdicts() {
         let report: serde_json::Value = serde_json::from_slice(&out.stdout)
             .unwrap_or_else(|e| panic!("{name}: {e}: {}", text(&out.stderr)));
         assert_eq!(report["flavour"], script.flavour.name(), "{name}");
-        let declared_decisions: BTreeSet<(usize, Shows)> = script
-            .expects
-            .iter()
-            .filter(|e| !e.shows.is_finding())
-            .map(|e| (e.at, e.shows))
-            .collect();
-        let want: BTreeSet<Verdict> = script
-            .expected()
-            .into_iter()
-            .map(|o| (o.policy.to_string(), o.at, o.shows.name().to_string()))
-            .collect();
+        // Step `n` of a model trace is action `n - 1`.
         assert_eq!(
-            shown(&report, &declared_decisions),
-            want,
+            shown_verdicts(&report, &script, &|step| step as usize - 1),
+            declared_verdicts(&script),
             "{name}: {report:#}"
         );
         // The same exit status as the script run, from the same findings.

@@ -41,12 +41,7 @@ impl EmuBackend {
             HostAction::NestedVmrun { .. }
             | HostAction::SetNestedState { .. }
             | HostAction::VmEntryEpt { .. }
-            | HostAction::VmExit { .. } => {
-                return Err(BackendError::HostUnsupported(format!(
-                    "{} needs a guest hypervisor running an L2, which mmurr-emu does not run",
-                    action.name()
-                )))
-            }
+            | HostAction::VmExit { .. } => return Err(recorder::host_actions::needs_an_l2(action)),
         }
         self.set_regs(&regs)
     }

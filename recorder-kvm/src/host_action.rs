@@ -6,7 +6,7 @@ use crate::regs::kvm_sregs_of;
 use kvm_bindings::{kvm_msi, kvm_msr_entry, Msrs, KVM_MAX_CPUID_ENTRIES, KVM_VCPUEVENT_VALID_SMM};
 use kvm_ioctls::{VcpuFd, VmFd};
 use recorder::BackendError;
-use traces::{CpuidEntry, Regs};
+use traces::Regs;
 
 const MSR_EFER: u32 = 0xc000_0080;
 /// The local APICs' MSI window and the INIT delivery mode (SDM vol. 3A, 11.11).
@@ -54,19 +54,7 @@ pub fn set_cpuid(vcpu: &VcpuFd, cpu: &mmu::CpuModel) -> Result<(), BackendError>
     let mut kvm_table = vcpu
         .get_cpuid2(KVM_MAX_CPUID_ENTRIES)
         .map_err(|e| BackendError::Other(format!("KVM_GET_CPUID2: {e}")))?;
-    let current: Vec<CpuidEntry> = kvm_table
-        .as_slice()
-        .iter()
-        .map(|e| CpuidEntry {
-            function: e.function,
-            index: e.index,
-            eax: e.eax,
-            ebx: e.ebx,
-            ecx: e.ecx,
-            edx: e.edx,
-        })
-        .collect();
-    let patched = insn::with_cpu_model(&current, cpu);
+    let patched = insn::with_cpu_model(&crate::vcpu::cpuid_entries(&kvm_table), cpu);
     for e in kvm_table.as_mut_slice() {
         if let Some(p) = patched
             .iter()

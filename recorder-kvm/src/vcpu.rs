@@ -470,7 +470,7 @@ fn ioctl_err(what: &'static str) -> impl Fn(kvm_ioctls::Error) -> BackendError {
     move |e| BackendError::Other(format!("{what}: {e}"))
 }
 
-fn cpuid_entries(cpuid: &CpuId) -> Vec<CpuidEntry> {
+pub(crate) fn cpuid_entries(cpuid: &CpuId) -> Vec<CpuidEntry> {
     cpuid
         .as_slice()
         .iter()
@@ -814,12 +814,7 @@ impl Backend for KvmBackend {
             HostAction::NestedVmrun { .. }
             | HostAction::SetNestedState { .. }
             | HostAction::VmEntryEpt { .. }
-            | HostAction::VmExit { .. } => {
-                return Err(BackendError::HostUnsupported(format!(
-                    "{} needs a guest hypervisor running an L2; mmurr's guests run none",
-                    action.name()
-                )))
-            }
+            | HostAction::VmExit { .. } => return Err(recorder::host_actions::needs_an_l2(action)),
         }
         // The sync-regs area holds the state before the ioctl until the next KVM_RUN.
         self.synced = false;

@@ -20,6 +20,16 @@ pub fn sregs_loaded(regs: &Regs, l: &LoadedRegs) -> Regs {
     r
 }
 
+/// Why no backend performs `action`, an L2's entry or exit (the guest's own, not the VMM's):
+/// no guest here runs a hypervisor with an L2.
+pub fn needs_an_l2(action: &HostAction) -> crate::BackendError {
+    crate::BackendError::HostUnsupported(format!(
+        "{} is an L2's entry or exit, which needs a guest hypervisor running an L2; no guest \
+         here runs one (its scenarios are model-level)",
+        action.name()
+    ))
+}
+
 /// The index of the first action due before the next instruction: after `step` steps, with
 /// the vCPU about to run the instruction at linear address `rip`.
 pub(crate) fn due(actions: &[HostActionAt], step: u64, rip: u64) -> Option<usize> {

@@ -79,3 +79,59 @@ pub fn emu_executable() -> PathBuf {
     );
     emu
 }
+
+/// `(policy, action index, verdict)`: what a model-level script declares and `check` shows.
+pub type Verdict = (String, usize, String);
+
+/// The verdicts `script` declares.
+pub fn declared_verdicts(script: &guests::model::Script) -> std::collections::BTreeSet<Verdict> {
+    script
+        .expected()
+        .into_iter()
+        .map(|o| (o.policy.to_string(), o.at, o.shows.name().to_string()))
+        .collect()
+}
+
+/// What `check --json` shows of `script`'s verdicts: every finding, and the decisions
+/// (`no-reset`, `root-kept`) at the actions the script declares them for. `action` maps a
+/// step of the trace to the script's action index.
+pub fn shown_verdicts(
+    report: &serde_json::Value,
+    script: &guests::model::Script,
+    action: &dyn Fn(u64) -> usize,
+) -> std::collections::BTreeSet<Verdict> {
+    use guests::model::Shows;
+    let declared: std::collections::BTreeSet<(usize, Shows)> = script
+        .expects
+        .iter()
+        .filter(|e| !e.shows.is_finding())
+        .map(|e| (e.at, e.shows))
+        .collect();
+    let at = |v: &serde_json::Value| action(v["step"].as_u64().unwrap());
+    let mut out: std::collections::BTreeSet<Verdict> = report["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| {
+            (
+                f["policy"].as_str().unwrap().to_string(),
+                at(f),
+                f["kind"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    for d in report["decisions"].as_array().into_iter().flatten() {
+        for p in d["policies"].as_array().unwrap() {
+            for (shows, on) in [
+                (Shows::NoReset, p["reset"] == false),
+                (Shows::RootKept, p["current_root_freed"] == false),
+            ] {
+                if on && declared.contains(&(at(d), shows)) {
+                    let policy = p["policy"].as_str().unwrap().to_string();
+                    out.insert((policy, at(d), shows.name().to_string()));
+                }
+            }
+        }
+    }
+    out
+}

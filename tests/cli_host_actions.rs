@@ -238,6 +238,29 @@ fn on_kvm_the_host_performs_the_actions_it_allows_and_names_the_ones_it_refuses(
             }
         }
     }
+    // `auto` records a scenario whose host action this host refuses on emu, and says why.
+    if host
+        .refuses(&traces::HostAction::SetCpuid(Default::default()))
+        .is_some()
+    {
+        let out = mmurr(
+            &[
+                "record",
+                "--scenario",
+                "cpuid-maxphyaddr",
+                "-q",
+                "-o",
+                "auto.mmurr",
+            ],
+            dir.path(),
+        );
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("backend emu") && err.contains("takes a host action KVM refuses here"),
+            "{err}"
+        );
+        assert_eq!(out.status.code(), Some(1), "{err}");
+    }
     // Guest writes, KVM_SET_SREGS out of long mode, KVM_SET_MSRS with paging on, INIT (then
     // the reset vector's ROM, a read-only memory slot).
     for name in [

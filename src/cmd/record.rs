@@ -93,8 +93,9 @@ fn needs_on(guest: &BuiltGuest, cpus: u32) -> Option<Vec<traces::PagingMode>> {
 }
 
 /// `auto`: kvm when the probe says this host runs every paging mode the guest needs on its
-/// vCPUs (unknown needs, as for --image and --kernel, count as runnable) and the kvm backend
-/// maps all of the guest's memory, else emu.
+/// vCPUs (unknown needs, as for --image and --kernel, count as runnable) and performs every
+/// host action its scenario takes, and the kvm backend maps all of the guest's memory, else
+/// emu.
 pub fn choose_backend(
     choice: BackendChoice,
     guest: &BuiltGuest,
@@ -134,12 +135,21 @@ pub fn choose_backend(
                 .unwrap_or(&[])
                 .iter()
                 .find_map(|&m| host.cannot_run(m));
-            Ok(match blocked {
-                Some(why) => BackendChoiceMade {
+            // A host action this host's KVM refuses (KVM_SET_CPUID2 after KVM_RUN).
+            let refused = guest
+                .host_actions
+                .iter()
+                .find_map(|a| host.refuses(&a.action.resolve(&mmu::CpuModel::default_x86_64())));
+            Ok(match (blocked, refused) {
+                (Some(why), _) => BackendChoiceMade {
                     kind: Chosen::Emu,
                     reason: format!("{label} needs a mode KVM cannot run here: {why}"),
                 },
-                None => BackendChoiceMade {
+                (None, Some(why)) => BackendChoiceMade {
+                    kind: Chosen::Emu,
+                    reason: format!("{label} takes a host action KVM refuses here: {why}"),
+                },
+                (None, None) => BackendChoiceMade {
                     kind: Chosen::Kvm,
                     reason: format!("{} runs {} here", host.engine(), host.runs_summary()),
                 },

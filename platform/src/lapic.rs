@@ -139,6 +139,25 @@ impl Default for Lapic {
     }
 }
 
+/// The vector a local APIC with these IRR, ISR and TPR presents to its CPU (enabled, and
+/// interrupts on): the highest requested one whose priority class is above the processor
+/// priority's, PPR = max(TPR, the highest in service) by class (SDM vol. 3A, 11.8.3.1). The one
+/// rule for the emulated APIC ([`Lapic::pending`]) and for KVM's (the kvm backend's wake test
+/// of a halted vCPU, from its KVM_GET_LAPIC page).
+pub fn presentable(irr: &[u32; 8], isr: &[u32; 8], tpr: u32) -> Option<u8> {
+    let v = highest(irr)?;
+    ((v as u32 & 0xf0) > (ppr(isr, tpr) & 0xf0)).then_some(v)
+}
+
+fn ppr(isr: &[u32; 8], tpr: u32) -> u32 {
+    let isrv = highest(isr).map_or(0, u32::from);
+    if (tpr & 0xf0) >= (isrv & 0xf0) {
+        tpr & 0xff
+    } else {
+        isrv & 0xf0
+    }
+}
+
 fn highest(bits: &[u32; 8]) -> Option<u8> {
     (0..8).rev().find_map(|i| {
         let w = bits[i];
@@ -178,12 +197,7 @@ impl Lapic {
     }
 
     fn ppr(&self) -> u32 {
-        let isrv = highest(&self.isr).map_or(0, u32::from);
-        if (self.tpr & 0xf0) >= (isrv & 0xf0) {
-            self.tpr & 0xff
-        } else {
-            isrv & 0xf0
-        }
+        ppr(&self.isr, self.tpr)
     }
 
     /// A fixed interrupt arrives (from the IOAPIC, an IPI or an LVT): IRR, and TMR for level.
@@ -200,8 +214,7 @@ impl Lapic {
         if !self.hw_enabled() || !self.sw_enabled() {
             return None;
         }
-        let v = highest(&self.irr)?;
-        ((v as u32 & 0xf0) > (self.ppr() & 0xf0)).then_some(v)
+        presentable(&self.irr, &self.isr, self.tpr)
     }
 
     /// The CPU takes the pending vector: IRR to ISR.

@@ -107,12 +107,9 @@ fn lapic_reg(regs: &[std::os::raw::c_char], offset: usize) -> u32 {
     u32::from_le_bytes([b(0), b(1), b(2), b(3)])
 }
 
-/// The highest vector set in a 256-bit LAPIC register (ISR, IRR) at `offset`.
-fn highest_vector(regs: &[std::os::raw::c_char], offset: usize) -> Option<u32> {
-    (0..8).rev().find_map(|i| {
-        let word = lapic_reg(regs, offset + 0x10 * i);
-        (word != 0).then(|| 32 * i as u32 + 31 - word.leading_zeros())
-    })
+/// A 256-bit LAPIC register (ISR, IRR) at `offset`, as eight 32-bit words (one per 16 bytes).
+fn vector_bits(regs: &[std::os::raw::c_char], offset: usize) -> [u32; 8] {
+    std::array::from_fn(|i| lapic_reg(regs, offset + 0x10 * i))
 }
 
 /// Whether KVM_RUN on a halted vCPU returns promptly: an NMI is pending, or with RFLAGS.IF set
@@ -130,8 +127,8 @@ pub fn halted_wakes(fd: &VcpuFd, regs: &Regs, pic_pending: bool) -> bool {
         return false;
     };
     let r = &lapic.regs[..];
-    let ppr_class = (lapic_reg(r, TPR) & 0xf0).max(highest_vector(r, ISR).unwrap_or(0) & 0xf0);
-    if highest_vector(r, IRR).is_some_and(|v| v & 0xf0 > ppr_class) {
+    let (irr, isr) = (vector_bits(r, IRR), vector_bits(r, ISR));
+    if platform::lapic::presentable(&irr, &isr, lapic_reg(r, TPR)).is_some() {
         return true;
     }
     let lint0 = lapic_reg(r, LVT_LINT0);
@@ -185,11 +182,15 @@ mod tests {
     }
 
     #[test]
-    fn the_highest_vector_of_a_lapic_bitmap() {
+    fn a_lapic_pages_vector_bitmap_and_its_priority() {
         let mut regs = [0 as std::os::raw::c_char; 1024];
-        assert_eq!(highest_vector(&regs, IRR), None);
+        assert_eq!(vector_bits(&regs, IRR), [0; 8]);
         regs[IRR + 0x10 * 2] = 0x01; // vector 64
         regs[IRR + 0x10] = 0x80u8 as std::os::raw::c_char; // vector 39
-        assert_eq!(highest_vector(&regs, IRR), Some(64));
+        let irr = vector_bits(&regs, IRR);
+        assert_eq!(irr[1..3], [1 << 7, 1]);
+        assert_eq!(platform::lapic::presentable(&irr, &[0; 8], 0), Some(64));
+        // TPR class 4 masks vector 64 (class 4) but not a class-5 one.
+        assert_eq!(platform::lapic::presentable(&irr, &[0; 8], 0x40), None);
     }
 }

@@ -219,6 +219,7 @@ fn position(c: &mut Criterion) {
                 None,
                 None,
                 None,
+                &[],
                 &view,
             );
             view.step

@@ -105,6 +105,9 @@ pub struct App {
     pub events: EventIndex,
     pub events_loaded: bool,
     pub history: Option<MmuHistory>,
+    /// The steps in which the VMM acted on the vCPU (host actions) and no instruction ran,
+    /// ascending: known once the history is.
+    host_steps: Vec<Step>,
     pub history_error: Option<String>,
     /// Every policy's decision and trackers at [`App::current_write`] (that write's index
     /// with it), recomputed by the analysis when the write changes: the analysis keeps only
@@ -189,6 +192,7 @@ impl App {
             progress: None,
             events_loaded: false,
             history: None,
+            host_steps: Vec::new(),
             history_error: None,
             detail: None,
             filter: Filter::default(),
@@ -304,6 +308,14 @@ impl App {
                 if !self.policy_chosen {
                     self.policy = h.default_policy();
                 }
+                self.host_steps = h
+                    .analysis
+                    .writes
+                    .iter()
+                    .filter(|w| matches!(w.cause, history::Cause::Host(a) if a.is_vmm()))
+                    .map(|w| w.event.step)
+                    .collect();
+                self.host_steps.sort_unstable();
                 self.history = Some(*h);
                 self.progress = None;
                 self.refresh();
@@ -1021,6 +1033,7 @@ impl App {
             Some(vcpu),
             self.walk_address,
             kept,
+            &self.host_steps,
             &self.view,
         );
         if let Some(e) = &view.error {

@@ -55,7 +55,9 @@ pub struct PositionView {
 impl PositionView {
     /// The panels at `step` for vCPU `vcpu` (`None`: the one that executed the step);
     /// `previous` is the view being replaced (its work is reused when moving one step
-    /// forward). `kept` is the selected policy's context of that vCPU.
+    /// forward). `kept` is the selected policy's context of that vCPU. `host_steps` (sorted)
+    /// are the steps of host actions, in which no instruction ran.
+    #[allow(clippy::too_many_arguments)]
     pub fn compute<R: Read + Seek>(
         timeline: &mut Timeline<R>,
         cpu: &CpuModel,
@@ -63,6 +65,7 @@ impl PositionView {
         vcpu: Option<u32>,
         walk_address: Option<u64>,
         kept: Option<(&'static str, MmuContext)>,
+        host_steps: &[Step],
         previous: &PositionView,
     ) -> PositionView {
         // A model-level scenario's trace: its steps are a script's actions, not instructions.
@@ -77,7 +80,7 @@ impl PositionView {
         } else if incremental.is_some() || previous.step == Some(step) {
             previous.recent.clone()
         } else {
-            match recent_instructions(timeline, cpu, step) {
+            match recent_instructions(timeline, cpu, step, host_steps) {
                 Ok(r) => r,
                 Err(e) => return PositionView::failed(e),
             }
@@ -87,7 +90,7 @@ impl PositionView {
             Err(e) => return PositionView::failed(e.to_string()),
         };
         let mut recent = recent;
-        if let Some(before) = incremental {
+        if let Some(before) = incremental.filter(|_| host_steps.binary_search(&step).is_err()) {
             if recent.len() as u64 >= LOOKBACK {
                 recent.remove(0);
             }
@@ -176,18 +179,22 @@ impl Executed {
 }
 
 /// The last [`LOOKBACK`] instructions up to `step`, oldest first, each with the accesses it
-/// made (computed from the state before it ran). One seek, then single steps forward.
+/// made (computed from the state before it ran). One seek, then single steps forward; the
+/// steps of host actions (`host_steps`) ran none.
 fn recent_instructions<R: Read + Seek>(
     timeline: &mut Timeline<R>,
     cpu: &CpuModel,
     step: Step,
+    host_steps: &[Step],
 ) -> Result<Vec<Executed>, String> {
     let first = step.saturating_sub(LOOKBACK);
     let mut before = timeline.seek(first).map_err(|e| e.to_string())?.clone();
     let mut out = Vec::new();
     for s in first + 1..=step {
         let after = timeline.seek(s).map_err(|e| e.to_string())?.clone();
-        out.push(Executed::of(&before, &after, cpu));
+        if host_steps.binary_search(&s).is_err() {
+            out.push(Executed::of(&before, &after, cpu));
+        }
         before = after;
     }
     Ok(out)

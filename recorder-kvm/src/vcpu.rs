@@ -25,6 +25,8 @@ const TSS_ADDRESS: usize = 0xfffb_d000;
 const MAX_RAM: u64 = 3 << 30;
 /// The memory slot of guest RAM.
 const RAM_SLOT: u32 = 0;
+/// CPUID leaf of KVM's paravirtual features (Documentation/virt/kvm/x86/cpuid.rst).
+const KVM_CPUID_FEATURES: u32 = 0x4000_0001;
 const PAGE_SHIFT: u32 = 12;
 /// Dirty-ring size: 4096 entries. A step publishes a handful (its writes, the A/D bits of a
 /// walk) and the ring is reset at least every `dirty::HOT_REPORTS` steps.
@@ -581,6 +583,16 @@ impl Backend for KvmBackend {
             .kvm
             .get_supported_cpuid(KVM_MAX_CPUID_ENTRIES)
             .map_err(ioctl_err("KVM_GET_SUPPORTED_CPUID"))?;
+        // KVM's paravirtual features (kvmclock, steal time, async page faults, PV EOI: leaf
+        // KVM_CPUID_FEATURES' EAX) let KVM write guest memory on its own, outside any
+        // instruction and with the host's time: no recorded input could replay that, and a
+        // trace of a guest that uses them would not re-execute. The guest still sees KVM's
+        // signature, without them.
+        for e in cpuid.as_mut_slice() {
+            if e.function == KVM_CPUID_FEATURES {
+                e.eax = 0;
+            }
+        }
         if !guest.cpuid.is_empty() {
             // The trace's CPUID wins (verify re-runs a trace with the CPUID it recorded).
             for e in cpuid.as_mut_slice() {

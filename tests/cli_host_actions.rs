@@ -10,6 +10,7 @@ mod common;
 use common::{declared_verdicts, mmurr, shown_verdicts, text};
 use guests::catalogue;
 use guests::model::{guest, scripts, Action, Script, Shows};
+use std::collections::BTreeSet;
 use std::path::Path;
 use traces::{EndReason, EventKind, Reader, Record};
 
@@ -352,4 +353,113 @@ fn re_executing_kvms_init_on_emu_finds_only_the_cr0_it_left() {
         1,
         "{s}"
     );
+}
+
+/// INIT from the host to an AP in long mode (`--host-action step=N,vcpu=1:init`, as a VMM
+/// unplugging a CPU does), on both backends: the recorder switches to vCPU 1 for it, the AP
+/// then waits for a startup IPI while the BSP finishes, `check` shows the stale context on
+/// vCPU 1 under exactly the policies `init-long-mode` declares (before 0aa1837533e5, #15),
+/// and `verify` performs the INIT again on the same vCPU.
+#[test]
+fn an_init_from_the_host_leaves_the_aps_policies_stale_on_both_backends() {
+    let dir = tempfile::tempdir().unwrap();
+    // kvm where it is usable (required under MMURR_REQUIRE_KVM=1, as everywhere).
+    let kvm = !recorder::test_support::skip_without_kvm(recorder::test_support::kvm_unusable());
+    let backends: &[&str] = if kvm { &["emu", "kvm"] } else { &["emu"] };
+    let declared: BTreeSet<String> =
+        guests::catalogue::policies_showing(&catalogue::Repro::Model("init-long-mode"))
+            .into_iter()
+            .flat_map(|(_, p)| p)
+            .map(str::to_string)
+            .collect();
+    for backend in backends {
+        let base = [
+            "record",
+            "--scenario",
+            "smp-bringup",
+            "--cpus",
+            "2",
+            "--backend",
+            backend,
+        ];
+        // Once the BSP is in long mode, AP 1 has done its part and parked.
+        let plain = format!("{backend}-plain.mmurr");
+        let mut args = base.to_vec();
+        args.extend(["-q", "-o", &plain]);
+        mmurr(&args, dir.path());
+        let bsp_long = events(&dir.path().join(&plain))
+            .into_iter()
+            .filter(|(v, _, k)| {
+                *v == 0 && matches!(k, EventKind::Transition { to, .. } if *to == traces::PagingMode::Level4)
+            })
+            .map(|(_, step, _)| step)
+            .next_back()
+            .expect("the BSP enters long mode");
+        let file = format!("{backend}-init.mmurr");
+        let action = format!("step={bsp_long},vcpu=1:init");
+        let mut args = base.to_vec();
+        args.extend([
+            "--flavour",
+            "shadow",
+            "--host-action",
+            &action,
+            "-q",
+            "-o",
+            &file,
+        ]);
+        let out = mmurr(&args, dir.path());
+        assert_eq!(
+            out.status.code(),
+            Some(1),
+            "{backend}: {}",
+            text(&out.stderr)
+        );
+        let init: Vec<(u32, u64)> = events(&dir.path().join(&file))
+            .into_iter()
+            .filter(|(_, _, k)| *k == EventKind::HostAction(traces::HostAction::Init))
+            .map(|(v, s, _)| (v, s))
+            .collect();
+        assert_eq!(init, [(1, bsp_long + 1)], "{backend}");
+        let check = mmurr(&["check", &file, "--json"], dir.path());
+        let report: serde_json::Value = serde_json::from_slice(&check.stdout).unwrap();
+        let stale: BTreeSet<String> = report["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|f| f["kind"] == "stale-context")
+            .inspect(|f| {
+                assert_eq!(
+                    (f["vcpu"].as_u64(), f["step"].as_u64()),
+                    (Some(1), Some(bsp_long + 1))
+                )
+            })
+            .map(|f| f["policy"].as_str().unwrap().to_string())
+            .collect();
+        assert_eq!(stale, declared, "{backend}: {report:#}");
+        let verify = mmurr(&["verify", &file], dir.path());
+        assert_eq!(
+            verify.status.code(),
+            Some(0),
+            "{backend}: {}",
+            text(&verify.stdout)
+        );
+    }
+}
+
+/// Every event of a trace as (vCPU, step, kind).
+fn events(path: &Path) -> Vec<(u32, u64, EventKind)> {
+    let mut r = Reader::open(path).unwrap();
+    let mut parked = traces::Parked::new(r.header().vcpu_count());
+    let mut regs = traces::Regs::default();
+    let mut out = Vec::new();
+    for rec in r.records() {
+        match rec.unwrap() {
+            Record::Event(e) => out.push((parked.current(), e.step, e.kind)),
+            rec @ (Record::Vcpu(_) | Record::Vcpus(_)) => {
+                parked.observe(&rec, &mut regs).unwrap();
+            }
+            _ => {}
+        }
+    }
+    out
 }

@@ -128,11 +128,13 @@ pub struct RecordFlags {
     /// wait for INIT-SIPI; the recorder runs them one instruction each, round robin.
     #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=64))]
     pub cpus: u32,
-    /// A host action the VMM performs on the vCPU (repeatable), after a scenario's own:
+    /// A host action the VMM performs on a vCPU (repeatable), after a scenario's own:
     /// WHEN:ACTION, WHEN = step=N (after N steps) or rip=ADDR (before the instruction at linear
-    /// address ADDR is first run); ACTION = init, efer=VALUE (KVM_SET_MSRS), sregs=CR0,CR3,CR4,EFER
-    /// (KVM_SET_SREGS) or cpuid=FIELD:VALUE,... (KVM_SET_CPUID2; fields maxphyaddr, amd,
-    /// gbpages, la57, pku, smep, smap, nx, pcid). E.g. `--host-action step=5000:efer=0xd01`.
+    /// address ADDR is first run), optionally followed by ,vcpu=N (default: the vCPU about to
+    /// run); ACTION = init, efer=VALUE (KVM_SET_MSRS), sregs=CR0,CR3,CR4,EFER (KVM_SET_SREGS) or
+    /// cpuid=FIELD:VALUE,... (KVM_SET_CPUID2; fields maxphyaddr, amd, gbpages, la57, pku, smep,
+    /// smap, nx, pcid). E.g. `--host-action step=5000:efer=0xd01`,
+    /// `--host-action step=147,vcpu=1:init`.
     #[arg(long = "host-action", value_name = "WHEN:ACTION", value_parser = host_action)]
     pub host_action: Vec<String>,
 }

@@ -84,19 +84,23 @@ impl PlannedAction {
     }
 }
 
-/// One host action and when it happens.
+/// One host action, when it happens, and on which vCPU.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct HostActionAt {
     pub at: Trigger,
     pub action: PlannedAction,
+    /// The vCPU it acts on (`vcpu=N`): at a step the recorder switches to it; a RIP is that
+    /// vCPU's. `None`: the vCPU about to run.
+    pub vcpu: Option<u32>,
 }
 
 /// A `--host-action` that does not parse.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error(
     "--host-action {spec:?}: {why}; the form is WHEN:ACTION, WHEN = step=N | rip=ADDR, \
-         ACTION = init | efer=VALUE | sregs=CR0,CR3,CR4,EFER | cpuid=FIELD:VALUE,... (fields \
-         maxphyaddr, amd, gbpages, la57, pku, smep, smap, nx, pcid)"
+         optionally followed by ,vcpu=N; ACTION = init | efer=VALUE | sregs=CR0,CR3,CR4,EFER \
+         | cpuid=FIELD:VALUE,... (fields maxphyaddr, amd, gbpages, la57, pku, smep, smap, nx, \
+         pcid)"
 )]
 pub struct HostActionError {
     pub spec: String,
@@ -121,6 +125,17 @@ impl std::str::FromStr for HostActionAt {
         let (when, what) = spec
             .split_once(':')
             .ok_or_else(|| err("no `:` between WHEN and ACTION".into()))?;
+        let (when, vcpu) = match when.split_once(',') {
+            Some((w, v)) => {
+                let n = v
+                    .strip_prefix("vcpu=")
+                    .and_then(number)
+                    .and_then(|n| u32::try_from(n).ok())
+                    .ok_or_else(|| err(format!("{v:?} after WHEN is not vcpu=N")))?;
+                (w, Some(n))
+            }
+            None => (when, None),
+        };
         let at = match when.split_once('=') {
             Some(("step", n)) => {
                 Trigger::Step(number(n).ok_or_else(|| err(format!("step {n:?} is not a number")))?)
@@ -154,7 +169,7 @@ impl std::str::FromStr for HostActionAt {
             "cpuid" => PlannedAction::Cpuid(cpuid_change(value).map_err(err)?),
             _ => return Err(err(format!("unknown ACTION {what:?}"))),
         };
-        Ok(HostActionAt { at, action })
+        Ok(HostActionAt { at, action, vcpu })
     }
 }
 
@@ -193,9 +208,13 @@ fn cpuid_change(value: &str) -> Result<CpuidChange, String> {
 impl std::fmt::Display for HostActionAt {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.at {
-            Trigger::Step(n) => write!(f, "step={n}:")?,
-            Trigger::Rip(a) => write!(f, "rip={a:#x}:")?,
+            Trigger::Step(n) => write!(f, "step={n}")?,
+            Trigger::Rip(a) => write!(f, "rip={a:#x}")?,
         }
+        if let Some(v) = self.vcpu {
+            write!(f, ",vcpu={v}")?;
+        }
+        f.write_str(":")?;
         match self.action {
             PlannedAction::Exact(HostAction::Init) => write!(f, "init"),
             PlannedAction::Exact(HostAction::SetMsrEfer { value }) => write!(f, "efer={value:#x}"),
@@ -247,6 +266,7 @@ mod tests {
             "rip=0x180004:efer=0x500",
             "step=0:sregs=0x80000011,0x1000,0x20,0x500",
             "rip=0x10:cpuid=maxphyaddr:40,amd:1",
+            "step=900,vcpu=1:init",
         ] {
             let a: HostActionAt = spec.parse().unwrap();
             assert_eq!(a.to_string(), spec);
@@ -267,6 +287,7 @@ mod tests {
             ("step=1:cpuid=amd:2", "a flag"),
             ("step=1:cpuid=maxphyaddr:60", "outside"),
             ("step=1:cpuid=avx:1", "unknown cpuid field"),
+            ("step=1,cpu=2:init", "not vcpu=N"),
         ] {
             let e = bad.parse::<HostActionAt>().unwrap_err();
             assert!(e.to_string().contains(why), "{bad}: {e}");

@@ -183,7 +183,13 @@ impl Backend for SmpBackend {
     }
 
     fn host_action(&mut self, action: &traces::HostAction) -> Result<(), BackendError> {
-        self.cpus[self.cur].host_action(action)
+        self.cpus[self.cur].host_action(action)?;
+        // INIT leaves an AP waiting for a startup IPI (`kvm_apic_accept_events`); the BSP
+        // runs on from the reset vector.
+        if *action == traces::HostAction::Init && self.cur != 0 {
+            self.set_mp_state(self.cur, MpState::InitReceived);
+        }
+        Ok(())
     }
 
     fn engine_translation(&mut self, gva: u64, access: mmu::Access) -> Option<Option<u64>> {

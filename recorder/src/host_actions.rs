@@ -31,11 +31,12 @@ pub fn needs_an_l2(action: &HostAction) -> crate::BackendError {
 }
 
 /// The index of the first action due before the next instruction: after `step` steps, with
-/// the vCPU about to run the instruction at linear address `rip`.
-pub(crate) fn due(actions: &[HostActionAt], step: u64, rip: u64) -> Option<usize> {
+/// vCPU `vcpu` about to run the instruction at linear address `rip`. A step's action is due
+/// whichever vCPU runs next (the tracer switches to the one it names); a RIP is its vCPU's.
+pub(crate) fn due(actions: &[HostActionAt], step: u64, vcpu: u32, rip: u64) -> Option<usize> {
     actions.iter().position(|a| match a.at {
         Trigger::Step(n) => step >= n,
-        Trigger::Rip(r) => rip == r,
+        Trigger::Rip(r) => rip == r && a.vcpu.is_none_or(|v| v == vcpu),
     })
 }
 
@@ -56,9 +57,10 @@ pub(crate) fn replayed(inputs: &RecordedInputs) -> Vec<HostActionAt> {
     inputs
         .host_actions
         .iter()
-        .map(|&(step, action)| HostActionAt {
+        .map(|&(step, vcpu, action)| HostActionAt {
             at: Trigger::Step(step.saturating_sub(1)),
             action: PlannedAction::Exact(action),
+            vcpu: Some(vcpu),
         })
         .collect()
 }
@@ -110,23 +112,28 @@ mod tests {
 
     #[test]
     fn runs_stop_at_the_next_step_and_never_pass_a_rip_that_waits() {
-        let list = [at("step=10:init"), at("step=4:efer=0x500")];
-        assert_eq!(due(&list, 3, 0), None);
-        assert_eq!(due(&list, 4, 0), Some(1));
+        let list = [at("step=10:init"), at("step=4,vcpu=1:efer=0x500")];
+        assert_eq!(due(&list, 3, 0, 0), None);
+        assert_eq!(
+            due(&list, 4, 0, 0),
+            Some(1),
+            "the tracer switches to vCPU 1"
+        );
         assert_eq!(run_limit(&list, 1), Some(3));
         assert_eq!(run_limit(&[], 1), None);
-        let rip = [at("rip=0x1000:init")];
+        let rip = [at("rip=0x1000,vcpu=1:init")];
         assert_eq!(run_limit(&rip, 5), Some(0));
-        assert_eq!(due(&rip, 5, 0xfff), None);
-        assert_eq!(due(&rip, 5, 0x1000), Some(0));
+        assert_eq!(due(&rip, 5, 1, 0xfff), None);
+        assert_eq!(due(&rip, 5, 0, 0x1000), None, "vCPU 0 at that RIP");
+        assert_eq!(due(&rip, 5, 1, 0x1000), Some(0));
     }
 
     #[test]
     fn re_execution_performs_each_action_before_the_step_it_was() {
         let inputs = RecordedInputs {
             inputs: Vec::new(),
-            host_actions: vec![(7, HostAction::Init)],
+            host_actions: vec![(7, 1, HostAction::Init)],
         };
-        assert_eq!(replayed(&inputs), vec![at("step=6:init")]);
+        assert_eq!(replayed(&inputs), vec![at("step=6,vcpu=1:init")]);
     }
 }

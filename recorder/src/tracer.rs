@@ -474,7 +474,7 @@ impl<'a> Tracer<'a> {
                 return stop;
             }
             if let Some(action) = self.due_host_action() {
-                match self.host_action_step(action) {
+                match action.map_or_else(Some, |a| self.host_action_step(a)) {
                     Some(stop) => return stop,
                     // The loop re-checks its stop conditions before the next instruction.
                     None => continue,
@@ -1416,14 +1416,23 @@ impl<'a> Tracer<'a> {
         .unwrap_or_default()
     }
 
-    /// The host action due before the next instruction, taken off the list.
-    fn due_host_action(&mut self) -> Option<PlannedAction> {
+    /// The host action due before the next instruction, taken off the list, with the vCPU it
+    /// names made the current one.
+    fn due_host_action(&mut self) -> Option<Result<PlannedAction, Stop>> {
         if self.host_actions.is_empty() {
             return None;
         }
         let rip = ::insn::linear_ip(&self.regs);
-        let i = host_actions::due(&self.host_actions, self.step, rip)?;
-        Some(self.host_actions.remove(i).action)
+        let i = host_actions::due(&self.host_actions, self.step, self.vcpu, rip)?;
+        let due = self.host_actions.remove(i);
+        if let Some(v) = due.vcpu.filter(|&v| v != self.vcpu) {
+            if let Err(stop) = self.switch_to(v) {
+                return Some(Err(stop));
+            }
+            // Its turn starts with the action.
+            self.turn_start = self.step;
+        }
+        Some(Ok(due.action))
     }
 
     /// Performs host action `planned` on the backend as a step of its own: no instruction

@@ -108,7 +108,7 @@ pub fn recorded_inputs<R: Read + Seek>(
                     // The VMM acted before this step: no instruction ran in it.
                     EventKind::HostAction(a) if a.is_vmm() => {
                         p.first = None;
-                        out.host_actions.push((e.step, a));
+                        out.host_actions.push((e.step, parked.current(), a));
                     }
                     _ => {}
                 }

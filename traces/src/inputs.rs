@@ -58,8 +58,8 @@ impl Input {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RecordedInputs {
     pub inputs: Vec<Input>,
-    /// The VMM's actions on the vCPU (`HostAction` events of the guest's VMM, not the guest's
-    /// own nested entries and exits), each with the step it was: re-execution performs them
-    /// before the same steps.
-    pub host_actions: Vec<(Step, crate::HostAction)>,
+    /// The VMM's actions on the vCPUs (`HostAction` events of the guest's VMM, not the guest's
+    /// own nested entries and exits), each with the step it was and the vCPU it acted on:
+    /// re-execution performs them before the same steps, on the same vCPUs.
+    pub host_actions: Vec<(Step, u32, crate::HostAction)>,
 }

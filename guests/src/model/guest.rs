@@ -124,6 +124,7 @@ pub fn scenario(script: &Script) -> Result<Scenario, BuildError> {
                 host_actions.push(HostActionAt {
                     at: Trigger::Rip(next.start()),
                     action: planned,
+                    vcpu: None,
                 });
                 code.push(std::mem::replace(&mut section, next).finish(true)?);
             }

@@ -181,21 +181,26 @@ fn run(script: &Script, backend: &str, dir: &Path) -> Ran {
     Ran::Reproduced
 }
 
+/// The model-level scripts that run as guests (no L2), by name.
+fn script_guests() -> Vec<(&'static str, Script)> {
+    scripts::ALL
+        .iter()
+        .map(|(name, build)| (*name, build()))
+        .filter(|(_, s)| guest::recordable(s))
+        .collect()
+}
+
 #[test]
 fn every_script_without_an_l2_runs_on_emu_with_its_declared_verdicts() {
     let dir = tempfile::tempdir().unwrap();
     let mut reproduced = Vec::new();
-    for (name, build) in scripts::ALL {
-        let script = build();
-        if !guest::recordable(&script) {
-            continue;
-        }
+    for (name, script) in script_guests() {
         let ran = run(&script, "emu", dir.path());
         assert_table_says(name, "emu", &ran);
         match ran {
-            Ran::Reproduced => reproduced.push(*name),
+            Ran::Reproduced => reproduced.push(name),
             // TCG implements no PCID (QEMU's TCG CPU models filter it out).
-            Ran::MissingFeature(f) => assert_eq!((*name, f), ("cr4-pge-pcide", vec!["PCID"])),
+            Ran::MissingFeature(f) => assert_eq!((name, f), ("cr4-pge-pcide", vec!["PCID"])),
             Ran::Refused(why) => panic!("{name}: emu refused: {why}"),
         }
     }
@@ -210,11 +215,7 @@ fn on_kvm_the_host_performs_the_actions_it_allows_and_names_the_ones_it_refuses(
     let host = recorder_kvm::probe();
     let dir = tempfile::tempdir().unwrap();
     let mut reproduced = Vec::new();
-    for (name, build) in scripts::ALL {
-        let script = build();
-        if !guest::recordable(&script) {
-            continue;
-        }
+    for (name, script) in script_guests() {
         let scenario = guest::scenario(&script).unwrap();
         if let Some(why) = scenario.needs.iter().find_map(|&m| host.cannot_run(m)) {
             eprintln!("{name}: not on this host's KVM: {why}");
@@ -225,7 +226,7 @@ fn on_kvm_the_host_performs_the_actions_it_allows_and_names_the_ones_it_refuses(
         let ran = run(&script, "kvm", dir.path());
         assert_table_says(name, "kvm here", &ran);
         match ran {
-            Ran::Reproduced => reproduced.push(*name),
+            Ran::Reproduced => reproduced.push(name),
             Ran::MissingFeature(f) => eprintln!("{name}: this host's KVM offers no {f:?}"),
             Ran::Refused(why) => {
                 let cpuid = script

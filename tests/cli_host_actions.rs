@@ -214,6 +214,13 @@ fn on_kvm_the_host_performs_the_actions_it_allows_and_names_the_ones_it_refuses(
     }
     let host = recorder_kvm::probe();
     let dir = tempfile::tempdir().unwrap();
+    // What `mmurr scenarios` says of each script on this host's KVM.
+    let list: serde_json::Value =
+        serde_json::from_slice(&mmurr(&["scenarios", "--json"], dir.path()).stdout).unwrap();
+    let kvm_here = |name: &str| {
+        let entry = list.as_array().unwrap().iter().find(|s| s["name"] == name);
+        entry.and_then(|s| s["kvm_here"].as_bool()).unwrap()
+    };
     let mut reproduced = Vec::new();
     for (name, script) in script_guests() {
         let scenario = guest::scenario(&script).unwrap();
@@ -225,6 +232,11 @@ fn on_kvm_the_host_performs_the_actions_it_allows_and_names_the_ones_it_refuses(
         }
         let ran = run(&script, "kvm", dir.path());
         assert_table_says(name, "kvm here", &ran);
+        assert_eq!(
+            kvm_here(name),
+            matches!(ran, Ran::Reproduced),
+            "{name}: `mmurr scenarios`"
+        );
         match ran {
             Ran::Reproduced => reproduced.push(name),
             Ran::MissingFeature(f) => eprintln!("{name}: this host's KVM offers no {f:?}"),
@@ -258,8 +270,29 @@ fn on_kvm_the_host_performs_the_actions_it_allows_and_names_the_ones_it_refuses(
         );
         let err = text(&out.stderr);
         assert!(
-            err.contains("backend emu") && err.contains("takes a host action KVM refuses here"),
+            err.contains("backend emu") && err.contains("KVM_SET_CPUID2"),
             "{err}"
+        );
+        assert_eq!(out.status.code(), Some(1), "{err}");
+    }
+    // ... and one whose guest needs a CPU feature this host's guests lack (its own CPUID
+    // check would end the run with status 2 on kvm).
+    if let Some(cpu) = recorder_kvm::guest_cpu().ok().filter(|c| !c.la57) {
+        let out = mmurr(
+            &[
+                "record",
+                "--scenario",
+                "sregs-la57",
+                "-q",
+                "-o",
+                "la57.mmurr",
+            ],
+            dir.path(),
+        );
+        let err = text(&out.stderr);
+        assert!(
+            err.contains("backend emu") && err.contains("LA57"),
+            "{cpu:?}: {err}"
         );
         assert_eq!(out.status.code(), Some(1), "{err}");
     }

@@ -33,6 +33,29 @@ pub fn guest_visible(
     out
 }
 
+/// The paging features a guest of this host's KVM sees (its CPUID read with the instruction,
+/// in a throw-away VM of one page): what the kvm backend's guests get, for choosing a backend
+/// before recording one that needs PCID or LA57. A few milliseconds.
+pub fn guest_cpu() -> Result<mmu::CpuModel, String> {
+    let kvm = kvm_ioctls::Kvm::new().map_err(|e| format!("/dev/kvm: {e}"))?;
+    let vm = kvm.create_vm().map_err(|e| format!("KVM_CREATE_VM: {e}"))?;
+    let mut ram = GuestRam::new(0x1000)?;
+    ram.register(&vm, 0, false)?;
+    let table = kvm
+        .get_supported_cpuid(kvm_bindings::KVM_MAX_CPUID_ENTRIES)
+        .map_err(|e| format!("KVM_GET_SUPPORTED_CPUID: {e}"))?;
+    let mut vcpu = vm
+        .create_vcpu(0)
+        .map_err(|e| format!("KVM_CREATE_VCPU: {e}"))?;
+    vcpu.set_cpuid2(&table)
+        .map_err(|e| format!("KVM_SET_CPUID2: {e}"))?;
+    let seen = guest_visible(&mut vcpu, &mut ram, &table, false)?;
+    // The vCPU and the VM go before the RAM they map.
+    drop(vcpu);
+    drop(vm);
+    Ok(insn::cpu_model(&seen))
+}
+
 fn run_probe(vcpu: &mut VcpuFd, table: &CpuId, sync_regs: bool) -> Result<Vec<CpuidEntry>, String> {
     let sregs = vcpu
         .get_sregs()

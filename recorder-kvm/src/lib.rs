@@ -13,6 +13,7 @@ mod smp;
 mod sregs2;
 mod vcpu;
 
+pub use cpuid_probe::guest_cpu;
 pub use host::{HostEvents, TRACEPOINTS};
 pub use probe::{probe, HostReport, ModeSupport};
 pub use vcpu::KvmBackend;

@@ -77,6 +77,23 @@ fn kvm_cannot_map(guest: &BuiltGuest) -> Option<String> {
     ))
 }
 
+/// Why this host's KVM cannot give a model-level script's guest the CPU features it checks
+/// for (PCID, LA57, ...), if it cannot; the probe runs only for such a guest.
+pub fn kvm_lacks_features(guest: &BuiltGuest) -> Option<String> {
+    let script = guests::model::scripts::script_named(guest.scenario.as_deref()?)?;
+    if guests::model::guest::features(&script).is_empty() {
+        return None;
+    }
+    let cpu = recorder_kvm::guest_cpu().ok()?;
+    let missing = guests::model::guest::features_missing(&script, &cpu);
+    (!missing.is_empty()).then(|| {
+        format!(
+            "its guest needs {} in its CPUID, which this host's KVM does not offer its guests",
+            missing.join(", ")
+        )
+    })
+}
+
 /// The paging modes the guest needs on `cpus` vCPUs: a scenario's APs beyond the machine's
 /// never run, so their modes are not needed (`smp-bringup` on 2 vCPUs stays out of AP 2's
 /// legacy paging).
@@ -135,11 +152,13 @@ pub fn choose_backend(
                 .unwrap_or(&[])
                 .iter()
                 .find_map(|&m| host.cannot_run(m));
-            // A host action this host's KVM refuses (KVM_SET_CPUID2 after KVM_RUN).
+            // A host action this host's KVM refuses (KVM_SET_CPUID2 after KVM_RUN), or a CPU
+            // feature a script's guest checks for and this host's guests lack.
             let refused = guest
                 .host_actions
                 .iter()
-                .find_map(|a| host.refuses(&a.action.resolve(&mmu::CpuModel::default_x86_64())));
+                .find_map(|a| host.refuses(&a.action.resolve(&mmu::CpuModel::default_x86_64())))
+                .or_else(|| kvm_lacks_features(guest));
             Ok(match (blocked, refused) {
                 (Some(why), _) => BackendChoiceMade {
                     kind: Chosen::Emu,
@@ -147,7 +166,7 @@ pub fn choose_backend(
                 },
                 (None, Some(why)) => BackendChoiceMade {
                     kind: Chosen::Emu,
-                    reason: format!("{label} takes a host action KVM refuses here: {why}"),
+                    reason: format!("{label} cannot run on this host's KVM: {why}"),
                 },
                 (None, None) => BackendChoiceMade {
                     kind: Chosen::Kvm,

@@ -34,7 +34,16 @@ pub fn run(args: &ScenariosArgs) -> anyhow::Result<ExitCode> {
             .filter(|_| !s.aps.is_empty())
     };
     let models: Vec<guests::model::Script> = scripts::ALL.iter().map(|(_, b)| b()).collect();
-    let as_guest: Vec<AsGuest> = models.iter().map(|m| as_guest(m, &host)).collect();
+    // What this host's KVM gives its guests (a throw-away VM), for the scripts' CPU features.
+    let kvm_cpu = host
+        .usable
+        .is_ok()
+        .then(recorder_kvm::guest_cpu)
+        .and_then(Result::ok);
+    let as_guest: Vec<AsGuest> = models
+        .iter()
+        .map(|m| as_guest(m, &host, kvm_cpu.as_ref()))
+        .collect();
     if args.json {
         let mut list: Vec<serde_json::Value> = rows
             .iter()
@@ -183,8 +192,21 @@ impl AsGuest {
     }
 }
 
-fn as_guest(m: &Script, host: &recorder_kvm::HostReport) -> AsGuest {
+fn as_guest(
+    m: &Script,
+    host: &recorder_kvm::HostReport,
+    kvm_cpu: Option<&mmu::CpuModel>,
+) -> AsGuest {
     let not_recordable = guests::model::guest::not_recordable(m);
+    let lacks = || {
+        let missing = guests::model::guest::features_missing(m, kvm_cpu?);
+        (!missing.is_empty()).then(|| {
+            format!(
+                "this host's KVM offers its guests no {}",
+                missing.join(", ")
+            )
+        })
+    };
     let kvm_no = match guests::model::guest::scenario(m) {
         Ok(g) => g
             .needs
@@ -195,7 +217,8 @@ fn as_guest(m: &Script, host: &recorder_kvm::HostReport) -> AsGuest {
                     .iter()
                     .filter_map(|a| a.host())
                     .find_map(|a| host.refuses(&a))
-            }),
+            })
+            .or_else(lacks),
         Err(_) => None,
     };
     AsGuest {

@@ -1213,10 +1213,7 @@ impl EmuBackend {
             cpu.maxphyaddr = guest.maxphyaddr;
         }
         if !guest.cpuid.is_empty() && guest.cpuid != self.cpuid {
-            let table = Box::new(crate::cpuid::GuestCpuid::new(guest.cpuid.clone()));
-            crate::cpuid::install_hook(&mut self.uc, &table)?;
-            self.guest_cpuid = Some(table);
-            self.cpuid = guest.cpuid.clone();
+            self.answer_cpuid_from(guest.cpuid.clone())?;
         }
         self.warnings = crate::cpuid::unemulated(&cpu, &engine);
         self.cpu = cpu;
@@ -1239,8 +1236,17 @@ impl EmuBackend {
     /// KVM_SET_CPUID2: the guest's `cpuid` answers from `table` from now on, and mmurr's
     /// architectural checks follow it (as [`Self::adopt_cpuid`] does at load).
     pub(crate) fn replace_cpuid(&mut self, table: Vec<CpuidEntry>) -> Result<(), BackendError> {
+        // MAXPHYADDR from the new table too (the spec's override was the old CPU's).
+        self.cpu = recorder::guest_view::cpu_model(&table);
+        self.answer_cpuid_from(table)?;
+        self.regs_cache = None;
+        Ok(())
+    }
+
+    /// The guest's `cpuid` answers from `table`: the hook is installed the first time and
+    /// reads the new table after that.
+    fn answer_cpuid_from(&mut self, table: Vec<CpuidEntry>) -> Result<(), BackendError> {
         match &self.guest_cpuid {
-            // The hook stays installed and reads the new table.
             Some(t) => t.replace(table.clone()),
             None => {
                 let t = Box::new(crate::cpuid::GuestCpuid::new(table.clone()));
@@ -1248,10 +1254,7 @@ impl EmuBackend {
                 self.guest_cpuid = Some(t);
             }
         }
-        // MAXPHYADDR from the new table too (the spec's override was the old CPU's).
-        self.cpu = recorder::guest_view::cpu_model(&table);
         self.cpuid = table;
-        self.regs_cache = None;
         Ok(())
     }
 

@@ -77,15 +77,24 @@ fn kvm_cannot_map(guest: &BuiltGuest) -> Option<String> {
     ))
 }
 
-/// Why this host's KVM cannot give a model-level script's guest the CPU features it checks
-/// for (PCID, LA57, ...), if it cannot; the probe runs only for such a guest.
-pub fn kvm_lacks_features(guest: &BuiltGuest) -> Option<String> {
-    let script = guests::model::scripts::script_named(guest.scenario.as_deref()?)?;
-    if guests::model::guest::features(&script).is_empty() {
+/// Why this host's KVM cannot run a guest that takes host actions `actions`, or, for a
+/// model-level script's guest (`script`), give it the CPU features it checks for (PCID, LA57,
+/// ...): the one answer for `record --backend auto` and `mmurr scenarios`. `guest_cpu` is what
+/// this host's KVM gives its guests, asked only when the script uses such features.
+pub fn kvm_refuses(
+    host: &recorder_kvm::HostReport,
+    actions: &[traces::HostAction],
+    script: Option<&guests::model::Script>,
+    guest_cpu: impl FnOnce() -> Option<mmu::CpuModel>,
+) -> Option<String> {
+    if let Some(why) = actions.iter().find_map(|a| host.refuses(a)) {
+        return Some(why);
+    }
+    let script = script?;
+    if guests::model::guest::features(script).is_empty() {
         return None;
     }
-    let cpu = recorder_kvm::guest_cpu().ok()?;
-    let missing = guests::model::guest::features_missing(&script, &cpu);
+    let missing = guests::model::guest::features_missing(script, &guest_cpu()?);
     (!missing.is_empty()).then(|| {
         format!(
             "its guest needs {} in its CPUID, which this host's KVM does not offer its guests",
@@ -154,11 +163,18 @@ pub fn choose_backend(
                 .find_map(|&m| host.cannot_run(m));
             // A host action this host's KVM refuses (KVM_SET_CPUID2 after KVM_RUN), or a CPU
             // feature a script's guest checks for and this host's guests lack.
-            let refused = guest
+            let actions: Vec<traces::HostAction> = guest
                 .host_actions
                 .iter()
-                .find_map(|a| host.refuses(&a.action.resolve(&mmu::CpuModel::default_x86_64())))
-                .or_else(|| kvm_lacks_features(guest));
+                .map(|a| a.action.resolve(&mmu::CpuModel::default_x86_64()))
+                .collect();
+            let script = guest
+                .scenario
+                .as_deref()
+                .and_then(guests::model::scripts::script_named);
+            let refused = kvm_refuses(&host, &actions, script.as_ref(), || {
+                recorder_kvm::guest_cpu().ok()
+            });
             Ok(match (blocked, refused) {
                 (Some(why), _) => BackendChoiceMade {
                     kind: Chosen::Emu,

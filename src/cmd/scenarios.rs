@@ -198,27 +198,13 @@ fn as_guest(
     kvm_cpu: Option<&mmu::CpuModel>,
 ) -> AsGuest {
     let not_recordable = guests::model::guest::not_recordable(m);
-    let lacks = || {
-        let missing = guests::model::guest::features_missing(m, kvm_cpu?);
-        (!missing.is_empty()).then(|| {
-            format!(
-                "this host's KVM offers its guests no {}",
-                missing.join(", ")
-            )
-        })
-    };
+    let actions: Vec<traces::HostAction> = m.actions.iter().filter_map(|a| a.host()).collect();
     let kvm_no = match guests::model::guest::scenario(m) {
         Ok(g) => g
             .needs
             .iter()
             .find_map(|&mode| host.cannot_run(mode))
-            .or_else(|| {
-                m.actions
-                    .iter()
-                    .filter_map(|a| a.host())
-                    .find_map(|a| host.refuses(&a))
-            })
-            .or_else(lacks),
+            .or_else(|| super::record::kvm_refuses(host, &actions, Some(m), || kvm_cpu.copied())),
         Err(_) => None,
     };
     AsGuest {
